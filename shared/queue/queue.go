@@ -1,0 +1,65 @@
+// Package queue defines what the app puts on its entity queues and the interfaces of
+// the queue systems behind them: Service Bus in Azure (package servicebus) and the
+// embedded queue of local mode (package localqueue).
+package queue
+
+import (
+	"context"
+	"time"
+)
+
+// Queue names: one Service Bus queue per entity, named like the function that drains it.
+const (
+	Customers = "customers"
+	Products  = "products"
+	Orders    = "orders"
+)
+
+// Message is one message as the app sends it.
+type Message struct {
+	MessageID   string // the event id (or a chunk id derived from its events' ids): duplicate detection key
+	SessionID   string // "<entity>-<id>": per-entity order
+	Subject     string // event type, or "chunk"
+	ContentType string // "application/json"
+	Body        []byte // JSON envelope (nop.Envelope)
+	// ApplicationProperties travel with the message (for example "replayOf").
+	ApplicationProperties map[string]any
+}
+
+// Sender sends messages to a queue. Send is all or nothing as far as the system allows:
+// an error means the caller must treat every message as not sent (re-sending is safe:
+// duplicate detection drops repeats).
+type Sender interface {
+	Send(ctx context.Context, queueName string, msgs []Message) error
+}
+
+// DeadLetter is a dead-lettered message with the reason the broker recorded.
+type DeadLetter struct {
+	Message
+	SequenceNumber   int64
+	DeliveryCount    int
+	EnqueuedAt       time.Time
+	Reason           string // DeadLetterReason, e.g. "MaxDeliveryCountExceeded"
+	ErrorDescription string // DeadLetterErrorDescription
+}
+
+// DeadLetters reads and replays a queue's dead-letter subqueue.
+type DeadLetters interface {
+	// PeekDeadLetters lists up to max dead-lettered messages without removing them.
+	PeekDeadLetters(ctx context.Context, queueName string, max int) ([]DeadLetter, error)
+	// Replay resubmits dead-lettered messages (all when ids is empty) with their
+	// MessageID, SessionID and body unchanged, and removes them from the dead-letter queue.
+	// It returns the ids it resubmitted.
+	Replay(ctx context.Context, queueName string, ids []string) ([]string, error)
+}
+
+// Stats is a queue's message counts.
+type Stats struct {
+	Active       int64
+	DeadLettered int64
+}
+
+// Inspector reports queue counts for the status page.
+type Inspector interface {
+	Stats(ctx context.Context, queueName string) (Stats, error)
+}
