@@ -1,0 +1,358 @@
+// Package config reads and validates the app's settings: app settings in Azure (environment
+// variables), plus local.settings.json's "Values" in local mode. Environment variables win.
+// Every setting the code reads is listed in Known, so infrastructure and docs can be checked
+// against it.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Setting describes one setting the code reads.
+type Setting struct {
+	Name      string
+	Default   string
+	Required  bool // required in Azure (local mode has embedded defaults for some)
+	Secret    bool // never logged or shown
+	LocalOnly bool // meaningful only in local mode (not set in Azure)
+	AzureOnly bool // set by the platform or only meaningful in Azure
+	Doc       string
+}
+
+// Known lists every setting the code reads.
+func Known() []Setting {
+	return []Setting{
+		{Name: "DATAVERSE_URL", Required: true, Doc: "Dataverse environment URL, e.g. https://contoso.crm.dynamics.com (local mode: empty = built-in sandbox)"},
+		{Name: "DATAVERSE_TENANT_ID", Required: true, Doc: "directory (tenant) id of the app registration"},
+		{Name: "DATAVERSE_CLIENT_ID", Required: true, Doc: "application (client) id of the app registration"},
+		{Name: "DATAVERSE_CLIENT_SECRET", Secret: true, Doc: "client secret itself (local runs, or a Key Vault reference); else read from Key Vault"},
+		{Name: "KEY_VAULT_URL", Doc: "vault holding the secrets, read with the app's managed identity"},
+		{Name: "DATAVERSE_CLIENT_SECRET_NAME", Default: "dataverse-client-secret", Doc: "name of the client secret in the vault"},
+		{Name: "WEBHOOK_SECRET", Secret: true, Doc: "signature secret itself; several may be given separated by commas during rotation"},
+		{Name: "WEBHOOK_SECRET_NAME", Default: "webhook-secret", Doc: "name of the webhook secret in the vault"},
+		{Name: "STORE_CURRENCY_CODE", Required: true, Doc: "the store's primary currency (ISO 4217); local mode defaults to USD"},
+		{Name: "AUTO_SYNC_ENABLED", Default: "true", Doc: "enable auto synchronization"},
+		{Name: "AUTO_SYNC_PERIOD_MINUTES", Default: "60", Doc: "auto synchronization period in minutes"},
+		{Name: "DELETE_POLICY", Default: "deactivate", Doc: "deactivate, delete or ignore"},
+		{Name: "PRICE_LIST_NAME", Doc: "price list name; default 'nopCommerce <STORE_CURRENCY_CODE>'"},
+		{Name: "UNIT_GROUP_NAME", Default: "Default Unit", Doc: "unit group of synced products"},
+		{Name: "SYNC_IMAGES", Default: "false", Doc: "copy the first product picture into entityimage"},
+		{Name: "DATAVERSE_WRITES_ENABLED", Default: "true", Doc: "false makes the app read-only towards Dynamics 365"},
+		{Name: "ServiceBusConnection__fullyQualifiedNamespace", Required: true, AzureOnly: true, Doc: "Service Bus namespace host name (identity-based)"},
+		{Name: "STATE_STORAGE_CONNECTION_STRING", Secret: true, Doc: "Table Storage connection string for sync state (Azurite in local runs)"},
+		{Name: "AzureWebJobsStorage__accountName", AzureOnly: true, Doc: "storage account of the app; its Table service holds sync state when no connection string is set"},
+		{Name: "SYNC_STATE_TABLE", Default: "syncstate", Doc: "table name for sync state"},
+		{Name: "AZURE_AUTHORITY_HOST", Doc: "Entra authority host for sovereign/private clouds"},
+		{Name: "AZURE_CLIENT_ID", AzureOnly: true, Doc: "client id of the app's user-assigned managed identity"},
+		{Name: "FUNCTIONS_CUSTOMHANDLER_PORT", AzureOnly: true, Doc: "set by the Functions host; absent = local mode"},
+		{Name: "LISTEN_ADDR", Default: "127.0.0.1:7071", LocalOnly: true, Doc: "local mode: address of the public routes"},
+		{Name: "LOCAL_DATA_DIR", Default: ".nopsync", LocalOnly: true, Doc: "local mode: folder of the embedded queue, state and sandbox"},
+	}
+}
+
+// DeletePolicy says what a nopCommerce delete does in Dynamics 365.
+type DeletePolicy string
+
+const (
+	DeleteDeactivate DeletePolicy = "deactivate"
+	DeleteDelete     DeletePolicy = "delete"
+	DeleteIgnore     DeletePolicy = "ignore"
+)
+
+// Config is the validated settings.
+type Config struct {
+	Local       bool   // no FUNCTIONS_CUSTOMHANDLER_PORT: the whole app in one process
+	HandlerPort int    // Azure: the port the host calls
+	ListenAddr  string // local mode
+	DataDir     string // local mode
+
+	DataverseURL          string // "" in local mode = sandbox
+	TenantID              string
+	ClientID              string
+	ClientSecret          string
+	KeyVaultURL           string
+	ClientSecretName      string
+	WebhookSecrets        []string
+	WebhookSecretName     string
+	AuthorityHost         string
+	ManagedIdentityClient string
+
+	StoreCurrencyCode     string
+	AutoSyncEnabled       bool
+	AutoSyncPeriod        time.Duration
+	DeletePolicy          DeletePolicy
+	PriceListName         string
+	UnitGroupName         string
+	SyncImages            bool
+	WritesEnabled         bool
+	ServiceBusNamespace   string
+	StateConnectionString string
+	StorageAccountName    string
+	StateTable            string
+}
+
+// Sandbox says whether Dataverse is the built-in sandbox (local mode without DATAVERSE_URL).
+func (c *Config) Sandbox() bool { return c.Local && c.DataverseURL == "" }
+
+// Lookup reads one raw setting.
+type Lookup func(name string) (string, bool)
+
+// Source merges the environment with local.settings.json's Values (environment wins).
+func Source(env Lookup, localSettingsPath string) (Lookup, error) {
+	values := map[string]string{}
+	if localSettingsPath != "" {
+		b, err := os.ReadFile(localSettingsPath)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("config: read %s: %w", localSettingsPath, err)
+		default:
+			var f struct {
+				IsEncrypted bool
+				Values      map[string]any
+			}
+			if err := json.Unmarshal(b, &f); err != nil {
+				return nil, fmt.Errorf("config: %s is not valid JSON: %w", localSettingsPath, err)
+			}
+			if f.IsEncrypted {
+				return nil, fmt.Errorf("config: %s is encrypted (IsEncrypted true); decrypt it with 'func settings decrypt' or use environment variables", localSettingsPath)
+			}
+			for k, v := range f.Values {
+				switch v := v.(type) {
+				case string:
+					values[k] = v
+				case bool, float64:
+					values[k] = fmt.Sprint(v)
+				case nil:
+				default:
+					return nil, fmt.Errorf("config: %s: Values.%s must be a string", localSettingsPath, k)
+				}
+			}
+		}
+	}
+	return func(name string) (string, bool) {
+		if v, ok := env(name); ok {
+			return v, true
+		}
+		v, ok := values[name]
+		return v, ok
+	}, nil
+}
+
+// Load reads and validates every setting. Errors name the setting at fault; all problems
+// are reported at once.
+func Load(get Lookup) (*Config, error) {
+	p := parser{get: get}
+	c := &Config{}
+	if port, ok := p.str("FUNCTIONS_CUSTOMHANDLER_PORT"); ok && port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n <= 0 || n > 65535 {
+			p.fail("FUNCTIONS_CUSTOMHANDLER_PORT", "must be a TCP port number, got %q", port)
+		}
+		c.HandlerPort = n
+	} else {
+		c.Local = true
+	}
+	c.ListenAddr = p.def("LISTEN_ADDR")
+	if c.Local {
+		if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+			p.fail("LISTEN_ADDR", "must be host:port, got %q", c.ListenAddr)
+		}
+	}
+	c.DataDir = p.def("LOCAL_DATA_DIR")
+
+	c.DataverseURL = strings.TrimRight(p.val("DATAVERSE_URL"), "/")
+	c.TenantID = p.val("DATAVERSE_TENANT_ID")
+	c.ClientID = p.val("DATAVERSE_CLIENT_ID")
+	c.ClientSecret = p.val("DATAVERSE_CLIENT_SECRET")
+	c.KeyVaultURL = strings.TrimRight(p.val("KEY_VAULT_URL"), "/")
+	c.ClientSecretName = p.def("DATAVERSE_CLIENT_SECRET_NAME")
+	c.WebhookSecretName = p.def("WEBHOOK_SECRET_NAME")
+	for _, s := range strings.Split(p.val("WEBHOOK_SECRET"), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			c.WebhookSecrets = append(c.WebhookSecrets, s)
+		}
+	}
+	c.AuthorityHost = p.val("AZURE_AUTHORITY_HOST")
+	c.ManagedIdentityClient = p.val("AZURE_CLIENT_ID")
+
+	if c.DataverseURL != "" || !c.Local {
+		if c.DataverseURL == "" {
+			p.fail("DATAVERSE_URL", "is required (the Dataverse environment URL, e.g. https://contoso.crm.dynamics.com)")
+		} else if u, err := url.Parse(c.DataverseURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			p.fail("DATAVERSE_URL", "must be an https URL of the environment with no path, e.g. https://contoso.crm.dynamics.com")
+		}
+		if !isGUID(c.TenantID) {
+			p.fail("DATAVERSE_TENANT_ID", "must be the directory (tenant) id, a GUID")
+		}
+		if !isGUID(c.ClientID) {
+			p.fail("DATAVERSE_CLIENT_ID", "must be the application (client) id, a GUID")
+		}
+		if c.ClientSecret == "" && c.KeyVaultURL == "" {
+			p.fail("DATAVERSE_CLIENT_SECRET", "is required when KEY_VAULT_URL is not set")
+		}
+	}
+	if c.KeyVaultURL != "" {
+		if u, err := url.Parse(c.KeyVaultURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.fail("KEY_VAULT_URL", "must be the vault's https URL, e.g. https://myvault.vault.azure.net")
+		}
+	}
+	if c.AuthorityHost != "" {
+		if u, err := url.Parse(c.AuthorityHost); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.fail("AZURE_AUTHORITY_HOST", "must be an https URL, e.g. https://login.microsoftonline.us/")
+		}
+	}
+	if !c.Local && len(c.WebhookSecrets) == 0 && c.KeyVaultURL == "" {
+		p.fail("WEBHOOK_SECRET", "is required in Azure (or KEY_VAULT_URL with the secret named by WEBHOOK_SECRET_NAME): unsigned events are refused")
+	}
+
+	c.StoreCurrencyCode = strings.ToUpper(p.val("STORE_CURRENCY_CODE"))
+	if c.StoreCurrencyCode == "" && c.Local {
+		c.StoreCurrencyCode = "USD"
+	}
+	if len(c.StoreCurrencyCode) != 3 || strings.Trim(c.StoreCurrencyCode, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != "" {
+		p.fail("STORE_CURRENCY_CODE", "is required: the store's primary currency as a 3-letter ISO 4217 code, got %q", c.StoreCurrencyCode)
+	}
+	c.AutoSyncEnabled = p.boolean("AUTO_SYNC_ENABLED")
+	minutes := p.integer("AUTO_SYNC_PERIOD_MINUTES")
+	if minutes < 1 || minutes > 7*24*60 {
+		p.fail("AUTO_SYNC_PERIOD_MINUTES", "must be between 1 and 10080 minutes, got %d", minutes)
+	}
+	c.AutoSyncPeriod = time.Duration(minutes) * time.Minute
+	switch dp := DeletePolicy(strings.ToLower(p.def("DELETE_POLICY"))); dp {
+	case DeleteDeactivate, DeleteDelete, DeleteIgnore:
+		c.DeletePolicy = dp
+	default:
+		p.fail("DELETE_POLICY", "must be deactivate, delete or ignore, got %q", dp)
+	}
+	c.PriceListName = p.val("PRICE_LIST_NAME")
+	if c.PriceListName == "" {
+		c.PriceListName = "nopCommerce " + c.StoreCurrencyCode
+	}
+	if len(c.PriceListName) > 100 {
+		p.fail("PRICE_LIST_NAME", "must be at most 100 characters (Dataverse's limit)")
+	}
+	c.UnitGroupName = p.def("UNIT_GROUP_NAME")
+	if c.UnitGroupName == "" || len(c.UnitGroupName) > 200 {
+		p.fail("UNIT_GROUP_NAME", "must be 1 to 200 characters")
+	}
+	c.SyncImages = p.boolean("SYNC_IMAGES")
+	c.WritesEnabled = p.boolean("DATAVERSE_WRITES_ENABLED")
+
+	c.ServiceBusNamespace = p.val("ServiceBusConnection__fullyQualifiedNamespace")
+	if !c.Local && c.ServiceBusNamespace == "" {
+		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "is required in Azure (e.g. mynamespace.servicebus.windows.net)")
+	}
+	c.StateConnectionString = p.val("STATE_STORAGE_CONNECTION_STRING")
+	c.StorageAccountName = p.val("AzureWebJobsStorage__accountName")
+	if !c.Local && c.StateConnectionString == "" && c.StorageAccountName == "" {
+		p.fail("STATE_STORAGE_CONNECTION_STRING", "or AzureWebJobsStorage__accountName is required in Azure (Table Storage for sync state)")
+	}
+	c.StateTable = p.def("SYNC_STATE_TABLE")
+	if !validTableName(c.StateTable) {
+		p.fail("SYNC_STATE_TABLE", "must be 3-63 letters or digits, starting with a letter, got %q", c.StateTable)
+	}
+	if len(p.errs) > 0 {
+		sort.Strings(p.errs)
+		return nil, &Error{Problems: p.errs}
+	}
+	return c, nil
+}
+
+// Error lists every invalid setting.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string {
+	return "invalid settings:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+type parser struct {
+	get  Lookup
+	errs []string
+}
+
+func (p *parser) fail(name, format string, args ...any) {
+	p.errs = append(p.errs, name+" "+fmt.Sprintf(format, args...))
+}
+
+func (p *parser) str(name string) (string, bool) {
+	v, ok := p.get(name)
+	return strings.TrimSpace(v), ok
+}
+
+func (p *parser) val(name string) string {
+	v, _ := p.str(name)
+	return v
+}
+
+// def returns the setting or its documented default.
+func (p *parser) def(name string) string {
+	if v := p.val(name); v != "" {
+		return v
+	}
+	for _, s := range Known() {
+		if s.Name == name {
+			return s.Default
+		}
+	}
+	return ""
+}
+
+func (p *parser) boolean(name string) bool {
+	v := p.def(name)
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.fail(name, "must be true or false, got %q", v)
+	}
+	return b
+}
+
+func (p *parser) integer(name string) int {
+	v := p.def(name)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		p.fail(name, "must be a whole number, got %q", v)
+	}
+	return n
+}
+
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, r := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func validTableName(s string) bool {
+	if len(s) < 3 || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		letter := (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')
+		if !letter && !(i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}

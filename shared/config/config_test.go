@@ -1,0 +1,131 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func lookup(m map[string]string) Lookup {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestLocalDefaults(t *testing.T) {
+	c, err := Load(lookup(nil))
+	if err != nil {
+		t.Fatalf("Load with no settings in local mode: %v", err)
+	}
+	if !c.Local || !c.Sandbox() {
+		t.Errorf("Local=%v Sandbox=%v, want both true without FUNCTIONS_CUSTOMHANDLER_PORT and DATAVERSE_URL", c.Local, c.Sandbox())
+	}
+	if c.ListenAddr != "127.0.0.1:7071" || c.StoreCurrencyCode != "USD" || c.PriceListName != "nopCommerce USD" ||
+		c.AutoSyncPeriod != 60*time.Minute || !c.AutoSyncEnabled || c.DeletePolicy != DeleteDeactivate ||
+		!c.WritesEnabled || c.SyncImages || c.StateTable != "syncstate" || c.UnitGroupName != "Default Unit" {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestAzureRequiresSettingsAndNamesThem(t *testing.T) {
+	_, err := Load(lookup(map[string]string{"FUNCTIONS_CUSTOMHANDLER_PORT": "4567"}))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	for _, name := range []string{"DATAVERSE_URL", "DATAVERSE_TENANT_ID", "DATAVERSE_CLIENT_ID", "DATAVERSE_CLIENT_SECRET",
+		"WEBHOOK_SECRET", "STORE_CURRENCY_CODE", "ServiceBusConnection__fullyQualifiedNamespace", "STATE_STORAGE_CONNECTION_STRING"} {
+		if !strings.Contains(err.Error(), name+" ") {
+			t.Errorf("error does not name %s:\n%v", name, err)
+		}
+	}
+}
+
+func validAzure() map[string]string {
+	return map[string]string{
+		"FUNCTIONS_CUSTOMHANDLER_PORT":                  "4567",
+		"DATAVERSE_URL":                                 "https://contoso.crm.dynamics.com/",
+		"DATAVERSE_TENANT_ID":                           "8c6f8a4e-1111-4b4b-9a9a-000000000001",
+		"DATAVERSE_CLIENT_ID":                           "8c6f8a4e-2222-4b4b-9a9a-000000000002",
+		"KEY_VAULT_URL":                                 "https://kv-test.vault.azure.net",
+		"STORE_CURRENCY_CODE":                           "eur",
+		"ServiceBusConnection__fullyQualifiedNamespace": "sb-test.servicebus.windows.net",
+		"AzureWebJobsStorage__accountName":              "sttest",
+	}
+}
+
+func TestAzureValid(t *testing.T) {
+	c, err := Load(lookup(validAzure()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Local || c.HandlerPort != 4567 || c.DataverseURL != "https://contoso.crm.dynamics.com" || c.StoreCurrencyCode != "EUR" ||
+		c.PriceListName != "nopCommerce EUR" || c.ClientSecretName != "dataverse-client-secret" || c.WebhookSecretName != "webhook-secret" {
+		t.Errorf("unexpected config: %+v", c)
+	}
+}
+
+func TestMalformedSettingsAreNamed(t *testing.T) {
+	cases := map[string]string{
+		"DATAVERSE_URL":                "http://contoso.crm.dynamics.com",
+		"DATAVERSE_TENANT_ID":          "not-a-guid",
+		"STORE_CURRENCY_CODE":          "EURO",
+		"AUTO_SYNC_ENABLED":            "sometimes",
+		"AUTO_SYNC_PERIOD_MINUTES":     "0",
+		"DELETE_POLICY":                "shred",
+		"SYNC_IMAGES":                  "yes please",
+		"DATAVERSE_WRITES_ENABLED":     "maybe",
+		"SYNC_STATE_TABLE":             "sync-state",
+		"KEY_VAULT_URL":                "kv",
+		"FUNCTIONS_CUSTOMHANDLER_PORT": "http",
+	}
+	for name, bad := range cases {
+		m := validAzure()
+		m[name] = bad
+		_, err := Load(lookup(m))
+		if err == nil || !strings.Contains(err.Error(), name+" ") {
+			t.Errorf("%s=%q: want an error naming it, got %v", name, bad, err)
+		}
+	}
+}
+
+func TestLocalSettingsFileAndEnvironmentWins(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "local.settings.json")
+	if err := os.WriteFile(p, []byte(`{"IsEncrypted":false,"Values":{"STORE_CURRENCY_CODE":"GBP","AUTO_SYNC_PERIOD_MINUTES":5,"LISTEN_ADDR":"127.0.0.1:9999"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	get, err := Source(lookup(map[string]string{"LISTEN_ADDR": "127.0.0.1:8888"}), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(get)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StoreCurrencyCode != "GBP" || c.AutoSyncPeriod != 5*time.Minute || c.ListenAddr != "127.0.0.1:8888" {
+		t.Errorf("file values or env precedence wrong: currency %s period %s listen %s", c.StoreCurrencyCode, c.AutoSyncPeriod, c.ListenAddr)
+	}
+	if _, err := Source(lookup(nil), filepath.Join(dir, "missing.json")); err != nil {
+		t.Errorf("a missing local.settings.json must be fine: %v", err)
+	}
+	os.WriteFile(p, []byte(`{"IsEncrypted":true,"Values":{}}`), 0o600)
+	if _, err := Source(lookup(nil), p); err == nil || !strings.Contains(err.Error(), "encrypted") {
+		t.Errorf("encrypted file: want a clear error, got %v", err)
+	}
+	os.WriteFile(p, []byte(`{`), 0o600)
+	if _, err := Source(lookup(nil), p); err == nil || !strings.Contains(err.Error(), "local.settings.json") {
+		t.Errorf("malformed file: want an error naming it, got %v", err)
+	}
+}
+
+func TestKnownHasNoDuplicates(t *testing.T) {
+	seen := map[string]bool{}
+	for _, s := range Known() {
+		if seen[s.Name] {
+			t.Errorf("%s listed twice", s.Name)
+		}
+		seen[s.Name] = true
+	}
+}
