@@ -1,0 +1,183 @@
+package nop
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/queue"
+)
+
+// MaxChunkBodyBytes bounds a chunk message's body: Service Bus Standard takes messages
+// up to 256 KiB including headers and properties, so 16 KiB are left for those.
+const MaxChunkBodyBytes = 240 << 10
+
+// ChunkSubject is the Subject of chunk messages.
+const ChunkSubject = "chunk"
+
+// Envelope is the body of a queue message: exactly one of Event (a single event, as
+// received) and Chunk (several events of one entity, from an import array). Wrapping
+// keeps the event's fields away from the trigger metadata the Functions host adds at the
+// top level.
+type Envelope struct {
+	Event json.RawMessage `json:"evt,omitempty"`
+	Chunk *Chunk          `json:"chunk,omitempty"`
+}
+
+// Chunk is several events of one entity travelling in one message.
+type Chunk struct {
+	ID     string            `json:"id"` // the message id: ChunkID of its events' ids
+	Events []json.RawMessage `json:"events"`
+}
+
+// ChunkID returns "chunk-" and the first 32 hex digits of the SHA-256 of the ids joined
+// by "\n". Event ids can't hold control characters, so distinct id lists can't collide
+// by joining. The same events give the same id, so a re-sent import chunk is dropped by
+// duplicate detection.
+func ChunkID(ids []string) string {
+	h := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	return "chunk-" + hex.EncodeToString(h[:16])
+}
+
+// Messages builds the queue messages for a request's validated events (all of entity).
+// One event: MessageID = event id, SessionID = "<entity>-<data.id>", Subject = event
+// type, body {"evt": <event as received>}. More than one: chunk messages of consecutive
+// events in request order, each body under MaxChunkBodyBytes, MessageID = ChunkID,
+// SessionID = "<entity>-chunk-<first 12 hex of the chunk hash>", Subject "chunk",
+// body {"chunk": {"id": ..., "events": [<events as received>]}}. Event bytes are copied
+// verbatim, never re-encoded.
+func Messages(entity Entity, events []*Event) ([]queue.Message, error) {
+	if len(events) == 0 {
+		return nil, errors.New("nop: no events to send")
+	}
+	for i, ev := range events {
+		if ev.Entity() != entity {
+			return nil, fmt.Errorf("nop: event %d (%s) is not a %s event", i, ev.Type, entity)
+		}
+		if len(ev.Raw) == 0 || len(ev.Raw) > MaxEventBytes {
+			return nil, fmt.Errorf("nop: event %d: raw event of %d bytes can't be sent", i, len(ev.Raw))
+		}
+	}
+	if len(events) == 1 {
+		ev := events[0]
+		body := make([]byte, 0, len(ev.Raw)+8)
+		body = append(body, `{"evt":`...)
+		body = append(body, ev.Raw...)
+		body = append(body, '}')
+		return []queue.Message{{
+			MessageID:   ev.ID,
+			SessionID:   string(entity) + "-" + ev.EntityID(),
+			Subject:     ev.Type,
+			ContentType: "application/json",
+			Body:        body,
+		}}, nil
+	}
+
+	// Chunk body: {"chunk":{"id":"chunk-<32 hex>","events":[e1,e2,...]}}
+	const overhead = len(`{"chunk":{"id":"chunk-00000000000000000000000000000000","events":[]}}`)
+	var msgs []queue.Message
+	start, size := 0, overhead
+	for i, ev := range events {
+		add := len(ev.Raw)
+		if i > start {
+			add++ // comma
+		}
+		if i > start && size+add > MaxChunkBodyBytes {
+			msgs = append(msgs, chunkMessage(entity, events[start:i]))
+			start, size = i, overhead
+			add = len(ev.Raw)
+		}
+		size += add
+	}
+	msgs = append(msgs, chunkMessage(entity, events[start:]))
+	return msgs, nil
+}
+
+func chunkMessage(entity Entity, evs []*Event) queue.Message {
+	ids := make([]string, len(evs))
+	n := 0
+	for i, ev := range evs {
+		ids[i] = ev.ID
+		n += len(ev.Raw) + 1
+	}
+	id := ChunkID(ids)
+	var b bytes.Buffer
+	b.Grow(n + 80)
+	b.WriteString(`{"chunk":{"id":"`)
+	b.WriteString(id)
+	b.WriteString(`","events":[`)
+	for i, ev := range evs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(ev.Raw)
+	}
+	b.WriteString("]}}")
+	return queue.Message{
+		MessageID:   id,
+		SessionID:   string(entity) + "-chunk-" + strings.TrimPrefix(id, "chunk-")[:12],
+		Subject:     ChunkSubject,
+		ContentType: "application/json",
+		Body:        b.Bytes(),
+	}
+}
+
+// DecodeEnvelope reads a queue message body back into validated events, applying every
+// rule DecodeRequest applies (a message replayed by hand could hold anything). A chunk's
+// events must all be of one entity. Problems are returned as *ValidationError (Index -1
+// with Field "evt", "chunk", "chunk.id" or "chunk.events" for the envelope itself, else
+// the event's index in the chunk, 0 for a single event) or *TooLargeError; callers treat
+// any error as permanent: the message will never become valid.
+func DecodeEnvelope(body []byte) ([]*Event, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, &ValidationError{Index: -1, Message: "envelope must be a JSON object with \"evt\" or \"chunk\", got " + jsonKind(trimmed)}
+	}
+	if err := checkSyntax(trimmed); err != nil {
+		return nil, err
+	}
+	d := &decoder{index: -1}
+	env := d.asObject("", trimmed)
+	if env == nil {
+		return nil, d.err
+	}
+	evt, hasEvt := env.get("evt")
+	chunk, hasChunk := env.get("chunk")
+	switch {
+	case hasEvt && hasChunk:
+		return nil, &ValidationError{Index: -1, Message: "envelope holds both \"evt\" and \"chunk\""}
+	case hasEvt:
+		if evt[0] != '{' {
+			return nil, &ValidationError{Index: -1, Field: "evt", Message: "must be an event object, got " + jsonKind(evt)}
+		}
+		return decodeEvents("", []json.RawMessage{evt})
+	case hasChunk:
+		c := d.asObject("chunk", chunk)
+		if c == nil {
+			return nil, d.err
+		}
+		id := c.str("id")
+		if d.err == nil && id == "" {
+			d.fail("chunk.id", "must not be empty")
+		}
+		raws := c.array("events", true)
+		if d.err != nil {
+			return nil, d.err
+		}
+		if len(raws) == 0 || len(raws) > MaxEvents {
+			return nil, &ValidationError{Index: -1, Field: "chunk.events", Message: fmt.Sprintf("must hold 1 to %d events, got %d", MaxEvents, len(raws))}
+		}
+		for i, r := range raws {
+			if r[0] != '{' {
+				return nil, &ValidationError{Index: i, Message: "must be an event object, got " + jsonKind(r)}
+			}
+		}
+		return decodeEvents("", raws)
+	default:
+		return nil, &ValidationError{Index: -1, Message: "envelope must hold \"evt\" or \"chunk\""}
+	}
+}
