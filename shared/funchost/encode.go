@@ -1,0 +1,97 @@
+package funchost
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// The encoders below build invocations the way the Functions host does (quirks included),
+// so local mode drives the very same function code through the very same decoders.
+
+// hostString is how the host sends a string value: JSON-serialised, so a string becomes a
+// JSON string holding a quoted string ("\"abc\"").
+func hostString(s string) json.RawMessage {
+	inner, _ := json.Marshal(s)
+	outer, _ := json.Marshal(string(inner))
+	return outer
+}
+
+// hostNumber is how the host sends numbers in metadata: as strings ("4").
+func hostNumber(n int64) json.RawMessage {
+	b, _ := json.Marshal(strconv.FormatInt(n, 10))
+	return b
+}
+
+func sys(method string, now time.Time) json.RawMessage {
+	b, _ := json.Marshal(map[string]string{"MethodName": method, "UtcNow": now.UTC().Format(time.RFC3339Nano), "RandGuid": uuid.NewString()})
+	return b
+}
+
+// EncodeServiceBus builds the invocation the host sends for a Service Bus trigger named
+// trigger on function function: the body double-encoded, metadata strings quoted, numbers
+// as strings, and (the host's ApplyBindingData quirk) every top-level property of a JSON
+// body copied into Metadata.
+func EncodeServiceBus(function, trigger string, m ServiceBusMessage, now time.Time) ([]byte, error) {
+	md := map[string]json.RawMessage{
+		"DeliveryCount":   hostNumber(int64(m.DeliveryCount)),
+		"SequenceNumber":  hostNumber(m.SequenceNumber),
+		"MessageId":       hostString(m.MessageID),
+		"SessionId":       hostString(m.SessionID),
+		"ContentType":     hostString(m.ContentType),
+		"Subject":         hostString(m.Subject),
+		"Label":           hostString(m.Subject),
+		"LockToken":       hostString(m.LockToken),
+		"EnqueuedTimeUtc": json.RawMessage(strconv.Quote(m.EnqueuedTime.UTC().Format("2006-01-02T15:04:05"))),
+		"EnqueuedTime":    json.RawMessage(strconv.Quote(m.EnqueuedTime.UTC().Format("2006-01-02T15:04:05+00:00"))),
+		"MessageActions":  json.RawMessage(`{}`),
+		"SessionActions":  json.RawMessage(`{}`),
+		"Client":          json.RawMessage(`{"FullyQualifiedNamespace":"local","Identifier":"local","TransportType":0,"IsClosed":false}`),
+		"sys":             sys(function, now),
+	}
+	props := m.ApplicationProperties
+	if props == nil {
+		props = map[string]any{}
+	}
+	pb, err := json.Marshal(props)
+	if err != nil {
+		return nil, fmt.Errorf("funchost: application properties: %w", err)
+	}
+	md["ApplicationProperties"], md["UserProperties"] = pb, pb
+	var top map[string]json.RawMessage
+	if json.Unmarshal(m.Body, &top) == nil {
+		for k, v := range top {
+			md[k] = v
+		}
+	}
+	inv := map[string]any{
+		"Data":     map[string]json.RawMessage{trigger: hostString(string(m.Body))},
+		"Metadata": md,
+	}
+	return json.Marshal(inv)
+}
+
+// EncodeTimer builds the invocation the host sends for a timer trigger. A zero last
+// time gives ScheduleStatus null, as on a first run.
+func EncodeTimer(function, trigger string, last, next time.Time, pastDue bool, now time.Time) ([]byte, error) {
+	var status any
+	if !last.IsZero() {
+		status = map[string]string{
+			"Last":        last.UTC().Format("2006-01-02T15:04:05.0000000+00:00"),
+			"Next":        next.UTC().Format("2006-01-02T15:04:05.0000000+00:00"),
+			"LastUpdated": now.UTC().Format("2006-01-02T15:04:05.0000000+00:00"),
+		}
+	}
+	inv := map[string]any{
+		"Data": map[string]any{trigger: map[string]any{
+			"Schedule":       map[string]bool{"AdjustForDST": true},
+			"ScheduleStatus": status,
+			"IsPastDue":      pastDue,
+		}},
+		"Metadata": map[string]json.RawMessage{"sys": sys(function, now)},
+	}
+	return json.Marshal(inv)
+}
