@@ -1,0 +1,385 @@
+// Package dataverse is the Dataverse Web API v9.2 client the sync engine
+// writes through: client-credentials auth (secret from a rotatable source),
+// an azcore pipeline that honours service-protection limits (Retry-After,
+// x-ms-dop-hint, ≤52 in flight), typed row operations, $batch with change
+// sets, bulk *Multiple messages and the Sales actions.
+package dataverse
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+)
+
+// APIPath is the Web API root under the environment URL.
+const APIPath = "/api/data/v9.2/"
+
+// MaxConcurrentRequests is Dataverse's default per-user concurrency limit.
+const MaxConcurrentRequests = 52
+
+// Record is one row (or action payload) as Dataverse JSON: column logical
+// names, "nav@odata.bind" lookups, annotations.
+type Record map[string]any
+
+// SecretSource hands out the app registration's client secret. Invalidate
+// drops any cached value so the next Secret reads it again (rotation).
+type SecretSource interface {
+	Secret(ctx context.Context) (string, error)
+	Invalidate()
+}
+
+// SecretExpirer is implemented by secret sources that know when the secret
+// expires (Key Vault's "exp" attribute). nil time: no expiry set.
+type SecretExpirer interface {
+	SecretExpires(ctx context.Context) (*time.Time, error)
+}
+
+// StaticSecret is a SecretSource for a secret given directly
+// (DATAVERSE_CLIENT_SECRET). Invalidate is a no-op: there is nothing to re-read.
+type StaticSecret string
+
+func (s StaticSecret) Secret(context.Context) (string, error) {
+	if s == "" {
+		return "", errors.New("client secret is empty")
+	}
+	return string(s), nil
+}
+func (StaticSecret) Invalidate() {}
+
+// Options configure a Client. EnvironmentURL, TenantID, ClientID and Secret
+// are required.
+type Options struct {
+	EnvironmentURL string // e.g. https://contoso.crm.dynamics.com or https://127.0.0.1:PORT
+	TenantID       string
+	ClientID       string
+	Secret         SecretSource
+
+	// AuthorityHost is the Entra authority, e.g. https://login.microsoftonline.com/.
+	// Empty: AZURE_AUTHORITY_HOST, else the public cloud. Instance discovery is
+	// turned off for hosts that are not Microsoft's public ones.
+	AuthorityHost string
+
+	// Transport sends the HTTP requests (Dataverse and the token endpoint).
+	// Nil: an http.Client trusting the system roots plus RootCAs.
+	Transport policy.Transporter
+	RootCAs   *x509.CertPool
+
+	// MaxConcurrency bounds requests in flight (default and ceiling 52); the
+	// server's x-ms-dop-hint lowers it further.
+	MaxConcurrency int
+	// BulkChunkSize is the number of rows per *Multiple request (default 100).
+	BulkChunkSize int
+	// MaxRetries per request for 429/5xx/network failures (default 10).
+	MaxRetries int
+	// RetryDelay is the base back-off for 5xx and network failures (default 1s);
+	// MaxRetryDelay caps it and is the longest Retry-After still waited for
+	// inside one call (default 5 minutes; the context deadline still applies).
+	RetryDelay, MaxRetryDelay time.Duration
+
+	// Logger receives one line per HTTP attempt (method, path, status,
+	// duration) and auth events; never headers, bodies or query values.
+	Logger func(string)
+}
+
+// Client talks to one Dataverse environment. Build it once and share it: it
+// is safe for concurrent use.
+type Client struct {
+	base     *url.URL // environment URL without trailing slash
+	api      string   // base + APIPath
+	pl       runtime.Pipeline
+	tokens   *tokenSource
+	throttle *throttle
+	secret   SecretSource
+	log      func(string)
+	chunk    int
+	maxConc  int
+}
+
+// New validates o and builds the client. It does not contact Dataverse; call
+// WhoAmI to check connectivity.
+func New(o Options) (*Client, error) {
+	if o.EnvironmentURL == "" {
+		return nil, errors.New("dataverse: EnvironmentURL is required")
+	}
+	u, err := url.Parse(strings.TrimRight(o.EnvironmentURL, "/"))
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("dataverse: EnvironmentURL %q is not an http(s) URL", o.EnvironmentURL)
+	}
+	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+		return nil, fmt.Errorf("dataverse: EnvironmentURL %q must use https", o.EnvironmentURL)
+	}
+	u.RawQuery, u.Fragment = "", ""
+	if o.TenantID == "" {
+		return nil, errors.New("dataverse: TenantID is required")
+	}
+	if o.ClientID == "" {
+		return nil, errors.New("dataverse: ClientID is required")
+	}
+	if o.Secret == nil {
+		return nil, errors.New("dataverse: Secret is required")
+	}
+	logf := o.Logger
+	if logf == nil {
+		logf = func(string) {}
+	}
+	maxConc := o.MaxConcurrency
+	if maxConc <= 0 || maxConc > MaxConcurrentRequests {
+		maxConc = MaxConcurrentRequests
+	}
+	chunk := o.BulkChunkSize
+	if chunk <= 0 {
+		chunk = 100
+	}
+	transport := o.Transport
+	if transport == nil {
+		transport = newHTTPClient(o.RootCAs)
+	}
+	authority, err := authorityHost(o.AuthorityHost)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		base:    u,
+		api:     u.String() + APIPath,
+		secret:  o.Secret,
+		log:     logf,
+		chunk:   chunk,
+		maxConc: maxConc,
+	}
+	c.tokens = &tokenSource{
+		tenantID:  o.TenantID,
+		clientID:  o.ClientID,
+		authority: authority,
+		secret:    o.Secret,
+		transport: transport,
+		log:       logf,
+	}
+	c.throttle = newThrottle(maxConc)
+
+	retry := policy.RetryOptions{
+		MaxRetries:    int32(o.MaxRetries),
+		RetryDelay:    o.RetryDelay,
+		MaxRetryDelay: o.MaxRetryDelay,
+		StatusCodes: []int{
+			http.StatusRequestTimeout, http.StatusTooManyRequests,
+			http.StatusInternalServerError, http.StatusBadGateway,
+			http.StatusServiceUnavailable, http.StatusGatewayTimeout,
+		},
+	}
+	if retry.MaxRetries == 0 {
+		retry.MaxRetries = 10
+	}
+	if retry.RetryDelay == 0 {
+		retry.RetryDelay = time.Second
+	}
+	if retry.MaxRetryDelay == 0 {
+		retry.MaxRetryDelay = 5 * time.Minute
+	}
+	scope := u.String() + "/.default"
+	bearer := runtime.NewBearerTokenPolicy(c.tokens, []string{scope}, &policy.BearerTokenOptions{
+		InsecureAllowCredentialWithHTTP: u.Scheme == "http", // loopback only, checked above
+	})
+	c.pl = runtime.NewPipeline("dataverse", "v1.0.0", runtime.PipelineOptions{}, &policy.ClientOptions{
+		Transport: transport,
+		Retry:     retry,
+		// Per try, outermost first: resend once with a fresh token after a
+		// 401; authorize; wait for Retry-After and a concurrency slot; log.
+		PerRetryPolicies: []policy.Policy{
+			&reauthPolicy{tokens: c.tokens},
+			bearer,
+			c.throttle,
+			&logPolicy{log: logf},
+		},
+		Telemetry: policy.TelemetryOptions{ApplicationID: "nopsync"},
+	})
+	return c, nil
+}
+
+// EnvironmentURL is the environment URL the client was built with.
+func (c *Client) EnvironmentURL() string { return c.base.String() }
+
+// SecretExpires returns the client secret's expiry when the secret source
+// knows it (Key Vault), nil otherwise.
+func (c *Client) SecretExpires(ctx context.Context) (*time.Time, error) {
+	if se, ok := c.secret.(SecretExpirer); ok {
+		return se.SecretExpires(ctx)
+	}
+	return nil, nil
+}
+
+// Concurrency is the current bound on requests in flight (after x-ms-dop-hint).
+func (c *Client) Concurrency() int { return c.throttle.sem.Limit() }
+
+// request is one Web API call.
+type request struct {
+	method  string
+	path    string // relative to the API root, e.g. "contacts(…)" or an absolute URL (nextLink)
+	query   url.Values
+	body    any // marshalled as JSON unless rawBody is set
+	rawBody []byte
+	ctype   string
+	header  map[string]string
+	op      string // for errors; default "METHOD path"
+	// anyStatus returns error answers as responses too ($batch answers a
+	// failed part with 400 and a multipart body).
+	anyStatus bool
+}
+
+// response is a successful answer (status < 400) with its body read.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// do sends r through the pipeline and turns error answers into *Error.
+func (c *Client) do(ctx context.Context, r request) (*response, error) {
+	target := r.path
+	if !strings.HasPrefix(target, "https://") && !strings.HasPrefix(target, "http://") {
+		target = c.api + target
+	} else if !strings.HasPrefix(target, c.api) {
+		// never send our token to another host (e.g. a forged nextLink)
+		return nil, fmt.Errorf("dataverse: refusing URL outside the environment: %s", redactURL(target))
+	}
+	if len(r.query) > 0 {
+		target += "?" + encodeQuery(r.query)
+	}
+	op := r.op
+	if op == "" {
+		op = r.method + " " + opPath(r.path)
+	}
+	req, err := runtime.NewRequest(ctx, r.method, target)
+	if err != nil {
+		return nil, fmt.Errorf("dataverse %s: %w", op, err)
+	}
+	h := req.Raw().Header
+	h.Set("Accept", "application/json")
+	h.Set("OData-MaxVersion", "4.0")
+	h.Set("OData-Version", "4.0")
+	for k, v := range r.header {
+		h.Set(k, v)
+	}
+	body := r.rawBody
+	ctype := r.ctype
+	if body == nil && r.body != nil {
+		body, err = json.Marshal(r.body)
+		if err != nil {
+			return nil, fmt.Errorf("dataverse %s: encoding body: %w", op, err)
+		}
+		ctype = "application/json"
+	}
+	if body != nil {
+		if err := req.SetBody(streaming.NopCloser(bytes.NewReader(body)), ctype); err != nil {
+			return nil, fmt.Errorf("dataverse %s: %w", op, err)
+		}
+	}
+	resp, err := c.pl.Do(req)
+	if err != nil {
+		return nil, c.transportError(ctx, op, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, &Error{Op: op, StatusCode: resp.StatusCode, Retryable: true, Err: fmt.Errorf("reading response: %w", err)}
+	}
+	if resp.StatusCode >= 400 && !(r.anyStatus && isMultipart(resp.Header)) {
+		e := errorFromResponse(op, resp.StatusCode, resp.Header, data)
+		if e.Auth {
+			e.Message = strings.TrimSpace("Dataverse rejected the access token after a refresh. " + e.Message)
+		}
+		return nil, e
+	}
+	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+}
+
+// transportError classifies a pipeline error: auth failure at the token
+// endpoint, context expiry (while throttled: a retryable 429), or network.
+func (c *Client) transportError(ctx context.Context, op string, err error) error {
+	var ae *authError
+	if errors.As(err, &ae) {
+		return &Error{Op: op, StatusCode: ae.status, Code: ae.code, Message: ae.message,
+			Auth: !ae.retryable, Retryable: ae.retryable, Err: ae.err}
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if wait := c.throttle.remaining(); wait > 0 {
+			return &Error{Op: op, StatusCode: http.StatusTooManyRequests, Code: "Throttled",
+				Message:    "service protection limit: the context ended before Retry-After expired",
+				RetryAfter: wait, Retryable: ctxErr == context.DeadlineExceeded, Err: ctxErr}
+		}
+		return fmt.Errorf("dataverse %s: %w", op, ctxErr)
+	}
+	var de *Error
+	if errors.As(err, &de) {
+		return err
+	}
+	return &Error{Op: op, Retryable: true, Err: stripURL(err)}
+}
+
+// stripURL drops *url.Error's URL (its query may hold filter values).
+func stripURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
+}
+
+// call sends r and decodes a JSON answer into out (when out is non-nil and
+// there is a body).
+func (c *Client) call(ctx context.Context, r request, out any) (*response, error) {
+	resp, err := c.do(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if out != nil && len(resp.body) > 0 {
+		if err := json.Unmarshal(resp.body, out); err != nil {
+			return nil, fmt.Errorf("dataverse %s %s: decoding response: %w", r.method, opPath(r.path), err)
+		}
+	}
+	return resp, nil
+}
+
+// Invoke sends any Web API request (path relative to /api/data/v9.2/, body
+// marshalled as JSON when non-nil) and decodes the JSON answer into out
+// (when non-nil). For actions and functions without a typed method.
+func (c *Client) Invoke(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.call(ctx, request{method: method, path: path, body: body}, out)
+	return err
+}
+
+// encodeQuery encodes OData system query options keeping "$" readable.
+func encodeQuery(q url.Values) string {
+	return strings.ReplaceAll(q.Encode(), "%24", "$")
+}
+
+// opPath is the path shown in errors and logs: no query, no host.
+func opPath(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	if u, err := url.Parse(p); err == nil && u.Host != "" {
+		p = strings.TrimPrefix(u.Path, APIPath)
+		p = strings.TrimPrefix(p, "/")
+	}
+	return p
+}
+
+// redactURL drops the query string (it may hold filter values).
+func redactURL(s string) string {
+	if i := strings.IndexByte(s, '?'); i >= 0 {
+		return s[:i] + "?…"
+	}
+	return s
+}

@@ -1,0 +1,247 @@
+package dataverse
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+)
+
+// reauthPolicy resends a request once after Dataverse answered 401: the
+// bearer policy has dropped its token by then, and tokens.rejected makes
+// the credential fetch a new one instead of returning MSAL's cached token.
+type reauthPolicy struct{ tokens *tokenSource }
+
+func (p *reauthPolicy) Do(req *policy.Request) (*http.Response, error) {
+	resp, err := req.Next()
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+	p.tokens.rejected(strings.TrimPrefix(req.Raw().Header.Get("Authorization"), "Bearer "))
+	runtime.Drain(resp)
+	if err := req.RewindBody(); err != nil {
+		return nil, err
+	}
+	return req.Next()
+}
+
+// throttle holds requests back while a 429's Retry-After is in force and
+// bounds requests in flight. Dataverse's limits are per user, so one 429
+// means every request of this client waits until the latest Retry-After
+// deadline: azcore's retry policy only delays the request that got the 429.
+type throttle struct {
+	sem *semaphore
+	max int
+
+	mu    sync.Mutex
+	until time.Time // no request leaves before this instant
+	wake  chan struct{}
+}
+
+func newThrottle(max int) *throttle {
+	return &throttle{sem: newSemaphore(max), max: max}
+}
+
+// remaining is how long the current Retry-After still holds.
+func (t *throttle) remaining() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return time.Until(t.until)
+}
+
+// hold extends the deadline to at least until.
+func (t *throttle) hold(until time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if until.After(t.until) {
+		t.until = until
+	}
+}
+
+// wait blocks until no Retry-After is in force.
+func (t *throttle) wait(ctx context.Context) error {
+	for {
+		d := t.remaining()
+		if d <= 0 {
+			return nil
+		}
+		tm := time.NewTimer(d)
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+			tm.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
+	ctx := req.Raw().Context()
+	for {
+		if err := t.wait(ctx); err != nil {
+			return nil, err
+		}
+		if err := t.sem.Acquire(ctx); err != nil {
+			return nil, err
+		}
+		// a 429 may have arrived while we queued for the slot
+		if t.remaining() <= 0 {
+			break
+		}
+		t.sem.Release()
+	}
+	resp, err := req.Next() // the body is downloaded inside: the slot covers it
+	t.sem.Release()
+	if err != nil {
+		return resp, err
+	}
+	if resp.StatusCode == http.StatusTooManyRequests {
+		d := retryAfter(resp.Header, time.Now())
+		if d <= 0 {
+			d = time.Second // no hint: still stop everyone briefly
+		}
+		t.hold(time.Now().Add(d))
+	}
+	if v := resp.Header.Get("x-ms-dop-hint"); v != "" {
+		if n, perr := strconv.Atoi(strings.TrimSpace(v)); perr == nil && n > 0 {
+			t.sem.SetLimit(min(n, t.max))
+		}
+	}
+	return resp, nil
+}
+
+// retryAfter reads the server's wait hint the way azcore's retry policy does
+// (retry-after-ms, x-ms-retry-after-ms, Retry-After seconds or HTTP date), so
+// the shared hold never ends before azcore's own per-request delay.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	for _, k := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
+		if v := h.Get(k); v != "" {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				return time.Duration(n) * time.Millisecond
+			}
+		}
+	}
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n > 0 {
+			return time.Duration(n) * time.Second
+		}
+		return 0
+	}
+	if f, err := strconv.ParseFloat(v, 64); err == nil && f > 0 {
+		// not azcore's format, but don't come back early if a server sends it
+		return time.Duration(f * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// semaphore is a counting semaphore whose limit can change while in use.
+type semaphore struct {
+	mu      sync.Mutex
+	limit   int
+	used    int
+	waiters []chan struct{}
+}
+
+func newSemaphore(limit int) *semaphore { return &semaphore{limit: limit} }
+
+func (s *semaphore) Limit() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.limit
+}
+
+func (s *semaphore) SetLimit(n int) {
+	if n < 1 {
+		n = 1
+	}
+	s.mu.Lock()
+	s.limit = n
+	s.wakeLocked()
+	s.mu.Unlock()
+}
+
+func (s *semaphore) Acquire(ctx context.Context) error {
+	s.mu.Lock()
+	if s.used < s.limit && len(s.waiters) == 0 {
+		s.used++
+		s.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	s.waiters = append(s.waiters, ch)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		select {
+		case <-ch: // granted just now: hand it back
+			s.used--
+			s.wakeLocked()
+		default:
+			for i, w := range s.waiters {
+				if w == ch {
+					s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
+					break
+				}
+			}
+		}
+		return ctx.Err()
+	}
+}
+
+func (s *semaphore) Release() {
+	s.mu.Lock()
+	s.used--
+	s.wakeLocked()
+	s.mu.Unlock()
+}
+
+// wakeLocked grants slots to waiters in arrival order.
+func (s *semaphore) wakeLocked() {
+	for len(s.waiters) > 0 && s.used < s.limit {
+		ch := s.waiters[0]
+		s.waiters = s.waiters[1:]
+		s.used++
+		close(ch)
+	}
+}
+
+// logPolicy logs each attempt: method, path (no query values), status,
+// duration. Never headers or bodies.
+type logPolicy struct{ log func(string) }
+
+func (p *logPolicy) Do(req *policy.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := req.Next()
+	r := req.Raw()
+	path := r.URL.Path
+	if r.URL.RawQuery != "" {
+		path += "?…"
+	}
+	dur := time.Since(start).Round(time.Millisecond)
+	switch {
+	case err != nil:
+		p.log(fmt.Sprintf("dataverse: %s %s failed after %s: %v", r.Method, path, dur, stripURL(err)))
+	case resp.StatusCode == http.StatusTooManyRequests:
+		p.log(fmt.Sprintf("dataverse: %s %s %d %s retry-after=%s", r.Method, path, resp.StatusCode, dur, retryAfter(resp.Header, time.Now())))
+	default:
+		p.log(fmt.Sprintf("dataverse: %s %s %d %s", r.Method, path, resp.StatusCode, dur))
+	}
+	return resp, err
+}
