@@ -1,0 +1,996 @@
+// Package localqueue is the embedded queue of local mode. It gives the app's queue
+// functions the Service Bus semantics they rely on, for queues with sessions and
+// duplicate detection:
+//
+//   - at-least-once delivery with peek-lock: a delivery is in flight until its handler
+//     returns; nil completes it (gone), an error abandons it (delivered again);
+//   - sessions: the messages of one SessionID are delivered one after another in send
+//     order, never two at a time; different sessions are delivered in parallel;
+//   - MaxDeliveryCount: a message whose delivery failed that many times is moved to the
+//     dead-letter queue with reason "MaxDeliveryCountExceeded" and the last error;
+//   - duplicate detection: a message whose MessageID was accepted within the duplicate
+//     window is dropped silently (Send still succeeds);
+//   - durability: with a directory, every change is journaled and fsynced before it is
+//     acknowledged and replayed at Open; messages in flight at a crash are delivered
+//     again after a restart, their delivery count kept.
+//
+// Local conveniences that Service Bus doesn't have: a delay before an abandoned message
+// is delivered again (RedeliveryDelay), and the handler's error text as the
+// dead-letter error description.
+//
+// One process at a time may open a directory.
+package localqueue
+
+import (
+	"container/heap"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/queue"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultMaxDeliveryCount = 10
+	DefaultDuplicateWindow  = 10 * time.Minute
+	// DefaultLockDuration is the time a handler has before its lock is lost. The
+	// Functions host renews Service Bus locks up to maxAutoLockRenewalDuration (5 min),
+	// so that is the budget a queue function has in Azure too.
+	DefaultLockDuration    = 5 * time.Minute
+	DefaultRedeliveryDelay = time.Second
+	// DefaultMaxMessageSize is Service Bus Standard's message size limit.
+	DefaultMaxMessageSize = 256 * 1024
+)
+
+// Dead-letter reasons, as Service Bus records them.
+const (
+	ReasonMaxDeliveryCountExceeded = "MaxDeliveryCountExceeded"
+)
+
+// ReplayOfProperty is the application property a replayed message carries: the
+// sequence number (int64) of the dead-lettered message it resubmits.
+const ReplayOfProperty = "replayOf"
+
+// maxDescription is the longest dead-letter error description kept (Service Bus's limit
+// for DeadLetterErrorDescription).
+const maxDescription = 4096
+
+// ErrClosed is returned by operations on closed Queues.
+var ErrClosed = errors.New("localqueue: closed")
+
+// Options configures Open. Zero fields take the defaults above; a negative
+// DuplicateWindow turns duplicate detection off, a negative RedeliveryDelay redelivers
+// at once.
+type Options struct {
+	// Dir holds the journal. Empty: in memory only, nothing survives Close.
+	Dir              string
+	MaxDeliveryCount int
+	DuplicateWindow  time.Duration
+	LockDuration     time.Duration
+	RedeliveryDelay  time.Duration
+	MaxMessageSize   int
+	// Now is the clock for enqueue times, the duplicate window and redelivery delays.
+	Now func() time.Time
+}
+
+// Delivery is one delivery of a message to a handler.
+type Delivery struct {
+	MessageID, SessionID, Subject, ContentType string
+	Body                                       []byte
+	DeliveryCount                              int // 1 on the first delivery
+	SequenceNumber                             int64
+	EnqueuedAt                                 time.Time
+	LockToken                                  string
+	ApplicationProperties                      map[string]any
+}
+
+// Queues is a set of named queues (created on first use) sharing one journal.
+// Its methods are safe for concurrent use.
+type Queues struct {
+	opt Options
+
+	mu      sync.Mutex
+	queues  map[string]*queueState
+	j       *journal // nil in memory-only mode
+	closing bool
+	failed  error // sticky journal failure: the state can no longer be made durable
+	runs    map[*runHandle]struct{}
+	runWG   sync.WaitGroup
+}
+
+type runHandle struct{ cancel context.CancelFunc }
+
+type message struct {
+	seq         int64
+	id, session string
+	subject     string
+	contentType string
+	body        []byte
+	props       map[string]any
+	enqueuedAt  time.Time
+	count       int    // deliveries so far
+	lastError   string // text of the last failed delivery
+	inFlight    bool
+	lockToken   string
+	availableAt time.Time
+
+	// dead-letter fields
+	reason, description string
+	deadAt              time.Time
+	deadOrder           int64
+}
+
+type session struct {
+	id      string
+	seqs    []int64 // active messages in send order; seqs[0] is the head
+	busy    bool    // the head is in flight
+	queued  bool    // in the ready list or the delayed heap
+	heapIdx int
+	headAt  time.Time // when the head becomes available (while in the delayed heap)
+}
+
+type queueState struct {
+	name     string
+	nextSeq  int64
+	msgs     map[int64]*message
+	sessions map[string]*session
+	ready    []*session  // idle sessions whose head is available now, FIFO
+	delayed  sessionHeap // idle sessions whose head becomes available later
+	dead     map[int64]*message
+	deadSeq  int64
+	dedupe   map[string]time.Time // MessageID -> when it was accepted
+	wake     chan struct{}        // closed (and replaced) when a message may have become available
+	sweepAt  int                  // dedupe size at which expired entries are swept next
+	inflight int
+}
+
+// Open opens (or creates) the queues in o.Dir and replays the journal.
+func Open(o Options) (*Queues, error) {
+	if o.MaxDeliveryCount <= 0 {
+		o.MaxDeliveryCount = DefaultMaxDeliveryCount
+	}
+	if o.DuplicateWindow == 0 {
+		o.DuplicateWindow = DefaultDuplicateWindow
+	}
+	if o.LockDuration <= 0 {
+		o.LockDuration = DefaultLockDuration
+	}
+	if o.RedeliveryDelay == 0 {
+		o.RedeliveryDelay = DefaultRedeliveryDelay
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	q := &Queues{opt: o, queues: map[string]*queueState{}, runs: map[*runHandle]struct{}{}}
+	if o.Dir == "" {
+		return q, nil
+	}
+	j, err := openJournal(o.Dir, q.applyRecord)
+	if err != nil {
+		return nil, err
+	}
+	q.j = j
+	now := q.now()
+	for _, qs := range q.queues {
+		// Oldest head first, as the messages came.
+		ss := slices.Collect(maps.Values(qs.sessions))
+		slices.SortFunc(ss, func(a, b *session) int { return cmpInt64(a.seqs[0], b.seqs[0]) })
+		for _, s := range ss {
+			q.schedule(qs, s, now)
+		}
+	}
+	// Start from a compact journal: the snapshot of what the replay rebuilt.
+	if err := j.compact(q.snapshot(now)); err != nil {
+		j.close()
+		return nil, err
+	}
+	return q, nil
+}
+
+func (q *Queues) now() time.Time { return q.opt.Now().UTC() }
+
+func (q *Queues) queue(name string) *queueState {
+	qs := q.queues[name]
+	if qs == nil {
+		qs = &queueState{
+			name: name, nextSeq: 1,
+			msgs: map[int64]*message{}, sessions: map[string]*session{},
+			dead: map[int64]*message{}, dedupe: map[string]time.Time{},
+			wake: make(chan struct{}), sweepAt: 1024,
+		}
+		q.queues[name] = qs
+	}
+	return qs
+}
+
+func (qs *queueState) wakeUp() {
+	close(qs.wake)
+	qs.wake = make(chan struct{})
+}
+
+// usable reports why the queues can't take a change, if they can't (under mu).
+func (q *Queues) usable() error {
+	if q.closing {
+		return ErrClosed
+	}
+	return q.failed
+}
+
+// commit appends recs to the journal (under mu) and returns a function that makes them
+// durable (to call after unlocking).
+func (q *Queues) commit(recs ...record) (func() error, error) {
+	if q.j == nil {
+		return func() error { return nil }, nil
+	}
+	t, err := q.j.append(recs...)
+	if err != nil {
+		q.failed = err
+		return nil, err
+	}
+	return func() error {
+		if err := q.j.sync(t); err != nil {
+			q.mu.Lock()
+			q.failed = err
+			q.mu.Unlock()
+			return err
+		}
+		return nil
+	}, nil
+}
+
+// maybeCompact rewrites the journal when it holds many more records than the state
+// (under mu, after an append).
+func (q *Queues) maybeCompact() {
+	if q.j == nil || q.j.records < 4096 {
+		return
+	}
+	live := 0
+	for _, qs := range q.queues {
+		live += len(qs.msgs) + len(qs.dead) + len(qs.dedupe) + 1
+	}
+	if q.j.records < 4*live {
+		return
+	}
+	if err := q.j.compact(q.snapshot(q.now())); err != nil {
+		q.failed = err
+	}
+}
+
+// Send implements queue.Sender. The batch is all or nothing: every message is checked
+// first, then the accepted ones are journaled as one record. A message whose MessageID
+// was accepted within the duplicate window (or earlier in the same batch) is dropped,
+// and Send still succeeds, as with Service Bus.
+func (q *Queues) Send(ctx context.Context, queueName string, msgs []queue.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if queueName == "" {
+		return errors.New("localqueue: send: empty queue name")
+	}
+	enc := make([]msgJSON, len(msgs))
+	for i, m := range msgs {
+		if err := q.check(m); err != nil {
+			return fmt.Errorf("localqueue: send to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
+		}
+		props, err := encodeProps(m.ApplicationProperties)
+		if err != nil {
+			return fmt.Errorf("localqueue: send to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
+		}
+		enc[i] = msgJSON{MessageID: m.MessageID, SessionID: m.SessionID, Subject: m.Subject,
+			ContentType: m.ContentType, Body: m.Body, Props: props}
+	}
+
+	q.mu.Lock()
+	if err := q.usable(); err != nil {
+		q.mu.Unlock()
+		return err
+	}
+	qs := q.queue(queueName)
+	now := q.now()
+	q.sweepDedupe(qs, now)
+	accepted := enc[:0:0]
+	seen := map[string]bool{}
+	seq := qs.nextSeq
+	for _, m := range enc {
+		if seen[m.MessageID] || q.duplicate(qs, m.MessageID, now) {
+			continue
+		}
+		seen[m.MessageID] = true
+		m.Seq = seq
+		m.EnqueuedAt = now
+		seq++
+		accepted = append(accepted, m)
+	}
+	if len(accepted) == 0 {
+		q.mu.Unlock()
+		return nil
+	}
+	durable, err := q.commit(record{Op: opSend, Q: queueName, Msgs: accepted})
+	if err != nil {
+		q.mu.Unlock()
+		return err
+	}
+	for _, m := range accepted {
+		if err := q.applySend(qs, m); err != nil { // cannot fail: checked above
+			q.failed = err
+		}
+		q.schedule(qs, qs.sessions[m.SessionID], now)
+	}
+	qs.wakeUp()
+	q.maybeCompact()
+	q.mu.Unlock()
+	return durable()
+}
+
+func (q *Queues) check(m queue.Message) error {
+	switch {
+	case m.MessageID == "":
+		return errors.New("empty MessageID (duplicate detection needs it)")
+	case len(m.MessageID) > 128:
+		return errors.New("MessageID longer than 128 characters")
+	case m.SessionID == "":
+		return errors.New("empty SessionID (the queues require sessions)")
+	case len(m.SessionID) > 128:
+		return errors.New("SessionID longer than 128 characters")
+	}
+	size := len(m.Body) + len(m.MessageID) + len(m.SessionID) + len(m.Subject) + len(m.ContentType)
+	for k, v := range m.ApplicationProperties {
+		size += len(k) + len(fmt.Sprint(v))
+	}
+	if size > q.opt.MaxMessageSize {
+		return fmt.Errorf("message of about %d bytes exceeds the %d-byte limit", size, q.opt.MaxMessageSize)
+	}
+	return nil
+}
+
+func (q *Queues) duplicate(qs *queueState, id string, now time.Time) bool {
+	if q.opt.DuplicateWindow < 0 {
+		return false
+	}
+	at, ok := qs.dedupe[id]
+	return ok && now.Sub(at) < q.opt.DuplicateWindow
+}
+
+// sweepDedupe drops expired duplicate-detection entries, now and then.
+func (q *Queues) sweepDedupe(qs *queueState, now time.Time) {
+	if len(qs.dedupe) < qs.sweepAt {
+		return
+	}
+	for id, at := range qs.dedupe {
+		if q.opt.DuplicateWindow < 0 || now.Sub(at) >= q.opt.DuplicateWindow {
+			delete(qs.dedupe, id)
+		}
+	}
+	qs.sweepAt = max(1024, 2*len(qs.dedupe))
+}
+
+// applySend adds an accepted message (live and at replay).
+func (q *Queues) applySend(qs *queueState, m msgJSON) error {
+	props, err := decodeProps(m.Props)
+	if err != nil {
+		return err
+	}
+	msg := &message{
+		seq: m.Seq, id: m.MessageID, session: m.SessionID, subject: m.Subject,
+		contentType: m.ContentType, body: slices.Clone(m.Body), props: props,
+		enqueuedAt: m.EnqueuedAt, count: m.DeliveryCount, lastError: m.LastError,
+	}
+	if m.Seq >= qs.nextSeq {
+		qs.nextSeq = m.Seq + 1
+	}
+	if q.opt.DuplicateWindow >= 0 {
+		if at, ok := qs.dedupe[m.MessageID]; !ok || m.EnqueuedAt.After(at) {
+			qs.dedupe[m.MessageID] = m.EnqueuedAt
+		}
+	}
+	if m.Dead {
+		msg.reason, msg.description, msg.deadAt = m.Reason, m.Description, m.DeadAt
+		qs.deadSeq++
+		msg.deadOrder = qs.deadSeq
+		qs.dead[msg.seq] = msg
+		return nil
+	}
+	q.addActive(qs, msg)
+	return nil
+}
+
+func (q *Queues) addActive(qs *queueState, msg *message) {
+	qs.msgs[msg.seq] = msg
+	s := qs.sessions[msg.session]
+	if s == nil {
+		s = &session{id: msg.session, heapIdx: -1}
+		qs.sessions[msg.session] = s
+	}
+	// Sequence numbers only grow, so appending keeps send order.
+	s.seqs = append(s.seqs, msg.seq)
+}
+
+// removeActive takes msg out of its session (under mu).
+func (q *Queues) removeActive(qs *queueState, msg *message) {
+	delete(qs.msgs, msg.seq)
+	s := qs.sessions[msg.session]
+	if s == nil {
+		return
+	}
+	if i := slices.Index(s.seqs, msg.seq); i >= 0 {
+		s.seqs = slices.Delete(s.seqs, i, i+1)
+	}
+	if len(s.seqs) == 0 && !s.busy {
+		q.unschedule(qs, s)
+		delete(qs.sessions, s.id)
+	}
+}
+
+// schedule puts an idle session with messages in the ready list or the delayed heap.
+func (q *Queues) schedule(qs *queueState, s *session, now time.Time) {
+	if s == nil || s.busy || s.queued || len(s.seqs) == 0 {
+		return
+	}
+	s.queued = true
+	head := qs.msgs[s.seqs[0]]
+	if head.availableAt.After(now) {
+		s.headAt = head.availableAt
+		heap.Push(&qs.delayed, s)
+		return
+	}
+	qs.ready = append(qs.ready, s)
+}
+
+func (q *Queues) unschedule(qs *queueState, s *session) {
+	if !s.queued {
+		return
+	}
+	s.queued = false
+	if s.heapIdx >= 0 {
+		heap.Remove(&qs.delayed, s.heapIdx)
+		return
+	}
+	if i := slices.Index(qs.ready, s); i >= 0 {
+		qs.ready = slices.Delete(qs.ready, i, i+1)
+	}
+}
+
+// deadLetter moves an active message to the dead-letter queue (under mu; the caller
+// journals it).
+func (q *Queues) deadLetter(qs *queueState, msg *message, reason, desc string, now time.Time) {
+	q.removeActive(qs, msg)
+	msg.inFlight = false
+	msg.reason, msg.description, msg.deadAt = reason, truncate(desc, maxDescription), now
+	qs.deadSeq++
+	msg.deadOrder = qs.deadSeq
+	qs.dead[msg.seq] = msg
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func maxDeliveriesText(n int, last string) string {
+	if last == "" {
+		return fmt.Sprintf("message could not be consumed after %d delivery attempts", n)
+	}
+	return last
+}
+
+// Run delivers queueName's messages to handle with the given number of workers until
+// ctx is done (then it returns nil, after the handlers in flight returned) or the
+// queues are closed (ErrClosed). A handler returning nil completes its delivery; an
+// error (or a panic) abandons it. A handler that runs past LockDuration loses its lock:
+// its context is cancelled and its delivery counts as failed whatever it returns. The
+// session stays locked until the handler has returned, so a session is never handled
+// twice at once. Several Runs may drain the same queue.
+func (q *Queues) Run(ctx context.Context, queueName string, workers int, handle func(ctx context.Context, d Delivery) error) error {
+	if queueName == "" {
+		return errors.New("localqueue: run: empty queue name")
+	}
+	if workers < 1 {
+		return fmt.Errorf("localqueue: run %s: workers must be at least 1, got %d", queueName, workers)
+	}
+	if handle == nil {
+		return fmt.Errorf("localqueue: run %s: nil handler", queueName)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h := &runHandle{cancel: cancel}
+	q.mu.Lock()
+	if err := q.usable(); err != nil {
+		q.mu.Unlock()
+		return err
+	}
+	q.runs[h] = struct{}{}
+	q.runWG.Add(1)
+	qs := q.queue(queueName)
+	q.mu.Unlock()
+	defer q.runWG.Done()
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				d, msg, ok := q.acquire(runCtx, qs)
+				if !ok {
+					return
+				}
+				q.deliver(runCtx, qs, msg, d, handle)
+			}
+		})
+	}
+	wg.Wait()
+
+	q.mu.Lock()
+	delete(q.runs, h)
+	err := q.usable()
+	q.mu.Unlock()
+	if ctx.Err() != nil && !errors.Is(err, ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// acquire waits for the next deliverable message, locks its session and journals the
+// new delivery count.
+func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *message, bool) {
+	for {
+		q.mu.Lock()
+		if q.usable() != nil || ctx.Err() != nil {
+			q.mu.Unlock()
+			return Delivery{}, nil, false
+		}
+		now := q.now()
+		for qs.delayed.Len() > 0 && !qs.delayed[0].headAt.After(now) {
+			s := heap.Pop(&qs.delayed).(*session)
+			qs.ready = append(qs.ready, s)
+		}
+		if len(qs.ready) > 0 {
+			s := qs.ready[0]
+			qs.ready = qs.ready[1:]
+			s.queued = false
+			msg := qs.msgs[s.seqs[0]]
+			if msg.count >= q.opt.MaxDeliveryCount {
+				// Failed deliveries of an earlier run (lock lost in a crash): Service
+				// Bus dead-letters at the next receive.
+				durable, err := q.commit(record{Op: opDL, Q: qs.name, Seq: msg.seq,
+					Reason: ReasonMaxDeliveryCountExceeded, Description: maxDeliveriesText(msg.count, msg.lastError), At: now})
+				if err == nil {
+					q.deadLetter(qs, msg, ReasonMaxDeliveryCountExceeded, maxDeliveriesText(msg.count, msg.lastError), now)
+					q.schedule(qs, s, now)
+				}
+				q.mu.Unlock()
+				if err == nil {
+					err = durable()
+				}
+				if err != nil {
+					return Delivery{}, nil, false
+				}
+				continue
+			}
+			msg.count++
+			msg.inFlight = true
+			msg.lockToken = newLockToken()
+			s.busy = true
+			qs.inflight++
+			durable, err := q.commit(record{Op: opLock, Q: qs.name, Seq: msg.seq, DeliveryCount: msg.count})
+			d := Delivery{
+				MessageID: msg.id, SessionID: msg.session, Subject: msg.subject, ContentType: msg.contentType,
+				Body: slices.Clone(msg.body), DeliveryCount: msg.count, SequenceNumber: msg.seq,
+				EnqueuedAt: msg.enqueuedAt, LockToken: msg.lockToken, ApplicationProperties: maps.Clone(msg.props),
+			}
+			q.maybeCompact()
+			q.mu.Unlock()
+			if err == nil {
+				err = durable()
+			}
+			if err != nil {
+				q.mu.Lock()
+				q.release(qs, msg, q.now())
+				q.mu.Unlock()
+				return Delivery{}, nil, false
+			}
+			return d, msg, true
+		}
+		wake := qs.wake
+		var timer *time.Timer
+		var tick <-chan time.Time
+		if qs.delayed.Len() > 0 {
+			// Cap the wait so an injected clock that jumps is noticed.
+			timer = time.NewTimer(min(max(qs.delayed[0].headAt.Sub(now), time.Millisecond), time.Second))
+			tick = timer.C
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-tick:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// release ends a delivery without an outcome (shutdown, journal failure): the message
+// is available again with its delivery count kept (under mu).
+func (q *Queues) release(qs *queueState, msg *message, now time.Time) {
+	msg.inFlight = false
+	msg.lockToken = ""
+	qs.inflight--
+	if s := qs.sessions[msg.session]; s != nil {
+		s.busy = false
+		q.schedule(qs, s, now)
+	}
+	qs.wakeUp()
+}
+
+func (q *Queues) deliver(runCtx context.Context, qs *queueState, msg *message, d Delivery, handle func(context.Context, Delivery) error) {
+	hctx, cancel := context.WithTimeout(runCtx, q.opt.LockDuration)
+	err := call(hctx, handle, d)
+	lockLost := errors.Is(hctx.Err(), context.DeadlineExceeded) && runCtx.Err() == nil
+	cancel()
+
+	q.mu.Lock()
+	now := q.now()
+	if q.failed != nil || (err != nil && runCtx.Err() != nil) {
+		// Shutting down (or the journal is broken): no outcome. The journal still says
+		// "locked", so after a restart the message comes again with its count kept.
+		q.release(qs, msg, now)
+		q.mu.Unlock()
+		return
+	}
+	if lockLost {
+		err = fmt.Errorf("message lock lost: the handler ran longer than the lock duration (%s); last error: %v", q.opt.LockDuration, err)
+	}
+	var recs []record
+	if err == nil {
+		recs = append(recs, record{Op: opDone, Q: qs.name, Seq: msg.seq})
+	} else {
+		text := truncate(err.Error(), maxDescription)
+		if msg.count >= q.opt.MaxDeliveryCount {
+			recs = append(recs, record{Op: opDL, Q: qs.name, Seq: msg.seq,
+				Reason: ReasonMaxDeliveryCountExceeded, Description: text, At: now})
+		} else {
+			recs = append(recs, record{Op: opAbandon, Q: qs.name, Seq: msg.seq, Err: text})
+		}
+	}
+	durable, cerr := q.commit(recs...)
+	if cerr != nil {
+		q.release(qs, msg, now)
+		q.mu.Unlock()
+		return
+	}
+	s := qs.sessions[msg.session]
+	s.busy = false
+	qs.inflight--
+	msg.inFlight = false
+	msg.lockToken = ""
+	switch recs[0].Op {
+	case opDone:
+		q.removeActive(qs, msg)
+	case opDL:
+		q.deadLetter(qs, msg, recs[0].Reason, recs[0].Description, now)
+	case opAbandon:
+		msg.lastError = recs[0].Err
+		if q.opt.RedeliveryDelay > 0 {
+			msg.availableAt = now.Add(q.opt.RedeliveryDelay)
+		}
+	}
+	q.schedule(qs, s, now)
+	if len(s.seqs) == 0 {
+		delete(qs.sessions, s.id)
+	}
+	qs.wakeUp()
+	q.maybeCompact()
+	q.mu.Unlock()
+	_ = durable() // a failure is sticky in q.failed and stops the runs
+}
+
+// call runs the handler, turning a panic into an error.
+func call(ctx context.Context, handle func(context.Context, Delivery) error, d Delivery) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panic: %v", r)
+		}
+	}()
+	return handle(ctx, d)
+}
+
+func newLockToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// Stats implements queue.Inspector. Active counts messages waiting or in flight, as
+// Service Bus's ActiveMessageCount does.
+func (q *Queues) Stats(ctx context.Context, queueName string) (queue.Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return queue.Stats{}, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	qs := q.queues[queueName]
+	if qs == nil {
+		return queue.Stats{}, nil
+	}
+	return queue.Stats{Active: int64(len(qs.msgs)), DeadLettered: int64(len(qs.dead))}, nil
+}
+
+// PeekDeadLetters implements queue.DeadLetters: up to max dead-lettered messages (all
+// when max <= 0), in the order they were dead-lettered.
+func (q *Queues) PeekDeadLetters(ctx context.Context, queueName string, max int) ([]queue.DeadLetter, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	qs := q.queues[queueName]
+	if qs == nil {
+		return nil, nil
+	}
+	dead := q.deadInOrder(qs)
+	if max > 0 && len(dead) > max {
+		dead = dead[:max]
+	}
+	out := make([]queue.DeadLetter, len(dead))
+	for i, m := range dead {
+		out[i] = queue.DeadLetter{
+			Message: queue.Message{MessageID: m.id, SessionID: m.session, Subject: m.subject,
+				ContentType: m.contentType, Body: slices.Clone(m.body), ApplicationProperties: maps.Clone(m.props)},
+			SequenceNumber: m.seq, DeliveryCount: m.count, EnqueuedAt: m.enqueuedAt,
+			Reason: m.reason, ErrorDescription: m.description,
+		}
+	}
+	return out, nil
+}
+
+func (q *Queues) deadInOrder(qs *queueState) []*message {
+	dead := slices.Collect(maps.Values(qs.dead))
+	slices.SortFunc(dead, func(a, b *message) int { return cmpInt64(a.deadOrder, b.deadOrder) })
+	return dead
+}
+
+// Replay implements queue.DeadLetters. It moves the dead-lettered messages whose
+// MessageID is in ids (all when ids is empty) back to the queue, in the order they were
+// dead-lettered, with MessageID, SessionID, Subject, ContentType, body and properties
+// unchanged plus ReplayOfProperty, a new sequence number and a delivery count of 0.
+//
+// Duplicate detection: a replay is a deliberate resubmission, so it does not pass
+// through Send's duplicate check (which would drop it, the id having been accepted
+// before). The queue knows a message is a replay because it is moved from the
+// dead-letter queue by this method, inside the queue (one journal record), rather than
+// sent from outside. The replay refreshes the id's duplicate-detection entry, so the
+// store re-sending the same event right after a replay is still dropped.
+func (q *Queues) Replay(ctx context.Context, queueName string, ids []string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	q.mu.Lock()
+	if err := q.usable(); err != nil {
+		q.mu.Unlock()
+		return nil, err
+	}
+	qs := q.queues[queueName]
+	if qs == nil {
+		q.mu.Unlock()
+		return nil, nil
+	}
+	now := q.now()
+	var reps []replayJSON
+	var out []string
+	next := qs.nextSeq
+	for _, m := range q.deadInOrder(qs) {
+		if len(want) > 0 && !want[m.id] {
+			continue
+		}
+		reps = append(reps, replayJSON{Seq: m.seq, NewSeq: next})
+		out = append(out, m.id)
+		next++
+	}
+	if len(reps) == 0 {
+		q.mu.Unlock()
+		return nil, nil
+	}
+	durable, err := q.commit(record{Op: opReplay, Q: queueName, Replays: reps, At: now})
+	if err != nil {
+		q.mu.Unlock()
+		return nil, err
+	}
+	q.applyReplay(qs, reps, now)
+	for _, r := range reps {
+		q.schedule(qs, qs.sessions[qs.msgs[r.NewSeq].session], now)
+	}
+	qs.wakeUp()
+	q.maybeCompact()
+	q.mu.Unlock()
+	if err := durable(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (q *Queues) applyReplay(qs *queueState, reps []replayJSON, at time.Time) error {
+	for _, r := range reps {
+		m := qs.dead[r.Seq]
+		if m == nil {
+			return fmt.Errorf("replay of unknown dead letter %d", r.Seq)
+		}
+		delete(qs.dead, r.Seq)
+		props := maps.Clone(m.props)
+		if props == nil {
+			props = map[string]any{}
+		}
+		props[ReplayOfProperty] = m.seq
+		nm := &message{seq: r.NewSeq, id: m.id, session: m.session, subject: m.subject,
+			contentType: m.contentType, body: m.body, props: props, enqueuedAt: at}
+		if r.NewSeq >= qs.nextSeq {
+			qs.nextSeq = r.NewSeq + 1
+		}
+		if q.opt.DuplicateWindow >= 0 {
+			qs.dedupe[m.id] = at
+		}
+		q.addActive(qs, nm)
+	}
+	return nil
+}
+
+// applyRecord replays one journal record at Open.
+func (q *Queues) applyRecord(r record) error {
+	qs := q.queue(r.Q)
+	switch r.Op {
+	case opSend, opMsg:
+		for _, m := range r.Msgs {
+			if err := q.applySend(qs, m); err != nil {
+				return err
+			}
+		}
+	case opLock:
+		if m := qs.msgs[r.Seq]; m != nil {
+			m.count = r.DeliveryCount
+		}
+	case opAbandon:
+		if m := qs.msgs[r.Seq]; m != nil {
+			m.lastError = r.Err
+		}
+	case opDone:
+		if m := qs.msgs[r.Seq]; m != nil {
+			q.removeActive(qs, m)
+		}
+	case opDL:
+		if m := qs.msgs[r.Seq]; m != nil {
+			q.deadLetter(qs, m, r.Reason, r.Description, r.At)
+		}
+	case opReplay:
+		return q.applyReplay(qs, r.Replays, r.At)
+	case opDedupe:
+		if at, ok := qs.dedupe[r.ID]; !ok || r.At.After(at) {
+			qs.dedupe[r.ID] = r.At
+		}
+	case opNextSeq:
+		qs.nextSeq = max(qs.nextSeq, r.Next)
+	default:
+		return fmt.Errorf("unknown journal operation %q", r.Op)
+	}
+	return nil
+}
+
+// snapshot is the state as journal records (under mu): per queue its next sequence
+// number, the duplicate-detection entries of messages no longer held, and every active
+// and dead-lettered message.
+func (q *Queues) snapshot(now time.Time) []record {
+	var recs []record
+	for _, name := range slices.Sorted(maps.Keys(q.queues)) {
+		qs := q.queues[name]
+		recs = append(recs, record{Op: opNextSeq, Q: name, Next: qs.nextSeq})
+		var msgs []msgJSON
+		for _, m := range qs.msgs {
+			msgs = append(msgs, toJSON(m, false))
+		}
+		// Active messages by sequence number (session order), dead ones in
+		// dead-letter order (applySend numbers them as they come).
+		slices.SortFunc(msgs, func(a, b msgJSON) int { return cmpInt64(a.Seq, b.Seq) })
+		for _, m := range q.deadInOrder(qs) {
+			msgs = append(msgs, toJSON(m, true))
+		}
+		for id, at := range qs.dedupe {
+			if q.opt.DuplicateWindow >= 0 && now.Sub(at) < q.opt.DuplicateWindow {
+				recs = append(recs, record{Op: opDedupe, Q: name, ID: id, At: at})
+			}
+		}
+		// One record per message keeps each line small.
+		for _, m := range msgs {
+			recs = append(recs, record{Op: opMsg, Q: name, Msgs: []msgJSON{m}})
+		}
+	}
+	return recs
+}
+
+func toJSON(m *message, dead bool) msgJSON {
+	props, _ := encodeProps(m.props) // were encodable when sent
+	return msgJSON{
+		Seq: m.seq, MessageID: m.id, SessionID: m.session, Subject: m.subject, ContentType: m.contentType,
+		Body: m.body, Props: props, EnqueuedAt: m.enqueuedAt, DeliveryCount: m.count, LastError: m.lastError,
+		Dead: dead, Reason: m.reason, Description: m.description, DeadAt: m.deadAt,
+	}
+}
+
+// Close stops every Run (handlers get their context cancelled; a delivery whose
+// handler then fails gets no outcome and comes again after a restart, its count kept),
+// waits for them, and closes the journal.
+func (q *Queues) Close() error {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closing = true // no new Send, Replay or Run; deliveries in flight still settle
+	for h := range q.runs {
+		h.cancel()
+	}
+	q.mu.Unlock()
+	q.runWG.Wait()
+	if q.j != nil {
+		if err := q.j.close(); err != nil {
+			return fmt.Errorf("localqueue: close journal: %w", err)
+		}
+	}
+	return nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sessionHeap orders delayed sessions by their head's availability.
+type sessionHeap []*session
+
+func (h sessionHeap) Len() int { return len(h) }
+func (h sessionHeap) Less(i, j int) bool {
+	return h[i].headAt.Before(h[j].headAt)
+}
+func (h sessionHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+func (h *sessionHeap) Push(x any) {
+	s := x.(*session)
+	s.heapIdx = len(*h)
+	*h = append(*h, s)
+}
+func (h *sessionHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	s.heapIdx = -1
+	return s
+}
+
+var (
+	_ queue.Sender      = (*Queues)(nil)
+	_ queue.DeadLetters = (*Queues)(nil)
+	_ queue.Inspector   = (*Queues)(nil)
+)
