@@ -47,7 +47,7 @@ func cents(r *rand.Rand, lo, hi int64) nop.Money {
 	return nop.MoneyFromUnits((lo + r.Int64N(hi-lo+1)) * 100)
 }
 
-func ptr[T any](v T) *T { return &v }
+func genPtr[T any](v T) *T { return &v }
 
 // genOrder builds an order the way nopCommerce computes one (OrderProcessingService and
 // OrderTotalCalculationService): unit price excl. tax, item discount, line totals with tax
@@ -75,14 +75,14 @@ func genOrder(r *rand.Rand, id int, o genOptions) *nop.Order {
 		CreatedOnUtc:         time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC),
 		Customer: nop.Customer{
 			ID: 100000 + id, CustomerGUID: fmt.Sprintf("00000000-0000-4000-9000-%012d", id),
-			Email:     ptr(fmt.Sprintf("buyer%d@example.test", id)),
-			FirstName: ptr("Gen"), LastName: ptr(fmt.Sprintf("Buyer %d", id)),
+			Email:     genPtr(fmt.Sprintf("buyer%d@example.test", id)),
+			FirstName: genPtr("Gen"), LastName: genPtr(fmt.Sprintf("Buyer %d", id)),
 			IsRegistered: true, Active: true,
 		},
-		BillingAddress: nop.Address{FirstName: ptr("Gen"), LastName: ptr("Buyer"),
-			Email: ptr(fmt.Sprintf("buyer%d@example.test", id)), City: ptr("Springfield"), Country: ptr("United States")},
-		PaymentMethodSystemName: ptr("Payments.Manual"),
-		ShippingMethod:          ptr("Ground"),
+		BillingAddress: nop.Address{FirstName: genPtr("Gen"), LastName: genPtr("Buyer"),
+			Email: genPtr(fmt.Sprintf("buyer%d@example.test", id)), City: genPtr("Springfield"), Country: genPtr("United States")},
+		PaymentMethodSystemName: genPtr("Payments.Manual"),
+		ShippingMethod:          genPtr("Ground"),
 	}
 	n := 1 + r.IntN(6)
 	var subIncl, subExcl, tax nop.Money

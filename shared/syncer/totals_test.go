@@ -7,7 +7,7 @@ import (
 	"github.com/nopsync/nopsync/shared/nop"
 )
 
-func money(t testing.TB, s string) nop.Money {
+func orderMoney(t testing.TB, s string) nop.Money {
 	t.Helper()
 	m, err := nop.ParseMoney(s)
 	if err != nil {
@@ -48,29 +48,29 @@ func dataverseTotal(t *testing.T, a orderAmounts, p precision) nop.Money {
 
 func TestOrderTotalsSpecExample(t *testing.T) {
 	o := &nop.Order{
-		OrderSubtotalInclTax: money(t, "229.9"), OrderShippingInclTax: money(t, "11"),
-		PaymentMethodAdditionalFeeInclTax: money(t, "2.2"), OrderDiscount: money(t, "5"),
-		OrderTotal: money(t, "238.1"),
+		OrderSubtotalInclTax: orderMoney(t, "229.9"), OrderShippingInclTax: orderMoney(t, "11"),
+		PaymentMethodAdditionalFeeInclTax: orderMoney(t, "2.2"), OrderDiscount: orderMoney(t, "5"),
+		OrderTotal: orderMoney(t, "238.1"),
 		Items: []nop.OrderItem{
-			{Quantity: 2, UnitPriceExclTax: money(t, "100"), PriceInclTax: money(t, "220")},
-			{Quantity: 1, UnitPriceExclTax: money(t, "10"), DiscountAmountExclTax: money(t, "1"), PriceInclTax: money(t, "9.9")},
+			{Quantity: 2, UnitPriceExclTax: orderMoney(t, "100"), PriceInclTax: orderMoney(t, "220")},
+			{Quantity: 1, UnitPriceExclTax: orderMoney(t, "10"), DiscountAmountExclTax: orderMoney(t, "1"), PriceInclTax: orderMoney(t, "9.9")},
 		},
 	}
 	p := precisionFor(2)
 	a := orderTotals(o, p)
 	want := []lineAmounts{
-		{Quantity: 2, PricePerUnit: money(t, "100"), Tax: money(t, "20"), Extended: money(t, "220")},
-		{Quantity: 1, PricePerUnit: money(t, "10"), ManualDiscount: money(t, "1"), Tax: money(t, "0.9"), Extended: money(t, "9.9")},
+		{Quantity: 2, PricePerUnit: orderMoney(t, "100"), Tax: orderMoney(t, "20"), Extended: orderMoney(t, "220")},
+		{Quantity: 1, PricePerUnit: orderMoney(t, "10"), ManualDiscount: orderMoney(t, "1"), Tax: orderMoney(t, "0.9"), Extended: orderMoney(t, "9.9")},
 	}
 	for i, l := range a.Items {
 		if l != want[i] {
 			t.Errorf("line %d = %+v, want %+v", i, l, want[i])
 		}
 	}
-	if a.Fee == nil || a.Fee.PricePerUnit != money(t, "2.2") || a.Fee.Tax != (nop.Money{}) || a.Fee.Quantity != 1 {
+	if a.Fee == nil || a.Fee.PricePerUnit != orderMoney(t, "2.2") || a.Fee.Tax != (nop.Money{}) || a.Fee.Quantity != 1 {
 		t.Errorf("fee line = %+v, want 1 × 2.20, no tax", a.Fee)
 	}
-	if a.Discount != money(t, "5") || a.Freight != money(t, "11") {
+	if a.Discount != orderMoney(t, "5") || a.Freight != orderMoney(t, "11") {
 		t.Errorf("discount %s freight %s, want 5 and 11", a.Discount, a.Freight)
 	}
 	if got := dataverseTotal(t, a, p); got != o.OrderTotal || a.Total != got {
@@ -107,7 +107,7 @@ func TestOrderTotalsGenerated(t *testing.T) {
 				if !a.Residual.IsZero() {
 					adjusted++
 					// Each rounded amount (lines, fee, discount, freight) is off by at most half a cent.
-					if limit := int64(len(o.Items)+3) * 50; abs(a.Residual.Units()) > limit {
+					if limit := int64(len(o.Items)+3) * 50; absUnits(a.Residual.Units()) > limit {
 						t.Fatalf("order %d: residual %s larger than rounding can explain", o.ID, a.Residual)
 					}
 				}
@@ -128,7 +128,7 @@ func TestOrderTotalsGenerated(t *testing.T) {
 	}
 }
 
-func abs(n int64) int64 {
+func absUnits(n int64) int64 {
 	if n < 0 {
 		return -n
 	}
@@ -153,13 +153,13 @@ func TestOrderTotalsGiftCardNotFolded(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	o := genOrder(r, 7, genOptions{Round: true})
 	full := o.OrderTotal
-	o.OrderTotal = o.OrderTotal.Sub(money(t, "10")) // a 10.00 gift card
+	o.OrderTotal = o.OrderTotal.Sub(orderMoney(t, "10")) // a 10.00 gift card
 	p := precisionFor(2)
 	a := orderTotals(o, p)
 	if !a.Residual.IsZero() {
 		t.Errorf("residual %s: a gift card must not land in a line's tax", a.Residual)
 	}
-	if a.Unexplained != money(t, "-10") {
+	if a.Unexplained != orderMoney(t, "-10") {
 		t.Errorf("unexplained %s, want -10", a.Unexplained)
 	}
 	if got := dataverseTotal(t, a, p); got != full {
@@ -169,16 +169,16 @@ func TestOrderTotalsGiftCardNotFolded(t *testing.T) {
 
 func TestOrderTotalsNegativeFeeIsDiscount(t *testing.T) {
 	o := &nop.Order{
-		OrderDiscount: money(t, "1"), PaymentMethodAdditionalFeeInclTax: money(t, "-2.5"),
-		OrderTotal: money(t, "6.5"),
-		Items:      []nop.OrderItem{{Quantity: 1, UnitPriceExclTax: money(t, "10"), PriceInclTax: money(t, "10")}},
+		OrderDiscount: orderMoney(t, "1"), PaymentMethodAdditionalFeeInclTax: orderMoney(t, "-2.5"),
+		OrderTotal: orderMoney(t, "6.5"),
+		Items:      []nop.OrderItem{{Quantity: 1, UnitPriceExclTax: orderMoney(t, "10"), PriceInclTax: orderMoney(t, "10")}},
 	}
 	p := precisionFor(2)
 	a := orderTotals(o, p)
 	if a.Fee != nil {
 		t.Errorf("fee line %+v for a negative fee", a.Fee)
 	}
-	if a.Discount != money(t, "3.5") {
+	if a.Discount != orderMoney(t, "3.5") {
 		t.Errorf("discount %s, want 3.50", a.Discount)
 	}
 	if got := dataverseTotal(t, a, p); got != o.OrderTotal {

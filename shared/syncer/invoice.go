@@ -1,0 +1,69 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// ensureInvoice gives a paid order exactly one invoice, set to Paid. Dataverse is asked
+// first (invoices of the order), so a crash after ConvertSalesOrderToInvoice and before
+// the state was saved never yields a second invoice.
+func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID string, rec *state.Record) error {
+	inv, paid, err := s.findInvoiceState(ctx, orderID)
+	if err != nil {
+		return fmt.Errorf("order %d: %w", o.ID, err)
+	}
+	if inv == "" {
+		if inv, err = s.e.dv.ConvertSalesOrderToInvoice(ctx, orderID); err != nil {
+			return fmt.Errorf("order %d: convert salesorder %s to invoice: %w", o.ID, orderID, err)
+		}
+		rec.Extra[extraInvoiceID] = inv
+		// Record the step at once; should this fail or the process die here, the query
+		// above finds the invoice next time.
+		if err := s.e.saveProgress(ctx, rec); err != nil {
+			return fmt.Errorf("order %d: record invoice %s: %w", o.ID, inv, err)
+		}
+	}
+	rec.Extra[extraInvoiceID] = inv
+	if !paid {
+		err := s.e.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
+		if err != nil {
+			return fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+		}
+	}
+	rec.Extra[extraInvoicePaid] = "true"
+	return nil
+}
+
+// findInvoice returns the id of the order's invoice, "" when it has none.
+func (s *orderSyncer) findInvoice(ctx context.Context, orderID string) (string, error) {
+	id, _, err := s.findInvoiceState(ctx, orderID)
+	return id, err
+}
+
+// findInvoiceState returns the order's invoice (the oldest, should there be several) and
+// whether it is Paid.
+func (s *orderSyncer) findInvoiceState(ctx context.Context, orderID string) (id string, paid bool, err error) {
+	var firstCreated string
+	err = s.e.dv.Query(ctx, setInvoices, dataverse.Query{
+		Select: []string{"invoiceid", "statecode", "statuscode", "createdon"},
+		Filter: "_salesorderid_value eq " + orderID,
+	}, func(r dataverse.Record) error {
+		rid, _ := r["invoiceid"].(string)
+		created, _ := r["createdon"].(string)
+		if id == "" || created < firstCreated {
+			id, firstCreated = strings.ToLower(rid), created
+			paid = intField(r, "statecode") == invoiceStatePaid
+		}
+		return nil
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("list invoices of salesorder %s: %w", orderID, err)
+	}
+	return id, paid, nil
+}

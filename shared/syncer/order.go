@@ -1,0 +1,366 @@
+package syncer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Keys the order sync keeps in state.Record.Extra.
+const (
+	extraOrderContent = "orderContent" // digest of the header and lines last written
+	extraOrderNote    = "orderPayment" // refund/void note last written (or recorded)
+	extraInvoiceID    = "invoiceId"    // the order's invoice
+	extraInvoicePaid  = "invoicePaid"  // "true" once the invoice is set to Paid
+	extraOrderState   = "orderState"   // Dynamics 365 state after the last sync: active, fulfilled, canceled, ...
+	extraConflict     = "conflict"     // why the latest store state could not be applied
+)
+
+// Reasons an admin reads on the status page.
+const (
+	reasonOrderClosed      = "order closed in Dynamics 365"
+	reasonPaidNotDeletable = "paid orders cannot be deleted from Dynamics 365"
+)
+
+// errOrderClosed marks a conflict with a closed salesorder: the store changed an order that
+// Dynamics 365 no longer lets anyone change. It is permanent (a retry cannot help).
+var errOrderClosed = errors.New(reasonOrderClosed)
+
+// orderSyncer writes orders: salesorder + salesorderdetails, invoice, fulfil/cancel.
+type orderSyncer struct {
+	e *Engine
+}
+
+func newOrderSyncer(e *Engine) entitySyncer { return &orderSyncer{e: e} }
+
+// salesOrderState is what the app reads of an existing salesorder.
+type salesOrderState struct {
+	exists     bool
+	statecode  int
+	statuscode int
+}
+
+func (s salesOrderState) name() string {
+	if !s.exists {
+		return "absent"
+	}
+	switch s.statecode {
+	case orderStateActive:
+		return "active"
+	case orderStateSubmitted:
+		return "submitted"
+	case orderStateCanceled:
+		return "canceled"
+	case orderStateFulfilled:
+		return "fulfilled"
+	case orderStateInvoiced:
+		return "invoiced"
+	}
+	return "state " + strconv.Itoa(s.statecode)
+}
+
+// final reports a state Dynamics 365 does not leave (Fulfilled, Canceled).
+func (s salesOrderState) final() bool {
+	return s.exists && (s.statecode == orderStateFulfilled || s.statecode == orderStateCanceled)
+}
+
+func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
+	o := ev.Order
+	if o == nil {
+		return outcome{}, fmt.Errorf("event %s: no order data", ev.ID)
+	}
+	if rec.Extra == nil {
+		rec.Extra = map[string]string{}
+	}
+	orderID := rec.DataverseID
+	if orderID == "" {
+		orderID = salesOrderID(ev.StoreID, o.ID)
+	}
+	out := outcome{status: state.Synced, dataverseID: orderID, hash: orderHash(ev)}
+	if o.Deleted {
+		return s.deleteOrder(ctx, ev, rec, orderID, out)
+	}
+	sh, err := s.e.bootstrap(ctx)
+	if err != nil {
+		return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+	}
+	cur, err := s.readOrder(ctx, orderID)
+	if err != nil {
+		return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+	}
+	var conflicts []string
+
+	// Step 1: header and lines, only while the salesorder is Active (or not there yet).
+	content, note := orderContentDigest(o), paymentNote(o)
+	switch {
+	case !cur.exists || cur.statecode == orderStateActive:
+		want := activeStatus(o.OrderStatus)
+		if !cur.exists || rec.Extra[extraOrderContent] != content || rec.Extra[extraOrderNote] != note || cur.statuscode != want {
+			if err := s.writeOrder(ctx, ev, orderID, cur.exists, sh); err != nil {
+				return outcome{}, err
+			}
+			cur = salesOrderState{exists: true, statecode: orderStateActive, statuscode: want}
+		}
+		rec.Extra[extraOrderContent] = content
+		rec.Extra[extraOrderNote] = note
+	default:
+		// Closed (or submitted/invoiced): Dynamics 365 refuses edits. A changed order is a
+		// conflict; a refund or void is only recorded here, as it never changes the invoice.
+		if prev := rec.Extra[extraOrderContent]; prev != "" && prev != content {
+			conflicts = append(conflicts, fmt.Sprintf("changes to items, amounts or addresses not applied (salesorder is %s)", cur.name()))
+		} else if prev == "" {
+			rec.Extra[extraOrderContent] = content // state was lost: adopt what is there
+		}
+		if note != rec.Extra[extraOrderNote] {
+			rec.Extra[extraOrderNote] = note
+		}
+	}
+
+	// Step 2: the invoice, once, for a paid order.
+	if orderPaid(o) {
+		if err := s.ensureInvoice(ctx, o, orderID, rec); err != nil {
+			return outcome{}, err
+		}
+	}
+
+	// Step 3: fulfil or cancel; Fulfilled and Canceled are final.
+	if o.OrderStatus == nop.OrderStatusComplete || o.OrderStatus == nop.OrderStatusCancelled || cur.final() {
+		// Read the state again: the invoice step or an earlier, interrupted attempt may have moved it.
+		if cur, err = s.readOrder(ctx, orderID); err != nil {
+			return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+		}
+		if c, err := s.close(ctx, o, orderID, cur); err != nil {
+			return outcome{}, err
+		} else if c != "" {
+			conflicts = append(conflicts, c)
+		}
+		if cur, err = s.readOrder(ctx, orderID); err != nil {
+			return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+		}
+	}
+	rec.Extra[extraOrderState] = cur.name()
+
+	if len(conflicts) > 0 {
+		// The admin must look at it: the order stays Failed (not transient, so no retries)
+		// until a later event matches what Dynamics 365 holds.
+		msg := fmt.Sprintf("%s (%s): %s", reasonOrderClosed, cur.name(), strings.Join(conflicts, "; "))
+		rec.Extra[extraConflict] = msg
+		out.status = state.Failed
+		out.reason = msg
+		return out, nil
+	}
+	delete(rec.Extra, extraConflict)
+	if note != "" {
+		out.reason = note
+	}
+	return out, nil
+}
+
+// readOrder reads the salesorder's state; a missing order is not an error.
+func (s *orderSyncer) readOrder(ctx context.Context, orderID string) (salesOrderState, error) {
+	r, err := s.e.dv.Retrieve(ctx, setSalesOrders, orderID, "statecode", "statuscode")
+	if dataverse.IsNotFound(err) {
+		return salesOrderState{}, nil
+	}
+	if err != nil {
+		return salesOrderState{}, fmt.Errorf("read salesorder %s: %w", orderID, err)
+	}
+	return salesOrderState{exists: true, statecode: intField(r, "statecode"), statuscode: intField(r, "statuscode")}, nil
+}
+
+// writeOrder writes the header and all lines in one change set, deleting lines that are
+// no longer in the order. The contact and products are created first when the app has not
+// synced them yet.
+func (s *orderSyncer) writeOrder(ctx context.Context, ev *nop.Event, orderID string, exists bool, sh *shared) error {
+	w, err := s.prepare(ctx, ev, orderID, sh)
+	if err != nil {
+		return err
+	}
+	var stale []string
+	if exists {
+		if stale, err = s.staleLines(ctx, w); err != nil {
+			return err
+		}
+	}
+	if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(orderOps(w, stale)...)); err != nil {
+		return fmt.Errorf("order %d: write salesorder and %d lines: %w", ev.Order.ID, len(w.Lines), err)
+	}
+	return nil
+}
+
+// prepare resolves the contact and products and maps the order.
+func (s *orderSyncer) prepare(ctx context.Context, ev *nop.Event, orderID string, sh *shared) (*orderWrite, error) {
+	o := ev.Order
+	contactID, err := s.e.ensureContact(ctx, ev.StoreID, &o.Customer, &o.BillingAddress)
+	if err != nil {
+		return nil, fmt.Errorf("order %d: customer %d: %w", o.ID, o.Customer.ID, err)
+	}
+	refs := orderRefs{ContactID: contactID, ProductIDs: map[int]string{}, Shared: sh}
+	for _, it := range o.Items {
+		if _, ok := refs.ProductIDs[it.Product.ID]; ok {
+			continue
+		}
+		pid, err := s.e.ensureProduct(ctx, ev.StoreID, it.Product)
+		if err != nil {
+			return nil, fmt.Errorf("order %d: product %d: %w", o.ID, it.Product.ID, err)
+		}
+		refs.ProductIDs[it.Product.ID] = pid
+	}
+	return mapOrder(ev.StoreID, o, orderID, refs)
+}
+
+// staleLines lists the order's lines in Dynamics 365 that the order no longer has.
+func (s *orderSyncer) staleLines(ctx context.Context, w *orderWrite) ([]string, error) {
+	keep := map[string]bool{}
+	for _, l := range w.Lines {
+		keep[l.ID] = true
+	}
+	var stale []string
+	err := s.e.dv.Query(ctx, setSalesOrderDetails, dataverse.Query{
+		Select: []string{"salesorderdetailid"},
+		Filter: "_salesorderid_value eq " + w.OrderID,
+	}, func(r dataverse.Record) error {
+		if id, _ := r["salesorderdetailid"].(string); id != "" && !keep[strings.ToLower(id)] {
+			stale = append(stale, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list lines of salesorder %s: %w", w.OrderID, err)
+	}
+	slices.Sort(stale)
+	return stale, nil
+}
+
+// orderOps is the change set of one order: upsert the header, upsert each line, delete
+// lines that disappeared.
+func orderOps(w *orderWrite, stale []string) []dataverse.Op {
+	ops := []dataverse.Op{{Method: "PATCH", Path: setSalesOrders + "(" + w.OrderID + ")", Body: w.Header}}
+	for _, l := range w.Lines {
+		ops = append(ops, dataverse.Op{Method: "PATCH", Path: setSalesOrderDetails + "(" + l.ID + ")", Body: l.Record})
+	}
+	for _, id := range stale {
+		ops = append(ops, dataverse.Op{Method: "DELETE", Path: setSalesOrderDetails + "(" + id + ")"})
+	}
+	return ops
+}
+
+// close fulfils or cancels the salesorder as the store says, when not yet done. It returns
+// a conflict description when the store's status cannot be applied.
+func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, cur salesOrderState) (string, error) {
+	switch {
+	case o.OrderStatus == nop.OrderStatusComplete && cur.statecode == orderStateFulfilled,
+		o.OrderStatus == nop.OrderStatusCancelled && cur.statecode == orderStateCanceled:
+		return "", nil // done
+	case cur.final():
+		return fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
+	case o.OrderStatus == nop.OrderStatusComplete:
+		if err := s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete); err != nil {
+			return "", fmt.Errorf("order %d: fulfil salesorder %s: %w", o.ID, orderID, err)
+		}
+	case o.OrderStatus == nop.OrderStatusCancelled:
+		if err := s.e.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney); err != nil {
+			return "", fmt.Errorf("order %d: cancel salesorder %s: %w", o.ID, orderID, err)
+		}
+	}
+	return "", nil
+}
+
+func orderStatusName(s int) string {
+	switch s {
+	case nop.OrderStatusPending:
+		return "Pending"
+	case nop.OrderStatusProcessing:
+		return "Processing"
+	case nop.OrderStatusComplete:
+		return "Complete"
+	case nop.OrderStatusCancelled:
+		return "Cancelled"
+	}
+	return strconv.Itoa(s)
+}
+
+// deleteOrder deletes an unpaid salesorder; a paid one (it has an invoice) stays.
+func (s *orderSyncer) deleteOrder(ctx context.Context, ev *nop.Event, rec *state.Record, orderID string, out outcome) (outcome, error) {
+	inv, err := s.findInvoice(ctx, orderID)
+	if err != nil {
+		return outcome{}, fmt.Errorf("order %d: %w", ev.Order.ID, err)
+	}
+	if inv != "" {
+		rec.Extra[extraInvoiceID] = inv
+		out.status = state.Skipped
+		out.reason = reasonPaidNotDeletable
+		return out, nil
+	}
+	if err := s.e.dv.Delete(ctx, setSalesOrders, orderID); err != nil && !dataverse.IsNotFound(err) {
+		return outcome{}, fmt.Errorf("order %d: delete salesorder %s: %w", ev.Order.ID, orderID, err)
+	}
+	rec.Extra[extraOrderState] = "deleted"
+	delete(rec.Extra, extraOrderContent)
+	delete(rec.Extra, extraConflict)
+	out.reason = "deleted in nopCommerce; salesorder deleted"
+	return out, nil
+}
+
+// orderContentDigest identifies what the header and lines carry, apart from the status
+// and payment state: a closed order whose digest changes has a conflict.
+func orderContentDigest(o *nop.Order) string {
+	c := struct {
+		Number        string
+		Customer      int
+		Email         *string
+		Currency      string
+		Amounts       [7]nop.Money
+		Payment, Ship *string
+		Billing       nop.Address
+		Shipping      *nop.Address
+		Items         []nop.OrderItem
+	}{
+		Number: o.CustomOrderNumber, Customer: o.Customer.ID, Email: o.BillingAddress.Email, Currency: o.CurrencyCode,
+		Amounts: [7]nop.Money{o.OrderSubtotalInclTax, o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax,
+			o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount, o.OrderTotal, o.OrderTax},
+		Payment: o.PaymentMethodSystemName, Ship: o.ShippingMethod,
+		Billing: o.BillingAddress, Shipping: o.ShippingAddress, Items: o.Items,
+	}
+	// Product names change in the catalogue, not in the order: leave them out.
+	c.Items = slices.Clone(c.Items)
+	for i := range c.Items {
+		c.Items[i].Product = nop.ItemProduct{ID: c.Items[i].Product.ID}
+	}
+	b, _ := json.Marshal(c) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// orderHash identifies the full state an event carries (for the engine's unchanged-data check).
+func orderHash(ev *nop.Event) string {
+	sum := sha256.Sum256(ev.Data)
+	return hex.EncodeToString(sum[:16])
+}
+
+// intField reads an integer column of a retrieved row (JSON numbers decode as float64 or
+// json.Number depending on the decoder).
+func intField(r dataverse.Record, col string) int {
+	switch v := r[col].(type) {
+	case float64:
+		return int(v)
+	case int:
+		return v
+	case int64:
+		return int(v)
+	case json.Number:
+		n, _ := v.Int64()
+		return int(n)
+	}
+	return -1
+}
