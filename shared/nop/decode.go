@@ -264,15 +264,15 @@ func (o *object) decodeInt(name string, r json.RawMessage, min, max int64) (int6
 		}
 		return 0, false
 	}
-	if n < min || n > max {
-		switch {
-		case min == 1 && max == maxInt32:
-			o.d.fail(join(o.path, name), "must be > 0, got %d", n)
-		case min == 0 && max == maxInt32:
-			o.d.fail(join(o.path, name), "must be >= 0, got %d", n)
-		default:
-			o.d.fail(join(o.path, name), "must be between %d and %d, got %d", min, max, n)
-		}
+	switch {
+	case n < min && min == 1:
+		o.d.fail(join(o.path, name), "must be > 0, got %d", n)
+		return 0, false
+	case n < min:
+		o.d.fail(join(o.path, name), "must be >= %d, got %d", min, n)
+		return 0, false
+	case n > max:
+		o.d.fail(join(o.path, name), "must be <= %d, got %d", max, n)
 		return 0, false
 	}
 	return n, true

@@ -1,0 +1,213 @@
+package nop_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/nop"
+)
+
+func TestMessagesSingleEvent(t *testing.T) {
+	body := readTestdata(t, "order.json") // pretty-printed: whitespace must survive
+	evs, err := nop.DecodeRequest("order", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := nop.Messages("order", evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages", len(msgs))
+	}
+	m := msgs[0]
+	if m.MessageID != "evt-order-0001" || m.SessionID != "order-900" || m.Subject != "order.paid" || m.ContentType != "application/json" {
+		t.Errorf("message headers: %+v", m)
+	}
+	want := append(append([]byte(`{"evt":`), bytes.TrimSpace(body)...), '}')
+	if !bytes.Equal(m.Body, want) {
+		t.Errorf("body is not {\"evt\": <event as received>}:\n%s", m.Body)
+	}
+	var env nop.Envelope
+	if err := json.Unmarshal(m.Body, &env); err != nil || env.Chunk != nil || len(env.Event) == 0 {
+		t.Errorf("body does not decode as an Envelope: %v", err)
+	}
+	back, err := nop.DecodeEnvelope(m.Body)
+	if err != nil || len(back) != 1 || back[0].ID != evs[0].ID || !bytes.Equal(back[0].Raw, evs[0].Raw) || back[0].Order.OrderTotal != evs[0].Order.OrderTotal {
+		t.Errorf("round trip: %v", err)
+	}
+
+	// An array of one event travels like a single event.
+	arr := append(append([]byte("[ "), body...), ']')
+	evs, err = nop.DecodeRequest("order", arr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs2, err := nop.Messages("order", evs)
+	if err != nil || len(msgs2) != 1 || msgs2[0].MessageID != m.MessageID || !bytes.Equal(msgs2[0].Body, m.Body) {
+		t.Errorf("array of one: %v %+v", err, msgs2)
+	}
+}
+
+func chunkIDOf(ids []string) string {
+	h := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	return "chunk-" + hex.EncodeToString(h[:])[:32]
+}
+
+func TestMessagesChunks(t *testing.T) {
+	order := readTestdata(t, "order.json")
+	// 1000 events of 4 000 bytes: a 4 MB body, so several chunks.
+	const n, size = 1000, 4000
+	parts := make([]string, n)
+	for i := range parts {
+		ev := mutate(t, order, "data.id", 1000+i)
+		parts[i] = string(padded(t, ev, fmt.Sprintf("import-%04d", i), size))
+	}
+	body := []byte("[" + strings.Join(parts, ",") + "]")
+	if len(body) > nop.MaxBodyBytes {
+		t.Fatalf("test body %d over the limit", len(body))
+	}
+	evs, err := nop.DecodeRequest("order", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := nop.Messages("order", evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Greedy packing: each chunk holds as many whole events as fit in 240 KiB.
+	perChunk := (nop.MaxChunkBodyBytes - len(`{"chunk":{"id":"chunk-00000000000000000000000000000000","events":[]}}`) + 1) / (size + 1)
+	if want := (n + perChunk - 1) / perChunk; len(msgs) != want {
+		t.Errorf("%d chunks, want %d", len(msgs), want)
+	}
+	next := 0
+	for ci, m := range msgs {
+		if len(m.Body) > nop.MaxChunkBodyBytes || len(m.Body) >= 256<<10 {
+			t.Errorf("chunk %d body %d bytes", ci, len(m.Body))
+		}
+		var env struct {
+			Chunk struct {
+				ID     string            `json:"id"`
+				Events []json.RawMessage `json:"events"`
+			} `json:"chunk"`
+		}
+		if err := json.Unmarshal(m.Body, &env); err != nil {
+			t.Fatalf("chunk %d: %v", ci, err)
+		}
+		var ids []string
+		for _, r := range env.Chunk.Events {
+			if string(r) != parts[next] {
+				t.Fatalf("chunk %d: event %d not byte-identical or out of order", ci, next)
+			}
+			ids = append(ids, fmt.Sprintf("import-%04d", next))
+			next++
+		}
+		id := chunkIDOf(ids)
+		if m.MessageID != id || env.Chunk.ID != id || m.SessionID != "order-chunk-"+id[6:18] || m.Subject != "chunk" || m.ContentType != "application/json" {
+			t.Errorf("chunk %d headers: %s %s %s (want %s)", ci, m.MessageID, m.SessionID, m.Subject, id)
+		}
+		if id != nop.ChunkID(ids) {
+			t.Errorf("ChunkID differs")
+		}
+		back, err := nop.DecodeEnvelope(m.Body)
+		if err != nil || len(back) != len(ids) || back[0].ID != ids[0] {
+			t.Errorf("chunk %d round trip: %v", ci, err)
+		}
+	}
+	if next != n {
+		t.Errorf("%d events in chunks, want %d", next, n)
+	}
+
+	// Largest events (200 KiB) travel one per chunk, still under the limit.
+	cust := readTestdata(t, "customer.json")
+	big := []byte("[" + string(padded(t, cust, "a", nop.MaxEventBytes)) + "," + string(padded(t, cust, "b", nop.MaxEventBytes)) + "]")
+	evs, err = nop.DecodeRequest("customer", big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err = nop.Messages("customer", evs)
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("two 200 KiB events: %d messages, %v", len(msgs), err)
+	}
+	for _, m := range msgs {
+		if len(m.Body) > nop.MaxChunkBodyBytes {
+			t.Errorf("body %d", len(m.Body))
+		}
+	}
+	// Same events, same chunk ids (duplicate detection drops a re-sent import).
+	again, _ := nop.Messages("customer", evs)
+	if again[0].MessageID != msgs[0].MessageID || again[1].MessageID == msgs[0].MessageID {
+		t.Error("chunk ids must be deterministic and distinct")
+	}
+}
+
+func TestMessagesRefusesMismatch(t *testing.T) {
+	evs, err := nop.DecodeRequest("customer", readTestdata(t, "customer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nop.Messages("order", evs); err == nil {
+		t.Error("customer events accepted as orders")
+	}
+	if _, err := nop.Messages("order", nil); err == nil {
+		t.Error("no events accepted")
+	}
+}
+
+func TestDecodeEnvelopeErrors(t *testing.T) {
+	cust := string(readTestdata(t, "customer.json"))
+	prod := string(readTestdata(t, "product.json"))
+	badCust := string(mutate(t, []byte(cust), "data.customerGuid", "x"))
+	cases := []struct {
+		name, body string
+		index      int
+		field, msg string
+	}{
+		{"not JSON", `{"evt":`, -1, "", "malformed JSON"},
+		{"array", `[]`, -1, "", "JSON object"},
+		{"empty object", `{}`, -1, "", `"evt" or "chunk"`},
+		{"nulls", `{"evt":null,"chunk":null}`, -1, "", `"evt" or "chunk"`},
+		{"both", `{"evt":` + cust + `,"chunk":{"id":"c","events":[` + cust + `]}}`, -1, "", "both"},
+		{"evt not object", `{"evt":"hi"}`, -1, "evt", "must be an event object"},
+		{"evt invalid", `{"evt":` + badCust + `}`, 0, "data.customerGuid", "UUID"},
+		{"evt unknown entity", `{"evt":` + strings.Replace(cust, "customer.updated", "invoice.created", 1) + `}`, 0, "type", "<entity>.<action>"},
+		{"chunk not object", `{"chunk":[]}`, -1, "chunk", "must be an object"},
+		{"chunk without id", `{"chunk":{"events":[` + cust + `]}}`, -1, "chunk.id", "is required"},
+		{"chunk empty id", `{"chunk":{"id":"","events":[` + cust + `]}}`, -1, "chunk.id", "must not be empty"},
+		{"chunk without events", `{"chunk":{"id":"c"}}`, -1, "chunk.events", "is required"},
+		{"chunk no events", `{"chunk":{"id":"c","events":[]}}`, -1, "chunk.events", "1 to 1000"},
+		{"chunk event not object", `{"chunk":{"id":"c","events":[` + cust + `,7]}}`, 1, "", "must be an event object"},
+		{"chunk mixed entities", `{"chunk":{"id":"c","events":[` + cust + `,` + prod + `]}}`, 1, "type", "does not match"},
+		{"chunk duplicate event", `{"chunk":{"id":"c","events":[` + prod + `,` + prod + `]}}`, 1, "id", "duplicate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			evs, err := nop.DecodeEnvelope([]byte(tc.body))
+			var ve *nop.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("want *ValidationError, got %T %v", err, err)
+			}
+			if evs != nil || ve.Index != tc.index || ve.Field != tc.field || !strings.Contains(ve.Message, tc.msg) {
+				t.Errorf("got index %d field %q message %q; want %d %q %q", ve.Index, ve.Field, ve.Message, tc.index, tc.field, tc.msg)
+			}
+		})
+	}
+	// An invalid field in the second event of a chunk names that event and field.
+	second := strings.Replace(strings.Replace(prod, `"productType": 10`, `"productType": 11`, 1), "evt-product-0001", "evt-product-0002", 1)
+	_, err := nop.DecodeEnvelope([]byte(`{"chunk":{"id":"c","events":[` + prod + `,` + second + `]}}`))
+	var ve *nop.ValidationError
+	if !errors.As(err, &ve) || ve.Index != 1 || ve.Field != "data.productType" {
+		t.Errorf("chunk invalid field: %v", err)
+	}
+	// A too large event in a replayed message.
+	_, err = nop.DecodeEnvelope([]byte(`{"evt":` + string(padded(t, []byte(cust), "x", nop.MaxEventBytes+1)) + `}`))
+	if !errors.Is(err, nop.ErrTooLarge) {
+		t.Errorf("too large event in envelope: %v", err)
+	}
+}
