@@ -1,0 +1,114 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Failure is one entry of the status page's recent failures.
+type Failure struct {
+	Entity    state.Entity `json:"entity"`
+	ID        string       `json:"id"`
+	Error     string       `json:"error"`
+	Attempts  int          `json:"attempts"`
+	Transient bool         `json:"transient"`
+	At        time.Time    `json:"at"`
+}
+
+const (
+	docFailures   = "failures"
+	keyRecent     = "recent"
+	recentToKeep  = 50
+	failureMaxLen = 1000
+)
+
+// TrackFailures wraps a store so every record saved as Failed is also added to a short
+// "recent failures" list kept in the store: the status page reads that list instead of
+// scanning every record. Keeping it is best effort: a failure to update the list never
+// fails the record's own save.
+func TrackFailures(s state.Store, now func() time.Time) state.Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &failureTracker{Store: s, now: now}
+}
+
+type failureTracker struct {
+	state.Store
+	now func() time.Time
+}
+
+func (f *failureTracker) Save(ctx context.Context, rec *state.Record) error {
+	if err := f.Store.Save(ctx, rec); err != nil {
+		return err
+	}
+	if rec.Status == state.Failed {
+		f.record(ctx, Failure{Entity: rec.Entity, ID: rec.ID, Error: truncate(rec.Reason, failureMaxLen), Attempts: rec.Attempts, Transient: rec.Transient, At: f.now().UTC()})
+	}
+	return nil
+}
+
+func (f *failureTracker) record(ctx context.Context, fl Failure) {
+	for try := 0; try < 5; try++ {
+		doc, err := f.Store.GetDoc(ctx, docFailures, keyRecent)
+		var list []Failure
+		switch {
+		case errors.Is(err, state.ErrNotFound):
+			doc = &state.Doc{Kind: docFailures, Key: keyRecent}
+		case err != nil:
+			return
+		default:
+			json.Unmarshal(doc.Value, &list)
+		}
+		// One entry per entity: the latest failure replaces older ones.
+		kept := list[:0]
+		for _, e := range list {
+			if e.Entity != fl.Entity || e.ID != fl.ID {
+				kept = append(kept, e)
+			}
+		}
+		list = append(kept, fl)
+		if len(list) > recentToKeep {
+			list = list[len(list)-recentToKeep:]
+		}
+		doc.Value, _ = json.Marshal(list)
+		if err := f.Store.SaveDoc(ctx, doc); !errors.Is(err, state.ErrConflict) {
+			return
+		}
+	}
+}
+
+// recentFailures returns the recent failures still failed, newest first.
+func (o *Ops) recentFailures(ctx context.Context, max int) ([]Failure, error) {
+	doc, err := o.o.State.GetDoc(ctx, docFailures, keyRecent)
+	if errors.Is(err, state.ErrNotFound) {
+		return []Failure{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var list []Failure
+	if err := json.Unmarshal(doc.Value, &list); err != nil {
+		return nil, err
+	}
+	out := []Failure{}
+	for i := len(list) - 1; i >= 0 && len(out) < max; i-- {
+		rec, err := o.o.State.Get(ctx, list[i].Entity, list[i].ID)
+		if err != nil || rec.Status != state.Failed {
+			continue // since resolved
+		}
+		out = append(out, list[i])
+	}
+	return out, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,361 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Routes registers the admin routes on mux (paths as the Functions host exposes them).
+func (o *Ops) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/sync", o.serveSync)
+	mux.HandleFunc("/api/sync", methodNotAllowed("POST"))
+	mux.HandleFunc("GET /api/status", o.serveStatus)
+	mux.HandleFunc("GET /api/status/{entity}/{id}", o.serveEntityStatus)
+	mux.HandleFunc("GET /api/status/{entity}", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "use /api/status/{entity}/{id}")
+	})
+	mux.HandleFunc("GET /api/deadletters/{entity}", o.serveDeadLetters)
+	mux.HandleFunc("POST /api/deadletters/{entity}/replay", o.serveReplay)
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+func parseEntity(s string) (state.Entity, bool) {
+	e := state.Entity(s)
+	_, ok := Queues[e]
+	return e, ok
+}
+
+type syncRequest struct {
+	Entities []string `json:"entities"`
+	Scope    string   `json:"scope"`
+}
+
+func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
+	var req syncRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_request", "read body: "+err.Error())
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all"}: `+err.Error())
+			return
+		}
+	}
+	var ents []state.Entity
+	for _, s := range req.Entities {
+		e, ok := parseEntity(s)
+		if !ok {
+			writeError(w, http.StatusBadRequest, "invalid_request", "entities: unknown entity "+quote(s)+" (customer, product, order)")
+			return
+		}
+		ents = append(ents, e)
+	}
+	if req.Scope != "" && req.Scope != ScopeFailed && req.Scope != ScopeAll {
+		writeError(w, http.StatusBadRequest, "invalid_request", "scope must be \"failed\" or \"all\", got "+quote(req.Scope))
+		return
+	}
+	run, err := o.Sync(r.Context(), ents, req.Scope, "manual")
+	if err != nil {
+		if run == nil {
+			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			return
+		}
+		// Part of the run was queued: say how much, and that it failed.
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"runId": run.ID, "queued": run.Queued, "error": map[string]string{"code": "unavailable", "message": err.Error()}})
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": run.Queued})
+}
+
+func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+// Status is the status page (spec: operations.md).
+type Status struct {
+	Healthy        bool                                  `json:"healthy"`
+	Dataverse      Connection                            `json:"dataverse"`
+	Secret         SecretStatus                          `json:"secret"`
+	Entities       map[state.Entity]map[state.Status]int `json:"entities"`
+	Queues         map[state.Entity]QueueStatus          `json:"queues"`
+	AutoSync       AutoSyncStatus                        `json:"autoSync"`
+	RecentRuns     []Run                                 `json:"recentRuns"`
+	RecentFailures []Failure                             `json:"recentFailures"`
+	Errors         []string                              `json:"errors,omitempty"`
+}
+
+// SecretStatus is the client secret's expiry.
+type SecretStatus struct {
+	ExpiresOn *time.Time `json:"expiresOn"`
+	DaysLeft  *int       `json:"daysLeft"`
+	Warning   *string    `json:"warning"`
+}
+
+// QueueStatus is a queue's message counts.
+type QueueStatus struct {
+	Active       int64  `json:"active"`
+	DeadLettered int64  `json:"deadLettered"`
+	Error        string `json:"error,omitempty"`
+}
+
+// AutoSyncStatus shows the auto-sync settings and its last run.
+type AutoSyncStatus struct {
+	Enabled       bool `json:"enabled"`
+	PeriodMinutes int  `json:"periodMinutes"`
+	LastRun       *Run `json:"lastRun"`
+}
+
+// SecretWarningDays is how close the client secret's expiry must be to warn.
+const SecretWarningDays = 30
+
+// Status builds the status page. It never fails: what cannot be read is reported in
+// the page, so it renders when things are broken.
+func (o *Ops) Status(ctx context.Context) *Status {
+	st := &Status{
+		Entities:       map[state.Entity]map[state.Status]int{},
+		Queues:         map[state.Entity]QueueStatus{},
+		RecentFailures: []Failure{},
+		RecentRuns:     []Run{},
+		AutoSync:       AutoSyncStatus{Enabled: o.o.AutoSyncEnabled, PeriodMinutes: int(o.o.AutoSyncPeriod / time.Minute)},
+	}
+	st.Dataverse = o.probe(ctx)
+	if o.o.Secret != nil {
+		exp, err := o.o.Secret.ClientSecretExpiry(ctx)
+		if err != nil {
+			msg := "client secret expiry unknown: " + err.Error()
+			st.Secret.Warning = &msg
+		} else if exp != nil {
+			e := exp.UTC()
+			days := int(math.Floor(e.Sub(o.o.Now()).Hours() / 24))
+			st.Secret.ExpiresOn, st.Secret.DaysLeft = &e, &days
+			switch {
+			case days < 0:
+				msg := "the Dataverse client secret has expired: create a new one and put it in Key Vault"
+				st.Secret.Warning = &msg
+			case days < SecretWarningDays:
+				msg := "the Dataverse client secret expires in " + itoa(days) + " days: create a new one and put it in Key Vault"
+				st.Secret.Warning = &msg
+			}
+		}
+	}
+	counts, err := o.o.State.Counts(ctx)
+	if err != nil {
+		st.Errors = append(st.Errors, "sync state: "+err.Error())
+	}
+	for _, ent := range state.Entities {
+		m := map[state.Status]int{}
+		for _, s := range state.Statuses {
+			m[s] = counts[ent][s]
+		}
+		st.Entities[ent] = m
+		qs := QueueStatus{}
+		if o.o.Inspector != nil {
+			s, err := o.o.Inspector.Stats(ctx, Queues[ent])
+			if err != nil {
+				qs.Error = err.Error()
+			}
+			qs.Active, qs.DeadLettered = s.Active, s.DeadLettered
+		}
+		st.Queues[ent] = qs
+	}
+	if runs, err := o.Runs(ctx, 5); err != nil {
+		st.Errors = append(st.Errors, "runs: "+err.Error())
+	} else if runs != nil {
+		st.RecentRuns = runs
+		for i := range runs {
+			if runs[i].Trigger == "auto" {
+				st.AutoSync.LastRun = &runs[i]
+				break
+			}
+		}
+	}
+	if f, err := o.recentFailures(ctx, 20); err != nil {
+		st.Errors = append(st.Errors, "recent failures: "+err.Error())
+	} else {
+		st.RecentFailures = f
+	}
+	expired := st.Secret.DaysLeft != nil && *st.Secret.DaysLeft < 0
+	st.Healthy = st.Dataverse.Reachable && st.Dataverse.Error == "" && !expired && len(st.Errors) == 0
+	return st
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+func (o *Ops) probe(ctx context.Context) Connection {
+	if o.o.Probe == nil {
+		return Connection{Error: "no Dataverse connection configured"}
+	}
+	o.mu.Lock()
+	if !o.probed.IsZero() && o.o.Now().Sub(o.probed) < o.o.ProbeTTL {
+		c := o.lastConn
+		o.mu.Unlock()
+		return c
+	}
+	o.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c := o.o.Probe.Probe(pctx)
+	o.mu.Lock()
+	o.probed, o.lastConn = o.o.Now(), c
+	o.mu.Unlock()
+	return c
+}
+
+func (o *Ops) serveStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, o.Status(r.Context()))
+}
+
+// EntityStatus is one entity's sync state as the status page shows it.
+type EntityStatus struct {
+	Entity      state.Entity      `json:"entity"`
+	ID          string            `json:"id"`
+	DataverseID string            `json:"dataverseId"`
+	Status      state.Status      `json:"status"`
+	LastError   string            `json:"lastError"`
+	Transient   bool              `json:"transient"`
+	Attempts    int               `json:"attempts"`
+	OrderKey    string            `json:"appliedOrderKey"`
+	LastEventID string            `json:"lastEventId"`
+	SyncedAt    *time.Time        `json:"syncedAt"`
+	UpdatedAt   time.Time         `json:"updatedAt"`
+	Details     map[string]string `json:"details,omitempty"`
+}
+
+func (o *Ops) serveEntityStatus(w http.ResponseWriter, r *http.Request) {
+	ent, ok := parseEntity(r.PathValue("entity"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity"))+" (customer, product, order)")
+		return
+	}
+	id := r.PathValue("id")
+	rec, err := o.o.State.Get(r.Context(), ent, id)
+	if errors.Is(err, state.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "not_found", "no sync state for "+string(ent)+" "+quote(id))
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "sync state: "+err.Error())
+		return
+	}
+	es := EntityStatus{Entity: rec.Entity, ID: rec.ID, DataverseID: rec.DataverseID, Status: rec.Status, Transient: rec.Transient,
+		Attempts: rec.Attempts, OrderKey: rec.OrderKey, LastEventID: rec.LastEventID, UpdatedAt: rec.UpdatedAt, Details: rec.Extra}
+	if rec.Status != state.Synced {
+		es.LastError = rec.Reason
+	}
+	if !rec.SyncedAt.IsZero() {
+		t := rec.SyncedAt
+		es.SyncedAt = &t
+	}
+	writeJSON(w, http.StatusOK, es)
+}
+
+// DeadLetterView is a dead-lettered event as the admin sees it.
+type DeadLetterView struct {
+	MessageID   string    `json:"id"`
+	SessionID   string    `json:"sessionId"`
+	Subject     string    `json:"subject"`
+	Reason      string    `json:"reason"`
+	Description string    `json:"description"`
+	Deliveries  int       `json:"deliveryCount"`
+	EnqueuedAt  time.Time `json:"enqueuedAt"`
+	Transient   bool      `json:"transient"`
+	Events      int       `json:"events"`
+}
+
+func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
+	ent, ok := parseEntity(r.PathValue("entity"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity")))
+		return
+	}
+	if o.o.DeadLetters == nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "dead letters are not available")
+		return
+	}
+	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), Queues[ent], 500)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "peek dead letters: "+err.Error())
+		return
+	}
+	views := make([]DeadLetterView, 0, len(dls))
+	for _, d := range dls {
+		views = append(views, DeadLetterView{MessageID: d.MessageID, SessionID: d.SessionID, Subject: d.Subject, Reason: d.Reason,
+			Description: d.ErrorDescription, Deliveries: d.DeliveryCount, EnqueuedAt: d.EnqueuedAt, Transient: TransientDeadLetter(d), Events: countEvents(d.Message)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entity": ent, "queue": Queues[ent], "count": len(views), "deadLetters": views})
+}
+
+func countEvents(m queue.Message) int {
+	var env struct {
+		Evt   json.RawMessage `json:"evt"`
+		Chunk *struct {
+			Events []json.RawMessage `json:"events"`
+		} `json:"chunk"`
+	}
+	if json.Unmarshal(m.Body, &env) != nil {
+		return 0
+	}
+	if env.Chunk != nil {
+		return len(env.Chunk.Events)
+	}
+	if len(env.Evt) > 0 {
+		return 1
+	}
+	return 0
+}
+
+func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
+	ent, ok := parseEntity(r.PathValue("entity"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity")))
+		return
+	}
+	if o.o.DeadLetters == nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "dead letters are not available")
+		return
+	}
+	var ids []string
+	for _, v := range r.URL.Query()["ids"] {
+		for _, id := range strings.Split(v, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				ids = append(ids, id)
+			}
+		}
+	}
+	done, err := o.o.DeadLetters.Replay(r.Context(), Queues[ent], ids)
+	if done == nil {
+		done = []string{}
+	}
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"replayed": done, "error": map[string]string{"code": "unavailable", "message": err.Error()}})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"replayed": done, "count": len(done)})
+}

@@ -1,0 +1,434 @@
+// Package ops is what an administrator uses to run the sync: the status page, manual
+// sync runs, auto-sync on a period, and the dead-letter view with replay
+// (spec: operations.md). Its HTTP routes are served by the admin functions in Azure and
+// by local mode's listener alike.
+package ops
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Connection is what the status page says about Dynamics 365.
+type Connection struct {
+	Reachable      bool   `json:"reachable"`
+	OrganizationID string `json:"organizationId,omitempty"`
+	UserID         string `json:"userId,omitempty"`
+	Currency       string `json:"currency,omitempty"`
+	Error          string `json:"error"`
+}
+
+// DataverseProbe checks the connection to Dynamics 365 (WhoAmI, store currency).
+type DataverseProbe interface {
+	Probe(ctx context.Context) Connection
+}
+
+// SecretExpiry reports the client secret's Key Vault expiry; nil when unknown (secret
+// given as a setting, or no expiry set).
+type SecretExpiry interface {
+	ClientSecretExpiry(ctx context.Context) (*time.Time, error)
+}
+
+// Queues names each entity's queue.
+var Queues = map[state.Entity]string{
+	state.Customer: queue.Customers,
+	state.Product:  queue.Products,
+	state.Order:    queue.Orders,
+}
+
+// Options configure Ops.
+type Options struct {
+	State       state.Store
+	Sender      queue.Sender
+	DeadLetters queue.DeadLetters
+	Inspector   queue.Inspector
+	Probe       DataverseProbe
+	Secret      SecretExpiry
+
+	AutoSyncEnabled bool
+	AutoSyncPeriod  time.Duration
+	// ReplayLimit bounds the dead-lettered messages one auto-sync run replays per queue.
+	ReplayLimit int
+	// ProbeTTL caches the Dataverse probe so the status page stays cheap (default 30 s).
+	ProbeTTL time.Duration
+
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Ops runs the administrator's operations.
+type Ops struct {
+	o Options
+
+	mu       sync.Mutex
+	probed   time.Time
+	lastConn Connection
+}
+
+// New returns Ops with defaults filled in.
+func New(o Options) *Ops {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.ReplayLimit <= 0 {
+		o.ReplayLimit = 100
+	}
+	if o.ProbeTTL <= 0 {
+		o.ProbeTTL = 30 * time.Second
+	}
+	if o.AutoSyncPeriod <= 0 {
+		o.AutoSyncPeriod = time.Hour
+	}
+	return &Ops{o: o}
+}
+
+// Scopes of a sync run.
+const (
+	ScopeFailed = "failed"
+	ScopeAll    = "all"
+)
+
+// Run is one sync run, manual or automatic, as the status page shows it.
+type Run struct {
+	ID         string         `json:"id"`
+	Trigger    string         `json:"trigger"` // manual | auto
+	Scope      string         `json:"scope"`
+	Entities   []state.Entity `json:"entities"`
+	StartedAt  time.Time      `json:"startedAt"`
+	FinishedAt *time.Time     `json:"finishedAt,omitempty"`
+	Queued     int            `json:"queued"`   // entities re-sent to their queues
+	Replayed   int            `json:"replayed"` // dead-lettered messages replayed
+	Outcome    string         `json:"outcome"`  // running | succeeded | failed
+	Error      string         `json:"error,omitempty"`
+}
+
+const (
+	docRuns     = "run"
+	docAutoSync = "autosync"
+	keyLastAuto = "last"
+)
+
+func newRunID(now time.Time) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return now.UTC().Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// Sync re-sends entities to their queues: scope "failed" re-sends those whose last sync
+// failed, "all" every entity the app has state for, each from its last received event.
+// They travel as chunk messages, so the queue functions write them with bulk operations.
+func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger string) (*Run, error) {
+	if len(entities) == 0 {
+		entities = state.Entities
+	}
+	if scope == "" {
+		scope = ScopeFailed
+	}
+	if scope != ScopeFailed && scope != ScopeAll {
+		return nil, fmt.Errorf("scope must be %q or %q, got %q", ScopeFailed, ScopeAll, scope)
+	}
+	run := &Run{ID: newRunID(o.o.Now()), Trigger: trigger, Scope: scope, Entities: entities, StartedAt: o.o.Now().UTC(), Outcome: "running"}
+	if err := o.saveRun(ctx, run); err != nil {
+		return nil, err
+	}
+	n, err := o.resend(ctx, run.ID, entities, scope)
+	run.Queued = n
+	o.finish(ctx, run, err)
+	if err != nil {
+		return run, err
+	}
+	return run, nil
+}
+
+func (o *Ops) finish(ctx context.Context, run *Run, err error) {
+	done := o.o.Now().UTC()
+	run.FinishedAt = &done
+	run.Outcome = "succeeded"
+	if err != nil {
+		run.Outcome, run.Error = "failed", err.Error()
+	}
+	if serr := o.saveRun(ctx, run); serr != nil {
+		o.o.Log.Error("recording sync run", "run", run.ID, "error", serr)
+	}
+	o.o.Log.Info("sync run finished", "run", run.ID, "trigger", run.Trigger, "scope", run.Scope, "queued", run.Queued, "replayed", run.Replayed, "outcome", run.Outcome)
+}
+
+func (o *Ops) saveRun(ctx context.Context, run *Run) error {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return err
+	}
+	doc, err := o.o.State.GetDoc(ctx, docRuns, run.ID)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		doc = &state.Doc{Kind: docRuns, Key: run.ID}
+	case err != nil:
+		return fmt.Errorf("read run %s: %w", run.ID, err)
+	}
+	doc.Value = b
+	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
+		return fmt.Errorf("save run %s: %w", run.ID, err)
+	}
+	return nil
+}
+
+// Runs returns the most recent runs, newest first.
+func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
+	docs, err := o.o.State.ListDocs(ctx, docRuns)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	sort.Slice(docs, func(i, j int) bool { return docs[i].Key > docs[j].Key })
+	var runs []Run
+	for _, d := range docs {
+		if len(runs) == max {
+			break
+		}
+		var r Run
+		if json.Unmarshal(d.Value, &r) == nil {
+			runs = append(runs, r)
+		}
+	}
+	return runs, nil
+}
+
+// resend builds chunk messages from stored events. Their ids are new ("resync-<run>-..."),
+// since a chunk id derived from event ids would be dropped by duplicate detection.
+func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, scope string) (int, error) {
+	var statuses []state.Status
+	if scope == ScopeFailed {
+		statuses = []state.Status{state.Failed}
+	}
+	total := 0
+	for _, ent := range entities {
+		q, ok := Queues[ent]
+		if !ok {
+			return total, fmt.Errorf("unknown entity %q", ent)
+		}
+		b := &chunker{entity: ent, runID: runID}
+		err := o.o.State.Scan(ctx, ent, statuses, func(r *state.Record) error {
+			ev := storedEvent(r.Data)
+			if ev == nil {
+				return nil // nothing received yet (e.g. a stub made for an order line)
+			}
+			if msg, ok := b.add(ev); ok {
+				if err := o.o.Sender.Send(ctx, q, []queue.Message{msg}); err != nil {
+					return fmt.Errorf("send to %s: %w", q, err)
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			if msg, ok := b.flush(); ok {
+				err = o.o.Sender.Send(ctx, q, []queue.Message{msg})
+			}
+		}
+		total += b.sent
+		if err != nil {
+			return total, fmt.Errorf("re-send %s: %w", ent, err)
+		}
+	}
+	return total, nil
+}
+
+// storedEvent returns the stored event JSON, or nil when the record holds none.
+func storedEvent(data []byte) json.RawMessage {
+	var probe struct {
+		ID   string          `json:"id"`
+		Type string          `json:"type"`
+		Data json.RawMessage `json:"data"`
+	}
+	if len(data) == 0 || json.Unmarshal(data, &probe) != nil || probe.ID == "" || probe.Type == "" || len(probe.Data) == 0 {
+		return nil
+	}
+	return json.RawMessage(data)
+}
+
+// maxChunkBody keeps chunk messages under Service Bus Standard's 256 KiB.
+const maxChunkBody = 240 << 10
+
+// maxChunkEvents matches the events a request (and so a chunk) may hold.
+const maxChunkEvents = 1000
+
+type chunker struct {
+	entity state.Entity
+	runID  string
+	events []json.RawMessage
+	size   int
+	n      int
+	sent   int
+}
+
+// add appends ev, returning a full chunk to send first when ev does not fit.
+func (c *chunker) add(ev json.RawMessage) (queue.Message, bool) {
+	var out queue.Message
+	full := false
+	if len(c.events) > 0 && (c.size+len(ev)+200 > maxChunkBody || len(c.events) == maxChunkEvents) {
+		out, full = c.flush()
+	}
+	c.events = append(c.events, ev)
+	c.size += len(ev) + 1
+	return out, full
+}
+
+func (c *chunker) flush() (queue.Message, bool) {
+	if len(c.events) == 0 {
+		return queue.Message{}, false
+	}
+	c.n++
+	id := fmt.Sprintf("resync-%s-%s-%d", c.runID, c.entity, c.n)
+	body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": id, "events": c.events}})
+	c.sent += len(c.events)
+	c.events, c.size = nil, 0
+	return queue.Message{
+		MessageID:             id,
+		SessionID:             id,
+		Subject:               "chunk",
+		ContentType:           "application/json",
+		Body:                  body,
+		ApplicationProperties: map[string]any{"runId": c.runID},
+	}, true
+}
+
+// autoSyncDoc is the last auto-sync run, kept in the state store so scale-out and
+// restarts don't double it.
+type autoSyncDoc struct {
+	LastRunAt time.Time `json:"lastRunAt"`
+	RunID     string    `json:"runId"`
+}
+
+// AutoSync runs when auto-sync is enabled and the period has passed since the last run:
+// it re-drives transient failures, replays dead-lettered messages that failed for
+// transient reasons (at most ReplayLimit per queue), and records the run. It returns nil
+// when nothing was due. Claiming the run with the stored doc's ETag makes one instance
+// win when several timers fire at once.
+func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
+	if !o.o.AutoSyncEnabled {
+		return nil, nil
+	}
+	now := o.o.Now().UTC()
+	doc, err := o.o.State.GetDoc(ctx, docAutoSync, keyLastAuto)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		doc = &state.Doc{Kind: docAutoSync, Key: keyLastAuto}
+	case err != nil:
+		return nil, fmt.Errorf("auto-sync: read last run: %w", err)
+	default:
+		var last autoSyncDoc
+		if json.Unmarshal(doc.Value, &last) == nil && now.Sub(last.LastRunAt) < o.o.AutoSyncPeriod {
+			return nil, nil
+		}
+	}
+	runID := newRunID(now)
+	doc.Value, _ = json.Marshal(autoSyncDoc{LastRunAt: now, RunID: runID})
+	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
+		if errors.Is(err, state.ErrConflict) {
+			return nil, nil // another instance claimed this run
+		}
+		return nil, fmt.Errorf("auto-sync: claim run: %w", err)
+	}
+	run := &Run{ID: runID, Trigger: "auto", Scope: ScopeFailed, Entities: state.Entities, StartedAt: now, Outcome: "running"}
+	if err := o.saveRun(ctx, run); err != nil {
+		return nil, err
+	}
+	var errs []error
+	n, err := o.resendTransient(ctx, run.ID)
+	run.Queued = n
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if o.o.DeadLetters != nil {
+		for _, ent := range state.Entities {
+			replayed, err := o.replayTransient(ctx, Queues[ent])
+			run.Replayed += replayed
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	err = errors.Join(errs...)
+	o.finish(ctx, run, err)
+	return run, err
+}
+
+// resendTransient re-sends entities whose last sync failed transiently; permanent
+// failures wait for a new event or a manual run (retrying them can't help).
+func (o *Ops) resendTransient(ctx context.Context, runID string) (int, error) {
+	total := 0
+	for _, ent := range state.Entities {
+		b := &chunker{entity: ent, runID: runID}
+		q := Queues[ent]
+		err := o.o.State.Scan(ctx, ent, []state.Status{state.Failed}, func(r *state.Record) error {
+			if !r.Transient {
+				return nil
+			}
+			ev := storedEvent(r.Data)
+			if ev == nil {
+				return nil
+			}
+			if msg, ok := b.add(ev); ok {
+				return o.o.Sender.Send(ctx, q, []queue.Message{msg})
+			}
+			return nil
+		})
+		if err == nil {
+			if msg, ok := b.flush(); ok {
+				err = o.o.Sender.Send(ctx, q, []queue.Message{msg})
+			}
+		}
+		total += b.sent
+		if err != nil {
+			return total, fmt.Errorf("re-drive %s: %w", ent, err)
+		}
+	}
+	return total, nil
+}
+
+// TransientDeadLetter says whether a dead-lettered message failed for a reason a retry
+// can fix. The queue functions fail an invocation only for transient reasons (throttling,
+// network, 5xx, missing currency), so messages dead-lettered for exceeding the delivery
+// count or expiring are transient; anything else (a message the broker or a person
+// dead-lettered for its content) is not.
+func TransientDeadLetter(d queue.DeadLetter) bool {
+	switch strings.ToLower(d.Reason) {
+	case "maxdeliverycountexceeded", "ttlexpiredexception":
+		return !strings.Contains(strings.ToLower(d.ErrorDescription), "permanent")
+	}
+	return false
+}
+
+func (o *Ops) replayTransient(ctx context.Context, q string) (int, error) {
+	dls, err := o.o.DeadLetters.PeekDeadLetters(ctx, q, o.o.ReplayLimit)
+	if err != nil {
+		return 0, fmt.Errorf("peek dead letters of %s: %w", q, err)
+	}
+	var ids []string
+	for _, d := range dls {
+		if TransientDeadLetter(d) {
+			ids = append(ids, d.MessageID)
+		}
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	done, err := o.o.DeadLetters.Replay(ctx, q, ids)
+	if err != nil {
+		return len(done), fmt.Errorf("replay dead letters of %s: %w", q, err)
+	}
+	return len(done), nil
+}

@@ -1,0 +1,433 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/localqueue"
+	"github.com/nopsync/nopsync/shared/localstore"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type probe struct{ conn Connection }
+
+func (p probe) Probe(context.Context) Connection { return p.conn }
+
+type expiry struct{ t *time.Time }
+
+func (e expiry) ClientSecretExpiry(context.Context) (*time.Time, error) { return e.t, nil }
+
+func customerEvent(id int, seq int64) []byte {
+	return []byte(fmt.Sprintf(`{"id":"ev-%d-%d","type":"customer.updated","occurredOnUtc":"2026-11-25T09:00:00Z","sequence":%d,"storeId":1,"data":{"id":%d,"customerGuid":"5a3e7c1e-2f4b-4d7a-8a0e-6c1d2b3a4f42","email":"c%d@example.com","username":null,"firstName":"C","lastName":"Ustomer","company":null,"phone":null,"isGuest":false,"isRegistered":true,"active":true,"deleted":false,"createdOnUtc":"2026-11-25T09:00:00Z","address":null}}`, id, seq, seq, id, id))
+}
+
+type fixture struct {
+	ops   *Ops
+	store state.Store
+	q     *localqueue.Queues
+	clk   *clock
+}
+
+func newFixture(t *testing.T, mod func(*Options)) *fixture {
+	t.Helper()
+	st, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{t: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	q, err := localqueue.Open(localqueue.Options{MaxDeliveryCount: 2, RedeliveryDelay: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close(); st.Close() })
+	o := Options{State: st, Sender: q, DeadLetters: q, Inspector: q, Probe: probe{Connection{Reachable: true, OrganizationID: "org", UserID: "user", Currency: "USD"}},
+		AutoSyncEnabled: true, AutoSyncPeriod: time.Hour, Now: clk.Now}
+	if mod != nil {
+		mod(&o)
+	}
+	return &fixture{ops: New(o), store: st, q: q, clk: clk}
+}
+
+func (f *fixture) put(t *testing.T, ent state.Entity, id string, status state.Status, transient bool, data []byte) {
+	t.Helper()
+	rec := &state.Record{Entity: ent, ID: id, Status: status, Transient: transient, Reason: "boom " + id, Data: data}
+	if err := f.store.Save(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// drain receives every message currently on q and returns the events they hold.
+func (f *fixture) drain(t *testing.T, q string, want int) []*nop.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var evs []*nop.Event
+	go f.q.Run(ctx, q, 2, func(ctx context.Context, d localqueue.Delivery) error {
+		got, err := nop.DecodeEnvelope(d.Body)
+		if err != nil {
+			t.Errorf("message %s does not decode: %v", d.MessageID, err)
+			return nil
+		}
+		mu.Lock()
+		evs = append(evs, got...)
+		n := len(evs)
+		mu.Unlock()
+		if n >= want {
+			cancel()
+		}
+		return nil
+	})
+	<-ctx.Done()
+	mu.Lock()
+	defer mu.Unlock()
+	return evs
+}
+
+func TestSyncScopes(t *testing.T) {
+	f := newFixture(t, nil)
+	for i := 1; i <= 30; i++ {
+		st := state.Synced
+		if i%3 == 0 {
+			st = state.Failed
+		}
+		f.put(t, state.Customer, fmt.Sprint(i), st, false, customerEvent(i, 1))
+	}
+	f.put(t, state.Customer, "99", state.Failed, true, nil) // no data received: nothing to re-send
+	run, err := f.ops.Sync(context.Background(), []state.Entity{state.Customer}, ScopeFailed, "manual")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.Queued != 10 || run.Outcome != "succeeded" {
+		t.Fatalf("failed scope: queued %d outcome %s, want 10 succeeded", run.Queued, run.Outcome)
+	}
+	evs := f.drain(t, queue.Customers, 10)
+	if len(evs) != 10 {
+		t.Fatalf("got %d events on the queue, want 10", len(evs))
+	}
+	for _, ev := range evs {
+		var n int
+		fmt.Sscan(ev.EntityID(), &n)
+		if n%3 != 0 {
+			t.Errorf("re-sent customer %s which had not failed", ev.EntityID())
+		}
+	}
+	f.clk.Add(time.Second)
+	run, err = f.ops.Sync(context.Background(), nil, ScopeAll, "manual")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.Queued != 30 {
+		t.Errorf("all scope: queued %d, want 30", run.Queued)
+	}
+	if got := f.drain(t, queue.Customers, 30); len(got) != 30 {
+		t.Errorf("all scope: %d events on the queue, want 30", len(got))
+	}
+	runs, _ := f.ops.Runs(context.Background(), 10)
+	if len(runs) != 2 || runs[0].ID != run.ID {
+		t.Errorf("runs not recorded newest first: %+v", runs)
+	}
+}
+
+func TestSyncChunksStayUnderServiceBusLimit(t *testing.T) {
+	var sizes []int
+	f := newFixture(t, func(o *Options) {
+		o.Sender = senderFunc(func(_ context.Context, q string, msgs []queue.Message) error {
+			for _, m := range msgs {
+				sizes = append(sizes, len(m.Body))
+			}
+			return nil
+		})
+	})
+	big := strings.Repeat("x", 3000)
+	for i := 1; i <= 300; i++ {
+		ev := customerEvent(i, 1)
+		ev = []byte(strings.Replace(string(ev), `"firstName":"C"`, `"firstName":"`+big+`"`, 1))
+		f.put(t, state.Customer, fmt.Sprint(i), state.Synced, false, ev)
+	}
+	run, err := f.ops.Sync(context.Background(), []state.Entity{state.Customer}, ScopeAll, "manual")
+	if err != nil || run.Queued != 300 {
+		t.Fatalf("queued %d err %v", run.Queued, err)
+	}
+	if len(sizes) < 4 {
+		t.Errorf("300 events of 3 KB in %d messages: chunks not split", len(sizes))
+	}
+	for _, s := range sizes {
+		if s > 256<<10 {
+			t.Errorf("chunk of %d bytes exceeds 256 KiB", s)
+		}
+	}
+}
+
+type senderFunc func(context.Context, string, []queue.Message) error
+
+func (s senderFunc) Send(ctx context.Context, q string, m []queue.Message) error { return s(ctx, q, m) }
+
+func TestAutoSyncHonoursSettingsAndPeriod(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.AutoSyncEnabled = false })
+	if run, err := f.ops.AutoSync(context.Background()); run != nil || err != nil {
+		t.Fatalf("disabled auto-sync ran: %+v %v", run, err)
+	}
+
+	f = newFixture(t, nil)
+	f.put(t, state.Order, "7", state.Failed, true, []byte(`{"id":"o","type":"order.paid","data":{"id":7}}`))
+	f.put(t, state.Order, "8", state.Failed, false, []byte(`{"id":"p","type":"order.paid","data":{"id":8}}`))
+	run, err := f.ops.AutoSync(context.Background())
+	if err != nil || run == nil {
+		t.Fatalf("first auto-sync: %+v %v", run, err)
+	}
+	if run.Queued != 1 {
+		t.Errorf("auto-sync re-drove %d entities, want only the transient failure (1)", run.Queued)
+	}
+	f.clk.Add(59 * time.Minute)
+	if run, _ := f.ops.AutoSync(context.Background()); run != nil {
+		t.Errorf("auto-sync ran again before its period")
+	}
+	f.clk.Add(time.Minute)
+	if run, _ := f.ops.AutoSync(context.Background()); run == nil {
+		t.Errorf("auto-sync did not run after its period")
+	}
+	st := f.ops.Status(context.Background())
+	if st.AutoSync.LastRun == nil || st.AutoSync.LastRun.Trigger != "auto" || st.AutoSync.LastRun.FinishedAt == nil {
+		t.Errorf("status lacks the last auto run: %+v", st.AutoSync)
+	}
+}
+
+func TestAutoSyncRunsOnceAcrossInstances(t *testing.T) {
+	f := newFixture(t, nil)
+	var ran atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		other := New(f.ops.o) // another instance sharing the state store
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if run, err := other.AutoSync(context.Background()); err == nil && run != nil {
+				ran.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if ran.Load() != 1 {
+		t.Errorf("%d instances ran the same auto-sync period, want 1", ran.Load())
+	}
+}
+
+func TestAutoSyncReplaysTransientDeadLetters(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	ev := customerEvent(5, 1)
+	if err := f.q.Send(ctx, queue.Customers, []queue.Message{{MessageID: "ev-5-1", SessionID: "customer-5", Body: []byte(`{"evt":` + string(ev) + `}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Fail every delivery until the message is dead-lettered (max delivery count 2).
+	rctx, cancel := context.WithCancel(ctx)
+	go f.q.Run(rctx, queue.Customers, 1, func(context.Context, localqueue.Delivery) error { return errors.New("dataverse unreachable") })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, _ := f.q.Stats(ctx, queue.Customers)
+		if s.DeadLettered == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("message never dead-lettered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	time.Sleep(20 * time.Millisecond)
+
+	rec := httptest.NewRecorder()
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/deadletters/customer", nil))
+	var list struct {
+		Count       int
+		DeadLetters []DeadLetterView
+	}
+	json.Unmarshal(rec.Body.Bytes(), &list)
+	if rec.Code != 200 || list.Count != 1 || list.DeadLetters[0].MessageID != "ev-5-1" || !list.DeadLetters[0].Transient || list.DeadLetters[0].Events != 1 {
+		t.Fatalf("dead-letter list: %d %s", rec.Code, rec.Body)
+	}
+
+	run, err := f.ops.AutoSync(ctx)
+	if err != nil || run == nil || run.Replayed != 1 {
+		t.Fatalf("auto-sync replay: %+v %v", run, err)
+	}
+	evs := f.drain(t, queue.Customers, 1)
+	if len(evs) != 1 || evs[0].ID != "ev-5-1" {
+		t.Errorf("replayed message: %v", evs)
+	}
+	if s, _ := f.q.Stats(ctx, queue.Customers); s.DeadLettered != 0 {
+		t.Errorf("dead-letter queue still holds %d", s.DeadLettered)
+	}
+}
+
+func TestStatusPage(t *testing.T) {
+	exp := time.Date(2026, 12, 19, 12, 0, 0, 0, time.UTC) // 20 days after the fixture's now
+	f := newFixture(t, func(o *Options) {
+		o.Secret = expiry{&exp}
+		o.State = TrackFailures(o.State, o.Now)
+	})
+	ctx := context.Background()
+	tracked := f.ops.o.State
+	for i := 1; i <= 3; i++ {
+		tracked.Save(ctx, &state.Record{Entity: state.Product, ID: fmt.Sprint(i), Status: state.Synced})
+	}
+	tracked.Save(ctx, &state.Record{Entity: state.Order, ID: "1001", Status: state.Failed, Reason: "currency XYZ missing", Attempts: 3, Transient: true})
+	tracked.Save(ctx, &state.Record{Entity: state.Customer, ID: "9", Status: state.Skipped, Reason: "guest"})
+
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status", nil))
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("status: %d %s", rec.Code, rec.Header())
+	}
+	var page map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"healthy", "dataverse", "secret", "entities", "queues", "autoSync", "recentFailures"} {
+		if _, ok := page[k]; !ok {
+			t.Errorf("status lacks %q", k)
+		}
+	}
+	var st Status
+	json.Unmarshal(rec.Body.Bytes(), &st)
+	if !st.Healthy || st.Entities[state.Product][state.Synced] != 3 || st.Entities[state.Order][state.Failed] != 1 || st.Entities[state.Customer][state.Skipped] != 1 {
+		t.Errorf("counts/health wrong: %+v", st)
+	}
+	if st.Secret.DaysLeft == nil || *st.Secret.DaysLeft != 20 || st.Secret.Warning == nil {
+		t.Errorf("secret expiring in 20 days must warn: %+v", st.Secret)
+	}
+	if len(st.RecentFailures) != 1 || st.RecentFailures[0].ID != "1001" || st.RecentFailures[0].Attempts != 3 {
+		t.Errorf("recent failures: %+v", st.RecentFailures)
+	}
+	// Once the order syncs, it leaves the recent failures.
+	r, _ := tracked.Get(ctx, state.Order, "1001")
+	r.Status = state.Synced
+	tracked.Save(ctx, r)
+	if st := f.ops.Status(ctx); len(st.RecentFailures) != 0 {
+		t.Errorf("resolved failure still listed: %+v", st.RecentFailures)
+	}
+
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/order/1001", nil))
+	var es EntityStatus
+	json.Unmarshal(rec.Body.Bytes(), &es)
+	if rec.Code != 200 || es.ID != "1001" || es.Status != state.Synced {
+		t.Errorf("entity status: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/order/404", nil))
+	if rec.Code != 404 {
+		t.Errorf("unknown id: %d", rec.Code)
+	}
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/invoice/1", nil))
+	if rec.Code != 404 {
+		t.Errorf("unknown entity: %d", rec.Code)
+	}
+}
+
+func TestStatusRendersWhenBroken(t *testing.T) {
+	f := newFixture(t, func(o *Options) {
+		o.Probe = probe{Connection{Reachable: false, Error: "authentication failed: invalid client secret"}}
+	})
+	st := f.ops.Status(context.Background())
+	if st.Healthy || st.Dataverse.Error == "" {
+		t.Errorf("unreachable Dataverse must show unhealthy with the error: %+v", st.Dataverse)
+	}
+}
+
+func TestSyncEndpointValidation(t *testing.T) {
+	f := newFixture(t, nil)
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	for body, want := range map[string]int{
+		``: 202,
+		`{"entities":["customer"],"scope":"all"}`: 202,
+		`{"entities":["invoice"]}`:                400,
+		`{"scope":"some"}`:                        400,
+		`{"entities":"customer"}`:                 400,
+		`{"entity":["customer"]}`:                 400,
+		`not json`:                                400,
+	} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("POST", "/api/sync", strings.NewReader(body)))
+		if rec.Code != want {
+			t.Errorf("POST /api/sync %q: %d %s, want %d", body, rec.Code, rec.Body, want)
+		}
+		if want == 202 {
+			var res map[string]any
+			json.Unmarshal(rec.Body.Bytes(), &res)
+			if res["runId"] == "" || res["queued"] == nil {
+				t.Errorf("202 body lacks runId/queued: %s", rec.Body)
+			}
+		}
+	}
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/sync", nil))
+	if rec.Code != 405 {
+		t.Errorf("GET /api/sync: %d", rec.Code)
+	}
+}
+
+func TestReplayEndpointKeepsIDs(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	for i := 1; i <= 3; i++ {
+		f.q.Send(ctx, queue.Products, []queue.Message{{MessageID: fmt.Sprintf("m%d", i), SessionID: fmt.Sprintf("product-%d", i), Body: []byte(`{"evt":{}}`)}})
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	go f.q.Run(rctx, queue.Products, 3, func(context.Context, localqueue.Delivery) error { return errors.New("503") })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, _ := f.q.Stats(ctx, queue.Products)
+		if s.DeadLettered == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("messages never dead-lettered")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	time.Sleep(20 * time.Millisecond)
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("POST", "/api/deadletters/product/replay?ids=m2", nil))
+	var res struct{ Replayed []string }
+	json.Unmarshal(rec.Body.Bytes(), &res)
+	if rec.Code != 200 || len(res.Replayed) != 1 || res.Replayed[0] != "m2" {
+		t.Fatalf("replay ?ids=m2: %d %s", rec.Code, rec.Body)
+	}
+	if s, _ := f.q.Stats(ctx, queue.Products); s.DeadLettered != 2 || s.Active != 1 {
+		t.Errorf("after replaying one: %+v", s)
+	}
+}
