@@ -1,0 +1,256 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+)
+
+// shared holds the Dataverse rows every product and order refers to.
+type shared struct {
+	CurrencyID        string
+	CurrencyPrecision int
+	PriceListID       string
+	UnitGroupID       string
+	BaseUnitID        string
+}
+
+// ErrMissingCurrency is wrapped by the bootstrap error when STORE_CURRENCY_CODE has no
+// transaction currency in Dynamics 365.
+var ErrMissingCurrency = errors.New("store currency missing in Dynamics 365")
+
+// Names of the base unit the app creates with a unit group.
+const baseUnitName = "Primary Unit"
+
+// bootstrap resolves (and caches) the store currency, the price list and the unit group
+// with its base unit, creating the last two when missing. A failure is not cached: the
+// next sync tries again, so adding a missing currency takes effect without a restart.
+// Customers never need it.
+func (e *Engine) bootstrap(ctx context.Context) (*shared, error) {
+	e.bootMu.Lock()
+	defer e.bootMu.Unlock()
+	if e.boot != nil {
+		return e.boot, nil
+	}
+	sh, err := e.resolveShared(ctx)
+	if err != nil {
+		e.bootErr = err
+		return nil, err
+	}
+	e.boot, e.bootErr = sh, nil
+	return sh, nil
+}
+
+func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
+	code := strings.ToUpper(strings.TrimSpace(e.settings.StoreCurrencyCode))
+	if code == "" {
+		return nil, transient(errors.New("STORE_CURRENCY_CODE is not set: set it to the store's primary currency (ISO 4217)"))
+	}
+	if e.whoAmIValue() == nil {
+		who, err := e.dv.WhoAmI(ctx)
+		if err != nil {
+			return nil, transient(fmt.Errorf("Dataverse WhoAmI: %w", err))
+		}
+		e.setWhoAmI(who)
+	}
+	sh := &shared{}
+
+	// Currency: looked up, never created or changed.
+	var cur dataverse.Record
+	err := e.dv.Query(ctx, "transactioncurrencies", dataverse.Query{
+		Select: []string{"transactioncurrencyid", "isocurrencycode", "currencyprecision"},
+		Filter: "isocurrencycode eq " + odataString(code),
+		Top:    1,
+	}, func(r dataverse.Record) error {
+		if cur == nil {
+			cur = r
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, transient(fmt.Errorf("looking up currency %s in Dynamics 365: %w", code, err))
+	}
+	if cur == nil {
+		return nil, transient(fmt.Errorf("%w: currency %s does not exist in Dynamics 365; add currency %s in Dynamics 365 (Settings > Business Management > Currencies) and products and orders will sync on their next attempt",
+			ErrMissingCurrency, code, code))
+	}
+	sh.CurrencyID = str(cur["transactioncurrencyid"])
+	sh.CurrencyPrecision = 2
+	if p, ok := intValue(cur["currencyprecision"]); ok {
+		sh.CurrencyPrecision = p
+	}
+
+	// Price list: found by name or created in the store currency with a deterministic
+	// id, so two instances bootstrapping at once create one row.
+	plName := e.settings.priceListName()
+	pl, err := e.findOne(ctx, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName))
+	if err != nil {
+		return nil, transient(fmt.Errorf("looking up price list %q: %w", plName, err))
+	}
+	if pl == nil {
+		id := deterministicID(0, "pricelevel", strings.ToLower(plName))
+		_, err := e.dv.Upsert(ctx, "pricelevels", id, dataverse.Record{
+			"name":                             plName,
+			"description":                      "Prices of the nopCommerce store (maintained by the sync)",
+			"transactioncurrencyid@odata.bind": dataverse.Bind("transactioncurrencies", sh.CurrencyID),
+		}, dataverse.Upsert)
+		if err != nil {
+			// Someone may have created one by that name meanwhile: look again.
+			if pl, _ = e.findOne(ctx, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName)); pl == nil {
+				return nil, transient(fmt.Errorf("creating price list %q: %w", plName, err))
+			}
+		} else {
+			pl = dataverse.Record{"pricelevelid": id, "_transactioncurrencyid_value": sh.CurrencyID}
+		}
+	}
+	sh.PriceListID = str(pl["pricelevelid"])
+	if c := str(pl["_transactioncurrencyid_value"]); c != "" && !strings.EqualFold(c, sh.CurrencyID) {
+		return nil, transient(fmt.Errorf("price list %q is in another currency than %s: set PRICE_LIST_NAME to a price list in %s, or remove that price list so the app creates one", plName, code, code))
+	}
+
+	// Unit group and its base unit.
+	ugName := e.settings.unitGroupName()
+	ug, err := e.findOne(ctx, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName))
+	if err != nil {
+		return nil, transient(fmt.Errorf("looking up unit group %q: %w", ugName, err))
+	}
+	if ug == nil {
+		id := deterministicID(0, "uomschedule", strings.ToLower(ugName))
+		_, err := e.dv.Upsert(ctx, "uomschedules", id, dataverse.Record{"name": ugName, "baseuomname": baseUnitName}, dataverse.Upsert)
+		if err != nil {
+			if ug, _ = e.findOne(ctx, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName)); ug == nil {
+				return nil, transient(fmt.Errorf("creating unit group %q: %w", ugName, err))
+			}
+		} else {
+			ug = dataverse.Record{"uomscheduleid": id, "baseuomname": baseUnitName}
+		}
+	}
+	sh.UnitGroupID = str(ug["uomscheduleid"])
+	baseName := str(ug["baseuomname"])
+	if baseName == "" {
+		baseName = baseUnitName
+	}
+	var byFlag, byName, any string
+	err = e.dv.Query(ctx, "uoms", dataverse.Query{
+		Select: []string{"uomid", "name", "isschedulebaseuom", "quantity"},
+		Filter: "_uomscheduleid_value eq " + sh.UnitGroupID,
+	}, func(r dataverse.Record) error {
+		id := str(r["uomid"])
+		if b, _ := r["isschedulebaseuom"].(bool); b && byFlag == "" {
+			byFlag = id
+		}
+		if strings.EqualFold(str(r["name"]), baseName) && byName == "" {
+			byName = id
+		}
+		if any == "" {
+			any = id
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, transient(fmt.Errorf("looking up the base unit of unit group %q: %w", ugName, err))
+	}
+	switch {
+	case byFlag != "":
+		sh.BaseUnitID = byFlag
+	case byName != "":
+		sh.BaseUnitID = byName
+	case any != "":
+		sh.BaseUnitID = any
+	default:
+		// Dataverse creates the base unit with its group; an environment (or simulator)
+		// that did not gets one here.
+		id := deterministicID(0, "uom", sh.UnitGroupID)
+		if _, err := e.dv.Upsert(ctx, "uoms", id, dataverse.Record{
+			"name":                     baseName,
+			"quantity":                 1,
+			"uomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
+		}, dataverse.Upsert); err != nil {
+			return nil, transient(fmt.Errorf("creating base unit %q of unit group %q: %w", baseName, ugName, err))
+		}
+		sh.BaseUnitID = id
+	}
+	return sh, nil
+}
+
+// findOne returns the first row of set matching filter, or nil.
+func (e *Engine) findOne(ctx context.Context, set string, cols []string, filter string) (dataverse.Record, error) {
+	var found dataverse.Record
+	err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter, Top: 1}, func(r dataverse.Record) error {
+		if found == nil {
+			found = r
+		}
+		return nil
+	})
+	return found, err
+}
+
+func (e *Engine) whoAmIValue() *dataverse.WhoAmI {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.whoAmI
+}
+
+func (e *Engine) setWhoAmI(w dataverse.WhoAmI) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.whoAmI = &w
+}
+
+// ConnectionInfo is what the status page shows about Dynamics 365.
+type ConnectionInfo struct {
+	Reachable      bool   `json:"reachable"`
+	OrganizationID string `json:"organizationId,omitempty"`
+	BusinessUnitID string `json:"businessUnitId,omitempty"`
+	UserID         string `json:"userId,omitempty"`
+	Currency       string `json:"currency"`
+	Error          string `json:"error,omitempty"` // "" when everything needed to sync is there
+}
+
+// Connection checks Dynamics 365 now: WhoAmI, then the shared rows (bootstrap). A
+// missing currency shows here with what to do.
+func (e *Engine) Connection(ctx context.Context) ConnectionInfo {
+	info := ConnectionInfo{Currency: strings.ToUpper(e.settings.StoreCurrencyCode)}
+	who, err := e.dv.WhoAmI(ctx)
+	if err != nil {
+		info.Error = err.Error()
+		return info
+	}
+	e.setWhoAmI(who)
+	info.Reachable = true
+	info.OrganizationID, info.BusinessUnitID, info.UserID = who.OrganizationID, who.BusinessUnitID, who.UserID
+	if _, err := e.bootstrap(ctx); err != nil {
+		info.Error = err.Error()
+	}
+	return info
+}
+
+// odataString quotes s as an OData string literal.
+func odataString(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// str reads a string column ("" for null or absent).
+func str(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+// intValue reads a number column.
+func intValue(v any) (int, bool) {
+	switch n := v.(type) {
+	case float64:
+		return int(n), true
+	case int:
+		return n, true
+	case int64:
+		return int(n), true
+	case interface{ Int64() (int64, error) }:
+		i, err := n.Int64()
+		return int(i), err == nil
+	}
+	return 0, false
+}

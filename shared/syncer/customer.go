@@ -1,0 +1,560 @@
+package syncer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Extra keys the customer syncer keeps in state.Record.Extra.
+const (
+	extraAdoptedFrom    = "adoptedContact"   // the pre-existing contact id adopted by email
+	extraAmbiguousEmail = "ambiguousEmail"   // number of active contacts sharing the email when we created our own
+	extraAccountID      = "accountId"        // the parent account we set (so a removed company clears it)
+	extraDeactivated    = "deactivated"      // "true": the contact was deactivated for a delete
+	releasedContactKind = "released-contact" // state doc kind: contacts of deleted customers (key: contact id)
+)
+
+// customerSyncer maps customers to contacts (dataverse-mapping.md "Customer → contact").
+type customerSyncer struct{ e *Engine }
+
+// skipReason says why a customer does not become a contact ("" when it does).
+func skipReason(c *nop.Customer) string {
+	switch {
+	case c.IsGuest:
+		return "guest customer: guests reach Dynamics 365 through their orders"
+	case !c.IsRegistered:
+		return "not a registered customer"
+	case strings.TrimSpace(deref(c.Email)) == "":
+		return "customer has no email"
+	}
+	return ""
+}
+
+func (s *customerSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
+	c := ev.Customer
+	if c == nil {
+		return outcome{}, permanent(fmt.Errorf("event %s: customer data missing", ev.ID))
+	}
+	if c.Deleted {
+		return s.delete(ctx, ev.StoreID, c, rec)
+	}
+	if reason := skipReason(c); reason != "" {
+		return outcome{status: state.Skipped, reason: reason}, nil
+	}
+	plan, err := s.e.planContact(ctx, ev.StoreID, c, rec)
+	if err != nil {
+		return outcome{}, err
+	}
+	if plan.unchanged {
+		return plan.outcome(), nil
+	}
+	if err := s.e.writeContact(ctx, plan); err != nil {
+		return outcome{}, err
+	}
+	plan.apply(rec)
+	return plan.outcome(), nil
+}
+
+// contactPlan is one contact write, worked out before it is sent (so the bulk path can
+// send many at once).
+type contactPlan struct {
+	id        string
+	fields    dataverse.Record // mapped columns, without the parent account
+	company   string
+	accountID string // resolved parent account ("" for none)
+	clear     bool   // clear the parent account (company removed)
+	hash      string
+	unchanged bool
+	isNew     bool // no row known for it yet (state had no id and nothing was adopted)
+	note      string
+	extra     map[string]string
+	react     bool // reactivate a contact deactivated by an earlier delete
+}
+
+func (p *contactPlan) record() dataverse.Record {
+	r := make(dataverse.Record, len(p.fields)+3)
+	for k, v := range p.fields {
+		r[k] = v
+	}
+	switch {
+	case p.accountID != "":
+		r["parentcustomerid_account@odata.bind"] = dataverse.Bind("accounts", p.accountID)
+	case p.clear:
+		r["parentcustomerid_account@odata.bind"] = nil
+	}
+	if p.react {
+		r["statecode"], r["statuscode"] = 0, 1
+	}
+	return r
+}
+
+func (p *contactPlan) apply(rec *state.Record) {
+	if rec.Extra == nil {
+		rec.Extra = map[string]string{}
+	}
+	for k, v := range p.extra {
+		if v == "" {
+			delete(rec.Extra, k)
+		} else {
+			rec.Extra[k] = v
+		}
+	}
+	if p.accountID != "" {
+		rec.Extra[extraAccountID] = p.accountID
+	} else {
+		delete(rec.Extra, extraAccountID)
+	}
+	delete(rec.Extra, extraDeactivated)
+}
+
+func (p *contactPlan) outcome() outcome {
+	return outcome{status: state.Synced, reason: p.note, dataverseID: p.id, hash: p.hash}
+}
+
+// contactFields maps a registered customer (dataverse-mapping.md).
+func contactFields(c *nop.Customer) dataverse.Record {
+	email := strings.TrimSpace(deref(c.Email))
+	a := c.Address
+	if a == nil {
+		a = &nop.Address{}
+	}
+	last := strings.TrimSpace(deref(c.LastName))
+	if last == "" {
+		last, _, _ = strings.Cut(email, "@")
+	}
+	phone := strings.TrimSpace(deref(c.Phone))
+	if phone == "" {
+		phone = strings.TrimSpace(deref(a.Phone))
+	}
+	return dataverse.Record{
+		"firstname":                orNull(deref(c.FirstName), 50),
+		"lastname":                 orNull(last, 50),
+		"emailaddress1":            orNull(email, 100),
+		"telephone1":               orNull(phone, 50),
+		"address1_line1":           orNull(deref(a.Address1), 250),
+		"address1_line2":           orNull(deref(a.Address2), 250),
+		"address1_city":            orNull(deref(a.City), 80),
+		"address1_county":          orNull(deref(a.County), 50),
+		"address1_stateorprovince": orNull(deref(a.StateProvince), 50),
+		"address1_postalcode":      orNull(deref(a.ZipPostalCode), 20),
+		"address1_country":         orNull(deref(a.Country), 80),
+		"description":              fmt.Sprintf("nopCommerce customer %d", c.ID),
+	}
+}
+
+// planContact works out the contact write for a registered customer: the row (state,
+// adoption by email or our deterministic id), the mapped columns and the parent account.
+// Nothing is written except a missing account.
+func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record) (*contactPlan, error) {
+	p := &contactPlan{fields: contactFields(c), company: strings.TrimSpace(deref(c.Company)), extra: map[string]string{}}
+	p.hash = hashOf(p.fields, "company="+strings.ToLower(p.company))
+	if rec.Status == state.Synced && rec.DataHash == p.hash && rec.DataverseID != "" && rec.Extra[extraDeactivated] == "" {
+		p.id, p.unchanged = rec.DataverseID, true
+		return p, nil
+	}
+	p.react = rec.Extra[extraDeactivated] != ""
+	if rec.DataverseID != "" {
+		p.id = rec.DataverseID
+	} else {
+		cands, err := e.contactsByEmail(ctx, []string{deref(c.Email)})
+		if err != nil {
+			return nil, err
+		}
+		own := deterministicID(storeID, "contact", strconv.Itoa(c.ID))
+		if err := e.choose(ctx, p, own, c.ID, cands[strings.ToLower(strings.TrimSpace(deref(c.Email)))]); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.planAccount(ctx, storeID, p, rec); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// choose picks the contact row for a customer the state knows no row for, from the active
+// contacts with its email: our own deterministic row when it exists (state was wiped),
+// else the single other one (adopted), else (none, or ambiguous) our own.
+// customerID < 0 is a guest: contacts of registered customers are matched too.
+func (e *Engine) choose(ctx context.Context, p *contactPlan, own string, customerID int, cands []dataverse.Record) error {
+	var others []string
+	for _, r := range cands {
+		id := strings.ToLower(str(r["contactid"]))
+		if id == own {
+			p.id = own
+			return nil
+		}
+		// A contact another customer of ours owns is never adopted; nor is the contact
+		// of a deleted customer.
+		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") && d != fmt.Sprintf("nopCommerce customer %d", customerID) {
+			continue
+		}
+		released, err := e.released(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !released {
+			others = append(others, id)
+		}
+	}
+	switch len(others) {
+	case 0:
+		p.id, p.isNew = own, true
+		p.extra[extraAmbiguousEmail] = ""
+	case 1:
+		p.id = others[0]
+		p.extra[extraAdoptedFrom] = others[0]
+		p.note = "adopted the existing contact with the same email"
+	default:
+		p.id, p.isNew = own, true
+		p.extra[extraAmbiguousEmail] = strconv.Itoa(len(others))
+		p.note = fmt.Sprintf("%d active contacts in Dynamics 365 have this email; created a separate contact instead of guessing", len(others))
+	}
+	return nil
+}
+
+// planAccount resolves the parent account for the company (or plans clearing it).
+func (e *Engine) planAccount(ctx context.Context, storeID int, p *contactPlan, rec *state.Record) error {
+	if p.company == "" {
+		p.clear = rec != nil && rec.Extra[extraAccountID] != ""
+		return nil
+	}
+	id, err := e.account(ctx, storeID, p.company)
+	if err != nil {
+		return err
+	}
+	p.accountID = id
+	return nil
+}
+
+// account finds the account named company (case-insensitively) or creates it with a
+// deterministic id. Ids are cached per process.
+func (e *Engine) account(ctx context.Context, storeID int, company string) (string, error) {
+	key := strconv.Itoa(storeID) + "/" + strings.ToLower(company)
+	if v, ok := e.accounts.Load(key); ok {
+		return v.(string), nil
+	}
+	var found string
+	err := e.dv.Query(ctx, "accounts", dataverse.Query{
+		Select: []string{"accountid", "name"},
+		Filter: "name eq " + odataString(company),
+		Top:    10,
+	}, func(r dataverse.Record) error {
+		if found == "" && strings.EqualFold(strings.TrimSpace(str(r["name"])), company) {
+			found = strings.ToLower(str(r["accountid"]))
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("looking up account %q: %w", company, err)
+	}
+	if found == "" {
+		found = deterministicID(storeID, "account", strings.ToLower(company))
+		if _, err := e.dv.Upsert(ctx, "accounts", found, dataverse.Record{"name": truncate(company, 160)}, dataverse.Upsert); err != nil {
+			return "", fmt.Errorf("creating account %q: %w", company, err)
+		}
+	}
+	e.accounts.Store(key, found)
+	return found, nil
+}
+
+// writeContact sends one planned contact.
+func (e *Engine) writeContact(ctx context.Context, p *contactPlan) error {
+	_, err := e.dv.Upsert(ctx, "contacts", p.id, p.record(), dataverse.Upsert)
+	if err != nil && p.accountID != "" && dataverse.IsNotFound(err) {
+		// The cached account may have been deleted in Dynamics 365: forget it and let
+		// the retry look it up again.
+		e.forgetAccounts()
+		return transient(fmt.Errorf("writing contact %s: %w", p.id, err))
+	}
+	if err != nil {
+		return fmt.Errorf("writing contact %s: %w", p.id, err)
+	}
+	return nil
+}
+
+func (e *Engine) forgetAccounts() {
+	e.accounts.Range(func(k, _ any) bool { e.accounts.Delete(k); return true })
+}
+
+// contactsByEmail returns the active contacts per lower-cased email, querying a few
+// emails per request.
+func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[string][]dataverse.Record, error) {
+	out := map[string][]dataverse.Record{}
+	seen := map[string]bool{}
+	var uniq []string
+	for _, m := range emails {
+		m = strings.TrimSpace(m)
+		if m == "" || seen[strings.ToLower(m)] {
+			continue
+		}
+		seen[strings.ToLower(m)] = true
+		uniq = append(uniq, m)
+	}
+	const per = 20
+	for start := 0; start < len(uniq); start += per {
+		part := uniq[start:min(start+per, len(uniq))]
+		conds := make([]string, len(part))
+		for i, m := range part {
+			conds[i] = "emailaddress1 eq " + odataString(m)
+		}
+		filter := "statecode eq 0 and (" + strings.Join(conds, " or ") + ")"
+		err := e.dv.Query(ctx, "contacts", dataverse.Query{
+			Select: []string{"contactid", "emailaddress1", "description"},
+			Filter: filter,
+		}, func(r dataverse.Record) error {
+			k := strings.ToLower(strings.TrimSpace(str(r["emailaddress1"])))
+			if seen[k] {
+				out[k] = append(out[k], r)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("looking up contacts by email: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// released reports whether a contact belonged to a customer deleted in nopCommerce.
+func (e *Engine) released(ctx context.Context, contactID string) (bool, error) {
+	_, err := e.st.GetDoc(ctx, releasedContactKind, strings.ToLower(contactID))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, state.ErrNotFound):
+		return false, nil
+	}
+	return false, transient(fmt.Errorf("reading released contacts: %w", err))
+}
+
+func (e *Engine) releaseContact(ctx context.Context, contactID string, customerID int) error {
+	doc := &state.Doc{Kind: releasedContactKind, Key: strings.ToLower(contactID), Value: []byte(strconv.Itoa(customerID))}
+	err := e.st.SaveDoc(ctx, doc)
+	if err != nil && !errors.Is(err, state.ErrConflict) {
+		return transient(fmt.Errorf("recording released contact: %w", err))
+	}
+	return nil
+}
+
+// delete applies DELETE_POLICY to a deleted customer's contact.
+func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record) (outcome, error) {
+	e := s.e
+	policy := e.settings.deletePolicy()
+	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
+	id := rec.DataverseID
+	if rec.Status == state.Synced && rec.DataHash == hash {
+		return outcome{status: state.Synced, reason: rec.Reason, dataverseID: id, hash: hash}, nil
+	}
+	if id == "" {
+		// Never synced (or state lost): the row, if any, has our deterministic id.
+		id = deterministicID(storeID, "contact", strconv.Itoa(c.ID))
+	}
+	// From now on this contact is never matched by email for anyone.
+	if err := e.releaseContact(ctx, id, c.ID); err != nil {
+		return outcome{}, err
+	}
+	switch policy {
+	case DeleteIgnore:
+		return outcome{status: state.Skipped, reason: "deleted in nopCommerce; DELETE_POLICY=ignore keeps the contact", dataverseID: rec.DataverseID, hash: hash}, nil
+	case DeleteDelete:
+		err := e.dv.Delete(ctx, "contacts", id)
+		if err == nil || dataverse.IsNotFound(err) {
+			return outcome{status: state.Synced, reason: "deleted in nopCommerce; contact deleted", dataverseID: id, hash: hash}, nil
+		}
+		if isTransient(err) {
+			return outcome{}, fmt.Errorf("deleting contact %s: %w", id, err)
+		}
+		// Dataverse refuses while orders point at the contact: deactivate instead.
+		if derr := e.deactivateContact(ctx, id, rec); derr != nil {
+			return outcome{}, derr
+		}
+		return outcome{status: state.Synced, reason: "deleted in nopCommerce; Dynamics 365 refused to delete the contact (" + shortErr(err) + "), so it was deactivated", dataverseID: id, hash: hash}, nil
+	default:
+		err := e.deactivateContact(ctx, id, rec)
+		if dataverse.IsNotFound(err) {
+			return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
+		}
+		if err != nil {
+			return outcome{}, err
+		}
+		return outcome{status: state.Synced, reason: "deleted in nopCommerce; contact deactivated", dataverseID: id, hash: hash}, nil
+	}
+}
+
+func (e *Engine) deactivateContact(ctx context.Context, id string, rec *state.Record) error {
+	if err := e.dv.Update(ctx, "contacts", id, dataverse.Record{"statecode": 1, "statuscode": 2}); err != nil {
+		return fmt.Errorf("deactivating contact %s: %w", id, err)
+	}
+	if rec.Extra == nil {
+		rec.Extra = map[string]string{}
+	}
+	rec.Extra[extraDeactivated] = "true"
+	return nil
+}
+
+// ensureContact returns the contact of an order's customer, creating it from the order's
+// data when the app has not synced that customer yet. A registered customer gets the
+// contact the customer sync would give it (state, adoption, deterministic id) and the
+// customer's state remembers it; a guest's contact is made from the billing address and
+// matched by email like any other.
+func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+	if c == nil {
+		return "", permanent(errors.New("order has no customer"))
+	}
+	rec, err := e.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
+	switch {
+	case err == nil:
+		if rec.DataverseID != "" {
+			return rec.DataverseID, nil
+		}
+	case errors.Is(err, state.ErrNotFound):
+		rec = nil
+	default:
+		return "", transient(fmt.Errorf("reading customer %d state: %w", c.ID, err))
+	}
+	if !c.Deleted && skipReason(c) == "" {
+		fresh := rec == nil
+		if rec == nil {
+			rec = &state.Record{Entity: state.Customer, ID: strconv.Itoa(c.ID)}
+		}
+		p, err := e.planContact(ctx, storeID, c, rec)
+		if err != nil {
+			return "", err
+		}
+		if !p.unchanged {
+			if err := e.writeContact(ctx, p); err != nil {
+				return "", err
+			}
+		}
+		if fresh {
+			// Remember the row so the customer's own event updates this contact. Losing
+			// a race with that event is fine: it resolves the same row.
+			nr := &state.Record{Entity: state.Customer, ID: strconv.Itoa(c.ID), DataverseID: p.id,
+				Status: state.Synced, Reason: "contact written from an order; the customer's own event has not arrived yet",
+				DataHash: p.hash, SyncedAt: e.now()}
+			p.apply(nr)
+			if err := e.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
+				e.log.Warn("saving customer state from order", "customer", c.ID, "error", err)
+			}
+		}
+		return p.id, nil
+	}
+	return e.guestContact(ctx, storeID, c, billing)
+}
+
+// guestContact finds or writes the contact of a guest (or a customer without email) from
+// the billing address.
+func (e *Engine) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+	if billing == nil {
+		billing = &nop.Address{}
+	}
+	email := strings.TrimSpace(deref(billing.Email))
+	if email == "" {
+		email = strings.TrimSpace(deref(c.Email))
+	}
+	key := "customer:" + strconv.Itoa(c.ID)
+	if email != "" {
+		key = "guest:" + strings.ToLower(email)
+	}
+	cacheKey := strconv.Itoa(storeID) + "/" + key
+	if v, ok := e.contacts.Load(cacheKey); ok {
+		return v.(string), nil
+	}
+	own := deterministicID(storeID, "contact", key)
+	if email != "" {
+		cands, err := e.contactsByEmail(ctx, []string{email})
+		if err != nil {
+			return "", err
+		}
+		p := &contactPlan{extra: map[string]string{}}
+		if err := e.choose(ctx, p, own, -1, cands[strings.ToLower(email)]); err != nil {
+			return "", err
+		}
+		if !p.isNew {
+			e.contacts.Store(cacheKey, p.id)
+			return p.id, nil
+		}
+	}
+	first := strings.TrimSpace(deref(billing.FirstName))
+	last := strings.TrimSpace(deref(billing.LastName))
+	if first == "" {
+		first = strings.TrimSpace(deref(c.FirstName))
+	}
+	if last == "" {
+		last = strings.TrimSpace(deref(c.LastName))
+	}
+	if last == "" {
+		last, _, _ = strings.Cut(email, "@")
+	}
+	if last == "" {
+		last = "Guest " + strconv.Itoa(c.ID)
+	}
+	phone := strings.TrimSpace(deref(billing.Phone))
+	r := dataverse.Record{
+		"firstname":                orNull(first, 50),
+		"lastname":                 orNull(last, 50),
+		"emailaddress1":            orNull(email, 100),
+		"telephone1":               orNull(phone, 50),
+		"address1_line1":           orNull(deref(billing.Address1), 250),
+		"address1_line2":           orNull(deref(billing.Address2), 250),
+		"address1_city":            orNull(deref(billing.City), 80),
+		"address1_county":          orNull(deref(billing.County), 50),
+		"address1_stateorprovince": orNull(deref(billing.StateProvince), 50),
+		"address1_postalcode":      orNull(deref(billing.ZipPostalCode), 20),
+		"address1_country":         orNull(deref(billing.Country), 80),
+		"description":              fmt.Sprintf("nopCommerce guest (customer %d)", c.ID),
+	}
+	if _, err := e.dv.Upsert(ctx, "contacts", own, r, dataverse.Upsert); err != nil {
+		return "", fmt.Errorf("writing guest contact: %w", err)
+	}
+	e.contacts.Store(cacheKey, own)
+	return own, nil
+}
+
+// hashOf hashes what would be written (JSON of the record, keys sorted by encoding/json)
+// plus any extra strings.
+func hashOf(r dataverse.Record, extra ...string) string {
+	h := sha256.New()
+	b, _ := json.Marshal(r)
+	h.Write(b)
+	for _, s := range extra {
+		h.Write([]byte{0})
+		h.Write([]byte(s))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// orNull trims s and cuts it to n runes; "" becomes null (clearing the column).
+func orNull(s string, n int) any {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil
+	}
+	return truncate(s, n)
+}
+
+// shortErr is an error's Dataverse message when it has one.
+func shortErr(err error) string {
+	var de *dataverse.Error
+	if errors.As(err, &de) && de.Message != "" {
+		return de.Message
+	}
+	return err.Error()
+}

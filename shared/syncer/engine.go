@@ -1,0 +1,775 @@
+// Package syncer writes nopCommerce events to Dynamics 365 (Dataverse): it decodes queue
+// messages, keeps the latest state of every entity (order keys, leases in the state
+// store), and hands each event to its entity's syncer (customers, products, orders).
+//
+// Internal contract (H7 ↔ H8), unchanged from the team brief:
+//
+//	type outcome struct{ status state.Status; reason, dataverseID, hash string }
+//	type entitySyncer interface{ sync(ctx, ev, rec) (outcome, error) }
+//	type bulkSyncer interface{ syncMany(ctx, evs, recs) ([]outcome, []error) }
+//	func isTransient(err error) bool
+//	func (e *Engine) saveProgress(ctx, rec) error
+//	func (e *Engine) bootstrap(ctx) (*shared, error)
+//	func (e *Engine) ensureContact / ensureProduct
+//	func newOrderSyncer(e *Engine) entitySyncer
+//
+// Additions (no change to the above): transient(err)/permanent(err) wrap an error with an
+// explicit class; e.dv is the Dataverse interface below; e.settings the Settings.
+package syncer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Dataverse is the part of *dataverse.Client the engine uses (tests use the real client
+// against the dataversetest simulator).
+type Dataverse interface {
+	Upsert(ctx context.Context, set, id string, rec dataverse.Record, mode dataverse.UpsertMode) (created bool, err error)
+	Update(ctx context.Context, set, id string, rec dataverse.Record) error
+	Delete(ctx context.Context, set, id string) error
+	Retrieve(ctx context.Context, set, id string, columns ...string) (dataverse.Record, error)
+	Query(ctx context.Context, set string, q dataverse.Query, fn func(dataverse.Record) error) error
+	Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error)
+	UpsertMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) error
+	CreateMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) ([]string, error)
+	UpdateMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) error
+	FulfillSalesOrder(ctx context.Context, orderID string, status int) error
+	CancelSalesOrder(ctx context.Context, orderID string, status int) error
+	ConvertSalesOrderToInvoice(ctx context.Context, orderID string) (invoiceID string, err error)
+	PublishProductHierarchy(ctx context.Context, productID string) error
+	WhoAmI(ctx context.Context) (dataverse.WhoAmI, error)
+}
+
+// Delete policies (setting DELETE_POLICY).
+const (
+	DeleteDeactivate = "deactivate"
+	DeleteDelete     = "delete"
+	DeleteIgnore     = "ignore"
+)
+
+// Settings are the sync settings (operations.md).
+type Settings struct {
+	StoreCurrencyCode string // ISO 4217, required for products and orders
+	PriceListName     string // "" → "nopCommerce <CODE>"
+	UnitGroupName     string // "" → "Default Unit"
+	DeletePolicy      string // deactivate (default), delete, ignore
+	SyncImages        bool
+	ImageMaxBytes     int  // 0 → 5 MiB
+	WritesEnabled     bool // false: events are recorded as pending, nothing is written
+}
+
+func (s Settings) priceListName() string {
+	if s.PriceListName != "" {
+		return s.PriceListName
+	}
+	return "nopCommerce " + strings.ToUpper(s.StoreCurrencyCode)
+}
+
+func (s Settings) unitGroupName() string {
+	if s.UnitGroupName != "" {
+		return s.UnitGroupName
+	}
+	return "Default Unit"
+}
+
+func (s Settings) deletePolicy() string {
+	switch p := strings.ToLower(s.DeletePolicy); p {
+	case DeleteDelete, DeleteIgnore:
+		return p
+	}
+	return DeleteDeactivate
+}
+
+// Options build an Engine.
+type Options struct {
+	DV       Dataverse
+	State    state.Store
+	Settings Settings
+	Now      func() time.Time // default time.Now
+	Log      *slog.Logger     // default slog.Default()
+
+	// Instance names this process in leases (default: random). Each claim adds its own
+	// suffix, so two goroutines of one instance never share a lease either.
+	Instance string
+	// LeaseDuration bounds how long a claim keeps other writers off an entity
+	// (default 5 minutes, the longest a queue function runs by default).
+	LeaseDuration time.Duration
+	// Concurrency bounds parallel work inside one chunk (default 8).
+	Concurrency int
+	// BulkSize is the number of rows per bulk Dataverse request (default 100).
+	BulkSize int
+	// HTTPClient fetches product pictures (SYNC_IMAGES); default a client with a 15 s timeout.
+	HTTPClient *http.Client
+}
+
+// Engine applies events to Dataverse. It is safe for concurrent use.
+type Engine struct {
+	dv       Dataverse
+	st       state.Store
+	settings Settings
+	now      func() time.Time
+	log      *slog.Logger
+	instance string
+	lease    time.Duration
+	conc     int
+	bulkSize int
+	http     *http.Client
+
+	syncers map[state.Entity]entitySyncer
+
+	bootMu  sync.Mutex
+	boot    *shared
+	bootErr error
+
+	mu     sync.Mutex // guards whoAmI
+	whoAmI *dataverse.WhoAmI
+
+	accounts sync.Map // "<storeID>/<lower(company)>" → account id
+	contacts sync.Map // guest contact key → contact id
+}
+
+// New builds an Engine.
+func New(o Options) (*Engine, error) {
+	if o.DV == nil {
+		return nil, errors.New("syncer: Options.DV is required")
+	}
+	if o.State == nil {
+		return nil, errors.New("syncer: Options.State is required")
+	}
+	e := &Engine{
+		dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log,
+		instance: o.Instance, lease: o.LeaseDuration, conc: o.Concurrency, bulkSize: o.BulkSize,
+		http: o.HTTPClient,
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	if e.instance == "" {
+		e.instance = randomHex(6)
+	}
+	if e.lease <= 0 {
+		e.lease = 5 * time.Minute
+	}
+	if e.conc <= 0 {
+		e.conc = 8
+	}
+	if e.bulkSize <= 0 {
+		e.bulkSize = 100
+	}
+	if e.http == nil {
+		e.http = &http.Client{Timeout: 15 * time.Second}
+	}
+	if e.settings.ImageMaxBytes <= 0 {
+		e.settings.ImageMaxBytes = 5 << 20
+	}
+	e.syncers = map[state.Entity]entitySyncer{
+		state.Customer: &customerSyncer{e: e},
+		state.Product:  &productSyncer{e: e},
+	}
+	if os := newOrderSyncer(e); os != nil {
+		e.syncers[state.Order] = os
+	}
+	return e, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// outcome is what one entity's sync achieved.
+type outcome struct {
+	status      state.Status
+	reason      string
+	dataverseID string
+	hash        string
+}
+
+// entitySyncer writes one entity's event. The engine has already decoded and validated
+// the event, checked its order key (stale events never get here), claimed the record's
+// lease and stored the event in rec.Data. sync may set rec.Extra; the engine saves it
+// with the outcome. Errors are classified by isTransient.
+type entitySyncer interface {
+	sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error)
+}
+
+// bulkSyncer is the optional bulk path for chunk messages: per-row outcomes and errors,
+// both the length of evs.
+type bulkSyncer interface {
+	syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error)
+}
+
+// classified is an error with an explicit transient/permanent class.
+type classified struct {
+	err       error
+	transient bool
+}
+
+func (c *classified) Error() string { return c.err.Error() }
+func (c *classified) Unwrap() error { return c.err }
+
+// transient marks err as worth retrying (Service Bus redelivers the message).
+func transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &classified{err: err, transient: true}
+}
+
+// permanent marks err as final: retrying the same event cannot succeed.
+func permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &classified{err: err, transient: false}
+}
+
+// errBusy: another writer holds the entity's lease.
+var errBusy = errors.New("another instance is writing this entity right now (lease held); will retry")
+
+// isTransient says whether a retry of the same event can succeed: throttling past the
+// budget, 5xx, network, authentication/permission problems an admin can fix, missing
+// currency, busy leases, state-store trouble. Dataverse refusing the data (4xx) is
+// permanent.
+func isTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var c *classified
+	if errors.As(err, &c) {
+		return c.transient
+	}
+	var de *dataverse.Error
+	if errors.As(err, &de) {
+		if de.Retryable || de.Auth || de.StatusCode == 0 {
+			return true
+		}
+		switch de.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
+			return true
+		}
+		return de.StatusCode >= 500
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	// Unknown failures (state store, I/O) are retried; Service Bus dead-letters them
+	// after maxDeliveryCount with the reason.
+	return true
+}
+
+// queueEntities maps queue names (and entity names) to entities.
+var queueEntities = map[string]state.Entity{
+	queue.Customers: state.Customer, queue.Products: state.Product, queue.Orders: state.Order,
+	string(state.Customer): state.Customer, string(state.Product): state.Product, string(state.Order): state.Order,
+}
+
+// HandleMessage applies one queue message (a single event or an import chunk). nil: every
+// event was applied, skipped or recorded as a permanent failure, so the message is
+// acknowledged. An error: at least one event failed transiently (recorded in state);
+// Service Bus redelivers, and events already applied are recognised as duplicates.
+func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byte) error {
+	entity, ok := queueEntities[queueName]
+	if !ok {
+		return fmt.Errorf("syncer: unknown queue %q", queueName)
+	}
+	evs, err := nop.DecodeEnvelope(body)
+	if err != nil {
+		// The message can never become valid: acknowledge it and say why.
+		e.log.Error("invalid message dropped", "queue", queueName, "error", err)
+		return nil
+	}
+	var mine []*nop.Event
+	for _, ev := range evs {
+		if ev.Entity() != entity {
+			e.log.Error("event on the wrong queue dropped", "queue", queueName, "event", ev.ID, "type", ev.Type)
+			continue
+		}
+		mine = append(mine, ev)
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	if len(mine) == 1 {
+		return e.process(ctx, mine[0], false)
+	}
+	return e.processMany(ctx, entity, mine, false)
+}
+
+type claimResult int
+
+const (
+	claimed claimResult = iota
+	claimStale
+	claimDuplicate
+)
+
+// claim reads the entity's record, checks the event's order key against it and takes the
+// record's lease with an ETag-conditional save, so an older event never overwrites a
+// newer one, also across instances.
+func (e *Engine) claim(ctx context.Context, ev *nop.Event, force bool) (*state.Record, claimResult, error) {
+	entity, id, key := ev.Entity(), ev.EntityID(), ev.OrderKey()
+	for attempt := 0; attempt < 4; attempt++ {
+		rec, err := e.st.Get(ctx, entity, id)
+		if errors.Is(err, state.ErrNotFound) {
+			rec = &state.Record{Entity: entity, ID: id, Status: state.Pending}
+		} else if err != nil {
+			return nil, 0, transient(fmt.Errorf("reading sync state of %s %s: %w", entity, id, err))
+		}
+		if rec.OrderKey != "" && nop.CompareOrderKeys(key, rec.OrderKey) < 0 {
+			return rec, claimStale, nil
+		}
+		if !force && rec.LastEventID == ev.ID && rec.OrderKey == key &&
+			(rec.Status == state.Synced || rec.Status == state.Skipped) {
+			return rec, claimDuplicate, nil
+		}
+		now := e.now()
+		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+			return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+		}
+		rec.LeaseOwner = e.instance + "/" + randomHex(4)
+		rec.LeaseUntil = now.Add(e.lease)
+		rec.Data = eventJSON(ev)
+		if rec.Status == "" {
+			rec.Status = state.Pending
+		}
+		err = e.st.Save(ctx, rec)
+		if errors.Is(err, state.ErrConflict) {
+			continue // someone changed it between our read and write: look again
+		}
+		if err != nil {
+			return nil, 0, transient(fmt.Errorf("claiming %s %s: %w", entity, id, err))
+		}
+		return rec, claimed, nil
+	}
+	return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+}
+
+// eventJSON is the event as received (kept in rec.Data for re-syncs).
+func eventJSON(ev *nop.Event) []byte {
+	if len(ev.Raw) > 0 {
+		return slices.Clone([]byte(ev.Raw))
+	}
+	m := map[string]any{"id": ev.ID, "type": ev.Type, "occurredOnUtc": ev.OccurredOnUtc, "storeId": ev.StoreID, "data": ev.Data}
+	if ev.Sequence != nil {
+		m["sequence"] = *ev.Sequence
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// saveProgress saves rec mid-sync, keeping (and extending) the lease.
+func (e *Engine) saveProgress(ctx context.Context, rec *state.Record) error {
+	rec.LeaseUntil = e.now().Add(e.lease)
+	if err := e.st.Save(ctx, rec); err != nil {
+		return transient(fmt.Errorf("saving progress of %s %s: %w", rec.Entity, rec.ID, err))
+	}
+	return nil
+}
+
+// finish records the result of a claimed event and releases the lease. It returns the
+// error HandleMessage should report for this event (nil unless transient).
+func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, out outcome, syncErr error) error {
+	owner := rec.LeaseOwner
+	apply := func(r *state.Record) {
+		r.LeaseOwner, r.LeaseUntil = "", time.Time{}
+		r.OrderKey = ev.OrderKey()
+		r.LastEventID = ev.ID
+		r.Data = eventJSON(ev)
+		if syncErr != nil {
+			r.Status = state.Failed
+			r.Reason = truncate(syncErr.Error(), 1000)
+			r.Transient = isTransient(syncErr)
+			r.Attempts++
+			return
+		}
+		r.Status, r.Reason, r.Transient = out.status, out.reason, false
+		if out.dataverseID != "" {
+			r.DataverseID = out.dataverseID
+		}
+		if out.hash != "" {
+			r.DataHash = out.hash
+		}
+		if out.status == state.Synced {
+			r.Attempts = 0
+			r.SyncedAt = e.now()
+		}
+	}
+	apply(rec)
+	err := e.st.Save(ctx, rec)
+	for attempt := 0; errors.Is(err, state.ErrConflict) && attempt < 3; attempt++ {
+		// Our lease expired and someone else claimed the record meanwhile. Keep theirs
+		// if they are still working or already applied something newer.
+		cur, gerr := e.st.Get(ctx, rec.Entity, rec.ID)
+		if gerr != nil {
+			err = gerr
+			break
+		}
+		if (cur.LeaseOwner != "" && cur.LeaseOwner != owner && e.now().Before(cur.LeaseUntil)) ||
+			nop.CompareOrderKeys(cur.OrderKey, ev.OrderKey()) > 0 {
+			e.log.Warn("sync result superseded by another writer", "entity", rec.Entity, "id", rec.ID)
+			err = nil
+			break
+		}
+		cur.Extra = rec.Extra
+		apply(cur)
+		err = e.st.Save(ctx, cur)
+	}
+	if err != nil {
+		return transient(fmt.Errorf("saving sync state of %s %s: %w", rec.Entity, rec.ID, err))
+	}
+	if syncErr != nil {
+		e.log.Warn("sync failed", "entity", rec.Entity, "id", rec.ID, "event", ev.ID, "transient", isTransient(syncErr), "error", syncErr)
+		if isTransient(syncErr) {
+			return syncErr
+		}
+	}
+	return nil
+}
+
+// process applies a single event.
+func (e *Engine) process(ctx context.Context, ev *nop.Event, force bool) error {
+	syn, ok := e.syncers[ev.Entity()]
+	if !ok {
+		e.log.Error("no syncer for entity", "entity", ev.Entity())
+		return nil
+	}
+	rec, res, err := e.claim(ctx, ev, force)
+	if err != nil {
+		return err
+	}
+	switch res {
+	case claimStale:
+		e.countStale(ctx, ev.Entity(), 1)
+		return nil
+	case claimDuplicate:
+		return nil
+	}
+	if !e.settings.WritesEnabled {
+		return e.finish(ctx, ev, rec, pendingOutcome(), nil)
+	}
+	if force {
+		rec.DataHash = ""
+	}
+	out, serr := e.safeSync(ctx, syn, ev, rec)
+	return e.finish(ctx, ev, rec, out, serr)
+}
+
+func pendingOutcome() outcome {
+	return outcome{status: state.Pending, reason: "DATAVERSE_WRITES_ENABLED is false: recorded, not written to Dynamics 365"}
+}
+
+// safeSync runs one sync and turns a panic into a permanent error: bad input must never
+// take the process down.
+func (e *Engine) safeSync(ctx context.Context, syn entitySyncer, ev *nop.Event, rec *state.Record) (out outcome, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = permanent(fmt.Errorf("internal error syncing %s %s: %v", ev.Entity(), ev.EntityID(), p))
+		}
+	}()
+	return syn.sync(ctx, ev, rec)
+}
+
+// processMany applies the events of one chunk: per entity only the newest event counts
+// (older ones in the chunk are stale), each record is claimed, then the rows go through
+// the entity's bulk path.
+func (e *Engine) processMany(ctx context.Context, entity state.Entity, evs []*nop.Event, force bool) error {
+	syn, ok := e.syncers[entity]
+	if !ok {
+		e.log.Error("no syncer for entity", "entity", entity)
+		return nil
+	}
+	latest := map[string]*nop.Event{}
+	var order []string
+	stale := 0
+	for _, ev := range evs {
+		id := ev.EntityID()
+		cur, seen := latest[id]
+		if !seen {
+			latest[id] = ev
+			order = append(order, id)
+			continue
+		}
+		stale++
+		if nop.CompareOrderKeys(ev.OrderKey(), cur.OrderKey()) >= 0 {
+			latest[id] = ev
+		}
+	}
+
+	type slot struct {
+		ev  *nop.Event
+		rec *state.Record
+	}
+	slots := make([]slot, len(order))
+	errs := make([]error, len(order))
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.conc)
+	for i, id := range order {
+		ev := latest[id]
+		g.Go(func() error {
+			rec, res, err := e.claim(gctx, ev, force)
+			switch {
+			case err != nil:
+				errs[i] = err
+			case res == claimStale:
+				mu.Lock()
+				stale++
+				mu.Unlock()
+			case res == claimed:
+				slots[i] = slot{ev: ev, rec: rec}
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if stale > 0 {
+		e.countStale(ctx, entity, stale)
+	}
+
+	var cevs []*nop.Event
+	var crecs []*state.Record
+	var idx []int
+	for i, s := range slots {
+		if s.rec != nil {
+			cevs = append(cevs, s.ev)
+			crecs = append(crecs, s.rec)
+			idx = append(idx, i)
+		}
+	}
+	outs := make([]outcome, len(cevs))
+	serrs := make([]error, len(cevs))
+	switch {
+	case len(cevs) == 0:
+	case !e.settings.WritesEnabled:
+		for i := range outs {
+			outs[i] = pendingOutcome()
+		}
+	default:
+		if force {
+			for _, r := range crecs {
+				r.DataHash = ""
+			}
+		}
+		if bs, ok := syn.(bulkSyncer); ok {
+			outs, serrs = e.safeSyncMany(ctx, bs, cevs, crecs)
+		} else {
+			g, gctx := errgroup.WithContext(ctx)
+			g.SetLimit(e.conc)
+			for i := range cevs {
+				g.Go(func() error {
+					outs[i], serrs[i] = e.safeSync(gctx, syn, cevs[i], crecs[i])
+					return nil
+				})
+			}
+			_ = g.Wait()
+		}
+	}
+	g2, g2ctx := errgroup.WithContext(ctx)
+	g2.SetLimit(e.conc)
+	for j := range cevs {
+		g2.Go(func() error {
+			errs[idx[j]] = e.finish(g2ctx, cevs[j], crecs[j], outs[j], serrs[j])
+			return nil
+		})
+	}
+	_ = g2.Wait()
+
+	var failed []string
+	var first error
+	for i, err := range errs {
+		if err != nil {
+			failed = append(failed, order[i])
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if first != nil {
+		return fmt.Errorf("%d of %d %s rows failed transiently (ids %s): %w", len(failed), len(order), entity, strings.Join(headOf(failed, 10), ","), first)
+	}
+	return nil
+}
+
+func headOf(s []string, n int) []string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (e *Engine) safeSyncMany(ctx context.Context, bs bulkSyncer, evs []*nop.Event, recs []*state.Record) (outs []outcome, errs []error) {
+	defer func() {
+		if p := recover(); p != nil {
+			outs = make([]outcome, len(evs))
+			errs = make([]error, len(evs))
+			for i := range errs {
+				errs[i] = permanent(fmt.Errorf("internal error in bulk sync: %v", p))
+			}
+		}
+	}()
+	outs, errs = bs.syncMany(ctx, evs, recs)
+	if len(outs) != len(evs) || len(errs) != len(evs) {
+		panic("syncMany returned the wrong number of results")
+	}
+	return outs, errs
+}
+
+// Resync re-sends entities from their last received data (rec.Data) through the bulk
+// path: scope "failed" takes failed and pending records, "all" every record. Writes
+// happen even when the data is unchanged (repairing rows changed in Dynamics 365).
+// n is the number of entities re-sent.
+func (e *Engine) Resync(ctx context.Context, entity state.Entity, scope string) (n int, err error) {
+	var statuses []state.Status
+	switch scope {
+	case "", "failed":
+		statuses = []state.Status{state.Failed, state.Pending}
+	case "all":
+	default:
+		return 0, fmt.Errorf("syncer: unknown resync scope %q (want failed or all)", scope)
+	}
+	if _, ok := e.syncers[entity]; !ok {
+		return 0, fmt.Errorf("syncer: unknown entity %q", entity)
+	}
+	var batch []*nop.Event
+	var errs []error
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if err := e.processMany(ctx, entity, batch, true); err != nil {
+			errs = append(errs, err)
+		}
+		n += len(batch)
+		batch = nil
+	}
+	var evs []*nop.Event
+	err = e.st.Scan(ctx, entity, statuses, func(rec *state.Record) error {
+		if len(rec.Data) == 0 {
+			return nil // known only as a reference (e.g. a family stub): nothing to re-send
+		}
+		ev, err := decodeStored(rec.Data)
+		if err != nil {
+			e.log.Warn("stored event unreadable; skipped in resync", "entity", entity, "id", rec.ID, "error", err)
+			return nil
+		}
+		evs = append(evs, ev)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("syncer: scanning %s state: %w", entity, err)
+	}
+	for _, ev := range evs {
+		batch = append(batch, ev)
+		if len(batch) >= e.bulkSize*2 {
+			flush()
+		}
+	}
+	flush()
+	return n, errors.Join(errs...)
+}
+
+func decodeStored(data []byte) (*nop.Event, error) {
+	body := make([]byte, 0, len(data)+8)
+	body = append(body, `{"evt":`...)
+	body = append(body, data...)
+	body = append(body, '}')
+	evs, err := nop.DecodeEnvelope(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) != 1 {
+		return nil, errors.New("stored data is not one event")
+	}
+	return evs[0], nil
+}
+
+// staleDocKind is the state doc kind holding per-entity counts of stale events skipped
+// (key: entity; value: {"count": n}). Stale events leave the entity's record untouched
+// (it holds the newer state), so they are counted here for the status page.
+const staleDocKind = "stale-skipped"
+
+type staleCount struct {
+	Count int64 `json:"count"`
+}
+
+func (e *Engine) countStale(ctx context.Context, entity state.Entity, n int) {
+	for attempt := 0; attempt < 8; attempt++ {
+		doc, err := e.st.GetDoc(ctx, staleDocKind, string(entity))
+		var c staleCount
+		switch {
+		case errors.Is(err, state.ErrNotFound):
+			doc = &state.Doc{Kind: staleDocKind, Key: string(entity)}
+		case err != nil:
+			e.log.Warn("counting stale events", "error", err)
+			return
+		default:
+			_ = json.Unmarshal(doc.Value, &c)
+		}
+		c.Count += int64(n)
+		doc.Value, _ = json.Marshal(c)
+		err = e.st.SaveDoc(ctx, doc)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, state.ErrConflict) {
+			e.log.Warn("counting stale events", "error", err)
+			return
+		}
+	}
+}
+
+// StaleSkipped returns, per entity, how many stale events were acknowledged without
+// being applied (kept in state docs of kind "stale-skipped").
+func (e *Engine) StaleSkipped(ctx context.Context) (map[state.Entity]int64, error) {
+	out := map[state.Entity]int64{}
+	for _, ent := range state.Entities {
+		doc, err := e.st.GetDoc(ctx, staleDocKind, string(ent))
+		if errors.Is(err, state.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var c staleCount
+		if err := json.Unmarshal(doc.Value, &c); err != nil {
+			return nil, fmt.Errorf("stale count of %s: %w", ent, err)
+		}
+		out[ent] = c.Count
+	}
+	return out, nil
+}
+
+// truncate cuts s to at most n runes.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n])
+}

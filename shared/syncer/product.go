@@ -1,0 +1,626 @@
+package syncer
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Product states (statecode) and their statuses.
+const (
+	productActive        = 0 // status 1
+	productRetired       = 1 // status 2
+	productDraft         = 2 // status 0
+	productUnderRevision = 3 // status 3
+)
+
+// Dataverse error codes the product lifecycle reacts to.
+const (
+	codeProductNumberExists    = "0x80043b06"
+	codeOnlyUpdatedInDraft     = "0x8004f995"
+	codeChildOfNonActiveFamily = "0x8004f909"
+	codeDuplicateProductPrice  = "0x80043b08"
+)
+
+// Extra keys the product syncer keeps.
+const (
+	extraProductNumber = "productNumber" // the productnumber written
+	extraParentID      = "parentId"      // the family row set as parentproductid
+	extraPriceItemID   = "priceListItem" // the productpricelevel row
+	extraImageURL      = "imageUrl"      // the picture copied to entityimage
+	extraImageError    = "imageError"    // why the last picture could not be copied
+	extraFamilyStub    = "familyStub"    // "true": row created for a child before the family's own event
+	extraAdoptedNumber = "adoptedProduct"
+	productNumberKind  = "product-number" // state doc: lower(productnumber) → "<storeID>/<productID>" that owns it
+)
+
+type productSyncer struct{ e *Engine }
+
+func (s *productSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
+	p := ev.Product
+	if p == nil {
+		return outcome{}, permanent(fmt.Errorf("event %s: product data missing", ev.ID))
+	}
+	sh, err := s.e.bootstrap(ctx)
+	if err != nil {
+		return outcome{}, err
+	}
+	if p.Deleted {
+		return s.e.deleteProduct(ctx, ev.StoreID, p, rec)
+	}
+	plan, err := s.e.planProduct(ctx, ev.StoreID, p, rec, sh)
+	if err != nil {
+		return outcome{}, err
+	}
+	if plan.unchanged {
+		return plan.outcome(), nil
+	}
+	if err := s.e.applyProduct(ctx, plan, rec, sh); err != nil {
+		return outcome{}, err
+	}
+	return plan.outcome(), nil
+}
+
+// productPlan is one product write, worked out before it is sent.
+type productPlan struct {
+	storeID   int
+	p         *nop.Product
+	id        string
+	number    string // productnumber to write
+	fields    dataverse.Record
+	parentID  string // family row ("" for none)
+	setParent bool
+	family    bool
+	active    bool // wanted lifecycle: Active (true) or Retired
+	hash      string
+	unchanged bool
+	note      string
+	extra     map[string]string
+	image     string // base64 picture to send ("" for none)
+}
+
+func (pl *productPlan) outcome() outcome {
+	return outcome{status: state.Synced, reason: pl.note, dataverseID: pl.id, hash: pl.hash}
+}
+
+func (pl *productPlan) record() dataverse.Record {
+	r := make(dataverse.Record, len(pl.fields)+3)
+	for k, v := range pl.fields {
+		r[k] = v
+	}
+	r["productnumber"] = pl.number
+	if pl.setParent && pl.parentID != "" {
+		r["parentproductid@odata.bind"] = dataverse.Bind("products", pl.parentID)
+	}
+	if pl.image != "" {
+		r["entityimage"] = pl.image
+	}
+	return r
+}
+
+// productNumber is the number the app would write: the sku, else NOP-<id>.
+func productNumber(id int, sku *string) string {
+	if s := strings.TrimSpace(deref(sku)); s != "" {
+		return truncate(s, 100)
+	}
+	return fallbackNumber(id)
+}
+
+func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
+
+// productFields maps the columns of a product (dataverse-mapping.md).
+func productFields(p *nop.Product, sh *shared) dataverse.Record {
+	prec := precisionFor(sh.CurrencyPrecision)
+	structure := 1
+	if p.ProductType == nop.ProductTypeGrouped {
+		structure = 2
+	}
+	qty := max(p.StockQuantity, 0)
+	return dataverse.Record{
+		"name":                             truncate(strings.TrimSpace(p.Name), 100),
+		"description":                      orNull(deref(p.ShortDescription), 2000),
+		"price":                            moneyValue(p.Price, prec.price),
+		"currentcost":                      moneyValue(p.ProductCost, prec.amount),
+		"quantityonhand":                   qty,
+		"productstructure":                 structure,
+		"quantitydecimal":                  0,
+		"defaultuomscheduleid@odata.bind":  dataverse.Bind("uomschedules", sh.UnitGroupID),
+		"defaultuomid@odata.bind":          dataverse.Bind("uoms", sh.BaseUnitID),
+		"pricelevelid@odata.bind":          dataverse.Bind("pricelevels", sh.PriceListID),
+		"transactioncurrencyid@odata.bind": dataverse.Bind("transactioncurrencies", sh.CurrencyID),
+	}
+}
+
+// planProduct works out the product write: row (state, our own row, adoption by product
+// number), product number (sku unless another product holds it), family, picture.
+func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared) (*productPlan, error) {
+	pl := &productPlan{storeID: storeID, p: p, fields: productFields(p, sh), extra: map[string]string{},
+		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted}
+	want := productNumber(p.ID, p.Sku)
+	pictureURL := ""
+	if e.settings.SyncImages && len(p.PictureURLs) > 0 {
+		pictureURL = p.PictureURLs[0]
+	}
+	pl.hash = hashOf(pl.fields, "number="+want, "parent="+strconv.Itoa(p.ParentGroupedProductID),
+		"active="+strconv.FormatBool(pl.active), "picture="+pictureURL)
+	if rec.Status == state.Synced && rec.DataHash == pl.hash && rec.DataverseID != "" {
+		pl.id, pl.unchanged, pl.note = rec.DataverseID, true, rec.Reason
+		return pl, nil
+	}
+
+	pl.id = rec.DataverseID
+	pl.number = want
+	if pl.id == "" {
+		own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
+		r, err := e.dv.Retrieve(ctx, "products", own, "productid", "productnumber")
+		switch {
+		case err == nil:
+			pl.id = own
+		case dataverse.IsNotFound(err):
+			if err := e.adoptProduct(ctx, pl, own); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("reading product %s: %w", own, err)
+		}
+		_ = r
+	} else if rec.Extra[extraProductNumber] != want {
+		// The sku changed (or was never written): may another product hold it?
+		owner, err := e.numberOwner(ctx, want)
+		if err != nil {
+			return nil, err
+		}
+		if owner != "" && owner != ownerKey(storeID, p.ID) {
+			pl.useFallback(want)
+		}
+	} else {
+		pl.number = rec.Extra[extraProductNumber]
+	}
+
+	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
+		fam, err := e.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh)
+		if err != nil {
+			return nil, err
+		}
+		pl.parentID = fam
+		pl.setParent = rec.Extra[extraParentID] != fam
+	}
+
+	if pictureURL != "" && rec.Extra[extraImageURL] != pictureURL {
+		img, err := e.fetchImage(ctx, pictureURL)
+		if err != nil {
+			pl.extra[extraImageError] = truncate(err.Error(), 300)
+		} else {
+			pl.image = img
+			pl.extra[extraImageURL] = pictureURL
+			pl.extra[extraImageError] = ""
+		}
+	}
+	return pl, nil
+}
+
+func (pl *productPlan) useFallback(want string) {
+	pl.number = fallbackNumber(pl.p.ID)
+	pl.note = fmt.Sprintf("sku %q is the product number of another product in Dynamics 365; wrote product number %s instead", want, pl.number)
+}
+
+func ownerKey(storeID, productID int) string {
+	return strconv.Itoa(storeID) + "/" + strconv.Itoa(productID)
+}
+
+// adoptProduct handles a product with no row of ours: a product whose productnumber is
+// the one we would write is adopted, unless another store product already owns it (then
+// NOP-<id> is written instead).
+func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string) error {
+	want := pl.number
+	found, err := e.findOne(ctx, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
+	if err != nil {
+		return fmt.Errorf("looking up product number %q: %w", want, err)
+	}
+	if found == nil {
+		pl.id = own
+		return nil
+	}
+	owner, err := e.numberOwner(ctx, want)
+	if err != nil {
+		return err
+	}
+	if owner == "" || owner == ownerKey(pl.storeID, pl.p.ID) {
+		pl.id = strings.ToLower(str(found["productid"]))
+		pl.extra[extraAdoptedNumber] = pl.id
+		pl.note = "adopted the existing product with product number " + want
+		return nil
+	}
+	pl.id = own
+	pl.useFallback(want)
+	return nil
+}
+
+func (e *Engine) numberOwner(ctx context.Context, number string) (string, error) {
+	doc, err := e.st.GetDoc(ctx, productNumberKind, strings.ToLower(number))
+	switch {
+	case err == nil:
+		return string(doc.Value), nil
+	case errors.Is(err, state.ErrNotFound):
+		return "", nil
+	}
+	return "", transient(fmt.Errorf("reading product number owners: %w", err))
+}
+
+func (e *Engine) claimNumber(ctx context.Context, storeID, productID int, number string) {
+	if strings.HasPrefix(number, "NOP-") {
+		return
+	}
+	doc := &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
+	if err := e.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
+		e.log.Warn("recording product number owner", "number", number, "error", err)
+	}
+}
+
+// applyProduct writes a planned product, its price list item and its lifecycle state.
+func (e *Engine) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+	cur, exists, err := e.productState(ctx, pl.id)
+	if err != nil {
+		return err
+	}
+	if exists && cur == productRetired {
+		// A retired product can't be edited: re-activate it first (retire again below
+		// if that is what the store says).
+		if err := e.setProductState(ctx, pl.id, productActive); err != nil {
+			return err
+		}
+		cur = productActive
+	}
+	if err := e.writeProduct(ctx, pl, exists, &cur); err != nil {
+		return err
+	}
+	if !exists {
+		if cur, _, err = e.productState(ctx, pl.id); err != nil {
+			return err
+		}
+	}
+	if !pl.family {
+		if err := e.writePriceItem(ctx, pl, rec, sh); err != nil {
+			return err
+		}
+	}
+	if err := e.settleLifecycle(ctx, pl, cur); err != nil {
+		return err
+	}
+	if rec.Extra == nil {
+		rec.Extra = map[string]string{}
+	}
+	for k, v := range pl.extra {
+		if v == "" {
+			delete(rec.Extra, k)
+		} else {
+			rec.Extra[k] = v
+		}
+	}
+	rec.Extra[extraProductNumber] = pl.number
+	delete(rec.Extra, extraFamilyStub)
+	if pl.parentID != "" {
+		rec.Extra[extraParentID] = pl.parentID
+	}
+	e.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
+	return nil
+}
+
+// writeProduct upserts the row. A product number held by another product falls back to
+// NOP-<id>; an Active product Dataverse won't edit in place is revised, updated and
+// (by settleLifecycle) published again.
+func (e *Engine) writeProduct(ctx context.Context, pl *productPlan, exists bool, cur *int) error {
+	_, err := e.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
+	if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.p.ID) {
+		pl.useFallback(pl.number)
+		_, err = e.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
+	}
+	if err != nil && exists && hasCode(err, codeOnlyUpdatedInDraft) {
+		if serr := e.setProductState(ctx, pl.id, productUnderRevision); serr != nil {
+			return serr
+		}
+		*cur = productUnderRevision
+		err = e.dv.Update(ctx, "products", pl.id, pl.record())
+	}
+	if err != nil {
+		return fmt.Errorf("writing product %s: %w", pl.id, err)
+	}
+	return nil
+}
+
+// settleLifecycle moves the product to Active (published) or Retired, whatever state the
+// environment left it in.
+func (e *Engine) settleLifecycle(ctx context.Context, pl *productPlan, cur int) error {
+	if cur == productDraft || cur == productUnderRevision {
+		published, err := e.publish(ctx, pl, cur)
+		if err != nil {
+			return err
+		}
+		if !published {
+			return nil
+		}
+		cur = productActive
+	}
+	if !pl.active && cur == productActive {
+		return e.setProductState(ctx, pl.id, productRetired)
+	}
+	if pl.active && cur == productRetired {
+		return e.setProductState(ctx, pl.id, productActive)
+	}
+	return nil
+}
+
+// publish makes a Draft or revised product Active: a family with PublishProductHierarchy
+// (its children with it), a product with SetState. A child whose family is not Active
+// yet stays Draft: the family's publication publishes it.
+func (e *Engine) publish(ctx context.Context, pl *productPlan, cur int) (bool, error) {
+	var err error
+	if pl.family && cur == productDraft {
+		err = e.dv.PublishProductHierarchy(ctx, pl.id)
+	} else {
+		err = e.setProductState(ctx, pl.id, productActive)
+	}
+	if err != nil && hasCode(err, codeChildOfNonActiveFamily) {
+		pl.note = joinNote(pl.note, "left in Draft until its product family is published")
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("publishing product %s: %w", pl.id, err)
+	}
+	return true, nil
+}
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func (e *Engine) setProductState(ctx context.Context, id string, st int) error {
+	status := map[int]int{productActive: 1, productRetired: 2, productDraft: 0, productUnderRevision: 3}[st]
+	if err := e.dv.Update(ctx, "products", id, dataverse.Record{"statecode": st, "statuscode": status}); err != nil {
+		return fmt.Errorf("setting product %s to state %d: %w", id, st, err)
+	}
+	return nil
+}
+
+// productState reads a product's statecode; exists is false when there is no row.
+func (e *Engine) productState(ctx context.Context, id string) (st int, exists bool, err error) {
+	r, err := e.dv.Retrieve(ctx, "products", id, "statecode")
+	if dataverse.IsNotFound(err) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading product %s: %w", id, err)
+	}
+	st, ok := intValue(r["statecode"])
+	if !ok {
+		st = productDraft
+	}
+	return st, true, nil
+}
+
+// writePriceItem keeps the product's one price list item in the store price list:
+// amount = price, base unit.
+func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+	prec := precisionFor(sh.CurrencyPrecision)
+	id := rec.Extra[extraPriceItemID]
+	if id == "" {
+		id = deterministicID(pl.storeID, "productpricelevel", strconv.Itoa(pl.p.ID))
+	}
+	r := priceItemRecord(pl, sh, prec)
+	_, err := e.dv.Upsert(ctx, "productpricelevels", id, r, dataverse.Upsert)
+	if err != nil && hasCode(err, codeDuplicateProductPrice) {
+		// The (adopted) product already has a price for this unit in this price list.
+		existing, ferr := e.findOne(ctx, "productpricelevels", []string{"productpricelevelid"},
+			"_pricelevelid_value eq "+sh.PriceListID+" and _productid_value eq "+pl.id+" and _uomid_value eq "+sh.BaseUnitID)
+		if ferr != nil {
+			return fmt.Errorf("looking up the price list item of product %s: %w", pl.id, ferr)
+		}
+		if existing == nil {
+			return fmt.Errorf("writing price list item of product %s: %w", pl.id, err)
+		}
+		id = strings.ToLower(str(existing["productpricelevelid"]))
+		err = e.dv.Update(ctx, "productpricelevels", id, dataverse.Record{"amount": r["amount"]})
+	}
+	if err != nil {
+		return fmt.Errorf("writing price list item of product %s: %w", pl.id, err)
+	}
+	pl.extra[extraPriceItemID] = id
+	return nil
+}
+
+func priceItemRecord(pl *productPlan, sh *shared, prec precision) dataverse.Record {
+	return dataverse.Record{
+		"amount":                           moneyValue(pl.p.Price, prec.price),
+		"pricingmethodcode":                1,
+		"quantitysellingcode":              1,
+		"pricelevelid@odata.bind":          dataverse.Bind("pricelevels", sh.PriceListID),
+		"productid@odata.bind":             dataverse.Bind("products", pl.id),
+		"uomid@odata.bind":                 dataverse.Bind("uoms", sh.BaseUnitID),
+		"uomscheduleid@odata.bind":         dataverse.Bind("uomschedules", sh.UnitGroupID),
+		"transactioncurrencyid@odata.bind": dataverse.Bind("transactioncurrencies", sh.CurrencyID),
+	}
+}
+
+// deleteProduct applies a store delete: Retired (deactivate), deleted when no order line
+// uses it (delete; else Retired), or nothing (ignore).
+func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record) (outcome, error) {
+	policy := e.settings.deletePolicy()
+	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
+	if rec.Status == state.Synced && rec.DataHash == hash {
+		return outcome{status: state.Synced, reason: rec.Reason, dataverseID: rec.DataverseID, hash: hash}, nil
+	}
+	if policy == DeleteIgnore {
+		return outcome{status: state.Skipped, reason: "deleted in nopCommerce; DELETE_POLICY=ignore keeps the product", dataverseID: rec.DataverseID, hash: hash}, nil
+	}
+	id := rec.DataverseID
+	if id == "" {
+		id = deterministicID(storeID, "product", strconv.Itoa(p.ID))
+	}
+	cur, exists, err := e.productState(ctx, id)
+	if err != nil {
+		return outcome{}, err
+	}
+	if !exists {
+		return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
+	}
+	if policy == DeleteDelete {
+		used, err := e.productUsed(ctx, id)
+		if err != nil {
+			return outcome{}, err
+		}
+		if !used {
+			err := e.dv.Delete(ctx, "products", id)
+			if err == nil || dataverse.IsNotFound(err) {
+				return outcome{status: state.Synced, reason: "deleted in nopCommerce; product deleted", dataverseID: id, hash: hash}, nil
+			}
+			if isTransient(err) {
+				return outcome{}, fmt.Errorf("deleting product %s: %w", id, err)
+			}
+		}
+	}
+	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false}
+	if err := e.settleLifecycle(ctx, pl, cur); err != nil {
+		return outcome{}, err
+	}
+	reason := "deleted in nopCommerce; product retired"
+	if policy == DeleteDelete {
+		reason = "deleted in nopCommerce; retired because order lines use it (or Dynamics 365 refused the delete)"
+	}
+	return outcome{status: state.Synced, reason: joinNote(reason, pl.note), dataverseID: id, hash: hash}, nil
+}
+
+func (e *Engine) productUsed(ctx context.Context, id string) (bool, error) {
+	r, err := e.findOne(ctx, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
+	if err != nil {
+		return false, fmt.Errorf("checking order lines of product %s: %w", id, err)
+	}
+	return r != nil, nil
+}
+
+// ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
+// state record for it) when the family's own event has not arrived yet; the family event
+// later fills the stub.
+func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (string, error) {
+	rec, err := e.st.Get(ctx, state.Product, strconv.Itoa(familyID))
+	switch {
+	case err == nil:
+		if rec.DataverseID != "" {
+			return rec.DataverseID, nil
+		}
+		if rec.LeaseOwner != "" && e.now().Before(rec.LeaseUntil) {
+			return "", transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
+		}
+	case errors.Is(err, state.ErrNotFound):
+		rec = nil
+	default:
+		return "", transient(fmt.Errorf("reading product %d state: %w", familyID, err))
+	}
+	id := deterministicID(storeID, "product", strconv.Itoa(familyID))
+	stub := productFields(&nop.Product{ID: familyID, ProductType: nop.ProductTypeGrouped,
+		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
+	stub["productnumber"] = fallbackNumber(familyID)
+	_, err = e.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
+	if err != nil && !dataverse.IsConflict(err) {
+		return "", fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
+	}
+	if rec == nil {
+		nr := &state.Record{Entity: state.Product, ID: strconv.Itoa(familyID), DataverseID: id, Status: state.Pending,
+			Reason: fmt.Sprintf("created as the product family of product %d; waiting for its own event", childID),
+			Extra:  map[string]string{extraFamilyStub: "true", extraProductNumber: fallbackNumber(familyID)},
+		}
+		if err := e.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
+			return "", transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
+		}
+	}
+	return id, nil
+}
+
+// ensureProduct returns the product row of an order line, creating the product from the
+// line's data when the app has not synced it yet (the product's own event later fills in
+// price, stock and the rest).
+func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (string, error) {
+	key := strconv.Itoa(ip.ID)
+	rec, err := e.st.Get(ctx, state.Product, key)
+	switch {
+	case err == nil:
+		if rec.DataverseID != "" {
+			return rec.DataverseID, nil
+		}
+	case errors.Is(err, state.ErrNotFound):
+		rec = nil
+	default:
+		return "", transient(fmt.Errorf("reading product %d state: %w", ip.ID, err))
+	}
+	sh, err := e.bootstrap(ctx)
+	if err != nil {
+		return "", err
+	}
+	p := &nop.Product{ID: ip.ID, ProductType: ip.ProductType, ParentGroupedProductID: ip.ParentGroupedProductID,
+		Name: ip.Name, Sku: ip.Sku, Published: true}
+	if p.ProductType != nop.ProductTypeGrouped {
+		p.ProductType = nop.ProductTypeSimple
+	}
+	work := &state.Record{Entity: state.Product, ID: key}
+	if rec != nil {
+		work.Extra = rec.Extra
+	}
+	pl, err := e.planProduct(ctx, storeID, p, work, sh)
+	if err != nil {
+		return "", err
+	}
+	if err := e.applyProduct(ctx, pl, work, sh); err != nil {
+		return "", err
+	}
+	if rec == nil {
+		// DataHash stays empty: the product's own event writes all its data.
+		work.DataverseID, work.Status, work.SyncedAt = pl.id, state.Synced, e.now()
+		work.Reason = "created from an order line; the product's own event has not arrived yet"
+		if err := e.st.Save(ctx, work); err != nil && !errors.Is(err, state.ErrConflict) {
+			e.log.Warn("saving product state from order", "product", ip.ID, "error", err)
+		}
+	}
+	return pl.id, nil
+}
+
+// fetchImage downloads a picture (size-capped, with the client's timeout) as base64.
+func (e *Engine) fetchImage(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", fmt.Errorf("picture %s: %w", url, err)
+	}
+	resp, err := e.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("fetching picture: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("fetching picture %s: HTTP %d", url, resp.StatusCode)
+	}
+	max := int64(e.settings.ImageMaxBytes)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return "", fmt.Errorf("reading picture %s: %w", url, err)
+	}
+	if int64(len(b)) > max {
+		return "", fmt.Errorf("picture %s is larger than %d bytes", url, max)
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// hasCode reports whether err is a Dataverse error with the given code.
+func hasCode(err error, code string) bool {
+	var de *dataverse.Error
+	return errors.As(err, &de) && strings.EqualFold(de.Code, code)
+}
