@@ -10,34 +10,39 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// ensureInvoice gives a paid order exactly one invoice, set to Paid. Dataverse is asked
-// first (invoices of the order), so a crash after ConvertSalesOrderToInvoice and before
-// the state was saved never yields a second invoice.
-func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID string, rec *state.Record) error {
+// ensureInvoice gives a paid order exactly one invoice, set to Paid; converted says
+// whether it created the invoice now. Unless the state already knows the invoice is there
+// and Paid, Dataverse is asked first (invoices of the order), so a crash after
+// ConvertSalesOrderToInvoice and before the state was saved never yields a second invoice.
+func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID string, rec *state.Record) (converted bool, err error) {
+	if rec.Extra[extraInvoiceID] != "" && rec.Extra[extraInvoicePaid] == "true" {
+		return false, nil
+	}
 	inv, paid, err := s.findInvoiceState(ctx, orderID)
 	if err != nil {
-		return fmt.Errorf("order %d: %w", o.ID, err)
+		return false, fmt.Errorf("order %d: %w", o.ID, err)
 	}
 	if inv == "" {
 		if inv, err = s.e.dv.ConvertSalesOrderToInvoice(ctx, orderID); err != nil {
-			return fmt.Errorf("order %d: convert salesorder %s to invoice: %w", o.ID, orderID, err)
+			return false, fmt.Errorf("order %d: convert salesorder %s to invoice: %w", o.ID, orderID, err)
 		}
+		converted = true
 		rec.Extra[extraInvoiceID] = inv
 		// Record the step at once; should this fail or the process die here, the query
 		// above finds the invoice next time.
 		if err := s.e.saveProgress(ctx, rec); err != nil {
-			return fmt.Errorf("order %d: record invoice %s: %w", o.ID, inv, err)
+			return converted, fmt.Errorf("order %d: record invoice %s: %w", o.ID, inv, err)
 		}
 	}
 	rec.Extra[extraInvoiceID] = inv
 	if !paid {
 		err := s.e.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
 		if err != nil {
-			return fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+			return converted, fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
 		}
 	}
 	rec.Extra[extraInvoicePaid] = "true"
-	return nil
+	return converted, nil
 }
 
 // findInvoice returns the id of the order's invoice, "" when it has none.

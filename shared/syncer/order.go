@@ -74,95 +74,162 @@ func (s salesOrderState) final() bool {
 	return s.exists && (s.statecode == orderStateFulfilled || s.statecode == orderStateCanceled)
 }
 
+// orderPlan is one order's sync between its phases: plan (read Dynamics 365, decide, map),
+// write (the header-and-lines change set, alone or packed with other orders'), finish
+// (invoice, fulfil or cancel, outcome).
+type orderPlan struct {
+	ev        *nop.Event
+	rec       *state.Record
+	orderID   string
+	out       outcome
+	done      bool // out is final: nothing more to do
+	cur       salesOrderState
+	content   string
+	note      string
+	write     *orderWrite // nil: header and lines need no write
+	ops       []dataverse.Op
+	conflicts []string
+}
+
 func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
+	p, err := s.plan(ctx, ev, rec)
+	if err != nil {
+		return outcome{}, err
+	}
+	if p.done {
+		return p.out, nil
+	}
+	if p.write != nil {
+		if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
+			return outcome{}, p.writeFailed(err)
+		}
+		p.written()
+	}
+	return s.finish(ctx, p)
+}
+
+func (p *orderPlan) writeFailed(err error) error {
+	return fmt.Errorf("order %d: write salesorder and %d lines: %w", p.ev.Order.ID, len(p.write.Lines), err)
+}
+
+// written records a successful header-and-lines write.
+func (p *orderPlan) written() {
+	p.cur = salesOrderState{exists: true, statecode: orderStateActive, statuscode: activeStatus(p.ev.Order.OrderStatus)}
+	p.rec.Extra[extraOrderContent] = p.content
+	p.rec.Extra[extraOrderNote] = p.note
+}
+
+// plan reads the salesorder's state and prepares the header-and-lines write when one is
+// due (the salesorder is missing or Active and differs from the store's order).
+func (s *orderSyncer) plan(ctx context.Context, ev *nop.Event, rec *state.Record) (*orderPlan, error) {
 	o := ev.Order
 	if o == nil {
-		return outcome{}, fmt.Errorf("event %s: no order data", ev.ID)
+		return nil, permanent(fmt.Errorf("event %s: no order data", ev.ID))
 	}
 	if rec.Extra == nil {
 		rec.Extra = map[string]string{}
 	}
-	orderID := rec.DataverseID
-	if orderID == "" {
-		orderID = salesOrderID(ev.StoreID, o.ID)
+	p := &orderPlan{ev: ev, rec: rec, orderID: rec.DataverseID}
+	if p.orderID == "" {
+		p.orderID = salesOrderID(ev.StoreID, o.ID)
 	}
-	out := outcome{status: state.Synced, dataverseID: orderID, hash: orderHash(ev)}
+	p.out = outcome{status: state.Synced, dataverseID: p.orderID, hash: orderHash(ev)}
+	// The same data again (a replay under a new event id): nothing to do. The engine
+	// clears DataHash to force a full write (resync "all").
+	forced := rec.DataHash == ""
+	if rec.DataHash == p.out.hash && (rec.Status == state.Synced || rec.Status == state.Skipped) {
+		p.out.status, p.out.reason = rec.Status, rec.Reason
+		p.done = true
+		return p, nil
+	}
 	if o.Deleted {
-		return s.deleteOrder(ctx, ev, rec, orderID, out)
+		out, err := s.deleteOrder(ctx, ev, rec, p.orderID, p.out)
+		p.out, p.done = out, true
+		return p, err
 	}
 	sh, err := s.e.bootstrap(ctx)
 	if err != nil {
-		return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
-	cur, err := s.readOrder(ctx, orderID)
-	if err != nil {
-		return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+	if p.cur, err = s.readOrder(ctx, p.orderID); err != nil {
+		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
-	var conflicts []string
+	p.content, p.note = orderContentDigest(o), paymentNote(o)
 
 	// Step 1: header and lines, only while the salesorder is Active (or not there yet).
-	content, note := orderContentDigest(o), paymentNote(o)
-	switch {
+	switch cur := p.cur; {
 	case !cur.exists || cur.statecode == orderStateActive:
-		want := activeStatus(o.OrderStatus)
-		if !cur.exists || rec.Extra[extraOrderContent] != content || rec.Extra[extraOrderNote] != note || cur.statuscode != want {
-			if err := s.writeOrder(ctx, ev, orderID, cur.exists, sh); err != nil {
-				return outcome{}, err
+		if forced || !cur.exists || rec.Extra[extraOrderContent] != p.content || rec.Extra[extraOrderNote] != p.note ||
+			cur.statuscode != activeStatus(o.OrderStatus) {
+			if p.write, err = s.prepare(ctx, ev, p.orderID, sh); err != nil {
+				return nil, err
 			}
-			cur = salesOrderState{exists: true, statecode: orderStateActive, statuscode: want}
+			var stale []string
+			if cur.exists {
+				if stale, err = s.staleLines(ctx, p.write); err != nil {
+					return nil, fmt.Errorf("order %d: %w", o.ID, err)
+				}
+			}
+			p.ops = orderOps(p.write, stale)
 		}
-		rec.Extra[extraOrderContent] = content
-		rec.Extra[extraOrderNote] = note
 	default:
 		// Closed (or submitted/invoiced): Dynamics 365 refuses edits. A changed order is a
 		// conflict; a refund or void is only recorded here, as it never changes the invoice.
-		if prev := rec.Extra[extraOrderContent]; prev != "" && prev != content {
-			conflicts = append(conflicts, fmt.Sprintf("changes to items, amounts or addresses not applied (salesorder is %s)", cur.name()))
+		if prev := rec.Extra[extraOrderContent]; prev != "" && prev != p.content {
+			p.conflicts = append(p.conflicts, fmt.Sprintf("changes to items, amounts or addresses not applied (salesorder is %s)", cur.name()))
 		} else if prev == "" {
-			rec.Extra[extraOrderContent] = content // state was lost: adopt what is there
+			rec.Extra[extraOrderContent] = p.content // state was lost: adopt what is there
 		}
-		if note != rec.Extra[extraOrderNote] {
-			rec.Extra[extraOrderNote] = note
-		}
+		rec.Extra[extraOrderNote] = p.note
 	}
+	return p, nil
+}
+
+// finish runs the steps after the header and lines: invoice, then fulfil or cancel.
+func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error) {
+	o, rec, orderID := p.ev.Order, p.rec, p.orderID
+	cur := p.cur
 
 	// Step 2: the invoice, once, for a paid order.
 	if orderPaid(o) {
-		if err := s.ensureInvoice(ctx, o, orderID, rec); err != nil {
+		converted, err := s.ensureInvoice(ctx, o, orderID, rec)
+		if err != nil {
 			return outcome{}, err
+		}
+		if converted {
+			// Converting may move the order (to Invoiced in some environments): read it again.
+			if cur, err = s.readOrder(ctx, orderID); err != nil {
+				return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+			}
 		}
 	}
 
-	// Step 3: fulfil or cancel; Fulfilled and Canceled are final.
+	// Step 3: fulfil or cancel; Fulfilled and Canceled are final. cur was read in this
+	// attempt, so an earlier, interrupted attempt that already closed the order is seen.
 	if o.OrderStatus == nop.OrderStatusComplete || o.OrderStatus == nop.OrderStatusCancelled || cur.final() {
-		// Read the state again: the invoice step or an earlier, interrupted attempt may have moved it.
-		if cur, err = s.readOrder(ctx, orderID); err != nil {
-			return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
-		}
-		if c, err := s.close(ctx, o, orderID, cur); err != nil {
+		next, c, err := s.close(ctx, o, orderID, cur)
+		if err != nil {
 			return outcome{}, err
-		} else if c != "" {
-			conflicts = append(conflicts, c)
 		}
-		if cur, err = s.readOrder(ctx, orderID); err != nil {
-			return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+		if c != "" {
+			p.conflicts = append(p.conflicts, c)
 		}
+		cur = next
 	}
 	rec.Extra[extraOrderState] = cur.name()
 
-	if len(conflicts) > 0 {
+	out := p.out
+	if len(p.conflicts) > 0 {
 		// The admin must look at it: the order stays Failed (not transient, so no retries)
 		// until a later event matches what Dynamics 365 holds.
-		msg := fmt.Sprintf("%s (%s): %s", reasonOrderClosed, cur.name(), strings.Join(conflicts, "; "))
+		msg := fmt.Sprintf("%s (%s): %s", reasonOrderClosed, cur.name(), strings.Join(p.conflicts, "; "))
 		rec.Extra[extraConflict] = msg
 		out.status = state.Failed
 		out.reason = msg
 		return out, nil
 	}
 	delete(rec.Extra, extraConflict)
-	if note != "" {
-		out.reason = note
-	}
+	out.reason = p.note
 	return out, nil
 }
 
@@ -176,26 +243,6 @@ func (s *orderSyncer) readOrder(ctx context.Context, orderID string) (salesOrder
 		return salesOrderState{}, fmt.Errorf("read salesorder %s: %w", orderID, err)
 	}
 	return salesOrderState{exists: true, statecode: intField(r, "statecode"), statuscode: intField(r, "statuscode")}, nil
-}
-
-// writeOrder writes the header and all lines in one change set, deleting lines that are
-// no longer in the order. The contact and products are created first when the app has not
-// synced them yet.
-func (s *orderSyncer) writeOrder(ctx context.Context, ev *nop.Event, orderID string, exists bool, sh *shared) error {
-	w, err := s.prepare(ctx, ev, orderID, sh)
-	if err != nil {
-		return err
-	}
-	var stale []string
-	if exists {
-		if stale, err = s.staleLines(ctx, w); err != nil {
-			return err
-		}
-	}
-	if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(orderOps(w, stale)...)); err != nil {
-		return fmt.Errorf("order %d: write salesorder and %d lines: %w", ev.Order.ID, len(w.Lines), err)
-	}
-	return nil
 }
 
 // prepare resolves the contact and products and maps the order.
@@ -255,25 +302,28 @@ func orderOps(w *orderWrite, stale []string) []dataverse.Op {
 	return ops
 }
 
-// close fulfils or cancels the salesorder as the store says, when not yet done. It returns
-// a conflict description when the store's status cannot be applied.
-func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, cur salesOrderState) (string, error) {
+// close fulfils or cancels the salesorder as the store says, when not yet done. It
+// returns the state after it, and a conflict description when the store's status cannot
+// be applied.
+func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, cur salesOrderState) (salesOrderState, string, error) {
 	switch {
 	case o.OrderStatus == nop.OrderStatusComplete && cur.statecode == orderStateFulfilled,
 		o.OrderStatus == nop.OrderStatusCancelled && cur.statecode == orderStateCanceled:
-		return "", nil // done
+		return cur, "", nil // done
 	case cur.final():
-		return fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
+		return cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
 	case o.OrderStatus == nop.OrderStatusComplete:
 		if err := s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete); err != nil {
-			return "", fmt.Errorf("order %d: fulfil salesorder %s: %w", o.ID, orderID, err)
+			return cur, "", fmt.Errorf("order %d: fulfil salesorder %s: %w", o.ID, orderID, err)
 		}
+		return salesOrderState{exists: true, statecode: orderStateFulfilled, statuscode: orderStatusComplete}, "", nil
 	case o.OrderStatus == nop.OrderStatusCancelled:
 		if err := s.e.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney); err != nil {
-			return "", fmt.Errorf("order %d: cancel salesorder %s: %w", o.ID, orderID, err)
+			return cur, "", fmt.Errorf("order %d: cancel salesorder %s: %w", o.ID, orderID, err)
 		}
+		return salesOrderState{exists: true, statecode: orderStateCanceled, statuscode: orderStatusNoMoney}, "", nil
 	}
-	return "", nil
+	return cur, "", nil
 }
 
 func orderStatusName(s int) string {

@@ -17,15 +17,20 @@ const specExamples = "../../../shared/spec/examples"
 // loadOrderEvents decodes a spec example (one event or an array) as the intake would.
 func loadOrderEvents(t testing.TB, name string) []*nop.Event {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(specExamples, name))
-	if err != nil {
-		t.Fatalf("reading example: %v", err)
-	}
-	evs, err := nop.DecodeRequest(state.Order, b)
+	evs, err := nop.DecodeRequest(state.Order, readExample(t, name))
 	if err != nil {
 		t.Fatalf("decoding %s: %v", name, err)
 	}
 	return evs
+}
+
+func readExample(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(specExamples, name))
+	if err != nil {
+		t.Fatalf("reading example: %v", err)
+	}
+	return b
 }
 
 func TestMapOrderSpecExample(t *testing.T) {

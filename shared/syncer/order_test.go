@@ -1,0 +1,512 @@
+package syncer
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Issue "Orders", point 1: header and lines in one change set, fee as a write-in line,
+// addresses, name, description, price list and currency, freight and discount; the
+// customer's contact and the items' products created on the way; lines that disappear
+// are deleted.
+func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	ev := loadOrderEvents(t, "order-placed.json")[0]
+	h.mustSend(ev)
+
+	rec := h.record(1001)
+	if rec.Status != state.Synced {
+		t.Fatalf("order state %s (%s), want synced", rec.Status, rec.Reason)
+	}
+	orderID := salesOrderID(1, 1001)
+	if !strings.EqualFold(rec.DataverseID, orderID) {
+		t.Errorf("DataverseID %s, want the deterministic %s", rec.DataverseID, orderID)
+	}
+	so := h.salesOrder(1, 1001)
+	if so == nil {
+		t.Fatal("no salesorder")
+	}
+	if got := h.fdv.count("Batch"); got != 1 {
+		t.Errorf("%d $batch calls, want header and lines in one", got)
+	}
+	for col, want := range map[string]any{
+		"name": "1001", "billto_line1": "12 St James's Square", "billto_city": "London",
+		"shipto_postalcode": "SW1Y 4JH", "billto_country": "United Kingdom",
+	} {
+		if so[col] != want {
+			t.Errorf("salesorder %s = %#v, want %#v", col, so[col], want)
+		}
+	}
+	if num(t, so, "statecode") != orderStateActive || num(t, so, "statuscode") != orderStatusNew {
+		t.Errorf("salesorder state %v/%v, want Active/New", so["statecode"], so["statuscode"])
+	}
+	if d, _ := so["description"].(string); !strings.Contains(d, "nopCommerce order 1001 (9d2c6b7a-1e3f-4a5b-8c7d-0e1f2a3b1001)") {
+		t.Errorf("description %q", d)
+	}
+	if moneyCents(t, so, "freightamount") != 1100 || moneyCents(t, so, "discountamount") != 500 {
+		t.Errorf("freight %v discount %v, want 11.00 and 5.00", so["freightamount"], so["discountamount"])
+	}
+	if moneyCents(t, so, "totalamount") != 23810 {
+		t.Errorf("totalamount %v, want the store's orderTotal 238.10", so["totalamount"])
+	}
+	// The contact (created from the order's customer) and the price list/currency.
+	contacts := h.rowsWhere("contacts", "emailaddress1", "ada.lovelace@example.com")
+	if len(contacts) != 1 {
+		t.Fatalf("%d contacts for the customer, want 1", len(contacts))
+	}
+	if !strings.EqualFold(fmt.Sprint(so["_customerid_value"]), fmt.Sprint(contacts[0]["contactid"])) {
+		t.Errorf("salesorder customer %v, want contact %v", so["_customerid_value"], contacts[0]["contactid"])
+	}
+	if len(h.rowsWhere("pricelevels", "pricelevelid", fmt.Sprint(so["_pricelevelid_value"]))) != 1 {
+		t.Errorf("salesorder price list %v does not exist", so["_pricelevelid_value"])
+	}
+	cur := h.rowsWhere("transactioncurrencies", "isocurrencycode", "USD")
+	if len(cur) != 1 || !strings.EqualFold(fmt.Sprint(so["_transactioncurrencyid_value"]), fmt.Sprint(cur[0]["transactioncurrencyid"])) {
+		t.Errorf("salesorder currency %v, want USD", so["_transactioncurrencyid_value"])
+	}
+
+	lines := h.lines(orderID)
+	if len(lines) != 3 {
+		t.Fatalf("%d lines, want 2 items and the payment fee", len(lines))
+	}
+	byID := map[string]map[string]any{}
+	for _, l := range lines {
+		byID[strings.ToLower(fmt.Sprint(l["salesorderdetailid"]))] = l
+	}
+	l1, l2, fee := byID[orderLineID(1, 5001)], byID[orderLineID(1, 5002)], byID[orderFeeLineID(1, 1001)]
+	if l1 == nil || l2 == nil || fee == nil {
+		t.Fatalf("lines %v lack a deterministic id", byID)
+	}
+	if num(t, l1, "quantity") != 2 || moneyCents(t, l1, "priceperunit") != 10000 || moneyCents(t, l1, "extendedamount") != 22000 {
+		t.Errorf("line 1 qty %v price %v extended %v", l1["quantity"], l1["priceperunit"], l1["extendedamount"])
+	}
+	if l1["ispriceoverridden"] != true {
+		t.Errorf("line 1 ispriceoverridden %v", l1["ispriceoverridden"])
+	}
+	if moneyCents(t, l2, "manualdiscountamount") != 100 || moneyCents(t, l2, "tax") != 90 || moneyCents(t, l2, "extendedamount") != 990 {
+		t.Errorf("line 2 discount %v tax %v extended %v", l2["manualdiscountamount"], l2["tax"], l2["extendedamount"])
+	}
+	if l2["description"] != "Colour: black" {
+		t.Errorf("line 2 description %v", l2["description"])
+	}
+	for _, p := range []struct {
+		line map[string]any
+		sku  string
+	}{{l1, "N5500"}, {l2, "CAP-52"}} {
+		prods := h.rowsWhere("products", "productnumber", p.sku)
+		if len(prods) != 1 || !strings.EqualFold(fmt.Sprint(p.line["_productid_value"]), fmt.Sprint(prods[0]["productid"])) {
+			t.Errorf("line product %v, want the product created for %s", p.line["_productid_value"], p.sku)
+		}
+		if p.line["_uomid_value"] == nil {
+			t.Errorf("line for %s has no unit", p.sku)
+		}
+	}
+	if fee["isproductoverridden"] != true || fee["productdescription"] != "Payment fee" || fee["_productid_value"] != nil ||
+		moneyCents(t, fee, "extendedamount") != 220 {
+		t.Errorf("fee line %v", fee)
+	}
+
+	// The store edits the order: item 5002 is gone, item 5001 now 3 × 100 (+10% tax).
+	upd := reEvent(t, ev, "upd-1", "order.updated", 5, func(o map[string]any) {
+		items := o["items"].([]any)
+		it := items[0].(map[string]any)
+		it["quantity"], it["priceInclTax"], it["priceExclTax"] = 3, "330.0000", "300.0000"
+		o["items"] = items[:1]
+		o["orderSubtotalInclTax"], o["orderSubtotalExclTax"] = "330.0000", "300.0000"
+		o["orderTotal"] = "338.2000" // 330 + 11 + 2.20 − 5
+	})
+	h.mustSend(upd)
+	if got := h.lines(orderID); len(got) != 2 {
+		t.Fatalf("%d lines after the edit, want the remaining item and the fee", len(got))
+	}
+	if _, ok := h.srv.Row("salesorderdetails", orderLineID(1, 5002)); ok {
+		t.Error("the removed item's line is still there")
+	}
+	if so := h.salesOrder(1, 1001); moneyCents(t, so, "totalamount") != 33820 {
+		t.Errorf("totalamount after the edit %v, want 338.20", so["totalamount"])
+	}
+}
+
+// Point 1: nothing half-written when the change set fails, and the order lands on
+// redelivery.
+func TestOrderWriteFailsAtomically(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	ev := loadOrderEvents(t, "order-placed.json")[0]
+	h.fdv.failBefore("Batch", 1)
+	if err := h.send(ev); err == nil {
+		t.Fatal("a failed write was acknowledged: Service Bus would not redeliver")
+	}
+	if rec := h.record(1001); rec.Status != state.Failed || !rec.Transient {
+		t.Errorf("state %s transient=%v, want failed and transient", rec.Status, rec.Transient)
+	}
+	if h.salesOrder(1, 1001) != nil || len(h.lines(salesOrderID(1, 1001))) != 0 {
+		t.Fatal("a salesorder or lines exist after the failed change set")
+	}
+	h.mustSend(ev) // redelivery
+	if rec := h.record(1001); rec.Status != state.Synced {
+		t.Fatalf("after redelivery: %s (%s)", rec.Status, rec.Reason)
+	}
+	if n := len(h.lines(salesOrderID(1, 1001))); n != 3 {
+		t.Errorf("%d lines after redelivery, want 3", n)
+	}
+}
+
+// orderEvent wraps a generated order in an event as the emitter would send it.
+func orderEvent(t testing.TB, o *nop.Order, typ string, seq int64) json.RawMessage {
+	t.Helper()
+	data, err := json.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(map[string]any{
+		"id": fmt.Sprintf("gen-%d-%d", o.ID, seq), "type": typ, "sequence": seq,
+		"occurredOnUtc": time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC).Add(time.Duration(seq) * time.Second),
+		"storeId":       1, "data": json.RawMessage(data),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Point 2: totalamount read back from Dataverse equals orderTotal to the cent over many
+// orders computed the way nopCommerce computes them (several tax rates, item and order
+// discounts, shipping, fees), imported as chunks like the initial import.
+func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(11, 12))
+	n := 120
+	if testing.Short() {
+		n = 40
+	}
+	var raws []json.RawMessage
+	orders := map[int]*nop.Order{}
+	for i := range n {
+		o := genOrder(r, 5000+i, genOptions{Round: i%2 == 0})
+		orders[o.ID] = o
+		raws = append(raws, orderEvent(t, o, "order.updated", 1))
+	}
+	for start := 0; start < len(raws); start += 40 {
+		body, err := json.Marshal(map[string]any{"chunk": map[string]any{"id": fmt.Sprintf("chunk-%d", start), "events": raws[start:min(start+40, len(raws))]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+			t.Fatalf("chunk %d: %v", start, err)
+		}
+	}
+	for id, o := range orders {
+		so := h.salesOrder(1, id)
+		if so == nil {
+			t.Fatalf("order %d not written: %+v", id, h.record(id))
+		}
+		want := o.OrderTotal.Round(2).Units() / 100
+		if got := moneyCents(t, so, "totalamount"); got != want {
+			t.Errorf("order %d (%d items): totalamount %.2f, orderTotal %s", id, len(o.Items), float64(got)/100, o.OrderTotal)
+		}
+	}
+}
+
+// Point 3: the status table, in business order.
+func TestOrderStatusTable(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	evs := loadOrderEvents(t, "order-lifecycle.json")
+	placed, paid, completed := evs[0], evs[1], evs[2]
+	orderID := salesOrderID(1, 1001)
+	state2 := func() (int, int) {
+		so := h.salesOrder(1, 1001)
+		return int(num(t, so, "statecode")), int(num(t, so, "statuscode"))
+	}
+
+	h.mustSend(placed)
+	if s, c := state2(); s != 0 || c != 1 {
+		t.Errorf("placed: %d/%d, want Active/New", s, c)
+	}
+	processing := reEvent(t, placed, "proc", "order.status_changed", 2, func(o map[string]any) { o["orderStatus"] = 20 })
+	h.mustSend(processing)
+	if s, c := state2(); s != 0 || c != 2 {
+		t.Errorf("processing: %d/%d, want Active/Pending", s, c)
+	}
+	paid = reEvent(t, paid, "paid", "order.paid", 3, nil)
+	h.mustSend(paid)
+	inv := h.invoices(orderID)
+	if len(inv) != 1 {
+		t.Fatalf("paid: %d invoices, want 1", len(inv))
+	}
+	if num(t, inv[0], "statecode") != invoiceStatePaid || num(t, inv[0], "statuscode") != invoiceStatusComplete {
+		t.Errorf("invoice %v/%v, want Paid/Complete", inv[0]["statecode"], inv[0]["statuscode"])
+	}
+	if rec := h.record(1001); !strings.EqualFold(rec.Extra[extraInvoiceID], fmt.Sprint(inv[0]["invoiceid"])) {
+		t.Errorf("state invoice %q, want %v", rec.Extra[extraInvoiceID], inv[0]["invoiceid"])
+	}
+	completed = reEvent(t, completed, "done", "order.completed", 4, nil)
+	h.mustSend(completed)
+	if s, c := state2(); s != orderStateFulfilled || c != orderStatusComplete {
+		t.Errorf("completed: %d/%d, want Fulfilled/Complete", s, c)
+	}
+	if n := len(h.invoices(orderID)); n != 1 {
+		t.Errorf("%d invoices after completion, want still 1", n)
+	}
+
+	// A refund after completion is recorded, not a conflict, and leaves the invoice alone.
+	refunded := reEvent(t, completed, "refund", "order.refunded", 5, func(o map[string]any) {
+		o["paymentStatus"], o["refundedAmount"] = 40, "238.1000"
+	})
+	h.mustSend(refunded)
+	rec := h.record(1001)
+	if rec.Status != state.Synced || !strings.Contains(rec.Reason, "Refunded in nopCommerce: 238.10") {
+		t.Errorf("refund: %s %q, want synced with the refund noted", rec.Status, rec.Reason)
+	}
+	if inv := h.invoices(orderID); len(inv) != 1 || num(t, inv[0], "statecode") != invoiceStatePaid {
+		t.Errorf("refund changed the invoices: %v", inv)
+	}
+
+	// Fulfilled is final: a later edit is a conflict, not applied.
+	before := len(h.lines(orderID))
+	edited := reEvent(t, refunded, "edit", "order.updated", 6, func(o map[string]any) {
+		o["items"] = o["items"].([]any)[:1]
+	})
+	if err := h.send(edited); err != nil {
+		t.Fatalf("a conflict must be acknowledged: %v", err)
+	}
+	rec = h.record(1001)
+	if rec.Status != state.Failed || rec.Transient || !strings.Contains(rec.Reason, "order closed in Dynamics 365") {
+		t.Errorf("edit of a fulfilled order: %s transient=%v %q", rec.Status, rec.Transient, rec.Reason)
+	}
+	if n := len(h.lines(orderID)); n != before {
+		t.Errorf("lines %d → %d on a fulfilled order", before, n)
+	}
+
+	// Deleting a paid order keeps it.
+	del := reEvent(t, edited, "del", "order.deleted", 7, func(o map[string]any) { o["deleted"] = true })
+	h.mustSend(del)
+	if rec := h.record(1001); rec.Status != state.Skipped || rec.Reason != reasonPaidNotDeletable {
+		t.Errorf("delete of a paid order: %s %q", rec.Status, rec.Reason)
+	}
+	if h.salesOrder(1, 1001) == nil {
+		t.Error("the paid salesorder was deleted")
+	}
+}
+
+// Point 3: cancellation, and deleting an unpaid order.
+func TestOrderCancelAndDelete(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	ev := loadOrderEvents(t, "order-cancelled.json")[0]
+	h.mustSend(ev)
+	so := h.salesOrder(1, 1001)
+	if so == nil || num(t, so, "statecode") != orderStateCanceled || num(t, so, "statuscode") != orderStatusNoMoney {
+		t.Fatalf("cancelled order: %v", so)
+	}
+	if n := len(h.invoices(salesOrderID(1, 1001))); n != 0 {
+		t.Errorf("%d invoices for an unpaid order", n)
+	}
+	// Canceled is final: completing it later is a conflict.
+	h.mustSend(reEvent(t, ev, "late-complete", "order.completed", 3, func(o map[string]any) { o["orderStatus"] = 30 }))
+	if rec := h.record(1001); rec.Status != state.Failed || !strings.Contains(rec.Reason, "order closed in Dynamics 365") {
+		t.Errorf("completing a canceled order: %s %q", rec.Status, rec.Reason)
+	}
+	if so := h.salesOrder(1, 1001); num(t, so, "statecode") != orderStateCanceled {
+		t.Errorf("canceled order moved to state %v", so["statecode"])
+	}
+	h.mustSend(reEvent(t, ev, "del", "order.deleted", 4, func(o map[string]any) { o["deleted"] = true }))
+	if h.salesOrder(1, 1001) != nil {
+		t.Error("the unpaid order was not deleted")
+	}
+	if n := len(h.lines(salesOrderID(1, 1001))); n != 0 {
+		t.Errorf("%d lines left after the delete", n)
+	}
+	if rec := h.record(1001); rec.Status != state.Synced {
+		t.Errorf("delete: %s %q", rec.Status, rec.Reason)
+	}
+}
+
+// checkBusinessResult asserts the end state of the lifecycle example: Fulfilled, one Paid
+// invoice, 3 lines, total 238.10, synced.
+func checkBusinessResult(t *testing.T, h *orderHarness) {
+	t.Helper()
+	orderID := salesOrderID(1, 1001)
+	so := h.salesOrder(1, 1001)
+	if so == nil {
+		t.Fatal("no salesorder")
+	}
+	if num(t, so, "statecode") != orderStateFulfilled || num(t, so, "statuscode") != orderStatusComplete {
+		t.Errorf("salesorder %v/%v, want Fulfilled/Complete", so["statecode"], so["statuscode"])
+	}
+	if moneyCents(t, so, "totalamount") != 23810 {
+		t.Errorf("totalamount %v", so["totalamount"])
+	}
+	inv := h.invoices(orderID)
+	if len(inv) != 1 {
+		t.Fatalf("%d invoices, want exactly 1", len(inv))
+	}
+	if num(t, inv[0], "statecode") != invoiceStatePaid {
+		t.Errorf("invoice state %v, want Paid", inv[0]["statecode"])
+	}
+	if n := len(h.lines(orderID)); n != 3 {
+		t.Errorf("%d lines, want 3", n)
+	}
+	if n := len(h.srv.Rows("salesorders")); n != 1 {
+		t.Errorf("%d salesorders, want 1", n)
+	}
+	if rec := h.record(1001); rec.Status != state.Synced {
+		t.Errorf("state %s %q", rec.Status, rec.Reason)
+	}
+}
+
+// Point 4: events in any order, duplicated, interleaved with customer and product events,
+// give the business-order result.
+func TestOrderEventsAnyOrder(t *testing.T) {
+	evs := loadOrderEvents(t, "order-lifecycle.json")
+	p, pd, c := evs[0], evs[1], evs[2]
+	for name, seq := range map[string][]*nop.Event{
+		"business":             {p, pd, c},
+		"reversed":             {c, pd, p},
+		"completed first":      {c, p, pd},
+		"paid first":           {pd, c, p},
+		"duplicated":           {p, p, pd, c, pd, c, p},
+		"interleaved entities": {pd, nil, p, nil, c},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			for _, ev := range seq {
+				if ev == nil {
+					h.sendOther(t)
+					continue
+				}
+				h.mustSend(ev)
+			}
+			checkBusinessResult(t, h)
+		})
+	}
+}
+
+// sendOther delivers the spec's customer and product examples on their queues.
+func (h *orderHarness) sendOther(t *testing.T) {
+	t.Helper()
+	for _, x := range []struct {
+		file, queue string
+		entity      state.Entity
+	}{{"customer-created.json", "customers", state.Customer}, {"product-simple.json", "products", state.Product}} {
+		b := readExample(t, x.file)
+		evs, err := nop.DecodeRequest(x.entity, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := nop.Messages(x.entity, evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := h.eng.HandleMessage(h.ctx, x.queue, m.Body); err != nil {
+				t.Fatalf("%s: %v", x.file, err)
+			}
+		}
+	}
+}
+
+// Point 4: a crash between two steps never produces a second invoice or order.
+func TestOrderCrashBetweenSteps(t *testing.T) {
+	completed := loadOrderEvents(t, "order-lifecycle.json")[2]
+
+	t.Run("invoice created, answer lost", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		h.fdv.failAfter("ConvertSalesOrderToInvoice", 1)
+		if err := h.send(completed); err == nil {
+			t.Fatal("lost answer acknowledged")
+		}
+		if n := len(h.invoices(salesOrderID(1, 1001))); n != 1 {
+			t.Fatalf("%d invoices after the lost answer, want the one created", n)
+		}
+		h.mustSend(completed) // redelivery
+		checkBusinessResult(t, h)
+		if got := h.fdv.count("ConvertSalesOrderToInvoice"); got != 1 {
+			t.Errorf("ConvertSalesOrderToInvoice called %d times, want 1", got)
+		}
+	})
+	t.Run("invoice created, state not saved", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		once := true
+		h.st.failSave(func(r *state.Record) bool {
+			if once && r.Entity == state.Order && r.Extra[extraInvoiceID] != "" {
+				once = false
+				return true
+			}
+			return false
+		})
+		if err := h.send(completed); err == nil {
+			t.Fatal("failed state save acknowledged")
+		}
+		h.mustSend(completed)
+		checkBusinessResult(t, h)
+	})
+	t.Run("fulfilled, answer lost", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		h.fdv.failAfter("FulfillSalesOrder", 1)
+		if err := h.send(completed); err == nil {
+			t.Fatal("lost answer acknowledged")
+		}
+		h.mustSend(completed)
+		checkBusinessResult(t, h)
+		if got := h.fdv.count("FulfillSalesOrder"); got != 1 {
+			t.Errorf("FulfillSalesOrder called %d times, want 1 (the retry reads the state first)", got)
+		}
+	})
+	t.Run("state table wiped", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		h.mustSend(completed)
+		// A new engine with an empty state store over the same Dataverse: replays of every
+		// event land on the same rows.
+		h2 := newOrderHarness(t, harnessOptions{})
+		h2.srv, h2.fdv.Dataverse = h.srv, h.dv
+		for _, ev := range loadOrderEvents(t, "order-lifecycle.json") {
+			h2.mustSend(ev)
+		}
+		checkBusinessResult(t, h2)
+	})
+}
+
+// Point 5: a missing store currency fails the order visibly; it lands once the currency
+// exists, by redelivery or by the engine's resync.
+func TestOrderMissingCurrency(t *testing.T) {
+	for _, via := range []string{"redelivery", "resync"} {
+		t.Run(via, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{currency: "GBP"})
+			ev := loadOrderEvents(t, "order-placed.json")[0]
+			if err := h.send(ev); err == nil {
+				t.Fatal("order without currency acknowledged: it would never be retried")
+			}
+			rec := h.record(1001)
+			if rec.Status != state.Failed || !rec.Transient || !strings.Contains(rec.Reason, "GBP") {
+				t.Fatalf("state %s transient=%v %q, want failed naming GBP", rec.Status, rec.Transient, rec.Reason)
+			}
+			if h.salesOrder(1, 1001) != nil {
+				t.Fatal("salesorder written without currency")
+			}
+			h.addCurrency(t, "GBP")
+			switch via {
+			case "redelivery":
+				h.mustSend(ev)
+			case "resync":
+				n, err := h.eng.Resync(h.ctx, state.Order, "failed")
+				if err != nil || n != 1 {
+					t.Fatalf("resync: %d, %v", n, err)
+				}
+			}
+			if rec := h.record(1001); rec.Status != state.Synced {
+				t.Fatalf("after adding GBP: %s %q", rec.Status, rec.Reason)
+			}
+			so := h.salesOrder(1, 1001)
+			gbp := h.rowsWhere("transactioncurrencies", "isocurrencycode", "GBP")
+			if so == nil || len(gbp) != 1 || !strings.EqualFold(fmt.Sprint(so["_transactioncurrencyid_value"]), fmt.Sprint(gbp[0]["transactioncurrencyid"])) {
+				t.Errorf("salesorder %v not in GBP", so)
+			}
+		})
+	}
+}
