@@ -1,0 +1,608 @@
+// Package dataversetest is an in-process simulator of the Dataverse Web API v9.2 with the
+// Dynamics 365 Sales tables the sync writes, plus a Microsoft Entra ID token endpoint that
+// azidentity's ClientSecretCredential accepts. It serves HTTPS on 127.0.0.1 with its own
+// CA. Behaviours follow /work/shared/research/dataverse.md (section numbers in comments);
+// where the research says VERIFY the behaviour is an Option defaulting to the likely one.
+package dataversetest
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Options configure a Server. The zero value is a stock Sales environment with USD as
+// base currency, the documented service protection limits and real-time clocks.
+type Options struct {
+	// TenantID, ClientID, ClientSecret of the app registration; generated when empty.
+	TenantID, ClientID, ClientSecret string
+	// TimeScale multiplies every simulated duration: the limits window, execution time
+	// budget, execution costs and Retry-After. 0.01 makes the 300 s window 3 s. Default 1.
+	TimeScale float64
+	// Limits are the service protection limits (research §6).
+	Limits Limits
+	// ExecutionCost is the simulated server time per operation (before TimeScale).
+	ExecutionCost ExecutionCost
+	// SleepExecutionTime makes requests actually take their (scaled) execution time, so
+	// the concurrency limit and client parallelism behave realistically.
+	SleepExecutionTime bool
+	// DopHint is the x-ms-dop-hint response header value. Default 4.
+	DopHint int
+	// TokenLifetime is the access token lifetime (real time, not scaled). Default 1 h.
+	TokenLifetime time.Duration
+	// BaseCurrency defaults to USD with precision 2.
+	BaseCurrency Currency
+	// Currencies are seeded in addition to the base currency.
+	Currencies []Currency
+	// PriceLists and UnitGroups are seeded when set (the app normally creates them).
+	PriceLists []PriceList
+	UnitGroups []UnitGroup
+	// ProductsCreatedActive mirrors Organization.CreateProductsWithoutParentInActiveState=1:
+	// products without a parent family start Active instead of Draft (research §7).
+	ProductsCreatedActive bool
+	// ActiveProductsUpdatable lets Active products be updated in place; by default such
+	// updates fail with ProductCanOnlyBeUpdatedInDraft (research §7, VERIFY).
+	ActiveProductsUpdatable bool
+	// ConvertSetsOrderInvoiced makes ConvertSalesOrderToInvoice move the order to
+	// Invoiced (4/100003). Default: the order keeps its state (research §8, VERIFY).
+	ConvertSetsOrderInvoiced bool
+	// AllowInactiveProductsOnLines accepts Draft/Retired products on order lines.
+	AllowInactiveProductsOnLines bool
+	// AllowStringCaseFunctions accepts tolower()/toupper() in $filter. Dataverse documents
+	// only contains/startswith/endswith; string comparisons are case-insensitive anyway.
+	AllowStringCaseFunctions bool
+	// UpsertMultipleRequiresAlternateKey rejects UpsertMultiple targets that identify the
+	// row only by primary key (see bulk.go for what the docs say).
+	UpsertMultipleRequiresAlternateKey bool
+	// BulkUnsupported lists entity sets whose CreateMultiple/UpdateMultiple/UpsertMultiple
+	// messages are not available ("not all standard tables support these messages").
+	BulkUnsupported []string
+	// AlternateKeys declares alternate keys per entity set, e.g. {"contacts": {{"emailaddress1"}}}.
+	AlternateKeys map[string][][]string
+	// ExtraColumns adds columns per entity set: name -> type (string, memo, int, decimal,
+	// money, bool, picklist, datetime, date).
+	ExtraColumns map[string]map[string]string
+	// ViolationGrace: a request arriving within this real time after a 429 is not counted
+	// as a Retry-After violation (it was already in flight). Default 100 ms.
+	ViolationGrace time.Duration
+	// Seed for fault injection randomness (0: fixed default).
+	Seed uint64
+}
+
+// Limits are the per-user service protection limits. Zero fields take the documented
+// defaults: 6000 requests and 1200 s execution time per 300 s sliding window, 52 concurrent.
+type Limits struct {
+	Disabled      bool
+	Requests      int
+	ExecutionTime time.Duration
+	Window        time.Duration
+	Concurrent    int
+}
+
+// ExecutionCost is the simulated server time an operation takes (unscaled).
+type ExecutionCost struct {
+	PerRequest    time.Duration // default 2 ms
+	PerRowWritten time.Duration // default 2 ms
+	PerRowRead    time.Duration // default 50 µs
+}
+
+// Currency seeds a transactioncurrency row.
+type Currency struct {
+	ID           string // generated when empty
+	ISOCode      string
+	Name         string
+	Symbol       string
+	Precision    int
+	ExchangeRate float64 // default 1
+}
+
+// PriceList seeds a pricelevel in the currency with the given ISO code (base when empty).
+type PriceList struct{ ID, Name, Currency string }
+
+// UnitGroup seeds a uomschedule and its base unit (BaseUnit default "Primary Unit").
+type UnitGroup struct{ ID, Name, BaseUnit, BaseUnitID string }
+
+// Faults injects failures into Web API requests (not the token endpoint).
+type Faults struct {
+	Error503Rate       float64       // probability of a 503 per request
+	Latency            time.Duration // added to every request (real time)
+	Force429           int           // the next N requests get 429
+	Force429RetryAfter time.Duration // Retry-After of forced 429s (scaled like the rest), default 1 s
+	Force429Code       string        // default the request-count code 0x80072322
+}
+
+// Stats counts what the server saw.
+type Stats struct {
+	Requests       int // Web API requests (a $batch counts once)
+	BatchParts     int
+	Throttled      int // 429 responses
+	Injected503    int
+	RowsWritten    int
+	TokensIssued   int
+	Unauthorized   int
+	MaxConcurrency int // highest number of requests in flight at once
+}
+
+// Server is a running simulator.
+type Server struct {
+	TenantID, ClientID string
+
+	o      Options
+	scale  float64
+	ts     *httptest.Server
+	pool   *x509.CertPool
+	client *http.Client
+
+	mu sync.Mutex // guards sc rows (st)
+	sc *schema
+	st *store
+
+	userID, businessUnitID, organizationID string
+	baseCurrencyID                         string
+
+	auth *authState
+	lim  *limiter
+
+	pendingBaseUnitID string
+
+	fmu    sync.Mutex
+	faults Faults
+	rng    *rand.Rand
+	stats  Stats
+}
+
+// NewServer starts a simulator on https://127.0.0.1:<port>. Close it when done.
+func NewServer(o Options) *Server {
+	s := newServer(o)
+	cert, pool, err := newCertificates()
+	if err != nil {
+		panic(fmt.Sprintf("dataversetest: certificates: %v", err))
+	}
+	s.pool = pool
+	s.ts = httptest.NewUnstartedServer(s.Handler())
+	s.ts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	s.ts.StartTLS()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		MaxIdleConnsPerHost: 128, ForceAttemptHTTP2: true}
+	s.client = &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+	return s
+}
+
+func newServer(o Options) *Server {
+	if o.TimeScale <= 0 {
+		o.TimeScale = 1
+	}
+	if o.DopHint == 0 {
+		o.DopHint = 4
+	}
+	if o.TokenLifetime == 0 {
+		o.TokenLifetime = time.Hour
+	}
+	if o.ViolationGrace == 0 {
+		o.ViolationGrace = 100 * time.Millisecond
+	}
+	l := &o.Limits
+	if l.Requests == 0 {
+		l.Requests = 6000
+	}
+	if l.ExecutionTime == 0 {
+		l.ExecutionTime = 1200 * time.Second
+	}
+	if l.Window == 0 {
+		l.Window = 300 * time.Second
+	}
+	if l.Concurrent == 0 {
+		l.Concurrent = 52
+	}
+	c := &o.ExecutionCost
+	if c.PerRequest == 0 {
+		c.PerRequest = 2 * time.Millisecond
+	}
+	if c.PerRowWritten == 0 {
+		c.PerRowWritten = 2 * time.Millisecond
+	}
+	if c.PerRowRead == 0 {
+		c.PerRowRead = 50 * time.Microsecond
+	}
+	if o.TenantID == "" {
+		o.TenantID = uuid.NewString()
+	}
+	if o.ClientID == "" {
+		o.ClientID = uuid.NewString()
+	}
+	if o.ClientSecret == "" {
+		o.ClientSecret = "sim-secret-" + uuid.NewString()
+	}
+	seed := o.Seed
+	if seed == 0 {
+		seed = 42
+	}
+	s := &Server{TenantID: o.TenantID, ClientID: o.ClientID, o: o, scale: o.TimeScale,
+		userID: uuid.NewString(), businessUnitID: uuid.NewString(), organizationID: uuid.NewString(),
+		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	s.sc = newSchema(&s.o)
+	s.st = newStore(s.sc)
+	s.auth = newAuthState(o.ClientSecret)
+	s.lim = newLimiter(s)
+	s.seed()
+	return s
+}
+
+func (s *Server) seed() {
+	x := s.st.begin()
+	base := s.o.BaseCurrency
+	if base.ISOCode == "" {
+		base = Currency{ISOCode: "USD", Name: "US Dollar", Symbol: "$", Precision: 2}
+	}
+	s.baseCurrencyID = s.seedCurrency(x, base)
+	for _, c := range s.o.Currencies {
+		s.seedCurrency(x, c)
+	}
+	for _, p := range s.o.PriceLists {
+		cur := s.baseCurrencyID
+		if p.Currency != "" {
+			for _, r := range x.sorted("transactioncurrency") {
+				if strings.EqualFold(r.str("isocurrencycode"), p.Currency) {
+					cur = r.id
+				}
+			}
+		}
+		id := p.ID
+		if id == "" {
+			id = uuid.NewString()
+		}
+		body := map[string]any{"name": p.Name, "transactioncurrencyid@odata.bind": "/transactioncurrencies(" + cur + ")"}
+		if _, err := s.createRow(x, s.sc.byLogical["pricelevel"], id, body, nil); err != nil {
+			panic(fmt.Sprintf("dataversetest: seed price list %q: %v", p.Name, err))
+		}
+	}
+	for _, g := range s.o.UnitGroups {
+		id := g.ID
+		if id == "" {
+			id = uuid.NewString()
+		}
+		bu := g.BaseUnit
+		if bu == "" {
+			bu = "Primary Unit"
+		}
+		s.pendingBaseUnitID = g.BaseUnitID
+		if _, err := s.createRow(x, s.sc.byLogical["uomschedule"], id, map[string]any{"name": g.Name, "baseuomname": bu}, nil); err != nil {
+			panic(fmt.Sprintf("dataversetest: seed unit group %q: %v", g.Name, err))
+		}
+		s.pendingBaseUnitID = ""
+	}
+}
+
+func (s *Server) seedCurrency(x *tx, c Currency) string {
+	id := c.ID
+	if id == "" {
+		id = uuid.NewString()
+	}
+	rate := c.ExchangeRate
+	if rate == 0 {
+		rate = 1
+	}
+	r := s.newRow(s.sc.byLogical["transactioncurrency"], id)
+	r.vals["isocurrencycode"] = c.ISOCode
+	r.vals["currencyname"] = c.Name
+	r.vals["currencysymbol"] = c.Symbol
+	r.vals["currencyprecision"] = c.Precision
+	r.vals["exchangerate"] = rate
+	r.vals["currencytype"] = 0
+	r.vals["statecode"] = 0
+	r.vals["statuscode"] = 1
+	x.put("transactioncurrency", r)
+	return r.id
+}
+
+// URL is the environment URL (Web API under /api/data/v9.2/).
+func (s *Server) URL() string { return s.ts.URL }
+
+// AuthorityHost is the value for azidentity's ClientOptions.Cloud.ActiveDirectoryAuthorityHost
+// (and AZURE_AUTHORITY_HOST). Use DisableInstanceDiscovery: true.
+func (s *Server) AuthorityHost() string { return s.ts.URL + "/" }
+
+// SetClientSecret rotates the app registration's secret: the old one fails from now on
+// with AADSTS7000215 invalid_client. Tokens already issued stay valid until they expire.
+func (s *Server) SetClientSecret(secret string) { s.auth.setSecret(secret) }
+
+// ClientSecret is the current client secret.
+func (s *Server) ClientSecret() string { return s.auth.secret() }
+
+// CertPool trusts the simulator's CA.
+func (s *Server) CertPool() *x509.CertPool { return s.pool }
+
+// HTTPClient is an *http.Client that trusts the simulator's CA.
+func (s *Server) HTTPClient() *http.Client { return s.client }
+
+// Close shuts the server down.
+func (s *Server) Close() {
+	s.ts.Close()
+	s.client.CloseIdleConnections()
+}
+
+// SetFaults replaces the fault injection settings.
+func (s *Server) SetFaults(f Faults) {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	s.faults = f
+}
+
+// Stats returns counters since start.
+func (s *Server) Stats() Stats {
+	s.fmu.Lock()
+	st := s.stats
+	s.fmu.Unlock()
+	st.MaxConcurrency = s.lim.maxInFlight()
+	st.TokensIssued = s.auth.issued()
+	return st
+}
+
+// UserID, BusinessUnitID, OrganizationID are what WhoAmI returns.
+func (s *Server) UserID() string         { return s.userID }
+func (s *Server) BusinessUnitID() string { return s.businessUnitID }
+func (s *Server) OrganizationID() string { return s.organizationID }
+
+// BaseCurrencyID is the seeded base transactioncurrency's id.
+func (s *Server) BaseCurrencyID() string { return s.baseCurrencyID }
+
+// Rows returns copies of every row of an entity set in creation order, as stored:
+// columns by logical name (strings, int for whole numbers/choices, float64 for
+// decimal/money, bool), lookups as "_<attr>_value" GUID strings, plus the primary key.
+func (s *Server) Rows(set string) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.sc.bySet[set]
+	if t == nil {
+		return nil
+	}
+	x := s.st.begin()
+	var out []map[string]any
+	for _, r := range x.sorted(t.logical) {
+		out = append(out, copyVals(r))
+	}
+	return out
+}
+
+// Row returns a copy of one row by primary key.
+func (s *Server) Row(set, id string) (map[string]any, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.sc.bySet[set]
+	if t == nil {
+		return nil, false
+	}
+	r := s.st.begin().get(t.logical, id)
+	if r == nil {
+		return nil, false
+	}
+	return copyVals(r), true
+}
+
+// Count returns the number of rows in an entity set.
+func (s *Server) Count(set string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.sc.bySet[set]; t != nil {
+		return len(s.st.rows[t.logical])
+	}
+	return 0
+}
+
+func copyVals(r *row) map[string]any {
+	m := make(map[string]any, len(r.vals))
+	for k, v := range r.vals {
+		if v != nil {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// Handler serves the token endpoints and the Web API (auth required), for mounting with
+// http.StripPrefix; links in responses use the mount prefix.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serve(w, r, false) })
+}
+
+// BrowseHandler serves read-only GET requests of the Web API without a token (local
+// mode's sandbox browsing). Writes get 405.
+func (s *Server) BrowseHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serve(w, r, true) })
+}
+
+const apiRoot = "/api/data/v9.2/"
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, browse bool) {
+	h := w.Header()
+	h.Set("OData-Version", "4.0")
+	h.Set("x-ms-dop-hint", fmt.Sprint(s.o.DopHint))
+	p := r.URL.Path
+	prefix := mountPrefix(r)
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	origin := scheme + "://" + r.Host + prefix
+	switch {
+	case !browse && strings.HasSuffix(p, "/v2.0/.well-known/openid-configuration"):
+		s.openIDConfig(w, r, origin)
+		return
+	case !browse && strings.HasSuffix(p, "/oauth2/v2.0/token"):
+		s.token(w, r, origin)
+		return
+	case !browse && strings.HasSuffix(p, "/discovery/instance"):
+		s.instanceDiscovery(w, r, origin)
+		return
+	case strings.HasPrefix(p, apiRoot):
+	default:
+		writeResp(w, errResp(errf(http.StatusNotFound, codeResourceNotFound, "Resource not found for the segment '%s'.", strings.TrimPrefix(p, "/"))))
+		return
+	}
+	s.serveAPI(w, r, origin, browse)
+}
+
+// mountPrefix recovers the prefix http.StripPrefix removed, so links stay absolute.
+func mountPrefix(r *http.Request) string {
+	orig := r.RequestURI
+	if i := strings.IndexByte(orig, '?'); i >= 0 {
+		orig = orig[:i]
+	}
+	if strings.HasPrefix(orig, "http://") || strings.HasPrefix(orig, "https://") {
+		return ""
+	}
+	if esc := r.URL.EscapedPath(); strings.HasSuffix(orig, esc) {
+		return strings.TrimSuffix(orig, esc)
+	}
+	return ""
+}
+
+func writeResp(w http.ResponseWriter, resp *apiResp) {
+	for k, v := range resp.header {
+		w.Header()[k] = v
+	}
+	if w.Header().Get("Content-Type") == "" && len(resp.body) > 0 {
+		w.Header().Set("Content-Type", "application/json; odata.metadata=minimal")
+	}
+	w.WriteHeader(resp.status)
+	if len(resp.body) > 0 {
+		_, _ = w.Write(resp.body)
+	}
+}
+
+func (s *Server) scaled(d time.Duration) time.Duration { return time.Duration(float64(d) * s.scale) }
+
+// retryAfterSeconds turns a scaled wait into the whole seconds sent in Retry-After:
+// rounded up, at least 1 (research §6: integer seconds).
+func retryAfterSeconds(d time.Duration) int {
+	secs := int(math.Ceil(d.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	return secs
+}
+
+func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string, browse bool) {
+	base := origin + apiRoot
+	if browse && r.Method != http.MethodGet {
+		writeResp(w, errResp(errf(http.StatusMethodNotAllowed, codeZero, "The sandbox browser is read-only.")))
+		return
+	}
+	s.fmu.Lock()
+	f := s.faults
+	s.fmu.Unlock()
+	if f.Latency > 0 {
+		time.Sleep(f.Latency)
+	}
+	user := "browse"
+	if !browse {
+		sub, aerr := s.auth.check(r.Header.Get("Authorization"), s.TenantID, origin)
+		if aerr != nil {
+			s.count(func(st *Stats) { st.Unauthorized++ })
+			writeResp(w, errResp(aerr))
+			return
+		}
+		user = sub
+	}
+	s.count(func(st *Stats) { st.Requests++ })
+	// Fault injection, then the service protection limits (research §6).
+	if e := s.injectFault(user); e != nil {
+		writeResp(w, errResp(e))
+		return
+	}
+	release, lerr := s.lim.admit(user)
+	if lerr != nil {
+		s.count(func(st *Stats) { st.Throttled++ })
+		writeResp(w, errResp(lerr))
+		return
+	}
+	defer release()
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeResp(w, errResp(errf(http.StatusBadRequest, codeZero, "could not read the request body: %v", err)))
+		return
+	}
+	path := strings.TrimPrefix(r.URL.EscapedPath(), apiRoot)
+	q := &apiReq{method: r.Method, path: path, query: r.URL.Query(), header: r.Header, body: body, base: base}
+	var resp *apiResp
+	var rows, reads, ops int
+	if path == "$batch" {
+		if r.Method != http.MethodPost {
+			resp = errResp(errf(http.StatusMethodNotAllowed, codeZero, "$batch requires POST."))
+		} else {
+			resp, rows, reads, ops = s.batch(q)
+		}
+	} else {
+		s.mu.Lock()
+		x := s.st.begin()
+		resp = s.exec(x, q)
+		if resp.status >= 400 {
+			x.rollback()
+		}
+		rows, reads, ops = x.rows, resp.rowsRead, 1
+		s.mu.Unlock()
+	}
+	cost := time.Duration(ops)*s.o.ExecutionCost.PerRequest + time.Duration(rows)*s.o.ExecutionCost.PerRowWritten +
+		time.Duration(reads)*s.o.ExecutionCost.PerRowRead
+	s.lim.record(user, s.scaled(cost))
+	s.count(func(st *Stats) { st.RowsWritten += rows })
+	if s.o.SleepExecutionTime {
+		time.Sleep(s.scaled(cost))
+	}
+	s.lim.headers(user, resp.header)
+	writeResp(w, resp)
+}
+
+func (s *Server) count(f func(*Stats)) {
+	s.fmu.Lock()
+	f(&s.stats)
+	s.fmu.Unlock()
+}
+
+func (s *Server) injectFault(user string) *apiError {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	f := &s.faults
+	if f.Force429 > 0 {
+		f.Force429--
+		s.stats.Throttled++
+		ra := f.Force429RetryAfter
+		if ra == 0 {
+			ra = time.Second
+		}
+		code := f.Force429Code
+		if code == "" {
+			code = codeReqLimit
+		}
+		return s.lim.throttle(user, code, s.scaled(ra))
+	}
+	if f.Error503Rate > 0 && s.rng.Float64() < f.Error503Rate {
+		s.stats.Injected503++
+		return errf(http.StatusServiceUnavailable, "0x80040216", "Service Unavailable (injected fault).")
+	}
+	return nil
+}
+
+// sortedKeys is a helper for deterministic iteration.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+var _ = bytes.NewReader

@@ -1,0 +1,286 @@
+package dataversetest
+
+import (
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+)
+
+// row is one stored record. vals holds column values by logical name and lookups as
+// "_<attr>_value" (GUID string); targets remembers which table a lookup points at
+// (needed for the polymorphic customer lookups).
+type row struct {
+	id      string
+	version int64
+	seq     int64 // creation order, for stable paging
+	vals    map[string]any
+	targets map[string]string // lookup attr -> target logical name
+}
+
+func (r *row) clone() *row {
+	c := &row{id: r.id, version: r.version, seq: r.seq, vals: make(map[string]any, len(r.vals)), targets: make(map[string]string, len(r.targets))}
+	for k, v := range r.vals {
+		c.vals[k] = v
+	}
+	for k, v := range r.targets {
+		c.targets[k] = v
+	}
+	return c
+}
+
+func (r *row) str(k string) string {
+	v, _ := r.vals[k].(string)
+	return v
+}
+
+func (r *row) num(k string) float64 {
+	switch v := r.vals[k].(type) {
+	case float64:
+		return v
+	case int:
+		return float64(v)
+	}
+	return 0
+}
+
+func (r *row) intv(k string) int {
+	switch v := r.vals[k].(type) {
+	case int:
+		return v
+	case float64:
+		return int(v)
+	}
+	return 0
+}
+
+func (r *row) boolv(k string) bool {
+	v, _ := r.vals[k].(bool)
+	return v
+}
+
+// ref returns the GUID a lookup attr points at ("" when empty).
+func (r *row) ref(attr string) string { return r.str("_" + attr + "_value") }
+
+func (r *row) setRef(attr, target, id string) {
+	if id == "" {
+		r.vals["_"+attr+"_value"] = nil
+		delete(r.targets, attr)
+		return
+	}
+	r.vals["_"+attr+"_value"] = id
+	r.targets[attr] = target
+}
+
+// store holds every table's rows; all access happens under Server.mu.
+type store struct {
+	rows    map[string]map[string]*row // logical -> id -> row
+	version int64
+	seq     int64
+}
+
+func newStore(sc *schema) *store {
+	st := &store{rows: map[string]map[string]*row{}, version: 1000}
+	for l := range sc.byLogical {
+		st.rows[l] = map[string]*row{}
+	}
+	return st
+}
+
+// tx is an undo journal: every write records the row's previous state so a failed
+// request, change set or bulk operation can be rolled back as a unit.
+type tx struct {
+	st   *store
+	undo []undo
+	rows int // rows written, for execution-time accounting
+}
+
+type undo struct {
+	logical, id string
+	prev        *row // nil: the row did not exist
+}
+
+func (st *store) begin() *tx { return &tx{st: st} }
+
+func (x *tx) get(logical, id string) *row { return x.st.rows[logical][strings.ToLower(id)] }
+
+func (x *tx) put(logical string, r *row) {
+	id := strings.ToLower(r.id)
+	prev := x.st.rows[logical][id]
+	x.undo = append(x.undo, undo{logical: logical, id: id, prev: prev})
+	x.st.version++
+	r.version = x.st.version
+	if prev == nil && r.seq == 0 {
+		x.st.seq++
+		r.seq = x.st.seq
+	}
+	r.vals["versionnumber"] = int(r.version)
+	x.st.rows[logical][id] = r
+	x.rows++
+}
+
+func (x *tx) del(logical, id string) {
+	id = strings.ToLower(id)
+	prev := x.st.rows[logical][id]
+	if prev == nil {
+		return
+	}
+	x.undo = append(x.undo, undo{logical: logical, id: id, prev: prev})
+	delete(x.st.rows[logical], id)
+	x.rows++
+}
+
+func (x *tx) rollback() {
+	for i := len(x.undo) - 1; i >= 0; i-- {
+		u := x.undo[i]
+		if u.prev == nil {
+			delete(x.st.rows[u.logical], u.id)
+		} else {
+			x.st.rows[u.logical][u.id] = u.prev
+		}
+	}
+	x.undo = nil
+}
+
+// savepoint/rollbackTo let a change set or bulk request undo only its own writes.
+func (x *tx) savepoint() int { return len(x.undo) }
+
+func (x *tx) rollbackTo(sp int) {
+	for i := len(x.undo) - 1; i >= sp; i-- {
+		u := x.undo[i]
+		if u.prev == nil {
+			delete(x.st.rows[u.logical], u.id)
+		} else {
+			x.st.rows[u.logical][u.id] = u.prev
+		}
+	}
+	x.undo = x.undo[:sp]
+}
+
+// sorted returns a table's rows in creation order.
+func (x *tx) sorted(logical string) []*row {
+	m := x.st.rows[logical]
+	out := make([]*row, 0, len(m))
+	for _, r := range m {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	return out
+}
+
+// referencing returns rows of child whose lookup attr points at id.
+func (x *tx) referencing(child, attr, id string) []*row {
+	var out []*row
+	id = strings.ToLower(id)
+	for _, r := range x.st.rows[child] {
+		if strings.ToLower(r.ref(attr)) == id {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	return out
+}
+
+// relationship delete behaviours (research §8 "Deletes", entity reference pages).
+type relBehavior int
+
+const (
+	restrict relBehavior = iota
+	cascade
+	removeLink
+)
+
+type relationship struct {
+	parent, child, attr string
+	behavior            relBehavior
+}
+
+var relationships = []relationship{
+	{"contact", "salesorder", "customerid", restrict},
+	{"account", "salesorder", "customerid", restrict},
+	{"contact", "invoice", "customerid", restrict},
+	{"account", "invoice", "customerid", restrict},
+	{"account", "contact", "parentcustomerid", removeLink},
+	{"contact", "contact", "parentcustomerid", removeLink},
+	{"contact", "account", "primarycontactid", removeLink},
+	{"account", "account", "parentaccountid", removeLink},
+	{"product", "salesorderdetail", "productid", restrict},
+	{"product", "invoicedetail", "productid", restrict},
+	{"product", "productpricelevel", "productid", cascade},
+	{"product", "product", "parentproductid", restrict},
+	{"pricelevel", "salesorder", "pricelevelid", restrict},
+	{"pricelevel", "invoice", "pricelevelid", restrict},
+	{"pricelevel", "product", "pricelevelid", restrict},
+	{"pricelevel", "productpricelevel", "pricelevelid", cascade},
+	{"pricelevel", "contact", "defaultpricelevelid", removeLink},
+	{"pricelevel", "account", "defaultpricelevelid", removeLink},
+	{"uom", "product", "defaultuomid", restrict},
+	{"uom", "salesorderdetail", "uomid", restrict},
+	{"uom", "invoicedetail", "uomid", restrict},
+	{"uom", "productpricelevel", "uomid", restrict},
+	{"uomschedule", "product", "defaultuomscheduleid", restrict},
+	{"uomschedule", "uom", "uomscheduleid", cascade},
+	{"salesorder", "salesorderdetail", "salesorderid", cascade},
+	{"salesorder", "orderclose", "salesorderid", cascade},
+	{"salesorder", "invoice", "salesorderid", restrict},
+	{"salesorderdetail", "invoicedetail", "salesorderdetailid", removeLink},
+	{"invoice", "invoicedetail", "invoiceid", cascade},
+}
+
+func init() {
+	// Every table's transactioncurrencyid is Restrict (research §7 transactioncurrency).
+	for _, c := range []string{"contact", "account", "pricelevel", "product", "productpricelevel", "salesorder",
+		"salesorderdetail", "invoice", "invoicedetail"} {
+		relationships = append(relationships, relationship{"transactioncurrency", c, "transactioncurrencyid", restrict})
+	}
+}
+
+// deleteRow deletes a row applying the relationship behaviours; Restrict fails with
+// 405 CannotDeleteDueToAssociation (compose-http-requests doc lists it under 405).
+func (s *Server) deleteRow(x *tx, t *table, r *row) *apiError {
+	if err := s.beforeDelete(x, t, r); err != nil {
+		return err
+	}
+	for _, rel := range relationships {
+		if rel.parent != t.logical {
+			continue
+		}
+		kids := x.referencing(rel.child, rel.attr, r.id)
+		var match []*row
+		for _, k := range kids {
+			if k.targets[rel.attr] == t.logical {
+				match = append(match, k)
+			}
+		}
+		if len(match) == 0 {
+			continue
+		}
+		ct := s.sc.byLogical[rel.child]
+		switch rel.behavior {
+		case restrict:
+			return errf(http.StatusMethodNotAllowed, codeCascadeDeleteNotAllowed,
+				"The record cannot be deleted because it is associated with another record: %d %s record(s) reference this %s (%s).",
+				len(match), rel.child, t.logical, rel.attr)
+		case cascade:
+			for _, k := range match {
+				if x.get(ct.logical, k.id) == nil {
+					continue
+				}
+				if err := s.deleteRow(x, ct, k); err != nil {
+					return err
+				}
+			}
+		case removeLink:
+			for _, k := range match {
+				c := k.clone()
+				c.setRef(rel.attr, "", "")
+				c.vals["modifiedon"] = s.nowString()
+				x.put(ct.logical, c)
+			}
+		}
+	}
+	x.del(t.logical, r.id)
+	return s.afterDelete(x, t, r)
+}
+
+func (s *Server) nowString() string { return time.Now().UTC().Format("2006-01-02T15:04:05Z") }
