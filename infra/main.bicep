@@ -121,8 +121,16 @@ param syncStateTableName string = 'syncstate'
 })
 param storeFunctionKey string
 
-@description('Create the "nopcommerce" host key during provisioning (see infra/README.md if the first provisioning fails on it).')
-param createStoreFunctionKey bool = true
+// Host keys are written through the running Functions host, and a Flex Consumption app that has
+// no code yet may not run one: creating the key in the very first provisioning can fail. So the
+// first `azd up` creates everything else and deploys the code; then `azd env set
+// CREATE_STORE_FUNCTION_KEY true` and `azd provision` add the key (the postdeploy hook says so).
+@allowed([
+  'true'
+  'false'
+])
+@description('Create the "nopcommerce" host key ("true" once the code is deployed; see infra/README.md).')
+param createStoreFunctionKey string = 'false'
 
 @description('Most instances the function app may scale out to.')
 @minValue(1)
@@ -250,7 +258,7 @@ module functionApp 'modules/functionapp.bicep' = {
     syncStateTableName: storage.outputs.syncStateTableName
     azureAuthorityHost: azureAuthorityHost
     storeFunctionKey: storeFunctionKey
-    createStoreFunctionKey: createStoreFunctionKey
+    createStoreFunctionKey: createStoreFunctionKey == 'true'
   }
   // The identity must hold its roles before the host first starts (host storage, deployment
   // container, Key Vault); otherwise the first start fails until the assignments propagate.

@@ -79,8 +79,8 @@ param azureAuthorityHost string
 @description('Value of the host key named nopcommerce that the store sends in x-functions-key (at least 32 letters and digits).')
 param storeFunctionKey string
 
-@description('Create the nopcommerce host key. Host keys are written through the running Functions host; set false if the first provisioning fails there, then run provisioning again after the first deploy.')
-param createStoreFunctionKey bool = true
+@description('Create the nopcommerce host key. Host keys are written through the running Functions host, so this needs the code deployed (see main.bicep).')
+param createStoreFunctionKey bool = false
 
 // Every app setting of the site. The drift test reads the keys of this object: keep it a single
 // object literal.
