@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/funchost"
+	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/keyvault"
+	"github.com/nopsync/nopsync/shared/ops"
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/syncer"
+)
+
+// functionNames lists the functions this executable serves: one folder each under
+// functions/ (the drift tests hold the two lists together).
+var functionNames = []string{"events", "customers", "products", "orders", "autosync", "sync", "status", "deadletters"}
+
+// queueOf maps each queue function to the Service Bus queue that triggers it.
+var queueOf = map[string]string{
+	"customers": queue.Customers,
+	"products":  queue.Products,
+	"orders":    queue.Orders,
+}
+
+// app holds the clients and services, built once and shared by every invocation.
+type app struct {
+	cfg *config.Config
+	log *slog.Logger
+
+	store       state.Store
+	sender      queue.Sender
+	deadLetters queue.DeadLetters
+	inspector   queue.Inspector
+	dv          *dataverse.Client
+	engine      *syncer.Engine
+	ops         *ops.Ops
+	intake      *intake.Intake
+
+	closers []func()
+}
+
+func (a *app) Close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+}
+
+// wire builds the services on top of the outside systems already set on a (store,
+// queues, Dataverse client).
+func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
+	a.store = ops.TrackFailures(a.store, time.Now)
+	eng, err := syncer.New(syncer.Options{
+		DV:    a.dv,
+		State: a.store,
+		Settings: syncer.Settings{
+			StoreCurrencyCode: a.cfg.StoreCurrencyCode,
+			PriceListName:     a.cfg.PriceListName,
+			UnitGroupName:     a.cfg.UnitGroupName,
+			DeletePolicy:      string(a.cfg.DeletePolicy),
+			SyncImages:        a.cfg.SyncImages,
+			WritesEnabled:     a.cfg.WritesEnabled,
+		},
+		Log: a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("sync engine: %w", err)
+	}
+	a.engine = eng
+	a.ops = ops.New(ops.Options{
+		State:           a.store,
+		Sender:          a.sender,
+		DeadLetters:     a.deadLetters,
+		Inspector:       a.inspector,
+		Probe:           probe{eng},
+		Secret:          secretExpiry{a.dv},
+		AutoSyncEnabled: a.cfg.AutoSyncEnabled,
+		AutoSyncPeriod:  a.cfg.AutoSyncPeriod,
+		Log:             a.log,
+	})
+	allowUnsigned := false
+	if webhookSecrets == nil {
+		if !a.cfg.Local {
+			return errors.New("no webhook secret: set WEBHOOK_SECRET or KEY_VAULT_URL with WEBHOOK_SECRET_NAME")
+		}
+		allowUnsigned = true
+		a.log.Warn("no webhook secret configured: local mode accepts unsigned events (set WEBHOOK_SECRET to require signatures)")
+	}
+	a.intake = intake.New(intake.Options{Sender: a.sender, Secrets: webhookSecrets, Log: a.log, AllowUnsigned: allowUnsigned})
+	return nil
+}
+
+// public serves the app's public routes (the HTTP functions' routes under /api).
+func (a *app) public() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/api/events/{entity}", a.intake)
+	a.ops.Routes(mux)
+	return mux
+}
+
+// functions maps each function name to its implementation.
+func (a *app) functions() map[string]funchost.Function {
+	pub := a.public()
+	fns := map[string]funchost.Function{
+		"events":      funchost.HTTPFunction(pub, "req", "res"),
+		"sync":        funchost.HTTPFunction(pub, "req", "res"),
+		"status":      funchost.HTTPFunction(pub, "req", "res"),
+		"deadletters": funchost.HTTPFunction(pub, "req", "res"),
+		"autosync":    a.autosync,
+	}
+	for fn, q := range queueOf {
+		fns[fn] = a.queueFunction(q)
+	}
+	return fns
+}
+
+// queueFunction applies a queue message. It fails the invocation (and so makes Service
+// Bus redeliver, then dead-letter) only when the engine reports a transient failure.
+func (a *app) queueFunction(queueName string) funchost.Function {
+	return func(ctx context.Context, inv *funchost.Invocation) (*funchost.Result, error) {
+		m, err := inv.ServiceBus("msg")
+		if err != nil {
+			return nil, err
+		}
+		if err := a.engine.HandleMessage(ctx, queueName, m.Body); err != nil {
+			return nil, fmt.Errorf("message %s (delivery %d): %w", m.MessageID, m.DeliveryCount, err)
+		}
+		return &funchost.Result{Logs: []string{"applied message " + m.MessageID}}, nil
+	}
+}
+
+// autosync runs on the timer, every minute; ops decides whether a run is due.
+func (a *app) autosync(ctx context.Context, inv *funchost.Invocation) (*funchost.Result, error) {
+	if _, err := inv.Timer("timer"); err != nil {
+		a.log.Warn("autosync: timer payload", "error", err) // the payload is informational
+	}
+	run, err := a.ops.AutoSync(ctx)
+	if err != nil {
+		// Not retried by the host either way; the run and its error are recorded.
+		a.log.Error("auto-sync run failed", "error", err)
+		return &funchost.Result{Logs: []string{"auto-sync failed: " + err.Error()}}, nil
+	}
+	if run == nil {
+		return &funchost.Result{Logs: []string{"auto-sync not due"}}, nil
+	}
+	return &funchost.Result{Logs: []string{fmt.Sprintf("auto-sync run %s: re-sent %d, replayed %d", run.ID, run.Queued, run.Replayed)}}, nil
+}
+
+// probe adapts the engine's connection check to the status page.
+type probe struct{ e *syncer.Engine }
+
+func (p probe) Probe(ctx context.Context) ops.Connection {
+	c := p.e.Connection(ctx)
+	return ops.Connection{Reachable: c.Reachable, OrganizationID: c.OrganizationID, UserID: c.UserID, Currency: c.Currency, Error: c.Error}
+}
+
+// secretExpiry reads the client secret's Key Vault expiry through the Dataverse client.
+type secretExpiry struct{ c *dataverse.Client }
+
+func (s secretExpiry) ClientSecretExpiry(ctx context.Context) (*time.Time, error) {
+	return s.c.SecretExpires(ctx)
+}
+
+// vaultWebhookSecrets reads the webhook secret from Key Vault (cached by Secrets). A value
+// holding several secrets separated by commas supports rotation: the store signs with
+// the new one while the old one is still accepted.
+type vaultWebhookSecrets struct {
+	s    *keyvault.Secrets
+	name string
+}
+
+func (v vaultWebhookSecrets) WebhookSecrets(ctx context.Context) ([]string, error) {
+	val, _, err := v.s.Get(ctx, v.name)
+	if err != nil {
+		return nil, fmt.Errorf("webhook secret %q from Key Vault: %w", v.name, err)
+	}
+	var out []string
+	for _, p := range strings.Split(val, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}

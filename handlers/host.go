@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/funchost"
+	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/keyvault"
+	"github.com/nopsync/nopsync/shared/servicebus"
+	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/tablestorage"
+)
+
+// invocationTimeout stays below host.json's functionTimeout (10 minutes): the host sends
+// no cancellation, so the handler bounds its own work.
+const invocationTimeout = 9 * time.Minute
+
+func loadConfig(env func(string) (string, bool)) (*config.Config, error) {
+	path := "local.settings.json"
+	if root, ok := env("FUNCTIONS_APP_ROOT_PATH"); ok && root != "" {
+		path = filepath.Join(root, path)
+	}
+	get, err := config.Source(env, path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	cfg, err := config.Load(get)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	return cfg, nil
+}
+
+// runHost serves the custom-handler protocol on the port the Functions host chose.
+func runHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	a, err := newAzureApp(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	srv := &http.Server{Handler: funchost.NewServer(a.functions(), log, invocationTimeout), ReadHeaderTimeout: 30 * time.Second}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.HandlerPort)))
+	if err != nil {
+		return fmt.Errorf("FUNCTIONS_CUSTOMHANDLER_PORT %d: %w", cfg.HandlerPort, err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("custom handler started", "port", cfg.HandlerPort)
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		return err
+	}
+}
+
+// newAzureApp builds the app on Azure's services, authenticating with the app's managed
+// identity.
+func newAzureApp(cfg *config.Config, log *slog.Logger) (*app, error) {
+	cred, err := keyvault.Credential()
+	if err != nil {
+		return nil, fmt.Errorf("managed identity: %w", err)
+	}
+	a := &app{cfg: cfg, log: log}
+	var vault *keyvault.Secrets
+	if cfg.KeyVaultURL != "" {
+		if vault, err = keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{}); err != nil {
+			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
+		}
+	}
+	if a.dv, err = newDataverseClient(cfg, log, vault, nil); err != nil {
+		return nil, err
+	}
+	sb, err := servicebus.New(cfg.ServiceBusNamespace, cred, servicebus.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("ServiceBusConnection__fullyQualifiedNamespace: %w", err)
+	}
+	a.closers = append(a.closers, func() { sb.Close(context.Background()) })
+	a.sender, a.deadLetters, a.inspector = sb, sb, sb
+	if a.store, err = newTableStore(cfg, cred); err != nil {
+		return nil, err
+	}
+	webhook, err := webhookSecrets(cfg, vault)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.wire(webhook); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// newDataverseClient builds the production Dataverse client; the client secret comes
+// from the setting or, re-read after Entra rejects it, from Key Vault.
+func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Secrets, rootCAs *x509.CertPool) (*dataverse.Client, error) {
+	var secret dataverse.SecretSource
+	switch {
+	case cfg.ClientSecret != "":
+		secret = dataverse.StaticSecret(cfg.ClientSecret)
+	case vault != nil:
+		secret = vault.Source(cfg.ClientSecretName)
+	case cfg.KeyVaultURL != "":
+		cred, err := keyvault.Credential()
+		if err != nil {
+			return nil, fmt.Errorf("managed identity: %w", err)
+		}
+		v, err := keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
+		}
+		secret = v.Source(cfg.ClientSecretName)
+	default:
+		return nil, errors.New("DATAVERSE_CLIENT_SECRET or KEY_VAULT_URL is required")
+	}
+	c, err := dataverse.New(dataverse.Options{
+		EnvironmentURL: cfg.DataverseURL, TenantID: cfg.TenantID, ClientID: cfg.ClientID,
+		Secret: secret, AuthorityHost: cfg.AuthorityHost, RootCAs: rootCAs,
+		Logger: func(line string) { log.Debug(line, "component", "dataverse") },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("DATAVERSE_URL: %w", err)
+	}
+	return c, nil
+}
+
+// newTableStore opens the sync-state table from a connection string, or from the app's
+// storage account with the managed identity.
+func newTableStore(cfg *config.Config, cred azcore.TokenCredential) (state.Store, error) {
+	if cfg.StateConnectionString != "" {
+		s, err := tablestorage.NewFromConnectionString(context.Background(), cfg.StateConnectionString, tablestorage.Options{Table: cfg.StateTable})
+		if err != nil {
+			return nil, fmt.Errorf("STATE_STORAGE_CONNECTION_STRING: %w", err)
+		}
+		return s, nil
+	}
+	if cred == nil {
+		return nil, errors.New("STATE_STORAGE_CONNECTION_STRING is required here")
+	}
+	s, err := tablestorage.NewForAccount(context.Background(), cfg.StorageAccountName, cred, tablestorage.Options{Table: cfg.StateTable})
+	if err != nil {
+		return nil, fmt.Errorf("AzureWebJobsStorage__accountName: %w", err)
+	}
+	return s, nil
+}
+
+// webhookSecrets returns where the webhook secrets come from, or nil when none is
+// configured (allowed in local mode only).
+func webhookSecrets(cfg *config.Config, vault *keyvault.Secrets) (intake.WebhookSecrets, error) {
+	if len(cfg.WebhookSecrets) > 0 {
+		return intake.StaticSecrets(cfg.WebhookSecrets), nil
+	}
+	if cfg.KeyVaultURL == "" {
+		return nil, nil
+	}
+	if vault == nil {
+		cred, err := keyvault.Credential()
+		if err != nil {
+			return nil, fmt.Errorf("managed identity: %w", err)
+		}
+		if vault, err = keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{}); err != nil {
+			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
+		}
+	}
+	return vaultWebhookSecrets{s: vault, name: cfg.WebhookSecretName}, nil
+}

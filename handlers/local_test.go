@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+)
+
+func testLog(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// startLocal runs local mode until the test ends and returns its base URL.
+func startLocal(t *testing.T, env map[string]string, lo *localOptions) string {
+	t.Helper()
+	if env == nil {
+		env = map[string]string{}
+	}
+	if _, ok := env["LOCAL_DATA_DIR"]; !ok {
+		env["LOCAL_DATA_DIR"] = t.TempDir()
+	}
+	env["LISTEN_ADDR"] = "127.0.0.1:0"
+	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lo == nil {
+		lo = &localOptions{}
+	}
+	if lo.redeliveryDelay == 0 {
+		lo.redeliveryDelay = 20 * time.Millisecond
+	}
+	addrc := make(chan string, 1)
+	lo.started = func(a string) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runLocal(ctx, cfg, testLog(t), lo) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("local mode: %v", err)
+		}
+	})
+	select {
+	case a := <-addrc:
+		return "http://" + a
+	case err := <-done:
+		t.Fatalf("local mode did not start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("local mode did not start in 20 s")
+	}
+	return ""
+}
+
+func example(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func post(t *testing.T, url, contentType string, body []byte, header map[string]string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	b, _ := io.ReadAll(res.Body)
+	json.Unmarshal(b, &out)
+	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("POST %s: Content-Type %q", url, ct)
+	}
+	return res.StatusCode, out
+}
+
+func getJSON(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	b, _ := io.ReadAll(res.Body)
+	json.Unmarshal(b, &out)
+	return res.StatusCode, out
+}
+
+// waitFor polls cond until it holds or 20 s pass.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func sandboxRows(t *testing.T, base, set string) []map[string]any {
+	code, body := getJSON(t, base+"/sandbox/api/data/v9.2/"+set)
+	if code != 200 {
+		t.Fatalf("sandbox %s: %d %v", set, code, body)
+	}
+	var rows []map[string]any
+	b, _ := json.Marshal(body["value"])
+	json.Unmarshal(b, &rows)
+	return rows
+}
+
+// TestLocalModeEventLandsInSandbox is the newcomer's first run: local mode on its
+// embedded defaults, one example event, the contact in the sandbox.
+func TestLocalModeEventLandsInSandbox(t *testing.T) {
+	base := startLocal(t, nil, nil)
+	code, body := post(t, base+"/api/events/customer", "application/json", example(t, "customer-created.json"), nil)
+	if code != 202 || body["accepted"] != float64(1) {
+		t.Fatalf("POST example: %d %v", code, body)
+	}
+	waitFor(t, "the contact in the sandbox", func() bool {
+		for _, c := range sandboxRows(t, base, "contacts") {
+			if c["emailaddress1"] == "ada.lovelace@example.com" && c["lastname"] == "Lovelace" {
+				return true
+			}
+		}
+		return false
+	})
+	code, st := getJSON(t, base+"/api/status")
+	if code != 200 {
+		t.Fatalf("status: %d", code)
+	}
+	ents, _ := st["entities"].(map[string]any)
+	cust, _ := ents["customer"].(map[string]any)
+	if cust["synced"] != float64(1) {
+		t.Errorf("status counts: %v", st["entities"])
+	}
+	code, es := getJSON(t, base+"/api/status/customer/42")
+	if code != 200 || es["status"] != "synced" || es["dataverseId"] == "" {
+		t.Errorf("entity status: %d %v", code, es)
+	}
+}
+
+func sign(secret string, t int64, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	fmt.Fprintf(m, "%d.", t)
+	m.Write(body)
+	return "t=" + strconv.FormatInt(t, 10) + ",v1=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// TestEventsContract sends events.md's contract requests to the running app.
+func TestEventsContract(t *testing.T) {
+	const secret = "test-webhook-secret-not-real"
+	base := startLocal(t, map[string]string{"WEBHOOK_SECRET": secret}, nil)
+	ev := example(t, "customer-created.json")
+	now := time.Now().Unix()
+
+	code, body := post(t, base+"/api/events/customer", "application/json", ev, nil)
+	if code != 401 || errCode(body) != "unauthorized" {
+		t.Errorf("unsigned: %d %v", code, body)
+	}
+	code, body = post(t, base+"/api/events/customer", "application/json", ev, map[string]string{"X-Nop-Signature": sign(secret, now-301, ev)})
+	if code != 401 {
+		t.Errorf("signature older than 300 s: %d %v", code, body)
+	}
+	code, body = post(t, base+"/api/events/customer", "application/json", ev, map[string]string{"X-Nop-Signature": sign(secret, now, ev)})
+	if code != 202 || body["accepted"] != float64(1) {
+		t.Errorf("signed: %d %v", code, body)
+	}
+	bad := bytes.Replace(ev, []byte(`"email": "ada.lovelace@example.com"`), []byte(`"email": 42`), 1)
+	code, body = post(t, base+"/api/events/customer", "application/json", bad, map[string]string{"X-Nop-Signature": sign(secret, now, bad)})
+	if e, _ := body["error"].(map[string]any); code != 400 || e["code"] != "invalid_event" || e["field"] != "data.email" {
+		t.Errorf("invalid field: %d %v", code, body)
+	}
+	big := bytes.Repeat([]byte(" "), 4<<20+1)
+	code, body = post(t, base+"/api/events/customer", "application/json", big, map[string]string{"X-Nop-Signature": sign(secret, now, big)})
+	if code != 413 || errCode(body) != "too_large" {
+		t.Errorf("oversized: %d %v", code, body)
+	}
+	code, body = post(t, base+"/api/events/customer", "text/plain", ev, map[string]string{"X-Nop-Signature": sign(secret, now, ev)})
+	if code != 415 {
+		t.Errorf("text/plain: %d %v", code, body)
+	}
+	code, body = post(t, base+"/api/events/invoice", "application/json", ev, map[string]string{"X-Nop-Signature": sign(secret, now, ev)})
+	if code != 404 || errCode(body) != "not_found" {
+		t.Errorf("unknown entity: %d %v", code, body)
+	}
+	res, err := http.Get(base + "/api/events/customer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 405 {
+		t.Errorf("GET events: %d", res.StatusCode)
+	}
+}
+
+func errCode(body map[string]any) string {
+	e, _ := body["error"].(map[string]any)
+	s, _ := e["code"].(string)
+	return s
+}
+
+func TestSettingsValidatedAtStartup(t *testing.T) {
+	env := map[string]string{"AUTO_SYNC_PERIOD_MINUTES": "often", "DELETE_POLICY": "shred", "LOCAL_DATA_DIR": t.TempDir()}
+	err := run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, testLog(t))
+	if err == nil || !strings.Contains(err.Error(), "AUTO_SYNC_PERIOD_MINUTES") || !strings.Contains(err.Error(), "DELETE_POLICY") {
+		t.Errorf("want an error naming both bad settings, got %v", err)
+	}
+	env = map[string]string{"FUNCTIONS_CUSTOMHANDLER_PORT": "5555"}
+	err = run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, testLog(t))
+	if err == nil || !strings.Contains(err.Error(), "DATAVERSE_URL") || !strings.Contains(err.Error(), "WEBHOOK_SECRET") {
+		t.Errorf("Azure mode without settings: want errors naming them, got %v", err)
+	}
+}
+
+// TestQueueSurvivesRestart: an event accepted while Dynamics 365 is down stays queued
+// across a restart of the process and lands once it is back.
+func TestQueueSurvivesRestart(t *testing.T) {
+	sim := dataversetest.NewServer(dataversetest.Options{})
+	defer sim.Close()
+	sim.SetFaults(dataversetest.Faults{Error503Rate: 1})
+	dir := t.TempDir()
+	env := func() map[string]string {
+		return map[string]string{
+			"LOCAL_DATA_DIR": dir, "DATAVERSE_URL": sim.URL(), "DATAVERSE_TENANT_ID": sim.TenantID, "DATAVERSE_CLIENT_ID": sim.ClientID,
+			"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AZURE_AUTHORITY_HOST": sim.AuthorityHost(),
+		}
+	}
+	lo := &localOptions{rootCAs: sim.CertPool(), redeliveryDelay: time.Hour} // no redelivery before the restart
+	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env()[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ListenAddr = "127.0.0.1:0"
+	addrc := make(chan string, 1)
+	lo.started = func(a string) { addrc <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runLocal(ctx, cfg, testLog(t), lo) }()
+	base := "http://" + <-addrc
+	if code, body := post(t, base+"/api/events/customer", "application/json", example(t, "customer-created.json"), nil); code != 202 {
+		t.Fatalf("POST: %d %v", code, body)
+	}
+	waitFor(t, "the first failed attempt", func() bool { return sim.Stats().Requests > 0 || sim.Stats().TokensIssued > 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Count("contacts"); n != 0 {
+		t.Fatalf("contact written while Dataverse was failing: %d", n)
+	}
+	sim.SetFaults(dataversetest.Faults{})
+	base = startLocal(t, env(), &localOptions{rootCAs: sim.CertPool()})
+	waitFor(t, "the queued event to land after the restart", func() bool { return sim.Count("contacts") == 1 })
+	_ = base
+}

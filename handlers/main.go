@@ -1,0 +1,39 @@
+// Command handlers is the app's one executable. Started by the Azure Functions host (which
+// sets FUNCTIONS_CUSTOMHANDLER_PORT) it serves the custom-handler protocol; started on its
+// own it runs the whole app locally: public routes on LISTEN_ADDR, an embedded queue, an
+// in-process timer and, without DATAVERSE_URL, a built-in Dataverse sandbox.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.LookupEnv, log); err != nil {
+		fmt.Fprintln(os.Stderr, "nopsync:", err)
+		os.Exit(1)
+	}
+}
+
+// run loads the settings and serves until ctx ends.
+func run(ctx context.Context, env func(string) (string, bool), log *slog.Logger) error {
+	cfg, err := loadConfig(env)
+	if err != nil {
+		return err
+	}
+	if cfg.Local {
+		return runLocal(ctx, cfg, log, nil)
+	}
+	return runHost(ctx, cfg, log)
+}
+
+var errConfig = errors.New("settings")
