@@ -303,7 +303,7 @@ func (o *object) decodeTime(name string, r json.RawMessage) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
+	if err != nil || !rfc3339Shape(s) {
 		o.d.fail(join(o.path, name), "must be an RFC 3339 time such as \"2026-11-25T10:15:02.113Z\", got %q", s)
 		return time.Time{}, false
 	}
@@ -312,6 +312,40 @@ func (o *object) decodeTime(name string, r json.RawMessage) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return t.UTC(), true
+}
+
+// rfc3339Shape checks the layout time.Parse is lenient about (it takes a 1-digit hour):
+// YYYY-MM-DDTHH:MM:SS, optional fraction, then Z or ±HH:MM.
+func rfc3339Shape(s string) bool {
+	const layout = "dddd-dd-ddTdd:dd:dd"
+	if len(s) < len(layout)+1 {
+		return false
+	}
+	for i := 0; i < len(layout); i++ {
+		if layout[i] == 'd' {
+			if s[i] < '0' || s[i] > '9' {
+				return false
+			}
+		} else if s[i] != layout[i] {
+			return false
+		}
+	}
+	rest := s[len(layout):]
+	if rest[0] == '.' {
+		n := 1
+		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+			n++
+		}
+		if n == 1 || n > 10 {
+			return false
+		}
+		rest = rest[n:]
+	}
+	if rest == "Z" {
+		return true
+	}
+	return len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':' &&
+		allDigits(rest[1:3]) && allDigits(rest[4:6])
 }
 
 func (o *object) timeField(name string) time.Time {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/queue"
 )
@@ -136,6 +137,9 @@ func DecodeEnvelope(body []byte) ([]*Event, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, &ValidationError{Index: -1, Message: "envelope must be a JSON object with \"evt\" or \"chunk\", got " + jsonKind(trimmed)}
+	}
+	if !utf8.Valid(trimmed) {
+		return nil, &ValidationError{Index: -1, Message: "malformed JSON: envelope is not valid UTF-8"}
 	}
 	if err := checkSyntax(trimmed); err != nil {
 		return nil, err

@@ -171,6 +171,7 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 	}{
 		{"not JSON", `{"evt":`, -1, "", "malformed JSON"},
 		{"array", `[]`, -1, "", "JSON object"},
+		{"invalid UTF-8", `{"evt":` + strings.Replace(cust, "Grace", "Gr\xffce", 1) + `}`, -1, "", "UTF-8"},
 		{"empty object", `{}`, -1, "", `"evt" or "chunk"`},
 		{"nulls", `{"evt":null,"chunk":null}`, -1, "", `"evt" or "chunk"`},
 		{"both", `{"evt":` + cust + `,"chunk":{"id":"c","events":[` + cust + `]}}`, -1, "", "both"},
