@@ -1,0 +1,150 @@
+package tablestorage
+
+import (
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// MaxKeyLen bounds ids, doc kinds and doc keys in bytes. Escaped (at most 3 characters
+// per byte) and prefixed, a key stays under Table Storage's 1 KiB key limit.
+const MaxKeyLen = 160
+
+// Row keys inside an entity's partition:
+//
+//	00000000000000001001   record of a decimal id (zero-padded to 20 digits: RowKey order = numeric order)
+//	k<escaped key>         record of any other key (after every decimal id)
+//	~count-07              counter shard 7 (after every record: '~' sorts after '0'-'9' and 'k')
+const (
+	decimalWidth  = 20
+	keyPrefix     = "k"
+	counterPrefix = "~count-"
+	recordsEnd    = "~" // every record RowKey is below this
+	docPartition  = "doc-"
+)
+
+func checkKey(what, k string) error {
+	switch {
+	case k == "":
+		return fmt.Errorf("%s is empty", what)
+	case len(k) > MaxKeyLen:
+		return fmt.Errorf("%s is %d bytes long, at most %d allowed", what, len(k), MaxKeyLen)
+	case !utf8.ValidString(k):
+		return fmt.Errorf("%s %q is not valid UTF-8", what, k)
+	}
+	return nil
+}
+
+func checkEntity(e state.Entity) error {
+	if !slices.Contains(state.Entities, e) {
+		return fmt.Errorf("unknown entity %q", e)
+	}
+	return nil
+}
+
+// isDecimal: a canonical decimal (no sign, no leading zero) of at most 20 digits.
+func isDecimal(id string) bool {
+	if id == "" || len(id) > decimalWidth || (id[0] == '0' && len(id) > 1) {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func rowKeyOf(id string) string {
+	if isDecimal(id) {
+		return strings.Repeat("0", decimalWidth-len(id)) + id
+	}
+	return keyPrefix + escape(id)
+}
+
+func idOf(rowKey string) (string, error) {
+	if strings.HasPrefix(rowKey, keyPrefix) {
+		return unescape(rowKey[len(keyPrefix):])
+	}
+	if len(rowKey) == decimalWidth {
+		id := strings.TrimLeft(rowKey, "0")
+		if id == "" {
+			id = "0"
+		}
+		if isDecimal(id) {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("row key %q is not a record key", rowKey)
+}
+
+func docPartitionOf(kind string) string { return docPartition + escape(kind) }
+
+// escape makes s usable as (part of) a PartitionKey or RowKey: Table Storage forbids
+// / \ # ? and control characters (U+0000-U+001F, U+007F-U+009F) in keys; ' would need
+// quoting in URLs and OData filters (and aztables doubles it inside entity bodies); %
+// is the escape character. Each of their UTF-8 bytes becomes %XX.
+func escape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if mustEscape(r) {
+			var buf [utf8.UTFMax]byte
+			n := utf8.EncodeRune(buf[:], r)
+			for _, c := range buf[:n] {
+				fmt.Fprintf(&b, "%%%02X", c)
+			}
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func mustEscape(r rune) bool {
+	switch r {
+	case '/', '\\', '#', '?', '%', '\'':
+		return true
+	}
+	return r < 0x20 || (r >= 0x7f && r <= 0x9f)
+}
+
+func unescape(s string) (string, error) {
+	if !strings.Contains(s, "%") {
+		return s, nil
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b = append(b, s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", fmt.Errorf("bad escape in key %q", s)
+		}
+		c, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("bad escape in key %q", s)
+		}
+		b = append(b, byte(c))
+		i += 2
+	}
+	return string(b), nil
+}
+
+// shardOf picks the counter shard for a record: by hash, so one record always counts in
+// the same shard and writers of different records rarely meet on one counter row.
+func shardOf(id string, shards int) int {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return int(h.Sum32() % uint32(shards))
+}
+
+func counterRowKey(shard int) string { return fmt.Sprintf("%s%02d", counterPrefix, shard) }
+
+// odataString quotes s for an OData filter.
+func odataString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
