@@ -254,7 +254,7 @@ func TestQueueSurvivesRestart(t *testing.T) {
 			"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AZURE_AUTHORITY_HOST": sim.AuthorityHost(),
 		}
 	}
-	lo := &localOptions{rootCAs: sim.CertPool(), redeliveryDelay: time.Hour} // no redelivery before the restart
+	lo := &localOptions{rootCAs: sim.CertPool()}
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env()[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/funchost"
+	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/localqueue"
+	"github.com/nopsync/nopsync/shared/localstore"
+)
+
+// hostApp builds the app as in Azure, but on the embedded queue and state store and a
+// simulator, and returns the custom-handler server the Functions host would call.
+func hostApp(t *testing.T, secret string) (http.Handler, *localqueue.Queues, *dataversetest.Server) {
+	t.Helper()
+	sim := dataversetest.NewServer(dataversetest.Options{})
+	t.Cleanup(sim.Close)
+	q, err := localqueue.Open(localqueue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	st, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(func(k string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Local = false // as in Azure: a webhook secret is required
+	dv, err := dataverse.New(dataverse.Options{EnvironmentURL: sim.URL(), TenantID: sim.TenantID, ClientID: sim.ClientID,
+		Secret: dataverse.StaticSecret(sim.ClientSecret()), AuthorityHost: sim.AuthorityHost(), RootCAs: sim.CertPool(), MaxRetries: 1, RetryDelay: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app{cfg: cfg, log: testLog(t), store: st, sender: q, deadLetters: q, inspector: q, dv: dv}
+	if err := a.wire(nil); err == nil {
+		t.Fatal("Azure mode without a webhook secret must refuse to start")
+	}
+	if err := a.wire(intake.StaticSecrets{secret}); err != nil {
+		t.Fatal(err)
+	}
+	return funchost.NewServer(a.functions(), a.log, time.Minute), q, sim
+}
+
+func hostHTTP(t *testing.T, method, url string, headers map[string][]string, body []byte) []byte {
+	t.Helper()
+	req := map[string]any{"Url": url, "Method": method, "Query": map[string]string{}, "Headers": headers, "Params": map[string]string{}, "Identities": []any{}}
+	if body != nil {
+		req["Body"] = string(body)
+	}
+	b, _ := json.Marshal(map[string]any{"Data": map[string]any{"req": req}, "Metadata": map[string]any{"sys": map[string]string{"MethodName": "x"}}})
+	return b
+}
+
+func callHost(t *testing.T, h http.Handler, fn string, payload []byte) (int, map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest("POST", "/"+fn, bytes.NewReader(payload))
+	r.Header.Set("X-Azure-Functions-InvocationId", "inv-1")
+	h.ServeHTTP(rec, r)
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("/%s: Content-Type %q", fn, ct)
+	}
+	var out map[string]any
+	json.Unmarshal(rec.Body.Bytes(), &out)
+	return rec.Code, out
+}
+
+func resOutput(t *testing.T, out map[string]any) (string, map[string]any) {
+	t.Helper()
+	outs, _ := out["Outputs"].(map[string]any)
+	res, _ := outs["res"].(map[string]any)
+	status, _ := res["statusCode"].(string)
+	var body map[string]any
+	s, _ := res["body"].(string)
+	json.Unmarshal([]byte(s), &body)
+	return status, body
+}
+
+// TestHostProtocolEndToEnd drives the functions with payloads shaped like the host's: a
+// signed event through the events HTTP trigger, the queued message through the customers
+// Service Bus trigger (body double-encoded), then status and the timer.
+func TestHostProtocolEndToEnd(t *testing.T) {
+	const secret = "host-test-secret-not-real"
+	h, q, sim := hostApp(t, secret)
+	ev := example(t, "customer-created.json")
+	sig := sign(secret, time.Now().Unix(), ev)
+	headers := map[string][]string{"Content-Type": {"application/json"}, "X-Nop-Signature": {sig}, "x-functions-key": {"not-a-real-key"}}
+
+	code, out := callHost(t, h, "events", hostHTTP(t, "POST", "https://func-test.azurewebsites.net/api/events/customer", headers, ev))
+	status, body := resOutput(t, out)
+	if code != 200 || status != "202" || body["accepted"] != float64(1) {
+		t.Fatalf("events: host %d, res %s %v", code, status, body)
+	}
+	// Unsigned: the caller gets 401, the host still gets 200 (no invocation failure).
+	code, out = callHost(t, h, "events", hostHTTP(t, "POST", "https://func-test.azurewebsites.net/api/events/customer", map[string][]string{"Content-Type": {"application/json"}}, ev))
+	if status, _ := resOutput(t, out); code != 200 || status != "401" {
+		t.Errorf("unsigned: host %d res %s", code, status)
+	}
+	// No body (the host leaves Body out without Content-Length): 400, not a crash.
+	code, out = callHost(t, h, "events", hostHTTP(t, "POST", "https://func-test.azurewebsites.net/api/events/customer", headers, nil))
+	if status, _ := resOutput(t, out); code != 200 || !strings.HasPrefix(status, "4") {
+		t.Errorf("missing body: host %d res %s", code, status)
+	}
+
+	// The message the events function queued: id, session, envelope.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got := make(chan localqueue.Delivery, 1)
+	go q.Run(ctx, "customers", 1, func(_ context.Context, d localqueue.Delivery) error {
+		select {
+		case got <- d:
+		default:
+		}
+		return nil
+	})
+	var d localqueue.Delivery
+	select {
+	case d = <-got:
+		cancel()
+	case <-ctx.Done():
+		t.Fatal("no message on the customers queue")
+	}
+	if d.MessageID != "0b4f8f0e-6a0e-4f43-9d61-2c3b1b1e0001" || d.SessionID != "customer-42" || !bytes.HasPrefix(d.Body, []byte(`{"evt":`)) {
+		t.Fatalf("queued message: id %s session %s body %.40s", d.MessageID, d.SessionID, d.Body)
+	}
+
+	payload, err := funchost.EncodeServiceBus("customers", "msg", funchost.ServiceBusMessage{Body: d.Body, MessageID: d.MessageID, SessionID: d.SessionID, DeliveryCount: 1, EnqueuedTime: time.Now()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim.SetFaults(dataversetest.Faults{Error503Rate: 1})
+	if code, _ := callHost(t, h, "customers", payload); code < 500 {
+		t.Errorf("Dataverse failing: the queue function must fail the invocation (non-2xx), got %d", code)
+	}
+	sim.SetFaults(dataversetest.Faults{})
+	if code, out := callHost(t, h, "customers", payload); code != 200 {
+		t.Fatalf("customers: %d %v", code, out)
+	}
+	if sim.Count("contacts") != 1 {
+		t.Errorf("contacts in Dataverse: %d, want 1", sim.Count("contacts"))
+	}
+	// Redelivery of the same message: still one contact.
+	if code, _ := callHost(t, h, "customers", payload); code != 200 || sim.Count("contacts") != 1 {
+		t.Errorf("redelivery: %d, contacts %d", code, sim.Count("contacts"))
+	}
+
+	code, out = callHost(t, h, "status", hostHTTP(t, "GET", "https://func-test.azurewebsites.net/api/status", map[string][]string{}, nil))
+	if status, body := resOutput(t, out); code != 200 || status != "200" || body["entities"] == nil {
+		t.Errorf("status: %d %s %v", code, status, body)
+	}
+	timer := []byte(`{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{"sys":{"MethodName":"autosync"}}}`)
+	if code, out := callHost(t, h, "autosync", timer); code != 200 {
+		t.Errorf("autosync with null ScheduleStatus: %d %v", code, out)
+	}
+	if code, _ := callHost(t, h, "nosuch", timer); code != 404 {
+		t.Errorf("unknown function: %d", code)
+	}
+}
+
+// TestEveryFunctionServed: each function folder has its implementation.
+func TestEveryFunctionServed(t *testing.T) {
+	h, _, _ := hostApp(t, "x-secret-not-real")
+	for _, fn := range functionNames {
+		code, _ := callHost(t, h, fn, []byte(`{"Data":{},"Metadata":{}}`))
+		if code == 404 {
+			t.Errorf("function %s is not served", fn)
+		}
+	}
+}
