@@ -172,13 +172,15 @@ type ticket struct {
 type journal struct {
 	dir string
 
-	smu     sync.Mutex // guards f, gen and synced against Sync and compaction
+	smu     sync.Mutex // held by sync and compaction; f and gen change under both smu and Queues.mu
 	f       *os.File
 	gen     uint64 // bumped by compaction: tickets of older generations are durable in the snapshot
 	synced  int64
 	written atomic.Int64
 
 	records int // appended since the last compaction (under Queues.mu)
+	closed  bool
+	unlock  func() // releases the directory lock
 }
 
 // openJournal reads every record of dir's journal, calls apply for each, and returns
@@ -188,25 +190,32 @@ func openJournal(dir string, apply func(record) error) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("localqueue: create directory: %w", err)
 	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	path := filepath.Join(dir, journalFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("localqueue: open journal: %w", err)
+	}
+	fail := func(err error) (*journal, error) {
+		f.Close()
+		unlock()
+		return nil, err
 	}
 	good, n, err := readJournal(f, apply)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("localqueue: replay %s: %w", path, err)
+		return fail(fmt.Errorf("localqueue: replay %s: %w", path, err))
 	}
 	if err := f.Truncate(good); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("localqueue: cut torn journal tail: %w", err)
+		return fail(fmt.Errorf("localqueue: cut torn journal tail: %w", err))
 	}
 	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("localqueue: seek journal: %w", err)
+		return fail(fmt.Errorf("localqueue: seek journal: %w", err))
 	}
-	j := &journal{dir: dir, f: f, synced: good, records: n}
+	j := &journal{dir: dir, f: f, synced: good, records: n, unlock: unlock}
 	j.written.Store(good)
 	return j, nil
 }
@@ -247,22 +256,21 @@ func (j *journal) append(recs ...record) (ticket, error) {
 		buf.Write(b)
 		buf.WriteByte('\n')
 	}
-	j.smu.Lock()
-	gen := j.gen
-	f := j.f
-	j.smu.Unlock()
-	if _, err := f.Write(buf.Bytes()); err != nil {
+	// No smu here: f and gen change only in compact, which also runs under
+	// Queues.mu, and waiting for a Sync in progress would stall the queues.
+	if _, err := j.f.Write(buf.Bytes()); err != nil {
 		return ticket{}, fmt.Errorf("localqueue: write journal: %w", err)
 	}
 	j.records += len(recs)
-	return ticket{gen: gen, off: j.written.Add(int64(buf.Len()))}, nil
+	return ticket{gen: j.gen, off: j.written.Add(int64(buf.Len()))}, nil
 }
 
 // sync makes the append behind t durable.
 func (j *journal) sync(t ticket) error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
-	if t.gen != j.gen || j.synced >= t.off {
+	// After close everything was synced (close syncs first).
+	if j.closed || t.gen != j.gen || j.synced >= t.off {
 		return nil
 	}
 	target := j.written.Load()
@@ -319,10 +327,15 @@ func (j *journal) compact(snapshot []record) error {
 func (j *journal) close() error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
+	if j.closed {
+		return nil
+	}
+	j.closed = true
 	err := j.f.Sync()
 	if cerr := j.f.Close(); err == nil {
 		err = cerr
 	}
+	j.unlock()
 	return err
 }
 

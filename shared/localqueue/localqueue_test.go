@@ -620,3 +620,19 @@ func TestManyMessagesCompactAndSurviveRestart(t *testing.T) {
 	}
 	t.Logf("journal %d bytes after %d messages", fi.Size(), n)
 }
+
+func TestDirectoryIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, localqueue.Options{Dir: dir})
+	if _, err := localqueue.Open(localqueue.Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Open of a directory in use: %v, want an error saying so", err)
+	}
+	send(t, q, queue.Orders, msg("a", "order-1", "{}"))
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = open(t, localqueue.Options{Dir: dir})
+	if got := stats(t, q, queue.Orders).Active; got != 1 {
+		t.Fatalf("Active = %d after reopening, want 1", got)
+	}
+}
