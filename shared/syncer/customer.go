@@ -51,7 +51,7 @@ func (s *customerSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Rec
 	if reason := skipReason(c); reason != "" {
 		return outcome{status: state.Skipped, reason: reason}, nil
 	}
-	plan, err := s.e.planContact(ctx, ev.StoreID, c, rec)
+	plan, err := s.e.planContact(ctx, ev.StoreID, c, rec, nil)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -155,7 +155,9 @@ func contactFields(c *nop.Customer) dataverse.Record {
 // planContact works out the contact write for a registered customer: the row (state,
 // adoption by email or our deterministic id), the mapped columns and the parent account.
 // Nothing is written except a missing account.
-func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record) (*contactPlan, error) {
+// byEmail (bulk path) holds the active contacts per lower-cased email looked up for a
+// whole chunk; nil looks them up here.
+func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
 	p := &contactPlan{fields: contactFields(c), company: strings.TrimSpace(deref(c.Company)), extra: map[string]string{}}
 	p.hash = hashOf(p.fields, "company="+strings.ToLower(p.company))
 	if rec.Status == state.Synced && rec.DataHash == p.hash && rec.DataverseID != "" && rec.Extra[extraDeactivated] == "" {
@@ -166,9 +168,12 @@ func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, 
 	if rec.DataverseID != "" {
 		p.id = rec.DataverseID
 	} else {
-		cands, err := e.contactsByEmail(ctx, []string{deref(c.Email)})
-		if err != nil {
-			return nil, err
+		cands := byEmail
+		if cands == nil {
+			var err error
+			if cands, err = e.contactsByEmail(ctx, []string{deref(c.Email)}); err != nil {
+				return nil, err
+			}
 		}
 		own := deterministicID(storeID, "contact", strconv.Itoa(c.ID))
 		if err := e.choose(ctx, p, own, c.ID, cands[strings.ToLower(strings.TrimSpace(deref(c.Email)))]); err != nil {
@@ -427,7 +432,7 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 		if rec == nil {
 			rec = &state.Record{Entity: state.Customer, ID: strconv.Itoa(c.ID)}
 		}
-		p, err := e.planContact(ctx, storeID, c, rec)
+		p, err := e.planContact(ctx, storeID, c, rec, nil)
 		if err != nil {
 			return "", err
 		}

@@ -57,7 +57,7 @@ func (s *productSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Reco
 	if p.Deleted {
 		return s.e.deleteProduct(ctx, ev.StoreID, p, rec)
 	}
-	plan, err := s.e.planProduct(ctx, ev.StoreID, p, rec, sh)
+	plan, err := s.e.planProduct(ctx, ev.StoreID, p, rec, sh, nil)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -142,7 +142,8 @@ func productFields(p *nop.Product, sh *shared) dataverse.Record {
 
 // planProduct works out the product write: row (state, our own row, adoption by product
 // number), product number (sku unless another product holds it), family, picture.
-func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared) (*productPlan, error) {
+// pre (bulk path) holds rows looked up for a whole chunk; nil looks up per product.
+func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared, pre *productPrefetch) (*productPlan, error) {
 	pl := &productPlan{storeID: storeID, p: p, fields: productFields(p, sh), extra: map[string]string{},
 		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted}
 	want := productNumber(p.ID, p.Sku)
@@ -161,18 +162,23 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 	pl.number = want
 	if pl.id == "" {
 		own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
-		r, err := e.dv.Retrieve(ctx, "products", own, "productid", "productnumber")
-		switch {
-		case err == nil:
-			pl.id = own
-		case dataverse.IsNotFound(err):
-			if err := e.adoptProduct(ctx, pl, own); err != nil {
-				return nil, err
+		var exists bool
+		if pre != nil {
+			_, exists = pre.states[own]
+		} else {
+			_, err := e.dv.Retrieve(ctx, "products", own, "productid")
+			switch {
+			case err == nil:
+				exists = true
+			case !dataverse.IsNotFound(err):
+				return nil, fmt.Errorf("reading product %s: %w", own, err)
 			}
-		default:
-			return nil, fmt.Errorf("reading product %s: %w", own, err)
 		}
-		_ = r
+		if exists {
+			pl.id = own
+		} else if err := e.adoptProduct(ctx, pl, own, pre); err != nil {
+			return nil, err
+		}
 	} else if rec.Extra[extraProductNumber] != want {
 		// The sku changed (or was never written): may another product hold it?
 		owner, err := e.numberOwner(ctx, want)
@@ -187,9 +193,15 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 	}
 
 	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
-		fam, err := e.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh)
-		if err != nil {
-			return nil, err
+		fam := ""
+		if pre != nil {
+			fam = pre.families[p.ParentGroupedProductID]
+		}
+		if fam == "" {
+			var err error
+			if fam, err = e.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
+				return nil, err
+			}
 		}
 		pl.parentID = fam
 		pl.setParent = rec.Extra[extraParentID] != fam
@@ -220,11 +232,17 @@ func ownerKey(storeID, productID int) string {
 // adoptProduct handles a product with no row of ours: a product whose productnumber is
 // the one we would write is adopted, unless another store product already owns it (then
 // NOP-<id> is written instead).
-func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string) error {
+func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string, pre *productPrefetch) error {
 	want := pl.number
-	found, err := e.findOne(ctx, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
-	if err != nil {
-		return fmt.Errorf("looking up product number %q: %w", want, err)
+	var found dataverse.Record
+	if pre != nil {
+		found = pre.byNumber[strings.ToLower(want)]
+	} else {
+		var err error
+		found, err = e.findOne(ctx, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
+		if err != nil {
+			return fmt.Errorf("looking up product number %q: %w", want, err)
+		}
 	}
 	if found == nil {
 		pl.id = own
@@ -296,6 +314,12 @@ func (e *Engine) applyProduct(ctx context.Context, pl *productPlan, rec *state.R
 	if err := e.settleLifecycle(ctx, pl, cur); err != nil {
 		return err
 	}
+	e.recordProduct(ctx, pl, rec)
+	return nil
+}
+
+// recordProduct keeps what was written in the product's state and claims its number.
+func (e *Engine) recordProduct(ctx context.Context, pl *productPlan, rec *state.Record) {
 	if rec.Extra == nil {
 		rec.Extra = map[string]string{}
 	}
@@ -312,7 +336,6 @@ func (e *Engine) applyProduct(ctx context.Context, pl *productPlan, rec *state.R
 		rec.Extra[extraParentID] = pl.parentID
 	}
 	e.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
-	return nil
 }
 
 // writeProduct upserts the row. A product number held by another product falls back to
@@ -576,7 +599,7 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	if rec != nil {
 		work.Extra = rec.Extra
 	}
-	pl, err := e.planProduct(ctx, storeID, p, work, sh)
+	pl, err := e.planProduct(ctx, storeID, p, work, sh, nil)
 	if err != nil {
 		return "", err
 	}

@@ -1,0 +1,478 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// The bulk path writes import chunks with CreateMultiple (rows the state and a look-up
+// say are new, carrying our deterministic primary key) and UpdateMultiple (rows that
+// exist). UpsertMultiple is not used: Microsoft documents it for rows identified by
+// alternate keys, and the app's rows are identified by primary key on standard tables
+// (no custom keys, mapping spec). Bulk requests on standard tables are atomic, so a failed
+// request is split in halves until the failing rows are isolated; those go through the
+// single-row path, which records each row's own error and handles rows that turned out
+// to exist (wiped state) with a plain upsert.
+
+// bulkRow is one row of a bulk write.
+type bulkRow struct {
+	i   int              // index of the row in the caller's slice
+	id  string           // primary key
+	rec dataverse.Record // columns
+}
+
+// bulkGroup writes rows with one *Multiple message, isolating failures.
+type bulkGroup struct {
+	e       *Engine
+	create  bool // CreateMultiple (else UpdateMultiple)
+	set     string
+	logical string
+	pk      string
+	// single writes one row on its own (fallback and isolation).
+	single func(ctx context.Context, r bulkRow) error
+}
+
+// minBulk: below this many rows, rows are written one by one.
+const minBulk = 3
+
+// write writes rows and stores each row's error in errs[r.i].
+func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
+	if len(rows) == 0 {
+		return
+	}
+	if len(rows) < minBulk {
+		g.singles(ctx, rows, errs)
+		return
+	}
+	recs := make([]dataverse.Record, len(rows))
+	for k, r := range rows {
+		rec := make(dataverse.Record, len(r.rec)+1)
+		for c, v := range r.rec {
+			rec[c] = v
+		}
+		rec[g.pk] = r.id
+		recs[k] = rec
+	}
+	var err error
+	if g.create {
+		_, err = g.e.dv.CreateMultiple(ctx, g.set, g.logical, recs)
+	} else {
+		err = g.e.dv.UpdateMultiple(ctx, g.set, g.logical, recs)
+	}
+	if err == nil {
+		return
+	}
+	var be *dataverse.BulkError
+	if !errors.As(err, &be) {
+		g.failed(ctx, rows, err, errs)
+		return
+	}
+	for _, ch := range be.Chunks {
+		if ch.Start < 0 || ch.End > len(rows) || ch.Start >= ch.End {
+			continue
+		}
+		g.failed(ctx, rows[ch.Start:ch.End], ch.Err, errs)
+	}
+}
+
+// failed handles a failed request over rows: transient failures stay with all rows
+// (splitting can't help), others are isolated by halving.
+func (g *bulkGroup) failed(ctx context.Context, rows []bulkRow, err error, errs []error) {
+	if isTransient(err) {
+		for _, r := range rows {
+			errs[r.i] = err
+		}
+		return
+	}
+	if len(rows) < 2*minBulk {
+		g.singles(ctx, rows, errs)
+		return
+	}
+	h := len(rows) / 2
+	g.write(ctx, rows[:h], errs)
+	g.write(ctx, rows[h:], errs)
+}
+
+func (g *bulkGroup) singles(ctx context.Context, rows []bulkRow, errs []error) {
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.SetLimit(g.e.conc)
+	for _, r := range rows {
+		eg.Go(func() error {
+			errs[r.i] = g.single(gctx, r)
+			return nil
+		})
+	}
+	_ = eg.Wait()
+}
+
+// existingRows returns which of ids exist in set, with their statecode (-1 when the
+// table has none), looking up several ids per request.
+func (e *Engine) existingRows(ctx context.Context, set, pk string, ids []string, withState bool) (map[string]int, error) {
+	out := map[string]int{}
+	const per = 25
+	cols := []string{pk}
+	if withState {
+		cols = append(cols, "statecode")
+	}
+	for start := 0; start < len(ids); start += per {
+		part := ids[start:min(start+per, len(ids))]
+		conds := make([]string, len(part))
+		for k, id := range part {
+			conds[k] = pk + " eq " + id
+		}
+		err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: strings.Join(conds, " or ")}, func(r dataverse.Record) error {
+			st := -1
+			if v, ok := intValue(r["statecode"]); ok {
+				st = v
+			}
+			out[strings.ToLower(str(r[pk]))] = st
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// parallel runs fn(i) for every index in idx with the engine's concurrency.
+func (e *Engine) parallel(ctx context.Context, idx []int, fn func(ctx context.Context, i int)) {
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.SetLimit(e.conc)
+	for _, i := range idx {
+		eg.Go(func() error {
+			fn(gctx, i)
+			return nil
+		})
+	}
+	_ = eg.Wait()
+}
+
+// syncMany is the customers' bulk path: deletes and skips row by row, the contacts of
+// everyone else planned together (one email look-up per 20 customers) and written with
+// CreateMultiple/UpdateMultiple.
+func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
+	e := s.e
+	outs := make([]outcome, len(evs))
+	errs := make([]error, len(evs))
+	var singles, rows []int
+	var emails []string
+	for i, ev := range evs {
+		c := ev.Customer
+		switch {
+		case c == nil || c.Deleted:
+			singles = append(singles, i)
+		case skipReason(c) != "":
+			outs[i] = outcome{status: state.Skipped, reason: skipReason(c)}
+		default:
+			rows = append(rows, i)
+			if recs[i].DataverseID == "" {
+				emails = append(emails, deref(c.Email))
+			}
+		}
+	}
+	e.parallel(ctx, singles, func(ctx context.Context, i int) {
+		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
+	})
+	if len(rows) == 0 {
+		return outs, errs
+	}
+	byEmail, err := e.contactsByEmail(ctx, emails)
+	if err != nil {
+		for _, i := range rows {
+			errs[i] = err
+		}
+		return outs, errs
+	}
+	if byEmail == nil {
+		byEmail = map[string][]dataverse.Record{}
+	}
+	plans := make([]*contactPlan, len(evs))
+	e.parallel(ctx, rows, func(ctx context.Context, i int) {
+		plans[i], errs[i] = e.planContact(ctx, evs[i].StoreID, evs[i].Customer, recs[i], byEmail)
+	})
+	// One contact row per chunk: two customers that resolve to the same contact (the same
+	// adopted email) must not be in one bulk request.
+	var creates, updates []bulkRow
+	seen := map[string]bool{}
+	var later []int
+	for _, i := range rows {
+		p := plans[i]
+		if errs[i] != nil || p == nil {
+			continue
+		}
+		if p.unchanged {
+			outs[i] = p.outcome()
+			continue
+		}
+		if seen[p.id] {
+			later = append(later, i)
+			continue
+		}
+		seen[p.id] = true
+		r := bulkRow{i: i, id: p.id, rec: p.record()}
+		if p.isNew {
+			creates = append(creates, r)
+		} else {
+			updates = append(updates, r)
+		}
+	}
+	single := func(ctx context.Context, r bulkRow) error { return e.writeContact(ctx, plans[r.i]) }
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		(&bulkGroup{e: e, create: true, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, creates, errs)
+	}()
+	go func() {
+		defer wg.Done()
+		(&bulkGroup{e: e, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, updates, errs)
+	}()
+	wg.Wait()
+	for _, i := range later {
+		errs[i] = e.writeContact(ctx, plans[i])
+	}
+	for _, i := range rows {
+		if p := plans[i]; errs[i] == nil && p != nil && !p.unchanged {
+			p.apply(recs[i])
+			outs[i] = p.outcome()
+		}
+	}
+	return outs, errs
+}
+
+// productPrefetch holds rows looked up once for a whole chunk.
+type productPrefetch struct {
+	states   map[string]int              // product id → statecode, for the ids looked up
+	byNumber map[string]dataverse.Record // lower(productnumber) → product
+	families map[int]string              // store product id of a family → its row, decided in this chunk
+}
+
+// syncMany is the products' bulk path. Families go first (their children bind to them),
+// then the other products. Per group: one look-up of the rows' state and of the product
+// numbers, then CreateMultiple for new products and UpdateMultiple for Draft ones;
+// products Dataverse keeps Active or Retired take the single path (revise, update,
+// publish), as do deletes. Price list items of new products are created in bulk too;
+// publishing and retiring are per product.
+func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
+	e := s.e
+	outs := make([]outcome, len(evs))
+	errs := make([]error, len(evs))
+	sh, err := e.bootstrap(ctx)
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return outs, errs
+	}
+	var deletes, families, products []int
+	for i, ev := range evs {
+		switch p := ev.Product; {
+		case p == nil || p.Deleted:
+			deletes = append(deletes, i)
+		case p.ProductType == nop.ProductTypeGrouped:
+			families = append(families, i)
+		default:
+			products = append(products, i)
+		}
+	}
+	pre := &productPrefetch{families: map[int]string{}}
+	s.group(ctx, sh, evs, recs, families, pre, outs, errs)
+	for _, i := range families {
+		if errs[i] == nil && outs[i].dataverseID != "" {
+			pre.families[evs[i].Product.ID] = outs[i].dataverseID
+		}
+	}
+	s.group(ctx, sh, evs, recs, products, pre, outs, errs)
+	e.parallel(ctx, deletes, func(ctx context.Context, i int) {
+		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
+	})
+	return outs, errs
+}
+
+func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event, recs []*state.Record, idx []int, pre *productPrefetch, outs []outcome, errs []error) {
+	e := s.e
+	if len(idx) == 0 {
+		return
+	}
+	// Look up, for every product, its row (known or our deterministic one) and the rows
+	// holding the product numbers we would write.
+	var ids, numbers []string
+	for _, i := range idx {
+		p := evs[i].Product
+		id := recs[i].DataverseID
+		if id == "" {
+			id = deterministicID(evs[i].StoreID, "product", itoa(p.ID))
+		}
+		ids = append(ids, id)
+		numbers = append(numbers, productNumber(p.ID, p.Sku))
+	}
+	states, err := e.existingRows(ctx, "products", "productid", ids, true)
+	if err == nil {
+		pre.states = states
+		pre.byNumber, err = e.productsByNumber(ctx, numbers)
+	}
+	if err != nil {
+		for _, i := range idx {
+			errs[i] = err
+		}
+		return
+	}
+	plans := make([]*productPlan, len(evs))
+	e.parallel(ctx, idx, func(ctx context.Context, i int) {
+		plans[i], errs[i] = e.planProduct(ctx, evs[i].StoreID, evs[i].Product, recs[i], sh, pre)
+	})
+	var creates, updates []bulkRow
+	var singles []int
+	seen := map[string]bool{}
+	for _, i := range idx {
+		pl := plans[i]
+		if errs[i] != nil || pl == nil {
+			continue
+		}
+		if pl.unchanged {
+			outs[i] = pl.outcome()
+			continue
+		}
+		st, exists := pre.states[pl.id]
+		switch {
+		case seen[pl.id]:
+			singles = append(singles, i)
+		case !exists:
+			creates = append(creates, bulkRow{i: i, id: pl.id, rec: pl.record()})
+		case st == productDraft || st == productUnderRevision:
+			updates = append(updates, bulkRow{i: i, id: pl.id, rec: pl.record()})
+		default:
+			singles = append(singles, i)
+		}
+		seen[pl.id] = true
+	}
+	// Products Dataverse keeps Active or Retired: the single path (revise when needed).
+	e.parallel(ctx, singles, func(ctx context.Context, i int) {
+		errs[i] = e.applyProduct(ctx, plans[i], recs[i], sh)
+		if errs[i] == nil {
+			outs[i] = plans[i].outcome()
+		}
+	})
+	created := map[int]bool{}
+	for _, r := range creates {
+		created[r.i] = true
+	}
+	single := func(exists bool) func(ctx context.Context, r bulkRow) error {
+		return func(ctx context.Context, r bulkRow) error {
+			cur := pre.states[plans[r.i].id]
+			return e.writeProduct(ctx, plans[r.i], exists, &cur)
+		}
+	}
+	(&bulkGroup{e: e, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
+	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
+
+	// Read back the state the environment gave the new rows (Draft, or Active).
+	var written []int
+	var newIDs []string
+	for _, r := range append(creates, updates...) {
+		if errs[r.i] == nil {
+			written = append(written, r.i)
+			if created[r.i] {
+				newIDs = append(newIDs, plans[r.i].id)
+			}
+		}
+	}
+	if len(newIDs) > 0 {
+		got, err := e.existingRows(ctx, "products", "productid", newIDs, true)
+		if err != nil {
+			for _, i := range written {
+				errs[i] = err
+			}
+			return
+		}
+		for id, st := range got {
+			pre.states[id] = st
+		}
+	}
+
+	// Price list items: new products' items in bulk, the others one by one (they may or
+	// may not exist yet).
+	var items []bulkRow
+	var itemSingles []int
+	prec := precisionFor(sh.CurrencyPrecision)
+	for _, i := range written {
+		pl := plans[i]
+		if pl.family {
+			continue
+		}
+		if created[i] && recs[i].Extra[extraPriceItemID] == "" {
+			id := deterministicID(pl.storeID, "productpricelevel", itoa(pl.p.ID))
+			pl.extra[extraPriceItemID] = id
+			items = append(items, bulkRow{i: i, id: id, rec: priceItemRecord(pl, sh, prec)})
+		} else {
+			itemSingles = append(itemSingles, i)
+		}
+	}
+	(&bulkGroup{e: e, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+		single: func(ctx context.Context, r bulkRow) error {
+			return e.writePriceItem(ctx, plans[r.i], recs[r.i], sh)
+		}}).write(ctx, items, errs)
+	e.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
+		errs[i] = e.writePriceItem(ctx, plans[i], recs[i], sh)
+	})
+
+	// Lifecycle, product by product.
+	e.parallel(ctx, written, func(ctx context.Context, i int) {
+		if errs[i] != nil {
+			return
+		}
+		cur, ok := pre.states[plans[i].id]
+		if !ok || cur < 0 {
+			cur = productDraft
+		}
+		if errs[i] = e.settleLifecycle(ctx, plans[i], cur); errs[i] == nil {
+			e.recordProduct(ctx, plans[i], recs[i])
+			outs[i] = plans[i].outcome()
+		}
+	})
+}
+
+// productsByNumber returns the products holding any of the numbers, by lower-cased number.
+func (e *Engine) productsByNumber(ctx context.Context, numbers []string) (map[string]dataverse.Record, error) {
+	out := map[string]dataverse.Record{}
+	seen := map[string]bool{}
+	var uniq []string
+	for _, n := range numbers {
+		if k := strings.ToLower(n); !seen[k] {
+			seen[k] = true
+			uniq = append(uniq, n)
+		}
+	}
+	const per = 20
+	for start := 0; start < len(uniq); start += per {
+		part := uniq[start:min(start+per, len(uniq))]
+		conds := make([]string, len(part))
+		for k, n := range part {
+			conds[k] = "productnumber eq " + odataString(n)
+		}
+		err := e.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid", "productnumber"}, Filter: strings.Join(conds, " or ")},
+			func(r dataverse.Record) error {
+				k := strings.ToLower(str(r["productnumber"]))
+				if _, dup := out[k]; !dup {
+					out[k] = r
+				}
+				return nil
+			})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
