@@ -1,0 +1,1122 @@
+package main
+
+// Drift tests: the code, the function folders, the packaging and the infrastructure (infra/*.bicep,
+// azure.yaml) describe the same app in different files. These tests read them all and fail when
+// they disagree: a setting the code needs that Bicep does not set, a queue a trigger binds that
+// Bicep does not create with sessions, a role the code needs that is not granted (or a broader one
+// that is), a function folder without a handler route.
+//
+// There is no Bicep compiler here, so the Bicep is read as text with a few conventions the infra
+// follows (documented where they are used). Each check is a function over text so that
+// TestDriftChecksCatchBreakage can run it on deliberately broken copies and prove it fails.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/config"
+)
+
+// ---------------------------------------------------------------------------------------------
+// What the code does, as the infrastructure must grant it (infra/modules/roles.bicep has the same
+// table with the reasons).
+// ---------------------------------------------------------------------------------------------
+
+// driftRequiredRoles maps each built-in role the app's identity needs to why it needs it.
+var driftRequiredRoles = map[string]string{
+	// Send (events), receive (triggers, sessions), peek/receive the DLQ (deadletters), and Manage
+	// for the administration client's GetQueueRuntimeProperties (status queue counts) and for the
+	// Flex scale controller. Only Data Owner carries Manage; it includes send and listen.
+	"090c5cfd-751d-490a-894a-3ce6f1109419": "Azure Service Bus Data Owner",
+	"b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",        // host storage, deployment container
+	"0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor", // sync state table
+	"4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",         // client + webhook secrets
+	"3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",   // App Insights with local auth off
+}
+
+// driftKnownRoleNames names roles a reviewer would recognise in a failure message; the broad ones
+// must never be assigned to the app.
+var driftKnownRoleNames = map[string]string{
+	"8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+	"b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+	"18d7d88d-d35e-4fb7-a5c3-7773c4a72abb": "User Access Administrator",
+	"f58310d9-a9f6-439a-9e8d-f62e7b41a168": "Role Based Access Control Administrator",
+	"acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader",
+	"17d1049b-9a84-46fb-8f53-869881c3d3ab": "Storage Account Contributor",
+	"ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+	"974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+	"00482a5a-887f-4fb3-b363-3b7bf9d12440": "Key Vault Administrator",
+	"b86a8fe4-8bc7-4076-a7a4-3f2fd5f6a9b5": "Key Vault Secrets Officer",
+	"69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Azure Service Bus Data Sender",
+	"4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
+}
+
+func driftRoleName(id string) string {
+	if n, ok := driftRequiredRoles[id]; ok {
+		return n
+	}
+	if n, ok := driftKnownRoleNames[id]; ok {
+		return n
+	}
+	return "unknown role"
+}
+
+// driftPlatformSettingPrefixes are app settings read by the Functions host or the platform, not by the
+// Go code: Bicep may set them although config.Known does not list them.
+var driftPlatformSettingPrefixes = []string{"AzureWebJobsStorage__", "APPLICATIONINSIGHTS_"}
+
+// driftSettingsFlexRejects are app settings Flex Consumption does not accept (they come from
+// functionAppConfig.runtime).
+var driftSettingsFlexRejects = []string{"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE"}
+
+// driftPlatformSetSettings are set by the Functions host for the handler process; Bicep must not.
+var driftPlatformSetSettings = []string{"FUNCTIONS_CUSTOMHANDLER_PORT"}
+
+// ---------------------------------------------------------------------------------------------
+// Loading the repository's files
+// ---------------------------------------------------------------------------------------------
+
+type driftBinding struct {
+	Type              string `json:"type"`
+	Direction         string `json:"direction"`
+	Name              string `json:"name"`
+	QueueName         string `json:"queueName"`
+	Connection        string `json:"connection"`
+	IsSessionsEnabled *bool  `json:"isSessionsEnabled"`
+	AuthLevel         string `json:"authLevel"`
+	Route             string `json:"route"`
+}
+
+type driftFunctionJSON struct {
+	Bindings []driftBinding `json:"bindings"`
+}
+
+type driftRepo struct {
+	root      string
+	bicep     map[string]string // path relative to root -> text
+	functions map[string]driftFunctionJSON
+}
+
+func driftLoadRepo(t *testing.T) *driftRepo {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &driftRepo{root: root, bicep: map[string]string{}, functions: map[string]driftFunctionJSON{}}
+	err = filepath.WalkDir(filepath.Join(root, "infra"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".bicep") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		r.bicep[filepath.ToSlash(rel)] = string(b)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading infra/**/*.bicep: %v", err)
+	}
+	if len(r.bicep) == 0 {
+		t.Fatal("no Bicep files under infra/")
+	}
+	dirs, err := os.ReadDir(filepath.Join(root, "functions"))
+	if err != nil {
+		t.Fatalf("reading functions/: %v", err)
+	}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		p := filepath.Join(root, "functions", d.Name(), "function.json")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("function folder %s: %v", d.Name(), err)
+		}
+		var f driftFunctionJSON
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		r.functions[d.Name()] = f
+	}
+	if len(r.functions) == 0 {
+		t.Fatal("no function folders under functions/")
+	}
+	return r
+}
+
+func (r *driftRepo) read(t *testing.T, rel string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.root, rel))
+	if err != nil {
+		t.Fatalf("reading %s: %v", rel, err)
+	}
+	return string(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading Bicep as text
+// ---------------------------------------------------------------------------------------------
+
+// driftStripComments blanks // and /* */ comments outside single-quoted strings, keeping line breaks.
+func driftStripComments(src string) string {
+	var b strings.Builder
+	inStr := false
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case inStr:
+			b.WriteByte(c)
+			if c == '\\' && i+1 < len(src) {
+				i++
+				b.WriteByte(src[i])
+			} else if c == '\'' {
+				inStr = false
+			}
+		case c == '\'':
+			inStr = true
+			b.WriteByte(c)
+		case c == '/' && i+1 < len(src) && src[i+1] == '/':
+			for i < len(src) && src[i] != '\n' {
+				i++
+			}
+			if i < len(src) {
+				b.WriteByte('\n')
+			}
+		case c == '/' && i+1 < len(src) && src[i+1] == '*':
+			i += 2
+			for i+1 < len(src) && !(src[i] == '*' && src[i+1] == '/') {
+				if src[i] == '\n' {
+					b.WriteByte('\n')
+				}
+				i++
+			}
+			i++
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// driftEnclosed returns what lies between the first '{' or '[' at or after from and its matching
+// closer, skipping strings; ok is false when there is none or it is unbalanced.
+func driftEnclosed(src string, from int) (body string, end int, ok bool) {
+	start := strings.IndexAny(src[from:], "{[")
+	if start < 0 {
+		return "", 0, false
+	}
+	start += from
+	depth, inStr := 0, false
+	for i := start; i < len(src); i++ {
+		c := src[i]
+		if inStr {
+			if c == '\\' {
+				i++
+			} else if c == '\'' {
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '\'':
+			inStr = true
+		case '{', '[', '(':
+			depth++
+		case '}', ']', ')':
+			depth--
+			if depth == 0 {
+				return src[start+1 : i], i, true
+			}
+		}
+	}
+	return "", 0, false
+}
+
+var driftKeyLine = regexp.MustCompile(`^\s*('([^']+)'|[A-Za-z_][A-Za-z0-9_]*)\s*:`)
+
+// driftTopLevelKeys lists the keys of an object body (the text inside its braces), ignoring nested
+// objects and arrays.
+func driftTopLevelKeys(body string) []string {
+	var keys []string
+	depth := 0
+	for _, line := range strings.Split(body, "\n") {
+		if depth == 0 {
+			if m := driftKeyLine.FindStringSubmatch(line); m != nil {
+				k := m[1]
+				if m[2] != "" {
+					k = m[2]
+				}
+				keys = append(keys, k)
+			}
+		}
+		depth += driftBracketBalance(line)
+	}
+	return keys
+}
+
+func driftBracketBalance(line string) int {
+	n, inStr := 0, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		if inStr {
+			if c == '\\' {
+				i++
+			} else if c == '\'' {
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '\'':
+			inStr = true
+		case '{', '[', '(':
+			n++
+		case '}', ']', ')':
+			n--
+		}
+	}
+	return n
+}
+
+var driftStringLiteral = regexp.MustCompile(`'([^'\\]*)'`)
+
+// driftPropertyValue returns the text after "key:" on the first line that sets key (any depth).
+func driftPropertyValue(body, key string) (string, bool) {
+	re := regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(key) + `\s*:\s*(.*?)\s*$`)
+	m := re.FindStringSubmatch(body)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
+type driftBicepResource struct {
+	file, symbol, typ string
+	existing          bool
+	loopVar, loopOver string // for [for x in y: {...}]
+	body              string // the resource's object body
+}
+
+var driftResourceDecl = regexp.MustCompile(`(?m)^\s*resource\s+(\w+)\s+'([^'@]+)@[^']*'\s*(existing\s*)?=\s*(if\s*\(.*?\)\s*)?`)
+var driftLoopHeader = regexp.MustCompile(`^\s*for\s+(?:\(\s*(\w+)\s*,\s*\w+\s*\)|(\w+))\s+in\s+(\w+)\s*:`)
+
+func driftResources(files map[string]string) []driftBicepResource {
+	var out []driftBicepResource
+	for _, name := range driftSortedKeys(files) {
+		src := driftStripComments(files[name])
+		for _, m := range driftResourceDecl.FindAllStringSubmatchIndex(src, -1) {
+			r := driftBicepResource{file: name, symbol: src[m[2]:m[3]], typ: src[m[4]:m[5]], existing: m[6] >= 0}
+			rest := src[m[1]:]
+			trimmed := strings.TrimLeft(rest, " \t\r\n")
+			if strings.HasPrefix(trimmed, "[") {
+				inner, _, ok := driftEnclosed(rest, 0)
+				if !ok {
+					continue
+				}
+				if lm := driftLoopHeader.FindStringSubmatch(inner); lm != nil {
+					r.loopVar = lm[1] + lm[2]
+					r.loopOver = lm[3]
+				}
+				obj, _, ok := driftEnclosed(inner, 0)
+				if !ok {
+					continue
+				}
+				r.body = obj
+			} else {
+				obj, _, ok := driftEnclosed(rest, 0)
+				if !ok {
+					continue
+				}
+				r.body = obj
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// driftArrayDefault resolves a param or var of file declared with a literal array of strings.
+func driftArrayDefault(src, ident string) ([]string, bool) {
+	src = driftStripComments(src)
+	re := regexp.MustCompile(`(?m)^\s*(?:param|var)\s+` + regexp.QuoteMeta(ident) + `\b[^=\n]*=\s*\[`)
+	loc := re.FindStringIndex(src)
+	if loc == nil {
+		return nil, false
+	}
+	body, _, ok := driftEnclosed(src, loc[1]-1)
+	if !ok {
+		return nil, false
+	}
+	var out []string
+	for _, m := range driftStringLiteral.FindAllStringSubmatch(body, -1) {
+		out = append(out, m[1])
+	}
+	return out, true
+}
+
+// driftObjectVar returns the body of "var ident = { ... }" in src.
+func driftObjectVar(src, ident string) (string, bool) {
+	src = driftStripComments(src)
+	re := regexp.MustCompile(`(?m)^\s*var\s+` + regexp.QuoteMeta(ident) + `\s*=\s*\{`)
+	loc := re.FindStringIndex(src)
+	if loc == nil {
+		return "", false
+	}
+	body, _, ok := driftEnclosed(src, loc[1]-1)
+	return body, ok
+}
+
+func driftSortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check: settings
+// ---------------------------------------------------------------------------------------------
+
+// driftBicepAppSettings reads the function app's settings. Convention: the site's settings are the
+// keys of the single object literal `var appSettings = { ... }` in infra/**/*.bicep.
+func driftBicepAppSettings(files map[string]string) ([]string, []string) {
+	var found []string
+	var keys []string
+	for _, name := range driftSortedKeys(files) {
+		if body, ok := driftObjectVar(files[name], "appSettings"); ok {
+			found = append(found, name)
+			keys = append(keys, driftTopLevelKeys(body)...)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, []string{"no `var appSettings = { ... }` in infra/**/*.bicep: the drift test cannot see the function app's settings"}
+	case 1:
+		return keys, nil
+	default:
+		return nil, []string{fmt.Sprintf("`var appSettings` is declared in several files (%s): keep one", strings.Join(found, ", "))}
+	}
+}
+
+// driftCheckSettings compares the settings the code reads (config.Known) with the settings Bicep sets.
+// connections are the function.json "connection" names (identity-based: <name>__fullyQualifiedNamespace).
+func driftCheckSettings(known []config.Setting, bicepSettings []string, connections []string) []string {
+	var problems []string
+	set := map[string]bool{}
+	for _, s := range bicepSettings {
+		if set[s] {
+			problems = append(problems, fmt.Sprintf("app setting %s is set twice in Bicep", s))
+		}
+		set[s] = true
+	}
+	knownByName := map[string]config.Setting{}
+	for _, s := range known {
+		knownByName[s.Name] = s
+		switch {
+		case slices.Contains(driftPlatformSetSettings, s.Name):
+			if set[s.Name] {
+				problems = append(problems, fmt.Sprintf("app setting %s is set by the Functions host; Bicep must not set it", s.Name))
+			}
+		case s.LocalOnly:
+			if set[s.Name] {
+				problems = append(problems, fmt.Sprintf("app setting %s is local-only (config.Known) but Bicep sets it in Azure", s.Name))
+			}
+		case s.Secret:
+			// Secrets reach the app from Key Vault (KEY_VAULT_URL + *_NAME), never as plain app settings.
+			if set[s.Name] {
+				problems = append(problems, fmt.Sprintf("app setting %s is a secret (config.Known): keep it in Key Vault, not in Bicep app settings", s.Name))
+			}
+		case s.Required:
+			if !set[s.Name] {
+				problems = append(problems, fmt.Sprintf("setting %s is required by the code (config.Known) but Bicep does not set it", s.Name))
+			}
+		case s.Default == "":
+			// Optional without a default: the Azure deployment decides it, so Bicep must say what.
+			if !set[s.Name] {
+				problems = append(problems, fmt.Sprintf("setting %s has no default in config.Known and Bicep does not set it: set it in infra (possibly empty) or give it a default", s.Name))
+			}
+		}
+	}
+	for _, name := range bicepSettings {
+		if _, ok := knownByName[name]; ok {
+			continue
+		}
+		if slices.Contains(driftSettingsFlexRejects, name) {
+			problems = append(problems, fmt.Sprintf("app setting %s is not accepted on Flex Consumption (runtime comes from functionAppConfig)", name))
+			continue
+		}
+		platform := false
+		for _, p := range driftPlatformSettingPrefixes {
+			platform = platform || strings.HasPrefix(name, p)
+		}
+		for _, c := range connections {
+			platform = platform || strings.HasPrefix(name, c+"__")
+		}
+		if !platform {
+			problems = append(problems, fmt.Sprintf("Bicep sets app setting %s, which the code does not read (config.Known) and the host does not use: a typo or a leftover", name))
+		}
+	}
+	for _, c := range connections {
+		for _, suffix := range []string{"__fullyQualifiedNamespace", "__credential", "__clientId"} {
+			if !set[c+suffix] {
+				problems = append(problems, fmt.Sprintf("function.json binds connection %q but Bicep does not set %s (identity-based connection)", c, c+suffix))
+			}
+		}
+	}
+	for _, p := range []string{"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId", "APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"} {
+		if !set[p] {
+			problems = append(problems, fmt.Sprintf("Bicep does not set %s (identity-based host storage / telemetry with local auth off)", p))
+		}
+	}
+	sort.Strings(problems)
+	return problems
+}
+
+func driftConnectionNames(funcs map[string]driftFunctionJSON) []string {
+	seen := map[string]bool{}
+	for _, f := range funcs {
+		for _, b := range f.Bindings {
+			if b.Connection != "" {
+				seen[b.Connection] = true
+			}
+		}
+	}
+	return driftSortedKeys(seen)
+}
+
+// driftCheckLocalSettingsExample checks that local.settings.json.example lists every setting a local
+// run can use (config.Known minus Azure-only ones).
+func driftCheckLocalSettingsExample(known []config.Setting, example []byte) []string {
+	var f struct {
+		Values map[string]any `json:"Values"`
+	}
+	if err := json.Unmarshal(example, &f); err != nil {
+		return []string{fmt.Sprintf("local.settings.json.example is not valid JSON: %v", err)}
+	}
+	var problems []string
+	for _, s := range known {
+		if s.AzureOnly {
+			continue
+		}
+		if _, ok := f.Values[s.Name]; !ok {
+			problems = append(problems, fmt.Sprintf("local.settings.json.example does not list %s (config.Known)", s.Name))
+		}
+	}
+	return problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check: queues and Service Bus triggers
+// ---------------------------------------------------------------------------------------------
+
+type driftBicepQueue struct {
+	name, file string
+	props      string
+}
+
+const driftQueueType = "Microsoft.ServiceBus/namespaces/queues"
+
+// driftBicepQueues finds the queues Bicep creates: a queue resource either names itself with a string
+// literal, or loops over a param/var of the same file declared with a literal array.
+func driftBicepQueues(files map[string]string) ([]driftBicepQueue, []string) {
+	var out []driftBicepQueue
+	var problems []string
+	for _, r := range driftResources(files) {
+		if r.typ != driftQueueType || r.existing {
+			continue
+		}
+		var names []string
+		if r.loopOver != "" {
+			arr, ok := driftArrayDefault(files[r.file], r.loopOver)
+			if !ok {
+				problems = append(problems, fmt.Sprintf("%s: queue resource %s loops over %s, which is not a literal array the drift test can read", r.file, r.symbol, r.loopOver))
+				continue
+			}
+			names = arr
+		} else {
+			v, _ := driftPropertyValue(r.body, "name")
+			m := driftStringLiteral.FindStringSubmatch(v)
+			if m == nil || strings.Contains(v, "${") {
+				problems = append(problems, fmt.Sprintf("%s: queue resource %s has no literal name", r.file, r.symbol))
+				continue
+			}
+			names = []string{m[1]}
+		}
+		for _, n := range names {
+			out = append(out, driftBicepQueue{name: n, file: r.file, props: r.body})
+		}
+	}
+	if len(out) == 0 && len(problems) == 0 {
+		problems = append(problems, "no Service Bus queue resource ("+driftQueueType+") in infra/**/*.bicep")
+	}
+	return out, problems
+}
+
+// driftCheckQueues: every queue a trigger binds exists in Bicep with sessions, duplicate detection and
+// dead-lettering; every queue Bicep creates is bound by a trigger; every trigger has sessions on
+// and the identity-based connection.
+func driftCheckQueues(funcs map[string]driftFunctionJSON, files map[string]string) []string {
+	queues, problems := driftBicepQueues(files)
+	byName := map[string]driftBicepQueue{}
+	for _, q := range queues {
+		if _, dup := byName[q.name]; dup {
+			problems = append(problems, fmt.Sprintf("queue %s is declared twice in Bicep", q.name))
+		}
+		byName[q.name] = q
+		for _, want := range []struct{ key, value string }{
+			{"requiresSession", "true"},
+			{"requiresDuplicateDetection", "true"},
+			{"deadLetteringOnMessageExpiration", "true"},
+		} {
+			if v, _ := driftPropertyValue(q.props, want.key); v != want.value {
+				problems = append(problems, fmt.Sprintf("queue %s (%s): %s must be %s, got %q", q.name, q.file, want.key, want.value, v))
+			}
+		}
+		for _, key := range []string{"maxDeliveryCount", "lockDuration", "duplicateDetectionHistoryTimeWindow", "defaultMessageTimeToLive"} {
+			if _, ok := driftPropertyValue(q.props, key); !ok {
+				problems = append(problems, fmt.Sprintf("queue %s (%s): %s is not set", q.name, q.file, key))
+			}
+		}
+	}
+	bound := map[string]bool{}
+	for _, fn := range driftSortedKeys(funcs) {
+		for _, b := range funcs[fn].Bindings {
+			if !strings.EqualFold(b.Type, "serviceBusTrigger") {
+				continue
+			}
+			if b.QueueName == "" {
+				problems = append(problems, fmt.Sprintf("functions/%s: Service Bus trigger has no queueName (topics are not provisioned)", fn))
+				continue
+			}
+			if strings.Contains(b.QueueName, "%") {
+				problems = append(problems, fmt.Sprintf("functions/%s: queueName %q is an app-setting expression; use the literal queue name so it can be checked against Bicep", fn, b.QueueName))
+				continue
+			}
+			bound[b.QueueName] = true
+			if _, ok := byName[b.QueueName]; !ok {
+				problems = append(problems, fmt.Sprintf("functions/%s binds queue %q, which Bicep does not create", fn, b.QueueName))
+			}
+			if b.IsSessionsEnabled == nil || !*b.IsSessionsEnabled {
+				problems = append(problems, fmt.Sprintf("functions/%s: Service Bus trigger must set isSessionsEnabled: true (the queues require sessions)", fn))
+			}
+			if b.Connection != "ServiceBusConnection" {
+				problems = append(problems, fmt.Sprintf("functions/%s: Service Bus trigger connection must be \"ServiceBusConnection\", got %q", fn, b.Connection))
+			}
+		}
+	}
+	for _, q := range queues {
+		if !bound[q.name] {
+			problems = append(problems, fmt.Sprintf("Bicep creates queue %q but no function.json trigger binds it", q.name))
+		}
+	}
+	sort.Strings(problems)
+	return problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check: function folders <-> handler routes
+// ---------------------------------------------------------------------------------------------
+
+func driftCheckRoutes(folders, served []string) []string {
+	var problems []string
+	for _, f := range folders {
+		if !slices.Contains(served, f) {
+			problems = append(problems, fmt.Sprintf("functions/%s has no handler route (functionNames)", f))
+		}
+	}
+	for _, s := range served {
+		if !slices.Contains(folders, s) {
+			problems = append(problems, fmt.Sprintf("handler serves %q but there is no functions/%s/function.json: the host never calls it", s, s))
+		}
+	}
+	return problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check: role assignments
+// ---------------------------------------------------------------------------------------------
+
+var driftGuidLiteral = regexp.MustCompile(`'([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})'`)
+var driftMemberRef = regexp.MustCompile(`\b([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b`)
+
+// driftCheckRoles: the roles assigned in Bicep are exactly driftRequiredRoles, each assignment is scoped to
+// a resource (not a resource group or subscription) and to a service principal, and no other role
+// id appears anywhere in the infrastructure.
+func driftCheckRoles(files map[string]string, want map[string]string) []string {
+	var problems []string
+	assigned := map[string]bool{}
+	for _, r := range driftResources(files) {
+		if r.typ != "Microsoft.Authorization/roleAssignments" || r.existing {
+			continue
+		}
+		v, ok := driftPropertyValue(r.body, "roleDefinitionId")
+		if !ok {
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s has no roleDefinitionId", r.file, r.symbol))
+			continue
+		}
+		id := ""
+		if m := driftGuidLiteral.FindStringSubmatch(v); m != nil {
+			id = strings.ToLower(m[1])
+		} else {
+			// roleDefinitionId: subscriptionResourceId('...roleDefinitions', roleIds.someRole)
+			for _, m := range driftMemberRef.FindAllStringSubmatch(v, -1) {
+				obj, ok := driftObjectVar(files[r.file], m[1])
+				if !ok {
+					continue
+				}
+				rv, ok := driftPropertyValue(obj, m[2])
+				if !ok {
+					continue
+				}
+				if g := driftGuidLiteral.FindStringSubmatch(rv); g != nil {
+					id = strings.ToLower(g[1])
+				}
+			}
+		}
+		if id == "" {
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s: cannot tell which role %q is (use a GUID literal or a var object of GUIDs)", r.file, r.symbol, v))
+			continue
+		}
+		assigned[id] = true
+		if _, ok := want[id]; !ok {
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s grants %s (%s), which the code does not need", r.file, r.symbol, id, driftRoleName(id)))
+		}
+		scope, ok := driftPropertyValue(r.body, "scope")
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s has no scope: it would apply to the whole resource group", r.file, r.symbol))
+		case strings.Contains(scope, "resourceGroup(") || strings.Contains(scope, "subscription("):
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s is scoped to %s: scope it to the resource", r.file, r.symbol, scope))
+		}
+		if pt, _ := driftPropertyValue(r.body, "principalType"); pt != "'ServicePrincipal'" {
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s: principalType must be 'ServicePrincipal' (the app's managed identity), got %q", r.file, r.symbol, pt))
+		}
+		if name, _ := driftPropertyValue(r.body, "name"); !strings.HasPrefix(name, "guid(") {
+			problems = append(problems, fmt.Sprintf("%s: role assignment %s: name must be guid(scope.id, principalId, roleId) so it is idempotent, got %q", r.file, r.symbol, name))
+		}
+	}
+	for _, id := range driftSortedKeys(want) {
+		if !assigned[id] {
+			problems = append(problems, fmt.Sprintf("role %s (%s) is needed by the code but no role assignment in Bicep grants it", id, want[id]))
+		}
+	}
+	for _, name := range driftSortedKeys(files) {
+		for _, m := range driftGuidLiteral.FindAllStringSubmatch(driftStripComments(files[name]), -1) {
+			id := strings.ToLower(m[1])
+			if _, ok := want[id]; !ok {
+				problems = append(problems, fmt.Sprintf("%s mentions role/GUID %s (%s), which is not in the required role table", name, id, driftRoleName(id)))
+			}
+		}
+	}
+	sort.Strings(problems)
+	return slices.Compact(problems)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check: azure.yaml <-> packaging <-> host.json
+// ---------------------------------------------------------------------------------------------
+
+func driftYamlValue(src, key string) string {
+	m := regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(key) + `:\s*(\S+)\s*$`).FindStringSubmatch(src)
+	if m == nil {
+		return ""
+	}
+	v, err := strconv.Unquote(m[1])
+	if err != nil {
+		return strings.Trim(m[1], `'`)
+	}
+	return v
+}
+
+// driftCheckPackaging: azd deploys the zip scripts/package writes, as a custom-language function
+// service, and the zip's executable is the one host.json starts.
+func driftCheckPackaging(azureYAML, packageScript, hostJSON string) []string {
+	var problems []string
+	if v := driftYamlValue(azureYAML, "host"); v != "function" {
+		problems = append(problems, fmt.Sprintf("azure.yaml: service host must be function, got %q", v))
+	}
+	if v := driftYamlValue(azureYAML, "language"); v != "custom" {
+		problems = append(problems, fmt.Sprintf("azure.yaml: service language must be custom (azd builds nothing; scripts/package does), got %q", v))
+	}
+	dist := driftYamlValue(azureYAML, "dist")
+	if !strings.HasSuffix(dist, ".zip") {
+		problems = append(problems, fmt.Sprintf("azure.yaml: dist must be the zip scripts/package writes, got %q", dist))
+	} else if !regexp.MustCompile(`-out\s+` + regexp.QuoteMeta(dist) + `\b`).MatchString(packageScript) {
+		problems = append(problems, fmt.Sprintf("azure.yaml deploys %s but scripts/package does not write it (-out %s)", dist, dist))
+	}
+	if !regexp.MustCompile(`(?m)^\s*prepackage:`).MatchString(azureYAML) || !strings.Contains(azureYAML, "scripts/package") {
+		problems = append(problems, "azure.yaml: the service needs a prepackage hook running scripts/package")
+	}
+	var host struct {
+		CustomHandler struct {
+			Description struct {
+				DefaultExecutablePath string `json:"defaultExecutablePath"`
+			} `json:"description"`
+		} `json:"customHandler"`
+	}
+	if err := json.Unmarshal([]byte(hostJSON), &host); err != nil {
+		problems = append(problems, fmt.Sprintf("host.json: %v", err))
+	} else if exe := host.CustomHandler.Description.DefaultExecutablePath; exe == "" {
+		problems = append(problems, "host.json: customHandler.description.defaultExecutablePath is not set")
+	} else if !regexp.MustCompile(`-handler\s+\S*\b` + regexp.QuoteMeta(exe) + `\b`).MatchString(packageScript) {
+		problems = append(problems, fmt.Sprintf("host.json starts %q but scripts/package does not package an executable of that name", exe))
+	}
+	return problems
+}
+
+// driftCheckEventsURL: the EVENTS_URL output an administrator gives the store is the events
+// function's real route (host.json routePrefix + function.json route).
+func driftCheckEventsURL(mainBicep, hostJSON string, events driftFunctionJSON) []string {
+	m := regexp.MustCompile(`(?m)^output\s+EVENTS_URL\s+string\s*=\s*'\$\{[^}]+\}(/[^']*)'`).FindStringSubmatch(driftStripComments(mainBicep))
+	if m == nil {
+		return []string{"infra/main.bicep: no `output EVENTS_URL string = '${<app uri>}/<path>'`"}
+	}
+	var host struct {
+		Extensions struct {
+			HTTP struct {
+				RoutePrefix *string `json:"routePrefix"`
+			} `json:"http"`
+		} `json:"extensions"`
+	}
+	if err := json.Unmarshal([]byte(hostJSON), &host); err != nil {
+		return []string{fmt.Sprintf("host.json: %v", err)}
+	}
+	prefix := "api"
+	if host.Extensions.HTTP.RoutePrefix != nil {
+		prefix = *host.Extensions.HTTP.RoutePrefix
+	}
+	route := ""
+	for _, b := range events.Bindings {
+		if strings.EqualFold(b.Type, "httpTrigger") {
+			route = b.Route
+		}
+	}
+	if route == "" {
+		return []string{"functions/events has no httpTrigger with a route"}
+	}
+	want := "/" + strings.Trim(prefix+"/"+route, "/")
+	if m[1] != want {
+		return []string{fmt.Sprintf("infra/main.bicep EVENTS_URL ends in %q but the events function answers on %q", m[1], want)}
+	}
+	return nil
+}
+
+// driftCheckParametersFile: infra/main.parameters.json (what azd passes) names only parameters
+// main.bicep declares (ARM rejects unknown ones), and every main.bicep parameter without a default
+// is either passed there or generated by azd.
+func driftCheckParametersFile(mainBicep, parametersJSON string) []string {
+	var f struct {
+		Parameters map[string]json.RawMessage `json:"parameters"`
+	}
+	if err := json.Unmarshal([]byte(parametersJSON), &f); err != nil {
+		return []string{fmt.Sprintf("infra/main.parameters.json: %v", err)}
+	}
+	src := driftStripComments(mainBicep)
+	decl := regexp.MustCompile(`(?m)^param\s+(\w+)\s+\w+[^=\n]*?(=.*)?$`)
+	var problems []string
+	declared := map[string]bool{}
+	prev := 0
+	for _, m := range decl.FindAllStringSubmatchIndex(src, -1) {
+		name := src[m[2]:m[3]]
+		declared[name] = true
+		hasDefault := m[4] >= 0
+		decorators := src[prev:m[0]]
+		prev = m[1]
+		_, passed := f.Parameters[name]
+		if !hasDefault && !passed && !strings.Contains(decorators, "type: 'generate'") {
+			problems = append(problems, fmt.Sprintf("main.bicep parameter %s has no default and infra/main.parameters.json does not pass it", name))
+		}
+	}
+	for _, name := range driftSortedKeys(f.Parameters) {
+		if !declared[name] {
+			problems = append(problems, fmt.Sprintf("infra/main.parameters.json passes %s, which main.bicep does not declare", name))
+		}
+	}
+	return problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests on the real files
+// ---------------------------------------------------------------------------------------------
+
+func TestDriftSettings(t *testing.T) {
+	r := driftLoadRepo(t)
+	settings, problems := driftBicepAppSettings(r.bicep)
+	problems = append(problems, driftCheckSettings(config.Known(), settings, driftConnectionNames(r.functions))...)
+	driftReport(t, problems)
+}
+
+func TestDriftQueues(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckQueues(r.functions, r.bicep))
+}
+
+func TestDriftRoutes(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckRoutes(driftSortedKeys(r.functions), functionNames))
+}
+
+func TestDriftRoles(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckRoles(r.bicep, driftRequiredRoles))
+}
+
+func TestDriftLocalSettingsExample(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckLocalSettingsExample(config.Known(), []byte(r.read(t, "local.settings.json.example"))))
+}
+
+func TestDriftEventsURL(t *testing.T) {
+	r := driftLoadRepo(t)
+	events, ok := r.functions["events"]
+	if !ok {
+		t.Fatal("no functions/events")
+	}
+	driftReport(t, driftCheckEventsURL(r.read(t, "infra/main.bicep"), r.read(t, "host.json"), events))
+}
+
+func TestDriftParametersFile(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckParametersFile(r.read(t, "infra/main.bicep"), r.read(t, "infra/main.parameters.json")))
+}
+
+func TestDriftPackaging(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckPackaging(r.read(t, "azure.yaml"), r.read(t, "scripts/package"), r.read(t, "host.json")))
+}
+
+func driftReport(t *testing.T, problems []string) {
+	t.Helper()
+	for _, p := range problems {
+		t.Error(p)
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each check fails on a deliberately broken copy of the real files
+// ---------------------------------------------------------------------------------------------
+
+// driftMustReplace returns files with old replaced by new in the file that contains old (exactly
+// once), failing the test when the real files no longer contain old: the breakage must stay real.
+func driftMustReplace(t *testing.T, files map[string]string, old, new string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	hits := 0
+	for name, src := range files {
+		if n := strings.Count(src, old); n > 0 {
+			hits += n
+			src = strings.Replace(src, old, new, 1)
+		}
+		out[name] = src
+	}
+	if hits != 1 {
+		t.Fatalf("breaking the Bicep: %q occurs %d times, want exactly 1", old, hits)
+	}
+	return out
+}
+
+func driftExpectProblem(t *testing.T, what string, problems []string, substrings ...string) {
+	t.Helper()
+	for _, p := range problems {
+		all := true
+		for _, s := range substrings {
+			all = all && strings.Contains(p, s)
+		}
+		if all {
+			return
+		}
+	}
+	t.Errorf("%s: the check did not report it (want a problem containing %q); got %q", what, substrings, problems)
+}
+
+func driftCopyFunctions(funcs map[string]driftFunctionJSON) map[string]driftFunctionJSON {
+	out := map[string]driftFunctionJSON{}
+	for k, v := range funcs {
+		out[k] = driftFunctionJSON{Bindings: slices.Clone(v.Bindings)}
+	}
+	return out
+}
+
+func TestDriftChecksCatchBreakage(t *testing.T) {
+	r := driftLoadRepo(t)
+	known := config.Known()
+	conns := driftConnectionNames(r.functions)
+
+	settingsOf := func(files map[string]string) []string {
+		t.Helper()
+		s, problems := driftBicepAppSettings(files)
+		if len(problems) > 0 {
+			t.Fatalf("reading settings: %v", problems)
+		}
+		return s
+	}
+
+	t.Run("settings", func(t *testing.T) {
+		for _, s := range known {
+			if s.Required && !s.LocalOnly && !s.Secret && !slices.Contains(driftPlatformSetSettings, s.Name) {
+				broken := driftMustReplace(t, r.bicep, "\n  "+s.Name+":", "\n  REMOVED_"+s.Name+":")
+				driftExpectProblem(t, "required "+s.Name+" removed from Bicep", driftCheckSettings(known, settingsOf(broken), conns), s.Name, "required")
+			}
+		}
+		withSecret := driftMustReplace(t, r.bicep, "\n  KEY_VAULT_URL:", "\n  DATAVERSE_CLIENT_SECRET: 'x'\n  KEY_VAULT_URL:")
+		driftExpectProblem(t, "secret as an app setting", driftCheckSettings(known, settingsOf(withSecret), conns), "DATAVERSE_CLIENT_SECRET", "secret")
+		typo := driftMustReplace(t, r.bicep, "\n  DATAVERSE_URL:", "\n  DATAVERSE_URI:")
+		driftExpectProblem(t, "typo in a setting name", driftCheckSettings(known, settingsOf(typo), conns), "DATAVERSE_URI", "does not read")
+		local := driftMustReplace(t, r.bicep, "\n  KEY_VAULT_URL:", "\n  LISTEN_ADDR: '0.0.0.0:80'\n  KEY_VAULT_URL:")
+		driftExpectProblem(t, "local-only setting in Azure", driftCheckSettings(known, settingsOf(local), conns), "LISTEN_ADDR", "local-only")
+		flex := driftMustReplace(t, r.bicep, "\n  KEY_VAULT_URL:", "\n  FUNCTIONS_WORKER_RUNTIME: 'custom'\n  KEY_VAULT_URL:")
+		driftExpectProblem(t, "FUNCTIONS_WORKER_RUNTIME on Flex", driftCheckSettings(known, settingsOf(flex), conns), "FUNCTIONS_WORKER_RUNTIME", "Flex")
+		noConn := driftMustReplace(t, r.bicep, "\n  ServiceBusConnection__credential:", "\n  Removed__credential:")
+		driftExpectProblem(t, "trigger connection without identity settings", driftCheckSettings(known, settingsOf(noConn), conns), "ServiceBusConnection__credential")
+		// A new setting the code reads (Required, or optional without a default) must reach Bicep.
+		grown := append(slices.Clone(known), config.Setting{Name: "NEW_REQUIRED_SETTING", Required: true}, config.Setting{Name: "NEW_OPTIONAL_NO_DEFAULT"})
+		got := driftCheckSettings(grown, settingsOf(r.bicep), conns)
+		driftExpectProblem(t, "new required setting", got, "NEW_REQUIRED_SETTING")
+		driftExpectProblem(t, "new optional setting without default", got, "NEW_OPTIONAL_NO_DEFAULT")
+		if _, problems := driftBicepAppSettings(driftMustReplace(t, r.bicep, "var appSettings = {", "var settingsObject = {")); len(problems) == 0 {
+			t.Error("renaming var appSettings: the settings reader did not notice it lost sight of the settings")
+		}
+	})
+
+	t.Run("local.settings.json.example", func(t *testing.T) {
+		values := map[string]string{}
+		for _, s := range known {
+			if !s.AzureOnly {
+				values[s.Name] = ""
+			}
+		}
+		complete, _ := json.Marshal(map[string]any{"Values": values})
+		if p := driftCheckLocalSettingsExample(known, complete); len(p) != 0 {
+			t.Fatalf("a complete example reported problems: %v", p)
+		}
+		var victim string
+		for _, s := range known {
+			if !s.AzureOnly {
+				victim = s.Name
+				break
+			}
+		}
+		delete(values, victim)
+		missing, _ := json.Marshal(map[string]any{"Values": values})
+		driftExpectProblem(t, "setting missing from the example", driftCheckLocalSettingsExample(known, missing), victim)
+	})
+
+	t.Run("queues", func(t *testing.T) {
+		if p := driftCheckQueues(r.functions, r.bicep); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftQueues reports it): %v", p)
+		}
+		noSession := driftMustReplace(t, r.bicep, "requiresSession: true", "requiresSession: false")
+		driftExpectProblem(t, "requiresSession false", driftCheckQueues(r.functions, noSession), "requiresSession")
+		dropped := driftMustReplace(t, r.bicep, "requiresSession: true\n", "")
+		driftExpectProblem(t, "requiresSession removed", driftCheckQueues(r.functions, dropped), "requiresSession")
+		noDedup := driftMustReplace(t, r.bicep, "requiresDuplicateDetection: true", "requiresDuplicateDetection: false")
+		driftExpectProblem(t, "duplicate detection off", driftCheckQueues(r.functions, noDedup), "requiresDuplicateDetection")
+		noDLQ := driftMustReplace(t, r.bicep, "deadLetteringOnMessageExpiration: true", "deadLetteringOnMessageExpiration: false")
+		driftExpectProblem(t, "expiry without dead-lettering", driftCheckQueues(r.functions, noDLQ), "deadLetteringOnMessageExpiration")
+		noOrders := driftMustReplace(t, r.bicep, "  'orders'\n", "")
+		driftExpectProblem(t, "orders queue missing from Bicep", driftCheckQueues(r.functions, noOrders), `"orders"`, "does not create")
+
+		funcs := driftCopyFunctions(r.functions)
+		var fn string
+		for _, name := range driftSortedKeys(funcs) {
+			for i, b := range funcs[name].Bindings {
+				if b.Type == "serviceBusTrigger" && fn == "" {
+					fn = name
+					off := false
+					funcs[name].Bindings[i].IsSessionsEnabled = &off
+					funcs[name].Bindings[i].Connection = "OtherConnection"
+				}
+			}
+		}
+		if fn == "" {
+			t.Fatal("no Service Bus trigger among the function folders")
+		}
+		got := driftCheckQueues(funcs, r.bicep)
+		driftExpectProblem(t, "trigger without sessions", got, "functions/"+fn, "isSessionsEnabled")
+		driftExpectProblem(t, "trigger on another connection", got, "functions/"+fn, "OtherConnection")
+
+		extra := driftCopyFunctions(r.functions)
+		extra["returns"] = driftFunctionJSON{Bindings: []driftBinding{{Type: "serviceBusTrigger", Name: "msg", QueueName: "returns", Connection: "ServiceBusConnection", IsSessionsEnabled: &[]bool{true}[0]}}}
+		driftExpectProblem(t, "trigger on a queue Bicep lacks", driftCheckQueues(extra, r.bicep), `"returns"`, "does not create")
+
+		unbound := driftCopyFunctions(r.functions)
+		delete(unbound, fn)
+		driftExpectProblem(t, "queue nobody binds", driftCheckQueues(unbound, r.bicep), "no function.json trigger binds it")
+	})
+
+	t.Run("routes", func(t *testing.T) {
+		folders := driftSortedKeys(r.functions)
+		driftExpectProblem(t, "folder without a route", driftCheckRoutes(append(slices.Clone(folders), "refunds"), folders), "functions/refunds")
+		driftExpectProblem(t, "route without a folder", driftCheckRoutes(folders, append(slices.Clone(folders), "refunds")), `"refunds"`)
+	})
+
+	t.Run("roles", func(t *testing.T) {
+		if p := driftCheckRoles(r.bicep, driftRequiredRoles); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftRoles reports it): %v", p)
+		}
+		contributor := driftMustReplace(t, r.bicep, "b7e6dc6d-f1e8-4753-8033-0f276bb0955b", "b24988ac-6180-42a0-ab88-20f7382dd24c")
+		got := driftCheckRoles(contributor, driftRequiredRoles)
+		driftExpectProblem(t, "Contributor instead of Blob Data Owner", got, "Contributor")
+		driftExpectProblem(t, "Blob Data Owner no longer granted", got, "Storage Blob Data Owner", "no role assignment")
+		ownerOnRG := driftMustReplace(t, r.bicep, "scope: vault\n", "scope: resourceGroup()\n")
+		driftExpectProblem(t, "assignment on the resource group", driftCheckRoles(ownerOnRG, driftRequiredRoles), "resourceGroup()")
+		// The code starts needing a role nobody grants.
+		more := map[string]string{"974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor"}
+		for k, v := range driftRequiredRoles {
+			more[k] = v
+		}
+		driftExpectProblem(t, "a needed role not granted", driftCheckRoles(r.bicep, more), "Storage Queue Data Contributor", "no role assignment")
+		// The code stops needing one that is still granted.
+		fewer := map[string]string{}
+		for k, v := range driftRequiredRoles {
+			if v != "Monitoring Metrics Publisher" {
+				fewer[k] = v
+			}
+		}
+		driftExpectProblem(t, "a granted role the code does not need", driftCheckRoles(r.bicep, fewer), "Monitoring Metrics Publisher")
+	})
+
+	t.Run("events URL", func(t *testing.T) {
+		mainBicep, host, events := r.read(t, "infra/main.bicep"), r.read(t, "host.json"), r.functions["events"]
+		if p := driftCheckEventsURL(mainBicep, host, events); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftEventsURL reports it): %v", p)
+		}
+		driftExpectProblem(t, "EVENTS_URL on another path", driftCheckEventsURL(strings.Replace(mainBicep, "/api/events/{entity}'", "/api/webhook/{entity}'", 1), host, events), "/api/webhook/{entity}")
+		driftExpectProblem(t, "route prefix changed in host.json", driftCheckEventsURL(mainBicep, strings.Replace(host, `"routePrefix": "api"`, `"routePrefix": "nop"`, 1), events), "/nop/events/{entity}")
+	})
+
+	t.Run("parameters file", func(t *testing.T) {
+		mainBicep, params := r.read(t, "infra/main.bicep"), r.read(t, "infra/main.parameters.json")
+		if p := driftCheckParametersFile(mainBicep, params); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftParametersFile reports it): %v", p)
+		}
+		driftExpectProblem(t, "parameter renamed in Bicep", driftCheckParametersFile(strings.Replace(mainBicep, "param dataverseUrl string", "param dataverseEnvironmentUrl string", 1), params), "dataverseUrl", "does not declare")
+		driftExpectProblem(t, "required parameter not passed", driftCheckParametersFile(mainBicep, strings.Replace(params, `"storeCurrencyCode"`, `"storeCurrency"`, 1)), "storeCurrencyCode", "does not pass")
+	})
+
+	t.Run("packaging", func(t *testing.T) {
+		yaml, pkg, host := r.read(t, "azure.yaml"), r.read(t, "scripts/package"), r.read(t, "host.json")
+		if p := driftCheckPackaging(yaml, pkg, host); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftPackaging reports it): %v", p)
+		}
+		driftExpectProblem(t, "azure.yaml deploys another zip", driftCheckPackaging(strings.Replace(yaml, "dist: dist/app.zip", "dist: dist/other.zip", 1), pkg, host), "dist/other.zip")
+		driftExpectProblem(t, "azure.yaml lets azd build", driftCheckPackaging(strings.Replace(yaml, "\n    language: custom", "\n    language: go", 1), pkg, host), "language")
+		driftExpectProblem(t, "host.json starts another executable", driftCheckPackaging(yaml, pkg, strings.Replace(host, `"handler"`, `"server"`, 1)), `"server"`)
+	})
+}
