@@ -75,19 +75,18 @@ func splitBody(body []byte) ([]json.RawMessage, bool, error) {
 	if !utf8.Valid(trimmed) {
 		return nil, false, &ValidationError{Index: -1, Message: "malformed JSON: body is not valid UTF-8"}
 	}
+	if err := checkSyntax(trimmed); err != nil {
+		return nil, false, err
+	}
+	// One copy, so the events don't alias the caller's buffer.
+	trimmed = bytes.Clone(trimmed)
 	switch trimmed[0] {
 	case '{':
-		if err := checkSyntax(trimmed); err != nil {
-			return nil, false, err
-		}
 		return []json.RawMessage{json.RawMessage(trimmed)}, false, nil
 	case '[':
-		var raws []json.RawMessage
-		if err := json.Unmarshal(trimmed, &raws); err != nil {
-			if err := checkSyntax(trimmed); err != nil {
-				return nil, true, err
-			}
-			return nil, true, &ValidationError{Index: -1, Message: "malformed JSON: " + err.Error()}
+		raws, ok := splitArray(trimmed)
+		if !ok {
+			return nil, true, &ValidationError{Index: -1, Message: "malformed JSON"}
 		}
 		for i, r := range raws {
 			if len(r) == 0 || r[0] != '{' {
@@ -96,9 +95,6 @@ func splitBody(body []byte) ([]json.RawMessage, bool, error) {
 		}
 		return raws, true, nil
 	default:
-		if err := checkSyntax(trimmed); err != nil {
-			return nil, false, err
-		}
 		return nil, false, &ValidationError{Index: -1, Message: "expected an event object or an array of events, got " + jsonKind(trimmed)}
 	}
 }
@@ -151,9 +147,19 @@ func (d *decoder) fail(path, format string, args ...any) {
 
 // object is a JSON object being read field by field.
 type object struct {
-	d    *decoder
-	path string
-	m    map[string]json.RawMessage
+	d       *decoder
+	path    string
+	members []member
+}
+
+// lookup finds a member; the last one wins when a key repeats, as in encoding/json.
+func (o *object) lookup(name string) (json.RawMessage, bool) {
+	for i := len(o.members) - 1; i >= 0; i-- {
+		if o.members[i].key == name {
+			return o.members[i].value, true
+		}
+	}
+	return nil, false
 }
 
 func join(path, name string) string {
@@ -169,17 +175,17 @@ func (d *decoder) asObject(path string, raw json.RawMessage) *object {
 		d.fail(path, "must be an object, got %s", jsonKind(raw))
 		return nil
 	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		d.fail(path, "malformed object: %v", err)
+	m, ok := splitObject(raw)
+	if !ok {
+		d.fail(path, "malformed object")
 		return nil
 	}
-	return &object{d: d, path: path, m: m}
+	return &object{d: d, path: path, members: m}
 }
 
 // get returns a field's raw value; ok is false when it is absent or null.
 func (o *object) get(name string) (json.RawMessage, bool) {
-	r, ok := o.m[name]
+	r, ok := o.lookup(name)
 	if !ok || (len(r) == 4 && string(r) == "null") {
 		return nil, false
 	}
@@ -189,7 +195,7 @@ func (o *object) get(name string) (json.RawMessage, bool) {
 func (o *object) required(name string) (json.RawMessage, bool) {
 	r, ok := o.get(name)
 	if !ok {
-		if _, present := o.m[name]; present {
+		if _, present := o.lookup(name); present {
 			o.d.fail(join(o.path, name), "must not be null")
 		} else {
 			o.d.fail(join(o.path, name), "is required")
@@ -203,8 +209,8 @@ func (o *object) decodeString(name string, r json.RawMessage) (string, bool) {
 		o.d.fail(join(o.path, name), "must be a string, got %s", jsonKind(r))
 		return "", false
 	}
-	var s string
-	if err := json.Unmarshal(r, &s); err != nil {
+	s, ok := unquote(r)
+	if !ok {
 		o.d.fail(join(o.path, name), "malformed string")
 		return "", false
 	}
@@ -464,9 +470,9 @@ func (o *object) array(name string, required bool) []json.RawMessage {
 		o.d.fail(join(o.path, name), "must be an array, got %s", jsonKind(r))
 		return nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(r, &items); err != nil {
-		o.d.fail(join(o.path, name), "malformed array: %v", err)
+	items, ok := splitArray(r)
+	if !ok {
+		o.d.fail(join(o.path, name), "malformed array")
 		return nil
 	}
 	return items
@@ -523,7 +529,7 @@ func decodeEvent(index int, want Entity, raw json.RawMessage) (*Event, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
-	ev.Data = o.m["data"]
+	ev.Data, _ = o.lookup("data")
 
 	switch entity {
 	case "customer":
@@ -639,8 +645,8 @@ func decodeProduct(o *object) Product {
 			o.d.fail(ep, "must be a string, got %s", jsonKind(r))
 			break
 		}
-		var s string
-		if err := json.Unmarshal(r, &s); err != nil {
+		s, ok := unquote(r)
+		if !ok {
 			o.d.fail(ep, "malformed string")
 			break
 		}

@@ -144,6 +144,7 @@ func DecodeEnvelope(body []byte) ([]*Event, error) {
 	if err := checkSyntax(trimmed); err != nil {
 		return nil, err
 	}
+	trimmed = bytes.Clone(trimmed) // events must not alias the caller's buffer
 	d := &decoder{index: -1}
 	env := d.asObject("", trimmed)
 	if env == nil {
