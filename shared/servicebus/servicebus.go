@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -138,13 +139,29 @@ func NewFromConnectionString(connectionString string, o Options) (*Client, error
 	}
 	sb, err := azservicebus.NewClientFromConnectionString(connectionString, o.ClientOptions)
 	if err != nil {
-		return nil, errors.New("servicebus: invalid connection string")
+		return nil, fmt.Errorf("servicebus: connection string: %s", redact(err.Error(), connectionString))
 	}
 	ad, err := admin.NewClientFromConnectionString(connectionString, o.AdminOptions)
 	if err != nil {
-		return nil, errors.New("servicebus: invalid connection string for the administration client")
+		return nil, fmt.Errorf("servicebus: connection string (administration client): %s", redact(err.Error(), connectionString))
 	}
 	return newClient(sdkBackend{sb}, ad, sb.Close, o), nil
+}
+
+// redact removes the connection string's secrets (SharedAccessKey, SharedAccessSignature)
+// from an SDK error text, which may quote parts of it.
+func redact(text, connectionString string) string {
+	for _, part := range strings.Split(connectionString, ";") {
+		k, v, ok := strings.Cut(part, "=")
+		if !ok || v == "" {
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(k)) {
+		case "sharedaccesskey", "sharedaccesssignature":
+			text = strings.ReplaceAll(text, v, "<redacted>")
+		}
+	}
+	return text
 }
 
 func newClient(b backend, ad adminClient, closeFn func(context.Context) error, o Options) *Client {
