@@ -96,7 +96,7 @@ type tdef struct {
 }
 
 func s(name string, n int) column        { return column{name: name, typ: tString, maxLen: n} }
-func memo(name string) column            { return column{name: name, typ: tMemo, maxLen: 100000} }
+func memo(name string) column            { return column{name: name, typ: tMemo, maxLen: 2000} }
 func i(name string) column               { return column{name: name, typ: tInt} }
 func dec(name string) column             { return column{name: name, typ: tDecimal} }
 func money(name string) column           { return column{name: name, typ: tMoney} }

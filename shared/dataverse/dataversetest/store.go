@@ -93,7 +93,18 @@ type tx struct {
 	st   *store
 	undo []undo
 	rows int // rows written, for execution-time accounting
+
+	deleting map[string]bool // ids whose delete is in progress (cascades skip their checks)
 }
+
+func (x *tx) markDeleting(id string) {
+	if x.deleting == nil {
+		x.deleting = map[string]bool{}
+	}
+	x.deleting[strings.ToLower(id)] = true
+}
+
+func (x *tx) isDeleting(id string) bool { return x.deleting[strings.ToLower(id)] }
 
 type undo struct {
 	logical, id string
@@ -140,6 +151,7 @@ func (x *tx) rollback() {
 		}
 	}
 	x.undo = nil
+	x.deleting = nil
 }
 
 // savepoint/rollbackTo let a change set or bulk request undo only its own writes.
@@ -155,6 +167,7 @@ func (x *tx) rollbackTo(sp int) {
 		}
 	}
 	x.undo = x.undo[:sp]
+	x.deleting = nil
 }
 
 // sorted returns a table's rows in creation order.
