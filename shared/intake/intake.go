@@ -177,18 +177,22 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 	}
 	if err != nil {
 		log.Error("events not queued", "count", len(events), "ids", logIDs(ids), "error", err)
-		resp := errorResponse(http.StatusServiceUnavailable, CodeUnavailable,
-			"the queue can't be reached; nothing was accepted, retry later", nil)
-		resp.Header.Set("Retry-After", strconv.Itoa(int((in.o.RetryAfter+time.Second-1)/time.Second)))
-		return resp
+		return in.unavailable("the queue can't be reached; nothing was accepted, retry later")
 	}
 	log.Info("events queued", "count", len(events), "messages", len(msgs), "ids", logIDs(ids))
 	return jsonResponse(http.StatusAccepted, Accepted{Accepted: len(events), IDs: ids})
 }
 
+// unavailable is a 503 answer: the store keeps the events and retries after Retry-After.
+func (in *Intake) unavailable(msg string) Response {
+	resp := errorResponse(http.StatusServiceUnavailable, CodeUnavailable, msg, nil)
+	resp.Header.Set("Retry-After", strconv.Itoa(int((in.o.RetryAfter+time.Second-1)/time.Second)))
+	return resp
+}
+
 // precheck runs the checks that need no body: method, entity, content type, size.
 func precheck(method, entity string, h http.Header, size int64) (nop.Entity, *Response) {
-	if method != http.MethodPost {
+	if !strings.EqualFold(method, http.MethodPost) { // adapters may not upper-case it
 		resp := errorResponse(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "only POST is allowed", nil)
 		resp.Header.Set("Allow", http.MethodPost)
 		return "", &resp
@@ -226,9 +230,7 @@ func (in *Intake) checkSignature(ctx context.Context, log *slog.Logger, h http.H
 		s, err := in.o.Secrets.WebhookSecrets(ctx)
 		if err != nil {
 			log.Error("webhook secret unavailable", "error", err)
-			resp := errorResponse(http.StatusServiceUnavailable, CodeUnavailable, "the webhook secret can't be read; retry later", nil)
-			resp.Header.Set("Retry-After", strconv.Itoa(int((in.o.RetryAfter+time.Second-1)/time.Second)))
-			return resp, false
+			return in.unavailable("the webhook secret can't be read; retry later"), false
 		}
 		for _, v := range s {
 			if v != "" {
@@ -241,9 +243,7 @@ func (in *Intake) checkSignature(ctx context.Context, log *slog.Logger, h http.H
 			return Response{}, true
 		}
 		log.Error("no webhook secret configured: refusing events")
-		resp := errorResponse(http.StatusServiceUnavailable, CodeUnavailable, "no webhook secret is configured", nil)
-		resp.Header.Set("Retry-After", strconv.Itoa(int((in.o.RetryAfter+time.Second-1)/time.Second)))
-		return resp, false
+		return in.unavailable("no webhook secret is configured"), false
 	}
 	reason := verify(header(h, SignatureHeader), body, secrets, in.o.Now())
 	if reason != "" {
@@ -394,7 +394,7 @@ func (in *Intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	req := Request{Method: r.Method, Entity: entity, Header: r.Header}
-	if r.Method == http.MethodPost {
+	if strings.EqualFold(r.Method, http.MethodPost) {
 		// One byte over the limit is enough for Handle to answer 413.
 		body, err := io.ReadAll(io.LimitReader(r.Body, nop.MaxBodyBytes+1))
 		if err != nil {

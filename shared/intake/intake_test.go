@@ -451,6 +451,10 @@ func TestQueuedMessages(t *testing.T) {
 		m.ContentType != "application/json" || !bytes.Equal(m.Body, want) {
 		t.Errorf("message %+v", m)
 	}
+	if l := e.logs.String(); !strings.Contains(l, "entity=order") || !strings.Contains(l, "count=1") ||
+		!strings.Contains(l, "evt-order-0001") || strings.Contains(l, "Bletchley") || strings.Contains(l, e.secret) {
+		t.Errorf("log line: %s", l)
+	}
 
 	// A 1000-event import of ~4 KB events: chunk messages, all under the limit, in order.
 	prod := testdata(t, "product.json")
