@@ -486,8 +486,8 @@ func maxDeliveriesText(n int, last string) string {
 }
 
 // Run delivers queueName's messages to handle with the given number of workers until
-// ctx is done (then it returns nil, after the handlers in flight returned) or the
-// queues are closed (ErrClosed). A handler returning nil completes its delivery; an
+// ctx is done (then it returns nil, after the handlers in flight returned), the queues
+// are closed (ErrClosed) or the journal fails (that error). A handler returning nil completes its delivery; an
 // error (or a panic) abandons it. A handler that runs past LockDuration loses its lock:
 // its context is cancelled and its delivery counts as failed whatever it returns. The
 // session stays locked until the handler has returned, so a session is never handled
@@ -534,7 +534,7 @@ func (q *Queues) Run(ctx context.Context, queueName string, workers int, handle 
 	delete(q.runs, h)
 	err := q.usable()
 	q.mu.Unlock()
-	if ctx.Err() != nil && !errors.Is(err, ErrClosed) {
+	if ctx.Err() != nil {
 		return nil
 	}
 	return err

@@ -636,3 +636,47 @@ func TestDirectoryIsExclusive(t *testing.T) {
 		t.Fatalf("Active = %d after reopening, want 1", got)
 	}
 }
+
+func TestJournalCompactsWhileRunning(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	dir := t.TempDir()
+	o := localqueue.Options{Dir: dir, DuplicateWindow: -1}
+	q := open(t, o)
+	const n = 2100 // 21 send records + 4200 lock/done records: past the compaction threshold
+	for i := range n / 100 {
+		var batch []queue.Message
+		for k := range 100 {
+			batch = append(batch, msg(fmt.Sprintf("e%d", i*100+k), fmt.Sprintf("customer-%d", k%10), "{}"))
+		}
+		send(t, q, queue.Customers, batch...)
+	}
+	stop := run(t, q, queue.Customers, 4, func(context.Context, localqueue.Delivery) error { return nil })
+	waitFor(t, "drain", func() bool { return stats(t, q, queue.Customers).Active == 0 })
+	stop()
+	send(t, q, queue.Customers, msg("late1", "customer-1", "1"), msg("late2", "customer-1", "2"))
+	q.Close()
+
+	b, err := os.ReadFile(filepath.Join(dir, "journal.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(b), "\n"); lines > 1000 {
+		t.Errorf("journal has %d lines after %d completed messages: not compacted", lines, n)
+	}
+	q = open(t, o)
+	var mu sync.Mutex
+	var got []string
+	stop = run(t, q, queue.Customers, 2, func(_ context.Context, d localqueue.Delivery) error {
+		mu.Lock()
+		got = append(got, d.MessageID)
+		mu.Unlock()
+		return nil
+	})
+	waitFor(t, "late messages", func() bool { return stats(t, q, queue.Customers).Active == 0 })
+	stop()
+	if !reflect.DeepEqual(got, []string{"late1", "late2"}) {
+		t.Errorf("after compaction and restart delivered %v, want [late1 late2]", got)
+	}
+}
