@@ -123,6 +123,7 @@ type tokenSource struct {
 	tenantID, clientID, authority string
 	secret                        SecretSource
 	transport                     policy.Transporter
+	retry                         policy.RetryOptions
 	log                           func(string)
 
 	mu         sync.Mutex
@@ -140,6 +141,7 @@ func (t *tokenSource) build(secret string) (azcore.TokenCredential, error) {
 		ClientOptions: azcore.ClientOptions{
 			Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: t.authority},
 			Transport: t.transport,
+			Retry:     t.retry,
 		},
 		DisableInstanceDiscovery: instanceDiscoveryOff(t.authority),
 	})

@@ -253,7 +253,8 @@ func buildBatch(apiPath string, parts []BatchPart) ([]batchOp, []byte, string, e
 			b.Write(js)
 			b.WriteString("\r\n")
 		} else {
-			b.WriteString("\r\n")
+			// end of headers, then the CRLF that belongs to the next delimiter
+			b.WriteString("\r\n\r\n")
 		}
 		if o.cs > 0 && (i == len(ops)-1 || ops[i+1].cs != o.cs) {
 			fmt.Fprintf(&b, "--%s--\r\n", csBoundary)

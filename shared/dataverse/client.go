@@ -158,16 +158,6 @@ func New(o Options) (*Client, error) {
 		chunk:   chunk,
 		maxConc: maxConc,
 	}
-	c.tokens = &tokenSource{
-		tenantID:  o.TenantID,
-		clientID:  o.ClientID,
-		authority: authority,
-		secret:    o.Secret,
-		transport: transport,
-		log:       logf,
-	}
-	c.throttle = newThrottle(maxConc)
-
 	retry := policy.RetryOptions{
 		MaxRetries:    int32(o.MaxRetries),
 		RetryDelay:    o.RetryDelay,
@@ -187,6 +177,17 @@ func New(o Options) (*Client, error) {
 	if retry.MaxRetryDelay == 0 {
 		retry.MaxRetryDelay = 5 * time.Minute
 	}
+	c.tokens = &tokenSource{
+		tenantID:  o.TenantID,
+		clientID:  o.ClientID,
+		authority: authority,
+		secret:    o.Secret,
+		transport: transport,
+		retry:     retry,
+		log:       logf,
+	}
+	c.throttle = newThrottle(maxConc)
+
 	scope := u.String() + "/.default"
 	bearer := runtime.NewBearerTokenPolicy(c.tokens, []string{scope}, &policy.BearerTokenOptions{
 		InsecureAllowCredentialWithHTTP: u.Scheme == "http", // loopback only, checked above

@@ -41,7 +41,8 @@ type throttle struct {
 
 	mu    sync.Mutex
 	until time.Time // no request leaves before this instant
-	wake  chan struct{}
+
+	onHold func() // test hook: called after a 429 set the deadline
 }
 
 func newThrottle(max int) *throttle {
@@ -107,6 +108,9 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 			d = time.Second // no hint: still stop everyone briefly
 		}
 		t.hold(time.Now().Add(d))
+		if t.onHold != nil {
+			t.onHold()
+		}
 	}
 	if v := resp.Header.Get("x-ms-dop-hint"); v != "" {
 		if n, perr := strconv.Atoi(strings.TrimSpace(v)); perr == nil && n > 0 {

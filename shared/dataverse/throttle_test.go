@@ -1,0 +1,212 @@
+package dataverse
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A 429 holds back every request of the client, not only the one that got
+// it, until Retry-After has passed.
+func TestRetryAfterHoldsAllRequests(t *testing.T) {
+	var mu sync.Mutex
+	var throttledAt time.Time
+	var arrivals []time.Time
+	var n atomic.Int64
+	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			mu.Lock()
+			throttledAt = time.Now()
+			mu.Unlock()
+			w.Header().Set("Retry-After", "1")
+			dvError(w, 429, "0x80072322", "Number of requests exceeded the limit of 6000 over time window of 300 seconds.")
+			return
+		}
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		writeJSON(w, 200, map[string]any{"UserId": "u"})
+	})
+	c, logs := f.newClient(t, nil)
+	held := make(chan struct{})
+	var once sync.Once
+	c.throttle.onHold = func() { once.Do(func() { close(held) }) }
+
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 21)
+	wg.Add(1)
+	go func() { defer wg.Done(); _, err := c.WhoAmI(ctx); errs <- err }()
+	<-held
+	for range 20 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, err := c.WhoAmI(ctx); errs <- err }()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrivals) != 21 {
+		t.Fatalf("arrivals = %d", len(arrivals))
+	}
+	for i, a := range arrivals {
+		if early := throttledAt.Add(time.Second).Sub(a); early > 0 {
+			t.Errorf("request %d arrived %s before Retry-After expired", i, early)
+		}
+	}
+	if !strings.Contains(logs.all(), "429") {
+		t.Errorf("429 not logged: %s", logs.all())
+	}
+}
+
+func TestThrottledPastDeadlineIsRetryable(t *testing.T) {
+	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		dvError(w, 429, "0x80072321", "Combined execution time of incoming requests exceeded limit")
+	})
+	c, _ := f.newClient(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.WhoAmI(ctx)
+	var de *Error
+	if !IsThrottled(err) || !IsRetryable(err) || !errors.As(err, &de) || de.RetryAfter <= 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %#v", err)
+	}
+	// Retry-After longer than MaxRetryDelay: the 429 comes back at once
+	c2, _ := f.newClient(t, func(o *Options) { o.MaxRetryDelay = time.Second })
+	_, err = c2.WhoAmI(context.Background())
+	if !errors.As(err, &de) || de.StatusCode != 429 || de.RetryAfter != 30*time.Second || !de.Retryable || de.Code != "0x80072321" {
+		t.Fatalf("err = %#v", err)
+	}
+}
+
+func TestConcurrencyBoundAndDopHint(t *testing.T) {
+	var inFlight, peak atomic.Int64
+	var hint atomic.Value
+	hint.Store("")
+	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(15 * time.Millisecond)
+		inFlight.Add(-1)
+		if h := hint.Load().(string); h != "" {
+			w.Header().Set("x-ms-dop-hint", h)
+		}
+		writeJSON(w, 200, map[string]any{"UserId": "u"})
+	})
+	c, _ := f.newClient(t, nil)
+	run := func(n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := c.WhoAmI(context.Background()); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	run(120)
+	if p := peak.Load(); p > MaxConcurrentRequests {
+		t.Fatalf("peak in flight = %d, limit %d", p, MaxConcurrentRequests)
+	}
+	hint.Store("3")
+	run(1) // learn the hint
+	if c.Concurrency() != 3 {
+		t.Fatalf("concurrency after hint = %d", c.Concurrency())
+	}
+	peak.Store(0)
+	run(30)
+	if p := peak.Load(); p > 3 {
+		t.Fatalf("peak in flight after x-ms-dop-hint 3 = %d", p)
+	}
+	hint.Store("500") // never above 52
+	run(1)
+	if c.Concurrency() != MaxConcurrentRequests {
+		t.Fatalf("concurrency after hint 500 = %d", c.Concurrency())
+	}
+}
+
+func TestServerErrorsAndDroppedConnectionsAreRetried(t *testing.T) {
+	var n atomic.Int64
+	var failAll atomic.Bool
+	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		if failAll.Load() {
+			n.Add(1)
+			dvError(w, 500, "0x80040216", "An unexpected error occurred.")
+			return
+		}
+		switch n.Add(1) {
+		case 1:
+			dvError(w, 503, "", "Service Unavailable")
+		case 2:
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		case 3:
+			dvError(w, 502, "", "Bad Gateway")
+		default:
+			writeJSON(w, 200, map[string]any{"UserId": "u"})
+		}
+	})
+	c, _ := f.newClient(t, nil)
+	if _, err := c.WhoAmI(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 4 {
+		t.Fatalf("attempts = %d", n.Load())
+	}
+	// retries are bounded; the last error says a retry can help
+	n.Store(0)
+	failAll.Store(true)
+	c2, _ := f.newClient(t, func(o *Options) { o.MaxRetries = 2 })
+	_, err := c2.WhoAmI(context.Background())
+	var de *Error
+	if !IsRetryable(err) || !errors.As(err, &de) || de.StatusCode != 500 || n.Load() != 3 {
+		t.Fatalf("err = %v after %d attempts", err, n.Load())
+	}
+}
+
+func TestSemaphoreCancelAndResize(t *testing.T) {
+	s := newSemaphore(1)
+	ctx := context.Background()
+	if err := s.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- s.Acquire(cctx) }()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled acquire = %v", err)
+	}
+	got := make(chan struct{})
+	go func() { _ = s.Acquire(ctx); close(got) }()
+	s.SetLimit(2) // growing the limit admits the waiter
+	<-got
+	s.Release()
+	s.Release()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.used != 0 || len(s.waiters) != 0 {
+		t.Fatalf("used %d waiters %d", s.used, len(s.waiters))
+	}
+}
