@@ -1,0 +1,190 @@
+package dataversetest
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+func targets(logical string, recs ...map[string]any) map[string]any {
+	var ts []any
+	for _, r := range recs {
+		r["@odata.type"] = "Microsoft.Dynamics.CRM." + logical
+		ts = append(ts, r)
+	}
+	return map[string]any{"Targets": ts}
+}
+
+// bulk-operations doc: CreateMultiple/UpdateMultiple/UpsertMultiple; standard tables roll
+// the whole request back on any error; @odata.type is required.
+func TestBulk_research5bulk(t *testing.T) {
+	c := newTC(t, Options{AlternateKeys: map[string][][]string{"accounts": {{"accountnumber"}}}})
+	id1 := uuid.NewString()
+	r := c.must(200, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact",
+		map[string]any{"contactid": id1, "lastname": "A"}, map[string]any{"lastname": "B"})))
+	ids := r.body["Ids"].([]any)
+	if len(ids) != 2 || ids[0] != id1 || c.s.Count("contacts") != 2 {
+		t.Fatalf("CreateMultiple: %s", r.raw)
+	}
+	// Any failing row rolls back the whole request.
+	c.must(400, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact",
+		map[string]any{"lastname": "C"}, map[string]any{"lastname": "D", "bogus": 1})))
+	if c.s.Count("contacts") != 2 {
+		t.Fatal("failed CreateMultiple left rows")
+	}
+	// @odata.type is required and must match the set.
+	c.must(400, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", map[string]any{"Targets": []any{map[string]any{"lastname": "E"}}}))
+	c.must(400, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("account", map[string]any{"name": "E"})))
+	// UpdateMultiple on a missing row fails as a whole.
+	missing := uuid.NewString()
+	r = c.must(404, c.do("POST", "contacts/Microsoft.Dynamics.CRM.UpdateMultiple", targets("contact",
+		map[string]any{"contactid": id1, "lastname": "A2"}, map[string]any{"contactid": missing, "lastname": "x"})))
+	if !strings.Contains(r.errMsg(), "Contact With Ids = "+missing+" Do Not Exist") {
+		t.Fatalf("UpdateMultiple missing: %s", r.raw)
+	}
+	if row, _ := c.s.Row("contacts", id1); row["lastname"] != "A" {
+		t.Fatalf("UpdateMultiple not rolled back: %v", row)
+	}
+	// UpsertMultiple by primary key (body) and by @odata.id, creating and updating.
+	id3 := uuid.NewString()
+	c.must(204, c.do("POST", "contacts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("contact",
+		map[string]any{"contactid": id1, "lastname": "A3"}, map[string]any{"@odata.id": "contacts(" + id3 + ")", "lastname": "New"})))
+	if row, _ := c.s.Row("contacts", id1); row["lastname"] != "A3" {
+		t.Fatalf("upsert update: %v", row)
+	}
+	if row, ok := c.s.Row("contacts", id3); !ok || row["lastname"] != "New" {
+		t.Fatalf("upsert create: %v", row)
+	}
+	// Alternate key in @odata.id; key column also in the body fails on the create path.
+	c.must(204, c.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account",
+		map[string]any{"@odata.id": "accounts(accountnumber='K1')", "name": "K"})))
+	if rows := c.s.Rows("accounts"); len(rows) != 1 || rows[0]["accountnumber"] != "K1" {
+		t.Fatalf("alt-key upsert: %v", rows)
+	}
+	r = c.must(400, c.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account",
+		map[string]any{"@odata.id": "accounts(accountnumber='K2')", "accountnumber": "K2", "name": "K"})))
+	if r.errCode() != "0x80040216" {
+		t.Fatalf("key in body on create: %s", r.raw)
+	}
+	c.must(204, c.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account",
+		map[string]any{"@odata.id": "accounts(accountnumber='K1')", "accountnumber": "K1", "name": "K again"})))
+	// Options: tables without the messages; alternate key required.
+	c2 := newTC(t, Options{BulkUnsupported: []string{"contacts"}, UpsertMultipleRequiresAlternateKey: true})
+	c2.must(404, c2.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact", map[string]any{"lastname": "x"})))
+	c2.must(400, c2.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account", map[string]any{"accountid": uuid.NewString(), "name": "x"})))
+}
+
+// research §6: request-count limit with 429, the documented code and message, integer
+// Retry-After (scaled, rounded up, ≥ 1), recovery after it, and violation counting.
+func TestLimits_RequestCount_research6(t *testing.T) {
+	c := newTC(t, Options{TimeScale: 0.004, Limits: Limits{Requests: 3}}) // window 1.2 s
+	for i := 0; i < 3; i++ {
+		r := c.must(200, c.do("GET", "WhoAmI", nil))
+		if r.header.Get("x-ms-dop-hint") != "4" {
+			t.Fatalf("x-ms-dop-hint = %q", r.header.Get("x-ms-dop-hint"))
+		}
+	}
+	r := c.must(429, c.do("GET", "WhoAmI", nil))
+	if r.errCode() != "0x80072322" || r.errMsg() != "Number of requests exceeded the limit of 3 over time window of 300 seconds." {
+		t.Fatalf("429: %s", r.raw)
+	}
+	ra, err := strconv.Atoi(r.header.Get("Retry-After"))
+	if err != nil || ra < 1 || ra > 2 {
+		t.Fatalf("Retry-After = %q", r.header.Get("Retry-After"))
+	}
+	time.Sleep(200 * time.Millisecond) // past the in-flight grace, before Retry-After
+	c.must(429, c.do("GET", "WhoAmI", nil))
+	if v := c.s.RetryAfterViolations(); v != 1 {
+		t.Fatalf("violations = %d, want 1", v)
+	}
+	time.Sleep(time.Duration(ra) * time.Second)
+	c.must(200, c.do("GET", "WhoAmI", nil))
+	if v := c.s.RetryAfterViolationsByClient()[c.s.ClientID]; v != 1 {
+		t.Fatalf("violations by client = %d, want 1", v)
+	}
+}
+
+// research §6: execution-time limit (bulk rows each cost execution time) and concurrency limit.
+func TestLimits_ExecutionAndConcurrency_research6(t *testing.T) {
+	c := newTC(t, Options{Limits: Limits{ExecutionTime: 30 * time.Millisecond},
+		ExecutionCost: ExecutionCost{PerRequest: time.Millisecond, PerRowWritten: 5 * time.Millisecond}})
+	var recs []map[string]any
+	for i := 0; i < 10; i++ {
+		recs = append(recs, map[string]any{"lastname": "x"})
+	}
+	c.must(200, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact", recs...)))
+	r := c.must(429, c.do("GET", "WhoAmI", nil))
+	if r.errCode() != "0x80072321" || !strings.Contains(r.errMsg(), "Combined execution time of incoming requests exceeded limit of 30 milliseconds over time window of 300 seconds.") {
+		t.Fatalf("exec 429: %s", r.raw)
+	}
+	if ra, _ := strconv.Atoi(r.header.Get("Retry-After")); ra < 299 || ra > 300 {
+		t.Fatalf("Retry-After %q, want ~300", r.header.Get("Retry-After"))
+	}
+
+	c2 := newTC(t, Options{Limits: Limits{Concurrent: 2}, SleepExecutionTime: true,
+		ExecutionCost: ExecutionCost{PerRequest: 300 * time.Millisecond}})
+	var wg sync.WaitGroup
+	codes := make([]int, 6)
+	for i := range codes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			codes[i] = c2.do("GET", "WhoAmI", nil).status
+		}(i)
+	}
+	wg.Wait()
+	var ok, throttled int
+	for _, s := range codes {
+		switch s {
+		case 200:
+			ok++
+		case 429:
+			throttled++
+		}
+	}
+	if ok < 2 || throttled == 0 || ok+throttled != 6 || c2.s.Stats().MaxConcurrency > 2 {
+		t.Fatalf("concurrency: %v (max in flight %d)", codes, c2.s.Stats().MaxConcurrency)
+	}
+}
+
+// Fault injection: forced 429s and 503s.
+func TestFaults(t *testing.T) {
+	c := newTC(t, Options{})
+	c.s.SetFaults(Faults{Force429: 2, Force429RetryAfter: 3 * time.Second})
+	for i := 0; i < 2; i++ {
+		r := c.must(429, c.do("GET", "WhoAmI", nil))
+		if r.header.Get("Retry-After") != "3" {
+			t.Fatalf("forced Retry-After %q", r.header.Get("Retry-After"))
+		}
+	}
+	c.s.SetFaults(Faults{Error503Rate: 1})
+	c.must(503, c.do("GET", "WhoAmI", nil))
+	c.s.SetFaults(Faults{})
+	c.must(200, c.do("GET", "WhoAmI", nil))
+	if st := c.s.Stats(); st.Throttled != 2 || st.Injected503 != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// IdealThroughput: the ceiling implied by the documented limits and the cost model.
+func TestIdealThroughput(t *testing.T) {
+	s := newServer(Options{TimeScale: 0.01})
+	one := s.IdealThroughput(1, 8)
+	// 6000 req / 300 s = 20 req/s; execution: 4 s/s ÷ 4 ms = 1000 rows/s → requests bound.
+	if one.Limit != "requests" || one.Ceiling != 20 || one.RealCeiling != 2000 {
+		t.Fatalf("single: %+v", one)
+	}
+	bulk := s.IdealThroughput(1000, 8)
+	// 20 req/s × 1000 = 20000; execution: 4 ÷ (0.002 + 2) × 1000 ≈ 1998 → execution bound.
+	if bulk.Limit != "execution" || bulk.Ceiling < 1990 || bulk.Ceiling > 2000 {
+		t.Fatalf("bulk: %+v", bulk)
+	}
+	s2 := newServer(Options{SleepExecutionTime: true})
+	if c := s2.IdealThroughput(1, 4); c.Limit != "requests" || c.ConcurrencyBound != 1000 {
+		t.Fatalf("concurrency bound: %+v", c)
+	}
+}
