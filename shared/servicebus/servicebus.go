@@ -253,7 +253,9 @@ func checkMessage(m queue.Message) error {
 // batches in order, and "all or nothing" means: on an error some batches may already
 // be in the queue, and the caller must re-send every message; that is safe because
 // the queues' duplicate detection drops the repeats (same MessageID) within its
-// window, and the engine is idempotent beyond it.
+// window, and the engine is idempotent beyond it. A batch may mix sessions because
+// the queues are not partitioned (a partitioned entity needs one partition key, so one
+// session, per batch).
 func (c *Client) Send(ctx context.Context, queueName string, msgs []queue.Message) error {
 	if queueName == "" {
 		return errors.New("servicebus: send: empty queue name")
