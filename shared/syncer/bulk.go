@@ -49,7 +49,7 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if len(rows) == 0 {
 		return
 	}
-	if len(rows) < minBulk {
+	if _, off := g.e.noBulk.Load(g.set); off || len(rows) < minBulk {
 		g.singles(ctx, rows, errs)
 		return
 	}
@@ -69,6 +69,13 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 		err = g.e.dv.UpdateMultiple(ctx, g.set, g.logical, recs)
 	}
 	if err == nil {
+		return
+	}
+	if bulkUnsupported(err) {
+		// "Not all standard tables support these messages": write this table's rows one
+		// by one from now on.
+		g.e.noBulk.Store(g.set, true)
+		g.singles(ctx, rows, errs)
 		return
 	}
 	var be *dataverse.BulkError
@@ -112,6 +119,13 @@ func (g *bulkGroup) singles(ctx context.Context, rows []bulkRow, errs []error) {
 		})
 	}
 	_ = eg.Wait()
+}
+
+// bulkUnsupported reports Dataverse's answer for a table without the *Multiple messages:
+// 404 "Resource not found for the segment 'Microsoft.Dynamics.CRM.CreateMultiple'".
+func bulkUnsupported(err error) bool {
+	var de *dataverse.Error
+	return errors.As(err, &de) && de.StatusCode == 404 && strings.Contains(de.Message, "Multiple")
 }
 
 // existingRows returns which of ids exist in set, with their statecode (-1 when the

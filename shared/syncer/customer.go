@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -416,6 +417,9 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 	if c == nil {
 		return "", permanent(errors.New("order has no customer"))
 	}
+	mu, _ := e.ensuring.LoadOrStore("customer/"+strconv.Itoa(c.ID), &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	rec, err := e.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
 	switch {
 	case err == nil:

@@ -144,6 +144,8 @@ type Engine struct {
 
 	accounts sync.Map // "<storeID>/<lower(company)>" → account id
 	contacts sync.Map // guest contact key → contact id
+	noBulk   sync.Map // entity sets without CreateMultiple/UpdateMultiple
+	ensuring sync.Map // key → *sync.Mutex: one ensureProduct/ensureContact per key at a time
 }
 
 // New builds an Engine.
@@ -511,6 +513,9 @@ func (e *Engine) processMany(ctx context.Context, entity state.Entity, evs []*no
 			latest[id] = ev
 			order = append(order, id)
 			continue
+		}
+		if ev.ID == cur.ID {
+			continue // the same event twice: a duplicate, not a stale event
 		}
 		stale++
 		if nop.CompareOrderKeys(ev.OrderKey(), cur.OrderKey()) >= 0 {

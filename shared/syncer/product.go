@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -347,7 +348,14 @@ func (e *Engine) writeProduct(ctx context.Context, pl *productPlan, exists bool,
 		pl.useFallback(pl.number)
 		_, err = e.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
 	}
-	if err != nil && exists && hasCode(err, codeOnlyUpdatedInDraft) {
+	if err != nil && hasCode(err, codeOnlyUpdatedInDraft) {
+		// The row exists and is Active (or Retired): revise it. exists may be stale when
+		// someone else created the row a moment ago.
+		if st, ok, rerr := e.productState(ctx, pl.id); rerr == nil && ok && st == productRetired {
+			if serr := e.setProductState(ctx, pl.id, productActive); serr != nil {
+				return serr
+			}
+		}
 		if serr := e.setProductState(ctx, pl.id, productUnderRevision); serr != nil {
 			return serr
 		}
@@ -411,7 +419,15 @@ func joinNote(a, b string) string {
 
 func (e *Engine) setProductState(ctx context.Context, id string, st int) error {
 	status := map[int]int{productActive: 1, productRetired: 2, productDraft: 0, productUnderRevision: 3}[st]
-	if err := e.dv.Update(ctx, "products", id, dataverse.Record{"statecode": st, "statuscode": status}); err != nil {
+	err := e.dv.Update(ctx, "products", id, dataverse.Record{"statecode": st, "statuscode": status})
+	if err != nil && !isTransient(err) {
+		// Someone else (another order needing the product, another instance) may have
+		// made the same change a moment ago ("The product is already Active").
+		if cur, ok, rerr := e.productState(ctx, id); rerr == nil && ok && cur == st {
+			return nil
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("setting product %s to state %d: %w", id, st, err)
 	}
 	return nil
@@ -555,7 +571,14 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
 	stub["productnumber"] = fallbackNumber(familyID)
 	_, err = e.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
-	if err != nil && !dataverse.IsConflict(err) {
+	switch {
+	case err == nil:
+		// Published at once so its children can be published (and sold) before the
+		// family's own event arrives; that event revises it with the real data.
+		if perr := e.dv.PublishProductHierarchy(ctx, id); perr != nil {
+			e.log.Warn("publishing product family stub", "family", familyID, "error", perr)
+		}
+	case !dataverse.IsConflict(err):
 		return "", fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
 	}
 	if rec == nil {
@@ -575,6 +598,11 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 // price, stock and the rest).
 func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (string, error) {
 	key := strconv.Itoa(ip.ID)
+	// Orders of one chunk often share products: one of them creates it, the others wait
+	// and find it in state.
+	mu, _ := e.ensuring.LoadOrStore("product/"+key, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	rec, err := e.st.Get(ctx, state.Product, key)
 	switch {
 	case err == nil:

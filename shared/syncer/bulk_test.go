@@ -1,0 +1,223 @@
+package syncer
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Issue point 6: an import chunk is written with bulk requests, not one per row; skipped
+// rows are recorded; a failing row is isolated and recorded while the rest are written.
+func TestBulkChunkCustomers(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	typed, err := e.dv.Create(e.ctx, "contacts", dataverse.Record{"lastname": "Typed", "emailaddress1": "b7@example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []*nop.Event
+	for i := 1; i <= 120; i++ {
+		evs = append(evs, customerEvent(t, tmpl, i, 1, fmt.Sprintf("b%d@example.test", i), func(d map[string]any) {
+			if i%30 == 0 {
+				d["isGuest"] = true
+			}
+			if i%7 == 0 {
+				d["company"] = fmt.Sprintf("Company %d", i%3)
+			}
+		}))
+	}
+	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if set == "contacts" && hasEmail(recs, "b55@example.test") {
+			return refuse("A validation error occurred.")
+		}
+		return nil
+	})
+	if err := e.deliver(e.eng, state.Customer, evs...); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	singles := e.wdv.count("Upsert", "contacts")
+	bulk := e.wdv.count("CreateMultiple", "contacts") + e.wdv.count("UpdateMultiple", "contacts")
+	if bulk == 0 || singles > 12 {
+		t.Fatalf("bulk requests %d, single upserts %d: the chunk was not written in bulk", bulk, singles)
+	}
+	for i := 1; i <= 120; i++ {
+		r := e.rec(state.Customer, i)
+		switch {
+		case i%30 == 0:
+			if r.Status != state.Skipped {
+				t.Errorf("guest %d: %s", i, r.Status)
+			}
+		case i == 55:
+			if r.Status != state.Failed || r.Transient {
+				t.Errorf("bad row: %s transient %v", r.Status, r.Transient)
+			}
+			if _, ok := e.srv.Row("contacts", contactID(1, i)); ok {
+				t.Errorf("bad row written")
+			}
+		default:
+			want := contactID(1, i)
+			if i == 7 {
+				want = typed
+			}
+			if r.Status != state.Synced || !strings.EqualFold(r.DataverseID, want) {
+				t.Errorf("customer %d: %s %s (%s), want synced to %s", i, r.Status, r.DataverseID, r.Reason, want)
+				continue
+			}
+			c := e.row("contacts", want)
+			if c["emailaddress1"] != fmt.Sprintf("b%d@example.test", i) || c["lastname"] != "Lovelace" {
+				t.Errorf("customer %d: contact %v", i, c)
+			}
+			if i%7 == 0 && c["_parentcustomerid_value"] == nil {
+				t.Errorf("customer %d: no parent account", i)
+			}
+		}
+	}
+	if n := e.srv.Count("accounts"); n != 4 { // the example's company and Company 0..2
+		t.Errorf("%d accounts, want 4", n)
+	}
+}
+
+// Issue point 6: products in a chunk (families first), the grouped example included.
+func TestBulkChunkProducts(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	var evs []*nop.Event
+	for i, m := range example(t, "products-grouped.json") {
+		evs = append(evs, mkEvent(t, m, fmt.Sprintf("g%d", i), 0, nil))
+	}
+	for i := 100; i < 160; i++ {
+		evs = append(evs, productEvent(t, i, 1, func(d map[string]any) { d["published"] = i%10 != 0 }))
+	}
+	// children before their family in the chunk
+	evs[0], evs[2] = evs[2], evs[0]
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	if n := e.wdv.count("CreateMultiple", "products"); n == 0 {
+		t.Fatalf("no bulk creates")
+	}
+	if n := e.srv.Count("products"); n != 63 {
+		t.Fatalf("%d products, want 63", n)
+	}
+	if n := e.srv.Count("productpricelevels"); n != 62 {
+		t.Fatalf("%d price list items, want 62 (not the family)", n)
+	}
+	for i := 100; i < 160; i++ {
+		p := e.row("products", productID(1, i))
+		want := productActive
+		if i%10 == 0 {
+			want = productRetired
+		}
+		if numOf(p["statecode"]) != float64(want) || p["productnumber"] != fmt.Sprintf("SKU-%d", i) {
+			t.Errorf("product %d: state %v number %v", i, p["statecode"], p["productnumber"])
+		}
+	}
+	for _, c := range []int{12, 13} {
+		p := e.row("products", productID(1, c))
+		if !strings.EqualFold(fmt.Sprint(p["_parentproductid_value"]), productID(1, 20)) || numOf(p["statecode"]) != productActive {
+			t.Errorf("child %d: parent %v state %v", c, p["_parentproductid_value"], p["statecode"])
+		}
+	}
+	// The same chunk again: nothing to write.
+	before := e.srv.Stats().RowsWritten
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.srv.Stats().RowsWritten; got != before {
+		t.Errorf("redelivered chunk wrote %d rows", got-before)
+	}
+}
+
+// Issue point 4 and 6: 1000 customer events (several versions per customer, duplicates,
+// shuffled, delivered as chunks and single messages) end with every contact holding its
+// customer's newest state.
+func TestReplayThousandCustomerEvents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	rng := rand.New(rand.NewPCG(7, 11))
+	const customers = 250
+	newest := map[int]int64{}
+	var evs []*nop.Event
+	for len(evs) < 1000 {
+		id := 1 + rng.IntN(customers)
+		seq := int64(1 + rng.IntN(6))
+		ev := customerEvent(t, tmpl, id, seq, fmt.Sprintf("k%d@example.test", id), func(d map[string]any) {
+			d["firstName"] = fmt.Sprintf("v%d", seq)
+			d["phone"] = fmt.Sprintf("+1 555 %04d", seq)
+			if seq%2 == 0 {
+				d["company"] = nil
+			}
+		})
+		evs = append(evs, ev)
+		if seq > newest[id] {
+			newest[id] = seq
+		}
+		if rng.IntN(5) == 0 { // duplicate delivery
+			evs = append(evs, ev)
+		}
+	}
+	rng.Shuffle(len(evs), func(i, j int) { evs[i], evs[j] = evs[j], evs[i] })
+	for start := 0; start < len(evs); {
+		n := 1 + rng.IntN(60)
+		end := min(start+n, len(evs))
+		part := evs[start:end]
+		if n > 30 { // one by one
+			for _, ev := range part {
+				if err := e.deliver(e.eng, state.Customer, ev); err != nil {
+					t.Fatalf("event %s: %v", ev.ID, err)
+				}
+			}
+		} else {
+			// A request can't carry one event id twice (intake rejects it): repeats
+			// within a chunk travel on their own, after it.
+			ids := map[string]bool{}
+			var uniq, again []*nop.Event
+			for _, ev := range part {
+				if ids[ev.ID] {
+					again = append(again, ev)
+				} else {
+					ids[ev.ID] = true
+					uniq = append(uniq, ev)
+				}
+			}
+			if err := e.deliver(e.eng, state.Customer, uniq...); err != nil {
+				t.Fatalf("chunk: %v", err)
+			}
+			for _, ev := range again {
+				if err := e.deliver(e.eng, state.Customer, ev); err != nil {
+					t.Fatalf("event %s: %v", ev.ID, err)
+				}
+			}
+		}
+		start = end
+	}
+	if n := e.srv.Count("contacts"); n != len(newest) {
+		for id := range newest {
+			if _, ok := e.srv.Row("contacts", contactID(1, id)); !ok {
+				t.Logf("customer %d: no contact; state %+v", id, e.rec(state.Customer, id))
+			}
+		}
+		t.Fatalf("%d contacts, want %d", n, len(newest))
+	}
+	for id, seq := range newest {
+		c := e.row("contacts", contactID(1, id))
+		if c["firstname"] != fmt.Sprintf("v%d", seq) || c["telephone1"] != fmt.Sprintf("+1 555 %04d", seq) {
+			t.Errorf("customer %d: firstname %v phone %v, want version %d", id, c["firstname"], c["telephone1"], seq)
+		}
+		hasParent := c["_parentcustomerid_value"] != nil
+		if hasParent != (seq%2 == 1) {
+			t.Errorf("customer %d version %d: parent %v", id, seq, c["_parentcustomerid_value"])
+		}
+		r := e.rec(state.Customer, id)
+		if r.Status != state.Synced || r.LastEventID != fmt.Sprintf("cust-%d-%d", id, seq) {
+			t.Errorf("customer %d: state %s last %s", id, r.Status, r.LastEventID)
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package syncer
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Issue point 2: the example customer becomes a contact with the mapped columns and its
+// company as parent account.
+func TestCustomerExampleBecomesContact(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ev := mkEvent(t, example(t, "customer-created.json")[0], "c1", 0, nil)
+	e.each(state.Customer, ev)
+
+	rec := e.rec(state.Customer, 42)
+	if rec.Status != state.Synced || rec.DataverseID != contactID(1, 42) {
+		t.Fatalf("state = %s %q id %s, want synced with the deterministic id", rec.Status, rec.Reason, rec.DataverseID)
+	}
+	c := e.row("contacts", contactID(1, 42))
+	want := map[string]string{
+		"firstname": "Ada", "lastname": "Lovelace", "emailaddress1": "ada.lovelace@example.com",
+		"telephone1": "+44 20 7946 0001", "address1_line1": "12 St James's Square", "address1_city": "London",
+		"address1_postalcode": "SW1Y 4JH", "address1_country": "United Kingdom", "description": "nopCommerce customer 42",
+	}
+	for col, v := range want {
+		if c[col] != v {
+			t.Errorf("contact %s = %v, want %q", col, c[col], v)
+		}
+	}
+	if _, ok := c["address1_line2"]; ok {
+		t.Errorf("address1_line2 = %v, want null", c["address1_line2"])
+	}
+	accounts := e.where("accounts", "name", "Analytical Engines Ltd")
+	if len(accounts) != 1 {
+		t.Fatalf("%d accounts named after the company, want 1", len(accounts))
+	}
+	if got := c["_parentcustomerid_value"]; !strings.EqualFold(fmt.Sprint(got), accounts[0]["accountid"].(string)) {
+		t.Errorf("parent = %v, want the company's account %v", got, accounts[0]["accountid"])
+	}
+}
+
+// Issue point 2: only registered non-guest customers with an email become contacts.
+func TestCustomerSkippedWithReason(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	cases := []struct {
+		id     int
+		data   func(d map[string]any)
+		reason string
+	}{
+		{1, func(d map[string]any) { d["isGuest"] = true; d["isRegistered"] = false; d["email"] = nil }, "guest"},
+		{2, func(d map[string]any) { d["isRegistered"] = false }, "not a registered"},
+		{3, func(d map[string]any) { d["email"] = nil }, "no email"},
+	}
+	for _, c := range cases {
+		e.each(state.Customer, customerEvent(t, tmpl, c.id, 1, fmt.Sprintf("c%d@example.test", c.id), c.data))
+		rec := e.rec(state.Customer, c.id)
+		if rec.Status != state.Skipped || !strings.Contains(rec.Reason, c.reason) {
+			t.Errorf("customer %d: %s %q, want skipped mentioning %q", c.id, rec.Status, rec.Reason, c.reason)
+		}
+	}
+	if n := e.srv.Count("contacts"); n != 0 {
+		t.Errorf("%d contacts written for skipped customers", n)
+	}
+}
+
+// Issue point 2: company removed → parent cleared; changed → another account (found by
+// name case-insensitively, not duplicated).
+func TestCustomerCompanyChangesAndClears(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	existing, err := e.dv.Create(e.ctx, "accounts", dataverse.Record{"name": "Difference Engines"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := example(t, "customer-created.json")[0]
+	e.each(state.Customer, customerEvent(t, tmpl, 7, 1, "c7@example.test", func(d map[string]any) { d["company"] = "DIFFERENCE engines" }))
+	c := e.row("contacts", contactID(1, 7))
+	if !strings.EqualFold(c["_parentcustomerid_value"].(string), existing) {
+		t.Fatalf("parent = %v, want the existing account %s", c["_parentcustomerid_value"], existing)
+	}
+	if n := e.srv.Count("accounts"); n != 1 {
+		t.Fatalf("%d accounts, want the existing one only", n)
+	}
+	e.each(state.Customer, customerEvent(t, tmpl, 7, 2, "c7@example.test", func(d map[string]any) { d["company"] = nil }))
+	c = e.row("contacts", contactID(1, 7))
+	if v, ok := c["_parentcustomerid_value"]; ok {
+		t.Fatalf("parent = %v after the company was removed, want none", v)
+	}
+}
+
+// Issue point 2: the one active contact with the email is adopted (and kept); with two
+// the app creates its own and records the ambiguity.
+func TestCustomerAdoptionByEmail(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	adopt, err := e.dv.Create(e.ctx, "contacts", dataverse.Record{"lastname": "Typed in", "emailaddress1": "Grace@Example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, email := range []string{"twice@example.test", "TWICE@example.test"} {
+		if _, err := e.dv.Create(e.ctx, "contacts", dataverse.Record{"lastname": "Dup", "emailaddress1": email}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.each(state.Customer,
+		customerEvent(t, tmpl, 1, 1, "grace@example.test", nil),
+		customerEvent(t, tmpl, 2, 1, "twice@example.test", nil))
+
+	r1 := e.rec(state.Customer, 1)
+	if !strings.EqualFold(r1.DataverseID, adopt) || r1.Extra[extraAdoptedFrom] == "" {
+		t.Fatalf("customer 1 → %s (extra %v), want the adopted contact %s", r1.DataverseID, r1.Extra, adopt)
+	}
+	if got := e.row("contacts", adopt)["lastname"]; got != "Lovelace" {
+		t.Errorf("adopted contact lastname = %v, want the store's", got)
+	}
+	r2 := e.rec(state.Customer, 2)
+	if r2.DataverseID != contactID(1, 2) || r2.Extra[extraAmbiguousEmail] != "2" || !strings.Contains(r2.Reason, "2 active contacts") {
+		t.Fatalf("customer 2 → %s extra %v reason %q, want its own contact and the ambiguity recorded", r2.DataverseID, r2.Extra, r2.Reason)
+	}
+	// Updates change the same rows.
+	e.each(state.Customer, customerEvent(t, tmpl, 1, 2, "grace@example.test", func(d map[string]any) { d["firstName"] = "Grace" }))
+	if got := e.row("contacts", adopt)["firstname"]; got != "Grace" {
+		t.Errorf("adopted contact not updated: firstname %v", got)
+	}
+	if n := e.srv.Count("contacts"); n != 4 {
+		t.Errorf("%d contacts, want 4 (3 typed in + 1 of ours)", n)
+	}
+}
+
+// Issue point 2: DELETE_POLICY for customers, and a deleted customer's contact is never
+// matched by email again.
+func TestCustomerDeletePolicies(t *testing.T) {
+	tmpl := example(t, "customer-created.json")[0]
+	deleted := func(d map[string]any) { d["deleted"] = true; d["email"] = "x@example.test-DELETED" }
+
+	t.Run("deactivate", func(t *testing.T) {
+		e := newEnv(t, envOptions{})
+		e.each(state.Customer, customerEvent(t, tmpl, 5, 1, "x@example.test", nil),
+			customerEvent(t, tmpl, 5, 2, "x@example.test", deleted))
+		c := e.row("contacts", contactID(1, 5))
+		if numOf(c["statecode"]) != 1 || numOf(c["statuscode"]) != 2 {
+			t.Fatalf("contact state %v/%v, want 1/2", c["statecode"], c["statuscode"])
+		}
+		// A new customer with the same email gets its own contact.
+		e.each(state.Customer, customerEvent(t, tmpl, 6, 1, "x@example.test", nil))
+		if got := e.rec(state.Customer, 6).DataverseID; got != contactID(1, 6) {
+			t.Fatalf("new customer → %s, want its own contact", got)
+		}
+	})
+	t.Run("ignore", func(t *testing.T) {
+		e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "ignore" }})
+		e.each(state.Customer, customerEvent(t, tmpl, 5, 1, "x@example.test", nil),
+			customerEvent(t, tmpl, 5, 2, "x@example.test", deleted))
+		c := e.row("contacts", contactID(1, 5))
+		if numOf(c["statecode"]) != 0 {
+			t.Fatalf("ignore changed the contact state to %v", c["statecode"])
+		}
+		if r := e.rec(state.Customer, 5); r.Status != state.Skipped {
+			t.Fatalf("state %s, want skipped", r.Status)
+		}
+		// The contact is still active, yet never adopted by a new customer with its email.
+		e.each(state.Customer, customerEvent(t, tmpl, 6, 1, "x@example.test", nil))
+		if got := e.rec(state.Customer, 6).DataverseID; got != contactID(1, 6) {
+			t.Fatalf("new customer → %s, want its own contact, not the deleted customer's", got)
+		}
+	})
+	t.Run("delete", func(t *testing.T) {
+		e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+		e.each(state.Customer, customerEvent(t, tmpl, 5, 1, "x@example.test", nil),
+			customerEvent(t, tmpl, 5, 2, "x@example.test", deleted))
+		if _, ok := e.srv.Row("contacts", contactID(1, 5)); ok {
+			t.Fatal("contact still there with DELETE_POLICY=delete")
+		}
+	})
+	t.Run("delete refused because orders point at it", func(t *testing.T) {
+		e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+		e.each(state.Customer, customerEvent(t, tmpl, 42, 1, "ada.lovelace@example.com", nil))
+		e.each(state.Order, mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil))
+		e.each(state.Customer, customerEvent(t, tmpl, 42, 9, "ada.lovelace@example.com", deleted))
+		c := e.row("contacts", contactID(1, 42))
+		if numOf(c["statecode"]) != 1 {
+			t.Fatalf("contact state %v, want deactivated after the refused delete", c["statecode"])
+		}
+		if r := e.rec(state.Customer, 42); !strings.Contains(r.Reason, "refused") {
+			t.Errorf("reason %q, want the refusal recorded", r.Reason)
+		}
+	})
+}

@@ -1,0 +1,250 @@
+package syncer
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+func productEvent(t testing.TB, id int, seq int64, data func(d map[string]any)) *nop.Event {
+	tmpl := example(t.(*testing.T), "product-simple.json")[0]
+	return mkEvent(t, tmpl, fmt.Sprintf("prod-%d-%d", id, seq), seq, func(d map[string]any) {
+		d["id"] = id
+		d["sku"] = fmt.Sprintf("SKU-%d", id)
+		d["pictureUrls"] = []any{}
+		if data != nil {
+			data(d)
+		}
+	})
+}
+
+// priceItems returns the price list items of a product.
+func (e *env) priceItems(productRow string) []map[string]any {
+	return e.where("productpricelevels", "_productid_value", productRow)
+}
+
+// Issue point 3 and 1: the simple example becomes an Active product with the mapped
+// columns, in the store price list (created by bootstrap) with one price list item, in
+// the unit group and base unit bootstrap created.
+func TestProductExampleSimple(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ev := mkEvent(t, example(t, "product-simple.json")[0], "p1", 0, func(d map[string]any) { d["pictureUrls"] = []any{} })
+	e.each(state.Product, ev)
+
+	id := productID(1, 7)
+	p := e.row("products", id)
+	if p["name"] != "Nikon D5500 DSLR" || p["productnumber"] != "N5500" || p["description"] != "24.2 MP DSLR camera" {
+		t.Errorf("product = %v", p)
+	}
+	if numOf(p["price"]) != 100 || numOf(p["currentcost"]) != 70 || numOf(p["quantityonhand"]) != 25 ||
+		numOf(p["productstructure"]) != 1 || numOf(p["quantitydecimal"]) != 0 {
+		t.Errorf("numbers: price %v cost %v qty %v structure %v decimals %v", p["price"], p["currentcost"], p["quantityonhand"], p["productstructure"], p["quantitydecimal"])
+	}
+	if numOf(p["statecode"]) != productActive {
+		t.Errorf("statecode %v, want Active", p["statecode"])
+	}
+	pls := e.where("pricelevels", "name", "nopCommerce USD")
+	if len(pls) != 1 || !strings.EqualFold(pls[0]["_transactioncurrencyid_value"].(string), e.srv.BaseCurrencyID()) {
+		t.Fatalf("price lists named nopCommerce USD: %v", pls)
+	}
+	ugs := e.where("uomschedules", "name", "Default Unit")
+	if len(ugs) != 1 {
+		t.Fatalf("unit groups named Default Unit: %d", len(ugs))
+	}
+	units := e.where("uoms", "_uomscheduleid_value", ugs[0]["uomscheduleid"].(string))
+	if len(units) != 1 || units[0]["name"] != "Primary Unit" {
+		t.Fatalf("units of the group: %v", units)
+	}
+	for col, want := range map[string]any{
+		"_pricelevelid_value": pls[0]["pricelevelid"], "_defaultuomscheduleid_value": ugs[0]["uomscheduleid"],
+		"_defaultuomid_value": units[0]["uomid"], "_transactioncurrencyid_value": e.srv.BaseCurrencyID(),
+	} {
+		if !strings.EqualFold(fmt.Sprint(p[col]), fmt.Sprint(want)) {
+			t.Errorf("%s = %v, want %v", col, p[col], want)
+		}
+	}
+	items := e.priceItems(id)
+	if len(items) != 1 || numOf(items[0]["amount"]) != 100 || !strings.EqualFold(items[0]["_uomid_value"].(string), units[0]["uomid"].(string)) ||
+		!strings.EqualFold(items[0]["_pricelevelid_value"].(string), pls[0]["pricelevelid"].(string)) {
+		t.Fatalf("price list items: %v", items)
+	}
+
+	// A price change updates the same product (revised and published again: the
+	// simulator refuses updates of Active products by default) and the same item.
+	e.each(state.Product, mkEvent(t, example(t, "product-simple.json")[0], "p2", 2, func(d map[string]any) {
+		d["pictureUrls"] = []any{}
+		d["price"] = "120.5000"
+		d["name"] = strings.Repeat("n", 150)
+	}))
+	p = e.row("products", id)
+	if numOf(p["price"]) != 120.5 || numOf(p["statecode"]) != productActive || len(p["name"].(string)) != 100 {
+		t.Errorf("after update: price %v state %v name length %d", p["price"], p["statecode"], len(p["name"].(string)))
+	}
+	if items := e.priceItems(id); len(items) != 1 || numOf(items[0]["amount"]) != 120.5 {
+		t.Errorf("price list items after update: %v", items)
+	}
+	if e.srv.Count("products") != 1 {
+		t.Errorf("%d products, want 1", e.srv.Count("products"))
+	}
+}
+
+// Issue point 3: whatever the environment does with new products (Active at once, or
+// Active ones updatable in place), the product ends Active with the new data.
+func TestProductLifecycleVariants(t *testing.T) {
+	for _, v := range []struct {
+		name string
+		sim  func(*dataversetest.Options)
+	}{
+		{"draft first, revise to update", nil},
+		{"created active", func(o *dataversetest.Options) { o.ProductsCreatedActive = true }},
+		{"active updatable", func(o *dataversetest.Options) { o.ActiveProductsUpdatable = true }},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{sim: v.sim})
+			e.each(state.Product, productEvent(t, 3, 1, nil))
+			e.each(state.Product, productEvent(t, 3, 2, func(d map[string]any) { d["stockQuantity"] = 3 }))
+			p := e.row("products", productID(1, 3))
+			if numOf(p["statecode"]) != productActive || numOf(p["quantityonhand"]) != 3 {
+				t.Fatalf("state %v qty %v, want Active with 3", p["statecode"], p["quantityonhand"])
+			}
+			// Unpublished → Retired; published again → Active.
+			e.each(state.Product, productEvent(t, 3, 3, func(d map[string]any) { d["published"] = false }))
+			if p := e.row("products", productID(1, 3)); numOf(p["statecode"]) != productRetired || numOf(p["statuscode"]) != 2 {
+				t.Fatalf("unpublished: state %v/%v, want Retired 1/2", p["statecode"], p["statuscode"])
+			}
+			e.each(state.Product, productEvent(t, 3, 4, func(d map[string]any) { d["price"] = "9.9900" }))
+			if p := e.row("products", productID(1, 3)); numOf(p["statecode"]) != productActive || numOf(p["price"]) != 9.99 {
+				t.Fatalf("republished: state %v price %v", p["statecode"], p["price"])
+			}
+		})
+	}
+}
+
+// Issue point 3: the grouped example, in both arrival orders: a family with its children.
+func TestProductsGroupedEitherOrder(t *testing.T) {
+	evs := example(t, "products-grouped.json")
+	for _, order := range [][]int{{0, 1, 2}, {1, 2, 0}} {
+		t.Run(fmt.Sprint(order), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			for _, i := range order {
+				e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d", i), 0, nil))
+			}
+			fam := e.row("products", productID(1, 20))
+			if numOf(fam["productstructure"]) != 2 || fam["productnumber"] != "LENS-ACC" || fam["name"] != "Lens accessories" ||
+				numOf(fam["statecode"]) != productActive {
+				t.Fatalf("family = %v", fam)
+			}
+			for _, child := range []int{12, 13} {
+				c := e.row("products", productID(1, child))
+				if !strings.EqualFold(fmt.Sprint(c["_parentproductid_value"]), productID(1, 20)) {
+					t.Errorf("product %d parent = %v", child, c["_parentproductid_value"])
+				}
+				if numOf(c["statecode"]) != productActive {
+					t.Errorf("product %d state %v, want Active", child, c["statecode"])
+				}
+			}
+			if c := e.row("products", productID(1, 13)); c["productnumber"] != "NOP-13" {
+				t.Errorf("product without sku: number %v, want NOP-13", c["productnumber"])
+			}
+			if n := e.srv.Count("products"); n != 3 {
+				t.Errorf("%d products, want 3", n)
+			}
+			if r := e.rec(state.Product, 20); r.Status != state.Synced || r.Extra[extraFamilyStub] != "" {
+				t.Errorf("family state %s %v", r.Status, r.Extra)
+			}
+		})
+	}
+}
+
+// Issue point 3: adoption by product number, and a sku held by another store product
+// falls back to NOP-<id> with the reason recorded.
+func TestProductNumberAdoptionAndFallback(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 1, 1, nil)) // bootstrap, and a product of ours with SKU-1
+	sh, _ := e.eng.bootstrap(e.ctx)
+	typed, err := e.dv.Create(e.ctx, "products", dataverse.Record{"name": "Typed in", "productnumber": "TYPED",
+		"defaultuomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
+		"defaultuomid@odata.bind":         dataverse.Bind("uoms", sh.BaseUnitID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.each(state.Product, productEvent(t, 2, 1, func(d map[string]any) { d["sku"] = "TYPED" }))
+	if r := e.rec(state.Product, 2); !strings.EqualFold(r.DataverseID, typed) || !strings.Contains(r.Reason, "adopted") {
+		t.Fatalf("product 2 → %s %q, want the typed-in product adopted", r.DataverseID, r.Reason)
+	}
+	if p := e.row("products", typed); p["name"] != "Nikon D5500 DSLR" {
+		t.Errorf("adopted product not updated: %v", p["name"])
+	}
+	// Product 3 claims product 1's sku: it cannot adopt our product 1.
+	e.each(state.Product, productEvent(t, 3, 1, func(d map[string]any) { d["sku"] = "SKU-1" }))
+	r := e.rec(state.Product, 3)
+	p := e.row("products", productID(1, 3))
+	if p["productnumber"] != "NOP-3" || !strings.Contains(r.Reason, "SKU-1") {
+		t.Fatalf("product 3 number %v reason %q, want NOP-3 with the reason", p["productnumber"], r.Reason)
+	}
+	// Product 1 changes its sku to the typed one: taken → NOP-1.
+	e.each(state.Product, productEvent(t, 1, 2, func(d map[string]any) { d["sku"] = "TYPED" }))
+	if p := e.row("products", productID(1, 1)); p["productnumber"] != "NOP-1" {
+		t.Fatalf("product 1 number %v, want NOP-1", p["productnumber"])
+	}
+}
+
+// Issue point 3: deletes retire; DELETE_POLICY=delete deletes products no order uses and
+// retires the others.
+func TestProductDeletes(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	e.each(state.Product, productEvent(t, 7, 1, func(d map[string]any) { d["sku"] = "N5500" }), productEvent(t, 8, 1, nil))
+	e.each(state.Order, mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil)) // uses product 7
+	del := func(d map[string]any) { d["deleted"] = true }
+	e.each(state.Product, productEvent(t, 7, 2, func(d map[string]any) { d["sku"] = "N5500"; del(d) }), productEvent(t, 8, 2, del))
+	if p := e.row("products", productID(1, 7)); numOf(p["statecode"]) != productRetired {
+		t.Errorf("product used by an order: state %v, want Retired", p["statecode"])
+	}
+	if _, ok := e.srv.Row("products", productID(1, 8)); ok {
+		t.Errorf("unused product still there with DELETE_POLICY=delete")
+	}
+
+	e2 := newEnv(t, envOptions{})
+	e2.each(state.Product, productEvent(t, 8, 1, nil), productEvent(t, 8, 2, del))
+	if p := e2.row("products", productID(1, 8)); numOf(p["statecode"]) != productRetired {
+		t.Errorf("deactivate policy: state %v, want Retired", p["statecode"])
+	}
+}
+
+// Issue point 3: SYNC_IMAGES copies the first picture; a failed fetch is recorded and
+// the product still syncs.
+func TestProductImages(t *testing.T) {
+	img := []byte("\x89PNG fake picture bytes")
+	pics := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok.png":
+			_, _ = w.Write(img)
+		case "/big.png":
+			_, _ = w.Write(make([]byte, 2048))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer pics.Close()
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.SyncImages = true; s.ImageMaxBytes = 1024 }})
+	e.each(state.Product,
+		productEvent(t, 1, 1, func(d map[string]any) { d["pictureUrls"] = []any{pics.URL + "/ok.png", pics.URL + "/big.png"} }),
+		productEvent(t, 2, 1, func(d map[string]any) { d["pictureUrls"] = []any{pics.URL + "/missing.png"} }),
+		productEvent(t, 3, 1, func(d map[string]any) { d["pictureUrls"] = []any{pics.URL + "/big.png"} }))
+	if p := e.row("products", productID(1, 1)); p["entityimage"] == nil {
+		t.Errorf("picture not copied")
+	}
+	for _, id := range []int{2, 3} {
+		r := e.rec(state.Product, id)
+		if r.Status != state.Synced || r.Extra[extraImageError] == "" {
+			t.Errorf("product %d: %s extra %v, want synced with the picture error recorded", id, r.Status, r.Extra)
+		}
+	}
+}
