@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -92,7 +93,7 @@ type orderPlan struct {
 }
 
 func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
-	p, err := s.plan(ctx, ev, rec)
+	p, err := s.plan(ctx, newRefResolver(s.e), ev, rec)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -121,7 +122,7 @@ func (p *orderPlan) written() {
 
 // plan reads the salesorder's state and prepares the header-and-lines write when one is
 // due (the salesorder is missing or Active and differs from the store's order).
-func (s *orderSyncer) plan(ctx context.Context, ev *nop.Event, rec *state.Record) (*orderPlan, error) {
+func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, ev *nop.Event, rec *state.Record) (*orderPlan, error) {
 	o := ev.Order
 	if o == nil {
 		return nil, permanent(fmt.Errorf("event %s: no order data", ev.ID))
@@ -161,7 +162,7 @@ func (s *orderSyncer) plan(ctx context.Context, ev *nop.Event, rec *state.Record
 	case !cur.exists || cur.statecode == orderStateActive:
 		if forced || !cur.exists || rec.Extra[extraOrderContent] != p.content || rec.Extra[extraOrderNote] != p.note ||
 			cur.statuscode != activeStatus(o.OrderStatus) {
-			if p.write, err = s.prepare(ctx, ev, p.orderID, sh); err != nil {
+			if p.write, err = s.prepare(ctx, refs, ev, p.orderID, sh); err != nil {
 				return nil, err
 			}
 			var stale []string
@@ -245,25 +246,69 @@ func (s *orderSyncer) readOrder(ctx context.Context, orderID string) (salesOrder
 	return salesOrderState{exists: true, statecode: intField(r, "statecode"), statuscode: intField(r, "statuscode")}, nil
 }
 
-// prepare resolves the contact and products and maps the order.
-func (s *orderSyncer) prepare(ctx context.Context, ev *nop.Event, orderID string, sh *shared) (*orderWrite, error) {
+// refResolver resolves the contacts and products orders point at, once per key: orders of
+// one chunk sharing a customer or product wait for the first to create it instead of
+// racing it.
+type refResolver struct {
+	e     *Engine
+	mu    sync.Mutex
+	calls map[string]*refCall
+}
+
+type refCall struct {
+	once sync.Once
+	id   string
+	err  error
+}
+
+func newRefResolver(e *Engine) *refResolver {
+	return &refResolver{e: e, calls: map[string]*refCall{}}
+}
+
+func (r *refResolver) do(key string, fn func() (string, error)) (string, error) {
+	r.mu.Lock()
+	c := r.calls[key]
+	if c == nil {
+		c = &refCall{}
+		r.calls[key] = c
+	}
+	r.mu.Unlock()
+	c.once.Do(func() { c.id, c.err = fn() })
+	return c.id, c.err
+}
+
+func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (string, error) {
+	return r.do(fmt.Sprintf("contact/%d/%d", storeID, o.Customer.ID), func() (string, error) {
+		return r.e.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)
+	})
+}
+
+func (r *refResolver) product(ctx context.Context, storeID int, p nop.ItemProduct) (string, error) {
+	return r.do(fmt.Sprintf("product/%d/%d", storeID, p.ID), func() (string, error) {
+		return r.e.ensureProduct(ctx, storeID, p)
+	})
+}
+
+// prepare resolves the contact and products (creating them when the app has not synced
+// them yet) and maps the order.
+func (s *orderSyncer) prepare(ctx context.Context, refs *refResolver, ev *nop.Event, orderID string, sh *shared) (*orderWrite, error) {
 	o := ev.Order
-	contactID, err := s.e.ensureContact(ctx, ev.StoreID, &o.Customer, &o.BillingAddress)
+	contactID, err := refs.contact(ctx, ev.StoreID, o)
 	if err != nil {
 		return nil, fmt.Errorf("order %d: customer %d: %w", o.ID, o.Customer.ID, err)
 	}
-	refs := orderRefs{ContactID: contactID, ProductIDs: map[int]string{}, Shared: sh}
+	r := orderRefs{ContactID: contactID, ProductIDs: map[int]string{}, Shared: sh}
 	for _, it := range o.Items {
-		if _, ok := refs.ProductIDs[it.Product.ID]; ok {
+		if _, ok := r.ProductIDs[it.Product.ID]; ok {
 			continue
 		}
-		pid, err := s.e.ensureProduct(ctx, ev.StoreID, it.Product)
+		pid, err := refs.product(ctx, ev.StoreID, it.Product)
 		if err != nil {
 			return nil, fmt.Errorf("order %d: product %d: %w", o.ID, it.Product.ID, err)
 		}
-		refs.ProductIDs[it.Product.ID] = pid
+		r.ProductIDs[it.Product.ID] = pid
 	}
-	return mapOrder(ev.StoreID, o, orderID, refs)
+	return mapOrder(ev.StoreID, o, orderID, r)
 }
 
 // staleLines lists the order's lines in Dynamics 365 that the order no longer has.

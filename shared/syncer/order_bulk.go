@@ -26,8 +26,9 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	errs := make([]error, len(evs))
 	plans := make([]*orderPlan, len(evs))
 
+	refs := newRefResolver(s.e)
 	s.parallel(ctx, len(evs), func(ctx context.Context, i int) {
-		plans[i], errs[i] = s.plan(ctx, evs[i], recs[i])
+		plans[i], errs[i] = s.plan(ctx, refs, evs[i], recs[i])
 		if errs[i] == nil && plans[i].done {
 			outs[i] = plans[i].out
 		}

@@ -33,6 +33,7 @@ type orderHarness struct {
 
 type harnessOptions struct {
 	currency string // STORE_CURRENCY_CODE, default USD
+	sim      dataversetest.Options
 }
 
 func newOrderHarness(t *testing.T, o harnessOptions) *orderHarness {
@@ -40,7 +41,7 @@ func newOrderHarness(t *testing.T, o harnessOptions) *orderHarness {
 	if o.currency == "" {
 		o.currency = "USD"
 	}
-	srv := dataversetest.NewServer(dataversetest.Options{})
+	srv := dataversetest.NewServer(o.sim)
 	t.Cleanup(srv.Close)
 	dv, err := dataverse.New(dataverse.Options{
 		EnvironmentURL: srv.URL(), TenantID: srv.TenantID, ClientID: srv.ClientID,

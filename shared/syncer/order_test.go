@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -17,7 +18,7 @@ import (
 // customer's contact and the items' products created on the way; lines that disappear
 // are deleted.
 func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 	ev := loadOrderEvents(t, "order-placed.json")[0]
 	h.mustSend(ev)
 
@@ -137,7 +138,7 @@ func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
 // Point 1: nothing half-written when the change set fails, and the order lands on
 // redelivery.
 func TestOrderWriteFailsAtomically(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 	ev := loadOrderEvents(t, "order-placed.json")[0]
 	h.fdv.failBefore("Batch", 1)
 	if err := h.send(ev); err == nil {
@@ -180,7 +181,7 @@ func orderEvent(t testing.TB, o *nop.Order, typ string, seq int64) json.RawMessa
 // orders computed the way nopCommerce computes them (several tax rates, item and order
 // discounts, shipping, fees), imported as chunks like the initial import.
 func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 	r := rand.New(rand.NewPCG(11, 12))
 	n := 120
 	if testing.Short() {
@@ -216,7 +217,7 @@ func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
 
 // Point 3: the status table, in business order.
 func TestOrderStatusTable(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 	evs := loadOrderEvents(t, "order-lifecycle.json")
 	placed, paid, completed := evs[0], evs[1], evs[2]
 	orderID := salesOrderID(1, 1001)
@@ -297,7 +298,7 @@ func TestOrderStatusTable(t *testing.T) {
 
 // Point 3: cancellation, and deleting an unpaid order.
 func TestOrderCancelAndDelete(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 	ev := loadOrderEvents(t, "order-cancelled.json")[0]
 	h.mustSend(ev)
 	so := h.salesOrder(1, 1001)
@@ -374,7 +375,7 @@ func TestOrderEventsAnyOrder(t *testing.T) {
 		"interleaved entities": {pd, nil, p, nil, c},
 	} {
 		t.Run(name, func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{})
+			h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 			for _, ev := range seq {
 				if ev == nil {
 					h.sendOther(t)
@@ -416,7 +417,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 	completed := loadOrderEvents(t, "order-lifecycle.json")[2]
 
 	t.Run("invoice created, answer lost", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{})
+		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 		h.fdv.failAfter("ConvertSalesOrderToInvoice", 1)
 		if err := h.send(completed); err == nil {
 			t.Fatal("lost answer acknowledged")
@@ -431,7 +432,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		}
 	})
 	t.Run("invoice created, state not saved", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{})
+		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 		once := true
 		h.st.failSave(func(r *state.Record) bool {
 			if once && r.Entity == state.Order && r.Extra[extraInvoiceID] != "" {
@@ -447,7 +448,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		checkBusinessResult(t, h)
 	})
 	t.Run("fulfilled, answer lost", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{})
+		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 		h.fdv.failAfter("FulfillSalesOrder", 1)
 		if err := h.send(completed); err == nil {
 			t.Fatal("lost answer acknowledged")
@@ -459,11 +460,11 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		}
 	})
 	t.Run("state table wiped", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{})
+		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 		h.mustSend(completed)
 		// A new engine with an empty state store over the same Dataverse: replays of every
 		// event land on the same rows.
-		h2 := newOrderHarness(t, harnessOptions{})
+		h2 := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 		h2.srv, h2.fdv.Dataverse = h.srv, h.dv
 		for _, ev := range loadOrderEvents(t, "order-lifecycle.json") {
 			h2.mustSend(ev)
@@ -477,7 +478,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 func TestOrderMissingCurrency(t *testing.T) {
 	for _, via := range []string{"redelivery", "resync"} {
 		t.Run(via, func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{currency: "GBP"})
+			h := newOrderHarness(t, harnessOptions{currency: "GBP", sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
 			ev := loadOrderEvents(t, "order-placed.json")[0]
 			if err := h.send(ev); err == nil {
 				t.Fatal("order without currency acknowledged: it would never be retried")
