@@ -17,12 +17,12 @@ import (
 
 // tc is a tiny Web API client for the simulator's own tests.
 type tc struct {
-	t     *testing.T
+	t     testing.TB
 	s     *Server
 	token string
 }
 
-func newTC(t *testing.T, o Options) *tc {
+func newTC(t testing.TB, o Options) *tc {
 	t.Helper()
 	s := NewServer(o)
 	t.Cleanup(s.Close)
@@ -32,7 +32,7 @@ func newTC(t *testing.T, o Options) *tc {
 }
 
 // credential builds a real azidentity ClientSecretCredential against the simulator.
-func credential(t *testing.T, s *Server, secret string) *azidentity.ClientSecretCredential {
+func credential(t testing.TB, s *Server, secret string) *azidentity.ClientSecretCredential {
 	t.Helper()
 	cred, err := azidentity.NewClientSecretCredential(s.TenantID, s.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
 		ClientOptions: azcore.ClientOptions{

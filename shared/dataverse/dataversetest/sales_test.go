@@ -316,6 +316,10 @@ func TestDeepInsertOrderDetails_research4(t *testing.T) {
 	if d := r.body["order_details"].([]any); len(d) != 2 {
 		t.Fatalf("$expand: %s", r.raw)
 	}
+	r = c.must(200, c.do("GET", "salesorders("+o+")/order_details?$select=quantity", nil))
+	if d := r.body["value"].([]any); len(d) != 2 {
+		t.Fatalf("navigation GET: %s", r.raw)
+	}
 	// A bad line rolls the whole deep insert back.
 	body["order_details"] = []any{map[string]any{"isproductoverridden": true, "productdescription": "x", "uomid@odata.bind": "/uoms(" + f.unit + ")"}}
 	c.must(400, c.do("POST", "salesorders", body))

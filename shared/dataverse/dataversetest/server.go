@@ -6,7 +6,6 @@
 package dataversetest
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -429,6 +428,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, browse bool) {
 	h := w.Header()
 	h.Set("OData-Version", "4.0")
 	h.Set("x-ms-dop-hint", fmt.Sprint(s.o.DopHint))
+	h.Set("REQ_ID", uuid.NewString())
 	p := r.URL.Path
 	prefix := mountPrefix(r)
 	scheme := "http"
@@ -605,4 +605,3 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-var _ = bytes.NewReader

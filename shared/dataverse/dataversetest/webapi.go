@@ -293,7 +293,7 @@ func (s *Server) find(x *tx, t *table, k rowKey) *row {
 	if k.id != "" {
 		return x.get(t.logical, k.id)
 	}
-	for _, r := range x.sorted(t.logical) {
+	for _, r := range x.st.rows[t.logical] { // alternate keys are unique: order doesn't matter
 		if matchAlt(r, k.alt) {
 			return r
 		}
@@ -866,6 +866,25 @@ func (s *Server) refOp(x *tx, q *apiReq, t *table, k rowKey, nav string) (*apiRe
 // propertyOp handles PUT/DELETE/GET on a single column: <set>(<id>)/<column>.
 func (s *Server) propertyOp(x *tx, q *apiReq, t *table, k rowKey, name string) (*apiResp, *apiError) {
 	c := t.cols[name]
+	if coll := t.collections[name]; coll != nil && q.method == http.MethodGet {
+		// GET <set>(<id>)/order_details: the related rows, like a filtered query.
+		r := s.find(x, t, k)
+		if r == nil {
+			return nil, s.keyNotFound(t, k)
+		}
+		ct := s.sc.byLogical[coll.child]
+		sel, err := parseSelect(ct, q.query.Get("$select"))
+		if err != nil {
+			return nil, err
+		}
+		vals := []any{}
+		for _, k := range x.referencing(ct.logical, ct.navs[coll.nav].attr, r.id) {
+			vals = append(vals, s.entityJSON(q, ct, k, sel, false))
+		}
+		resp := jsonResp(http.StatusOK, map[string]any{"@odata.context": q.base + "$metadata#" + ct.set, "value": vals})
+		resp.rowsRead = len(vals)
+		return resp, nil
+	}
 	if c == nil {
 		if t.navs[name] != nil {
 			return nil, errf(http.StatusBadRequest, codeZero, "Navigation property '%s' can only be changed through %s/$ref or @odata.bind.", name, name)
