@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -219,5 +220,116 @@ func TestReplayThousandCustomerEvents(t *testing.T) {
 		if r.Status != state.Synced || r.LastEventID != fmt.Sprintf("cust-%d-%d", id, seq) {
 			t.Errorf("customer %d: state %s last %s", id, r.Status, r.LastEventID)
 		}
+	}
+}
+
+// Issue point 6: a chunk of products survives a wiped state table (same rows), a row
+// Dataverse refuses is isolated, and tables without the *Multiple messages fall back to
+// single writes.
+func TestBulkProductsWipedStateFailuresUnsupported(t *testing.T) {
+	e := newEnv(t, envOptions{sim: func(o *dataversetest.Options) { o.BulkUnsupported = []string{"productpricelevels"} }})
+	var evs []*nop.Event
+	for i := 1; i <= 40; i++ {
+		evs = append(evs, productEvent(t, i, 1, func(d map[string]any) {
+			if i == 17 {
+				d["name"] = "BAD"
+			}
+		}))
+	}
+	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		for _, r := range recs {
+			if r["name"] == "BAD" {
+				return refuse("A validation error occurred.")
+			}
+		}
+		return nil
+	})
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	if r := e.rec(state.Product, 17); r.Status != state.Failed || r.Transient {
+		t.Fatalf("refused row: %s transient %v", r.Status, r.Transient)
+	}
+	if n := e.srv.Count("products"); n != 39 {
+		t.Fatalf("%d products, want 39", n)
+	}
+	if n := e.srv.Count("productpricelevels"); n != 39 {
+		t.Fatalf("%d price list items, want 39", n)
+	}
+	if e.wdv.count("CreateMultiple", "productpricelevels") != 1 {
+		t.Errorf("price list items: %d bulk attempts, want 1 then single writes", e.wdv.count("CreateMultiple", "productpricelevels"))
+	}
+	e.wdv.setFail(nil)
+	st, err := newStore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.st = st
+	e.eng = e.engine()
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatalf("chunk after wiping state: %v", err)
+	}
+	if n, m := e.srv.Count("products"), e.srv.Count("productpricelevels"); n != 40 || m != 40 {
+		t.Fatalf("after wiping state: %d products, %d price list items; want 40 each", n, m)
+	}
+	for i := 1; i <= 40; i++ {
+		if r := e.rec(state.Product, i); r.Status != state.Synced || r.DataverseID != productID(1, i) {
+			t.Errorf("product %d: %s %s", i, r.Status, r.DataverseID)
+		}
+	}
+}
+
+// Issue point 4 in a chunk: older versions in the same chunk, or older than what state
+// holds, are skipped and counted.
+func TestBulkChunkStaleRows(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	name := func(v string) func(d map[string]any) { return func(d map[string]any) { d["firstName"] = v } }
+	e.each(state.Customer, customerEvent(t, tmpl, 2, 5, "s2@example.test", name("five")))
+	err := e.deliver(e.eng, state.Customer,
+		customerEvent(t, tmpl, 1, 2, "s1@example.test", name("two")),
+		customerEvent(t, tmpl, 1, 1, "s1@example.test", name("one")),
+		customerEvent(t, tmpl, 2, 4, "s2@example.test", name("four")),
+		customerEvent(t, tmpl, 3, 1, "s3@example.test", name("one")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[int]string{1: "two", 2: "five", 3: "one"} {
+		if got := e.row("contacts", contactID(1, id))["firstname"]; got != want {
+			t.Errorf("customer %d: %v, want %s", id, got, want)
+		}
+	}
+	if c, _ := e.eng.StaleSkipped(e.ctx); c[state.Customer] != 2 {
+		t.Errorf("stale count %d, want 2", c[state.Customer])
+	}
+}
+
+// Issue point 5/6: throttling past the budget in a bulk request leaves its rows failed
+// transiently (the chunk is redelivered); the redelivery writes them once.
+func TestBulkTransientChunkRedelivered(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	var evs []*nop.Event
+	for i := 1; i <= 30; i++ {
+		evs = append(evs, customerEvent(t, tmpl, i, 1, fmt.Sprintf("t%d@example.test", i), nil))
+	}
+	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if op == "CreateMultiple" {
+			return &dataverse.Error{Op: "test", StatusCode: 429, Message: "Number of requests exceeded the limit", Retryable: true}
+		}
+		return nil
+	})
+	if err := e.deliver(e.eng, state.Customer, evs...); err == nil || !isTransient(err) {
+		t.Fatalf("throttled chunk: %v", err)
+	}
+	if r := e.rec(state.Customer, 5); r.Status != state.Failed || !r.Transient {
+		t.Fatalf("row after throttling: %s transient %v", r.Status, r.Transient)
+	}
+	e.wdv.setFail(nil)
+	if err := e.deliver(e.eng, state.Customer, evs...); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	if n := e.srv.Count("contacts"); n != 30 {
+		t.Fatalf("%d contacts, want 30", n)
 	}
 }
