@@ -270,6 +270,20 @@ func TestQuery_research10(t *testing.T) {
 	if seen != 7 || pages != 3 {
 		t.Fatalf("paging: seen %d in %d pages", seen, pages)
 	}
+	// Type-checked comparisons: a quoted GUID is an Edm.String.
+	r = c.must(400, c.do("GET", "contacts?$filter=_parentcustomerid_value eq '"+acc+"'", nil))
+	if !strings.Contains(r.errMsg(), "Found operand types 'Edm.Guid' and 'Edm.String'") {
+		t.Fatalf("quoted guid: %s", r.raw)
+	}
+	c.must(400, c.do("GET", "contacts?$filter=statecode eq '0'", nil))
+	r = c.must(200, c.do("GET", "contacts?$filter=createdon gt 2000-01-01T00:00:00Z and createdon lt 2999-01-01", nil))
+	if v := r.body["value"].([]any); len(v) != 7 {
+		t.Fatalf("date filter: %d", len(v))
+	}
+	r = c.must(400, c.do("GET", "contacts?$skip=2", nil))
+	if r.errMsg() != "The query parameter $skip is not supported." {
+		t.Fatalf("$skip: %s", r.raw)
+	}
 	r = c.must(400, c.do("GET", "contacts?$filter=EmailAddress1 eq 'x'", nil))
 	if !strings.Contains(r.errMsg(), "Could not find a property named 'EmailAddress1'") {
 		t.Fatalf("filter property: %s", r.raw)

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -14,7 +15,32 @@ import (
 // maxPageSize is the Web API's page ceiling (research §2, "Paging").
 const maxPageSize = 5000
 
+// checkQueryOptions rejects system query options Dataverse doesn't support ($skip) and
+// the ones the simulator doesn't implement.
+func checkQueryOptions(q *apiReq, allowed ...string) *apiError {
+	for k := range q.query {
+		if !strings.HasPrefix(k, "$") {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k == a
+		}
+		if ok {
+			continue
+		}
+		if k == "$skip" {
+			return errf(http.StatusBadRequest, codeZero, "The query parameter $skip is not supported.")
+		}
+		return errf(http.StatusBadRequest, codeZero, "The query parameter %s is not supported by the simulator.", k)
+	}
+	return nil
+}
+
 func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
+	if err := checkQueryOptions(q, "$select", "$filter", "$top", "$orderby", "$expand", "$count", "$skiptoken"); err != nil {
+		return nil, err
+	}
 	sel, err := parseSelect(t, q.query.Get("$select"))
 	if err != nil {
 		return nil, err
@@ -277,11 +303,52 @@ type token struct {
 }
 
 type filterParser struct {
-	s    *Server
-	t    *table
-	toks []token
-	pos  int
+	s        *Server
+	t        *table
+	toks     []token
+	pos      int
+	lastType string // Edm type of the last operand parsed ("" when unknown)
 }
+
+var dateRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?`)
+
+func edmOf(t *table, name string) string {
+	if name == t.pk {
+		return "Edm.Guid"
+	}
+	if _, ok := t.isValueProp(name); ok {
+		return "Edm.Guid"
+	}
+	switch t.cols[name].typ {
+	case tString, tMemo, tImage:
+		return "Edm.String"
+	case tInt, tPicklist:
+		return "Edm.Int32"
+	case tDecimal:
+		return "Edm.Decimal"
+	case tMoney:
+		return "Edm.Decimal"
+	case tBool:
+		return "Edm.Boolean"
+	case tDateTime:
+		return "Edm.DateTimeOffset"
+	case tDateOnly:
+		return "Edm.Date"
+	}
+	return ""
+}
+
+func edmFamily(t string) string {
+	switch t {
+	case "Edm.Int32", "Edm.Decimal":
+		return "num"
+	case "Edm.DateTimeOffset", "Edm.Date":
+		return "date"
+	}
+	return t
+}
+
+var opKinds = map[string]string{"eq": "Equal", "ne": "NotEqual", "gt": "GreaterThan", "ge": "GreaterThanOrEqual", "lt": "LessThan", "le": "LessThanOrEqual"}
 
 var guidRe = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}`)
 
@@ -324,6 +391,11 @@ func (p *filterParser) tokenize(f string) *apiError {
 			}
 			p.toks = append(p.toks, token{"str", sb.String()})
 		default:
+			if d := dateRe.FindString(f[i:]); d != "" && (i+len(d) == len(f) || strings.ContainsRune(" \t()", rune(f[i+len(d)]))) {
+				p.toks = append(p.toks, token{"date", d})
+				i += len(d)
+				continue
+			}
 			if g := guidRe.FindString(f[i:]); g != "" {
 				p.toks = append(p.toks, token{"guid", strings.ToLower(g)})
 				i += len(g)
@@ -403,6 +475,7 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 	if err != nil {
 		return nil, err
 	}
+	lt := p.lastType
 	t := p.peek()
 	if t == nil || t.kind != "ident" {
 		return l, nil
@@ -417,6 +490,11 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 	r, err := p.parseOperand()
 	if err != nil {
 		return nil, err
+	}
+	// Dataverse type-checks comparisons: a quoted GUID or number is an Edm.String.
+	if rt := p.lastType; lt != "" && rt != "" && lt != "null" && rt != "null" && edmFamily(lt) != edmFamily(rt) {
+		return nil, errf(http.StatusBadRequest, codeZero,
+			"A binary operator with incompatible types was detected. Found operand types '%s' and '%s' for operator kind '%s'.", lt, rt, opKinds[op])
 	}
 	return func(x *row) any {
 		a, b := l(x), r(x)
@@ -448,7 +526,16 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 		return nil, p.syntax()
 	}
 	p.pos++
+	p.lastType = ""
 	switch t.kind {
+	case "date":
+		tm, err := time.Parse(time.RFC3339Nano, t.text)
+		v := t.text
+		if err == nil {
+			v = tm.UTC().Format("2006-01-02T15:04:05Z")
+		}
+		p.lastType = "Edm.DateTimeOffset"
+		return func(*row) any { return v }, nil
 	case "lparen":
 		e, err := p.parseExpr()
 		if err != nil {
@@ -458,29 +545,43 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 			return nil, p.syntax()
 		}
 		p.pos++
+		p.lastType = ""
 		return e, nil
 	case "str":
 		v := t.text
+		p.lastType = "Edm.String"
 		return func(*row) any { return v }, nil
 	case "guid":
 		v := t.text
 		if _, err := uuid.Parse(v); err != nil {
 			return nil, p.syntax()
 		}
+		p.lastType = "Edm.Guid"
 		return func(*row) any { return v }, nil
 	case "num":
 		f, _ := strconv.ParseFloat(t.text, 64)
+		p.lastType = "Edm.Int32"
+		if strings.ContainsAny(t.text, ".eE") {
+			p.lastType = "Edm.Decimal"
+		}
 		return func(*row) any { return f }, nil
 	case "ident":
 		switch t.text {
 		case "null":
+			p.lastType = "null"
 			return func(*row) any { return nil }, nil
 		case "true", "false":
 			v := t.text == "true"
+			p.lastType = "Edm.Boolean"
 			return func(*row) any { return v }, nil
 		}
 		if n := p.peek(); n != nil && n.kind == "lparen" {
-			return p.parseFunc(t.text)
+			f, err := p.parseFunc(t.text)
+			p.lastType = ""
+			if err == nil && (t.text == "tolower" || t.text == "toupper") {
+				p.lastType = "Edm.String"
+			}
+			return f, err
 		}
 		name := t.text
 		if strings.Contains(name, "/") {
@@ -489,6 +590,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 		if !p.t.hasProperty(name) {
 			return nil, noSuchProperty(p.t.logical, name)
 		}
+		p.lastType = edmOf(p.t, name)
 		return func(x *row) any { return x.vals[name] }, nil
 	}
 	return nil, p.syntax()

@@ -445,6 +445,9 @@ func (s *Server) checkOrderCurrency(x *tx, r *row) *apiError {
 	if pl != nil && !strings.EqualFold(pl.ref("transactioncurrencyid"), r.ref("transactioncurrencyid")) {
 		return errf(http.StatusBadRequest, codeCurrencyNotEqual, "The currency of the record does not match the currency of the price list.")
 	}
+	if c := x.get("transactioncurrency", r.ref("transactioncurrencyid")); c != nil {
+		r.vals["exchangerate"] = c.num("exchangerate")
+	}
 	return nil
 }
 

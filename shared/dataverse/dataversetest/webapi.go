@@ -394,6 +394,18 @@ func decodeBody(b []byte) (map[string]any, *apiError) {
 	return m, nil
 }
 
+// optionSets are the choice values of columns the sync writes (research §7).
+var optionSets = map[string][]int{
+	"product.productstructure":              {1, 2, 3},
+	"product.producttypecode":               {1, 2, 3, 4},
+	"productpricelevel.pricingmethodcode":   {1, 2, 3, 4, 5, 6},
+	"productpricelevel.quantitysellingcode": {1, 2, 3},
+	"salesorderdetail.producttypecode":      {1, 2, 3, 4, 5},
+	"invoicedetail.producttypecode":         {1, 2, 3, 4, 5},
+	"contact.address1_addresstypecode":      {1, 2, 3, 4},
+	"contact.address2_addresstypecode":      {1, 2, 3, 4},
+}
+
 var nonNegativeMoney = map[string]bool{"freightamount": true, "discountamount": true, "manualdiscountamount": true,
 	"priceperunit": true, "price": true, "amount": true, "currentcost": true, "standardcost": true, "quantity": false}
 
@@ -423,6 +435,10 @@ func convert(t *table, c *column, v any) (any, *apiError) {
 		i, err := strconv.Atoi(n.String())
 		if err != nil {
 			return nil, mismatch("Edm.Int32")
+		}
+		if opts, known := optionSets[t.logical+"."+c.name]; known && !contains(opts, i) {
+			return nil, errf(http.StatusBadRequest, codeValidation,
+				"A validation error occurred. The value %d of '%s' on record of type '%s' is outside the valid range.", i, c.name, t.logical)
 		}
 		return i, nil
 	case tDecimal, tMoney:
@@ -797,6 +813,9 @@ func (s *Server) upsert(x *tx, q *apiReq, t *table, k rowKey, urlForm string) (*
 }
 
 func (s *Server) retrieve(x *tx, q *apiReq, t *table, k rowKey) (*apiResp, *apiError) {
+	if err := checkQueryOptions(q, "$select", "$expand"); err != nil {
+		return nil, err
+	}
 	sel, err := parseSelect(t, q.query.Get("$select"))
 	if err != nil {
 		return nil, err
