@@ -348,10 +348,11 @@ func TestDecodeBody(t *testing.T) {
 		return []byte("[" + strings.Join(parts, ",") + "]")
 	}
 	withID := func(id string) []byte { return mutate(t, cust, "id", id) }
+	tmpl := string(withID("e-XXXX"))
 	many := func(n int) []byte {
 		evs := make([][]byte, n)
 		for i := range evs {
-			evs[i] = withID(fmt.Sprintf("e-%d", i))
+			evs[i] = []byte(strings.Replace(tmpl, "e-XXXX", fmt.Sprintf("e-%04d", i), 1))
 		}
 		return arr(evs...)
 	}

@@ -64,10 +64,12 @@ func TestMessagesChunks(t *testing.T) {
 	order := readTestdata(t, "order.json")
 	// 1000 events of 4 000 bytes: a 4 MB body, so several chunks.
 	const n, size = 1000, 4000
+	// One padded template; ids and data.id are swapped in with fixed-width text.
+	tmpl := string(padded(t, mutate(t, order, "data.id", 1000), "import-XXXX", size))
 	parts := make([]string, n)
 	for i := range parts {
-		ev := mutate(t, order, "data.id", 1000+i)
-		parts[i] = string(padded(t, ev, fmt.Sprintf("import-%04d", i), size))
+		p := strings.Replace(tmpl, "import-XXXX", fmt.Sprintf("import-%04d", i), 1)
+		parts[i] = strings.Replace(p, `"id":1000,`, fmt.Sprintf(`"id":%d,`, 1000+i), 1)
 	}
 	body := []byte("[" + strings.Join(parts, ",") + "]")
 	if len(body) > nop.MaxBodyBytes {
