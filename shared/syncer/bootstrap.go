@@ -29,19 +29,31 @@ const baseUnitName = "Primary Unit"
 // with its base unit, creating the last two when missing. A failure is not cached: the
 // next sync tries again, so adding a missing currency takes effect without a restart.
 // Customers never need it.
+//
+// Callers arriving while an attempt runs share its result (a chunk of a thousand orders
+// makes one look-up, not a thousand, while the currency is missing).
 func (e *Engine) bootstrap(ctx context.Context) (*shared, error) {
 	e.bootMu.Lock()
-	defer e.bootMu.Unlock()
-	if e.boot != nil {
-		return e.boot, nil
+	sh := e.boot
+	e.bootMu.Unlock()
+	if sh != nil {
+		return sh, nil
 	}
-	sh, err := e.resolveShared(ctx)
+	v, err, _ := e.bootOnce.Do("bootstrap", func() (any, error) {
+		sh, err := e.resolveShared(ctx)
+		e.bootMu.Lock()
+		defer e.bootMu.Unlock()
+		if err != nil {
+			e.bootErr = err
+			return nil, err
+		}
+		e.boot, e.bootErr = sh, nil
+		return sh, nil
+	})
 	if err != nil {
-		e.bootErr = err
 		return nil, err
 	}
-	e.boot, e.bootErr = sh, nil
-	return sh, nil
+	return v.(*shared), nil
 }
 
 func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -135,9 +136,10 @@ type Engine struct {
 
 	syncers map[state.Entity]entitySyncer
 
-	bootMu  sync.Mutex
-	boot    *shared
-	bootErr error
+	bootMu   sync.Mutex
+	boot     *shared
+	bootErr  error
+	bootOnce singleflight.Group
 
 	mu     sync.Mutex // guards whoAmI
 	whoAmI *dataverse.WhoAmI
@@ -394,6 +396,10 @@ func (e *Engine) saveProgress(ctx context.Context, rec *state.Record) error {
 // finish records the result of a claimed event and releases the lease. It returns the
 // error HandleMessage should report for this event (nil unless transient).
 func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, out outcome, syncErr error) error {
+	// Record the result even when the invocation's context has just run out: otherwise
+	// the lease would keep every redelivery busy until it expires.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	owner := rec.LeaseOwner
 	apply := func(r *state.Record) {
 		r.LeaseOwner, r.LeaseUntil = "", time.Time{}
