@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -107,7 +106,8 @@ func newAzureApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 
 // newDataverseClient builds the production Dataverse client; the client secret comes
 // from the setting or, re-read after Entra rejects it, from Key Vault.
-func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Secrets, rootCAs *x509.CertPool) (*dataverse.Client, error) {
+// tune, when set, adjusts the options (tests: their simulator's CA, a fake vault, fewer retries).
+func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Secrets, tune func(*dataverse.Options)) (*dataverse.Client, error) {
 	var secret dataverse.SecretSource
 	switch {
 	case cfg.ClientSecret != "":
@@ -127,11 +127,15 @@ func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Se
 	default:
 		return nil, errors.New("DATAVERSE_CLIENT_SECRET or KEY_VAULT_URL is required")
 	}
-	c, err := dataverse.New(dataverse.Options{
+	o := dataverse.Options{
 		EnvironmentURL: cfg.DataverseURL, TenantID: cfg.TenantID, ClientID: cfg.ClientID,
-		Secret: secret, AuthorityHost: cfg.AuthorityHost, RootCAs: rootCAs,
+		Secret: secret, AuthorityHost: cfg.AuthorityHost,
 		Logger: func(line string) { log.Debug(line, "component", "dataverse") },
-	})
+	}
+	if tune != nil {
+		tune(&o)
+	}
+	c, err := dataverse.New(o)
 	if err != nil {
 		return nil, fmt.Errorf("DATAVERSE_URL: %w", err)
 	}

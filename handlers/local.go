@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,8 +34,9 @@ type localOptions struct {
 	workers int
 	// sandbox overrides the sandbox's simulator options.
 	sandbox *dataversetest.Options
-	// rootCAs are trusted besides the system's (a test's own Dataverse simulator).
-	rootCAs *x509.CertPool
+	// tuneDataverse adjusts the Dataverse client (a test's own simulator: its CA, a
+	// fake vault's secret source, fewer retries).
+	tuneDataverse func(*dataverse.Options)
 }
 
 // runLocal runs the whole app in this process: the public routes on LISTEN_ADDR, the
@@ -84,7 +84,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		}
 		mux.Handle("/sandbox/", http.StripPrefix("/sandbox", sim.BrowseHandler()))
 	} else {
-		if a.dv, err = newDataverseClient(cfg, log, nil, lo.rootCAs); err != nil {
+		if a.dv, err = newDataverseClient(cfg, log, nil, lo.tuneDataverse); err != nil {
 			return err
 		}
 	}

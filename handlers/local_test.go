@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 )
 
@@ -254,7 +255,7 @@ func TestQueueSurvivesRestart(t *testing.T) {
 			"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AZURE_AUTHORITY_HOST": sim.AuthorityHost(),
 		}
 	}
-	lo := &localOptions{rootCAs: sim.CertPool()}
+	lo := &localOptions{tuneDataverse: trust(sim)}
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env()[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +279,12 @@ func TestQueueSurvivesRestart(t *testing.T) {
 		t.Fatalf("contact written while Dataverse was failing: %d", n)
 	}
 	sim.SetFaults(dataversetest.Faults{})
-	base = startLocal(t, env(), &localOptions{rootCAs: sim.CertPool()})
+	base = startLocal(t, env(), &localOptions{tuneDataverse: trust(sim)})
 	waitFor(t, "the queued event to land after the restart", func() bool { return sim.Count("contacts") == 1 })
 	_ = base
+}
+
+// trust makes the Dataverse client trust sim's CA.
+func trust(sim *dataversetest.Server) func(*dataverse.Options) {
+	return func(o *dataverse.Options) { o.RootCAs = sim.CertPool() }
 }
