@@ -431,3 +431,41 @@ func TestReplayEndpointKeepsIDs(t *testing.T) {
 		t.Errorf("after replaying one: %+v", s)
 	}
 }
+
+// BenchmarkStatus100k measures the status page over a state store of 100,000 entities
+// (counts are kept, not recounted; recent failures come from a short list).
+//
+//	go test -run '^$' -bench Status100k -benchtime 20x ./shared/ops
+func BenchmarkStatus100k(b *testing.B) {
+	st, err := localstore.Open("")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	tracked := TrackFailures(st, nil)
+	ctx := context.Background()
+	for i := 0; i < 100_000; i++ {
+		status := state.Synced
+		if i%100 == 0 {
+			status = state.Failed
+		}
+		ent := state.Entities[i%3]
+		if err := tracked.Save(ctx, &state.Record{Entity: ent, ID: fmt.Sprint(i), Status: status, Reason: "x", Data: customerEvent(i, 1)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	o := New(Options{State: tracked, Probe: probe{Connection{Reachable: true}}, AutoSyncEnabled: true})
+	b.ResetTimer()
+	var worst time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		s := o.Status(ctx)
+		if d := time.Since(start); d > worst {
+			worst = d
+		}
+		if s.Entities[state.Customer][state.Synced]+s.Entities[state.Customer][state.Failed] != 33_334 {
+			b.Fatalf("counts: %v", s.Entities)
+		}
+	}
+	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+}
