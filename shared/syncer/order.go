@@ -357,6 +357,12 @@ func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, c
 		return cur, "", nil // done
 	case cur.final():
 		return cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
+	case cur.statecode == orderStateInvoiced && o.OrderStatus == nop.OrderStatusComplete:
+		// Environments where converting to an invoice moves the order to Invoiced do not
+		// fulfil it afterwards: Invoiced is where a completed, paid order ends there.
+		return cur, "", nil
+	case cur.statecode == orderStateInvoiced:
+		return cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
 	case o.OrderStatus == nop.OrderStatusComplete:
 		if err := s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete); err != nil {
 			return cur, "", fmt.Errorf("order %d: fulfil salesorder %s: %w", o.ID, orderID, err)

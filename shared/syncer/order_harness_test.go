@@ -25,6 +25,7 @@ type orderHarness struct {
 	t   *testing.T
 	ctx context.Context
 	srv *dataversetest.Server
+	sim dataversetest.Options
 	dv  *dataverse.Client
 	fdv *faultDV
 	st  *faultStore
@@ -55,7 +56,7 @@ func newOrderHarness(t *testing.T, o harnessOptions) *orderHarness {
 	if err != nil {
 		t.Fatalf("localstore: %v", err)
 	}
-	h := &orderHarness{t: t, ctx: context.Background(), srv: srv, dv: dv,
+	h := &orderHarness{t: t, ctx: context.Background(), srv: srv, sim: o.sim, dv: dv,
 		fdv: &faultDV{Dataverse: dv}, st: &faultStore{Store: ls}}
 	h.eng, err = New(Options{
 		DV: h.fdv, State: h.st,

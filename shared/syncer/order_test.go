@@ -18,7 +18,7 @@ import (
 // customer's contact and the items' products created on the way; lines that disappear
 // are deleted.
 func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+	h := newOrderHarness(t, harnessOptions{})
 	ev := loadOrderEvents(t, "order-placed.json")[0]
 	h.mustSend(ev)
 
@@ -138,7 +138,7 @@ func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
 // Point 1: nothing half-written when the change set fails, and the order lands on
 // redelivery.
 func TestOrderWriteFailsAtomically(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+	h := newOrderHarness(t, harnessOptions{})
 	ev := loadOrderEvents(t, "order-placed.json")[0]
 	h.fdv.failBefore("Batch", 1)
 	if err := h.send(ev); err == nil {
@@ -181,7 +181,7 @@ func orderEvent(t testing.TB, o *nop.Order, typ string, seq int64) json.RawMessa
 // orders computed the way nopCommerce computes them (several tax rates, item and order
 // discounts, shipping, fees), imported as chunks like the initial import.
 func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(11, 12))
 	n := 120
 	if testing.Short() {
@@ -217,7 +217,7 @@ func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
 
 // Point 3: the status table, in business order.
 func TestOrderStatusTable(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+	h := newOrderHarness(t, harnessOptions{})
 	evs := loadOrderEvents(t, "order-lifecycle.json")
 	placed, paid, completed := evs[0], evs[1], evs[2]
 	orderID := salesOrderID(1, 1001)
@@ -298,7 +298,7 @@ func TestOrderStatusTable(t *testing.T) {
 
 // Point 3: cancellation, and deleting an unpaid order.
 func TestOrderCancelAndDelete(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+	h := newOrderHarness(t, harnessOptions{})
 	ev := loadOrderEvents(t, "order-cancelled.json")[0]
 	h.mustSend(ev)
 	so := h.salesOrder(1, 1001)
@@ -328,8 +328,9 @@ func TestOrderCancelAndDelete(t *testing.T) {
 	}
 }
 
-// checkBusinessResult asserts the end state of the lifecycle example: Fulfilled, one Paid
-// invoice, 3 lines, total 238.10, synced.
+// checkBusinessResult asserts the end state of the lifecycle example: Fulfilled (or
+// Invoiced where converting to an invoice closes the order), one Paid invoice, 3 lines,
+// total 238.10, synced.
 func checkBusinessResult(t *testing.T, h *orderHarness) {
 	t.Helper()
 	orderID := salesOrderID(1, 1001)
@@ -337,8 +338,12 @@ func checkBusinessResult(t *testing.T, h *orderHarness) {
 	if so == nil {
 		t.Fatal("no salesorder")
 	}
-	if num(t, so, "statecode") != orderStateFulfilled || num(t, so, "statuscode") != orderStatusComplete {
-		t.Errorf("salesorder %v/%v, want Fulfilled/Complete", so["statecode"], so["statuscode"])
+	wantState, wantStatus := orderStateFulfilled, orderStatusComplete
+	if h.sim.ConvertSetsOrderInvoiced {
+		wantState, wantStatus = orderStateInvoiced, 100003
+	}
+	if num(t, so, "statecode") != float64(wantState) || num(t, so, "statuscode") != float64(wantStatus) {
+		t.Errorf("salesorder %v/%v, want %d/%d", so["statecode"], so["statuscode"], wantState, wantStatus)
 	}
 	if moneyCents(t, so, "totalamount") != 23810 {
 		t.Errorf("totalamount %v", so["totalamount"])
@@ -362,29 +367,31 @@ func checkBusinessResult(t *testing.T, h *orderHarness) {
 }
 
 // Point 4: events in any order, duplicated, interleaved with customer and product events,
-// give the business-order result.
+// give the business-order result; also where converting to an invoice closes the order.
 func TestOrderEventsAnyOrder(t *testing.T) {
 	evs := loadOrderEvents(t, "order-lifecycle.json")
 	p, pd, c := evs[0], evs[1], evs[2]
-	for name, seq := range map[string][]*nop.Event{
-		"business":             {p, pd, c},
-		"reversed":             {c, pd, p},
-		"completed first":      {c, p, pd},
-		"paid first":           {pd, c, p},
-		"duplicated":           {p, p, pd, c, pd, c, p},
-		"interleaved entities": {pd, nil, p, nil, c},
-	} {
-		t.Run(name, func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
-			for _, ev := range seq {
-				if ev == nil {
-					h.sendOther(t)
-					continue
+	for _, invoiced := range []bool{false, true} {
+		for name, seq := range map[string][]*nop.Event{
+			"business":             {p, pd, c},
+			"reversed":             {c, pd, p},
+			"completed first":      {c, p, pd},
+			"paid first":           {pd, c, p},
+			"duplicated":           {p, p, pd, c, pd, c, p},
+			"interleaved entities": {pd, nil, p, nil, c},
+		} {
+			t.Run(fmt.Sprintf("%s/convert-invoices-order=%v", name, invoiced), func(t *testing.T) {
+				h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{ConvertSetsOrderInvoiced: invoiced}})
+				for _, ev := range seq {
+					if ev == nil {
+						h.sendOther(t)
+						continue
+					}
+					h.mustSend(ev)
 				}
-				h.mustSend(ev)
-			}
-			checkBusinessResult(t, h)
-		})
+				checkBusinessResult(t, h)
+			})
+		}
 	}
 }
 
@@ -417,7 +424,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 	completed := loadOrderEvents(t, "order-lifecycle.json")[2]
 
 	t.Run("invoice created, answer lost", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+		h := newOrderHarness(t, harnessOptions{})
 		h.fdv.failAfter("ConvertSalesOrderToInvoice", 1)
 		if err := h.send(completed); err == nil {
 			t.Fatal("lost answer acknowledged")
@@ -432,7 +439,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		}
 	})
 	t.Run("invoice created, state not saved", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+		h := newOrderHarness(t, harnessOptions{})
 		once := true
 		h.st.failSave(func(r *state.Record) bool {
 			if once && r.Entity == state.Order && r.Extra[extraInvoiceID] != "" {
@@ -448,7 +455,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		checkBusinessResult(t, h)
 	})
 	t.Run("fulfilled, answer lost", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+		h := newOrderHarness(t, harnessOptions{})
 		h.fdv.failAfter("FulfillSalesOrder", 1)
 		if err := h.send(completed); err == nil {
 			t.Fatal("lost answer acknowledged")
@@ -460,11 +467,11 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 		}
 	})
 	t.Run("state table wiped", func(t *testing.T) {
-		h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+		h := newOrderHarness(t, harnessOptions{})
 		h.mustSend(completed)
 		// A new engine with an empty state store over the same Dataverse: replays of every
 		// event land on the same rows.
-		h2 := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+		h2 := newOrderHarness(t, harnessOptions{})
 		h2.srv, h2.fdv.Dataverse = h.srv, h.dv
 		for _, ev := range loadOrderEvents(t, "order-lifecycle.json") {
 			h2.mustSend(ev)
@@ -478,7 +485,7 @@ func TestOrderCrashBetweenSteps(t *testing.T) {
 func TestOrderMissingCurrency(t *testing.T) {
 	for _, via := range []string{"redelivery", "resync"} {
 		t.Run(via, func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{currency: "GBP", sim: dataversetest.Options{AllowInactiveProductsOnLines: true}})
+			h := newOrderHarness(t, harnessOptions{currency: "GBP"})
 			ev := loadOrderEvents(t, "order-placed.json")[0]
 			if err := h.send(ev); err == nil {
 				t.Fatal("order without currency acknowledged: it would never be retried")
@@ -509,5 +516,110 @@ func TestOrderMissingCurrency(t *testing.T) {
 				t.Errorf("salesorder %v not in GBP", so)
 			}
 		})
+	}
+}
+
+// Point 1: a guest's order gets a contact made from the billing address.
+func TestOrderGuestContact(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	ev := reEvent(t, loadOrderEvents(t, "order-placed.json")[0], "guest-1", "order.placed", 1, func(o map[string]any) {
+		c := o["customer"].(map[string]any)
+		c["id"], c["isGuest"], c["isRegistered"], c["email"], c["username"] = 77, true, false, nil, nil
+		c["firstName"], c["lastName"], c["address"] = nil, nil, nil
+		b := o["billingAddress"].(map[string]any)
+		b["email"], b["firstName"], b["lastName"] = "grace.hopper@example.com", "Grace", "Hopper"
+	})
+	h.mustSend(ev)
+	contacts := h.rowsWhere("contacts", "emailaddress1", "grace.hopper@example.com")
+	if len(contacts) != 1 {
+		t.Fatalf("%d contacts for the guest's billing email, want 1", len(contacts))
+	}
+	if contacts[0]["lastname"] != "Hopper" {
+		t.Errorf("guest contact lastname %v, want Hopper", contacts[0]["lastname"])
+	}
+	so := h.salesOrder(1, 1001)
+	if so == nil || !strings.EqualFold(fmt.Sprint(so["_customerid_value"]), fmt.Sprint(contacts[0]["contactid"])) {
+		t.Errorf("salesorder customer %v, want the guest contact", so)
+	}
+}
+
+// Point 5: a price list in another currency than the store's fails the order visibly;
+// once the admin removes it, the next sync creates the right one and the order lands.
+func TestOrderPriceListInOtherCurrency(t *testing.T) {
+	plID := "6a7c3c1e-0000-4000-8000-000000000001"
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{
+		Currencies: []dataversetest.Currency{{ISOCode: "EUR", Name: "Euro", Symbol: "€", Precision: 2, ExchangeRate: 0.9}},
+		PriceLists: []dataversetest.PriceList{{ID: plID, Name: "nopCommerce USD", Currency: "EUR"}}}})
+	ev := loadOrderEvents(t, "order-placed.json")[0]
+	if err := h.send(ev); err == nil {
+		t.Fatal("order acknowledged with a price list in the wrong currency")
+	}
+	rec := h.record(1001)
+	if rec.Status != state.Failed || !rec.Transient || !strings.Contains(rec.Reason, "price list") {
+		t.Fatalf("state %s transient=%v %q, want failed naming the price list", rec.Status, rec.Transient, rec.Reason)
+	}
+	if h.salesOrder(1, 1001) != nil {
+		t.Fatal("salesorder written with the wrong price list")
+	}
+	if err := h.dv.Delete(h.ctx, "pricelevels", plID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.eng.Resync(h.ctx, state.Order, "failed"); err != nil {
+		t.Fatalf("resync: %v", err)
+	}
+	if rec := h.record(1001); rec.Status != state.Synced {
+		t.Fatalf("after the fix: %s %q", rec.Status, rec.Reason)
+	}
+}
+
+// Bulk path: orders of an import chunk are packed into one $batch, each its own change
+// set; a bad order is rolled back alone and the others land.
+func TestOrderBulkOneBadOrder(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	// Product 999 is unpublished in the store, so Retired in Dynamics 365, which refuses
+	// it on order lines: the order using it fails.
+	var pm map[string]any
+	if err := json.Unmarshal(readExample(t, "product-simple.json"), &pm); err != nil {
+		t.Fatal(err)
+	}
+	d := pm["data"].(map[string]any)
+	d["id"], d["sku"], d["published"], d["pictureUrls"] = 999, "RETIRED-999", false, []any{}
+	pb, _ := json.Marshal(pm)
+	pevs, err := nop.DecodeRequest(state.Product, pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, _ := nop.Messages(state.Product, pevs)
+	if err := h.eng.HandleMessage(h.ctx, "products", msgs[0].Body); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(21, 22))
+	var raws []json.RawMessage
+	for id := 7001; id <= 7004; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		if id == 7002 {
+			o.Items[0].Product = nop.ItemProduct{ID: 999, Name: "Retired", ProductType: nop.ProductTypeSimple}
+		}
+		raws = append(raws, orderEvent(t, o, "order.updated", 1))
+	}
+	before := h.fdv.count("Batch")
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-bad", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatalf("a permanent failure of one order must not fail the chunk: %v", err)
+	}
+	for id := 7001; id <= 7004; id++ {
+		so, rec := h.salesOrder(1, id), h.record(id)
+		if id == 7002 {
+			if so != nil || len(h.lines(salesOrderID(1, id))) != 0 || rec.Status != state.Failed || rec.Transient {
+				t.Errorf("bad order: salesorder %v, state %s transient=%v %q", so != nil, rec.Status, rec.Transient, rec.Reason)
+			}
+			continue
+		}
+		if so == nil || rec.Status != state.Synced {
+			t.Errorf("order %d: salesorder %v, state %s %q", id, so != nil, rec.Status, rec.Reason)
+		}
+	}
+	if got := h.fdv.count("Batch") - before; got != 2 {
+		t.Errorf("%d $batch requests, want 2 (all four orders, then the ones after the bad one again)", got)
 	}
 }
