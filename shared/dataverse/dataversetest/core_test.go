@@ -289,3 +289,28 @@ func TestQuery_research10(t *testing.T) {
 		t.Fatalf("filter property: %s", r.raw)
 	}
 }
+
+// Insert/Update/Delete apply the same rules without HTTP.
+func TestDirectAccess(t *testing.T) {
+	s := NewServer(Options{})
+	defer s.Close()
+	id, err := s.Insert("contacts", map[string]any{"firstname": "Ada", "lastname": "Admin", "emailaddress1": "ada@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update("contacts", id, map[string]any{"telephone1": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Row("contacts", id); r["fullname"] != "Ada Admin" || r["telephone1"] != "1" {
+		t.Fatalf("row %v", r)
+	}
+	if _, err := s.Insert("contacts", map[string]any{"Bogus": 1}); err == nil || !strings.Contains(err.Error(), "Invalid property") {
+		t.Fatalf("bad insert: %v", err)
+	}
+	if err := s.Update("contacts", uuid.NewString(), map[string]any{"lastname": "x"}); err == nil {
+		t.Fatal("update of a missing row succeeded")
+	}
+	if err := s.Delete("contacts", id); err != nil || s.Count("contacts") != 0 {
+		t.Fatalf("delete: %v", err)
+	}
+}

@@ -8,12 +8,14 @@ package dataversetest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -603,4 +605,53 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Insert creates a row through the same rules as POST /{set} (no auth, no limits): for
+// tests that need rows "an admin typed in" before the app runs. It returns the new id.
+func (s *Server) Insert(set string, rec map[string]any) (string, error) {
+	resp := s.direct(http.MethodPost, set, rec)
+	if resp.status >= 400 {
+		return "", fmt.Errorf("dataversetest: insert into %s: %d %s", set, resp.status, resp.body)
+	}
+	loc := resp.entityURL
+	return strings.TrimSuffix(loc[strings.LastIndexByte(loc, '(')+1:], ")"), nil
+}
+
+// Update patches an existing row through the same rules as PATCH with If-Match: *.
+func (s *Server) Update(set, id string, rec map[string]any) error {
+	resp := s.direct(http.MethodPatch, set+"("+id+")", rec)
+	if resp.status >= 400 {
+		return fmt.Errorf("dataversetest: update %s(%s): %d %s", set, id, resp.status, resp.body)
+	}
+	return nil
+}
+
+// Delete deletes a row through the same rules as DELETE (Restrict, cascades).
+func (s *Server) Delete(set, id string) error {
+	resp := s.direct(http.MethodDelete, set+"("+id+")", nil)
+	if resp.status >= 400 {
+		return fmt.Errorf("dataversetest: delete %s(%s): %d %s", set, id, resp.status, resp.body)
+	}
+	return nil
+}
+
+func (s *Server) direct(method, path string, rec map[string]any) *apiResp {
+	var body []byte
+	if rec != nil {
+		body, _ = json.Marshal(rec)
+	}
+	h := http.Header{}
+	if method == http.MethodPatch {
+		h.Set("If-Match", "*")
+	}
+	q := &apiReq{method: method, path: path, query: url.Values{}, header: h, body: body, base: s.URL() + apiRoot}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	x := s.st.begin()
+	resp := s.exec(x, q)
+	if resp.status >= 400 {
+		x.rollback()
+	}
+	return resp
 }
