@@ -333,3 +333,33 @@ func TestBulkTransientChunkRedelivered(t *testing.T) {
 		t.Fatalf("%d contacts, want 30", n)
 	}
 }
+
+// BenchmarkImportCustomerChunks imports 1000 customers as intake would queue them
+// (chunk messages) and reports Dataverse requests per customer.
+func BenchmarkImportCustomerChunks(b *testing.B) {
+	for n := 0; n < b.N; n++ {
+		b.StopTimer()
+		e := newEnv(b, envOptions{})
+		tmpl := example(b, "customer-created.json")[0]
+		var evs []*nop.Event
+		for i := 1; i <= 1000; i++ {
+			evs = append(evs, customerEvent(b, tmpl, i, 1, fmt.Sprintf("bench%d@example.test", i), nil))
+		}
+		msgs, err := nop.Messages(state.Customer, evs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := e.srv.Stats().Requests
+		b.StartTimer()
+		for _, m := range msgs {
+			if err := e.eng.HandleMessage(e.ctx, "customers", m.Body); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		b.ReportMetric(float64(e.srv.Stats().Requests-before)/1000, "requests/customer")
+		if e.srv.Count("contacts") != 1000 {
+			b.Fatalf("%d contacts", e.srv.Count("contacts"))
+		}
+	}
+}

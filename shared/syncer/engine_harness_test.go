@@ -27,7 +27,7 @@ const examplesDir = "../../../shared/spec/examples"
 // env is the engine against the Dataverse simulator, through the real client, with the
 // embedded state store.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context
 	srv *dataversetest.Server
 	dv  *dataverse.Client
@@ -42,7 +42,7 @@ type envOptions struct {
 	settings func(*Settings)
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	so := dataversetest.Options{}
 	if o.sim != nil {
@@ -138,7 +138,7 @@ func (e *env) where(set, col, v string) []map[string]any {
 }
 
 // example reads an example file: one event or an array of events.
-func example(t *testing.T, name string) []map[string]any {
+func example(t testing.TB, name string) []map[string]any {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(examplesDir, name))
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 )
 
 func productEvent(t testing.TB, id int, seq int64, data func(d map[string]any)) *nop.Event {
-	tmpl := example(t.(*testing.T), "product-simple.json")[0]
+	tmpl := example(t, "product-simple.json")[0]
 	return mkEvent(t, tmpl, fmt.Sprintf("prod-%d-%d", id, seq), seq, func(d map[string]any) {
 		d["id"] = id
 		d["sku"] = fmt.Sprintf("SKU-%d", id)
