@@ -14,12 +14,15 @@ import (
 // whether it created the invoice now. Unless the state already knows the invoice is there
 // and Paid, Dataverse is asked first (invoices of the order), so a crash after
 // ConvertSalesOrderToInvoice and before the state was saved never yields a second invoice.
-func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID string, rec *state.Record) (converted bool, err error) {
+func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID string, rec *state.Record, pre *orderPrefetch) (converted bool, err error) {
 	if rec.Extra[extraInvoiceID] != "" && rec.Extra[extraInvoicePaid] == "true" {
 		return false, nil
 	}
-	inv, paid, err := s.findInvoiceState(ctx, orderID)
-	if err != nil {
+	var inv string
+	var paid bool
+	if known, ok := pre.invoice(orderID); ok {
+		inv, paid = known.id, known.paid
+	} else if inv, paid, err = s.findInvoiceState(ctx, orderID); err != nil {
 		return false, fmt.Errorf("order %d: %w", o.ID, err)
 	}
 	if inv == "" {

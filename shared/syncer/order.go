@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -40,7 +41,16 @@ var errOrderClosed = errors.New(reasonOrderClosed)
 // orderSyncer writes orders: salesorder + salesorderdetails, invoice, fulfil/cancel.
 type orderSyncer struct {
 	e *Engine
+	// convertMoves records whether ConvertSalesOrderToInvoice changes the order's state in
+	// this environment (convertUnknown until the first conversion shows it).
+	convertMoves atomic.Int32
 }
+
+const (
+	convertUnknown int32 = iota
+	convertKeepsState
+	convertMovesState
+)
 
 func newOrderSyncer(e *Engine) entitySyncer { return &orderSyncer{e: e} }
 
@@ -90,10 +100,11 @@ type orderPlan struct {
 	write     *orderWrite // nil: header and lines need no write
 	ops       []dataverse.Op
 	conflicts []string
+	pre       *orderPrefetch // nil outside chunks
 }
 
 func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
-	p, err := s.plan(ctx, newRefResolver(s.e), ev, rec)
+	p, err := s.plan(ctx, newRefResolver(s.e), nil, ev, rec)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -122,7 +133,7 @@ func (p *orderPlan) written() {
 
 // plan reads the salesorder's state and prepares the header-and-lines write when one is
 // due (the salesorder is missing or Active and differs from the store's order).
-func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, ev *nop.Event, rec *state.Record) (*orderPlan, error) {
+func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPrefetch, ev *nop.Event, rec *state.Record) (*orderPlan, error) {
 	o := ev.Order
 	if o == nil {
 		return nil, permanent(fmt.Errorf("event %s: no order data", ev.ID))
@@ -130,7 +141,7 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, ev *nop.Event
 	if rec.Extra == nil {
 		rec.Extra = map[string]string{}
 	}
-	p := &orderPlan{ev: ev, rec: rec, orderID: rec.DataverseID}
+	p := &orderPlan{ev: ev, rec: rec, orderID: rec.DataverseID, pre: pre}
 	if p.orderID == "" {
 		p.orderID = salesOrderID(ev.StoreID, o.ID)
 	}
@@ -152,7 +163,9 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, ev *nop.Event
 	if err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
-	if p.cur, err = s.readOrder(ctx, p.orderID); err != nil {
+	if cur, ok := pre.order(p.orderID); ok {
+		p.cur = cur
+	} else if p.cur, err = s.readOrder(ctx, p.orderID); err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
 	p.content, p.note = orderContentDigest(o), paymentNote(o)
@@ -193,14 +206,21 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 
 	// Step 2: the invoice, once, for a paid order.
 	if orderPaid(o) {
-		converted, err := s.ensureInvoice(ctx, o, orderID, rec)
+		converted, err := s.ensureInvoice(ctx, o, orderID, rec, p.pre)
 		if err != nil {
 			return outcome{}, err
 		}
-		if converted {
-			// Converting may move the order (to Invoiced in some environments): read it again.
+		// Converting may move the order (to Invoiced in some environments). Read it again
+		// until this environment has shown what it does.
+		if converted && s.convertMoves.Load() != convertKeepsState {
+			before := cur
 			if cur, err = s.readOrder(ctx, orderID); err != nil {
 				return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+			}
+			if cur.statecode == before.statecode {
+				s.convertMoves.CompareAndSwap(convertUnknown, convertKeepsState)
+			} else {
+				s.convertMoves.Store(convertMovesState)
 			}
 		}
 	}

@@ -27,8 +27,19 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	plans := make([]*orderPlan, len(evs))
 
 	refs := newRefResolver(s.e)
+	var ids []string
+	for i, ev := range evs {
+		if ev.Order != nil && !ev.Order.Deleted {
+			id := recs[i].DataverseID
+			if id == "" {
+				id = salesOrderID(ev.StoreID, ev.Order.ID)
+			}
+			ids = append(ids, id)
+		}
+	}
+	pre := s.prefetch(ctx, ids)
 	s.parallel(ctx, len(evs), func(ctx context.Context, i int) {
-		plans[i], errs[i] = s.plan(ctx, refs, evs[i], recs[i])
+		plans[i], errs[i] = s.plan(ctx, refs, pre, evs[i], recs[i])
 		if errs[i] == nil && plans[i].done {
 			outs[i] = plans[i].out
 		}

@@ -22,7 +22,7 @@ import (
 // orderHarness runs the engine against the Dataverse simulator through the real client,
 // with the embedded state store; both wrapped so tests can inject failures.
 type orderHarness struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context
 	srv *dataversetest.Server
 	sim dataversetest.Options
@@ -37,7 +37,7 @@ type harnessOptions struct {
 	sim      dataversetest.Options
 }
 
-func newOrderHarness(t *testing.T, o harnessOptions) *orderHarness {
+func newOrderHarness(t testing.TB, o harnessOptions) *orderHarness {
 	t.Helper()
 	if o.currency == "" {
 		o.currency = "USD"
