@@ -187,7 +187,7 @@ func (s *Store) ensureTable(ctx context.Context) error {
 // DeleteTable drops the whole table (tests; an admin wiping state).
 func (s *Store) DeleteTable(ctx context.Context) error {
 	_, err := s.svc.DeleteTable(ctx, s.table, nil)
-	if err != nil && !hasCode(err, aztables.TableNotFound) {
+	if err != nil && statusOf(err) != http.StatusNotFound {
 		return fmt.Errorf("tablestorage: delete table %s: %w", s.table, err)
 	}
 	s.mu.Lock()
@@ -386,6 +386,13 @@ func (s *Store) saveCounted(ctx context.Context, rec *state.Record, body []byte,
 			return fail(err)
 		}
 		f := results[len(results)-1]
+		if f.code == string(aztables.TableNotFound) && !tableRecreated {
+			tableRecreated = true
+			if err := s.ensureTable(ctx); err != nil {
+				return fail(err)
+			}
+			continue
+		}
 		if f.status != http.StatusConflict && f.status != http.StatusPreconditionFailed && f.status != http.StatusNotFound {
 			return fail(fmt.Errorf("%d %s: %s", f.status, f.code, f.message))
 		}

@@ -50,8 +50,5 @@ func TestConformance(t *testing.T) {
 
 // One shard: every writer of an entity contends for the same counter row.
 func TestConformanceOneShard(t *testing.T) {
-	if testing.Short() {
-		t.Skip("short")
-	}
-	statetest.Run(t, func(t *testing.T) state.Store { return newTestStore(t, Options{Shards: 1}) })
+	statetest.RunConcurrency(t, func(t *testing.T) state.Store { return newTestStore(t, Options{Shards: 1}) })
 }
