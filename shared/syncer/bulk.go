@@ -37,6 +37,11 @@ type bulkGroup struct {
 	set     string
 	logical string
 	pk      string
+	// key names the kind of write for remembering that bulk is refused (default set).
+	key string
+	// noSplit: after a refused request write its rows one by one at once; when they all
+	// succeed that way, the message itself is refused and this key stays single.
+	noSplit bool
 	// single writes one row on its own (fallback and isolation).
 	single func(ctx context.Context, r bulkRow) error
 }
@@ -49,7 +54,10 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if len(rows) == 0 {
 		return
 	}
-	if _, off := g.e.noBulk.Load(g.set); off || len(rows) < minBulk {
+	if g.key == "" {
+		g.key = g.set
+	}
+	if _, off := g.e.noBulk.Load(g.key); off || len(rows) < minBulk {
 		g.singles(ctx, rows, errs)
 		return
 	}
@@ -74,7 +82,7 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if bulkUnsupported(err) {
 		// "Not all standard tables support these messages": write this table's rows one
 		// by one from now on.
-		g.e.noBulk.Store(g.set, true)
+		g.e.noBulk.Store(g.key, true)
 		g.singles(ctx, rows, errs)
 		return
 	}
@@ -98,6 +106,17 @@ func (g *bulkGroup) failed(ctx context.Context, rows []bulkRow, err error, errs 
 		for _, r := range rows {
 			errs[r.i] = err
 		}
+		return
+	}
+	if g.noSplit {
+		g.singles(ctx, rows, errs)
+		for _, r := range rows {
+			if errs[r.i] != nil {
+				return // the data, not the message, was refused
+			}
+		}
+		// Every row went through on its own: the environment refuses the message.
+		g.e.noBulk.Store(g.key, true)
 		return
 	}
 	if len(rows) < 2*minBulk {
@@ -440,16 +459,44 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		errs[i] = e.writePriceItem(ctx, plans[i], recs[i], sh)
 	})
 
-	// Lifecycle, product by product.
-	e.parallel(ctx, written, func(ctx context.Context, i int) {
-		if errs[i] != nil {
-			return
-		}
+	// Lifecycle: Draft products to publish go in bulk (UpdateMultiple setting the state;
+	// if the environment refuses that, product by product from then on), the rest one
+	// by one.
+	curOf := func(i int) int {
 		cur, ok := pre.states[plans[i].id]
 		if !ok || cur < 0 {
 			cur = productDraft
 		}
-		if errs[i] = e.settleLifecycle(ctx, plans[i], cur); errs[i] == nil {
+		return cur
+	}
+	var publish []bulkRow
+	var settle []int
+	for _, i := range written {
+		if errs[i] != nil {
+			continue
+		}
+		pl := plans[i]
+		if cur := curOf(i); !pl.family && pl.active && (cur == productDraft || cur == productUnderRevision) {
+			publish = append(publish, bulkRow{i: i, id: pl.id, rec: dataverse.Record{"statecode": productActive, "statuscode": 1}})
+		} else {
+			settle = append(settle, i)
+		}
+	}
+	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
+		single: func(ctx context.Context, r bulkRow) error {
+			if err := e.settleLifecycle(ctx, plans[r.i], curOf(r.i)); err != nil {
+				return err
+			}
+			return nil
+		}}).write(ctx, publish, errs)
+	for _, r := range publish {
+		if errs[r.i] == nil {
+			e.recordProduct(ctx, plans[r.i], recs[r.i])
+			outs[r.i] = plans[r.i].outcome()
+		}
+	}
+	e.parallel(ctx, settle, func(ctx context.Context, i int) {
+		if errs[i] = e.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
 			e.recordProduct(ctx, plans[i], recs[i])
 			outs[i] = plans[i].outcome()
 		}

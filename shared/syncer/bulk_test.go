@@ -363,3 +363,63 @@ func BenchmarkImportCustomerChunks(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkImportProductChunks imports 1000 products (chunk messages) and reports
+// Dataverse requests per product (publishing is one request per product).
+func BenchmarkImportProductChunks(b *testing.B) {
+	for n := 0; n < b.N; n++ {
+		b.StopTimer()
+		e := newEnv(b, envOptions{})
+		var evs []*nop.Event
+		for i := 1; i <= 1000; i++ {
+			evs = append(evs, productEvent(b, i, 1, nil))
+		}
+		msgs, err := nop.Messages(state.Product, evs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := e.srv.Stats().Requests
+		b.StartTimer()
+		for _, m := range msgs {
+			if err := e.eng.HandleMessage(e.ctx, "products", m.Body); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		b.ReportMetric(float64(e.srv.Stats().Requests-before)/1000, "requests/product")
+		if e.srv.Count("products") != 1000 || e.srv.Count("productpricelevels") != 1000 {
+			b.Fatalf("%d products", e.srv.Count("products"))
+		}
+	}
+}
+
+// Publishing in bulk (UpdateMultiple setting statecode) falls back to one product at a
+// time when the environment refuses it, and stays that way.
+func TestBulkPublishRefusedFallsBack(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if op == "UpdateMultiple" && set == "products" && len(recs) > 0 && recs[0]["statecode"] != nil {
+			return refuse("This message can not be used to set the state of product.")
+		}
+		return nil
+	})
+	chunk := func(from, to int) {
+		var evs []*nop.Event
+		for i := from; i < to; i++ {
+			evs = append(evs, productEvent(t, i, 1, nil))
+		}
+		if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chunk(1, 21)
+	chunk(21, 41)
+	for i := 1; i < 41; i++ {
+		if p := e.row("products", productID(1, i)); numOf(p["statecode"]) != productActive {
+			t.Fatalf("product %d state %v", i, p["statecode"])
+		}
+	}
+	if n := e.wdv.count("UpdateMultiple", "products"); n != 1 {
+		t.Errorf("%d bulk publish attempts, want 1 (then single publishing)", n)
+	}
+}
