@@ -14,7 +14,9 @@
 //	func newOrderSyncer(e *Engine) entitySyncer
 //
 // Additions (no change to the above): transient(err)/permanent(err) wrap an error with an
-// explicit class; e.dv is the Dataverse interface below; e.settings the Settings.
+// explicit class; e.dv is the Dataverse interface below; e.settings the Settings. Chunk
+// messages whose id starts with ResyncChunkPrefix ("resync-", what ops' sync runs send)
+// are forced: rec.DataHash is cleared before sync, so unchanged data is written again.
 package syncer
 
 import (
@@ -316,10 +318,26 @@ func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byt
 	if len(mine) == 0 {
 		return nil
 	}
+	force := isResyncChunk(body)
 	if len(mine) == 1 {
-		return e.process(ctx, mine[0], false)
+		return e.process(ctx, mine[0], force)
 	}
-	return e.processMany(ctx, entity, mine, false)
+	return e.processMany(ctx, entity, mine, force)
+}
+
+// ResyncChunkPrefix starts the id of chunk messages that re-send stored events (sync
+// runs, scope "all" or "failed"). Their events are written again even when state says
+// they were applied with the same data: a re-sync is how rows changed or deleted in
+// Dynamics 365 get repaired. Older events are still skipped as stale.
+const ResyncChunkPrefix = "resync-"
+
+func isResyncChunk(body []byte) bool {
+	var env struct {
+		Chunk *struct {
+			ID string `json:"id"`
+		} `json:"chunk"`
+	}
+	return json.Unmarshal(body, &env) == nil && env.Chunk != nil && strings.HasPrefix(env.Chunk.ID, ResyncChunkPrefix)
 }
 
 type claimResult int

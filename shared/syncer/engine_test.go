@@ -354,3 +354,27 @@ func TestDeterministicIDs(t *testing.T) {
 		t.Fatalf("%s is not a version 5 UUID", a)
 	}
 }
+
+// Sync runs re-send stored events as "resync-" chunks through the queues: those are
+// written again (repairing Dynamics 365), while a replayed ordinary message is a
+// duplicate with no effect.
+func TestResyncChunkMessagesForceWrites(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	ev := customerEvent(t, tmpl, 1, 1, "f1@example.test", nil)
+	e.each(state.Customer, ev)
+	if err := e.dv.Update(e.ctx, "contacts", contactID(1, 1), dataverse.Record{"firstname": "Changed"}); err != nil {
+		t.Fatal(err)
+	}
+	e.each(state.Customer, ev) // a replayed message: nothing happens
+	if got := e.row("contacts", contactID(1, 1))["firstname"]; got != "Changed" {
+		t.Fatalf("duplicate rewrote the contact: %v", got)
+	}
+	body := fmt.Sprintf(`{"chunk":{"id":"%s","events":[%s]}}`, ResyncChunkPrefix+"run1-customer-1", ev.Raw)
+	if err := e.eng.HandleMessage(e.ctx, "customers", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.row("contacts", contactID(1, 1))["firstname"]; got != "Ada" {
+		t.Fatalf("resync chunk did not repair the contact: %v", got)
+	}
+}
