@@ -49,8 +49,10 @@ func decodeEvents(want Entity, raws []json.RawMessage) ([]*Event, error) {
 	}
 	events := make([]*Event, len(raws))
 	seen := make(map[string]int, len(raws))
+	d := &decoder{slab: make([]member, 0, 64)}
 	for i, r := range raws {
-		ev, err := decodeEvent(i, want, r)
+		d.index, d.err, d.slab = i, nil, d.slab[:0] // members are dead once an event is decoded
+		ev, err := decodeEvent(d, want, r)
 		if err != nil {
 			return nil, err
 		}
@@ -137,6 +139,7 @@ func jsonKind(r json.RawMessage) string {
 type decoder struct {
 	index int
 	err   *ValidationError
+	slab  []member // members of this event's objects (see appendMembers)
 }
 
 func (d *decoder) fail(path, format string, args ...any) {
@@ -175,11 +178,12 @@ func (d *decoder) asObject(path string, raw json.RawMessage) *object {
 		d.fail(path, "must be an object, got %s", jsonKind(raw))
 		return nil
 	}
-	m, ok := splitObject(raw)
+	full, m, ok := appendMembers(d.slab, raw)
 	if !ok {
 		d.fail(path, "malformed object")
 		return nil
 	}
+	d.slab = full
 	return &object{d: d, path: path, members: m}
 }
 
@@ -480,9 +484,9 @@ func (o *object) array(name string, required bool) []json.RawMessage {
 
 func elem(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 
-// decodeEvent validates one event object. want "" accepts any known entity.
-func decodeEvent(index int, want Entity, raw json.RawMessage) (*Event, error) {
-	d := &decoder{index: index}
+// decodeEvent validates one event object with d (index set, no error yet). want ""
+// accepts any known entity.
+func decodeEvent(d *decoder, want Entity, raw json.RawMessage) (*Event, error) {
 	o := d.asObject("", raw)
 	if o == nil {
 		return nil, d.err

@@ -93,48 +93,58 @@ func unquote(tok []byte) (string, bool) {
 
 // splitObject returns the members of the object b (already valid JSON).
 func splitObject(b []byte) ([]member, bool) {
+	_, obj, ok := appendMembers(nil, b)
+	return obj, ok
+}
+
+// appendMembers appends the members of the object b to slab and returns the grown slab
+// and the object's members (its tail, capped so appends never write into it). The
+// objects of one event share one growing slab: earlier objects keep their view even
+// when a later append moves the slab to a new array.
+func appendMembers(slab []member, b []byte) (full, obj []member, ok bool) {
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return nil, false
+		return slab, nil, false
 	}
-	members := make([]member, 0, 16)
+	start := len(slab)
+	members := slab
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return members, true
+		return members, members[start:len(members):len(members)], true
 	}
 	for {
 		if i >= len(b) || b[i] != '"' {
-			return nil, false
+			return slab, nil, false
 		}
 		end := skipString(b, i)
 		if end < 0 {
-			return nil, false
+			return slab, nil, false
 		}
 		key, ok := unquote(b[i:end])
 		if !ok {
-			return nil, false
+			return slab, nil, false
 		}
 		i = skipWS(b, end)
 		if i >= len(b) || b[i] != ':' {
-			return nil, false
+			return slab, nil, false
 		}
 		i = skipWS(b, i+1)
 		vend := skipValue(b, i)
 		if vend < 0 {
-			return nil, false
+			return slab, nil, false
 		}
 		members = append(members, member{key: key, value: b[i:vend:vend]})
 		i = skipWS(b, vend)
 		if i >= len(b) {
-			return nil, false
+			return slab, nil, false
 		}
 		switch b[i] {
 		case ',':
 			i = skipWS(b, i+1)
 		case '}':
-			return members, true
+			return members, members[start:len(members):len(members)], true
 		default:
-			return nil, false
+			return slab, nil, false
 		}
 	}
 }
