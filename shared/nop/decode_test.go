@@ -28,6 +28,8 @@ func TestDecodeRules(t *testing.T) {
 		{"customer", "id", long, "id", "1 to 128"},
 		{"customer", "id", long[:128], "", ""},
 		{"customer", "id", strings.Repeat("é", 128), "", ""},
+		{"customer", "id", strings.Repeat("😀", 64), "", ""},
+		{"customer", "id", strings.Repeat("😀", 64) + "x", "id", "1 to 128"}, // 129 UTF-16 units, as Service Bus counts
 		{"customer", "id", raw("17"), "id", "must be a string"},
 		{"customer", "id", "a\nb", "id", "control characters"},
 		{"customer", "id", raw("null"), "id", "must not be null"},
