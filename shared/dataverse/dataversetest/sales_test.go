@@ -15,7 +15,7 @@ type salesFixture struct {
 	family, contact, eur, eurPriceLst string
 }
 
-func newSales(t *testing.T, o Options) *salesFixture {
+func newSales(t testing.TB, o Options) *salesFixture {
 	t.Helper()
 	if o.Currencies == nil {
 		o.Currencies = []Currency{{ISOCode: "EUR", Name: "Euro", Symbol: "€", Precision: 2, ExchangeRate: 0.9}}
@@ -47,7 +47,7 @@ func newSales(t *testing.T, o Options) *salesFixture {
 	return f
 }
 
-func (f *salesFixture) newProduct(t *testing.T, number, parent string) string {
+func (f *salesFixture) newProduct(t testing.TB, number, parent string) string {
 	t.Helper()
 	body := map[string]any{"name": number, "productnumber": number, "price": 10,
 		"defaultuomscheduleid@odata.bind": "/uomschedules(" + f.group + ")", "defaultuomid@odata.bind": "/uoms(" + f.unit + ")"}

@@ -77,10 +77,59 @@ type store struct {
 	rows    map[string]map[string]*row // logical -> id -> row
 	version int64
 	seq     int64
+	// refs indexes lookups: logical -> attr -> referenced id -> referencing row ids.
+	refs map[string]map[string]map[string]map[string]bool
+}
+
+func (st *store) index(logical string, r *row, add bool) {
+	for k, v := range r.vals {
+		id, ok := v.(string)
+		if !ok || id == "" || !strings.HasPrefix(k, "_") || !strings.HasSuffix(k, "_value") {
+			continue
+		}
+		attr := k[1 : len(k)-len("_value")]
+		id = strings.ToLower(id)
+		byAttr := st.refs[logical]
+		if byAttr == nil {
+			byAttr = map[string]map[string]map[string]bool{}
+			st.refs[logical] = byAttr
+		}
+		byID := byAttr[attr]
+		if byID == nil {
+			byID = map[string]map[string]bool{}
+			byAttr[attr] = byID
+		}
+		set := byID[id]
+		if add {
+			if set == nil {
+				set = map[string]bool{}
+				byID[id] = set
+			}
+			set[r.id] = true
+		} else if set != nil {
+			delete(set, r.id)
+			if len(set) == 0 {
+				delete(byID, id)
+			}
+		}
+	}
+}
+
+// replace swaps the stored version of a row, keeping the lookup index in step.
+func (st *store) replace(logical, id string, r *row) {
+	if cur := st.rows[logical][id]; cur != nil {
+		st.index(logical, cur, false)
+	}
+	if r == nil {
+		delete(st.rows[logical], id)
+		return
+	}
+	st.rows[logical][id] = r
+	st.index(logical, r, true)
 }
 
 func newStore(sc *schema) *store {
-	st := &store{rows: map[string]map[string]*row{}, version: 1000}
+	st := &store{rows: map[string]map[string]*row{}, version: 1000, refs: map[string]map[string]map[string]map[string]bool{}}
 	for l := range sc.byLogical {
 		st.rows[l] = map[string]*row{}
 	}
@@ -126,7 +175,8 @@ func (x *tx) put(logical string, r *row) {
 		r.seq = x.st.seq
 	}
 	r.vals["versionnumber"] = int(r.version)
-	x.st.rows[logical][id] = r
+	r.id = id
+	x.st.replace(logical, id, r)
 	x.rows++
 }
 
@@ -137,18 +187,14 @@ func (x *tx) del(logical, id string) {
 		return
 	}
 	x.undo = append(x.undo, undo{logical: logical, id: id, prev: prev})
-	delete(x.st.rows[logical], id)
+	x.st.replace(logical, id, nil)
 	x.rows++
 }
 
 func (x *tx) rollback() {
 	for i := len(x.undo) - 1; i >= 0; i-- {
 		u := x.undo[i]
-		if u.prev == nil {
-			delete(x.st.rows[u.logical], u.id)
-		} else {
-			x.st.rows[u.logical][u.id] = u.prev
-		}
+		x.st.replace(u.logical, u.id, u.prev)
 	}
 	x.undo = nil
 	x.deleting = nil
@@ -160,11 +206,7 @@ func (x *tx) savepoint() int { return len(x.undo) }
 func (x *tx) rollbackTo(sp int) {
 	for i := len(x.undo) - 1; i >= sp; i-- {
 		u := x.undo[i]
-		if u.prev == nil {
-			delete(x.st.rows[u.logical], u.id)
-		} else {
-			x.st.rows[u.logical][u.id] = u.prev
-		}
+		x.st.replace(u.logical, u.id, u.prev)
 	}
 	x.undo = x.undo[:sp]
 	x.deleting = nil
@@ -184,9 +226,8 @@ func (x *tx) sorted(logical string) []*row {
 // referencing returns rows of child whose lookup attr points at id.
 func (x *tx) referencing(child, attr, id string) []*row {
 	var out []*row
-	id = strings.ToLower(id)
-	for _, r := range x.st.rows[child] {
-		if strings.ToLower(r.ref(attr)) == id {
+	for rid := range x.st.refs[child][attr][strings.ToLower(id)] {
+		if r := x.st.rows[child][rid]; r != nil {
 			out = append(out, r)
 		}
 	}
