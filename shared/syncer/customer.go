@@ -455,6 +455,8 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 			if err := e.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
 				e.log.Warn("saving customer state from order", "customer", c.ID, "error", err)
 			}
+		} else {
+			e.rememberRow(ctx, rec, p.id)
 		}
 		return p.id, nil
 	}

@@ -641,8 +641,23 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 		if err := e.st.Save(ctx, work); err != nil && !errors.Is(err, state.ErrConflict) {
 			e.log.Warn("saving product state from order", "product", ip.ID, "error", err)
 		}
+	} else {
+		e.rememberRow(ctx, rec, pl.id)
 	}
 	return pl.id, nil
+}
+
+// rememberRow stores the row an order made for an entity whose record has none yet (its
+// own sync failed, or was skipped), so later orders and its own next event use it.
+// Nothing is saved while another writer holds the record; losing a race is harmless.
+func (e *Engine) rememberRow(ctx context.Context, rec *state.Record, id string) {
+	if rec.DataverseID != "" || (rec.LeaseOwner != "" && e.now().Before(rec.LeaseUntil)) {
+		return
+	}
+	rec.DataverseID = id
+	if err := e.st.Save(ctx, rec); err != nil && !errors.Is(err, state.ErrConflict) {
+		e.log.Warn("remembering row made for an order", "entity", rec.Entity, "id", rec.ID, "error", err)
+	}
 }
 
 // fetchImage downloads a picture (size-capped, with the client's timeout) as base64.

@@ -248,3 +248,41 @@ func TestProductImages(t *testing.T) {
 		}
 	}
 }
+
+// Orders before their products and customer: the order's lines create the products (a
+// family stub for the grouped one), the order's customer becomes the contact; the later
+// product and customer events update those same rows.
+func TestOrderBeforeProductsAndCustomer(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Order, mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil))
+	for _, id := range []int{7, 12} {
+		r := e.rec(state.Product, id)
+		if r.DataverseID != productID(1, id) || !strings.Contains(r.Reason, "order line") {
+			t.Fatalf("product %d state: %+v", id, r)
+		}
+	}
+	if r := e.rec(state.Product, 20); r.DataverseID != productID(1, 20) || r.Extra[extraFamilyStub] != "true" {
+		t.Fatalf("family stub state: %+v", r)
+	}
+	if r := e.rec(state.Customer, 42); r.DataverseID != contactID(1, 42) {
+		t.Fatalf("customer state: %+v", r)
+	}
+	products := e.srv.Count("products")
+	for i, m := range example(t, "products-grouped.json") {
+		e.each(state.Product, mkEvent(t, m, fmt.Sprintf("g%d", i), 0, nil))
+	}
+	e.each(state.Product, mkEvent(t, example(t, "product-simple.json")[0], "p1", 0, func(d map[string]any) { d["pictureUrls"] = []any{} }))
+	e.each(state.Customer, mkEvent(t, example(t, "customer-created.json")[0], "c1", 0, nil))
+	if n := e.srv.Count("products"); n != products+1 { // + product 13, not in the order
+		t.Fatalf("%d products after the product events, want %d", n, products+1)
+	}
+	if p := e.row("products", productID(1, 20)); p["productnumber"] != "LENS-ACC" || p["name"] != "Lens accessories" || numOf(p["statecode"]) != productActive {
+		t.Fatalf("family after its event: %v", p)
+	}
+	if p := e.row("products", productID(1, 7)); numOf(p["price"]) != 100 || numOf(p["quantityonhand"]) != 25 {
+		t.Fatalf("product 7 after its event: %v", p)
+	}
+	if n := e.srv.Count("contacts"); n != 1 {
+		t.Fatalf("%d contacts, want 1", n)
+	}
+}
