@@ -3,6 +3,17 @@
 // azidentity's ClientSecretCredential accepts. It serves HTTPS on 127.0.0.1 with its own
 // CA. Behaviours follow /work/shared/research/dataverse.md (section numbers in comments);
 // where the research says VERIFY the behaviour is an Option defaulting to the likely one.
+//
+// Typical use from a test:
+//
+//	srv := dataversetest.NewServer(dataversetest.Options{TimeScale: 0.01})
+//	defer srv.Close()
+//	client, _ := dataverse.New(dataverse.Options{EnvironmentURL: srv.URL(), TenantID: srv.TenantID,
+//		ClientID: srv.ClientID, Secret: dataverse.StaticSecret(srv.ClientSecret()),
+//		AuthorityHost: srv.AuthorityHost(), RootCAs: srv.CertPool()})
+//	... exercise the code under test ...
+//	row, ok := srv.Row("contacts", id)          // what landed, as stored
+//	if srv.RetryAfterViolations() != 0 { ... } // Retry-After honoured?
 package dataversetest
 
 import (
@@ -11,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -173,6 +185,7 @@ func NewServer(o Options) *Server {
 	}
 	s.pool = pool
 	s.ts = httptest.NewUnstartedServer(s.Handler())
+	s.ts.Config.ErrorLog = log.New(io.Discard, "", 0) // clients closing connections aren't news
 	s.ts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	s.ts.StartTLS()
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
