@@ -489,12 +489,16 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			}
 			return nil
 		}}).write(ctx, publish, errs)
+	var published []int
 	for _, r := range publish {
 		if errs[r.i] == nil {
-			e.recordProduct(ctx, plans[r.i], recs[r.i])
-			outs[r.i] = plans[r.i].outcome()
+			published = append(published, r.i)
 		}
 	}
+	e.parallel(ctx, published, func(ctx context.Context, i int) {
+		e.recordProduct(ctx, plans[i], recs[i])
+		outs[i] = plans[i].outcome()
+	})
 	e.parallel(ctx, settle, func(ctx context.Context, i int) {
 		if errs[i] = e.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
 			e.recordProduct(ctx, plans[i], recs[i])

@@ -331,12 +331,15 @@ func (e *Engine) recordProduct(ctx context.Context, pl *productPlan, rec *state.
 			rec.Extra[k] = v
 		}
 	}
+	claimed := rec.Extra[extraProductNumber] == pl.number && rec.DataverseID != ""
 	rec.Extra[extraProductNumber] = pl.number
 	delete(rec.Extra, extraFamilyStub)
 	if pl.parentID != "" {
 		rec.Extra[extraParentID] = pl.parentID
 	}
-	e.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
+	if !claimed {
+		e.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
+	}
 }
 
 // writeProduct upserts the row. A product number held by another product falls back to
