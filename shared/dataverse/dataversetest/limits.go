@@ -239,6 +239,9 @@ func (s *Server) IdealThroughput(recordsPerRequest, concurrency int) Throughput 
 	t.RequestBound = float64(lim.Requests) / win * rpr
 	t.ExecutionBound = lim.ExecutionTime.Seconds() / win / perReq * rpr
 	t.ConcurrencyBound = math.Inf(1)
+	if lim.Disabled {
+		t.RequestBound, t.ExecutionBound = math.Inf(1), math.Inf(1)
+	}
 	if s.o.SleepExecutionTime {
 		t.ConcurrencyBound = float64(min(concurrency, lim.Concurrent)) / perReq * rpr
 	}
