@@ -101,6 +101,12 @@ type orderPlan struct {
 	ops       []dataverse.Op
 	conflicts []string
 	pre       *orderPrefetch // nil outside chunks
+
+	// Bulk finish (order_bulk.go).
+	invoiceDone bool   // no invoice step needed
+	invoiceID   string // the order's invoice
+	invoicePaid bool   // ... already Paid
+	next        salesOrderState
 }
 
 func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
@@ -237,8 +243,13 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 		}
 		cur = next
 	}
-	rec.Extra[extraOrderState] = cur.name()
+	return p.result(cur), nil
+}
 
+// result is the outcome once every step is done; cur is the salesorder's state now.
+func (p *orderPlan) result(cur salesOrderState) outcome {
+	rec := p.rec
+	rec.Extra[extraOrderState] = cur.name()
 	out := p.out
 	if len(p.conflicts) > 0 {
 		// The admin must look at it: the order stays Failed (not transient, so no retries)
@@ -247,11 +258,11 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 		rec.Extra[extraConflict] = msg
 		out.status = state.Failed
 		out.reason = msg
-		return out, nil
+		return out
 	}
 	delete(rec.Extra, extraConflict)
 	out.reason = p.note
-	return out, nil
+	return out
 }
 
 // readOrder reads the salesorder's state; a missing order is not an error.
@@ -367,34 +378,69 @@ func orderOps(w *orderWrite, stale []string) []dataverse.Op {
 	return ops
 }
 
+// Close actions (step 3).
+const (
+	actionFulfil = "FulfillSalesOrder"
+	actionCancel = "CancelSalesOrder"
+)
+
+// closeAction decides step 3 from the salesorder's current state: the action to call
+// ("" for none), the state after it, and a conflict description when the store's status
+// cannot be applied.
+func closeAction(o *nop.Order, cur salesOrderState) (action string, next salesOrderState, conflict string) {
+	switch {
+	case o.OrderStatus == nop.OrderStatusComplete && cur.statecode == orderStateFulfilled,
+		o.OrderStatus == nop.OrderStatusCancelled && cur.statecode == orderStateCanceled:
+		return "", cur, "" // done
+	case cur.final():
+		return "", cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus))
+	case cur.statecode == orderStateInvoiced && o.OrderStatus == nop.OrderStatusComplete:
+		// Environments where converting to an invoice moves the order to Invoiced do not
+		// fulfil it afterwards: Invoiced is where a completed, paid order ends there.
+		return "", cur, ""
+	case cur.statecode == orderStateInvoiced:
+		return "", cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus))
+	case o.OrderStatus == nop.OrderStatusComplete:
+		return actionFulfil, salesOrderState{exists: true, statecode: orderStateFulfilled, statuscode: orderStatusComplete}, ""
+	case o.OrderStatus == nop.OrderStatusCancelled:
+		return actionCancel, salesOrderState{exists: true, statecode: orderStateCanceled, statuscode: orderStatusNoMoney}, ""
+	}
+	return "", cur, ""
+}
+
 // close fulfils or cancels the salesorder as the store says, when not yet done. It
 // returns the state after it, and a conflict description when the store's status cannot
 // be applied.
 func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, cur salesOrderState) (salesOrderState, string, error) {
-	switch {
-	case o.OrderStatus == nop.OrderStatusComplete && cur.statecode == orderStateFulfilled,
-		o.OrderStatus == nop.OrderStatusCancelled && cur.statecode == orderStateCanceled:
-		return cur, "", nil // done
-	case cur.final():
-		return cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
-	case cur.statecode == orderStateInvoiced && o.OrderStatus == nop.OrderStatusComplete:
-		// Environments where converting to an invoice moves the order to Invoiced do not
-		// fulfil it afterwards: Invoiced is where a completed, paid order ends there.
-		return cur, "", nil
-	case cur.statecode == orderStateInvoiced:
-		return cur, fmt.Sprintf("nopCommerce order status %s not applied", orderStatusName(o.OrderStatus)), nil
-	case o.OrderStatus == nop.OrderStatusComplete:
-		if err := s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete); err != nil {
-			return cur, "", fmt.Errorf("order %d: fulfil salesorder %s: %w", o.ID, orderID, err)
-		}
-		return salesOrderState{exists: true, statecode: orderStateFulfilled, statuscode: orderStatusComplete}, "", nil
-	case o.OrderStatus == nop.OrderStatusCancelled:
-		if err := s.e.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney); err != nil {
-			return cur, "", fmt.Errorf("order %d: cancel salesorder %s: %w", o.ID, orderID, err)
-		}
-		return salesOrderState{exists: true, statecode: orderStateCanceled, statuscode: orderStatusNoMoney}, "", nil
+	action, next, conflict := closeAction(o, cur)
+	var err error
+	switch action {
+	case actionFulfil:
+		err = s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete)
+	case actionCancel:
+		err = s.e.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney)
 	}
-	return cur, "", nil
+	if err != nil {
+		return cur, "", fmt.Errorf("order %d: %s %s: %w", o.ID, action, orderID, err)
+	}
+	return next, conflict, nil
+}
+
+// closeOp is the close action as a $batch request (the body the client's
+// FulfillSalesOrder/CancelSalesOrder send).
+func closeOp(action, orderID string) dataverse.Op {
+	status, subject := orderStatusComplete, "Order fulfilled"
+	if action == actionCancel {
+		status, subject = orderStatusNoMoney, "Order canceled"
+	}
+	return dataverse.Op{Method: "POST", Path: action, Body: dataverse.Record{
+		"OrderClose": dataverse.Record{
+			"@odata.type":             "Microsoft.Dynamics.CRM.orderclose",
+			"subject":                 subject,
+			"salesorderid@odata.bind": bindTo(setSalesOrders, orderID),
+		},
+		"Status": status,
+	}}
 }
 
 func orderStatusName(s int) string {

@@ -50,6 +50,8 @@ func BenchmarkImportOrderChunks(b *testing.B) {
 		b.ReportMetric(float64(h.srv.Stats().Requests-before)/n, "requests/order")
 		b.ReportMetric(n/elapsed.Seconds(), "orders/s")
 		b.ReportMetric(float64(len(msgs)), "messages")
+		b.ReportMetric(float64(h.srv.Stats().Throttled), "throttled")
+		b.ReportMetric(h.fdv.batchTime.Seconds(), "batch-s")
 		if got := h.srv.Count("salesorders"); got != n {
 			b.Fatalf("%d salesorders", got)
 		}

@@ -3,6 +3,8 @@ package syncer
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 
@@ -68,20 +70,206 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 		s.writeGroup(ctx, plans, groups[gi], errs)
 	})
 
-	s.parallel(ctx, len(evs), func(ctx context.Context, i int) {
-		p := plans[i]
-		if errs[i] != nil || p == nil || p.done {
-			return
-		}
-		outs[i], errs[i] = s.finish(ctx, p)
-	})
+	s.finishMany(ctx, plans, outs, errs)
 	return outs, errs
 }
 
-// writeGroup sends the change sets of a group of orders. Dataverse stops a batch at the
-// first failing change set: that order gets the error, those before it are written, and
-// those after it are sent again in a new batch.
+// finishMany runs the steps after header and lines for a chunk: the invoices to create in
+// $batch requests, then per order one change set with "invoice Paid" and the close action.
+// Orders the prefetch did not cover take the one-by-one path.
+func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs []outcome, errs []error) {
+	var live, convert []int
+	for i, p := range plans {
+		if errs[i] != nil || p == nil || p.done {
+			continue
+		}
+		o := p.ev.Order
+		if !orderPaid(o) || (p.rec.Extra[extraInvoiceID] != "" && p.rec.Extra[extraInvoicePaid] == "true") {
+			p.invoiceDone = true
+			live = append(live, i)
+			continue
+		}
+		inv, ok := p.pre.invoice(p.orderID)
+		if !ok {
+			outs[i], errs[i] = s.finish(ctx, p)
+			continue
+		}
+		p.invoiceID, p.invoicePaid = inv.id, inv.paid
+		if inv.id == "" {
+			convert = append(convert, i)
+		}
+		live = append(live, i)
+	}
+
+	// Invoices: ConvertSalesOrderToInvoice for each order without one, in $batch requests.
+	s.convertMany(ctx, plans, convert, errs)
+	var converted []string
+	for _, i := range convert {
+		if errs[i] == nil {
+			converted = append(converted, plans[i].orderID)
+		}
+	}
+	if len(converted) > 0 && s.convertMoves.Load() != convertKeepsState {
+		// Learn (or follow) what converting does to an order's state in this environment.
+		pre := s.prefetch(ctx, converted)
+		for _, i := range convert {
+			p := plans[i]
+			if errs[i] != nil {
+				continue
+			}
+			cur, ok := pre.order(p.orderID)
+			if !ok {
+				var err error
+				if cur, err = s.readOrder(ctx, p.orderID); err != nil {
+					errs[i] = fmt.Errorf("order %d: %w", p.ev.Order.ID, err)
+					continue
+				}
+			}
+			if cur.statecode == p.cur.statecode {
+				s.convertMoves.CompareAndSwap(convertUnknown, convertKeepsState)
+			} else {
+				s.convertMoves.Store(convertMovesState)
+			}
+			p.cur = cur
+		}
+	}
+
+	// Per order one change set: invoice Paid, then fulfil or cancel.
+	var sets []int
+	for _, i := range live {
+		p := plans[i]
+		if errs[i] != nil {
+			continue
+		}
+		var ops []dataverse.Op
+		if !p.invoiceDone && !p.invoicePaid {
+			ops = append(ops, dataverse.Op{Method: "PATCH", Path: setInvoices + "(" + p.invoiceID + ")",
+				Body:   dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete},
+				Header: map[string]string{"If-Match": "*"}})
+		}
+		o := p.ev.Order
+		p.next = p.cur
+		if o.OrderStatus == nop.OrderStatusComplete || o.OrderStatus == nop.OrderStatusCancelled || p.cur.final() {
+			action, next, conflict := closeAction(o, p.cur)
+			if conflict != "" {
+				p.conflicts = append(p.conflicts, conflict)
+			}
+			if action != "" {
+				ops = append(ops, closeOp(action, p.orderID))
+			}
+			p.next = next
+		}
+		p.ops = ops
+		if len(ops) == 0 {
+			p.closed()
+			outs[i] = p.result(p.next)
+			continue
+		}
+		sets = append(sets, i)
+	}
+	var groups [][]int
+	for start := 0; start < len(sets); start += ordersPerBatch {
+		groups = append(groups, sets[start:min(start+ordersPerBatch, len(sets))])
+	}
+	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+		s.sendChangeSets(ctx, plans, groups[gi], errs, func(p *orderPlan) {
+			p.closed()
+		}, func(p *orderPlan, err error) error {
+			return fmt.Errorf("order %d: set invoice paid / close salesorder %s: %w", p.ev.Order.ID, p.orderID, err)
+		})
+	})
+	for _, i := range sets {
+		if errs[i] == nil {
+			outs[i] = plans[i].result(plans[i].next)
+		}
+	}
+}
+
+// closed records that the invoice is Paid (when the order has one) after the last step.
+func (p *orderPlan) closed() {
+	if p.invoiceID != "" {
+		p.rec.Extra[extraInvoiceID] = p.invoiceID
+		p.rec.Extra[extraInvoicePaid] = "true"
+	}
+}
+
+// convertMany creates the invoices of the orders at idx: ConvertSalesOrderToInvoice
+// requests in $batch requests, each invoice recorded in state at once.
+func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
+	const perBatch = 50
+	var groups [][]int
+	for start := 0; start < len(idx); start += perBatch {
+		groups = append(groups, idx[start:min(start+perBatch, len(idx))])
+	}
+	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+		group := groups[gi]
+		for len(group) > 0 {
+			parts := make([]dataverse.BatchPart, len(group))
+			for k, i := range group {
+				parts[k] = dataverse.Op{Method: "POST", Path: "ConvertSalesOrderToInvoice",
+					Body: dataverse.Record{"SalesOrderId": plans[i].orderID, "ColumnSet": dataverse.Record{"AllColumns": true}}}
+			}
+			res, err := s.e.dv.Batch(ctx, parts...)
+			answered := len(group)
+			var be *dataverse.BatchError
+			switch {
+			case err == nil:
+			case errors.As(err, &be) && be.Part >= 1 && be.Part <= len(group):
+				answered = be.Part - 1
+				i := group[answered]
+				errs[i] = fmt.Errorf("order %d: convert salesorder %s to invoice: %w", plans[i].ev.Order.ID, plans[i].orderID, err)
+			default:
+				// Unknown which were applied: each order finds out on its next attempt.
+				for _, i := range group {
+					errs[i] = fmt.Errorf("order %d: convert salesorder %s to invoice: %w", plans[i].ev.Order.ID, plans[i].orderID, err)
+				}
+				return
+			}
+			for k := 0; k < answered; k++ {
+				i, p := group[k], plans[group[k]]
+				id := ""
+				if k < len(res) {
+					id = invoiceIDFromResult(res[k])
+				}
+				if id == "" {
+					errs[i] = transient(fmt.Errorf("order %d: ConvertSalesOrderToInvoice answered without an invoice id", p.ev.Order.ID))
+					continue
+				}
+				p.invoiceID, p.invoicePaid = id, false
+				p.rec.Extra[extraInvoiceID] = id
+				if err := s.e.saveProgress(ctx, p.rec); err != nil {
+					errs[i] = fmt.Errorf("order %d: record invoice %s: %w", p.ev.Order.ID, id, err)
+				}
+			}
+			if err == nil {
+				return
+			}
+			group = group[answered+1:]
+		}
+	})
+}
+
+// invoiceIDFromResult reads the invoice id ConvertSalesOrderToInvoice answered with.
+func invoiceIDFromResult(r dataverse.BatchResult) string {
+	var inv struct {
+		InvoiceID string `json:"invoiceid"`
+	}
+	if len(r.Body) > 0 && r.Decode(&inv) == nil && inv.InvoiceID != "" {
+		return strings.ToLower(inv.InvoiceID)
+	}
+	return strings.ToLower(r.EntityID)
+}
+
+// writeGroup sends the header-and-lines change sets of a group of orders.
 func (s *orderSyncer) writeGroup(ctx context.Context, plans []*orderPlan, group []int, errs []error) {
+	s.sendChangeSets(ctx, plans, group, errs, (*orderPlan).written, (*orderPlan).writeFailed)
+}
+
+// sendChangeSets sends each plan's ops as its own change set, packed in one $batch.
+// Dataverse stops a batch at the first failing change set: that order gets the error,
+// those before it are done, and those after it are sent again in a new batch.
+func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, group []int, errs []error,
+	done func(*orderPlan), failed func(*orderPlan, error) error) {
 	for len(group) > 0 {
 		parts := make([]dataverse.BatchPart, len(group))
 		for k, i := range group {
@@ -90,24 +278,24 @@ func (s *orderSyncer) writeGroup(ctx context.Context, plans []*orderPlan, group 
 		_, err := s.e.dv.Batch(ctx, parts...)
 		if err == nil {
 			for _, i := range group {
-				plans[i].written()
+				done(plans[i])
 			}
 			return
 		}
 		var be *dataverse.BatchError
 		if !errors.As(err, &be) || be.ChangeSet < 1 || be.ChangeSet > len(group) {
-			// The request as a whole failed: none of it is known to be written.
+			// The request as a whole failed: none of it is known to be applied.
 			for _, i := range group {
-				errs[i] = plans[i].writeFailed(err)
+				errs[i] = failed(plans[i], err)
 			}
 			return
 		}
-		failed := be.ChangeSet - 1
-		for _, i := range group[:failed] {
-			plans[i].written()
+		bad := be.ChangeSet - 1
+		for _, i := range group[:bad] {
+			done(plans[i])
 		}
-		errs[group[failed]] = plans[group[failed]].writeFailed(err)
-		group = group[failed+1:]
+		errs[group[bad]] = failed(plans[group[bad]], err)
+		group = group[bad+1:]
 	}
 }
 

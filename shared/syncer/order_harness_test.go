@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -161,12 +162,41 @@ type faultDV struct {
 	before map[string]int
 	after  map[string]int
 	calls  map[string]int
+
+	batchTime time.Duration // total time spent in Batch calls
+	afterPath string
 }
 
 var errInjected = errors.New("injected failure")
 
 func (f *faultDV) failBefore(op string, n int) { f.set(&f.before, op, n) }
-func (f *faultDV) failAfter(op string, n int)  { f.set(&f.after, op, n) }
+
+// failAfterBatchWith makes the next $batch holding a request to path (e.g.
+// "ConvertSalesOrderToInvoice", "salesorders(") reach Dataverse and then report a failure.
+func (f *faultDV) failAfterBatchWith(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.afterPath = path
+}
+
+// batchPaths lists the paths of a $batch's requests, change sets included.
+func batchPaths(parts []dataverse.BatchPart) []string {
+	var out []string
+	for _, p := range parts {
+		if op, ok := p.(dataverse.Op); ok {
+			out = append(out, op.Path)
+			continue
+		}
+		v := reflect.ValueOf(p) // a change set: a slice of Op
+		for i := 0; v.Kind() == reflect.Slice && i < v.Len(); i++ {
+			if op, ok := v.Index(i).Interface().(dataverse.Op); ok {
+				out = append(out, op.Path)
+			}
+		}
+	}
+	return out
+}
+func (f *faultDV) failAfter(op string, n int) { f.set(&f.after, op, n) }
 
 func (f *faultDV) set(m *map[string]int, op string, n int) {
 	f.mu.Lock()
@@ -213,7 +243,23 @@ func (f *faultDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]da
 	if err := f.enter("Batch"); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	r, err := f.Dataverse.Batch(ctx, parts...)
+	f.mu.Lock()
+	f.batchTime += time.Since(start)
+	lose := false
+	if f.afterPath != "" && err == nil {
+		for _, p := range batchPaths(parts) {
+			if strings.HasPrefix(p, f.afterPath) {
+				lose, f.afterPath = true, ""
+				break
+			}
+		}
+	}
+	f.mu.Unlock()
+	if lose {
+		return nil, &dataverse.Error{Op: "POST $batch", Retryable: true, Message: "injected after (answer lost)", Err: errInjected}
+	}
 	return r, f.leave("Batch", err)
 }
 

@@ -623,3 +623,108 @@ func TestOrderBulkOneBadOrder(t *testing.T) {
 		t.Errorf("%d $batch requests, want 2 (all four orders, then the ones after the bad one again)", got)
 	}
 }
+
+// bulkLifecycleOrders generates n orders in mixed end states: complete and paid,
+// cancelled unpaid, processing and paid, pending.
+func bulkLifecycleOrders(t testing.TB, n int) ([]*nop.Order, []byte) {
+	r := rand.New(rand.NewPCG(41, 42))
+	var orders []*nop.Order
+	var evs []*nop.Event
+	for i := range n {
+		o := genOrder(r, 8000+i, genOptions{Round: true})
+		o.Customer.ID = 900 + i%7
+		paid := o.CreatedOnUtc.Add(time.Hour)
+		switch i % 4 {
+		case 0:
+			o.OrderStatus, o.PaymentStatus, o.PaidDateUtc = nop.OrderStatusComplete, nop.PaymentStatusPaid, &paid
+		case 1:
+			o.OrderStatus = nop.OrderStatusCancelled
+		case 2:
+			o.OrderStatus, o.PaymentStatus, o.PaidDateUtc = nop.OrderStatusProcessing, nop.PaymentStatusPaid, &paid
+		}
+		orders = append(orders, o)
+		ev, err := nop.DecodeRequest(state.Order, orderEvent(t, o, "order.updated", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev...)
+	}
+	msgs, err := nop.Messages(state.Order, evs)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("%d messages, %v", len(msgs), err)
+	}
+	return orders, msgs[0].Body
+}
+
+// checkBulkLifecycle asserts every order's end state after a chunk.
+func checkBulkLifecycle(t *testing.T, h *orderHarness, orders []*nop.Order) {
+	t.Helper()
+	for i, o := range orders {
+		so := h.salesOrder(1, o.ID)
+		if so == nil {
+			t.Errorf("order %d missing: %+v", o.ID, h.record(o.ID).Reason)
+			continue
+		}
+		wantState, wantStatus, wantInvoices := []int{orderStateFulfilled, orderStateCanceled, orderStateActive, orderStateActive}[i%4],
+			[]int{orderStatusComplete, orderStatusNoMoney, orderStatusPending, orderStatusNew}[i%4], []int{1, 0, 1, 0}[i%4]
+		if int(num(t, so, "statecode")) != wantState || int(num(t, so, "statuscode")) != wantStatus {
+			t.Errorf("order %d: %v/%v, want %d/%d", o.ID, so["statecode"], so["statuscode"], wantState, wantStatus)
+		}
+		inv := h.invoices(salesOrderID(1, o.ID))
+		if len(inv) != wantInvoices {
+			t.Errorf("order %d: %d invoices, want %d", o.ID, len(inv), wantInvoices)
+		} else if wantInvoices == 1 && num(t, inv[0], "statecode") != invoiceStatePaid {
+			t.Errorf("order %d: invoice not paid", o.ID)
+		}
+		if got, want := moneyCents(t, so, "totalamount"), o.OrderTotal.Round(2).Units()/100; got != want {
+			t.Errorf("order %d: totalamount %d cents, want %d", o.ID, got, want)
+		}
+		if rec := h.record(o.ID); rec.Status != state.Synced {
+			t.Errorf("order %d: %s %q", o.ID, rec.Status, rec.Reason)
+		}
+	}
+}
+
+// Point 3 on the bulk path: a chunk of orders in mixed states lands like single events,
+// with invoices and closes packed into $batch requests.
+func TestOrderBulkLifecycle(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	orders, body := bulkLifecycleOrders(t, 40)
+	before := h.srv.Stats().Requests
+	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+		t.Fatal(err)
+	}
+	checkBulkLifecycle(t, h, orders)
+	t.Logf("%d Dataverse requests for 40 orders", h.srv.Stats().Requests-before)
+	// Redelivery of the same chunk changes nothing.
+	rows := len(h.srv.Rows("salesorderdetails"))
+	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+		t.Fatal(err)
+	}
+	checkBulkLifecycle(t, h, orders)
+	if n := len(h.srv.Rows("salesorderdetails")); n != rows {
+		t.Errorf("lines %d → %d on redelivery", rows, n)
+	}
+}
+
+// Point 4 on the bulk path: the answer to a $batch is lost (the process died) at each
+// stage; the redelivered chunk creates no second invoice or order.
+func TestOrderBulkCrashBetweenSteps(t *testing.T) {
+	for _, lost := range []string{"salesorders(", "ConvertSalesOrderToInvoice", "FulfillSalesOrder", "CancelSalesOrder"} {
+		t.Run("batch with "+lost, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			orders, body := bulkLifecycleOrders(t, 40)
+			h.fdv.failAfterBatchWith(lost)
+			if err := h.eng.HandleMessage(h.ctx, "orders", body); err == nil {
+				t.Fatal("chunk with a lost answer acknowledged")
+			}
+			if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+				t.Fatalf("redelivery: %v", err)
+			}
+			checkBulkLifecycle(t, h, orders)
+			if n := h.srv.Count("salesorders"); n != len(orders) {
+				t.Errorf("%d salesorders for %d orders", n, len(orders))
+			}
+		})
+	}
+}
