@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -355,5 +354,3 @@ func writeHTTPPart(out *bytes.Buffer, boundary, contentID string, r *apiResp) {
 	}
 	out.WriteString("\r\n")
 }
-
-var _ = strconv.Itoa

@@ -228,6 +228,8 @@ func TestAlternateKeys_research3(t *testing.T) {
 		t.Fatalf("duplicate key: %s", r.raw)
 	}
 	c.must(200, c.do("GET", "accounts(accountnumber='A''1')", nil))
+	// research §3: plus-addressing and friends break keys.
+	c.must(400, c.do("PATCH", "accounts(accountnumber='a%2Bb')", map[string]any{"name": "x"}))
 }
 
 // research §10.14: $select, $filter, $top, paging with nextLink and odata.maxpagesize.

@@ -201,6 +201,11 @@ func parseKey(t *table, key string) (rowKey, *apiError) {
 		if g, ok := v.(guidLit); ok {
 			v = string(g)
 		}
+		// research §3: key values containing / < > * % & : \ ? + break addressing by key.
+		if str, ok := v.(string); ok && strings.ContainsAny(str, `/<>*%&:\?+`) {
+			return rowKey{}, errf(http.StatusBadRequest, codeZero,
+				"The key value '%s' for '%s' contains a character that can't be used in a key (/ < > * %% & : \\ ? +).", str, p.name)
+		}
 		alt[p.name] = v
 	}
 	sort.Strings(names)
