@@ -228,10 +228,7 @@ func buildBatch(apiPath string, parts []BatchPart) ([]batchOp, []byte, string, e
 		if !strings.HasPrefix(target, "$") && !strings.HasPrefix(target, "https://") && !strings.HasPrefix(target, "http://") {
 			target = apiPath + strings.TrimPrefix(target, "/")
 		}
-		if strings.ContainsAny(target, " \r\n") {
-			return nil, nil, "", fmt.Errorf("dataverse $batch: part %d: path contains spaces or line breaks", o.index)
-		}
-		fmt.Fprintf(&b, "%s %s HTTP/1.1\r\n", strings.ToUpper(o.Method), target)
+		fmt.Fprintf(&b, "%s %s HTTP/1.1\r\n", strings.ToUpper(o.Method), escapeTarget(target))
 		b.WriteString("Accept: application/json\r\n")
 		keys := make([]string, 0, len(o.Header))
 		for k := range o.Header {
@@ -262,6 +259,22 @@ func buildBatch(apiPath string, parts []BatchPart) ([]batchOp, []byte, string, e
 	}
 	fmt.Fprintf(&b, "--%s--\r\n", boundary)
 	return ops, b.Bytes(), boundary, nil
+}
+
+// escapeTarget percent-encodes what can't appear in a request line
+// (spaces and quotes in $filter values, controls, non-ASCII); existing
+// escapes are kept.
+func escapeTarget(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		if ch <= ' ' || ch >= 0x7f || strings.IndexByte("\"<>\\^`{|}", ch) >= 0 {
+			fmt.Fprintf(&b, "%%%02X", ch)
+			continue
+		}
+		b.WriteByte(ch)
+	}
+	return b.String()
 }
 
 // parseBatchResponse reads a multipart/mixed $batch answer, nested change

@@ -193,7 +193,8 @@ func New(o Options) (*Client, error) {
 		InsecureAllowCredentialWithHTTP: u.Scheme == "http", // loopback only, checked above
 	})
 	c.pl = runtime.NewPipeline("dataverse", "v1.0.0", runtime.PipelineOptions{}, &policy.ClientOptions{
-		Transport: transport,
+		// the innermost layer notes a 429 the moment it arrives
+		Transport: &gateTransport{next: transport, t: c.throttle},
 		Retry:     retry,
 		// Per try, outermost first: resend once with a fresh token after a
 		// 401; authorize; wait for Retry-After and a concurrency slot; log.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,15 @@ type throttle struct {
 	sem *semaphore
 	max int
 
+	// concurrency follows additive increase / multiplicative decrease
+	// towards target (x-ms-dop-hint, at most max): +1 per answer that was
+	// not throttled, halved on a 429. It starts at 1, so a start-up burst
+	// neither overshoots the hint nor opens dozens of connections at once,
+	// and after a 429 fewer requests are in flight when the next one lands
+	// (Microsoft's guidance: ramp up, back off when throttled).
+	cmu    sync.Mutex
+	target int
+
 	mu    sync.Mutex
 	until time.Time // no request leaves before this instant
 
@@ -46,7 +56,24 @@ type throttle struct {
 }
 
 func newThrottle(max int) *throttle {
-	return &throttle{sem: newSemaphore(max), max: max}
+	return &throttle{sem: newSemaphore(1), max: max, target: max}
+}
+
+// adapt updates the concurrency bound after an answer.
+func (t *throttle) adapt(throttled bool, hint int) {
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
+	if hint > 0 {
+		t.target = min(hint, t.max)
+	}
+	cur := t.sem.Limit()
+	switch {
+	case throttled:
+		cur = max(1, cur/2)
+	case cur < t.target:
+		cur++
+	}
+	t.sem.SetLimit(min(cur, t.target))
 }
 
 // remaining is how long the current Retry-After still holds.
@@ -97,27 +124,47 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 		}
 		t.sem.Release()
 	}
-	resp, err := req.Next() // the body is downloaded inside: the slot covers it
+	// Connecting can take long (TLS handshakes under load); a 429 that
+	// arrives meanwhile must still hold this request, so look at the gate
+	// again once the connection is ready, right before the request is written.
+	gated := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { _ = t.wait(ctx) },
+	}))
+	resp, err := gated.Next() // the body is downloaded inside: the slot covers it
 	t.sem.Release()
 	if err != nil {
 		return resp, err
 	}
-	if resp.StatusCode == http.StatusTooManyRequests {
+	hint := 0
+	if v := resp.Header.Get("x-ms-dop-hint"); v != "" {
+		if n, perr := strconv.Atoi(strings.TrimSpace(v)); perr == nil && n > 0 {
+			hint = n
+		}
+	}
+	t.adapt(resp.StatusCode == http.StatusTooManyRequests, hint)
+	return resp, nil
+}
+
+// gateTransport wraps the HTTP transport so a 429 holds every other request
+// from the instant its headers arrive, before any policy sees it.
+type gateTransport struct {
+	next policy.Transporter
+	t    *throttle
+}
+
+func (g *gateTransport) Do(r *http.Request) (*http.Response, error) {
+	resp, err := g.next.Do(r)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
 		d := retryAfter(resp.Header, time.Now())
 		if d <= 0 {
 			d = time.Second // no hint: still stop everyone briefly
 		}
-		t.hold(time.Now().Add(d))
-		if t.onHold != nil {
-			t.onHold()
+		g.t.hold(time.Now().Add(d))
+		if g.t.onHold != nil {
+			g.t.onHold()
 		}
 	}
-	if v := resp.Header.Get("x-ms-dop-hint"); v != "" {
-		if n, perr := strconv.Atoi(strings.TrimSpace(v)); perr == nil && n > 0 {
-			t.sem.SetLimit(min(n, t.max))
-		}
-	}
-	return resp, nil
+	return resp, err
 }
 
 // retryAfter reads the server's wait hint the way azcore's retry policy does

@@ -137,10 +137,35 @@ func TestConcurrencyBoundAndDopHint(t *testing.T) {
 	if p := peak.Load(); p > 3 {
 		t.Fatalf("peak in flight after x-ms-dop-hint 3 = %d", p)
 	}
-	hint.Store("500") // never above 52
-	run(1)
-	if c.Concurrency() != MaxConcurrentRequests {
-		t.Fatalf("concurrency after hint 500 = %d", c.Concurrency())
+	hint.Store("500") // grows back one step per answer, never above 52
+	run(80)
+	if n := c.Concurrency(); n <= 3 || n > MaxConcurrentRequests {
+		t.Fatalf("concurrency after hint 500 = %d", n)
+	}
+}
+
+func TestThrottledAnswersHalveConcurrency(t *testing.T) {
+	th := newThrottle(52)
+	for range 30 {
+		th.adapt(false, 20)
+	}
+	if n := th.sem.Limit(); n != 20 {
+		t.Fatalf("after 30 answers with hint 20: %d", n)
+	}
+	th.adapt(true, 0)
+	th.adapt(true, 0)
+	if n := th.sem.Limit(); n != 5 {
+		t.Fatalf("after two 429s: %d", n)
+	}
+	for range 10 {
+		th.adapt(true, 0)
+	}
+	if n := th.sem.Limit(); n != 1 {
+		t.Fatalf("floor: %d", n)
+	}
+	th.adapt(false, 0)
+	if n := th.sem.Limit(); n != 2 {
+		t.Fatalf("additive increase: %d", n)
 	}
 }
 
