@@ -30,6 +30,7 @@ const (
 
 // Reasons an admin reads on the status page.
 const (
+	conflictPaidCanceled   = "payment not applied: Dynamics 365 does not invoice canceled orders"
 	reasonOrderClosed      = "order closed in Dynamics 365"
 	reasonPaidNotDeletable = "paid orders cannot be deleted from Dynamics 365"
 )
@@ -211,7 +212,21 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 	cur := p.cur
 
 	// Step 2: the invoice, once, for a paid order.
-	if orderPaid(o) {
+	if orderPaid(o) && cur.exists && cur.statecode == orderStateCanceled {
+		// Dynamics 365 does not invoice canceled orders: a payment the store reports after
+		// the cancellation is a conflict (unless the invoice was made before it).
+		if rec.Extra[extraInvoiceID] == "" {
+			inv, err := s.findInvoice(ctx, orderID)
+			if err != nil {
+				return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
+			}
+			if inv == "" {
+				p.conflicts = append(p.conflicts, conflictPaidCanceled)
+			} else {
+				rec.Extra[extraInvoiceID] = inv
+			}
+		}
+	} else if orderPaid(o) {
 		converted, err := s.ensureInvoice(ctx, o, orderID, rec, p.pre)
 		if err != nil {
 			return outcome{}, err

@@ -94,6 +94,17 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 			outs[i], errs[i] = s.finish(ctx, p)
 			continue
 		}
+		if p.cur.exists && p.cur.statecode == orderStateCanceled {
+			// As in finish: no invoice for a canceled order.
+			if inv.id != "" {
+				p.rec.Extra[extraInvoiceID] = inv.id
+			} else if p.rec.Extra[extraInvoiceID] == "" {
+				p.conflicts = append(p.conflicts, conflictPaidCanceled)
+			}
+			p.invoiceDone = true
+			live = append(live, i)
+			continue
+		}
 		p.invoiceID, p.invoicePaid = inv.id, inv.paid
 		if inv.id == "" {
 			convert = append(convert, i)

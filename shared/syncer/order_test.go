@@ -316,7 +316,17 @@ func TestOrderCancelAndDelete(t *testing.T) {
 	if so := h.salesOrder(1, 1001); num(t, so, "statecode") != orderStateCanceled {
 		t.Errorf("canceled order moved to state %v", so["statecode"])
 	}
-	h.mustSend(reEvent(t, ev, "del", "order.deleted", 4, func(o map[string]any) { o["deleted"] = true }))
+	// Paid after the cancellation: Dynamics 365 does not invoice canceled orders.
+	h.mustSend(reEvent(t, ev, "late-paid", "order.paid", 4, func(o map[string]any) {
+		o["paymentStatus"], o["paidDateUtc"] = 30, "2026-11-25T12:00:00.000Z"
+	}))
+	if rec := h.record(1001); rec.Status != state.Failed || !strings.Contains(rec.Reason, conflictPaidCanceled) {
+		t.Errorf("paying a canceled order: %s %q", rec.Status, rec.Reason)
+	}
+	if n := len(h.invoices(salesOrderID(1, 1001))); n != 0 {
+		t.Errorf("%d invoices for a canceled order", n)
+	}
+	h.mustSend(reEvent(t, ev, "del", "order.deleted", 5, func(o map[string]any) { o["deleted"] = true }))
 	if h.salesOrder(1, 1001) != nil {
 		t.Error("the unpaid order was not deleted")
 	}
