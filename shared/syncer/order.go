@@ -1,5 +1,30 @@
 package syncer
 
+// Orders (dataverse-mapping.md, "Order"). One sync applies the newest store state in
+// steps, each only if not yet done: header and lines in one change set (only while the
+// salesorder is Active) → one invoice for a paid order (ConvertSalesOrderToInvoice, then
+// Paid) → FulfillSalesOrder or CancelSalesOrder. Every step checks Dynamics 365 first
+// (the salesorder's statecode, the order's invoices), so redelivery after a crash between
+// two steps repeats nothing.
+//
+// What the status page shows (state.Record):
+//   - synced: Dynamics 365 holds the order's latest state; Reason carries a refund or void
+//     ("Refunded in nopCommerce: 10.00"), which is also on the salesorder's description
+//     while the order is Active, and never changes the invoice.
+//   - failed, not transient, Reason "order closed in Dynamics 365 (fulfilled|canceled|...):
+//     <what was not applied>": the store changed an order Dynamics 365 no longer lets
+//     anyone change. The message is acknowledged (a retry cannot help) and the order stays
+//     failed, so an admin sees it among the failures; a later event that matches Dynamics
+//     365 again clears it. Extra["conflict"] keeps the text.
+//   - skipped, Reason "paid orders cannot be deleted from Dynamics 365": the store deleted
+//     an order that has an invoice; the salesorder stays. An unpaid order is deleted.
+//   - failed and transient: Dynamics 365 unreachable, throttled, or the store currency or
+//     price list unusable (bootstrap); redelivery or the next resync retries it.
+//
+// Extra keys: orderContent (digest of what the header and lines carry), orderPayment
+// (refund/void note), invoiceId, invoicePaid, orderState (salesorder state after the
+// sync), conflict.
+
 import (
 	"context"
 	"crypto/sha256"

@@ -179,7 +179,8 @@ func orderEvent(t testing.TB, o *nop.Order, typ string, seq int64) json.RawMessa
 
 // Point 2: totalamount read back from Dataverse equals orderTotal to the cent over many
 // orders computed the way nopCommerce computes them (several tax rates, item and order
-// discounts, shipping, fees), imported as chunks like the initial import.
+// discounts, shipping, fees; half with 4-decimal amounts), sent one by one and as import
+// chunks.
 func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(11, 12))
@@ -194,7 +195,14 @@ func TestOrderTotalsMatchStoreEndToEnd(t *testing.T) {
 		orders[o.ID] = o
 		raws = append(raws, orderEvent(t, o, "order.updated", 1))
 	}
-	for start := 0; start < len(raws); start += 40 {
+	// The first 20 one by one (the single-event path), the rest as import chunks.
+	for _, raw := range raws[:20] {
+		body, _ := json.Marshal(map[string]json.RawMessage{"evt": raw})
+		if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for start := 20; start < len(raws); start += 40 {
 		body, err := json.Marshal(map[string]any{"chunk": map[string]any{"id": fmt.Sprintf("chunk-%d", start), "events": raws[start:min(start+40, len(raws))]}})
 		if err != nil {
 			t.Fatal(err)
