@@ -382,6 +382,15 @@ func checkBusinessResult(t *testing.T, h *orderHarness) {
 	if rec := h.record(1001); rec.Status != state.Synced {
 		t.Errorf("state %s %q", rec.Status, rec.Reason)
 	}
+	// The customer's and products' own events (when sent) landed on the rows the order made.
+	if n := len(h.rowsWhere("contacts", "emailaddress1", "ada.lovelace@example.com")); n != 1 {
+		t.Errorf("%d contacts for the customer, want 1", n)
+	}
+	for _, sku := range []string{"N5500", "CAP-52"} {
+		if n := len(h.rowsWhere("products", "productnumber", sku)); n != 1 {
+			t.Errorf("%d products %s, want 1", n, sku)
+		}
+	}
 }
 
 // Point 4: events in any order, duplicated, interleaved with customer and product events,
