@@ -43,6 +43,7 @@ type Store struct {
 	closed bool
 
 	dir       string
+	abs       string   // dir made absolute, while open
 	f         *os.File // nil in memory-only mode
 	fileBytes int64
 	live      map[string]int64 // journal line size of each live entry, by entry key
@@ -75,6 +76,24 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("localstore: open %s: %w", dir, err)
 	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("localstore: open %s: %w", dir, err)
+	}
+	openMu.Lock()
+	if openDirs[abs] {
+		openMu.Unlock()
+		return nil, fmt.Errorf("localstore: open %s: already open in this process (close it first)", dir)
+	}
+	openDirs[abs] = true
+	openMu.Unlock()
+	s.abs = abs
+	ok := false
+	defer func() {
+		if !ok {
+			release(abs)
+		}
+	}()
 	path := filepath.Join(dir, JournalName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -91,7 +110,20 @@ func Open(dir string) (*Store, error) {
 			return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 		}
 	}
+	ok = true
 	return s, nil
+}
+
+// openDirs guards against two Stores appending to one journal in this process.
+var (
+	openMu   sync.Mutex
+	openDirs = map[string]bool{}
+)
+
+func release(abs string) {
+	openMu.Lock()
+	delete(openDirs, abs)
+	openMu.Unlock()
 }
 
 // replay loads the journal into memory. A last line that is incomplete or unreadable is
@@ -288,6 +320,7 @@ func (s *Store) Close() error {
 	if s.f == nil {
 		return nil
 	}
+	defer release(s.abs)
 	err := s.f.Sync()
 	if cerr := s.f.Close(); err == nil {
 		err = cerr

@@ -299,3 +299,20 @@ func maxI(a, b int64) int64 {
 	}
 	return b
 }
+
+func TestOpenTwice(t *testing.T) {
+	dir := t.TempDir()
+	s, err := localstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := localstore.Open(dir + "/."); err == nil {
+		t.Fatal("a second Open of the same directory succeeded")
+	}
+	s.Close()
+	s2, err := localstore.Open(dir)
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s2.Close()
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -14,8 +16,15 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// benchRecords is how many records BenchmarkLargeTable puts in the table.
-const benchRecords = 100_000
+// benchRecords is how many records BenchmarkLargeTable puts in the table
+// (BENCH_RECORDS overrides it).
+var benchRecords = 100_000
+
+func init() {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_RECORDS")); err == nil && n > 0 {
+		benchRecords = n
+	}
+}
 
 // seedStatus spreads the seeded records over the statuses like a busy shop:
 // 90% synced, 5% pending, 3% failed, 2% skipped.
@@ -107,7 +116,7 @@ func BenchmarkLargeTable(b *testing.B) {
 	ctx := context.Background()
 	t0 := time.Now()
 	want := seed(b, s, benchRecords)
-	b.Logf("seeded %d records in %v", benchRecords, time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("seeded %d records in %v\n", benchRecords, time.Since(t0).Round(time.Millisecond))
 
 	check := func(b *testing.B) {
 		got, err := s.Counts(ctx)
