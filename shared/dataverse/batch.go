@@ -51,6 +51,7 @@ func ChangeSet(ops ...Op) BatchPart { return changeSet(ops) }
 
 // BatchResult is the answer to one Op, in request order.
 type BatchResult struct {
+	Part       int    // 1-based number of the op answered, in request order; 0 when unknown
 	ChangeSet  int    // 1-based number of the change set the op was in; 0 outside one
 	ContentID  string // as sent (or assigned)
 	Method     string // of the op this answers
@@ -129,15 +130,9 @@ func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, 
 	}
 	for _, r := range results {
 		if r.Err != nil {
-			be := &BatchError{ChangeSet: r.ChangeSet, ContentID: r.ContentID, Err: r.Err}
+			be := &BatchError{Part: r.Part, ChangeSet: r.ChangeSet, ContentID: r.ContentID, Err: r.Err}
 			if r.Method != "" {
 				be.Op = r.Method + " " + opPath(r.Path)
-			}
-			for _, o := range ops {
-				if o.cs == r.ChangeSet && o.ContentID == r.ContentID && r.Method != "" {
-					be.Part = o.index
-					break
-				}
 			}
 			return results, be
 		}
@@ -246,7 +241,9 @@ func buildBatch(apiPath string, parts []BatchPart) ([]batchOp, []byte, string, e
 			if err != nil {
 				return nil, nil, "", fmt.Errorf("dataverse $batch: part %d: encoding body: %w", o.index, err)
 			}
-			b.WriteString("Content-Type: application/json\r\n\r\n")
+			// Content-Length too: some Dataverse front ends answer writes
+			// without it with "Stream was not readable"
+			fmt.Fprintf(&b, "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(js))
 			b.Write(js)
 			b.WriteString("\r\n")
 		} else {
@@ -354,14 +351,14 @@ func matchOp(r BatchResult, h textproto.MIMEHeader, group []batchOp, pos, cs int
 		r.ContentID = cid
 		for _, o := range group {
 			if o.ContentID == cid {
-				r.Method, r.Path = o.Method, o.Path
+				r.Part, r.Method, r.Path = o.index, o.Method, o.Path
 				break
 			}
 		}
 	} else if cs == 0 || r.StatusCode < 400 || len(group) == 1 {
 		if pos < len(group) {
 			o := group[pos]
-			r.ContentID, r.Method, r.Path = o.ContentID, o.Method, o.Path
+			r.Part, r.ContentID, r.Method, r.Path = o.index, o.ContentID, o.Method, o.Path
 		}
 	}
 	if r.Err != nil && r.Method != "" {

@@ -51,6 +51,7 @@ Content-ID: 1
 POST /api/data/v9.2/salesorders HTTP/1.1
 Accept: application/json
 Content-Type: application/json
+Content-Length: 12
 
 {"name":"A"}
 --{C}
@@ -61,6 +62,7 @@ Content-ID: 2
 POST /api/data/v9.2/salesorderdetails HTTP/1.1
 Accept: application/json
 Content-Type: application/json
+Content-Length: 32
 
 {"salesorderid@odata.bind":"$1"}
 --{C}
@@ -72,6 +74,7 @@ PATCH $1 HTTP/1.1
 Accept: application/json
 If-Match: *
 Content-Type: application/json
+Content-Length: 12
 
 {"name":"B"}
 --{C}--
@@ -302,5 +305,26 @@ func TestBatchFailedChangeSetNamesThePart(t *testing.T) {
 				t.Fatalf("server applied %v", written)
 			}
 		})
+	}
+}
+
+func TestBatchStopsAtFailingSingleOp(t *testing.T) {
+	var written []string
+	f := batchServer(t, true, &written)
+	c, _ := f.newClient(t, nil)
+	res, err := c.Batch(context.Background(),
+		Op{Method: "POST", Path: "ConvertSalesOrderToInvoice", Body: Record{"SalesOrderId": "a"}},
+		Op{Method: "POST", Path: "ConvertSalesOrderToInvoice", Body: Record{"SalesOrderId": "fail"}},
+		Op{Method: "POST", Path: "ConvertSalesOrderToInvoice", Body: Record{"SalesOrderId": "c"}},
+	)
+	var be *BatchError
+	if !errors.As(err, &be) || be.Part != 2 || be.ChangeSet != 0 || be.Op != "POST ConvertSalesOrderToInvoice" {
+		t.Fatalf("err = %v (%+v)", err, be)
+	}
+	if len(res) != 2 || res[0].Part != 1 || res[0].Err != nil || res[1].Part != 2 || res[1].Err == nil {
+		t.Fatalf("results = %+v", res)
+	}
+	if len(written) != 1 {
+		t.Fatalf("server applied %v", written)
 	}
 }
