@@ -2,6 +2,7 @@ package localstore
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -39,7 +40,48 @@ func checkRecord(r *state.Record) error {
 	if !slices.Contains(state.Statuses, r.Status) {
 		return fmt.Errorf("localstore: save %s %q: unknown status %q", r.Entity, r.ID, r.Status)
 	}
+	// The Table Storage store's limits, so what works locally works in Azure.
+	if len(r.Data) > MaxData {
+		return fmt.Errorf("localstore: save %s %q: data is %d bytes, at most %d allowed", r.Entity, r.ID, len(r.Data), MaxData)
+	}
+	if r.Attempts < 0 || r.Attempts > math.MaxInt32 {
+		return fmt.Errorf("localstore: save %s %q: attempts %d out of range", r.Entity, r.ID, r.Attempts)
+	}
+	n := 2
+	for k, v := range r.Extra {
+		n += len(k) + len(v) + 6
+	}
+	if n > MaxExtra {
+		return fmt.Errorf("localstore: save %s %q: extra is about %d bytes, at most %d allowed", r.Entity, r.ID, n, MaxExtra)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"dataverse id", r.DataverseID}, {"order key", r.OrderKey}, {"last event id", r.LastEventID},
+		{"data hash", r.DataHash}, {"lease owner", r.LeaseOwner},
+	} {
+		if len(f.v) > MaxString {
+			return fmt.Errorf("localstore: save %s %q: %s is %d bytes, at most %d allowed", r.Entity, r.ID, f.name, len(f.v), MaxString)
+		}
+	}
 	return nil
+}
+
+// Limits shared with the Table Storage store.
+const (
+	MaxData   = 640 << 10 // Data and doc values
+	MaxExtra  = 30_000    // Extra, as JSON
+	MaxString = 16 << 10  // string fields; a longer Reason is cut to this
+)
+
+// truncate cuts s to at most n bytes on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 func checkDoc(d *state.Doc) error {
@@ -51,6 +93,9 @@ func checkDoc(d *state.Doc) error {
 	}
 	if err := checkKey("doc key", d.Key); err != nil {
 		return fmt.Errorf("localstore: save doc %s: %w", d.Kind, err)
+	}
+	if len(d.Value) > MaxData {
+		return fmt.Errorf("localstore: save doc %s %q: value is %d bytes, at most %d allowed", d.Kind, d.Key, len(d.Value), MaxData)
 	}
 	return nil
 }

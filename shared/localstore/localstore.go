@@ -373,6 +373,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 		return fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
 	}
 	n := cloneRecord(rec)
+	n.Reason = truncate(n.Reason, MaxString)
 	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
 	n.UpdatedAt = time.Now().UTC()
 	n.ETag = s.nextETag()

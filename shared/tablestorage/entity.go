@@ -75,7 +75,7 @@ func recordEntity(r *state.Record, updatedAt time.Time) ([]byte, error) {
 		p[pTransient] = true
 	}
 	if r.Attempts != 0 {
-		if r.Attempts > math.MaxInt32 || r.Attempts < math.MinInt32 {
+		if r.Attempts > math.MaxInt32 || r.Attempts < 0 {
 			return nil, fmt.Errorf("attempts %d out of range", r.Attempts)
 		}
 		p[pAttempts] = int32(r.Attempts)

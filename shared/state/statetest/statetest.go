@@ -23,6 +23,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -53,6 +54,7 @@ func Run(t *testing.T, newStore func(t *testing.T) state.Store) {
 		{"OddIDs", testOddIDs},
 		{"CopiesNotShared", testCopies},
 		{"WipedStore", testWiped},
+		{"Limits", testLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -1104,4 +1106,39 @@ func testWiped(t *testing.T, newStore func(t *testing.T) state.Store) {
 	fresh := rec(state.Customer, "1", state.Pending)
 	mustSave(t, s, fresh)
 	expectCounts(t, s, state.Counts{state.Customer: {state.Pending: 1}})
+}
+
+// testLimits: what no store can keep is refused with an input error (not a conflict),
+// leaving the stored record as it was; an over-long Reason is cut, not refused.
+func testLimits(t *testing.T, newStore func(t *testing.T) state.Store) {
+	s := newStore(t)
+	ctx := ctxT(t)
+	r := rec(state.Product, "1", state.Pending)
+	mustSave(t, s, r)
+	for name, mod := range map[string]func(*state.Record){
+		"2 MiB of Data":     func(r *state.Record) { r.Data = make([]byte, 2<<20) },
+		"100 KiB of Extra":  func(r *state.Record) { r.Extra = map[string]string{"big": strings.Repeat("x", 100<<10)} },
+		"negative attempts": func(r *state.Record) { r.Attempts = -1 },
+	} {
+		c := *r
+		c.Status = state.Synced
+		mod(&c)
+		err := s.Save(ctx, &c)
+		if err == nil || errors.Is(err, state.ErrConflict) || errors.Is(err, state.ErrNotFound) {
+			t.Errorf("Save with %s: %v, want an input error", name, err)
+		}
+		if c.ETag != r.ETag {
+			t.Errorf("Save with %s changed rec.ETag", name)
+		}
+	}
+	expectSame(t, "record after refused saves", mustGet(t, s, state.Product, "1"), r)
+	expectCounts(t, s, state.Counts{state.Product: {state.Pending: 1}})
+
+	long := strings.Repeat("é", 50<<10) // 100 KiB
+	r.Reason = long
+	mustSave(t, s, r)
+	got := mustGet(t, s, state.Product, "1")
+	if len(got.Reason) < 4<<10 || !strings.HasPrefix(long, got.Reason) || !utf8.ValidString(got.Reason) {
+		t.Fatalf("a 100 KiB Reason came back as %d bytes, want a valid prefix of at least 4 KiB", len(got.Reason))
+	}
 }
