@@ -168,6 +168,23 @@ func New(o Options) (*Client, error) {
 			http.StatusServiceUnavailable, http.StatusGatewayTimeout,
 		},
 	}
+	// Like azcore's default check, plus: a 429/503 whose Retry-After ends
+	// after the caller's deadline comes back at once instead of sleeping
+	// until the deadline (the caller can requeue the work right away).
+	retry.ShouldRetry = func(resp *http.Response, err error) bool {
+		if err != nil {
+			return true
+		}
+		if !retryableStatus(resp.StatusCode) {
+			return false
+		}
+		if d := retryAfter(resp.Header, time.Now()); d > 0 && resp.Request != nil {
+			if dl, ok := resp.Request.Context().Deadline(); ok && time.Now().Add(d).After(dl) {
+				return false
+			}
+		}
+		return true
+	}
 	if retry.MaxRetries == 0 {
 		retry.MaxRetries = 10
 	}
@@ -324,7 +341,10 @@ func (c *Client) transportError(ctx context.Context, op string, err error) error
 	}
 	var de *Error
 	if errors.As(err, &de) {
-		return err
+		if de.Op == "" {
+			de.Op = op
+		}
+		return de
 	}
 	return &Error{Op: op, Retryable: true, Err: stripURL(err)}
 }

@@ -92,12 +92,18 @@ func (t *throttle) hold(until time.Time) {
 	}
 }
 
-// wait blocks until no Retry-After is in force.
+// wait blocks until no Retry-After is in force. When that is later than
+// the context's deadline it fails at once with a throttling error.
 func (t *throttle) wait(ctx context.Context) error {
 	for {
 		d := t.remaining()
 		if d <= 0 {
 			return nil
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Now().Add(d).After(dl) {
+			return stopRetrying{&Error{StatusCode: http.StatusTooManyRequests, Code: "Throttled",
+				Message:    "service protection limit: Retry-After ends after the context deadline",
+				RetryAfter: d, Retryable: true}}
 		}
 		tm := time.NewTimer(d)
 		select {
@@ -105,6 +111,28 @@ func (t *throttle) wait(ctx context.Context) error {
 		case <-ctx.Done():
 			tm.Stop()
 			return ctx.Err()
+		}
+	}
+}
+
+// stopRetrying tells azcore's retry policy not to resend: the caller
+// decides (err is still Retryable for it).
+type stopRetrying struct{ err *Error }
+
+func (s stopRetrying) Error() string { return s.err.Error() }
+func (s stopRetrying) Unwrap() error { return s.err }
+func (stopRetrying) NonRetriable()   {}
+
+// waitUntil is wait without the deadline shortcut: a request that already
+// has its connection is either held until Retry-After or cancelled.
+func (t *throttle) waitUntil(ctx context.Context) {
+	for d := t.remaining(); d > 0; d = t.remaining() {
+		tm := time.NewTimer(d)
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+			tm.Stop()
+			return
 		}
 	}
 }
@@ -128,7 +156,7 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 	// arrives meanwhile must still hold this request, so look at the gate
 	// again once the connection is ready, right before the request is written.
 	gated := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { _ = t.wait(ctx) },
+		GotConn: func(httptrace.GotConnInfo) { t.waitUntil(ctx) },
 	}))
 	resp, err := gated.Next() // the body is downloaded inside: the slot covers it
 	t.sem.Release()

@@ -69,24 +69,51 @@ func TestRetryAfterHoldsAllRequests(t *testing.T) {
 	}
 }
 
-func TestThrottledPastDeadlineIsRetryable(t *testing.T) {
+func TestThrottledPastDeadlineFailsFast(t *testing.T) {
+	var calls atomic.Int64
 	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
 		w.Header().Set("Retry-After", "30")
 		dvError(w, 429, "0x80072321", "Combined execution time of incoming requests exceeded limit")
 	})
 	c, _ := f.newClient(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Retry-After (30 s) ends after the deadline (10 s): the 429 comes back
+	// at once instead of waiting out the deadline
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := c.WhoAmI(ctx)
 	var de *Error
-	if !IsThrottled(err) || !IsRetryable(err) || !errors.As(err, &de) || de.RetryAfter <= 0 || !errors.Is(err, context.DeadlineExceeded) {
+	if !IsThrottled(err) || !IsRetryable(err) || !errors.As(err, &de) || de.RetryAfter != 30*time.Second || de.Code != "0x80072321" {
 		t.Fatalf("err = %#v", err)
 	}
-	// Retry-After longer than MaxRetryDelay: the 429 comes back at once
+	if ctx.Err() != nil {
+		t.Fatal("waited for the deadline")
+	}
+	// other requests of the client are held too, and fail at once as well
+	_, err = c.WhoAmI(ctx)
+	if !IsThrottled(err) || !errors.As(err, &de) || de.RetryAfter <= 0 || de.Op != "GET WhoAmI" || ctx.Err() != nil {
+		t.Fatalf("second call: %#v", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("server saw %d requests during Retry-After", n)
+	}
+	// without a deadline, a Retry-After above MaxRetryDelay also comes back at once
 	c2, _ := f.newClient(t, func(o *Options) { o.MaxRetryDelay = time.Second })
 	_, err = c2.WhoAmI(context.Background())
-	if !errors.As(err, &de) || de.StatusCode != 429 || de.RetryAfter != 30*time.Second || !de.Retryable || de.Code != "0x80072321" {
+	if !errors.As(err, &de) || de.StatusCode != 429 || de.RetryAfter != 30*time.Second || !de.Retryable {
 		t.Fatalf("err = %#v", err)
+	}
+	// a short deadline while waiting for a short Retry-After: the context error, classified as throttling
+	f2 := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "1")
+		dvError(w, 429, "0x80072322", "Number of requests exceeded the limit")
+	})
+	c3, _ := f2.newClient(t, nil)
+	ctx3, cancel3 := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel3)
+	_, err = c3.WhoAmI(ctx3)
+	if !IsThrottled(err) || IsRetryable(err) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled while throttled: %#v", err)
 	}
 }
 
