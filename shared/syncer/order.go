@@ -127,6 +127,11 @@ type orderPlan struct {
 	ops       []dataverse.Op
 	conflicts []string
 	pre       *orderPrefetch // nil outside chunks
+	refs      orderRefs      // the rows the write points at
+	stale     []string       // lines to delete
+	// writeInNote names lines written as write-in products (their products are not Active).
+	writeInNote string
+	writeErr    error // the write's failure in a chunk (order_bulk.go)
 
 	// Bulk finish (order_bulk.go).
 	invoiceDone bool   // no invoice step needed
@@ -145,9 +150,12 @@ func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record
 	}
 	if p.write != nil {
 		if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
-			return outcome{}, p.writeFailed(err)
+			if err := s.retryWithWriteIns(ctx, p, err); err != nil {
+				return outcome{}, err
+			}
+		} else {
+			p.written()
 		}
-		p.written()
 	}
 	return s.finish(ctx, p)
 }
@@ -207,16 +215,18 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 	case !cur.exists || cur.statecode == orderStateActive:
 		if forced || !cur.exists || rec.Extra[extraOrderContent] != p.content || rec.Extra[extraOrderNote] != p.note ||
 			cur.statuscode != activeStatus(o.OrderStatus) {
-			if p.write, err = s.prepare(ctx, refs, ev, p.orderID, sh); err != nil {
+			if p.refs, err = s.prepare(ctx, refs, ev, sh); err != nil {
 				return nil, err
 			}
-			var stale []string
+			if p.write, err = mapOrder(ev.StoreID, o, p.orderID, p.refs); err != nil {
+				return nil, permanent(err)
+			}
 			if cur.exists {
-				if stale, err = s.staleLines(ctx, p.write); err != nil {
+				if p.stale, err = s.staleLines(ctx, p.write); err != nil {
 					return nil, fmt.Errorf("order %d: %w", o.ID, err)
 				}
 			}
-			p.ops = orderOps(p.write, stale)
+			p.ops = orderOps(p.write, p.stale)
 		}
 	default:
 		// Closed (or submitted/invoiced): Dynamics 365 refuses edits. A changed order is a
@@ -301,7 +311,7 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 		return out
 	}
 	delete(rec.Extra, extraConflict)
-	out.reason = p.note
+	out.reason = ordJoin("; ", p.note, p.writeInNote)
 	return out
 }
 
@@ -360,13 +370,13 @@ func (r *refResolver) product(ctx context.Context, storeID int, p nop.ItemProduc
 	})
 }
 
-// prepare resolves the contact and products (creating them when the app has not synced
-// them yet) and maps the order.
-func (s *orderSyncer) prepare(ctx context.Context, refs *refResolver, ev *nop.Event, orderID string, sh *shared) (*orderWrite, error) {
+// prepare resolves the contact and products, creating them when the app has not synced
+// them yet.
+func (s *orderSyncer) prepare(ctx context.Context, refs *refResolver, ev *nop.Event, sh *shared) (orderRefs, error) {
 	o := ev.Order
 	contactID, err := refs.contact(ctx, ev.StoreID, o)
 	if err != nil {
-		return nil, fmt.Errorf("order %d: customer %d: %w", o.ID, o.Customer.ID, err)
+		return orderRefs{}, fmt.Errorf("order %d: customer %d: %w", o.ID, o.Customer.ID, err)
 	}
 	r := orderRefs{ContactID: contactID, ProductIDs: map[int]string{}, Shared: sh}
 	for _, it := range o.Items {
@@ -375,11 +385,69 @@ func (s *orderSyncer) prepare(ctx context.Context, refs *refResolver, ev *nop.Ev
 		}
 		pid, err := refs.product(ctx, ev.StoreID, it.Product)
 		if err != nil {
-			return nil, fmt.Errorf("order %d: product %d: %w", o.ID, it.Product.ID, err)
+			return orderRefs{}, fmt.Errorf("order %d: product %d: %w", o.ID, it.Product.ID, err)
 		}
 		r.ProductIDs[it.Product.ID] = pid
 	}
-	return mapOrder(ev.StoreID, o, orderID, r)
+	return r, nil
+}
+
+// retryWithWriteIns handles a header-and-lines write Dynamics 365 refused: when some of
+// the order's products are not Active (Draft, Retired: Dynamics 365 refuses them on order
+// lines), their lines become write-in products and the write is sent once more. It
+// returns the original error when every product is Active.
+func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, writeErr error) error {
+	if p.write == nil || isTransient(writeErr) {
+		return p.writeFailed(writeErr)
+	}
+	ids := map[string]int{}
+	var list []string
+	for nopID, pid := range p.refs.ProductIDs {
+		ids[strings.ToLower(pid)] = nopID
+		list = append(list, pid)
+	}
+	slices.Sort(list)
+	inactive := map[int]bool{}
+	for start := 0; start < len(list); start += prefetchGroup {
+		err := s.e.dv.Query(ctx, "products", dataverse.Query{
+			Select: []string{"productid", "statecode"},
+			Filter: orFilter("productid", list[start:min(start+prefetchGroup, len(list))]),
+		}, func(r dataverse.Record) error {
+			id, _ := r["productid"].(string)
+			if intField(r, "statecode") != 0 {
+				inactive[ids[strings.ToLower(id)]] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return p.writeFailed(writeErr)
+		}
+	}
+	if len(inactive) == 0 {
+		return p.writeFailed(writeErr)
+	}
+	refs := p.refs
+	refs.WriteIn = inactive
+	w, err := mapOrder(p.ev.StoreID, p.ev.Order, p.orderID, refs)
+	if err != nil {
+		return permanent(err)
+	}
+	ops := orderOps(w, p.stale)
+	if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(ops...)); err != nil {
+		return p.writeFailed(err)
+	}
+	p.write, p.ops = w, ops
+	var names []string
+	seen := map[int]bool{}
+	for _, it := range p.ev.Order.Items {
+		if inactive[it.Product.ID] && !seen[it.Product.ID] {
+			seen[it.Product.ID] = true
+			names = append(names, writeInName(it.Product))
+		}
+	}
+	p.writeInNote = "products not active in Dynamics 365 written as write-in lines: " + strings.Join(names, ", ")
+	p.written()
+	return nil
 }
 
 // staleLines lists the order's lines in Dynamics 365 that the order no longer has.

@@ -69,6 +69,12 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
 		s.writeGroup(ctx, plans, groups[gi], errs)
 	})
+	// Orders Dynamics 365 refused: once more with write-in lines for inactive products.
+	s.parallel(ctx, len(plans), func(ctx context.Context, i int) {
+		if p := plans[i]; errs[i] != nil && p != nil && p.write != nil && p.writeErr != nil {
+			errs[i] = s.retryWithWriteIns(ctx, p, p.writeErr)
+		}
+	})
 
 	s.finishMany(ctx, plans, outs, errs)
 	return outs, errs
@@ -273,7 +279,10 @@ func invoiceIDFromResult(r dataverse.BatchResult) string {
 
 // writeGroup sends the header-and-lines change sets of a group of orders.
 func (s *orderSyncer) writeGroup(ctx context.Context, plans []*orderPlan, group []int, errs []error) {
-	s.sendChangeSets(ctx, plans, group, errs, (*orderPlan).written, (*orderPlan).writeFailed)
+	s.sendChangeSets(ctx, plans, group, errs, (*orderPlan).written, func(p *orderPlan, err error) error {
+		p.writeErr = err
+		return p.writeFailed(err)
+	})
 }
 
 // sendChangeSets sends each plan's ops as its own change set, packed in one $batch.

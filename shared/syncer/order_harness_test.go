@@ -165,6 +165,49 @@ type faultDV struct {
 
 	batchTime time.Duration // total time spent in Batch calls
 	afterPath string
+	poison    string // requests to this path get an unknown column (Dataverse refuses them)
+}
+
+// poisonPath makes every $batch request to path carry a column Dataverse does not know,
+// so its change set fails the way a refused order does.
+func (f *faultDV) poisonPath(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.poison = path
+}
+
+// poisoned returns parts with the poisoned path's requests broken.
+func (f *faultDV) poisoned(parts []dataverse.BatchPart) []dataverse.BatchPart {
+	f.mu.Lock()
+	path := f.poison
+	f.mu.Unlock()
+	if path == "" {
+		return parts
+	}
+	fix := func(op dataverse.Op) dataverse.Op {
+		if op.Path == path {
+			body := dataverse.Record{"nosuchcolumn": 1}
+			for k, v := range op.Body {
+				body[k] = v
+			}
+			op.Body = body
+		}
+		return op
+	}
+	out := make([]dataverse.BatchPart, len(parts))
+	for i, p := range parts {
+		if op, ok := p.(dataverse.Op); ok {
+			out[i] = fix(op)
+			continue
+		}
+		v := reflect.ValueOf(p)
+		var ops []dataverse.Op
+		for j := 0; v.Kind() == reflect.Slice && j < v.Len(); j++ {
+			ops = append(ops, fix(v.Index(j).Interface().(dataverse.Op)))
+		}
+		out[i] = dataverse.ChangeSet(ops...)
+	}
+	return out
 }
 
 var errInjected = errors.New("injected failure")
@@ -244,6 +287,7 @@ func (f *faultDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]da
 		return nil, err
 	}
 	start := time.Now()
+	parts = f.poisoned(parts)
 	r, err := f.Dataverse.Batch(ctx, parts...)
 	f.mu.Lock()
 	f.batchTime += time.Since(start)

@@ -51,6 +51,9 @@ type orderRefs struct {
 	ContactID  string
 	ProductIDs map[int]string // nopCommerce product id -> productid
 	Shared     *shared
+	// WriteIn lists products Dynamics 365 refuses on order lines (Draft, Retired): their
+	// lines are written as write-in products with the product's name.
+	WriteIn map[int]bool
 }
 
 // salesOrderID is the deterministic salesorderid of a store's order.
@@ -110,8 +113,18 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 		}
 		l := amts.Items[i]
 		rec := lineRecord(orderBind, l, p, i+1)
-		rec["productid@odata.bind"] = bindTo("products", pid)
-		rec["uomid@odata.bind"] = bindTo("uoms", sh.BaseUnitID)
+		if refs.WriteIn[it.Product.ID] {
+			// A write-in line carries neither product nor unit (Dataverse refuses both).
+			rec["isproductoverridden"] = true
+			rec["productdescription"] = ordCut(writeInName(it.Product), 500)
+			rec["productid@odata.bind"] = nil
+			rec["uomid@odata.bind"] = nil
+		} else {
+			rec["isproductoverridden"] = false
+			rec["productdescription"] = nil
+			rec["productid@odata.bind"] = bindTo("products", pid)
+			rec["uomid@odata.bind"] = bindTo("uoms", sh.BaseUnitID)
+		}
 		rec["description"] = it.AttributeDescription // nil clears an old one
 		w.Lines = append(w.Lines, lineWrite{ID: orderLineID(storeID, it.ID), Record: rec})
 	}
@@ -122,6 +135,14 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 		w.Lines = append(w.Lines, lineWrite{ID: orderFeeLineID(storeID, o.ID), Record: rec})
 	}
 	return w, nil
+}
+
+// writeInName names a write-in line's product: "Name (SKU)".
+func writeInName(p nop.ItemProduct) string {
+	if sku := ordStr(p.Sku); sku != "" {
+		return p.Name + " (" + sku + ")"
+	}
+	return p.Name
 }
 
 func lineRecord(orderBind string, l lineAmounts, p precision, n int) dataverse.Record {

@@ -599,18 +599,16 @@ func TestOrderPriceListInOtherCurrency(t *testing.T) {
 	}
 }
 
-// Bulk path: orders of an import chunk are packed into one $batch, each its own change
-// set; a bad order is rolled back alone and the others land.
-func TestOrderBulkOneBadOrder(t *testing.T) {
-	h := newOrderHarness(t, harnessOptions{})
-	// Product 999 is unpublished in the store, so Retired in Dynamics 365, which refuses
-	// it on order lines: the order using it fails.
+// retireProduct sends a product event for an unpublished product: Dynamics 365 holds it
+// Retired, and refuses it on order lines.
+func (h *orderHarness) retireProduct(t *testing.T, id int, sku string) {
+	t.Helper()
 	var pm map[string]any
 	if err := json.Unmarshal(readExample(t, "product-simple.json"), &pm); err != nil {
 		t.Fatal(err)
 	}
 	d := pm["data"].(map[string]any)
-	d["id"], d["sku"], d["published"], d["pictureUrls"] = 999, "RETIRED-999", false, []any{}
+	d["id"], d["sku"], d["name"], d["published"], d["pictureUrls"] = id, sku, "Discontinued lens", false, []any{}
 	pb, _ := json.Marshal(pm)
 	pevs, err := nop.DecodeRequest(state.Product, pb)
 	if err != nil {
@@ -620,15 +618,52 @@ func TestOrderBulkOneBadOrder(t *testing.T) {
 	if err := h.eng.HandleMessage(h.ctx, "products", msgs[0].Body); err != nil {
 		t.Fatal(err)
 	}
+	if p := h.rowsWhere("products", "productnumber", sku); len(p) != 1 || num(t, p[0], "statecode") != 1 {
+		t.Fatalf("product %s not retired: %v", sku, p)
+	}
+}
+
+// Point 1: an order line whose product Dynamics 365 refuses (Retired) lands as a write-in
+// line named after the product, with the same amounts; the reason says so.
+func TestOrderRetiredProductWrittenIn(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			h.retireProduct(t, 12, "CAP-52")
+			ev := loadOrderEvents(t, "order-placed.json")[0]
+			if bulk {
+				body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "c1", "events": []json.RawMessage{ev.Raw}}})
+				if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				h.mustSend(ev)
+			}
+			rec := h.record(1001)
+			if rec.Status != state.Synced || !strings.Contains(rec.Reason, "write-in lines: Lens cap 52mm (CAP-52)") {
+				t.Fatalf("state %s %q", rec.Status, rec.Reason)
+			}
+			l, ok := h.srv.Row("salesorderdetails", orderLineID(1, 5002))
+			if !ok || l["isproductoverridden"] != true || l["productdescription"] != "Lens cap 52mm (CAP-52)" || l["_productid_value"] != nil {
+				t.Errorf("line of the retired product: %v", l)
+			}
+			if so := h.salesOrder(1, 1001); moneyCents(t, so, "totalamount") != 23810 {
+				t.Errorf("totalamount %v, want 238.10", so["totalamount"])
+			}
+		})
+	}
+}
+
+// Bulk path: orders of an import chunk are packed into one $batch, each its own change
+// set; an order Dynamics 365 refuses is rolled back alone and the others land.
+func TestOrderBulkOneBadOrder(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(21, 22))
 	var raws []json.RawMessage
 	for id := 7001; id <= 7004; id++ {
-		o := genOrder(r, id, genOptions{Round: true})
-		if id == 7002 {
-			o.Items[0].Product = nop.ItemProduct{ID: 999, Name: "Retired", ProductType: nop.ProductTypeSimple}
-		}
-		raws = append(raws, orderEvent(t, o, "order.updated", 1))
+		raws = append(raws, orderEvent(t, genOrder(r, id, genOptions{Round: true}), "order.updated", 1))
 	}
+	h.fdv.poisonPath("salesorders(" + salesOrderID(1, 7002) + ")")
 	before := h.fdv.count("Batch")
 	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-bad", "events": raws}})
 	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
