@@ -118,9 +118,13 @@ func (s *Secrets) Get(ctx context.Context, name string) (string, *time.Time, err
 
 	c.e, c.err = s.read(ctx, name)
 	s.mu.Lock()
-	delete(s.inflight, name)
-	if c.err == nil {
-		s.cache[name] = c.e
+	// an Invalidate during the read dropped this call: its value may predate
+	// a rotation, so it answers its own callers but is not cached
+	if s.inflight[name] == c {
+		delete(s.inflight, name)
+		if c.err == nil {
+			s.cache[name] = c.e
+		}
 	}
 	s.mu.Unlock()
 	close(c.done)
@@ -143,10 +147,12 @@ func (s *Secrets) read(ctx context.Context, name string) (entry, error) {
 	return e, nil
 }
 
-// Invalidate drops the cached value so the next Get reads the vault.
+// Invalidate drops the cached value so the next Get reads the vault (and
+// does not join a read that was already under way).
 func (s *Secrets) Invalidate(name string) {
 	s.mu.Lock()
 	delete(s.cache, name)
+	delete(s.inflight, name)
 	s.mu.Unlock()
 }
 

@@ -197,3 +197,49 @@ func TestSourceAdaptsOneSecret(t *testing.T) {
 		t.Fatal("empty static secret accepted")
 	}
 }
+
+// blockingGetter answers GetSecret with the value current when the call
+// started, after being released, so a read can straddle a rotation.
+type blockingGetter struct {
+	mu      sync.Mutex
+	value   string
+	started chan struct{}
+	release chan struct{}
+	calls   atomic.Int64
+}
+
+func (b *blockingGetter) GetSecret(ctx context.Context, name, version string, _ *azsecrets.GetSecretOptions) (azsecrets.GetSecretResponse, error) {
+	b.mu.Lock()
+	v := b.value
+	b.mu.Unlock()
+	if b.calls.Add(1) == 1 {
+		close(b.started)
+		<-b.release
+	}
+	var r azsecrets.GetSecretResponse
+	r.Value = &v
+	return r, nil
+}
+
+func TestInvalidateDuringReadIsNotUndone(t *testing.T) {
+	g := &blockingGetter{value: "fake-old", started: make(chan struct{}), release: make(chan struct{})}
+	s := keyvault.NewWithGetter(g, keyvault.Options{TTL: time.Hour})
+	ctx := context.Background()
+	done := make(chan string)
+	go func() { v, _, _ := s.Get(ctx, "x"); done <- v }()
+	<-g.started // a read of the old value is under way
+	g.mu.Lock()
+	g.value = "fake-new"
+	g.mu.Unlock()
+	s.Invalidate("x")
+	if v, _, err := s.Get(ctx, "x"); err != nil || v != "fake-new" {
+		t.Fatalf("Get after Invalidate = %q %v", v, err)
+	}
+	close(g.release)
+	if v := <-done; v != "fake-old" {
+		t.Fatalf("straddling read = %q", v)
+	}
+	if v, _, _ := s.Get(ctx, "x"); v != "fake-new" {
+		t.Fatalf("cache holds %q, the straddling read overwrote the fresh value", v)
+	}
+}
