@@ -2,6 +2,8 @@ package syncer
 
 import (
 	"fmt"
+	"html"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -125,7 +127,7 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 			rec["productid@odata.bind"] = bindTo("products", pid)
 			rec["uomid@odata.bind"] = bindTo("uoms", sh.BaseUnitID)
 		}
-		rec["description"] = it.AttributeDescription // nil clears an old one
+		rec["description"] = attributeText(it.AttributeDescription) // nil clears an old one
 		w.Lines = append(w.Lines, lineWrite{ID: orderLineID(storeID, it.ID), Record: rec})
 	}
 	if amts.Fee != nil {
@@ -135,6 +137,22 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 		w.Lines = append(w.Lines, lineWrite{ID: orderFeeLineID(storeID, o.ID), Record: rec})
 	}
 	return w, nil
+}
+
+var (
+	brTag   = regexp.MustCompile(`(?i)<br\s*/?>`)
+	htmlTag = regexp.MustCompile(`<[^>]*>`)
+)
+
+// attributeText turns nopCommerce's attribute description ("Color: Red<br />Size: 8",
+// HTML-encoded) into plain lines; nil stays nil.
+func attributeText(s *string) any {
+	if s == nil || strings.TrimSpace(*s) == "" {
+		return nil
+	}
+	t := brTag.ReplaceAllString(*s, "\n")
+	t = html.UnescapeString(htmlTag.ReplaceAllString(t, ""))
+	return ordCut(strings.TrimSpace(t), 2000)
 }
 
 // writeInName names a write-in line's product: "Name (SKU)".

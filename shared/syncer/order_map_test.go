@@ -93,15 +93,15 @@ func TestMapOrderSpecExample(t *testing.T) {
 		"quantity": 2, "priceperunit": json.Number("100.00"), "ispriceoverridden": true,
 		"manualdiscountamount": json.Number("0.00"), "tax": json.Number("20.00"),
 	})
-	if d, ok := l0.Record["description"].(*string); !ok || d != nil {
-		t.Errorf("line 1 description %#v, want an explicit null", l0.Record["description"])
+	if d, ok := l0.Record["description"]; !ok || d != nil {
+		t.Errorf("line 1 description %#v, want an explicit null", d)
 	}
 	checkCols("line 2", l1.Record, map[string]any{
 		"productid@odata.bind": "/products(prod-12)", "quantity": 1, "priceperunit": json.Number("10.00"),
 		"manualdiscountamount": json.Number("1.00"), "tax": json.Number("0.90"),
 	})
-	if d, _ := l1.Record["description"].(*string); d == nil || *d != "Colour: black" {
-		t.Errorf("line 2 description %#v, want the attribute description", l1.Record["description"])
+	if d := l1.Record["description"]; d != "Colour: black" {
+		t.Errorf("line 2 description %#v, want the attribute description", d)
 	}
 	checkCols("fee line", fee.Record, map[string]any{
 		"isproductoverridden": true, "productdescription": "Payment fee", "quantity": 1,
@@ -156,5 +156,21 @@ func TestOrderContentDigest(t *testing.T) {
 	renamed.Items[0].Product.Name = "Renamed in the catalogue"
 	if orderContentDigest(&renamed) != orderContentDigest(completed) {
 		t.Error("a catalogue rename changes the content digest")
+	}
+}
+
+func TestAttributeText(t *testing.T) {
+	for in, want := range map[string]any{
+		"Colour: black": "Colour: black",
+		"Color: Red<br />Size: 8<BR>Gift wrap: Yes": "Color: Red\nSize: 8\nGift wrap: Yes",
+		"Engraving: A &amp; B<br/><b>Fast</b>":      "Engraving: A & B\nFast",
+		"   ":                                       nil,
+	} {
+		if got := attributeText(&in); got != want {
+			t.Errorf("attributeText(%q) = %#v, want %#v", in, got, want)
+		}
+	}
+	if got := attributeText(nil); got != nil {
+		t.Errorf("attributeText(nil) = %#v", got)
 	}
 }
