@@ -115,6 +115,11 @@ type Options struct {
 	// LeaseDuration bounds how long a claim keeps other writers off an entity
 	// (default 5 minutes, the longest a queue function runs by default).
 	LeaseDuration time.Duration
+	// BusyWait is how long a claim waits for another writer's lease to be released
+	// before reporting "busy" (a transient failure; Service Bus redelivers). Waiting a
+	// little keeps an event from using up its deliveries while a chunk holds the entity.
+	// Default 20 s; negative: don't wait.
+	BusyWait time.Duration
 	// Concurrency bounds parallel work inside one chunk (default 8).
 	Concurrency int
 	// BulkSize is the number of rows per bulk Dataverse request (default 100).
@@ -132,6 +137,7 @@ type Engine struct {
 	log      *slog.Logger
 	instance string
 	lease    time.Duration
+	busyWait time.Duration
 	conc     int
 	bulkSize int
 	http     *http.Client
@@ -162,7 +168,7 @@ func New(o Options) (*Engine, error) {
 	}
 	e := &Engine{
 		dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log,
-		instance: o.Instance, lease: o.LeaseDuration, conc: o.Concurrency, bulkSize: o.BulkSize,
+		instance: o.Instance, lease: o.LeaseDuration, busyWait: o.BusyWait, conc: o.Concurrency, bulkSize: o.BulkSize,
 		http: o.HTTPClient,
 	}
 	if e.now == nil {
@@ -179,6 +185,9 @@ func New(o Options) (*Engine, error) {
 	}
 	if e.conc <= 0 {
 		e.conc = 8
+	}
+	if e.busyWait == 0 {
+		e.busyWait = 20 * time.Second
 	}
 	if e.bulkSize <= 0 {
 		e.bulkSize = 100
@@ -353,6 +362,8 @@ const (
 // newer one, also across instances.
 func (e *Engine) claim(ctx context.Context, ev *nop.Event, force bool) (*state.Record, claimResult, error) {
 	entity, id, key := ev.Entity(), ev.EntityID(), ev.OrderKey()
+	waitUntil := time.Now().Add(e.busyWait)
+	pause := 20 * time.Millisecond
 	for attempt := 0; attempt < 4; attempt++ {
 		rec, err := e.st.Get(ctx, entity, id)
 		if errors.Is(err, state.ErrNotFound) {
@@ -369,7 +380,17 @@ func (e *Engine) claim(ctx context.Context, ev *nop.Event, force bool) (*state.R
 		}
 		now := e.now()
 		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
-			return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+			if time.Now().Add(pause).After(waitUntil) {
+				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+			}
+			select {
+			case <-ctx.Done():
+				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, time.Second)
+			attempt-- // waiting is not a failed attempt
+			continue
 		}
 		rec.LeaseOwner = e.instance + "/" + randomHex(4)
 		rec.LeaseUntil = now.Add(e.lease)

@@ -35,6 +35,8 @@ type env struct {
 	st  state.Store
 	eng *Engine
 	set Settings
+	// busyWait for engines built by engine() (default: don't wait, so busy shows at once)
+	busyWait time.Duration
 }
 
 type envOptions struct {
@@ -63,7 +65,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatalf("localstore: %v", err)
 	}
 	e := &env{t: t, ctx: context.Background(), srv: srv, dv: dv, wdv: &wrapDV{Dataverse: dv}, st: st,
-		set: Settings{StoreCurrencyCode: "USD", WritesEnabled: true}}
+		set: Settings{StoreCurrencyCode: "USD", WritesEnabled: true}, busyWait: -1}
 	if o.settings != nil {
 		o.settings(&e.set)
 	}
@@ -74,7 +76,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 // engine builds another engine (another "instance") on the same Dataverse and store.
 func (e *env) engine() *Engine {
 	e.t.Helper()
-	eng, err := New(Options{DV: e.wdv, State: e.st, Settings: e.set, BulkSize: 50,
+	eng, err := New(Options{DV: e.wdv, State: e.st, Settings: e.set, BulkSize: 50, BusyWait: e.busyWait,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		e.t.Fatalf("engine: %v", err)

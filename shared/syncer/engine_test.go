@@ -233,6 +233,31 @@ func TestLeaseHeldByAnotherInstance(t *testing.T) {
 	if got := e.row("contacts", contactID(1, 4))["firstname"]; got != "New" {
 		t.Fatalf("after the lease expired: %v", got)
 	}
+
+	// With BusyWait, a claim waits for the other writer to finish instead of failing.
+	r = e.rec(state.Customer, 4)
+	r.LeaseOwner, r.LeaseUntil = "other-instance/2", time.Now().Add(time.Minute)
+	if err := e.st.Save(e.ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	e.busyWait = time.Minute
+	waiting := e.engine()
+	done := make(chan error, 1)
+	go func() {
+		done <- e.deliver(waiting, state.Customer, customerEvent(t, tmpl, 4, 3, "four@example.test", func(d map[string]any) { d["firstName"] = "Third" }))
+	}()
+	time.Sleep(50 * time.Millisecond)
+	r = e.rec(state.Customer, 4)
+	r.LeaseOwner, r.LeaseUntil = "", time.Time{}
+	if err := e.st.Save(e.ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("waiting claim: %v", err)
+	}
+	if got := e.row("contacts", contactID(1, 4))["firstname"]; got != "Third" {
+		t.Fatalf("after waiting for the lease: %v", got)
+	}
 }
 
 // Issue point 5 / operations.md: a chunk and single events for the same entities, on
@@ -247,6 +272,7 @@ func TestChunkAndSingleEventsConcurrently(t *testing.T) {
 		old = append(old, customerEvent(t, tmpl, i, 1, fmt.Sprintf("r%d@example.test", i), func(d map[string]any) { d["firstName"] = "old" }))
 		newer = append(newer, customerEvent(t, tmpl, i, 2, fmt.Sprintf("r%d@example.test", i), func(d map[string]any) { d["firstName"] = "new" }))
 	}
+	e.busyWait = 5 * time.Second // as deployed: wait a little for the other writer
 	a, b := e.engine(), e.engine()
 	var wg sync.WaitGroup
 	redeliver := func(eng *Engine, entity state.Entity, evs ...*nop.Event) {
