@@ -95,9 +95,13 @@ func Open(dir string) (*Store, error) {
 		}
 	}()
 	path := filepath.Join(dir, JournalName)
+	_, statErr := os.Stat(path)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("localstore: open %s: %w", path, err)
+	}
+	if os.IsNotExist(statErr) {
+		syncDir(dir) // the new journal's directory entry survives a crash too
 	}
 	if err := s.replay(f); err != nil {
 		f.Close()
