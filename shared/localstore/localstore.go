@@ -48,6 +48,9 @@ type Store struct {
 	fileBytes int64
 	live      map[string]int64 // journal line size of each live entry, by entry key
 	liveBytes int64
+	broken    error // set when a failed write could not be undone
+
+	compactFailedAt int64 // journal size at the last failed compaction
 }
 
 var _ state.Store = (*Store)(nil)
@@ -229,20 +232,32 @@ func (s *Store) write(e entry) (int64, error) {
 		return 0, fmt.Errorf("encode: %w", err)
 	}
 	b = append(b, '\n')
+	if s.broken != nil {
+		return 0, s.broken
+	}
 	if _, err := s.f.Write(b); err != nil {
-		_ = s.f.Truncate(s.fileBytes)
+		s.cutBack()
 		return 0, fmt.Errorf("write journal: %w", err)
 	}
 	if err := s.f.Sync(); err != nil {
-		_ = s.f.Truncate(s.fileBytes)
+		s.cutBack()
 		return 0, fmt.Errorf("sync journal: %w", err)
 	}
 	s.fileBytes += int64(len(b))
 	return int64(len(b)), nil
 }
 
+// cutBack removes what a failed write may have left. If even that fails, later lines
+// would be glued to a torn one, so the store stops writing until it is reopened (the
+// replay then cuts the torn tail).
+func (s *Store) cutBack() {
+	if err := s.f.Truncate(s.fileBytes); err != nil {
+		s.broken = fmt.Errorf("journal unusable after a failed write (reopen the store): %w", err)
+	}
+}
+
 func (s *Store) needsCompaction() bool {
-	return s.f != nil && s.fileBytes > 2*s.liveBytes+compactSlack
+	return s.f != nil && s.fileBytes > 2*s.liveBytes+compactSlack && s.fileBytes > s.compactFailedAt+compactSlack
 }
 
 // compact rewrites the journal with only the live entries: write a new file, fsync it,
@@ -402,7 +417,7 @@ func (s *Store) maybeCompact() {
 		return
 	}
 	if err := s.compact(); err != nil {
-		s.liveBytes += compactSlack // back off
+		s.compactFailedAt = s.fileBytes // try again after more growth
 	}
 }
 
