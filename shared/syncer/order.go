@@ -199,6 +199,12 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 		p.out, p.done = out, true
 		return p, err
 	}
+	if want := strings.TrimSpace(s.e.settings.StoreCurrencyCode); !strings.EqualFold(o.CurrencyCode, want) {
+		// The amounts are in the order's currency: writing them in another would be wrong.
+		// A setting to fix, so the order is retried once it is.
+		return nil, transient(fmt.Errorf("order %d is in %s but STORE_CURRENCY_CODE is %s: set STORE_CURRENCY_CODE to the store's primary currency",
+			o.ID, o.CurrencyCode, strings.ToUpper(want)))
+	}
 	sh, err := s.e.bootstrap(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)

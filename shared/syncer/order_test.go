@@ -513,7 +513,9 @@ func TestOrderMissingCurrency(t *testing.T) {
 	for _, via := range []string{"redelivery", "resync"} {
 		t.Run(via, func(t *testing.T) {
 			h := newOrderHarness(t, harnessOptions{currency: "GBP"})
-			ev := loadOrderEvents(t, "order-placed.json")[0]
+			ev := reEvent(t, loadOrderEvents(t, "order-placed.json")[0], "gbp-1", "order.placed", 1, func(o map[string]any) {
+				o["currencyCode"], o["customerCurrencyCode"] = "GBP", "GBP"
+			})
 			if err := h.send(ev); err == nil {
 				t.Fatal("order without currency acknowledged: it would never be retried")
 			}
@@ -788,5 +790,22 @@ func TestOrderBulkCrashBetweenSteps(t *testing.T) {
 				t.Errorf("%d salesorders for %d orders", n, len(orders))
 			}
 		})
+	}
+}
+
+// Point 5: an order in another currency than STORE_CURRENCY_CODE fails visibly instead
+// of landing with its amounts in the wrong currency.
+func TestOrderCurrencyMismatch(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{currency: "EUR", sim: dataversetest.Options{
+		Currencies: []dataversetest.Currency{{ISOCode: "EUR", Name: "Euro", Symbol: "€", Precision: 2, ExchangeRate: 0.9}}}})
+	if err := h.send(loadOrderEvents(t, "order-placed.json")[0]); err == nil {
+		t.Fatal("a USD order was acknowledged by an EUR store")
+	}
+	rec := h.record(1001)
+	if rec.Status != state.Failed || !rec.Transient || !strings.Contains(rec.Reason, "STORE_CURRENCY_CODE is EUR") {
+		t.Errorf("state %s transient=%v %q", rec.Status, rec.Transient, rec.Reason)
+	}
+	if h.salesOrder(1, 1001) != nil {
+		t.Error("salesorder written in the wrong currency")
 	}
 }
