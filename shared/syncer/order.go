@@ -23,7 +23,8 @@ package syncer
 //
 // Extra keys: orderContent (digest of what the header and lines carry), orderPayment
 // (refund/void note), invoiceId, invoicePaid, orderState (salesorder state after the
-// sync), conflict.
+// sync), conflict, writeIn (lines written as write-in products because Dynamics 365
+// refuses their Draft or Retired products on order lines).
 
 import (
 	"context"
@@ -51,6 +52,7 @@ const (
 	extraInvoicePaid  = "invoicePaid"  // "true" once the invoice is set to Paid
 	extraOrderState   = "orderState"   // Dynamics 365 state after the last sync: active, fulfilled, canceled, ...
 	extraConflict     = "conflict"     // why the latest store state could not be applied
+	extraWriteIn      = "writeIn"      // lines written as write-in products, and why
 )
 
 // Reasons an admin reads on the status page.
@@ -169,6 +171,11 @@ func (p *orderPlan) written() {
 	p.cur = salesOrderState{exists: true, statecode: orderStateActive, statuscode: activeStatus(p.ev.Order.OrderStatus)}
 	p.rec.Extra[extraOrderContent] = p.content
 	p.rec.Extra[extraOrderNote] = p.note
+	if p.writeInNote != "" {
+		p.rec.Extra[extraWriteIn] = p.writeInNote
+	} else {
+		delete(p.rec.Extra, extraWriteIn)
+	}
 }
 
 // plan reads the salesorder's state and prepares the header-and-lines write when one is
@@ -317,7 +324,7 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 		return out
 	}
 	delete(rec.Extra, extraConflict)
-	out.reason = ordJoin("; ", p.note, p.writeInNote)
+	out.reason = ordJoin("; ", p.note, rec.Extra[extraWriteIn])
 	return out
 }
 
