@@ -26,6 +26,7 @@ const (
 	counterPrefix = "~count-"
 	recordsEnd    = "~" // every record RowKey is below this
 	docPartition  = "doc-"
+	escapeChar    = '!'
 )
 
 func checkKey(what, k string) error {
@@ -85,10 +86,12 @@ func idOf(rowKey string) (string, error) {
 
 func docPartitionOf(kind string) string { return docPartition + escape(kind) }
 
-// escape makes s usable as (part of) a PartitionKey or RowKey: Table Storage forbids
-// / \ # ? and control characters (U+0000-U+001F, U+007F-U+009F) in keys; ' would need
-// quoting in URLs and OData filters (and aztables doubles it inside entity bodies); %
-// is the escape character. Each of their UTF-8 bytes becomes %XX.
+// escape makes s usable as (part of) a PartitionKey or RowKey. Table Storage forbids
+// / \ # ? and control characters (U+0000-U+001F, U+007F-U+009F) in keys. % and + are
+// allowed but break the operations that put keys in the URL path (the service decodes
+// the path twice: a key with %25 or + is read back as another key); ' needs quoting in
+// URLs and OData filters (and aztables doubles it inside entity bodies). ! is the escape
+// character: each UTF-8 byte of those characters becomes !XX.
 func escape(s string) string {
 	var b strings.Builder
 	for _, r := range s {
@@ -96,7 +99,7 @@ func escape(s string) string {
 			var buf [utf8.UTFMax]byte
 			n := utf8.EncodeRune(buf[:], r)
 			for _, c := range buf[:n] {
-				fmt.Fprintf(&b, "%%%02X", c)
+				fmt.Fprintf(&b, "%c%02X", escapeChar, c)
 			}
 			continue
 		}
@@ -107,19 +110,19 @@ func escape(s string) string {
 
 func mustEscape(r rune) bool {
 	switch r {
-	case '/', '\\', '#', '?', '%', '\'':
+	case '/', '\\', '#', '?', '%', '+', '\'', escapeChar:
 		return true
 	}
 	return r < 0x20 || (r >= 0x7f && r <= 0x9f)
 }
 
 func unescape(s string) (string, error) {
-	if !strings.Contains(s, "%") {
+	if !strings.ContainsRune(s, escapeChar) {
 		return s, nil
 	}
 	b := make([]byte, 0, len(s))
 	for i := 0; i < len(s); i++ {
-		if s[i] != '%' {
+		if s[i] != escapeChar {
 			b = append(b, s[i])
 			continue
 		}

@@ -12,7 +12,7 @@
 //
 // A record row has one property per field (Status, DataverseId, Reason, …, Extra as JSON,
 // Data split over Edm.Binary properties D0, D1, … of 64 KiB). Characters Table Storage
-// forbids in keys (/ \ # ? control characters), and ' and %, are escaped as %XX.
+// forbids in keys (/ \ # ? control characters), and % + ' !, are escaped as !XX.
 //
 // Counts are kept, not recounted: a Save that creates a record or changes its status
 // writes the record and one counter shard in ONE entity-group transaction (same

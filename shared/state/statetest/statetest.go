@@ -991,6 +991,7 @@ var OddIDs = []string{
 	"o'brien", `say "hi"`, "with space", " lead", "trail ", "tab\tx", "nl\nx", "del\x7fx",
 	"ünïcødé", "日本", "emoji🙂", "~count-00", "~", "-1", "007", "+5", "1e3", "x:y", "a&b=c",
 	"%", "''", "..", ".", "123456789012345678901", "00000000000000000001", "c1\u0085x",
+	"a+b", "+", "a!2Fb", "!", "!!", "a%20b", "k", "kk", "~count-", "*", "$x", "a,b;c", "[x]", "{y}", "<z>", "a|b",
 }
 
 func testOddIDs(t *testing.T, newStore func(t *testing.T) state.Store) {
