@@ -22,7 +22,8 @@ var _ bulkSyncer = (*orderSyncer)(nil)
 
 // syncMany is the bulk path for import chunks: every order is planned in parallel, the
 // header-and-lines writes are packed into $batch requests (each order its own change set,
-// so one bad order never takes another down), then invoices and closes run in parallel.
+// so one bad order never takes another down), then the invoice conversions, and last per
+// order a change set with "invoice Paid" and the fulfil/cancel action.
 func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
