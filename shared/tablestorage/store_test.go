@@ -45,10 +45,12 @@ func newTestStore(t testing.TB, o Options) *Store {
 }
 
 func TestConformance(t *testing.T) {
+	connectionString(t)
 	statetest.Run(t, func(t *testing.T) state.Store { return newTestStore(t, Options{}) })
 }
 
 // One shard: every writer of an entity contends for the same counter row.
 func TestConformanceOneShard(t *testing.T) {
+	connectionString(t)
 	statetest.RunConcurrency(t, func(t *testing.T) state.Store { return newTestStore(t, Options{Shards: 1}) })
 }
