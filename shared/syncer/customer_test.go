@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -189,4 +190,47 @@ func TestCustomerDeletePolicies(t *testing.T) {
 			t.Errorf("reason %q, want the refusal recorded", r.Reason)
 		}
 	})
+}
+
+// ensureContact (used by orders): a guest is matched by the billing email like anyone
+// else (here the registered customer's contact), a new guest email gets one contact for
+// all its orders, and an unsynced registered customer gets the contact its own event
+// will update.
+func TestEnsureContactForOrders(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	e.each(state.Customer, customerEvent(t, tmpl, 1, 1, "known@example.test", nil))
+	s := func(v string) *string { return &v }
+	guest := &nop.Customer{ID: 500, IsGuest: true}
+	id, err := e.eng.ensureContact(e.ctx, 1, guest, &nop.Address{Email: s("KNOWN@example.test"), LastName: s("Other")})
+	if err != nil || id != contactID(1, 1) {
+		t.Fatalf("guest with a known email → %s %v, want the customer's contact", id, err)
+	}
+	var ids []string
+	for i := 0; i < 2; i++ {
+		g := &nop.Customer{ID: 600 + i, IsGuest: true}
+		id, err := e.eng.ensureContact(e.ctx, 1, g, &nop.Address{Email: s("new.guest@example.test"), FirstName: s("Grace"), LastName: s("Hopper")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if ids[0] != ids[1] || len(e.where("contacts", "emailaddress1", "new.guest@example.test")) != 1 {
+		t.Fatalf("two orders of one guest email → %v", ids)
+	}
+	if c := e.row("contacts", ids[0]); c["lastname"] != "Hopper" || c["firstname"] != "Grace" {
+		t.Fatalf("guest contact %v", c)
+	}
+	reg := &nop.Customer{ID: 700, IsRegistered: true, Email: s("later@example.test"), LastName: s("Later")}
+	id, err = e.eng.ensureContact(e.ctx, 1, reg, nil)
+	if err != nil || id != contactID(1, 700) {
+		t.Fatalf("unsynced registered customer → %s %v", id, err)
+	}
+	if r := e.rec(state.Customer, 700); r.DataverseID != id {
+		t.Fatalf("state not remembered: %+v", r)
+	}
+	e.each(state.Customer, customerEvent(t, tmpl, 700, 1, "later@example.test", nil))
+	if r := e.rec(state.Customer, 700); r.DataverseID != id || e.row("contacts", id)["lastname"] != "Lovelace" {
+		t.Fatalf("customer event after the order: %+v", r)
+	}
 }
