@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -807,5 +808,99 @@ func TestOrderCurrencyMismatch(t *testing.T) {
 	}
 	if h.salesOrder(1, 1001) != nil {
 		t.Error("salesorder written in the wrong currency")
+	}
+}
+
+// Point 4 with concurrency: orders are delivered at the same time (one session per order,
+// as Service Bus does), each order's placed/paid/completed events shuffled and duplicated,
+// sharing customers and products: every order ends in its business-order state, with one
+// invoice, and no customer or product is created twice.
+func TestOrderConcurrentSessions(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(51, 52))
+	const n = 12
+	var orders []*nop.Order
+	sessions := make([][]*nop.Event, n)
+	for i := range n {
+		o := genOrder(r, 9000+i, genOptions{Round: true})
+		cid := 950 + i%3
+		o.Customer.ID = cid
+		o.Customer.Email = genPtr(fmt.Sprintf("shared%d@example.test", cid))
+		o.BillingAddress.Email = o.Customer.Email
+		orders = append(orders, o)
+		placed := *o
+		paid := *o
+		paidAt := o.CreatedOnUtc.Add(time.Hour)
+		paid.OrderStatus, paid.PaymentStatus, paid.PaidDateUtc = nop.OrderStatusProcessing, nop.PaymentStatusPaid, &paidAt
+		done := paid
+		done.OrderStatus, done.ShippingStatus = nop.OrderStatusComplete, nop.ShippingStatusDelivered
+		var evs []*nop.Event
+		for seq, x := range []*nop.Order{&placed, &paid, &done} {
+			ev, err := nop.DecodeRequest(state.Order, orderEvent(t, x, "order.updated", int64(seq+1)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs = append(evs, ev[0])
+		}
+		evs = append(evs, evs[r.IntN(3)]) // a duplicate
+		r.Shuffle(len(evs), func(a, b int) { evs[a], evs[b] = evs[b], evs[a] })
+		sessions[i] = evs
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n*4)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, ev := range sessions[i] {
+				// Service Bus redelivers what failed transiently (e.g. a lease held by a
+				// sync of a shared customer): retry like it would.
+				var err error
+				for attempt := 0; attempt < 20; attempt++ {
+					if err = h.send(ev); err == nil {
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("order %s event %s: %w", ev.EntityID(), ev.ID, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, o := range orders {
+		so := h.salesOrder(1, o.ID)
+		if so == nil {
+			t.Errorf("order %d missing: %q", o.ID, h.record(o.ID).Reason)
+			continue
+		}
+		if num(t, so, "statecode") != orderStateFulfilled {
+			t.Errorf("order %d: state %v, want Fulfilled", o.ID, so["statecode"])
+		}
+		if inv := h.invoices(salesOrderID(1, o.ID)); len(inv) != 1 {
+			t.Errorf("order %d: %d invoices", o.ID, len(inv))
+		}
+		if got, want := moneyCents(t, so, "totalamount"), o.OrderTotal.Round(2).Units()/100; got != want {
+			t.Errorf("order %d: totalamount %d, want %d cents", o.ID, got, want)
+		}
+	}
+	for cid := 950; cid < 953; cid++ {
+		if c := h.rowsWhere("contacts", "emailaddress1", fmt.Sprintf("shared%d@example.test", cid)); len(c) != 1 {
+			t.Errorf("customer %d: %d contacts", cid, len(c))
+		}
+	}
+	seen := map[string]int{}
+	for _, p := range h.srv.Rows("products") {
+		seen[fmt.Sprint(p["productnumber"])]++
+	}
+	for num, c := range seen {
+		if c != 1 {
+			t.Errorf("product %s: %d rows", num, c)
+		}
 	}
 }
