@@ -31,7 +31,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -62,9 +61,6 @@ const (
 	reasonPaidNotDeletable = "paid orders cannot be deleted from Dynamics 365"
 )
 
-// errOrderClosed marks a conflict with a closed salesorder: the store changed an order that
-// Dynamics 365 no longer lets anyone change. It is permanent (a retry cannot help).
-var errOrderClosed = errors.New(reasonOrderClosed)
 
 // orderSyncer writes orders: salesorder + salesorderdetails, invoice, fulfil/cancel.
 type orderSyncer struct {
