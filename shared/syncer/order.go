@@ -61,7 +61,6 @@ const (
 	reasonPaidNotDeletable = "paid orders cannot be deleted from Dynamics 365"
 )
 
-
 // orderSyncer writes orders: salesorder + salesorderdetails, invoice, fulfil/cancel.
 type orderSyncer struct {
 	e *Engine
