@@ -904,3 +904,26 @@ func TestOrderConcurrentSessions(t *testing.T) {
 		}
 	}
 }
+
+// Resync "all" repairs an Active order changed in Dynamics 365 (a line deleted by hand)
+// and leaves a closed one alone.
+func TestOrderResyncAllRepairs(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	h.mustSend(loadOrderEvents(t, "order-placed.json")[0])
+	orderID := salesOrderID(1, 1001)
+	if err := h.dv.Delete(h.ctx, "salesorderdetails", orderLineID(1, 5002)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.lines(orderID)); n != 2 {
+		t.Fatalf("%d lines after the manual delete", n)
+	}
+	if n, err := h.eng.Resync(h.ctx, state.Order, "all"); err != nil || n != 1 {
+		t.Fatalf("resync: %d, %v", n, err)
+	}
+	if n := len(h.lines(orderID)); n != 3 {
+		t.Errorf("%d lines after resync, want 3", n)
+	}
+	if so := h.salesOrder(1, 1001); moneyCents(t, so, "totalamount") != 23810 {
+		t.Errorf("totalamount %v after resync", so["totalamount"])
+	}
+}
