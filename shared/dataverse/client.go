@@ -77,15 +77,19 @@ type Options struct {
 	RootCAs   *x509.CertPool
 
 	// MaxConcurrency bounds requests in flight (default and ceiling 52); the
-	// server's x-ms-dop-hint lowers it further.
+	// server's x-ms-dop-hint lowers it further. The bound starts at 1, grows
+	// by one per answer and halves on a 429 (see Concurrency).
 	MaxConcurrency int
 	// BulkChunkSize is the number of rows per *Multiple request (default 100).
 	BulkChunkSize int
-	// MaxRetries per request for 429/5xx/network failures (default 10).
+	// MaxRetries per request for 429/5xx/network failures (default 8).
 	MaxRetries int
-	// RetryDelay is the base back-off for 5xx and network failures (default 1s);
-	// MaxRetryDelay caps it and is the longest Retry-After still waited for
-	// inside one call (default 5 minutes; the context deadline still applies).
+	// RetryDelay is the base of the exponential back-off for 5xx and network
+	// failures (default 1 s). MaxRetryDelay caps that back-off and is the
+	// longest Retry-After waited for inside one call (default 60 s): a longer
+	// one, or one ending after the context's deadline, comes back at once as
+	// a retryable 429 *Error carrying RetryAfter, while the client keeps
+	// holding its other requests until it has passed.
 	RetryDelay, MaxRetryDelay time.Duration
 
 	// Logger receives one line per HTTP attempt (method, path, status,
@@ -186,13 +190,13 @@ func New(o Options) (*Client, error) {
 		return true
 	}
 	if retry.MaxRetries == 0 {
-		retry.MaxRetries = 10
+		retry.MaxRetries = 8
 	}
 	if retry.RetryDelay == 0 {
 		retry.RetryDelay = time.Second
 	}
 	if retry.MaxRetryDelay == 0 {
-		retry.MaxRetryDelay = 5 * time.Minute
+		retry.MaxRetryDelay = time.Minute
 	}
 	c.tokens = &tokenSource{
 		tenantID:  o.TenantID,
