@@ -364,7 +364,7 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 	e.parallel(ctx, idx, func(ctx context.Context, i int) {
 		plans[i], errs[i] = e.planProduct(ctx, evs[i].StoreID, evs[i].Product, recs[i], sh, pre)
 	})
-	var creates, updates []bulkRow
+	var creates, updates, actives []bulkRow
 	var singles []int
 	seen := map[string]bool{}
 	for _, i := range idx {
@@ -384,12 +384,14 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			creates = append(creates, bulkRow{i: i, id: pl.id, rec: pl.record()})
 		case st == productDraft || st == productUnderRevision:
 			updates = append(updates, bulkRow{i: i, id: pl.id, rec: pl.record()})
+		case st == productActive:
+			actives = append(actives, bulkRow{i: i, id: pl.id, rec: pl.record()})
 		default:
 			singles = append(singles, i)
 		}
 		seen[pl.id] = true
 	}
-	// Products Dataverse keeps Active or Retired: the single path (revise when needed).
+	// Retired products (and repeats): the single path (re-activate, revise when needed).
 	e.parallel(ctx, singles, func(ctx context.Context, i int) {
 		errs[i] = e.applyProduct(ctx, plans[i], recs[i], sh)
 		if errs[i] == nil {
@@ -408,11 +410,12 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 	}
 	(&bulkGroup{e: e, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
 	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
+	e.updateActive(ctx, actives, pre, errs, single(true))
 
 	// Read back the state the environment gave the new rows (Draft, or Active).
 	var written []int
 	var newIDs []string
-	for _, r := range append(creates, updates...) {
+	for _, r := range append(append(creates, updates...), actives...) {
 		if errs[r.i] == nil {
 			written = append(written, r.i)
 			if created[r.i] {
@@ -435,26 +438,31 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 
 	// Price list items: new products' items in bulk, the others one by one (they may or
 	// may not exist yet).
-	var items []bulkRow
+	var items, itemUpdates []bulkRow
 	var itemSingles []int
 	prec := precisionFor(sh.CurrencyPrecision)
 	for _, i := range written {
 		pl := plans[i]
-		if pl.family {
-			continue
-		}
-		if created[i] && recs[i].Extra[extraPriceItemID] == "" {
+		known := recs[i].Extra[extraPriceItemID]
+		switch {
+		case pl.family || priceItemCurrent(pl, recs[i], sh):
+		case created[i] && known == "":
 			id := deterministicID(pl.storeID, "productpricelevel", itoa(pl.p.ID))
 			pl.extra[extraPriceItemID] = id
+			pl.extra[extraPriceAmount] = priceAmount(pl, sh)
 			items = append(items, bulkRow{i: i, id: id, rec: priceItemRecord(pl, sh, prec)})
-		} else {
+		case known != "":
+			pl.extra[extraPriceAmount] = priceAmount(pl, sh)
+			itemUpdates = append(itemUpdates, bulkRow{i: i, id: known, rec: priceItemRecord(pl, sh, prec)})
+		default:
 			itemSingles = append(itemSingles, i)
 		}
 	}
+	itemSingle := func(ctx context.Context, r bulkRow) error { return e.writePriceItem(ctx, plans[r.i], recs[r.i], sh) }
 	(&bulkGroup{e: e, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
-		single: func(ctx context.Context, r bulkRow) error {
-			return e.writePriceItem(ctx, plans[r.i], recs[r.i], sh)
-		}}).write(ctx, items, errs)
+		single: itemSingle}).write(ctx, items, errs)
+	(&bulkGroup{e: e, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+		single: itemSingle}).write(ctx, itemUpdates, errs)
 	e.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
 		errs[i] = e.writePriceItem(ctx, plans[i], recs[i], sh)
 	})
@@ -541,3 +549,66 @@ func (e *Engine) productsByNumber(ctx context.Context, numbers []string) (map[st
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// updateActive writes products Dataverse holds Active: in place with UpdateMultiple where
+// the environment allows it; where it answers ProductCanOnlyBeUpdatedInDraft, the rows
+// are revised in bulk (Under Revision), updated in bulk, and published again by the
+// caller's lifecycle step. What the environment does is remembered for the next chunk.
+func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productPrefetch, errs []error, single func(ctx context.Context, r bulkRow) error) {
+	if len(rows) == 0 {
+		return
+	}
+	plain := &bulkGroup{e: e, set: "products", logical: "product", pk: "productid", single: single}
+	var revise []bulkRow
+	if _, draftOnly := e.noBulk.Load("products#in-place"); draftOnly {
+		revise = rows
+	} else {
+		recs := make([]dataverse.Record, len(rows))
+		for k, r := range rows {
+			rec := make(dataverse.Record, len(r.rec)+1)
+			for c, v := range r.rec {
+				rec[c] = v
+			}
+			rec["productid"] = r.id
+			recs[k] = rec
+		}
+		err := e.dv.UpdateMultiple(ctx, "products", "product", recs)
+		if err == nil {
+			return
+		}
+		var be *dataverse.BulkError
+		if !errors.As(err, &be) {
+			be = &dataverse.BulkError{Chunks: []dataverse.ChunkError{{Start: 0, End: len(rows), Err: err}}}
+		}
+		for _, ch := range be.Chunks {
+			if ch.Start < 0 || ch.End > len(rows) || ch.Start >= ch.End {
+				continue
+			}
+			if hasCode(ch.Err, codeOnlyUpdatedInDraft) {
+				e.noBulk.Store("products#in-place", true)
+				revise = append(revise, rows[ch.Start:ch.End]...)
+				continue
+			}
+			plain.failed(ctx, rows[ch.Start:ch.End], ch.Err, errs)
+		}
+	}
+	if len(revise) == 0 {
+		return
+	}
+	states := make([]bulkRow, len(revise))
+	for k, r := range revise {
+		states[k] = bulkRow{i: r.i, id: r.id, rec: dataverse.Record{"statecode": productUnderRevision, "statuscode": 3}}
+	}
+	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", key: "products#revise", noSplit: true,
+		single: func(ctx context.Context, r bulkRow) error {
+			return e.setProductState(ctx, r.id, productUnderRevision)
+		}}).write(ctx, states, errs)
+	var revised []bulkRow
+	for _, r := range revise {
+		if errs[r.i] == nil {
+			pre.states[r.id] = productUnderRevision
+			revised = append(revised, r)
+		}
+	}
+	plain.write(ctx, revised, errs)
+}

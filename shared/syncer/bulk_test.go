@@ -423,3 +423,54 @@ func TestBulkPublishRefusedFallsBack(t *testing.T) {
 		t.Errorf("%d bulk publish attempts, want 1 (then single publishing)", n)
 	}
 }
+
+// Issue point 3 and 6: re-importing Active products (a resync, a price update for the
+// whole catalogue) stays in bulk, whether the environment updates Active products in
+// place or only after a revision.
+func TestBulkUpdateActiveProducts(t *testing.T) {
+	for _, v := range []struct {
+		name string
+		sim  func(*dataversetest.Options)
+	}{
+		{"revise first", nil},
+		{"in place", func(o *dataversetest.Options) { o.ActiveProductsUpdatable = true }},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{sim: v.sim})
+			chunk := func(seq int64, price string) {
+				var evs []*nop.Event
+				for i := 1; i <= 60; i++ {
+					evs = append(evs, productEvent(t, i, seq, func(d map[string]any) { d["price"] = price }))
+				}
+				if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			chunk(1, "10.0000")
+			before := e.srv.Stats().Requests
+			chunk(2, "12.5000")
+			// Where the environment only takes state changes one by one (the simulator's
+			// UpdateMultiple refuses them), revising costs one request per product;
+			// everything else goes in bulk.
+			limit := 15
+			if v.sim == nil {
+				limit += 60
+			}
+			if n := e.srv.Stats().Requests - before; n > limit {
+				t.Errorf("%d requests to update 60 Active products, want ≤ %d: %v", n, limit, e.wdv.hits)
+			}
+			if n := e.wdv.count("Upsert", "products") + e.wdv.count("Upsert", "productpricelevels"); n != 0 {
+				t.Errorf("%d single product or price list item writes", n)
+			}
+			for i := 1; i <= 60; i++ {
+				p := e.row("products", productID(1, i))
+				if numOf(p["price"]) != 12.5 || numOf(p["statecode"]) != productActive {
+					t.Fatalf("product %d: price %v state %v", i, p["price"], p["statecode"])
+				}
+			}
+			if items := e.srv.Rows("productpricelevels"); len(items) != 60 || numOf(items[0]["amount"]) != 12.5 {
+				t.Fatalf("price list items: %d, first %v", len(items), items[0]["amount"])
+			}
+		})
+	}
+}

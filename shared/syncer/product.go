@@ -37,6 +37,7 @@ const (
 	extraProductNumber = "productNumber" // the productnumber written
 	extraParentID      = "parentId"      // the family row set as parentproductid
 	extraPriceItemID   = "priceListItem" // the productpricelevel row
+	extraPriceAmount   = "priceAmount"   // the amount last written to the price list item
 	extraImageURL      = "imageUrl"      // the picture copied to entityimage
 	extraImageError    = "imageError"    // why the last picture could not be copied
 	extraFamilyStub    = "familyStub"    // "true": row created for a child before the family's own event
@@ -455,6 +456,9 @@ func (e *Engine) productState(ctx context.Context, id string) (st int, exists bo
 // writePriceItem keeps the product's one price list item in the store price list:
 // amount = price, base unit.
 func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+	if priceItemCurrent(pl, rec, sh) {
+		return nil
+	}
 	prec := precisionFor(sh.CurrencyPrecision)
 	id := rec.Extra[extraPriceItemID]
 	if id == "" {
@@ -479,7 +483,20 @@ func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state
 		return fmt.Errorf("writing price list item of product %s: %w", pl.id, err)
 	}
 	pl.extra[extraPriceItemID] = id
+	pl.extra[extraPriceAmount] = priceAmount(pl, sh)
 	return nil
+}
+
+// priceAmount is the price list item amount for a product, as written.
+func priceAmount(pl *productPlan, sh *shared) string {
+	return moneyValue(pl.p.Price, precisionFor(sh.CurrencyPrecision).price).String() + "@" + sh.PriceListID
+}
+
+// priceItemCurrent reports that the product's price list item already holds its price
+// (a stock or name change needs no price list write). A forced re-sync (DataHash
+// cleared) writes it anyway.
+func priceItemCurrent(pl *productPlan, rec *state.Record, sh *shared) bool {
+	return rec.DataHash != "" && rec.Extra[extraPriceItemID] != "" && rec.Extra[extraPriceAmount] == priceAmount(pl, sh)
 }
 
 func priceItemRecord(pl *productPlan, sh *shared, prec precision) dataverse.Record {
