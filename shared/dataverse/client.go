@@ -272,7 +272,7 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	target := r.path
 	if !strings.HasPrefix(target, "https://") && !strings.HasPrefix(target, "http://") {
 		target = c.api + target
-	} else if !strings.HasPrefix(target, c.api) {
+	} else if !c.ownURL(target) {
 		// never send our token to another host (e.g. a forged nextLink)
 		return nil, fmt.Errorf("dataverse: refusing URL outside the environment: %s", redactURL(target))
 	}
@@ -325,6 +325,17 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		return nil, e
 	}
 	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+}
+
+// ownURL reports whether an absolute URL (a nextLink) points into this
+// environment's Web API: same scheme and host (any case), same API path.
+func (c *Client) ownURL(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil {
+		return false
+	}
+	return strings.EqualFold(u.Scheme, c.base.Scheme) && strings.EqualFold(u.Host, c.base.Host) &&
+		strings.HasPrefix(u.Path, c.base.Path+APIPath)
 }
 
 // transportError classifies a pipeline error: auth failure at the token
