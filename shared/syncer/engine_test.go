@@ -411,3 +411,16 @@ func TestResyncChunkMessagesForceWrites(t *testing.T) {
 		t.Fatalf("resync chunk did not repair the contact: %v", got)
 	}
 }
+
+// The status page's view of Dynamics 365 when it cannot be reached.
+func TestConnectionUnreachable(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if info := e.eng.Connection(e.ctx); !info.Reachable || info.Error != "" || info.UserID != e.srv.UserID() || info.Currency != "USD" {
+		t.Fatalf("connected: %+v", info)
+	}
+	e.srv.Close()
+	info := e.eng.Connection(e.ctx)
+	if info.Reachable || info.Error == "" || strings.Contains(info.Error, e.srv.ClientSecret()) {
+		t.Fatalf("unreachable: %+v", info)
+	}
+}
