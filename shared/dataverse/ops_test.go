@@ -213,7 +213,7 @@ func TestQueryFollowsNextLinkAndStopsAtTop(t *testing.T) {
 		}
 	})
 	base = f.srv.URL
-	c, _ := f.newClient(t, nil)
+	c, logs := f.newClient(t, nil)
 	var got []float64
 	err := c.Query(context.Background(), "contacts", Query{Select: []string{"n", "lastname"}, Filter: "emailaddress1 eq 'a&b@x.org'", PageSize: 2},
 		func(r Record) error { got = append(got, r["n"].(float64)); return nil })
@@ -222,6 +222,9 @@ func TestQueryFollowsNextLinkAndStopsAtTop(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, []float64{1, 2, 3, 4}) {
 		t.Fatalf("rows = %v", got)
+	}
+	if l := logs.all(); strings.Contains(l, "a&b@x.org") || strings.Contains(l, "a%26b") || !strings.Contains(l, "GET /api/data/v9.2/contacts?… 200") {
+		t.Fatalf("query values in logs or no log line: %s", l)
 	}
 	q, _ := url.ParseQuery(reqs[0].RawQuery)
 	if q.Get("$select") != "n,lastname" || q.Get("$filter") != "emailaddress1 eq 'a&b@x.org'" {
