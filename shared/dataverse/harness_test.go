@@ -34,10 +34,17 @@ type fakeEnv struct {
 }
 
 func newFakeEnv(t *testing.T, api http.HandlerFunc) *fakeEnv {
+	return newFakeEnvProto(t, api, false)
+}
+
+// newFakeEnvProto serves HTTP/2 when h2 is set (Dataverse's front ends do).
+func newFakeEnvProto(t *testing.T, api http.HandlerFunc, h2 bool) *fakeEnv {
 	t.Helper()
 	f := &fakeEnv{t: t, tenant: uuid.NewString(), client: uuid.NewString(),
 		secret: "fake-secret-" + uuid.NewString(), valid: map[string]bool{}, lifetime: 3599, api: api}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(f.serve))
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(f.serve))
+	f.srv.EnableHTTP2 = h2
+	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
 	return f
 }

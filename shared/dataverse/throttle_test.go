@@ -14,11 +14,19 @@ import (
 // A 429 holds back every request of the client, not only the one that got
 // it, until Retry-After has passed.
 func TestRetryAfterHoldsAllRequests(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2], func(t *testing.T) { testRetryAfterHoldsAllRequests(t, h2) })
+	}
+}
+
+func testRetryAfterHoldsAllRequests(t *testing.T, h2 bool) {
 	var mu sync.Mutex
 	var throttledAt time.Time
 	var arrivals []time.Time
 	var n atomic.Int64
-	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+	var protoSeen atomic.Int64
+	f := newFakeEnvProto(t, func(w http.ResponseWriter, r *http.Request) {
+		protoSeen.Store(int64(r.ProtoMajor))
 		if n.Add(1) == 1 {
 			mu.Lock()
 			throttledAt = time.Now()
@@ -31,7 +39,7 @@ func TestRetryAfterHoldsAllRequests(t *testing.T) {
 		arrivals = append(arrivals, time.Now())
 		mu.Unlock()
 		writeJSON(w, 200, map[string]any{"UserId": "u"})
-	})
+	}, h2)
 	c, logs := f.newClient(t, nil)
 	held := make(chan struct{})
 	var once sync.Once
@@ -63,6 +71,9 @@ func TestRetryAfterHoldsAllRequests(t *testing.T) {
 		if early := throttledAt.Add(time.Second).Sub(a); early > 0 {
 			t.Errorf("request %d arrived %s before Retry-After expired", i, early)
 		}
+	}
+	if want := map[bool]int64{false: 1, true: 2}[h2]; protoSeen.Load() != want {
+		t.Fatalf("protocol HTTP/%d, want %d", protoSeen.Load(), want)
 	}
 	if !strings.Contains(logs.all(), "429") {
 		t.Errorf("429 not logged: %s", logs.all())
