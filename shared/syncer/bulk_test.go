@@ -474,3 +474,85 @@ func TestBulkUpdateActiveProducts(t *testing.T) {
 		})
 	}
 }
+
+// Faults everywhere: with 503s on a fifth of the requests, customers and products
+// (chunks and single events, families included) redelivered until acknowledged end with
+// exactly one row each, holding the newest data.
+func TestConvergesUnderFaults(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	var customers, products []*nop.Event
+	for i := 1; i <= 40; i++ {
+		customers = append(customers, customerEvent(t, tmpl, i, 1, fmt.Sprintf("f%d@example.test", i), nil))
+		products = append(products, productEvent(t, i, 1, func(d map[string]any) {
+			if i > 30 {
+				d["parentGroupedProductId"] = 1000 + i%3 // families arrive later
+			}
+		}))
+	}
+	var later []*nop.Event
+	for i := 1; i <= 40; i += 3 {
+		later = append(later, customerEvent(t, tmpl, i, 2, fmt.Sprintf("f%d@example.test", i), func(d map[string]any) { d["firstName"] = "v2" }))
+	}
+	var families []*nop.Event
+	for f := 1000; f < 1003; f++ {
+		families = append(families, productEvent(t, f, 1, func(d map[string]any) { d["productType"] = 10 }))
+	}
+	e.srv.SetFaults(dataversetest.Faults{Error503Rate: 0.3})
+	redeliveries := 0
+	until := func(entity state.Entity, evs ...*nop.Event) {
+		t.Helper()
+		for attempt := 0; ; attempt++ {
+			err := e.deliver(e.eng, entity, evs...)
+			if err == nil {
+				return
+			}
+			redeliveries++
+			if !isTransient(err) || attempt == 200 {
+				t.Fatalf("not applied after %d deliveries: %v", attempt+1, err)
+			}
+		}
+	}
+	until(state.Customer, customers...)
+	until(state.Product, products...)
+	for _, ev := range later {
+		until(state.Customer, ev)
+	}
+	until(state.Product, families...)
+	e.srv.SetFaults(dataversetest.Faults{})
+	if e.srv.Stats().Injected503 == 0 || redeliveries == 0 {
+		t.Fatalf("no faults reached the engine (%d injected, %d redeliveries)", e.srv.Stats().Injected503, redeliveries)
+	}
+	t.Logf("%d 503s injected, %d redeliveries", e.srv.Stats().Injected503, redeliveries)
+
+	if n := e.srv.Count("contacts"); n != 40 {
+		t.Errorf("%d contacts, want 40", n)
+	}
+	if n := e.srv.Count("products"); n != 43 {
+		t.Errorf("%d products, want 43", n)
+	}
+	if n := e.srv.Count("productpricelevels"); n != 40 {
+		t.Errorf("%d price list items, want 40", n)
+	}
+	for i := 1; i <= 40; i++ {
+		want := "Ada"
+		if i%3 == 1 {
+			want = "v2"
+		}
+		if got := e.row("contacts", contactID(1, i))["firstname"]; got != want {
+			t.Errorf("customer %d: firstname %v, want %s", i, got, want)
+		}
+		p := e.row("products", productID(1, i))
+		if numOf(p["statecode"]) != productActive {
+			t.Errorf("product %d: state %v", i, p["statecode"])
+		}
+		if i > 30 && !strings.EqualFold(fmt.Sprint(p["_parentproductid_value"]), productID(1, 1000+i%3)) {
+			t.Errorf("product %d: parent %v", i, p["_parentproductid_value"])
+		}
+	}
+	for f := 1000; f < 1003; f++ {
+		if p := e.row("products", productID(1, f)); p["productnumber"] != fmt.Sprintf("SKU-%d", f) || numOf(p["statecode"]) != productActive {
+			t.Errorf("family %d: %v %v", f, p["productnumber"], p["statecode"])
+		}
+	}
+}
