@@ -2,6 +2,18 @@
 // messages, keeps the latest state of every entity (order keys, leases in the state
 // store), and hands each event to its entity's syncer (customers, products, orders).
 //
+// State it keeps besides one state.Record per entity:
+//   - docs "stale-skipped"/<entity>: {"count": n} stale events acknowledged without being
+//     applied (StaleSkipped reads them for the status page);
+//   - docs "released-contact"/<contact id>: contacts of customers deleted in nopCommerce,
+//     never adopted by email again;
+//   - docs "product-number"/<lower(productnumber)>: "<storeId>/<productId>" owning a sku
+//     written as productnumber (another store product can't adopt that row).
+//
+// Record.Extra keys: customers adoptedContact, ambiguousEmail, accountId, deactivated;
+// products productNumber, parentId, priceListItem, priceAmount, imageUrl, imageError,
+// familyStub, adoptedProduct.
+//
 // Internal contract (H7 ↔ H8), unchanged from the team brief:
 //
 //	type outcome struct{ status state.Status; reason, dataverseID, hash string }
