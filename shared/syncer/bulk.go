@@ -378,7 +378,9 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		}
 		st, exists := pre.states[pl.id]
 		switch {
-		case seen[pl.id]:
+		case seen[pl.id] || pl.picture != "":
+			// Repeats, and products with a picture to copy (pictures never travel in
+			// bulk requests: a hundred of them would make one huge request).
 			singles = append(singles, i)
 		case !exists:
 			creates = append(creates, bulkRow{i: i, id: pl.id, rec: pl.record()})

@@ -88,6 +88,7 @@ type productPlan struct {
 	note      string
 	extra     map[string]string
 	image     string // base64 picture to send ("" for none)
+	picture   string // picture URL still to fetch (right before the write)
 }
 
 func (pl *productPlan) outcome() outcome {
@@ -210,16 +211,26 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 	}
 
 	if pictureURL != "" && rec.Extra[extraImageURL] != pictureURL {
-		img, err := e.fetchImage(ctx, pictureURL)
-		if err != nil {
-			pl.extra[extraImageError] = truncate(err.Error(), 300)
-		} else {
-			pl.image = img
-			pl.extra[extraImageURL] = pictureURL
-			pl.extra[extraImageError] = ""
-		}
+		// Fetched right before the write, so a chunk never holds all its pictures.
+		pl.picture = pictureURL
 	}
 	return pl, nil
+}
+
+// fetchPicture downloads the plan's picture, if any; a failure is recorded, not fatal.
+func (e *Engine) fetchPicture(ctx context.Context, pl *productPlan) {
+	if pl.picture == "" {
+		return
+	}
+	img, err := e.fetchImage(ctx, pl.picture)
+	if err != nil {
+		pl.extra[extraImageError] = truncate(err.Error(), 300)
+	} else {
+		pl.image = img
+		pl.extra[extraImageURL] = pl.picture
+		pl.extra[extraImageError] = ""
+	}
+	pl.picture = ""
 }
 
 func (pl *productPlan) useFallback(want string) {
@@ -288,6 +299,8 @@ func (e *Engine) claimNumber(ctx context.Context, storeID, productID int, number
 
 // applyProduct writes a planned product, its price list item and its lifecycle state.
 func (e *Engine) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+	e.fetchPicture(ctx, pl)
+	defer func() { pl.image = "" }() // don't keep the picture in memory after its write
 	cur, exists, err := e.productState(ctx, pl.id)
 	if err != nil {
 		return err

@@ -251,6 +251,26 @@ func TestProductImages(t *testing.T) {
 			t.Errorf("product %d: %s extra %v, want synced with the picture error recorded", id, r.Status, r.Extra)
 		}
 	}
+
+	// In a chunk, products with pictures are written one by one (pictures never travel
+	// in bulk requests), the others in bulk.
+	var evs []*nop.Event
+	for i := 10; i < 20; i++ {
+		evs = append(evs, productEvent(t, i, 1, func(d map[string]any) {
+			if i%2 == 0 {
+				d["pictureUrls"] = []any{pics.URL + "/ok.png"}
+			}
+		}))
+	}
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := 10; i < 20; i++ {
+		p := e.row("products", productID(1, i))
+		if (p["entityimage"] != nil) != (i%2 == 0) || numOf(p["statecode"]) != productActive {
+			t.Errorf("product %d: picture %v, state %v", i, p["entityimage"] != nil, p["statecode"])
+		}
+	}
 }
 
 // Orders before their products and customer: the order's lines create the products (a
