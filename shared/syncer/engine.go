@@ -669,6 +669,17 @@ func (e *Engine) processMany(ctx context.Context, entity state.Entity, evs []*no
 			}
 		}
 	}
+	counts := map[state.Status]int{}
+	for j := range cevs {
+		if serrs[j] != nil {
+			counts[state.Failed]++
+		} else {
+			counts[outs[j].status]++
+		}
+	}
+	e.log.Info("chunk applied", "entity", entity, "events", len(evs), "entities", len(order),
+		"synced", counts[state.Synced], "skipped", counts[state.Skipped], "pending", counts[state.Pending],
+		"failed", counts[state.Failed], "stale", stale, "retry", len(failed))
 	if first != nil {
 		return fmt.Errorf("%d of %d %s rows failed transiently (ids %s): %w", len(failed), len(order), entity, strings.Join(headOf(failed, 10), ","), first)
 	}
