@@ -134,9 +134,13 @@ func TestProductLifecycleVariants(t *testing.T) {
 // Issue point 3: the grouped example, in both arrival orders: a family with its children.
 func TestProductsGroupedEitherOrder(t *testing.T) {
 	evs := example(t, "products-grouped.json")
-	for _, order := range [][]int{{0, 1, 2}, {1, 2, 0}} {
-		t.Run(fmt.Sprint(order), func(t *testing.T) {
-			e := newEnv(t, envOptions{})
+	for _, v := range []struct {
+		order  []int
+		active bool // environment creates products without a parent Active
+	}{{[]int{0, 1, 2}, false}, {[]int{1, 2, 0}, false}, {[]int{0, 1, 2}, true}, {[]int{2, 0, 1}, true}} {
+		order := v.order
+		t.Run(fmt.Sprint(order, v.active), func(t *testing.T) {
+			e := newEnv(t, envOptions{sim: func(o *dataversetest.Options) { o.ProductsCreatedActive = v.active }})
 			for _, i := range order {
 				e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d", i), 0, nil))
 			}
