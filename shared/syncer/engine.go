@@ -451,6 +451,9 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 	// the lease would keep every redelivery busy until it expires.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if syncErr == nil && out.status == "" {
+		syncErr = permanent(fmt.Errorf("internal error: no result for %s %s", rec.Entity, rec.ID))
+	}
 	owner := rec.LeaseOwner
 	apply := func(r *state.Record) {
 		r.LeaseOwner, r.LeaseUntil = "", time.Time{}
