@@ -481,6 +481,7 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 	}
 	apply(rec)
 	err := e.st.Save(ctx, rec)
+	superseded := false
 	for attempt := 0; errors.Is(err, state.ErrConflict) && attempt < 3; attempt++ {
 		// Our lease expired and someone else claimed the record meanwhile. Keep theirs
 		// if they are still working or already applied something newer.
@@ -492,7 +493,7 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		if (cur.LeaseOwner != "" && cur.LeaseOwner != owner && e.now().Before(cur.LeaseUntil)) ||
 			nop.CompareOrderKeys(cur.OrderKey, ev.OrderKey()) > 0 {
 			e.log.Warn("sync result superseded by another writer", "entity", rec.Entity, "id", rec.ID)
-			err = nil
+			err, superseded = nil, true
 			break
 		}
 		cur.Extra = rec.Extra
@@ -502,6 +503,11 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 	if err != nil {
 		return transient(fmt.Errorf("saving sync state of %s %s: %w", rec.Entity, rec.ID, err))
 	}
+	if superseded && syncErr == nil {
+		// Our lease ran out while we wrote, and a newer state was applied meanwhile: our
+		// older data may have landed in Dynamics 365 after it. Write the newest again.
+		return e.reapplyLatest(ctx, rec.Entity, rec.ID)
+	}
 	if syncErr != nil {
 		e.log.Warn("sync failed", "entity", rec.Entity, "id", rec.ID, "event", ev.ID, "transient", isTransient(syncErr), "error", syncErr)
 		if isTransient(syncErr) {
@@ -509,6 +515,20 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		}
 	}
 	return nil
+}
+
+// reapplyLatest writes an entity's newest stored event again (forced).
+func (e *Engine) reapplyLatest(ctx context.Context, entity state.Entity, id string) error {
+	cur, err := e.st.Get(ctx, entity, id)
+	if err != nil {
+		return transient(fmt.Errorf("reading sync state of %s %s: %w", entity, id, err))
+	}
+	ev, err := decodeStored(cur.Data)
+	if err != nil {
+		e.log.Warn("stored event unreadable; not re-applied", "entity", entity, "id", id, "error", err)
+		return nil
+	}
+	return e.process(ctx, ev, true)
 }
 
 // process applies a single event.

@@ -209,13 +209,14 @@ type wrapDV struct {
 
 func (w *wrapDV) check(op, set string, recs ...dataverse.Record) error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.hits == nil {
 		w.hits = map[string]int{}
 	}
 	w.hits[op+" "+set]++
-	if w.fail != nil {
-		return w.fail(op, set, recs)
+	fail := w.fail
+	w.mu.Unlock()
+	if fail != nil {
+		return fail(op, set, recs)
 	}
 	return nil
 }

@@ -424,3 +424,48 @@ func TestConnectionUnreachable(t *testing.T) {
 		t.Fatalf("unreachable: %+v", info)
 	}
 }
+
+// Issue point 5: a writer whose lease ran out while its (older) write was stalled must
+// not leave its older data in Dynamics 365 once a newer state has been applied.
+func TestStalledWriterDoesNotWinOverNewerState(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	e.each(state.Customer, customerEvent(t, tmpl, 8, 1, "stall@example.test", nil))
+
+	stalled, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if op == "Upsert" && set == "contacts" && len(recs) > 0 && recs[0]["firstname"] == "old" {
+			once.Do(func() { close(stalled); <-release })
+		}
+		return nil
+	})
+	mk := func(now func() time.Time) *Engine {
+		eng, err := New(Options{DV: e.wdv, State: e.st, Settings: e.set, BusyWait: -1, Now: now, LeaseDuration: time.Minute,
+			Log: e.eng.log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eng
+	}
+	slow := mk(nil)
+	later := mk(func() time.Time { return time.Now().Add(time.Hour) }) // sees the slow writer's lease expired
+	done := make(chan error, 1)
+	go func() {
+		done <- e.deliver(slow, state.Customer, customerEvent(t, tmpl, 8, 2, "stall@example.test", func(d map[string]any) { d["firstName"] = "old" }))
+	}()
+	<-stalled
+	if err := e.deliver(later, state.Customer, customerEvent(t, tmpl, 8, 3, "stall@example.test", func(d map[string]any) { d["firstName"] = "new" })); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("stalled writer: %v", err)
+	}
+	if got := e.row("contacts", contactID(1, 8))["firstname"]; got != "new" {
+		t.Fatalf("contact firstname %v after the stalled write, want new", got)
+	}
+	if r := e.rec(state.Customer, 8); r.LastEventID != "cust-8-3" || r.Status != state.Synced || r.LeaseOwner != "" {
+		t.Fatalf("state %+v", r)
+	}
+}
