@@ -82,6 +82,8 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		Inspector:       a.inspector,
 		Probe:           probe{eng},
 		Secret:          secretExpiry{a.dv},
+		Stale:           eng,
+		WritesEnabled:   a.cfg.WritesEnabled,
 		AutoSyncEnabled: a.cfg.AutoSyncEnabled,
 		AutoSyncPeriod:  a.cfg.AutoSyncPeriod,
 		Log:             a.log,

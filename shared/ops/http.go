@@ -100,15 +100,25 @@ func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // Status is the status page (spec: operations.md).
 type Status struct {
-	Healthy        bool                                  `json:"healthy"`
-	Dataverse      Connection                            `json:"dataverse"`
-	Secret         SecretStatus                          `json:"secret"`
-	Entities       map[state.Entity]map[state.Status]int `json:"entities"`
-	Queues         map[state.Entity]QueueStatus          `json:"queues"`
-	AutoSync       AutoSyncStatus                        `json:"autoSync"`
-	RecentRuns     []Run                                 `json:"recentRuns"`
-	RecentFailures []Failure                             `json:"recentFailures"`
-	Errors         []string                              `json:"errors,omitempty"`
+	Healthy        bool                          `json:"healthy"`
+	Dataverse      Connection                    `json:"dataverse"`
+	Secret         SecretStatus                  `json:"secret"`
+	Entities       map[state.Entity]EntityCounts `json:"entities"`
+	Queues         map[state.Entity]QueueStatus  `json:"queues"`
+	AutoSync       AutoSyncStatus                `json:"autoSync"`
+	RecentRuns     []Run                         `json:"recentRuns"`
+	RecentFailures []Failure                     `json:"recentFailures"`
+	Errors         []string                      `json:"errors,omitempty"`
+}
+
+// EntityCounts is how many entities of a kind stand where, and how many stale events
+// (older than the state already applied) were acknowledged and skipped.
+type EntityCounts struct {
+	Synced             int   `json:"synced"`
+	Pending            int   `json:"pending"`
+	Failed             int   `json:"failed"`
+	Skipped            int   `json:"skipped"`
+	StaleEventsSkipped int64 `json:"staleEventsSkipped"`
 }
 
 // SecretStatus is the client secret's expiry.
@@ -139,7 +149,7 @@ const SecretWarningDays = 30
 // the page, so it renders when things are broken.
 func (o *Ops) Status(ctx context.Context) *Status {
 	st := &Status{
-		Entities:       map[state.Entity]map[state.Status]int{},
+		Entities:       map[state.Entity]EntityCounts{},
 		Queues:         map[state.Entity]QueueStatus{},
 		RecentFailures: []Failure{},
 		RecentRuns:     []Run{},
@@ -169,12 +179,15 @@ func (o *Ops) Status(ctx context.Context) *Status {
 	if err != nil {
 		st.Errors = append(st.Errors, "sync state: "+err.Error())
 	}
-	for _, ent := range state.Entities {
-		m := map[state.Status]int{}
-		for _, s := range state.Statuses {
-			m[s] = counts[ent][s]
+	var stale map[state.Entity]int64
+	if o.o.Stale != nil {
+		if stale, err = o.o.Stale.StaleSkipped(ctx); err != nil {
+			st.Errors = append(st.Errors, "stale event counts: "+err.Error())
 		}
-		st.Entities[ent] = m
+	}
+	for _, ent := range state.Entities {
+		c := counts[ent]
+		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed], Skipped: c[state.Skipped], StaleEventsSkipped: stale[ent]}
 		qs := QueueStatus{}
 		if o.o.Inspector != nil {
 			s, err := o.o.Inspector.Stats(ctx, Queues[ent])

@@ -35,6 +35,12 @@ type DataverseProbe interface {
 	Probe(ctx context.Context) Connection
 }
 
+// StaleCounter reports how many stale events each entity had acknowledged without
+// applying them (an older state than the one already applied).
+type StaleCounter interface {
+	StaleSkipped(ctx context.Context) (map[state.Entity]int64, error)
+}
+
 // SecretExpiry reports the client secret's Key Vault expiry; nil when unknown (secret
 // given as a setting, or no expiry set).
 type SecretExpiry interface {
@@ -56,6 +62,11 @@ type Options struct {
 	Inspector   queue.Inspector
 	Probe       DataverseProbe
 	Secret      SecretExpiry
+	Stale       StaleCounter // optional
+
+	// WritesEnabled mirrors DATAVERSE_WRITES_ENABLED: with writes on, auto-sync also
+	// re-sends entities left pending (received while writes were off).
+	WritesEnabled bool
 
 	AutoSyncEnabled bool
 	AutoSyncPeriod  time.Duration
@@ -130,7 +141,8 @@ func newRunID(now time.Time) string {
 }
 
 // Sync re-sends entities to their queues: scope "failed" re-sends those whose last sync
-// failed, "all" every entity the app has state for, each from its last received event.
+// failed or that are still pending (received while writes were off, or never written),
+// "all" every entity the app has state for, each from its last received event.
 // They travel as chunk messages, so the queue functions write them with bulk operations.
 func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger string) (*Run, error) {
 	if len(entities) == 0 {
@@ -212,7 +224,7 @@ func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
 func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, scope string) (int, error) {
 	var statuses []state.Status
 	if scope == ScopeFailed {
-		statuses = []state.Status{state.Failed}
+		statuses = []state.Status{state.Failed, state.Pending}
 	}
 	total := 0
 	for _, ent := range entities {
@@ -366,15 +378,20 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 	return run, err
 }
 
-// resendTransient re-sends entities whose last sync failed transiently; permanent
-// failures wait for a new event or a manual run (retrying them can't help).
+// resendTransient re-sends entities whose last sync failed transiently, and, with writes
+// on, those left pending; permanent failures wait for a new event or a manual run
+// (retrying them can't help).
 func (o *Ops) resendTransient(ctx context.Context, runID string) (int, error) {
 	total := 0
 	for _, ent := range state.Entities {
 		b := &chunker{entity: ent, runID: runID}
 		q := Queues[ent]
-		err := o.o.State.Scan(ctx, ent, []state.Status{state.Failed}, func(r *state.Record) error {
-			if !r.Transient {
+		statuses := []state.Status{state.Failed}
+		if o.o.WritesEnabled {
+			statuses = append(statuses, state.Pending)
+		}
+		err := o.o.State.Scan(ctx, ent, statuses, func(r *state.Record) error {
+			if r.Status == state.Failed && !r.Transient {
 				return nil
 			}
 			ev := storedEvent(r.Data)

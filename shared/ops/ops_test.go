@@ -34,6 +34,10 @@ func (c *clock) Add(d time.Duration) {
 
 type probe struct{ conn Connection }
 
+type staleCounts map[state.Entity]int64
+
+func (s staleCounts) StaleSkipped(context.Context) (map[state.Entity]int64, error) { return s, nil }
+
 func (p probe) Probe(context.Context) Connection { return p.conn }
 
 type expiry struct{ t *time.Time }
@@ -117,21 +121,22 @@ func TestSyncScopes(t *testing.T) {
 		f.put(t, state.Customer, fmt.Sprint(i), st, false, customerEvent(i, 1))
 	}
 	f.put(t, state.Customer, "99", state.Failed, true, nil) // no data received: nothing to re-send
+	f.put(t, state.Customer, "100", state.Pending, false, customerEvent(100, 1))
 	run, err := f.ops.Sync(context.Background(), []state.Entity{state.Customer}, ScopeFailed, "manual")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if run.Queued != 10 || run.Outcome != "succeeded" {
-		t.Fatalf("failed scope: queued %d outcome %s, want 10 succeeded", run.Queued, run.Outcome)
+	if run.Queued != 11 || run.Outcome != "succeeded" {
+		t.Fatalf("failed scope: queued %d outcome %s, want 11 (10 failed, 1 pending) succeeded", run.Queued, run.Outcome)
 	}
-	evs := f.drain(t, queue.Customers, 10)
-	if len(evs) != 10 {
-		t.Fatalf("got %d events on the queue, want 10", len(evs))
+	evs := f.drain(t, queue.Customers, 11)
+	if len(evs) != 11 {
+		t.Fatalf("got %d events on the queue, want 11", len(evs))
 	}
 	for _, ev := range evs {
 		var n int
 		fmt.Sscan(ev.EntityID(), &n)
-		if n%3 != 0 {
+		if n%3 != 0 && n != 100 {
 			t.Errorf("re-sent customer %s which had not failed", ev.EntityID())
 		}
 	}
@@ -140,11 +145,11 @@ func TestSyncScopes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if run.Queued != 30 {
-		t.Errorf("all scope: queued %d, want 30", run.Queued)
+	if run.Queued != 31 {
+		t.Errorf("all scope: queued %d, want 31", run.Queued)
 	}
-	if got := f.drain(t, queue.Customers, 30); len(got) != 30 {
-		t.Errorf("all scope: %d events on the queue, want 30", len(got))
+	if got := f.drain(t, queue.Customers, 31); len(got) != 31 {
+		t.Errorf("all scope: %d events on the queue, want 31", len(got))
 	}
 	runs, _ := f.ops.Runs(context.Background(), 10)
 	if len(runs) != 2 || runs[0].ID != run.ID {
@@ -291,6 +296,7 @@ func TestStatusPage(t *testing.T) {
 	f := newFixture(t, func(o *Options) {
 		o.Secret = expiry{&exp}
 		o.State = TrackFailures(o.State, o.Now)
+		o.Stale = staleCounts{state.Customer: 4}
 	})
 	ctx := context.Background()
 	tracked := f.ops.o.State
@@ -318,7 +324,7 @@ func TestStatusPage(t *testing.T) {
 	}
 	var st Status
 	json.Unmarshal(rec.Body.Bytes(), &st)
-	if !st.Healthy || st.Entities[state.Product][state.Synced] != 3 || st.Entities[state.Order][state.Failed] != 1 || st.Entities[state.Customer][state.Skipped] != 1 {
+	if !st.Healthy || st.Entities[state.Product].Synced != 3 || st.Entities[state.Order].Failed != 1 || st.Entities[state.Customer].Skipped != 1 || st.Entities[state.Customer].StaleEventsSkipped != 4 {
 		t.Errorf("counts/health wrong: %+v", st)
 	}
 	if st.Secret.DaysLeft == nil || *st.Secret.DaysLeft != 20 || st.Secret.Warning == nil {
@@ -463,9 +469,29 @@ func BenchmarkStatus100k(b *testing.B) {
 		if d := time.Since(start); d > worst {
 			worst = d
 		}
-		if s.Entities[state.Customer][state.Synced]+s.Entities[state.Customer][state.Failed] != 33_334 {
+		if s.Entities[state.Customer].Synced+s.Entities[state.Customer].Failed != 33_334 {
 			b.Fatalf("counts: %v", s.Entities)
 		}
 	}
 	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+}
+
+// TestAutoSyncResendsPendingOnlyWithWritesOn: events recorded as pending while writes
+// were off are re-sent by auto-sync once writes are on, and not before.
+func TestAutoSyncResendsPendingOnlyWithWritesOn(t *testing.T) {
+	for _, writes := range []bool{false, true} {
+		f := newFixture(t, func(o *Options) { o.WritesEnabled = writes })
+		f.put(t, state.Customer, "1", state.Pending, false, customerEvent(1, 1))
+		run, err := f.ops.AutoSync(context.Background())
+		if err != nil || run == nil {
+			t.Fatalf("writes %v: %+v %v", writes, run, err)
+		}
+		want := 0
+		if writes {
+			want = 1
+		}
+		if run.Queued != want {
+			t.Errorf("writes %v: auto-sync re-sent %d pending entities, want %d", writes, run.Queued, want)
+		}
+	}
 }
