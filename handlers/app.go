@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nopsync/nopsync/shared/config"
@@ -177,9 +178,15 @@ func (s secretExpiry) ClientSecretExpiry(ctx context.Context) (*time.Time, error
 type vaultWebhookSecrets struct {
 	s    *keyvault.Secrets
 	name string
+
+	mu        sync.Mutex
+	refreshed time.Time
 }
 
-func (v vaultWebhookSecrets) WebhookSecrets(ctx context.Context) ([]string, error) {
+// minVaultRefresh bounds how often a failed signature makes the app read the vault again.
+const minVaultRefresh = 30 * time.Second
+
+func (v *vaultWebhookSecrets) WebhookSecrets(ctx context.Context) ([]string, error) {
 	val, _, err := v.s.Get(ctx, v.name)
 	if err != nil {
 		return nil, fmt.Errorf("webhook secret %q from Key Vault: %w", v.name, err)
@@ -191,4 +198,16 @@ func (v vaultWebhookSecrets) WebhookSecrets(ctx context.Context) ([]string, erro
 		}
 	}
 	return out, nil
+}
+
+// RefreshWebhookSecrets reads the vault again after a signature did not match the cached
+// secret (a rotation), at most every minVaultRefresh.
+func (v *vaultWebhookSecrets) RefreshWebhookSecrets(ctx context.Context) ([]string, error) {
+	v.mu.Lock()
+	if time.Since(v.refreshed) >= minVaultRefresh {
+		v.refreshed = time.Now()
+		v.s.Invalidate(v.name)
+	}
+	v.mu.Unlock()
+	return v.WebhookSecrets(ctx)
 }

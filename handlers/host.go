@@ -180,5 +180,5 @@ func webhookSecrets(cfg *config.Config, vault *keyvault.Secrets) (intake.Webhook
 			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
 		}
 	}
-	return vaultWebhookSecrets{s: vault, name: cfg.WebhookSecretName}, nil
+	return &vaultWebhookSecrets{s: vault, name: cfg.WebhookSecretName}, nil
 }

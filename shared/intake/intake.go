@@ -37,6 +37,15 @@ type WebhookSecrets interface {
 	WebhookSecrets(ctx context.Context) ([]string, error)
 }
 
+// SecretsRefresher is implemented by secret sources that cache (Key Vault): when a
+// signature does not match the cached secrets, the intake asks once for fresh ones, so a
+// secret rotated in the vault is accepted at once rather than after the cache expires.
+// Implementations bound how often they really read the vault: unsigned junk must not
+// turn into vault traffic.
+type SecretsRefresher interface {
+	RefreshWebhookSecrets(ctx context.Context) ([]string, error)
+}
+
 // StaticSecrets is a fixed list of webhook secrets.
 type StaticSecrets []string
 
@@ -246,12 +255,23 @@ func (in *Intake) checkSignature(ctx context.Context, log *slog.Logger, h http.H
 		return in.unavailable("no webhook secret is configured"), false
 	}
 	reason := verify(header(h, SignatureHeader), body, secrets, in.o.Now())
+	if reason == reasonMismatch {
+		if r, ok := in.o.Secrets.(SecretsRefresher); ok {
+			if fresh, err := r.RefreshWebhookSecrets(ctx); err == nil && len(fresh) > 0 {
+				reason = verify(header(h, SignatureHeader), body, fresh, in.o.Now())
+			} else if err != nil {
+				log.Warn("webhook secret refresh failed", "error", err)
+			}
+		}
+	}
 	if reason != "" {
 		log.Warn("events refused: signature", "reason", reason)
 		return errorResponse(http.StatusUnauthorized, CodeUnauthorized, reason, nil), false
 	}
 	return Response{}, true
 }
+
+const reasonMismatch = "signature does not match"
 
 // verify returns "" when sig is a valid signature of body with one of the secrets, else
 // why not.
@@ -309,7 +329,7 @@ func verify(sig string, body []byte, secrets []string, now time.Time) string {
 		}
 	}
 	if !match {
-		return "signature does not match"
+		return reasonMismatch
 	}
 	return ""
 }
