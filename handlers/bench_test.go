@@ -837,9 +837,11 @@ func BenchmarkImport(b *testing.B) {
 			idealRecords := ideal.Ceiling / rowsPerRecord
 			b.ReportMetric(rate, name+"/s-sim")
 			b.ReportMetric(100*rate/idealRecords, name+"-%ideal")
-			summary(b, "| initial import: %d %s (arrays of 1000) | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d requests (%.1f rows written each), %d rows, %d × 429; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
+			execUsed := time.Duration(reqs)*2*time.Millisecond + time.Duration(rows)*2*time.Millisecond
+			summary(b, "| initial import: %d %s (arrays of 1000) | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
 				len(evs), name, rate, name, sim, 100*rate/idealRecords, idealRecords, ideal.Limit,
-				reqs, perReq, rows, s1.Throttled-s0.Throttled, accepted.Seconds(), real.Seconds(), scale)
+				reqs, float64(reqs)/sim, perReq, rows, execUsed.Seconds()/sim, s1.Throttled-s0.Throttled,
+				float64(reqs)*(2+perReq*2)/1000/sim, accepted.Seconds(), real.Seconds(), scale)
 		}
 
 		var cev []json.RawMessage

@@ -539,22 +539,22 @@ func checkOrders(t *testing.T, ctx context.Context, store *storeClient, sim *dat
 		strings.Join(ks, ", "), sim.Count("salesorders"), sim.Count("invoices")))
 }
 
-// summarizeFailures counts the app's "sync failed" log lines by cause.
+// summarizeFailures counts the app's failed queue invocations (log lines) by cause.
 func summarizeFailures(t *testing.T, logFile string) {
 	b, err := os.ReadFile(logFile)
 	if err != nil {
 		return
 	}
 	causes := []struct{ name, needle string }{
-		{"401 after a token refresh (token expired before the request left)", "rejected the access token after a refresh"},
 		{"lease held by another (killed) writer", "lease held"},
+		{"401 after a token refresh (token expired before the request left)", "rejected the access token after a refresh"},
 		{"429 past the invocation's budget", "429 Too Many Requests"},
 		{"503 from Dataverse", "503"},
 	}
 	counts := make([]int, len(causes)+1)
 	total := 0
 	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.Contains(line, `"msg":"sync failed"`) {
+		if !strings.Contains(line, `"msg":"invocation failed"`) {
 			continue
 		}
 		total++
@@ -567,7 +567,7 @@ func summarizeFailures(t *testing.T, logFile string) {
 		}
 		counts[k]++
 	}
-	t.Logf("app log: %d transient sync failures (each retried by redelivery):", total)
+	t.Logf("app log: %d failed queue invocations (each redelivered), by cause:", total)
 	for i, c := range causes {
 		t.Logf("  %5d × %s", counts[i], c.name)
 	}
