@@ -302,14 +302,24 @@ type DeadLetterView struct {
 	Events      int       `json:"events"`
 }
 
-func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
+// deadLetterQueue resolves the {entity} of a dead-letter route to its queue, answering
+// the error itself when it can't.
+func (o *Ops) deadLetterQueue(w http.ResponseWriter, r *http.Request) (state.Entity, bool) {
 	ent, ok := parseEntity(r.PathValue("entity"))
 	if !ok {
 		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity")))
-		return
+		return "", false
 	}
 	if o.o.DeadLetters == nil {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "dead letters are not available")
+		return "", false
+	}
+	return ent, true
+}
+
+func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
+	ent, ok := o.deadLetterQueue(w, r)
+	if !ok {
 		return
 	}
 	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), Queues[ent], 500)
@@ -345,13 +355,8 @@ func countEvents(m queue.Message) int {
 }
 
 func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
-	ent, ok := parseEntity(r.PathValue("entity"))
+	ent, ok := o.deadLetterQueue(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity")))
-		return
-	}
-	if o.o.DeadLetters == nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "dead letters are not available")
 		return
 	}
 	var ids []string

@@ -158,7 +158,11 @@ func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger 
 	if err := o.saveRun(ctx, run); err != nil {
 		return nil, err
 	}
-	n, err := o.resend(ctx, run.ID, entities, scope)
+	var statuses []state.Status // scope all: every record
+	if scope == ScopeFailed {
+		statuses = []state.Status{state.Failed, state.Pending}
+	}
+	n, err := o.resend(ctx, run.ID, entities, statuses, nil)
 	run.Queued = n
 	o.finish(ctx, run, err)
 	if err != nil {
@@ -219,38 +223,38 @@ func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
 	return runs, nil
 }
 
-// resend builds chunk messages from stored events. Their ids are new ("resync-<run>-..."),
-// since a chunk id derived from event ids would be dropped by duplicate detection.
-func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, scope string) (int, error) {
-	var statuses []state.Status
-	if scope == ScopeFailed {
-		statuses = []state.Status{state.Failed, state.Pending}
-	}
+// resend re-sends the stored events of entities' records whose status is in statuses
+// (all when none) and that keep accepts (all when nil), as chunk messages. Their ids are
+// new ("resync-<run>-..."): a chunk id derived from event ids would be dropped by
+// duplicate detection.
+func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, statuses []state.Status, keep func(*state.Record) bool) (int, error) {
 	total := 0
 	for _, ent := range entities {
 		q, ok := Queues[ent]
 		if !ok {
 			return total, fmt.Errorf("unknown entity %q", ent)
 		}
-		b := &chunker{entity: ent, runID: runID}
+		c := &chunker{entity: ent, runID: runID}
+		send := func(msg queue.Message) error {
+			if err := o.o.Sender.Send(ctx, q, []queue.Message{msg}); err != nil {
+				return fmt.Errorf("send to %s: %w", q, err)
+			}
+			total += countEvents(msg)
+			return nil
+		}
 		err := o.o.State.Scan(ctx, ent, statuses, func(r *state.Record) error {
 			ev := storedEvent(r.Data)
-			if ev == nil {
+			if ev == nil || (keep != nil && !keep(r)) {
 				return nil // nothing received yet (e.g. a stub made for an order line)
 			}
-			if msg, ok := b.add(ev); ok {
-				if err := o.o.Sender.Send(ctx, q, []queue.Message{msg}); err != nil {
-					return fmt.Errorf("send to %s: %w", q, err)
-				}
+			if msg, full := c.add(ev); full {
+				return send(msg)
 			}
 			return nil
 		})
-		if err == nil {
-			if msg, ok := b.flush(); ok {
-				err = o.o.Sender.Send(ctx, q, []queue.Message{msg})
-			}
+		if msg, ok := c.flush(); ok && err == nil {
+			err = send(msg)
 		}
-		total += b.sent
 		if err != nil {
 			return total, fmt.Errorf("re-send %s: %w", ent, err)
 		}
@@ -283,7 +287,6 @@ type chunker struct {
 	events []json.RawMessage
 	size   int
 	n      int
-	sent   int
 }
 
 // add appends ev, returning a full chunk to send first when ev does not fit.
@@ -305,7 +308,6 @@ func (c *chunker) flush() (queue.Message, bool) {
 	c.n++
 	id := fmt.Sprintf("resync-%s-%s-%d", c.runID, c.entity, c.n)
 	body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": id, "events": c.events}})
-	c.sent += len(c.events)
 	c.events, c.size = nil, 0
 	return queue.Message{
 		MessageID:             id,
@@ -382,38 +384,13 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 // on, those left pending; permanent failures wait for a new event or a manual run
 // (retrying them can't help).
 func (o *Ops) resendTransient(ctx context.Context, runID string) (int, error) {
-	total := 0
-	for _, ent := range state.Entities {
-		b := &chunker{entity: ent, runID: runID}
-		q := Queues[ent]
-		statuses := []state.Status{state.Failed}
-		if o.o.WritesEnabled {
-			statuses = append(statuses, state.Pending)
-		}
-		err := o.o.State.Scan(ctx, ent, statuses, func(r *state.Record) error {
-			if r.Status == state.Failed && !r.Transient {
-				return nil
-			}
-			ev := storedEvent(r.Data)
-			if ev == nil {
-				return nil
-			}
-			if msg, ok := b.add(ev); ok {
-				return o.o.Sender.Send(ctx, q, []queue.Message{msg})
-			}
-			return nil
-		})
-		if err == nil {
-			if msg, ok := b.flush(); ok {
-				err = o.o.Sender.Send(ctx, q, []queue.Message{msg})
-			}
-		}
-		total += b.sent
-		if err != nil {
-			return total, fmt.Errorf("re-drive %s: %w", ent, err)
-		}
+	statuses := []state.Status{state.Failed}
+	if o.o.WritesEnabled {
+		statuses = append(statuses, state.Pending)
 	}
-	return total, nil
+	return o.resend(ctx, runID, state.Entities, statuses, func(r *state.Record) bool {
+		return r.Status != state.Failed || r.Transient
+	})
 }
 
 // TransientDeadLetter says whether a dead-lettered message failed for a reason a retry
