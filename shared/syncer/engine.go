@@ -124,8 +124,11 @@ type Options struct {
 	// Instance names this process in leases (default: random). Each claim adds its own
 	// suffix, so two goroutines of one instance never share a lease either.
 	Instance string
-	// LeaseDuration bounds how long a claim keeps other writers off an entity
-	// (default 5 minutes, the longest a queue function runs by default).
+	// LeaseDuration bounds how long a claim keeps other writers off an entity (default
+	// DefaultLease). It is also how long a crashed writer's entities stay blocked, so it
+	// is short; a writer that outlives its lease is caught when it records its result
+	// (superseded → the newest state is written again), and saveProgress renews it
+	// between an order's steps.
 	LeaseDuration time.Duration
 	// BusyWait is how long a claim waits for another writer's lease to be released
 	// before reporting "busy" (a transient failure; Service Bus redelivers). Waiting a
@@ -193,7 +196,7 @@ func New(o Options) (*Engine, error) {
 		e.instance = randomHex(6)
 	}
 	if e.lease <= 0 {
-		e.lease = 5 * time.Minute
+		e.lease = DefaultLease
 	}
 	if e.conc <= 0 {
 		e.conc = 8
@@ -272,6 +275,11 @@ func permanent(err error) error {
 	}
 	return &classified{err: err, transient: false}
 }
+
+// DefaultLease is the default LeaseDuration: with BusyWait's 20 s per delivery, a message
+// whose entity a killed process left claimed lands on its third or fourth delivery,
+// well before Service Bus dead-letters it.
+const DefaultLease = time.Minute
 
 // errBusy: another writer holds the entity's lease.
 var errBusy = errors.New("another instance is writing this entity right now (lease held); will retry")
