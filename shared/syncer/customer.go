@@ -432,11 +432,16 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 		return "", transient(fmt.Errorf("reading customer %d state: %w", c.ID, err))
 	}
 	if !c.Deleted && skipReason(c) == "" {
-		fresh := rec == nil
-		if rec == nil {
-			rec = &state.Record{Entity: state.Customer, ID: strconv.Itoa(c.ID)}
+		fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
+		claimed, err := e.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
+		if err != nil {
+			return "", err
 		}
-		p, err := e.planContact(ctx, storeID, c, rec, nil)
+		defer e.releaseForOrder(ctx, claimed)
+		if claimed.DataverseID != "" { // written by the customer's own event while we waited
+			return claimed.DataverseID, nil
+		}
+		p, err := e.planContact(ctx, storeID, c, claimed, nil)
 		if err != nil {
 			return "", err
 		}
@@ -445,18 +450,13 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 				return "", err
 			}
 		}
+		claimed.DataverseID = p.id
 		if fresh {
-			// Remember the row so the customer's own event updates this contact. Losing
-			// a race with that event is fine: it resolves the same row.
-			nr := &state.Record{Entity: state.Customer, ID: strconv.Itoa(c.ID), DataverseID: p.id,
-				Status: state.Synced, Reason: "contact written from an order; the customer's own event has not arrived yet",
-				DataHash: p.hash, SyncedAt: e.now()}
-			p.apply(nr)
-			if err := e.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
-				e.log.Warn("saving customer state from order", "customer", c.ID, "error", err)
-			}
-		} else {
-			e.rememberRow(ctx, rec, p.id)
+			// The customer's own event, when it comes, updates this contact (its order key
+			// is newer than none).
+			claimed.Status, claimed.SyncedAt, claimed.DataHash = state.Synced, e.now(), p.hash
+			claimed.Reason = "contact written from an order; the customer's own event has not arrived yet"
+			p.apply(claimed)
 		}
 		return p.id, nil
 	}

@@ -651,14 +651,19 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	if err != nil {
 		return "", err
 	}
+	fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
+	work, err := e.claimForOrder(ctx, state.Product, key, rec)
+	if err != nil {
+		return "", err
+	}
+	defer e.releaseForOrder(ctx, work)
+	if work.DataverseID != "" { // written by the product's own event while we waited
+		return work.DataverseID, nil
+	}
 	p := &nop.Product{ID: ip.ID, ProductType: ip.ProductType, ParentGroupedProductID: ip.ParentGroupedProductID,
 		Name: ip.Name, Sku: ip.Sku, Published: true}
 	if p.ProductType != nop.ProductTypeGrouped {
 		p.ProductType = nop.ProductTypeSimple
-	}
-	work := &state.Record{Entity: state.Product, ID: key}
-	if rec != nil {
-		work.Extra = rec.Extra
 	}
 	pl, err := e.planProduct(ctx, storeID, p, work, sh, nil)
 	if err != nil {
@@ -667,30 +672,13 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	if err := e.applyProduct(ctx, pl, work, sh); err != nil {
 		return "", err
 	}
-	if rec == nil {
+	work.DataverseID = pl.id
+	if fresh {
 		// DataHash stays empty: the product's own event writes all its data.
-		work.DataverseID, work.Status, work.SyncedAt = pl.id, state.Synced, e.now()
+		work.Status, work.SyncedAt = state.Synced, e.now()
 		work.Reason = "created from an order line; the product's own event has not arrived yet"
-		if err := e.st.Save(ctx, work); err != nil && !errors.Is(err, state.ErrConflict) {
-			e.log.Warn("saving product state from order", "product", ip.ID, "error", err)
-		}
-	} else {
-		e.rememberRow(ctx, rec, pl.id)
 	}
 	return pl.id, nil
-}
-
-// rememberRow stores the row an order made for an entity whose record has none yet (its
-// own sync failed, or was skipped), so later orders and its own next event use it.
-// Nothing is saved while another writer holds the record; losing a race is harmless.
-func (e *Engine) rememberRow(ctx context.Context, rec *state.Record, id string) {
-	if rec.DataverseID != "" || (rec.LeaseOwner != "" && e.now().Before(rec.LeaseUntil)) {
-		return
-	}
-	rec.DataverseID = id
-	if err := e.st.Save(ctx, rec); err != nil && !errors.Is(err, state.ErrConflict) {
-		e.log.Warn("remembering row made for an order", "entity", rec.Entity, "id", rec.ID, "error", err)
-	}
 }
 
 // fetchImage downloads a picture (size-capped, with the client's timeout) as base64.
