@@ -217,12 +217,14 @@ func New(o Options) (*Client, error) {
 		// the innermost layer notes a 429 the moment it arrives
 		Transport: &gateTransport{next: transport, t: c.throttle},
 		Retry:     retry,
-		// Per try, outermost first: resend once with a fresh token after a
-		// 401; authorize; wait for Retry-After and a concurrency slot; log.
+		// Per try, outermost first: wait for Retry-After and a concurrency
+		// slot; resend once with a fresh token after a 401; authorize; log.
+		// Waiting comes before authorizing, so a token is never attached and
+		// then left to expire while the request waits out throttling.
 		PerRetryPolicies: []policy.Policy{
+			c.throttle,
 			&reauthPolicy{tokens: c.tokens},
 			bearer,
-			c.throttle,
 			&logPolicy{log: logf},
 		},
 		Telemetry: policy.TelemetryOptions{ApplicationID: "nopsync"},
