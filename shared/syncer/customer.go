@@ -306,7 +306,7 @@ func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[stri
 		seen[strings.ToLower(m)] = true
 		uniq = append(uniq, m)
 	}
-	const per = 20
+	const per = 100 // emails; the URL stays well under Dataverse's 32 KB
 	for start := 0; start < len(uniq); start += per {
 		part := uniq[start:min(start+per, len(uniq))]
 		conds := make([]string, len(part))
