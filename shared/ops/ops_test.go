@@ -111,6 +111,29 @@ func (f *fixture) drain(t *testing.T, q string, want int) []*nop.Event {
 	return evs
 }
 
+// deadLetterAll fails every delivery on q until want messages are dead-lettered (the
+// fixture's max delivery count is 2).
+func (f *fixture) deadLetterAll(t *testing.T, q string, want int64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.q.Run(ctx, q, 2, func(context.Context, localqueue.Delivery) error { return errors.New("dataverse unreachable") })
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _ := f.q.Stats(ctx, q); s.DeadLettered == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: messages never dead-lettered", q)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestSyncScopes(t *testing.T) {
 	f := newFixture(t, nil)
 	for i := 1; i <= 30; i++ {
@@ -248,22 +271,7 @@ func TestAutoSyncReplaysTransientDeadLetters(t *testing.T) {
 	if err := f.q.Send(ctx, queue.Customers, []queue.Message{{MessageID: "ev-5-1", SessionID: "customer-5", Body: []byte(`{"evt":` + string(ev) + `}`)}}); err != nil {
 		t.Fatal(err)
 	}
-	// Fail every delivery until the message is dead-lettered (max delivery count 2).
-	rctx, cancel := context.WithCancel(ctx)
-	go f.q.Run(rctx, queue.Customers, 1, func(context.Context, localqueue.Delivery) error { return errors.New("dataverse unreachable") })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, _ := f.q.Stats(ctx, queue.Customers)
-		if s.DeadLettered == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("message never dead-lettered")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	time.Sleep(20 * time.Millisecond)
+	f.deadLetterAll(t, queue.Customers, 1)
 
 	rec := httptest.NewRecorder()
 	mux := http.NewServeMux()
@@ -409,21 +417,7 @@ func TestReplayEndpointKeepsIDs(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		f.q.Send(ctx, queue.Products, []queue.Message{{MessageID: fmt.Sprintf("m%d", i), SessionID: fmt.Sprintf("product-%d", i), Body: []byte(`{"evt":{}}`)}})
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	go f.q.Run(rctx, queue.Products, 3, func(context.Context, localqueue.Delivery) error { return errors.New("503") })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, _ := f.q.Stats(ctx, queue.Products)
-		if s.DeadLettered == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("messages never dead-lettered")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	time.Sleep(20 * time.Millisecond)
+	f.deadLetterAll(t, queue.Products, 3)
 	mux := http.NewServeMux()
 	f.ops.Routes(mux)
 	rec := httptest.NewRecorder()
