@@ -30,7 +30,7 @@ type localOptions struct {
 	timerEvery time.Duration
 	// redeliveryDelay is the embedded queue's pause before redelivering a failed message.
 	redeliveryDelay time.Duration
-	// workers per queue (default 4).
+	// workers per queue (default 8, like host.json's maxConcurrentSessions).
 	workers int
 	// sandbox overrides the sandbox's simulator options.
 	sandbox *dataversetest.Options
@@ -51,7 +51,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		lo.timerEvery = time.Minute
 	}
 	if lo.workers <= 0 {
-		lo.workers = 4
+		lo.workers = 8 // as host.json's maxConcurrentSessions
 	}
 	a := &app{cfg: cfg, log: log}
 	defer a.Close()
