@@ -137,8 +137,14 @@ func contactFields(c *nop.Customer) dataverse.Record {
 	if phone == "" {
 		phone = strings.TrimSpace(deref(a.Phone))
 	}
+	return contactColumns(deref(c.FirstName), last, email, phone, a, fmt.Sprintf("nopCommerce customer %d", c.ID))
+}
+
+// contactColumns is the contact row of dataverse-mapping.md, cut to the columns' lengths;
+// registered customers and guests (from their billing address) share it.
+func contactColumns(first, last, email, phone string, a *nop.Address, description string) dataverse.Record {
 	return dataverse.Record{
-		"firstname":                orNull(deref(c.FirstName), 50),
+		"firstname":                orNull(first, 50),
 		"lastname":                 orNull(last, 50),
 		"emailaddress1":            orNull(email, 100),
 		"telephone1":               orNull(phone, 50),
@@ -149,7 +155,7 @@ func contactFields(c *nop.Customer) dataverse.Record {
 		"address1_stateorprovince": orNull(deref(a.StateProvince), 50),
 		"address1_postalcode":      orNull(deref(a.ZipPostalCode), 20),
 		"address1_country":         orNull(deref(a.Country), 80),
-		"description":              fmt.Sprintf("nopCommerce customer %d", c.ID),
+		"description":              description,
 	}
 }
 
@@ -511,20 +517,7 @@ func (e *Engine) guestContact(ctx context.Context, storeID int, c *nop.Customer,
 		last = "Guest " + strconv.Itoa(c.ID)
 	}
 	phone := strings.TrimSpace(deref(billing.Phone))
-	r := dataverse.Record{
-		"firstname":                orNull(first, 50),
-		"lastname":                 orNull(last, 50),
-		"emailaddress1":            orNull(email, 100),
-		"telephone1":               orNull(phone, 50),
-		"address1_line1":           orNull(deref(billing.Address1), 250),
-		"address1_line2":           orNull(deref(billing.Address2), 250),
-		"address1_city":            orNull(deref(billing.City), 80),
-		"address1_county":          orNull(deref(billing.County), 50),
-		"address1_stateorprovince": orNull(deref(billing.StateProvince), 50),
-		"address1_postalcode":      orNull(deref(billing.ZipPostalCode), 20),
-		"address1_country":         orNull(deref(billing.Country), 80),
-		"description":              fmt.Sprintf("nopCommerce guest (customer %d)", c.ID),
-	}
+	r := contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID))
 	if _, err := e.dv.Upsert(ctx, "contacts", own, r, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
 	}
