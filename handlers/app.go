@@ -77,17 +77,18 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 	}
 	a.engine = eng
 	a.ops = ops.New(ops.Options{
-		State:           a.store,
-		Sender:          a.sender,
-		DeadLetters:     a.deadLetters,
-		Inspector:       a.inspector,
-		Probe:           probe{eng},
-		Secret:          secretExpiry{a.dv},
-		Stale:           eng,
-		WritesEnabled:   a.cfg.WritesEnabled,
-		AutoSyncEnabled: a.cfg.AutoSyncEnabled,
-		AutoSyncPeriod:  a.cfg.AutoSyncPeriod,
-		Log:             a.log,
+		State:              a.store,
+		Sender:             a.sender,
+		DeadLetters:        a.deadLetters,
+		Inspector:          a.inspector,
+		Probe:              probe{eng},
+		Secret:             secretExpiry{a.dv},
+		Stale:              eng,
+		InvalidMessageKind: syncer.InvalidMessageKind,
+		WritesEnabled:      a.cfg.WritesEnabled,
+		AutoSyncEnabled:    a.cfg.AutoSyncEnabled,
+		AutoSyncPeriod:     a.cfg.AutoSyncPeriod,
+		Log:                a.log,
 	})
 	allowUnsigned := false
 	if webhookSecrets == nil {

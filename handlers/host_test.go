@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -178,5 +179,38 @@ func TestEveryFunctionServed(t *testing.T) {
 		if code == 404 {
 			t.Errorf("function %s is not served", fn)
 		}
+	}
+}
+
+// TestInvalidQueueMessageIsVisible: a queue message that fails validation (tampered with,
+// or replayed by hand) is acknowledged without effect, and shows on the status page
+// with its reason instead of ending nowhere; its redelivery is recorded once.
+func TestInvalidQueueMessageIsVisible(t *testing.T) {
+	h, _, sim := hostApp(t, "x-secret-not-real")
+	bad := []byte(`{"evt":{"id":"tampered-1","type":"customer.updated","occurredOnUtc":"yesterday","data":{"id":7}}}`)
+	payload, err := funchost.EncodeServiceBus("customers", "msg", funchost.ServiceBusMessage{Body: bad, MessageID: "tampered-1", SessionID: "customer-7", DeliveryCount: 1, EnqueuedTime: time.Now()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if code, out := callHost(t, h, "customers", payload); code != 200 {
+			t.Fatalf("invalid message must be acknowledged, got %d %v", code, out)
+		}
+	}
+	if n := sim.Stats().RowsWritten; n != 0 {
+		t.Errorf("%d rows written for an invalid message", n)
+	}
+	code, out := callHost(t, h, "status", hostHTTP(t, "GET", "https://func-test.azurewebsites.net/api/status", map[string][]string{}, nil))
+	status, body := resOutput(t, out)
+	if code != 200 || status != "200" {
+		t.Fatalf("status: %d %s", code, status)
+	}
+	msgs, _ := body["invalidMessages"].([]any)
+	if body["invalidMessageCount"] != float64(1) || len(msgs) != 1 {
+		t.Fatalf("status invalid messages: count %v list %v", body["invalidMessageCount"], msgs)
+	}
+	m := msgs[0].(map[string]any)
+	if m["queue"] != "customers" || !strings.Contains(fmt.Sprint(m["error"]), "occurredOnUtc") || !strings.Contains(fmt.Sprint(m["body"]), "tampered-1") {
+		t.Errorf("invalid message entry: %v", m)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -108,7 +109,11 @@ type Status struct {
 	AutoSync       AutoSyncStatus                `json:"autoSync"`
 	RecentRuns     []Run                         `json:"recentRuns"`
 	RecentFailures []Failure                     `json:"recentFailures"`
-	Errors         []string                      `json:"errors,omitempty"`
+	// InvalidMessages are queue messages that failed validation on the queue side and were
+	// acknowledged without effect (newest first, at most 20 of InvalidMessageCount).
+	InvalidMessages     []json.RawMessage `json:"invalidMessages"`
+	InvalidMessageCount int               `json:"invalidMessageCount"`
+	Errors              []string          `json:"errors,omitempty"`
 }
 
 // EntityCounts is how many entities of a kind stand where, and how many stale events
@@ -213,6 +218,19 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		st.Errors = append(st.Errors, "recent failures: "+err.Error())
 	} else {
 		st.RecentFailures = f
+	}
+	st.InvalidMessages = []json.RawMessage{}
+	if o.o.InvalidMessageKind != "" {
+		docs, err := o.o.State.ListDocs(ctx, o.o.InvalidMessageKind)
+		if err != nil {
+			st.Errors = append(st.Errors, "invalid messages: "+err.Error())
+		}
+		// Newest first, by the time each doc records.
+		sort.Slice(docs, func(i, j int) bool { return invalidAt(docs[i]).After(invalidAt(docs[j])) })
+		st.InvalidMessageCount = len(docs)
+		for _, d := range docs[:min(len(docs), 20)] {
+			st.InvalidMessages = append(st.InvalidMessages, json.RawMessage(d.Value))
+		}
 	}
 	expired := st.Secret.DaysLeft != nil && *st.Secret.DaysLeft < 0
 	st.Healthy = st.Dataverse.Reachable && st.Dataverse.Error == "" && !expired && len(st.Errors) == 0
@@ -376,4 +394,12 @@ func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"replayed": done, "count": len(done)})
+}
+
+func invalidAt(d *state.Doc) time.Time {
+	var v struct {
+		At time.Time `json:"at"`
+	}
+	json.Unmarshal(d.Value, &v)
+	return v.At
 }

@@ -64,6 +64,10 @@ type Options struct {
 	Secret      SecretExpiry
 	Stale       StaleCounter // optional
 
+	// InvalidMessageKind names the state docs in which the engine records queue messages
+	// that failed validation (syncer.InvalidMessageKind); "" shows none.
+	InvalidMessageKind string
+
 	// WritesEnabled mirrors DATAVERSE_WRITES_ENABLED: with writes on, auto-sync also
 	// re-sends entities left pending (received while writes were off).
 	WritesEnabled bool

@@ -34,6 +34,7 @@ package syncer
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -332,9 +333,10 @@ func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byt
 	}
 	evs, err := nop.DecodeEnvelope(body)
 	if err != nil {
-		// The message can never become valid: acknowledge it and say why.
+		// The message can never become valid: acknowledge it, and record it where the
+		// status page shows it, so it does not end nowhere.
 		e.log.Error("invalid message dropped", "queue", queueName, "error", err)
-		return nil
+		return e.recordInvalid(ctx, queueName, body, err)
 	}
 	var mine []*nop.Event
 	for _, ev := range evs {
@@ -876,4 +878,31 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return string(r[:n])
+}
+
+// InvalidMessageKind is the state doc kind of queue messages that failed validation on
+// the queue side (only a message tampered with or replayed by hand can): one doc per
+// message body, keyed by its hash, so redeliveries record it once.
+const InvalidMessageKind = "invalid-message"
+
+// InvalidMessage is what is kept of such a message.
+type InvalidMessage struct {
+	Queue string    `json:"queue"`
+	Error string    `json:"error"`
+	At    time.Time `json:"at"`
+	Body  string    `json:"body"` // the first 2 KiB
+}
+
+func (e *Engine) recordInvalid(ctx context.Context, queueName string, body []byte, cause error) error {
+	sum := sha256.Sum256(body)
+	doc := &state.Doc{Kind: InvalidMessageKind, Key: hex.EncodeToString(sum[:12])}
+	b := body
+	if len(b) > 2048 {
+		b = b[:2048]
+	}
+	doc.Value, _ = json.Marshal(InvalidMessage{Queue: queueName, Error: truncate(cause.Error(), 1000), At: e.now().UTC(), Body: string(b)})
+	if err := e.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
+		return transient(fmt.Errorf("recording an invalid message: %w", err))
+	}
+	return nil
 }
