@@ -716,6 +716,9 @@ func newBenchRig(b testing.TB, o dataversetest.Options, extraEnv ...string) *ben
 	sim := dataversetest.NewServer(o)
 	b.Cleanup(sim.Close)
 	r := &benchRig{sim: sim, bin: handlerBinary(b), addr: freeAddr(b), secret: "bench-webhook-" + uuid.NewString(), log: filepath.Join(dir, "app.log")}
+	if f := os.Getenv("BENCH_APP_LOG"); f != "" {
+		r.log = f // keep the app's log for a look afterwards
+	}
 	r.env = appEnv(sim, writeSimCA(b, sim, dir), filepath.Join(dir, "data"), r.addr, r.secret, extraEnv...)
 	r.app = startApp(b, r.bin, r.env, r.addr, r.log)
 	r.store = newStoreClient(func() string { return "http://" + r.addr }, r.secret)
@@ -837,11 +840,12 @@ func BenchmarkImport(b *testing.B) {
 			idealRecords := ideal.Ceiling / rowsPerRecord
 			b.ReportMetric(rate, name+"/s-sim")
 			b.ReportMetric(100*rate/idealRecords, name+"-%ideal")
-			execUsed := time.Duration(reqs)*2*time.Millisecond + time.Duration(rows)*2*time.Millisecond
+			execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
+			inFlight := (s1.Busy - s0.Busy).Seconds() / real.Seconds()
 			summary(b, "| initial import: %d %s (arrays of 1000) | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
 				len(evs), name, rate, name, sim, 100*rate/idealRecords, idealRecords, ideal.Limit,
-				reqs, float64(reqs)/sim, perReq, rows, execUsed.Seconds()/sim, s1.Throttled-s0.Throttled,
-				float64(reqs)*(2+perReq*2)/1000/sim, accepted.Seconds(), real.Seconds(), scale)
+				reqs, float64(reqs)/sim, perReq, rows, execUsed, s1.Throttled-s0.Throttled,
+				inFlight, accepted.Seconds(), real.Seconds(), scale)
 		}
 
 		var cev []json.RawMessage

@@ -3,6 +3,7 @@ package dataversetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -314,5 +315,68 @@ func TestDirectAccess(t *testing.T) {
 	}
 	if err := s.Delete("contacts", id); err != nil || s.Count("contacts") != 0 {
 		t.Fatalf("delete: %v", err)
+	}
+}
+
+// Equality look-ups ("col eq 'a' or col eq 'b' ...", possibly and-ed with more) are
+// answered from the keys the filter names instead of evaluating it on every row; that
+// must never drop a row the filter matches, and must narrow the rows for the shapes the
+// app sends.
+func TestQueryKeysNeverDropAMatch(t *testing.T) {
+	s := NewServer(Options{})
+	defer s.Close()
+	emails := []string{"Ann@Example.com", "bob@example.com", "CARL@example.com", "dörte@example.com", "K\u212aim@example.com", ""}
+	var ids []string
+	for i, m := range emails {
+		row := map[string]any{"lastname": fmt.Sprint("N", i)}
+		if m != "" {
+			row["emailaddress1"] = m
+		}
+		id, err := s.Insert("contacts", row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	cases := []struct {
+		filter string
+		narrow bool // the filter names keys
+		want   int
+	}{
+		{"emailaddress1 eq 'ann@example.com' or emailaddress1 eq 'BOB@EXAMPLE.COM'", true, 2},
+		{"statecode eq 0 and (emailaddress1 eq 'carl@example.com' or emailaddress1 eq 'nobody@example.com')", true, 1},
+		{"'ann@example.com' eq emailaddress1", true, 1},
+		{"emailaddress1 eq 'DÖRTE@example.com'", false, 1}, // non-ASCII literal: full scan, EqualFold decides
+		{"emailaddress1 eq 'kkim@example.com' or emailaddress1 eq 'ann@example.com'", true, 2}, // the Kelvin sign folds to k
+		{"emailaddress1 eq 'ann@example.com' or lastname eq 'N1'", false, 2},
+		{"not (emailaddress1 eq 'ann@example.com')", false, 5},
+		{"contactid eq " + ids[1] + " or contactid eq " + ids[2], true, 2},
+		{"emailaddress1 eq null", false, 1},
+		{"contains(emailaddress1, 'example') and lastname eq 'N0'", true, 1},
+	}
+	for _, c := range cases {
+		p := &filterParser{s: s, t: s.sc.byLogical["contact"]}
+		if err := p.tokenize(c.filter); err != nil {
+			t.Fatalf("%s: %v", c.filter, err)
+		}
+		e, err := p.parseExpr()
+		if err != nil {
+			t.Fatalf("%s: %v", c.filter, err)
+		}
+		if (p.keys != nil) != c.narrow {
+			t.Errorf("%s: keys %v, want narrowing %v", c.filter, p.keys, c.narrow)
+		}
+		matched := 0
+		for _, r := range s.st.rows["contact"] {
+			if v, _ := e(r).(bool); v {
+				matched++
+				if p.keys != nil && !p.keys.mayMatch(r) {
+					t.Errorf("%s: keys drop the matching row %v", c.filter, r.vals["emailaddress1"])
+				}
+			}
+		}
+		if matched != c.want {
+			t.Errorf("%s: %d rows match, want %d", c.filter, matched, c.want)
+		}
 	}
 }

@@ -17,6 +17,18 @@ type limiter struct {
 	users map[string]*userWindow
 	in    int
 	maxIn int
+	// busy integrates requests in flight over real time (request-seconds) since last.
+	busy time.Duration
+	last time.Time
+	exec time.Duration // execution time charged, scaled
+}
+
+// tick adds the in-flight time since the last change; l.mu is held.
+func (l *limiter) tick(now time.Time) {
+	if !l.last.IsZero() {
+		l.busy += time.Duration(l.in) * now.Sub(l.last)
+	}
+	l.last = now
 }
 
 type execEntry struct {
@@ -97,6 +109,7 @@ func (l *limiter) admit(name string) (func(), *apiError) {
 	}
 	u.reqs = append(u.reqs, now)
 	u.inflight++
+	l.tick(now)
 	l.in++
 	if l.in > l.maxIn {
 		l.maxIn = l.in
@@ -104,6 +117,7 @@ func (l *limiter) admit(name string) (func(), *apiError) {
 	return func() {
 		l.mu.Lock()
 		u.inflight--
+		l.tick(time.Now())
 		l.in--
 		l.mu.Unlock()
 	}, nil
@@ -159,6 +173,7 @@ func (l *limiter) record(name string, cost time.Duration) {
 	u := l.user(name)
 	u.exec = append(u.exec, execEntry{at: time.Now(), cost: cost})
 	u.execSum += cost
+	l.exec += cost
 }
 
 // headers adds the debugging headers Dataverse sends (research §6).
@@ -179,6 +194,14 @@ func (l *limiter) maxInFlight() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.maxIn
+}
+
+// usage returns the request-seconds spent in flight and the execution time charged so far.
+func (l *limiter) usage() (busy, exec time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tick(time.Now())
+	return l.busy, l.exec
 }
 
 // RetryAfterViolations is the number of requests, over all clients, sent while that

@@ -50,6 +50,7 @@ func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 		return nil, err
 	}
 	var pred func(*row) bool
+	var keys *keySet
 	if f := strings.TrimSpace(q.query.Get("$filter")); f != "" {
 		p := &filterParser{s: s, t: t, toks: nil}
 		if err := p.tokenize(f); err != nil {
@@ -63,6 +64,7 @@ func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 			return nil, errf(http.StatusBadRequest, codeZero, "Syntax error at position %d in '%s'.", p.pos, f)
 		}
 		pred = func(r *row) bool { v, _ := e(r).(bool); return v }
+		keys = p.keys
 	}
 	top := -1
 	if v := q.query.Get("$top"); v != "" {
@@ -72,16 +74,17 @@ func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 		}
 		top = n
 	}
-	rows := x.sorted(t.logical)
-	if ob := strings.TrimSpace(q.query.Get("$orderby")); ob != "" {
-		if err := orderBy(t, rows, ob); err != nil {
-			return nil, err
+	// Filter first, then order what matched (creation order, then $orderby).
+	var matched []*row
+	for _, r := range x.st.rows[t.logical] {
+		if (keys == nil || keys.mayMatch(r)) && (pred == nil || pred(r)) {
+			matched = append(matched, r)
 		}
 	}
-	var matched []*row
-	for _, r := range rows {
-		if pred == nil || pred(r) {
-			matched = append(matched, r)
+	sort.Slice(matched, func(i, j int) bool { return matched[i].seq < matched[j].seq })
+	if ob := strings.TrimSpace(q.query.Get("$orderby")); ob != "" {
+		if err := orderBy(t, matched, ob); err != nil {
+			return nil, err
 		}
 	}
 	if top >= 0 && top < len(matched) {
@@ -308,6 +311,39 @@ type filterParser struct {
 	toks     []token
 	pos      int
 	lastType string // Edm type of the last operand parsed ("" when unknown)
+	// What the last parsed piece was, for keys: a column name, or a string/GUID literal.
+	lastCol, lastLit string
+	lastIsLit        bool
+	// keys describes the expression just parsed (nil: any row may match).
+	keys *keySet
+}
+
+// keySet says which rows can possibly match an expression: those whose column col holds
+// one of vals (lower-cased ASCII). A query uses it to skip evaluating the whole filter on
+// every row, the way Dataverse's indexes answer "col eq a or col eq b ..." look-ups; the
+// full filter still decides. Only string and GUID equality is covered.
+type keySet struct {
+	col  string
+	vals map[string]bool
+}
+
+func asciiLower(v string) (string, bool) {
+	for i := 0; i < len(v); i++ {
+		if v[i] >= 0x80 {
+			return "", false
+		}
+	}
+	return strings.ToLower(v), true
+}
+
+// mayMatch reports whether r can satisfy the expression k was built from.
+func (k *keySet) mayMatch(r *row) bool {
+	v, ok := r.vals[k.col].(string)
+	if !ok {
+		return false // only a string equals a string or GUID literal
+	}
+	l, ascii := asciiLower(v)
+	return !ascii || k.vals[l] // non-ASCII: let the filter decide (EqualFold rules)
 }
 
 var dateRe = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?`)
@@ -433,6 +469,7 @@ func (p *filterParser) parseExpr() (evalFn, *apiError) {
 	if err != nil {
 		return nil, err
 	}
+	keys := p.keys
 	for t := p.peek(); t != nil && t.kind == "ident" && t.text == "or"; t = p.peek() {
 		p.pos++
 		r, err := p.parseAnd()
@@ -441,8 +478,21 @@ func (p *filterParser) parseExpr() (evalFn, *apiError) {
 		}
 		a, b := l, r
 		l = func(x *row) any { av, _ := a(x).(bool); bv, _ := b(x).(bool); return av || bv }
+		keys = orKeys(keys, p.keys)
 	}
+	p.keys = keys
 	return l, nil
+}
+
+// orKeys: a row matching a or b holds one of either's values, when both are on one column.
+func orKeys(a, b *keySet) *keySet {
+	if a == nil || b == nil || a.col != b.col {
+		return nil
+	}
+	for v := range b.vals {
+		a.vals[v] = true
+	}
+	return a
 }
 
 func (p *filterParser) parseAnd() (evalFn, *apiError) {
@@ -450,6 +500,7 @@ func (p *filterParser) parseAnd() (evalFn, *apiError) {
 	if err != nil {
 		return nil, err
 	}
+	keys := p.keys
 	for t := p.peek(); t != nil && t.kind == "ident" && t.text == "and"; t = p.peek() {
 		p.pos++
 		r, err := p.parseUnary()
@@ -458,7 +509,12 @@ func (p *filterParser) parseAnd() (evalFn, *apiError) {
 		}
 		a, b := l, r
 		l = func(x *row) any { av, _ := a(x).(bool); bv, _ := b(x).(bool); return av && bv }
+		// a row matching a and b matches each: either side's keys narrow the rows
+		if keys == nil || (p.keys != nil && len(p.keys.vals) < len(keys.vals)) {
+			keys = p.keys
+		}
 	}
+	p.keys = keys
 	return l, nil
 }
 
@@ -469,6 +525,7 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 		if err != nil {
 			return nil, err
 		}
+		p.keys = nil
 		return func(x *row) any { v, _ := e(x).(bool); return !v }, nil
 	}
 	l, err := p.parseOperand()
@@ -476,9 +533,10 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 		return nil, err
 	}
 	lt := p.lastType
+	lcol, llit, lIsLit := p.lastCol, p.lastLit, p.lastIsLit
 	t := p.peek()
 	if t == nil || t.kind != "ident" {
-		return l, nil
+		return l, nil // p.keys: the operand's (a parenthesised expression's)
 	}
 	op := t.text
 	switch op {
@@ -490,6 +548,16 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 	r, err := p.parseOperand()
 	if err != nil {
 		return nil, err
+	}
+	p.keys = nil
+	if op == "eq" {
+		col, lit, ok := lcol, p.lastLit, p.lastIsLit && lcol != ""
+		if !ok {
+			col, lit, ok = p.lastCol, llit, lIsLit && p.lastCol != ""
+		}
+		if v, ascii := asciiLower(lit); ok && ascii {
+			p.keys = &keySet{col: col, vals: map[string]bool{v: true}}
+		}
 	}
 	// Dataverse type-checks comparisons: a quoted GUID or number is an Edm.String.
 	if rt := p.lastType; lt != "" && rt != "" && lt != "null" && rt != "null" && edmFamily(lt) != edmFamily(rt) {
@@ -527,6 +595,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 	}
 	p.pos++
 	p.lastType = ""
+	p.lastCol, p.lastLit, p.lastIsLit, p.keys = "", "", false, nil
 	switch t.kind {
 	case "date":
 		tm, err := time.Parse(time.RFC3339Nano, t.text)
@@ -546,10 +615,12 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 		}
 		p.pos++
 		p.lastType = ""
+		p.lastCol, p.lastLit, p.lastIsLit = "", "", false // p.keys: the inner expression's
 		return e, nil
 	case "str":
 		v := t.text
 		p.lastType = "Edm.String"
+		p.lastLit, p.lastIsLit = v, true
 		return func(*row) any { return v }, nil
 	case "guid":
 		v := t.text
@@ -557,6 +628,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 			return nil, p.syntax()
 		}
 		p.lastType = "Edm.Guid"
+		p.lastLit, p.lastIsLit = v, true
 		return func(*row) any { return v }, nil
 	case "num":
 		f, _ := strconv.ParseFloat(t.text, 64)
@@ -578,6 +650,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 		if n := p.peek(); n != nil && n.kind == "lparen" {
 			f, err := p.parseFunc(t.text)
 			p.lastType = ""
+			p.lastCol, p.lastLit, p.lastIsLit, p.keys = "", "", false, nil
 			if err == nil && (t.text == "tolower" || t.text == "toupper") {
 				p.lastType = "Edm.String"
 			}
@@ -591,6 +664,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 			return nil, noSuchProperty(p.t.logical, name)
 		}
 		p.lastType = edmOf(p.t, name)
+		p.lastCol = name
 		return func(x *row) any { return x.vals[name] }, nil
 	}
 	return nil, p.syntax()

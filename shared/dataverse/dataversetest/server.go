@@ -146,6 +146,11 @@ type Stats struct {
 	TokensIssued   int
 	Unauthorized   int
 	MaxConcurrency int // highest number of requests in flight at once
+	// Busy is requests in flight integrated over real time (admitted to answered): Busy
+	// over an interval divided by its length is the average number in flight.
+	Busy time.Duration
+	// Execution is the execution time charged to requests (scaled, as the limits see it).
+	Execution time.Duration
 }
 
 // Server is a running simulator.
@@ -360,6 +365,7 @@ func (s *Server) Stats() Stats {
 	st := s.stats
 	s.fmu.Unlock()
 	st.MaxConcurrency = s.lim.maxInFlight()
+	st.Busy, st.Execution = s.lim.usage()
 	st.TokensIssued = s.auth.issued()
 	return st
 }
