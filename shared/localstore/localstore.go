@@ -1,12 +1,17 @@
 // Package localstore is the embedded state.Store for local mode.
 //
-// Everything lives in memory (maps per entity and doc kind, counts kept on every
-// Save). With a directory, every change is also appended to a JSON-lines journal
-// (state.jsonl) and fsynced before Save returns, so the state survives a restart or a
-// crash; Open replays the journal, drops a torn last line (a crash mid-write), and
-// rewrites the journal from memory when it has grown to more than twice the live
-// data. One process per directory: two processes appending to the same journal
-// would each miss the other's writes.
+// Records and docs live in a JSON-lines journal (state.jsonl): every change is appended
+// and fsynced before Save returns, so the state survives a restart or a crash. Memory
+// holds only a small index per record and doc (journal offset and length, ETag, status)
+// and the counts, so it does not grow with the size of what is stored: Get, Scan and
+// ListDocs read the entries back with pread (not mmap, whose pages would count in the
+// process's RSS). Open replays the journal into the index, drops a torn last line (a
+// crash mid-write), and the journal is rewritten with only the live entries once it
+// has grown to more than twice the live data (streamed from the old file, in file
+// order). One process per directory: two processes appending to the same journal would
+// each miss the other's writes.
+//
+// Without a directory the journal is a byte slice in memory (tests, the sandbox).
 package localstore
 
 import (
@@ -22,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nopsync/nopsync/shared/state"
@@ -33,22 +39,45 @@ const JournalName = "state.jsonl"
 // compactSlack: the journal is rewritten once it exceeds twice the live data plus this.
 const compactSlack = 4 << 20
 
+// loc is what memory holds per record or doc: where its journal line is, its version
+// and (records) its status, so Save can check ETags and keep counts, and Scan can
+// filter, without reading the journal. Kept small: there is one per entity.
+type loc struct {
+	off  int64  // offset of the journal line
+	etag uint64 // the ETag, as a number (the store hands out decimal ETags only)
+	n    uint32 // length of the line, newline included
+	st   uint8  // index in state.Statuses (records only)
+}
+
+// journal is what the store appends to and reads from: *os.File, or memFile.
+type journal interface {
+	io.ReaderAt
+	io.Writer
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
 // Store is the embedded store. Its zero value is not usable: call Open.
+//
+// Locking: mu guards the index, the counts and the journal handle. Appends (Save,
+// SaveDoc, compaction) hold it exclusively; reads hold it shared only for the index
+// look-up and the pread, and decode outside it.
 type Store struct {
 	mu     sync.RWMutex
-	recs   map[state.Entity]map[string]*state.Record // stored records are never mutated, only replaced
+	recs   map[state.Entity]map[string]loc
+	docs   map[string]map[string]loc
 	counts map[state.Entity]map[state.Status]int
-	docs   map[string]map[string]*state.Doc
-	seq    uint64 // last ETag handed out
+	seq    atomic.Uint64 // last ETag handed out
 	closed bool
 
-	dir       string
-	abs       string   // dir made absolute, while open
-	f         *os.File // nil in memory-only mode
-	fileBytes int64
-	live      map[string]int64 // journal line size of each live entry, by entry key
-	liveBytes int64
-	broken    error // set when a failed write could not be undone
+	dir       string  // "" in memory-only mode
+	abs       string  // dir made absolute, while open
+	f         journal // the journal
+	gen       uint64  // bumped by every compaction: offsets taken before it are void
+	fileBytes int64   // journal size: the offset of the next line
+	liveBytes int64   // sum of the live lines' lengths
+	broken    error   // set when a failed write could not be undone
 
 	compactFailedAt int64 // journal size at the last failed compaction
 }
@@ -61,19 +90,33 @@ type entry struct {
 	Doc *state.Doc    `json:"doc,omitempty"`
 }
 
+// keyEntry is an entry with only what the index needs: replay decodes these, so Data
+// and doc values are checked as JSON but never kept.
+type keyEntry struct {
+	Rec *struct {
+		Entity state.Entity
+		ID     string
+		Status state.Status
+		ETag   string
+	} `json:"rec"`
+	Doc *struct {
+		Kind, Key, ETag string
+	} `json:"doc"`
+}
+
 // Open opens (creating if needed) the store kept in dir. With dir "", the store lives
 // in memory only and forgets everything when dropped (tests).
 func Open(dir string) (*Store, error) {
 	s := &Store{
-		recs:   map[state.Entity]map[string]*state.Record{},
+		recs:   map[state.Entity]map[string]loc{},
+		docs:   map[string]map[string]loc{},
 		counts: map[state.Entity]map[state.Status]int{},
-		docs:   map[string]map[string]*state.Doc{},
-		live:   map[string]int64{},
 		dir:    dir,
 	}
 	// ETags start above the clock so that an ETag from a wiped store never matches.
-	s.seq = uint64(time.Now().UnixNano())
+	s.seq.Store(uint64(time.Now().UnixNano()))
 	if dir == "" {
+		s.f = &memFile{}
 		return s, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -106,14 +149,14 @@ func Open(dir string) (*Store, error) {
 	if os.IsNotExist(statErr) {
 		syncDir(dir) // the new journal's directory entry survives a crash too
 	}
+	s.f = f
 	if err := s.replay(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 	}
-	s.f = f
 	if s.needsCompaction() {
 		if err := s.compact(); err != nil {
-			f.Close()
+			s.f.Close()
 			return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 		}
 	}
@@ -133,15 +176,24 @@ func release(abs string) {
 	openMu.Unlock()
 }
 
-// replay loads the journal into memory. A last line that is incomplete or unreadable is
-// what a crash mid-write leaves: it is cut off. A bad line followed by good ones is
-// corruption, and an error.
+// replay builds the index from the journal. A last line that is incomplete or
+// unreadable is what a crash mid-write leaves: it is cut off. A bad line followed by
+// good ones is corruption, and an error.
 func (s *Store) replay(f *os.File) error {
 	r := bufio.NewReaderSize(f, 1<<20)
 	var good int64 // offset just past the last good line
 	lineNo := 0
 	for {
-		line, err := r.ReadBytes('\n')
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line longer than the buffer (large Data): collect it whole.
+			long := slices.Clone(line)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = r.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
 		if errors.Is(err, io.EOF) {
 			if len(line) > 0 {
 				// Torn write: the line never got its newline.
@@ -155,8 +207,7 @@ func (s *Store) replay(f *os.File) error {
 			return fmt.Errorf("read journal: %w", err)
 		}
 		lineNo++
-		var e entry
-		if jerr := json.Unmarshal(line, &e); jerr != nil || (e.Rec == nil) == (e.Doc == nil) {
+		if !s.index(line, good) {
 			if _, perr := r.Peek(1); errors.Is(perr, io.EOF) {
 				if err := f.Truncate(good); err != nil {
 					return fmt.Errorf("cut bad last line: %w", err)
@@ -165,46 +216,69 @@ func (s *Store) replay(f *os.File) error {
 			}
 			return fmt.Errorf("journal line %d is corrupt (not the last line, so not a torn write)", lineNo)
 		}
-		s.apply(e, int64(len(line)))
 		good += int64(len(line))
 	}
 	s.fileBytes = good
 	for e, m := range s.recs {
-		for _, r := range m {
-			s.count(e, r.Status, 1)
+		for _, l := range m {
+			s.count(e, state.Statuses[l.st], 1)
 		}
 	}
 	return nil
 }
 
-// apply puts an entry in memory (no count changes: callers handle those).
-func (s *Store) apply(e entry, size int64) {
-	var key string
-	var tag string
+// index records the journal line at off in the index (no count changes: replay counts
+// at the end). It reports false for a line that is not a valid entry.
+func (s *Store) index(line []byte, off int64) bool {
+	var e keyEntry
+	if err := json.Unmarshal(line, &e); err != nil || (e.Rec == nil) == (e.Doc == nil) {
+		return false
+	}
+	l := loc{off: off, n: uint32(len(line))}
+	var ok bool
 	if e.Rec != nil {
-		r := e.Rec
-		m := s.recs[r.Entity]
-		if m == nil {
-			m = map[string]*state.Record{}
-			s.recs[r.Entity] = m
+		st := slices.Index(state.Statuses, e.Rec.Status)
+		if l.etag, ok = parseETag(e.Rec.ETag); !ok || st < 0 || !slices.Contains(state.Entities, e.Rec.Entity) || e.Rec.ID == "" {
+			return false
 		}
-		m[r.ID] = r
-		key, tag = "r\x00"+string(r.Entity)+"\x00"+r.ID, r.ETag
+		l.st = uint8(st)
+		s.putRec(e.Rec.Entity, e.Rec.ID, l)
 	} else {
-		d := e.Doc
-		m := s.docs[d.Kind]
-		if m == nil {
-			m = map[string]*state.Doc{}
-			s.docs[d.Kind] = m
+		if l.etag, ok = parseETag(e.Doc.ETag); !ok || e.Doc.Kind == "" || e.Doc.Key == "" {
+			return false
 		}
-		m[d.Key] = d
-		key, tag = "d\x00"+d.Kind+"\x00"+d.Key, d.ETag
+		s.putDoc(e.Doc.Kind, e.Doc.Key, l)
 	}
-	if n, err := strconv.ParseUint(tag, 10, 64); err == nil && n > s.seq {
-		s.seq = n
+	if l.etag > s.seq.Load() {
+		s.seq.Store(l.etag)
 	}
-	s.liveBytes += size - s.live[key]
-	s.live[key] = size
+	return true
+}
+
+func (s *Store) putRec(e state.Entity, id string, l loc) {
+	m := s.recs[e]
+	if m == nil {
+		m = map[string]loc{}
+		s.recs[e] = m
+	}
+	s.liveBytes += int64(l.n) - int64(m[id].n)
+	m[id] = l
+}
+
+func (s *Store) putDoc(kind, key string, l loc) {
+	m := s.docs[kind]
+	if m == nil {
+		m = map[string]loc{}
+		s.docs[kind] = m
+	}
+	s.liveBytes += int64(l.n) - int64(m[key].n)
+	m[key] = l
+}
+
+// parseETag reads an ETag this store handed out (a canonical decimal).
+func parseETag(tag string) (uint64, bool) {
+	n, err := strconv.ParseUint(tag, 10, 64)
+	return n, err == nil && strconv.FormatUint(n, 10) == tag
 }
 
 func (s *Store) count(e state.Entity, st state.Status, delta int) {
@@ -216,35 +290,37 @@ func (s *Store) count(e state.Entity, st state.Status, delta int) {
 	m[st] += delta
 }
 
-func (s *Store) nextETag() string {
-	s.seq++
-	return strconv.FormatUint(s.seq, 10)
+func (s *Store) nextETag() uint64 {
+	return s.seq.Add(1)
 }
 
-// write appends one entry to the journal and fsyncs it; on failure the file is cut back
-// so that nothing half-written stays behind.
-func (s *Store) write(e entry) (int64, error) {
-	if s.f == nil {
-		return 0, nil
-	}
+// encode makes a journal line.
+func encode(e entry) ([]byte, error) {
 	b, err := json.Marshal(e)
 	if err != nil {
-		return 0, fmt.Errorf("encode: %w", err)
+		return nil, fmt.Errorf("encode: %w", err)
 	}
-	b = append(b, '\n')
+	return append(b, '\n'), nil
+}
+
+// write appends one line to the journal and fsyncs it; on failure the file is cut back
+// so that nothing half-written stays behind. It returns the line's location. Callers
+// hold mu exclusively.
+func (s *Store) write(b []byte) (loc, error) {
 	if s.broken != nil {
-		return 0, s.broken
+		return loc{}, s.broken
 	}
 	if _, err := s.f.Write(b); err != nil {
 		s.cutBack()
-		return 0, fmt.Errorf("write journal: %w", err)
+		return loc{}, fmt.Errorf("write journal: %w", err)
 	}
 	if err := s.f.Sync(); err != nil {
 		s.cutBack()
-		return 0, fmt.Errorf("sync journal: %w", err)
+		return loc{}, fmt.Errorf("sync journal: %w", err)
 	}
+	l := loc{off: s.fileBytes, n: uint32(len(b))}
 	s.fileBytes += int64(len(b))
-	return int64(len(b)), nil
+	return l, nil
 }
 
 // cutBack removes what a failed write may have left. If even that fails, later lines
@@ -256,68 +332,150 @@ func (s *Store) cutBack() {
 	}
 }
 
-func (s *Store) needsCompaction() bool {
-	return s.f != nil && s.fileBytes > 2*s.liveBytes+compactSlack && s.fileBytes > s.compactFailedAt+compactSlack
+// readLine reads the journal line at l. Callers hold mu (shared is enough: pread does
+// not move the file offset, and appends wait for the lock).
+func (s *Store) readLine(l loc) ([]byte, error) {
+	b := make([]byte, l.n)
+	if _, err := s.f.ReadAt(b, l.off); err != nil {
+		return nil, fmt.Errorf("read journal at %d: %w", l.off, err)
+	}
+	return b, nil
 }
 
-// compact rewrites the journal with only the live entries: write a new file, fsync it,
-// rename it over the old one, fsync the directory. A crash at any point leaves either
-// the old or the new journal, both complete.
+// decodeRec decodes a record's journal line and checks it is the one asked for (an
+// index out of step with the file must not hand out another entity's state).
+func decodeRec(b []byte, l loc, entity state.Entity, id string) (*state.Record, error) {
+	var e entry
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("journal line at %d: %w", l.off, err)
+	}
+	if e.Rec == nil || e.Rec.Entity != entity || e.Rec.ID != id || e.Rec.ETag != strconv.FormatUint(l.etag, 10) {
+		return nil, fmt.Errorf("journal line at %d is not %s %q version %d (index out of step with the journal)", l.off, entity, id, l.etag)
+	}
+	return e.Rec, nil
+}
+
+func decodeDoc(b []byte, l loc, kind, key string) (*state.Doc, error) {
+	var e entry
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("journal line at %d: %w", l.off, err)
+	}
+	if e.Doc == nil || e.Doc.Kind != kind || e.Doc.Key != key || e.Doc.ETag != strconv.FormatUint(l.etag, 10) {
+		return nil, fmt.Errorf("journal line at %d is not doc %s %q version %d (index out of step with the journal)", l.off, kind, key, l.etag)
+	}
+	if len(e.Doc.Value) == 0 {
+		e.Doc.Value = nil
+	}
+	return e.Doc, nil
+}
+
+func (s *Store) needsCompaction() bool {
+	return s.fileBytes > 2*s.liveBytes+compactSlack && s.fileBytes > s.compactFailedAt+compactSlack
+}
+
+// span is a live journal line during compaction: where it is, where it goes.
+type span struct {
+	old, new int64
+	n        uint32
+}
+
+// compact rewrites the journal with only the live entries, copied from the old file in
+// file order (never all in memory): write a new file, fsync it, rename it over the old
+// one, fsync the directory. A crash at any point leaves either the old or the new
+// journal, both complete. The index is only changed once the new journal is in place.
+// Callers hold mu exclusively.
 func (s *Store) compact() error {
-	path := filepath.Join(s.dir, JournalName)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("compact: %w", err)
-	}
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("compact: %w", err)
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	enc := json.NewEncoder(w)
-	var n int64
+	var spans []span
 	for _, m := range s.recs {
-		for _, r := range m {
-			if err := enc.Encode(entry{Rec: r}); err != nil {
-				return fail(err)
-			}
+		for _, l := range m {
+			spans = append(spans, span{old: l.off, n: l.n})
 		}
 	}
 	for _, m := range s.docs {
-		for _, d := range m {
-			if err := enc.Encode(entry{Doc: d}); err != nil {
-				return fail(err)
-			}
+		for _, l := range m {
+			spans = append(spans, span{old: l.off, n: l.n})
 		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmpInt64(a.old, b.old) })
+
+	var nf journal
+	path := filepath.Join(s.dir, JournalName)
+	tmp := path + ".tmp"
+	if s.dir == "" {
+		nf = &memFile{}
+	} else {
+		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("compact: %w", err)
+		}
+		nf = f
+	}
+	fail := func(err error) error {
+		nf.Close()
+		if s.dir != "" {
+			os.Remove(tmp)
+		}
+		return fmt.Errorf("compact: %w", err)
+	}
+	w := bufio.NewWriterSize(nf, 1<<20)
+	var n int64
+	// Adjacent live lines are copied as one run.
+	for i := 0; i < len(spans); {
+		start, end := spans[i].old, spans[i].old
+		for ; i < len(spans) && spans[i].old == end; i++ {
+			spans[i].new = n + (spans[i].old - start)
+			end += int64(spans[i].n)
+		}
+		if _, err := io.Copy(w, io.NewSectionReader(s.f, start, end-start)); err != nil {
+			return fail(fmt.Errorf("copy live entries: %w", err))
+		}
+		n += end - start
 	}
 	if err := w.Flush(); err != nil {
 		return fail(err)
 	}
-	if n, err = f.Seek(0, io.SeekCurrent); err != nil {
+	if err := nf.Sync(); err != nil {
 		return fail(err)
 	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
+	if s.dir != "" {
+		if err := os.Rename(tmp, path); err != nil {
+			return fail(err)
+		}
+		syncDir(s.dir)
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: %w", err)
+	moved := func(off int64) int64 {
+		i, _ := slices.BinarySearchFunc(spans, off, func(sp span, off int64) int { return cmpInt64(sp.old, off) })
+		return spans[i].new
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact: %w", err)
+	for _, m := range s.recs {
+		for k, l := range m {
+			l.off = moved(l.off)
+			m[k] = l
+		}
 	}
-	syncDir(s.dir)
-	nf, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("compact: reopen: %w", err)
+	for _, m := range s.docs {
+		for k, l := range m {
+			l.off = moved(l.off)
+			m[k] = l
+		}
 	}
 	s.f.Close()
 	s.f = nf
+	s.gen++
 	s.fileBytes = n
+	s.liveBytes = n
+	s.broken = nil // the torn tail, if any, stayed behind in the old file
 	return nil
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // syncDir makes a rename durable where the platform allows it (not on Windows).
@@ -336,7 +494,8 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	if s.f == nil {
+	if s.dir == "" {
+		s.f.Close()
 		return nil
 	}
 	defer release(s.abs)
@@ -358,15 +517,25 @@ func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state
 		return nil, err
 	}
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return nil, errClosed
 	}
-	r := s.recs[entity][id]
-	if r == nil {
+	l, ok := s.recs[entity][id]
+	if !ok {
+		s.mu.RUnlock()
 		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, state.ErrNotFound)
 	}
-	return cloneRecord(r), nil
+	b, err := s.readLine(l)
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, err)
+	}
+	r, err := decodeRec(b, l, entity, id)
+	if err != nil {
+		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, err)
+	}
+	return r, nil
 }
 
 // Save implements state.Store.
@@ -377,34 +546,50 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// The line is made before taking the lock: the ETag comes from an atomic counter
+	// (one lost to a conflict is never reused, which is all ETags need).
+	n := *rec
+	n.Reason = truncate(n.Reason, MaxString)
+	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
+	n.UpdatedAt = time.Now().UTC()
+	etag := s.nextETag()
+	n.ETag = strconv.FormatUint(etag, 10)
+	if len(n.Data) == 0 {
+		n.Data = nil
+	}
+	if len(n.Extra) == 0 {
+		n.Extra = nil
+	}
+	b, err := encode(entry{Rec: &n})
+	if err != nil {
+		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+	}
+	st := uint8(slices.Index(state.Statuses, n.Status))
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return errClosed
 	}
-	old := s.recs[rec.Entity][rec.ID]
+	old, found := s.recs[rec.Entity][rec.ID]
 	switch {
-	case rec.ETag == "" && old != nil:
+	case rec.ETag == "" && found:
 		return fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
-	case rec.ETag != "" && old == nil:
+	case rec.ETag != "" && !found:
 		return fmt.Errorf("localstore: update %s %q: not stored: %w", rec.Entity, rec.ID, state.ErrConflict)
-	case rec.ETag != "" && old.ETag != rec.ETag:
+	case rec.ETag != "" && strconv.FormatUint(old.etag, 10) != rec.ETag:
 		return fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
 	}
-	n := cloneRecord(rec)
-	n.Reason = truncate(n.Reason, MaxString)
-	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
-	n.UpdatedAt = time.Now().UTC()
-	n.ETag = s.nextETag()
-	size, err := s.write(entry{Rec: n})
+	l, err := s.write(b)
 	if err != nil {
 		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
-	s.apply(entry{Rec: n}, size)
-	if old != nil {
-		s.count(old.Entity, old.Status, -1)
+	l.etag, l.st = etag, st
+	s.putRec(rec.Entity, rec.ID, l)
+	if found {
+		s.count(rec.Entity, state.Statuses[old.st], -1)
 	}
-	s.count(n.Entity, n.Status, 1)
+	s.count(rec.Entity, n.Status, 1)
 	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
 	s.maybeCompact()
 	return nil
@@ -422,26 +607,50 @@ func (s *Store) maybeCompact() {
 }
 
 // Scan implements state.Store. fn runs without the store's lock held, so it may call
-// the store (the records it sees are a snapshot taken when Scan started).
+// the store. The ids and versions are taken when Scan starts; each record is read when
+// its turn comes (if the journal was compacted meanwhile, the record's latest version).
 func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.Status, fn func(*state.Record) error) error {
+	type item struct {
+		id string
+		l  loc
+	}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
 		return errClosed
 	}
-	var list []*state.Record
-	for _, r := range s.recs[entity] {
-		if len(statuses) == 0 || slices.Contains(statuses, r.Status) {
-			list = append(list, r)
+	gen := s.gen
+	var list []item
+	for id, l := range s.recs[entity] {
+		if len(statuses) == 0 || slices.Contains(statuses, state.Statuses[l.st]) {
+			list = append(list, item{id, l})
 		}
 	}
 	s.mu.RUnlock()
-	slices.SortFunc(list, func(a, b *state.Record) int { return compareIDs(a.ID, b.ID) })
-	for _, r := range list {
+	slices.SortFunc(list, func(a, b item) int { return compareIDs(a.id, b.id) })
+	for _, it := range list {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := fn(cloneRecord(r)); err != nil {
+		s.mu.RLock()
+		if s.closed {
+			s.mu.RUnlock()
+			return errClosed
+		}
+		l := it.l
+		if s.gen != gen {
+			l = s.recs[entity][it.id] // records are never removed
+		}
+		b, err := s.readLine(l)
+		s.mu.RUnlock()
+		if err != nil {
+			return fmt.Errorf("localstore: scan %s: %w", entity, err)
+		}
+		r, err := decodeRec(b, l, entity, it.id)
+		if err != nil {
+			return fmt.Errorf("localstore: scan %s: %w", entity, err)
+		}
+		if err := fn(r); err != nil {
 			return err
 		}
 	}
@@ -474,15 +683,25 @@ func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error
 		return nil, err
 	}
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return nil, errClosed
 	}
-	d := s.docs[kind][key]
-	if d == nil {
+	l, ok := s.docs[kind][key]
+	if !ok {
+		s.mu.RUnlock()
 		return nil, fmt.Errorf("localstore: get doc %s %q: %w", kind, key, state.ErrNotFound)
 	}
-	return cloneDoc(d), nil
+	b, err := s.readLine(l)
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, fmt.Errorf("localstore: get doc %s %q: %w", kind, key, err)
+	}
+	d, err := decodeDoc(b, l, kind, key)
+	if err != nil {
+		return nil, fmt.Errorf("localstore: get doc %s %q: %w", kind, key, err)
+	}
+	return d, nil
 }
 
 // SaveDoc implements state.Store.
@@ -493,25 +712,32 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	n := *doc
+	etag := s.nextETag()
+	n.ETag = strconv.FormatUint(etag, 10)
+	b, err := encode(entry{Doc: &n})
+	if err != nil {
+		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
+	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return errClosed
 	}
-	old := s.docs[doc.Kind][doc.Key]
+	old, found := s.docs[doc.Kind][doc.Key]
 	switch {
-	case doc.ETag == "" && old != nil:
+	case doc.ETag == "" && found:
 		return fmt.Errorf("localstore: create doc %s %q: already stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-	case doc.ETag != "" && (old == nil || old.ETag != doc.ETag):
+	case doc.ETag != "" && (!found || strconv.FormatUint(old.etag, 10) != doc.ETag):
 		return fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
 	}
-	n := cloneDoc(doc)
-	n.ETag = s.nextETag()
-	size, err := s.write(entry{Doc: n})
+	l, err := s.write(b)
 	if err != nil {
 		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
 	}
-	s.apply(entry{Doc: n}, size)
+	l.etag = etag
+	s.putDoc(doc.Kind, doc.Key, l)
 	doc.ETag = n.ETag
 	s.maybeCompact()
 	return nil
@@ -522,14 +748,39 @@ func (s *Store) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	type item struct {
+		key string
+		l   loc
+	}
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.closed {
+		s.mu.RUnlock()
 		return nil, errClosed
 	}
-	out := make([]*state.Doc, 0, len(s.docs[kind]))
-	for _, d := range s.docs[kind] {
-		out = append(out, cloneDoc(d))
+	list := make([]item, 0, len(s.docs[kind]))
+	for k, l := range s.docs[kind] {
+		list = append(list, item{k, l})
+	}
+	// Read in file order (sequential preads), under one hold of the lock: the offsets
+	// stay valid while it is held.
+	slices.SortFunc(list, func(a, b item) int { return cmpInt64(a.l.off, b.l.off) })
+	lines := make([][]byte, len(list))
+	for i, it := range list {
+		b, err := s.readLine(it.l)
+		if err != nil {
+			s.mu.RUnlock()
+			return nil, fmt.Errorf("localstore: list docs %s: %w", kind, err)
+		}
+		lines[i] = b
+	}
+	s.mu.RUnlock()
+	out := make([]*state.Doc, len(list))
+	for i, it := range list {
+		d, err := decodeDoc(lines[i], it.l, kind, it.key)
+		if err != nil {
+			return nil, fmt.Errorf("localstore: list docs %s: %w", kind, err)
+		}
+		out[i] = d
 	}
 	slices.SortFunc(out, func(a, b *state.Doc) int { return strings.Compare(a.Key, b.Key) })
 	return out, nil
@@ -540,5 +791,43 @@ func (s *Store) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error)
 func (s *Store) JournalSize() int64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.dir == "" {
+		return 0
+	}
 	return s.fileBytes
+}
+
+// memFile is the journal of a memory-only store. It needs no lock of its own: the
+// store's lock already orders appends against reads.
+type memFile struct{ b []byte }
+
+func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m *memFile) Write(p []byte) (int, error) {
+	m.b = append(m.b, p...)
+	return len(p), nil
+}
+
+func (m *memFile) Sync() error { return nil }
+
+func (m *memFile) Truncate(size int64) error {
+	if size < 0 || size > int64(len(m.b)) {
+		return fmt.Errorf("truncate memory journal to %d: out of range", size)
+	}
+	m.b = m.b[:size]
+	return nil
+}
+
+func (m *memFile) Close() error {
+	m.b = nil
+	return nil
 }
