@@ -103,6 +103,8 @@ type Queues struct {
 	failed  error // sticky journal failure: the state can no longer be made durable
 	runs    map[*runHandle]struct{}
 	runWG   sync.WaitGroup
+	// compactAt is the journal record count from which compaction is considered.
+	compactAt int
 }
 
 type runHandle struct{ cancel context.CancelFunc }
@@ -112,8 +114,15 @@ type message struct {
 	id, session string
 	subject     string
 	contentType string
-	body        []byte
 	props       map[string]any
+	// The body: with a directory it stays in the journal file (stored, at off, n bytes,
+	// CRC-32C crc) and is read when delivered or peeked, so a waiting message costs
+	// the same memory whatever its size; in memory-only mode it is in body.
+	body        []byte
+	off         int64
+	n           int
+	crc         uint32
+	stored      bool
 	enqueuedAt  time.Time
 	count       int    // deliveries so far
 	lastError   string // text of the last failed delivery
@@ -171,7 +180,7 @@ func Open(o Options) (*Queues, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	q := &Queues{opt: o, queues: map[string]*queueState{}, runs: map[*runHandle]struct{}{}}
+	q := &Queues{opt: o, queues: map[string]*queueState{}, runs: map[*runHandle]struct{}{}, compactAt: 4096}
 	if o.Dir == "" {
 		return q, nil
 	}
@@ -189,8 +198,9 @@ func Open(o Options) (*Queues, error) {
 			q.schedule(qs, s, now)
 		}
 	}
-	// Start from a compact journal: the snapshot of what the replay rebuilt.
-	if err := j.compact(q.snapshot(now)); err != nil {
+	// Start from a compact journal: the snapshot of what the replay rebuilt (which also
+	// moves the bodies of an older journal's records out of memory).
+	if err := q.compact(now); err != nil {
 		j.close()
 		return nil, err
 	}
@@ -251,7 +261,7 @@ func (q *Queues) commit(recs ...record) (func() error, error) {
 // maybeCompact rewrites the journal when it holds many more records than the state
 // (under mu, after an append).
 func (q *Queues) maybeCompact() {
-	if q.j == nil || q.j.records < 4096 {
+	if q.j == nil || q.j.records < q.compactAt {
 		return
 	}
 	live := 0
@@ -261,7 +271,7 @@ func (q *Queues) maybeCompact() {
 	if q.j.records < 4*live {
 		return
 	}
-	if err := q.j.compact(q.snapshot(q.now())); err != nil {
+	if err := q.compact(q.now()); err != nil {
 		q.failed = err
 	}
 }
@@ -287,7 +297,7 @@ func (q *Queues) Send(ctx context.Context, queueName string, msgs []queue.Messag
 			return fmt.Errorf("localqueue: send to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
 		}
 		enc[i] = msgJSON{MessageID: m.MessageID, SessionID: m.SessionID, Subject: m.Subject,
-			ContentType: m.ContentType, Body: m.Body, Props: props}
+			ContentType: m.ContentType, Props: props, data: m.Body}
 	}
 
 	q.mu.Lock()
@@ -382,8 +392,13 @@ func (q *Queues) applySend(qs *queueState, m msgJSON) error {
 	}
 	msg := &message{
 		seq: m.Seq, id: m.MessageID, session: m.SessionID, subject: m.Subject,
-		contentType: m.ContentType, body: slices.Clone(m.Body), props: props,
+		contentType: m.ContentType, props: props,
 		enqueuedAt: m.EnqueuedAt, count: m.DeliveryCount, lastError: m.LastError,
+	}
+	if m.stored {
+		msg.off, msg.n, msg.crc, msg.stored = m.off, m.Len, m.CRC, true
+	} else if len(m.data) > 0 {
+		msg.body = slices.Clone(m.data)
 	}
 	if m.Seq >= qs.nextSeq {
 		qs.nextSeq = m.Seq + 1
@@ -585,13 +600,26 @@ func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *messag
 			durable, err := q.commit(record{Op: opLock, Q: qs.name, Seq: msg.seq, DeliveryCount: msg.count})
 			d := Delivery{
 				MessageID: msg.id, SessionID: msg.session, Subject: msg.subject, ContentType: msg.contentType,
-				Body: slices.Clone(msg.body), DeliveryCount: msg.count, SequenceNumber: msg.seq,
+				DeliveryCount: msg.count, SequenceNumber: msg.seq,
 				EnqueuedAt: msg.enqueuedAt, LockToken: msg.lockToken, ApplicationProperties: maps.Clone(msg.props),
+			}
+			var body func() ([]byte, error)
+			if err == nil {
+				body = q.bodyOf(msg)
 			}
 			q.maybeCompact()
 			q.mu.Unlock()
 			if err == nil {
 				err = durable()
+				// Read even when the sync failed: it releases the file reference.
+				var rerr error
+				d.Body, rerr = body()
+				if err == nil && rerr != nil {
+					err = rerr
+					q.mu.Lock()
+					q.failed = rerr // the journal can't give back what it acknowledged
+					q.mu.Unlock()
+				}
 			}
 			if err != nil {
 				q.mu.Lock()
@@ -735,9 +763,13 @@ func (q *Queues) PeekDeadLetters(ctx context.Context, queueName string, max int)
 		return nil, err
 	}
 	q.mu.Lock()
-	defer q.mu.Unlock()
+	if q.j != nil && q.closing {
+		q.mu.Unlock()
+		return nil, ErrClosed // the journal file (with the bodies) is being closed
+	}
 	qs := q.queues[queueName]
 	if qs == nil {
+		q.mu.Unlock()
 		return nil, nil
 	}
 	dead := q.deadInOrder(qs)
@@ -745,15 +777,47 @@ func (q *Queues) PeekDeadLetters(ctx context.Context, queueName string, max int)
 		dead = dead[:max]
 	}
 	out := make([]queue.DeadLetter, len(dead))
+	bodies := make([]func() ([]byte, error), len(dead))
 	for i, m := range dead {
 		out[i] = queue.DeadLetter{
 			Message: queue.Message{MessageID: m.id, SessionID: m.session, Subject: m.subject,
-				ContentType: m.contentType, Body: slices.Clone(m.body), ApplicationProperties: maps.Clone(m.props)},
+				ContentType: m.contentType, ApplicationProperties: maps.Clone(m.props)},
 			SequenceNumber: m.seq, DeliveryCount: m.count, EnqueuedAt: m.enqueuedAt,
 			Reason: m.reason, ErrorDescription: m.description,
 		}
+		bodies[i] = q.bodyOf(m)
+	}
+	q.mu.Unlock()
+	// Outside mu: reading the bodies must not hold up the queues.
+	var err error
+	for i, body := range bodies {
+		b, rerr := body() // every one, to release its file reference
+		if rerr != nil && err == nil {
+			err = fmt.Errorf("localqueue: peek dead letters of %s: %w", queueName, rerr)
+		}
+		out[i].Message.Body = b
+	}
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// bodyOf returns a function giving msg's body (a copy), to call exactly once, outside
+// mu (under mu now). A stored body is read from the journal file, a reference to
+// which is taken now: a compaction in between can neither close the file nor move the
+// body away from the offset read here.
+func (q *Queues) bodyOf(msg *message) func() ([]byte, error) {
+	if !msg.stored {
+		b := slices.Clone(msg.body)
+		return func() ([]byte, error) { return b, nil }
+	}
+	jf := q.j.ref()
+	seq, off, n, crc := msg.seq, msg.off, msg.n, msg.crc
+	return func() ([]byte, error) {
+		defer jf.release()
+		return readBody(jf, seq, off, n, crc)
+	}
 }
 
 func (q *Queues) deadInOrder(qs *queueState) []*message {
@@ -838,7 +902,8 @@ func (q *Queues) applyReplay(qs *queueState, reps []replayJSON, at time.Time) er
 		}
 		props[ReplayOfProperty] = m.seq
 		nm := &message{seq: r.NewSeq, id: m.id, session: m.session, subject: m.subject,
-			contentType: m.contentType, body: m.body, props: props, enqueuedAt: at}
+			contentType: m.contentType, props: props, enqueuedAt: at,
+			body: m.body, off: m.off, n: m.n, crc: m.crc, stored: m.stored}
 		if r.NewSeq >= qs.nextSeq {
 			qs.nextSeq = r.NewSeq + 1
 		}
@@ -890,44 +955,66 @@ func (q *Queues) applyRecord(r record) error {
 	return nil
 }
 
-// snapshot is the state as journal records (under mu): per queue its next sequence
-// number, the duplicate-detection entries of messages no longer held, and every active
-// and dead-lettered message.
-func (q *Queues) snapshot(now time.Time) []record {
-	var recs []record
-	for _, name := range slices.Sorted(maps.Keys(q.queues)) {
-		qs := q.queues[name]
-		recs = append(recs, record{Op: opNextSeq, Q: name, Next: qs.nextSeq})
-		var msgs []msgJSON
-		for _, m := range qs.msgs {
-			msgs = append(msgs, toJSON(m, false))
-		}
-		// Active messages by sequence number (session order), dead ones in
-		// dead-letter order (applySend numbers them as they come).
-		slices.SortFunc(msgs, func(a, b msgJSON) int { return cmpInt64(a.Seq, b.Seq) })
-		for _, m := range q.deadInOrder(qs) {
-			msgs = append(msgs, toJSON(m, true))
-		}
-		for id, at := range qs.dedupe {
-			if q.opt.DuplicateWindow >= 0 && now.Sub(at) < q.opt.DuplicateWindow {
-				recs = append(recs, record{Op: opDedupe, Q: name, ID: id, At: at})
+// compact rewrites the journal as a snapshot of the state (under mu): per queue its
+// next sequence number, the duplicate-detection entries still inside the window, and
+// every active and dead-lettered message, one record each (bodies streamed from the old
+// file). Messages take their new body offsets only once the new file is in place.
+func (q *Queues) compact(now time.Time) error {
+	type moved struct {
+		m   *message
+		off int64
+	}
+	var ms []moved
+	err := q.j.compact(func(emit func(*record) error) error {
+		for _, name := range slices.Sorted(maps.Keys(q.queues)) {
+			qs := q.queues[name]
+			if err := emit(&record{Op: opNextSeq, Q: name, Next: qs.nextSeq}); err != nil {
+				return err
+			}
+			for id, at := range qs.dedupe {
+				if q.opt.DuplicateWindow >= 0 && now.Sub(at) < q.opt.DuplicateWindow {
+					if err := emit(&record{Op: opDedupe, Q: name, ID: id, At: at}); err != nil {
+						return err
+					}
+				}
+			}
+			// Active messages by sequence number (session order), dead ones in
+			// dead-letter order (applySend numbers them as they come).
+			active := slices.SortedFunc(maps.Values(qs.msgs), func(a, b *message) int { return cmpInt64(a.seq, b.seq) })
+			for i, m := range append(active, q.deadInOrder(qs)...) {
+				r := record{Op: opMsg, Q: name, Msgs: []msgJSON{toJSON(m, i >= len(active))}}
+				if err := emit(&r); err != nil {
+					return err
+				}
+				if r.Msgs[0].stored {
+					ms = append(ms, moved{m, r.Msgs[0].off})
+				}
 			}
 		}
-		// One record per message keeps each line small.
-		for _, m := range msgs {
-			recs = append(recs, record{Op: opMsg, Q: name, Msgs: []msgJSON{m}})
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return recs
+	for _, mv := range ms {
+		mv.m.off, mv.m.stored, mv.m.body = mv.off, true, nil
+	}
+	return nil
 }
 
 func toJSON(m *message, dead bool) msgJSON {
 	props, _ := encodeProps(m.props) // were encodable when sent
-	return msgJSON{
+	j := msgJSON{
 		Seq: m.seq, MessageID: m.id, SessionID: m.session, Subject: m.subject, ContentType: m.contentType,
-		Body: m.body, Props: props, EnqueuedAt: m.enqueuedAt, DeliveryCount: m.count, LastError: m.lastError,
+		Props: props, EnqueuedAt: m.enqueuedAt, DeliveryCount: m.count, LastError: m.lastError,
 		Dead: dead, Reason: m.reason, Description: m.description, DeadAt: m.deadAt,
 	}
+	if m.stored {
+		j.Len, j.CRC, j.off, j.stored = m.n, m.crc, m.off, true
+	} else if len(m.body) > 0 {
+		j.data = m.body
+	}
+	return j
 }
 
 // Close stops every Run (handlers get their context cancelled; a delivery whose
