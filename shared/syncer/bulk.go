@@ -151,20 +151,12 @@ func bulkUnsupported(err error) bool {
 // table has none), looking up several ids per request.
 func (e *Engine) existingRows(ctx context.Context, set, pk string, ids []string, withState bool) (map[string]int, error) {
 	out := map[string]int{}
-	// 100 ids keep the URL near 5.5 KB (Dataverse takes 32 KB): fewer requests per
-	// imported row, which is what bounds an import (see the README's figures).
-	const per = 100
 	cols := []string{pk}
 	if withState {
 		cols = append(cols, "statecode")
 	}
-	for start := 0; start < len(ids); start += per {
-		part := ids[start:min(start+per, len(ids))]
-		conds := make([]string, len(part))
-		for k, id := range part {
-			conds[k] = pk + " eq " + id
-		}
-		err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: strings.Join(conds, " or ")}, func(r dataverse.Record) error {
+	for _, filter := range orFilters(eqConds(pk, ids), maxFilterBytes, nil) {
+		err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter}, func(r dataverse.Record) error {
 			st := -1
 			if v, ok := intValue(r["statecode"]); ok {
 				st = v
@@ -530,14 +522,12 @@ func (e *Engine) productsByNumber(ctx context.Context, numbers []string) (map[st
 			uniq = append(uniq, n)
 		}
 	}
-	const per = 100 // product numbers; the URL stays well under Dataverse's 32 KB
-	for start := 0; start < len(uniq); start += per {
-		part := uniq[start:min(start+per, len(uniq))]
-		conds := make([]string, len(part))
-		for k, n := range part {
-			conds[k] = "productnumber eq " + odataString(n)
-		}
-		err := e.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid", "productnumber"}, Filter: strings.Join(conds, " or ")},
+	conds := make([]string, len(uniq))
+	for k, n := range uniq {
+		conds[k] = "productnumber eq " + odataString(n)
+	}
+	for _, filter := range orFilters(conds, maxFilterBytes, nil) {
+		err := e.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid", "productnumber"}, Filter: filter},
 			func(r dataverse.Record) error {
 				k := strings.ToLower(str(r["productnumber"]))
 				if _, dup := out[k]; !dup {

@@ -556,3 +556,41 @@ func TestConvergesUnderFaults(t *testing.T) {
 		}
 	}
 }
+
+// An import chunk costs requests per chunk, not per row: the request limit counts
+// requests (research §6), so 300 new customers take one email look-up and one
+// CreateMultiple, and their update one look-up-free UpdateMultiple.
+func TestBulkChunkCustomersRequests(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	chunk := func(ver int) []*nop.Event {
+		var evs []*nop.Event
+		for i := 1; i <= 300; i++ {
+			evs = append(evs, customerEvent(t, tmpl, i, int64(ver), fmt.Sprintf("customer.number.%d@example.test", i), func(d map[string]any) {
+				d["company"] = nil
+				d["lastName"] = fmt.Sprintf("Version%d", ver)
+			}))
+		}
+		return evs
+	}
+	before := e.srv.Stats()
+	if err := e.deliver(e.eng, state.Customer, chunk(1)...); err != nil {
+		t.Fatal(err)
+	}
+	after := e.srv.Stats()
+	if n := after.Requests - before.Requests; n != 2 {
+		t.Errorf("300 new customers: %d requests, want 2 (one look-up, one CreateMultiple)", n)
+	}
+	if n := e.srv.Count("contacts"); n != 300 {
+		t.Fatalf("%d contacts, want 300", n)
+	}
+	if err := e.deliver(e.eng, state.Customer, chunk(2)...); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.srv.Stats().Requests - after.Requests; n != 1 {
+		t.Errorf("300 changed customers: %d requests, want 1 (UpdateMultiple)", n)
+	}
+	if c := e.row("contacts", contactID(1, 300)); c["lastname"] != "Version2" {
+		t.Errorf("contact 300: %v", c["lastname"])
+	}
+}

@@ -312,14 +312,11 @@ func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[stri
 		seen[strings.ToLower(m)] = true
 		uniq = append(uniq, m)
 	}
-	const per = 100 // emails; the URL stays well under Dataverse's 32 KB
-	for start := 0; start < len(uniq); start += per {
-		part := uniq[start:min(start+per, len(uniq))]
-		conds := make([]string, len(part))
-		for i, m := range part {
-			conds[i] = "emailaddress1 eq " + odataString(m)
-		}
-		filter := "statecode eq 0 and (" + strings.Join(conds, " or ") + ")"
+	conds := make([]string, len(uniq))
+	for i, m := range uniq {
+		conds[i] = "emailaddress1 eq " + odataString(m)
+	}
+	for _, filter := range orFilters(conds, maxFilterBytes, func(s string) string { return "statecode eq 0 and (" + s + ")" }) {
 		err := e.dv.Query(ctx, "contacts", dataverse.Query{
 			Select: []string{"contactid", "emailaddress1", "description"},
 			Filter: filter,

@@ -416,10 +416,10 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 	}
 	slices.Sort(list)
 	inactive := map[int]bool{}
-	for start := 0; start < len(list); start += prefetchGroup {
+	for _, filter := range orFilters(eqConds("productid", list), maxFilterBytes, nil) {
 		err := s.e.dv.Query(ctx, "products", dataverse.Query{
 			Select: []string{"productid", "statecode"},
-			Filter: orFilter("productid", list[start:min(start+prefetchGroup, len(list))]),
+			Filter: filter,
 		}, func(r dataverse.Record) error {
 			id, _ := r["productid"].(string)
 			if intField(r, "statecode") != 0 {

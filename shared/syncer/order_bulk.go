@@ -14,9 +14,11 @@ import (
 )
 
 // ordersPerBatch bounds the orders packed into one $batch. Dataverse runs a batch's
-// requests one after another, so a smaller batch sent in parallel with others finishes
-// sooner than one large batch (research dataverse.md §5: start around 10).
-const ordersPerBatch = 20
+// requests one after another, so a batch's time grows with its size (each order is a
+// header and its lines, ~6 operations: 50 orders stay far inside the 2-minute request
+// timeout); the per-user request limit, on the other hand, counts a batch once, and an
+// import's chunks already keep several batches in flight (research dataverse.md §5, §6).
+const ordersPerBatch = 50
 
 var _ bulkSyncer = (*orderSyncer)(nil)
 
@@ -54,10 +56,17 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 			pending = append(pending, i)
 		}
 	}
+	// As few batches as the bounds allow, evenly filled.
+	total := 0
+	for _, i := range pending {
+		total += len(plans[i].ops)
+	}
+	nb := max((len(pending)+ordersPerBatch-1)/ordersPerBatch, (total+dataverse.MaxBatchRequests-1)/dataverse.MaxBatchRequests)
+	per := (len(pending) + max(nb, 1) - 1) / max(nb, 1)
 	var groups [][]int
 	for len(pending) > 0 {
 		g, ops := []int{}, 0
-		for len(pending) > 0 && len(g) < ordersPerBatch && ops+len(plans[pending[0]].ops) <= dataverse.MaxBatchRequests {
+		for len(pending) > 0 && len(g) < per && ops+len(plans[pending[0]].ops) <= dataverse.MaxBatchRequests {
 			ops += len(plans[pending[0]].ops)
 			g = append(g, pending[0])
 			pending = pending[1:]
@@ -186,8 +195,9 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 		sets = append(sets, i)
 	}
 	var groups [][]int
-	for start := 0; start < len(sets); start += ordersPerBatch {
-		groups = append(groups, sets[start:min(start+ordersPerBatch, len(sets))])
+	nb := (len(sets) + ordersPerBatch - 1) / ordersPerBatch
+	for start, per := 0, (len(sets)+max(nb, 1)-1)/max(nb, 1); start < len(sets); start += per {
+		groups = append(groups, sets[start:min(start+per, len(sets))])
 	}
 	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
 		s.sendChangeSets(ctx, plans, groups[gi], errs, func(p *orderPlan) {

@@ -9,10 +9,6 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse"
 )
 
-// prefetchGroup is the number of ids per "or" filter: 25 GUID comparisons keep the URL
-// near 2 KB, far below Dataverse's limits.
-const prefetchGroup = 25
-
 // orderPrefetch holds what one query per group of orders read of Dynamics 365 at the start
 // of a chunk: the salesorders' states and their invoices. It stands in for the per-order
 // reads (same attempt, same lease), so the crash guarantees are unchanged.
@@ -67,20 +63,21 @@ func (p *orderPrefetch) forget(id string) {
 	delete(p.done, strings.ToLower(id))
 }
 
-// prefetch reads the states and invoices of orderIDs, a query per group of ids. A failed
-// query leaves its orders out: they are read one by one later.
+// prefetch reads the states and invoices of orderIDs, a query per group of ids (as many
+// as one URL takes). A failed query leaves its orders out: they are read one by one later.
 func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPrefetch {
 	p := &orderPrefetch{orders: map[string]salesOrderState{}, invoices: map[string]invoiceInfo{}, done: map[string]bool{}}
 	var groups [][]string
-	for start := 0; start < len(orderIDs); start += prefetchGroup {
-		groups = append(groups, orderIDs[start:min(start+prefetchGroup, len(orderIDs))])
+	for _, n := range orGroups(eqConds("salesorderid", orderIDs), maxFilterBytes) {
+		groups = append(groups, orderIDs[:n])
+		orderIDs = orderIDs[n:]
 	}
 	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
 		g := groups[gi]
 		orders := map[string]salesOrderState{}
 		err := s.e.dv.Query(ctx, setSalesOrders, dataverse.Query{
 			Select: []string{"salesorderid", "statecode", "statuscode"},
-			Filter: orFilter("salesorderid", g),
+			Filter: strings.Join(eqConds("salesorderid", g), " or "),
 		}, func(r dataverse.Record) error {
 			id, _ := r["salesorderid"].(string)
 			orders[strings.ToLower(id)] = salesOrderState{exists: true, statecode: intField(r, "statecode"), statuscode: intField(r, "statuscode")}
@@ -98,7 +95,8 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 			}
 			err = s.e.dv.Query(ctx, setInvoices, dataverse.Query{
 				Select: []string{"invoiceid", "statecode", "createdon", "_salesorderid_value"},
-				Filter: orFilter("_salesorderid_value", withRow),
+				// the ids of the order filter: a little longer, still far below 32 KB
+				Filter: strings.Join(eqConds("_salesorderid_value", withRow), " or "),
 			}, func(r dataverse.Record) error {
 				oid, _ := r["_salesorderid_value"].(string)
 				oid = strings.ToLower(oid)
@@ -128,13 +126,4 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 		}
 	})
 	return p
-}
-
-// orFilter is "col eq id1 or col eq id2 ...".
-func orFilter(col string, ids []string) string {
-	parts := make([]string, len(ids))
-	for i, id := range ids {
-		parts[i] = col + " eq " + id
-	}
-	return strings.Join(parts, " or ")
 }

@@ -380,3 +380,17 @@ func TestQueryKeysNeverDropAMatch(t *testing.T) {
 		}
 	}
 }
+
+// A GET longer than 32 KB is refused, a shorter one answered.
+func TestURLLengthLimit(t *testing.T) {
+	c := newTC(t, Options{})
+	filter := func(n int) string {
+		conds := make([]string, n)
+		for i := range conds {
+			conds[i] = fmt.Sprintf("emailaddress1 eq 'someone.%05d@example.com'", i)
+		}
+		return "contacts?$select=contactid&$filter=" + strings.Join(conds, " or ")
+	}
+	c.must(200, c.do("GET", filter(400), nil))
+	c.must(414, c.do("GET", filter(1000), nil))
+}

@@ -515,8 +515,17 @@ func retryAfterSeconds(d time.Duration) int {
 	return secs
 }
 
+// MaxURLLength is the longest request URL the Web API takes: 32 KB (32,768 characters).
+// Longer GETs must travel inside a $batch.
+const MaxURLLength = 32768
+
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string, browse bool) {
 	base := origin + apiRoot
+	if n := len(origin) + len(r.RequestURI); n > MaxURLLength {
+		// The front end refuses it before Dataverse sees it: no limits are charged.
+		writeResp(w, errResp(errf(http.StatusRequestURITooLong, codeZero, "The request URL is %d characters long; the limit is %d.", n, MaxURLLength)))
+		return
+	}
 	if browse && r.Method != http.MethodGet {
 		writeResp(w, errResp(errf(http.StatusMethodNotAllowed, codeZero, "The sandbox browser is read-only.")))
 		return
