@@ -963,6 +963,8 @@ func (q *Queues) compact(now time.Time) error {
 	type moved struct {
 		m   *message
 		off int64
+		n   int
+		crc uint32
 	}
 	var ms []moved
 	err := q.j.compact(func(emit func(*record) error) error {
@@ -986,8 +988,8 @@ func (q *Queues) compact(now time.Time) error {
 				if err := emit(&r); err != nil {
 					return err
 				}
-				if r.Msgs[0].stored {
-					ms = append(ms, moved{m, r.Msgs[0].off})
+				if j := r.Msgs[0]; j.stored {
+					ms = append(ms, moved{m, j.off, j.Len, j.CRC})
 				}
 			}
 		}
@@ -997,7 +999,7 @@ func (q *Queues) compact(now time.Time) error {
 		return err
 	}
 	for _, mv := range ms {
-		mv.m.off, mv.m.stored, mv.m.body = mv.off, true, nil
+		mv.m.off, mv.m.n, mv.m.crc, mv.m.stored, mv.m.body = mv.off, mv.n, mv.crc, true, nil
 	}
 	return nil
 }
