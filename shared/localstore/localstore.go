@@ -37,7 +37,8 @@ import (
 const JournalName = "state.jsonl"
 
 // compactSlack: the journal is rewritten once it exceeds twice the live data plus this.
-const compactSlack = 4 << 20
+// A variable so that tests can make compaction frequent.
+var compactSlack int64 = 4 << 20
 
 // loc is what memory holds per record or doc: where its journal line is, its version
 // and (records) its status, so Save can check ETags and keep counts, and Scan can
@@ -47,6 +48,76 @@ type loc struct {
 	etag uint64 // the ETag, as a number (the store hands out decimal ETags only)
 	n    uint32 // length of the line, newline included
 	st   uint8  // index in state.Statuses (records only)
+}
+
+// recIndex is one entity's index. nopCommerce ids are decimals: those are keyed by
+// number (8 bytes, no string to keep), which about halves the memory per record.
+type recIndex struct {
+	num map[uint64]loc // canonical decimal ids that fit in a uint64
+	str map[string]loc // every other id
+}
+
+func newRecIndex() *recIndex {
+	return &recIndex{num: map[uint64]loc{}, str: map[string]loc{}}
+}
+
+// numID returns id as a number if it is kept by number.
+func numID(id string) (uint64, bool) {
+	if !isDecimal(id) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(id, 10, 64)
+	return n, err == nil
+}
+
+func (x *recIndex) get(id string) (loc, bool) {
+	if x == nil {
+		return loc{}, false
+	}
+	if n, ok := numID(id); ok {
+		l, found := x.num[n]
+		return l, found
+	}
+	l, found := x.str[id]
+	return l, found
+}
+
+func (x *recIndex) put(id string, l loc) {
+	if n, ok := numID(id); ok {
+		x.num[n] = l
+		return
+	}
+	x.str[id] = l
+}
+
+func (x *recIndex) len() int {
+	if x == nil {
+		return 0
+	}
+	return len(x.num) + len(x.str)
+}
+
+// each calls fn for every entry (id makes the id's string, only when asked for).
+func (x *recIndex) each(fn func(id func() string, l loc)) {
+	if x == nil {
+		return
+	}
+	for n, l := range x.num {
+		fn(func() string { return strconv.FormatUint(n, 10) }, l)
+	}
+	for id, l := range x.str {
+		fn(func() string { return id }, l)
+	}
+}
+
+// update replaces every entry's loc with fn's result (callers hold mu exclusively).
+func (x *recIndex) update(fn func(loc) loc) {
+	for n, l := range x.num {
+		x.num[n] = fn(l)
+	}
+	for id, l := range x.str {
+		x.str[id] = fn(l)
+	}
 }
 
 // journal is what the store appends to and reads from: *os.File, or memFile.
@@ -65,7 +136,7 @@ type journal interface {
 // look-up and the pread, and decode outside it.
 type Store struct {
 	mu     sync.RWMutex
-	recs   map[state.Entity]map[string]loc
+	recs   map[state.Entity]*recIndex
 	docs   map[string]map[string]loc
 	counts map[state.Entity]map[state.Status]int
 	seq    atomic.Uint64 // last ETag handed out
@@ -108,7 +179,7 @@ type keyEntry struct {
 // in memory only and forgets everything when dropped (tests).
 func Open(dir string) (*Store, error) {
 	s := &Store{
-		recs:   map[state.Entity]map[string]loc{},
+		recs:   map[state.Entity]*recIndex{},
 		docs:   map[string]map[string]loc{},
 		counts: map[state.Entity]map[state.Status]int{},
 		dir:    dir,
@@ -219,10 +290,8 @@ func (s *Store) replay(f *os.File) error {
 		good += int64(len(line))
 	}
 	s.fileBytes = good
-	for e, m := range s.recs {
-		for _, l := range m {
-			s.count(e, state.Statuses[l.st], 1)
-		}
+	for e, x := range s.recs {
+		x.each(func(_ func() string, l loc) { s.count(e, state.Statuses[l.st], 1) })
 	}
 	return nil
 }
@@ -256,13 +325,14 @@ func (s *Store) index(line []byte, off int64) bool {
 }
 
 func (s *Store) putRec(e state.Entity, id string, l loc) {
-	m := s.recs[e]
-	if m == nil {
-		m = map[string]loc{}
-		s.recs[e] = m
+	x := s.recs[e]
+	if x == nil {
+		x = newRecIndex()
+		s.recs[e] = x
 	}
-	s.liveBytes += int64(l.n) - int64(m[id].n)
-	m[id] = l
+	old, _ := x.get(id)
+	s.liveBytes += int64(l.n) - int64(old.n)
+	x.put(id, l)
 }
 
 func (s *Store) putDoc(kind, key string, l loc) {
@@ -386,10 +456,8 @@ type span struct {
 // Callers hold mu exclusively.
 func (s *Store) compact() error {
 	var spans []span
-	for _, m := range s.recs {
-		for _, l := range m {
-			spans = append(spans, span{old: l.off, n: l.n})
-		}
+	for _, x := range s.recs {
+		x.each(func(_ func() string, l loc) { spans = append(spans, span{old: l.off, n: l.n}) })
 	}
 	for _, m := range s.docs {
 		for _, l := range m {
@@ -447,11 +515,8 @@ func (s *Store) compact() error {
 		i, _ := slices.BinarySearchFunc(spans, off, func(sp span, off int64) int { return cmpInt64(sp.old, off) })
 		return spans[i].new
 	}
-	for _, m := range s.recs {
-		for k, l := range m {
-			l.off = moved(l.off)
-			m[k] = l
-		}
+	for _, x := range s.recs {
+		x.update(func(l loc) loc { l.off = moved(l.off); return l })
 	}
 	for _, m := range s.docs {
 		for k, l := range m {
@@ -521,7 +586,7 @@ func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state
 		s.mu.RUnlock()
 		return nil, errClosed
 	}
-	l, ok := s.recs[entity][id]
+	l, ok := s.recs[entity].get(id)
 	if !ok {
 		s.mu.RUnlock()
 		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, state.ErrNotFound)
@@ -571,7 +636,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	if s.closed {
 		return errClosed
 	}
-	old, found := s.recs[rec.Entity][rec.ID]
+	old, found := s.recs[rec.Entity].get(rec.ID)
 	switch {
 	case rec.ETag == "" && found:
 		return fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
@@ -621,11 +686,11 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 	}
 	gen := s.gen
 	var list []item
-	for id, l := range s.recs[entity] {
+	s.recs[entity].each(func(id func() string, l loc) {
 		if len(statuses) == 0 || slices.Contains(statuses, state.Statuses[l.st]) {
-			list = append(list, item{id, l})
+			list = append(list, item{id(), l})
 		}
-	}
+	})
 	s.mu.RUnlock()
 	slices.SortFunc(list, func(a, b item) int { return compareIDs(a.id, b.id) })
 	for _, it := range list {
@@ -639,7 +704,13 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 		}
 		l := it.l
 		if s.gen != gen {
-			l = s.recs[entity][it.id] // records are never removed
+			// Compacted: the snapshot's offsets are void. Read the latest version, if
+			// it still matches the filter (records are never removed).
+			l, _ = s.recs[entity].get(it.id)
+			if len(statuses) > 0 && !slices.Contains(statuses, state.Statuses[l.st]) {
+				s.mu.RUnlock()
+				continue
+			}
 		}
 		b, err := s.readLine(l)
 		s.mu.RUnlock()

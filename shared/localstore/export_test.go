@@ -1,0 +1,16 @@
+package localstore
+
+// Compactions returns how many times the journal has been rewritten since Open.
+func (s *Store) Compactions() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.gen
+}
+
+// SetCompactSlack changes how much dead journal is tolerated, for tests that want
+// frequent compaction; the returned func restores it. Not for parallel tests.
+func SetCompactSlack(n int64) (restore func()) {
+	old := compactSlack
+	compactSlack = n
+	return func() { compactSlack = old }
+}
