@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -18,9 +19,32 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.LookupEnv, log); err != nil {
+	stopProfile := cpuProfile(os.Getenv("NOPSYNC_CPUPROFILE"), log)
+	err := run(ctx, os.LookupEnv, log)
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "nopsync:", err)
 		os.Exit(1)
+	}
+}
+
+// cpuProfile writes a CPU profile of the whole run to file (for benchmarks: see
+// scripts/bench); "" does nothing.
+func cpuProfile(file string, log *slog.Logger) func() {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		log.Warn("no CPU profile", "file", file, "error", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
 	}
 }
 
