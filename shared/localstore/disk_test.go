@@ -215,8 +215,8 @@ func TestIndexFootprint(t *testing.T) {
 	t.Logf("index: %d bytes per record (Data %d bytes each)", per, len(data))
 	// A map entry (id, offset, length, ETag, status) with map overhead; a record kept
 	// whole would take more than its Data.
-	if per > 120 {
-		t.Fatalf("the store keeps %d bytes per record in memory, want at most 120", per)
+	if per > 64 {
+		t.Fatalf("the store keeps %d bytes per record in memory, want at most 64", per)
 	}
 	c, err := s.Counts(context.Background())
 	if err != nil {

@@ -40,14 +40,38 @@ const JournalName = "state.jsonl"
 // A variable so that tests can make compaction frequent.
 var compactSlack int64 = 4 << 20
 
-// loc is what memory holds per record or doc: where its journal line is, its version
-// and (records) its status, so Save can check ETags and keep counts, and Scan can
-// filter, without reading the journal. Kept small: there is one per entity.
-type loc struct {
-	off  int64  // offset of the journal line
-	etag uint64 // the ETag, as a number (the store hands out decimal ETags only)
-	n    uint32 // length of the line, newline included
-	st   uint8  // index in state.Statuses (records only)
+// loc is what memory holds per record or doc, packed in 8 bytes: where its journal
+// line is and (records) its status, so Save can keep counts and Scan can filter without
+// reading the journal. One per entity, so every byte counts; the ETag is on disk only
+// (Save reads it back: a pread next to the fsync it does anyway).
+type loc uint64
+
+const (
+	offBits = 38 // journal offsets below 256 GiB
+	lenBits = 22 // lines below 4 MiB (the largest a valid record makes is about 1 MiB)
+	stBits  = 64 - offBits - lenBits
+
+	maxJournal = 1<<offBits - 1
+	maxLine    = 1<<lenBits - 1
+)
+
+func mkLoc(off int64, n int, st uint8) loc {
+	return loc(uint64(off) | uint64(n)<<offBits | uint64(st)<<(offBits+lenBits))
+}
+
+func (l loc) off() int64 { return int64(l & maxJournal) }
+func (l loc) n() int     { return int(l >> offBits & maxLine) }
+func (l loc) st() uint8  { return uint8(l >> (offBits + lenBits)) }
+
+func (l loc) status() state.Status { return state.Statuses[l.st()] }
+
+func (l loc) withOff(off int64) loc { return l&^maxJournal | loc(off) }
+
+func init() {
+	// A new status needs more status bits.
+	if len(state.Statuses) > 1<<stBits {
+		panic(fmt.Sprintf("localstore: %d statuses do not fit in %d bits", len(state.Statuses), stBits))
+	}
 }
 
 // recIndex is one entity's index. nopCommerce ids are decimals: those are keyed by
@@ -72,7 +96,7 @@ func numID(id string) (uint64, bool) {
 
 func (x *recIndex) get(id string) (loc, bool) {
 	if x == nil {
-		return loc{}, false
+		return 0, false
 	}
 	if n, ok := numID(id); ok {
 		l, found := x.num[n]
@@ -291,7 +315,7 @@ func (s *Store) replay(f *os.File) error {
 	}
 	s.fileBytes = good
 	for e, x := range s.recs {
-		x.each(func(_ func() string, l loc) { s.count(e, state.Statuses[l.st], 1) })
+		x.each(func(_ func() string, l loc) { s.count(e, l.status(), 1) })
 	}
 	return nil
 }
@@ -303,23 +327,25 @@ func (s *Store) index(line []byte, off int64) bool {
 	if err := json.Unmarshal(line, &e); err != nil || (e.Rec == nil) == (e.Doc == nil) {
 		return false
 	}
-	l := loc{off: off, n: uint32(len(line))}
+	if len(line) > maxLine || off+int64(len(line)) > maxJournal {
+		return false
+	}
+	var etag uint64
 	var ok bool
 	if e.Rec != nil {
 		st := slices.Index(state.Statuses, e.Rec.Status)
-		if l.etag, ok = parseETag(e.Rec.ETag); !ok || st < 0 || !slices.Contains(state.Entities, e.Rec.Entity) || e.Rec.ID == "" {
+		if etag, ok = parseETag(e.Rec.ETag); !ok || st < 0 || !slices.Contains(state.Entities, e.Rec.Entity) || e.Rec.ID == "" {
 			return false
 		}
-		l.st = uint8(st)
-		s.putRec(e.Rec.Entity, e.Rec.ID, l)
+		s.putRec(e.Rec.Entity, e.Rec.ID, mkLoc(off, len(line), uint8(st)))
 	} else {
-		if l.etag, ok = parseETag(e.Doc.ETag); !ok || e.Doc.Kind == "" || e.Doc.Key == "" {
+		if etag, ok = parseETag(e.Doc.ETag); !ok || e.Doc.Kind == "" || e.Doc.Key == "" {
 			return false
 		}
-		s.putDoc(e.Doc.Kind, e.Doc.Key, l)
+		s.putDoc(e.Doc.Kind, e.Doc.Key, mkLoc(off, len(line), 0))
 	}
-	if l.etag > s.seq.Load() {
-		s.seq.Store(l.etag)
+	if etag > s.seq.Load() {
+		s.seq.Store(etag)
 	}
 	return true
 }
@@ -331,7 +357,7 @@ func (s *Store) putRec(e state.Entity, id string, l loc) {
 		s.recs[e] = x
 	}
 	old, _ := x.get(id)
-	s.liveBytes += int64(l.n) - int64(old.n)
+	s.liveBytes += int64(l.n() - old.n())
 	x.put(id, l)
 }
 
@@ -341,7 +367,7 @@ func (s *Store) putDoc(kind, key string, l loc) {
 		m = map[string]loc{}
 		s.docs[kind] = m
 	}
-	s.liveBytes += int64(l.n) - int64(m[key].n)
+	s.liveBytes += int64(l.n() - m[key].n())
 	m[key] = l
 }
 
@@ -376,19 +402,22 @@ func encode(e entry) ([]byte, error) {
 // write appends one line to the journal and fsyncs it; on failure the file is cut back
 // so that nothing half-written stays behind. It returns the line's location. Callers
 // hold mu exclusively.
-func (s *Store) write(b []byte) (loc, error) {
+func (s *Store) write(b []byte, st uint8) (loc, error) {
 	if s.broken != nil {
-		return loc{}, s.broken
+		return 0, s.broken
+	}
+	if len(b) > maxLine || s.fileBytes+int64(len(b)) > maxJournal {
+		return 0, fmt.Errorf("entry of %d bytes does not fit in a journal of %d bytes", len(b), s.fileBytes)
 	}
 	if _, err := s.f.Write(b); err != nil {
 		s.cutBack()
-		return loc{}, fmt.Errorf("write journal: %w", err)
+		return 0, fmt.Errorf("write journal: %w", err)
 	}
 	if err := s.f.Sync(); err != nil {
 		s.cutBack()
-		return loc{}, fmt.Errorf("sync journal: %w", err)
+		return 0, fmt.Errorf("sync journal: %w", err)
 	}
-	l := loc{off: s.fileBytes, n: uint32(len(b))}
+	l := mkLoc(s.fileBytes, len(b), st)
 	s.fileBytes += int64(len(b))
 	return l, nil
 }
@@ -405,11 +434,33 @@ func (s *Store) cutBack() {
 // readLine reads the journal line at l. Callers hold mu (shared is enough: pread does
 // not move the file offset, and appends wait for the lock).
 func (s *Store) readLine(l loc) ([]byte, error) {
-	b := make([]byte, l.n)
-	if _, err := s.f.ReadAt(b, l.off); err != nil {
-		return nil, fmt.Errorf("read journal at %d: %w", l.off, err)
+	b := make([]byte, l.n())
+	if _, err := s.f.ReadAt(b, l.off()); err != nil {
+		return nil, fmt.Errorf("read journal at %d: %w", l.off(), err)
 	}
 	return b, nil
+}
+
+// storedETag reads the ETag of the entry at l (callers hold mu).
+func (s *Store) storedETag(l loc) (string, error) {
+	b, err := s.readLine(l)
+	if err != nil {
+		return "", err
+	}
+	var e struct {
+		Rec *struct{ ETag string } `json:"rec"`
+		Doc *struct{ ETag string } `json:"doc"`
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return "", fmt.Errorf("journal line at %d: %w", l.off(), err)
+	}
+	switch {
+	case e.Rec != nil:
+		return e.Rec.ETag, nil
+	case e.Doc != nil:
+		return e.Doc.ETag, nil
+	}
+	return "", fmt.Errorf("journal line at %d holds no entry", l.off())
 }
 
 // decodeRec decodes a record's journal line and checks it is the one asked for (an
@@ -417,10 +468,10 @@ func (s *Store) readLine(l loc) ([]byte, error) {
 func decodeRec(b []byte, l loc, entity state.Entity, id string) (*state.Record, error) {
 	var e entry
 	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("journal line at %d: %w", l.off, err)
+		return nil, fmt.Errorf("journal line at %d: %w", l.off(), err)
 	}
-	if e.Rec == nil || e.Rec.Entity != entity || e.Rec.ID != id || e.Rec.ETag != strconv.FormatUint(l.etag, 10) {
-		return nil, fmt.Errorf("journal line at %d is not %s %q version %d (index out of step with the journal)", l.off, entity, id, l.etag)
+	if e.Rec == nil || e.Rec.Entity != entity || e.Rec.ID != id {
+		return nil, fmt.Errorf("journal line at %d is not %s %q (index out of step with the journal)", l.off(), entity, id)
 	}
 	return e.Rec, nil
 }
@@ -428,10 +479,10 @@ func decodeRec(b []byte, l loc, entity state.Entity, id string) (*state.Record, 
 func decodeDoc(b []byte, l loc, kind, key string) (*state.Doc, error) {
 	var e entry
 	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("journal line at %d: %w", l.off, err)
+		return nil, fmt.Errorf("journal line at %d: %w", l.off(), err)
 	}
-	if e.Doc == nil || e.Doc.Kind != kind || e.Doc.Key != key || e.Doc.ETag != strconv.FormatUint(l.etag, 10) {
-		return nil, fmt.Errorf("journal line at %d is not doc %s %q version %d (index out of step with the journal)", l.off, kind, key, l.etag)
+	if e.Doc == nil || e.Doc.Kind != kind || e.Doc.Key != key {
+		return nil, fmt.Errorf("journal line at %d is not doc %s %q (index out of step with the journal)", l.off(), kind, key)
 	}
 	if len(e.Doc.Value) == 0 {
 		e.Doc.Value = nil
@@ -457,11 +508,11 @@ type span struct {
 func (s *Store) compact() error {
 	var spans []span
 	for _, x := range s.recs {
-		x.each(func(_ func() string, l loc) { spans = append(spans, span{old: l.off, n: l.n}) })
+		x.each(func(_ func() string, l loc) { spans = append(spans, span{old: l.off(), n: uint32(l.n())}) })
 	}
 	for _, m := range s.docs {
 		for _, l := range m {
-			spans = append(spans, span{old: l.off, n: l.n})
+			spans = append(spans, span{old: l.off(), n: uint32(l.n())})
 		}
 	}
 	slices.SortFunc(spans, func(a, b span) int { return cmpInt64(a.old, b.old) })
@@ -516,12 +567,11 @@ func (s *Store) compact() error {
 		return spans[i].new
 	}
 	for _, x := range s.recs {
-		x.update(func(l loc) loc { l.off = moved(l.off); return l })
+		x.update(func(l loc) loc { return l.withOff(moved(l.off())) })
 	}
 	for _, m := range s.docs {
 		for k, l := range m {
-			l.off = moved(l.off)
-			m[k] = l
+			m[k] = l.withOff(moved(l.off()))
 		}
 	}
 	s.f.Close()
@@ -617,8 +667,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	n.Reason = truncate(n.Reason, MaxString)
 	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
 	n.UpdatedAt = time.Now().UTC()
-	etag := s.nextETag()
-	n.ETag = strconv.FormatUint(etag, 10)
+	n.ETag = strconv.FormatUint(s.nextETag(), 10)
 	if len(n.Data) == 0 {
 		n.Data = nil
 	}
@@ -642,17 +691,22 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 		return fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
 	case rec.ETag != "" && !found:
 		return fmt.Errorf("localstore: update %s %q: not stored: %w", rec.Entity, rec.ID, state.ErrConflict)
-	case rec.ETag != "" && strconv.FormatUint(old.etag, 10) != rec.ETag:
-		return fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
+	case rec.ETag != "":
+		tag, err := s.storedETag(old)
+		if err != nil {
+			return fmt.Errorf("localstore: update %s %q: %w", rec.Entity, rec.ID, err)
+		}
+		if tag != rec.ETag {
+			return fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
+		}
 	}
-	l, err := s.write(b)
+	l, err := s.write(b, st)
 	if err != nil {
 		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
-	l.etag, l.st = etag, st
 	s.putRec(rec.Entity, rec.ID, l)
 	if found {
-		s.count(rec.Entity, state.Statuses[old.st], -1)
+		s.count(rec.Entity, old.status(), -1)
 	}
 	s.count(rec.Entity, n.Status, 1)
 	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
@@ -687,7 +741,7 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 	gen := s.gen
 	var list []item
 	s.recs[entity].each(func(id func() string, l loc) {
-		if len(statuses) == 0 || slices.Contains(statuses, state.Statuses[l.st]) {
+		if len(statuses) == 0 || slices.Contains(statuses, l.status()) {
 			list = append(list, item{id(), l})
 		}
 	})
@@ -707,7 +761,7 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 			// Compacted: the snapshot's offsets are void. Read the latest version, if
 			// it still matches the filter (records are never removed).
 			l, _ = s.recs[entity].get(it.id)
-			if len(statuses) > 0 && !slices.Contains(statuses, state.Statuses[l.st]) {
+			if len(statuses) > 0 && !slices.Contains(statuses, l.status()) {
 				s.mu.RUnlock()
 				continue
 			}
@@ -784,8 +838,7 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 		return err
 	}
 	n := *doc
-	etag := s.nextETag()
-	n.ETag = strconv.FormatUint(etag, 10)
+	n.ETag = strconv.FormatUint(s.nextETag(), 10)
 	b, err := encode(entry{Doc: &n})
 	if err != nil {
 		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
@@ -800,14 +853,21 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 	switch {
 	case doc.ETag == "" && found:
 		return fmt.Errorf("localstore: create doc %s %q: already stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-	case doc.ETag != "" && (!found || strconv.FormatUint(old.etag, 10) != doc.ETag):
-		return fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
+	case doc.ETag != "" && !found:
+		return fmt.Errorf("localstore: update doc %s %q: not stored: %w", doc.Kind, doc.Key, state.ErrConflict)
+	case doc.ETag != "":
+		tag, err := s.storedETag(old)
+		if err != nil {
+			return fmt.Errorf("localstore: update doc %s %q: %w", doc.Kind, doc.Key, err)
+		}
+		if tag != doc.ETag {
+			return fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
+		}
 	}
-	l, err := s.write(b)
+	l, err := s.write(b, 0)
 	if err != nil {
 		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
 	}
-	l.etag = etag
 	s.putDoc(doc.Kind, doc.Key, l)
 	doc.ETag = n.ETag
 	s.maybeCompact()
@@ -834,7 +894,7 @@ func (s *Store) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error)
 	}
 	// Read in file order (sequential preads), under one hold of the lock: the offsets
 	// stay valid while it is held.
-	slices.SortFunc(list, func(a, b item) int { return cmpInt64(a.l.off, b.l.off) })
+	slices.SortFunc(list, func(a, b item) int { return cmpInt64(a.l.off(), b.l.off()) })
 	lines := make([][]byte, len(list))
 	for i, it := range list {
 		b, err := s.readLine(it.l)
