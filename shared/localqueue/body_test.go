@@ -326,6 +326,35 @@ func TestConcurrentSendRunPeekReplayAndCompaction(t *testing.T) {
 	}
 }
 
+func TestJournalCompactsByBodyBytes(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, localqueue.Options{Dir: dir})
+	localqueue.SetCompactBytes(q, 1<<20)
+	const n, size = 40, 100_000 // 4 MB of bodies in fewer than 200 records
+	for i := range n {
+		send(t, q, queue.Products, bodyMsg(fmt.Sprint(i), fmt.Sprintf("product-%d", i%3), size))
+	}
+	want := map[string]int{}
+	for i := range n {
+		want[fmt.Sprint(i)] = size
+	}
+	checkBodies(t, "delivered", drain(t, q, queue.Products), want)
+	if c := localqueue.Compactions(q); c < 2 {
+		t.Errorf("%d compactions (the one at Open included): none for %d bytes of bodies", c, n*size)
+	}
+	send(t, q, queue.Products, bodyMsg("last", "product-1", size))
+	fi, err := os.Stat(filepath.Join(dir, "journal.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() > 2<<20 {
+		t.Errorf("journal of %d bytes holding one message of %d: completed bodies not compacted away", fi.Size(), size)
+	}
+	q.Close()
+	q = open(t, localqueue.Options{Dir: dir})
+	checkBodies(t, "after compactions and a restart", drain(t, q, queue.Products), map[string]int{"last": size})
+}
+
 // TestWaitingBodiesStayOnDisk checks that waiting and dead-lettered messages cost
 // memory independent of their bodies: the same measure in memory-only mode, which
 // keeps bodies, shows that it would see them.

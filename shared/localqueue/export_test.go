@@ -8,6 +8,13 @@ func SetCompactAt(q *Queues, n int) {
 	q.mu.Unlock()
 }
 
+// SetCompactBytes lowers the journal size from which the journal may compact.
+func SetCompactBytes(q *Queues, n int64) {
+	q.mu.Lock()
+	q.compactBytes = n
+	q.mu.Unlock()
+}
+
 // Compact compacts the journal now.
 func Compact(q *Queues) error {
 	q.mu.Lock()

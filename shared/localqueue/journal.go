@@ -374,11 +374,11 @@ func writeRecord(w io.Writer, pos int64, r *record, src io.ReaderAt, buf []byte)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
-		return 0, fmt.Errorf("localqueue: encode journal record: %w", err)
+		return 0, fmt.Errorf("encode journal record: %w", err)
 	}
 	b = append(b, '\n')
 	if _, err := w.Write(b); err != nil {
-		return 0, fmt.Errorf("localqueue: write journal: %w", err)
+		return 0, fmt.Errorf("write journal: %w", err)
 	}
 	off := pos + int64(len(b))
 	if r.Block == 0 {
@@ -391,7 +391,7 @@ func writeRecord(w io.Writer, pos int64, r *record, src io.ReaderAt, buf []byte)
 		}
 		if m.data != nil {
 			if _, err := w.Write(m.data); err != nil {
-				return 0, fmt.Errorf("localqueue: write journal: %w", err)
+				return 0, fmt.Errorf("write journal: %w", err)
 			}
 		} else if err := copyBody(w, src, m, buf); err != nil {
 			return 0, err
@@ -400,7 +400,7 @@ func writeRecord(w io.Writer, pos int64, r *record, src io.ReaderAt, buf []byte)
 		off += int64(m.Len)
 	}
 	if _, err := w.Write([]byte{'\n'}); err != nil {
-		return 0, fmt.Errorf("localqueue: write journal: %w", err)
+		return 0, fmt.Errorf("write journal: %w", err)
 	}
 	return off + 1 - pos, nil
 }
@@ -408,24 +408,34 @@ func writeRecord(w io.Writer, pos int64, r *record, src io.ReaderAt, buf []byte)
 // copyBody streams m's stored body from src to w through buf, checking its CRC.
 func copyBody(w io.Writer, src io.ReaderAt, m *msgJSON, buf []byte) error {
 	if !m.stored || src == nil {
-		return fmt.Errorf("localqueue: message %d: body of %d bytes is nowhere", m.Seq, m.Len)
+		return fmt.Errorf("message %d: body of %d bytes is nowhere", m.Seq, m.Len)
 	}
 	var sum uint32
 	for done := 0; done < m.Len; {
 		k := min(len(buf), m.Len-done)
 		if _, err := src.ReadAt(buf[:k], m.off+int64(done)); err != nil {
-			return fmt.Errorf("localqueue: read message %d body: %w", m.Seq, err)
+			return fmt.Errorf("read message %d body at offset %d: %w", m.Seq, m.off, pathless(err))
 		}
 		sum = crc32.Update(sum, castagnoli, buf[:k])
 		if _, err := w.Write(buf[:k]); err != nil {
-			return fmt.Errorf("localqueue: write journal: %w", err)
+			return fmt.Errorf("write journal: %w", err)
 		}
 		done += k
 	}
 	if sum != m.CRC {
-		return fmt.Errorf("localqueue: message %d: body at offset %d fails its checksum", m.Seq, m.off)
+		return fmt.Errorf("message %d: body at offset %d fails its checksum", m.Seq, m.off)
 	}
 	return nil
+}
+
+// pathless drops the file name from a read error: after a compaction the open file
+// still carries the temporary name it was written under, which would mislead.
+func pathless(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // readBody reads a stored body of n bytes at off from jf (which the caller holds a
@@ -433,10 +443,10 @@ func copyBody(w io.Writer, src io.ReaderAt, m *msgJSON, buf []byte) error {
 func readBody(jf *jfile, seq, off int64, n int, crc uint32) ([]byte, error) {
 	b := make([]byte, n)
 	if _, err := jf.f.ReadAt(b, off); err != nil {
-		return nil, fmt.Errorf("localqueue: read message %d body: %w", seq, err)
+		return nil, fmt.Errorf("read message %d body at offset %d of the journal: %w", seq, off, pathless(err))
 	}
 	if crc32.Checksum(b, castagnoli) != crc {
-		return nil, fmt.Errorf("localqueue: message %d: body at offset %d fails its checksum", seq, off)
+		return nil, fmt.Errorf("message %d: body at offset %d of the journal fails its checksum", seq, off)
 	}
 	return b, nil
 }
@@ -451,7 +461,7 @@ func (j *journal) append(recs ...record) (ticket, error) {
 	for i := range recs {
 		n, err := writeRecord(j.w, pos, &recs[i], nil, nil)
 		if err != nil {
-			return ticket{}, err
+			return ticket{}, fmt.Errorf("localqueue: %w", err)
 		}
 		pos += n
 	}

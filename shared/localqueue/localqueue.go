@@ -14,6 +14,11 @@
 //     acknowledged and replayed at Open; messages in flight at a crash are delivered
 //     again after a restart, their delivery count kept.
 //
+// With a directory, message bodies stay in the journal file only: memory holds each
+// message's metadata and where its body is, and the body is read (pread, not mmap,
+// which would count in the resident set) when delivered or peeked. A queue holding a
+// whole import's bodies then costs memory by message count, not by size.
+//
 // Local conveniences that Service Bus doesn't have: a delay before an abandoned message
 // is delivered again (RedeliveryDelay), and the handler's error text as the
 // dead-letter error description.
@@ -103,8 +108,13 @@ type Queues struct {
 	failed  error // sticky journal failure: the state can no longer be made durable
 	runs    map[*runHandle]struct{}
 	runWG   sync.WaitGroup
-	// compactAt is the journal record count from which compaction is considered.
-	compactAt int
+	// compactAt is the journal record count, compactBytes the journal size, from
+	// which compaction is considered.
+	compactAt    int
+	compactBytes int64
+	// bodyBytes sums the bodies of the messages held, active and dead-lettered (under
+	// mu): what a compaction would keep of the journal.
+	bodyBytes int64
 }
 
 type runHandle struct{ cancel context.CancelFunc }
@@ -180,7 +190,7 @@ func Open(o Options) (*Queues, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	q := &Queues{opt: o, queues: map[string]*queueState{}, runs: map[*runHandle]struct{}{}, compactAt: 4096}
+	q := &Queues{opt: o, queues: map[string]*queueState{}, runs: map[*runHandle]struct{}{}, compactAt: 4096, compactBytes: 64 << 20}
 	if o.Dir == "" {
 		return q, nil
 	}
@@ -261,7 +271,17 @@ func (q *Queues) commit(recs ...record) (func() error, error) {
 // maybeCompact rewrites the journal when it holds many more records than the state
 // (under mu, after an append).
 func (q *Queues) maybeCompact() {
-	if q.j == nil || q.j.records < q.compactAt {
+	if q.j == nil {
+		return
+	}
+	// Also by size: a few records can carry many megabytes of bodies long completed.
+	if size := q.j.written.Load(); size >= q.compactBytes && size >= 4*q.bodyBytes {
+		if err := q.compact(q.now()); err != nil {
+			q.failed = err
+		}
+		return
+	}
+	if q.j.records < q.compactAt {
 		return
 	}
 	live := 0
@@ -413,6 +433,7 @@ func (q *Queues) applySend(qs *queueState, m msgJSON) error {
 		qs.deadSeq++
 		msg.deadOrder = qs.deadSeq
 		qs.dead[msg.seq] = msg
+		q.bodyBytes += int64(msg.size())
 		return nil
 	}
 	q.addActive(qs, msg)
@@ -421,6 +442,7 @@ func (q *Queues) applySend(qs *queueState, m msgJSON) error {
 
 func (q *Queues) addActive(qs *queueState, msg *message) {
 	qs.msgs[msg.seq] = msg
+	q.bodyBytes += int64(msg.size())
 	s := qs.sessions[msg.session]
 	if s == nil {
 		s = &session{id: msg.session, heapIdx: -1}
@@ -433,6 +455,7 @@ func (q *Queues) addActive(qs *queueState, msg *message) {
 // removeActive takes msg out of its session (under mu).
 func (q *Queues) removeActive(qs *queueState, msg *message) {
 	delete(qs.msgs, msg.seq)
+	q.bodyBytes -= int64(msg.size())
 	s := qs.sessions[msg.session]
 	if s == nil {
 		return
@@ -484,6 +507,15 @@ func (q *Queues) deadLetter(qs *queueState, msg *message, reason, desc string, n
 	qs.deadSeq++
 	msg.deadOrder = qs.deadSeq
 	qs.dead[msg.seq] = msg
+	q.bodyBytes += int64(msg.size())
+}
+
+// size is the length of msg's body, wherever it is.
+func (m *message) size() int {
+	if m.stored {
+		return m.n
+	}
+	return len(m.body)
 }
 
 func truncate(s string, n int) string {
@@ -615,9 +647,9 @@ func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *messag
 				var rerr error
 				d.Body, rerr = body()
 				if err == nil && rerr != nil {
-					err = rerr
+					err = fmt.Errorf("localqueue: deliver from %s: %w", qs.name, rerr)
 					q.mu.Lock()
-					q.failed = rerr // the journal can't give back what it acknowledged
+					q.failed = err // the journal can't give back what it acknowledged
 					q.mu.Unlock()
 				}
 			}
@@ -896,6 +928,7 @@ func (q *Queues) applyReplay(qs *queueState, reps []replayJSON, at time.Time) er
 			return fmt.Errorf("replay of unknown dead letter %d", r.Seq)
 		}
 		delete(qs.dead, r.Seq)
+		q.bodyBytes -= int64(m.size())
 		props := maps.Clone(m.props)
 		if props == nil {
 			props = map[string]any{}
