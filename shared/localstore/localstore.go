@@ -121,16 +121,30 @@ func (x *recIndex) len() int {
 	return len(x.num) + len(x.str)
 }
 
-// each calls fn for every entry (id makes the id's string, only when asked for).
-func (x *recIndex) each(fn func(id func() string, l loc)) {
+// id is a record id as the index keeps it; String makes the string only when needed
+// (Scan filters first).
+type id struct {
+	num uint64
+	str string // "" for a decimal id
+}
+
+func (i id) String() string {
+	if i.str == "" {
+		return strconv.FormatUint(i.num, 10)
+	}
+	return i.str
+}
+
+// each calls fn for every entry.
+func (x *recIndex) each(fn func(id id, l loc)) {
 	if x == nil {
 		return
 	}
 	for n, l := range x.num {
-		fn(func() string { return strconv.FormatUint(n, 10) }, l)
+		fn(id{num: n}, l)
 	}
-	for id, l := range x.str {
-		fn(func() string { return id }, l)
+	for s, l := range x.str {
+		fn(id{str: s}, l)
 	}
 }
 
@@ -315,7 +329,7 @@ func (s *Store) replay(f *os.File) error {
 	}
 	s.fileBytes = good
 	for e, x := range s.recs {
-		x.each(func(_ func() string, l loc) { s.count(e, l.status(), 1) })
+		x.each(func(_ id, l loc) { s.count(e, l.status(), 1) })
 	}
 	return nil
 }
@@ -508,7 +522,7 @@ type span struct {
 func (s *Store) compact() error {
 	var spans []span
 	for _, x := range s.recs {
-		x.each(func(_ func() string, l loc) { spans = append(spans, span{old: l.off(), n: uint32(l.n())}) })
+		x.each(func(_ id, l loc) { spans = append(spans, span{old: l.off(), n: uint32(l.n())}) })
 	}
 	for _, m := range s.docs {
 		for _, l := range m {
@@ -740,9 +754,9 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 	}
 	gen := s.gen
 	var list []item
-	s.recs[entity].each(func(id func() string, l loc) {
+	s.recs[entity].each(func(id id, l loc) {
 		if len(statuses) == 0 || slices.Contains(statuses, l.status()) {
-			list = append(list, item{id(), l})
+			list = append(list, item{id.String(), l})
 		}
 	})
 	s.mu.RUnlock()
