@@ -434,6 +434,7 @@ func TestTornTailAfterCompaction(t *testing.T) {
 		if err := s.Save(ctx, r); err != nil {
 			t.Fatal(err)
 		}
+		s.WaitCompaction()
 	}
 	// One more write after the compaction, then a torn one.
 	r := recs["3"]

@@ -14,3 +14,16 @@ func SetCompactSlack(n int64) (restore func()) {
 	compactSlack = n
 	return func() { compactSlack = old }
 }
+
+// WaitCompaction waits until no compaction runs.
+func (s *Store) WaitCompaction() {
+	for {
+		s.mu.Lock()
+		ch := s.compacting
+		s.mu.Unlock()
+		if ch == nil {
+			return
+		}
+		<-ch
+	}
+}

@@ -188,7 +188,8 @@ type Store struct {
 	liveBytes int64   // sum of the live lines' lengths
 	broken    error   // set when a failed write could not be undone
 
-	compactFailedAt int64 // journal size at the last failed compaction
+	compactFailedAt int64         // journal size at the last failed compaction
+	compacting      chan struct{} // non-nil while a compaction runs; closed when it ends
 }
 
 var _ state.Store = (*Store)(nil)
@@ -264,6 +265,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 	}
 	if s.needsCompaction() {
+		// Nothing else runs yet: compact in place of waiting for the first Save.
 		if err := s.compact(); err != nil {
 			s.f.Close()
 			return nil, fmt.Errorf("localstore: open %s: %w", path, err)
@@ -508,19 +510,19 @@ func (s *Store) needsCompaction() bool {
 	return s.fileBytes > 2*s.liveBytes+compactSlack && s.fileBytes > s.compactFailedAt+compactSlack
 }
 
+// afterCopy, when set (tests), runs between a compaction's unlocked copy and its
+// locked final phase.
+var afterCopy func()
+
 // span is a live journal line during compaction: where it is, where it goes.
 type span struct {
 	old, new int64
 	n        uint32
 }
 
-// compact rewrites the journal with only the live entries, copied from the old file in
-// file order (never all in memory): write a new file, fsync it, rename it over the old
-// one, fsync the directory. A crash at any point leaves either the old or the new
-// journal, both complete. The index is only changed once the new journal is in place.
-// Callers hold mu exclusively.
-func (s *Store) compact() error {
-	var spans []span
+// liveSpans lists every live entry's line (callers hold mu, shared is enough).
+func (s *Store) liveSpans() []span {
+	spans := make([]span, 0, s.entries())
 	for _, x := range s.recs {
 		x.each(func(_ id, l loc) { spans = append(spans, span{old: l.off(), n: uint32(l.n())}) })
 	}
@@ -529,8 +531,71 @@ func (s *Store) compact() error {
 			spans = append(spans, span{old: l.off(), n: uint32(l.n())})
 		}
 	}
-	slices.SortFunc(spans, func(a, b span) int { return cmpInt64(a.old, b.old) })
+	return spans
+}
 
+func (s *Store) entries() int {
+	n := 0
+	for _, x := range s.recs {
+		n += x.len()
+	}
+	for _, m := range s.docs {
+		n += len(m)
+	}
+	return n
+}
+
+// copySpans appends the lines of spans (sorted by offset) from src to w, adjacent
+// lines as one run, and sets their new offsets, starting at at. It returns the offset
+// after the last.
+func copySpans(w io.Writer, src io.ReaderAt, spans []span, at int64) (int64, error) {
+	for i := 0; i < len(spans); {
+		start, end := spans[i].old, spans[i].old
+		for ; i < len(spans) && spans[i].old == end; i++ {
+			spans[i].new = at + (spans[i].old - start)
+			end += int64(spans[i].n)
+		}
+		if _, err := io.Copy(w, io.NewSectionReader(src, start, end-start)); err != nil {
+			return 0, fmt.Errorf("copy live entries: %w", err)
+		}
+		at += end - start
+	}
+	return at, nil
+}
+
+func sortSpans(spans []span) {
+	slices.SortFunc(spans, func(a, b span) int { return cmpInt64(a.old, b.old) })
+}
+
+// moved returns where the line at off went (spans sorted by old offset).
+func moved(spans []span, off int64) (int64, bool) {
+	i, ok := slices.BinarySearchFunc(spans, off, func(sp span, off int64) int { return cmpInt64(sp.old, off) })
+	if !ok {
+		return 0, false
+	}
+	return spans[i].new, true
+}
+
+// compact rewrites the journal with only the live entries, streamed from the old file
+// in file order (never all in memory).
+//
+// It notes the live lines and the journal's end under a read lock. The bulk of the work runs without the lock, so reads and writes carry on: the lines
+// below snapEnd never change (the journal is append-only). Then, holding the lock, the
+// lines appended since are copied too, the new file is fsynced and renamed over the old
+// one, the directory fsynced and the index moved to the new offsets. A crash at any
+// point leaves either the old or the new journal, both complete. Lines that died
+// during the copy stay in the new journal as dead bytes, for the next compaction.
+//
+// Callers must not hold mu.
+func (s *Store) compact() error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return errClosed
+	}
+	spans, snapEnd, src := s.liveSpans(), s.fileBytes, s.f
+	s.mu.RUnlock()
+	sortSpans(spans)
 	var nf journal
 	path := filepath.Join(s.dir, JournalName)
 	tmp := path + ".tmp"
@@ -551,18 +616,45 @@ func (s *Store) compact() error {
 		return fmt.Errorf("compact: %w", err)
 	}
 	w := bufio.NewWriterSize(nf, 1<<20)
-	var n int64
-	// Adjacent live lines are copied as one run.
-	for i := 0; i < len(spans); {
-		start, end := spans[i].old, spans[i].old
-		for ; i < len(spans) && spans[i].old == end; i++ {
-			spans[i].new = n + (spans[i].old - start)
-			end += int64(spans[i].n)
+	n, err := copySpans(w, src, spans, 0)
+	if err != nil {
+		return fail(err)
+	}
+	if err := w.Flush(); err != nil {
+		return fail(err)
+	}
+	// The big fsync happens here, without the lock; the one under it covers the tail.
+	if err := nf.Sync(); err != nil {
+		return fail(err)
+	}
+
+	if afterCopy != nil {
+		afterCopy()
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.f != src {
+		return fail(errors.New("store closed or journal replaced meanwhile"))
+	}
+	var tail []span // lines written since the snapshot and still live
+	for _, x := range s.recs {
+		x.each(func(_ id, l loc) {
+			if l.off() >= snapEnd {
+				tail = append(tail, span{old: l.off(), n: uint32(l.n())})
+			}
+		})
+	}
+	for _, m := range s.docs {
+		for _, l := range m {
+			if l.off() >= snapEnd {
+				tail = append(tail, span{old: l.off(), n: uint32(l.n())})
+			}
 		}
-		if _, err := io.Copy(w, io.NewSectionReader(s.f, start, end-start)); err != nil {
-			return fail(fmt.Errorf("copy live entries: %w", err))
-		}
-		n += end - start
+	}
+	sortSpans(tail)
+	if n, err = copySpans(w, s.f, tail, n); err != nil {
+		return fail(err)
 	}
 	if err := w.Flush(); err != nil {
 		return fail(err)
@@ -570,29 +662,52 @@ func (s *Store) compact() error {
 	if err := nf.Sync(); err != nil {
 		return fail(err)
 	}
+	// Every live line must have a new place before anything changes.
+	where := func(off int64) (int64, bool) {
+		if off >= snapEnd {
+			return moved(tail, off)
+		}
+		return moved(spans, off)
+	}
+	lost := false
+	check := func(l loc) {
+		if _, ok := where(l.off()); !ok {
+			lost = true
+		}
+	}
+	for _, x := range s.recs {
+		x.each(func(_ id, l loc) { check(l) })
+	}
+	for _, m := range s.docs {
+		for _, l := range m {
+			check(l)
+		}
+	}
+	if lost {
+		return fail(errors.New("a live entry was not copied (index out of step with the journal)"))
+	}
 	if s.dir != "" {
 		if err := os.Rename(tmp, path); err != nil {
 			return fail(err)
 		}
 		syncDir(s.dir)
 	}
-	moved := func(off int64) int64 {
-		i, _ := slices.BinarySearchFunc(spans, off, func(sp span, off int64) int { return cmpInt64(sp.old, off) })
-		return spans[i].new
+	relocate := func(l loc) loc {
+		off, _ := where(l.off())
+		return l.withOff(off)
 	}
 	for _, x := range s.recs {
-		x.update(func(l loc) loc { return l.withOff(moved(l.off())) })
+		x.update(relocate)
 	}
 	for _, m := range s.docs {
 		for k, l := range m {
-			m[k] = l.withOff(moved(l.off()))
+			m[k] = relocate(l)
 		}
 	}
 	s.f.Close()
 	s.f = nf
 	s.gen++
 	s.fileBytes = n
-	s.liveBytes = n
 	s.broken = nil // the torn tail, if any, stayed behind in the old file
 	return nil
 }
@@ -618,11 +733,18 @@ func syncDir(dir string) {
 // Close flushes and closes the journal. The store is unusable afterwards.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
+	running := s.compacting
+	s.mu.Unlock()
+	if running != nil {
+		<-running // it reads the journal without the lock; it gives up once it sees closed
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.dir == "" {
 		s.f.Close()
 		return nil
@@ -728,15 +850,25 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	return nil
 }
 
-// maybeCompact compacts when due. A failed compaction is not the caller's problem (its
-// write is durable in the old journal); it is retried after more growth.
+// maybeCompact starts a compaction in the background when due and none runs (callers
+// hold mu exclusively). A failed compaction is not a caller's problem (the writes are
+// durable in the old journal); it is retried after more growth.
 func (s *Store) maybeCompact() {
-	if !s.needsCompaction() {
+	if s.compacting != nil || !s.needsCompaction() {
 		return
 	}
-	if err := s.compact(); err != nil {
-		s.compactFailedAt = s.fileBytes // try again after more growth
-	}
+	done := make(chan struct{})
+	s.compacting = done
+	go func() {
+		defer close(done)
+		err := s.compact()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.compactFailedAt = s.fileBytes
+		}
+		s.compacting = nil
+	}()
 }
 
 // Scan implements state.Store. fn runs without the store's lock held, so it may call
@@ -942,11 +1074,16 @@ func (s *Store) JournalSize() int64 {
 	return s.fileBytes
 }
 
-// memFile is the journal of a memory-only store. It needs no lock of its own: the
-// store's lock already orders appends against reads.
-type memFile struct{ b []byte }
+// memFile is the journal of a memory-only store. It has a lock of its own because a
+// compaction reads it without the store's.
+type memFile struct {
+	mu sync.RWMutex
+	b  []byte
+}
 
 func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	if off < 0 || off > int64(len(m.b)) {
 		return 0, io.EOF
 	}
@@ -958,6 +1095,8 @@ func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (m *memFile) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.b = append(m.b, p...)
 	return len(p), nil
 }
@@ -965,6 +1104,8 @@ func (m *memFile) Write(p []byte) (int, error) {
 func (m *memFile) Sync() error { return nil }
 
 func (m *memFile) Truncate(size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if size < 0 || size > int64(len(m.b)) {
 		return fmt.Errorf("truncate memory journal to %d: out of range", size)
 	}
@@ -973,6 +1114,8 @@ func (m *memFile) Truncate(size int64) error {
 }
 
 func (m *memFile) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.b = nil
 	return nil
 }
