@@ -2,14 +2,14 @@
 //
 // Records and docs live in a JSON-lines journal (state.jsonl): every change is appended
 // and fsynced before Save returns, so the state survives a restart or a crash. Memory
-// holds only a small index per record and doc (journal offset and length, ETag, status)
-// and the counts, so it does not grow with the size of what is stored: Get, Scan and
-// ListDocs read the entries back with pread (not mmap, whose pages would count in the
-// process's RSS). Open replays the journal into the index, drops a torn last line (a
-// crash mid-write), and the journal is rewritten with only the live entries once it
-// has grown to more than twice the live data (streamed from the old file, in file
-// order). One process per directory: two processes appending to the same journal would
-// each miss the other's writes.
+// holds only a small index per record and doc (journal offset, length and status, 8
+// bytes plus the key) and the counts, so it does not grow with the size of what is
+// stored: Get, Scan and ListDocs read the entries back with pread (not mmap, whose
+// pages would count in the process's RSS). Open replays the journal into the index and
+// drops a torn last line (a crash mid-write). Once the journal has grown to more than
+// twice the live data, it is rewritten in the background with only the live entries,
+// streamed from the old file in file order. One process per directory: two processes
+// appending to the same journal would each miss the other's writes.
 //
 // Without a directory the journal is a byte slice in memory (tests, the sandbox).
 package localstore
@@ -170,8 +170,9 @@ type journal interface {
 // Store is the embedded store. Its zero value is not usable: call Open.
 //
 // Locking: mu guards the index, the counts and the journal handle. Appends (Save,
-// SaveDoc, compaction) hold it exclusively; reads hold it shared only for the index
-// look-up and the pread, and decode outside it.
+// SaveDoc) and a compaction's final phase hold it exclusively; reads hold it shared
+// only for the index look-up and the pread, and decode outside it. A compaction copies
+// the bulk of the journal without it.
 type Store struct {
 	mu     sync.RWMutex
 	recs   map[state.Entity]*recIndex
