@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -486,5 +487,71 @@ func TestTornTailAfterCompaction(t *testing.T) {
 	s = open(t, dir)
 	if g, err := s.Get(ctx, state.Customer, "3"); err != nil || g.Attempts != r.Attempts || checkPayload(g) != nil {
 		t.Fatalf("after another reopen: %v %v", g, err)
+	}
+}
+
+// Group commit: concurrent Saves share fsyncs, and every Save that returned is on disk.
+// A failed fsync fails the Saves waiting for it and stops writes until the store is
+// reopened.
+func TestSavesShareFsyncs(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := localstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var syncs atomic.Int64
+	var fail atomic.Bool
+	s.CountSyncs(&syncs, &fail)
+	const n = 400
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				id := strconv.Itoa(i)
+				errs <- s.Save(ctx, &state.Record{Entity: state.Customer, ID: id, Status: state.Synced, Data: payload(id, 0, 100)})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := syncs.Load(); got == 0 || got >= n/2 {
+		t.Fatalf("%d fsyncs for %d concurrent saves: want at least one and far fewer than saves", got, n)
+	}
+	t.Logf("%d fsyncs for %d saves", syncs.Load(), n)
+
+	fail.Store(true)
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "late", Status: state.Synced}); err == nil {
+		t.Fatal("a save whose fsync failed succeeded")
+	}
+	fail.Store(false)
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "later", Status: state.Synced}); err == nil {
+		t.Fatal("a save after a failed fsync succeeded: what is on disk is unknown until reopened")
+	}
+	if err := s.Close(); err != nil {
+		t.Log("close:", err)
+	}
+	s, err = localstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range n {
+		id := strconv.Itoa(i)
+		r, err := s.Get(ctx, state.Customer, id)
+		if err != nil || !bytes.Equal(r.Data, payload(id, 0, 100)) {
+			t.Fatalf("record %s after reopen: %v", id, err)
+		}
+	}
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "after-reopen", Status: state.Synced}); err != nil {
+		t.Fatalf("save after reopen: %v", err)
 	}
 }

@@ -1,5 +1,11 @@
 package localstore
 
+import (
+	"errors"
+	"sync/atomic"
+	"time"
+)
+
 // Compactions returns how many times the journal has been rewritten since Open.
 func (s *Store) Compactions() uint64 {
 	s.mu.RLock()
@@ -26,4 +32,28 @@ func (s *Store) WaitCompaction() {
 		}
 		<-ch
 	}
+}
+
+// syncCounting wraps the journal: Sync is counted, slowed down (as a disk's fsync is)
+// and fails while fail is set.
+type syncCounting struct {
+	journal
+	n    *atomic.Int64
+	fail *atomic.Bool
+}
+
+func (j syncCounting) Sync() error {
+	j.n.Add(1)
+	time.Sleep(2 * time.Millisecond)
+	if j.fail.Load() {
+		return errors.New("injected fsync failure")
+	}
+	return j.journal.Sync()
+}
+
+// CountSyncs makes the store count (and, with fail set, fail) its journal fsyncs.
+func (s *Store) CountSyncs(n *atomic.Int64, fail *atomic.Bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.f = syncCounting{journal: s.f, n: n, fail: fail}
 }

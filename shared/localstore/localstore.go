@@ -191,6 +191,17 @@ type Store struct {
 
 	compactFailedAt int64         // journal size at the last failed compaction
 	compacting      chan struct{} // non-nil while a compaction runs; closed when it ends
+
+	// Group commit: appends are synced after mu is released, one fsync for all the
+	// appends made while the previous one ran. smu guards the fields below; it is never
+	// held while taking mu.
+	smu       sync.Mutex
+	synced    *sync.Cond
+	syncing   bool
+	syncedGen uint64 // the journal generation syncedTo refers to
+	syncedTo  int64  // journal bytes known durable
+	syncErr   error  // a failed fsync of generation syncErrGen
+	syncErrAt uint64
 }
 
 var _ state.Store = (*Store)(nil)
@@ -224,6 +235,7 @@ func Open(dir string) (*Store, error) {
 		counts: map[state.Entity]map[state.Status]int{},
 		dir:    dir,
 	}
+	s.synced = sync.NewCond(&s.smu)
 	// ETags start above the clock so that an ETag from a wiped store never matches.
 	s.seq.Store(uint64(time.Now().UnixNano()))
 	if dir == "" {
@@ -430,13 +442,63 @@ func (s *Store) write(b []byte, st uint8) (loc, error) {
 		s.cutBack()
 		return 0, fmt.Errorf("write journal: %w", err)
 	}
-	if err := s.f.Sync(); err != nil {
-		s.cutBack()
-		return 0, fmt.Errorf("sync journal: %w", err)
-	}
+	// Not synced here: the caller waits for durable after releasing mu, so one fsync
+	// covers every append made meanwhile (group commit).
 	l := mkLoc(s.fileBytes, len(b), st)
 	s.fileBytes += int64(len(b))
 	return l, nil
+}
+
+// durable returns once the journal of generation gen is on disk up to end. One caller
+// at a time runs the fsync; the others wait for it, and the next one covers everything
+// appended meanwhile. A compaction makes older generations durable (it syncs its copy).
+func (s *Store) durable(gen uint64, end int64) error {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	for {
+		switch {
+		case gen < s.syncedGen || (gen == s.syncedGen && end <= s.syncedTo):
+			return nil
+		case s.syncErr != nil && s.syncErrAt == gen:
+			return s.syncErr
+		case s.syncing:
+			s.synced.Wait()
+			continue
+		}
+		s.syncing = true
+		s.smu.Unlock()
+		s.mu.RLock()
+		f, g, to, closed := s.f, s.gen, s.fileBytes, s.closed
+		s.mu.RUnlock()
+		var err error
+		if closed {
+			err = errClosed
+		} else {
+			err = f.Sync() // a compaction may close f meanwhile: the open call keeps the fd
+		}
+		if err != nil {
+			s.mu.Lock()
+			if s.gen == g && !s.closed {
+				// What reached the disk is unknown: stop writing until reopened, when
+				// the replay keeps what is there.
+				s.broken = fmt.Errorf("journal unusable after a failed sync (reopen the store): %w", err)
+			} else if s.gen != g {
+				err = nil // swapped by a compaction, which synced every line it copied
+			}
+			s.mu.Unlock()
+		}
+		s.smu.Lock()
+		s.syncing = false
+		switch {
+		case err != nil:
+			s.syncErr, s.syncErrAt = fmt.Errorf("sync journal: %w", err), g
+		case g > s.syncedGen:
+			s.syncedGen, s.syncedTo = g, to
+		case g == s.syncedGen && to > s.syncedTo:
+			s.syncedTo = to
+		}
+		s.synced.Broadcast()
+	}
 }
 
 // cutBack removes what a failed write may have left. If even that fails, later lines
@@ -709,6 +771,12 @@ func (s *Store) compact() error {
 	s.f = nf
 	s.gen++
 	s.fileBytes = n
+	// nf is synced: every append so far is durable (mu, then smu: durable never holds
+	// smu while taking mu).
+	s.smu.Lock()
+	s.syncedGen, s.syncedTo = s.gen, n
+	s.synced.Broadcast()
+	s.smu.Unlock()
 	s.broken = nil // the torn tail, if any, stayed behind in the old file
 	return nil
 }
@@ -816,39 +884,52 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
 	st := uint8(slices.Index(state.Statuses, n.Status))
+	gen, end, err := s.saveRecord(rec, &n, b, st)
+	if err != nil {
+		return err
+	}
+	if err := s.durable(gen, end); err != nil {
+		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+	}
+	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
+	return nil
+}
 
+// saveRecord appends n's line b and indexes it; it returns where the journal must be
+// durable up to before the save counts.
+func (s *Store) saveRecord(rec, n *state.Record, b []byte, st uint8) (uint64, int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return errClosed
+		return 0, 0, errClosed
 	}
 	old, found := s.recs[rec.Entity].get(rec.ID)
 	switch {
 	case rec.ETag == "" && found:
-		return fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
+		return 0, 0, fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
 	case rec.ETag != "" && !found:
-		return fmt.Errorf("localstore: update %s %q: not stored: %w", rec.Entity, rec.ID, state.ErrConflict)
+		return 0, 0, fmt.Errorf("localstore: update %s %q: not stored: %w", rec.Entity, rec.ID, state.ErrConflict)
 	case rec.ETag != "":
 		tag, err := s.storedETag(old)
 		if err != nil {
-			return fmt.Errorf("localstore: update %s %q: %w", rec.Entity, rec.ID, err)
+			return 0, 0, fmt.Errorf("localstore: update %s %q: %w", rec.Entity, rec.ID, err)
 		}
 		if tag != rec.ETag {
-			return fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
+			return 0, 0, fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
 		}
 	}
 	l, err := s.write(b, st)
 	if err != nil {
-		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+		return 0, 0, fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
 	s.putRec(rec.Entity, rec.ID, l)
 	if found {
 		s.count(rec.Entity, old.status(), -1)
 	}
 	s.count(rec.Entity, n.Status, 1)
-	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
+	gen, end := s.gen, s.fileBytes
 	s.maybeCompact()
-	return nil
+	return gen, end, nil
 }
 
 // maybeCompact starts a compaction in the background when due and none runs (callers
@@ -991,33 +1072,43 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errClosed
-	}
-	old, found := s.docs[doc.Kind][doc.Key]
-	switch {
-	case doc.ETag == "" && found:
-		return fmt.Errorf("localstore: create doc %s %q: already stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-	case doc.ETag != "" && !found:
-		return fmt.Errorf("localstore: update doc %s %q: not stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-	case doc.ETag != "":
-		tag, err := s.storedETag(old)
+	gen, end, err := func() (uint64, int64, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed {
+			return 0, 0, errClosed
+		}
+		old, found := s.docs[doc.Kind][doc.Key]
+		switch {
+		case doc.ETag == "" && found:
+			return 0, 0, fmt.Errorf("localstore: create doc %s %q: already stored: %w", doc.Kind, doc.Key, state.ErrConflict)
+		case doc.ETag != "" && !found:
+			return 0, 0, fmt.Errorf("localstore: update doc %s %q: not stored: %w", doc.Kind, doc.Key, state.ErrConflict)
+		case doc.ETag != "":
+			tag, err := s.storedETag(old)
+			if err != nil {
+				return 0, 0, fmt.Errorf("localstore: update doc %s %q: %w", doc.Kind, doc.Key, err)
+			}
+			if tag != doc.ETag {
+				return 0, 0, fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
+			}
+		}
+		l, err := s.write(b, 0)
 		if err != nil {
-			return fmt.Errorf("localstore: update doc %s %q: %w", doc.Kind, doc.Key, err)
+			return 0, 0, fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
 		}
-		if tag != doc.ETag {
-			return fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
-		}
-	}
-	l, err := s.write(b, 0)
+		s.putDoc(doc.Kind, doc.Key, l)
+		gen, end := s.gen, s.fileBytes
+		s.maybeCompact()
+		return gen, end, nil
+	}()
 	if err != nil {
+		return err
+	}
+	if err := s.durable(gen, end); err != nil {
 		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
 	}
-	s.putDoc(doc.Kind, doc.Key, l)
 	doc.ETag = n.ETag
-	s.maybeCompact()
 	return nil
 }
 
