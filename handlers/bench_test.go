@@ -1100,7 +1100,7 @@ func BenchmarkImportMemory(b *testing.B) {
 	sizes := []int{envInt("BENCH_MEM_SMALL", 20000), envInt("BENCH_MEM_LARGE", 100000)}
 	// BENCH_MEM_STATE=table keeps the sync state in Table Storage (TEST_TABLE_CONNECTION_STRING,
 	// e.g. Azurite), as in Azure; the default is local mode's embedded state store, which
-	// holds every entity's record in memory.
+	// keeps records in its journal file and a small index in memory.
 	where := "embedded state store"
 	var extra func(n int) []string
 	if os.Getenv("BENCH_MEM_STATE") == "table" {
