@@ -449,6 +449,31 @@ func (s *Store) write(b []byte, st uint8) (loc, error) {
 	return l, nil
 }
 
+// appendChecked appends line b for the entry what (a record or a doc) after the
+// optimistic-concurrency check: etag "" creates (the entry must not exist), else it must
+// equal the stored entry's (at old). Callers hold mu exclusively.
+func (s *Store) appendChecked(what string, found bool, old loc, etag string, b []byte, st uint8) (loc, error) {
+	switch {
+	case etag == "" && found:
+		return 0, fmt.Errorf("localstore: create %s: already stored: %w", what, state.ErrConflict)
+	case etag != "" && !found:
+		return 0, fmt.Errorf("localstore: update %s: not stored: %w", what, state.ErrConflict)
+	case etag != "":
+		tag, err := s.storedETag(old)
+		if err != nil {
+			return 0, fmt.Errorf("localstore: update %s: %w", what, err)
+		}
+		if tag != etag {
+			return 0, fmt.Errorf("localstore: update %s: stored version differs: %w", what, state.ErrConflict)
+		}
+	}
+	l, err := s.write(b, st)
+	if err != nil {
+		return 0, fmt.Errorf("localstore: save %s: %w", what, err)
+	}
+	return l, nil
+}
+
 // durable returns once the journal of generation gen is on disk up to end. One caller
 // at a time runs the fsync; the others wait for it, and the next one covers everything
 // appended meanwhile. A compaction makes older generations durable (it syncs its copy).
@@ -904,23 +929,9 @@ func (s *Store) saveRecord(rec, n *state.Record, b []byte, st uint8) (uint64, in
 		return 0, 0, errClosed
 	}
 	old, found := s.recs[rec.Entity].get(rec.ID)
-	switch {
-	case rec.ETag == "" && found:
-		return 0, 0, fmt.Errorf("localstore: create %s %q: already stored: %w", rec.Entity, rec.ID, state.ErrConflict)
-	case rec.ETag != "" && !found:
-		return 0, 0, fmt.Errorf("localstore: update %s %q: not stored: %w", rec.Entity, rec.ID, state.ErrConflict)
-	case rec.ETag != "":
-		tag, err := s.storedETag(old)
-		if err != nil {
-			return 0, 0, fmt.Errorf("localstore: update %s %q: %w", rec.Entity, rec.ID, err)
-		}
-		if tag != rec.ETag {
-			return 0, 0, fmt.Errorf("localstore: update %s %q: stored version differs: %w", rec.Entity, rec.ID, state.ErrConflict)
-		}
-	}
-	l, err := s.write(b, st)
+	l, err := s.appendChecked(fmt.Sprintf("%s %q", rec.Entity, rec.ID), found, old, rec.ETag, b, st)
 	if err != nil {
-		return 0, 0, fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+		return 0, 0, err
 	}
 	s.putRec(rec.Entity, rec.ID, l)
 	if found {
@@ -1079,23 +1090,9 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 			return 0, 0, errClosed
 		}
 		old, found := s.docs[doc.Kind][doc.Key]
-		switch {
-		case doc.ETag == "" && found:
-			return 0, 0, fmt.Errorf("localstore: create doc %s %q: already stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-		case doc.ETag != "" && !found:
-			return 0, 0, fmt.Errorf("localstore: update doc %s %q: not stored: %w", doc.Kind, doc.Key, state.ErrConflict)
-		case doc.ETag != "":
-			tag, err := s.storedETag(old)
-			if err != nil {
-				return 0, 0, fmt.Errorf("localstore: update doc %s %q: %w", doc.Kind, doc.Key, err)
-			}
-			if tag != doc.ETag {
-				return 0, 0, fmt.Errorf("localstore: update doc %s %q: stored version differs: %w", doc.Kind, doc.Key, state.ErrConflict)
-			}
-		}
-		l, err := s.write(b, 0)
+		l, err := s.appendChecked(fmt.Sprintf("doc %s %q", doc.Kind, doc.Key), found, old, doc.ETag, b, 0)
 		if err != nil {
-			return 0, 0, fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
+			return 0, 0, err
 		}
 		s.putDoc(doc.Kind, doc.Key, l)
 		gen, end := s.gen, s.fileBytes
