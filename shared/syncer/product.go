@@ -408,17 +408,18 @@ func (e *Engine) settleLifecycle(ctx context.Context, pl *productPlan, cur int) 
 }
 
 // publish makes a Draft or revised product Active: a family with PublishProductHierarchy
-// (its children with it), a product with SetState. A child whose family is not Active
-// yet stays Draft: the family's publication publishes it.
+// (its Draft and Under Revision children with it), a product with SetState. A child whose
+// family is not Active yet (new, or being revised) stays as it is: the family's
+// publication publishes it.
 func (e *Engine) publish(ctx context.Context, pl *productPlan, cur int) (bool, error) {
 	var err error
-	if pl.family && cur == productDraft {
+	if pl.family {
 		err = e.dv.PublishProductHierarchy(ctx, pl.id)
 	} else {
 		err = e.setProductState(ctx, pl.id, productActive)
 	}
 	if err != nil && hasCode(err, codeChildOfNonActiveFamily) {
-		pl.note = joinNote(pl.note, "left in Draft until its product family is published")
+		pl.note = joinNote(pl.note, "left unpublished until its product family is published")
 		return false, nil
 	}
 	if err != nil {

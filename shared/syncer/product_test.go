@@ -314,3 +314,32 @@ func TestOrderBeforeProductsAndCustomer(t *testing.T) {
 		t.Fatalf("%d contacts, want 1", n)
 	}
 }
+
+// A child changed while its family is being revised can't be published yet (its family
+// isn't Active): it waits Under Revision, and the family's publication must take it
+// along, as it does Draft children.
+func TestProductChildRevisedWhileFamilyRevised(t *testing.T) {
+	evs := example(t, "products-grouped.json")
+	e := newEnv(t, envOptions{})
+	for i := range evs {
+		e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d", i), 1, nil))
+	}
+	fam := productID(1, 20)
+	if err := e.dv.Update(e.ctx, "products", fam, dataverse.Record{"statecode": productUnderRevision, "statuscode": 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 0} { // the child 12 first, then the family (20)
+		e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d-v2", i), 2, func(d map[string]any) {
+			d["name"] = fmt.Sprint(d["name"], " (new)")
+		}))
+	}
+	for _, id := range []int{20, 12, 13} {
+		p := e.row("products", productID(1, id))
+		if numOf(p["statecode"]) != productActive {
+			t.Errorf("product %d: statecode %v, want Active", id, p["statecode"])
+		}
+		if id != 13 && !strings.HasSuffix(fmt.Sprint(p["name"]), " (new)") {
+			t.Errorf("product %d: name %v", id, p["name"])
+		}
+	}
+}
