@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -50,12 +51,17 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 		}
 	})
 
-	var pending []int // plans with a write
+	var pending, fresh []int // plans with a write: to existing salesorders, to new ones
 	for i, p := range plans {
 		if errs[i] == nil && p != nil && !p.done && p.write != nil {
-			pending = append(pending, i)
+			if !p.cur.exists && len(p.stale) == 0 {
+				fresh = append(fresh, i)
+			} else {
+				pending = append(pending, i)
+			}
 		}
 	}
+	s.createMany(ctx, plans, fresh, errs)
 	// As few batches as the bounds allow, evenly filled.
 	total := 0
 	for _, i := range pending {
@@ -88,6 +94,97 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 
 	s.finishMany(ctx, plans, outs, errs)
 	return outs, errs
+}
+
+// createMany writes new salesorders (an import's orders) with CreateMultiple: the headers
+// of every order in one request, then all their lines in another. Written one change set
+// per order, each header and line is an operation of its own, charged on top of its
+// rows; in bulk they are not. The price: an order is no longer one transaction while it
+// is written. A refused header or line is isolated by halving (bulkGroup) and its order is
+// written alone as one change set (upserts: what bulk wrote of it is overwritten), with
+// write-in lines when a product is not active; until then its state says failed, and a
+// transient failure leaves it to the next delivery, which finds the header and takes the
+// change-set path; a permanent one removes the header bulk wrote. Tables without the bulk
+// messages fall back to change sets.
+func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
+	if len(idx) == 0 {
+		return
+	}
+	// alone writes an order as one change set, once however many of its rows fall back.
+	type aloneWrite struct {
+		once sync.Once
+		ran  bool
+		err  error
+	}
+	writers := func(idx []int) map[int]*aloneWrite {
+		m := make(map[int]*aloneWrite, len(idx))
+		for _, i := range idx {
+			m[i] = &aloneWrite{}
+		}
+		return m
+	}
+	alone := func(ctx context.Context, w *aloneWrite, i int) error {
+		w.once.Do(func() {
+			w.ran = true
+			p := plans[i]
+			if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
+				p.writeErr = err
+				w.err = s.retryWithWriteIns(ctx, p, err)
+				return
+			}
+			p.written()
+		})
+		return w.err
+	}
+
+	first := writers(idx)
+	headers := make([]bulkRow, len(idx))
+	for k, i := range idx {
+		headers[k] = bulkRow{i: i, id: plans[i].orderID, rec: plans[i].write.Header}
+	}
+	(&bulkGroup{e: s.e, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
+		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, first[r.i], r.i) }}).write(ctx, headers, errs)
+
+	// The lines of the orders whose header went in bulk.
+	var created, owner []int // owner: the plan of each line row
+	var lines []bulkRow
+	for _, i := range idx {
+		switch {
+		case first[i].ran: // written alone, or failed so (errs[i] says how)
+		case errs[i] != nil:
+			errs[i] = plans[i].writeFailed(errs[i])
+		default:
+			created = append(created, i)
+			for _, l := range plans[i].write.Lines {
+				lines = append(lines, bulkRow{i: len(owner), id: l.ID, rec: l.Record})
+				owner = append(owner, i)
+			}
+		}
+	}
+	second := writers(created)
+	lineErrs := make([]error, len(lines))
+	(&bulkGroup{e: s.e, create: true, set: setSalesOrderDetails, logical: "salesorderdetail", pk: "salesorderdetailid",
+		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, second[owner[r.i]], owner[r.i]) }}).write(ctx, lines, lineErrs)
+	for k, err := range lineErrs {
+		if i := owner[k]; err != nil && errs[i] == nil {
+			if !second[i].ran {
+				err = plans[i].writeFailed(err) // a transient failure of the bulk request
+			}
+			errs[i] = err
+		}
+	}
+	for _, i := range created {
+		switch {
+		case errs[i] == nil && !second[i].ran:
+			plans[i].written()
+		case errs[i] != nil && !isTransient(errs[i]):
+			// Refused for good, even alone: take back the header bulk created (its lines
+			// go with it), so the order is not left half-written in Dynamics 365.
+			if err := s.e.dv.Delete(ctx, setSalesOrders, plans[i].orderID); err != nil && !dataverse.IsNotFound(err) {
+				s.e.log.Warn("removing the header of a refused order", "order", plans[i].ev.Order.ID, "error", err)
+			}
+		}
+	}
 }
 
 // finishMany runs the steps after header and lines for a chunk: the invoices to create in

@@ -307,6 +307,33 @@ func (f *faultDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]da
 	return r, f.leave("Batch", err)
 }
 
+// CreateMultiple fails before or after (failBefore/failAfter "CreateMultiple <set>") and
+// breaks the rows of the poisoned path ("<set>(<id>)") as Batch does.
+func (f *faultDV) CreateMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) ([]string, error) {
+	op := "CreateMultiple " + set
+	if err := f.enter(op); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	path := f.poison
+	f.mu.Unlock()
+	out := make([]dataverse.Record, len(recs))
+	for i, r := range recs {
+		out[i] = r
+		for k, v := range r {
+			if id, ok := v.(string); ok && strings.HasSuffix(k, "id") && set+"("+id+")" == path {
+				bad := dataverse.Record{"nosuchcolumn": 1}
+				for c, x := range r {
+					bad[c] = x
+				}
+				out[i] = bad
+			}
+		}
+	}
+	ids, err := f.Dataverse.CreateMultiple(ctx, set, logicalName, out)
+	return ids, f.leave(op, err)
+}
+
 func (f *faultDV) ConvertSalesOrderToInvoice(ctx context.Context, orderID string) (string, error) {
 	if err := f.enter("ConvertSalesOrderToInvoice"); err != nil {
 		return "", err

@@ -657,35 +657,114 @@ func TestOrderRetiredProductWrittenIn(t *testing.T) {
 	}
 }
 
-// Bulk path: orders of an import chunk are packed into one $batch, each its own change
-// set; an order Dynamics 365 refuses is rolled back alone and the others land.
+// Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
+// $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
+// alone and the others land.
 func TestOrderBulkOneBadOrder(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(21, 22))
-	var raws []json.RawMessage
+	var orders []*nop.Order
+	chunk := func(name string, seq int64) []byte {
+		var raws []json.RawMessage
+		for _, o := range orders {
+			raws = append(raws, orderEvent(t, o, "order.updated", seq))
+		}
+		b, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": name, "events": raws}})
+		return b
+	}
 	for id := 7001; id <= 7004; id++ {
-		raws = append(raws, orderEvent(t, genOrder(r, id, genOptions{Round: true}), "order.updated", 1))
+		orders = append(orders, genOrder(r, id, genOptions{Round: true}))
+	}
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk("chunk-v1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range orders {
+		o.CustomOrderNumber = fmt.Sprintf("R-%d", o.ID)
 	}
 	h.fdv.poisonPath("salesorders(" + salesOrderID(1, 7002) + ")")
 	before := h.fdv.count("Batch")
-	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-bad", "events": raws}})
-	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk("chunk-v2", 2)); err != nil {
 		t.Fatalf("a permanent failure of one order must not fail the chunk: %v", err)
 	}
-	for id := 7001; id <= 7004; id++ {
-		so, rec := h.salesOrder(1, id), h.record(id)
-		if id == 7002 {
-			if so != nil || len(h.lines(salesOrderID(1, id))) != 0 || rec.Status != state.Failed || rec.Transient {
-				t.Errorf("bad order: salesorder %v, state %s transient=%v %q", so != nil, rec.Status, rec.Transient, rec.Reason)
+	for _, o := range orders {
+		so, rec := h.salesOrder(1, o.ID), h.record(o.ID)
+		if o.ID == 7002 {
+			if so == nil || so["name"] != "7002" || rec.Status != state.Failed || rec.Transient {
+				t.Errorf("bad order: salesorder %v, state %s transient=%v %q", so, rec.Status, rec.Transient, rec.Reason)
 			}
 			continue
 		}
-		if so == nil || rec.Status != state.Synced {
-			t.Errorf("order %d: salesorder %v, state %s %q", id, so != nil, rec.Status, rec.Reason)
+		if so == nil || so["name"] != o.CustomOrderNumber || rec.Status != state.Synced {
+			t.Errorf("order %d: salesorder %v, state %s %q", o.ID, so != nil, rec.Status, rec.Reason)
 		}
 	}
 	if got := h.fdv.count("Batch") - before; got != 2 {
 		t.Errorf("%d $batch requests, want 2 (all four orders, then the ones after the bad one again)", got)
+	}
+}
+
+// Bulk path, new orders: headers in one CreateMultiple, lines in another. An order whose
+// header or line Dynamics 365 refuses is isolated, tried alone, and when refused even so
+// leaves nothing behind; the others land whole.
+func TestOrderBulkCreate(t *testing.T) {
+	for _, bad := range []string{"", "header", "line"} {
+		t.Run("refused "+bad, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			r := rand.New(rand.NewPCG(31, 32))
+			var raws []json.RawMessage
+			var orders []*nop.Order
+			for id := 7101; id <= 7112; id++ {
+				o := genOrder(r, id, genOptions{Round: true})
+				orders = append(orders, o)
+				raws = append(raws, orderEvent(t, o, "order.placed", 1))
+			}
+			const badID = 7105
+			switch bad {
+			case "header":
+				h.fdv.poisonPath("salesorders(" + salesOrderID(1, badID) + ")")
+			case "line":
+				h.fdv.poisonPath("salesorderdetails(" + orderLineID(1, orders[badID-7101].Items[0].ID) + ")")
+			}
+			chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-new", "events": raws}})
+			before := h.srv.Stats().Requests
+			if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+				t.Fatalf("chunk: %v", err)
+			}
+			if bad == "" {
+				if n := h.fdv.count("CreateMultiple salesorders") + h.fdv.count("CreateMultiple salesorderdetails"); n != 2 {
+					t.Errorf("%d CreateMultiple requests, want 2 (headers, lines)", n)
+				}
+				if n := h.fdv.count("Batch"); n != 0 {
+					t.Errorf("%d $batch requests for new orders, want 0", n)
+				}
+				t.Logf("%d Dataverse requests for %d new orders", h.srv.Stats().Requests-before, len(orders))
+			}
+			for _, o := range orders {
+				so, rec := h.salesOrder(1, o.ID), h.record(o.ID)
+				if bad != "" && o.ID == badID {
+					if so != nil || len(h.lines(salesOrderID(1, o.ID))) != 0 || rec.Status != state.Failed || rec.Transient {
+						t.Errorf("refused order: salesorder %v, %d lines, state %s transient=%v %q",
+							so != nil, len(h.lines(salesOrderID(1, o.ID))), rec.Status, rec.Transient, rec.Reason)
+					}
+					continue
+				}
+				if so == nil || rec.Status != state.Synced {
+					t.Fatalf("order %d: salesorder %v, state %s %q", o.ID, so != nil, rec.Status, rec.Reason)
+				}
+				items := 0
+				for _, l := range h.lines(salesOrderID(1, o.ID)) {
+					if l["productdescription"] != "Payment fee" {
+						items++
+					}
+				}
+				if items != len(o.Items) {
+					t.Errorf("order %d: %d item lines, want %d", o.ID, items, len(o.Items))
+				}
+				if got, want := moneyCents(t, so, "totalamount"), o.OrderTotal.Round(2).Units()/100; got != want {
+					t.Errorf("order %d: totalamount %d cents, want %d", o.ID, got, want)
+				}
+			}
+		})
 	}
 }
 
@@ -775,11 +854,15 @@ func TestOrderBulkLifecycle(t *testing.T) {
 // Point 4 on the bulk path: the answer to a $batch is lost (the process died) at each
 // stage; the redelivered chunk creates no second invoice or order.
 func TestOrderBulkCrashBetweenSteps(t *testing.T) {
-	for _, lost := range []string{"salesorders(", "ConvertSalesOrderToInvoice", "FulfillSalesOrder", "CancelSalesOrder"} {
+	for _, lost := range []string{"CreateMultiple salesorders", "CreateMultiple salesorderdetails", "ConvertSalesOrderToInvoice", "FulfillSalesOrder", "CancelSalesOrder"} {
 		t.Run("batch with "+lost, func(t *testing.T) {
 			h := newOrderHarness(t, harnessOptions{})
 			orders, body := bulkLifecycleOrders(t, 40)
-			h.fdv.failAfterBatchWith(lost)
+			if strings.HasPrefix(lost, "CreateMultiple") {
+				h.fdv.failAfter(lost, 1)
+			} else {
+				h.fdv.failAfterBatchWith(lost)
+			}
 			if err := h.eng.HandleMessage(h.ctx, "orders", body); err == nil {
 				t.Fatal("chunk with a lost answer acknowledged")
 			}
