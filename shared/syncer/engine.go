@@ -138,7 +138,8 @@ type Options struct {
 	BusyWait time.Duration
 	// Concurrency bounds parallel work inside one chunk (default 8).
 	Concurrency int
-	// BulkSize is the number of rows per bulk Dataverse request (default 100).
+	// BulkSize sizes Resync's chunks: stored events are re-sent 2×BulkSize at a time
+	// (default 100). The rows per bulk request are the Dataverse client's BulkChunkSize.
 	BulkSize int
 	// HTTPClient fetches product pictures (SYNC_IMAGES); default a client with a 15 s timeout.
 	HTTPClient *http.Client
