@@ -800,7 +800,17 @@ func BenchmarkImport(b *testing.B) {
 	scale := envFloat("BENCH_TIMESCALE", 1)
 	for range b.N {
 		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
-		r := newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true})
+		// BENCH_IMPORT_STATE=table keeps the sync state in Table Storage (Azurite), as in
+		// Azure; the default is local mode's embedded store.
+		var env []string
+		if os.Getenv("BENCH_IMPORT_STATE") == "table" {
+			conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
+			if conn == "" {
+				b.Skip("BENCH_IMPORT_STATE=table needs TEST_TABLE_CONNECTION_STRING")
+			}
+			env = []string{"STATE_STORAGE_CONNECTION_STRING=" + conn, fmt.Sprintf("SYNC_STATE_TABLE=import%d", time.Now().Unix())}
+		}
+		r := newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true}, env...)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
 		// Products first (not measured), as an import would send them before orders.
