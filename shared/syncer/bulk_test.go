@@ -1,10 +1,15 @@
 package syncer
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
@@ -592,5 +597,53 @@ func TestBulkChunkCustomersRequests(t *testing.T) {
 	}
 	if c := e.row("contacts", contactID(1, 300)); c["lastname"] != "Version2" {
 		t.Errorf("contact 300: %v", c["lastname"])
+	}
+}
+
+// slowStore makes every Save take a while (a Table Storage round trip) and records how
+// many were in flight at once.
+type slowStore struct {
+	state.Store
+	mu       sync.Mutex
+	in, peak int
+}
+
+func (s *slowStore) Save(ctx context.Context, rec *state.Record) error {
+	s.mu.Lock()
+	s.in++
+	s.peak = max(s.peak, s.in)
+	s.mu.Unlock()
+	time.Sleep(2 * time.Millisecond)
+	defer func() {
+		s.mu.Lock()
+		s.in--
+		s.mu.Unlock()
+	}()
+	return s.Store.Save(ctx, rec)
+}
+
+// A chunk's claims and results go to the state store StateConcurrency at a time, not
+// Concurrency (Dataverse's share): in Azure each is a round trip, two per entity.
+func TestChunkStateWritesInParallel(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	st := &slowStore{Store: e.st}
+	eng, err := New(Options{DV: e.wdv, State: st, Settings: e.set, Concurrency: 4, StateConcurrency: 16,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := example(t, "customer-created.json")[0]
+	var evs []*nop.Event
+	for i := 1; i <= 200; i++ {
+		evs = append(evs, customerEvent(t, tmpl, i, 1, fmt.Sprintf("s%d@example.test", i), nil))
+	}
+	if err := e.deliver(eng, state.Customer, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if st.peak <= 4 || st.peak > 16 {
+		t.Fatalf("%d state writes in flight at most, want more than Concurrency (4) and at most StateConcurrency (16)", st.peak)
+	}
+	if r := e.rec(state.Customer, 200); r.Status != state.Synced {
+		t.Fatalf("customer 200: %s %q", r.Status, r.Reason)
 	}
 }
