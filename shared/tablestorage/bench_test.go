@@ -68,26 +68,33 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for _, e := range state.Entities {
-		ids := byEntity[e]
-		for start := 0; start < len(ids); start += 100 {
-			batch := ids[start:min(start+100, len(ids))]
-			g.Go(func() error {
-				ops := make([]aztables.TransactionAction, 0, len(batch))
-				for _, i := range batch {
-					r := &state.Record{Entity: e, ID: fmt.Sprint(i), Status: seedStatus(i), DataverseID: "00000000-0000-0000-0000-000000000001",
-						OrderKey: "s00000000000000000001", LastEventID: fmt.Sprintf("evt-%d", i), SyncedAt: now, DataHash: "h", Data: data}
-					if r.Status == state.Failed {
-						r.Reason, r.Transient, r.Attempts = "dataverse: 503", true, 2
+		// A transaction stays in one partition: the records of one shard.
+		byShard := make([][]int, s.shards)
+		for _, i := range byEntity[e] {
+			k := shardOf(fmt.Sprint(i), s.shards)
+			byShard[k] = append(byShard[k], i)
+		}
+		for _, ids := range byShard {
+			for start := 0; start < len(ids); start += 100 {
+				batch := ids[start:min(start+100, len(ids))]
+				g.Go(func() error {
+					ops := make([]aztables.TransactionAction, 0, len(batch))
+					for _, i := range batch {
+						r := &state.Record{Entity: e, ID: fmt.Sprint(i), Status: seedStatus(i), DataverseID: "00000000-0000-0000-0000-000000000001",
+							OrderKey: "s00000000000000000001", LastEventID: fmt.Sprintf("evt-%d", i), SyncedAt: now, DataHash: "h", Data: data}
+						if r.Status == state.Failed {
+							r.Reason, r.Transient, r.Attempts = "dataverse: 503", true, 2
+						}
+						b, err := recordEntity(r, s.partitionOf(e, r.ID), now)
+						if err != nil {
+							return err
+						}
+						ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: b})
 					}
-					b, err := recordEntity(r, now)
-					if err != nil {
-						return err
-					}
-					ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: b})
-				}
-				_, err := s.c.SubmitTransaction(gctx, ops, nil)
-				return err
-			})
+					_, err := s.c.SubmitTransaction(gctx, ops, nil)
+					return err
+				})
+			}
 		}
 	}
 	if err := g.Wait(); err != nil {
@@ -95,7 +102,7 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 	}
 	for _, e := range state.Entities {
 		for i, c := range shards[e] {
-			b, err := counterEntity(string(e), counterRowKey(i), c)
+			b, err := counterEntity(recordPartition(e, i), counterRowKey(i), c)
 			if err != nil {
 				tb.Fatal(err)
 			}

@@ -55,7 +55,7 @@ func edmTime(t time.Time) aztables.EDMDateTime {
 	return aztables.EDMDateTime(t.UTC().Truncate(tick))
 }
 
-func recordEntity(r *state.Record, updatedAt time.Time) ([]byte, error) {
+func recordEntity(r *state.Record, pk string, updatedAt time.Time) ([]byte, error) {
 	p := map[string]any{pStatus: string(r.Status), pUpdatedAt: edmTime(updatedAt)}
 	for _, f := range []struct{ name, v string }{
 		{pDataverseID, r.DataverseID}, {pOrderKey, r.OrderKey}, {pLastEventID, r.LastEventID},
@@ -100,7 +100,7 @@ func recordEntity(r *state.Record, updatedAt time.Time) ([]byte, error) {
 		return nil, fmt.Errorf("data: %w", err)
 	}
 	return json.Marshal(aztables.EDMEntity{
-		Entity:     aztables.Entity{PartitionKey: string(r.Entity), RowKey: rowKeyOf(r.ID)},
+		Entity:     aztables.Entity{PartitionKey: pk, RowKey: rowKeyOf(r.ID)},
 		Properties: p,
 	})
 }
@@ -187,7 +187,7 @@ func recordFrom(b []byte) (*state.Record, string, error) {
 	}
 	p := e.Properties
 	r := &state.Record{
-		Entity:      state.Entity(e.PartitionKey),
+		Entity:      entityOfPartition(e.PartitionKey),
 		ID:          id,
 		DataverseID: strProp(p, pDataverseID),
 		Status:      state.Status(strProp(p, pStatus)),

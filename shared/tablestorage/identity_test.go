@@ -26,7 +26,7 @@ func (c *fakeCredential) GetToken(_ context.Context, o policy.TokenRequestOption
 	return azcore.AccessToken{Token: "fake-token-for-test", ExpiresOn: time.Now().Add(time.Hour)}, nil
 }
 
-// recorder answers every request like a Table service whose table already exists.
+// recorder answers like a Table service whose table already exists, with its layout row.
 type recorder struct {
 	mu   sync.Mutex
 	reqs []*http.Request
@@ -36,6 +36,14 @@ func (r *recorder) Do(req *http.Request) (*http.Response, error) {
 	r.mu.Lock()
 	r.reqs = append(r.reqs, req)
 	r.mu.Unlock()
+	if req.Method == http.MethodGet {
+		return &http.Response{
+			StatusCode: http.StatusOK,
+			Header:     http.Header{"Content-Type": {"application/json;odata=minimalmetadata"}, "Etag": {`W/"1"`}},
+			Body:       io.NopCloser(strings.NewReader(`{"PartitionKey":"layout","RowKey":"shards","Shards":"16"}`)),
+			Request:    req,
+		}, nil
+	}
 	body := `{"odata.error":{"code":"TableAlreadyExists","message":{"lang":"en-US","value":"The table specified already exists."}}}`
 	return &http.Response{
 		StatusCode: http.StatusConflict,
@@ -65,8 +73,8 @@ func TestNewForAccount(t *testing.T) {
 	if s.Table() != "mystate" {
 		t.Fatalf("table %q", s.Table())
 	}
-	if len(rec.reqs) != 1 {
-		t.Fatalf("%d requests, want 1 (create table)", len(rec.reqs))
+	if len(rec.reqs) != 2 {
+		t.Fatalf("%d requests, want 2 (create table, read its layout row)", len(rec.reqs))
 	}
 	req := rec.reqs[0]
 	if req.URL.Scheme != "https" || req.URL.Host != "nopsyncstate01.table.core.windows.net" || req.URL.Path != "/Tables" || req.Method != http.MethodPost {

@@ -3,21 +3,28 @@
 // Table layout (one table, default "syncstate"):
 //
 //	PartitionKey   RowKey                 what
-//	customer       00000000000000001001   record of customer 1001 (decimal ids zero-padded to 20
-//	                                      digits so RowKey order is numeric order)
-//	customer       kchunk-1f2e…           record of a non-decimal key ("k" + escaped key)
-//	customer       ~count-00 … ~count-15  counter shards: records per status (Int64 properties
-//	                                      synced, pending, failed, skipped)
+//	customer-07    00000000000000001001   record of customer 1001, in the partition of its
+//	                                      shard (hash of the id, 16 shards); decimal ids
+//	                                      zero-padded to 20 digits so RowKey order is numeric
+//	customer-03    kchunk-1f2e…           record of a non-decimal key ("k" + escaped key)
+//	customer-07    ~count-07              the shard's counter row: records per status (Int64
+//	                                      properties synced, pending, failed, skipped)
 //	doc-<kind>     <escaped key>          docs (auto-sync lease and runs, settings)
+//	layout         shards                 the number of shards the table was created with
+//
+// An entity's records are spread over its shards' partitions because Table Storage's
+// target is about 2,000 entities/s per partition (20,000 per account), and an import
+// reads and writes each record's state three times. Scan merges the partitions back into
+// id order.
 //
 // A record row has one property per field (Status, DataverseId, Reason, …, Extra as JSON,
 // Data split over Edm.Binary properties D0, D1, … of 64 KiB). Characters Table Storage
 // forbids in keys (/ \ # ? control characters), and % + ' !, are escaped as !XX.
 //
 // Counts are kept, not recounted: a Save that creates a record or changes its status
-// writes the record and one counter shard in ONE entity-group transaction (same
-// partition), so records and counts never disagree. The shard is chosen by a hash of the
-// id, so concurrent writers of different records rarely contend for one counter row.
+// writes the record and its partition's counter row in ONE entity-group transaction, so
+// records and counts never disagree. Concurrent writers of different records rarely
+// contend for one counter row.
 // Counts() sums the shard rows of each entity: a few dozen small rows, however many
 // records there are. A Save that keeps the status writes the record alone.
 //
@@ -32,17 +39,20 @@ package tablestorage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 
 	"github.com/nopsync/nopsync/shared/state"
@@ -61,8 +71,9 @@ const (
 type Options struct {
 	// Table is the table name (created if missing); default DefaultTable.
 	Table string
-	// Shards is the number of counter rows per entity; default DefaultShards. It may be
-	// changed between runs: counts are the sum of every shard row present.
+	// Shards is the number of partitions (each with its counter row) an entity's records
+	// are spread over; default DefaultShards. A table keeps the number it was created with
+	// (its layout row): records are found by it.
 	Shards int
 	// ClientOptions are passed to the aztables client (transport, retries, cloud).
 	ClientOptions *aztables.ClientOptions
@@ -170,7 +181,48 @@ func open(ctx context.Context, svc *aztables.ServiceClient, o Options) (*Store, 
 	if err := s.ensureTable(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.loadLayout(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// The layout row records the number of shards a table was created with: records are
+// found by it, so a table keeps it for life whatever Options.Shards says later.
+const (
+	layoutPartition = "layout"
+	layoutRow       = "shards"
+	layoutProp      = "Shards"
+)
+
+func (s *Store) loadLayout(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		resp, err := s.c.GetEntity(ctx, layoutPartition, layoutRow, nil)
+		if err == nil {
+			var e aztables.EDMEntity
+			if err := json.Unmarshal(resp.Value, &e); err != nil {
+				return fmt.Errorf("tablestorage: layout row: %w", err)
+			}
+			n, err := strconv.Atoi(strProp(e.Properties, layoutProp))
+			if err != nil || n < 1 || n > 100 {
+				return fmt.Errorf("tablestorage: layout row of table %s holds %q shards", s.table, strProp(e.Properties, layoutProp))
+			}
+			s.shards = n
+			return nil
+		}
+		if statusOf(err) != http.StatusNotFound || attempt > 0 {
+			return fmt.Errorf("tablestorage: read layout row: %w", err)
+		}
+		b, err := json.Marshal(aztables.EDMEntity{Entity: aztables.Entity{PartitionKey: layoutPartition, RowKey: layoutRow},
+			Properties: map[string]any{layoutProp: strconv.Itoa(s.shards)}})
+		if err != nil {
+			return fmt.Errorf("tablestorage: layout row: %w", err)
+		}
+		if _, err := s.c.AddEntity(ctx, b, nil); err != nil && statusOf(err) != http.StatusConflict {
+			return fmt.Errorf("tablestorage: write layout row: %w", err)
+		}
+		// Read it back: another instance may have created it first.
+	}
 }
 
 // Table returns the table's name.
@@ -241,7 +293,7 @@ func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state
 	if checkEntity(entity) != nil || checkKey("id", id) != nil {
 		return nil, fmt.Errorf("tablestorage: get %s %q: %w", entity, id, state.ErrNotFound)
 	}
-	resp, err := s.c.GetEntity(ctx, string(entity), rowKeyOf(id), nil)
+	resp, err := s.c.GetEntity(ctx, s.partitionOf(entity, id), rowKeyOf(id), nil)
 	if err != nil {
 		if statusOf(err) == http.StatusNotFound {
 			return nil, fmt.Errorf("tablestorage: get %s %q: %w", entity, id, state.ErrNotFound)
@@ -270,7 +322,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 		}
 	}
 	updatedAt := time.Now().UTC().Truncate(tick)
-	body, err := recordEntity(rec, updatedAt)
+	body, err := recordEntity(rec, s.partitionOf(rec.Entity, rec.ID), updatedAt)
 	if err != nil {
 		return fmt.Errorf("tablestorage: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
@@ -289,6 +341,11 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	return s.saveCounted(ctx, rec, body, old, ifMatch, updatedAt)
 }
 
+// partitionOf is the partition of a record.
+func (s *Store) partitionOf(entity state.Entity, id string) string {
+	return recordPartition(entity, shardOf(id, s.shards))
+}
+
 func (s *Store) shardFor(entity state.Entity, id string) *shard {
 	n := shardOf(id, s.shards)
 	key := fmt.Sprintf("%s/%d", entity, n)
@@ -296,7 +353,7 @@ func (s *Store) shardFor(entity state.Entity, id string) *shard {
 	defer s.mu.Unlock()
 	sh := s.counters[key]
 	if sh == nil {
-		sh = &shard{pk: string(entity), rk: counterRowKey(n)}
+		sh = &shard{pk: recordPartition(entity, n), rk: counterRowKey(n)}
 		s.counters[key] = sh
 	}
 	return sh
@@ -421,7 +478,7 @@ func (s *Store) saveCounted(ctx context.Context, rec *state.Record, body []byte,
 // whoFailed tells, after a conflict the service did not attribute, whether the record
 // (0) or the counter (1) was the part that failed, by looking at the record.
 func (s *Store) whoFailed(ctx context.Context, rec *state.Record, ifMatch azcore.ETag) (int, error) {
-	resp, err := s.c.GetEntity(ctx, string(rec.Entity), rowKeyOf(rec.ID), nil)
+	resp, err := s.c.GetEntity(ctx, s.partitionOf(rec.Entity, rec.ID), rowKeyOf(rec.ID), nil)
 	exists := err == nil
 	if err != nil && statusOf(err) != http.StatusNotFound {
 		return 0, err
@@ -468,7 +525,8 @@ func statusFilter(statuses []state.Status) (string, error) {
 	return " and (" + strings.Join(parts, " or ") + ")", nil
 }
 
-// Scan implements state.Store. Records come page by page in RowKey order (decimal ids
+// Scan implements state.Store. Each shard's partition is read page by page in RowKey
+// order and the partitions are merged, so records come in id order (decimal ids
 // numerically, then other keys in order of their escaped form).
 func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.Status, fn func(*state.Record) error) error {
 	if err := checkEntity(entity); err != nil {
@@ -478,28 +536,71 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 	if err != nil {
 		return fmt.Errorf("tablestorage: scan %s: %w", entity, err)
 	}
-	filter := "PartitionKey eq " + odataString(string(entity)) + " and RowKey lt " + odataString(recordsEnd) + sf
-	pager := s.c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
-	for pager.More() {
-		page, err := pager.NextPage(ctx)
-		if err != nil {
-			if hasCode(err, aztables.TableNotFound) {
+	type cursor struct {
+		pager *runtime.Pager[aztables.ListEntitiesResponse]
+		page  [][]byte
+		rec   *state.Record // nil: the partition is done
+		key   string
+	}
+	next := func(c *cursor) error {
+		for len(c.page) == 0 {
+			if !c.pager.More() {
+				c.rec = nil
 				return nil
 			}
-			return fmt.Errorf("tablestorage: scan %s: %w", entity, err)
-		}
-		for _, b := range page.Entities {
-			r, etag, err := recordFrom(b)
+			page, err := c.pager.NextPage(ctx)
 			if err != nil {
-				return fmt.Errorf("tablestorage: scan %s: %w", entity, err)
-			}
-			r.ETag = recordETag(r.Status, etag)
-			if err := fn(r); err != nil {
+				if hasCode(err, aztables.TableNotFound) {
+					c.rec = nil
+					return nil
+				}
 				return err
 			}
+			c.page = page.Entities
+		}
+		r, etag, err := recordFrom(c.page[0])
+		c.page = c.page[1:]
+		if err != nil {
+			return err
+		}
+		r.ETag = recordETag(r.Status, etag)
+		c.rec, c.key = r, rowKeyOf(r.ID)
+		return nil
+	}
+	// Pages of about 1000 records in all, as one partition's pages would be.
+	top := int32(max(50, (1000+s.shards-1)/s.shards))
+	cursors := make([]*cursor, s.shards)
+	for p := range cursors {
+		filter := "PartitionKey eq " + odataString(recordPartition(entity, p)) + " and RowKey lt " + odataString(recordsEnd) + sf
+		c := &cursor{pager: s.c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Top: &top})}
+		if err := next(c); err != nil {
+			return fmt.Errorf("tablestorage: scan %s: %w", entity, err)
+		}
+		cursors[p] = c
+	}
+	for {
+		var first *cursor
+		for _, c := range cursors {
+			if c.rec != nil && (first == nil || c.key < first.key) {
+				first = c
+			}
+		}
+		if first == nil {
+			return nil
+		}
+		r := first.rec
+		if err := next(first); err != nil {
+			return fmt.Errorf("tablestorage: scan %s: %w", entity, err)
+		}
+		if err := fn(r); err != nil {
+			return err
 		}
 	}
-	return nil
+}
+
+// partitionsOf is the filter for every record partition of entity e.
+func partitionsOf(e state.Entity) string {
+	return "PartitionKey ge " + odataString(string(e)+"-") + " and PartitionKey lt " + odataString(string(e)+".")
 }
 
 // Counts implements state.Store: the sum of each entity's counter shards, read in
@@ -535,7 +636,7 @@ func (s *Store) countEntity(ctx context.Context, e state.Entity) (map[state.Stat
 	for _, st := range state.Statuses {
 		n[st] = 0
 	}
-	filter := "PartitionKey eq " + odataString(string(e)) + " and RowKey ge " + odataString(counterPrefix) +
+	filter := partitionsOf(e) + " and RowKey ge " + odataString(counterPrefix) +
 		" and RowKey lt " + odataString(counterPrefix[:len(counterPrefix)-1]+".")
 	pager := s.c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
 	for pager.More() {
