@@ -386,13 +386,19 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 
 // resendTransient re-sends entities whose last sync failed transiently, and, with writes
 // on, those left pending; permanent failures wait for a new event or a manual run
-// (retrying them can't help).
+// (retrying them can't help). Entities a writer holds (an unexpired lease) are being
+// synced right now: during an import that is every entity of the chunks in flight, new
+// ones pending, and re-sending them would write them all a second time.
 func (o *Ops) resendTransient(ctx context.Context, runID string) (int, error) {
 	statuses := []state.Status{state.Failed}
 	if o.o.WritesEnabled {
 		statuses = append(statuses, state.Pending)
 	}
+	now := o.o.Now()
 	return o.resend(ctx, runID, state.Entities, statuses, func(r *state.Record) bool {
+		if r.LeaseOwner != "" && now.Before(r.LeaseUntil) {
+			return false
+		}
 		return r.Status != state.Failed || r.Transient
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -468,6 +470,38 @@ func BenchmarkStatus100k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+}
+
+// Auto-sync leaves alone what a writer holds: an entity pending or failed with an
+// unexpired lease is being synced right now (an import's chunk in flight); once the lease
+// has expired (its writer died), it is re-sent.
+func TestAutoSyncSkipsEntitiesBeingSynced(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.WritesEnabled = true })
+	now := f.clk.Now()
+	for id, until := range map[int]time.Time{1: now.Add(time.Minute), 2: now.Add(-time.Second), 3: {}} {
+		rec := &state.Record{Entity: state.Customer, ID: strconv.Itoa(id), Status: state.Pending, Data: customerEvent(id, 1)}
+		if !until.IsZero() {
+			rec.LeaseOwner, rec.LeaseUntil = "other-instance/1", until
+		}
+		if err := f.store.Save(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run, err := f.ops.AutoSync(context.Background())
+	if err != nil || run == nil {
+		t.Fatalf("%+v %v", run, err)
+	}
+	if run.Queued != 2 {
+		t.Fatalf("auto-sync re-sent %d entities, want 2 (not the one with a live lease)", run.Queued)
+	}
+	var ids []string
+	for _, ev := range f.drain(t, Queues[state.Customer], 2) {
+		ids = append(ids, ev.EntityID())
+	}
+	sort.Strings(ids)
+	if fmt.Sprint(ids) != "[2 3]" {
+		t.Fatalf("re-sent %v, want [2 3]", ids)
+	}
 }
 
 // TestAutoSyncResendsPendingOnlyWithWritesOn: events recorded as pending while writes

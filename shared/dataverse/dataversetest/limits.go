@@ -196,12 +196,13 @@ func (l *limiter) maxInFlight() int {
 	return l.maxIn
 }
 
-// usage returns the request-seconds spent in flight and the execution time charged so far.
-func (l *limiter) usage() (busy, exec time.Duration) {
+// usage returns the request-seconds spent in flight, the execution time charged so far
+// and the requests in flight now.
+func (l *limiter) usage() (busy, exec time.Duration, inFlight int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.tick(time.Now())
-	return l.busy, l.exec
+	return l.busy, l.exec, l.in
 }
 
 // RetryAfterViolations is the number of requests, over all clients, sent while that

@@ -151,6 +151,9 @@ type Stats struct {
 	Busy time.Duration
 	// Execution is the execution time charged to requests (scaled, as the limits see it).
 	Execution time.Duration
+	// InFlight is the number of requests admitted and not yet answered. A write's rows are
+	// visible while it still takes its execution time (SleepExecutionTime).
+	InFlight int
 }
 
 // Server is a running simulator.
@@ -365,7 +368,7 @@ func (s *Server) Stats() Stats {
 	st := s.stats
 	s.fmu.Unlock()
 	st.MaxConcurrency = s.lim.maxInFlight()
-	st.Busy, st.Execution = s.lim.usage()
+	st.Busy, st.Execution, st.InFlight = s.lim.usage()
 	st.TokensIssued = s.auth.issued()
 	return st
 }
