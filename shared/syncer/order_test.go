@@ -707,9 +707,14 @@ func TestOrderBulkOneBadOrder(t *testing.T) {
 // header or line Dynamics 365 refuses is isolated, tried alone, and when refused even so
 // leaves nothing behind; the others land whole.
 func TestOrderBulkCreate(t *testing.T) {
-	for _, bad := range []string{"", "header", "line"} {
+	for _, bad := range []string{"", "header", "line", "bulk unsupported"} {
 		t.Run("refused "+bad, func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{})
+			var ho harnessOptions
+			if bad == "bulk unsupported" {
+				// An environment without the bulk messages for orders: change sets instead.
+				ho.sim.BulkUnsupported = []string{"salesorders", "salesorderdetails"}
+			}
+			h := newOrderHarness(t, ho)
 			r := rand.New(rand.NewPCG(31, 32))
 			var raws []json.RawMessage
 			var orders []*nop.Order
@@ -730,7 +735,13 @@ func TestOrderBulkCreate(t *testing.T) {
 			if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
 				t.Fatalf("chunk: %v", err)
 			}
-			if bad == "" {
+			if bad == "bulk unsupported" {
+				if n := h.fdv.count("Batch"); n == 0 {
+					t.Errorf("no $batch requests: the orders were not written as change sets")
+				}
+				bad = "" // every order lands
+			}
+			if bad == "" && len(ho.sim.BulkUnsupported) == 0 {
 				if n := h.fdv.count("CreateMultiple salesorders") + h.fdv.count("CreateMultiple salesorderdetails"); n != 2 {
 					t.Errorf("%d CreateMultiple requests, want 2 (headers, lines)", n)
 				}
