@@ -102,7 +102,7 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 	}
 	for _, e := range state.Entities {
 		for i, c := range shards[e] {
-			b, err := counterEntity(recordPartition(e, i), counterRowKey(i), c)
+			b, err := counterEntity(recordPartition(e, i), counterRowKey(i, 0), c)
 			if err != nil {
 				tb.Fatal(err)
 			}

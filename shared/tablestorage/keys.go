@@ -139,15 +139,32 @@ func unescape(s string) (string, error) {
 	return string(b), nil
 }
 
-// shardOf picks the counter shard for a record: by hash, so one record always counts in
-// the same shard and writers of different records rarely meet on one counter row.
+// shardOf picks a record's shard (its partition) by hash, so one record always lives
+// and counts in the same one.
 func shardOf(id string, shards int) int {
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	return int(h.Sum32() % uint32(shards))
+	return int(idHash(id) % uint32(shards))
 }
 
-func counterRowKey(shard int) string { return fmt.Sprintf("%s%02d", counterPrefix, shard) }
+// countersPerShard is the number of counter rows in each shard's partition. Writers of
+// different records in one partition meet on a counter row less often with several
+// (an import keeps hundreds of state writes in flight); Counts sums whatever rows exist,
+// so the number may change freely.
+const countersPerShard = 4
+
+// counterOf picks a record's counter row within its shard's partition.
+func counterOf(id string, shards int) int {
+	return int(idHash(id) / uint32(shards) % countersPerShard)
+}
+
+func idHash(id string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return h.Sum32()
+}
+
+func counterRowKey(shard, counter int) string {
+	return fmt.Sprintf("%s%02d-%d", counterPrefix, shard, counter)
+}
 
 // recordPartition is the partition of an entity's records of one shard, with that shard's
 // counter row: "customer-07". Spreading an entity over shards partitions keeps an import

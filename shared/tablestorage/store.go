@@ -7,8 +7,9 @@
 //	                                      shard (hash of the id, 16 shards); decimal ids
 //	                                      zero-padded to 20 digits so RowKey order is numeric
 //	customer-03    kchunk-1f2e…           record of a non-decimal key ("k" + escaped key)
-//	customer-07    ~count-07              the shard's counter row: records per status (Int64
-//	                                      properties synced, pending, failed, skipped)
+//	customer-07    ~count-07-2            one of the shard's 4 counter rows: records per
+//	                                      status (Int64 properties synced, pending, failed,
+//	                                      skipped) of the records that hash to it
 //	doc-<kind>     <escaped key>          docs (auto-sync lease and runs, settings)
 //	layout         shards                 the number of shards the table was created with
 //
@@ -22,7 +23,7 @@
 // forbids in keys (/ \ # ? control characters), and % + ' !, are escaped as !XX.
 //
 // Counts are kept, not recounted: a Save that creates a record or changes its status
-// writes the record and its partition's counter row in ONE entity-group transaction, so
+// writes the record and one of its partition's counter rows in ONE entity-group transaction, so
 // records and counts never disagree. Concurrent writers of different records rarely
 // contend for one counter row.
 // Counts() sums the shard rows of each entity: a few dozen small rows, however many
@@ -347,13 +348,13 @@ func (s *Store) partitionOf(entity state.Entity, id string) string {
 }
 
 func (s *Store) shardFor(entity state.Entity, id string) *shard {
-	n := shardOf(id, s.shards)
-	key := fmt.Sprintf("%s/%d", entity, n)
+	n, k := shardOf(id, s.shards), counterOf(id, s.shards)
+	key := fmt.Sprintf("%s/%d/%d", entity, n, k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sh := s.counters[key]
 	if sh == nil {
-		sh = &shard{pk: recordPartition(entity, n), rk: counterRowKey(n)}
+		sh = &shard{pk: recordPartition(entity, n), rk: counterRowKey(n, k)}
 		s.counters[key] = sh
 	}
 	return sh
