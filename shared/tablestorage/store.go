@@ -23,11 +23,11 @@
 // forbids in keys (/ \ # ? control characters), and % + ' !, are escaped as !XX.
 //
 // Counts are kept, not recounted: a Save that creates a record or changes its status
-// writes the record and one of its partition's counter rows in ONE entity-group transaction, so
-// records and counts never disagree. Concurrent writers of different records rarely
-// contend for one counter row.
-// Counts() sums the shard rows of each entity: a few dozen small rows, however many
-// records there are. A Save that keeps the status writes the record alone.
+// writes the record and one of its partition's counter rows in ONE entity-group
+// transaction, so records and counts never disagree. A record's counter row is picked by
+// hash among its partition's four, so concurrent writers rarely contend for one. Counts()
+// sums the counter rows of each entity: a few dozen small rows, however many records
+// there are. A Save that keeps the status writes the record alone.
 //
 // Concurrency is optimistic. The record part of a write carries the caller's ETag
 // (If-Match) or is an insert; if it fails, Save returns state.ErrConflict and retries
