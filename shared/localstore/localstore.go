@@ -861,18 +861,7 @@ func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, errClosed
-	}
-	l, ok := s.recs[entity].get(id)
-	if !ok {
-		s.mu.RUnlock()
-		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, state.ErrNotFound)
-	}
-	b, err := s.readLine(l)
-	s.mu.RUnlock()
+	b, l, err := s.lineOf(func() (loc, bool) { return s.recs[entity].get(id) })
 	if err != nil {
 		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, err)
 	}
@@ -881,6 +870,22 @@ func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state
 		return nil, fmt.Errorf("localstore: get %s %q: %w", entity, id, err)
 	}
 	return r, nil
+}
+
+// lineOf reads the journal line find locates, under the shared lock: errClosed, or
+// state.ErrNotFound when find finds nothing.
+func (s *Store) lineOf(find func() (loc, bool)) ([]byte, loc, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, 0, errClosed
+	}
+	l, ok := find()
+	if !ok {
+		return nil, 0, state.ErrNotFound
+	}
+	b, err := s.readLine(l)
+	return b, l, err
 }
 
 // Save implements state.Store.
@@ -1046,18 +1051,7 @@ func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, errClosed
-	}
-	l, ok := s.docs[kind][key]
-	if !ok {
-		s.mu.RUnlock()
-		return nil, fmt.Errorf("localstore: get doc %s %q: %w", kind, key, state.ErrNotFound)
-	}
-	b, err := s.readLine(l)
-	s.mu.RUnlock()
+	b, l, err := s.lineOf(func() (loc, bool) { l, ok := s.docs[kind][key]; return l, ok })
 	if err != nil {
 		return nil, fmt.Errorf("localstore: get doc %s %q: %w", kind, key, err)
 	}
