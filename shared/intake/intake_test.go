@@ -510,9 +510,9 @@ func TestQueuedMessages(t *testing.T) {
 
 func examplesDir(t testing.TB) string {
 	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "spec", "examples")
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "examples")
 	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("spec examples not found at %s (expected ../shared/spec/examples beside the repository root): %v", dir, err)
+		t.Fatalf("examples not found at %s (expected examples/ at the repository root): %v", dir, err)
 	}
 	return dir
 }

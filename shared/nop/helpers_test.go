@@ -86,17 +86,16 @@ func splitPath(p string) []string {
 	return out
 }
 
-// examplesDir finds /work/shared/spec/examples: "../shared/spec/examples" relative to the
-// repository root, which is two levels above this package.
+// examplesDir finds the repository's examples folder, two levels above this package.
 func examplesDir(t testing.TB) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		t.Fatal("cannot locate the test file")
 	}
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "spec", "examples")
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "examples")
 	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("spec examples not found at %s (expected ../shared/spec/examples beside the repository root): %v", dir, err)
+		t.Fatalf("examples not found at %s (expected examples/ at the repository root): %v", dir, err)
 	}
 	return dir
 }

@@ -21,8 +21,8 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// examplesDir is the spec's examples folder, from this package's directory.
-const examplesDir = "../../../shared/spec/examples"
+// examplesDir is the repository's examples folder, from this package's directory.
+const examplesDir = "../../examples"
 
 // env is the engine against the Dataverse simulator, through the real client, with the
 // embedded state store.

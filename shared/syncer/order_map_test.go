@@ -11,8 +11,8 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// specExamples is the spec's examples folder, from shared/syncer.
-const specExamples = "../../../shared/spec/examples"
+// specExamples is the repository's examples folder, from shared/syncer.
+const specExamples = "../../examples"
 
 // loadOrderEvents decodes a spec example (one event or an array) as the intake would.
 func loadOrderEvents(t testing.TB, name string) []*nop.Event {
