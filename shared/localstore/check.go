@@ -137,31 +137,3 @@ func utc(t time.Time) time.Time {
 	}
 	return t.UTC()
 }
-
-func cloneRecord(r *state.Record) *state.Record {
-	c := *r
-	if len(r.Data) > 0 {
-		c.Data = slices.Clone(r.Data)
-	} else {
-		c.Data = nil
-	}
-	if len(r.Extra) > 0 {
-		c.Extra = make(map[string]string, len(r.Extra))
-		for k, v := range r.Extra {
-			c.Extra[k] = v
-		}
-	} else {
-		c.Extra = nil
-	}
-	return &c
-}
-
-func cloneDoc(d *state.Doc) *state.Doc {
-	c := *d
-	if len(d.Value) > 0 {
-		c.Value = slices.Clone(d.Value)
-	} else {
-		c.Value = nil
-	}
-	return &c
-}

@@ -3,7 +3,6 @@ package syncer
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -285,8 +284,6 @@ func hasEmail(recs []dataverse.Record, email string) bool {
 	}
 	return false
 }
-
-func isErr(err, target error) bool { return errors.Is(err, target) }
 
 func numOf(v any) float64 {
 	switch n := v.(type) {

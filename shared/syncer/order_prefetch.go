@@ -53,16 +53,6 @@ func (p *orderPrefetch) invoice(orderID string) (inv invoiceInfo, ok bool) {
 	return p.invoices[orderID], true
 }
 
-// forget drops an order from the prefetch (its state changed in this attempt).
-func (p *orderPrefetch) forget(id string) {
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.done, strings.ToLower(id))
-}
-
 // prefetch reads the states and invoices of orderIDs, a query per group of ids (as many
 // as one URL takes). A failed query leaves its orders out: they are read one by one later.
 func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPrefetch {

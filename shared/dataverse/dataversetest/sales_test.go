@@ -10,9 +10,9 @@ import (
 // salesFixture creates a unit group (with its base unit), a USD price list and an
 // Active product with a price list item, the way the app bootstraps.
 type salesFixture struct {
-	c                                 *tc
-	group, unit, priceList, product   string
-	family, contact, eur, eurPriceLst string
+	c                               *tc
+	group, unit, priceList, product string
+	contact, eur                    string
 }
 
 func newSales(t testing.TB, o Options) *salesFixture {

@@ -723,7 +723,7 @@ func testData(t *testing.T, newStore func(t *testing.T) state.Store) {
 	n := 0
 	err := s.Scan(ctxT(t), state.Product, nil, func(g *state.Record) error {
 		if g.ID == r.ID && !bytes.Equal(g.Data, r.Data) {
-			return fmt.Errorf("Scan returned %d bytes of Data, want %d", len(g.Data), len(r.Data))
+			return fmt.Errorf("got %d bytes of Data from Scan, want %d", len(g.Data), len(r.Data))
 		}
 		n++
 		return nil
@@ -1022,11 +1022,11 @@ func testOddIDs(t *testing.T, newStore func(t *testing.T) state.Store) {
 	seen := map[string]bool{}
 	err := s.Scan(ctx, state.Product, nil, func(r *state.Record) error {
 		if seen[r.ID] {
-			return fmt.Errorf("Scan returned %q twice", r.ID)
+			return fmt.Errorf("got %q twice from Scan", r.ID)
 		}
 		seen[r.ID] = true
 		if r.ID != "1" && r.ID != "7" && r.Reason != "updated "+r.ID {
-			return fmt.Errorf("Scan returned %q with reason %q", r.ID, r.Reason)
+			return fmt.Errorf("got %q with reason %q from Scan", r.ID, r.Reason)
 		}
 		return nil
 	})
