@@ -436,11 +436,11 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 	}
 	if !c.Deleted && skipReason(c) == "" {
 		fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
-		claimed, err := e.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
+		claimed, err := e.leases.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
 		if err != nil {
 			return "", err
 		}
-		defer e.releaseForOrder(ctx, claimed)
+		defer e.leases.release(ctx, claimed)
 		if claimed.DataverseID != "" { // written by the customer's own event while we waited
 			return claimed.DataverseID, nil
 		}

@@ -128,7 +128,7 @@ type Options struct {
 	// LeaseDuration bounds how long a claim keeps other writers off an entity (default
 	// DefaultLease). It is also how long a crashed writer's entities stay blocked, so it
 	// is short; a writer that outlives its lease is caught when it records its result
-	// (superseded → the newest state is written again), and saveProgress renews it
+	// (superseded → the newest state is written again), and it is renewed
 	// between an order's steps.
 	LeaseDuration time.Duration
 	// BusyWait is how long a claim waits for another writer's lease to be released
@@ -157,9 +157,7 @@ type Engine struct {
 	settings  Settings
 	now       func() time.Time
 	log       *slog.Logger
-	instance  string
-	lease     time.Duration
-	busyWait  time.Duration
+	leases    *leases
 	conc      int
 	stateConc int
 	bulkSize  int
@@ -191,7 +189,7 @@ func New(o Options) (*Engine, error) {
 	}
 	e := &Engine{
 		dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log,
-		instance: o.Instance, lease: o.LeaseDuration, busyWait: o.BusyWait, conc: o.Concurrency, stateConc: o.StateConcurrency, bulkSize: o.BulkSize,
+		conc: o.Concurrency, stateConc: o.StateConcurrency, bulkSize: o.BulkSize,
 		http: o.HTTPClient,
 	}
 	if e.now == nil {
@@ -200,20 +198,21 @@ func New(o Options) (*Engine, error) {
 	if e.log == nil {
 		e.log = slog.Default()
 	}
-	if e.instance == "" {
-		e.instance = randomHex(6)
+	e.leases = &leases{st: e.st, now: e.now, log: e.log, instance: o.Instance, duration: o.LeaseDuration, busyWait: o.BusyWait}
+	if e.leases.instance == "" {
+		e.leases.instance = randomHex(6)
 	}
-	if e.lease <= 0 {
-		e.lease = DefaultLease
+	if e.leases.duration <= 0 {
+		e.leases.duration = DefaultLease
+	}
+	if e.leases.busyWait == 0 {
+		e.leases.busyWait = 20 * time.Second
 	}
 	if e.conc <= 0 {
 		e.conc = 8
 	}
 	if e.stateConc <= 0 {
 		e.stateConc = 32
-	}
-	if e.busyWait == 0 {
-		e.busyWait = 20 * time.Second
 	}
 	if e.bulkSize <= 0 {
 		e.bulkSize = 100
@@ -286,14 +285,6 @@ func permanent(err error) error {
 	}
 	return &classified{err: err, transient: false}
 }
-
-// DefaultLease is the default LeaseDuration: with BusyWait's 20 s per delivery, a message
-// whose entity a killed process left claimed lands on its third or fourth delivery,
-// well before Service Bus dead-letters it.
-const DefaultLease = time.Minute
-
-// errBusy: another writer holds the entity's lease.
-var errBusy = errors.New("another instance is writing this entity right now (lease held); will retry")
 
 // isTransient says whether a retry of the same event can succeed: throttling past the
 // budget, 5xx, network, authentication/permission problems an admin can fix, missing
@@ -381,67 +372,6 @@ func isResyncChunk(body []byte) bool {
 	return json.Unmarshal(body, &env) == nil && env.Chunk != nil && strings.HasPrefix(env.Chunk.ID, ResyncChunkPrefix)
 }
 
-type claimResult int
-
-const (
-	claimed claimResult = iota
-	claimStale
-	claimDuplicate
-)
-
-// claim reads the entity's record, checks the event's order key against it and takes the
-// record's lease with an ETag-conditional save, so an older event never overwrites a
-// newer one, also across instances.
-func (e *Engine) claim(ctx context.Context, ev *nop.Event, force bool) (*state.Record, claimResult, error) {
-	entity, id, key := ev.Entity(), ev.EntityID(), ev.OrderKey()
-	waitUntil := time.Now().Add(e.busyWait)
-	pause := 20 * time.Millisecond
-	for attempt := 0; attempt < 4; attempt++ {
-		rec, err := e.st.Get(ctx, entity, id)
-		if errors.Is(err, state.ErrNotFound) {
-			rec = &state.Record{Entity: entity, ID: id, Status: state.Pending}
-		} else if err != nil {
-			return nil, 0, transient(fmt.Errorf("reading sync state of %s %s: %w", entity, id, err))
-		}
-		if rec.OrderKey != "" && nop.CompareOrderKeys(key, rec.OrderKey) < 0 {
-			return rec, claimStale, nil
-		}
-		if !force && rec.LastEventID == ev.ID && rec.OrderKey == key &&
-			(rec.Status == state.Synced || rec.Status == state.Skipped) {
-			return rec, claimDuplicate, nil
-		}
-		now := e.now()
-		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
-			if time.Now().Add(pause).After(waitUntil) {
-				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
-			}
-			select {
-			case <-ctx.Done():
-				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
-			case <-time.After(pause):
-			}
-			pause = min(2*pause, time.Second)
-			attempt-- // waiting is not a failed attempt
-			continue
-		}
-		rec.LeaseOwner = e.instance + "/" + randomHex(4)
-		rec.LeaseUntil = now.Add(e.lease)
-		rec.Data = eventJSON(ev)
-		if rec.Status == "" {
-			rec.Status = state.Pending
-		}
-		err = e.st.Save(ctx, rec)
-		if errors.Is(err, state.ErrConflict) {
-			continue // someone changed it between our read and write: look again
-		}
-		if err != nil {
-			return nil, 0, transient(fmt.Errorf("claiming %s %s: %w", entity, id, err))
-		}
-		return rec, claimed, nil
-	}
-	return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
-}
-
 // eventJSON is the event as received (kept in rec.Data for re-syncs).
 func eventJSON(ev *nop.Event) []byte {
 	if len(ev.Raw) > 0 {
@@ -453,15 +383,6 @@ func eventJSON(ev *nop.Event) []byte {
 	}
 	b, _ := json.Marshal(m)
 	return b
-}
-
-// saveProgress saves rec mid-sync, keeping (and extending) the lease.
-func (e *Engine) saveProgress(ctx context.Context, rec *state.Record) error {
-	rec.LeaseUntil = e.now().Add(e.lease)
-	if err := e.st.Save(ctx, rec); err != nil {
-		return transient(fmt.Errorf("saving progress of %s %s: %w", rec.Entity, rec.ID, err))
-	}
-	return nil
 }
 
 // finish records the result of a claimed event and releases the lease. It returns the
@@ -476,7 +397,7 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 	}
 	owner := rec.LeaseOwner
 	apply := func(r *state.Record) {
-		r.LeaseOwner, r.LeaseUntil = "", time.Time{}
+		drop(r)
 		r.OrderKey = ev.OrderKey()
 		r.LastEventID = ev.ID
 		r.Data = eventJSON(ev)
@@ -510,7 +431,7 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 			err = gerr
 			break
 		}
-		if (cur.LeaseOwner != "" && cur.LeaseOwner != owner && e.now().Before(cur.LeaseUntil)) ||
+		if (cur.LeaseOwner != owner && e.leases.held(cur)) ||
 			nop.CompareOrderKeys(cur.OrderKey, ev.OrderKey()) > 0 {
 			e.log.Warn("sync result superseded by another writer", "entity", rec.Entity, "id", rec.ID)
 			err, superseded = nil, true
@@ -558,7 +479,7 @@ func (e *Engine) process(ctx context.Context, ev *nop.Event, force bool) error {
 		e.log.Error("no syncer for entity", "entity", ev.Entity())
 		return nil
 	}
-	rec, res, err := e.claim(ctx, ev, force)
+	rec, res, err := e.leases.claimEvent(ctx, ev, force)
 	if err != nil {
 		return err
 	}
@@ -635,7 +556,7 @@ func (e *Engine) processMany(ctx context.Context, entity state.Entity, evs []*no
 	for i, id := range order {
 		ev := latest[id]
 		g.Go(func() error {
-			rec, res, err := e.claim(gctx, ev, force)
+			rec, res, err := e.leases.claimEvent(gctx, ev, force)
 			switch {
 			case err != nil:
 				errs[i] = err

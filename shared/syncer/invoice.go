@@ -33,7 +33,7 @@ func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID s
 		rec.Extra[extraInvoiceID] = inv
 		// Record the step at once; should this fail or the process die here, the query
 		// above finds the invoice next time.
-		if err := s.e.saveProgress(ctx, rec); err != nil {
+		if err := s.e.leases.renew(ctx, rec); err != nil {
 			return converted, fmt.Errorf("order %d: record invoice %s: %w", o.ID, inv, err)
 		}
 	}

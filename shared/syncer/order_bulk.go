@@ -362,7 +362,7 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 				}
 				p.invoiceID, p.invoicePaid = id, false
 				p.rec.Extra[extraInvoiceID] = id
-				if err := s.e.saveProgress(ctx, p.rec); err != nil {
+				if err := s.e.leases.renew(ctx, p.rec); err != nil {
 					errs[i] = fmt.Errorf("order %d: record invoice %s: %w", p.ev.Order.ID, id, err)
 				}
 			}

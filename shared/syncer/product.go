@@ -592,7 +592,7 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 		if rec.DataverseID != "" {
 			return rec.DataverseID, nil
 		}
-		if rec.LeaseOwner != "" && e.now().Before(rec.LeaseUntil) {
+		if e.leases.held(rec) {
 			return "", transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
 		}
 	case errors.Is(err, state.ErrNotFound):
@@ -653,11 +653,11 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 		return "", err
 	}
 	fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
-	work, err := e.claimForOrder(ctx, state.Product, key, rec)
+	work, err := e.leases.claimForOrder(ctx, state.Product, key, rec)
 	if err != nil {
 		return "", err
 	}
-	defer e.releaseForOrder(ctx, work)
+	defer e.leases.release(ctx, work)
 	if work.DataverseID != "" { // written by the product's own event while we waited
 		return work.DataverseID, nil
 	}

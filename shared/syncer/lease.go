@@ -1,0 +1,194 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// DefaultLease is the default LeaseDuration: with BusyWait's 20 s per delivery, a message
+// whose entity a killed process left claimed lands on its third or fourth delivery,
+// well before Service Bus dead-letters it.
+const DefaultLease = time.Minute
+
+// errBusy: another writer holds the entity's lease.
+var errBusy = errors.New("another instance is writing this entity right now (lease held); will retry")
+
+type claimResult int
+
+const (
+	claimed claimResult = iota
+	claimStale
+	claimDuplicate
+)
+
+// leases are the write leases kept in state records (LeaseOwner, LeaseUntil): one writer
+// per entity at a time, across goroutines and instances. Single events, chunk rows and
+// orders writing a customer or product from their own copy all claim through it. A claim
+// is an ETag-conditional save of the record, so two writers never both win it.
+type leases struct {
+	st       state.Store
+	now      func() time.Time
+	log      *slog.Logger
+	instance string        // names this process in lease owners
+	duration time.Duration // how long a claim keeps other writers off
+	busyWait time.Duration // how long a claim waits for another writer's lease (<0: not at all)
+}
+
+// claimOptions are what one kind of claim adds to the common loop.
+type claimOptions struct {
+	tag   string                          // owner infix: "/" (events) or "/order/"
+	what  string                          // added to save errors, e.g. " for an order"
+	fresh func() *state.Record            // the record when state has none
+	check func(*state.Record) claimResult // before taking the lease: stale or duplicate ends the claim (nil: none)
+	ready func(*state.Record)             // after taking the lease, before saving (nil: none)
+	known bool                            // rec passed to acquire is the record as just read
+	rec   *state.Record                   // with known: the record (nil: none yet)
+}
+
+// claimEvent reads the entity's record, checks the event's order key against it and takes
+// the record's lease, so an older event never overwrites a newer one, also across
+// instances. force (re-syncs) claims an event already applied.
+func (l *leases) claimEvent(ctx context.Context, ev *nop.Event, force bool) (*state.Record, claimResult, error) {
+	entity, id, key := ev.Entity(), ev.EntityID(), ev.OrderKey()
+	return l.acquire(ctx, entity, id, claimOptions{
+		tag:   "/",
+		fresh: func() *state.Record { return &state.Record{Entity: entity, ID: id, Status: state.Pending} },
+		check: func(rec *state.Record) claimResult {
+			if rec.OrderKey != "" && nop.CompareOrderKeys(key, rec.OrderKey) < 0 {
+				return claimStale
+			}
+			if !force && rec.LastEventID == ev.ID && rec.OrderKey == key &&
+				(rec.Status == state.Synced || rec.Status == state.Skipped) {
+				return claimDuplicate
+			}
+			return claimed
+		},
+		ready: func(rec *state.Record) {
+			rec.Data = eventJSON(ev)
+			if rec.Status == "" {
+				rec.Status = state.Pending
+			}
+		},
+	})
+}
+
+// claimForOrder takes the lease of an entity (a customer or product) whose row an order
+// is about to write from its own copy of the data. Holding the lease keeps the entity's
+// own sync from running at the same moment: without it, the order's older copy could
+// land in Dynamics 365 after the entity's newer event (and state would still say the
+// newer one was applied). rec is the record as read (nil: none yet). A lease held by
+// another writer is waited for up to BusyWait, then reported busy (transient: the order
+// is redelivered).
+func (l *leases) claimForOrder(ctx context.Context, entity state.Entity, id string, rec *state.Record) (*state.Record, error) {
+	rec, _, err := l.acquire(ctx, entity, id, claimOptions{
+		tag:  "/order/",
+		what: " for an order",
+		fresh: func() *state.Record {
+			return &state.Record{Entity: entity, ID: id, Status: state.Pending, Reason: "being written from an order"}
+		},
+		known: true,
+		rec:   rec,
+	})
+	return rec, err
+}
+
+// acquire is the claim loop: read the record (unless o.known), let o.check end the claim,
+// wait with back-off while another writer's lease runs (up to busyWait), then take the
+// lease with a conditional save; a conflicting save reads again.
+func (l *leases) acquire(ctx context.Context, entity state.Entity, id string, o claimOptions) (*state.Record, claimResult, error) {
+	waitUntil := time.Now().Add(l.busyWait)
+	pause := 20 * time.Millisecond
+	rec, known := o.rec, o.known
+	for attempt := 0; attempt < 4; attempt++ {
+		if !known {
+			var err error
+			if rec, err = l.read(ctx, entity, id); err != nil {
+				return nil, 0, err
+			}
+		}
+		known = false
+		if rec == nil {
+			rec = o.fresh()
+		}
+		if o.check != nil {
+			if res := o.check(rec); res != claimed {
+				return rec, res, nil
+			}
+		}
+		now := l.now()
+		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+			if time.Now().Add(pause).After(waitUntil) {
+				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+			}
+			select {
+			case <-ctx.Done():
+				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, time.Second)
+			attempt-- // waiting is not a failed attempt
+			continue
+		}
+		rec.LeaseOwner = l.instance + o.tag + randomHex(4)
+		rec.LeaseUntil = now.Add(l.duration)
+		if o.ready != nil {
+			o.ready(rec)
+		}
+		err := l.st.Save(ctx, rec)
+		if errors.Is(err, state.ErrConflict) {
+			continue // someone changed it between our read and write: look again
+		}
+		if err != nil {
+			return nil, 0, transient(fmt.Errorf("claiming %s %s%s: %w", entity, id, o.what, err))
+		}
+		return rec, claimed, nil
+	}
+	return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
+}
+
+// read returns the entity's record, nil when state has none.
+func (l *leases) read(ctx context.Context, entity state.Entity, id string) (*state.Record, error) {
+	rec, err := l.st.Get(ctx, entity, id)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, transient(fmt.Errorf("reading sync state of %s %s: %w", entity, id, err))
+	}
+	return rec, nil
+}
+
+// held reports whether rec's lease is taken and still running.
+func (l *leases) held(rec *state.Record) bool {
+	return rec.LeaseOwner != "" && l.now().Before(rec.LeaseUntil)
+}
+
+// renew saves rec mid-sync, keeping (and extending) the lease.
+func (l *leases) renew(ctx context.Context, rec *state.Record) error {
+	rec.LeaseUntil = l.now().Add(l.duration)
+	if err := l.st.Save(ctx, rec); err != nil {
+		return transient(fmt.Errorf("saving progress of %s %s: %w", rec.Entity, rec.ID, err))
+	}
+	return nil
+}
+
+// drop clears rec's lease fields (the caller saves rec).
+func drop(rec *state.Record) { rec.LeaseOwner, rec.LeaseUntil = "", time.Time{} }
+
+// release saves rec (with what was written) and gives its lease back. It saves even when
+// the invocation's context has just ended: a lease left behind would block the entity
+// until it expires.
+func (l *leases) release(ctx context.Context, rec *state.Record) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	drop(rec)
+	if err := l.st.Save(ctx, rec); err != nil {
+		l.log.Warn("releasing an entity written from an order", "entity", rec.Entity, "id", rec.ID, "error", err)
+	}
+}
