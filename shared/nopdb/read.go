@@ -1,0 +1,745 @@
+package nopdb
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// Page limits.
+const (
+	DefaultPageSize = 500
+	MaxPageSize     = 5000
+)
+
+// Dataverse limits the reader checks so a row that can't be written is a failure with its
+// reason here rather than a refused write later.
+const (
+	// MaxEmailLength is contact.emailaddress1's length (dataverse-mapping.md;
+	// learn.microsoft.com/power-apps/developer/data-platform/reference/entities/contact).
+	MaxEmailLength = 100
+	// maxMoneyUnits is 1,000,000,000,000 in ten-thousandths: the range Dataverse's money
+	// columns on products and orders accept (0 to 1,000,000,000,000).
+	maxMoneyUnits = 1_000_000_000_000 * 10000
+)
+
+// RowFailure is a row that could not become a valid event, and why.
+type RowFailure struct {
+	Entity Entity
+	ID     string // the nopCommerce id, decimal
+	Reason string
+}
+
+// Page is one page of rows read by ReadPage.
+type Page struct {
+	Events   []*nop.Event // "<entity>.updated" or "<entity>.deleted", validated as intake validates
+	Hashes   []string     // DataHash of each event's data, same order
+	Failures []RowFailure // rows that could not become a valid event
+	Rows     int          // rows of the entity read (events + failures)
+	Last     int64        // the last primary key read: the cursor of the next page
+	Done     bool         // no rows after Last
+}
+
+// querier is a read-only transaction, or the pool on SQL Server (whose driver has no
+// read-only transactions; ApplicationIntent=ReadOnly stands in).
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// ReadPage reads up to limit rows of entity with primary key > after, in key order, and
+// returns their events (see Page). limit <= 0 means DefaultPageSize; it is capped at
+// MaxPageSize. Customers are the registered ones (of any store: nopCommerce shares
+// customers between stores); products all; orders those of Options.StoreID.
+//
+// A row whose data can't make a valid event (odd data) is a RowFailure, never an
+// error; an error means the page could not be read at all (connection, schema) and
+// nothing of it should be used. On PostgreSQL and MySQL a page is read in one read-only
+// repeatable-read transaction, so an order and its items are of the same moment.
+func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit int) (Page, error) {
+	if limit <= 0 {
+		limit = DefaultPageSize
+	}
+	limit = min(limit, MaxPageSize)
+	op := "reading " + string(entity) + "s"
+	var currency string
+	if entity == state.Order {
+		c, err := r.StoreCurrency(ctx)
+		if err != nil {
+			return Page{}, err
+		}
+		currency = c
+	}
+	var q querier = r.db
+	if r.d.provider != SQLServer {
+		tx, err := r.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
+		if err != nil {
+			return Page{}, r.red.wrap(op, err)
+		}
+		defer tx.Rollback() //nolint:errcheck // read-only: nothing to keep
+		q = tx
+	}
+	pb := &pageBuilder{r: r, entity: entity, at: r.now().UTC().Format("2006-01-02T15:04:05.000Z")}
+	var err error
+	switch entity {
+	case state.Customer:
+		err = r.readCustomers(ctx, q, pb, after, limit)
+	case state.Product:
+		err = r.readProducts(ctx, q, pb, after, limit)
+	case state.Order:
+		err = r.readOrders(ctx, q, pb, after, limit, currency)
+	default:
+		return Page{}, fmt.Errorf("nopdb: unknown entity %q", entity)
+	}
+	if err != nil {
+		return Page{}, r.red.wrap(op, err)
+	}
+	pb.page.Done = pb.page.Rows < limit
+	if pb.page.Rows == 0 {
+		pb.page.Last = after
+	}
+	return pb.page, nil
+}
+
+// pageBuilder turns entity data into validated events.
+type pageBuilder struct {
+	r      *Reader
+	entity Entity
+	at     string // occurredOnUtc: the time the page was read
+	page   Page
+}
+
+func (pb *pageBuilder) fail(id int64, format string, args ...any) {
+	pb.page.Failures = append(pb.page.Failures, RowFailure{Entity: pb.entity, ID: strconv.FormatInt(id, 10), Reason: fmt.Sprintf(format, args...)})
+}
+
+// add makes the event of one row: data marshalled, hashed, wrapped in an event and run
+// through nop.DecodeRequest (intake's own validation); a refusal becomes a RowFailure.
+func (pb *pageBuilder) add(id int64, deleted bool, data any) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		pb.fail(id, "encoding its data: %v", err)
+		return
+	}
+	hash := DataHash(raw)
+	action := "updated"
+	if deleted {
+		action = "deleted"
+	}
+	var b strings.Builder
+	b.Grow(len(raw) + 160)
+	b.WriteString(`{"id":"`)
+	b.WriteString(EventID(pb.entity, id, hash))
+	b.WriteString(`","type":"`)
+	b.WriteString(string(pb.entity) + "." + action)
+	b.WriteString(`","occurredOnUtc":"`)
+	b.WriteString(pb.at)
+	b.WriteString(`","storeId":`)
+	b.WriteString(strconv.Itoa(pb.r.storeID))
+	b.WriteString(`,"data":`)
+	b.Write(raw)
+	b.WriteString("}")
+	evs, err := nop.DecodeRequest(pb.entity, []byte(b.String()))
+	if err != nil {
+		var ve *nop.ValidationError
+		if errors.As(err, &ve) && ve.Field != "" {
+			pb.fail(id, "%s: %s", ve.Field, ve.Message)
+		} else if errors.Is(err, nop.ErrTooLarge) {
+			pb.fail(id, "its event is %d bytes, over the %d an event may have", b.Len(), nop.MaxEventBytes)
+		} else {
+			pb.fail(id, "%v", err)
+		}
+		return
+	}
+	pb.page.Events = append(pb.page.Events, evs[0])
+	pb.page.Hashes = append(pb.page.Hashes, hash)
+}
+
+// checkMoney returns an error for an amount outside [0, 1,000,000,000,000].
+func checkMoney(field string, m nop.Money) error {
+	if m.Units() < 0 || m.Units() > maxMoneyUnits {
+		return fmt.Errorf("%s %s is beyond Dataverse's money range (0 to 1000000000000)", field, m.StringFixed(4))
+	}
+	return nil
+}
+
+func checkEmail(field string, email *string) error {
+	if email != nil && utf8.RuneCountInString(*email) > MaxEmailLength {
+		return fmt.Errorf("%s is %d characters, over the %d a Dataverse contact's email (emailaddress1) holds", field, utf8.RuneCountInString(*email), MaxEmailLength)
+	}
+	return nil
+}
+
+// ---- customers
+
+type customerRow struct {
+	id                                                 int64
+	guid, username, email, first, last, company, phone sql.NullString
+	active, deleted                                    nbool
+	created                                            sql.NullTime
+	billing, shipping                                  sql.NullInt64
+	guest, registered                                  int64
+}
+
+func scanCustomers(ctx context.Context, q querier, query string, args ...any) ([]customerRow, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []customerRow
+	for rows.Next() {
+		var c customerRow
+		if err := rows.Scan(&c.id, &c.guid, &c.username, &c.email, &c.first, &c.last, &c.company, &c.phone,
+			&c.active, &c.deleted, &c.created, &c.billing, &c.shipping, &c.guest, &c.registered); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// addressIDs are the customers' main address ids: billing, else shipping.
+func (c *customerRow) addressID() int64 {
+	switch {
+	case c.billing.Valid && c.billing.Int64 > 0:
+		return c.billing.Int64
+	case c.shipping.Valid && c.shipping.Int64 > 0:
+		return c.shipping.Int64
+	}
+	return 0
+}
+
+// customer is the customer object of events.md. The customer's main address is its
+// default billing address, else its default shipping address (Customer.BillingAddress_Id,
+// ShippingAddress_Id), else null.
+func (c *customerRow) customer(addrs map[int64]*nop.Address) nop.Customer {
+	out := nop.Customer{
+		ID:           int(c.id),
+		CustomerGUID: strings.ToLower(c.guid.String),
+		Email:        str(c.email),
+		Username:     str(c.username),
+		FirstName:    str(c.first),
+		LastName:     str(c.last),
+		Company:      str(c.company),
+		Phone:        str(c.phone),
+		IsGuest:      c.guest == 1,
+		IsRegistered: c.registered == 1,
+		Active:       c.active.V,
+		Deleted:      c.deleted.V,
+		Address:      addrs[c.addressID()],
+	}
+	if c.created.Valid {
+		out.CreatedOnUtc = utc(c.created.Time)
+	}
+	return out
+}
+
+func (r *Reader) readCustomers(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int) error {
+	cs, err := scanCustomers(ctx, q, r.d.customersPage(limit), after)
+	if err != nil {
+		return err
+	}
+	ids := make([]int64, 0, len(cs))
+	for i := range cs {
+		if a := cs[i].addressID(); a > 0 {
+			ids = append(ids, a)
+		}
+	}
+	addrs, err := r.addresses(ctx, q, ids)
+	if err != nil {
+		return err
+	}
+	for i := range cs {
+		c := &cs[i]
+		pb.page.Rows++
+		pb.page.Last = c.id
+		data := c.customer(addrs)
+		// A deleted customer is a delete whatever its email (nopCommerce may have
+		// suffixed it with "-DELETED", or emptied it in a GDPR delete).
+		if !data.Deleted {
+			if err := checkEmail("email", data.Email); err != nil {
+				pb.fail(c.id, "%v", err)
+				continue
+			}
+		}
+		pb.add(c.id, data.Deleted, &data)
+	}
+	return nil
+}
+
+// ---- addresses
+
+// addresses reads addresses by id with their country and state/province.
+func (r *Reader) addresses(ctx context.Context, q querier, ids []int64) (map[int64]*nop.Address, error) {
+	out := map[int64]*nop.Address{}
+	ids = uniq(ids)
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		rows, err := q.QueryContext(ctx, r.d.addressesByID(ids[:n]))
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id int64
+			var f [13]sql.NullString
+			if err := rows.Scan(&id, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &f[9], &f[10], &f[11], &f[12]); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			a := &nop.Address{FirstName: str(f[0]), LastName: str(f[1]), Email: str(f[2]), Company: str(f[3]),
+				Address1: str(f[4]), Address2: str(f[5]), City: str(f[6]), County: str(f[7]), StateProvince: str(f[8]),
+				ZipPostalCode: str(f[9]), Country: str(f[10]), CountryIsoCode: str(f[11]), Phone: str(f[12])}
+			out[id] = a
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+		ids = ids[n:]
+	}
+	return out, nil
+}
+
+func uniq(ids []int64) []int64 {
+	seen := make(map[int64]bool, len(ids))
+	out := ids[:0:0]
+	for _, id := range ids {
+		if id > 0 && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// ---- products
+
+type productRow struct {
+	id                                int64
+	typ, parent                       sql.NullInt64
+	name, short, full, sku, gtin, mpn sql.NullString
+	price, cost, old                  nmoney
+	stock, manage                     sql.NullInt64
+	published, deleted                nbool
+	updated                           sql.NullTime
+	familyID, familyType              sql.NullInt64
+}
+
+func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int) error {
+	rows, err := q.QueryContext(ctx, r.d.productsPage(limit), after)
+	if err != nil {
+		return err
+	}
+	var ps []productRow
+	for rows.Next() {
+		var p productRow
+		if err := rows.Scan(&p.id, &p.typ, &p.parent, &p.name, &p.short, &p.full, &p.sku, &p.gtin, &p.mpn,
+			&p.price, &p.cost, &p.old, &p.stock, &p.manage, &p.published, &p.deleted, &p.updated,
+			&p.familyID, &p.familyType); err != nil {
+			rows.Close()
+			return err
+		}
+		ps = append(ps, p)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return err
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	last := ps[len(ps)-1].id
+
+	var grouped []int64
+	for i := range ps {
+		if ps[i].typ.Int64 == nop.ProductTypeGrouped {
+			grouped = append(grouped, ps[i].id)
+		}
+	}
+	assoc := map[int64][]int{}
+	for len(grouped) > 0 {
+		n := min(len(grouped), 1000)
+		rows, err := q.QueryContext(ctx, r.d.associatedProducts(grouped[:n]))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var parent, id int64
+			if err := rows.Scan(&parent, &id); err != nil {
+				rows.Close()
+				return err
+			}
+			assoc[parent] = append(assoc[parent], int(id))
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return err
+		}
+		grouped = grouped[n:]
+	}
+
+	pictures := map[int64]string{}
+	if r.storeURL != "" {
+		rows, err := q.QueryContext(ctx, r.d.pictures(), after, last)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var pid, picID int64
+			var mime, seo sql.NullString
+			if err := rows.Scan(&pid, &picID, &mime, &seo); err != nil {
+				rows.Close()
+				return err
+			}
+			if _, ok := pictures[pid]; !ok {
+				pictures[pid] = r.pictureURL(picID, mime.String, seo.String)
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return err
+		}
+	}
+
+	for i := range ps {
+		p := &ps[i]
+		pb.page.Rows++
+		pb.page.Last = p.id
+		data := nop.Product{
+			ID:                     int(p.id),
+			ProductType:            int(p.typ.Int64),
+			ParentGroupedProductID: int(p.parent.Int64),
+			ShortDescription:       str(p.short),
+			FullDescription:        str(p.full),
+			Sku:                    str(p.sku),
+			Gtin:                   str(p.gtin),
+			ManufacturerPartNumber: str(p.mpn),
+			Price:                  p.price.V,
+			ProductCost:            p.cost.V,
+			OldPrice:               p.old.V,
+			StockQuantity:          int(p.stock.Int64),
+			ManageInventoryMethod:  int(p.manage.Int64),
+			Published:              p.published.V,
+			Deleted:                p.deleted.V,
+			PictureURLs:            []string{},
+			AssociatedProductIDs:   []int{},
+		}
+		if p.name.Valid {
+			data.Name = p.name.String
+		}
+		if p.updated.Valid {
+			data.UpdatedOnUtc = utc(p.updated.Time)
+		}
+		if u, ok := pictures[p.id]; ok {
+			data.PictureURLs = append(data.PictureURLs, u)
+		}
+		if data.ProductType == nop.ProductTypeGrouped {
+			data.AssociatedProductIDs = append(data.AssociatedProductIDs, assoc[p.id]...)
+		}
+		if reason := productProblem(p, &data); reason != "" {
+			pb.fail(p.id, "%s", reason)
+			continue
+		}
+		pb.add(p.id, data.Deleted, &data)
+	}
+	return nil
+}
+
+// productProblem says why a product row can't be sent, or "".
+func productProblem(p *productRow, data *nop.Product) string {
+	if !p.name.Valid || strings.TrimSpace(p.name.String) == "" {
+		return "the product has no name"
+	}
+	if data.Deleted { // a delete needs neither a family nor amounts Dataverse takes
+		return ""
+	}
+	if data.ParentGroupedProductID > 0 && data.ParentGroupedProductID != data.ID {
+		switch {
+		case !p.familyID.Valid:
+			return fmt.Sprintf("its product family (grouped product %d, ParentGroupedProductId) does not exist", data.ParentGroupedProductID)
+		case p.familyType.Int64 != nop.ProductTypeGrouped:
+			return fmt.Sprintf("its product family %d (ParentGroupedProductId) is not a grouped product (ProductTypeId %d)", data.ParentGroupedProductID, p.familyType.Int64)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		m    nop.Money
+	}{{"price", data.Price}, {"productCost", data.ProductCost}, {"oldPrice", data.OldPrice}} {
+		if err := checkMoney(f.name, f.m); err != nil {
+			return err.Error()
+		}
+	}
+	return ""
+}
+
+// pictureURL is the URL nopCommerce serves a picture at in full size
+// (src/Libraries/Nop.Services/Media/PictureService.cs, GetPictureUrlAsync with
+// targetSize 0): {store}/images/thumbs/{Id:0000000}_{SeoFilename}.{extension}, without
+// "_{SeoFilename}" when it is empty; the extension comes from the MIME type
+// (GetFileExtensionFromMimeTypeAsync).
+func (r *Reader) pictureURL(id int64, mime, seo string) string {
+	ext := mime
+	if i := strings.LastIndexByte(ext, '/'); i >= 0 {
+		ext = ext[i+1:]
+	}
+	switch ext {
+	case "pjpeg":
+		ext = "jpg"
+	case "x-png":
+		ext = "png"
+	case "x-icon":
+		ext = "ico"
+	}
+	name := fmt.Sprintf("%07d", id)
+	if seo != "" {
+		name += "_" + seo
+	}
+	return r.storeURL + "/images/thumbs/" + name + "." + ext
+}
+
+// ---- orders
+
+type orderRow struct {
+	id                              int64
+	guid, number                    sql.NullString
+	customer, billing, shipping     sql.NullInt64
+	status, payment, shippingStatus sql.NullInt64
+	customerCurrency                sql.NullString
+	rate                            nmoney
+	amounts                         [12]nmoney
+	paymentMethod, shippingMethod   sql.NullString
+	paid, created                   sql.NullTime
+	deleted                         nbool
+}
+
+// orderAmountNames are the order's money fields in orderRow.amounts order.
+var orderAmountNames = [12]string{"orderSubtotalInclTax", "orderSubtotalExclTax", "orderSubTotalDiscountInclTax",
+	"orderSubTotalDiscountExclTax", "orderShippingInclTax", "orderShippingExclTax", "paymentMethodAdditionalFeeInclTax",
+	"paymentMethodAdditionalFeeExclTax", "orderTax", "orderDiscount", "orderTotal", "refundedAmount"}
+
+type itemRow struct {
+	orderID, id         int64
+	guid                sql.NullString
+	productID, quantity sql.NullInt64
+	amounts             [6]nmoney
+	attributes          sql.NullString
+	pid                 sql.NullInt64
+	pname, psku         sql.NullString
+	ptype, pparent      sql.NullInt64
+}
+
+var itemAmountNames = [6]string{"unitPriceInclTax", "unitPriceExclTax", "priceInclTax", "priceExclTax", "discountAmountInclTax", "discountAmountExclTax"}
+
+func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int, currency string) error {
+	rows, err := q.QueryContext(ctx, r.d.ordersPage(limit), after, r.storeID)
+	if err != nil {
+		return err
+	}
+	var os []orderRow
+	for rows.Next() {
+		var o orderRow
+		a := &o.amounts
+		if err := rows.Scan(&o.id, &o.guid, &o.number, &o.customer, &o.billing, &o.shipping,
+			&o.status, &o.payment, &o.shippingStatus, &o.customerCurrency, &o.rate,
+			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8], &a[9], &a[10], &a[11],
+			&o.paymentMethod, &o.shippingMethod, &o.paid, &o.created, &o.deleted); err != nil {
+			rows.Close()
+			return err
+		}
+		os = append(os, o)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return err
+	}
+	if len(os) == 0 {
+		return nil
+	}
+	last := os[len(os)-1].id
+
+	items := map[int64][]itemRow{}
+	rows, err = q.QueryContext(ctx, r.d.orderItems(), after, last)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var it itemRow
+		a := &it.amounts
+		if err := rows.Scan(&it.orderID, &it.id, &it.guid, &it.productID, &it.quantity,
+			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &it.attributes,
+			&it.pid, &it.pname, &it.psku, &it.ptype, &it.pparent); err != nil {
+			rows.Close()
+			return err
+		}
+		items[it.orderID] = append(items[it.orderID], it)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return err
+	}
+
+	var custIDs []int64
+	for i := range os {
+		custIDs = append(custIDs, os[i].customer.Int64)
+	}
+	customers := map[int64]*customerRow{}
+	custIDs = uniq(custIDs)
+	for len(custIDs) > 0 {
+		n := min(len(custIDs), 1000)
+		cs, err := scanCustomers(ctx, q, r.d.customersByID(custIDs[:n]))
+		if err != nil {
+			return err
+		}
+		for i := range cs {
+			customers[cs[i].id] = &cs[i]
+		}
+		custIDs = custIDs[n:]
+	}
+	var addrIDs []int64
+	for i := range os {
+		addrIDs = append(addrIDs, os[i].billing.Int64, os[i].shipping.Int64)
+		if c := customers[os[i].customer.Int64]; c != nil {
+			addrIDs = append(addrIDs, c.addressID())
+		}
+	}
+	addrs, err := r.addresses(ctx, q, addrIDs)
+	if err != nil {
+		return err
+	}
+
+	for i := range os {
+		o := &os[i]
+		pb.page.Rows++
+		pb.page.Last = o.id
+		data, reason := r.order(o, items[o.id], customers, addrs, currency)
+		if reason != "" {
+			pb.fail(o.id, "%s", reason)
+			continue
+		}
+		pb.add(o.id, data.Deleted, data)
+	}
+	return nil
+}
+
+// order builds the order object of events.md, or says why it can't.
+func (r *Reader) order(o *orderRow, items []itemRow, customers map[int64]*customerRow, addrs map[int64]*nop.Address, currency string) (*nop.Order, string) {
+	c := customers[o.customer.Int64]
+	if c == nil {
+		return nil, fmt.Sprintf("its customer %d does not exist", o.customer.Int64)
+	}
+	billing := addrs[o.billing.Int64]
+	if billing == nil {
+		return nil, fmt.Sprintf("its billing address %d does not exist", o.billing.Int64)
+	}
+	data := &nop.Order{
+		ID:                      int(o.id),
+		OrderGUID:               strings.ToLower(o.guid.String),
+		CustomOrderNumber:       o.number.String,
+		Customer:                c.customer(addrs),
+		CurrencyCode:            currency,
+		CustomerCurrencyCode:    strings.TrimSpace(o.customerCurrency.String),
+		CurrencyRate:            o.rate.V,
+		OrderStatus:             int(o.status.Int64),
+		PaymentStatus:           int(o.payment.Int64),
+		ShippingStatus:          int(o.shippingStatus.Int64),
+		PaymentMethodSystemName: str(o.paymentMethod),
+		ShippingMethod:          str(o.shippingMethod),
+		Deleted:                 o.deleted.V,
+		BillingAddress:          *billing,
+		Items:                   make([]nop.OrderItem, 0, len(items)),
+	}
+	// CustomOrderNumber is set just after the order's first insert; before that (and
+	// with an empty mask) the number people see is the id (CustomNumberFormatter).
+	if strings.TrimSpace(data.CustomOrderNumber) == "" {
+		data.CustomOrderNumber = strconv.FormatInt(o.id, 10)
+	}
+	if data.CustomerCurrencyCode == "" {
+		data.CustomerCurrencyCode = currency
+	}
+	if o.shipping.Valid && o.shipping.Int64 > 0 {
+		s := addrs[o.shipping.Int64]
+		if s == nil {
+			return nil, fmt.Sprintf("its shipping address %d does not exist", o.shipping.Int64)
+		}
+		data.ShippingAddress = s
+	}
+	if o.paid.Valid {
+		t := utc(o.paid.Time)
+		data.PaidDateUtc = &t
+	}
+	if o.created.Valid {
+		data.CreatedOnUtc = utc(o.created.Time)
+	}
+	amounts := [12]*nop.Money{&data.OrderSubtotalInclTax, &data.OrderSubtotalExclTax, &data.OrderSubTotalDiscountInclTax,
+		&data.OrderSubTotalDiscountExclTax, &data.OrderShippingInclTax, &data.OrderShippingExclTax,
+		&data.PaymentMethodAdditionalFeeInclTax, &data.PaymentMethodAdditionalFeeExclTax, &data.OrderTax,
+		&data.OrderDiscount, &data.OrderTotal, &data.RefundedAmount}
+	for i := range 12 {
+		*amounts[i] = o.amounts[i].V
+	}
+	if len(items) == 0 {
+		return nil, "the order has no items (an order being placed gets its items just after its own row; it is read again next run)"
+	}
+	for _, it := range items {
+		if !it.pid.Valid {
+			return nil, fmt.Sprintf("item %d: its product %d does not exist", it.id, it.productID.Int64)
+		}
+		if !it.pname.Valid || strings.TrimSpace(it.pname.String) == "" {
+			return nil, fmt.Sprintf("item %d: its product %d has no name", it.id, it.pid.Int64)
+		}
+		oi := nop.OrderItem{
+			ID:            int(it.id),
+			OrderItemGUID: strings.ToLower(it.guid.String),
+			Product: nop.ItemProduct{ID: int(it.pid.Int64), Name: it.pname.String, Sku: str(it.psku),
+				ProductType: int(it.ptype.Int64), ParentGroupedProductID: int(it.pparent.Int64)},
+			Quantity:              int(it.quantity.Int64),
+			UnitPriceInclTax:      it.amounts[0].V,
+			UnitPriceExclTax:      it.amounts[1].V,
+			PriceInclTax:          it.amounts[2].V,
+			PriceExclTax:          it.amounts[3].V,
+			DiscountAmountInclTax: it.amounts[4].V,
+			DiscountAmountExclTax: it.amounts[5].V,
+			AttributeDescription:  str(it.attributes),
+		}
+		if oi.AttributeDescription != nil && *oi.AttributeDescription == "" {
+			oi.AttributeDescription = nil // nopCommerce stores "" for an item without attributes
+		}
+		if !data.Deleted {
+			for k, m := range it.amounts {
+				if err := checkMoney(fmt.Sprintf("item %d: %s", it.id, itemAmountNames[k]), m.V); err != nil {
+					return nil, err.Error()
+				}
+			}
+		}
+		data.Items = append(data.Items, oi)
+	}
+	if !data.Deleted {
+		for i := range 12 {
+			if err := checkMoney(orderAmountNames[i], o.amounts[i].V); err != nil {
+				return nil, err.Error()
+			}
+		}
+		email, field := data.Customer.Email, "customer.email"
+		if data.Customer.IsGuest || email == nil || *email == "" {
+			email, field = data.BillingAddress.Email, "billingAddress.email"
+		}
+		if err := checkEmail(field, email); err != nil {
+			return nil, err.Error()
+		}
+	}
+	return data, ""
+}

@@ -1,0 +1,1 @@
+SELECT p.`ParentGroupedProductId`, p.`Id` FROM `Product` p WHERE p.`ParentGroupedProductId` IN (20,21) AND p.`Deleted` = 0 ORDER BY p.`ParentGroupedProductId`, p.`DisplayOrder`, p.`Id`

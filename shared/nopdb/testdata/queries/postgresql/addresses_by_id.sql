@@ -1,0 +1,1 @@
+SELECT a."Id", a."FirstName", a."LastName", a."Email", a."Company", a."Address1", a."Address2", a."City", a."County", sp."Name", a."ZipPostalCode", co."Name", co."TwoLetterIsoCode", a."PhoneNumber" FROM "Address" a LEFT JOIN "StateProvince" sp ON sp."Id" = a."StateProvinceId" LEFT JOIN "Country" co ON co."Id" = a."CountryId" WHERE a."Id" IN (11,12)

@@ -1,0 +1,1 @@
+SELECT m."ProductId", pic."Id", pic."MimeType", pic."SeoFilename" FROM "Product_Picture_Mapping" m JOIN "Picture" pic ON pic."Id" = m."PictureId" WHERE m."ProductId" > $1 AND m."ProductId" <= $2 ORDER BY m."ProductId", m."DisplayOrder", m."Id"

@@ -1,0 +1,1 @@
+SELECT cu.[CurrencyCode] FROM [Currency] cu WHERE cu.[Id] = @p1

@@ -1,0 +1,1 @@
+SELECT m.[ProductId], pic.[Id], pic.[MimeType], pic.[SeoFilename] FROM [Product_Picture_Mapping] m JOIN [Picture] pic ON pic.[Id] = m.[PictureId] WHERE m.[ProductId] > @p1 AND m.[ProductId] <= @p2 ORDER BY m.[ProductId], m.[DisplayOrder], m.[Id]
