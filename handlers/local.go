@@ -159,11 +159,11 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	go func() { errc <- srv.Serve(ln) }()
 	addr := ln.Addr().String()
 	log.Info("local mode started", "listen", "http://"+addr, "sandbox", sim != nil, "dataDir", cfg.DataDir, "currency", cfg.StoreCurrencyCode)
-	fmt.Fprintf(os.Stderr, "nopsync local mode: http://%s  (status: /api/status", addr)
+	banner := fmt.Sprintf("nopsync local mode: http://%s  (status: /api/status", addr)
 	if sim != nil {
-		fmt.Fprintf(os.Stderr, ", sandbox: /sandbox/api/data/v9.2/contacts")
+		banner += ", sandbox: /sandbox/api/data/v9.2/contacts"
 	}
-	fmt.Fprintln(os.Stderr, ")")
+	fmt.Fprintln(os.Stdout, banner+")") // information: stdout, as the host expects of a handler
 	if lo.started != nil {
 		lo.started(addr)
 	}

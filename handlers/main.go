@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,14 +15,15 @@ import (
 )
 
 func main() {
-	log := slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := newLogger(os.Stdout, os.Stderr, slog.LevelInfo)
+	slog.SetDefault(log) // the standard log package and slog.Default write through it too
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopProfile := cpuProfile(os.Getenv("NOPSYNC_CPUPROFILE"), log)
 	err := run(ctx, os.LookupEnv, log)
 	stopProfile()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "nopsync:", err)
+		log.Error("nopsync stopped", "error", err.Error()) // one stderr line, however long the error
 		os.Exit(1)
 	}
 }
