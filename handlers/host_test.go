@@ -110,9 +110,9 @@ func TestHostProtocolEndToEnd(t *testing.T) {
 	if status, _ := resOutput(t, out); code != 200 || status != "401" {
 		t.Errorf("unsigned: host %d res %s", code, status)
 	}
-	// No body (the host leaves Body out without Content-Length): 400, not a crash.
+	// No body (the host leaves Body out without Content-Length): 411, not a crash.
 	code, out = callHost(t, h, "events", hostHTTP(t, "POST", "https://func-test.azurewebsites.net/api/events/customer", headers, nil))
-	if status, _ := resOutput(t, out); code != 200 || !strings.HasPrefix(status, "4") {
+	if status, _ := resOutput(t, out); code != 200 || status != "411" {
 		t.Errorf("missing body: host %d res %s", code, status)
 	}
 
@@ -212,5 +212,47 @@ func TestInvalidQueueMessageIsVisible(t *testing.T) {
 	m := msgs[0].(map[string]any)
 	if m["queue"] != "customers" || !strings.Contains(fmt.Sprint(m["error"]), "occurredOnUtc") || !strings.Contains(fmt.Sprint(m["body"]), "tampered-1") {
 		t.Errorf("invalid message entry: %v", m)
+	}
+}
+
+// TestEventsBodyAsTheHostPassesIt: requests built as the Functions host builds its payload
+// from them (funchost.EncodeHTTP). A chunked request reaches the app without its body and
+// is answered 411 length_required, telling the sender to send Content-Length, not a
+// misleading 401; the same request with Content-Length is accepted; a byte-order mark is
+// dropped by the host, so a signature made over it does not match.
+func TestEventsBodyAsTheHostPassesIt(t *testing.T) {
+	const secret = "host-body-secret-not-real"
+	h, _, _ := hostApp(t, secret)
+	ev := example(t, "customer-created.json")
+	send := func(body []byte, chunked bool) (string, map[string]any) {
+		t.Helper()
+		r := httptest.NewRequest("POST", "https://func-test.azurewebsites.net/api/events/customer", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("X-Nop-Signature", sign(secret, time.Now().Unix(), body))
+		r.Header.Set("x-functions-key", "not-a-real-key")
+		if chunked {
+			r.ContentLength, r.TransferEncoding = -1, []string{"chunked"}
+		}
+		payload, err := funchost.EncodeHTTP("events", "req", r, map[string]string{"entity": "customer"}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out := callHost(t, h, "events", payload)
+		if code != 200 {
+			t.Fatalf("host answered %d: %v", code, out)
+		}
+		return resOutput(t, out)
+	}
+
+	status, body := send(ev, true)
+	e, _ := body["error"].(map[string]any)
+	if status != "411" || e["code"] != "length_required" || !strings.Contains(fmt.Sprint(e["message"]), "Content-Length") {
+		t.Errorf("chunked request: %s %v, want 411 length_required naming Content-Length", status, body)
+	}
+	if status, body := send(ev, false); status != "202" {
+		t.Errorf("with Content-Length: %s %v, want 202", status, body)
+	}
+	if status, body := send(append([]byte("\xef\xbb\xbf"), ev...), false); status != "401" {
+		t.Errorf("byte-order mark (dropped by the host, so the signature over it fails): %s %v, want 401", status, body)
 	}
 }

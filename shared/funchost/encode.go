@@ -1,10 +1,15 @@
 package funchost
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -94,4 +99,80 @@ func EncodeTimer(function, trigger string, last, next time.Time, pastDue bool, n
 		"Metadata": map[string]json.RawMessage{"sys": sys(function, now)},
 	}
 	return json.Marshal(inv)
+}
+
+// EncodeHTTP builds the invocation the host sends for an HTTP trigger named trigger (no
+// request forwarding), from the request as it reached the host. As the host does
+// (Azure/azure-functions-host src/WebJobs.Script/Extensions/HttpRequestExtensions.cs):
+// Body is included only when the request's ContentLength is above zero (a chunked
+// request, ContentLength -1, arrives without one), and it is read as UTF-8 text: a
+// byte-order mark is dropped and each invalid byte becomes U+FFFD. params are the route's
+// values (e.g. {"entity": "customer"}); they go to Params and to Metadata.
+func EncodeHTTP(function, trigger string, r *http.Request, params map[string]string, now time.Time) ([]byte, error) {
+	headers := map[string][]string{}
+	for k, v := range r.Header {
+		headers[k] = v
+	}
+	if r.ContentLength > 0 {
+		headers["Content-Length"] = []string{strconv.FormatInt(r.ContentLength, 10)}
+	}
+	if len(r.TransferEncoding) > 0 {
+		headers["Transfer-Encoding"] = r.TransferEncoding
+	}
+	query := map[string]string{}
+	for k, v := range r.URL.Query() {
+		query[k] = strings.Join(v, ",")
+	}
+	if params == nil {
+		params = map[string]string{}
+	}
+	u := *r.URL
+	if u.Host == "" {
+		u.Host = r.Host
+	}
+	if u.Scheme == "" {
+		u.Scheme = "https"
+	}
+	req := map[string]any{
+		"Url": u.String(), "Method": r.Method, "Query": query, "Headers": headers,
+		"Params": params, "Identities": []any{},
+	}
+	if r.ContentLength > 0 && r.Body != nil {
+		b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+		if err != nil {
+			return nil, fmt.Errorf("funchost: read request body: %w", err)
+		}
+		req["Body"] = hostText(b)
+	}
+	md := map[string]any{"Query": query, "Headers": firstValues(headers), "sys": sys(function, now)}
+	for k, v := range params {
+		md[k] = v
+	}
+	return json.Marshal(map[string]any{"Data": map[string]any{trigger: req}, "Metadata": md})
+}
+
+// hostText decodes b the way .NET's UTF-8 reader does: a leading byte-order mark is
+// dropped and every byte that is not part of a valid sequence becomes U+FFFD.
+func hostText(b []byte) string {
+	b = bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	var sb strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		sb.WriteRune(r) // utf8.RuneError is U+FFFD
+		b = b[n:]
+	}
+	return sb.String()
+}
+
+func firstValues(h map[string][]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		if len(v) > 0 {
+			out[k] = v[0]
+		}
+	}
+	return out
 }

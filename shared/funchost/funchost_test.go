@@ -255,3 +255,51 @@ func TestServerProtocol(t *testing.T) {
 		t.Errorf("Outputs.res = %+v", out)
 	}
 }
+
+// TestEncodeHTTPAsTheHost: the host passes a body on only when Content-Length is above
+// zero, as UTF-8 text without a byte-order mark and with invalid bytes replaced.
+func TestEncodeHTTPAsTheHost(t *testing.T) {
+	now := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name          string
+		body          []byte
+		contentLength int64 // > 0: the body's length
+		wantPresent   bool
+		want          string
+	}{
+		{"with Content-Length", []byte(`{"id":"e-1"}`), 1, true, `{"id":"e-1"}`},
+		{"chunked", []byte(`{"id":"e-1"}`), -1, false, ""},
+		{"Content-Length 0", nil, 0, false, ""},
+		{"byte-order mark", []byte("\xef\xbb\xbf{\"id\":\"e-1\"}"), 1, true, `{"id":"e-1"}`},
+		{"invalid UTF-8", []byte("{\"n\":\"a\xffb\xc3\"}"), 1, true, "{\"n\":\"a\ufffdb\ufffd\"}"},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("POST", "https://func-x.azurewebsites.net/api/events/customer?code=k", bytes.NewReader(c.body))
+		r.Header.Set("Content-Type", "application/json")
+		r.ContentLength = c.contentLength
+		if c.contentLength > 0 {
+			r.ContentLength = int64(len(c.body))
+		}
+		if c.contentLength < 0 {
+			r.TransferEncoding = []string{"chunked"}
+		}
+		b, err := EncodeHTTP("events", "req", r, map[string]string{"entity": "customer"}, now)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		inv, err := DecodeInvocation(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		h, err := inv.HTTP("req")
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if h.BodyPresent != c.wantPresent || string(h.Body) != c.want {
+			t.Errorf("%s: body present %v %q, want %v %q", c.name, h.BodyPresent, h.Body, c.wantPresent, c.want)
+		}
+		if h.Method != "POST" || h.Params["entity"] != "customer" || h.Query["code"] != "k" || h.Headers.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: decoded %+v", c.name, h)
+		}
+	}
+}

@@ -6,6 +6,7 @@
 package intake
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -110,7 +111,15 @@ const (
 	CodeTooLarge             = "too_large"
 	CodeUnsupportedMediaType = "unsupported_media_type"
 	CodeUnavailable          = "unavailable"
+	CodeLengthRequired       = "length_required"
 )
+
+// MsgLengthRequired answers a request whose body did not arrive. The Functions host passes
+// a request body on only when the request has a Content-Length above zero (a chunked body
+// arrives empty) and hands it over as UTF-8 text
+// (Azure/azure-functions-host src/WebJobs.Script/Extensions/HttpRequestExtensions.cs).
+const MsgLengthRequired = "the request arrived without a body: send the body with a Content-Length header " +
+	"(not chunked), as UTF-8 without a byte-order mark"
 
 // ErrorBody is the JSON body of every error answer.
 type ErrorBody struct {
@@ -147,6 +156,17 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 	entity, resp := precheck(r.Method, r.Entity, r.Header, int64(len(body)))
 	if resp != nil {
 		return *resp
+	}
+	// No event is empty, so an empty body is one the sender sent without Content-Length
+	// (or the host did not pass on): say so, rather than answer the signature's 401.
+	if len(body) == 0 {
+		in.o.Log.Warn("events refused: no body (no Content-Length)", "entity", r.Entity)
+		return errorResponse(http.StatusLengthRequired, CodeLengthRequired, MsgLengthRequired, nil)
+	}
+	// The host drops a byte-order mark, so the signature made over it would not match in
+	// Azure; everywhere, the answer names the cause.
+	if bytes.HasPrefix(body, utf8BOM) {
+		return errorResponse(http.StatusBadRequest, CodeInvalidEvent, "the body starts with a UTF-8 byte-order mark: send UTF-8 without one", nil)
 	}
 
 	log := in.o.Log.With("entity", string(entity))
@@ -272,6 +292,8 @@ func (in *Intake) checkSignature(ctx context.Context, log *slog.Logger, h http.H
 }
 
 const reasonMismatch = "signature does not match"
+
+var utf8BOM = []byte("\xef\xbb\xbf")
 
 // verify returns "" when sig is a valid signature of body with one of the secrets, else
 // why not.

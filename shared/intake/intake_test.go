@@ -209,11 +209,18 @@ func TestStatuses(t *testing.T) {
 		}, check{status: 401, code: "unauthorized"}},
 		{"400 malformed JSON", func(e *env) intake.Request { return e.signed("customer", []byte(`{"id":`)) },
 			check{status: 400, code: "invalid_event"}},
-		{"400 empty body", func(e *env) intake.Request {
-			r := e.signed("customer", nil)
-			r.BodyPresent = false
+		{"411 body not passed on (signed over the body the sender sent)", func(e *env) intake.Request {
+			r := e.signed("customer", cust)
+			r.Body, r.BodyPresent = nil, false
 			return r
-		}, check{status: 400, code: "invalid_event"}},
+		}, check{status: 411, code: "length_required"}},
+		{"411 empty body, before the signature", func(e *env) intake.Request {
+			r := e.signed("customer", nil)
+			r.Header.Del(intake.SignatureHeader)
+			return r
+		}, check{status: 411, code: "length_required"}},
+		{"400 byte-order mark", func(e *env) intake.Request { return e.signed("customer", append([]byte("\xef\xbb\xbf"), cust...)) },
+			check{status: 400, code: "invalid_event"}},
 		{"400 invalid field", func(e *env) intake.Request { return e.signed("customer", invalid) },
 			check{status: 400, code: "invalid_event", index: ip(0), field: sp("data.id")}},
 		{"400 second event invalid", func(e *env) intake.Request {
