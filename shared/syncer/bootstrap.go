@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 )
@@ -25,24 +28,36 @@ var ErrMissingCurrency = errors.New("store currency missing in Dynamics 365")
 // Names of the base unit the app creates with a unit group.
 const baseUnitName = "Primary Unit"
 
-// bootstrap resolves (and caches) the store currency, the price list and the unit group
+// bootstrapper resolves and caches the shared rows and the WhoAmI answer.
+type bootstrapper struct {
+	dv       Dataverse
+	settings Settings
+
+	mu      sync.Mutex // guards boot, bootErr and whoAmI
+	boot    *shared
+	bootErr error
+	once    singleflight.Group
+	whoAmI  *dataverse.WhoAmI
+}
+
+// rows resolves (and caches) the store currency, the price list and the unit group
 // with its base unit, creating the last two when missing. A failure is not cached: the
 // next sync tries again, so adding a missing currency takes effect without a restart.
 // Customers never need it.
 //
 // Callers arriving while an attempt runs share its result (a chunk of a thousand orders
 // makes one look-up, not a thousand, while the currency is missing).
-func (e *Engine) bootstrap(ctx context.Context) (*shared, error) {
-	e.bootMu.Lock()
+func (e *bootstrapper) rows(ctx context.Context) (*shared, error) {
+	e.mu.Lock()
 	sh := e.boot
-	e.bootMu.Unlock()
+	e.mu.Unlock()
 	if sh != nil {
 		return sh, nil
 	}
-	v, err, _ := e.bootOnce.Do("bootstrap", func() (any, error) {
+	v, err, _ := e.once.Do("bootstrap", func() (any, error) {
 		sh, err := e.resolveShared(ctx)
-		e.bootMu.Lock()
-		defer e.bootMu.Unlock()
+		e.mu.Lock()
+		defer e.mu.Unlock()
 		if err != nil {
 			e.bootErr = err
 			return nil, err
@@ -56,7 +71,7 @@ func (e *Engine) bootstrap(ctx context.Context) (*shared, error) {
 	return v.(*shared), nil
 }
 
-func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
+func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 	code := strings.ToUpper(strings.TrimSpace(e.settings.StoreCurrencyCode))
 	if code == "" {
 		return nil, transient(errors.New("STORE_CURRENCY_CODE is not set: set it to the store's primary currency (ISO 4217)"))
@@ -98,7 +113,7 @@ func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
 	// Price list: found by name or created in the store currency with a deterministic
 	// id, so two instances bootstrapping at once create one row.
 	plName := e.settings.priceListName()
-	pl, err := e.findOne(ctx, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName))
+	pl, err := findOne(ctx, e.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName))
 	if err != nil {
 		return nil, transient(fmt.Errorf("looking up price list %q: %w", plName, err))
 	}
@@ -111,7 +126,7 @@ func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
 		}, dataverse.Upsert)
 		if err != nil {
 			// Someone may have created one by that name meanwhile: look again.
-			if pl, _ = e.findOne(ctx, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName)); pl == nil {
+			if pl, _ = findOne(ctx, e.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName)); pl == nil {
 				return nil, transient(fmt.Errorf("creating price list %q: %w", plName, err))
 			}
 		} else {
@@ -125,7 +140,7 @@ func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
 
 	// Unit group and its base unit.
 	ugName := e.settings.unitGroupName()
-	ug, err := e.findOne(ctx, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName))
+	ug, err := findOne(ctx, e.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName))
 	if err != nil {
 		return nil, transient(fmt.Errorf("looking up unit group %q: %w", ugName, err))
 	}
@@ -133,7 +148,7 @@ func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
 		id := deterministicID(0, "uomschedule", strings.ToLower(ugName))
 		_, err := e.dv.Upsert(ctx, "uomschedules", id, dataverse.Record{"name": ugName, "baseuomname": baseUnitName}, dataverse.Upsert)
 		if err != nil {
-			if ug, _ = e.findOne(ctx, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName)); ug == nil {
+			if ug, _ = findOne(ctx, e.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName)); ug == nil {
 				return nil, transient(fmt.Errorf("creating unit group %q: %w", ugName, err))
 			}
 		} else {
@@ -189,9 +204,9 @@ func (e *Engine) resolveShared(ctx context.Context) (*shared, error) {
 }
 
 // findOne returns the first row of set matching filter, or nil.
-func (e *Engine) findOne(ctx context.Context, set string, cols []string, filter string) (dataverse.Record, error) {
+func findOne(ctx context.Context, dv Dataverse, set string, cols []string, filter string) (dataverse.Record, error) {
 	var found dataverse.Record
-	err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter, Top: 1}, func(r dataverse.Record) error {
+	err := dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter, Top: 1}, func(r dataverse.Record) error {
 		if found == nil {
 			found = r
 		}
@@ -200,13 +215,13 @@ func (e *Engine) findOne(ctx context.Context, set string, cols []string, filter 
 	return found, err
 }
 
-func (e *Engine) whoAmIValue() *dataverse.WhoAmI {
+func (e *bootstrapper) whoAmIValue() *dataverse.WhoAmI {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.whoAmI
 }
 
-func (e *Engine) setWhoAmI(w dataverse.WhoAmI) {
+func (e *bootstrapper) setWhoAmI(w dataverse.WhoAmI) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.whoAmI = &w
@@ -231,10 +246,10 @@ func (e *Engine) Connection(ctx context.Context) ConnectionInfo {
 		info.Error = err.Error()
 		return info
 	}
-	e.setWhoAmI(who)
+	e.boot.setWhoAmI(who)
 	info.Reachable = true
 	info.OrganizationID, info.BusinessUnitID, info.UserID = who.OrganizationID, who.BusinessUnitID, who.UserID
-	if _, err := e.bootstrap(ctx); err != nil {
+	if _, err := e.boot.rows(ctx); err != nil {
 		info.Error = err.Error()
 	}
 	return info

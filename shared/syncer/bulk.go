@@ -32,7 +32,7 @@ type bulkRow struct {
 
 // bulkGroup writes rows with one *Multiple message, isolating failures.
 type bulkGroup struct {
-	e       *Engine
+	d       *deps
 	create  bool // CreateMultiple (else UpdateMultiple)
 	set     string
 	logical string
@@ -57,7 +57,7 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if g.key == "" {
 		g.key = g.set
 	}
-	if _, off := g.e.noBulk.Load(g.key); off || len(rows) < minBulk {
+	if _, off := g.d.noBulk.Load(g.key); off || len(rows) < minBulk {
 		g.singles(ctx, rows, errs)
 		return
 	}
@@ -72,9 +72,9 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	}
 	var err error
 	if g.create {
-		_, err = g.e.dv.CreateMultiple(ctx, g.set, g.logical, recs)
+		_, err = g.d.dv.CreateMultiple(ctx, g.set, g.logical, recs)
 	} else {
-		err = g.e.dv.UpdateMultiple(ctx, g.set, g.logical, recs)
+		err = g.d.dv.UpdateMultiple(ctx, g.set, g.logical, recs)
 	}
 	if err == nil {
 		return
@@ -82,7 +82,7 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if bulkUnsupported(err) {
 		// "Not all standard tables support these messages": write this table's rows one
 		// by one from now on.
-		g.e.noBulk.Store(g.key, true)
+		g.d.noBulk.Store(g.key, true)
 		g.singles(ctx, rows, errs)
 		return
 	}
@@ -116,7 +116,7 @@ func (g *bulkGroup) failed(ctx context.Context, rows []bulkRow, err error, errs 
 			}
 		}
 		// Every row went through on its own: the environment refuses the message.
-		g.e.noBulk.Store(g.key, true)
+		g.d.noBulk.Store(g.key, true)
 		return
 	}
 	if len(rows) < 2*minBulk {
@@ -130,7 +130,7 @@ func (g *bulkGroup) failed(ctx context.Context, rows []bulkRow, err error, errs 
 
 func (g *bulkGroup) singles(ctx context.Context, rows []bulkRow, errs []error) {
 	eg, gctx := errgroup.WithContext(ctx)
-	eg.SetLimit(g.e.conc)
+	eg.SetLimit(g.d.conc)
 	for _, r := range rows {
 		eg.Go(func() error {
 			errs[r.i] = g.single(gctx, r)
@@ -147,48 +147,10 @@ func bulkUnsupported(err error) bool {
 	return errors.As(err, &de) && de.StatusCode == 404 && strings.Contains(de.Message, "Multiple")
 }
 
-// existingRows returns which of ids exist in set, with their statecode (-1 when the
-// table has none), looking up several ids per request.
-func (e *Engine) existingRows(ctx context.Context, set, pk string, ids []string, withState bool) (map[string]int, error) {
-	out := map[string]int{}
-	cols := []string{pk}
-	if withState {
-		cols = append(cols, "statecode")
-	}
-	for _, filter := range orFilters(eqConds(pk, ids), maxFilterBytes, nil) {
-		err := e.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter}, func(r dataverse.Record) error {
-			st := -1
-			if v, ok := intValue(r["statecode"]); ok {
-				st = v
-			}
-			out[strings.ToLower(str(r[pk]))] = st
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-// parallel runs fn(i) for every index in idx with the engine's concurrency.
-func (e *Engine) parallel(ctx context.Context, idx []int, fn func(ctx context.Context, i int)) {
-	eg, gctx := errgroup.WithContext(ctx)
-	eg.SetLimit(e.conc)
-	for _, i := range idx {
-		eg.Go(func() error {
-			fn(gctx, i)
-			return nil
-		})
-	}
-	_ = eg.Wait()
-}
-
 // syncMany is the customers' bulk path: deletes and skips row by row, the contacts of
 // everyone else planned together (one email look-up per 20 customers) and written with
 // CreateMultiple/UpdateMultiple.
 func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
-	e := s.e
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
 	var singles, rows []int
@@ -207,13 +169,13 @@ func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []
 			}
 		}
 	}
-	e.parallel(ctx, singles, func(ctx context.Context, i int) {
+	s.parallel(ctx, singles, func(ctx context.Context, i int) {
 		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
 	})
 	if len(rows) == 0 {
 		return outs, errs
 	}
-	byEmail, err := e.contactsByEmail(ctx, emails)
+	byEmail, err := s.contactsByEmail(ctx, emails)
 	if err != nil {
 		for _, i := range rows {
 			errs[i] = err
@@ -224,8 +186,8 @@ func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []
 		byEmail = map[string][]dataverse.Record{}
 	}
 	plans := make([]*contactPlan, len(evs))
-	e.parallel(ctx, rows, func(ctx context.Context, i int) {
-		plans[i], errs[i] = e.planContact(ctx, evs[i].StoreID, evs[i].Customer, recs[i], byEmail)
+	s.parallel(ctx, rows, func(ctx context.Context, i int) {
+		plans[i], errs[i] = s.planContact(ctx, evs[i].StoreID, evs[i].Customer, recs[i], byEmail)
 	})
 	// One contact row per chunk: two customers that resolve to the same contact (the same
 	// adopted email) must not be in one bulk request.
@@ -253,20 +215,20 @@ func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []
 			updates = append(updates, r)
 		}
 	}
-	single := func(ctx context.Context, r bulkRow) error { return e.writeContact(ctx, plans[r.i]) }
+	single := func(ctx context.Context, r bulkRow) error { return s.writeContact(ctx, plans[r.i]) }
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		(&bulkGroup{e: e, create: true, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, creates, errs)
+		(&bulkGroup{d: s.deps, create: true, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, creates, errs)
 	}()
 	go func() {
 		defer wg.Done()
-		(&bulkGroup{e: e, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, updates, errs)
+		(&bulkGroup{d: s.deps, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, updates, errs)
 	}()
 	wg.Wait()
 	for _, i := range later {
-		errs[i] = e.writeContact(ctx, plans[i])
+		errs[i] = s.writeContact(ctx, plans[i])
 	}
 	for _, i := range rows {
 		if p := plans[i]; errs[i] == nil && p != nil && !p.unchanged {
@@ -294,7 +256,7 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 	e := s.e
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
-	sh, err := e.bootstrap(ctx)
+	sh, err := e.boot.rows(ctx)
 	if err != nil {
 		for i := range errs {
 			errs[i] = err
@@ -404,8 +366,8 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			return e.writeProduct(ctx, plans[r.i], exists, &cur)
 		}
 	}
-	(&bulkGroup{e: e, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
-	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
+	(&bulkGroup{d: e.deps, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
+	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
 	e.updateActive(ctx, actives, pre, errs, single(true))
 
 	// Read back the state the environment gave the new rows (Draft, or Active).
@@ -455,9 +417,9 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		}
 	}
 	itemSingle := func(ctx context.Context, r bulkRow) error { return e.writePriceItem(ctx, plans[r.i], recs[r.i], sh) }
-	(&bulkGroup{e: e, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+	(&bulkGroup{d: e.deps, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
 		single: itemSingle}).write(ctx, items, errs)
-	(&bulkGroup{e: e, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+	(&bulkGroup{d: e.deps, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
 		single: itemSingle}).write(ctx, itemUpdates, errs)
 	e.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
 		errs[i] = e.writePriceItem(ctx, plans[i], recs[i], sh)
@@ -486,7 +448,7 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			settle = append(settle, i)
 		}
 	}
-	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
+	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
 		single: func(ctx context.Context, r bulkRow) error {
 			if err := e.settleLifecycle(ctx, plans[r.i], curOf(r.i)); err != nil {
 				return err
@@ -552,7 +514,7 @@ func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productP
 	if len(rows) == 0 {
 		return
 	}
-	plain := &bulkGroup{e: e, set: "products", logical: "product", pk: "productid", single: single}
+	plain := &bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", single: single}
 	var revise []bulkRow
 	if _, draftOnly := e.noBulk.Load("products#in-place"); draftOnly {
 		revise = rows
@@ -593,7 +555,7 @@ func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productP
 	for k, r := range revise {
 		states[k] = bulkRow{i: r.i, id: r.id, rec: dataverse.Record{"statecode": productUnderRevision, "statuscode": 3}}
 	}
-	(&bulkGroup{e: e, set: "products", logical: "product", pk: "productid", key: "products#revise", noSplit: true,
+	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", key: "products#revise", noSplit: true,
 		single: func(ctx context.Context, r bulkRow) error {
 			return e.setProductState(ctx, r.id, productUnderRevision)
 		}}).write(ctx, states, errs)

@@ -26,7 +26,12 @@ const (
 )
 
 // customerSyncer maps customers to contacts (dataverse-mapping.md "Customer → contact").
-type customerSyncer struct{ e *Engine }
+type customerSyncer struct {
+	*deps
+	accounts sync.Map // "<storeID>/<lower(company)>" → account id
+	contacts sync.Map // guest contact key → contact id
+	ensuring sync.Map // "customer/<id>" → *sync.Mutex: one ensureContact per customer at a time
+}
 
 // skipReason says why a customer does not become a contact ("" when it does).
 func skipReason(c *nop.Customer) string {
@@ -52,14 +57,14 @@ func (s *customerSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Rec
 	if reason := skipReason(c); reason != "" {
 		return outcome{status: state.Skipped, reason: reason}, nil
 	}
-	plan, err := s.e.planContact(ctx, ev.StoreID, c, rec, nil)
+	plan, err := s.planContact(ctx, ev.StoreID, c, rec, nil)
 	if err != nil {
 		return outcome{}, err
 	}
 	if plan.unchanged {
 		return plan.outcome(), nil
 	}
-	if err := s.e.writeContact(ctx, plan); err != nil {
+	if err := s.writeContact(ctx, plan); err != nil {
 		return outcome{}, err
 	}
 	plan.apply(rec)
@@ -164,7 +169,7 @@ func contactColumns(first, last, email, phone string, a *nop.Address, descriptio
 // Nothing is written except a missing account.
 // byEmail (bulk path) holds the active contacts per lower-cased email looked up for a
 // whole chunk; nil looks them up here.
-func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
+func (s *customerSyncer) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
 	p := &contactPlan{fields: contactFields(c), company: strings.TrimSpace(deref(c.Company)), extra: map[string]string{}}
 	p.hash = hashOf(p.fields, "company="+strings.ToLower(p.company))
 	if rec.Status == state.Synced && rec.DataHash == p.hash && rec.DataverseID != "" && rec.Extra[extraDeactivated] == "" {
@@ -178,16 +183,16 @@ func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, 
 		cands := byEmail
 		if cands == nil {
 			var err error
-			if cands, err = e.contactsByEmail(ctx, []string{deref(c.Email)}); err != nil {
+			if cands, err = s.contactsByEmail(ctx, []string{deref(c.Email)}); err != nil {
 				return nil, err
 			}
 		}
 		own := deterministicID(storeID, "contact", strconv.Itoa(c.ID))
-		if err := e.choose(ctx, p, own, c.ID, cands[strings.ToLower(strings.TrimSpace(deref(c.Email)))]); err != nil {
+		if err := s.choose(ctx, p, own, c.ID, cands[strings.ToLower(strings.TrimSpace(deref(c.Email)))]); err != nil {
 			return nil, err
 		}
 	}
-	if err := e.planAccount(ctx, storeID, p, rec); err != nil {
+	if err := s.planAccount(ctx, storeID, p, rec); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -197,7 +202,7 @@ func (e *Engine) planContact(ctx context.Context, storeID int, c *nop.Customer, 
 // contacts with its email: our own deterministic row when it exists (state was wiped),
 // else the single other one (adopted), else (none, or ambiguous) our own.
 // customerID < 0 is a guest: contacts of registered customers are matched too.
-func (e *Engine) choose(ctx context.Context, p *contactPlan, own string, customerID int, cands []dataverse.Record) error {
+func (s *customerSyncer) choose(ctx context.Context, p *contactPlan, own string, customerID int, cands []dataverse.Record) error {
 	var others []string
 	for _, r := range cands {
 		id := strings.ToLower(str(r["contactid"]))
@@ -210,7 +215,7 @@ func (e *Engine) choose(ctx context.Context, p *contactPlan, own string, custome
 		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") && d != fmt.Sprintf("nopCommerce customer %d", customerID) {
 			continue
 		}
-		released, err := e.released(ctx, id)
+		released, err := s.released(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -235,12 +240,12 @@ func (e *Engine) choose(ctx context.Context, p *contactPlan, own string, custome
 }
 
 // planAccount resolves the parent account for the company (or plans clearing it).
-func (e *Engine) planAccount(ctx context.Context, storeID int, p *contactPlan, rec *state.Record) error {
+func (s *customerSyncer) planAccount(ctx context.Context, storeID int, p *contactPlan, rec *state.Record) error {
 	if p.company == "" {
 		p.clear = rec != nil && rec.Extra[extraAccountID] != ""
 		return nil
 	}
-	id, err := e.account(ctx, storeID, p.company)
+	id, err := s.account(ctx, storeID, p.company)
 	if err != nil {
 		return err
 	}
@@ -250,13 +255,13 @@ func (e *Engine) planAccount(ctx context.Context, storeID int, p *contactPlan, r
 
 // account finds the account named company (case-insensitively) or creates it with a
 // deterministic id. Ids are cached per process.
-func (e *Engine) account(ctx context.Context, storeID int, company string) (string, error) {
+func (s *customerSyncer) account(ctx context.Context, storeID int, company string) (string, error) {
 	key := strconv.Itoa(storeID) + "/" + strings.ToLower(company)
-	if v, ok := e.accounts.Load(key); ok {
+	if v, ok := s.accounts.Load(key); ok {
 		return v.(string), nil
 	}
 	var found string
-	err := e.dv.Query(ctx, "accounts", dataverse.Query{
+	err := s.dv.Query(ctx, "accounts", dataverse.Query{
 		Select: []string{"accountid", "name"},
 		Filter: "name eq " + odataString(company),
 		Top:    10,
@@ -271,21 +276,21 @@ func (e *Engine) account(ctx context.Context, storeID int, company string) (stri
 	}
 	if found == "" {
 		found = deterministicID(storeID, "account", strings.ToLower(company))
-		if _, err := e.dv.Upsert(ctx, "accounts", found, dataverse.Record{"name": truncate(company, 160)}, dataverse.Upsert); err != nil {
+		if _, err := s.dv.Upsert(ctx, "accounts", found, dataverse.Record{"name": truncate(company, 160)}, dataverse.Upsert); err != nil {
 			return "", fmt.Errorf("creating account %q: %w", company, err)
 		}
 	}
-	e.accounts.Store(key, found)
+	s.accounts.Store(key, found)
 	return found, nil
 }
 
 // writeContact sends one planned contact.
-func (e *Engine) writeContact(ctx context.Context, p *contactPlan) error {
-	_, err := e.dv.Upsert(ctx, "contacts", p.id, p.record(), dataverse.Upsert)
+func (s *customerSyncer) writeContact(ctx context.Context, p *contactPlan) error {
+	_, err := s.dv.Upsert(ctx, "contacts", p.id, p.record(), dataverse.Upsert)
 	if err != nil && p.accountID != "" && dataverse.IsNotFound(err) {
 		// The cached account may have been deleted in Dynamics 365: forget it and let
 		// the retry look it up again.
-		e.forgetAccounts()
+		s.forgetAccounts()
 		return transient(fmt.Errorf("writing contact %s: %w", p.id, err))
 	}
 	if err != nil {
@@ -294,13 +299,13 @@ func (e *Engine) writeContact(ctx context.Context, p *contactPlan) error {
 	return nil
 }
 
-func (e *Engine) forgetAccounts() {
-	e.accounts.Range(func(k, _ any) bool { e.accounts.Delete(k); return true })
+func (s *customerSyncer) forgetAccounts() {
+	s.accounts.Range(func(k, _ any) bool { s.accounts.Delete(k); return true })
 }
 
 // contactsByEmail returns the active contacts per lower-cased email, querying a few
 // emails per request.
-func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[string][]dataverse.Record, error) {
+func (s *customerSyncer) contactsByEmail(ctx context.Context, emails []string) (map[string][]dataverse.Record, error) {
 	out := map[string][]dataverse.Record{}
 	seen := map[string]bool{}
 	var uniq []string
@@ -317,7 +322,7 @@ func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[stri
 		conds[i] = "emailaddress1 eq " + odataString(m)
 	}
 	for _, filter := range orFilters(conds, maxFilterBytes, func(s string) string { return "statecode eq 0 and (" + s + ")" }) {
-		err := e.dv.Query(ctx, "contacts", dataverse.Query{
+		err := s.dv.Query(ctx, "contacts", dataverse.Query{
 			Select: []string{"contactid", "emailaddress1", "description"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
@@ -335,8 +340,8 @@ func (e *Engine) contactsByEmail(ctx context.Context, emails []string) (map[stri
 }
 
 // released reports whether a contact belonged to a customer deleted in nopCommerce.
-func (e *Engine) released(ctx context.Context, contactID string) (bool, error) {
-	_, err := e.st.GetDoc(ctx, releasedContactKind, strings.ToLower(contactID))
+func (s *customerSyncer) released(ctx context.Context, contactID string) (bool, error) {
+	_, err := s.st.GetDoc(ctx, releasedContactKind, strings.ToLower(contactID))
 	switch {
 	case err == nil:
 		return true, nil
@@ -346,9 +351,9 @@ func (e *Engine) released(ctx context.Context, contactID string) (bool, error) {
 	return false, transient(fmt.Errorf("reading released contacts: %w", err))
 }
 
-func (e *Engine) releaseContact(ctx context.Context, contactID string, customerID int) error {
+func (s *customerSyncer) releaseContact(ctx context.Context, contactID string, customerID int) error {
 	doc := &state.Doc{Kind: releasedContactKind, Key: strings.ToLower(contactID), Value: []byte(strconv.Itoa(customerID))}
-	err := e.st.SaveDoc(ctx, doc)
+	err := s.st.SaveDoc(ctx, doc)
 	if err != nil && !errors.Is(err, state.ErrConflict) {
 		return transient(fmt.Errorf("recording released contact: %w", err))
 	}
@@ -357,8 +362,7 @@ func (e *Engine) releaseContact(ctx context.Context, contactID string, customerI
 
 // delete applies DELETE_POLICY to a deleted customer's contact.
 func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record) (outcome, error) {
-	e := s.e
-	policy := e.settings.deletePolicy()
+	policy := s.settings.deletePolicy()
 	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
 	id := rec.DataverseID
 	if rec.Status == state.Synced && rec.DataHash == hash {
@@ -369,14 +373,14 @@ func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Custome
 		id = deterministicID(storeID, "contact", strconv.Itoa(c.ID))
 	}
 	// From now on this contact is never matched by email for anyone.
-	if err := e.releaseContact(ctx, id, c.ID); err != nil {
+	if err := s.releaseContact(ctx, id, c.ID); err != nil {
 		return outcome{}, err
 	}
 	switch policy {
 	case DeleteIgnore:
 		return outcome{status: state.Skipped, reason: "deleted in nopCommerce; DELETE_POLICY=ignore keeps the contact", dataverseID: rec.DataverseID, hash: hash}, nil
 	case DeleteDelete:
-		err := e.dv.Delete(ctx, "contacts", id)
+		err := s.dv.Delete(ctx, "contacts", id)
 		if err == nil || dataverse.IsNotFound(err) {
 			return outcome{status: state.Synced, reason: "deleted in nopCommerce; contact deleted", dataverseID: id, hash: hash}, nil
 		}
@@ -384,12 +388,12 @@ func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Custome
 			return outcome{}, fmt.Errorf("deleting contact %s: %w", id, err)
 		}
 		// Dataverse refuses while orders point at the contact: deactivate instead.
-		if derr := e.deactivateContact(ctx, id, rec); derr != nil {
+		if derr := s.deactivateContact(ctx, id, rec); derr != nil {
 			return outcome{}, derr
 		}
 		return outcome{status: state.Synced, reason: "deleted in nopCommerce; Dynamics 365 refused to delete the contact (" + shortErr(err) + "), so it was deactivated", dataverseID: id, hash: hash}, nil
 	default:
-		err := e.deactivateContact(ctx, id, rec)
+		err := s.deactivateContact(ctx, id, rec)
 		if dataverse.IsNotFound(err) {
 			return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
 		}
@@ -400,8 +404,8 @@ func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Custome
 	}
 }
 
-func (e *Engine) deactivateContact(ctx context.Context, id string, rec *state.Record) error {
-	if err := e.dv.Update(ctx, "contacts", id, dataverse.Record{"statecode": 1, "statuscode": 2}); err != nil {
+func (s *customerSyncer) deactivateContact(ctx context.Context, id string, rec *state.Record) error {
+	if err := s.dv.Update(ctx, "contacts", id, dataverse.Record{"statecode": 1, "statuscode": 2}); err != nil {
 		return fmt.Errorf("deactivating contact %s: %w", id, err)
 	}
 	if rec.Extra == nil {
@@ -416,14 +420,14 @@ func (e *Engine) deactivateContact(ctx context.Context, id string, rec *state.Re
 // contact the customer sync would give it (state, adoption, deterministic id) and the
 // customer's state remembers it; a guest's contact is made from the billing address and
 // matched by email like any other.
-func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
 	if c == nil {
 		return "", permanent(errors.New("order has no customer"))
 	}
-	mu, _ := e.ensuring.LoadOrStore("customer/"+strconv.Itoa(c.ID), &sync.Mutex{})
+	mu, _ := s.ensuring.LoadOrStore("customer/"+strconv.Itoa(c.ID), &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	rec, err := e.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
+	rec, err := s.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
 	switch {
 	case err == nil:
 		if rec.DataverseID != "" {
@@ -436,20 +440,20 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 	}
 	if !c.Deleted && skipReason(c) == "" {
 		fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
-		claimed, err := e.leases.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
+		claimed, err := s.leases.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
 		if err != nil {
 			return "", err
 		}
-		defer e.leases.release(ctx, claimed)
+		defer s.leases.release(ctx, claimed)
 		if claimed.DataverseID != "" { // written by the customer's own event while we waited
 			return claimed.DataverseID, nil
 		}
-		p, err := e.planContact(ctx, storeID, c, claimed, nil)
+		p, err := s.planContact(ctx, storeID, c, claimed, nil)
 		if err != nil {
 			return "", err
 		}
 		if !p.unchanged {
-			if err := e.writeContact(ctx, p); err != nil {
+			if err := s.writeContact(ctx, p); err != nil {
 				return "", err
 			}
 		}
@@ -457,18 +461,18 @@ func (e *Engine) ensureContact(ctx context.Context, storeID int, c *nop.Customer
 		if fresh {
 			// The customer's own event, when it comes, updates this contact (its order key
 			// is newer than none).
-			claimed.Status, claimed.SyncedAt, claimed.DataHash = state.Synced, e.now(), p.hash
+			claimed.Status, claimed.SyncedAt, claimed.DataHash = state.Synced, s.now(), p.hash
 			claimed.Reason = "contact written from an order; the customer's own event has not arrived yet"
 			p.apply(claimed)
 		}
 		return p.id, nil
 	}
-	return e.guestContact(ctx, storeID, c, billing)
+	return s.guestContact(ctx, storeID, c, billing)
 }
 
 // guestContact finds or writes the contact of a guest (or a customer without email) from
 // the billing address.
-func (e *Engine) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
 	if billing == nil {
 		billing = &nop.Address{}
 	}
@@ -481,21 +485,21 @@ func (e *Engine) guestContact(ctx context.Context, storeID int, c *nop.Customer,
 		key = "guest:" + strings.ToLower(email)
 	}
 	cacheKey := strconv.Itoa(storeID) + "/" + key
-	if v, ok := e.contacts.Load(cacheKey); ok {
+	if v, ok := s.contacts.Load(cacheKey); ok {
 		return v.(string), nil
 	}
 	own := deterministicID(storeID, "contact", key)
 	if email != "" {
-		cands, err := e.contactsByEmail(ctx, []string{email})
+		cands, err := s.contactsByEmail(ctx, []string{email})
 		if err != nil {
 			return "", err
 		}
 		p := &contactPlan{extra: map[string]string{}}
-		if err := e.choose(ctx, p, own, -1, cands[strings.ToLower(email)]); err != nil {
+		if err := s.choose(ctx, p, own, -1, cands[strings.ToLower(email)]); err != nil {
 			return "", err
 		}
 		if !p.isNew {
-			e.contacts.Store(cacheKey, p.id)
+			s.contacts.Store(cacheKey, p.id)
 			return p.id, nil
 		}
 	}
@@ -515,10 +519,10 @@ func (e *Engine) guestContact(ctx context.Context, storeID int, c *nop.Customer,
 	}
 	phone := strings.TrimSpace(deref(billing.Phone))
 	r := contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID))
-	if _, err := e.dv.Upsert(ctx, "contacts", own, r, dataverse.Upsert); err != nil {
+	if _, err := s.dv.Upsert(ctx, "contacts", own, r, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
 	}
-	e.contacts.Store(cacheKey, own)
+	s.contacts.Store(cacheKey, own)
 	return own, nil
 }
 

@@ -202,14 +202,14 @@ func TestEnsureContactForOrders(t *testing.T) {
 	e.each(state.Customer, customerEvent(t, tmpl, 1, 1, "known@example.test", nil))
 	s := func(v string) *string { return &v }
 	guest := &nop.Customer{ID: 500, IsGuest: true}
-	id, err := e.eng.ensureContact(e.ctx, 1, guest, &nop.Address{Email: s("KNOWN@example.test"), LastName: s("Other")})
+	id, err := e.eng.customers.ensureContact(e.ctx, 1, guest, &nop.Address{Email: s("KNOWN@example.test"), LastName: s("Other")})
 	if err != nil || id != contactID(1, 1) {
 		t.Fatalf("guest with a known email → %s %v, want the customer's contact", id, err)
 	}
 	var ids []string
 	for i := 0; i < 2; i++ {
 		g := &nop.Customer{ID: 600 + i, IsGuest: true}
-		id, err := e.eng.ensureContact(e.ctx, 1, g, &nop.Address{Email: s("new.guest@example.test"), FirstName: s("Grace"), LastName: s("Hopper")})
+		id, err := e.eng.customers.ensureContact(e.ctx, 1, g, &nop.Address{Email: s("new.guest@example.test"), FirstName: s("Grace"), LastName: s("Hopper")})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -222,7 +222,7 @@ func TestEnsureContactForOrders(t *testing.T) {
 		t.Fatalf("guest contact %v", c)
 	}
 	reg := &nop.Customer{ID: 700, IsRegistered: true, Email: s("later@example.test"), LastName: s("Later")}
-	id, err = e.eng.ensureContact(e.ctx, 1, reg, nil)
+	id, err = e.eng.customers.ensureContact(e.ctx, 1, reg, nil)
 	if err != nil || id != contactID(1, 700) {
 		t.Fatalf("unsynced registered customer → %s %v", id, err)
 	}

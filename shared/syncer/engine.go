@@ -47,7 +47,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -152,31 +151,14 @@ type Options struct {
 
 // Engine applies events to Dataverse. It is safe for concurrent use.
 type Engine struct {
-	dv        Dataverse
-	st        state.Store
-	settings  Settings
-	now       func() time.Time
-	log       *slog.Logger
-	leases    *leases
-	conc      int
+	*deps
 	stateConc int
 	bulkSize  int
-	http      *http.Client
 
-	syncers map[state.Entity]entitySyncer
-
-	bootMu   sync.Mutex
-	boot     *shared
-	bootErr  error
-	bootOnce singleflight.Group
-
-	mu     sync.Mutex // guards whoAmI
-	whoAmI *dataverse.WhoAmI
-
-	accounts sync.Map // "<storeID>/<lower(company)>" → account id
-	contacts sync.Map // guest contact key → contact id
-	noBulk   sync.Map // entity sets without CreateMultiple/UpdateMultiple
-	ensuring sync.Map // key → *sync.Mutex: one ensureProduct/ensureContact per key at a time
+	customers *customerSyncer
+	products  *productSyncer
+	orders    *orderSyncer
+	syncers   map[state.Entity]entitySyncer
 }
 
 // New builds an Engine.
@@ -187,48 +169,48 @@ func New(o Options) (*Engine, error) {
 	if o.State == nil {
 		return nil, errors.New("syncer: Options.State is required")
 	}
-	e := &Engine{
-		dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log,
-		conc: o.Concurrency, stateConc: o.StateConcurrency, bulkSize: o.BulkSize,
-		http: o.HTTPClient,
+	d := &deps{dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log, conc: o.Concurrency, noBulk: &sync.Map{}}
+	if d.now == nil {
+		d.now = time.Now
 	}
-	if e.now == nil {
-		e.now = time.Now
+	if d.log == nil {
+		d.log = slog.Default()
 	}
-	if e.log == nil {
-		e.log = slog.Default()
+	d.leases = &leases{st: d.st, now: d.now, log: d.log, instance: o.Instance, duration: o.LeaseDuration, busyWait: o.BusyWait}
+	if d.leases.instance == "" {
+		d.leases.instance = randomHex(6)
 	}
-	e.leases = &leases{st: e.st, now: e.now, log: e.log, instance: o.Instance, duration: o.LeaseDuration, busyWait: o.BusyWait}
-	if e.leases.instance == "" {
-		e.leases.instance = randomHex(6)
+	if d.leases.duration <= 0 {
+		d.leases.duration = DefaultLease
 	}
-	if e.leases.duration <= 0 {
-		e.leases.duration = DefaultLease
+	if d.leases.busyWait == 0 {
+		d.leases.busyWait = 20 * time.Second
 	}
-	if e.leases.busyWait == 0 {
-		e.leases.busyWait = 20 * time.Second
+	if d.conc <= 0 {
+		d.conc = 8
 	}
-	if e.conc <= 0 {
-		e.conc = 8
+	if d.settings.ImageMaxBytes <= 0 {
+		d.settings.ImageMaxBytes = 5 << 20
 	}
+	d.boot = &bootstrapper{dv: d.dv, settings: d.settings}
+	e := &Engine{deps: d, stateConc: o.StateConcurrency, bulkSize: o.BulkSize}
 	if e.stateConc <= 0 {
 		e.stateConc = 32
 	}
 	if e.bulkSize <= 0 {
 		e.bulkSize = 100
 	}
-	if e.http == nil {
-		e.http = &http.Client{Timeout: 15 * time.Second}
+	httpc := o.HTTPClient
+	if httpc == nil {
+		httpc = &http.Client{Timeout: 15 * time.Second}
 	}
-	if e.settings.ImageMaxBytes <= 0 {
-		e.settings.ImageMaxBytes = 5 << 20
-	}
+	e.customers = &customerSyncer{deps: d}
+	e.products = &productSyncer{e: e, http: httpc}
+	e.orders = &orderSyncer{e: e}
 	e.syncers = map[state.Entity]entitySyncer{
-		state.Customer: &customerSyncer{e: e},
-		state.Product:  &productSyncer{e: e},
-	}
-	if os := newOrderSyncer(e); os != nil {
-		e.syncers[state.Order] = os
+		state.Customer: e.customers,
+		state.Product:  e.products,
+		state.Order:    e.orders,
 	}
 	return e, nil
 }

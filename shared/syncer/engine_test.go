@@ -69,7 +69,7 @@ func TestBootstrapConcurrentInstancesConverge(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ids[i], errs[i] = e.engine().bootstrap(e.ctx)
+			ids[i], errs[i] = e.engine().boot.rows(e.ctx)
 		}()
 	}
 	wg.Wait()

@@ -75,8 +75,6 @@ const (
 	convertMovesState
 )
 
-func newOrderSyncer(e *Engine) entitySyncer { return &orderSyncer{e: e} }
-
 // salesOrderState is what the app reads of an existing salesorder.
 type salesOrderState struct {
 	exists     bool
@@ -207,7 +205,7 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 		return nil, transient(fmt.Errorf("order %d is in %s but STORE_CURRENCY_CODE is %s: set STORE_CURRENCY_CODE to the store's primary currency",
 			o.ID, o.CurrencyCode, strings.ToUpper(want)))
 	}
-	sh, err := s.e.bootstrap(ctx)
+	sh, err := s.e.boot.rows(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
@@ -368,7 +366,7 @@ func (r *refResolver) do(key string, fn func() (string, error)) (string, error) 
 
 func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (string, error) {
 	return r.do(fmt.Sprintf("contact/%d/%d", storeID, o.Customer.ID), func() (string, error) {
-		return r.e.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)
+		return r.e.customers.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)
 	})
 }
 

@@ -142,7 +142,7 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 	for k, i := range idx {
 		headers[k] = bulkRow{i: i, id: plans[i].orderID, rec: plans[i].write.Header}
 	}
-	(&bulkGroup{e: s.e, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
+	(&bulkGroup{d: s.e.deps, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
 		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, first[r.i], r.i) }}).write(ctx, headers, errs)
 
 	// The lines of the orders whose header went in bulk.
@@ -163,7 +163,7 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 	}
 	second := writers(created)
 	lineErrs := make([]error, len(lines))
-	(&bulkGroup{e: s.e, create: true, set: setSalesOrderDetails, logical: "salesorderdetail", pk: "salesorderdetailid",
+	(&bulkGroup{d: s.e.deps, create: true, set: setSalesOrderDetails, logical: "salesorderdetail", pk: "salesorderdetailid",
 		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, second[owner[r.i]], owner[r.i]) }}).write(ctx, lines, lineErrs)
 	for k, err := range lineErrs {
 		if i := owner[k]; err != nil && errs[i] == nil {

@@ -45,14 +45,18 @@ const (
 	productNumberKind  = "product-number" // state doc: lower(productnumber) → "<storeID>/<productID>" that owns it
 )
 
-type productSyncer struct{ e *Engine }
+type productSyncer struct {
+	e        *Engine
+	http     *http.Client // fetches pictures
+	ensuring sync.Map     // "product/<id>" → *sync.Mutex: one ensureProduct per product at a time
+}
 
 func (s *productSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
 	p := ev.Product
 	if p == nil {
 		return outcome{}, permanent(fmt.Errorf("event %s: product data missing", ev.ID))
 	}
-	sh, err := s.e.bootstrap(ctx)
+	sh, err := s.e.boot.rows(ctx)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -252,7 +256,7 @@ func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string, 
 		found = pre.byNumber[strings.ToLower(want)]
 	} else {
 		var err error
-		found, err = e.findOne(ctx, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
+		found, err = findOne(ctx, e.dv, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
 		if err != nil {
 			return fmt.Errorf("looking up product number %q: %w", want, err)
 		}
@@ -482,7 +486,7 @@ func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state
 	_, err := e.dv.Upsert(ctx, "productpricelevels", id, r, dataverse.Upsert)
 	if err != nil && hasCode(err, codeDuplicateProductPrice) {
 		// The (adopted) product already has a price for this unit in this price list.
-		existing, ferr := e.findOne(ctx, "productpricelevels", []string{"productpricelevelid"},
+		existing, ferr := findOne(ctx, e.dv, "productpricelevels", []string{"productpricelevelid"},
 			"_pricelevelid_value eq "+sh.PriceListID+" and _productid_value eq "+pl.id+" and _uomid_value eq "+sh.BaseUnitID)
 		if ferr != nil {
 			return fmt.Errorf("looking up the price list item of product %s: %w", pl.id, ferr)
@@ -575,7 +579,7 @@ func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product,
 }
 
 func (e *Engine) productUsed(ctx context.Context, id string) (bool, error) {
-	r, err := e.findOne(ctx, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
+	r, err := findOne(ctx, e.dv, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
 	if err != nil {
 		return false, fmt.Errorf("checking order lines of product %s: %w", id, err)
 	}
@@ -634,7 +638,7 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	key := strconv.Itoa(ip.ID)
 	// Orders of one chunk often share products: one of them creates it, the others wait
 	// and find it in state.
-	mu, _ := e.ensuring.LoadOrStore("product/"+key, &sync.Mutex{})
+	mu, _ := e.products.ensuring.LoadOrStore("product/"+key, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
 	rec, err := e.st.Get(ctx, state.Product, key)
@@ -648,7 +652,7 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	default:
 		return "", transient(fmt.Errorf("reading product %d state: %w", ip.ID, err))
 	}
-	sh, err := e.bootstrap(ctx)
+	sh, err := e.boot.rows(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -688,7 +692,7 @@ func (e *Engine) fetchImage(ctx context.Context, url string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("picture %s: %w", url, err)
 	}
-	resp, err := e.http.Do(req)
+	resp, err := e.products.http.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("fetching picture: %w", err)
 	}

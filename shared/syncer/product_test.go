@@ -176,7 +176,7 @@ func TestProductsGroupedEitherOrder(t *testing.T) {
 func TestProductNumberAdoptionAndFallback(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.each(state.Product, productEvent(t, 1, 1, nil)) // bootstrap, and a product of ours with SKU-1
-	sh, _ := e.eng.bootstrap(e.ctx)
+	sh, _ := e.eng.boot.rows(e.ctx)
 	typed, err := e.dv.Create(e.ctx, "products", dataverse.Record{"name": "Typed in", "productnumber": "TYPED",
 		"defaultuomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
 		"defaultuomid@odata.bind":         dataverse.Bind("uoms", sh.BaseUnitID)})

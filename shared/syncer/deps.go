@@ -1,0 +1,65 @@
+package syncer
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// deps are the dependencies the Engine and every entity syncer share; New builds them
+// once.
+type deps struct {
+	dv       Dataverse
+	st       state.Store
+	settings Settings
+	now      func() time.Time
+	log      *slog.Logger
+	conc     int           // parallel work inside one chunk
+	leases   *leases       // one writer per entity
+	boot     *bootstrapper // the rows every product and order refers to
+	noBulk   *sync.Map     // entity sets (and kinds of write) without CreateMultiple/UpdateMultiple
+}
+
+// existingRows returns which of ids exist in set, with their statecode (-1 when the
+// table has none), looking up several ids per request.
+func (d *deps) existingRows(ctx context.Context, set, pk string, ids []string, withState bool) (map[string]int, error) {
+	out := map[string]int{}
+	cols := []string{pk}
+	if withState {
+		cols = append(cols, "statecode")
+	}
+	for _, filter := range orFilters(eqConds(pk, ids), maxFilterBytes, nil) {
+		err := d.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter}, func(r dataverse.Record) error {
+			st := -1
+			if v, ok := intValue(r["statecode"]); ok {
+				st = v
+			}
+			out[strings.ToLower(str(r[pk]))] = st
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// parallel runs fn(i) for every index in idx with the chunk concurrency.
+func (d *deps) parallel(ctx context.Context, idx []int, fn func(ctx context.Context, i int)) {
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.SetLimit(d.conc)
+	for _, i := range idx {
+		eg.Go(func() error {
+			fn(gctx, i)
+			return nil
+		})
+	}
+	_ = eg.Wait()
+}
