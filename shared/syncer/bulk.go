@@ -253,10 +253,9 @@ type productPrefetch struct {
 // publish), as do deletes. Price list items of new products are created in bulk too;
 // publishing and retiring are per product.
 func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
-	e := s.e
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
-	sh, err := e.boot.rows(ctx)
+	sh, err := s.boot.rows(ctx)
 	if err != nil {
 		for i := range errs {
 			errs[i] = err
@@ -282,14 +281,13 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 		}
 	}
 	s.group(ctx, sh, evs, recs, products, pre, outs, errs)
-	e.parallel(ctx, deletes, func(ctx context.Context, i int) {
+	s.parallel(ctx, deletes, func(ctx context.Context, i int) {
 		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
 	})
 	return outs, errs
 }
 
 func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event, recs []*state.Record, idx []int, pre *productPrefetch, outs []outcome, errs []error) {
-	e := s.e
 	if len(idx) == 0 {
 		return
 	}
@@ -305,10 +303,10 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		ids = append(ids, id)
 		numbers = append(numbers, productNumber(p.ID, p.Sku))
 	}
-	states, err := e.existingRows(ctx, "products", "productid", ids, true)
+	states, err := s.existingRows(ctx, "products", "productid", ids, true)
 	if err == nil {
 		pre.states = states
-		pre.byNumber, err = e.productsByNumber(ctx, numbers)
+		pre.byNumber, err = s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {
 		for _, i := range idx {
@@ -317,8 +315,8 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		return
 	}
 	plans := make([]*productPlan, len(evs))
-	e.parallel(ctx, idx, func(ctx context.Context, i int) {
-		plans[i], errs[i] = e.planProduct(ctx, evs[i].StoreID, evs[i].Product, recs[i], sh, pre)
+	s.parallel(ctx, idx, func(ctx context.Context, i int) {
+		plans[i], errs[i] = s.planProduct(ctx, evs[i].StoreID, evs[i].Product, recs[i], sh, pre)
 	})
 	var creates, updates, actives []bulkRow
 	var singles []int
@@ -350,8 +348,8 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		seen[pl.id] = true
 	}
 	// Retired products (and repeats): the single path (re-activate, revise when needed).
-	e.parallel(ctx, singles, func(ctx context.Context, i int) {
-		errs[i] = e.applyProduct(ctx, plans[i], recs[i], sh)
+	s.parallel(ctx, singles, func(ctx context.Context, i int) {
+		errs[i] = s.applyProduct(ctx, plans[i], recs[i], sh)
 		if errs[i] == nil {
 			outs[i] = plans[i].outcome()
 		}
@@ -363,12 +361,12 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 	single := func(exists bool) func(ctx context.Context, r bulkRow) error {
 		return func(ctx context.Context, r bulkRow) error {
 			cur := pre.states[plans[r.i].id]
-			return e.writeProduct(ctx, plans[r.i], exists, &cur)
+			return s.writeProduct(ctx, plans[r.i], exists, &cur)
 		}
 	}
-	(&bulkGroup{d: e.deps, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
-	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
-	e.updateActive(ctx, actives, pre, errs, single(true))
+	(&bulkGroup{d: s.deps, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
+	(&bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
+	s.updateActive(ctx, actives, pre, errs, single(true))
 
 	// Read back the state the environment gave the new rows (Draft, or Active).
 	var written []int
@@ -382,7 +380,7 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		}
 	}
 	if len(newIDs) > 0 {
-		got, err := e.existingRows(ctx, "products", "productid", newIDs, true)
+		got, err := s.existingRows(ctx, "products", "productid", newIDs, true)
 		if err != nil {
 			for _, i := range written {
 				errs[i] = err
@@ -416,13 +414,13 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			itemSingles = append(itemSingles, i)
 		}
 	}
-	itemSingle := func(ctx context.Context, r bulkRow) error { return e.writePriceItem(ctx, plans[r.i], recs[r.i], sh) }
-	(&bulkGroup{d: e.deps, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+	itemSingle := func(ctx context.Context, r bulkRow) error { return s.writePriceItem(ctx, plans[r.i], recs[r.i], sh) }
+	(&bulkGroup{d: s.deps, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
 		single: itemSingle}).write(ctx, items, errs)
-	(&bulkGroup{d: e.deps, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+	(&bulkGroup{d: s.deps, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
 		single: itemSingle}).write(ctx, itemUpdates, errs)
-	e.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
-		errs[i] = e.writePriceItem(ctx, plans[i], recs[i], sh)
+	s.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
+		errs[i] = s.writePriceItem(ctx, plans[i], recs[i], sh)
 	})
 
 	// Lifecycle: Draft products to publish go in bulk (UpdateMultiple setting the state;
@@ -448,9 +446,9 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			settle = append(settle, i)
 		}
 	}
-	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
+	(&bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
 		single: func(ctx context.Context, r bulkRow) error {
-			if err := e.settleLifecycle(ctx, plans[r.i], curOf(r.i)); err != nil {
+			if err := s.settleLifecycle(ctx, plans[r.i], curOf(r.i)); err != nil {
 				return err
 			}
 			return nil
@@ -461,20 +459,20 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			published = append(published, r.i)
 		}
 	}
-	e.parallel(ctx, published, func(ctx context.Context, i int) {
-		e.recordProduct(ctx, plans[i], recs[i])
+	s.parallel(ctx, published, func(ctx context.Context, i int) {
+		s.recordProduct(ctx, plans[i], recs[i])
 		outs[i] = plans[i].outcome()
 	})
-	e.parallel(ctx, settle, func(ctx context.Context, i int) {
-		if errs[i] = e.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
-			e.recordProduct(ctx, plans[i], recs[i])
+	s.parallel(ctx, settle, func(ctx context.Context, i int) {
+		if errs[i] = s.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
+			s.recordProduct(ctx, plans[i], recs[i])
 			outs[i] = plans[i].outcome()
 		}
 	})
 }
 
 // productsByNumber returns the products holding any of the numbers, by lower-cased number.
-func (e *Engine) productsByNumber(ctx context.Context, numbers []string) (map[string]dataverse.Record, error) {
+func (s *productSyncer) productsByNumber(ctx context.Context, numbers []string) (map[string]dataverse.Record, error) {
 	out := map[string]dataverse.Record{}
 	seen := map[string]bool{}
 	var uniq []string
@@ -489,7 +487,7 @@ func (e *Engine) productsByNumber(ctx context.Context, numbers []string) (map[st
 		conds[k] = "productnumber eq " + odataString(n)
 	}
 	for _, filter := range orFilters(conds, maxFilterBytes, nil) {
-		err := e.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid", "productnumber"}, Filter: filter},
+		err := s.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid", "productnumber"}, Filter: filter},
 			func(r dataverse.Record) error {
 				k := strings.ToLower(str(r["productnumber"]))
 				if _, dup := out[k]; !dup {
@@ -510,13 +508,13 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // the environment allows it; where it answers ProductCanOnlyBeUpdatedInDraft, the rows
 // are revised in bulk (Under Revision), updated in bulk, and published again by the
 // caller's lifecycle step. What the environment does is remembered for the next chunk.
-func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productPrefetch, errs []error, single func(ctx context.Context, r bulkRow) error) {
+func (s *productSyncer) updateActive(ctx context.Context, rows []bulkRow, pre *productPrefetch, errs []error, single func(ctx context.Context, r bulkRow) error) {
 	if len(rows) == 0 {
 		return
 	}
-	plain := &bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", single: single}
+	plain := &bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", single: single}
 	var revise []bulkRow
-	if _, draftOnly := e.noBulk.Load("products#in-place"); draftOnly {
+	if _, draftOnly := s.noBulk.Load("products#in-place"); draftOnly {
 		revise = rows
 	} else {
 		recs := make([]dataverse.Record, len(rows))
@@ -528,7 +526,7 @@ func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productP
 			rec["productid"] = r.id
 			recs[k] = rec
 		}
-		err := e.dv.UpdateMultiple(ctx, "products", "product", recs)
+		err := s.dv.UpdateMultiple(ctx, "products", "product", recs)
 		if err == nil {
 			return
 		}
@@ -541,7 +539,7 @@ func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productP
 				continue
 			}
 			if hasCode(ch.Err, codeOnlyUpdatedInDraft) {
-				e.noBulk.Store("products#in-place", true)
+				s.noBulk.Store("products#in-place", true)
 				revise = append(revise, rows[ch.Start:ch.End]...)
 				continue
 			}
@@ -555,9 +553,9 @@ func (e *Engine) updateActive(ctx context.Context, rows []bulkRow, pre *productP
 	for k, r := range revise {
 		states[k] = bulkRow{i: r.i, id: r.id, rec: dataverse.Record{"statecode": productUnderRevision, "statuscode": 3}}
 	}
-	(&bulkGroup{d: e.deps, set: "products", logical: "product", pk: "productid", key: "products#revise", noSplit: true,
+	(&bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", key: "products#revise", noSplit: true,
 		single: func(ctx context.Context, r bulkRow) error {
-			return e.setProductState(ctx, r.id, productUnderRevision)
+			return s.setProductState(ctx, r.id, productUnderRevision)
 		}}).write(ctx, states, errs)
 	var revised []bulkRow
 	for _, r := range revise {

@@ -205,7 +205,7 @@ func New(o Options) (*Engine, error) {
 		httpc = &http.Client{Timeout: 15 * time.Second}
 	}
 	e.customers = &customerSyncer{deps: d}
-	e.products = &productSyncer{e: e, http: httpc}
+	e.products = &productSyncer{deps: d, http: httpc}
 	e.orders = &orderSyncer{e: e}
 	e.syncers = map[state.Entity]entitySyncer{
 		state.Customer: e.customers,

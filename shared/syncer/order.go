@@ -372,7 +372,7 @@ func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (s
 
 func (r *refResolver) product(ctx context.Context, storeID int, p nop.ItemProduct) (string, error) {
 	return r.do(fmt.Sprintf("product/%d/%d", storeID, p.ID), func() (string, error) {
-		return r.e.ensureProduct(ctx, storeID, p)
+		return r.e.products.ensureProduct(ctx, storeID, p)
 	})
 }
 

@@ -46,7 +46,7 @@ const (
 )
 
 type productSyncer struct {
-	e        *Engine
+	*deps
 	http     *http.Client // fetches pictures
 	ensuring sync.Map     // "product/<id>" → *sync.Mutex: one ensureProduct per product at a time
 }
@@ -56,21 +56,21 @@ func (s *productSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Reco
 	if p == nil {
 		return outcome{}, permanent(fmt.Errorf("event %s: product data missing", ev.ID))
 	}
-	sh, err := s.e.boot.rows(ctx)
+	sh, err := s.boot.rows(ctx)
 	if err != nil {
 		return outcome{}, err
 	}
 	if p.Deleted {
-		return s.e.deleteProduct(ctx, ev.StoreID, p, rec)
+		return s.deleteProduct(ctx, ev.StoreID, p, rec)
 	}
-	plan, err := s.e.planProduct(ctx, ev.StoreID, p, rec, sh, nil)
+	plan, err := s.planProduct(ctx, ev.StoreID, p, rec, sh, nil)
 	if err != nil {
 		return outcome{}, err
 	}
 	if plan.unchanged {
 		return plan.outcome(), nil
 	}
-	if err := s.e.applyProduct(ctx, plan, rec, sh); err != nil {
+	if err := s.applyProduct(ctx, plan, rec, sh); err != nil {
 		return outcome{}, err
 	}
 	return plan.outcome(), nil
@@ -150,12 +150,12 @@ func productFields(p *nop.Product, sh *shared) dataverse.Record {
 // planProduct works out the product write: row (state, our own row, adoption by product
 // number), product number (sku unless another product holds it), family, picture.
 // pre (bulk path) holds rows looked up for a whole chunk; nil looks up per product.
-func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared, pre *productPrefetch) (*productPlan, error) {
+func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared, pre *productPrefetch) (*productPlan, error) {
 	pl := &productPlan{storeID: storeID, p: p, fields: productFields(p, sh), extra: map[string]string{},
 		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted}
 	want := productNumber(p.ID, p.Sku)
 	pictureURL := ""
-	if e.settings.SyncImages && len(p.PictureURLs) > 0 {
+	if s.settings.SyncImages && len(p.PictureURLs) > 0 {
 		pictureURL = p.PictureURLs[0]
 	}
 	pl.hash = hashOf(pl.fields, "number="+want, "parent="+strconv.Itoa(p.ParentGroupedProductID),
@@ -173,7 +173,7 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 		if pre != nil {
 			_, exists = pre.states[own]
 		} else {
-			_, err := e.dv.Retrieve(ctx, "products", own, "productid")
+			_, err := s.dv.Retrieve(ctx, "products", own, "productid")
 			switch {
 			case err == nil:
 				exists = true
@@ -183,12 +183,12 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 		}
 		if exists {
 			pl.id = own
-		} else if err := e.adoptProduct(ctx, pl, own, pre); err != nil {
+		} else if err := s.adoptProduct(ctx, pl, own, pre); err != nil {
 			return nil, err
 		}
 	} else if rec.Extra[extraProductNumber] != want {
 		// The sku changed (or was never written): may another product hold it?
-		owner, err := e.numberOwner(ctx, want)
+		owner, err := s.numberOwner(ctx, want)
 		if err != nil {
 			return nil, err
 		}
@@ -206,7 +206,7 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 		}
 		if fam == "" {
 			var err error
-			if fam, err = e.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
+			if fam, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
 				return nil, err
 			}
 		}
@@ -222,11 +222,11 @@ func (e *Engine) planProduct(ctx context.Context, storeID int, p *nop.Product, r
 }
 
 // fetchPicture downloads the plan's picture, if any; a failure is recorded, not fatal.
-func (e *Engine) fetchPicture(ctx context.Context, pl *productPlan) {
+func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 	if pl.picture == "" {
 		return
 	}
-	img, err := e.fetchImage(ctx, pl.picture)
+	img, err := s.fetchImage(ctx, pl.picture)
 	if err != nil {
 		pl.extra[extraImageError] = truncate(err.Error(), 300)
 	} else {
@@ -249,14 +249,14 @@ func ownerKey(storeID, productID int) string {
 // adoptProduct handles a product with no row of ours: a product whose productnumber is
 // the one we would write is adopted, unless another store product already owns it (then
 // NOP-<id> is written instead).
-func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string, pre *productPrefetch) error {
+func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own string, pre *productPrefetch) error {
 	want := pl.number
 	var found dataverse.Record
 	if pre != nil {
 		found = pre.byNumber[strings.ToLower(want)]
 	} else {
 		var err error
-		found, err = findOne(ctx, e.dv, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
+		found, err = findOne(ctx, s.dv, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
 		if err != nil {
 			return fmt.Errorf("looking up product number %q: %w", want, err)
 		}
@@ -265,7 +265,7 @@ func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string, 
 		pl.id = own
 		return nil
 	}
-	owner, err := e.numberOwner(ctx, want)
+	owner, err := s.numberOwner(ctx, want)
 	if err != nil {
 		return err
 	}
@@ -280,8 +280,8 @@ func (e *Engine) adoptProduct(ctx context.Context, pl *productPlan, own string, 
 	return nil
 }
 
-func (e *Engine) numberOwner(ctx context.Context, number string) (string, error) {
-	doc, err := e.st.GetDoc(ctx, productNumberKind, strings.ToLower(number))
+func (s *productSyncer) numberOwner(ctx context.Context, number string) (string, error) {
+	doc, err := s.st.GetDoc(ctx, productNumberKind, strings.ToLower(number))
 	switch {
 	case err == nil:
 		return string(doc.Value), nil
@@ -291,54 +291,54 @@ func (e *Engine) numberOwner(ctx context.Context, number string) (string, error)
 	return "", transient(fmt.Errorf("reading product number owners: %w", err))
 }
 
-func (e *Engine) claimNumber(ctx context.Context, storeID, productID int, number string) {
+func (s *productSyncer) claimNumber(ctx context.Context, storeID, productID int, number string) {
 	if strings.HasPrefix(number, "NOP-") {
 		return
 	}
 	doc := &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
-	if err := e.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
-		e.log.Warn("recording product number owner", "number", number, "error", err)
+	if err := s.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
+		s.log.Warn("recording product number owner", "number", number, "error", err)
 	}
 }
 
 // applyProduct writes a planned product, its price list item and its lifecycle state.
-func (e *Engine) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
-	e.fetchPicture(ctx, pl)
+func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+	s.fetchPicture(ctx, pl)
 	defer func() { pl.image = "" }() // don't keep the picture in memory after its write
-	cur, exists, err := e.productState(ctx, pl.id)
+	cur, exists, err := s.productState(ctx, pl.id)
 	if err != nil {
 		return err
 	}
 	if exists && cur == productRetired {
 		// A retired product can't be edited: re-activate it first (retire again below
 		// if that is what the store says).
-		if err := e.setProductState(ctx, pl.id, productActive); err != nil {
+		if err := s.setProductState(ctx, pl.id, productActive); err != nil {
 			return err
 		}
 		cur = productActive
 	}
-	if err := e.writeProduct(ctx, pl, exists, &cur); err != nil {
+	if err := s.writeProduct(ctx, pl, exists, &cur); err != nil {
 		return err
 	}
 	if !exists {
-		if cur, _, err = e.productState(ctx, pl.id); err != nil {
+		if cur, _, err = s.productState(ctx, pl.id); err != nil {
 			return err
 		}
 	}
 	if !pl.family {
-		if err := e.writePriceItem(ctx, pl, rec, sh); err != nil {
+		if err := s.writePriceItem(ctx, pl, rec, sh); err != nil {
 			return err
 		}
 	}
-	if err := e.settleLifecycle(ctx, pl, cur); err != nil {
+	if err := s.settleLifecycle(ctx, pl, cur); err != nil {
 		return err
 	}
-	e.recordProduct(ctx, pl, rec)
+	s.recordProduct(ctx, pl, rec)
 	return nil
 }
 
 // recordProduct keeps what was written in the product's state and claims its number.
-func (e *Engine) recordProduct(ctx context.Context, pl *productPlan, rec *state.Record) {
+func (s *productSyncer) recordProduct(ctx context.Context, pl *productPlan, rec *state.Record) {
 	if rec.Extra == nil {
 		rec.Extra = map[string]string{}
 	}
@@ -356,32 +356,32 @@ func (e *Engine) recordProduct(ctx context.Context, pl *productPlan, rec *state.
 		rec.Extra[extraParentID] = pl.parentID
 	}
 	if !claimed {
-		e.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
+		s.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
 	}
 }
 
 // writeProduct upserts the row. A product number held by another product falls back to
 // NOP-<id>; an Active product Dataverse won't edit in place is revised, updated and
 // (by settleLifecycle) published again.
-func (e *Engine) writeProduct(ctx context.Context, pl *productPlan, exists bool, cur *int) error {
-	_, err := e.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
+func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exists bool, cur *int) error {
+	_, err := s.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
 	if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.p.ID) {
 		pl.useFallback(pl.number)
-		_, err = e.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
+		_, err = s.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
 	}
 	if err != nil && hasCode(err, codeOnlyUpdatedInDraft) {
 		// The row exists and is Active (or Retired): revise it. exists may be stale when
 		// someone else created the row a moment ago.
-		if st, ok, rerr := e.productState(ctx, pl.id); rerr == nil && ok && st == productRetired {
-			if serr := e.setProductState(ctx, pl.id, productActive); serr != nil {
+		if st, ok, rerr := s.productState(ctx, pl.id); rerr == nil && ok && st == productRetired {
+			if serr := s.setProductState(ctx, pl.id, productActive); serr != nil {
 				return serr
 			}
 		}
-		if serr := e.setProductState(ctx, pl.id, productUnderRevision); serr != nil {
+		if serr := s.setProductState(ctx, pl.id, productUnderRevision); serr != nil {
 			return serr
 		}
 		*cur = productUnderRevision
-		err = e.dv.Update(ctx, "products", pl.id, pl.record())
+		err = s.dv.Update(ctx, "products", pl.id, pl.record())
 	}
 	if err != nil {
 		return fmt.Errorf("writing product %s: %w", pl.id, err)
@@ -391,9 +391,9 @@ func (e *Engine) writeProduct(ctx context.Context, pl *productPlan, exists bool,
 
 // settleLifecycle moves the product to Active (published) or Retired, whatever state the
 // environment left it in.
-func (e *Engine) settleLifecycle(ctx context.Context, pl *productPlan, cur int) error {
+func (s *productSyncer) settleLifecycle(ctx context.Context, pl *productPlan, cur int) error {
 	if cur == productDraft || cur == productUnderRevision {
-		published, err := e.publish(ctx, pl, cur)
+		published, err := s.publish(ctx, pl, cur)
 		if err != nil {
 			return err
 		}
@@ -403,10 +403,10 @@ func (e *Engine) settleLifecycle(ctx context.Context, pl *productPlan, cur int) 
 		cur = productActive
 	}
 	if !pl.active && cur == productActive {
-		return e.setProductState(ctx, pl.id, productRetired)
+		return s.setProductState(ctx, pl.id, productRetired)
 	}
 	if pl.active && cur == productRetired {
-		return e.setProductState(ctx, pl.id, productActive)
+		return s.setProductState(ctx, pl.id, productActive)
 	}
 	return nil
 }
@@ -415,12 +415,12 @@ func (e *Engine) settleLifecycle(ctx context.Context, pl *productPlan, cur int) 
 // (its Draft and Under Revision children with it), a product with SetState. A child whose
 // family is not Active yet (new, or being revised) stays as it is: the family's
 // publication publishes it.
-func (e *Engine) publish(ctx context.Context, pl *productPlan, cur int) (bool, error) {
+func (s *productSyncer) publish(ctx context.Context, pl *productPlan, cur int) (bool, error) {
 	var err error
 	if pl.family {
-		err = e.dv.PublishProductHierarchy(ctx, pl.id)
+		err = s.dv.PublishProductHierarchy(ctx, pl.id)
 	} else {
-		err = e.setProductState(ctx, pl.id, productActive)
+		err = s.setProductState(ctx, pl.id, productActive)
 	}
 	if err != nil && hasCode(err, codeChildOfNonActiveFamily) {
 		pl.note = joinNote(pl.note, "left unpublished until its product family is published")
@@ -439,13 +439,13 @@ func joinNote(a, b string) string {
 	return a + "; " + b
 }
 
-func (e *Engine) setProductState(ctx context.Context, id string, st int) error {
+func (s *productSyncer) setProductState(ctx context.Context, id string, st int) error {
 	status := map[int]int{productActive: 1, productRetired: 2, productDraft: 0, productUnderRevision: 3}[st]
-	err := e.dv.Update(ctx, "products", id, dataverse.Record{"statecode": st, "statuscode": status})
+	err := s.dv.Update(ctx, "products", id, dataverse.Record{"statecode": st, "statuscode": status})
 	if err != nil && !isTransient(err) {
 		// Someone else (another order needing the product, another instance) may have
 		// made the same change a moment ago ("The product is already Active").
-		if cur, ok, rerr := e.productState(ctx, id); rerr == nil && ok && cur == st {
+		if cur, ok, rerr := s.productState(ctx, id); rerr == nil && ok && cur == st {
 			return nil
 		}
 	}
@@ -456,8 +456,8 @@ func (e *Engine) setProductState(ctx context.Context, id string, st int) error {
 }
 
 // productState reads a product's statecode; exists is false when there is no row.
-func (e *Engine) productState(ctx context.Context, id string) (st int, exists bool, err error) {
-	r, err := e.dv.Retrieve(ctx, "products", id, "statecode")
+func (s *productSyncer) productState(ctx context.Context, id string) (st int, exists bool, err error) {
+	r, err := s.dv.Retrieve(ctx, "products", id, "statecode")
 	if dataverse.IsNotFound(err) {
 		return 0, false, nil
 	}
@@ -473,7 +473,7 @@ func (e *Engine) productState(ctx context.Context, id string) (st int, exists bo
 
 // writePriceItem keeps the product's one price list item in the store price list:
 // amount = price, base unit.
-func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
+func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
 	if priceItemCurrent(pl, rec, sh) {
 		return nil
 	}
@@ -483,10 +483,10 @@ func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state
 		id = deterministicID(pl.storeID, "productpricelevel", strconv.Itoa(pl.p.ID))
 	}
 	r := priceItemRecord(pl, sh, prec)
-	_, err := e.dv.Upsert(ctx, "productpricelevels", id, r, dataverse.Upsert)
+	_, err := s.dv.Upsert(ctx, "productpricelevels", id, r, dataverse.Upsert)
 	if err != nil && hasCode(err, codeDuplicateProductPrice) {
 		// The (adopted) product already has a price for this unit in this price list.
-		existing, ferr := findOne(ctx, e.dv, "productpricelevels", []string{"productpricelevelid"},
+		existing, ferr := findOne(ctx, s.dv, "productpricelevels", []string{"productpricelevelid"},
 			"_pricelevelid_value eq "+sh.PriceListID+" and _productid_value eq "+pl.id+" and _uomid_value eq "+sh.BaseUnitID)
 		if ferr != nil {
 			return fmt.Errorf("looking up the price list item of product %s: %w", pl.id, ferr)
@@ -495,7 +495,7 @@ func (e *Engine) writePriceItem(ctx context.Context, pl *productPlan, rec *state
 			return fmt.Errorf("writing price list item of product %s: %w", pl.id, err)
 		}
 		id = strings.ToLower(str(existing["productpricelevelid"]))
-		err = e.dv.Update(ctx, "productpricelevels", id, dataverse.Record{"amount": r["amount"]})
+		err = s.dv.Update(ctx, "productpricelevels", id, dataverse.Record{"amount": r["amount"]})
 	}
 	if err != nil {
 		return fmt.Errorf("writing price list item of product %s: %w", pl.id, err)
@@ -532,8 +532,8 @@ func priceItemRecord(pl *productPlan, sh *shared, prec precision) dataverse.Reco
 
 // deleteProduct applies a store delete: Retired (deactivate), deleted when no order line
 // uses it (delete; else Retired), or nothing (ignore).
-func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record) (outcome, error) {
-	policy := e.settings.deletePolicy()
+func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record) (outcome, error) {
+	policy := s.settings.deletePolicy()
 	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
 	if rec.Status == state.Synced && rec.DataHash == hash {
 		return outcome{status: state.Synced, reason: rec.Reason, dataverseID: rec.DataverseID, hash: hash}, nil
@@ -545,7 +545,7 @@ func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product,
 	if id == "" {
 		id = deterministicID(storeID, "product", strconv.Itoa(p.ID))
 	}
-	cur, exists, err := e.productState(ctx, id)
+	cur, exists, err := s.productState(ctx, id)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -553,12 +553,12 @@ func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product,
 		return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
 	}
 	if policy == DeleteDelete {
-		used, err := e.productUsed(ctx, id)
+		used, err := s.productUsed(ctx, id)
 		if err != nil {
 			return outcome{}, err
 		}
 		if !used {
-			err := e.dv.Delete(ctx, "products", id)
+			err := s.dv.Delete(ctx, "products", id)
 			if err == nil || dataverse.IsNotFound(err) {
 				return outcome{status: state.Synced, reason: "deleted in nopCommerce; product deleted", dataverseID: id, hash: hash}, nil
 			}
@@ -568,7 +568,7 @@ func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product,
 		}
 	}
 	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false}
-	if err := e.settleLifecycle(ctx, pl, cur); err != nil {
+	if err := s.settleLifecycle(ctx, pl, cur); err != nil {
 		return outcome{}, err
 	}
 	reason := "deleted in nopCommerce; product retired"
@@ -578,8 +578,8 @@ func (e *Engine) deleteProduct(ctx context.Context, storeID int, p *nop.Product,
 	return outcome{status: state.Synced, reason: joinNote(reason, pl.note), dataverseID: id, hash: hash}, nil
 }
 
-func (e *Engine) productUsed(ctx context.Context, id string) (bool, error) {
-	r, err := findOne(ctx, e.dv, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
+func (s *productSyncer) productUsed(ctx context.Context, id string) (bool, error) {
+	r, err := findOne(ctx, s.dv, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
 	if err != nil {
 		return false, fmt.Errorf("checking order lines of product %s: %w", id, err)
 	}
@@ -589,14 +589,14 @@ func (e *Engine) productUsed(ctx context.Context, id string) (bool, error) {
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
 // later fills the stub.
-func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (string, error) {
-	rec, err := e.st.Get(ctx, state.Product, strconv.Itoa(familyID))
+func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (string, error) {
+	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
 	case err == nil:
 		if rec.DataverseID != "" {
 			return rec.DataverseID, nil
 		}
-		if e.leases.held(rec) {
+		if s.leases.held(rec) {
 			return "", transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
 		}
 	case errors.Is(err, state.ErrNotFound):
@@ -608,13 +608,13 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 	stub := productFields(&nop.Product{ID: familyID, ProductType: nop.ProductTypeGrouped,
 		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
 	stub["productnumber"] = fallbackNumber(familyID)
-	_, err = e.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
+	_, err = s.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
 	switch {
 	case err == nil:
 		// Published at once so its children can be published (and sold) before the
 		// family's own event arrives; that event revises it with the real data.
-		if perr := e.dv.PublishProductHierarchy(ctx, id); perr != nil {
-			e.log.Warn("publishing product family stub", "family", familyID, "error", perr)
+		if perr := s.dv.PublishProductHierarchy(ctx, id); perr != nil {
+			s.log.Warn("publishing product family stub", "family", familyID, "error", perr)
 		}
 	case !dataverse.IsConflict(err):
 		return "", fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
@@ -624,7 +624,7 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 			Reason: fmt.Sprintf("created as the product family of product %d; waiting for its own event", childID),
 			Extra:  map[string]string{extraFamilyStub: "true", extraProductNumber: fallbackNumber(familyID)},
 		}
-		if err := e.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
+		if err := s.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
 			return "", transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
 		}
 	}
@@ -634,14 +634,14 @@ func (e *Engine) ensureFamily(ctx context.Context, storeID, familyID, childID in
 // ensureProduct returns the product row of an order line, creating the product from the
 // line's data when the app has not synced it yet (the product's own event later fills in
 // price, stock and the rest).
-func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (string, error) {
+func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (string, error) {
 	key := strconv.Itoa(ip.ID)
 	// Orders of one chunk often share products: one of them creates it, the others wait
 	// and find it in state.
-	mu, _ := e.products.ensuring.LoadOrStore("product/"+key, &sync.Mutex{})
+	mu, _ := s.ensuring.LoadOrStore("product/"+key, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
-	rec, err := e.st.Get(ctx, state.Product, key)
+	rec, err := s.st.Get(ctx, state.Product, key)
 	switch {
 	case err == nil:
 		if rec.DataverseID != "" {
@@ -652,16 +652,16 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	default:
 		return "", transient(fmt.Errorf("reading product %d state: %w", ip.ID, err))
 	}
-	sh, err := e.boot.rows(ctx)
+	sh, err := s.boot.rows(ctx)
 	if err != nil {
 		return "", err
 	}
 	fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
-	work, err := e.leases.claimForOrder(ctx, state.Product, key, rec)
+	work, err := s.leases.claimForOrder(ctx, state.Product, key, rec)
 	if err != nil {
 		return "", err
 	}
-	defer e.leases.release(ctx, work)
+	defer s.leases.release(ctx, work)
 	if work.DataverseID != "" { // written by the product's own event while we waited
 		return work.DataverseID, nil
 	}
@@ -670,29 +670,29 @@ func (e *Engine) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProd
 	if p.ProductType != nop.ProductTypeGrouped {
 		p.ProductType = nop.ProductTypeSimple
 	}
-	pl, err := e.planProduct(ctx, storeID, p, work, sh, nil)
+	pl, err := s.planProduct(ctx, storeID, p, work, sh, nil)
 	if err != nil {
 		return "", err
 	}
-	if err := e.applyProduct(ctx, pl, work, sh); err != nil {
+	if err := s.applyProduct(ctx, pl, work, sh); err != nil {
 		return "", err
 	}
 	work.DataverseID = pl.id
 	if fresh {
 		// DataHash stays empty: the product's own event writes all its data.
-		work.Status, work.SyncedAt = state.Synced, e.now()
+		work.Status, work.SyncedAt = state.Synced, s.now()
 		work.Reason = "created from an order line; the product's own event has not arrived yet"
 	}
 	return pl.id, nil
 }
 
 // fetchImage downloads a picture (size-capped, with the client's timeout) as base64.
-func (e *Engine) fetchImage(ctx context.Context, url string) (string, error) {
+func (s *productSyncer) fetchImage(ctx context.Context, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", fmt.Errorf("picture %s: %w", url, err)
 	}
-	resp, err := e.products.http.Do(req)
+	resp, err := s.http.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("fetching picture: %w", err)
 	}
@@ -700,7 +700,7 @@ func (e *Engine) fetchImage(ctx context.Context, url string) (string, error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("fetching picture %s: HTTP %d", url, resp.StatusCode)
 	}
-	max := int64(e.settings.ImageMaxBytes)
+	max := int64(s.settings.ImageMaxBytes)
 	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 	if err != nil {
 		return "", fmt.Errorf("reading picture %s: %w", url, err)
