@@ -90,6 +90,7 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		AutoSyncPeriod:     a.cfg.AutoSyncPeriod,
 		Log:                a.log,
 	})
+	a.closers = append(a.closers, a.ops.Close)
 	allowUnsigned := false
 	if webhookSecrets == nil {
 		if !a.cfg.Local {

@@ -18,6 +18,7 @@ import (
 // Routes registers the admin routes on mux (paths as the Functions host exposes them).
 func (o *Ops) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/sync", o.serveSync)
+	mux.HandleFunc("GET /api/sync/{runId}", o.serveRun)
 	mux.HandleFunc("/api/sync", methodNotAllowed("POST"))
 	mux.HandleFunc("GET /api/status", o.serveStatus)
 	mux.HandleFunc("GET /api/status/{entity}/{id}", o.serveEntityStatus)
@@ -54,6 +55,7 @@ func parseEntity(s string) (state.Entity, bool) {
 type syncRequest struct {
 	Entities []string `json:"entities"`
 	Scope    string   `json:"scope"`
+	Source   string   `json:"source"`
 }
 
 func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
@@ -67,7 +69,7 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all"}: `+err.Error())
+			writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all", "source": "state"|"store"}: `+err.Error())
 			return
 		}
 	}
@@ -84,6 +86,15 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request", "scope must be \"failed\" or \"all\", got "+quote(req.Scope))
 		return
 	}
+	switch req.Source {
+	case "", SourceState:
+	case SourceStore:
+		o.serveStoreSync(w, r, ents)
+		return
+	default:
+		writeError(w, http.StatusBadRequest, "invalid_request", "source must be \"state\" or \"store\", got "+quote(req.Source))
+		return
+	}
 	run, err := o.Sync(r.Context(), ents, req.Scope, "manual")
 	if err != nil {
 		if run == nil {
@@ -97,6 +108,35 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": run.Queued})
 }
 
+// serveStoreSync starts a store run: 202 with its id, to follow on /api/sync/{runId}.
+func (o *Ops) serveStoreSync(w http.ResponseWriter, r *http.Request, ents []state.Entity) {
+	run, err := o.StartStoreRun(r.Context(), ents, "manual")
+	var active *RunActiveError
+	switch {
+	case errors.Is(err, ErrStoreNotConfigured):
+		writeError(w, http.StatusBadRequest, "not_configured", err.Error())
+	case errors.As(err, &active):
+		writeJSON(w, http.StatusConflict, map[string]any{"runId": active.RunID, "error": map[string]string{"code": "conflict", "message": err.Error()}})
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+	default:
+		writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": 0, "progress": "/api/sync/" + run.ID})
+	}
+}
+
+// serveRun answers a run's progress.
+func (o *Ops) serveRun(w http.ResponseWriter, r *http.Request) {
+	run, err := o.GetRun(r.Context(), r.PathValue("runId"))
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no sync run "+quote(r.PathValue("runId")))
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "sync runs: "+err.Error())
+	default:
+		writeJSON(w, http.StatusOK, run)
+	}
+}
+
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // Status is the status page (spec: operations.md).
@@ -107,6 +147,7 @@ type Status struct {
 	Entities       map[state.Entity]EntityCounts `json:"entities"`
 	Queues         map[state.Entity]QueueStatus  `json:"queues"`
 	AutoSync       AutoSyncStatus                `json:"autoSync"`
+	Store          StoreStatus                   `json:"store"`
 	RecentRuns     []Run                         `json:"recentRuns"`
 	RecentFailures []Failure                     `json:"recentFailures"`
 	// InvalidMessages are queue messages that failed validation on the queue side and were
@@ -203,14 +244,17 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		}
 		st.Queues[ent] = qs
 	}
-	if runs, err := o.Runs(ctx, 5); err != nil {
+	st.Store = o.storeStatus(ctx)
+	if runs, err := o.Runs(ctx, -1); err != nil {
 		st.Errors = append(st.Errors, "runs: "+err.Error())
 	} else if runs != nil {
-		st.RecentRuns = runs
+		st.RecentRuns = runs[:min(len(runs), 5)]
 		for i := range runs {
-			if runs[i].Trigger == "auto" {
+			if runs[i].Trigger == "auto" && st.AutoSync.LastRun == nil {
 				st.AutoSync.LastRun = &runs[i]
-				break
+			}
+			if runs[i].Source == SourceStore && st.Store.LastRun == nil {
+				st.Store.LastRun = &runs[i]
 			}
 		}
 	}
@@ -233,7 +277,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		}
 	}
 	expired := st.Secret.DaysLeft != nil && *st.Secret.DaysLeft < 0
-	st.Healthy = st.Dataverse.Reachable && st.Dataverse.Error == "" && !expired && len(st.Errors) == 0
+	st.Healthy = st.Dataverse.Reachable && st.Dataverse.Error == "" && !expired && len(st.Errors) == 0 && st.Store.Error == nil
 	return st
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/storesync"
 )
 
 // Connection is what the status page says about Dynamics 365.
@@ -79,17 +80,38 @@ type Options struct {
 	// ProbeTTL caches the Dataverse probe so the status page stays cheap (default 30 s).
 	ProbeTTL time.Duration
 
+	// Store reads the store's database (the store reader); nil: not configured, runs
+	// re-send from the app's own state only.
+	Store storesync.Source
+	// StoreHash is the hash Store's page hashes are made with (nopdb.DataHash).
+	StoreHash func(data []byte) string
+	// StoreCurrencyCode is STORE_CURRENCY_CODE: a store run fails when the store's primary
+	// currency differs.
+	StoreCurrencyCode string
+	// StorePageSize is the rows per page of a store run (default storesync.DefaultPageSize).
+	StorePageSize int
+	// StoreLease is how long a store run's claim holds without renewal (default 3 min):
+	// a run whose instance died is resumed by the next timer tick after it.
+	StoreLease time.Duration
+
 	Now func() time.Time
 	Log *slog.Logger
 }
 
 // Ops runs the administrator's operations.
 type Ops struct {
-	o Options
+	o        Options
+	instance string
 
-	mu       sync.Mutex
-	probed   time.Time
-	lastConn Connection
+	mu        sync.Mutex
+	probed    time.Time
+	lastConn  Connection
+	storeAt   time.Time
+	lastStore storeHealth
+
+	bg     context.Context // store runs run in the background until Close
+	stop   context.CancelFunc
+	active sync.WaitGroup
 }
 
 // New returns Ops with defaults filled in.
@@ -109,7 +131,18 @@ func New(o Options) *Ops {
 	if o.AutoSyncPeriod <= 0 {
 		o.AutoSyncPeriod = time.Hour
 	}
-	return &Ops{o: o}
+	if o.StoreLease <= 0 {
+		o.StoreLease = 3 * time.Minute
+	}
+	bg, stop := context.WithCancel(context.Background())
+	return &Ops{o: o, instance: newRunID(o.Now()), bg: bg, stop: stop}
+}
+
+// Close stops the store runs this instance is running (their claims are released, so
+// another instance or a restart resumes them from their checkpoint) and waits for them.
+func (o *Ops) Close() {
+	o.stop()
+	o.active.Wait()
 }
 
 // Scopes of a sync run.
@@ -130,6 +163,11 @@ type Run struct {
 	Replayed   int            `json:"replayed"` // dead-lettered messages replayed
 	Outcome    string         `json:"outcome"`  // running | succeeded | failed
 	Error      string         `json:"error,omitempty"`
+
+	// Source is "store" for runs that read the store's database (Store holds their
+	// progress per entity, which is also their checkpoint), else "state".
+	Source string                                `json:"source"`
+	Store  map[state.Entity]*storesync.Progress `json:"store,omitempty"`
 }
 
 const (
@@ -158,7 +196,7 @@ func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger 
 	if scope != ScopeFailed && scope != ScopeAll {
 		return nil, fmt.Errorf("scope must be %q or %q, got %q", ScopeFailed, ScopeAll, scope)
 	}
-	run := &Run{ID: newRunID(o.o.Now()), Trigger: trigger, Scope: scope, Entities: entities, StartedAt: o.o.Now().UTC(), Outcome: "running"}
+	run := &Run{ID: newRunID(o.o.Now()), Trigger: trigger, Scope: scope, Entities: entities, StartedAt: o.o.Now().UTC(), Outcome: "running", Source: SourceState}
 	if err := o.saveRun(ctx, run); err != nil {
 		return nil, err
 	}
@@ -207,7 +245,7 @@ func (o *Ops) saveRun(ctx context.Context, run *Run) error {
 	return nil
 }
 
-// Runs returns the most recent runs, newest first.
+// Runs returns the most recent runs (at most max; all when max < 0), newest first.
 func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
 	docs, err := o.o.State.ListDocs(ctx, docRuns)
 	if err != nil {
@@ -332,35 +370,51 @@ type autoSyncDoc struct {
 
 // AutoSync runs when auto-sync is enabled and the period has passed since the last run:
 // it re-drives transient failures, replays dead-lettered messages that failed for
-// transient reasons (at most ReplayLimit per queue), and records the run. It returns nil
-// when nothing was due. Claiming the run with the stored doc's ETag makes one instance
-// win when several timers fire at once.
+// transient reasons (at most ReplayLimit per queue), and records the run. With the store
+// reader configured the same run then reads the store (in the background; the run is
+// returned while it reads). It returns nil when nothing was due. Claiming the run with
+// the stored doc's ETag (claimDoc) makes one instance win when several timers fire at
+// once. Every tick, due or not and enabled or not, first resumes a store run whose
+// instance stopped (ResumeStoreRun).
 func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
+	if _, err := o.ResumeStoreRun(ctx); err != nil {
+		o.o.Log.Error("resuming a store run", "error", err)
+	}
 	if !o.o.AutoSyncEnabled {
 		return nil, nil
 	}
 	now := o.o.Now().UTC()
-	doc, err := o.o.State.GetDoc(ctx, docAutoSync, keyLastAuto)
-	switch {
-	case errors.Is(err, state.ErrNotFound):
-		doc = &state.Doc{Kind: docAutoSync, Key: keyLastAuto}
-	case err != nil:
-		return nil, fmt.Errorf("auto-sync: read last run: %w", err)
-	default:
-		var last autoSyncDoc
-		if json.Unmarshal(doc.Value, &last) == nil && now.Sub(last.LastRunAt) < o.o.AutoSyncPeriod {
-			return nil, nil
-		}
-	}
 	runID := newRunID(now)
-	doc.Value, _ = json.Marshal(autoSyncDoc{LastRunAt: now, RunID: runID})
-	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
-		if errors.Is(err, state.ErrConflict) {
-			return nil, nil // another instance claimed this run
+	claimed, err := o.claimDoc(ctx, docAutoSync, keyLastAuto, func(cur []byte) ([]byte, bool) {
+		var last autoSyncDoc
+		if cur != nil && json.Unmarshal(cur, &last) == nil && now.Sub(last.LastRunAt) < o.o.AutoSyncPeriod {
+			return nil, false
 		}
+		v, _ := json.Marshal(autoSyncDoc{LastRunAt: now, RunID: runID})
+		return v, true
+	})
+	if err != nil {
 		return nil, fmt.Errorf("auto-sync: claim run: %w", err)
 	}
-	run := &Run{ID: runID, Trigger: "auto", Scope: ScopeFailed, Entities: state.Entities, StartedAt: now, Outcome: "running"}
+	if claimed == nil {
+		return nil, nil // not due, or another instance claimed this run
+	}
+	run := &Run{ID: runID, Trigger: "auto", Scope: ScopeFailed, Entities: state.Entities, StartedAt: now, Outcome: "running", Source: SourceState}
+	// With the store reader configured the run also reads the store, unless another
+	// store run is reading it right now.
+	var lease *state.Doc
+	if o.o.Store != nil {
+		l, active, err := o.claimStoreLease(ctx, runID)
+		switch {
+		case err != nil:
+			o.o.Log.Error("auto-sync: claim the store run", "error", err)
+		case l == nil:
+			o.o.Log.Info("auto-sync: the store is being read by another run", "run", active)
+		default:
+			lease = l
+			run.Source, run.Store = SourceStore, newProgress(run.Entities)
+		}
+	}
 	if err := o.saveRun(ctx, run); err != nil {
 		return nil, err
 	}
@@ -380,8 +434,46 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 		}
 	}
 	err = errors.Join(errs...)
+	if lease != nil {
+		snap := run.snapshot()
+		o.goStoreRun(run, lease, err)
+		return snap, nil
+	}
 	o.finish(ctx, run, err)
 	return run, err
+}
+
+// claimDoc is how a run is claimed once across instances (the auto-sync period, the
+// store run's lease): it reads the doc, asks take whether this instance may have it
+// (cur is nil when there is none) and what to store, and saves that with the ETag it
+// read, so when several instances try at once exactly one wins. It returns the saved
+// doc, or nil when take declined or another instance won.
+func (o *Ops) claimDoc(ctx context.Context, kind, key string, take func(cur []byte) ([]byte, bool)) (*state.Doc, error) {
+	doc, err := o.o.State.GetDoc(ctx, kind, key)
+	var cur []byte
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		doc = &state.Doc{Kind: kind, Key: key}
+	case err != nil:
+		return nil, fmt.Errorf("read %s/%s: %w", kind, key, err)
+	default:
+		cur = doc.Value
+		if cur == nil {
+			cur = []byte{}
+		}
+	}
+	next, ok := take(cur)
+	if !ok {
+		return nil, nil
+	}
+	doc.Value = next
+	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
+		if errors.Is(err, state.ErrConflict) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("save %s/%s: %w", kind, key, err)
+	}
+	return doc, nil
 }
 
 // resendTransient re-sends entities whose last sync failed transiently, and, with writes
