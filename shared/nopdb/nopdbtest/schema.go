@@ -20,16 +20,16 @@ const (
 type kind int
 
 const (
-	kID      kind = iota // int identity primary key
-	kInt                 // int NOT NULL
-	kIntNull             // int NULL
-	kStr                 // nvarchar(n) NULL
-	kText                // nvarchar(max) NULL
-	kMoney               // decimal(18,4) NOT NULL
-	kBool                // bit NOT NULL
-	kTime                // datetime2 NOT NULL
-	kTimeNull            // datetime2 NULL
-	kGUID                // uniqueidentifier NOT NULL
+	kID       kind = iota // int identity primary key
+	kInt                  // int NOT NULL
+	kIntNull              // int NULL
+	kStr                  // nvarchar(n) NULL
+	kText                 // nvarchar(max) NULL
+	kMoney                // decimal(18,4) NOT NULL
+	kBool                 // bit NOT NULL
+	kTime                 // datetime2 NOT NULL
+	kTimeNull             // datetime2 NULL
+	kGUID                 // uniqueidentifier NOT NULL
 )
 
 type column struct {
