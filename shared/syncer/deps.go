@@ -63,3 +63,16 @@ func (d *deps) parallel(ctx context.Context, idx []int, fn func(ctx context.Cont
 	}
 	_ = eg.Wait()
 }
+
+// parallelN runs fn(i) for i in 0..n-1 with the chunk concurrency.
+func (d *deps) parallelN(ctx context.Context, n int, fn func(ctx context.Context, i int)) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(d.conc)
+	for i := range n {
+		g.Go(func() error {
+			fn(gctx, i)
+			return nil
+		})
+	}
+	_ = g.Wait()
+}

@@ -206,7 +206,7 @@ func New(o Options) (*Engine, error) {
 	}
 	e.customers = &customerSyncer{deps: d}
 	e.products = &productSyncer{deps: d, http: httpc}
-	e.orders = &orderSyncer{e: e}
+	e.orders = &orderSyncer{deps: d, customers: e.customers, products: e.products}
 	e.syncers = map[state.Entity]entitySyncer{
 		state.Customer: e.customers,
 		state.Product:  e.products,

@@ -26,20 +26,20 @@ func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID s
 		return false, fmt.Errorf("order %d: %w", o.ID, err)
 	}
 	if inv == "" {
-		if inv, err = s.e.dv.ConvertSalesOrderToInvoice(ctx, orderID); err != nil {
+		if inv, err = s.dv.ConvertSalesOrderToInvoice(ctx, orderID); err != nil {
 			return false, fmt.Errorf("order %d: convert salesorder %s to invoice: %w", o.ID, orderID, err)
 		}
 		converted = true
 		rec.Extra[extraInvoiceID] = inv
 		// Record the step at once; should this fail or the process die here, the query
 		// above finds the invoice next time.
-		if err := s.e.leases.renew(ctx, rec); err != nil {
+		if err := s.leases.renew(ctx, rec); err != nil {
 			return converted, fmt.Errorf("order %d: record invoice %s: %w", o.ID, inv, err)
 		}
 	}
 	rec.Extra[extraInvoiceID] = inv
 	if !paid {
-		err := s.e.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
+		err := s.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
 		if err != nil {
 			return converted, fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
 		}
@@ -58,7 +58,7 @@ func (s *orderSyncer) findInvoice(ctx context.Context, orderID string) (string, 
 // whether it is Paid.
 func (s *orderSyncer) findInvoiceState(ctx context.Context, orderID string) (id string, paid bool, err error) {
 	var firstCreated string
-	err = s.e.dv.Query(ctx, setInvoices, dataverse.Query{
+	err = s.dv.Query(ctx, setInvoices, dataverse.Query{
 		Select: []string{"invoiceid", "statecode", "statuscode", "createdon"},
 		Filter: "_salesorderid_value eq " + orderID,
 	}, func(r dataverse.Record) error {

@@ -63,7 +63,9 @@ const (
 
 // orderSyncer writes orders: salesorder + salesorderdetails, invoice, fulfil/cancel.
 type orderSyncer struct {
-	e *Engine
+	*deps
+	customers *customerSyncer // contacts of customers not synced yet
+	products  *productSyncer  // products of lines not synced yet
 	// convertMoves records whether ConvertSalesOrderToInvoice changes the order's state in
 	// this environment (convertUnknown until the first conversion shows it).
 	convertMoves atomic.Int32
@@ -136,7 +138,7 @@ type orderPlan struct {
 }
 
 func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record) (outcome, error) {
-	p, err := s.plan(ctx, newRefResolver(s.e), nil, ev, rec)
+	p, err := s.plan(ctx, newRefResolver(s), nil, ev, rec)
 	if err != nil {
 		return outcome{}, err
 	}
@@ -144,7 +146,7 @@ func (s *orderSyncer) sync(ctx context.Context, ev *nop.Event, rec *state.Record
 		return p.out, nil
 	}
 	if p.write != nil {
-		if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
+		if _, err := s.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
 			if err := s.retryWithWriteIns(ctx, p, err); err != nil {
 				return outcome{}, err
 			}
@@ -199,13 +201,13 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 		p.out, p.done = out, true
 		return p, err
 	}
-	if want := strings.TrimSpace(s.e.settings.StoreCurrencyCode); !strings.EqualFold(o.CurrencyCode, want) {
+	if want := strings.TrimSpace(s.settings.StoreCurrencyCode); !strings.EqualFold(o.CurrencyCode, want) {
 		// The amounts are in the order's currency: writing them in another would be wrong.
 		// A setting to fix, so the order is retried once it is.
 		return nil, transient(fmt.Errorf("order %d is in %s but STORE_CURRENCY_CODE is %s: set STORE_CURRENCY_CODE to the store's primary currency",
 			o.ID, o.CurrencyCode, strings.ToUpper(want)))
 	}
-	sh, err := s.e.boot.rows(ctx)
+	sh, err := s.boot.rows(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
@@ -323,7 +325,7 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 
 // readOrder reads the salesorder's state; a missing order is not an error.
 func (s *orderSyncer) readOrder(ctx context.Context, orderID string) (salesOrderState, error) {
-	r, err := s.e.dv.Retrieve(ctx, setSalesOrders, orderID, "statecode", "statuscode")
+	r, err := s.dv.Retrieve(ctx, setSalesOrders, orderID, "statecode", "statuscode")
 	if dataverse.IsNotFound(err) {
 		return salesOrderState{}, nil
 	}
@@ -337,7 +339,7 @@ func (s *orderSyncer) readOrder(ctx context.Context, orderID string) (salesOrder
 // one chunk sharing a customer or product wait for the first to create it instead of
 // racing it.
 type refResolver struct {
-	e     *Engine
+	s     *orderSyncer
 	mu    sync.Mutex
 	calls map[string]*refCall
 }
@@ -348,8 +350,8 @@ type refCall struct {
 	err  error
 }
 
-func newRefResolver(e *Engine) *refResolver {
-	return &refResolver{e: e, calls: map[string]*refCall{}}
+func newRefResolver(s *orderSyncer) *refResolver {
+	return &refResolver{s: s, calls: map[string]*refCall{}}
 }
 
 func (r *refResolver) do(key string, fn func() (string, error)) (string, error) {
@@ -366,13 +368,13 @@ func (r *refResolver) do(key string, fn func() (string, error)) (string, error) 
 
 func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (string, error) {
 	return r.do(fmt.Sprintf("contact/%d/%d", storeID, o.Customer.ID), func() (string, error) {
-		return r.e.customers.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)
+		return r.s.customers.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)
 	})
 }
 
 func (r *refResolver) product(ctx context.Context, storeID int, p nop.ItemProduct) (string, error) {
 	return r.do(fmt.Sprintf("product/%d/%d", storeID, p.ID), func() (string, error) {
-		return r.e.products.ensureProduct(ctx, storeID, p)
+		return r.s.products.ensureProduct(ctx, storeID, p)
 	})
 }
 
@@ -415,7 +417,7 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 	slices.Sort(list)
 	inactive := map[int]bool{}
 	for _, filter := range orFilters(eqConds("productid", list), maxFilterBytes, nil) {
-		err := s.e.dv.Query(ctx, "products", dataverse.Query{
+		err := s.dv.Query(ctx, "products", dataverse.Query{
 			Select: []string{"productid", "statecode"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
@@ -439,7 +441,7 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 		return permanent(err)
 	}
 	ops := orderOps(w, p.stale)
-	if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(ops...)); err != nil {
+	if _, err := s.dv.Batch(ctx, dataverse.ChangeSet(ops...)); err != nil {
 		return p.writeFailed(err)
 	}
 	p.write, p.ops = w, ops
@@ -463,7 +465,7 @@ func (s *orderSyncer) staleLines(ctx context.Context, w *orderWrite) ([]string, 
 		keep[l.ID] = true
 	}
 	var stale []string
-	err := s.e.dv.Query(ctx, setSalesOrderDetails, dataverse.Query{
+	err := s.dv.Query(ctx, setSalesOrderDetails, dataverse.Query{
 		Select: []string{"salesorderdetailid"},
 		Filter: "_salesorderid_value eq " + w.OrderID,
 	}, func(r dataverse.Record) error {
@@ -530,9 +532,9 @@ func (s *orderSyncer) close(ctx context.Context, o *nop.Order, orderID string, c
 	var err error
 	switch action {
 	case actionFulfil:
-		err = s.e.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete)
+		err = s.dv.FulfillSalesOrder(ctx, orderID, orderStatusComplete)
 	case actionCancel:
-		err = s.e.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney)
+		err = s.dv.CancelSalesOrder(ctx, orderID, orderStatusNoMoney)
 	}
 	if err != nil {
 		return cur, "", fmt.Errorf("order %d: %s %s: %w", o.ID, action, orderID, err)
@@ -583,7 +585,7 @@ func (s *orderSyncer) deleteOrder(ctx context.Context, ev *nop.Event, rec *state
 		out.reason = reasonPaidNotDeletable
 		return out, nil
 	}
-	if err := s.e.dv.Delete(ctx, setSalesOrders, orderID); err != nil && !dataverse.IsNotFound(err) {
+	if err := s.dv.Delete(ctx, setSalesOrders, orderID); err != nil && !dataverse.IsNotFound(err) {
 		return outcome{}, fmt.Errorf("order %d: delete salesorder %s: %w", ev.Order.ID, orderID, err)
 	}
 	rec.Extra[extraOrderState] = "deleted"

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -32,7 +30,7 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	errs := make([]error, len(evs))
 	plans := make([]*orderPlan, len(evs))
 
-	refs := newRefResolver(s.e)
+	refs := newRefResolver(s)
 	var ids []string
 	for i, ev := range evs {
 		if ev.Order != nil && !ev.Order.Deleted {
@@ -44,7 +42,7 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 		}
 	}
 	pre := s.prefetch(ctx, ids)
-	s.parallel(ctx, len(evs), func(ctx context.Context, i int) {
+	s.parallelN(ctx, len(evs), func(ctx context.Context, i int) {
 		plans[i], errs[i] = s.plan(ctx, refs, pre, evs[i], recs[i])
 		if errs[i] == nil && plans[i].done {
 			outs[i] = plans[i].out
@@ -82,11 +80,11 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 		}
 		groups = append(groups, g)
 	}
-	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		s.writeGroup(ctx, plans, groups[gi], errs)
 	})
 	// Orders Dynamics 365 refused: once more with write-in lines for inactive products.
-	s.parallel(ctx, len(plans), func(ctx context.Context, i int) {
+	s.parallelN(ctx, len(plans), func(ctx context.Context, i int) {
 		if p := plans[i]; errs[i] != nil && p != nil && p.write != nil && p.writeErr != nil {
 			errs[i] = s.retryWithWriteIns(ctx, p, p.writeErr)
 		}
@@ -127,7 +125,7 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 		w.once.Do(func() {
 			w.ran = true
 			p := plans[i]
-			if _, err := s.e.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
+			if _, err := s.dv.Batch(ctx, dataverse.ChangeSet(p.ops...)); err != nil {
 				p.writeErr = err
 				w.err = s.retryWithWriteIns(ctx, p, err)
 				return
@@ -142,7 +140,7 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 	for k, i := range idx {
 		headers[k] = bulkRow{i: i, id: plans[i].orderID, rec: plans[i].write.Header}
 	}
-	(&bulkGroup{d: s.e.deps, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
+	(&bulkGroup{d: s.deps, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
 		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, first[r.i], r.i) }}).write(ctx, headers, errs)
 
 	// The lines of the orders whose header went in bulk.
@@ -163,7 +161,7 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 	}
 	second := writers(created)
 	lineErrs := make([]error, len(lines))
-	(&bulkGroup{d: s.e.deps, create: true, set: setSalesOrderDetails, logical: "salesorderdetail", pk: "salesorderdetailid",
+	(&bulkGroup{d: s.deps, create: true, set: setSalesOrderDetails, logical: "salesorderdetail", pk: "salesorderdetailid",
 		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, second[owner[r.i]], owner[r.i]) }}).write(ctx, lines, lineErrs)
 	for k, err := range lineErrs {
 		if i := owner[k]; err != nil && errs[i] == nil {
@@ -180,8 +178,8 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 		case errs[i] != nil && !isTransient(errs[i]):
 			// Refused for good, even alone: take back the header bulk created (its lines
 			// go with it), so the order is not left half-written in Dynamics 365.
-			if err := s.e.dv.Delete(ctx, setSalesOrders, plans[i].orderID); err != nil && !dataverse.IsNotFound(err) {
-				s.e.log.Warn("removing the header of a refused order", "order", plans[i].ev.Order.ID, "error", err)
+			if err := s.dv.Delete(ctx, setSalesOrders, plans[i].orderID); err != nil && !dataverse.IsNotFound(err) {
+				s.log.Warn("removing the header of a refused order", "order", plans[i].ev.Order.ID, "error", err)
 			}
 		}
 	}
@@ -296,7 +294,7 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 	for start, per := 0, (len(sets)+max(nb, 1)-1)/max(nb, 1); start < len(sets); start += per {
 		groups = append(groups, sets[start:min(start+per, len(sets))])
 	}
-	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		s.sendChangeSets(ctx, plans, groups[gi], errs, func(p *orderPlan) {
 			p.closed()
 		}, func(p *orderPlan, err error) error {
@@ -326,7 +324,7 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 	for start := 0; start < len(idx); start += perBatch {
 		groups = append(groups, idx[start:min(start+perBatch, len(idx))])
 	}
-	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		group := groups[gi]
 		for len(group) > 0 {
 			parts := make([]dataverse.BatchPart, len(group))
@@ -334,7 +332,7 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 				parts[k] = dataverse.Op{Method: "POST", Path: "ConvertSalesOrderToInvoice",
 					Body: dataverse.Record{"SalesOrderId": plans[i].orderID, "ColumnSet": dataverse.Record{"AllColumns": true}}}
 			}
-			res, err := s.e.dv.Batch(ctx, parts...)
+			res, err := s.dv.Batch(ctx, parts...)
 			answered := len(group)
 			var be *dataverse.BatchError
 			switch {
@@ -362,7 +360,7 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 				}
 				p.invoiceID, p.invoicePaid = id, false
 				p.rec.Extra[extraInvoiceID] = id
-				if err := s.e.leases.renew(ctx, p.rec); err != nil {
+				if err := s.leases.renew(ctx, p.rec); err != nil {
 					errs[i] = fmt.Errorf("order %d: record invoice %s: %w", p.ev.Order.ID, id, err)
 				}
 			}
@@ -403,7 +401,7 @@ func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, gr
 		for k, i := range group {
 			parts[k] = dataverse.ChangeSet(plans[i].ops...)
 		}
-		_, err := s.e.dv.Batch(ctx, parts...)
+		_, err := s.dv.Batch(ctx, parts...)
 		if err == nil {
 			for _, i := range group {
 				done(plans[i])
@@ -425,17 +423,4 @@ func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, gr
 		errs[group[bad]] = failed(plans[group[bad]], err)
 		group = group[bad+1:]
 	}
-}
-
-// parallel runs fn for 0..n-1 with the engine's concurrency.
-func (s *orderSyncer) parallel(ctx context.Context, n int, fn func(ctx context.Context, i int)) {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(s.e.conc)
-	for i := range n {
-		g.Go(func() error {
-			fn(gctx, i)
-			return nil
-		})
-	}
-	_ = g.Wait()
 }

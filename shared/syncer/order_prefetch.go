@@ -62,10 +62,10 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 		groups = append(groups, orderIDs[:n])
 		orderIDs = orderIDs[n:]
 	}
-	s.parallel(ctx, len(groups), func(ctx context.Context, gi int) {
+	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		g := groups[gi]
 		orders := map[string]salesOrderState{}
-		err := s.e.dv.Query(ctx, setSalesOrders, dataverse.Query{
+		err := s.dv.Query(ctx, setSalesOrders, dataverse.Query{
 			Select: []string{"salesorderid", "statecode", "statuscode"},
 			Filter: strings.Join(eqConds("salesorderid", g), " or "),
 		}, func(r dataverse.Record) error {
@@ -74,7 +74,7 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 			return nil
 		})
 		if err != nil {
-			s.e.log.Warn("prefetching salesorders; reading them one by one", "error", err)
+			s.log.Warn("prefetching salesorders; reading them one by one", "error", err)
 			return
 		}
 		invoices := map[string]invoiceInfo{}
@@ -83,7 +83,7 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 			for id := range orders {
 				withRow = append(withRow, id)
 			}
-			err = s.e.dv.Query(ctx, setInvoices, dataverse.Query{
+			err = s.dv.Query(ctx, setInvoices, dataverse.Query{
 				Select: []string{"invoiceid", "statecode", "createdon", "_salesorderid_value"},
 				// the ids of the order filter: a little longer, still far below 32 KB
 				Filter: strings.Join(eqConds("_salesorderid_value", withRow), " or "),
@@ -98,7 +98,7 @@ func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPre
 				return nil
 			})
 			if err != nil {
-				s.e.log.Warn("prefetching invoices; reading them one by one", "error", err)
+				s.log.Warn("prefetching invoices; reading them one by one", "error", err)
 				return
 			}
 		}
