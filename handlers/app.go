@@ -94,7 +94,7 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 	allowUnsigned := false
 	if webhookSecrets == nil {
 		if !a.cfg.Local {
-			return errors.New("no webhook secret: set WEBHOOK_SECRET or KEY_VAULT_URL with WEBHOOK_SECRET_NAME")
+			return errNoWebhookSecret
 		}
 		allowUnsigned = true
 		a.log.Warn("no webhook secret configured: local mode accepts unsigned events (set WEBHOOK_SECRET to require signatures)")
@@ -102,6 +102,8 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 	a.intake = intake.New(intake.Options{Sender: a.sender, Secrets: webhookSecrets, Log: a.log, AllowUnsigned: allowUnsigned})
 	return nil
 }
+
+var errNoWebhookSecret = errors.New("no webhook secret: set WEBHOOK_SECRET or KEY_VAULT_URL with WEBHOOK_SECRET_NAME")
 
 // public serves the app's public routes (the HTTP functions' routes under /api).
 func (a *app) public() http.Handler {

@@ -43,39 +43,55 @@ func loadConfig(env func(string) (string, bool)) (*config.Config, error) {
 	return cfg, nil
 }
 
-// runHost serves the custom-handler protocol on the port the Functions host chose.
+// runHost serves the custom-handler protocol on the port the Functions host chose. The
+// port is bound and GET / answered before any network work; the app is built in the
+// background (see startup.go).
 func runHost(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	a, err := newAzureApp(cfg, log)
-	if err != nil {
-		return err
+	return serveHost(ctx, cfg, log, startOptions{}, func(ctx context.Context) (*app, error) { return newAzureApp(ctx, cfg, log) })
+}
+
+func serveHost(ctx context.Context, cfg *config.Config, log *slog.Logger, so startOptions, build func(context.Context) (*app, error)) error {
+	if len(cfg.WebhookSecrets) == 0 && cfg.KeyVaultURL == "" {
+		// A setting, not an outage: stop with its name rather than retry.
+		return fmt.Errorf("%w: %w", errConfig, errNoWebhookSecret)
 	}
-	defer a.Close()
-	srv := &http.Server{Handler: funchost.NewServer(a.functions(), log, invocationTimeout), ReadHeaderTimeout: 30 * time.Second}
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.HandlerPort)))
 	if err != nil {
 		return fmt.Errorf("FUNCTIONS_CUSTOMHANDLER_PORT %d: %w", cfg.HandlerPort, err)
 	}
+	st := newStarter(log, so)
+	defer st.close()
+	srv := &http.Server{Handler: funchost.NewServer(st.functions(), log, invocationTimeout), ReadHeaderTimeout: 30 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("custom handler started", "port", cfg.HandlerPort)
+	log.Info("custom handler listening; starting the app", "port", cfg.HandlerPort)
+	sctx, stopStarting := context.WithCancel(ctx)
+	defer stopStarting()
+	go st.run(sctx, build)
 	select {
 	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		stopStarting()
+		shut, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		return srv.Shutdown(shut)
 	case err := <-errc:
 		return err
 	}
 }
 
 // newAzureApp builds the app on Azure's services, authenticating with the app's managed
-// identity.
-func newAzureApp(cfg *config.Config, log *slog.Logger) (*app, error) {
+// identity. ctx bounds the network work (the state table's creation and layout row).
+func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *app, err error) {
 	cred, err := keyvault.Credential()
 	if err != nil {
 		return nil, fmt.Errorf("managed identity: %w", err)
 	}
 	a := &app{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
 	var vault *keyvault.Secrets
 	if cfg.KeyVaultURL != "" {
 		if vault, err = keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{}); err != nil {
@@ -91,7 +107,7 @@ func newAzureApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 	}
 	a.closers = append(a.closers, func() { sb.Close(context.Background()) })
 	a.sender, a.deadLetters, a.inspector = sb, sb, sb
-	if a.store, err = newTableStore(cfg, cred); err != nil {
+	if a.store, err = newTableStore(ctx, cfg, cred); err != nil {
 		return nil, err
 	}
 	webhook, err := webhookSecrets(cfg, vault)
@@ -144,9 +160,9 @@ func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Se
 
 // newTableStore opens the sync-state table from a connection string, or from the app's
 // storage account with the managed identity.
-func newTableStore(cfg *config.Config, cred azcore.TokenCredential) (state.Store, error) {
+func newTableStore(ctx context.Context, cfg *config.Config, cred azcore.TokenCredential) (state.Store, error) {
 	if cfg.StateConnectionString != "" {
-		s, err := tablestorage.NewFromConnectionString(context.Background(), cfg.StateConnectionString, tablestorage.Options{Table: cfg.StateTable})
+		s, err := tablestorage.NewFromConnectionString(ctx, cfg.StateConnectionString, tablestorage.Options{Table: cfg.StateTable})
 		if err != nil {
 			return nil, fmt.Errorf("STATE_STORAGE_CONNECTION_STRING: %w", err)
 		}
@@ -155,7 +171,7 @@ func newTableStore(cfg *config.Config, cred azcore.TokenCredential) (state.Store
 	if cred == nil {
 		return nil, errors.New("STATE_STORAGE_CONNECTION_STRING is required here")
 	}
-	s, err := tablestorage.NewForAccount(context.Background(), cfg.StorageAccountName, cred, tablestorage.Options{Table: cfg.StateTable})
+	s, err := tablestorage.NewForAccount(ctx, cfg.StorageAccountName, cred, tablestorage.Options{Table: cfg.StateTable})
 	if err != nil {
 		return nil, fmt.Errorf("AzureWebJobsStorage__accountName: %w", err)
 	}

@@ -24,6 +24,13 @@ import (
 // simulator, and returns the custom-handler server the Functions host would call.
 func hostApp(t *testing.T, secret string) (http.Handler, *localqueue.Queues, *dataversetest.Server) {
 	t.Helper()
+	a, q, sim := hostTestApp(t, secret)
+	return funchost.NewServer(a.functions(), a.log, time.Minute), q, sim
+}
+
+// hostTestApp builds the app hostApp serves.
+func hostTestApp(t *testing.T, secret string) (*app, *localqueue.Queues, *dataversetest.Server) {
+	t.Helper()
 	sim := dataversetest.NewServer(dataversetest.Options{})
 	t.Cleanup(sim.Close)
 	q, err := localqueue.Open(localqueue.Options{})
@@ -52,7 +59,7 @@ func hostApp(t *testing.T, secret string) (http.Handler, *localqueue.Queues, *da
 	if err := a.wire(intake.StaticSecrets{secret}); err != nil {
 		t.Fatal(err)
 	}
-	return funchost.NewServer(a.functions(), a.log, time.Minute), q, sim
+	return a, q, sim
 }
 
 func hostHTTP(t *testing.T, method, url string, headers map[string][]string, body []byte) []byte {

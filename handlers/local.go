@@ -93,7 +93,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	// empty sandbox would skip writes the sandbox never saw. The queue stays durable.
 	switch {
 	case cfg.StateConnectionString != "":
-		if a.store, err = newTableStore(cfg, nil); err != nil {
+		if a.store, err = newTableStore(ctx, cfg, nil); err != nil {
 			return err
 		}
 	case cfg.Sandbox():

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/funchost"
+)
+
+// postHost invokes a function over HTTP as the Functions host does.
+func postHost(t *testing.T, base, fn string, payload []byte) (int, map[string]any) {
+	t.Helper()
+	res, err := http.Post(base+"/"+fn, "application/json", bytes.NewReader(payload))
+	if err != nil {
+		t.Fatalf("POST /%s: %v", fn, err)
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	b, _ := io.ReadAll(res.Body)
+	json.Unmarshal(b, &out)
+	return res.StatusCode, out
+}
+
+// resHeader reads a header of the HTTP output the host sends the caller.
+func resHeader(out map[string]any, name string) string {
+	outs, _ := out["Outputs"].(map[string]any)
+	res, _ := outs["res"].(map[string]any)
+	h, _ := res["headers"].(map[string]any)
+	for k, v := range h {
+		if strings.EqualFold(k, name) {
+			return fmt.Sprint(v)
+		}
+	}
+	return ""
+}
+
+func signedEventPayload(t *testing.T, secret string, ev []byte) []byte {
+	t.Helper()
+	r := httptest.NewRequest("POST", "https://func-test.azurewebsites.net/api/events/customer", bytes.NewReader(ev))
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("X-Nop-Signature", sign(secret, time.Now().Unix(), ev))
+	b, err := funchost.EncodeHTTP("events", "req", r, map[string]string{"entity": "customer"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func statusPayload(t *testing.T) []byte {
+	t.Helper()
+	r := httptest.NewRequest("GET", "https://func-test.azurewebsites.net/api/status", nil)
+	b, err := funchost.EncodeHTTP("status", "req", r, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestStartupAnswersBeforeTheApp: with the app's start-up failing (the state store
+// answering 403, as right after a first deployment), the handler answers GET / and every
+// function answers "not ready" the documented way; once start-up succeeds, by itself, the
+// functions are the app's.
+func TestStartupAnswersBeforeTheApp(t *testing.T) {
+	const secret = "startup-secret-not-real"
+	a, _, _ := hostTestApp(t, secret)
+	var storeUp atomic.Bool
+	var attempts atomic.Int32
+	build := func(ctx context.Context) (*app, error) {
+		attempts.Add(1)
+		if !storeUp.Load() {
+			return nil, errors.New("tablestorage: create table: 403 AuthorizationPermissionMismatch")
+		}
+		return a, nil
+	}
+	addr := freeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	cfg := &config.Config{WebhookSecrets: []string{secret}}
+	cfg.HandlerPort, _ = strconv.Atoi(port)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- serveHost(ctx, cfg, testLog(t), startOptions{MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, QueueWait: 10 * time.Millisecond}, build)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serveHost: %v", err)
+		}
+	})
+	base := "http://" + addr
+	var res *http.Response
+	var err error
+	for i := 0; i < 500; i++ {
+		if res, err = http.Get(base + "/"); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("GET / never answered: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("GET / while the store refuses: %d", res.StatusCode)
+	}
+	for attempts.Load() < 2 {
+		time.Sleep(5 * time.Millisecond) // start-up keeps trying
+	}
+
+	ev := example(t, "customer-created.json")
+	code, out := postHost(t, base, "events", signedEventPayload(t, secret, ev))
+	status, body := resOutput(t, out)
+	e, _ := body["error"].(map[string]any)
+	if code != 200 || status != "503" || e["code"] != "unavailable" || resHeader(out, "Retry-After") == "" {
+		t.Errorf("events while starting: host %d, res %s %v Retry-After %q; want 503 unavailable with Retry-After", code, status, body, resHeader(out, "Retry-After"))
+	}
+	msg, err := funchost.EncodeServiceBus("customers", "msg", funchost.ServiceBusMessage{Body: []byte(`{"evt":{}}`), MessageID: "m-1", SessionID: "customer-1", DeliveryCount: 1, EnqueuedTime: time.Now()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out := postHost(t, base, "customers", msg); code < 500 {
+		t.Errorf("queue invocation while starting: %d %v, want 5xx", code, out)
+	}
+	code, out = postHost(t, base, "status", statusPayload(t))
+	status, body = resOutput(t, out)
+	starting, _ := body["starting"].(map[string]any)
+	if code != 200 || status != "200" || body["healthy"] != false || !strings.Contains(fmt.Sprint(starting["lastError"]), "403") {
+		t.Errorf("status while starting: host %d res %s %v; want 200, healthy false, the 403 as lastError", code, status, body)
+	}
+	if code, _ := postHost(t, base, "autosync", []byte(`{"Data":{"timer":{"IsPastDue":false}},"Metadata":{}}`)); code != 200 {
+		t.Errorf("timer while starting: %d", code)
+	}
+
+	storeUp.Store(true)
+	for {
+		_, out = postHost(t, base, "events", signedEventPayload(t, secret, ev))
+		if status, _ = resOutput(t, out); status != "503" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if status != "202" {
+		t.Errorf("events once started: %s, want 202", status)
+	}
+	if code, out := postHost(t, base, "status", statusPayload(t)); code != 200 {
+		t.Errorf("status once started: %d %v", code, out)
+	} else if _, body := resOutput(t, out); body["entities"] == nil || body["starting"] != nil {
+		t.Errorf("status once started is not the app's: %v", body)
+	}
+}
+
+// TestStartupProcessSurvivesStoreOutage runs the real executable in Azure mode
+// (FUNCTIONS_CUSTOMHANDLER_PORT) with its state table behind a proxy that first refuses
+// (403 as before role assignments take effect, or no listener at all), then passes
+// requests to Azurite. The process answers GET / while the store is out, stays up, and
+// serves events once the store is back, without a restart.
+func TestStartupProcessSurvivesStoreOutage(t *testing.T) {
+	conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
+	if conn == "" {
+		t.Skip("TEST_TABLE_CONNECTION_STRING not set: start Azurite with `eval \"$(scripts/azurite start)\"` (scripts/test does this)")
+	}
+	var azurite *url.URL
+	for _, part := range strings.Split(conn, ";") {
+		if k, v, ok := strings.Cut(part, "="); ok && strings.EqualFold(k, "TableEndpoint") {
+			azurite, _ = url.Parse(v)
+		}
+	}
+	if azurite == nil {
+		t.Fatal("no TableEndpoint in TEST_TABLE_CONNECTION_STRING")
+	}
+	for _, mode := range []string{"403", "refused"} {
+		t.Run(mode, func(t *testing.T) {
+			var up atomic.Bool
+			var refusedWhileDown atomic.Int32
+			proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: azurite.Scheme, Host: azurite.Host})
+			front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !up.Load() {
+					refusedWhileDown.Add(1)
+					w.Header().Set("Content-Type", "application/json")
+					w.Header().Set("x-ms-error-code", "AuthorizationPermissionMismatch")
+					w.WriteHeader(http.StatusForbidden)
+					io.WriteString(w, `{"odata.error":{"code":"AuthorizationPermissionMismatch","message":{"lang":"en-US","value":"This request is not authorized to perform this operation using this permission."}}}`)
+					return
+				}
+				proxy.ServeHTTP(w, r)
+			})
+			storeAddr := freeAddr(t)
+			var srv *http.Server
+			listen := func() {
+				ln, err := net.Listen("tcp", storeAddr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv = &http.Server{Handler: front}
+				go srv.Serve(ln)
+				t.Cleanup(func() { srv.Close() })
+			}
+			if mode == "403" {
+				listen()
+			} else {
+				up.Store(true) // nothing listens until the store comes back
+			}
+			proxied := strings.Replace(conn, "TableEndpoint="+azurite.Scheme+"://"+azurite.Host, "TableEndpoint=http://"+storeAddr, 1)
+
+			sim := dataversetest.NewServer(dataversetest.Options{})
+			t.Cleanup(sim.Close)
+			dir := t.TempDir()
+			ca := writeSimCA(t, sim, dir)
+			const secret = "startup-proc-secret-not-real"
+			addr := freeAddr(t)
+			_, port, _ := net.SplitHostPort(addr)
+			env := appEnv(sim, ca, filepath.Join(dir, "data"), "", secret,
+				"FUNCTIONS_CUSTOMHANDLER_PORT="+port, "STATE_STORAGE_CONNECTION_STRING="+proxied,
+				"SYNC_STATE_TABLE=startup"+mode+strconv.FormatInt(time.Now().UnixNano()%1e9, 10),
+				"ServiceBusConnection__fullyQualifiedNamespace=nopsync-test.servicebus.windows.net")
+			p := launch(t, handlerBinary(t), env, addr, filepath.Join(dir, "app.log"), true)
+			// GET / answered (launch waits for it) while the store could not have been used.
+			if mode == "403" && refusedWhileDown.Load() == 0 {
+				// The answer came before the first table request; fine, and wait for one
+				// so the rest of the test runs against a refused start-up.
+				for refusedWhileDown.Load() == 0 {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			base := "http://" + addr
+			ev := example(t, "customer-created.json")
+			code, out := postHost(t, base, "events", signedEventPayload(t, secret, ev))
+			if status, body := resOutput(t, out); code != 200 || status != "503" || resHeader(out, "Retry-After") == "" {
+				t.Errorf("events while the store is out: host %d res %s %v, want 503 with Retry-After", code, status, body)
+			}
+			select {
+			case <-p.done:
+				t.Fatalf("the process exited while the store was out: %v\n%s", p.err, tail(filepath.Join(dir, "app.log"), 2000))
+			default:
+			}
+
+			if mode == "403" {
+				up.Store(true)
+			} else {
+				listen()
+			}
+			// Ready: the intake itself answers. A malformed (signed) body gets its 400
+			// without a Service Bus, which this test has not got.
+			deadline := time.Now().Add(2 * time.Minute)
+			for {
+				_, out = postHost(t, base, "events", signedEventPayload(t, secret, []byte(`{"id":`)))
+				status, body := resOutput(t, out)
+				if e, _ := body["error"].(map[string]any); status == "400" && e["code"] == "invalid_event" {
+					break
+				}
+				if status != "503" || time.Now().After(deadline) {
+					t.Fatalf("events after the store came back: %s %v\n%s", status, body, tail(filepath.Join(dir, "app.log"), 2000))
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			checkLogStreams(t, filepath.Join(dir, "app.log"))
+			p.stop()
+		})
+	}
+}
+
+// checkLogStreams: every line the process wrote is one JSON record (the log file merges
+// stdout and stderr; the split itself is TestLogSeverityAsTheHostSeesIt's).
+func checkLogStreams(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil || rec["level"] == nil {
+			t.Errorf("log line is not one JSON record: %q", line)
+		}
+	}
+}
