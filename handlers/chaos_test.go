@@ -535,7 +535,7 @@ func checkOrders(t *testing.T, ctx context.Context, store *storeClient, sim *dat
 		ks = append(ks, fmt.Sprintf("%d %s", n, k))
 	}
 	sort.Strings(ks)
-	report(t, "orders", len(ords), bad, fmt.Sprintf("one salesorder per name, line count, totalamount == orderTotal, status per the spec, at most one invoice and one iff paid; lifecycles: %s; %d salesorders, %d invoices in Dataverse",
+	report(t, "orders", len(ords), bad, fmt.Sprintf("one salesorder per name, line count, totalamount == orderTotal, status per docs/dataverse-mapping.md, at most one invoice and one iff paid; lifecycles: %s; %d salesorders, %d invoices in Dataverse",
 		strings.Join(ks, ", "), sim.Count("salesorders"), sim.Count("invoices")))
 }
 

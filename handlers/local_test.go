@@ -176,7 +176,7 @@ func sign(secret string, t int64, body []byte) string {
 	return "t=" + strconv.FormatInt(t, 10) + ",v1=" + hex.EncodeToString(m.Sum(nil))
 }
 
-// TestEventsContract sends events.md's contract requests to the running app.
+// TestEventsContract sends docs/events.md's contract requests to the running app.
 func TestEventsContract(t *testing.T) {
 	const secret = "test-webhook-secret-not-real"
 	base := startLocal(t, map[string]string{"WEBHOOK_SECRET": secret}, nil)

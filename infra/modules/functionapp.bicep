@@ -58,7 +58,7 @@ param instanceMemoryMB int = 512
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-// --- settings an administrator chooses (see operations.md) ---
+// --- settings an administrator chooses (see docs/operations.md) ---
 param dataverseUrl string
 param dataverseTenantId string
 param dataverseClientId string

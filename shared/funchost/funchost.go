@@ -2,7 +2,9 @@
 // {Data, Metadata} to /{FunctionName} and reads {Outputs, Logs, ReturnValue} back.
 //
 // The decoders are deliberately tolerant, because the host's payloads vary with its
-// version and the trigger (see ../shared/research/functions.md §1): Service Bus bodies
+// version and the trigger (Azure/azure-functions-host src/WebJobs.Script/Workers/Http/
+// HttpScriptInvocationContext.cs and Workers/MessageExtensions/ScriptInvocationContextExtensions.cs;
+// Microsoft Learn: azure-functions/functions-custom-handlers): Service Bus bodies
 // arrive double-encoded, single-encoded or base64; metadata strings arrive JSON-quoted and
 // numbers as strings; an HTTP body is absent without Content-Length; timer schedule
 // status may be null or oddly formatted.

@@ -1,4 +1,4 @@
-// Package intake receives the store's events (POST /api/events/{entity}, spec events.md):
+// Package intake receives the store's events (POST /api/events/{entity}, docs/events.md):
 // it checks the request, its signature and every event, then queues them all or none.
 // It is independent of how the request arrived: the Functions host's HTTP trigger and
 // local mode's net/http server both adapt onto Request/Response (ServeHTTP is the
@@ -102,7 +102,7 @@ func New(o Options) *Intake {
 	return &Intake{o: o}
 }
 
-// Error codes of events.md.
+// Error codes of docs/events.md.
 const (
 	CodeInvalidEvent         = "invalid_event"
 	CodeUnauthorized         = "unauthorized"

@@ -19,7 +19,7 @@ import (
 // *TooLargeError (413, errors.Is(err, ErrTooLarge)) when the body is over MaxBodyBytes
 // or an event over MaxEventBytes. Size limits are checked before anything else.
 //
-// Fields the spec does not define are ignored (forward compatibility); every field it
+// Fields the contract does not define are ignored (forward compatibility); every field it
 // does define is checked: presence, JSON type, range, format, nopCommerce enumeration.
 // Field names match exactly (case-sensitive), unlike encoding/json's default.
 func DecodeRequest(entity Entity, body []byte) ([]*Event, error) {

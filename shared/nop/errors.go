@@ -6,7 +6,7 @@ import (
 	"strconv"
 )
 
-// Limits from events.md.
+// Limits from docs/events.md.
 const (
 	MaxEvents     = 1000       // events per request
 	MaxEventBytes = 200 << 10  // one event, as received

@@ -1,8 +1,8 @@
-// Package nop holds the events a nopCommerce store sends (spec: events.md): their types,
+// Package nop holds the events a nopCommerce store sends (docs/events.md): their types,
 // decoding and validation at intake (DecodeRequest), and the queue envelope they travel
 // in (Messages, DecodeEnvelope).
 //
-// Decoding is strict about what events.md defines (field names match exactly, JSON types,
+// Decoding is strict about what docs/events.md defines (field names match exactly, JSON types,
 // ranges, nopCommerce enumerations) and ignores fields it does not know, so an emitter
 // can add fields (for example previousOrderStatus) without breaking older receivers.
 //
@@ -27,7 +27,9 @@ import (
 // Entity is a nopCommerce entity kind: "customer", "product" or "order".
 type Entity = state.Entity
 
-// Enumerations, nopCommerce's integers (see research nopcommerce.md §1).
+// Enumerations, nopCommerce's integers (src/Libraries/Nop.Core/Domain/Catalog/ProductType.cs,
+// Catalog/ManageInventoryMethod.cs, Orders/OrderStatus.cs, Payments/PaymentStatus.cs,
+// Shipping/ShippingStatus.cs in nopcommerce/nopCommerce).
 const (
 	ProductTypeSimple  = 5
 	ProductTypeGrouped = 10
@@ -55,7 +57,7 @@ const (
 	ShippingStatusDelivered        = 40
 )
 
-// Actions lists the allowed actions per entity (events.md).
+// Actions lists the allowed actions per entity (docs/events.md).
 var Actions = map[Entity][]string{
 	state.Customer: {"created", "updated", "deleted"},
 	state.Product:  {"created", "updated", "deleted"},

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Order keys say which of two events for the same entity is newer (events.md: when both
+// Order keys say which of two events for the same entity is newer (docs/events.md: when both
 // carry a sequence, the higher one; otherwise the later occurredOnUtc). A key is a string
 // so sync state can store it:
 //

@@ -139,7 +139,7 @@ func (o *Ops) serveRun(w http.ResponseWriter, r *http.Request) {
 
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
-// Status is the status page (spec: operations.md).
+// Status is the status page (docs/operations.md).
 type Status struct {
 	Healthy        bool                          `json:"healthy"`
 	Dataverse      Connection                    `json:"dataverse"`

@@ -1,6 +1,6 @@
 // Package ops is what an administrator uses to run the sync: the status page, manual
 // sync runs, auto-sync on a period, and the dead-letter view with replay
-// (spec: operations.md). Its HTTP routes are served by the admin functions in Azure and
+// (docs/operations.md). Its HTTP routes are served by the admin functions in Azure and
 // by local mode's listener alike.
 package ops
 

@@ -14,7 +14,7 @@ import (
 // say are new, carrying our deterministic primary key) and UpdateMultiple (rows that
 // exist). UpsertMultiple is not used: Microsoft documents it for rows identified by
 // alternate keys, and the app's rows are identified by primary key on standard tables
-// (no custom keys, mapping spec). Bulk requests on standard tables are atomic, so a failed
+// (no custom keys, docs/dataverse-mapping.md). Bulk requests on standard tables are atomic, so a failed
 // request is split in halves until the failing rows are isolated; those go through the
 // single-row path, which records each row's own error and handles rows that turned out
 // to exist (wiped state) with a plain upsert.

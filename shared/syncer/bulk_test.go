@@ -563,7 +563,7 @@ func TestConvergesUnderFaults(t *testing.T) {
 }
 
 // An import chunk costs requests per chunk, not per row: the request limit counts
-// requests (research §6), so 300 new customers take one email look-up and one
+// requests (Microsoft Learn: Dataverse api-limits), so 300 new customers take one email look-up and one
 // CreateMultiple, and their update one look-up-free UpdateMultiple.
 func TestBulkChunkCustomersRequests(t *testing.T) {
 	e := newEnv(t, envOptions{})

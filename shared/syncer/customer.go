@@ -25,7 +25,7 @@ const (
 	releasedContactKind = "released-contact" // state doc kind: contacts of deleted customers (key: contact id)
 )
 
-// customerSyncer maps customers to contacts (dataverse-mapping.md "Customer → contact").
+// customerSyncer maps customers to contacts (docs/dataverse-mapping.md "Customer → contact").
 type customerSyncer struct {
 	*deps
 	accounts sync.Map // "<storeID>/<lower(company)>" → account id
@@ -127,7 +127,7 @@ func (p *contactPlan) outcome() outcome {
 	return outcome{status: state.Synced, reason: p.note, dataverseID: p.id, hash: p.hash}
 }
 
-// contactFields maps a registered customer (dataverse-mapping.md).
+// contactFields maps a registered customer (docs/dataverse-mapping.md).
 func contactFields(c *nop.Customer) dataverse.Record {
 	email := strings.TrimSpace(deref(c.Email))
 	a := c.Address
@@ -145,7 +145,7 @@ func contactFields(c *nop.Customer) dataverse.Record {
 	return contactColumns(deref(c.FirstName), last, email, phone, a, fmt.Sprintf("nopCommerce customer %d", c.ID))
 }
 
-// contactColumns is the contact row of dataverse-mapping.md, cut to the columns' lengths;
+// contactColumns is the contact row of docs/dataverse-mapping.md, cut to the columns' lengths;
 // registered customers and guests (from their billing address) share it.
 func contactColumns(first, last, email, phone string, a *nop.Address, description string) dataverse.Record {
 	return dataverse.Record{

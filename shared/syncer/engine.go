@@ -80,7 +80,7 @@ const (
 	DeleteIgnore     = "ignore"
 )
 
-// Settings are the sync settings (operations.md).
+// Settings are the sync settings (docs/operations.md).
 type Settings struct {
 	StoreCurrencyCode string // ISO 4217, required for products and orders
 	PriceListName     string // "" → "nopCommerce <CODE>"

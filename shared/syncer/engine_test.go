@@ -260,7 +260,7 @@ func TestLeaseHeldByAnotherInstance(t *testing.T) {
 	}
 }
 
-// Issue point 5 / operations.md: a chunk and single events for the same entities, on
+// docs/operations.md: a chunk and single events for the same entities, on
 // two instances at the same moment: whatever interleaving, the newest state ends up in
 // Dynamics 365 and in state, once every transient failure has been redelivered.
 func TestChunkAndSingleEventsConcurrently(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 // maxFilterBytes bounds one look-up's $filter, URL-encoded. Dataverse takes GET URLs of
 // up to 32 KB (32,768 characters); 24 KiB leaves room for the rest of the URL and answers
 // an import chunk's look-up (hundreds of ids or emails) in one request: the per-user
-// request limit counts requests, not rows (research dataverse.md §6).
+// request limit counts requests, not rows (Microsoft Learn: Dataverse api-limits).
 const maxFilterBytes = 24 << 10
 
 // orFilters joins conds with " or " into as few filters as keep each one, URL-encoded,

@@ -1,6 +1,6 @@
 package syncer
 
-// Orders (dataverse-mapping.md, "Order"). One sync applies the newest store state in
+// Orders (docs/dataverse-mapping.md, "Order"). One sync applies the newest store state in
 // steps, each only if not yet done: header and lines in one change set (only while the
 // salesorder is Active) → one invoice for a paid order (ConvertSalesOrderToInvoice, then
 // Paid) → FulfillSalesOrder or CancelSalesOrder. Every step checks Dynamics 365 first

@@ -16,7 +16,8 @@ import (
 // requests one after another, so a batch's time grows with its size (each order is a
 // header and its lines, ~6 operations: 50 orders stay far inside the 2-minute request
 // timeout); the per-user request limit, on the other hand, counts a batch once, and an
-// import's chunks already keep several batches in flight (research dataverse.md §5, §6).
+// import's chunks already keep several batches in flight (Microsoft Learn: Dataverse
+// execute-batch-operations-using-web-api, api-limits).
 const ordersPerBatch = 50
 
 var _ bulkSyncer = (*orderSyncer)(nil)

@@ -12,7 +12,7 @@ import (
 )
 
 // Dataverse entity sets and the salesorder states the order sync works with
-// (research dataverse.md §7, §8).
+// (Microsoft Learn: the salesorder table reference and update-delete-entities-using-web-api).
 const (
 	setSalesOrders       = "salesorders"
 	setSalesOrderDetails = "salesorderdetails"
@@ -83,7 +83,7 @@ func activeStatus(orderStatus int) int {
 	return orderStatusPending
 }
 
-// mapOrder builds the salesorder and its lines (dataverse-mapping.md, Order).
+// mapOrder builds the salesorder and its lines (docs/dataverse-mapping.md, Order).
 func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*orderWrite, error) {
 	sh := refs.Shared
 	p := precisionFor(sh.CurrencyPrecision)

@@ -14,7 +14,7 @@ import (
 // specExamples is the repository's examples folder, from shared/syncer.
 const specExamples = "../../examples"
 
-// loadOrderEvents decodes a spec example (one event or an array) as the intake would.
+// loadOrderEvents decodes an example of examples/ (one event or an array) as the intake would.
 func loadOrderEvents(t testing.TB, name string) []*nop.Event {
 	t.Helper()
 	evs, err := nop.DecodeRequest(state.Order, readExample(t, name))

@@ -423,7 +423,7 @@ func TestOrderEventsAnyOrder(t *testing.T) {
 	}
 }
 
-// sendOther delivers the spec's customer and product examples on their queues.
+// sendOther delivers examples/' customer and product events on their queues.
 func (h *orderHarness) sendOther(t *testing.T) {
 	t.Helper()
 	for _, x := range []struct {

@@ -124,7 +124,7 @@ func productNumber(id int, sku *string) string {
 
 func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
 
-// productFields maps the columns of a product (dataverse-mapping.md).
+// productFields maps the columns of a product (docs/dataverse-mapping.md).
 func productFields(p *nop.Product, sh *shared) dataverse.Record {
 	prec := precisionFor(sh.CurrencyPrecision)
 	structure := 1

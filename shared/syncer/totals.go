@@ -72,7 +72,7 @@ type orderAmounts struct {
 }
 
 // orderTotals maps an order's money so that Dataverse's totalamount equals the store's
-// orderTotal. Per line the spec formula alone is exact whenever the store's amounts have
+// orderTotal. Per line the salesorderdetail formula alone is exact whenever the store's amounts have
 // no more decimals than the currency keeps (nopCommerce with RoundPricesDuringCalculation).
 // With 4-decimal amounts (nopCommerce computes price incl. tax as price × (1 + rate) and
 // stores 4 decimals) each line rounds on its own and the sum can miss orderTotal by a

@@ -83,7 +83,7 @@ func TestOrderTotalsSpecExample(t *testing.T) {
 
 // TestOrderTotalsGenerated checks totalamount = orderTotal over many orders computed the
 // way nopCommerce does, with rounding during calculation (2-decimal money: the per-line
-// spec formula alone is exact) and without (4-decimal money: exact to the cent only with
+// salesorderdetail formula alone is exact) and without (4-decimal money: exact to the cent only with
 // the residual moved into one line's tax).
 func TestOrderTotalsGenerated(t *testing.T) {
 	for _, tc := range []struct {

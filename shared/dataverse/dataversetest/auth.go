@@ -76,7 +76,8 @@ func (a *authState) setSecret(v string) { a.mu.Lock(); a.current = v; a.mu.Unloc
 func (a *authState) secret() string     { a.mu.Lock(); defer a.mu.Unlock(); return a.current }
 func (a *authState) issued() int        { a.mu.Lock(); defer a.mu.Unlock(); return a.count }
 
-// check validates a bearer token (research §1: 401 on missing/expired/unknown tokens).
+// check validates a bearer token (Learn: webapi/authenticate-web-api;
+// 401 on missing, expired and unknown tokens).
 func (a *authState) check(header, tenant, origin string) (string, *apiError) {
 	fail := func(msg string) (string, *apiError) {
 		e := errf(http.StatusUnauthorized, "", "%s", msg)
@@ -165,7 +166,7 @@ func entraError(w http.ResponseWriter, status int, code string, aadsts int, desc
 func itoa(n int) string { return big.NewInt(int64(n)).String() }
 
 // token implements the client credentials grant of /{tenant}/oauth2/v2.0/token
-// (research §1; ENTRA v2-oauth2-client-creds-grant-flow).
+// (v2-oauth2-client-creds-grant-flow).
 func (s *Server) token(w http.ResponseWriter, r *http.Request, origin string) {
 	if r.Method != http.MethodPost {
 		entraError(w, http.StatusMethodNotAllowed, "invalid_request", 900561, "The endpoint only accepts POST requests.")
@@ -216,7 +217,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, origin string) {
 	writeJSON(w, http.StatusOK, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
 }
 
-// validScope accepts "<environment URL>/.default" (research §1; also with a double slash,
+// validScope accepts "<environment URL>/.default" (v2-oauth2-client-creds-grant-flow; also with a double slash,
 // which is what a trailing-slash URL + "/.default" produces).
 func (s *Server) validScope(scope, origin string) bool {
 	n := 0

@@ -13,7 +13,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// maxBatchParts is the documented ceiling of requests per $batch (research §5).
+// maxBatchParts is the documented ceiling of requests per $batch (Learn: webapi/execute-batch-operations-using-web-api).
 const maxBatchParts = 1000
 
 var errNotCRLF = errf(http.StatusBadRequest, codePayloadError,
@@ -25,7 +25,7 @@ type mimePart struct {
 }
 
 // splitMultipart splits a multipart body. Every delimiter and header line must end in
-// CRLF; Dataverse answers bare LF with 400 0x80048d19 "Stream was not readable" (research §5).
+// CRLF; Dataverse answers bare LF with 400 0x80048d19 "Stream was not readable" (web-api-client-errors).
 func splitMultipart(body []byte, boundary string) ([]mimePart, *apiError) {
 	delim := []byte("--" + boundary)
 	if !bytes.HasPrefix(body, delim) {
@@ -259,7 +259,7 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 	if continueOnError {
 		h.Set("Preference-Applied", "odata.continue-on-error")
 	} else if failed {
-		status = http.StatusBadRequest // research §5: stop at first error, batch status 400
+		status = http.StatusBadRequest // stop at the first error, batch status 400 (Learn: webapi/execute-batch-operations-using-web-api)
 	}
 	return &apiResp{status: status, header: h, body: out.Bytes()}, x.rows, reads, total
 }

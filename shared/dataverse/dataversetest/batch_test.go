@@ -114,8 +114,8 @@ func (c *tc) batch(body string, boundary string, hdr ...string) res {
 	return c.do("POST", "$batch", body, append([]string{"Content-Type", "multipart/mixed; boundary=" + boundary}, hdr...)...)
 }
 
-// research §5: change set with Content-ID references in URL and body; response layout.
-func TestBatch_ChangeSetContentIDs_research5(t *testing.T) {
+// Learn: webapi/execute-batch-operations-using-web-api: change set with Content-ID references in URL and body; response layout.
+func TestBatch_ChangeSetContentIDs(t *testing.T) {
 	c := newTC(t, Options{})
 	body := batchBody("batch_1",
 		[]bpart{
@@ -155,9 +155,9 @@ func TestBatch_ChangeSetContentIDs_research5(t *testing.T) {
 	}
 }
 
-// research §5: a failing operation rolls back its whole change set; without
+// Learn: webapi/execute-batch-operations-using-web-api: a failing operation rolls back its whole change set; without
 // continue-on-error processing stops (batch 400); with it the batch is 200.
-func TestBatch_RollbackAndStop_research5(t *testing.T) {
+func TestBatch_RollbackAndStop(t *testing.T) {
 	c := newTC(t, Options{})
 	missing := uuid.NewString()
 	failingSet := []bpart{
@@ -183,8 +183,8 @@ func TestBatch_RollbackAndStop_research5(t *testing.T) {
 	}
 }
 
-// research §5: every line must end in CRLF, else 400 0x80048d19 "Stream was not readable".
-func TestBatch_CRLF_research5(t *testing.T) {
+// web-api-client-errors: every line must end in CRLF, else 400 0x80048d19 "Stream was not readable".
+func TestBatch_CRLF(t *testing.T) {
 	c := newTC(t, Options{})
 	body := strings.ReplaceAll(batchBody("b", bpart{method: "GET", url: "WhoAmI"}), "\r\n", "\n")
 	r := c.must(400, c.batch(body, "b"))
@@ -204,8 +204,8 @@ func TestBatch_CRLF_research5(t *testing.T) {
 	}
 }
 
-// research §6: a $batch counts once against the request limit.
-func TestBatch_CountsOnce_research6(t *testing.T) {
+// Learn: api-limits: a $batch counts once against the request limit.
+func TestBatch_CountsOnce(t *testing.T) {
 	c := newTC(t, Options{Limits: Limits{Requests: 2}})
 	var ops []any
 	for i := 0; i < 5; i++ {

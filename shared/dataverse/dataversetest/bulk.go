@@ -8,7 +8,7 @@ import (
 // bulk implements POST /{set}/Microsoft.Dynamics.CRM.{CreateMultiple,UpdateMultiple,UpsertMultiple}
 // with {"Targets":[{"@odata.type":"Microsoft.Dynamics.CRM.<logical>", ...}]}.
 //
-// What the docs say (powerapps-docs bulk-operations.md, use-upsert-insert-update-record.md,
+// What the docs say (Learn: bulk-operations, use-upsert-insert-update-record,
 // webapi/reference/upsertmultiple):
 //   - On standard tables a bulk operation is one transaction: "Any error that occurs in a bulk
 //     operation with a standard table causes the entire operation to roll back."

@@ -21,7 +21,7 @@ func targets(logical string, recs ...map[string]any) map[string]any {
 
 // bulk-operations doc: CreateMultiple/UpdateMultiple/UpsertMultiple; standard tables roll
 // the whole request back on any error; @odata.type is required.
-func TestBulk_research5bulk(t *testing.T) {
+func TestBulk(t *testing.T) {
 	c := newTC(t, Options{AlternateKeys: map[string][][]string{"accounts": {{"accountnumber"}}}})
 	id1 := uuid.NewString()
 	r := c.must(200, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact",
@@ -78,9 +78,9 @@ func TestBulk_research5bulk(t *testing.T) {
 	c2.must(400, c2.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account", map[string]any{"accountid": uuid.NewString(), "name": "x"})))
 }
 
-// research §6: request-count limit with 429, the documented code and message, integer
+// Learn: api-limits: request-count limit with 429, the documented code and message, integer
 // Retry-After (scaled, rounded up, ≥ 1), recovery after it, and violation counting.
-func TestLimits_RequestCount_research6(t *testing.T) {
+func TestLimits_RequestCount(t *testing.T) {
 	c := newTC(t, Options{TimeScale: 0.004, Limits: Limits{Requests: 3}}) // window 1.2 s
 	for i := 0; i < 3; i++ {
 		r := c.must(200, c.do("GET", "WhoAmI", nil))
@@ -108,8 +108,8 @@ func TestLimits_RequestCount_research6(t *testing.T) {
 	}
 }
 
-// research §6: execution-time limit (bulk rows each cost execution time) and concurrency limit.
-func TestLimits_ExecutionAndConcurrency_research6(t *testing.T) {
+// Learn: api-limits: execution-time limit (bulk rows each cost execution time) and concurrency limit.
+func TestLimits_ExecutionAndConcurrency(t *testing.T) {
 	c := newTC(t, Options{Limits: Limits{ExecutionTime: 30 * time.Millisecond},
 		ExecutionCost: ExecutionCost{PerRequest: time.Millisecond, PerRowWritten: 5 * time.Millisecond}})
 	var recs []map[string]any

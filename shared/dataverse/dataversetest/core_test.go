@@ -14,9 +14,9 @@ import (
 	"github.com/google/uuid"
 )
 
-// research §1: a real azidentity ClientSecretCredential gets a token through the
+// v2-oauth2-client-creds-grant-flow: a real azidentity ClientSecretCredential gets a token through the
 // simulator's discovery document and token endpoint, and the token opens the Web API.
-func TestAuth_AzidentityClientSecretCredential_research1(t *testing.T) {
+func TestAuth_AzidentityClientSecretCredential(t *testing.T) {
 	c := newTC(t, Options{})
 	r := c.must(200, c.do("GET", "WhoAmI", nil))
 	if r.body["UserId"] != c.s.UserID() || r.body["OrganizationId"] != c.s.OrganizationID() || r.body["BusinessUnitId"] != c.s.BusinessUnitID() {
@@ -25,12 +25,12 @@ func TestAuth_AzidentityClientSecretCredential_research1(t *testing.T) {
 	if got := r.header.Get("OData-Version"); got != "4.0" {
 		t.Fatalf("OData-Version = %q", got)
 	}
-	// research §1: POST WhoAmI is 404.
+	// POST WhoAmI is 404 (WhoAmI is a function, so GET only).
 	c.must(404, c.do("POST", "WhoAmI", nil))
 }
 
-// research §1: 401 for missing, unknown and expired tokens, with WWW-Authenticate.
-func TestAuth_401_research1(t *testing.T) {
+// Learn: webapi/authenticate-web-api: 401 for missing, unknown and expired tokens, with WWW-Authenticate.
+func TestAuth_401(t *testing.T) {
 	c := newTC(t, Options{TokenLifetime: 1500 * time.Millisecond})
 	good := c.token
 	c.token = ""
@@ -65,15 +65,15 @@ func TestAuth_SecretRotation(t *testing.T) {
 	if _, err := credential(t, c.s, c.s.ClientSecret()).GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{c.s.URL() + "/.default"}}); err != nil {
 		t.Fatalf("new secret: %v", err)
 	}
-	// research §1: a scope that isn't <env>/.default is invalid_scope.
+	// v2-oauth2-client-creds-grant-flow: a scope that isn't <env>/.default is invalid_scope.
 	_, err = credential(t, c.s, c.s.ClientSecret()).GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{"https://example.crm.dynamics.com/.default"}})
 	if err == nil || !strings.Contains(err.Error(), "AADSTS70011") {
 		t.Fatalf("bad scope: err = %v", err)
 	}
 }
 
-// research §2 / §10.2: case-sensitive sets, columns and navigation properties.
-func TestRouting_CaseSensitive_research2(t *testing.T) {
+// web-api-client-errors: case-sensitive sets, columns and navigation properties.
+func TestRouting_CaseSensitive(t *testing.T) {
 	c := newTC(t, Options{})
 	r := c.must(404, c.do("GET", "Contacts", nil))
 	if r.errCode() != "0x8006088a" || r.errMsg() != "Resource not found for the segment 'Contacts'." {
@@ -91,7 +91,7 @@ func TestRouting_CaseSensitive_research2(t *testing.T) {
 	if r.errCode() != "0x80048d19" || !strings.Contains(r.errMsg(), "An undeclared property 'parentcustomerid'") {
 		t.Fatalf("bad nav: %s", r.raw)
 	}
-	// Read-only columns are ignored silently (research §2).
+	// Read-only columns are ignored silently (Learn: entity-attribute-metadata).
 	id := entityID(c.must(204, c.do("POST", "contacts", map[string]any{"firstname": "A", "lastname": "B", "fullname": "ignored"})))
 	row, _ := c.s.Row("contacts", id)
 	if row["fullname"] != "A B" {
@@ -99,8 +99,9 @@ func TestRouting_CaseSensitive_research2(t *testing.T) {
 	}
 }
 
-// research §3 / §10.4–5: PATCH upsert by primary key, If-Match/If-None-Match, representation.
-func TestUpsert_research3(t *testing.T) {
+// PATCH upsert by primary key, If-Match/If-None-Match, representation (Learn:
+// use-upsert-insert-update-record, webapi/perform-conditional-operations-using-web-api).
+func TestUpsert(t *testing.T) {
 	c := newTC(t, Options{})
 	id := uuid.NewString()
 	// If-Match: * on a missing row → 404 0x80040217.
@@ -138,8 +139,8 @@ func TestUpsert_research3(t *testing.T) {
 	}
 }
 
-// research §9: ETags change on every write; If-Match mismatch 412; If-None-Match 304.
-func TestETags_research9(t *testing.T) {
+// Learn: webapi/perform-conditional-operations-using-web-api: ETags change on every write; If-Match mismatch 412; If-None-Match 304.
+func TestETags(t *testing.T) {
 	c := newTC(t, Options{})
 	id := entityID(c.must(204, c.do("POST", "contacts", map[string]any{"lastname": "E"})))
 	r := c.must(200, c.do("GET", "contacts("+id+")?$select=lastname", nil))
@@ -159,8 +160,8 @@ func TestETags_research9(t *testing.T) {
 	c.must(404, c.do("DELETE", "contacts("+id+")", nil))
 }
 
-// research §4 / §10.6: @odata.bind, polymorphic customer lookups, null clears, 404 targets.
-func TestBind_research4(t *testing.T) {
+// Learn: webapi/associate-disassociate-entities-using-web-api: @odata.bind, polymorphic customer lookups, null clears, 404 targets.
+func TestBind(t *testing.T) {
 	c := newTC(t, Options{})
 	acc := entityID(c.must(204, c.do("POST", "accounts", map[string]any{"name": "Contoso"})))
 	con := entityID(c.must(204, c.do("POST", "contacts", map[string]any{"lastname": "L", "parentcustomerid_account@odata.bind": "/accounts(" + acc + ")"})))
@@ -200,8 +201,8 @@ func TestBind_research4(t *testing.T) {
 	}
 }
 
-// research §3: alternate keys when declared; key columns copied on create, dropped on update.
-func TestAlternateKeys_research3(t *testing.T) {
+// Learn: use-alternate-key-reference-record: alternate keys when declared; key columns copied on create, dropped on update.
+func TestAlternateKeys(t *testing.T) {
 	c := newTC(t, Options{AlternateKeys: map[string][][]string{"accounts": {{"accountnumber"}}}})
 	r := c.must(204, c.do("PATCH", "accounts(accountnumber='A''1')", map[string]any{"name": "One"}))
 	if r.header.Get("OData-EntityId") != c.s.URL()+"/api/data/v9.2/accounts(accountnumber='A''1')" {
@@ -229,12 +230,12 @@ func TestAlternateKeys_research3(t *testing.T) {
 		t.Fatalf("duplicate key: %s", r.raw)
 	}
 	c.must(200, c.do("GET", "accounts(accountnumber='A''1')", nil))
-	// research §3: plus-addressing and friends break keys.
+	// Learn: use-alternate-key-reference-record: plus-addressing and friends break keys.
 	c.must(400, c.do("PATCH", "accounts(accountnumber='a%2Bb')", map[string]any{"name": "x"}))
 }
 
-// research §10.14: $select, $filter, $top, paging with nextLink and odata.maxpagesize.
-func TestQuery_research10(t *testing.T) {
+// Learn: webapi/query/filter-rows, webapi/compose-http-requests-handle-errors: $select, $filter, $top, paging with nextLink and odata.maxpagesize.
+func TestQuery(t *testing.T) {
 	c := newTC(t, Options{})
 	acc := entityID(c.must(204, c.do("POST", "accounts", map[string]any{"name": "Fabrikam"})))
 	for i := 0; i < 7; i++ {

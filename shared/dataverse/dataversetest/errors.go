@@ -6,7 +6,7 @@ import (
 )
 
 // apiError is a Web API error: the HTTP status plus the {"error":{"code","message"}}
-// envelope Dataverse sends (research §2 "Error body").
+// envelope Dataverse sends (Learn: webapi/compose-http-requests-handle-errors).
 type apiError struct {
 	status  int
 	code    string
@@ -20,8 +20,9 @@ func errf(status int, code, format string, a ...any) *apiError {
 	return &apiError{status: status, code: code, message: fmt.Sprintf(format, a...)}
 }
 
-// Error codes used by the simulator. Names and hex values are from research §2; where the
-// research marks the HTTP status VERIFY, the status used here is the likely one.
+// Error codes used by the simulator. Names and hex values are from Learn:
+// reference/web-service-error-codes and web-api-client-errors; where Microsoft documents no
+// HTTP status for a code, the status used here is the likely one.
 const (
 	codeObjectDoesNotExist       = "0x80040217"
 	codeAltKeyNotFound           = "0x80060891"

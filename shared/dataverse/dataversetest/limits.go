@@ -10,7 +10,7 @@ import (
 )
 
 // limiter applies the service protection limits per user over a sliding window
-// (research §6). All durations it keeps are already scaled by Options.TimeScale.
+// (Learn: api-limits). All durations it keeps are already scaled by Options.TimeScale.
 type limiter struct {
 	s     *Server
 	mu    sync.Mutex
@@ -89,7 +89,7 @@ func (l *limiter) admit(name string) (func(), *apiError) {
 		l.prune(u, now)
 		switch {
 		case u.inflight >= lim.Concurrent:
-			// The concurrency limit fails immediately (research §6).
+			// The concurrency limit fails immediately (Learn: api-limits).
 			return nil, l.throttleLocked(u, now, codeConcurrencyLimit, l.s.scaled(time.Second))
 		case len(u.reqs) >= lim.Requests:
 			wait := u.reqs[len(u.reqs)-lim.Requests].Add(l.window()).Sub(now)
@@ -176,7 +176,7 @@ func (l *limiter) record(name string, cost time.Duration) {
 	l.exec += cost
 }
 
-// headers adds the debugging headers Dataverse sends (research §6).
+// headers adds the debugging headers Dataverse sends (Learn: api-limits).
 func (l *limiter) headers(name string, h http.Header) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// maxPageSize is the Web API's page ceiling (research §2, "Paging").
+// maxPageSize is the Web API's page ceiling (Learn: webapi/compose-http-requests-handle-errors, "Paging").
 const maxPageSize = 5000
 
 // checkQueryOptions rejects system query options Dataverse doesn't support ($skip) and
@@ -671,7 +671,7 @@ func (p *filterParser) parseOperand() (evalFn, *apiError) {
 }
 
 // Dataverse documents contains, endswith and startswith as the supported OData string
-// functions (research: filter-rows page); tolower/toupper are accepted only with
+// functions (Learn: webapi/query/filter-rows); tolower/toupper are accepted only with
 // Options.AllowStringCaseFunctions. String comparisons are case-insensitive anyway.
 func (p *filterParser) parseFunc(name string) (evalFn, *apiError) {
 	p.pos++ // (

@@ -11,8 +11,10 @@ import (
 	"github.com/google/uuid"
 )
 
-// Dynamics 365 Sales rules (research §7, §8; mapping spec "Totals"). Error codes are from
-// the research's table; the HTTP status of business-rule errors is 400 (VERIFY there).
+// Dynamics 365 Sales rules (the Sales developer guide and the product, salesorder and
+// salesorderdetail table references). Error codes are from Learn:
+// reference/web-service-error-codes; the HTTP status of business-rule errors is not
+// documented and is 400 here.
 
 const pricingPrecision = 2 // Organization.PricingDecimalPrecision default
 
@@ -110,7 +112,7 @@ func (s *Server) beforeCreate(x *tx, t *table, r *row, body map[string]any) *api
 		if r.vals["quantitydecimal"] == nil {
 			r.vals["quantitydecimal"] = 0
 		}
-		// research §7: new products start Draft unless CreateProductsWithoutParentInActiveState
+		// New products start Draft unless CreateProductsWithoutParentInActiveState
 		// and the product has no parent family. statecode isn't valid for create.
 		if s.o.ProductsCreatedActive && r.ref("parentproductid") == "" && r.intv("productstructure") == 1 {
 			r.vals["statecode"], r.vals["statuscode"] = 0, 1
@@ -188,7 +190,7 @@ func (s *Server) afterWrite(x *tx, t *table, old, r *row) *apiError {
 	switch t.logical {
 	case "uomschedule":
 		if old == nil {
-			// Creating a unit group creates its base unit named baseuomname (research §7).
+			// Creating a unit group creates its base unit named baseuomname (uomschedule table reference).
 			id := s.pendingBaseUnitID
 			if id == "" {
 				id = uuid.NewString()
@@ -370,7 +372,7 @@ func (s *Server) checkParentActive(x *tx, r *row) *apiError {
 }
 
 // publishHierarchy is PublishProductHierarchy: the product and every Draft/Under Revision
-// descendant become Active (research §7).
+// descendant become Active (publish-revise-revert-retire-activate-products).
 func (s *Server) publishHierarchy(x *tx, r *row) *apiError {
 	if st := r.intv("statecode"); st == prodDraft || st == prodRevised {
 		if err := s.checkParentActive(x, r); err != nil {
@@ -451,7 +453,8 @@ func (s *Server) checkOrderCurrency(x *tx, r *row) *apiError {
 	return nil
 }
 
-// orderStateError is the answer to a PATCH that tries to close an order (research §8).
+// orderStateError is the answer to a PATCH that tries to close an order (salesorder table reference: only active orders
+// can be edited; Learn: webapi/update-delete-entities-using-web-api).
 func (s *Server) orderStateError(t *table, to int) *apiError {
 	if t.logical != "salesorder" {
 		return badArg("Invoices are created Active; set other states with a PATCH of statecode and statuscode afterwards.")
@@ -477,7 +480,7 @@ func (s *Server) updateOrder(x *tx, t *table, old, r *row, body map[string]any) 
 	switch {
 	case from == 0:
 	case from == 1 && len(changedKeys(body)) == 0 && (to == 0 || to == 1):
-		// Submitted orders can be set back to Active; nothing else changes (research §8).
+		// Submitted orders can be set back to Active; nothing else changes (salesorder table reference).
 	default:
 		return readOnlyRecord(t.logical)
 	}
@@ -491,8 +494,8 @@ func (s *Server) updateOrder(x *tx, t *table, old, r *row, body map[string]any) 
 	return nil
 }
 
-// checkLine validates an order/invoice line and computes its amounts (research §7
-// salesorderdetail; mapping spec "Totals"): extendedamount = quantity × priceperunit −
+// checkLine validates an order/invoice line and computes its amounts (salesorderdetail
+// table reference; product-pricing-methods): extendedamount = quantity × priceperunit −
 // manualdiscountamount + tax, money rounded to the currency precision, prices to 2.
 func (s *Server) checkLine(x *tx, t *table, r *row) *apiError {
 	pt, attr := parentOf(t)
@@ -688,7 +691,8 @@ func (s *Server) setPriceLock(x *tx, id string, locked bool) (*apiResp, *apiErro
 }
 
 // closeOrder implements FulfillSalesOrder / CancelSalesOrder: creates the orderclose
-// activity and moves the order to Fulfilled (3) or Canceled (2) with Status (research §8).
+// activity and moves the order to Fulfilled (3) or Canceled (2) with Status (quote-order-invoice-entities;
+// https://learn.microsoft.com/power-apps/developer/data-platform/webapi/reference/fulfillsalesorder).
 func (s *Server) closeOrder(x *tx, q *apiReq, body map[string]any, state int, action string) (*apiResp, *apiError) {
 	oc, ok := body["OrderClose"].(map[string]any)
 	if !ok {
@@ -768,7 +772,7 @@ var copyLineCols = []string{"isproductoverridden", "productdescription", "quanti
 	"producttypecode", "lineitemnumber", "sequencenumber", "pricingerrorcode", "productname"}
 
 // convertToInvoice implements ConvertSalesOrderToInvoice: an invoice copying the order's
-// customer, price list, currency, amounts and lines, returned as the entity (research §8).
+// customer, price list, currency, amounts and lines, returned as the entity (quote-order-invoice-entities).
 func (s *Server) convertToInvoice(x *tx, q *apiReq, body map[string]any) (*apiResp, *apiError) {
 	oid, _ := body["SalesOrderId"].(string)
 	if _, err := uuid.Parse(oid); err != nil {

@@ -80,9 +80,9 @@ func (f *salesFixture) row(set, id string) map[string]any {
 	return r
 }
 
-// research §7 product lifecycle: Draft by default, publish by PATCH, revise, retire,
+// publish-revise-revert-retire-activate-products: Draft by default, publish by PATCH, revise, retire,
 // ProductCanOnlyBeUpdatedInDraft, unique productnumber, unit group rules.
-func TestProductLifecycle_research7(t *testing.T) {
+func TestProductLifecycle(t *testing.T) {
 	f := newSales(t, Options{})
 	c := f.c
 	p := f.newProduct(t, "SKU-2", "")
@@ -128,9 +128,9 @@ func TestProductLifecycle_research7(t *testing.T) {
 	g.c.must(204, g.c.do("PATCH", "products("+q+")", map[string]any{"price": 3}, "If-Match", "*"))
 }
 
-// research §7: only families are parents; children publish after the family;
+// create-manage-product-families-products-bundles-product-properties: only families are parents; children publish after the family;
 // PublishProductHierarchy publishes a family and its children.
-func TestProductFamilies_research7(t *testing.T) {
+func TestProductFamilies(t *testing.T) {
 	f := newSales(t, Options{ProductsCreatedActive: true})
 	c := f.c
 	r := c.must(400, c.do("POST", "products", map[string]any{"name": "child", "productnumber": "C0", "parentproductid@odata.bind": "/products(" + f.product + ")"}))
@@ -158,8 +158,8 @@ func TestProductFamilies_research7(t *testing.T) {
 	}
 }
 
-// research §7 price lists: unique names, one price per product+unit, currency checks.
-func TestPriceLists_research7(t *testing.T) {
+// pricelevel and productpricelevel table references, price lists: unique names, one price per product+unit, currency checks.
+func TestPriceLists(t *testing.T) {
 	f := newSales(t, Options{})
 	c := f.c
 	r := c.must(400, c.do("POST", "pricelevels", map[string]any{"name": "NOPCOMMERCE USD"}))
@@ -189,9 +189,9 @@ func TestPriceLists_research7(t *testing.T) {
 	c.must(400, c.do("DELETE", "transactioncurrencies("+c.s.BaseCurrencyID()+")", nil))
 }
 
-// mapping spec "Totals": extendedamount = qty × priceperunit − manualdiscountamount + tax;
+// salesorderdetail and salesorder table references, totals: extendedamount = qty × priceperunit − manualdiscountamount + tax;
 // totallineitemamount = Σ extendedamount; totalamount = lines − discountamount + freightamount.
-func TestOrderLinesAndTotals_mappingTotals(t *testing.T) {
+func TestOrderLinesAndTotals(t *testing.T) {
 	f := newSales(t, Options{})
 	c := f.c
 	o := f.order(t, map[string]any{"discountamount": 5.005, "freightamount": 7.5})
@@ -239,9 +239,9 @@ func TestOrderLinesAndTotals_mappingTotals(t *testing.T) {
 	c.must(204, c.do("DELETE", "contacts("+f.contact+")", nil))
 }
 
-// research §8: state machine, FulfillSalesOrder / CancelSalesOrder, read-only closed orders,
+// salesorder table reference, quote-order-invoice-entities: state machine, FulfillSalesOrder / CancelSalesOrder, read-only closed orders,
 // ConvertSalesOrderToInvoice, paid invoices.
-func TestOrderStates_research8(t *testing.T) {
+func TestOrderStates(t *testing.T) {
 	f := newSales(t, Options{})
 	c := f.c
 	o := f.order(t, map[string]any{"freightamount": 1})
@@ -298,8 +298,8 @@ func TestOrderStates_research8(t *testing.T) {
 	c.must(404, c.do("POST", "ConvertSalesOrderToInvoice", map[string]any{"SalesOrderId": uuid.NewString(), "ColumnSet": map[string]any{"AllColumns": true}}))
 }
 
-// research §4: deep insert of order_details creates header and lines atomically.
-func TestDeepInsertOrderDetails_research4(t *testing.T) {
+// Learn: webapi/create-entity-web-api: deep insert of order_details creates header and lines atomically.
+func TestDeepInsertOrderDetails(t *testing.T) {
 	f := newSales(t, Options{})
 	c := f.c
 	body := map[string]any{"name": "deep", "customerid_contact@odata.bind": "/contacts(" + f.contact + ")",

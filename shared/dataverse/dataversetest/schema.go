@@ -26,7 +26,7 @@ type column struct {
 	name     string
 	typ      colType
 	maxLen   int
-	readOnly bool // IsValidForCreate/Update false: values sent are silently ignored (research §2)
+	readOnly bool // IsValidForCreate/Update false: values sent are silently ignored (Learn: entity-attribute-metadata)
 }
 
 // lookup is one single-valued navigation property. Polymorphic lookups
@@ -152,7 +152,7 @@ func lineCols() []column {
 	}
 }
 
-// builtinTables is the Dynamics 365 Sales subset the app writes (research §7, mapping spec).
+// builtinTables is the Dynamics 365 Sales subset the app writes (the table reference pages).
 func builtinTables() []tdef {
 	activeInactive := map[int][]int{0: {1}, 1: {2}}
 	return []tdef{

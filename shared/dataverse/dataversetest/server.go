@@ -1,8 +1,31 @@
 // Package dataversetest is an in-process simulator of the Dataverse Web API v9.2 with the
 // Dynamics 365 Sales tables the sync writes, plus a Microsoft Entra ID token endpoint that
 // azidentity's ClientSecretCredential accepts. It serves HTTPS on 127.0.0.1 with its own
-// CA. Behaviours follow /work/shared/research/dataverse.md (section numbers in comments);
-// where the research says VERIFY the behaviour is an Option defaulting to the likely one.
+// CA. Each behaviour follows Microsoft's documentation, strictness included, and its
+// comment names the page, as "Learn: <page>" for a page under
+// https://learn.microsoft.com/power-apps/developer/data-platform/ (api-limits,
+// bulk-operations, entity-attribute-metadata, use-upsert-insert-update-record,
+// use-alternate-key-reference-record, reference/web-service-error-codes and, under webapi/,
+// authenticate-web-api, compose-http-requests-handle-errors, create-entity-web-api,
+// associate-disassociate-entities-using-web-api, update-delete-entities-using-web-api,
+// execute-batch-operations-using-web-api, perform-conditional-operations-using-web-api,
+// query/filter-rows), or by its full address otherwise:
+//   - the table reference pages, https://learn.microsoft.com/dynamics365/developer/reference/entities/<table>
+//     (product, pricelevel, productpricelevel, uom, uomschedule, salesorder,
+//     salesorderdetail, orderclose, invoice) and
+//     https://learn.microsoft.com/power-apps/developer/data-platform/reference/entities/<table>
+//     (contact, account, transactioncurrency);
+//   - the Sales developer guide, https://learn.microsoft.com/dynamics365/sales/developer/
+//     (publish-revise-revert-retire-activate-products,
+//     create-manage-product-families-products-bundles-product-properties,
+//     product-pricing-methods, quote-order-invoice-entities);
+//   - Microsoft Entra's client credentials flow,
+//     https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow;
+//   - Web API client errors,
+//     https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/web-api-client-errors.
+//
+// Where Microsoft does not document a behaviour (an HTTP status, an error code), the
+// behaviour is an Option defaulting to the most likely one, and its comment says so.
 //
 // Typical use from a test:
 //
@@ -44,7 +67,7 @@ type Options struct {
 	// TimeScale multiplies every simulated duration: the limits window, execution time
 	// budget, execution costs and Retry-After. 0.01 makes the 300 s window 3 s. Default 1.
 	TimeScale float64
-	// Limits are the service protection limits (research §6).
+	// Limits are the service protection limits (Learn: api-limits).
 	Limits Limits
 	// ExecutionCost is the simulated server time per operation (before TimeScale).
 	ExecutionCost ExecutionCost
@@ -64,13 +87,14 @@ type Options struct {
 	PriceLists []PriceList
 	UnitGroups []UnitGroup
 	// ProductsCreatedActive mirrors Organization.CreateProductsWithoutParentInActiveState=1:
-	// products without a parent family start Active instead of Draft (research §7).
+	// products without a parent family start Active instead of Draft (publish-revise-revert-retire-activate-products).
 	ProductsCreatedActive bool
 	// ActiveProductsUpdatable lets Active products be updated in place; by default such
-	// updates fail with ProductCanOnlyBeUpdatedInDraft (research §7, VERIFY).
+	// updates fail with ProductCanOnlyBeUpdatedInDraft (publish-revise-revert-retire-activate-products;
+	// whether a PATCH of an Active product fails is not documented).
 	ActiveProductsUpdatable bool
 	// ConvertSetsOrderInvoiced makes ConvertSalesOrderToInvoice move the order to
-	// Invoiced (4/100003). Default: the order keeps its state (research §8, VERIFY).
+	// Invoiced (4/100003). Default: the order keeps its state (not documented).
 	ConvertSetsOrderInvoiced bool
 	// AllowInactiveProductsOnLines accepts Draft/Retired products on order lines.
 	AllowInactiveProductsOnLines bool
@@ -510,7 +534,7 @@ func writeResp(w http.ResponseWriter, resp *apiResp) {
 func (s *Server) scaled(d time.Duration) time.Duration { return time.Duration(float64(d) * s.scale) }
 
 // retryAfterSeconds turns a scaled wait into the whole seconds sent in Retry-After:
-// rounded up, at least 1 (research §6: integer seconds).
+// rounded up, at least 1 (Learn: api-limits: integer seconds).
 func retryAfterSeconds(d time.Duration) int {
 	secs := int(math.Ceil(d.Seconds()))
 	if secs < 1 {
@@ -551,7 +575,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		user = sub
 	}
 	s.count(func(st *Stats) { st.Requests++ })
-	// Fault injection, then the service protection limits (research §6).
+	// Fault injection, then the service protection limits (Learn: api-limits).
 	if e := s.injectFault(user); e != nil {
 		writeResp(w, errResp(e))
 		return

@@ -235,7 +235,8 @@ func (x *tx) referencing(child, attr, id string) []*row {
 	return out
 }
 
-// relationship delete behaviours (research §8 "Deletes", entity reference pages).
+// relationship delete behaviours (Learn: webapi/update-delete-entities-using-web-api, "Delete";
+// the cascade settings of each table reference page).
 type relBehavior int
 
 const (
@@ -282,7 +283,7 @@ var relationships = []relationship{
 }
 
 func init() {
-	// Every table's transactioncurrencyid is Restrict (research §7 transactioncurrency).
+	// Every table's transactioncurrencyid is Restrict (transactioncurrency table reference).
 	for _, c := range []string{"contact", "account", "pricelevel", "product", "productpricelevel", "salesorder",
 		"salesorderdetail", "invoice", "invoicedetail"} {
 		relationships = append(relationships, relationship{"transactioncurrency", c, "transactioncurrencyid", restrict})

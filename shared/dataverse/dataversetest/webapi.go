@@ -76,7 +76,7 @@ func (s *Server) route(x *tx, q *apiReq) (*apiResp, *apiError) {
 		return errf(http.StatusNotFound, codeResourceNotFound, "No HTTP resource was found that matches the request URI '%s%s'.", q.base, q.path)
 	}
 	if first == "WhoAmI" || first == "WhoAmI()" || first == "Microsoft.Dynamics.CRM.WhoAmI" {
-		// research §1: GET only; POST gives 404 "No HTTP resource was found ...".
+		// GET only (Learn: webapi/compose-http-requests-handle-errors); POST gives 404 "No HTTP resource was found ...".
 		if q.method != http.MethodGet || len(segs) > 1 {
 			return nil, noRoute()
 		}
@@ -201,7 +201,7 @@ func parseKey(t *table, key string) (rowKey, *apiError) {
 		if g, ok := v.(guidLit); ok {
 			v = string(g)
 		}
-		// research §3: key values containing / < > * % & : \ ? + break addressing by key.
+		// Learn: use-alternate-key-reference-record: key values containing / < > * % & : \ ? + break addressing by key.
 		if str, ok := v.(string); ok && strings.ContainsAny(str, `/<>*%&:\?+`) {
 			return rowKey{}, errf(http.StatusBadRequest, codeZero,
 				"The key value '%s' for '%s' contains a character that can't be used in a key (/ < > * %% & : \\ ? +).", str, p.name)
@@ -399,7 +399,7 @@ func decodeBody(b []byte) (map[string]any, *apiError) {
 	return m, nil
 }
 
-// optionSets are the choice values of columns the sync writes (research §7).
+// optionSets are the choice values of columns the sync writes (the table reference pages).
 var optionSets = map[string][]int{
 	"product.productstructure":              {1, 2, 3},
 	"product.producttypecode":               {1, 2, 3, 4},
@@ -494,7 +494,8 @@ type deepInsert struct {
 	items []map[string]any
 }
 
-// applyBody copies a request body onto r (research §2, §4): unknown names fail,
+// applyBody copies a request body onto r (Learn: entity-attribute-metadata,
+// webapi/associate-disassociate-entities-using-web-api): unknown names fail,
 // read-only columns are ignored, lookups are set through @odata.bind.
 func (s *Server) applyBody(x *tx, t *table, r *row, body map[string]any, creating bool) ([]deepInsert, *apiError) {
 	names := make([]string, 0, len(body))
@@ -590,7 +591,7 @@ func (s *Server) newRow(t *table, id string) *row {
 	return r
 }
 
-// applyState sets/validates statecode+statuscode (research §8: statuscode defaults to the
+// applyState sets/validates statecode+statuscode (Learn: webapi/update-delete-entities-using-web-api: statuscode defaults to the
 // state's default status when omitted).
 func applyState(t *table, r *row, body map[string]any, creating bool) *apiError {
 	if t.states == nil {
@@ -638,7 +639,7 @@ func (s *Server) createRow(x *tx, t *table, id string, body map[string]any, alt 
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range alt { // research §3: URL key values are copied unless the body has them
+	for k, v := range alt { // URL key values are copied unless the body has them (Learn: use-upsert-insert-update-record)
 		if _, inBody := body[k]; !inBody {
 			if attr, ok := t.isValueProp(k); ok {
 				r.setRef(attr, t.lookupAttrs[attr][0].target, fmt.Sprint(v))
@@ -675,7 +676,7 @@ func (s *Server) createRow(x *tx, t *table, id string, body map[string]any, alt 
 
 func (s *Server) updateRow(x *tx, t *table, old *row, body map[string]any, alt map[string]any) (*row, *apiError) {
 	r := old.clone()
-	for k := range alt { // research §3: key columns in the body are dropped on update
+	for k := range alt { // key columns in the body are dropped on update (Learn: use-upsert-insert-update-record)
 		delete(body, k)
 	}
 	if _, err := s.applyBody(x, t, r, body, false); err != nil {
@@ -699,7 +700,7 @@ func (s *Server) updateRow(x *tx, t *table, old *row, body map[string]any, alt m
 	return x.get(t.logical, r.id), nil
 }
 
-// checkKeysUnique enforces declared alternate keys (412 DuplicateRecordEntityKey, research §2).
+// checkKeysUnique enforces declared alternate keys (412 DuplicateRecordEntityKey, Learn: reference/web-service-error-codes).
 func (s *Server) checkKeysUnique(x *tx, t *table, r *row) *apiError {
 	for _, k := range t.keys {
 		alt := map[string]any{}
@@ -810,7 +811,7 @@ func (s *Server) upsert(x *tx, q *apiReq, t *table, k rowKey, urlForm string) (*
 		resp.entityURL = loc
 		return resp, nil
 	}
-	// research §3: OData-EntityId echoes the URL form used (the alternate key, not the GUID).
+	// Learn: use-alternate-key-reference-record: OData-EntityId echoes the URL form used (the alternate key, not the GUID).
 	resp := noContent()
 	resp.header.Set("OData-EntityId", q.base+urlForm)
 	resp.entityURL = loc
