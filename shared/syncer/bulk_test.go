@@ -17,7 +17,7 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// Issue point 6: an import chunk is written with bulk requests, not one per row; skipped
+// An import chunk is written with bulk requests, not one per row; skipped
 // rows are recorded; a failing row is isolated and recorded while the rest are written.
 func TestBulkChunkCustomers(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -88,7 +88,7 @@ func TestBulkChunkCustomers(t *testing.T) {
 	}
 }
 
-// Issue point 6: products in a chunk (families first), the grouped example included.
+// Products in a chunk (families first), the grouped example included.
 func TestBulkChunkProducts(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	var evs []*nop.Event
@@ -138,7 +138,7 @@ func TestBulkChunkProducts(t *testing.T) {
 	}
 }
 
-// Issue point 4 and 6: 1000 customer events (several versions per customer, duplicates,
+// 1000 customer events (several versions per customer, duplicates,
 // shuffled, delivered as chunks and single messages) end with every contact holding its
 // customer's newest state.
 func TestReplayThousandCustomerEvents(t *testing.T) {
@@ -228,7 +228,7 @@ func TestReplayThousandCustomerEvents(t *testing.T) {
 	}
 }
 
-// Issue point 6: a chunk of products survives a wiped state table (same rows), a row
+// A chunk of products survives a wiped state table (same rows), a row
 // Dataverse refuses is isolated, and tables without the *Multiple messages fall back to
 // single writes.
 func TestBulkProductsWipedStateFailuresUnsupported(t *testing.T) {
@@ -284,7 +284,7 @@ func TestBulkProductsWipedStateFailuresUnsupported(t *testing.T) {
 	}
 }
 
-// Issue point 4 in a chunk: older versions in the same chunk, or older than what state
+// Older versions in the same chunk, or older than what state
 // holds, are skipped and counted.
 func TestBulkChunkStaleRows(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -309,7 +309,7 @@ func TestBulkChunkStaleRows(t *testing.T) {
 	}
 }
 
-// Issue point 5/6: throttling past the budget in a bulk request leaves its rows failed
+// Throttling past the budget in a bulk request leaves its rows failed
 // transiently (the chunk is redelivered); the redelivery writes them once.
 func TestBulkTransientChunkRedelivered(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -429,7 +429,7 @@ func TestBulkPublishRefusedFallsBack(t *testing.T) {
 	}
 }
 
-// Issue point 3 and 6: re-importing Active products (a resync, a price update for the
+// Re-importing Active products (a resync, a price update for the
 // whole catalogue) stays in bulk, whether the environment updates Active products in
 // place or only after a revision.
 func TestBulkUpdateActiveProducts(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// Issue point 2: the example customer becomes a contact with the mapped columns and its
+// The example customer becomes a contact with the mapped columns and its
 // company as parent account.
 func TestCustomerExampleBecomesContact(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -44,7 +44,7 @@ func TestCustomerExampleBecomesContact(t *testing.T) {
 	}
 }
 
-// Issue point 2: only registered non-guest customers with an email become contacts.
+// Only registered non-guest customers with an email become contacts.
 func TestCustomerSkippedWithReason(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	tmpl := example(t, "customer-created.json")[0]
@@ -69,7 +69,7 @@ func TestCustomerSkippedWithReason(t *testing.T) {
 	}
 }
 
-// Issue point 2: company removed → parent cleared; changed → another account (found by
+// Company removed → parent cleared; changed → another account (found by
 // name case-insensitively, not duplicated).
 func TestCustomerCompanyChangesAndClears(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -93,7 +93,7 @@ func TestCustomerCompanyChangesAndClears(t *testing.T) {
 	}
 }
 
-// Issue point 2: the one active contact with the email is adopted (and kept); with two
+// The one active contact with the email is adopted (and kept); with two
 // the app creates its own and records the ambiguity.
 func TestCustomerAdoptionByEmail(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -132,7 +132,7 @@ func TestCustomerAdoptionByEmail(t *testing.T) {
 	}
 }
 
-// Issue point 2: DELETE_POLICY for customers, and a deleted customer's contact is never
+// DELETE_POLICY for customers, and a deleted customer's contact is never
 // matched by email again.
 func TestCustomerDeletePolicies(t *testing.T) {
 	tmpl := example(t, "customer-created.json")[0]

@@ -14,21 +14,12 @@
 // products productNumber, parentId, priceListItem, priceAmount, imageUrl, imageError,
 // familyStub, adoptedProduct.
 //
-// Internal contract (H7 ↔ H8), unchanged from the team brief:
-//
-//	type outcome struct{ status state.Status; reason, dataverseID, hash string }
-//	type entitySyncer interface{ sync(ctx, ev, rec) (outcome, error) }
-//	type bulkSyncer interface{ syncMany(ctx, evs, recs) ([]outcome, []error) }
-//	func isTransient(err error) bool
-//	func (e *Engine) saveProgress(ctx, rec) error
-//	func (e *Engine) bootstrap(ctx) (*shared, error)
-//	func (e *Engine) ensureContact / ensureProduct
-//	func newOrderSyncer(e *Engine) entitySyncer
-//
-// Additions (no change to the above): transient(err)/permanent(err) wrap an error with an
-// explicit class; e.dv is the Dataverse interface below; e.settings the Settings. Chunk
-// messages whose id starts with ResyncChunkPrefix ("resync-", what ops' sync runs send)
-// are forced: rec.DataHash is cleared before sync, so unchanged data is written again.
+// Each entity's syncer writes one event (sync) and an import chunk's events at once
+// (syncMany), and returns an outcome per event. An error is transient (the message is
+// redelivered) or permanent (recorded as the entity's failure); transient(err) and
+// permanent(err) make the class explicit. Chunk messages whose id starts with
+// ResyncChunkPrefix ("resync-", what ops' sync runs send) are forced: rec.DataHash is
+// cleared before sync, so unchanged data is written again.
 package syncer
 
 import (

@@ -13,7 +13,7 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// Issue point 1: a missing store currency fails products (transient, naming the code and
+// A missing store currency fails products (transient, naming the code and
 // what to do) while customers still sync; once the currency exists the next sync works
 // without a restart.
 func TestBootstrapMissingCurrency(t *testing.T) {
@@ -58,7 +58,7 @@ func TestBootstrapMissingCurrency(t *testing.T) {
 	}
 }
 
-// Issue point 1: instances bootstrapping at once converge on one price list and one unit
+// Instances bootstrapping at once converge on one price list and one unit
 // group (deterministic ids); configured names are used.
 func TestBootstrapConcurrentInstancesConverge(t *testing.T) {
 	e := newEnv(t, envOptions{settings: func(s *Settings) { s.PriceListName = "Web shop"; s.UnitGroupName = "Shop units" }})
@@ -92,7 +92,7 @@ func TestBootstrapConcurrentInstancesConverge(t *testing.T) {
 	}
 }
 
-// Issue point 4: stale events are acknowledged and counted, duplicates have one effect,
+// Stale events are acknowledged and counted, duplicates have one effect,
 // unchanged data causes no write.
 func TestLatestStateWins(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -127,7 +127,7 @@ func TestLatestStateWins(t *testing.T) {
 	}
 }
 
-// Issue point 4: a wiped state table leads to the same rows, not new ones (single and
+// A wiped state table leads to the same rows, not new ones (single and
 // bulk paths, contacts adopted by email included).
 func TestWipedStateSameRows(t *testing.T) {
 	tmpl := example(t, "customer-created.json")[0]
@@ -173,7 +173,7 @@ func TestWipedStateSameRows(t *testing.T) {
 	}
 }
 
-// Issue point 5: permanent failures (Dataverse refuses the data) are recorded and
+// Permanent failures (Dataverse refuses the data) are recorded and
 // acknowledged; transient ones are returned (redelivery) and recorded too.
 func TestFailuresRecordedAndClassified(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -209,7 +209,7 @@ func TestFailuresRecordedAndClassified(t *testing.T) {
 	}
 }
 
-// Issue point 5: a lease held by another instance makes the event transient ("busy");
+// A lease held by another instance makes the event transient ("busy");
 // an expired lease is taken over.
 func TestLeaseHeldByAnotherInstance(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -425,7 +425,7 @@ func TestConnectionUnreachable(t *testing.T) {
 	}
 }
 
-// Issue point 5: a writer whose lease ran out while its (older) write was stalled must
+// A writer whose lease ran out while its (older) write was stalled must
 // not leave its older data in Dynamics 365 once a newer state has been applied.
 func TestStalledWriterDoesNotWinOverNewerState(t *testing.T) {
 	e := newEnv(t, envOptions{})

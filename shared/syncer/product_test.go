@@ -30,7 +30,7 @@ func (e *env) priceItems(productRow string) []map[string]any {
 	return e.where("productpricelevels", "_productid_value", productRow)
 }
 
-// Issue point 3 and 1: the simple example becomes an Active product with the mapped
+// The simple example becomes an Active product with the mapped
 // columns, in the store price list (created by bootstrap) with one price list item, in
 // the unit group and base unit bootstrap created.
 func TestProductExampleSimple(t *testing.T) {
@@ -95,7 +95,7 @@ func TestProductExampleSimple(t *testing.T) {
 	}
 }
 
-// Issue point 3: whatever the environment does with new products (Active at once, or
+// Whatever the environment does with new products (Active at once, or
 // Active ones updatable in place), the product ends Active with the new data.
 func TestProductLifecycleVariants(t *testing.T) {
 	for _, v := range []struct {
@@ -131,7 +131,7 @@ func TestProductLifecycleVariants(t *testing.T) {
 	}
 }
 
-// Issue point 3: the grouped example, in both arrival orders: a family with its children.
+// The grouped example, in both arrival orders: a family with its children.
 func TestProductsGroupedEitherOrder(t *testing.T) {
 	evs := example(t, "products-grouped.json")
 	for _, v := range []struct {
@@ -171,7 +171,7 @@ func TestProductsGroupedEitherOrder(t *testing.T) {
 	}
 }
 
-// Issue point 3: adoption by product number, and a sku held by another store product
+// Adoption by product number, and a sku held by another store product
 // falls back to NOP-<id> with the reason recorded.
 func TestProductNumberAdoptionAndFallback(t *testing.T) {
 	e := newEnv(t, envOptions{})
@@ -204,7 +204,7 @@ func TestProductNumberAdoptionAndFallback(t *testing.T) {
 	}
 }
 
-// Issue point 3: deletes retire; DELETE_POLICY=delete deletes products no order uses and
+// Deletes retire; DELETE_POLICY=delete deletes products no order uses and
 // retires the others.
 func TestProductDeletes(t *testing.T) {
 	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
@@ -226,7 +226,7 @@ func TestProductDeletes(t *testing.T) {
 	}
 }
 
-// Issue point 3: SYNC_IMAGES copies the first picture; a failed fetch is recorded and
+// SYNC_IMAGES copies the first picture; a failed fetch is recorded and
 // the product still syncs.
 func TestProductImages(t *testing.T) {
 	img := []byte("\x89PNG fake picture bytes")
