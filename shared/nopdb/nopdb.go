@@ -1,5 +1,5 @@
 // Package nopdb reads a nopCommerce store's own database (read-only) and turns its
-// customers, products and orders into the events of events.md, exactly as a store-side
+// customers, products and orders into the events of docs/events.md, exactly as a store-side
 // emitter would send them, so the app can import and keep in step a store that sends
 // nothing.
 //

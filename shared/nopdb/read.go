@@ -23,7 +23,7 @@ const (
 // Dataverse limits the reader checks so a row that can't be written is a failure with its
 // reason here rather than a refused write later.
 const (
-	// MaxEmailLength is contact.emailaddress1's length (dataverse-mapping.md;
+	// MaxEmailLength is contact.emailaddress1's length (docs/dataverse-mapping.md;
 	// learn.microsoft.com/power-apps/developer/data-platform/reference/entities/contact).
 	MaxEmailLength = 100
 	// maxMoneyUnits is 1,000,000,000,000 in ten-thousandths: the range Dataverse's money
@@ -217,7 +217,7 @@ func (c *customerRow) addressID() int64 {
 	return 0
 }
 
-// customer is the customer object of events.md. The customer's main address is its
+// customer is the customer object of docs/events.md. The customer's main address is its
 // default billing address, else its default shipping address (Customer.BillingAddress_Id,
 // ShippingAddress_Id), else null.
 func (c *customerRow) customer(addrs map[int64]*nop.Address) nop.Customer {
@@ -635,7 +635,7 @@ func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, aft
 	return nil
 }
 
-// order builds the order object of events.md, or says why it can't.
+// order builds the order object of docs/events.md, or says why it can't.
 func (r *Reader) order(o *orderRow, items []itemRow, customers map[int64]*customerRow, addrs map[int64]*nop.Address, currency string) (*nop.Order, string) {
 	c := customers[o.customer.Int64]
 	if c == nil {

@@ -73,8 +73,8 @@ func exampleEvents(t *testing.T, entity state.Entity, file string) map[string]*n
 }
 
 // TestEventsMatchExamples reads the rows behind examples/*.json and checks the reader
-// produces the same data an emitter following events.md sends (the examples), and
-// events as events.md and store-reader.md say: type *.updated, occurredOnUtc the read
+// produces the same data an emitter following docs/events.md sends (the examples), and
+// events as docs/events.md and docs/store-reader.md say: type *.updated, occurredOnUtc the read
 // time, no sequence, storeId, an id derived from the data's hash.
 func TestEventsMatchExamples(t *testing.T) {
 	forEachProvider(t, func(t *testing.T, provider string) {

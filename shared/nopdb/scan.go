@@ -107,7 +107,7 @@ func utc(t time.Time) time.Time {
 	return time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
 }
 
-// str is a nullable string column as events.md's "string or null".
+// str is a nullable string column as docs/events.md's "string or null".
 func str(s sql.NullString) *string {
 	if !s.Valid {
 		return nil

@@ -38,7 +38,7 @@ func New(currency string) *Source {
 	return &Source{rows: map[state.Entity]map[int64][]byte{}, fails: map[state.Entity]map[int64]string{}, currency: currency}
 }
 
-// Put sets a row's event data (a JSON object as events.md defines it for entity).
+// Put sets a row's event data (a JSON object as docs/events.md defines it for entity).
 func (s *Source) Put(entity state.Entity, id int64, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
