@@ -166,7 +166,7 @@ type Run struct {
 
 	// Source is "store" for runs that read the store's database (Store holds their
 	// progress per entity, which is also their checkpoint), else "state".
-	Source string                                `json:"source"`
+	Source string                               `json:"source"`
 	Store  map[state.Entity]*storesync.Progress `json:"store,omitempty"`
 }
 
