@@ -174,15 +174,6 @@ func byID(events []*nop.Event) map[string]*nop.Event {
 	return m
 }
 
-func failureOf(fs []RowFailure, id string) *RowFailure {
-	for i := range fs {
-		if fs[i].ID == id {
-			return &fs[i]
-		}
-	}
-	return nil
-}
-
 func examplesDir(t *testing.T) string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..", "examples")
