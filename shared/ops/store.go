@@ -215,8 +215,9 @@ func (o *Ops) goStoreRun(run *Run, lease *state.Doc, prior error) {
 			o.o.Log.Info("store run stopped; it resumes from its checkpoint", "run", run.ID)
 			return
 		}
-		o.finish(sctx, run, errors.Join(prior, err))
+		// Free the claim first: once the run shows finished, a new one may start.
 		o.releaseStoreLease(sctx, lease, true)
+		o.finish(sctx, run, errors.Join(prior, err))
 	}()
 }
 

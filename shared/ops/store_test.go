@@ -240,7 +240,7 @@ func TestStoreRunFailsClearly(t *testing.T) {
 func TestStoreRunClaimedOnce(t *testing.T) {
 	f := newStoreFixture(t, 30, nil)
 	release := make(chan struct{})
-	f.src.SetPageError(func(state.Entity, int64) error { <-release; return nil })
+	f.src.SetPageError(func(context.Context, state.Entity, int64) error { <-release; return nil })
 	other := New(f.opts) // a second instance
 	defer other.Close()
 
@@ -271,11 +271,11 @@ func TestStoreRunResumesAfterStop(t *testing.T) {
 	f := newStoreFixture(t, 50, nil)
 	stopped := make(chan struct{})
 	var once sync.Once
-	f.src.SetPageError(func(_ state.Entity, after int64) error {
+	f.src.SetPageError(func(ctx context.Context, _ state.Entity, after int64) error {
 		if after == 30 {
 			once.Do(func() { close(stopped) })
-			time.Sleep(10 * time.Millisecond)
-			return context.Canceled
+			<-ctx.Done() // the instance stops while this page is being read
+			return ctx.Err()
 		}
 		return nil
 	})

@@ -208,7 +208,7 @@ func TestPassResumesFromCheckpoint(t *testing.T) {
 		t.Fatalf("resumed: sent %v, %+v", got, p)
 	}
 	// The reader failing mid-way stops the pass where it was.
-	src.SetPageError(func(_ state.Entity, after int64) error {
+	src.SetPageError(func(_ context.Context, _ state.Entity, after int64) error {
 		if after == 30 {
 			return errors.New("connection reset")
 		}

@@ -29,7 +29,7 @@ type Source struct {
 	fails    map[state.Entity]map[int64]string
 	currency string
 	checkErr error
-	pageErr  func(entity state.Entity, after int64) error
+	pageErr  func(ctx context.Context, entity state.Entity, after int64) error
 	reads    int
 }
 
@@ -67,7 +67,7 @@ func (s *Source) SetCurrency(c string) { s.mu.Lock(); s.currency = c; s.mu.Unloc
 func (s *Source) SetCheckError(err error) { s.mu.Lock(); s.checkErr = err; s.mu.Unlock() }
 
 // SetPageError makes ReadPage call fn first and fail with what it returns (nil: read).
-func (s *Source) SetPageError(fn func(entity state.Entity, after int64) error) {
+func (s *Source) SetPageError(fn func(ctx context.Context, entity state.Entity, after int64) error) {
 	s.mu.Lock()
 	s.pageErr = fn
 	s.mu.Unlock()
@@ -97,7 +97,7 @@ func (s *Source) ReadPage(ctx context.Context, entity state.Entity, after int64,
 	s.reads++
 	s.mu.Unlock()
 	if fn != nil {
-		if err := fn(entity, after); err != nil {
+		if err := fn(ctx, entity, after); err != nil {
 			return storesync.Page{}, err
 		}
 	}
