@@ -31,6 +31,9 @@ const (
 	maxMoneyUnits = 1_000_000_000_000 * 10000
 )
 
+// maxID is the largest nopCommerce id (Id columns are C# int).
+const maxID = 1<<31 - 1
+
 // RowFailure is a row that could not become a valid event, and why.
 type RowFailure struct {
 	Entity Entity
@@ -68,6 +71,10 @@ func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit
 		limit = DefaultPageSize
 	}
 	limit = min(limit, MaxPageSize)
+	if after >= maxID { // nopCommerce ids are C# ints: nothing lies beyond
+		return Page{Last: after, Done: true}, nil
+	}
+	after = max(after, 0)
 	op := "reading " + string(entity) + "s"
 	var currency string
 	if entity == state.Order {

@@ -1,0 +1,180 @@
+package nopdb
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nopsync/nopsync/shared/nopdb/nopdbtest"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// TestSchemaCheck: a complete schema passes; a missing column, a missing table and a
+// schema older than 4.60 are *SchemaErrors naming the table, the column and the
+// nopCommerce versions the reader expects.
+func TestSchemaCheck(t *testing.T) {
+	forEachProvider(t, func(t *testing.T, provider string) {
+		ctx := context.Background()
+		s := newStore(t, provider)
+		r := s.open()
+		if err := r.Check(ctx); err != nil {
+			t.Fatalf("complete schema: %v", err)
+		}
+
+		s.exec("ALTER TABLE " + s.q("Order") + " DROP COLUMN " + s.q("OrderTotal"))
+		var se *SchemaError
+		err := r.Check(ctx)
+		if !errors.As(err, &se) || se.Table != "Order" || se.Column != "OrderTotal" || se.Older ||
+			!strings.Contains(err.Error(), `"OrderTotal"`) || !strings.Contains(err.Error(), "4.60 to 4.90") {
+			t.Fatalf("missing Order.OrderTotal: %v", err)
+		}
+
+		s.exec("DROP TABLE " + s.q("OrderItem"))
+		s.exec("ALTER TABLE " + s.q("Order") + " ADD " + s.q("OrderTotal") + " decimal(18,4) NULL")
+		err = r.Check(ctx)
+		if !errors.As(err, &se) || se.Table != "OrderItem" || se.Column != "" || !strings.Contains(err.Error(), `table "OrderItem" is missing`) {
+			t.Fatalf("missing OrderItem: %v", err)
+		}
+
+		// Before 4.60 names, company and phone were GenericAttribute rows.
+		s.exec("ALTER TABLE " + s.q("Customer") + " DROP COLUMN " + s.q("FirstName"))
+		err = r.Check(ctx)
+		if !errors.As(err, &se) || !se.Older || se.Column != "FirstName" || !strings.Contains(err.Error(), "older than 4.60") {
+			t.Fatalf("4.50 schema: %v", err)
+		}
+		// Reading such a schema fails with the driver's error, never a crash.
+		if _, err := r.ReadPage(ctx, state.Customer, 0, 10); err == nil {
+			t.Fatal("read customers without a FirstName column")
+		}
+	})
+}
+
+// TestReadOnlySession: the reader's connections refuse writes (PostgreSQL
+// default_transaction_read_only, MySQL SET SESSION TRANSACTION READ ONLY).
+func TestReadOnlySession(t *testing.T) {
+	forEachProvider(t, func(t *testing.T, provider string) {
+		s := newStore(t, provider)
+		r := s.open()
+		_, err := r.db.Exec("INSERT INTO " + s.q("Setting") + " (" + s.q("Name") + ", " + s.q("Value") + ", " + s.q("StoreId") + ") VALUES ('x', 'y', 0)")
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "read") {
+			t.Fatalf("a write through the reader's pool: %v", err)
+		}
+	})
+}
+
+// TestConnectionErrors: a wrong password and an unreachable server are clear errors that
+// never contain the connection string or its password; unreachable is marked so.
+func TestConnectionErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const secret = "S3cret-Pa55word-zq"
+	closed := closedPort(t)
+
+	forEachProvider(t, func(t *testing.T, provider string) {
+		admin := nopdbtest.ServerConn(t, provider)
+		var wrong, unreachable string
+		switch provider {
+		case nopdbtest.PostgreSQL:
+			cfg, err := pgx.ParseConfig(admin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrong = "postgres://postgres:" + secret + "@" + cfg.Host + ":" + strconv.Itoa(int(cfg.Port)) + "/postgres?sslmode=disable"
+			unreachable = "host=127.0.0.1 port=" + closed + " user=nop password=" + secret + " dbname=nop sslmode=disable connect_timeout=5"
+		case nopdbtest.MySQL:
+			cfg, err := mysql.ParseDSN(admin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wrong = cfg.User + ":" + secret + "@tcp(" + cfg.Addr + ")/"
+			unreachable = "nop:" + secret + "@tcp(127.0.0.1:" + closed + ")/nop?timeout=5s"
+		}
+		for _, c := range []struct {
+			name, conn  string
+			unreachable bool
+		}{{"wrong password", wrong, false}, {"unreachable", unreachable, true}} {
+			_, err := Open(ctx, Options{Provider: provider, Connection: c.conn})
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("%s: %T %v", c.name, err, err)
+			}
+			if e.Unreachable != c.unreachable {
+				t.Errorf("%s: Unreachable = %v: %v", c.name, e.Unreachable, err)
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), c.conn) {
+				t.Errorf("%s: the error holds the secret: %v", c.name, err)
+			}
+			t.Logf("%s: %v", c.name, err)
+		}
+	})
+
+	// SQL Server's driver runs too (no server: the port is closed).
+	conn := "sqlserver://sa:" + secret + "@127.0.0.1:" + closed + "?database=nop&dial+timeout=5"
+	_, err := Open(ctx, Options{Provider: SQLServer, Connection: conn})
+	var e *Error
+	if !errors.As(err, &e) || !e.Unreachable || strings.Contains(err.Error(), secret) {
+		t.Errorf("sqlserver unreachable: %v", err)
+	}
+	conn = "server=127.0.0.1;port=" + closed + ";user id=sa;password=" + secret + ";database=nop;dial timeout=5"
+	_, err = Open(ctx, Options{Provider: SQLServer, Connection: conn})
+	if !errors.As(err, &e) || !e.Unreachable || strings.Contains(err.Error(), secret) {
+		t.Errorf("sqlserver (ADO form) unreachable: %v", err)
+	}
+}
+
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	return port
+}
+
+// TestBadOptions: settings errors name the problem, not the secret.
+func TestBadOptions(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Provider: "oracle", Connection: "x"}, `unknown database provider "oracle"`},
+		{Options{Provider: "postgresql"}, "no connection string"},
+		{Options{Provider: "mysql", Connection: "u:pw@tcp(h)/db", ManagedIdentity: true}, "managed identity"},
+		{Options{Provider: "mysql", Connection: "nop:Very-Secret-1@tcp(127.0.0.1:1)/db?badparam=%zz"}, "opening"},
+	} {
+		_, err := Open(ctx, c.o)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.o.Provider, err, c.want)
+		}
+		if err != nil && c.o.Connection != "" && (strings.Contains(err.Error(), "Very-Secret-1") || strings.Contains(err.Error(), c.o.Connection)) {
+			t.Errorf("error holds the connection string: %v", err)
+		}
+	}
+}
+
+// TestRedactor: every form of password in the three engines' connection strings.
+func TestRedactor(t *testing.T) {
+	for _, c := range []struct{ provider, conn, secret string }{
+		{PostgreSQL, "postgres://nop:pa55-word@db:5432/nop", "pa55-word"},
+		{PostgreSQL, "host=db user=nop password='pa55 word' dbname=nop", "pa55 word"},
+		{MySQL, "nop:pa55-word@tcp(db:3306)/nop", "pa55-word"},
+		{SQLServer, "server=db;user id=nop;password=pa55-word;database=nop", "pa55-word"},
+		{SQLServer, "Server=db;User ID=nop;Pwd={pa55;word};Database=nop", "pa55;word"},
+		{SQLServer, "sqlserver://nop:pa55-word@db?database=nop", "pa55-word"},
+	} {
+		r := newRedactor(c.provider, c.conn)
+		msg := r.clean("failed: " + c.conn + " / " + c.secret + " / done")
+		if strings.Contains(msg, c.secret) || !strings.Contains(msg, "done") {
+			t.Errorf("%s %q: %q", c.provider, c.conn, msg)
+		}
+	}
+}
