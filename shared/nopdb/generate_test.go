@@ -13,7 +13,7 @@ import (
 // TestGeneratedStorePagingAndChanges reads a generated store: every registered customer,
 // product and store-1 order once, in id order, whatever the page size; a read resumed
 // from a cursor gives the same events as the uninterrupted one; every order's totals add
-// up as events.md says; and after nopdbtest.ChangeEvery exactly the changed rows get a
+// up as docs/events.md says; and after nopdbtest.ChangeEvery exactly the changed rows get a
 // new hash.
 func TestGeneratedStorePagingAndChanges(t *testing.T) {
 	forEachProvider(t, func(t *testing.T, provider string) {
@@ -117,7 +117,7 @@ func TestGeneratedStorePagingAndChanges(t *testing.T) {
 	})
 }
 
-// checkTotals checks events.md's guarantee for an order without gift cards or reward
+// checkTotals checks docs/events.md's guarantee for an order without gift cards or reward
 // points: orderTotal = subtotal incl − subtotal discount + shipping + fee − discount, and
 // subtotal = Σ item priceInclTax.
 func checkTotals(t *testing.T, o *nop.Order) {

@@ -228,3 +228,12 @@ func TestStoreCurrency(t *testing.T) {
 		}
 	})
 }
+
+func failureOf(fs []RowFailure, id string) *RowFailure {
+	for i := range fs {
+		if fs[i].ID == id {
+			return &fs[i]
+		}
+	}
+	return nil
+}
