@@ -111,14 +111,34 @@ type batchOp struct {
 // stops at the first failure. The results cover the ops that were answered;
 // err is a *BatchError naming the first failed op (or an *Error when the
 // whole request failed).
+//
+// A resent batch runs again the parts that had succeeded, so a batch holding an
+// op that must not run twice (ConvertSalesOrderToInvoice, a create without its
+// primary key) is sent once: after a 5xx, a timeout or a lost answer the error
+// reports OutcomeUnknown. A part answered 429 holds every request of the client
+// until its Retry-After has passed, as a 429 for the whole request does.
 func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, error) {
+	return c.batch(ctx, false, parts)
+}
+
+// batch is Batch; throttledOnly sends it again only after a 429 (bulk writes split
+// a request that failed otherwise).
+func (c *Client) batch(ctx context.Context, throttledOnly bool, parts []BatchPart) ([]BatchResult, error) {
 	ops, body, boundary, err := buildBatch(c.base.Path+APIPath, parts)
 	if err != nil {
 		return nil, err
 	}
+	unsafe := false
+	for _, o := range ops {
+		if nonIdempotent(o.Method, o.Path, o.Body) {
+			unsafe = true
+			break
+		}
+	}
 	resp, err := c.do(ctx, request{
 		method: http.MethodPost, path: "$batch", rawBody: body,
 		ctype: "multipart/mixed; boundary=" + boundary, op: "POST $batch", anyStatus: true,
+		unsafe: unsafe, throttledOnly: throttledOnly,
 	})
 	if err != nil {
 		return nil, err
@@ -126,10 +146,22 @@ func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, 
 	rh, rb := resp.header, resp.body
 	results, perr := parseBatchResponse(rh.Get("Content-Type"), rb, ops)
 	if perr != nil {
+		if unsafe {
+			return nil, &Error{Op: "POST $batch", StatusCode: resp.status, Retryable: true, OutcomeUnknown: true,
+				Err: fmt.Errorf("reading the answer: %w", perr)}
+		}
 		return nil, fmt.Errorf("dataverse POST $batch: %w", perr)
 	}
 	for _, r := range results {
+		if r.StatusCode == http.StatusTooManyRequests {
+			c.throttle.partThrottled(r.Header)
+		}
+	}
+	for _, r := range results {
 		if r.Err != nil {
+			if unsafe && unclearStatus(r.StatusCode) && nonIdempotent(r.Method, r.Path, opBody(ops, r.Part)) {
+				r.Err.OutcomeUnknown = true
+			}
 			be := &BatchError{Part: r.Part, ChangeSet: r.ChangeSet, ContentID: r.ContentID, Err: r.Err}
 			if r.Method != "" {
 				be.Op = r.Method + " " + opPath(r.Path)
@@ -139,9 +171,17 @@ func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, 
 	}
 	if resp.status >= 400 { // failed without naming a part
 		return results, &Error{Op: "POST $batch", StatusCode: resp.status, Retryable: retryableStatus(resp.status),
-			Message: "the batch failed but no part carries an error"}
+			OutcomeUnknown: unsafe && unclearStatus(resp.status), Message: "the batch failed but no part carries an error"}
 	}
 	return results, nil
+}
+
+// opBody is the body of op number part (1-based), nil when unknown.
+func opBody(ops []batchOp, part int) Record {
+	if part >= 1 && part <= len(ops) {
+		return ops[part-1].Body
+	}
+	return nil
 }
 
 func isMultipart(h http.Header) bool {

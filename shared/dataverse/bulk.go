@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 )
@@ -66,6 +67,136 @@ func (c *Client) UpdateMultiple(ctx context.Context, set, logicalName string, re
 	return err
 }
 
+// Not every standard table has the bulk messages: "You should test whether individual
+// standard tables support these messages"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/bulk-operations#availability-with-standard-tables);
+// productpricelevel, for one, lists none. The client decides once per table, from
+// sdkmessagefilters, or from the first refusal of a bulk request (at any status), and
+// writes a table without them with $batch requests of one change set per
+// chunk: atomic like a bulk request on a standard table, so callers see the same
+// *BulkError either way.
+
+// tableSupport is what the client knows of one table's bulk messages.
+type tableSupport struct {
+	mu      sync.Mutex
+	decided bool // ok is known
+	ok      bool // CreateMultiple/UpdateMultiple/UpsertMultiple exist
+	probe   bool // sdkmessagefilters could not be read: the first bulk answer decides
+}
+
+func (c *Client) table(logicalName string) *tableSupport {
+	t, _ := c.tables.LoadOrStore(logicalName, &tableSupport{})
+	return t.(*tableSupport)
+}
+
+// bulkSupported reports whether to send the table's rows with the bulk messages,
+// asking sdkmessagefilters the first time (one request per table and client).
+func (c *Client) bulkSupported(ctx context.Context, logicalName string) bool {
+	t := c.table(logicalName)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.decided || t.probe {
+		return !t.decided || t.ok
+	}
+	ok, err := c.queryBulkSupport(ctx, logicalName)
+	if err != nil {
+		if ctx.Err() == nil {
+			// can't read the message filters (a role without access): try the message
+			t.probe = true
+			c.log(fmt.Sprintf("dataverse: bulk messages of %s undecided (sdkmessagefilters: %v); the first answer decides", logicalName, err))
+		}
+		return true
+	}
+	t.decided, t.ok = true, ok
+	if !ok {
+		c.log(fmt.Sprintf("dataverse: %s has no CreateMultiple; writing it with $batch change sets", logicalName))
+	}
+	return ok
+}
+
+// queryBulkSupport asks whether CreateMultiple has a message filter for the table,
+// the query Microsoft gives for this check.
+func (c *Client) queryBulkSupport(ctx context.Context, logicalName string) (bool, error) {
+	if !isSetName(logicalName) {
+		return false, fmt.Errorf("dataverse: %q is not a logical name", logicalName)
+	}
+	found := false
+	err := c.Query(ctx, "sdkmessagefilters", Query{
+		Select: []string{"sdkmessagefilterid"},
+		Filter: "sdkmessageid/name eq 'CreateMultiple' and primaryobjecttypecode eq '" + logicalName + "'",
+		Top:    1,
+	}, func(Record) error {
+		found = true
+		return nil
+	})
+	return found, err
+}
+
+// bulkAnswered records the outcome of a bulk request when it decides the table's
+// support: a refusal of the message (whatever its status), or a success while the
+// message filters could not be read. It reports whether err was such a refusal (the
+// rows must go through $batch instead).
+func (c *Client) bulkAnswered(logicalName string, err error) bool {
+	t := c.table(logicalName)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	refused := bulkRefused(err)
+	switch {
+	case refused:
+		if !t.decided || t.ok {
+			c.log(fmt.Sprintf("dataverse: %s refused a bulk message; writing it with $batch change sets: %v", logicalName, err))
+		}
+		t.decided, t.ok = true, false
+	case err == nil && t.probe && !t.decided:
+		t.decided, t.ok = true, true
+	}
+	return refused
+}
+
+// bulkRefused recognises the answers of a table without the bulk message: 404
+// "Resource not found for the segment 'Microsoft.Dynamics.CRM.CreateMultiple'", and
+// 0x80040800 "The 'CreateMultiple' method does not support entities of type …" (the
+// form Dataverse gives a message without a processor for a table, e.g.
+// microsoft/coe-starter-kit#9332), or "… is not enabled on the entity …", whatever
+// the status.
+func bulkRefused(err error) bool {
+	e, ok := asError(err)
+	if !ok {
+		return false
+	}
+	msg := strings.ToLower(e.Message)
+	return strings.EqualFold(e.Code, "0x80040800") ||
+		strings.Contains(msg, "does not support entities of type") ||
+		strings.Contains(msg, "is not enabled on the entity") ||
+		(e.StatusCode == http.StatusNotFound && strings.Contains(msg, "multiple"))
+}
+
+// splittable: a failure a smaller request can get past. Microsoft: "SQL timeout
+// expired … This error is likely to occur if the batch size of your request is too
+// large. To avoid SQL time-outs, reduce the batch size of your request."
+// (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
+// Timeouts, 5xx and lost answers count; a context that ended does not.
+func splittable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	e, ok := asError(err)
+	if !ok || e.Auth {
+		return false
+	}
+	return (e.StatusCode == 0 && e.Err != nil) || e.StatusCode == http.StatusRequestTimeout || e.StatusCode >= 500
+}
+
+// bulkJob is one bulk call.
+type bulkJob struct {
+	message, set, logical string
+	recs                  []Record
+	ids                   []string
+
+	mu     sync.Mutex
+	failed []ChunkError
+}
+
 func (c *Client) bulk(ctx context.Context, message, set, logicalName string, recs []Record) ([]string, error) {
 	if set == "" || logicalName == "" {
 		return nil, fmt.Errorf("dataverse %s: set and logical name are required", message)
@@ -74,19 +205,13 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	if len(recs) == 0 {
 		return ids, nil
 	}
-	odataType := "Microsoft.Dynamics.CRM." + logicalName
-	path := set + "/Microsoft.Dynamics.CRM." + message
+	j := &bulkJob{message: message, set: set, logical: logicalName, recs: recs, ids: ids}
 	type chunk struct{ start, end int }
 	var chunks []chunk
 	for s := 0; s < len(recs); s += c.chunk {
 		chunks = append(chunks, chunk{s, min(s+c.chunk, len(recs))})
 	}
-
-	var (
-		mu     sync.Mutex
-		failed []ChunkError
-		wg     sync.WaitGroup
-	)
+	var wg sync.WaitGroup
 	work := make(chan chunk)
 	workers := min(len(chunks), c.maxConc)
 	for range workers {
@@ -94,18 +219,11 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 		go func() {
 			defer wg.Done()
 			for ch := range work {
-				err := ctx.Err()
-				var got []string
-				if err == nil {
-					got, err = c.sendChunk(ctx, message, path, odataType, recs[ch.start:ch.end])
+				if err := ctx.Err(); err != nil {
+					j.fail(ch.start, ch.end, err)
+					continue
 				}
-				mu.Lock()
-				if err != nil {
-					failed = append(failed, ChunkError{Start: ch.start, End: ch.end, Err: err})
-				} else {
-					copy(ids[ch.start:ch.end], got)
-				}
-				mu.Unlock()
+				c.writeRange(ctx, j, ch.start, ch.end)
 			}
 		}()
 	}
@@ -114,32 +232,66 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	}
 	close(work)
 	wg.Wait()
-	if len(failed) == 0 {
+	if len(j.failed) == 0 {
 		return ids, nil
 	}
-	// report in row order
-	for i := 1; i < len(failed); i++ {
-		for j := i; j > 0 && failed[j].Start < failed[j-1].Start; j-- {
-			failed[j], failed[j-1] = failed[j-1], failed[j]
-		}
-	}
+	failed := j.failed
+	sort.Slice(failed, func(a, b int) bool { return failed[a].Start < failed[b].Start })
 	return ids, &BulkError{Message: message + " " + set, Chunks: failed}
 }
 
-func (c *Client) sendChunk(ctx context.Context, message, path, odataType string, recs []Record) ([]string, error) {
+func (j *bulkJob) fail(start, end int, err error) {
+	j.mu.Lock()
+	j.failed = append(j.failed, ChunkError{Start: start, End: end, Err: err})
+	j.mu.Unlock()
+}
+
+// writeRange writes rows [start, end) in one request. A request that timed out or
+// failed with a 5xx is split in halves and each is sent on its own, never sent again
+// at the same size; a single row is sent with the pipeline's usual retries.
+func (c *Client) writeRange(ctx context.Context, j *bulkJob, start, end int) {
+	recs := j.recs[start:end]
+	multi := c.bulkSupported(ctx, j.logical)
+	var got []string
+	var err error
+	if multi {
+		got, err = c.sendChunk(ctx, j.message, j.set, j.logical, recs)
+		if c.bulkAnswered(j.logical, err) {
+			multi = false
+		}
+	}
+	if !multi {
+		got, err = c.sendBatchChunk(ctx, j.message, j.set, j.logical, recs)
+	}
+	if err == nil {
+		copy(j.ids[start:end], got)
+		return
+	}
+	if end-start > 1 && splittable(ctx, err) {
+		c.log(fmt.Sprintf("dataverse: %s %s of %d rows failed (%v); sending it in halves", j.message, j.set, end-start, err))
+		mid := start + (end-start)/2
+		c.writeRange(ctx, j, start, mid)
+		c.writeRange(ctx, j, mid, end)
+		return
+	}
+	j.fail(start, end, err)
+}
+
+func (c *Client) sendChunk(ctx context.Context, message, set, logicalName string, recs []Record) ([]string, error) {
 	targets := make([]Record, len(recs))
 	for i, r := range recs {
 		t := make(Record, len(r)+1)
 		for k, v := range r {
 			t[k] = v
 		}
-		t["@odata.type"] = odataType // copy: never change the caller's rows
+		t["@odata.type"] = "Microsoft.Dynamics.CRM." + logicalName // copy: never change the caller's rows
 		targets[i] = t
 	}
 	var out struct {
 		IDs []string `json:"Ids"`
 	}
-	_, err := c.call(ctx, request{method: http.MethodPost, path: path, body: Record{"Targets": targets}}, &out)
+	_, err := c.call(ctx, request{method: http.MethodPost, path: set + "/Microsoft.Dynamics.CRM." + message,
+		body: Record{"Targets": targets}, throttledOnly: len(recs) > 1}, &out)
 	if err != nil {
 		return nil, err
 	}
@@ -150,4 +302,59 @@ func (c *Client) sendChunk(ctx context.Context, message, path, odataType string,
 		return make([]string, len(recs)), nil
 	}
 	return out.IDs, nil
+}
+
+// sendBatchChunk writes recs as one $batch change set: a POST per row for
+// CreateMultiple (rows carry their primary key), a PATCH per row for UpdateMultiple
+// (If-Match: *) and UpsertMultiple. The row's key is its <logical name>id column or
+// its "@odata.id".
+func (c *Client) sendBatchChunk(ctx context.Context, message, set, logicalName string, recs []Record) ([]string, error) {
+	pk := logicalName + "id"
+	ops := make([]Op, len(recs))
+	for i, r := range recs {
+		if message == "CreateMultiple" {
+			ops[i] = Op{Method: http.MethodPost, Path: set, Body: r}
+			continue
+		}
+		body := make(Record, len(r))
+		for k, v := range r {
+			if k != pk && k != "@odata.id" && k != "@odata.type" {
+				body[k] = v
+			}
+		}
+		path := ""
+		if id, _ := r[pk].(string); id != "" {
+			path = EntityPath(set, id)
+		} else if ref, _ := r["@odata.id"].(string); ref != "" {
+			path = strings.TrimPrefix(ref, "/")
+			if k := strings.Index(path, APIPath); k >= 0 {
+				path = path[k+len(APIPath):]
+			}
+		} else {
+			return nil, fmt.Errorf("dataverse %s %s: row %d has neither %s nor @odata.id", message, set, i, pk)
+		}
+		op := Op{Method: http.MethodPatch, Path: path, Body: body}
+		if message == "UpdateMultiple" {
+			op.Header = map[string]string{"If-Match": "*"}
+		}
+		ops[i] = op
+	}
+	res, err := c.batch(ctx, len(recs) > 1, []BatchPart{ChangeSet(ops...)})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(recs))
+	for _, r := range res {
+		if r.Part >= 1 && r.Part <= len(ids) {
+			ids[r.Part-1] = r.EntityID
+		}
+	}
+	if message == "CreateMultiple" {
+		for i, id := range ids {
+			if id == "" {
+				return nil, fmt.Errorf("dataverse %s %s ($batch): no id for row %d", message, set, i)
+			}
+		}
+	}
+	return ids, nil
 }

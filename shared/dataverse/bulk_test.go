@@ -75,6 +75,10 @@ func TestUpsertMultipleChunksAndReportsFailedChunks(t *testing.T) {
 func TestCreateMultipleReturnsIdsInOrder(t *testing.T) {
 	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
 		s := readSeen(r)
+		if s.Path == "sdkmessagefilters" {
+			writeJSON(w, 200, map[string]any{"value": []any{map[string]any{"sdkmessagefilterid": "f"}}})
+			return
+		}
 		targets, _ := s.Body["Targets"].([]any)
 		ids := make([]string, len(targets))
 		for i, x := range targets {

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -28,6 +29,17 @@ const APIPath = "/api/data/v9.2/"
 
 // MaxConcurrentRequests is Dataverse's default per-user concurrency limit.
 const MaxConcurrentRequests = 52
+
+// DefaultBulkChunkSize is the default number of rows per bulk request. Microsoft
+// suggests "100 - 1,000 records per request is a reasonable place to start if the size
+// of the record data is small and there are no plug-ins"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/bulk-operations); the
+// Sales tables run pricing plug-ins on every write, so the default is the low end.
+const DefaultBulkChunkSize = 100
+
+// MaxBulkChunkSize is the largest bulk request allowed: a $batch holds at most 1000
+// requests, and Microsoft's suggested range ends there too.
+const MaxBulkChunkSize = 1000
 
 // Record is one row (or action payload) as Dataverse JSON: column logical
 // names, "nav@odata.bind" lookups, annotations.
@@ -80,8 +92,8 @@ type Options struct {
 	// server's x-ms-dop-hint lowers it further. The bound starts at 1, grows
 	// by one per answer and halves on a 429 (see Concurrency).
 	MaxConcurrency int
-	// BulkChunkSize is the number of rows per *Multiple request (default 1000, where
-	// Microsoft suggests starting for standard tables; fewer with heavy plug-ins).
+	// BulkChunkSize is the number of rows per *Multiple request (or per $batch change
+	// set for a table without those messages). Default DefaultBulkChunkSize.
 	BulkChunkSize int
 	// MaxRetries per request for 429/5xx/network failures (default 8).
 	MaxRetries int
@@ -110,6 +122,12 @@ type Client struct {
 	log      func(string)
 	chunk    int
 	maxConc  int
+
+	// retry is the pipeline's retry configuration; throttledOnly is the same but
+	// resends only after a 429 (a request that was refused before it ran).
+	retry, throttledOnly policy.RetryOptions
+
+	tables sync.Map // logical name → *tableSupport
 }
 
 // New validates o and builds the client. It does not contact Dataverse; call
@@ -145,7 +163,10 @@ func New(o Options) (*Client, error) {
 	}
 	chunk := o.BulkChunkSize
 	if chunk <= 0 {
-		chunk = 1000
+		chunk = DefaultBulkChunkSize
+	}
+	if chunk > MaxBulkChunkSize {
+		return nil, fmt.Errorf("dataverse: BulkChunkSize %d is more than %d", chunk, MaxBulkChunkSize)
 	}
 	transport := o.Transport
 	if transport == nil {
@@ -198,6 +219,14 @@ func New(o Options) (*Client, error) {
 	}
 	if retry.MaxRetryDelay == 0 {
 		retry.MaxRetryDelay = time.Minute
+	}
+	c.retry = retry
+	// A 429 from the service protection limits is returned before the request runs
+	// (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits), so
+	// even a request that must not run twice may be sent again after one.
+	c.throttledOnly = retry
+	c.throttledOnly.ShouldRetry = func(resp *http.Response, err error) bool {
+		return err == nil && resp.StatusCode == http.StatusTooManyRequests && retry.ShouldRetry(resp, nil)
 	}
 	c.tokens = &tokenSource{
 		tenantID:  o.TenantID,
@@ -261,6 +290,12 @@ type request struct {
 	// anyStatus returns error answers as responses too ($batch answers a
 	// failed part with 400 and a multipart body).
 	anyStatus bool
+	// throttledOnly: send again only after a 429 (the request did not run); a
+	// 5xx, a timeout or a lost answer comes back to the caller at once.
+	throttledOnly bool
+	// unsafe: the request must not run twice (see nonIdempotent); implies
+	// throttledOnly, and an unclear outcome is reported as OutcomeUnknown.
+	unsafe bool
 }
 
 // response is a successful answer (status < 400) with its body read.
@@ -285,6 +320,9 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	op := r.op
 	if op == "" {
 		op = r.method + " " + opPath(r.path)
+	}
+	if r.unsafe || r.throttledOnly {
+		ctx = policy.WithRetryOptions(ctx, c.throttledOnly)
 	}
 	req, err := runtime.NewRequest(ctx, r.method, target)
 	if err != nil {
@@ -313,17 +351,25 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	}
 	resp, err := c.pl.Do(req)
 	if err != nil {
-		return nil, c.transportError(ctx, op, err)
+		err = c.transportError(ctx, op, err)
+		if r.unsafe {
+			err = outcomeUnknown(op, err)
+		}
+		return nil, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, &Error{Op: op, StatusCode: resp.StatusCode, Retryable: true, Err: fmt.Errorf("reading response: %w", err)}
+		return nil, &Error{Op: op, StatusCode: resp.StatusCode, Retryable: true, OutcomeUnknown: r.unsafe,
+			Err: fmt.Errorf("reading response: %w", err)}
 	}
 	if resp.StatusCode >= 400 && !(r.anyStatus && isMultipart(resp.Header)) {
 		e := errorFromResponse(op, resp.StatusCode, resp.Header, data)
 		if e.Auth {
 			e.Message = strings.TrimSpace("Dataverse rejected the access token after a refresh. " + e.Message)
+		}
+		if r.unsafe && unclearStatus(resp.StatusCode) {
+			e.OutcomeUnknown = true
 		}
 		return nil, e
 	}
@@ -394,8 +440,15 @@ func (c *Client) call(ctx context.Context, r request, out any) (*response, error
 // Invoke sends any Web API request (path relative to /api/data/v9.2/, body
 // marshalled as JSON when non-nil) and decodes the JSON answer into out
 // (when non-nil). For actions and functions without a typed method.
+//
+// A POST that is not idempotent (see Create and ConvertSalesOrderToInvoice) is sent
+// once: after a 5xx, a timeout or a lost answer the error reports OutcomeUnknown.
 func (c *Client) Invoke(ctx context.Context, method, path string, body, out any) error {
-	_, err := c.call(ctx, request{method: method, path: path, body: body}, out)
+	rec, _ := body.(Record)
+	if m, ok := body.(map[string]any); ok {
+		rec = m
+	}
+	_, err := c.call(ctx, request{method: method, path: path, body: body, unsafe: nonIdempotent(method, path, rec)}, out)
 	return err
 }
 

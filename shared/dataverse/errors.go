@@ -21,7 +21,11 @@ type Error struct {
 	RetryAfter time.Duration // from Retry-After on 429/503, else 0
 	Retryable  bool          // true when resending the same request later can succeed
 	Auth       bool          // the app could not authenticate (token endpoint or 401/403 from Dataverse)
-	Err        error         // underlying cause (network error, context error, token error)
+	// OutcomeUnknown: a request that must not run twice (not idempotent) got no clear
+	// answer (a 5xx, a timeout, a lost connection) and was not sent again. It may have
+	// been applied: read Dataverse before doing it again.
+	OutcomeUnknown bool
+	Err            error // underlying cause (network error, context error, token error)
 }
 
 func (e *Error) Error() string {
@@ -48,6 +52,9 @@ func (e *Error) Error() string {
 	}
 	if e.RetryAfter > 0 {
 		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
+	}
+	if e.OutcomeUnknown {
+		b.WriteString(" (outcome unknown: it may have been applied)")
 	}
 	if e.Err != nil {
 		b.WriteString(": ")
@@ -87,6 +94,13 @@ func IsThrottled(err error) bool {
 	return ok && e.StatusCode == http.StatusTooManyRequests
 }
 
+// IsOutcomeUnknown reports that a request which must not run twice may or may not
+// have been applied (see Error.OutcomeUnknown).
+func IsOutcomeUnknown(err error) bool {
+	e, ok := asError(err)
+	return ok && e.OutcomeUnknown
+}
+
 // IsAuthFailure reports that the app could not authenticate to Dataverse
 // (rejected client secret, unknown client, 401/403 after a fresh token).
 func IsAuthFailure(err error) bool {
@@ -116,6 +130,26 @@ func retryableStatus(code int) bool {
 		return true
 	}
 	return false
+}
+
+// unclearStatus: answers after which a request may still have been applied (a
+// gateway gave up, or the server failed while or after running it).
+func unclearStatus(code int) bool {
+	return code == http.StatusRequestTimeout || code >= 500
+}
+
+// outcomeUnknown marks err (from a request that must not run twice) as of unknown
+// outcome, unless it is an authentication failure, which happens before sending.
+func outcomeUnknown(op string, err error) error {
+	e, ok := asError(err)
+	if !ok {
+		return &Error{Op: op, Retryable: errors.Is(err, context.DeadlineExceeded), OutcomeUnknown: true, Err: err}
+	}
+	if e.Auth || e.StatusCode == http.StatusTooManyRequests || (e.StatusCode >= 400 && !unclearStatus(e.StatusCode)) {
+		return err
+	}
+	e.OutcomeUnknown = true
+	return e
 }
 
 // errorFromResponse builds an *Error from a Dataverse error answer

@@ -65,10 +65,16 @@ func escapeKey(s string) string {
 	return b.String()
 }
 
-// Upsert writes rec to set(id). created reports whether the row was new
-// (201) rather than updated (200). See UpsertMode for the failure cases.
+// Upsert writes rec to set(id). created reports whether the row was new: true
+// for a CreateOnly write, false for UpdateOnly; in Upsert mode Dataverse answers
+// 204 either way, so created is true only when the server answered 201. See
+// UpsertMode for the failure cases.
+//
+// No "Prefer: return=representation": it "adds a Retrieve operation" to the write
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-entity-web-api#create-with-data-returned),
+// charged to the execution-time limit, and nothing is read back.
 func (c *Client) Upsert(ctx context.Context, set, id string, rec Record, mode UpsertMode) (created bool, err error) {
-	h := map[string]string{"Prefer": "return=representation"}
+	h := map[string]string{}
 	switch mode {
 	case CreateOnly:
 		h["If-None-Match"] = "*"
@@ -82,7 +88,7 @@ func (c *Client) Upsert(ctx context.Context, set, id string, rec Record, mode Up
 	if err != nil {
 		return false, err
 	}
-	return resp.status == http.StatusCreated, nil
+	return mode == CreateOnly || resp.status == http.StatusCreated, nil
 }
 
 // Update changes an existing row; 404 (IsNotFound) when it is missing.
@@ -92,10 +98,13 @@ func (c *Client) Update(ctx context.Context, set, id string, rec Record) error {
 }
 
 // Create inserts rec (POST) and returns the new row's id from OData-EntityId.
-// A primary key value in rec is honoured, which makes a resend after a lost
-// answer safe (the second POST fails with a duplicate instead of a copy).
+// A primary key value in rec (column <table>id) is honoured, which makes a resend
+// after a lost answer safe (the second POST fails with a duplicate instead of a
+// copy). Without one the request is sent once: after a 5xx, a timeout or a lost
+// answer the error reports OutcomeUnknown and the caller looks the row up first.
 func (c *Client) Create(ctx context.Context, set string, rec Record) (string, error) {
-	resp, err := c.do(ctx, request{method: http.MethodPost, path: set, body: nonNil(rec)})
+	resp, err := c.do(ctx, request{method: http.MethodPost, path: set, body: nonNil(rec),
+		unsafe: nonIdempotent(http.MethodPost, set, rec)})
 	if err != nil {
 		return "", err
 	}
@@ -226,12 +235,16 @@ func (c *Client) CancelSalesOrder(ctx context.Context, orderID string, status in
 }
 
 // ConvertSalesOrderToInvoice creates an invoice from an order and returns its id.
+// Every call creates another invoice, so the request is sent once (only a 429, which
+// Dataverse returns before running it, is waited out and sent again). After a 5xx, a
+// timeout or a lost answer the error reports OutcomeUnknown: look the invoice up by
+// its salesorderid before converting again.
 func (c *Client) ConvertSalesOrderToInvoice(ctx context.Context, orderID string) (string, error) {
 	var inv struct {
 		InvoiceID string `json:"invoiceid"`
 	}
-	resp, err := c.call(ctx, request{method: http.MethodPost, path: "ConvertSalesOrderToInvoice",
-		body: Record{"SalesOrderId": orderID, "ColumnSet": Record{"AllColumns": true}}}, &inv)
+	resp, err := c.call(ctx, request{method: http.MethodPost, path: "ConvertSalesOrderToInvoice", unsafe: true,
+		body: Record{"SalesOrderId": orderID, "ColumnSet": Record{"AllColumns": false, "Columns": []string{"invoiceid"}}}}, &inv)
 	if err != nil {
 		return "", err
 	}
@@ -249,6 +262,70 @@ func (c *Client) PublishProductHierarchy(ctx context.Context, productID string) 
 	_, err := c.do(ctx, request{method: http.MethodPost,
 		path: EntityPath("products", productID) + "/Microsoft.Dynamics.CRM.PublishProductHierarchy", body: Record{}})
 	return err
+}
+
+// nonIdempotent reports whether a request must not be sent twice because each run
+// makes something new: ConvertSalesOrderToInvoice (another invoice), and a POST
+// creating a row without its primary key (another row; with the key, a second run
+// fails as a duplicate instead). Creates through a navigation property ("$1/lines",
+// "salesorders(…)/order_details") count as without a key.
+func nonIdempotent(method, path string, body Record) bool {
+	if !strings.EqualFold(method, http.MethodPost) {
+		return false
+	}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	path = strings.Trim(path, "/")
+	last := path[strings.LastIndexByte(path, '/')+1:]
+	if strings.TrimPrefix(last, "Microsoft.Dynamics.CRM.") == "ConvertSalesOrderToInvoice" {
+		return true
+	}
+	if strings.Contains(path, "/") {
+		// set(key)/Microsoft.Dynamics.CRM.<bound action>, set/Microsoft.Dynamics.CRM.<Message>,
+		// or a create through a navigation property (set(key)/nav, $1/nav)
+		return isSetName(last)
+	}
+	if !isSetName(path) {
+		return false // an unbound action other than the above, or $batch
+	}
+	for _, pk := range primaryKeyCandidates(path) {
+		if v, ok := body[pk]; ok && v != nil && v != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// isSetName: entity set names are lower-case logical names (custom ones with a
+// prefix and underscore); unbound actions are PascalCase.
+func isSetName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// primaryKeyCandidates are the primary key column names a set's table may have:
+// <logical name>id, where the set name is the logical name plus "s", "es", or with
+// "y" turned into "ies" (contacts, customeraddresses, transactioncurrencies).
+func primaryKeyCandidates(set string) []string {
+	var out []string
+	if strings.HasSuffix(set, "ies") {
+		out = append(out, strings.TrimSuffix(set, "ies")+"yid")
+	}
+	if strings.HasSuffix(set, "es") {
+		out = append(out, strings.TrimSuffix(set, "es")+"id")
+	}
+	if strings.HasSuffix(set, "s") {
+		out = append(out, strings.TrimSuffix(set, "s")+"id")
+	}
+	return out
 }
 
 // EntityIDFromURL extracts the key from an OData-EntityId / @odata.id URL:

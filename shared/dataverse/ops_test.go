@@ -302,7 +302,7 @@ func TestActionsSendDocumentedPayloads(t *testing.T) {
 		t.Errorf("statuses = %v, %v", reqs[0].Body["Status"], reqs[1].Body["Status"])
 	}
 	if b := reqs[2].Body; reqs[2].Path != "ConvertSalesOrderToInvoice" || b["SalesOrderId"] != order ||
-		!reflect.DeepEqual(b["ColumnSet"], map[string]any{"AllColumns": true}) {
+		!reflect.DeepEqual(b["ColumnSet"], map[string]any{"AllColumns": false, "Columns": []any{"invoiceid"}}) {
 		t.Errorf("convert request = %s %v", reqs[2].Path, b)
 	}
 	if reqs[3].Method != "POST" || reqs[3].Path != "products("+product+")/Microsoft.Dynamics.CRM.PublishProductHierarchy" {

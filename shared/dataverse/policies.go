@@ -195,6 +195,21 @@ func (g *gateTransport) Do(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// partThrottled holds every request after a $batch part was answered 429: the
+// limits are per user, so the Retry-After of one part applies to the client as a
+// whole, exactly like a 429 for a whole request.
+func (t *throttle) partThrottled(h http.Header) {
+	d := retryAfter(h, time.Now())
+	if d <= 0 {
+		d = time.Second
+	}
+	t.hold(time.Now().Add(d))
+	t.adapt(true, 0)
+	if t.onHold != nil {
+		t.onHold()
+	}
+}
+
 // retryAfter reads the server's wait hint the way azcore's retry policy does
 // (retry-after-ms, x-ms-retry-after-ms, Retry-After seconds or HTTP date), so
 // the shared hold never ends before azcore's own per-request delay.

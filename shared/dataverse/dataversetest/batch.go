@@ -133,23 +133,25 @@ type batchEntry struct {
 
 var contentRefRe = regexp.MustCompile(`^\$([A-Za-z0-9_.\-]+)`)
 
-func (s *Server) batch(q *apiReq) (*apiResp, int, int, int) {
-	resp, rows, reads, ops := s.batchInner(q)
+// batch runs a $batch for user and returns the answer, the rows written, the rows read
+// and the operations to charge (parts plus the retrieves return=representation adds).
+func (s *Server) batch(q *apiReq, user string) (*apiResp, int, int, int) {
+	resp, rows, reads, ops, retrieves := s.batchInner(q, user)
 	s.count(func(st *Stats) { st.BatchParts += ops })
 	if ops == 0 {
 		ops = 1
 	}
-	return resp, rows, reads, ops
+	return resp, rows, reads, ops + retrieves
 }
 
-func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
+func (s *Server) batchInner(q *apiReq, user string) (*apiResp, int, int, int, int) {
 	_, params, err := mime.ParseMediaType(q.header.Get("Content-Type"))
 	if err != nil || params["boundary"] == "" {
-		return errResp(errf(http.StatusBadRequest, codePayloadError, "The $batch request must have Content-Type multipart/mixed with a boundary.")), 0, 0, 0
+		return errResp(errf(http.StatusBadRequest, codePayloadError, "The $batch request must have Content-Type multipart/mixed with a boundary.")), 0, 0, 0, 0
 	}
 	parts, perr := splitMultipart(q.body, params["boundary"])
 	if perr != nil {
-		return errResp(perr), 0, 0, 0
+		return errResp(perr), 0, 0, 0, 0
 	}
 	var entries []batchEntry
 	total := 0
@@ -158,23 +160,23 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 		if strings.HasPrefix(ct, "multipart/mixed") {
 			_, cp, err := mime.ParseMediaType(ct)
 			if err != nil || cp["boundary"] == "" {
-				return errResp(errf(http.StatusBadRequest, codePayloadError, "Change set without boundary.")), 0, 0, 0
+				return errResp(errf(http.StatusBadRequest, codePayloadError, "Change set without boundary.")), 0, 0, 0, 0
 			}
 			inner, perr := splitMultipart(p.body, cp["boundary"])
 			if perr != nil {
-				return errResp(perr), 0, 0, 0
+				return errResp(perr), 0, 0, 0, 0
 			}
 			e := batchEntry{isSet: true}
 			for _, ip := range inner {
 				if strings.HasPrefix(ip.header.Get("Content-Type"), "multipart/") {
-					return errResp(errf(http.StatusBadRequest, codePayloadError, "Change sets can't be nested.")), 0, 0, 0
+					return errResp(errf(http.StatusBadRequest, codePayloadError, "Change sets can't be nested.")), 0, 0, 0, 0
 				}
 				op, perr := parseHTTPPart(ip)
 				if perr != nil {
-					return errResp(perr), 0, 0, 0
+					return errResp(perr), 0, 0, 0, 0
 				}
 				if op.method == http.MethodGet {
-					return errResp(errf(http.StatusBadRequest, codePayloadError, "GET requests are not allowed inside a change set.")), 0, 0, 0
+					return errResp(errf(http.StatusBadRequest, codePayloadError, "GET requests are not allowed inside a change set.")), 0, 0, 0, 0
 				}
 				e.changeSet = append(e.changeSet, op)
 			}
@@ -184,15 +186,16 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 		}
 		op, perr := parseHTTPPart(p)
 		if perr != nil {
-			return errResp(perr), 0, 0, 0
+			return errResp(perr), 0, 0, 0, 0
 		}
 		total++
 		entries = append(entries, batchEntry{op: op})
 	}
 	if total > maxBatchParts {
-		return errResp(errf(http.StatusBadRequest, codeZero, "The number of requests in the batch (%d) exceeds the limit of %d.", total, maxBatchParts)), 0, 0, 0
+		return errResp(errf(http.StatusBadRequest, codeZero, "The number of requests in the batch (%d) exceeds the limit of %d.", total, maxBatchParts)), 0, 0, 0, 0
 	}
 	continueOnError := prefers(q.header, "odata.continue-on-error")
+	faultAt, faultStatus, faultWait := s.batchPartFault()
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -200,18 +203,38 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 	var out bytes.Buffer
 	boundary := "batchresponse_" + uuid.NewString()
 	failed := false
-	reads := 0
+	failStatus := 0
+	reads, retrieves, n := 0, 0, 0
+	// run executes one operation, or answers it with the injected fault.
+	run := func(op *batchOp, refs map[string]string) *apiResp {
+		n++
+		if n != faultAt {
+			r := s.execBatchOp(x, q, op, refs)
+			reads += r.rowsRead
+			retrieves += r.retrieves
+			return r
+		}
+		if faultStatus == http.StatusTooManyRequests {
+			return errResp(s.lim.throttle(user, codeReqLimit, s.scaled(faultWait)))
+		}
+		return errResp(errf(faultStatus, codeUnexpected, "An unexpected error occurred (injected fault)."))
+	}
+	fail := func(status int) {
+		failed = true
+		if failStatus == 0 {
+			failStatus = status
+		}
+	}
 	for _, e := range entries {
 		if !e.isSet {
 			sp := x.savepoint()
-			r := s.execBatchOp(x, q, e.op, nil)
+			r := run(e.op, nil)
 			if r.status >= 400 {
 				x.rollbackTo(sp)
 			}
-			reads += r.rowsRead
 			writeHTTPPart(&out, boundary, "", r)
 			if r.status >= 400 {
-				failed = true
+				fail(r.status)
 				if !continueOnError {
 					break
 				}
@@ -225,7 +248,7 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 		var resps []*apiResp
 		var bad *apiResp
 		for _, op := range e.changeSet {
-			r := s.execBatchOp(x, q, op, refs)
+			r := run(op, refs)
 			if r.status >= 400 {
 				bad = r
 				break
@@ -239,7 +262,7 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 		if bad != nil {
 			x.rollbackTo(sp)
 			writeHTTPPart(&out, boundary, "", bad)
-			failed = true
+			fail(bad.status)
 			if !continueOnError {
 				break
 			}
@@ -259,9 +282,16 @@ func (s *Server) batchInner(q *apiReq) (*apiResp, int, int, int) {
 	if continueOnError {
 		h.Set("Preference-Applied", "odata.continue-on-error")
 	} else if failed {
-		status = http.StatusBadRequest // stop at the first error, batch status 400 (Learn: webapi/execute-batch-operations-using-web-api)
+		// Stop at the first error; the batch's status is 400 in Microsoft's example
+		// (learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api#handling-errors).
+		// A server error (5xx) in a part fails the batch with that status (not documented):
+		// a client that resends 5xx answers runs the earlier parts again.
+		status = http.StatusBadRequest
+		if failStatus >= 500 {
+			status = failStatus
+		}
 	}
-	return &apiResp{status: status, header: h, body: out.Bytes()}, x.rows, reads, total
+	return &apiResp{status: status, header: h, body: out.Bytes()}, x.rows, reads, total, retrieves
 }
 
 // execBatchOp runs one part, resolving Content-ID references ($n) in its URL and body.

@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -220,4 +221,51 @@ func TestBatch_CountsOnce(t *testing.T) {
 	if st := c.s.Stats(); st.BatchParts != 5 {
 		t.Fatalf("BatchParts = %d", st.BatchParts)
 	}
+}
+
+// Faults.FailBatchPart: the operations before the failing one ran, later ones didn't; a
+// 5xx part fails the batch with its status, a 4xx (429 included) with 400 as documented.
+// A part 429 carries Retry-After and holds the user like any 429.
+func TestBatch_PartFaults(t *testing.T) {
+	c := newTC(t, Options{ViolationGrace: time.Nanosecond})
+	three := func() string {
+		return batchBody("b", bpart{method: "POST", url: "contacts", body: map[string]any{"lastname": "1"}},
+			bpart{method: "POST", url: "contacts", body: map[string]any{"lastname": "2"}},
+			bpart{method: "POST", url: "contacts", body: map[string]any{"lastname": "3"}})
+	}
+	c.s.SetFaults(Faults{FailBatchPart: 2, FailBatchPartStatus: 503})
+	c.must(503, c.batch(three(), "b"))
+	if n := c.s.Count("contacts"); n != 1 {
+		t.Fatalf("after a 503 at part 2: %d contacts, want 1", n)
+	}
+	c.s.SetFaults(Faults{FailBatchPart: 3, FailBatchPartStatus: 429, Force429RetryAfter: 2 * time.Second})
+	r := c.must(400, c.batch(three(), "b"))
+	if !strings.Contains(string(r.raw), "HTTP/1.1 429") || !strings.Contains(string(r.raw), "Retry-After: 2") {
+		t.Fatalf("part 429: %s", r.raw)
+	}
+	if n := c.s.Count("contacts"); n != 3 {
+		t.Fatalf("after a 429 at part 3: %d contacts, want 3", n)
+	}
+	time.Sleep(time.Millisecond)
+	c.must(200, c.do("GET", "WhoAmI", nil))
+	if v := c.s.RetryAfterViolations(); v != 1 {
+		t.Fatalf("request during the part's Retry-After: %d violations, want 1", v)
+	}
+}
+
+// Faults.DropAnswers: the request runs, its answer never arrives.
+func TestDropAnswerAfterApplying(t *testing.T) {
+	c := newTC(t, Options{})
+	c.s.SetFaults(Faults{DropAnswers: 1, DropAnswerPath: "contacts"})
+	req, _ := http.NewRequest("POST", c.s.URL()+"/api/data/v9.2/contacts", strings.NewReader(`{"lastname":"x"}`))
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := c.s.HTTPClient().Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("answer arrived: %d", resp.StatusCode)
+	}
+	if n := c.s.Count("contacts"); n != 1 {
+		t.Fatalf("%d contacts, want 1 (the request ran)", n)
+	}
+	c.must(204, c.do("POST", "contacts", map[string]any{"lastname": "y"}))
 }

@@ -74,7 +74,9 @@ func TestBulk(t *testing.T) {
 		map[string]any{"@odata.id": "accounts(accountnumber='K1')", "accountnumber": "K1", "name": "K again"})))
 	// Options: tables without the messages; alternate key required.
 	c2 := newTC(t, Options{BulkUnsupported: []string{"contacts"}, UpsertMultipleRequiresAlternateKey: true})
-	c2.must(404, c2.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact", map[string]any{"lastname": "x"})))
+	if r := c2.must(400, c2.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact", map[string]any{"lastname": "x"}))); r.errCode() != "0x80040800" {
+		t.Fatalf("refusal: %s", r.raw)
+	}
 	c2.must(400, c2.do("POST", "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", targets("account", map[string]any{"accountid": uuid.NewString(), "name": "x"})))
 }
 
@@ -186,5 +188,59 @@ func TestIdealThroughput(t *testing.T) {
 	s2 := newServer(Options{SleepExecutionTime: true})
 	if c := s2.IdealThroughput(1, 4); c.Limit != "requests" || c.ConcurrencyBound != 1000 {
 		t.Fatalf("concurrency bound: %+v", c)
+	}
+}
+
+// bulk-operations doc, "Availability with standard tables": productpricelevel has none of
+// the messages, whatever the options; sdkmessagefilters answers Microsoft's query for a
+// table's support; the refusal's status is an option; the filters can be unreadable.
+func TestBulk_SupportPerTable(t *testing.T) {
+	c := newTC(t, Options{BulkRefusalStatus: 500})
+	for _, m := range []string{"CreateMultiple", "UpdateMultiple", "UpsertMultiple"} {
+		r := c.must(500, c.do("POST", "productpricelevels/Microsoft.Dynamics.CRM."+m, targets("productpricelevel", map[string]any{"amount": 1})))
+		if r.errCode() != "0x80040800" || !strings.Contains(r.errMsg(), "does not support entities of type 'productpricelevel'") {
+			t.Fatalf("%s refusal: %s", m, r.raw)
+		}
+	}
+	q := func(table string) int {
+		r := c.must(200, c.do("GET", "sdkmessagefilters?$select=sdkmessagefilterid&$filter="+
+			strings.ReplaceAll("sdkmessageid/name eq 'CreateMultiple' and primaryobjecttypecode eq '"+table+"'", " ", "%20"), nil))
+		return len(r.body["value"].([]any))
+	}
+	if q("productpricelevel") != 0 || q("contact") != 1 || q("salesorderdetail") != 1 {
+		t.Fatalf("message filters: productpricelevel %d, contact %d, salesorderdetail %d", q("productpricelevel"), q("contact"), q("salesorderdetail"))
+	}
+	c2 := newTC(t, Options{NoMessageFilters: true})
+	c2.must(403, c2.do("GET", "sdkmessagefilters?$filter=sdkmessageid/name%20eq%20'CreateMultiple'", nil))
+}
+
+// Faults.BulkTimeoutRows: a bulk request above the size fails with "SQL timeout expired"
+// and writes nothing; a smaller one goes through.
+func TestBulk_SQLTimeoutBySize(t *testing.T) {
+	c := newTC(t, Options{})
+	c.s.SetFaults(Faults{BulkTimeoutRows: 2})
+	r := c.must(500, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact",
+		map[string]any{"lastname": "A"}, map[string]any{"lastname": "B"}, map[string]any{"lastname": "C"})))
+	if r.errCode() != "0x80044151" || c.s.Count("contacts") != 0 {
+		t.Fatalf("timeout: %s, %d rows", r.raw, c.s.Count("contacts"))
+	}
+	c.must(200, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact",
+		map[string]any{"lastname": "A"}, map[string]any{"lastname": "B"})))
+}
+
+// create-entity-web-api "Create with data returned": return=representation adds a
+// retrieve, charged to the execution time like one.
+func TestRepresentationChargesARetrieve(t *testing.T) {
+	c := newTC(t, Options{})
+	exec := func() time.Duration { return c.s.Stats().Execution }
+	e0 := exec()
+	c.must(204, c.do("PATCH", "contacts("+uuid.NewString()+")", map[string]any{"lastname": "A"}))
+	plain := exec() - e0
+	e1 := exec()
+	c.must(201, c.do("PATCH", "contacts("+uuid.NewString()+")?$select=contactid", map[string]any{"lastname": "B"}, "Prefer", "return=representation"))
+	rep := exec() - e1
+	o := c.s.o.ExecutionCost
+	if want := plain + o.PerRequest + o.PerRowRead; rep != want {
+		t.Fatalf("execution charged: plain %s, with representation %s, want %s", plain, rep, want)
 	}
 }

@@ -107,6 +107,11 @@ type Options struct {
 	// BulkUnsupported lists entity sets whose CreateMultiple/UpdateMultiple/UpsertMultiple
 	// messages are not available ("not all standard tables support these messages").
 	BulkUnsupported []string
+	// BulkRefusalStatus is the HTTP status of the answer refusing a bulk message on a table
+	// without it (default 400; see bulk.go).
+	BulkRefusalStatus int
+	// NoMessageFilters answers sdkmessagefilters with 403, as for a role that can't read it.
+	NoMessageFilters bool
 	// AlternateKeys declares alternate keys per entity set, e.g. {"contacts": {{"emailaddress1"}}}.
 	AlternateKeys map[string][][]string
 	// ExtraColumns adds columns per entity set: name -> type (string, memo, int, decimal,
@@ -159,6 +164,21 @@ type Faults struct {
 	Force429           int           // the next N requests get 429
 	Force429RetryAfter time.Duration // Retry-After of forced 429s (scaled like the rest), default 1 s
 	Force429Code       string        // default the request-count code 0x80072322
+
+	// BulkTimeoutRows: a CreateMultiple/UpdateMultiple/UpsertMultiple request with more
+	// targets than this fails with 500 "SQL timeout expired" and writes nothing.
+	BulkTimeoutRows int
+	// FailBatchPart: the next $batch is answered at this operation (1-based, counted over
+	// the whole batch) with FailBatchPartStatus (default 500) instead of running it; the
+	// operations before it ran, later ones don't. A 429 carries Retry-After
+	// Force429RetryAfter and counts as throttling (Retry-After violations are tracked).
+	FailBatchPart       int
+	FailBatchPartStatus int
+	// DropAnswers: the next N requests whose path below the API root is DropAnswerPath
+	// (e.g. "ConvertSalesOrderToInvoice", "$batch") run, then the connection is cut
+	// before the answer is sent: a lost answer.
+	DropAnswers    int
+	DropAnswerPath string
 }
 
 // Stats counts what the server saw.
@@ -601,7 +621,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		if r.Method != http.MethodPost {
 			resp = errResp(errf(http.StatusMethodNotAllowed, codeZero, "$batch requires POST."))
 		} else {
-			resp, rows, reads, ops = s.batch(q)
+			resp, rows, reads, ops = s.batch(q, user)
 		}
 	} else {
 		s.mu.Lock()
@@ -610,7 +630,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		if resp.status >= 400 {
 			x.rollback()
 		}
-		rows, reads, ops = x.rows, resp.rowsRead, 1
+		rows, reads, ops = x.rows, resp.rowsRead, 1+resp.retrieves
 		s.mu.Unlock()
 	}
 	cost := time.Duration(ops)*s.o.ExecutionCost.PerRequest + time.Duration(rows)*s.o.ExecutionCost.PerRowWritten +
@@ -622,8 +642,49 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		// parsing, applying) is part of it, as a real server's is.
 		time.Sleep(s.scaled(cost) - time.Since(began))
 	}
+	if s.dropAnswer(path) {
+		// the request ran; its answer is lost (net/http cuts the connection or stream)
+		panic(http.ErrAbortHandler)
+	}
 	s.lim.headers(user, resp.header)
 	writeResp(w, resp)
+}
+
+// currentFaults is a copy of the fault settings.
+func (s *Server) currentFaults() Faults {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	return s.faults
+}
+
+// dropAnswer consumes one Faults.DropAnswers for a request to path.
+func (s *Server) dropAnswer(path string) bool {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	if s.faults.DropAnswers > 0 && path == s.faults.DropAnswerPath {
+		s.faults.DropAnswers--
+		return true
+	}
+	return false
+}
+
+// batchPartFault consumes Faults.FailBatchPart: the operation number and its status.
+func (s *Server) batchPartFault() (part, status int, retryAfter time.Duration) {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	f := &s.faults
+	if f.FailBatchPart <= 0 {
+		return 0, 0, 0
+	}
+	part, status, retryAfter = f.FailBatchPart, f.FailBatchPartStatus, f.Force429RetryAfter
+	f.FailBatchPart = 0
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	if retryAfter == 0 {
+		retryAfter = time.Second
+	}
+	return part, status, retryAfter
 }
 
 func (s *Server) count(f func(*Stats)) {

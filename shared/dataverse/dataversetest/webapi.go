@@ -32,6 +32,9 @@ type apiResp struct {
 	body      []byte
 	entityURL string // URI of the row written (Content-ID references in $batch)
 	rowsRead  int
+	// retrieves: operations beyond the request itself to charge (return=representation
+	// "adds a Retrieve operation", see representation)
+	retrieves int
 }
 
 func jsonResp(status int, v any) *apiResp {
@@ -89,6 +92,9 @@ func (s *Server) route(x *tx, q *apiReq) (*apiResp, *apiError) {
 			return nil, noRoute()
 		}
 		return s.unboundAction(x, q, name)
+	}
+	if first == "sdkmessagefilters" && len(segs) == 1 {
+		return s.sdkMessageFilters(q)
 	}
 	name, key, hasKey, perr := parseSegment(first)
 	if perr != nil {
@@ -758,6 +764,7 @@ func (s *Server) create(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 		resp.header.Set("ETag", etag(r))
 		resp.header.Set("Preference-Applied", "return=representation")
 		resp.entityURL = loc
+		representation(resp)
 		return resp, nil
 	}
 	resp := noContent()
@@ -809,6 +816,7 @@ func (s *Server) upsert(x *tx, q *apiReq, t *table, k rowKey, urlForm string) (*
 		resp.header.Set("ETag", etag(r))
 		resp.header.Set("Preference-Applied", "return=representation")
 		resp.entityURL = loc
+		representation(resp)
 		return resp, nil
 	}
 	// Learn: use-alternate-key-reference-record: OData-EntityId echoes the URL form used (the alternate key, not the GUID).
@@ -816,6 +824,15 @@ func (s *Server) upsert(x *tx, q *apiReq, t *table, k rowKey, urlForm string) (*
 	resp.header.Set("OData-EntityId", q.base+urlForm)
 	resp.entityURL = loc
 	return resp, nil
+}
+
+// representation charges the retrieve that "Prefer: return=representation" adds to a
+// write: "the request adds a Retrieve operation" (learn.microsoft.com/power-apps/
+// developer/data-platform/webapi/create-entity-web-api#create-with-data-returned), one
+// more operation and one row read on the execution-time limit.
+func representation(resp *apiResp) {
+	resp.retrieves++
+	resp.rowsRead++
 }
 
 func (s *Server) retrieve(x *tx, q *apiReq, t *table, k rowKey) (*apiResp, *apiError) {
