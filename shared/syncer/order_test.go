@@ -736,8 +736,8 @@ func TestOrderBulkCreate(t *testing.T) {
 				t.Fatalf("chunk: %v", err)
 			}
 			if bad == "bulk unsupported" {
-				if n := h.fdv.count("Batch"); n == 0 {
-					t.Errorf("no $batch requests: the orders were not written as change sets")
+				if n := h.srv.Stats().BatchParts; n == 0 {
+					t.Errorf("no $batch parts: the orders were not written as change sets")
 				}
 				bad = "" // every order lands
 			}
