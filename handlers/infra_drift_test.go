@@ -1120,3 +1120,61 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		driftExpectProblem(t, "host.json starts another executable", driftCheckPackaging(yaml, pkg, strings.Replace(host, `"handler"`, `"server"`, 1)), `"server"`)
 	})
 }
+
+// ---------------------------------------------------------------------------------------------
+// Check: secrets read from Key Vault by name are created there by the Bicep
+// ---------------------------------------------------------------------------------------------
+
+// driftCheckVaultSecrets: every secret setting the app reads from Key Vault by a *_NAME (or
+// *_SECRET_NAME) companion setting has an optional Key Vault secret in the Bicep whose name
+// parameter defaults to the companion's default, so `azd up` can store it and the app finds
+// it under the name it looks for.
+func driftCheckVaultSecrets(known []config.Setting, bicep map[string]string) []string {
+	byName := map[string]config.Setting{}
+	for _, s := range known {
+		byName[s.Name] = s
+	}
+	var all strings.Builder
+	for _, p := range driftSortedKeys(bicep) {
+		all.WriteString(driftStripComments(bicep[p]))
+	}
+	src := all.String()
+	var problems []string
+	for _, s := range known {
+		if !s.Secret || s.LocalOnly {
+			continue
+		}
+		var companion *config.Setting
+		for _, n := range []string{s.Name + "_NAME", s.Name + "_SECRET_NAME", strings.TrimSuffix(s.Name, "_SECRET") + "_SECRET_NAME"} {
+			if c, ok := byName[n]; ok && n != s.Name {
+				companion = &c
+				break
+			}
+		}
+		if companion == nil || companion.Default == "" {
+			continue
+		}
+		decl := regexp.MustCompile(`(?m)^param\s+(\w+)\s+string\s*=\s*'` + regexp.QuoteMeta(companion.Default) + `'`)
+		m := decl.FindStringSubmatch(src)
+		if m == nil {
+			problems = append(problems, fmt.Sprintf("secret %s: no Bicep parameter defaults to its vault name %q (%s)", s.Name, companion.Default, companion.Name))
+			continue
+		}
+		res := regexp.MustCompile(`(?s)'Microsoft\.KeyVault/vaults/secrets@[^']+'\s*=\s*if\s*\([^\n]*\)\s*\{[^}]*?name:\s*` + m[1] + `\b`)
+		if !res.MatchString(src) {
+			problems = append(problems, fmt.Sprintf("secret %s: no optional Key Vault secret resource is named by parameter %s", s.Name, m[1]))
+		}
+	}
+	return problems
+}
+
+func TestDriftVaultSecrets(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckVaultSecrets(config.Known(), r.bicep))
+	// The check catches a secret the Bicep does not create.
+	broken := map[string]string{}
+	for p, s := range r.bicep {
+		broken[p] = strings.Replace(s, "resource nopDbConnectionResource 'Microsoft.KeyVault/vaults/secrets@2023-07-01'", "resource nopDbConnectionResource 'Microsoft.Storage/storageAccounts@2023-05-01'", 1)
+	}
+	driftExpectProblem(t, "connection string not in the vault", driftCheckVaultSecrets(config.Known(), broken), "NOP_DB_CONNECTION")
+}

@@ -50,6 +50,13 @@ param dataverseClientSecretName string = 'dataverse-client-secret'
 @description('Name of the webhook secret in Key Vault (WEBHOOK_SECRET_NAME).')
 param webhookSecretName string = 'webhook-secret'
 
+@secure()
+@description('Connection string of the store\'s nopCommerce database for the store reader (a read-only login; see infra/README.md), stored in Key Vault. Empty: not stored now; an administrator sets it in the vault, or the reader stays off.')
+param nopDbConnection string = ''
+
+@description('Name of the store database\'s connection string in Key Vault (NOP_DB_CONNECTION_SECRET_NAME).')
+param nopDbConnectionSecretName string = 'nop-db-connection'
+
 @description('Entra authority host for sovereign or private clouds, e.g. https://login.microsoftonline.us/ (AZURE_AUTHORITY_HOST). Empty: public cloud.')
 param azureAuthorityHost string = ''
 
@@ -99,6 +106,28 @@ param syncImages string = 'false'
 ])
 @description('false makes this deployment read-only towards Dynamics 365, e.g. a copy or test (DATAVERSE_WRITES_ENABLED).')
 param dataverseWritesEnabled string = 'true'
+
+@allowed([
+  ''
+  'sqlserver'
+  'mysql'
+  'postgresql'
+])
+@description('Engine of the store\'s nopCommerce database for the store reader (NOP_DB_PROVIDER). Empty: the reader is off.')
+param nopDbProvider string = ''
+
+@allowed([
+  'true'
+  'false'
+])
+@description('Azure SQL with the app\'s managed identity instead of a password (NOP_DB_MANAGED_IDENTITY).')
+param nopDbManagedIdentity string = 'false'
+
+@description('The nopCommerce store whose orders the reader reads (STORE_ID).')
+param storeId string = '1'
+
+@description('The store\'s public URL, for picture URLs (STORE_URL). Empty: no pictures from the reader.')
+param storeUrl string = ''
 
 @description('Table holding the sync state (SYNC_STATE_TABLE).')
 param syncStateTableName string = 'syncstate'
@@ -209,6 +238,8 @@ module keyVault 'modules/keyvault.bicep' = {
     dataverseClientSecret: dataverseClientSecret
     dataverseClientSecretExpiresOn: dataverseClientSecretExpiresOn
     webhookSecret: webhookSecret
+    nopDbConnectionSecretName: nopDbConnectionSecretName
+    nopDbConnection: nopDbConnection
   }
 }
 
@@ -257,6 +288,11 @@ module functionApp 'modules/functionapp.bicep' = {
     dataverseWritesEnabled: dataverseWritesEnabled
     syncStateTableName: storage.outputs.syncStateTableName
     azureAuthorityHost: azureAuthorityHost
+    nopDbProvider: nopDbProvider
+    nopDbConnectionSecretName: nopDbConnectionSecretName
+    nopDbManagedIdentity: nopDbManagedIdentity
+    storeId: storeId
+    storeUrl: storeUrl
     storeFunctionKey: storeFunctionKey
     createStoreFunctionKey: createStoreFunctionKey == 'true'
   }

@@ -74,6 +74,11 @@ param syncImages string
 param dataverseWritesEnabled string
 param syncStateTableName string
 param azureAuthorityHost string
+param nopDbProvider string
+param nopDbConnectionSecretName string
+param nopDbManagedIdentity string
+param storeId string
+param storeUrl string
 
 @secure()
 @description('Value of the host key named nopcommerce that the store sends in x-functions-key (at least 32 letters and digits).')
@@ -115,6 +120,11 @@ var appSettings = {
   SYNC_IMAGES: syncImages
   DATAVERSE_WRITES_ENABLED: dataverseWritesEnabled
   SYNC_STATE_TABLE: syncStateTableName
+  NOP_DB_PROVIDER: nopDbProvider
+  NOP_DB_CONNECTION_SECRET_NAME: nopDbConnectionSecretName
+  NOP_DB_MANAGED_IDENTITY: nopDbManagedIdentity
+  STORE_ID: storeId
+  STORE_URL: storeUrl
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

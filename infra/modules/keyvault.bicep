@@ -72,6 +72,25 @@ resource dataverseClientSecretResource 'Microsoft.KeyVault/vaults/secrets@2023-0
   }
 }
 
+@description('Name of the store database\'s connection string in the vault (NOP_DB_CONNECTION_SECRET_NAME).')
+param nopDbConnectionSecretName string = 'nop-db-connection'
+
+@secure()
+@description('Connection string of the store\'s database for the store reader. Empty: not created (set it in the vault later).')
+param nopDbConnection string = ''
+
+resource nopDbConnectionResource 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(nopDbConnection)) {
+  parent: vault
+  name: nopDbConnectionSecretName
+  properties: {
+    value: nopDbConnection
+    contentType: 'nopCommerce database connection string (read-only login)'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
 resource webhookSecretResource 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookSecret)) {
   parent: vault
   name: webhookSecretName

@@ -54,6 +54,15 @@ func Known() []Setting {
 		{Name: "AZURE_AUTHORITY_HOST", Doc: "Entra authority host for sovereign/private clouds"},
 		{Name: "AZURE_CLIENT_ID", AzureOnly: true, Doc: "client id of the app's user-assigned managed identity"},
 		{Name: "FUNCTIONS_CUSTOMHANDLER_PORT", AzureOnly: true, Doc: "set by the Functions host; absent = local mode"},
+		{Name: "NOP_DB_PROVIDER", Doc: "store reader: the store database's engine, sqlserver, mysql or postgresql (nopCommerce's names); empty = reader off"},
+		{Name: "NOP_DB_CONNECTION", Secret: true, Doc: "store reader: the database connection string itself (local runs and the agent); else read from Key Vault"},
+		{Name: "NOP_DB_CONNECTION_SECRET_NAME", Default: "nop-db-connection", Doc: "store reader: name of the connection string in the vault of KEY_VAULT_URL"},
+		{Name: "NOP_DB_MANAGED_IDENTITY", Default: "false", Doc: "store reader: true = Azure SQL with the app's managed identity (Entra authentication), no password"},
+		{Name: "STORE_ID", Default: "1", Doc: "store reader: the nopCommerce store whose orders are read (multi-store installs)"},
+		{Name: "STORE_URL", Doc: "store reader: the store's public URL, for picture URLs; empty = no pictures"},
+		{Name: "AGENT_EVENTS_URL", LocalOnly: true, Doc: "push agent: the app's events URL, e.g. https://func-nopsync-x.azurewebsites.net/api/events"},
+		{Name: "AGENT_FUNCTION_KEY", Secret: true, LocalOnly: true, Doc: "push agent: the function key sent as x-functions-key"},
+		{Name: "AGENT_STATE_FILE", Default: "nopsync-agent.json", LocalOnly: true, Doc: "push agent: its checkpoint file (cursor and what was sent), so a restarted agent resumes"},
 		{Name: "LISTEN_ADDR", Default: "127.0.0.1:7071", LocalOnly: true, Doc: "local mode: address of the public routes"},
 		{Name: "LOCAL_DATA_DIR", Default: ".nopsync", LocalOnly: true, Doc: "local mode: folder of the embedded queue, state and sandbox"},
 	}
@@ -98,7 +107,21 @@ type Config struct {
 	StateConnectionString string
 	StorageAccountName    string
 	StateTable            string
+
+	// Store reader (docs/store-reader.md); NopDBProvider "" = off.
+	NopDBProvider        string
+	NopDBConnection      string
+	NopDBSecretName      string
+	NopDBManagedIdentity bool
+	StoreID              int
+	StoreURL             string
+	AgentEventsURL       string
+	AgentFunctionKey     string
+	AgentStateFile       string
 }
+
+// StoreReader says whether the store reader is configured.
+func (c *Config) StoreReader() bool { return c.NopDBProvider != "" }
 
 // Sandbox says whether Dataverse is the built-in sandbox (local mode without DATAVERSE_URL).
 func (c *Config) Sandbox() bool { return c.Local && c.DataverseURL == "" }
@@ -261,6 +284,40 @@ func Load(get Lookup) (*Config, error) {
 	if !validTableName(c.StateTable) {
 		p.fail("SYNC_STATE_TABLE", "must be 3-63 letters or digits, starting with a letter, got %q", c.StateTable)
 	}
+	c.NopDBProvider = strings.ToLower(p.val("NOP_DB_PROVIDER"))
+	c.NopDBConnection = p.val("NOP_DB_CONNECTION")
+	c.NopDBSecretName = p.def("NOP_DB_CONNECTION_SECRET_NAME")
+	c.NopDBManagedIdentity = p.boolean("NOP_DB_MANAGED_IDENTITY")
+	switch c.NopDBProvider {
+	case "":
+	case "sqlserver", "mysql", "postgresql":
+		if c.NopDBConnection == "" && c.KeyVaultURL == "" {
+			p.fail("NOP_DB_CONNECTION", "is required with NOP_DB_PROVIDER (or KEY_VAULT_URL with the connection string named by NOP_DB_CONNECTION_SECRET_NAME)")
+		}
+		if c.NopDBManagedIdentity && c.NopDBProvider != "sqlserver" {
+			p.fail("NOP_DB_MANAGED_IDENTITY", "is for Azure SQL (NOP_DB_PROVIDER sqlserver), not %s", c.NopDBProvider)
+		}
+	default:
+		p.fail("NOP_DB_PROVIDER", "must be sqlserver, mysql or postgresql (nopCommerce's names), got %q", c.NopDBProvider)
+	}
+	c.StoreID = p.integer("STORE_ID")
+	if c.StoreID < 1 {
+		p.fail("STORE_ID", "must be a nopCommerce store id (1 or more), got %d", c.StoreID)
+	}
+	c.StoreURL = strings.TrimRight(p.val("STORE_URL"), "/")
+	if c.StoreURL != "" {
+		if u, err := url.Parse(c.StoreURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.fail("STORE_URL", "must be the store's public http(s) URL, e.g. https://store.example.com")
+		}
+	}
+	c.AgentEventsURL = strings.TrimRight(p.val("AGENT_EVENTS_URL"), "/")
+	if c.AgentEventsURL != "" {
+		if u, err := url.Parse(c.AgentEventsURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.fail("AGENT_EVENTS_URL", "must be the app's events URL, e.g. https://func-nopsync-x.azurewebsites.net/api/events")
+		}
+	}
+	c.AgentFunctionKey = p.val("AGENT_FUNCTION_KEY")
+	c.AgentStateFile = p.def("AGENT_STATE_FILE")
 	if len(p.errs) > 0 {
 		sort.Strings(p.errs)
 		return nil, &Error{Problems: p.errs}
