@@ -80,11 +80,13 @@ type msgJSON struct {
 	Props         map[string]propJSON `json:"props,omitempty"`
 	EnqueuedAt    time.Time           `json:"at"`
 	DeliveryCount int                 `json:"dc,omitempty"`
-	LastError     string              `json:"err,omitempty"`
-	Dead          bool                `json:"dead,omitempty"`
-	Reason        string              `json:"reason,omitempty"`
-	Description   string              `json:"desc,omitempty"`
-	DeadAt        time.Time           `json:"deadAt,omitzero"`
+	AvailableAt   time.Time           `json:"availAt,omitzero"` // scheduled: not available before
+
+	LastError   string    `json:"err,omitempty"`
+	Dead        bool      `json:"dead,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	Description string    `json:"desc,omitempty"`
+	DeadAt      time.Time `json:"deadAt,omitzero"`
 
 	// data is a body to write (Send), or one held in memory (memory-only mode, bodies
 	// read inline from an older journal until the compaction at Open moves them out).

@@ -6,8 +6,14 @@
 //     returns; nil completes it (gone), an error abandons it (delivered again);
 //   - sessions: the messages of one SessionID are delivered one after another in send
 //     order, never two at a time; different sessions are delivered in parallel;
+//   - abandon: a failed delivery makes the message available again at once, with no
+//     back-off, as Service Bus does when the Functions host abandons it;
 //   - MaxDeliveryCount: a message whose delivery failed that many times is moved to the
-//     dead-letter queue with reason "MaxDeliveryCountExceeded" and the last error;
+//     dead-letter queue with reason "MaxDeliveryCountExceeded" and the broker's fixed
+//     description ("Message could not be consumed after N delivery attempts."): like
+//     the broker, the queue never learns why the handler failed;
+//   - scheduled messages (Schedule): available from a given time, not holding up their
+//     session before then;
 //   - duplicate detection: a message whose MessageID was accepted within the duplicate
 //     window is dropped silently (Send still succeeds);
 //   - durability: with a directory, every change is journaled and fsynced before it is
@@ -19,9 +25,8 @@
 // which would count in the resident set) when delivered or peeked. A queue holding a
 // whole import's bodies then costs memory by message count, not by size.
 //
-// Local conveniences that Service Bus doesn't have: a delay before an abandoned message
-// is delivered again (RedeliveryDelay), and the handler's error text as the
-// dead-letter error description.
+// A local convenience Service Bus doesn't have, off by default: a delay before an
+// abandoned message is delivered again (RedeliveryDelay).
 //
 // One process at a time may open a directory.
 package localqueue
@@ -48,8 +53,7 @@ const (
 	// DefaultLockDuration is the time a handler has before its lock is lost. The
 	// Functions host renews Service Bus locks up to maxAutoLockRenewalDuration (5 min),
 	// so that is the budget a queue function has in Azure too.
-	DefaultLockDuration    = 5 * time.Minute
-	DefaultRedeliveryDelay = time.Second
+	DefaultLockDuration = 5 * time.Minute
 	// DefaultMaxMessageSize is Service Bus Standard's message size limit.
 	DefaultMaxMessageSize = 256 * 1024
 )
@@ -71,8 +75,8 @@ const maxDescription = 4096
 var ErrClosed = errors.New("localqueue: closed")
 
 // Options configures Open. Zero fields take the defaults above; a negative
-// DuplicateWindow turns duplicate detection off, a negative RedeliveryDelay redelivers
-// at once.
+// DuplicateWindow turns duplicate detection off. RedeliveryDelay zero or negative
+// redelivers an abandoned message at once, as Service Bus does.
 type Options struct {
 	// Dir holds the journal. Empty: in memory only, nothing survives Close.
 	Dir              string
@@ -128,17 +132,19 @@ type message struct {
 	// The body: with a directory it stays in the journal file (stored, at off, n bytes,
 	// CRC-32C crc) and is read when delivered or peeked, so a waiting message costs
 	// the same memory whatever its size; in memory-only mode it is in body.
-	body        []byte
-	off         int64
-	n           int
-	crc         uint32
-	stored      bool
-	enqueuedAt  time.Time
-	count       int    // deliveries so far
-	lastError   string // text of the last failed delivery
-	inFlight    bool
-	lockToken   string
+	body       []byte
+	off        int64
+	n          int
+	crc        uint32
+	stored     bool
+	enqueuedAt time.Time
+	count      int    // deliveries so far
+	lastError  string // text of the last failed delivery
+	inFlight   bool
+	lockToken  string
+
 	availableAt time.Time
+	heapIdx     int // in queueState.later while scheduled
 
 	// dead-letter fields
 	reason, description string
@@ -164,10 +170,14 @@ type queueState struct {
 	delayed  sessionHeap // idle sessions whose head becomes available later
 	dead     map[int64]*message
 	deadSeq  int64
-	dedupe   map[string]time.Time // MessageID -> when it was accepted
-	wake     chan struct{}        // closed (and replaced) when a message may have become available
-	sweepAt  int                  // dedupe size at which expired entries are swept next
-	inflight int
+	// scheduled holds messages not yet available (Schedule), by sequence number and
+	// in a heap ordered by their time; they join their session when due.
+	scheduled map[int64]*message
+	later     msgHeap
+	dedupe    map[string]time.Time // MessageID -> when it was accepted
+	wake      chan struct{}        // closed (and replaced) when a message may have become available
+	sweepAt   int                  // dedupe size at which expired entries are swept next
+	inflight  int
 }
 
 // Open opens (or creates) the queues in o.Dir and replays the journal.
@@ -180,9 +190,6 @@ func Open(o Options) (*Queues, error) {
 	}
 	if o.LockDuration <= 0 {
 		o.LockDuration = DefaultLockDuration
-	}
-	if o.RedeliveryDelay == 0 {
-		o.RedeliveryDelay = DefaultRedeliveryDelay
 	}
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = DefaultMaxMessageSize
@@ -225,7 +232,7 @@ func (q *Queues) queue(name string) *queueState {
 		qs = &queueState{
 			name: name, nextSeq: 1,
 			msgs: map[int64]*message{}, sessions: map[string]*session{},
-			dead: map[int64]*message{}, dedupe: map[string]time.Time{},
+			dead: map[int64]*message{}, scheduled: map[int64]*message{}, dedupe: map[string]time.Time{},
 			wake: make(chan struct{}), sweepAt: 1024,
 		}
 		q.queues[name] = qs
@@ -301,6 +308,20 @@ func (q *Queues) maybeCompact() {
 // was accepted within the duplicate window (or earlier in the same batch) is dropped,
 // and Send still succeeds, as with Service Bus.
 func (q *Queues) Send(ctx context.Context, queueName string, msgs []queue.Message) error {
+	return q.send(ctx, queueName, msgs, time.Time{})
+}
+
+// Schedule implements queue.Scheduler: Send, with the messages available from at only
+// (at once when at has passed). Until then they are counted in Stats as Scheduled and
+// don't hold up their session; duplicate detection applies now, as on Service Bus.
+func (q *Queues) Schedule(ctx context.Context, queueName string, msgs []queue.Message, at time.Time) error {
+	if at.IsZero() {
+		return errors.New("localqueue: schedule: zero time")
+	}
+	return q.send(ctx, queueName, msgs, at.UTC())
+}
+
+func (q *Queues) send(ctx context.Context, queueName string, msgs []queue.Message, at time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -338,6 +359,7 @@ func (q *Queues) Send(ctx context.Context, queueName string, msgs []queue.Messag
 		seen[m.MessageID] = true
 		m.Seq = seq
 		m.EnqueuedAt = now
+		m.AvailableAt = at
 		seq++
 		accepted = append(accepted, m)
 	}
@@ -354,7 +376,9 @@ func (q *Queues) Send(ctx context.Context, queueName string, msgs []queue.Messag
 		if err := q.applySend(qs, m); err != nil { // cannot fail: checked above
 			q.failed = err
 		}
-		q.schedule(qs, qs.sessions[m.SessionID], now)
+		if s := qs.sessions[m.SessionID]; s != nil {
+			q.schedule(qs, s, now)
+		}
 	}
 	qs.wakeUp()
 	q.maybeCompact()
@@ -436,8 +460,43 @@ func (q *Queues) applySend(qs *queueState, m msgJSON) error {
 		q.bodyBytes += int64(msg.size())
 		return nil
 	}
+	if !m.AvailableAt.IsZero() {
+		// Scheduled: it joins its session when due (activateDue), also when the time
+		// has passed already, so the ordering is the same live and at replay.
+		msg.availableAt = m.AvailableAt
+		qs.scheduled[msg.seq] = msg
+		heap.Push(&qs.later, msg)
+		q.bodyBytes += int64(msg.size())
+		return nil
+	}
 	q.addActive(qs, msg)
 	return nil
+}
+
+// activateDue moves the scheduled messages whose time has come into their sessions
+// (under mu).
+func (q *Queues) activateDue(qs *queueState, now time.Time) {
+	for qs.later.Len() > 0 && !qs.later[0].availableAt.After(now) {
+		q.activate(qs, heap.Pop(&qs.later).(*message), now)
+	}
+}
+
+// activate makes a scheduled message active (under mu; it is no longer in the heap).
+func (q *Queues) activate(qs *queueState, msg *message, now time.Time) {
+	delete(qs.scheduled, msg.seq)
+	q.bodyBytes -= int64(msg.size())
+	q.addActive(qs, msg)
+	q.schedule(qs, qs.sessions[msg.session], now)
+}
+
+// active returns the active message seq; a scheduled one is activated first (at replay
+// a journal record about a delivery means it had become due).
+func (q *Queues) active(qs *queueState, seq int64) *message {
+	if m := qs.scheduled[seq]; m != nil {
+		heap.Remove(&qs.later, m.heapIdx)
+		q.activate(qs, m, m.availableAt)
+	}
+	return qs.msgs[seq]
 }
 
 func (q *Queues) addActive(qs *queueState, msg *message) {
@@ -525,11 +584,11 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-func maxDeliveriesText(n int, last string) string {
-	if last == "" {
-		return fmt.Sprintf("message could not be consumed after %d delivery attempts", n)
-	}
-	return last
+// maxDeliveriesText is the broker's fixed description of a MaxDeliveryCountExceeded
+// dead letter: the handler's error never reaches it (the Functions host discards the
+// body of a failed invocation and abandons the message without properties).
+func maxDeliveriesText(n int) string {
+	return fmt.Sprintf("Message could not be consumed after %d delivery attempts.", n)
 }
 
 // Run delivers queueName's messages to handle with the given number of workers until
@@ -597,6 +656,7 @@ func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *messag
 			return Delivery{}, nil, false
 		}
 		now := q.now()
+		q.activateDue(qs, now)
 		for qs.delayed.Len() > 0 && !qs.delayed[0].headAt.After(now) {
 			s := heap.Pop(&qs.delayed).(*session)
 			qs.ready = append(qs.ready, s)
@@ -610,9 +670,9 @@ func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *messag
 				// Failed deliveries of an earlier run (lock lost in a crash): Service
 				// Bus dead-letters at the next receive.
 				durable, err := q.commit(record{Op: opDL, Q: qs.name, Seq: msg.seq,
-					Reason: ReasonMaxDeliveryCountExceeded, Description: maxDeliveriesText(msg.count, msg.lastError), At: now})
+					Reason: ReasonMaxDeliveryCountExceeded, Description: maxDeliveriesText(msg.count), At: now})
 				if err == nil {
-					q.deadLetter(qs, msg, ReasonMaxDeliveryCountExceeded, maxDeliveriesText(msg.count, msg.lastError), now)
+					q.deadLetter(qs, msg, ReasonMaxDeliveryCountExceeded, maxDeliveriesText(msg.count), now)
 					q.schedule(qs, s, now)
 				}
 				q.mu.Unlock()
@@ -664,9 +724,16 @@ func (q *Queues) acquire(ctx context.Context, qs *queueState) (Delivery, *messag
 		wake := qs.wake
 		var timer *time.Timer
 		var tick <-chan time.Time
-		if qs.delayed.Len() > 0 {
+		if qs.delayed.Len() > 0 || qs.later.Len() > 0 {
+			next := time.Time{}
+			if qs.delayed.Len() > 0 {
+				next = qs.delayed[0].headAt
+			}
+			if qs.later.Len() > 0 && (next.IsZero() || qs.later[0].availableAt.Before(next)) {
+				next = qs.later[0].availableAt
+			}
 			// Cap the wait so an injected clock that jumps is noticed.
-			timer = time.NewTimer(min(max(qs.delayed[0].headAt.Sub(now), time.Millisecond), time.Second))
+			timer = time.NewTimer(min(max(next.Sub(now), time.Millisecond), time.Second))
 			tick = timer.C
 		}
 		q.mu.Unlock()
@@ -716,12 +783,11 @@ func (q *Queues) deliver(runCtx context.Context, qs *queueState, msg *message, d
 	if err == nil {
 		recs = append(recs, record{Op: opDone, Q: qs.name, Seq: msg.seq})
 	} else {
-		text := truncate(err.Error(), maxDescription)
 		if msg.count >= q.opt.MaxDeliveryCount {
 			recs = append(recs, record{Op: opDL, Q: qs.name, Seq: msg.seq,
-				Reason: ReasonMaxDeliveryCountExceeded, Description: text, At: now})
+				Reason: ReasonMaxDeliveryCountExceeded, Description: maxDeliveriesText(msg.count), At: now})
 		} else {
-			recs = append(recs, record{Op: opAbandon, Q: qs.name, Seq: msg.seq, Err: text})
+			recs = append(recs, record{Op: opAbandon, Q: qs.name, Seq: msg.seq, Err: truncate(err.Error(), maxDescription)})
 		}
 	}
 	durable, cerr := q.commit(recs...)
@@ -785,7 +851,7 @@ func (q *Queues) Stats(ctx context.Context, queueName string) (queue.Stats, erro
 	if qs == nil {
 		return queue.Stats{}, nil
 	}
-	return queue.Stats{Active: int64(len(qs.msgs)), DeadLettered: int64(len(qs.dead))}, nil
+	return queue.Stats{Active: int64(len(qs.msgs)), DeadLettered: int64(len(qs.dead)), Scheduled: int64(len(qs.scheduled))}, nil
 }
 
 // PeekDeadLetters implements queue.DeadLetters: up to max dead-lettered messages (all
@@ -959,19 +1025,19 @@ func (q *Queues) applyRecord(r record) error {
 			}
 		}
 	case opLock:
-		if m := qs.msgs[r.Seq]; m != nil {
+		if m := q.active(qs, r.Seq); m != nil {
 			m.count = r.DeliveryCount
 		}
 	case opAbandon:
-		if m := qs.msgs[r.Seq]; m != nil {
+		if m := q.active(qs, r.Seq); m != nil {
 			m.lastError = r.Err
 		}
 	case opDone:
-		if m := qs.msgs[r.Seq]; m != nil {
+		if m := q.active(qs, r.Seq); m != nil {
 			q.removeActive(qs, m)
 		}
 	case opDL:
-		if m := qs.msgs[r.Seq]; m != nil {
+		if m := q.active(qs, r.Seq); m != nil {
 			q.deadLetter(qs, m, r.Reason, r.Description, r.At)
 		}
 	case opReplay:
@@ -1016,8 +1082,15 @@ func (q *Queues) compact(now time.Time) error {
 			// Active messages by sequence number (session order), dead ones in
 			// dead-letter order (applySend numbers them as they come).
 			active := slices.SortedFunc(maps.Values(qs.msgs), func(a, b *message) int { return cmpInt64(a.seq, b.seq) })
+			live := len(active)
+			active = append(active, slices.SortedFunc(maps.Values(qs.scheduled), func(a, b *message) int { return cmpInt64(a.seq, b.seq) })...)
+			nlive := len(active)
 			for i, m := range append(active, q.deadInOrder(qs)...) {
-				r := record{Op: opMsg, Q: name, Msgs: []msgJSON{toJSON(m, i >= len(active))}}
+				j := toJSON(m, i >= nlive)
+				if i >= live && i < nlive {
+					j.AvailableAt = m.availableAt
+				}
+				r := record{Op: opMsg, Q: name, Msgs: []msgJSON{j}}
 				if err := emit(&r); err != nil {
 					return err
 				}
@@ -1113,6 +1186,36 @@ func (h *sessionHeap) Pop() any {
 
 var (
 	_ queue.Sender      = (*Queues)(nil)
+	_ queue.Scheduler   = (*Queues)(nil)
 	_ queue.DeadLetters = (*Queues)(nil)
 	_ queue.Inspector   = (*Queues)(nil)
 )
+
+// msgHeap orders scheduled messages by their time, then sequence number.
+type msgHeap []*message
+
+func (h msgHeap) Len() int { return len(h) }
+func (h msgHeap) Less(i, j int) bool {
+	if !h[i].availableAt.Equal(h[j].availableAt) {
+		return h[i].availableAt.Before(h[j].availableAt)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h msgHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+func (h *msgHeap) Push(x any) {
+	m := x.(*message)
+	m.heapIdx = len(*h)
+	*h = append(*h, m)
+}
+func (h *msgHeap) Pop() any {
+	old := *h
+	m := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	m.heapIdx = -1
+	return m
+}

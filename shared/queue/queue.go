@@ -33,7 +33,17 @@ type Sender interface {
 	Send(ctx context.Context, queueName string, msgs []Message) error
 }
 
-// DeadLetter is a dead-lettered message with the reason the broker recorded.
+// Scheduler sends messages that become available at a later time (Service Bus
+// scheduled messages). A scheduled message does not hold up its session before then.
+// Duplicate detection applies when it is scheduled, so a copy of a message still inside
+// the window needs an id of its own.
+type Scheduler interface {
+	Schedule(ctx context.Context, queueName string, msgs []Message, at time.Time) error
+}
+
+// DeadLetter is a dead-lettered message with the reason the broker recorded. The broker
+// records only its own reason (MaxDeliveryCountExceeded with a fixed description for a
+// message that failed every delivery): why the app failed it is kept in the state store.
 type DeadLetter struct {
 	Message
 	SequenceNumber   int64
@@ -57,6 +67,7 @@ type DeadLetters interface {
 type Stats struct {
 	Active       int64
 	DeadLettered int64
+	Scheduled    int64 // waiting for their scheduled time (not counted in Active)
 }
 
 // Inspector reports queue counts for the status page.

@@ -19,6 +19,7 @@ type fakeBroker struct {
 	sendersMade map[string]int
 	batches     map[string][][]*azservicebus.Message // per queue, batches in send order
 	singles     map[string][]*azservicebus.Message   // per queue, SendMessage calls
+	scheduled   map[string][]scheduledMsg            // per queue, ScheduleMessages calls
 	failBatch   int                                  // fail the n-th SendMessageBatch (1-based), 0: never
 	batchCalls  int
 	failSingle  error
@@ -37,7 +38,8 @@ type dlqEntry struct {
 func newFakeBroker() *fakeBroker {
 	return &fakeBroker{maxBatch: 1 << 20, sendersMade: map[string]int{},
 		batches: map[string][][]*azservicebus.Message{}, singles: map[string][]*azservicebus.Message{},
-		dlq: map[string][]*dlqEntry{}}
+		scheduled: map[string][]scheduledMsg{},
+		dlq:       map[string][]*dlqEntry{}}
 }
 
 // messageSize approximates a message's encoded size for the fake batch limit.
@@ -130,6 +132,25 @@ func (s *fakeSender) SendMessage(ctx context.Context, m *azservicebus.Message) e
 	}
 	s.b.singles[s.queue] = append(s.b.singles[s.queue], m)
 	return nil
+}
+
+type scheduledMsg struct {
+	msg *azservicebus.Message
+	at  time.Time
+}
+
+func (s *fakeSender) ScheduleMessages(ctx context.Context, msgs []*azservicebus.Message, at time.Time) ([]int64, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.b.failSingle != nil {
+		return nil, s.b.failSingle
+	}
+	var seqs []int64
+	for _, m := range msgs {
+		s.b.scheduled[s.queue] = append(s.b.scheduled[s.queue], scheduledMsg{m, at})
+		seqs = append(seqs, int64(len(s.b.scheduled[s.queue])))
+	}
+	return seqs, nil
 }
 
 func (s *fakeSender) Close(ctx context.Context) error { return nil }

@@ -1,6 +1,7 @@
 // Package servicebus is the production queue: Azure Service Bus through the azservicebus
 // SDK. A Client implements queue.Sender (the events function sends with the SDK because
-// output bindings can't set MessageId or SessionId), queue.DeadLetters (peek and replay
+// output bindings can't set MessageId or SessionId), queue.Scheduler (scheduled copies
+// of messages failing during an outage), queue.DeadLetters (peek and replay
 // a queue's dead-letter subqueue) and queue.Inspector (message counts through the
 // administration API).
 //
@@ -80,6 +81,7 @@ type sender interface {
 	NewMessageBatch(ctx context.Context) (messageBatch, error)
 	SendMessageBatch(ctx context.Context, b messageBatch) error
 	SendMessage(ctx context.Context, m *azservicebus.Message) error
+	ScheduleMessages(ctx context.Context, msgs []*azservicebus.Message, at time.Time) ([]int64, error)
 	Close(ctx context.Context) error
 }
 
@@ -302,6 +304,36 @@ func (c *Client) Send(ctx context.Context, queueName string, msgs []queue.Messag
 	return nil
 }
 
+// Schedule implements queue.Scheduler with the broker's scheduled messages
+// (ScheduleMessages): each message is enqueued at at, one request per message, so
+// every one fits the link's message size whatever the others weigh. Duplicate
+// detection applies when a message is scheduled: a copy of a message still inside the
+// window needs an id of its own. On an error the caller treats every message as not
+// scheduled (scheduling again gives at most a duplicate, dropped by id).
+func (c *Client) Schedule(ctx context.Context, queueName string, msgs []queue.Message, at time.Time) error {
+	if queueName == "" {
+		return errors.New("servicebus: schedule: empty queue name")
+	}
+	for i, m := range msgs {
+		if err := checkMessage(m); err != nil {
+			return fmt.Errorf("servicebus: schedule to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	s, err := c.sender(queueName)
+	if err != nil {
+		return err
+	}
+	for i, m := range msgs {
+		if _, err := s.ScheduleMessages(ctx, []*azservicebus.Message{toSDK(m)}, at.UTC()); err != nil {
+			return fmt.Errorf("servicebus: schedule message %d of %d (%q) to %s at %s: %w", i+1, len(msgs), m.MessageID, queueName, at.UTC().Format(time.RFC3339), err)
+		}
+	}
+	return nil
+}
+
 // Stats implements queue.Inspector with the queue's runtime properties
 // (administration API; needs the Manage right, see infra/modules/roles.bicep).
 func (c *Client) Stats(ctx context.Context, queueName string) (queue.Stats, error) {
@@ -312,7 +344,7 @@ func (c *Client) Stats(ctx context.Context, queueName string) (queue.Stats, erro
 	if r == nil {
 		return queue.Stats{}, fmt.Errorf("servicebus: queue %s does not exist", queueName)
 	}
-	return queue.Stats{Active: int64(r.ActiveMessageCount), DeadLettered: int64(r.DeadLetterMessageCount)}, nil
+	return queue.Stats{Active: int64(r.ActiveMessageCount), DeadLettered: int64(r.DeadLetterMessageCount), Scheduled: int64(r.ScheduledMessageCount)}, nil
 }
 
 // sdkBackend adapts *azservicebus.Client.
@@ -352,10 +384,15 @@ func (s sdkSender) SendMessage(ctx context.Context, m *azservicebus.Message) err
 	return s.s.SendMessage(ctx, m, nil)
 }
 
+func (s sdkSender) ScheduleMessages(ctx context.Context, msgs []*azservicebus.Message, at time.Time) ([]int64, error) {
+	return s.s.ScheduleMessages(ctx, msgs, at, nil)
+}
+
 func (s sdkSender) Close(ctx context.Context) error { return s.s.Close(ctx) }
 
 var (
 	_ queue.Sender      = (*Client)(nil)
+	_ queue.Scheduler   = (*Client)(nil)
 	_ queue.DeadLetters = (*Client)(nil)
 	_ queue.Inspector   = (*Client)(nil)
 )

@@ -162,14 +162,53 @@ func TestSendErrors(t *testing.T) {
 	})
 }
 
+func TestScheduleSendsEachMessageAtItsTime(t *testing.T) {
+	b := newFakeBroker()
+	c := testClient(b, nil, Options{})
+	at := t0.Add(90 * time.Second).In(time.FixedZone("x", 3600))
+	msgs := []queue.Message{
+		{MessageID: "retry-1-ab", SessionID: "order-1001", Subject: "order.paid", ContentType: "application/json",
+			Body: []byte(`{"evt":{}}`), ApplicationProperties: map[string]any{"retryOf": "6f1d6c9e"}},
+		{MessageID: "retry-1-cd", SessionID: "order-1002", Body: []byte(`{"evt":{}}`)},
+	}
+	if err := c.Schedule(context.Background(), queue.Orders, msgs, at); err != nil {
+		t.Fatal(err)
+	}
+	got := b.scheduled[queue.Orders]
+	if len(got) != 2 {
+		t.Fatalf("%d messages scheduled, want 2", len(got))
+	}
+	for i, g := range got {
+		if !g.at.Equal(at) || g.at.Location() != time.UTC {
+			t.Errorf("message %d scheduled at %v, want %v in UTC", i, g.at, at.UTC())
+		}
+		if deref(g.msg.MessageID) != msgs[i].MessageID || deref(g.msg.SessionID) != msgs[i].SessionID || string(g.msg.Body) != string(msgs[i].Body) {
+			t.Errorf("message %d scheduled as %+v, want %+v", i, g.msg, msgs[i])
+		}
+	}
+	if got[0].msg.ApplicationProperties["retryOf"] != "6f1d6c9e" {
+		t.Errorf("properties %v not kept", got[0].msg.ApplicationProperties)
+	}
+	if len(b.batches[queue.Orders]) != 0 || len(b.singles[queue.Orders]) != 0 {
+		t.Error("a scheduled message was also sent")
+	}
+	if err := c.Schedule(context.Background(), queue.Orders, []queue.Message{{MessageID: "x"}}, at); err == nil || !strings.Contains(err.Error(), "SessionID") {
+		t.Errorf("a message without a session was scheduled: %v", err)
+	}
+	b.failSingle = errors.New("amqp: link detached")
+	if err := c.Schedule(context.Background(), queue.Orders, msgs[:1], at); err == nil || !strings.Contains(err.Error(), "link detached") {
+		t.Errorf("schedule error not passed on: %v", err)
+	}
+}
+
 func TestStats(t *testing.T) {
 	a := &fakeAdmin{runtime: map[string]*admin.GetQueueRuntimePropertiesResponse{
 		queue.Customers: {QueueName: queue.Customers, QueueRuntimeProperties: admin.QueueRuntimeProperties{
-			ActiveMessageCount: 7, DeadLetterMessageCount: 2, TotalMessageCount: 9}},
+			ActiveMessageCount: 7, DeadLetterMessageCount: 2, ScheduledMessageCount: 3, TotalMessageCount: 12}},
 	}}
 	c := testClient(newFakeBroker(), a, Options{})
 	got, err := c.Stats(context.Background(), queue.Customers)
-	if err != nil || got != (queue.Stats{Active: 7, DeadLettered: 2}) {
+	if err != nil || got != (queue.Stats{Active: 7, DeadLettered: 2, Scheduled: 3}) {
 		t.Fatalf("Stats = %+v, %v", got, err)
 	}
 	if _, err := c.Stats(context.Background(), "missing"); err == nil || !strings.Contains(err.Error(), "does not exist") {
