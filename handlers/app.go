@@ -12,6 +12,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/keyvault"
@@ -45,6 +46,9 @@ type app struct {
 	engine      *syncer.Engine
 	ops         *ops.Ops
 	intake      *intake.Intake
+	deliveries  *delivery.Handler
+	// tuneDelivery adjusts the failure policy (tests scale its delays).
+	tuneDelivery func(*delivery.Options)
 
 	closers []func()
 }
@@ -76,6 +80,16 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		return fmt.Errorf("sync engine: %w", err)
 	}
 	a.engine = eng
+	do := delivery.Options{Apply: eng.HandleMessage, State: a.store, Log: a.log}
+	if s, ok := a.sender.(queue.Scheduler); ok {
+		do.Scheduler = s
+	}
+	if a.tuneDelivery != nil {
+		a.tuneDelivery(&do)
+	}
+	if a.deliveries, err = delivery.New(do); err != nil {
+		return fmt.Errorf("delivery policy: %w", err)
+	}
 	a.ops = ops.New(ops.Options{
 		State:              a.store,
 		Sender:             a.sender,
@@ -129,15 +143,20 @@ func (a *app) functions() map[string]funchost.Function {
 	return fns
 }
 
-// queueFunction applies a queue message. It fails the invocation (and so makes Service
-// Bus redeliver, then dead-letter) only when the engine reports a transient failure.
+// queueFunction applies a queue message. A transient failure either fails the
+// invocation (Service Bus redelivers at once, then dead-letters), its reason recorded
+// in the state store first because the host keeps nothing of a failed answer, or,
+// after the first deliveries or during an outage, completes it once a delayed copy is
+// scheduled (package delivery).
 func (a *app) queueFunction(queueName string) funchost.Function {
 	return func(ctx context.Context, inv *funchost.Invocation) (*funchost.Result, error) {
 		m, err := inv.ServiceBus("msg")
 		if err != nil {
 			return nil, err
 		}
-		if err := a.engine.HandleMessage(ctx, queueName, m.Body); err != nil {
+		err = a.deliveries.Handle(ctx, delivery.Message{Queue: queueName, MessageID: m.MessageID, SessionID: m.SessionID,
+			Subject: m.Subject, ContentType: m.ContentType, Body: m.Body, DeliveryCount: m.DeliveryCount, ApplicationProperties: m.ApplicationProperties})
+		if err != nil {
 			return nil, fmt.Errorf("message %s (delivery %d): %w", m.MessageID, m.DeliveryCount, err)
 		}
 		return &funchost.Result{Logs: []string{"applied message " + m.MessageID}}, nil

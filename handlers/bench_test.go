@@ -343,9 +343,9 @@ func (s *storeClient) postJSON(ctx context.Context, path string, body any, out a
 
 // appStatus is the part of GET /api/status the tests read.
 type appStatus struct {
-	Healthy  bool                                            `json:"healthy"`
-	Entities map[string]map[string]int                       `json:"entities"`
-	Queues   map[string]struct{ Active, DeadLettered int64 } `json:"queues"`
+	Healthy  bool                                                       `json:"healthy"`
+	Entities map[string]map[string]int                                  `json:"entities"`
+	Queues   map[string]struct{ Active, DeadLettered, Scheduled int64 } `json:"queues"`
 	Failures []struct {
 		Entity, ID, Error string
 		Attempts          int
@@ -354,7 +354,7 @@ type appStatus struct {
 
 func (st *appStatus) active() (n int64) {
 	for _, q := range st.Queues {
-		n += q.Active
+		n += q.Active + q.Scheduled // a scheduled copy is work still to do
 	}
 	return n
 }

@@ -17,9 +17,11 @@ import (
 	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/localqueue"
 	"github.com/nopsync/nopsync/shared/localstore"
+	"github.com/nopsync/nopsync/shared/state"
 )
 
 // localOptions lets tests shorten local mode's clocks.
@@ -34,6 +36,12 @@ type localOptions struct {
 	workers int
 	// sandbox overrides the sandbox's simulator options.
 	sandbox *dataversetest.Options
+	// maxDeliveryCount of the embedded queue (default 10, as the Bicep sets).
+	maxDeliveryCount int
+	// tuneDelivery adjusts the failure policy (package delivery: delays, breaker).
+	tuneDelivery func(*delivery.Options)
+	// wrapStore wraps the state store (a test's outage switch).
+	wrapStore func(state.Store) state.Store
 	// tuneDataverse adjusts the Dataverse client (a test's own simulator: its CA, a
 	// fake vault's secret source, fewer retries).
 	tuneDataverse func(*dataverse.Options)
@@ -53,13 +61,13 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	if lo.workers <= 0 {
 		lo.workers = 8 // as host.json's maxConcurrentSessions
 	}
-	a := &app{cfg: cfg, log: log}
+	a := &app{cfg: cfg, log: log, tuneDelivery: lo.tuneDelivery}
 	defer a.Close()
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("LOCAL_DATA_DIR %s: %w", cfg.DataDir, err)
 	}
-	q, err := localqueue.Open(localqueue.Options{Dir: filepath.Join(cfg.DataDir, "queue"), RedeliveryDelay: lo.redeliveryDelay})
+	q, err := localqueue.Open(localqueue.Options{Dir: filepath.Join(cfg.DataDir, "queue"), RedeliveryDelay: lo.redeliveryDelay, MaxDeliveryCount: lo.maxDeliveryCount})
 	if err != nil {
 		return fmt.Errorf("embedded queue in %s: %w", cfg.DataDir, err)
 	}
@@ -109,6 +117,9 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		a.store = st
 	}
 
+	if lo.wrapStore != nil {
+		a.store = lo.wrapStore(a.store)
+	}
 	webhook, err := webhookSecrets(cfg, nil)
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/keyvault"
 )
 
@@ -173,7 +174,10 @@ func TestReplayedDeadLetterLandsOnce(t *testing.T) {
 		o.MaxRetries = 1
 		o.RetryDelay = time.Millisecond
 	}
-	base := startLocal(t, simEnv(t, sim, map[string]string{"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AUTO_SYNC_ENABLED": "false"}), &localOptions{tuneDataverse: tune, redeliveryDelay: time.Millisecond})
+	// No delayed copies: every failure fails the invocation, so the message is
+	// dead-lettered after its 10 deliveries, through the host protocol as in Azure.
+	noCopies := func(o *delivery.Options) { o.RetryFor = -1 }
+	base := startLocal(t, simEnv(t, sim, map[string]string{"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AUTO_SYNC_ENABLED": "false"}), &localOptions{tuneDataverse: tune, tuneDelivery: noCopies})
 	ev := example(t, "customer-created.json")
 	if code, _ := post(t, base+"/api/events/customer", "application/json", ev, nil); code != 202 {
 		t.Fatal(code)
@@ -182,9 +186,14 @@ func TestReplayedDeadLetterLandsOnce(t *testing.T) {
 		_, dl := getJSON(t, base+"/api/deadletters/customer")
 		return dl["count"] == float64(1)
 	})
+	// The broker's reason and fixed text, and the app's own reason from the state store
+	// (the host discarded the failed answers).
 	_, dl := getJSON(t, base+"/api/deadletters/customer")
 	item := dl["deadLetters"].([]any)[0].(map[string]any)
-	if item["id"] != "0b4f8f0e-6a0e-4f43-9d61-2c3b1b1e0001" || item["reason"] != "MaxDeliveryCountExceeded" || item["description"] == "" {
+	reason, _ := item["reason"].(string)
+	if item["id"] != "0b4f8f0e-6a0e-4f43-9d61-2c3b1b1e0001" || item["brokerReason"] != "MaxDeliveryCountExceeded" ||
+		item["description"] != "Message could not be consumed after 10 delivery attempts." || !strings.Contains(reason, "503") ||
+		item["autoReplay"] != true {
 		t.Errorf("dead letter: %v", item)
 	}
 	sim.SetFaults(dataversetest.Faults{})

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -178,6 +179,7 @@ type SecretStatus struct {
 type QueueStatus struct {
 	Active       int64  `json:"active"`
 	DeadLettered int64  `json:"deadLettered"`
+	Scheduled    int64  `json:"scheduled"` // copies of failed messages waiting for their time
 	Error        string `json:"error,omitempty"`
 }
 
@@ -240,7 +242,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			if err != nil {
 				qs.Error = err.Error()
 			}
-			qs.Active, qs.DeadLettered = s.Active, s.DeadLettered
+			qs.Active, qs.DeadLettered, qs.Scheduled = s.Active, s.DeadLettered, s.Scheduled
 		}
 		st.Queues[ent] = qs
 	}
@@ -351,17 +353,25 @@ func (o *Ops) serveEntityStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, es)
 }
 
-// DeadLetterView is a dead-lettered event as the admin sees it.
+// DeadLetterView is a dead-lettered event as the admin sees it. Reason is why the app
+// failed it, from its failure record (delivery.Failure); the broker's own reason and
+// description (MaxDeliveryCountExceeded, "Message could not be consumed after N
+// delivery attempts.") say only that it failed every delivery.
 type DeadLetterView struct {
-	MessageID   string    `json:"id"`
-	SessionID   string    `json:"sessionId"`
-	Subject     string    `json:"subject"`
-	Reason      string    `json:"reason"`
-	Description string    `json:"description"`
-	Deliveries  int       `json:"deliveryCount"`
-	EnqueuedAt  time.Time `json:"enqueuedAt"`
-	Transient   bool      `json:"transient"`
-	Events      int       `json:"events"`
+	MessageID    string     `json:"id"`
+	OriginalID   string     `json:"originalId,omitempty"` // a scheduled copy's original message
+	SessionID    string     `json:"sessionId"`
+	Subject      string     `json:"subject"`
+	Reason       string     `json:"reason"`
+	FailedAt     *time.Time `json:"failedAt,omitempty"`
+	BrokerReason string     `json:"brokerReason"`
+	Description  string     `json:"description"`
+	Deliveries   int        `json:"deliveryCount"`
+	EnqueuedAt   time.Time  `json:"enqueuedAt"`
+	Transient    bool       `json:"transient"`
+	Replays      int        `json:"replays"`    // auto-sync replays so far
+	AutoReplay   bool       `json:"autoReplay"` // auto-sync will replay it
+	Events       int        `json:"events"`
 }
 
 // deadLetterQueue resolves the {entity} of a dead-letter route to its queue, answering
@@ -391,8 +401,22 @@ func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 	views := make([]DeadLetterView, 0, len(dls))
 	for _, d := range dls {
-		views = append(views, DeadLetterView{MessageID: d.MessageID, SessionID: d.SessionID, Subject: d.Subject, Reason: d.Reason,
-			Description: d.ErrorDescription, Deliveries: d.DeliveryCount, EnqueuedAt: d.EnqueuedAt, Transient: TransientDeadLetter(d), Events: countEvents(d.Message)})
+		f := o.deadLetterFailure(r.Context(), Queues[ent], d)
+		v := DeadLetterView{MessageID: d.MessageID, SessionID: d.SessionID, Subject: d.Subject, Reason: delivery.NoReason,
+			BrokerReason: d.Reason, Description: d.ErrorDescription, Deliveries: d.DeliveryCount, EnqueuedAt: d.EnqueuedAt,
+			Transient: TransientDeadLetter(d), AutoReplay: o.autoReplayable(d, f), Events: countEvents(d.Message)}
+		if orig := delivery.OriginalID(d.MessageID, d.ApplicationProperties); orig != d.MessageID {
+			v.OriginalID = orig
+		}
+		if !TransientDeadLetter(d) {
+			v.Reason = d.Reason + ": " + d.ErrorDescription // dead-lettered by someone else, for its content
+		}
+		if f != nil {
+			v.Reason, v.Replays = f.Reason, f.Replays
+			at := f.LastAt
+			v.FailedAt = &at
+		}
+		views = append(views, v)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"entity": ent, "queue": Queues[ent], "count": len(views), "deadLetters": views})
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/storesync"
@@ -77,6 +78,10 @@ type Options struct {
 	AutoSyncPeriod  time.Duration
 	// ReplayLimit bounds the dead-lettered messages one auto-sync run replays per queue.
 	ReplayLimit int
+	// ReplaysPerMessage bounds how often auto-sync replays one message (counted in its
+	// failure record, delivery.Failure): a message that keeps failing then stays listed
+	// with its reason until an admin replays it (default 3).
+	ReplaysPerMessage int
 	// ProbeTTL caches the Dataverse probe so the status page stays cheap (default 30 s).
 	ProbeTTL time.Duration
 
@@ -124,6 +129,9 @@ func New(o Options) *Ops {
 	}
 	if o.ReplayLimit <= 0 {
 		o.ReplayLimit = 100
+	}
+	if o.ReplaysPerMessage <= 0 {
+		o.ReplaysPerMessage = 3
 	}
 	if o.ProbeTTL <= 0 {
 		o.ProbeTTL = 30 * time.Second
@@ -496,33 +504,63 @@ func (o *Ops) resendTransient(ctx context.Context, runID string) (int, error) {
 }
 
 // TransientDeadLetter says whether a dead-lettered message failed for a reason a retry
-// can fix. The queue functions fail an invocation only for transient reasons (throttling,
-// network, 5xx, missing currency), so messages dead-lettered for exceeding the delivery
-// count or expiring are transient; anything else (a message the broker or a person
-// dead-lettered for its content) is not.
+// can fix, from the broker's reason alone. The queue functions fail an invocation only
+// for transient reasons (throttling, network, 5xx, missing currency, the state store),
+// so messages dead-lettered for exceeding the delivery count or expiring are
+// transient; anything else (a message the broker or a person dead-lettered for its
+// content) is not. Why the app failed it is not in the dead letter (the broker's
+// description is a fixed text): it is in the message's failure record.
 func TransientDeadLetter(d queue.DeadLetter) bool {
 	switch strings.ToLower(d.Reason) {
 	case "maxdeliverycountexceeded", "ttlexpiredexception":
-		return !strings.Contains(strings.ToLower(d.ErrorDescription), "permanent")
+		return true
 	}
 	return false
 }
 
+// deadLetterFailure is the failure record of a dead letter (nil when none, or when the
+// store can't be read: the dead letter is then listed without its reason).
+func (o *Ops) deadLetterFailure(ctx context.Context, q string, d queue.DeadLetter) *delivery.Failure {
+	f, err := delivery.Lookup(ctx, o.o.State, q, delivery.OriginalID(d.MessageID, d.ApplicationProperties))
+	if err != nil {
+		o.o.Log.Warn("reading a dead letter's failure record", "queue", q, "message", d.MessageID, "error", err)
+		return nil
+	}
+	return f
+}
+
+// autoReplayable says whether auto-sync replays a dead letter: it failed for a
+// transient reason and auto-sync replayed it fewer than ReplaysPerMessage times.
+func (o *Ops) autoReplayable(d queue.DeadLetter, f *delivery.Failure) bool {
+	return TransientDeadLetter(d) && (f == nil || f.Replays < o.o.ReplaysPerMessage)
+}
+
 func (o *Ops) replayTransient(ctx context.Context, q string) (int, error) {
-	dls, err := o.o.DeadLetters.PeekDeadLetters(ctx, q, o.o.ReplayLimit)
+	// Peek past the messages that stay listed, so they don't crowd out the others.
+	dls, err := o.o.DeadLetters.PeekDeadLetters(ctx, q, 0)
 	if err != nil {
 		return 0, fmt.Errorf("peek dead letters of %s: %w", q, err)
 	}
 	var ids []string
+	orig := map[string]string{}
 	for _, d := range dls {
-		if TransientDeadLetter(d) {
+		if len(ids) == o.o.ReplayLimit {
+			break
+		}
+		if o.autoReplayable(d, o.deadLetterFailure(ctx, q, d)) {
 			ids = append(ids, d.MessageID)
+			orig[d.MessageID] = delivery.OriginalID(d.MessageID, d.ApplicationProperties)
 		}
 	}
 	if len(ids) == 0 {
 		return 0, nil
 	}
 	done, err := o.o.DeadLetters.Replay(ctx, q, ids)
+	for _, id := range done {
+		if _, cerr := delivery.CountReplay(ctx, o.o.State, q, orig[id], o.o.Now()); cerr != nil {
+			o.o.Log.Warn("counting a replay", "queue", q, "message", id, "error", cerr)
+		}
+	}
 	if err != nil {
 		return len(done), fmt.Errorf("replay dead letters of %s: %w", q, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/localqueue"
 	"github.com/nopsync/nopsync/shared/localstore"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -521,5 +522,79 @@ func TestAutoSyncResendsPendingOnlyWithWritesOn(t *testing.T) {
 		if run.Queued != want {
 			t.Errorf("writes %v: auto-sync re-sent %d pending entities, want %d", writes, run.Queued, want)
 		}
+	}
+}
+
+// TestFailingMessageReplayedBoundedTimes: a message that fails on every delivery, in
+// the host's way (the invocation fails, the queue keeps nothing of why and
+// dead-letters it as MaxDeliveryCountExceeded), is replayed by auto-sync at most
+// ReplaysPerMessage times; then it stays listed with the reason the app recorded.
+func TestFailingMessageReplayedBoundedTimes(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.ReplaysPerMessage = 3 })
+	ctx := context.Background()
+	h, err := delivery.New(delivery.Options{State: f.store, Now: f.clk.Now, Apply: func(context.Context, string, []byte) error {
+		return errors.New("currency EUR is not in Dataverse")
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.q.Run(rctx, queue.Customers, 2, func(ctx context.Context, d localqueue.Delivery) error {
+			return h.Handle(ctx, delivery.Message{Queue: queue.Customers, MessageID: d.MessageID, SessionID: d.SessionID,
+				Body: d.Body, DeliveryCount: d.DeliveryCount, ApplicationProperties: d.ApplicationProperties})
+		})
+	}()
+	defer func() { cancel(); <-done }()
+	if err := f.q.Send(ctx, queue.Customers, []queue.Message{{MessageID: "ev-9-1", SessionID: "customer-9", Body: []byte(`{"evt":` + string(customerEvent(9, 1)) + `}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	deadLettered := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if s, _ := f.q.Stats(ctx, queue.Customers); s.DeadLettered == 1 && s.Active == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the message was not dead-lettered")
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	replays := 0
+	for round := 1; round <= 6; round++ {
+		deadLettered()
+		f.clk.Add(time.Hour)
+		run, err := f.ops.AutoSync(ctx)
+		if err != nil || run == nil {
+			t.Fatalf("round %d: auto-sync %+v %v", round, run, err)
+		}
+		if run.Replayed == 0 {
+			break
+		}
+		replays += run.Replayed
+	}
+	if replays != 3 {
+		t.Fatalf("auto-sync replayed the message %d times, want 3 then no more", replays)
+	}
+	rec := httptest.NewRecorder()
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/deadletters/customer", nil))
+	var list struct {
+		Count       int
+		DeadLetters []DeadLetterView
+	}
+	json.Unmarshal(rec.Body.Bytes(), &list)
+	if rec.Code != 200 || list.Count != 1 {
+		t.Fatalf("dead-letter list: %d %s", rec.Code, rec.Body)
+	}
+	d := list.DeadLetters[0]
+	if d.MessageID != "ev-9-1" || !strings.Contains(d.Reason, "currency EUR") || d.Replays != 3 || d.AutoReplay ||
+		d.BrokerReason != "MaxDeliveryCountExceeded" || d.Description != "Message could not be consumed after 2 delivery attempts." {
+		t.Errorf("dead letter %+v, want the app's reason, 3 replays, no further auto replay, the broker's own reason and text", d)
 	}
 }
