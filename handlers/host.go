@@ -145,7 +145,7 @@ func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Se
 	}
 	o := dataverse.Options{
 		EnvironmentURL: cfg.DataverseURL, TenantID: cfg.TenantID, ClientID: cfg.ClientID,
-		Secret: secret, AuthorityHost: cfg.AuthorityHost,
+		Secret: secret, AuthorityHost: cfg.AuthorityHost, BulkChunkSize: cfg.BulkSize,
 		Logger: func(line string) { log.Debug(line, "component", "dataverse") },
 	}
 	if tune != nil {

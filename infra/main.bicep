@@ -107,6 +107,9 @@ param syncImages string = 'false'
 @description('false makes this deployment read-only towards Dynamics 365, e.g. a copy or test (DATAVERSE_WRITES_ENABLED).')
 param dataverseWritesEnabled string = 'true'
 
+@description('Rows per bulk write request to Dynamics 365, 1-1000 (DATAVERSE_BULK_SIZE); empty = 100.')
+param dataverseBulkSize string = '100'
+
 @allowed([
   ''
   'sqlserver'
@@ -286,6 +289,7 @@ module functionApp 'modules/functionapp.bicep' = {
     unitGroupName: unitGroupName
     syncImages: syncImages
     dataverseWritesEnabled: dataverseWritesEnabled
+    dataverseBulkSize: dataverseBulkSize
     syncStateTableName: storage.outputs.syncStateTableName
     azureAuthorityHost: azureAuthorityHost
     nopDbProvider: nopDbProvider

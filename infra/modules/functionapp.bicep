@@ -72,6 +72,7 @@ param priceListName string
 param unitGroupName string
 param syncImages string
 param dataverseWritesEnabled string
+param dataverseBulkSize string
 param syncStateTableName string
 param azureAuthorityHost string
 param nopDbProvider string
@@ -119,6 +120,7 @@ var appSettings = {
   UNIT_GROUP_NAME: unitGroupName
   SYNC_IMAGES: syncImages
   DATAVERSE_WRITES_ENABLED: dataverseWritesEnabled
+  DATAVERSE_BULK_SIZE: dataverseBulkSize
   SYNC_STATE_TABLE: syncStateTableName
   NOP_DB_PROVIDER: nopDbProvider
   NOP_DB_CONNECTION_SECRET_NAME: nopDbConnectionSecretName

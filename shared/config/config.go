@@ -47,6 +47,7 @@ func Known() []Setting {
 		{Name: "UNIT_GROUP_NAME", Default: "Default Unit", Doc: "unit group of synced products"},
 		{Name: "SYNC_IMAGES", Default: "false", Doc: "copy the first product picture into entityimage"},
 		{Name: "DATAVERSE_WRITES_ENABLED", Default: "true", Doc: "false makes the app read-only towards Dynamics 365"},
+		{Name: "DATAVERSE_BULK_SIZE", Default: "100", Doc: "rows per bulk write request (1-1000); Microsoft's range starts at 100 with no plug-ins, and the Sales tables run pricing plug-ins"},
 		{Name: "ServiceBusConnection__fullyQualifiedNamespace", Required: true, AzureOnly: true, Doc: "Service Bus namespace host name (identity-based)"},
 		{Name: "STATE_STORAGE_CONNECTION_STRING", Secret: true, Doc: "Table Storage connection string for sync state (Azurite in local runs)"},
 		{Name: "AzureWebJobsStorage__accountName", AzureOnly: true, Doc: "storage account of the app; its Table service holds sync state when no connection string is set"},
@@ -103,6 +104,7 @@ type Config struct {
 	UnitGroupName         string
 	SyncImages            bool
 	WritesEnabled         bool
+	BulkSize              int // rows per bulk write request (DATAVERSE_BULK_SIZE)
 	ServiceBusNamespace   string
 	StateConnectionString string
 	StorageAccountName    string
@@ -270,6 +272,14 @@ func Load(get Lookup) (*Config, error) {
 	}
 	c.SyncImages = p.boolean("SYNC_IMAGES")
 	c.WritesEnabled = p.boolean("DATAVERSE_WRITES_ENABLED")
+	// "100 - 1,000 records per request is a reasonable place to start if the size of the
+	// record data is small and there are no plug-ins"
+	// (https://learn.microsoft.com/power-apps/developer/data-platform/bulk-operations); a
+	// $batch holds at most 1000 requests.
+	c.BulkSize = p.integer("DATAVERSE_BULK_SIZE")
+	if c.BulkSize < 1 || c.BulkSize > 1000 {
+		p.fail("DATAVERSE_BULK_SIZE", "must be between 1 and 1000 rows per request, got %d", c.BulkSize)
+	}
 
 	c.ServiceBusNamespace = p.val("ServiceBusConnection__fullyQualifiedNamespace")
 	if !c.Local && c.ServiceBusNamespace == "" {

@@ -23,7 +23,7 @@ func TestLocalDefaults(t *testing.T) {
 	}
 	if c.ListenAddr != "127.0.0.1:7071" || c.StoreCurrencyCode != "USD" || c.PriceListName != "nopCommerce USD" ||
 		c.AutoSyncPeriod != 60*time.Minute || !c.AutoSyncEnabled || c.DeletePolicy != DeleteDeactivate ||
-		!c.WritesEnabled || c.SyncImages || c.StateTable != "syncstate" || c.UnitGroupName != "Default Unit" {
+		!c.WritesEnabled || c.SyncImages || c.StateTable != "syncstate" || c.UnitGroupName != "Default Unit" || c.BulkSize != 100 {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 }
@@ -76,6 +76,7 @@ func TestMalformedSettingsAreNamed(t *testing.T) {
 		"DELETE_POLICY":                "shred",
 		"SYNC_IMAGES":                  "yes please",
 		"DATAVERSE_WRITES_ENABLED":     "maybe",
+		"DATAVERSE_BULK_SIZE":          "1001",
 		"SYNC_STATE_TABLE":             "sync-state",
 		"KEY_VAULT_URL":                "kv",
 		"FUNCTIONS_CUSTOMHANDLER_PORT": "http",
@@ -127,5 +128,19 @@ func TestKnownHasNoDuplicates(t *testing.T) {
 			t.Errorf("%s listed twice", s.Name)
 		}
 		seen[s.Name] = true
+	}
+}
+
+func TestBulkSizeSetting(t *testing.T) {
+	for v, want := range map[string]int{"1": 1, "250": 250, "1000": 1000, "0": -1, "-5": -1, "many": -1} {
+		m := validAzure()
+		m["DATAVERSE_BULK_SIZE"] = v
+		c, err := Load(lookup(m))
+		switch {
+		case want < 0 && (err == nil || !strings.Contains(err.Error(), "DATAVERSE_BULK_SIZE ")):
+			t.Errorf("DATAVERSE_BULK_SIZE=%q: want an error naming it, got %v", v, err)
+		case want > 0 && (err != nil || c.BulkSize != want):
+			t.Errorf("DATAVERSE_BULK_SIZE=%q: %v, bulk size %v", v, err, c)
+		}
 	}
 }
