@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/keyvault"
 	"github.com/nopsync/nopsync/shared/ops"
+	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/syncer"
@@ -74,7 +77,10 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 			SyncImages:        a.cfg.SyncImages,
 			WritesEnabled:     a.cfg.WritesEnabled,
 		},
-		Log: a.log,
+		// Picture URLs come from events: fetched from public addresses only, never from
+		// the app's own port.
+		HTTPClient: pictures.NewClient(pictures.Options{DenyPorts: ownPorts(a.cfg)}),
+		Log:        a.log,
 	})
 	if err != nil {
 		return fmt.Errorf("sync engine: %w", err)
@@ -118,6 +124,20 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 }
 
 var errNoWebhookSecret = errors.New("no webhook secret: set WEBHOOK_SECRET or KEY_VAULT_URL with WEBHOOK_SECRET_NAME")
+
+// ownPorts are the ports this process serves on.
+func ownPorts(cfg *config.Config) []int {
+	var ports []int
+	if cfg.HandlerPort > 0 {
+		ports = append(ports, cfg.HandlerPort)
+	}
+	if _, p, err := net.SplitHostPort(cfg.ListenAddr); err == nil {
+		if n, err := strconv.Atoi(p); err == nil && n > 0 {
+			ports = append(ports, n)
+		}
+	}
+	return ports
+}
 
 // public serves the app's public routes (the HTTP functions' routes under /api).
 func (a *app) public() http.Handler {

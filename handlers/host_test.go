@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,7 +30,7 @@ func hostApp(t *testing.T, secret string) (http.Handler, *localqueue.Queues, *da
 }
 
 // hostTestApp builds the app hostApp serves.
-func hostTestApp(t *testing.T, secret string) (*app, *localqueue.Queues, *dataversetest.Server) {
+func hostTestApp(t *testing.T, secret string, tune ...func(*config.Config)) (*app, *localqueue.Queues, *dataversetest.Server) {
 	t.Helper()
 	sim := dataversetest.NewServer(dataversetest.Options{})
 	t.Cleanup(sim.Close)
@@ -47,6 +48,9 @@ func hostTestApp(t *testing.T, secret string) (*app, *localqueue.Queues, *datave
 		t.Fatal(err)
 	}
 	cfg.Local = false // as in Azure: a webhook secret is required
+	for _, f := range tune {
+		f(cfg)
+	}
 	dv, err := dataverse.New(dataverse.Options{EnvironmentURL: sim.URL(), TenantID: sim.TenantID, ClientID: sim.ClientID,
 		Secret: dataverse.StaticSecret(sim.ClientSecret()), AuthorityHost: sim.AuthorityHost(), RootCAs: sim.CertPool(), MaxRetries: 1, RetryDelay: time.Millisecond})
 	if err != nil {
@@ -261,5 +265,71 @@ func TestEventsBodyAsTheHostPassesIt(t *testing.T) {
 	}
 	if status, body := send(append([]byte("\xef\xbb\xbf"), ev...), false); status != "401" {
 		t.Errorf("byte-order mark (dropped by the host, so the signature over it fails): %s %v, want 401", status, body)
+	}
+}
+
+// TestPictureFromInsideRefused: with SYNC_IMAGES on, a product whose picture URL points
+// into the app's network (here a loopback server, standing in for the metadata endpoint
+// or the handler itself) is synced without the picture, the refusal is on its status, and
+// the server is never asked.
+func TestPictureFromInsideRefused(t *testing.T) {
+	const secret = "picture-secret-not-real"
+	var hits atomic.Int32
+	inside := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write([]byte("\x89PNG inside"))
+	}))
+	defer inside.Close()
+	a, q, sim := hostTestApp(t, secret, func(c *config.Config) { c.SyncImages = true })
+	h := funchost.NewServer(a.functions(), a.log, time.Minute)
+
+	var ev map[string]any
+	if err := json.Unmarshal(example(t, "product-simple.json"), &ev); err != nil {
+		t.Fatal(err)
+	}
+	ev["data"].(map[string]any)["pictureUrls"] = []string{inside.URL + "/p.png"}
+	body, _ := json.Marshal(ev)
+	headers := map[string][]string{"Content-Type": {"application/json"}, "X-Nop-Signature": {sign(secret, time.Now().Unix(), body)}}
+	if _, out := callHost(t, h, "events", hostHTTP(t, "POST", "https://func-test.azurewebsites.net/api/events/product", headers, body)); out == nil {
+		t.Fatal("events: no answer")
+	} else if status, b := resOutput(t, out); status != "202" {
+		t.Fatalf("events: %s %v", status, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan int, 1)
+	go q.Run(ctx, "products", 1, func(_ context.Context, d localqueue.Delivery) error {
+		payload, err := funchost.EncodeServiceBus("products", "msg", funchost.ServiceBusMessage{Body: d.Body, MessageID: d.MessageID, SessionID: d.SessionID, DeliveryCount: 1, EnqueuedTime: time.Now()}, time.Now())
+		if err != nil {
+			return err
+		}
+		code, _ := callHost(t, h, "products", payload)
+		select {
+		case done <- code:
+		default:
+		}
+		return nil
+	})
+	select {
+	case code := <-done:
+		if code != 200 {
+			t.Fatalf("products function: %d", code)
+		}
+	case <-ctx.Done():
+		t.Fatal("the product message was not delivered")
+	}
+	cancel()
+
+	if sim.Count("products") != 1 {
+		t.Errorf("products in Dataverse: %d, want 1 (synced without its picture)", sim.Count("products"))
+	}
+	_, out := callHost(t, h, "status", hostHTTP(t, "GET", "https://func-test.azurewebsites.net/api/status/product/7", map[string][]string{}, nil))
+	status, st := resOutput(t, out)
+	details, _ := st["details"].(map[string]any)
+	if status != "200" || st["status"] != "synced" || !strings.Contains(fmt.Sprint(details["imageError"]), "refused") {
+		t.Errorf("product status: %s %v; want synced with the refusal in details.imageError", status, st)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the inside server was asked %d times", n)
 	}
 }
