@@ -41,6 +41,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -136,7 +137,8 @@ type Options struct {
 	// BulkSize sizes Resync's chunks: stored events are re-sent 2×BulkSize at a time
 	// (default 100). The rows per bulk request are the Dataverse client's BulkChunkSize.
 	BulkSize int
-	// HTTPClient fetches product pictures (SYNC_IMAGES); default a client with a 15 s timeout.
+	// HTTPClient fetches product pictures (SYNC_IMAGES); default pictures.NewClient, which
+	// fetches from public addresses only.
 	HTTPClient *http.Client
 }
 
@@ -193,7 +195,7 @@ func New(o Options) (*Engine, error) {
 	}
 	httpc := o.HTTPClient
 	if httpc == nil {
-		httpc = &http.Client{Timeout: 15 * time.Second}
+		httpc = pictures.NewClient(pictures.Options{}) // public addresses only
 	}
 	e.customers = &customerSyncer{deps: d}
 	e.products = &productSyncer{deps: d, http: httpc}

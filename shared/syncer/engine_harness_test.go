@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/localstore"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -76,7 +78,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 func (e *env) engine() *Engine {
 	e.t.Helper()
 	eng, err := New(Options{DV: e.wdv, State: e.st, Settings: e.set, BulkSize: 50, BusyWait: e.busyWait,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// The tests' picture servers listen on loopback.
+		HTTPClient: pictures.NewClient(pictures.Options{AllowPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, AllowAnyPort: true})})
 	if err != nil {
 		e.t.Fatalf("engine: %v", err)
 	}
