@@ -9,30 +9,20 @@ import (
 )
 
 // DataHash is the hash of an event's data object used for change detection:
-// "sha256:" and the hex SHA-256 of the data in a canonical JSON form (object keys
-// sorted, no insignificant white space, numbers and strings as written), so the same
-// state gives the same hash however its JSON was laid out: by this reader or by an
-// emitter that sends its fields in another order. Input that is not JSON is hashed as is.
+// "sha256:" and the hex SHA-256 of the data with insignificant white space removed
+// (json.Compact), so the same state read twice gives the same hash. The reader writes
+// data in one fixed layout (nop's types, fields in docs/events.md order); data an emitter
+// sent with its fields in another order hashes differently, which costs one repeated
+// event for that entity, never a missed change. Input that is not JSON is hashed as is.
 func DataHash(data []byte) string {
-	canon := canonical(data)
-	sum := sha256.Sum256(canon)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-func canonical(data []byte) []byte {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return data
-	}
 	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil { // maps encode with sorted keys
-		return data
+	buf.Grow(len(data))
+	in := data
+	if json.Compact(&buf, data) == nil {
+		in = buf.Bytes()
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	sum := sha256.Sum256(in)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // EventID is the id of the reader's event for one state of one entity:

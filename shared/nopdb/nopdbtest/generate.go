@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Role ids and system names as a fresh nopCommerce install creates them
@@ -394,8 +396,9 @@ var (
 	nouns      = []string{"Camera", "Lens", "Tripod", "Backpack", "Speaker", "Lamp", "Kettle", "Notebook", "Watch", "Jacket"}
 )
 
-// bulk buffers rows per table and writes them as multi-row INSERTs with literal values
-// (generated values only: numbers, decimals, times, and strings without backslashes).
+// bulk buffers rows per table and writes them fast: on PostgreSQL with COPY (text
+// format, through pgx), elsewhere as multi-row INSERTs with literal values (generated
+// values only: numbers, decimals, times, and strings without backslashes).
 type bulk struct {
 	ctx      context.Context
 	db       *sql.DB
@@ -405,7 +408,10 @@ type bulk struct {
 	rows     map[string][]string
 }
 
-const bulkRows = 1000
+const (
+	bulkRows = 1000  // rows per INSERT
+	copyRows = 20000 // rows per COPY
+)
 
 func newBulk(ctx context.Context, db *sql.DB, provider string) *bulk {
 	return &bulk{ctx: ctx, db: db, provider: provider, cols: map[string][]string{}, rows: map[string][]string{}}
@@ -416,13 +422,21 @@ func (b *bulk) add(table string, cols []string, rows ...[]any) error {
 		b.cols[table] = cols
 		b.order = append(b.order, table)
 	}
+	limit := bulkRows
+	if b.provider == PostgreSQL {
+		limit = copyRows
+	}
 	for _, r := range rows {
 		lits := make([]string, len(r))
 		for i, v := range r {
 			lits[i] = b.literal(v)
 		}
-		b.rows[table] = append(b.rows[table], "("+strings.Join(lits, ",")+")")
-		if len(b.rows[table]) >= bulkRows {
+		if b.provider == PostgreSQL {
+			b.rows[table] = append(b.rows[table], strings.Join(lits, "\t")+"\n")
+		} else {
+			b.rows[table] = append(b.rows[table], "("+strings.Join(lits, ",")+")")
+		}
+		if len(b.rows[table]) >= limit {
 			if err := b.flush(table); err != nil {
 				return err
 			}
@@ -431,12 +445,17 @@ func (b *bulk) add(table string, cols []string, rows ...[]any) error {
 	return nil
 }
 
+// literal is v as an SQL literal (MySQL) or a COPY text field (PostgreSQL).
 func (b *bulk) literal(v any) string {
+	pg := b.provider == PostgreSQL
 	switch x := v.(type) {
 	case nil:
+		if pg {
+			return "\\N"
+		}
 		return "NULL"
 	case bool:
-		if b.provider == PostgreSQL {
+		if pg {
 			return strconv.FormatBool(x)
 		}
 		if x {
@@ -450,8 +469,14 @@ func (b *bulk) literal(v any) string {
 	case decimal:
 		return x.s
 	case time.Time:
+		if pg {
+			return x.UTC().Format("2006-01-02 15:04:05.000000")
+		}
 		return "'" + x.UTC().Format("2006-01-02 15:04:05.000000") + "'"
 	case string:
+		if pg {
+			return strings.NewReplacer("\\", "\\\\", "\t", "\\t", "\n", "\\n", "\r", "\\r").Replace(x)
+		}
 		return "'" + strings.ReplaceAll(x, "'", "''") + "'"
 	}
 	panic(fmt.Sprintf("nopdbtest: no literal for %T", v))
@@ -466,12 +491,34 @@ func (b *bulk) flush(table string) error {
 	for i, c := range b.cols[table] {
 		qc[i] = Quote(b.provider, c)
 	}
-	q := "INSERT INTO " + Quote(b.provider, table) + " (" + strings.Join(qc, ",") + ") VALUES " + strings.Join(rows, ",")
-	if _, err := b.db.ExecContext(b.ctx, q); err != nil {
+	var err error
+	if b.provider == PostgreSQL {
+		err = b.copy("COPY "+Quote(b.provider, table)+" ("+strings.Join(qc, ",")+") FROM STDIN", strings.Join(rows, ""))
+	} else {
+		_, err = b.db.ExecContext(b.ctx, "INSERT INTO "+Quote(b.provider, table)+" ("+strings.Join(qc, ",")+") VALUES "+strings.Join(rows, ","))
+	}
+	if err != nil {
 		return fmt.Errorf("nopdbtest: inserting %d rows into %s: %w", len(rows), table, err)
 	}
 	b.rows[table] = rows[:0]
 	return nil
+}
+
+// copy runs a COPY ... FROM STDIN with data on one of the pool's pgx connections.
+func (b *bulk) copy(stmt, data string) error {
+	conn, err := b.db.Conn(b.ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("not a pgx connection: %T", dc)
+		}
+		_, err := c.Conn().PgConn().CopyFrom(b.ctx, strings.NewReader(data), stmt)
+		return err
+	})
 }
 
 func (b *bulk) flushAll() error {
