@@ -18,10 +18,12 @@ import (
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/keyvault"
+	"github.com/nopsync/nopsync/shared/nopdb"
 	"github.com/nopsync/nopsync/shared/ops"
 	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/storesync"
 	"github.com/nopsync/nopsync/shared/syncer"
 )
 
@@ -52,6 +54,7 @@ type app struct {
 	deliveries  *delivery.Handler
 	// tuneDelivery adjusts the failure policy (tests scale its delays).
 	tuneDelivery func(*delivery.Options)
+	source       *storesync.DB // the store reader's database; nil: reader off
 
 	closers []func()
 }
@@ -108,6 +111,9 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		WritesEnabled:      a.cfg.WritesEnabled,
 		AutoSyncEnabled:    a.cfg.AutoSyncEnabled,
 		AutoSyncPeriod:     a.cfg.AutoSyncPeriod,
+		Store:              a.storeSource(),
+		StoreHash:          nopdb.DataHash,
+		StoreCurrencyCode:  a.cfg.StoreCurrencyCode,
 		Log:                a.log,
 	})
 	a.closers = append(a.closers, a.ops.Close)

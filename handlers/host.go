@@ -114,6 +114,12 @@ func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 	if err != nil {
 		return nil, err
 	}
+	if a.source, err = newStoreSource(cfg, vault); err != nil {
+		return nil, err
+	}
+	if a.source != nil {
+		a.closers = append(a.closers, func() { a.source.Close() })
+	}
 	if err := a.wire(webhook); err != nil {
 		return nil, err
 	}

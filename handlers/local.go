@@ -125,6 +125,12 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	if err != nil {
 		return err
 	}
+	if a.source, err = newStoreSource(cfg, nil); err != nil {
+		return err
+	}
+	if a.source != nil {
+		a.closers = append(a.closers, func() { a.source.Close() })
+	}
 	if err := a.wire(webhook); err != nil {
 		return err
 	}
@@ -135,7 +141,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
 			"app":     "nopsync (local mode)",
-			"routes":  []string{"POST /api/events/{customer|product|order}", "POST /api/sync", "GET /api/status", "GET /api/status/{entity}/{id}", "GET /api/deadletters/{entity}", "POST /api/deadletters/{entity}/replay"},
+			"routes":  []string{"POST /api/events/{customer|product|order}", "POST /api/sync", "GET /api/sync/{runId}", "GET /api/status", "GET /api/status/{entity}/{id}", "GET /api/deadletters/{entity}", "POST /api/deadletters/{entity}/replay"},
 			"sandbox": map[bool]any{true: []string{"/sandbox/api/data/v9.2/contacts", "/sandbox/api/data/v9.2/products", "/sandbox/api/data/v9.2/salesorders", "/sandbox/api/data/v9.2/salesorderdetails", "/sandbox/api/data/v9.2/invoices"}, false: nil}[sim != nil],
 		})
 	})
