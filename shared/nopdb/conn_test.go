@@ -6,8 +6,12 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
@@ -176,5 +180,26 @@ func TestRedactor(t *testing.T) {
 		if strings.Contains(msg, c.secret) || !strings.Contains(msg, "done") {
 			t.Errorf("%s %q: %q", c.provider, c.conn, msg)
 		}
+	}
+}
+
+// fakeCredential hands out a token and counts the requests.
+type fakeCredential struct{ calls atomic.Int32 }
+
+func (c *fakeCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	c.calls.Add(1)
+	return azcore.AccessToken{Token: "token", ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+// TestManagedIdentityConnector: Azure SQL with a managed identity builds its token
+// connector and fails like any unreachable server when there is none (no SQL Server
+// can run here, so the sign-in itself is not exercised).
+func TestManagedIdentityConnector(t *testing.T) {
+	cred := &fakeCredential{}
+	conn := "sqlserver://127.0.0.1:" + closedPort(t) + "?database=nop&dial+timeout=5"
+	_, err := Open(context.Background(), Options{Provider: SQLServer, Connection: conn, ManagedIdentity: true, Credential: cred})
+	var e *Error
+	if !errors.As(err, &e) || !e.Unreachable {
+		t.Fatalf("managed identity, no server: %v", err)
 	}
 }
