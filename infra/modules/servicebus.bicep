@@ -32,7 +32,7 @@ param duplicateDetectionWindow string = 'PT10M'
 @description('Time a message may wait in a queue before it is dead-lettered (ISO 8601 duration).')
 param messageTimeToLive string = 'P14D'
 
-@description('Deliveries before a message is dead-lettered with its last failure reason.')
+@description('Deliveries before Service Bus dead-letters a message (reason MaxDeliveryCountExceeded, a fixed text; the app keeps why it failed in its state store).')
 @minValue(1)
 @maxValue(2000)
 param maxDeliveryCount int = 10

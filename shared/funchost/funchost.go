@@ -493,7 +493,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	inv, err := DecodeInvocation(r.Body)
 	if err != nil {
 		// A payload we cannot read will not get better on redelivery, but failing is the
-		// only way to make it visible (dead-lettered with this reason) rather than lost.
+		// only way to keep it visible (dead-lettered, and this error in the log) rather
+		// than lost. The host discards the body of a failed answer, so the Logs below
+		// reach neither the host's log nor the dead letter.
 		s.log.Error("invocation rejected", "function", name, "error", err)
 		writeJSON(w, http.StatusBadRequest, &Result{Outputs: map[string]any{}, Logs: []string{err.Error()}})
 		return

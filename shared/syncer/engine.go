@@ -287,8 +287,8 @@ func isTransient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
-	// Unknown failures (state store, I/O) are retried; Service Bus dead-letters them
-	// after maxDeliveryCount with the reason.
+	// Unknown failures (state store, I/O) are retried; if they persist, the queue
+	// function records the reason (package delivery) and Service Bus dead-letters them.
 	return true
 }
 
