@@ -1,0 +1,229 @@
+package storesync_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/storesync"
+	"github.com/nopsync/nopsync/shared/storesync/storesynctest"
+)
+
+// fakeApp is the app's events endpoint: the real intake (signature, validation) in
+// front of a sender that records the entity ids it is given.
+type fakeApp struct {
+	mu       sync.Mutex
+	ids      []string
+	requests int
+	down     int         // answer 503 to this many more requests
+	after    func(n int) // called after a request was accepted
+	in       *intake.Intake
+}
+
+func (f *fakeApp) Send(_ context.Context, _ string, msgs []queue.Message) error {
+	for _, m := range msgs {
+		evs, err := nop.DecodeEnvelope(m.Body)
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		for _, ev := range evs {
+			f.ids = append(f.ids, ev.EntityID())
+		}
+		f.mu.Unlock()
+	}
+	return nil
+}
+
+func (f *fakeApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.requests++
+	n := f.requests
+	down := f.down > 0
+	if down {
+		f.down--
+	}
+	f.mu.Unlock()
+	if r.Header.Get("x-functions-key") != "fkey" {
+		http.Error(w, `{"error":{"code":"unauthorized","message":"no key"}}`, http.StatusUnauthorized)
+		return
+	}
+	if down {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, `{"error":{"code":"unavailable","message":"down"}}`, http.StatusServiceUnavailable)
+		return
+	}
+	rec := httptest.NewRecorder()
+	f.in.ServeHTTP(rec, r)
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.Code)
+	w.Write(rec.Body.Bytes())
+	if rec.Code == http.StatusAccepted && f.after != nil {
+		f.after(n)
+	}
+}
+
+func (f *fakeApp) take() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.ids
+	f.ids = nil
+	return out
+}
+
+func newFakeApp(t *testing.T) (*fakeApp, string) {
+	f := &fakeApp{}
+	f.in = intake.New(intake.Options{Sender: f, Secrets: intake.StaticSecrets{"whsecret"}})
+	srv := httptest.NewServer(http.StripPrefix("/api/events/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.SetPathValue("entity", r.URL.Path)
+		f.ServeHTTP(w, r)
+	})))
+	t.Cleanup(srv.Close)
+	return f, srv.URL + "/api/events/{entity}"
+}
+
+func newAgent(t *testing.T, src storesync.Source, url, file string) *storesync.Agent {
+	t.Helper()
+	a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "fkey", Secret: "whsecret", StateFile: file,
+		PageSize: 10, Entities: []state.Entity{state.Customer}, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestAgentSendsChangesAndRetries(t *testing.T) {
+	ctx := context.Background()
+	src := storesynctest.New("USD")
+	fill(src, 45)
+	app, url := newFakeApp(t)
+	app.down = 3 // the app is down for the first three requests
+	file := filepath.Join(t.TempDir(), "agent.json")
+
+	p, err := newAgent(t, src, url, file).Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := app.take(); !slices.Equal(got, ids(1, 45)) || p[state.Customer].Queued != 45 {
+		t.Fatalf("first pass delivered %v (%+v)", got, p[state.Customer])
+	}
+	if app.requests != 5+3 {
+		t.Fatalf("%d requests, want 5 pages + 3 refused while down", app.requests)
+	}
+
+	// A restarted agent (same state file) sends nothing unchanged, then exactly the changes.
+	a := newAgent(t, src, url, file)
+	p, err = a.Pass(ctx)
+	if err != nil || len(app.take()) != 0 || p[state.Customer].Unchanged != 45 {
+		t.Fatalf("unchanged pass: %v %+v", err, p[state.Customer])
+	}
+	src.Put(state.Customer, 9, storesynctest.Customer(9, "new9@example.com"))
+	src.Put(state.Customer, 44, storesynctest.Customer(44, "new44@example.com"))
+	if _, err := a.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := app.take(); !slices.Equal(got, []string{"9", "44"}) {
+		t.Fatalf("changed pass delivered %v", got)
+	}
+}
+
+// An agent stopped mid-pass resumes from its checkpoint when started again.
+func TestAgentResumesAfterStop(t *testing.T) {
+	src := storesynctest.New("USD")
+	fill(src, 45)
+	app, url := newFakeApp(t)
+	file := filepath.Join(t.TempDir(), "agent.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	app.after = func(n int) {
+		if n == 2 {
+			cancel() // stopped after its second page was accepted
+		}
+	}
+	if _, err := newAgent(t, src, url, file).Pass(ctx); err == nil {
+		t.Fatal("the stopped pass reported no error")
+	}
+	first := app.take()
+	app.after = nil
+	if _, err := newAgent(t, src, url, file).Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second := app.take()
+	// The restart goes on after the last checkpoint: the second page at the latest.
+	if len(first) != 20 || (second[0] != "21" && second[0] != "11") {
+		t.Fatalf("before the stop %v, after %v", first, second)
+	}
+	all := append(first, second...)
+	slices.SortFunc(all, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
+	all = slices.Compact(all)
+	if !slices.Equal(all, ids(1, 45)) {
+		t.Fatalf("delivered %v", all)
+	}
+}
+
+func TestAgentRefusals(t *testing.T) {
+	ctx := context.Background()
+	src := storesynctest.New("USD")
+	fill(src, 5)
+	app, url := newFakeApp(t)
+	// The app refuses event 3 as invalid: it is left out, the rest go again.
+	bad := &badEvent{app: app, id: "3"}
+	srv := httptest.NewServer(bad)
+	defer srv.Close()
+	p, err := newAgent(t, src, srv.URL+"/api/events/{entity}", filepath.Join(t.TempDir(), "a.json")).Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := app.take(); !slices.Equal(got, []string{"1", "2", "4", "5"}) || p[state.Customer].Queued != 5 {
+		t.Fatalf("delivered %v", got)
+	}
+	// A wrong function key is not retried: the pass stops with the reason.
+	a, _ := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "wrong", StateFile: filepath.Join(t.TempDir(), "b.json"), Entities: []state.Entity{state.Customer}})
+	if _, err := a.Pass(ctx); !errors.Is(err, storesync.ErrAgentRefused) || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("wrong key: %v", err)
+	}
+}
+
+// badEvent answers 400 for the event of one entity id (as intake would for an invalid
+// one) and passes everything else to the app.
+type badEvent struct {
+	app *fakeApp
+	id  string
+}
+
+func (b *badEvent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	evs, err := nop.DecodeRequest(state.Customer, body)
+	if err == nil {
+		for i, ev := range evs {
+			if ev.EntityID() == b.id {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				fmt.Fprintf(w, `{"error":{"code":"invalid_event","message":"data.email: too long","index":%d,"field":"data.email"}}`, i)
+				return
+			}
+		}
+	}
+	r.Body = readCloser{strings.NewReader(string(body))}
+	r.SetPathValue("entity", "customer")
+	b.app.ServeHTTP(w, r)
+}
+
+type readCloser struct{ *strings.Reader }
+
+func (readCloser) Close() error { return nil }
