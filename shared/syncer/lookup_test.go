@@ -48,3 +48,35 @@ func TestOrFiltersPackWithinTheURLBudget(t *testing.T) {
 		t.Fatal("runs for no conditions")
 	}
 }
+
+// Dataverse takes at most 500 conditions per query, whatever the URL length: short
+// conditions are split by count, the wrapper's own conditions included.
+func TestOrFiltersAtMost500Conditions(t *testing.T) {
+	var conds []string
+	for i := range 1200 {
+		conds = append(conds, "productnumber eq "+odataString(fmt.Sprintf("S%d", i)))
+	}
+	wrap := func(s string) string { return "statecode eq 0 and (" + s + ")" }
+	filters := orFilters(conds, maxFilterBytes, wrap)
+	total := 0
+	for _, f := range filters {
+		n := conditionCount(f)
+		if n > maxConditions {
+			t.Errorf("filter with %d conditions", n)
+		}
+		total += n - 1
+	}
+	if total != len(conds) || len(filters) != 3 {
+		t.Fatalf("%d filters holding %d conditions, want 3 holding %d", len(filters), total, len(conds))
+	}
+	for f, want := range map[string]int{
+		"a eq 'x eq y' or b ne 2":                  2,
+		"a eq 'it''s le x' and contains(name,'q')": 2,
+		"statecode eq 0":                           1,
+		"":                                         0,
+	} {
+		if got := conditionCount(f); got != want {
+			t.Errorf("conditionCount(%q) = %d, want %d", f, got, want)
+		}
+	}
+}
