@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -19,7 +20,24 @@ type shared struct {
 	PriceListID       string
 	UnitGroupID       string
 	BaseUnitID        string
+
+	// The organization's pricing settings, read at start (learn.microsoft.com
+	// power-apps/developer/data-platform/reference/entities/organization).
+	PricingPrecision int    // pricingdecimalprecision: decimals of a priceperunit
+	DiscountPerUnit  bool   // discountcalculationmethod 1: line discounts per unit
+	PricingProblem   string // why order totals can't be made exact; "" when they can
 }
+
+// precision is what Dataverse keeps of prices and amounts in the store currency.
+func (sh *shared) precision() precision {
+	p := precisionFor(sh.CurrencyPrecision, sh.PricingPrecision)
+	p.perUnit = sh.DiscountPerUnit
+	return p
+}
+
+// pricingRecheck is how long a pricing problem stays cached before the settings are read
+// again, so fixing them in Dynamics 365 takes effect without a restart.
+const pricingRecheck = time.Minute
 
 // ErrMissingCurrency is wrapped by the bootstrap error when STORE_CURRENCY_CODE has no
 // transaction currency in Dynamics 365.
@@ -33,8 +51,9 @@ type bootstrapper struct {
 	dv       Dataverse
 	settings Settings
 
-	mu      sync.Mutex // guards boot, bootErr and whoAmI
+	mu      sync.Mutex // guards boot, bootAt, bootErr and whoAmI
 	boot    *shared
+	bootAt  time.Time // when boot was resolved
 	bootErr error
 	once    singleflight.Group
 	whoAmI  *dataverse.WhoAmI
@@ -50,6 +69,9 @@ type bootstrapper struct {
 func (e *bootstrapper) rows(ctx context.Context) (*shared, error) {
 	e.mu.Lock()
 	sh := e.boot
+	if sh != nil && sh.PricingProblem != "" && time.Since(e.bootAt) > pricingRecheck {
+		sh, e.boot = nil, nil // read the settings again: they may have been fixed
+	}
 	e.mu.Unlock()
 	if sh != nil {
 		return sh, nil
@@ -62,7 +84,7 @@ func (e *bootstrapper) rows(ctx context.Context) (*shared, error) {
 			e.bootErr = err
 			return nil, err
 		}
-		e.boot, e.bootErr = sh, nil
+		e.boot, e.bootAt, e.bootErr = sh, time.Now(), nil
 		return sh, nil
 	})
 	if err != nil {
@@ -108,6 +130,9 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 	sh.CurrencyPrecision = 2
 	if p, ok := intValue(cur["currencyprecision"]); ok {
 		sh.CurrencyPrecision = p
+	}
+	if err := e.readPricing(ctx, sh); err != nil {
+		return nil, err
 	}
 
 	// Price list: found by name or created in the store currency with a deterministic
@@ -203,6 +228,57 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 	return sh, nil
 }
 
+// readPricing reads the organization's pricing settings into sh and says, in
+// sh.PricingProblem, when order totals can't be made exact with them:
+//   - pricingdecimalprecision: priceperunit keeps that many decimals (0–4); the app rounds
+//     unit prices to it and puts the difference in the line's tax.
+//   - discountcalculationmethod: line item (0), price × quantity − discount, or per unit
+//     (1), (price − discount) × quantity; the app writes the discount accordingly.
+//   - oobpricecalculationenabled: with system pricing off Dataverse computes no amounts
+//     (a custom pricing plug-in does, in ways the app can't know).
+//
+// Sources: learn.microsoft.com power-apps/developer/data-platform/reference/entities/
+// organization; dynamics365/sales/configure-product-catalog-information (system settings).
+func (e *bootstrapper) readPricing(ctx context.Context, sh *shared) error {
+	var org dataverse.Record
+	err := e.dv.Query(ctx, "organizations", dataverse.Query{
+		Select: []string{"organizationid", "pricingdecimalprecision", "discountcalculationmethod", "oobpricecalculationenabled"},
+		Top:    1,
+	}, func(r dataverse.Record) error {
+		if org == nil {
+			org = r
+		}
+		return nil
+	})
+	if err != nil {
+		return transient(fmt.Errorf("reading the organization's pricing settings: %w", err))
+	}
+	sh.PricingPrecision = defaultPricingPrecision
+	if org == nil {
+		sh.PricingProblem = "the organization's pricing settings could not be read (no organization row answered)"
+		return nil
+	}
+	if p, ok := intValue(org["pricingdecimalprecision"]); ok {
+		sh.PricingPrecision = p
+	}
+	method, _ := intValue(org["discountcalculationmethod"])
+	sh.DiscountPerUnit = method == 1
+	var problems []string
+	if on, ok := org["oobpricecalculationenabled"].(bool); ok && !on {
+		problems = append(problems, "system pricing is off (oobpricecalculationenabled): Dynamics 365 computes no order totals, so the app can't make them equal the store's; turn on \"Use system pricing calculation\" (Settings > Administration > System Settings > Sales)")
+	}
+	if sh.PricingPrecision < 0 || sh.PricingPrecision > 4 {
+		problems = append(problems, fmt.Sprintf("pricing decimal precision %d is outside 0–4; set \"Pricing decimal precision\" (System Settings > General) to 0–4", sh.PricingPrecision))
+	}
+	if method != 0 && method != 1 {
+		problems = append(problems, fmt.Sprintf("discount calculation method %d is neither line item (0) nor per unit (1); set \"Discount calculation method\" (System Settings > Sales)", method))
+	}
+	if len(problems) > 0 {
+		sh.PricingProblem = "order totals can't be made exact: " + strings.Join(problems, "; ") + "; orders are recorded failed until then"
+	}
+	return nil
+}
+
 // findOne returns the first row of set matching filter, or nil.
 func findOne(ctx context.Context, dv Dataverse, set string, cols []string, filter string) (dataverse.Record, error) {
 	var found dataverse.Record
@@ -249,9 +325,16 @@ func (e *Engine) Connection(ctx context.Context) ConnectionInfo {
 	e.boot.setWhoAmI(who)
 	info.Reachable = true
 	info.OrganizationID, info.BusinessUnitID, info.UserID = who.OrganizationID, who.BusinessUnitID, who.UserID
-	if _, err := e.boot.rows(ctx); err != nil {
-		info.Error = err.Error()
+	var problems []string
+	if sh, err := e.boot.rows(ctx); err != nil {
+		problems = append(problems, err.Error())
+	} else if sh.PricingProblem != "" {
+		problems = append(problems, sh.PricingProblem)
 	}
+	if s := e.setup.String(); s != "" {
+		problems = append(problems, s)
+	}
+	info.Error = strings.Join(problems, "; ")
 	return info
 }
 

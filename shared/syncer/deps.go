@@ -25,6 +25,7 @@ type deps struct {
 	leases   *leases       // one writer per entity
 	boot     *bootstrapper // the rows every product and order refers to
 	noBulk   *sync.Map     // entity sets (and kinds of write) without CreateMultiple/UpdateMultiple
+	setup    *setupIssues  // setup problems for the status page
 }
 
 // existingRows returns which of ids exist in set, with their statecode (-1 when the

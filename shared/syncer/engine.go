@@ -162,7 +162,8 @@ func New(o Options) (*Engine, error) {
 	if o.State == nil {
 		return nil, errors.New("syncer: Options.State is required")
 	}
-	d := &deps{dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log, conc: o.Concurrency, noBulk: &sync.Map{}}
+	d := &deps{dv: o.DV, st: o.State, settings: o.Settings, now: o.Now, log: o.Log, conc: o.Concurrency, noBulk: &sync.Map{},
+		setup: &setupIssues{}}
 	if d.now == nil {
 		d.now = time.Now
 	}
@@ -240,6 +241,7 @@ type bulkSyncer interface {
 type classified struct {
 	err       error
 	transient bool
+	setup     bool // a setup problem (setup.go): recorded for auto-sync, not redelivered
 }
 
 func (c *classified) Error() string { return c.err.Error() }
@@ -371,6 +373,15 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		syncErr = permanent(fmt.Errorf("internal error: no result for %s %s", rec.Entity, rec.ID))
 	}
 	owner := rec.LeaseOwner
+	reason := ""
+	if syncErr != nil {
+		reason = syncErr.Error()
+		if isSetup(syncErr) {
+			reason = e.setup.noteFailure(syncErr)
+		}
+	} else if rec.Status == state.Failed {
+		e.setup.resolved(rec.Reason)
+	}
 	apply := func(r *state.Record) {
 		drop(r)
 		r.OrderKey = ev.OrderKey()
@@ -378,8 +389,8 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		r.Data = eventJSON(ev)
 		if syncErr != nil {
 			r.Status = state.Failed
-			r.Reason = truncate(syncErr.Error(), 1000)
-			r.Transient = isTransient(syncErr)
+			r.Reason = truncate(reason, 1000)
+			r.Transient = isTransient(syncErr) || isSetup(syncErr)
 			r.Attempts++
 			return
 		}
@@ -425,8 +436,8 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		return e.reapplyLatest(ctx, rec.Entity, rec.ID)
 	}
 	if syncErr != nil {
-		e.log.Warn("sync failed", "entity", rec.Entity, "id", rec.ID, "event", ev.ID, "transient", isTransient(syncErr), "error", syncErr)
-		if isTransient(syncErr) {
+		e.log.Warn("sync failed", "entity", rec.Entity, "id", rec.ID, "event", ev.ID, "transient", isTransient(syncErr), "setup", isSetup(syncErr), "error", syncErr)
+		if isTransient(syncErr) && !isSetup(syncErr) {
 			return syncErr
 		}
 	}

@@ -211,6 +211,9 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 	if err != nil {
 		return nil, fmt.Errorf("order %d: %w", o.ID, err)
 	}
+	if sh.PricingProblem != "" {
+		return nil, setup(fmt.Errorf("order %d not written: %s", o.ID, sh.PricingProblem))
+	}
 	if cur, ok := pre.order(p.orderID); ok {
 		p.cur = cur
 	} else if p.cur, err = s.readOrder(ctx, p.orderID); err != nil {

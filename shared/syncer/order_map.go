@@ -86,7 +86,7 @@ func activeStatus(orderStatus int) int {
 // mapOrder builds the salesorder and its lines (docs/dataverse-mapping.md, Order).
 func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*orderWrite, error) {
 	sh := refs.Shared
-	p := precisionFor(sh.CurrencyPrecision)
+	p := sh.precision()
 	amts := orderTotals(o, p)
 	h := dataverse.Record{
 		"name":                             ordCut(o.CustomOrderNumber, 300),

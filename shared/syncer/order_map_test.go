@@ -36,7 +36,8 @@ func readExample(t testing.TB, name string) []byte {
 func TestMapOrderSpecExample(t *testing.T) {
 	ev := loadOrderEvents(t, "order-placed.json")[0]
 	o := ev.Order
-	sh := &shared{CurrencyID: "cur-1", CurrencyPrecision: 2, PriceListID: "pl-1", UnitGroupID: "ug-1", BaseUnitID: "uom-1"}
+	sh := &shared{CurrencyID: "cur-1", CurrencyPrecision: 2, PriceListID: "pl-1", UnitGroupID: "ug-1", BaseUnitID: "uom-1",
+		PricingPrecision: defaultPricingPrecision}
 	refs := orderRefs{ContactID: "contact-42", ProductIDs: map[int]string{7: "prod-7", 12: "prod-12"}, Shared: sh}
 	orderID := salesOrderID(ev.StoreID, o.ID)
 	w, err := mapOrder(ev.StoreID, o, orderID, refs)

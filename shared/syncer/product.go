@@ -30,7 +30,14 @@ const (
 	codeOnlyUpdatedInDraft     = "0x8004f995"
 	codeChildOfNonActiveFamily = "0x8004f909"
 	codeDuplicateProductPrice  = "0x80043b08"
+	// A product in a price list can't be retired (CannotRetireProductFromActiveBundle), nor
+	// a family one of whose children can't be (ProductHasUnretiredChild).
+	codeCannotRetireInPriceList  = "0x8004f997"
+	codeProductHasUnretiredChild = "0x8004f910"
 )
+
+// keptActiveNote is the reason recorded for a product of a family the store unpublished.
+const keptActiveNote = "unpublished in nopCommerce, kept Active: Dynamics 365 can't re-activate a retired family"
 
 // Extra keys the product syncer keeps.
 const (
@@ -86,7 +93,8 @@ type productPlan struct {
 	parentID  string // family row ("" for none)
 	setParent bool
 	family    bool
-	active    bool // wanted lifecycle: Active (true) or Retired
+	active    bool   // wanted lifecycle: Active (true) or Retired
+	priceItem string // the price list item known from the state ("" when none)
 	hash      string
 	unchanged bool
 	note      string
@@ -126,7 +134,7 @@ func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
 
 // productFields maps the columns of a product (docs/dataverse-mapping.md).
 func productFields(p *nop.Product, sh *shared) dataverse.Record {
-	prec := precisionFor(sh.CurrencyPrecision)
+	prec := sh.precision()
 	structure := 1
 	if p.ProductType == nop.ProductTypeGrouped {
 		structure = 2
@@ -152,14 +160,21 @@ func productFields(p *nop.Product, sh *shared) dataverse.Record {
 // pre (bulk path) holds rows looked up for a whole chunk; nil looks up per product.
 func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record, sh *shared, pre *productPrefetch) (*productPlan, error) {
 	pl := &productPlan{storeID: storeID, p: p, fields: productFields(p, sh), extra: map[string]string{},
-		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted}
+		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted,
+		priceItem: rec.Extra[extraPriceItemID]}
+	activeTag := strconv.FormatBool(pl.active)
+	if !pl.active && !p.Deleted && (pl.family || p.ParentGroupedProductID > 0) {
+		// Products of a family are retired only when deleted: a retired family, or a
+		// retired child of one, can never be Active again in Dynamics 365.
+		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
+	}
 	want := productNumber(p.ID, p.Sku)
 	pictureURL := ""
 	if s.settings.SyncImages && len(p.PictureURLs) > 0 {
 		pictureURL = p.PictureURLs[0]
 	}
 	pl.hash = hashOf(pl.fields, "number="+want, "parent="+strconv.Itoa(p.ParentGroupedProductID),
-		"active="+strconv.FormatBool(pl.active), "picture="+pictureURL)
+		"active="+activeTag, "picture="+pictureURL)
 	if rec.Status == state.Synced && rec.DataHash == pl.hash && rec.DataverseID != "" {
 		pl.id, pl.unchanged, pl.note = rec.DataverseID, true, rec.Reason
 		return pl, nil
@@ -325,7 +340,7 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 			return err
 		}
 	}
-	if !pl.family {
+	if !pl.family && pl.active {
 		if err := s.writePriceItem(ctx, pl, rec, sh); err != nil {
 			return err
 		}
@@ -403,7 +418,7 @@ func (s *productSyncer) settleLifecycle(ctx context.Context, pl *productPlan, cu
 		cur = productActive
 	}
 	if !pl.active && cur == productActive {
-		return s.setProductState(ctx, pl.id, productRetired)
+		return s.retire(ctx, pl)
 	}
 	if pl.active && cur == productRetired {
 		return s.setProductState(ctx, pl.id, productActive)
@@ -430,6 +445,57 @@ func (s *productSyncer) publish(ctx context.Context, pl *productPlan, cur int) (
 		return false, fmt.Errorf("publishing product %s: %w", pl.id, err)
 	}
 	return true, nil
+}
+
+// retire retires an Active product. Dynamics 365 refuses to retire a product that is in a
+// price list, and a family while one of its children is: the product's item in the store
+// price list goes first (it comes back when the product is published again), and when
+// Dynamics 365 still refuses, the store price list items of the product and of the
+// family's children are looked up, removed, and the retirement sent once more.
+func (s *productSyncer) retire(ctx context.Context, pl *productPlan) error {
+	if pl.priceItem != "" {
+		if err := s.dv.Delete(ctx, "productpricelevels", pl.priceItem); err != nil && !dataverse.IsNotFound(err) {
+			return fmt.Errorf("removing product %s from the price list before retiring it: %w", pl.id, err)
+		}
+	}
+	pl.extra[extraPriceItemID], pl.extra[extraPriceAmount] = "", ""
+	err := s.setProductState(ctx, pl.id, productRetired)
+	if err == nil || !(hasCode(err, codeCannotRetireInPriceList) || hasCode(err, codeProductHasUnretiredChild)) {
+		return err
+	}
+	sh, berr := s.boot.rows(ctx)
+	if berr != nil {
+		return berr
+	}
+	ids := []string{pl.id}
+	if pl.family {
+		qerr := s.dv.Query(ctx, "products", dataverse.Query{Select: []string{"productid"},
+			Filter: "_parentproductid_value eq " + pl.id + " and statecode ne 1"}, func(r dataverse.Record) error {
+			ids = append(ids, str(r["productid"]))
+			return nil
+		})
+		if qerr != nil {
+			return fmt.Errorf("looking up the children of product family %s: %w", pl.id, qerr)
+		}
+	}
+	var items []string
+	for _, filter := range orFilters(eqConds("_productid_value", ids), maxFilterBytes,
+		func(f string) string { return "_pricelevelid_value eq " + sh.PriceListID + " and (" + f + ")" }) {
+		qerr := s.dv.Query(ctx, "productpricelevels", dataverse.Query{Select: []string{"productpricelevelid"}, Filter: filter},
+			func(r dataverse.Record) error {
+				items = append(items, str(r["productpricelevelid"]))
+				return nil
+			})
+		if qerr != nil {
+			return fmt.Errorf("looking up the price list items of product %s: %w", pl.id, qerr)
+		}
+	}
+	for _, id := range items {
+		if derr := s.dv.Delete(ctx, "productpricelevels", id); derr != nil && !dataverse.IsNotFound(derr) {
+			return fmt.Errorf("removing a price list item before retiring product %s: %w", pl.id, derr)
+		}
+	}
+	return s.setProductState(ctx, pl.id, productRetired)
 }
 
 func joinNote(a, b string) string {
@@ -477,7 +543,7 @@ func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec
 	if priceItemCurrent(pl, rec, sh) {
 		return nil
 	}
-	prec := precisionFor(sh.CurrencyPrecision)
+	prec := sh.precision()
 	id := rec.Extra[extraPriceItemID]
 	if id == "" {
 		id = deterministicID(pl.storeID, "productpricelevel", strconv.Itoa(pl.p.ID))
@@ -507,7 +573,7 @@ func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec
 
 // priceAmount is the price list item amount for a product, as written.
 func priceAmount(pl *productPlan, sh *shared) string {
-	return moneyValue(pl.p.Price, precisionFor(sh.CurrencyPrecision).price).String() + "@" + sh.PriceListID
+	return moneyValue(pl.p.Price, sh.precision().price).String() + "@" + sh.PriceListID
 }
 
 // priceItemCurrent reports that the product's price list item already holds its price
@@ -567,10 +633,13 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 			}
 		}
 	}
-	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false}
+	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false,
+		priceItem: rec.Extra[extraPriceItemID], extra: map[string]string{}}
 	if err := s.settleLifecycle(ctx, pl, cur); err != nil {
 		return outcome{}, err
 	}
+	delete(rec.Extra, extraPriceItemID) // removed before the product was retired
+	delete(rec.Extra, extraPriceAmount)
 	reason := "deleted in nopCommerce; product retired"
 	if policy == DeleteDelete {
 		reason = "deleted in nopCommerce; retired because order lines use it (or Dynamics 365 refused the delete)"

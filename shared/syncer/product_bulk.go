@@ -168,12 +168,12 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 	// may not exist yet).
 	var items, itemUpdates []bulkRow
 	var itemSingles []int
-	prec := precisionFor(sh.CurrencyPrecision)
+	prec := sh.precision()
 	for _, i := range written {
 		pl := plans[i]
 		known := recs[i].Extra[extraPriceItemID]
 		switch {
-		case pl.family || priceItemCurrent(pl, recs[i], sh):
+		case pl.family || !pl.active || priceItemCurrent(pl, recs[i], sh):
 		case created[i] && known == "":
 			id := deterministicID(pl.storeID, "productpricelevel", itoa(pl.p.ID))
 			pl.extra[extraPriceItemID] = id
@@ -195,9 +195,8 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		errs[i] = s.writePriceItem(ctx, plans[i], recs[i], sh)
 	})
 
-	// Lifecycle: Draft products to publish go in bulk (UpdateMultiple setting the state;
-	// if the environment refuses that, product by product from then on), the rest one
-	// by one.
+	// Lifecycle, product by product: Dynamics 365 publishes one product record per request
+	// ("You cannot publish multiple product family, product, or bundle records at once").
 	curOf := func(i int) int {
 		cur, ok := pre.states[plans[i].id]
 		if !ok || cur < 0 {
@@ -205,36 +204,12 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		}
 		return cur
 	}
-	var publish []bulkRow
 	var settle []int
 	for _, i := range written {
-		if errs[i] != nil {
-			continue
-		}
-		pl := plans[i]
-		if cur := curOf(i); !pl.family && pl.active && (cur == productDraft || cur == productUnderRevision) {
-			publish = append(publish, bulkRow{i: i, id: pl.id, rec: dataverse.Record{"statecode": productActive, "statuscode": 1}})
-		} else {
+		if errs[i] == nil {
 			settle = append(settle, i)
 		}
 	}
-	(&bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", key: "products#publish", noSplit: true,
-		single: func(ctx context.Context, r bulkRow) error {
-			if err := s.settleLifecycle(ctx, plans[r.i], curOf(r.i)); err != nil {
-				return err
-			}
-			return nil
-		}}).write(ctx, publish, errs)
-	var published []int
-	for _, r := range publish {
-		if errs[r.i] == nil {
-			published = append(published, r.i)
-		}
-	}
-	s.parallel(ctx, published, func(ctx context.Context, i int) {
-		s.recordProduct(ctx, plans[i], recs[i])
-		outs[i] = plans[i].outcome()
-	})
 	s.parallel(ctx, settle, func(ctx context.Context, i int) {
 		if errs[i] = s.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
 			s.recordProduct(ctx, plans[i], recs[i])

@@ -1,10 +1,13 @@
 package syncer
 
 import (
+	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -58,5 +61,215 @@ func TestChunkLookupsStayUnder500Conditions(t *testing.T) {
 		if failed > 0 {
 			t.Errorf("%d of %d %ss not synced, e.g. %s", failed, n, ent, reason)
 		}
+	}
+}
+
+// Dynamics 365 won't retire a product that is in a price list
+// (CannotRetireProductFromActiveBundle): the app takes the product's price list item away
+// before retiring it, and brings it back when the store publishes the product again.
+func TestProductRetireLeavesThePriceListFirst(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			send := func(seq int64, data func(d map[string]any)) {
+				t.Helper()
+				evs := []*nop.Event{productEvent(t, 3, seq, data)}
+				if bulk { // a chunk: the product with another one
+					evs = append(evs, productEvent(t, 100+int(seq), 1, nil))
+				}
+				if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatalf("seq %d: %v", seq, err)
+				}
+				if r := e.rec(state.Product, 3); r.Status != state.Synced {
+					t.Fatalf("seq %d: %s %s", seq, r.Status, r.Reason)
+				}
+			}
+			id := productID(1, 3)
+			state := func() (float64, []map[string]any) { return numOf(e.row("products", id)["statecode"]), e.priceItems(id) }
+			send(1, nil)
+			if st, items := state(); st != productActive || len(items) != 1 {
+				t.Fatalf("published: state %v, %d price list items", st, len(items))
+			}
+			send(2, func(d map[string]any) { d["published"] = false })
+			if st, items := state(); st != productRetired || len(items) != 0 {
+				t.Fatalf("unpublished: state %v, %d price list items, want Retired and none", st, len(items))
+			}
+			send(3, func(d map[string]any) { d["price"] = "9.9900" })
+			if st, items := state(); st != productActive || len(items) != 1 || numOf(items[0]["amount"]) != 9.99 {
+				t.Fatalf("published again: state %v, items %v", st, items)
+			}
+			send(4, func(d map[string]any) { d["deleted"] = true })
+			if st, items := state(); st != productRetired || len(items) != 0 {
+				t.Fatalf("deleted: state %v, %d price list items", st, len(items))
+			}
+		})
+	}
+}
+
+// A retired family, or a retired child of a family, can never be Active again in
+// Dynamics 365: a store that unpublishes and republishes a grouped product keeps the
+// family and its children Active, says why, and orders for them get real product lines.
+func TestGroupedProductUnpublishedStaysActive(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	evs := example(t, "products-grouped.json") // family 20, children 12 and 13
+	send := func(seq int64, published bool) {
+		t.Helper()
+		var pevs []*nop.Event
+		for i := range evs {
+			pevs = append(pevs, mkEvent(t, evs[i], fmt.Sprintf("g%d-%d", i, seq), seq, func(d map[string]any) { d["published"] = published }))
+		}
+		msgs, err := nop.Messages(state.Product, pevs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if err := h.eng.HandleMessage(h.ctx, "products", m.Body); err != nil {
+				t.Fatalf("seq %d: %v", seq, err)
+			}
+		}
+	}
+	active := func(when string) {
+		t.Helper()
+		for _, id := range []int{20, 12, 13} {
+			p, ok := h.srv.Row("products", productID(1, id))
+			if !ok || num(t, p, "statecode") != productActive {
+				t.Fatalf("%s: product %d state %v, want Active", when, id, p["statecode"])
+			}
+		}
+	}
+	send(1, true)
+	active("published")
+	send(2, false)
+	active("unpublished")
+	for _, id := range []int{20, 12, 13} {
+		r, err := h.st.Get(h.ctx, state.Product, fmt.Sprint(id))
+		if err != nil || r.Status != state.Synced || !strings.Contains(r.Reason, "unpublished in nopCommerce, kept Active: Dynamics 365 can't re-activate a retired family") {
+			t.Fatalf("unpublished product %d: %+v %v", id, r, err)
+		}
+	}
+	send(3, true)
+	active("published again")
+	h.mustSend(loadOrderEvents(t, "order-placed.json")[0]) // a line for product 12
+	l, ok := h.srv.Row("salesorderdetails", orderLineID(1, 5002))
+	if !ok || l["isproductoverridden"] == true || !strings.EqualFold(fmt.Sprint(l["_productid_value"]), productID(1, 12)) {
+		t.Fatalf("line of the family's child: %v", l)
+	}
+}
+
+// The organization's pricing settings decide how Dataverse computes a line; the app reads
+// them at start and writes lines whose totalamount is the store's orderTotal, for every
+// pricing precision (0–4) and both discount calculation methods.
+func TestOrderTotalsExactForEveryPricingSetting(t *testing.T) {
+	for prec := 0; prec <= 4; prec++ {
+		for _, perUnit := range []bool{false, true} {
+			t.Run(fmt.Sprintf("precision=%d,perUnit=%v", prec, perUnit), func(t *testing.T) {
+				h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{
+					PricingDecimalPrecision: dataversetest.Precision(prec), DiscountPerUnit: perUnit}})
+				r := rand.New(rand.NewPCG(uint64(prec), 7))
+				var raws []json.RawMessage
+				orders := map[int]*nop.Order{}
+				for i := range 12 {
+					o := genOrder(r, 7000+i, genOptions{Round: i%2 == 0})
+					orders[o.ID] = o
+					raws = append(raws, orderEvent(t, o, "order.updated", 1))
+				}
+				for _, raw := range raws[:4] {
+					body, _ := json.Marshal(map[string]json.RawMessage{"evt": raw})
+					if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+						t.Fatal(err)
+					}
+				}
+				body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-p", "events": raws[4:]}})
+				if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+					t.Fatal(err)
+				}
+				discounted := 0
+				for id, o := range orders {
+					so := h.salesOrder(1, id)
+					if so == nil {
+						t.Fatalf("order %d not written: %+v", id, h.record(id))
+					}
+					if got, want := moneyCents(t, so, "totalamount"), o.OrderTotal.Round(2).Units()/100; got != want {
+						t.Errorf("order %d: totalamount %.2f, orderTotal %s", id, float64(got)/100, o.OrderTotal)
+					}
+					for _, it := range o.Items {
+						if !it.DiscountAmountExclTax.IsZero() {
+							discounted++
+						}
+					}
+				}
+				if discounted == 0 {
+					t.Fatal("no line with a discount: the discount method was not exercised")
+				}
+			})
+		}
+	}
+}
+
+// With system pricing off Dataverse computes no totals: the status page says so (not
+// healthy, what to change) and orders are recorded failed with that reason, not written.
+func TestSystemPricingOffRefusesOrders(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{SystemPricingOff: true}})
+	info := h.eng.Connection(h.ctx)
+	if !info.Reachable || !strings.Contains(info.Error, "oobpricecalculationenabled") || !strings.Contains(info.Error, "Use system pricing calculation") {
+		t.Fatalf("status: %+v", info)
+	}
+	if err := h.send(loadOrderEvents(t, "order-placed.json")[0]); err != nil {
+		t.Fatalf("a setup problem is recorded, not redelivered: %v", err)
+	}
+	rec := h.record(1001)
+	if rec.Status != state.Failed || !strings.Contains(rec.Reason, "system pricing") {
+		t.Fatalf("order: %s %q", rec.Status, rec.Reason)
+	}
+	if n := h.srv.Count("salesorders"); n != 0 {
+		t.Fatalf("%d sales orders written with system pricing off", n)
+	}
+	// Customers and products don't depend on pricing.
+	for _, ex := range []struct {
+		file   string
+		entity state.Entity
+		id     string
+	}{{"customer-created.json", state.Customer, "42"}, {"product-simple.json", state.Product, "7"}} {
+		ev := mkEvent(t, example(t, ex.file)[0], "x-"+ex.id, 0, func(d map[string]any) { delete(d, "pictureUrls") })
+		msgs, _ := nop.Messages(ex.entity, []*nop.Event{ev})
+		if err := h.eng.HandleMessage(h.ctx, string(ex.entity)+"s", msgs[0].Body); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := h.st.Get(h.ctx, ex.entity, ex.id); err != nil || r.Status != state.Synced {
+			t.Fatalf("%s %s: %+v %v", ex.entity, ex.id, r, err)
+		}
+	}
+}
+
+// A missing privilege (403 PrivilegeDenied) is a setup problem: the entity is recorded
+// failed with the table and operation refused, the message is acknowledged (no
+// redelivery), the status page names it, and auto-sync's retry lands it once the role is
+// fixed.
+func TestMissingPrivilegeIsASetupProblem(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.srv.DenyPrivilege("contacts", dataversetest.PrivCreate)
+	ev := customerEvent(t, example(t, "customer-created.json")[0], 42, 1, "ada@example.com", nil)
+	if err := e.deliver(e.eng, state.Customer, ev); err != nil {
+		t.Fatalf("a missing privilege must not be redelivered: %v", err)
+	}
+	r := e.rec(state.Customer, 42)
+	if r.Status != state.Failed || !r.Transient || !strings.Contains(r.Reason, "prvCreateContact") || !strings.Contains(r.Reason, "create contact") {
+		t.Fatalf("record: %s transient=%v %q", r.Status, r.Transient, r.Reason)
+	}
+	info := e.eng.Connection(e.ctx)
+	if !strings.Contains(info.Error, "prvCreateContact") || !strings.Contains(info.Error, "create contact") {
+		t.Fatalf("status: %+v", info)
+	}
+	// The role is fixed; auto-sync re-sends the stored event of failed entities marked
+	// for retry (ops.AutoSync), as here.
+	e.srv.AllowPrivilege("contacts", dataversetest.PrivCreate)
+	if err := e.deliver(e.eng, state.Customer, ev); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rec(state.Customer, 42); r.Status != state.Synced {
+		t.Fatalf("after the role was fixed: %s %q", r.Status, r.Reason)
+	}
+	if info := e.eng.Connection(e.ctx); info.Error != "" {
+		t.Fatalf("status after the fix: %+v", info)
 	}
 }

@@ -6,21 +6,26 @@ import (
 	"github.com/nopsync/nopsync/shared/nop"
 )
 
-// pricingPrecision is Dataverse's Organization.PricingDecimalPrecision, the number of
-// decimals a priceperunit keeps. Environments keep the default 2; the app does not read it.
-const pricingPrecision = 2
+// defaultPricingPrecision is Dataverse's default Organization.PricingDecimalPrecision, the
+// number of decimals a priceperunit keeps; bootstrap reads the environment's own.
+const defaultPricingPrecision = 2
 
 // precision says how many decimals Dataverse keeps: price for priceperunit, amount for
-// every other money column (the currency's currencyprecision).
+// every other money column (the currency's currencyprecision). perUnit is the
+// organization's discount calculation method: the line's manualdiscountamount comes off
+// each unit ((price − discount) × quantity) instead of the line (price × quantity −
+// discount).
 type precision struct {
-	price  int
-	amount int
+	price   int
+	amount  int
+	perUnit bool
 }
 
-// precisionFor returns the precisions for a currency. A unit price is rounded to the lower
-// of the pricing and currency precisions: quantity × priceperunit then already has the
-// currency's decimals, so Dataverse never rounds an extended amount we computed.
-func precisionFor(currencyPrecision int) precision {
+// precisionFor returns the precisions for a currency and the organization's pricing
+// precision. A unit price is rounded to the lower of the two: quantity × priceperunit then
+// already has the currency's decimals, so Dataverse never rounds an extended amount we
+// computed.
+func precisionFor(currencyPrecision, pricingPrecision int) precision {
 	if currencyPrecision < 0 {
 		currencyPrecision = 0
 	}
@@ -28,11 +33,12 @@ func precisionFor(currencyPrecision int) precision {
 		// nopCommerce money has 4 decimals; more cannot carry any information.
 		currencyPrecision = 4
 	}
-	return precision{price: min(pricingPrecision, currencyPrecision), amount: currencyPrecision}
+	return precision{price: max(0, min(pricingPrecision, currencyPrecision)), amount: currencyPrecision}
 }
 
 // lineAmounts is what the app writes on one salesorderdetail, and the extendedamount
-// Dataverse computes from it: Extended = Quantity × PricePerUnit − ManualDiscount + Tax.
+// Dataverse computes from it: Extended = Quantity × PricePerUnit − ManualDiscount + Tax,
+// or with the per-unit discount method Quantity × (PricePerUnit − ManualDiscount) + Tax.
 type lineAmounts struct {
 	Quantity       int
 	PricePerUnit   nop.Money
@@ -50,6 +56,11 @@ func lineFor(qty int, unitPriceExclTax, discountExclTax, totalInclTax nop.Money,
 	mda := discountExclTax.Round(p.amount)
 	ext := totalInclTax.Round(p.amount)
 	net := ppu.Mul(qty).Sub(mda)
+	if p.perUnit && qty > 0 {
+		// The discount per unit; what division leaves over lands in tax with the rest.
+		mda = nop.MoneyFromUnits(discountExclTax.Units() / int64(qty)).Round(p.amount)
+		net = ppu.Sub(mda).Mul(qty)
+	}
 	return lineAmounts{Quantity: qty, PricePerUnit: ppu, ManualDiscount: mda, Tax: ext.Sub(net), Extended: ext}
 }
 

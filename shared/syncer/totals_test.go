@@ -56,7 +56,7 @@ func TestOrderTotalsSpecExample(t *testing.T) {
 			{Quantity: 1, UnitPriceExclTax: orderMoney(t, "10"), DiscountAmountExclTax: orderMoney(t, "1"), PriceInclTax: orderMoney(t, "9.9")},
 		},
 	}
-	p := precisionFor(2)
+	p := precisionFor(2, 2)
 	a := orderTotals(o, p)
 	want := []lineAmounts{
 		{Quantity: 2, PricePerUnit: orderMoney(t, "100"), Tax: orderMoney(t, "20"), Extended: orderMoney(t, "220")},
@@ -92,7 +92,7 @@ func TestOrderTotalsGenerated(t *testing.T) {
 	}{{"rounded", true}, {"4-decimal", false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rand.New(rand.NewPCG(1, 2))
-			p := precisionFor(2)
+			p := precisionFor(2, 2)
 			adjusted := 0
 			for i := range 5000 {
 				o := genOrder(r, i+1, genOptions{Round: tc.round})
@@ -138,7 +138,7 @@ func absUnits(n int64) int64 {
 func TestOrderTotalsCurrencyPrecision(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, cp := range []int{0, 1, 2, 3, 4} {
-		p := precisionFor(cp)
+		p := precisionFor(cp, 2)
 		for i := range 500 {
 			o := genOrder(r, i+1, genOptions{Round: i%2 == 0})
 			a := orderTotals(o, p)
@@ -154,7 +154,7 @@ func TestOrderTotalsGiftCardNotFolded(t *testing.T) {
 	o := genOrder(r, 7, genOptions{Round: true})
 	full := o.OrderTotal
 	o.OrderTotal = o.OrderTotal.Sub(orderMoney(t, "10")) // a 10.00 gift card
-	p := precisionFor(2)
+	p := precisionFor(2, 2)
 	a := orderTotals(o, p)
 	if !a.Residual.IsZero() {
 		t.Errorf("residual %s: a gift card must not land in a line's tax", a.Residual)
@@ -173,7 +173,7 @@ func TestOrderTotalsNegativeFeeIsDiscount(t *testing.T) {
 		OrderTotal: orderMoney(t, "6.5"),
 		Items:      []nop.OrderItem{{Quantity: 1, UnitPriceExclTax: orderMoney(t, "10"), PriceInclTax: orderMoney(t, "10")}},
 	}
-	p := precisionFor(2)
+	p := precisionFor(2, 2)
 	a := orderTotals(o, p)
 	if a.Fee != nil {
 		t.Errorf("fee line %+v for a negative fee", a.Fee)

@@ -57,6 +57,10 @@ const (
 	codeReqLimit                 = "0x80072322"
 	codeTimeLimit                = "0x80072321"
 	codeConcurrencyLimit         = "0x80072326"
+	codeTooManyConditions        = "0x8004430c" // TooManyConditionsInQuery
+	codeCannotRetireInPriceList  = "0x8004f997" // CannotRetireProductFromActiveBundle
+	codeProductHasUnretiredChild = "0x8004f910" // ProductHasUnretiredChild
+	codePrivilegeDenied          = "0x80040220" // PrivilegeDenied
 )
 
 func notFoundByID(logical, id string) *apiError {

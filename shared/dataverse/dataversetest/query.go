@@ -15,6 +15,12 @@ import (
 // maxPageSize is the Web API's page ceiling (Learn: webapi/compose-http-requests-handle-errors, "Paging").
 const maxPageSize = 5000
 
+// maxConditions is the most conditions one query may hold: "You can include no more than
+// 500 total conditions in a query", else TooManyConditionsInQuery (learn.microsoft.com
+// power-apps/developer/data-platform/webapi/query/filter-rows, "Condition limits"). Each
+// comparison and each string function is one condition.
+const maxConditions = 500
+
 // checkQueryOptions rejects system query options Dataverse doesn't support ($skip) and
 // the ones the simulator doesn't implement.
 func checkQueryOptions(q *apiReq, allowed ...string) *apiError {
@@ -62,6 +68,10 @@ func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 		}
 		if p.pos != len(p.toks) {
 			return nil, errf(http.StatusBadRequest, codeZero, "Syntax error at position %d in '%s'.", p.pos, f)
+		}
+		if p.conds > maxConditions {
+			return nil, errf(http.StatusBadRequest, codeTooManyConditions,
+				"Number of conditions in query exceeded maximum limit: the query has %d conditions; the limit is %d.", p.conds, maxConditions)
 		}
 		pred = func(r *row) bool { v, _ := e(r).(bool); return v }
 		keys = p.keys
@@ -316,6 +326,8 @@ type filterParser struct {
 	lastIsLit        bool
 	// keys describes the expression just parsed (nil: any row may match).
 	keys *keySet
+	// conds counts the conditions parsed (comparisons and string functions).
+	conds int
 }
 
 // keySet says which rows can possibly match an expression: those whose column col holds
@@ -545,6 +557,7 @@ func (p *filterParser) parseUnary() (evalFn, *apiError) {
 		return l, nil
 	}
 	p.pos++
+	p.conds++
 	r, err := p.parseOperand()
 	if err != nil {
 		return nil, err
@@ -704,6 +717,10 @@ func (p *filterParser) parseFunc(name string) (evalFn, *apiError) {
 			b, ok2 := str(args[1](x))
 			return ok1 && ok2 && f(a, b)
 		}, nil
+	}
+	switch name {
+	case "contains", "startswith", "endswith":
+		p.conds++
 	}
 	switch name {
 	case "contains":

@@ -16,7 +16,23 @@ import (
 // reference/web-service-error-codes; the HTTP status of business-rule errors is not
 // documented and is 400 here.
 
-const pricingPrecision = 2 // Organization.PricingDecimalPrecision default
+// pricing is the organization's pricing settings (Options.PricingDecimalPrecision,
+// DiscountPerUnit, SystemPricingOff; the organizations row holds them).
+type pricing struct {
+	precision int  // pricingdecimalprecision
+	perUnit   bool // discountcalculationmethod 1
+	system    bool // oobpricecalculationenabled
+}
+
+func (s *Server) pricing(x *tx) pricing {
+	p := pricing{precision: 2, system: true}
+	if o := x.get("organization", s.organizationID); o != nil {
+		p.precision = o.intv("pricingdecimalprecision")
+		p.perUnit = o.intv("discountcalculationmethod") == 1
+		p.system = o.boolv("oobpricecalculationenabled")
+	}
+	return p
+}
 
 // ---- decimal helpers: exact arithmetic on the shortest decimal form of each float ----
 
@@ -122,6 +138,8 @@ func (s *Server) beforeCreate(x *tx, t *table, r *row, body map[string]any) *api
 		return s.checkProduct(x, nil, r)
 	case "productpricelevel":
 		return s.checkPriceListItem(x, r)
+	case "organization":
+		return errf(http.StatusMethodNotAllowed, codeZero, "The organization row can't be created.")
 	case "salesorder", "invoice":
 		if st, ok := body["statecode"]; ok && fmt.Sprint(st) != "0" {
 			return s.orderStateError(t, r.intv("statecode"))
@@ -178,6 +196,10 @@ func (s *Server) beforeUpdate(x *tx, t *table, old, r *row, body map[string]any)
 		s.computeTotals(x, t, r)
 	case "salesorderdetail", "invoicedetail":
 		return s.checkLine(x, t, r)
+	case "organization":
+		if p := r.intv("pricingdecimalprecision"); p < 0 || p > 4 {
+			return badArg("pricingdecimalprecision must be between 0 and 4.")
+		}
 	case "uom":
 		if old.ref("uomscheduleid") != r.ref("uomscheduleid") {
 			return badArg("The unit group of a unit can't be changed.")
@@ -224,6 +246,8 @@ func (s *Server) beforeDelete(x *tx, t *table, r *row) *apiError {
 		if r.boolv("isschedulebaseuom") && !x.isDeleting(r.ref("uomscheduleid")) {
 			return errf(http.StatusBadRequest, codeInvalidArgument, "The base unit of a unit group can't be deleted.")
 		}
+	case "organization":
+		return errf(http.StatusMethodNotAllowed, codeZero, "The organization row can't be deleted.")
 	case "transactioncurrency":
 		if r.id == s.baseCurrencyID {
 			return errf(http.StatusBadRequest, codeInvalidArgument, "The base currency can't be deleted.")
@@ -344,22 +368,71 @@ func (s *Server) updateProduct(x *tx, old, r *row, body map[string]any) *apiErro
 	case from == to:
 		return nil
 	case to == prodActive && (from == prodDraft || from == prodRevised):
+		if err := s.countPublish(x); err != nil {
+			return err
+		}
 		return s.checkParentActive(x, r)
 	case from == prodDraft && to == prodRevised:
 		return errf(http.StatusBadRequest, codeDraftToRevised, "A product in Draft state can't be set to Under Revision.")
 	case from == prodActive && to == prodDraft:
 		return errf(http.StatusBadRequest, codeActiveToDraft, "An Active product can't be set back to Draft; revise it instead.")
-	case from == prodActive && (to == prodRevised || to == prodRetired):
+	case from == prodActive && to == prodRevised:
 		return nil
-	case from == prodRevised && to == prodRetired:
-		return nil
+	case (from == prodActive || from == prodRevised) && to == prodRetired:
+		return s.retire(x, r)
 	case from == prodRetired && to == prodActive:
-		if r.ref("parentproductid") != "" {
-			return badArg("Only retired products without a parent family can be activated again.")
+		if r.ref("parentproductid") != "" || r.intv("productstructure") == 2 {
+			return badArg("You can't activate a retired product family, or a retired product of a product family: only a retired product without a parent can be activated again.")
 		}
-		return nil
+		return s.countPublish(x)
 	}
 	return badArg("The product can't change from state %d to state %d.", from, to)
+}
+
+// countPublish allows one product publish (or activation) per request: "You cannot
+// publish multiple product family, product, or bundle records at once"; a family's
+// hierarchy is published with PublishProductHierarchy.
+func (s *Server) countPublish(x *tx) *apiError {
+	x.publishes++
+	if x.publishes > 1 {
+		return badArg("You cannot publish multiple product family, product, or bundle records at once: publish them one per request, or a family's hierarchy with PublishProductHierarchy.")
+	}
+	return nil
+}
+
+// inPriceList reports whether a price list item refers to the product.
+func inPriceList(x *tx, productID string) bool {
+	return len(x.referencing("productpricelevel", "productid", productID)) > 0
+}
+
+// retire checks and applies retiring r (already set Retired): a product in a price list
+// can't be retired (CannotRetireProductFromActiveBundle); retiring a family retires its
+// whole hierarchy, which fails while a descendant can't be retired (ProductHasUnretiredChild).
+func (s *Server) retire(x *tx, r *row) *apiError {
+	if inPriceList(x, r.id) {
+		return errf(http.StatusBadRequest, codeCannotRetireInPriceList,
+			"This product cannot be retired because it is a part of some active bundles or pricelists. Please remove it from all bundles or pricelists before retiring.")
+	}
+	if r.intv("productstructure") != 2 {
+		return nil
+	}
+	for _, k := range x.referencing("product", "parentproductid", r.id) {
+		if k.intv("statecode") == prodRetired {
+			continue
+		}
+		if inPriceList(x, k.id) {
+			return errf(http.StatusBadRequest, codeProductHasUnretiredChild,
+				"The product family %s has a child product (%s) that can't be retired: it is part of a price list.", r.str("productnumber"), k.str("productnumber"))
+		}
+		c := k.clone()
+		c.vals["statecode"], c.vals["statuscode"] = prodRetired, 2
+		c.vals["modifiedon"] = s.nowString()
+		if err := s.retire(x, c); err != nil {
+			return err
+		}
+		x.put("product", c)
+	}
+	return nil
 }
 
 func (s *Server) checkParentActive(x *tx, r *row) *apiError {
@@ -565,7 +638,8 @@ func (s *Server) checkLine(x *tx, t *table, r *row) *apiError {
 	if r.vals["priceperunit"] == nil {
 		r.vals["priceperunit"] = 0.0
 	}
-	ppu := roundRat(ratOf(r.num("priceperunit")), pricingPrecision)
+	pr := s.pricing(x)
+	ppu := roundRat(ratOf(r.num("priceperunit")), pr.precision)
 	r.vals["priceperunit"] = ratFloat(ppu)
 	manual := roundRat(ratOf(r.num("manualdiscountamount")), prec)
 	tax := roundRat(ratOf(r.num("tax")), prec)
@@ -575,8 +649,18 @@ func (s *Server) checkLine(x *tx, t *table, r *row) *apiError {
 	if r.vals["tax"] != nil {
 		r.vals["tax"] = ratFloat(tax)
 	}
+	if !pr.system {
+		// System pricing off: Dataverse computes no amounts (a pricing plug-in would).
+		return nil
+	}
 	base := roundRat(new(big.Rat).Mul(qty, ppu), prec)
-	ext := new(big.Rat).Sub(base, manual)
+	var ext *big.Rat
+	if pr.perUnit {
+		// Per unit: the discount comes off each unit, (price − discount) × quantity.
+		ext = roundRat(new(big.Rat).Mul(qty, new(big.Rat).Sub(ppu, manual)), prec)
+	} else {
+		ext = new(big.Rat).Sub(base, manual)
+	}
 	ext.Add(ext, tax)
 	r.vals["baseamount"] = ratFloat(base)
 	r.vals["extendedamount"] = ratFloat(roundRat(ext, prec))
@@ -599,6 +683,9 @@ func (s *Server) computeTotals(x *tx, t *table, r *row) {
 	if t.logical == "invoice" {
 		lineTable, attr = "invoicedetail", "invoiceid"
 	}
+	if !s.pricing(x).system {
+		return // system pricing off: no totals computed
+	}
 	prec := s.currencyPrecision(x, r.ref("transactioncurrencyid"))
 	lines, manual, tax := new(big.Rat), new(big.Rat), new(big.Rat)
 	for _, l := range x.referencing(lineTable, attr, r.id) {
@@ -606,7 +693,11 @@ func (s *Server) computeTotals(x *tx, t *table, r *row) {
 			continue
 		}
 		lines.Add(lines, ratOf(l.num("extendedamount")))
-		manual.Add(manual, ratOf(l.num("manualdiscountamount")))
+		if m := ratOf(l.num("manualdiscountamount")); s.pricing(x).perUnit {
+			manual.Add(manual, new(big.Rat).Mul(m, ratOf(l.num("quantity"))))
+		} else {
+			manual.Add(manual, m)
+		}
 		tax.Add(tax, ratOf(l.num("tax")))
 	}
 	if r.vals["discountamount"] != nil {

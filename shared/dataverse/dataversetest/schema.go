@@ -230,6 +230,11 @@ func builtinTables() []tdef {
 			lookups: []lookup{lk("invoiceid", "invoiceid", "invoice"), lk("productid", "productid", "product"),
 				lk("uomid", "uomid", "uom"), lk("transactioncurrencyid", "transactioncurrencyid", "transactioncurrency"),
 				lk("salesorderdetailid", "salesorderdetailid", "salesorderdetail")}},
+		// The organization's pricing settings (learn.microsoft.com power-apps/developer/
+		// data-platform/reference/entities/organization): one row, read and updated only.
+		{logical: "organization", set: "organizations", pk: "organizationid",
+			cols: cat([]column{s("name", 160), i("pricingdecimalprecision"), pick("discountcalculationmethod"),
+				b("oobpricecalculationenabled")}, commonCols())},
 		{logical: "orderclose", set: "ordercloses", pk: "activityid", defState: 0,
 			states:  map[int][]int{0: {1}, 1: {2}, 2: {3}},
 			cols:    cat([]column{s("subject", 200), memo("description"), dt("actualend"), dt("actualstart"), pick("statecode"), pick("statuscode")}, commonCols()),

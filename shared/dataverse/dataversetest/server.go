@@ -37,6 +37,30 @@
 //	... exercise the code under test ...
 //	row, ok := srv.Row("contacts", id)          // what landed, as stored
 //	if srv.RetryAfterViolations() != 0 { ... } // Retry-After honoured?
+//
+// Documented limits and rules it enforces, with their public sources:
+//   - A query holds at most 500 conditions (each comparison and string function is one);
+//     more gives 400 TooManyConditionsInQuery 0x8004430C (learn.microsoft.com
+//     power-apps/developer/data-platform/webapi/query/filter-rows, "Condition limits").
+//   - Product lifecycle (learn.microsoft.com dynamics365/sales/developer/
+//     publish-revise-revert-retire-activate-products; error codes from power-apps/developer/
+//     data-platform/reference/web-service-error-codes): a product in a price list can't be
+//     retired (CannotRetireProductFromActiveBundle 0x8004F997); retiring a family retires
+//     its hierarchy and fails while a child can't be retired (ProductHasUnretiredChild
+//     0x8004F910); only a retired product without a parent can be set Active again, never
+//     a retired family or a retired child of a family; a product's parent can't be changed
+//     once set; one product record is published per request (an UpdateMultiple setting
+//     several Active is refused; PublishProductHierarchy publishes a family's hierarchy).
+//   - The organization's pricing settings (organizations row; Options.PricingDecimalPrecision,
+//     DiscountPerUnit, SystemPricingOff; learn.microsoft.com power-apps/developer/
+//     data-platform/reference/entities/organization and dynamics365/sales "Configure
+//     product catalog"): priceperunit keeps pricingdecimalprecision decimals;
+//     discountcalculationmethod per unit takes manualdiscountamount off each unit; with
+//     oobpricecalculationenabled off no amounts are computed.
+//   - Security roles (DenyPrivilege): a request needing a privilege the role lacks gets
+//     403 PrivilegeDenied 0x80040220 "Principal user (Id=…), is missing prvCreateProduct
+//     privilege … for entity 'product'" (web-service-error-codes; power-platform/admin/
+//     security-roles-privileges).
 package dataversetest
 
 import (
@@ -122,7 +146,20 @@ type Options struct {
 	ViolationGrace time.Duration
 	// Seed for fault injection randomness (0: fixed default).
 	Seed uint64
+	// PricingDecimalPrecision is the organization's pricingdecimalprecision (0–4), the
+	// decimals a priceperunit keeps; nil: 2, the default.
+	PricingDecimalPrecision *int
+	// DiscountPerUnit sets discountcalculationmethod to per unit (1): a line's
+	// manualdiscountamount is taken off each unit, (price − discount) × quantity. Default
+	// line item (0): price × quantity − discount.
+	DiscountPerUnit bool
+	// SystemPricingOff clears oobpricecalculationenabled: Dataverse computes no line or
+	// order amounts (a custom pricing plug-in would).
+	SystemPricingOff bool
 }
+
+// Precision returns a pointer to p, for Options.PricingDecimalPrecision.
+func Precision(p int) *int { return &p }
 
 // Limits are the per-user service protection limits. Zero fields take the documented
 // defaults: 6000 requests and 1200 s execution time per 300 s sliding window, 52 concurrent.
@@ -222,6 +259,7 @@ type Server struct {
 	lim  *limiter
 
 	pendingBaseUnitID string
+	denied            map[string]bool // "set/op" privileges the role lacks (DenyPrivilege)
 
 	fmu    sync.Mutex
 	faults Faults
@@ -314,6 +352,18 @@ func (s *Server) seed() {
 		base = Currency{ISOCode: "USD", Name: "US Dollar", Symbol: "$", Precision: 2}
 	}
 	s.baseCurrencyID = s.seedCurrency(x, base)
+	org := s.newRow(s.sc.byLogical["organization"], s.organizationID)
+	org.vals["name"] = "Simulated organization"
+	org.vals["pricingdecimalprecision"] = 2
+	if p := s.o.PricingDecimalPrecision; p != nil {
+		org.vals["pricingdecimalprecision"] = *p
+	}
+	org.vals["discountcalculationmethod"] = 0
+	if s.o.DiscountPerUnit {
+		org.vals["discountcalculationmethod"] = 1
+	}
+	org.vals["oobpricecalculationenabled"] = !s.o.SystemPricingOff
+	x.put("organization", org)
 	for _, c := range s.o.Currencies {
 		s.seedCurrency(x, c)
 	}
@@ -769,6 +819,7 @@ func (s *Server) direct(method, path string, rec map[string]any) *apiResp {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	x := s.st.begin()
+	x.system = true
 	resp := s.exec(x, q)
 	if resp.status >= 400 {
 		x.rollback()

@@ -144,6 +144,9 @@ type tx struct {
 	rows int // rows written, for execution-time accounting
 
 	deleting map[string]bool // ids whose delete is in progress (cascades skip their checks)
+
+	publishes int  // products published by the current request (or batch part)
+	system    bool // a test's direct write: no privilege checks
 }
 
 func (x *tx) markDeleting(id string) {

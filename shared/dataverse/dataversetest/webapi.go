@@ -56,6 +56,7 @@ func noContent() *apiResp { return &apiResp{status: http.StatusNoContent, header
 
 // exec runs one operation inside x. The caller commits or rolls back.
 func (s *Server) exec(x *tx, q *apiReq) *apiResp {
+	x.publishes = 0 // counted per request, and per part of a $batch
 	resp, err := s.route(x, q)
 	if err != nil {
 		return errResp(err)
@@ -103,6 +104,11 @@ func (s *Server) route(x *tx, q *apiReq) (*apiResp, *apiError) {
 	t := s.sc.bySet[name]
 	if t == nil {
 		return nil, errf(http.StatusNotFound, codeResourceNotFound, "Resource not found for the segment '%s'.", name)
+	}
+	if op := privilegeOp(q.method); op != "" {
+		if err := s.checkPrivilege(x, t, op); err != nil {
+			return nil, err
+		}
 	}
 	if !hasKey {
 		switch {
@@ -637,6 +643,9 @@ func (s *Server) createRow(x *tx, t *table, id string, body map[string]any, alt 
 			id = uuid.NewString()
 		}
 	}
+	if err := s.checkPrivilege(x, t, PrivCreate); err != nil {
+		return nil, err
+	}
 	if x.get(t.logical, id) != nil {
 		return nil, errf(http.StatusPreconditionFailed, codeDuplicateRecord, "A record with matching key values already exists.")
 	}
@@ -681,6 +690,9 @@ func (s *Server) createRow(x *tx, t *table, id string, body map[string]any, alt 
 }
 
 func (s *Server) updateRow(x *tx, t *table, old *row, body map[string]any, alt map[string]any) (*row, *apiError) {
+	if err := s.checkPrivilege(x, t, PrivWrite); err != nil {
+		return nil, err
+	}
 	r := old.clone()
 	for k := range alt { // key columns in the body are dropped on update (Learn: use-upsert-insert-update-record)
 		delete(body, k)

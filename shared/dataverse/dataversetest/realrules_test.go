@@ -1,0 +1,150 @@
+package dataversetest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// filter-rows "Condition limits": no more than 500 conditions in a query.
+func TestQueryConditionLimit(t *testing.T) {
+	c := newTC(t, Options{})
+	conds := func(n int) string {
+		var cs []string
+		for i := 0; i < n; i++ {
+			cs = append(cs, fmt.Sprintf("emailaddress1 eq 'a%d@x'", i))
+		}
+		return strings.Join(cs, " or ")
+	}
+	c.must(200, c.do("GET", "contacts?$select=contactid&$filter="+conds(500), nil))
+	r := c.must(400, c.do("GET", "contacts?$select=contactid&$filter=statecode eq 0 and ("+conds(500)+")", nil))
+	if r.errCode() != "0x8004430c" {
+		t.Fatalf("501 conditions: %s", r.raw)
+	}
+	r = c.must(400, c.do("GET", "contacts?$select=contactid&$filter="+conds(499)+" or contains(lastname,'x') or startswith(lastname,'y')", nil))
+	if r.errCode() != "0x8004430c" {
+		t.Fatalf("499 comparisons and 2 functions: %s", r.raw)
+	}
+}
+
+// publish-revise-revert-retire-activate-products and the error code reference: a product
+// in a price list can't be retired; retiring a family retires its hierarchy, unless a
+// child can't be; a retired family or child is never Active again; one publish per request.
+func TestProductRetireRules(t *testing.T) {
+	f := newSales(t, Options{})
+	c := f.c
+	retire := map[string]any{"statecode": 1, "statuscode": 2}
+	r := c.must(400, c.do("PATCH", "products("+f.product+")", retire, "If-Match", "*"))
+	if r.errCode() != "0x8004f997" || !strings.Contains(r.errMsg(), "pricelists") {
+		t.Fatalf("retire a product in a price list: %s", r.raw)
+	}
+	var item string
+	for _, it := range c.s.Rows("productpricelevels") {
+		item = it["productpricelevelid"].(string)
+	}
+	c.must(204, c.do("DELETE", "productpricelevels("+item+")", nil))
+	c.must(204, c.do("PATCH", "products("+f.product+")", retire, "If-Match", "*"))
+	// A retired product without a parent can be activated again.
+	c.must(204, c.do("PATCH", "products("+f.product+")", map[string]any{"statecode": 0, "statuscode": 1}, "If-Match", "*"))
+
+	fam := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family", "productnumber": "F1", "productstructure": 2})))
+	kid := f.newProduct(t, "C1", fam)
+	kid2 := f.newProduct(t, "C2", fam)
+	c.must(204, c.do("POST", "products("+fam+")/Microsoft.Dynamics.CRM.PublishProductHierarchy", nil))
+	c.must(204, c.do("POST", "productpricelevels", map[string]any{"amount": 5,
+		"pricelevelid@odata.bind": "/pricelevels(" + f.priceList + ")", "productid@odata.bind": "/products(" + kid + ")",
+		"uomid@odata.bind": "/uoms(" + f.unit + ")"}))
+	r = c.must(400, c.do("PATCH", "products("+fam+")", retire, "If-Match", "*"))
+	if r.errCode() != "0x8004f910" {
+		t.Fatalf("retire a family whose child is in a price list: %s", r.raw)
+	}
+	if f.row("products", kid2)["statecode"] != 0 {
+		t.Fatal("a refused family retirement retired a child")
+	}
+	// The parent can't change once set.
+	fam2 := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family 2", "productnumber": "F2", "productstructure": 2})))
+	c.must(400, c.do("PATCH", "products("+kid2+")", map[string]any{"parentproductid@odata.bind": "/products(" + fam2 + ")"}, "If-Match", "*"))
+
+	for _, it := range c.s.Rows("productpricelevels") {
+		if it["_productid_value"] == kid {
+			c.must(204, c.do("DELETE", "productpricelevels("+it["productpricelevelid"].(string)+")", nil))
+		}
+	}
+	c.must(204, c.do("PATCH", "products("+fam+")", retire, "If-Match", "*"))
+	for _, id := range []string{fam, kid, kid2} {
+		if st := f.row("products", id)["statecode"]; st != 1 {
+			t.Fatalf("product %s state %v after its family retired, want Retired", id, st)
+		}
+	}
+	for _, id := range []string{fam, kid} {
+		r = c.must(400, c.do("PATCH", "products("+id+")", map[string]any{"statecode": 0, "statuscode": 1}, "If-Match", "*"))
+		if !strings.Contains(r.errMsg(), "can't activate a retired product family") {
+			t.Fatalf("re-activate %s: %s", id, r.raw)
+		}
+	}
+
+	// One publish per request: UpdateMultiple setting two products Active is refused.
+	a, b := f.newProduct(t, "P-A", ""), f.newProduct(t, "P-B", "")
+	target := func(id string) map[string]any {
+		return map[string]any{"@odata.type": "Microsoft.Dynamics.CRM.product", "productid": id, "statecode": 0, "statuscode": 1}
+	}
+	r = c.must(400, c.do("POST", "products/Microsoft.Dynamics.CRM.UpdateMultiple", map[string]any{"Targets": []any{target(a), target(b)}}))
+	if !strings.Contains(r.errMsg(), "cannot publish multiple") || f.row("products", a)["statecode"] != 2 {
+		t.Fatalf("UpdateMultiple publishing two: %s", r.raw)
+	}
+	c.must(204, c.do("POST", "products/Microsoft.Dynamics.CRM.UpdateMultiple", map[string]any{"Targets": []any{target(a)}}))
+}
+
+// Organization pricing settings: pricingdecimalprecision, discountcalculationmethod,
+// oobpricecalculationenabled (organization entity reference; Sales "Configure product
+// catalog" / system settings).
+func TestPricingSettings(t *testing.T) {
+	line := func(f *salesFixture) map[string]any {
+		o := f.order(t, map[string]any{"freightamount": 1})
+		l := entityID(f.c.must(204, f.line(o, map[string]any{"productid@odata.bind": "/products(" + f.product + ")",
+			"uomid@odata.bind": "/uoms(" + f.unit + ")", "quantity": 11, "priceperunit": 100.4567, "ispriceoverridden": true,
+			"manualdiscountamount": 10})))
+		r := f.row("salesorderdetails", l)
+		r["order.totalamount"] = f.row("salesorders", o)["totalamount"]
+		return r
+	}
+	f := newSales(t, Options{PricingDecimalPrecision: Precision(0)})
+	if r := line(f); r["priceperunit"] != 100.0 || r["extendedamount"] != 1090.0 || r["order.totalamount"] != 1091.0 {
+		t.Fatalf("precision 0, line item: %v", r)
+	}
+	f = newSales(t, Options{PricingDecimalPrecision: Precision(4), DiscountPerUnit: true})
+	// (100.4567 − 10) × 11 = 995.0237 → 995.02; line item would be 1105.02 − 10.
+	if r := line(f); r["priceperunit"] != 100.4567 || r["extendedamount"] != 995.02 || r["order.totalamount"] != 996.02 {
+		t.Fatalf("precision 4, per unit: %v", r)
+	}
+	f = newSales(t, Options{SystemPricingOff: true})
+	if r := line(f); r["extendedamount"] != nil || r["order.totalamount"] != nil {
+		t.Fatalf("system pricing off computed amounts: %v", r)
+	}
+	orgs := f.c.must(200, f.c.do("GET", "organizations?$select=pricingdecimalprecision,discountcalculationmethod,oobpricecalculationenabled", nil))
+	v := orgs.body["value"].([]any)
+	if len(v) != 1 || v[0].(map[string]any)["oobpricecalculationenabled"] != false || v[0].(map[string]any)["pricingdecimalprecision"] != 2.0 {
+		t.Fatalf("organizations: %s", orgs.raw)
+	}
+	f.c.must(400, f.c.do("PATCH", "organizations("+f.c.s.OrganizationID()+")", map[string]any{"pricingdecimalprecision": 5}, "If-Match", "*"))
+	f.c.must(405, f.c.do("DELETE", "organizations("+f.c.s.OrganizationID()+")", nil))
+}
+
+// A security role without a privilege: 403 PrivilegeDenied naming it (web service error
+// codes: 0x80040220).
+func TestPrivilegeDenied(t *testing.T) {
+	c := newTC(t, Options{})
+	c.s.DenyPrivilege("contacts", PrivCreate)
+	r := c.must(403, c.do("POST", "contacts", map[string]any{"lastname": "x"}))
+	if r.errCode() != "0x80040220" || !strings.Contains(r.errMsg(), "is missing prvCreateContact privilege") || !strings.Contains(r.errMsg(), "for entity 'contact'") {
+		t.Fatalf("denied create: %s", r.raw)
+	}
+	c.must(200, c.do("GET", "contacts?$select=contactid", nil))
+	if _, err := c.s.Insert("contacts", map[string]any{"lastname": "typed in"}); err != nil {
+		t.Fatalf("a test's direct insert is not checked: %v", err)
+	}
+	c.s.AllowPrivilege("contacts", PrivCreate)
+	c.must(204, c.do("POST", "contacts", map[string]any{"lastname": "x"}))
+	c.s.DenyPrivilege("contacts", PrivRead)
+	c.must(403, c.do("GET", "contacts?$select=contactid", nil))
+}
