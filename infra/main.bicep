@@ -139,35 +139,31 @@ param syncStateTableName string = 'syncstate'
 // Hosting
 // ---------------------------------------------------------------------------------------------
 
-@secure()
-@minLength(32)
-@description('Value of the host key "nopcommerce" the store sends in x-functions-key. azd generates it once per environment and keeps it in .azure/<env>/config.json.')
-@metadata({
-  azd: {
-    type: 'generate'
-    config: {
-      length: 48
-      noSpecial: true
-    }
-  }
-})
-param storeFunctionKey string
-
-// Host keys are written through the running Functions host, and a Flex Consumption app that has
-// no code yet may not run one: creating the key in the very first provisioning can fail. So the
-// first `azd up` creates everything else and deploys the code; then `azd env set
-// CREATE_STORE_FUNCTION_KEY true` and `azd provision` add the key (the postdeploy hook says so).
-@allowed([
-  'true'
-  'false'
-])
-@description('Create the "nopcommerce" host key ("true" once the code is deployed; see infra/README.md).')
-param createStoreFunctionKey string = 'false'
-
-@description('Most instances the function app may scale out to.')
-@minValue(1)
+// Applies per function group (each Service Bus function scales on its own); 40 is the lowest
+// Flex Consumption allows in most regions. The app, not this cap, keeps Dataverse's load in bounds.
+@description('Most instances each function group may scale out to (at least 40).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('Flex Consumption instance memory in MB (2048 is the default size; 512 the 0.25 vCPU one).')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+// ---------------------------------------------------------------------------------------------
+// Alerts (off unless an address is given; infra/README.md, "Alerts")
+// ---------------------------------------------------------------------------------------------
+
+@description('Email address that receives the alerts (dead-lettered messages, handler errors). Empty: no alert rules are deployed.')
+param alertEmail string = ''
+
+@description('Handler error lines (Application Insights traces with severityLevel >= 3) in 15 minutes above which the error alert fires.')
+@minValue(0)
+param errorAlertThreshold int = 10
 
 @description('Duplicate detection window of the queues (ISO 8601 duration).')
 param duplicateDetectionWindow string = 'PT10M'
@@ -297,14 +293,28 @@ module functionApp 'modules/functionapp.bicep' = {
     nopDbManagedIdentity: nopDbManagedIdentity
     storeId: storeId
     storeUrl: storeUrl
-    storeFunctionKey: storeFunctionKey
-    createStoreFunctionKey: createStoreFunctionKey == 'true'
+    instanceMemoryMB: instanceMemoryMB
   }
   // The identity must hold its roles before the host first starts (host storage, deployment
   // container, Key Vault); otherwise the first start fails until the assignments propagate.
   dependsOn: [
     roles
   ]
+}
+
+module alerts 'modules/alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    tags: tags
+    namePrefix: 'nopsync-${token}'
+    alertEmail: alertEmail
+    serviceBusNamespaceName: serviceBus.outputs.name
+    queueNames: serviceBus.outputs.queueNames
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    location: location
+    errorAlertThreshold: errorAlertThreshold
+  }
 }
 
 // --- outputs: azd stores these in .azure/<env>/.env; none is a secret ---

@@ -1,7 +1,8 @@
 // Flex Consumption plan + the function app (custom handler: one Go executable named "handler"),
 // its app settings (every setting the code reads that an administrator may tune; see
-// shared/config.Known and the drift test in handlers/infra_drift_test.go), and the named host
-// key the store sends in x-functions-key.
+// shared/config.Known and the drift test in handlers/infra_drift_test.go). The store's host key is
+// not here: host keys are written through the running host, so the azd postdeploy hook creates it
+// once the code is deployed (infra/hooks/postdeploy.sh).
 
 @description('Location of the resources.')
 param location string
@@ -42,19 +43,21 @@ param keyVaultUrl string
 @description('Application Insights connection string.')
 param applicationInsightsConnectionString string
 
+// 2048 MB is the Flex Consumption default size (1 vCPU); 512 MB is the 0.25 vCPU size.
 @description('Flex Consumption instance memory (MB).')
 @allowed([
   512
   2048
   4096
 ])
-param instanceMemoryMB int = 512
+param instanceMemoryMB int = 2048
 
-// Each instance runs up to host.json maxConcurrentSessions per queue against Dataverse, whose
-// service protection limits are per user (52 concurrent requests, 6000 requests / 5 min): a small
-// ceiling keeps the app's own throttling rare.
-@description('Most instances the app may scale out to.')
-@minValue(1)
+// Flex Consumption's lowest allowed cap is 40 in most regions, and it applies per function group:
+// each Service Bus-triggered function scales on its own. So it does not bound the load on
+// Dataverse; the app does (its client keeps Dataverse's per-user limits and honours Retry-After).
+// https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan
+@description('Most instances each function group may scale out to (at least 40).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -80,13 +83,6 @@ param nopDbConnectionSecretName string
 param nopDbManagedIdentity string
 param storeId string
 param storeUrl string
-
-@secure()
-@description('Value of the host key named nopcommerce that the store sends in x-functions-key (at least 32 letters and digits).')
-param storeFunctionKey string
-
-@description('Create the nopcommerce host key. Host keys are written through the running Functions host, so this needs the code deployed (see main.bicep).')
-param createStoreFunctionKey bool = false
 
 // Every app setting of the site. The drift test reads the keys of this object: keep it a single
 // object literal.
@@ -184,7 +180,6 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       // Set on the site itself so the settings exist when the host first starts.
       appSettings: [
@@ -198,35 +193,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 }
 
 // No publishing with user names and passwords: deployments use Entra tokens (azd, Core Tools, az).
-resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
-  parent: site
-  name: 'ftp'
-  properties: {
-    allow: false
-  }
-}
-
+// Flex Consumption has no FTP, so there is no ftp policy (nor siteConfig.ftpsState, which Flex
+// rejects with ARM error 51021).
 resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: site
   name: 'scm'
   properties: {
     allow: false
   }
-}
-
-// A named host key for the store, so it can be rotated on its own (docs: "Function access keys" in
-// functions-infrastructure-as-code). The value comes from a parameter (azd generates and keeps it
-// per environment), so re-provisioning does not change it; a generated value would change the
-// store's key on every deployment.
-resource storeKey 'Microsoft.Web/sites/host/functionKeys@2022-09-01' = if (createStoreFunctionKey) {
-  name: '${site.name}/default/nopcommerce'
-  properties: {
-    name: 'nopcommerce'
-    value: storeFunctionKey
-  }
-  dependsOn: [
-    site
-  ]
 }
 
 output name string = site.name
