@@ -6,8 +6,8 @@ import (
 	"github.com/google/uuid"
 )
 
-// Privilege operations a security role grants per table (learn.microsoft.com
-// power-platform/admin/security-roles-privileges: Create, Read, Write, Delete, ...).
+// Privilege operations a security role grants per table (Create, Read, Write, Delete, ...;
+// https://learn.microsoft.com/power-platform/admin/security-roles-privileges).
 const (
 	PrivCreate = "Create"
 	PrivRead   = "Read"
@@ -50,8 +50,8 @@ func (s *Server) AllowPrivilege(set, op string) {
 
 // checkPrivilege refuses op on t when the role lacks it, with Dataverse's message shape:
 // "Principal user (Id=…, type=8, …), is missing prvCreateProduct privilege (Id=…) on
-// OTC=1024 for entity 'product'." (code 0x80040220 PrivilegeDenied, HTTP 403;
-// learn.microsoft.com power-apps/developer/data-platform/reference/web-service-error-codes).
+// OTC=1024 for entity 'product'." (code 0x80040220 PrivilegeDenied, HTTP 403; Learn:
+// reference/web-service-error-codes).
 // Direct writes of a test (Insert, Update, Delete) are not checked.
 func (s *Server) checkPrivilege(x *tx, t *table, op string) *apiError {
 	if x.system || !s.denied[t.set+"/"+op] {

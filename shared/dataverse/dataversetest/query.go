@@ -16,9 +16,9 @@ import (
 const maxPageSize = 5000
 
 // maxConditions is the most conditions one query may hold: "You can include no more than
-// 500 total conditions in a query", else TooManyConditionsInQuery (learn.microsoft.com
-// power-apps/developer/data-platform/webapi/query/filter-rows, "Condition limits"). Each
-// comparison and each string function is one condition.
+// 500 total conditions in a query", else TooManyConditionsInQuery (Learn:
+// webapi/query/filter-rows, "Condition limits"). Each comparison and each string function
+// is one condition.
 const maxConditions = 500
 
 // checkQueryOptions rejects system query options Dataverse doesn't support ($skip) and

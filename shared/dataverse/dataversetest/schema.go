@@ -230,8 +230,8 @@ func builtinTables() []tdef {
 			lookups: []lookup{lk("invoiceid", "invoiceid", "invoice"), lk("productid", "productid", "product"),
 				lk("uomid", "uomid", "uom"), lk("transactioncurrencyid", "transactioncurrencyid", "transactioncurrency"),
 				lk("salesorderdetailid", "salesorderdetailid", "salesorderdetail")}},
-		// The organization's pricing settings (learn.microsoft.com power-apps/developer/
-		// data-platform/reference/entities/organization): one row, read and updated only.
+		// The organization's pricing settings (Learn: reference/entities/organization): one
+		// row, read and updated only.
 		{logical: "organization", set: "organizations", pk: "organizationid",
 			cols: cat([]column{s("name", 160), i("pricingdecimalprecision"), pick("discountcalculationmethod"),
 				b("oobpricecalculationenabled")}, commonCols())},

@@ -38,29 +38,28 @@
 //	row, ok := srv.Row("contacts", id)          // what landed, as stored
 //	if srv.RetryAfterViolations() != 0 { ... } // Retry-After honoured?
 //
-// Documented limits and rules it enforces, with their public sources:
+// Documented limits and rules it enforces:
 //   - A query holds at most 500 conditions (each comparison and string function is one);
-//     more gives 400 TooManyConditionsInQuery 0x8004430C (learn.microsoft.com
-//     power-apps/developer/data-platform/webapi/query/filter-rows, "Condition limits").
-//   - Product lifecycle (learn.microsoft.com dynamics365/sales/developer/
-//     publish-revise-revert-retire-activate-products; error codes from power-apps/developer/
-//     data-platform/reference/web-service-error-codes): a product in a price list can't be
-//     retired (CannotRetireProductFromActiveBundle 0x8004F997); retiring a family retires
+//     more gives 400 TooManyConditionsInQuery 0x8004430C (Learn: webapi/query/filter-rows,
+//     "Condition limits").
+//   - Product lifecycle (Sales developer guide, publish-revise-revert-retire-activate-products;
+//     codes from Learn: reference/web-service-error-codes): a product in a price list can't
+//     be retired (CannotRetireProductFromActiveBundle 0x8004F997); retiring a family retires
 //     its hierarchy and fails while a child can't be retired (ProductHasUnretiredChild
-//     0x8004F910); only a retired product without a parent can be set Active again, never
-//     a retired family or a retired child of a family; a product's parent can't be changed
+//     0x8004F910); only a retired product without a parent can be set Active again, never a
+//     retired family or a retired child of a family; a product's parent can't be changed
 //     once set; one product record is published per request (an UpdateMultiple setting
 //     several Active is refused; PublishProductHierarchy publishes a family's hierarchy).
-//   - The organization's pricing settings (organizations row; Options.PricingDecimalPrecision,
-//     DiscountPerUnit, SystemPricingOff; learn.microsoft.com power-apps/developer/
-//     data-platform/reference/entities/organization and dynamics365/sales "Configure
-//     product catalog"): priceperunit keeps pricingdecimalprecision decimals;
-//     discountcalculationmethod per unit takes manualdiscountamount off each unit; with
-//     oobpricecalculationenabled off no amounts are computed.
-//   - Security roles (DenyPrivilege): a request needing a privilege the role lacks gets
-//     403 PrivilegeDenied 0x80040220 "Principal user (Id=…), is missing prvCreateProduct
-//     privilege … for entity 'product'" (web-service-error-codes; power-platform/admin/
-//     security-roles-privileges).
+//   - The organization's pricing settings, in its organizations row (Options.
+//     PricingDecimalPrecision, DiscountPerUnit, SystemPricingOff; Learn:
+//     reference/entities/organization): priceperunit keeps pricingdecimalprecision
+//     decimals; discountcalculationmethod per unit takes manualdiscountamount off each unit,
+//     (price − discount) × quantity; with oobpricecalculationenabled off no amounts are
+//     computed.
+//   - Security roles (DenyPrivilege): a request needing a privilege the role lacks gets 403
+//     PrivilegeDenied 0x80040220 "Principal user (Id=…), is missing prvCreateProduct
+//     privilege … for entity 'product'" (Learn: reference/web-service-error-codes;
+//     https://learn.microsoft.com/power-platform/admin/security-roles-privileges).
 package dataversetest
 
 import (
