@@ -18,6 +18,7 @@ import (
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/keyvault"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/nopdb"
 	"github.com/nopsync/nopsync/shared/ops"
 	"github.com/nopsync/nopsync/shared/pictures"
@@ -30,13 +31,6 @@ import (
 // functionNames lists the functions this executable serves: one folder each under
 // functions/ (the drift tests hold the two lists together).
 var functionNames = []string{"events", "customers", "products", "orders", "autosync", "sync", "status", "deadletters"}
-
-// queueOf maps each queue function to the Service Bus queue that triggers it.
-var queueOf = map[string]string{
-	"customers": queue.Customers,
-	"products":  queue.Products,
-	"orders":    queue.Orders,
-}
 
 // app holds the clients and services, built once and shared by every invocation.
 type app struct {
@@ -163,8 +157,8 @@ func (a *app) functions() map[string]funchost.Function {
 		"deadletters": funchost.HTTPFunction(pub, "req", "res"),
 		"autosync":    a.autosync,
 	}
-	for fn, q := range queueOf {
-		fns[fn] = a.queueFunction(q)
+	for _, q := range nop.Queues() { // each queue's function has the queue's name
+		fns[q] = a.queueFunction(q)
 	}
 	return fns
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/localqueue"
 	"github.com/nopsync/nopsync/shared/localstore"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -155,7 +156,8 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	for fn, qn := range queueOf {
+	for _, qn := range nop.Queues() { // each queue's function has the queue's name
+		fn := qn
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/nop"
 )
 
 // The Functions host polls a custom handler's GET / for 30 s after starting it and stops
@@ -131,7 +132,7 @@ func (s *starter) functions() map[string]funchost.Function {
 	fns := map[string]funchost.Function{}
 	starting := funchost.HTTPFunction(http.HandlerFunc(s.serveStarting), "req", "res")
 	for _, name := range functionNames {
-		_, isQueue := queueOf[name]
+		_, isQueue := nop.QueueEntity(name) // a queue function has its queue's name
 		fns[name] = func(ctx context.Context, inv *funchost.Invocation) (*funchost.Result, error) {
 			if isQueue {
 				t := time.NewTimer(s.o.QueueWait)

@@ -143,8 +143,6 @@ type Accepted struct {
 	IDs      []string `json:"ids"`
 }
 
-var queues = map[nop.Entity]string{"customer": queue.Customers, "product": queue.Products, "order": queue.Orders}
-
 // Handle checks and queues one request. Checks run in this order: method, entity,
 // content type, size; then the signature (an unsigned or wrongly signed request is
 // never parsed); then the events; then sending, all or nothing.
@@ -201,7 +199,8 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 		if in.o.Sender == nil {
 			err = errors.New("no queue sender configured")
 		} else {
-			err = in.o.Sender.Send(ctx, queues[entity], msgs)
+			q, _ := nop.Queue(entity) // entity was parsed by nop.ParseEntity
+			err = in.o.Sender.Send(ctx, q, msgs)
 		}
 	}
 	if err != nil {

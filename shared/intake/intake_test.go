@@ -494,7 +494,7 @@ func TestQueuedMessages(t *testing.T) {
 		if len(m.Body) >= 256<<10 || m.Subject != "chunk" || !strings.HasPrefix(m.SessionID, "product-chunk-") {
 			t.Errorf("chunk %s: %d bytes, subject %q, session %q", m.MessageID, len(m.Body), m.Subject, m.SessionID)
 		}
-		evs, err := nop.DecodeEnvelope(m.Body)
+		evs, _, err := nop.DecodeEnvelope(m.Body)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,8 +31,35 @@ type Envelope struct {
 
 // Chunk is several events of one entity travelling in one message.
 type Chunk struct {
-	ID     string            `json:"id"` // the message id: ChunkID of its events' ids
+	ID string `json:"id"` // the message id: ChunkID of its events' ids, or a sync run's id
+	// Resync marks a chunk that re-sends stored events (a sync run, scope "all" or
+	// "failed"): its events are written again even when state says they were applied
+	// with the same data, which is how rows changed or deleted in Dynamics 365 get
+	// repaired. Older events are still skipped as stale.
+	Resync bool              `json:"resync,omitempty"`
 	Events []json.RawMessage `json:"events"`
+}
+
+// ResyncChunk builds the message of a chunk that re-sends stored events (Resync set).
+// id must be new for every run (for example "resync-<run>-<entity>-<n>"): an id derived
+// from the events' ids would be dropped by duplicate detection. events are stored
+// events, sent verbatim; the caller keeps the body under MaxChunkBodyBytes and the
+// events at most MaxEvents.
+func ResyncChunk(id string, events []json.RawMessage) (queue.Message, error) {
+	if id == "" || len(events) == 0 {
+		return queue.Message{}, errors.New("nop: a resync chunk needs an id and events")
+	}
+	body, err := json.Marshal(Envelope{Chunk: &Chunk{ID: id, Resync: true, Events: events}})
+	if err != nil {
+		return queue.Message{}, fmt.Errorf("nop: resync chunk %s: %w", id, err)
+	}
+	return queue.Message{
+		MessageID:   id,
+		SessionID:   id,
+		Subject:     ChunkSubject,
+		ContentType: "application/json",
+		Body:        body,
+	}, nil
 }
 
 // ChunkID returns "chunk-" and the first 32 hex digits of the SHA-256 of the ids joined
@@ -128,61 +155,84 @@ func chunkMessage(entity Entity, evs []*Event) queue.Message {
 }
 
 // DecodeEnvelope reads a queue message body back into validated events, applying every
-// rule DecodeRequest applies (a message replayed by hand could hold anything). A chunk's
-// events must all be of one entity. Problems are returned as *ValidationError (Index -1
+// rule DecodeRequest applies (a message replayed by hand could hold anything), and says
+// whether they re-send stored events (Chunk.Resync). A chunk's events must all be of
+// one entity. Problems are returned as *ValidationError (Index -1
 // with Field "evt", "chunk", "chunk.id" or "chunk.events" for the envelope itself, else
 // the event's index in the chunk, 0 for a single event) or *TooLargeError; callers treat
 // any error as permanent: the message will never become valid.
-func DecodeEnvelope(body []byte) ([]*Event, error) {
+func DecodeEnvelope(body []byte) (events []*Event, resync bool, err error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, &ValidationError{Index: -1, Message: "envelope must be a JSON object with \"evt\" or \"chunk\", got " + jsonKind(trimmed)}
+		return nil, false, &ValidationError{Index: -1, Message: "envelope must be a JSON object with \"evt\" or \"chunk\", got " + jsonKind(trimmed)}
 	}
 	if !utf8.Valid(trimmed) {
-		return nil, &ValidationError{Index: -1, Message: "malformed JSON: envelope is not valid UTF-8"}
+		return nil, false, &ValidationError{Index: -1, Message: "malformed JSON: envelope is not valid UTF-8"}
 	}
 	if err := checkSyntax(trimmed); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	trimmed = bytes.Clone(trimmed) // events must not alias the caller's buffer
 	d := &decoder{index: -1}
 	env := d.asObject("", trimmed)
 	if env == nil {
-		return nil, d.err
+		return nil, false, d.err
 	}
 	evt, hasEvt := env.get("evt")
 	chunk, hasChunk := env.get("chunk")
 	switch {
 	case hasEvt && hasChunk:
-		return nil, &ValidationError{Index: -1, Message: "envelope holds both \"evt\" and \"chunk\""}
+		return nil, false, &ValidationError{Index: -1, Message: "envelope holds both \"evt\" and \"chunk\""}
 	case hasEvt:
 		if evt[0] != '{' {
-			return nil, &ValidationError{Index: -1, Field: "evt", Message: "must be an event object, got " + jsonKind(evt)}
+			return nil, false, &ValidationError{Index: -1, Field: "evt", Message: "must be an event object, got " + jsonKind(evt)}
 		}
-		return decodeEvents("", []json.RawMessage{evt})
+		evs, err := decodeEvents("", []json.RawMessage{evt})
+		return evs, false, err
 	case hasChunk:
 		c := d.asObject("chunk", chunk)
 		if c == nil {
-			return nil, d.err
+			return nil, false, d.err
 		}
 		id := c.str("id")
 		if d.err == nil && id == "" {
 			d.fail("chunk.id", "must not be empty")
 		}
 		raws := c.array("events", true)
+		if _, ok := c.get("resync"); ok {
+			resync = c.boolean("resync")
+		}
 		if d.err != nil {
-			return nil, d.err
+			return nil, false, d.err
 		}
 		if len(raws) == 0 || len(raws) > MaxEvents {
-			return nil, &ValidationError{Index: -1, Field: "chunk.events", Message: fmt.Sprintf("must hold 1 to %d events, got %d", MaxEvents, len(raws))}
+			return nil, false, &ValidationError{Index: -1, Field: "chunk.events", Message: fmt.Sprintf("must hold 1 to %d events, got %d", MaxEvents, len(raws))}
 		}
 		for i, r := range raws {
 			if r[0] != '{' {
-				return nil, &ValidationError{Index: i, Message: "must be an event object, got " + jsonKind(r)}
+				return nil, false, &ValidationError{Index: i, Message: "must be an event object, got " + jsonKind(r)}
 			}
 		}
-		return decodeEvents("", raws)
+		evs, err := decodeEvents("", raws)
+		return evs, resync, err
 	default:
-		return nil, &ValidationError{Index: -1, Message: "envelope must hold \"evt\" or \"chunk\""}
+		return nil, false, &ValidationError{Index: -1, Message: "envelope must hold \"evt\" or \"chunk\""}
 	}
+}
+
+// CountEvents returns how many events a queue message body carries (1 for a single
+// event, the chunk's length for a chunk, 0 when the body is no envelope), without
+// validating them: for views of dead-lettered messages.
+func CountEvents(body []byte) int {
+	var env Envelope
+	if json.Unmarshal(body, &env) != nil {
+		return 0
+	}
+	if env.Chunk != nil {
+		return len(env.Chunk.Events)
+	}
+	if len(env.Event) > 0 {
+		return 1
+	}
+	return 0
 }

@@ -38,7 +38,7 @@ func TestMessagesSingleEvent(t *testing.T) {
 	if err := json.Unmarshal(m.Body, &env); err != nil || env.Chunk != nil || len(env.Event) == 0 {
 		t.Errorf("body does not decode as an Envelope: %v", err)
 	}
-	back, err := nop.DecodeEnvelope(m.Body)
+	back, _, err := nop.DecodeEnvelope(m.Body)
 	if err != nil || len(back) != 1 || back[0].ID != evs[0].ID || !bytes.Equal(back[0].Raw, evs[0].Raw) || back[0].Order.OrderTotal != evs[0].Order.OrderTotal {
 		t.Errorf("round trip: %v", err)
 	}
@@ -117,7 +117,7 @@ func TestMessagesChunks(t *testing.T) {
 		if id != nop.ChunkID(ids) {
 			t.Errorf("ChunkID differs")
 		}
-		back, err := nop.DecodeEnvelope(m.Body)
+		back, _, err := nop.DecodeEnvelope(m.Body)
 		if err != nil || len(back) != len(ids) || back[0].ID != ids[0] {
 			t.Errorf("chunk %d round trip: %v", ci, err)
 		}
@@ -191,7 +191,7 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			evs, err := nop.DecodeEnvelope([]byte(tc.body))
+			evs, _, err := nop.DecodeEnvelope([]byte(tc.body))
 			var ve *nop.ValidationError
 			if !errors.As(err, &ve) {
 				t.Fatalf("want *ValidationError, got %T %v", err, err)
@@ -203,14 +203,76 @@ func TestDecodeEnvelopeErrors(t *testing.T) {
 	}
 	// An invalid field in the second event of a chunk names that event and field.
 	second := strings.Replace(strings.Replace(prod, `"productType": 10`, `"productType": 11`, 1), "evt-product-0001", "evt-product-0002", 1)
-	_, err := nop.DecodeEnvelope([]byte(`{"chunk":{"id":"c","events":[` + prod + `,` + second + `]}}`))
+	_, _, err := nop.DecodeEnvelope([]byte(`{"chunk":{"id":"c","events":[` + prod + `,` + second + `]}}`))
 	var ve *nop.ValidationError
 	if !errors.As(err, &ve) || ve.Index != 1 || ve.Field != "data.productType" {
 		t.Errorf("chunk invalid field: %v", err)
 	}
 	// A too large event in a replayed message.
-	_, err = nop.DecodeEnvelope([]byte(`{"evt":` + string(padded(t, []byte(cust), "x", nop.MaxEventBytes+1)) + `}`))
+	_, _, err = nop.DecodeEnvelope([]byte(`{"evt":` + string(padded(t, []byte(cust), "x", nop.MaxEventBytes+1)) + `}`))
 	if !errors.Is(err, nop.ErrTooLarge) {
 		t.Errorf("too large event in envelope: %v", err)
+	}
+}
+
+// A sync run's chunk says it re-sends stored events in its own field; DecodeEnvelope
+// reports it, and ordinary messages (single events, import chunks, whatever their id)
+// are never re-syncs.
+func TestResyncChunkFlag(t *testing.T) {
+	body := readTestdata(t, "order.json")
+	evs, err := nop.DecodeRequest("order", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := nop.ResyncChunk("resync-run1-order-1", []json.RawMessage{evs[0].Raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MessageID != "resync-run1-order-1" || m.Subject != nop.ChunkSubject {
+		t.Errorf("headers: %+v", m)
+	}
+	back, resync, err := nop.DecodeEnvelope(m.Body)
+	if err != nil || !resync || len(back) != 1 || back[0].ID != evs[0].ID {
+		t.Fatalf("resync chunk decoded as %d events, resync %v, %v", len(back), resync, err)
+	}
+	if n := nop.CountEvents(m.Body); n != 1 {
+		t.Errorf("CountEvents = %d", n)
+	}
+	plain, err := nop.Messages("order", evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := string(evs[0].Raw)
+	for name, b := range map[string]string{
+		"single event":            string(plain[0].Body),
+		"chunk with a resync- id": `{"chunk":{"id":"resync-run1-order-1","events":[` + ev + `]}}`,
+		"chunk with resync false": `{"chunk":{"id":"c1","resync":false,"events":[` + ev + `]}}`,
+	} {
+		if _, resync, err := nop.DecodeEnvelope([]byte(b)); err != nil || resync {
+			t.Errorf("%s: resync %v, %v", name, resync, err)
+		}
+	}
+	_, _, err = nop.DecodeEnvelope([]byte(`{"chunk":{"id":"c1","resync":"yes","events":[` + ev + `]}}`))
+	var ve *nop.ValidationError
+	if !errors.As(err, &ve) || ve.Field != "chunk.resync" {
+		t.Errorf("a non-boolean resync: %v", err)
+	}
+}
+
+func TestQueues(t *testing.T) {
+	for _, e := range []nop.Entity{"customer", "product", "order"} {
+		q, ok := nop.Queue(e)
+		if !ok || q != string(e)+"s" {
+			t.Errorf("Queue(%s) = %q, %v", e, q, ok)
+		}
+		if back, ok := nop.QueueEntity(q); !ok || back != e {
+			t.Errorf("QueueEntity(%s) = %q, %v", q, back, ok)
+		}
+	}
+	if _, ok := nop.QueueEntity("customer"); ok {
+		t.Error(`QueueEntity("customer"): an entity name is not a queue`)
+	}
+	if got := strings.Join(nop.Queues(), ","); got != "customers,products,orders" {
+		t.Errorf("Queues() = %s", got)
 	}
 }

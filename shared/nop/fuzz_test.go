@@ -57,7 +57,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			if len(evs) > 1 && len(m.Body) > nop.MaxChunkBodyBytes {
 				t.Fatalf("chunk of %d bytes", len(m.Body))
 			}
-			got, err := nop.DecodeEnvelope(m.Body)
+			got, _, err := nop.DecodeEnvelope(m.Body)
 			if err != nil {
 				t.Fatalf("DecodeEnvelope of our own message: %v", err)
 			}
@@ -84,7 +84,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	}
 	f.Add([]byte(`{"chunk":{"id":"x","events":[]}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		evs, err := nop.DecodeEnvelope(body)
+		evs, _, err := nop.DecodeEnvelope(body)
 		if err != nil {
 			checkErr(t, err)
 			return

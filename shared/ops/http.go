@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/nopsync/nopsync/shared/delivery"
-	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -47,11 +47,7 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
-func parseEntity(s string) (state.Entity, bool) {
-	e := state.Entity(s)
-	_, ok := Queues[e]
-	return e, ok
-}
+func parseEntity(s string) (state.Entity, bool) { return nop.ParseEntity(s) }
 
 type syncRequest struct {
 	Entities []string `json:"entities"`
@@ -238,7 +234,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed], Skipped: c[state.Skipped], StaleEventsSkipped: stale[ent]}
 		qs := QueueStatus{}
 		if o.o.Inspector != nil {
-			s, err := o.o.Inspector.Stats(ctx, Queues[ent])
+			s, err := o.o.Inspector.Stats(ctx, queueOf(ent))
 			if err != nil {
 				qs.Error = err.Error()
 			}
@@ -394,17 +390,17 @@ func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), Queues[ent], 500)
+	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), queueOf(ent), 500)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "peek dead letters: "+err.Error())
 		return
 	}
 	views := make([]DeadLetterView, 0, len(dls))
 	for _, d := range dls {
-		f := o.deadLetterFailure(r.Context(), Queues[ent], d)
+		f := o.deadLetterFailure(r.Context(), queueOf(ent), d)
 		v := DeadLetterView{MessageID: d.MessageID, SessionID: d.SessionID, Subject: d.Subject, Reason: delivery.NoReason,
 			BrokerReason: d.Reason, Description: d.ErrorDescription, Deliveries: d.DeliveryCount, EnqueuedAt: d.EnqueuedAt,
-			Transient: TransientDeadLetter(d), AutoReplay: o.autoReplayable(d, f), Events: countEvents(d.Message)}
+			Transient: TransientDeadLetter(d), AutoReplay: o.autoReplayable(d, f), Events: nop.CountEvents(d.Body)}
 		if orig := delivery.OriginalID(d.MessageID, d.ApplicationProperties); orig != d.MessageID {
 			v.OriginalID = orig
 		}
@@ -418,26 +414,7 @@ func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
 		}
 		views = append(views, v)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"entity": ent, "queue": Queues[ent], "count": len(views), "deadLetters": views})
-}
-
-func countEvents(m queue.Message) int {
-	var env struct {
-		Evt   json.RawMessage `json:"evt"`
-		Chunk *struct {
-			Events []json.RawMessage `json:"events"`
-		} `json:"chunk"`
-	}
-	if json.Unmarshal(m.Body, &env) != nil {
-		return 0
-	}
-	if env.Chunk != nil {
-		return len(env.Chunk.Events)
-	}
-	if len(env.Evt) > 0 {
-		return 1
-	}
-	return 0
+	writeJSON(w, http.StatusOK, map[string]any{"entity": ent, "queue": queueOf(ent), "count": len(views), "deadLetters": views})
 }
 
 func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
@@ -453,7 +430,7 @@ func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	done, err := o.o.DeadLetters.Replay(r.Context(), Queues[ent], ids)
+	done, err := o.o.DeadLetters.Replay(r.Context(), queueOf(ent), ids)
 	if done == nil {
 		done = []string{}
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nopsync/nopsync/shared/delivery"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/storesync"
@@ -49,11 +50,10 @@ type SecretExpiry interface {
 	ClientSecretExpiry(ctx context.Context) (*time.Time, error)
 }
 
-// Queues names each entity's queue.
-var Queues = map[state.Entity]string{
-	state.Customer: queue.Customers,
-	state.Product:  queue.Products,
-	state.Order:    queue.Orders,
+// queueOf names entity's queue ("" for an unknown entity, which callers have ruled out).
+func queueOf(e state.Entity) string {
+	q, _ := nop.Queue(e)
+	return q
 }
 
 // Options configure Ops.
@@ -280,7 +280,7 @@ func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
 func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, statuses []state.Status, keep func(*state.Record) bool) (int, error) {
 	total := 0
 	for _, ent := range entities {
-		q, ok := Queues[ent]
+		q, ok := nop.Queue(ent)
 		if !ok {
 			return total, fmt.Errorf("unknown entity %q", ent)
 		}
@@ -289,7 +289,7 @@ func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity,
 			if err := o.o.Sender.Send(ctx, q, []queue.Message{msg}); err != nil {
 				return fmt.Errorf("send to %s: %w", q, err)
 			}
-			total += countEvents(msg)
+			total += nop.CountEvents(msg.Body)
 			return nil
 		}
 		err := o.o.State.Scan(ctx, ent, statuses, func(r *state.Record) error {
@@ -297,13 +297,21 @@ func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity,
 			if ev == nil || (keep != nil && !keep(r)) {
 				return nil // nothing received yet (e.g. a stub made for an order line)
 			}
-			if msg, full := c.add(ev); full {
+			msg, full, err := c.add(ev)
+			if err != nil {
+				return err
+			}
+			if full {
 				return send(msg)
 			}
 			return nil
 		})
-		if msg, ok := c.flush(); ok && err == nil {
-			err = send(msg)
+		if err == nil {
+			var msg queue.Message
+			var ok bool
+			if msg, ok, err = c.flush(); ok {
+				err = send(msg)
+			}
 		}
 		if err != nil {
 			return total, fmt.Errorf("re-send %s: %w", ent, err)
@@ -325,12 +333,6 @@ func storedEvent(data []byte) json.RawMessage {
 	return json.RawMessage(data)
 }
 
-// maxChunkBody keeps chunk messages under Service Bus Standard's 256 KiB.
-const maxChunkBody = 240 << 10
-
-// maxChunkEvents matches the events a request (and so a chunk) may hold.
-const maxChunkEvents = 1000
-
 type chunker struct {
 	entity state.Entity
 	runID  string
@@ -340,33 +342,30 @@ type chunker struct {
 }
 
 // add appends ev, returning a full chunk to send first when ev does not fit.
-func (c *chunker) add(ev json.RawMessage) (queue.Message, bool) {
+func (c *chunker) add(ev json.RawMessage) (queue.Message, bool, error) {
 	var out queue.Message
-	full := false
-	if len(c.events) > 0 && (c.size+len(ev)+200 > maxChunkBody || len(c.events) == maxChunkEvents) {
-		out, full = c.flush()
+	var full bool
+	var err error
+	if len(c.events) > 0 && (c.size+len(ev)+200 > nop.MaxChunkBodyBytes || len(c.events) == nop.MaxEvents) {
+		out, full, err = c.flush()
 	}
 	c.events = append(c.events, ev)
 	c.size += len(ev) + 1
-	return out, full
+	return out, full, err
 }
 
-func (c *chunker) flush() (queue.Message, bool) {
+func (c *chunker) flush() (queue.Message, bool, error) {
 	if len(c.events) == 0 {
-		return queue.Message{}, false
+		return queue.Message{}, false, nil
 	}
 	c.n++
-	id := fmt.Sprintf("resync-%s-%s-%d", c.runID, c.entity, c.n)
-	body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": id, "events": c.events}})
+	msg, err := nop.ResyncChunk(fmt.Sprintf("resync-%s-%s-%d", c.runID, c.entity, c.n), c.events)
 	c.events, c.size = nil, 0
-	return queue.Message{
-		MessageID:             id,
-		SessionID:             id,
-		Subject:               "chunk",
-		ContentType:           "application/json",
-		Body:                  body,
-		ApplicationProperties: map[string]any{"runId": c.runID},
-	}, true
+	if err != nil {
+		return queue.Message{}, false, err
+	}
+	msg.ApplicationProperties = map[string]any{"runId": c.runID}
+	return msg, true, nil
 }
 
 // autoSyncDoc is the last auto-sync run, kept in the state store so scale-out and
@@ -434,7 +433,7 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 	}
 	if o.o.DeadLetters != nil {
 		for _, ent := range state.Entities {
-			replayed, err := o.replayTransient(ctx, Queues[ent])
+			replayed, err := o.replayTransient(ctx, queueOf(ent))
 			run.Replayed += replayed
 			if err != nil {
 				errs = append(errs, err)

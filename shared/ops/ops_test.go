@@ -94,7 +94,7 @@ func (f *fixture) drain(t *testing.T, q string, want int) []*nop.Event {
 	var mu sync.Mutex
 	var evs []*nop.Event
 	go f.q.Run(ctx, q, 2, func(ctx context.Context, d localqueue.Delivery) error {
-		got, err := nop.DecodeEnvelope(d.Body)
+		got, _, err := nop.DecodeEnvelope(d.Body)
 		if err != nil {
 			t.Errorf("message %s does not decode: %v", d.MessageID, err)
 			return nil
@@ -496,7 +496,7 @@ func TestAutoSyncSkipsEntitiesBeingSynced(t *testing.T) {
 		t.Fatalf("auto-sync re-sent %d entities, want 2 (not the one with a live lease)", run.Queued)
 	}
 	var ids []string
-	for _, ev := range f.drain(t, Queues[state.Customer], 2) {
+	for _, ev := range f.drain(t, queue.Customers, 2) {
 		ids = append(ids, ev.EntityID())
 	}
 	sort.Strings(ids)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/storesync"
 )
@@ -79,7 +80,7 @@ func (o *Ops) StartStoreRun(ctx context.Context, entities []state.Entity, trigge
 		entities = state.Entities
 	}
 	for _, e := range entities {
-		if _, ok := Queues[e]; !ok {
+		if _, ok := nop.Queue(e); !ok {
 			return nil, fmt.Errorf("unknown entity %q", e)
 		}
 	}
@@ -242,7 +243,7 @@ func (o *Ops) readStore(ctx context.Context, run *Run, lease *state.Doc) error {
 	pass := &storesync.Pass{
 		Source:   src,
 		Differ:   &storesync.StateDiffer{State: o.o.State, Hash: o.o.StoreHash},
-		Sink:     &storesync.QueueSink{Sender: o.o.Sender, Queues: Queues},
+		Sink:     &storesync.QueueSink{Sender: o.o.Sender},
 		PageSize: o.o.StorePageSize,
 	}
 	for _, ent := range run.Entities {

@@ -32,7 +32,7 @@ type applyingSender struct {
 
 func (a *applyingSender) Send(ctx context.Context, q string, msgs []queue.Message) error {
 	for _, m := range msgs {
-		evs, err := nop.DecodeEnvelope(m.Body)
+		evs, _, err := nop.DecodeEnvelope(m.Body)
 		if err != nil {
 			return err
 		}

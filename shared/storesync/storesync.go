@@ -232,12 +232,11 @@ func storedData(ev []byte) []byte {
 // their events' ids), so a page passed on twice is dropped as a repeat.
 type QueueSink struct {
 	Sender queue.Sender
-	Queues map[state.Entity]string
 }
 
 // Send implements Sink.
 func (s *QueueSink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
-	q, ok := s.Queues[entity]
+	q, ok := nop.Queue(entity)
 	if !ok {
 		return fmt.Errorf("no queue for entity %q", entity)
 	}

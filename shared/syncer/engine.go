@@ -17,9 +17,9 @@
 // Each entity's syncer writes one event (sync) and an import chunk's events at once
 // (syncMany), and returns an outcome per event. An error is transient (the message is
 // redelivered) or permanent (recorded as the entity's failure); transient(err) and
-// permanent(err) make the class explicit. Chunk messages whose id starts with
-// ResyncChunkPrefix ("resync-", what ops' sync runs send) are forced: rec.DataHash is
-// cleared before sync, so unchanged data is written again.
+// permanent(err) make the class explicit. Chunks that re-send stored events
+// (nop.Chunk.Resync, what ops' sync runs send) are forced: rec.DataHash is cleared
+// before sync, so unchanged data is written again.
 package syncer
 
 import (
@@ -42,7 +42,6 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/pictures"
-	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -294,22 +293,19 @@ func isTransient(err error) bool {
 	return true
 }
 
-// queueEntities maps queue names (and entity names) to entities.
-var queueEntities = map[string]state.Entity{
-	queue.Customers: state.Customer, queue.Products: state.Product, queue.Orders: state.Order,
-	string(state.Customer): state.Customer, string(state.Product): state.Product, string(state.Order): state.Order,
-}
-
 // HandleMessage applies one queue message (a single event or an import chunk). nil: every
 // event was applied, skipped or recorded as a permanent failure, so the message is
 // acknowledged. An error: at least one event failed transiently (recorded in state);
 // Service Bus redelivers, and events already applied are recognised as duplicates.
 func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byte) error {
-	entity, ok := queueEntities[queueName]
+	entity, ok := nop.QueueEntity(queueName)
+	if !ok {
+		entity, ok = nop.ParseEntity(queueName)
+	}
 	if !ok {
 		return fmt.Errorf("syncer: unknown queue %q", queueName)
 	}
-	evs, err := nop.DecodeEnvelope(body)
+	evs, force, err := nop.DecodeEnvelope(body)
 	if err != nil {
 		// The message can never become valid: acknowledge it, and record it where the
 		// status page shows it, so it does not end nowhere.
@@ -327,26 +323,10 @@ func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byt
 	if len(mine) == 0 {
 		return nil
 	}
-	force := isResyncChunk(body)
 	if len(mine) == 1 {
 		return e.process(ctx, mine[0], force)
 	}
 	return e.processMany(ctx, entity, mine, force)
-}
-
-// ResyncChunkPrefix starts the id of chunk messages that re-send stored events (sync
-// runs, scope "all" or "failed"). Their events are written again even when state says
-// they were applied with the same data: a re-sync is how rows changed or deleted in
-// Dynamics 365 get repaired. Older events are still skipped as stale.
-const ResyncChunkPrefix = "resync-"
-
-func isResyncChunk(body []byte) bool {
-	var env struct {
-		Chunk *struct {
-			ID string `json:"id"`
-		} `json:"chunk"`
-	}
-	return json.Unmarshal(body, &env) == nil && env.Chunk != nil && strings.HasPrefix(env.Chunk.ID, ResyncChunkPrefix)
 }
 
 // eventJSON is the event as received (kept in rec.Data for re-syncs).
@@ -719,7 +699,7 @@ func decodeStored(data []byte) (*nop.Event, error) {
 	body = append(body, `{"evt":`...)
 	body = append(body, data...)
 	body = append(body, '}')
-	evs, err := nop.DecodeEnvelope(body)
+	evs, _, err := nop.DecodeEnvelope(body)
 	if err != nil {
 		return nil, err
 	}

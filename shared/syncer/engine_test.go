@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -388,7 +389,7 @@ func TestDeterministicIDs(t *testing.T) {
 	}
 }
 
-// Sync runs re-send stored events as "resync-" chunks through the queues: those are
+// Sync runs re-send stored events as resync chunks (nop.ResyncChunk): those are
 // written again (repairing Dynamics 365), while a replayed ordinary message is a
 // duplicate with no effect.
 func TestResyncChunkMessagesForceWrites(t *testing.T) {
@@ -403,8 +404,19 @@ func TestResyncChunkMessagesForceWrites(t *testing.T) {
 	if got := e.row("contacts", contactID(1, 1))["firstname"]; got != "Changed" {
 		t.Fatalf("duplicate rewrote the contact: %v", got)
 	}
-	body := fmt.Sprintf(`{"chunk":{"id":"%s","events":[%s]}}`, ResyncChunkPrefix+"run1-customer-1", ev.Raw)
-	if err := e.eng.HandleMessage(e.ctx, "customers", []byte(body)); err != nil {
+	// A chunk is a re-sync by its flag, not by its id.
+	plain := fmt.Sprintf(`{"chunk":{"id":"resync-run0-customer-1","events":[%s]}}`, ev.Raw)
+	if err := e.eng.HandleMessage(e.ctx, "customers", []byte(plain)); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.row("contacts", contactID(1, 1))["firstname"]; got != "Changed" {
+		t.Fatalf("a chunk without the resync flag rewrote the contact: %v", got)
+	}
+	msg, err := nop.ResyncChunk("run1-customer-1", []json.RawMessage{ev.Raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.eng.HandleMessage(e.ctx, "customers", msg.Body); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.row("contacts", contactID(1, 1))["firstname"]; got != "Ada" {
