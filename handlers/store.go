@@ -38,7 +38,7 @@ func newStoreSource(cfg *config.Config, vault *keyvault.Secrets) (*storesync.DB,
 		db.ConnectionString = func(ctx context.Context) (string, error) {
 			v, _, err := vault.Get(ctx, name)
 			if err != nil {
-				return "", fmt.Errorf("Key Vault secret %q (NOP_DB_CONNECTION_SECRET_NAME): %w", name, err)
+				return "", fmt.Errorf("read the Key Vault secret %q (NOP_DB_CONNECTION_SECRET_NAME): %w", name, err)
 			}
 			return v, nil
 		}
