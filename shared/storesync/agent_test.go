@@ -36,7 +36,7 @@ type fakeApp struct {
 
 func (f *fakeApp) Send(_ context.Context, _ string, msgs []queue.Message) error {
 	for _, m := range msgs {
-		evs, err := nop.DecodeEnvelope(m.Body)
+		evs, _, err := nop.DecodeEnvelope(m.Body)
 		if err != nil {
 			return err
 		}
