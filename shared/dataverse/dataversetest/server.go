@@ -27,6 +27,25 @@
 // Where Microsoft does not document a behaviour (an HTTP status, an error code), the
 // behaviour is an Option defaulting to the most likely one, and its comment says so.
 //
+// Limits on bulk writes, batches and retries (bulk.go, batch.go, webapi.go):
+//   - Bulk messages per table: productpricelevel has no CreateMultiple, UpdateMultiple or
+//     UpsertMultiple (its table reference page lists none; Options.BulkUnsupported adds
+//     tables); they are refused with 0x80040800 "The '<Message>' method does not support
+//     entities of type '<table>'" (the form reported in microsoft/coe-starter-kit#9332; the
+//     status is Options.BulkRefusalStatus, undocumented). GET sdkmessagefilters answers the
+//     check Microsoft gives, sdkmessageid/name eq 'CreateMultiple' and primaryobjecttypecode
+//     eq '<table>' (Learn: bulk-operations, "Availability with standard tables").
+//   - A bulk request too large for the server fails with "SQL timeout expired", nothing
+//     written (Faults.BulkTimeoutRows;
+//     https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
+//   - $batch stops at the first failing part, earlier parts stay applied; the batch's status
+//     is 400 (Learn: webapi/execute-batch-operations-using-web-api, "Handling errors"), a
+//     part's 5xx fails it with that status (undocumented). Faults.FailBatchPart fails a
+//     chosen part, with a 429 carrying Retry-After and held like any throttled request
+//     (Learn: api-limits); Faults.DropAnswers runs a request and loses its answer.
+//   - "Prefer: return=representation" adds a retrieve to the write, charged to the
+//     execution time (Learn: webapi/create-entity-web-api, "Create with data returned").
+//
 // Typical use from a test:
 //
 //	srv := dataversetest.NewServer(dataversetest.Options{TimeScale: 0.01})
