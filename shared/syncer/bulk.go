@@ -3,7 +3,6 @@ package syncer
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"golang.org/x/sync/errgroup"
 
@@ -17,7 +16,9 @@ import (
 // (no custom keys, docs/dataverse-mapping.md). Bulk requests on standard tables are atomic, so a failed
 // request is split in halves until the failing rows are isolated; those go through the
 // single-row path, which records each row's own error and handles rows that turned out
-// to exist (wiped state) with a plain upsert.
+// to exist (wiped state) with a plain upsert. Tables without the bulk messages
+// (productpricelevel) are the client's concern: it writes them as $batch change sets,
+// with the same atomic chunks.
 
 // bulkRow is one row of a bulk write.
 type bulkRow struct {
@@ -75,13 +76,6 @@ func (g *bulkGroup) write(ctx context.Context, rows []bulkRow, errs []error) {
 	if err == nil {
 		return
 	}
-	if bulkUnsupported(err) {
-		// "Not all standard tables support these messages": write this table's rows one
-		// by one from now on.
-		g.d.noBulk.Store(g.key, true)
-		g.singles(ctx, rows, errs)
-		return
-	}
 	var be *dataverse.BulkError
 	if !errors.As(err, &be) {
 		g.failed(ctx, rows, err, errs)
@@ -134,11 +128,4 @@ func (g *bulkGroup) singles(ctx context.Context, rows []bulkRow, errs []error) {
 		})
 	}
 	_ = eg.Wait()
-}
-
-// bulkUnsupported reports Dataverse's answer for a table without the *Multiple messages:
-// 404 "Resource not found for the segment 'Microsoft.Dynamics.CRM.CreateMultiple'".
-func bulkUnsupported(err error) bool {
-	var de *dataverse.Error
-	return errors.As(err, &de) && de.StatusCode == 404 && strings.Contains(de.Message, "Multiple")
 }

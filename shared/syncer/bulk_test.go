@@ -649,3 +649,28 @@ func TestChunkStateWritesInParallel(t *testing.T) {
 		t.Fatalf("customer 200: %s %q", r.Status, r.Reason)
 	}
 }
+
+// Price list items go to a table without the bulk messages (productpricelevel): an import
+// finds that out once and writes them as change sets, a few requests per chunk. Before,
+// each chunk's refused request was halved down to single writes (about half a request
+// per row wasted, then a request per row).
+func TestBulkPriceListItemsWithoutBulkMessagesCostFewRequests(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	var evs []*nop.Event
+	for i := 1; i <= 200; i++ {
+		evs = append(evs, productEvent(t, i, 1, nil))
+	}
+	before := e.srv.Stats()
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	after := e.srv.Stats()
+	if n := e.srv.Count("productpricelevels"); n != 200 {
+		t.Fatalf("%d price list items, want 200", n)
+	}
+	requests := after.Requests - before.Requests
+	t.Logf("200 new products: %d requests, %d $batch parts", requests, after.BatchParts-before.BatchParts)
+	if requests > 40 {
+		t.Errorf("200 new products took %d requests; the price list items should take a few change sets", requests)
+	}
+}

@@ -195,7 +195,19 @@ func (s *Server) batchInner(q *apiReq, user string) (*apiResp, int, int, int, in
 		return errResp(errf(http.StatusBadRequest, codeZero, "The number of requests in the batch (%d) exceeds the limit of %d.", total, maxBatchParts)), 0, 0, 0, 0
 	}
 	continueOnError := prefers(q.header, "odata.continue-on-error")
-	faultAt, faultStatus, faultWait := s.batchPartFault()
+	var paths []string
+	for _, e := range entries {
+		for _, op := range append(e.changeSet, e.op) {
+			if op != nil {
+				p := op.target
+				if i := strings.Index(p, apiRoot); i >= 0 {
+					p = p[i+len(apiRoot):]
+				}
+				paths = append(paths, strings.TrimPrefix(p, "/"))
+			}
+		}
+	}
+	faultAt, faultStatus, faultWait := s.batchPartFault(paths)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

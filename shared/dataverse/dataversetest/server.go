@@ -229,6 +229,9 @@ type Faults struct {
 	// Force429RetryAfter and counts as throttling (Retry-After violations are tracked).
 	FailBatchPart       int
 	FailBatchPartStatus int
+	// FailBatchWith, when set, limits FailBatchPart to a $batch holding an operation whose
+	// path starts with it (e.g. "ConvertSalesOrderToInvoice").
+	FailBatchWith string
 	// DropAnswers: the next N requests whose path below the API root is DropAnswerPath
 	// (e.g. "ConvertSalesOrderToInvoice", "$batch") run, then the connection is cut
 	// before the answer is sent: a lost answer.
@@ -736,13 +739,23 @@ func (s *Server) dropAnswer(path string) bool {
 	return false
 }
 
-// batchPartFault consumes Faults.FailBatchPart: the operation number and its status.
-func (s *Server) batchPartFault() (part, status int, retryAfter time.Duration) {
+// batchPartFault consumes Faults.FailBatchPart for a batch whose operations' paths (below
+// the API root) are paths: the operation number and its status.
+func (s *Server) batchPartFault(paths []string) (part, status int, retryAfter time.Duration) {
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
 	f := &s.faults
 	if f.FailBatchPart <= 0 {
 		return 0, 0, 0
+	}
+	if f.FailBatchWith != "" {
+		match := false
+		for _, p := range paths {
+			match = match || strings.HasPrefix(p, f.FailBatchWith)
+		}
+		if !match {
+			return 0, 0, 0
+		}
 	}
 	part, status, retryAfter = f.FailBatchPart, f.FailBatchPartStatus, f.Force429RetryAfter
 	f.FailBatchPart = 0
