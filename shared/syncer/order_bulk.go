@@ -331,7 +331,7 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 			parts := make([]dataverse.BatchPart, len(group))
 			for k, i := range group {
 				parts[k] = dataverse.Op{Method: "POST", Path: "ConvertSalesOrderToInvoice",
-					Body: dataverse.Record{"SalesOrderId": plans[i].orderID, "ColumnSet": dataverse.Record{"AllColumns": true}}}
+					Body: dataverse.Record{"SalesOrderId": plans[i].orderID, "ColumnSet": invoiceIDOnly}}
 			}
 			res, err := s.dv.Batch(ctx, parts...)
 			answered := len(group)
@@ -372,6 +372,10 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 		}
 	})
 }
+
+// invoiceIDOnly is the ColumnSet of a conversion: the invoice id is all that is read back
+// (every column would be read and returned otherwise).
+var invoiceIDOnly = dataverse.Record{"AllColumns": false, "Columns": []string{"invoiceid"}}
 
 // invoiceIDFromResult reads the invoice id ConvertSalesOrderToInvoice answered with.
 func invoiceIDFromResult(r dataverse.BatchResult) string {
