@@ -231,12 +231,12 @@ func errCode(body map[string]any) string {
 
 func TestSettingsValidatedAtStartup(t *testing.T) {
 	env := map[string]string{"AUTO_SYNC_PERIOD_MINUTES": "often", "DELETE_POLICY": "shred", "LOCAL_DATA_DIR": t.TempDir()}
-	err := run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, testLog(t))
+	err := run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil, testLog(t))
 	if err == nil || !strings.Contains(err.Error(), "AUTO_SYNC_PERIOD_MINUTES") || !strings.Contains(err.Error(), "DELETE_POLICY") {
 		t.Errorf("want an error naming both bad settings, got %v", err)
 	}
 	env = map[string]string{"FUNCTIONS_CUSTOMHANDLER_PORT": "5555"}
-	err = run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, testLog(t))
+	err = run(context.Background(), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil, testLog(t))
 	if err == nil || !strings.Contains(err.Error(), "DATAVERSE_URL") || !strings.Contains(err.Error(), "WEBHOOK_SECRET") {
 		t.Errorf("Azure mode without settings: want errors naming them, got %v", err)
 	}

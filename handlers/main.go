@@ -1,12 +1,14 @@
 // Command handlers is the app's one executable. Started by the Azure Functions host (which
 // sets FUNCTIONS_CUSTOMHANDLER_PORT) it serves the custom-handler protocol; started on its
 // own it runs the whole app locally: public routes on LISTEN_ADDR, an embedded queue, an
-// in-process timer and, without DATAVERSE_URL, a built-in Dataverse sandbox.
+// in-process timer and, without DATAVERSE_URL, a built-in Dataverse sandbox. Started as
+// `handlers agent` next to a store, it is the push agent (storesync.Agent).
 package main
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -20,7 +22,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopProfile := cpuProfile(os.Getenv("NOPSYNC_CPUPROFILE"), log)
-	err := run(ctx, os.LookupEnv, log)
+	err := run(ctx, os.LookupEnv, os.Args[1:], log)
 	stopProfile()
 	if err != nil {
 		log.Error("nopsync stopped", "error", err.Error()) // one stderr line, however long the error
@@ -48,11 +50,17 @@ func cpuProfile(file string, log *slog.Logger) func() {
 	}
 }
 
-// run loads the settings and serves until ctx ends.
-func run(ctx context.Context, env func(string) (string, bool), log *slog.Logger) error {
+// run loads the settings and serves until ctx ends; `handlers agent` runs push mode.
+func run(ctx context.Context, env func(string) (string, bool), args []string, log *slog.Logger) error {
 	cfg, err := loadConfig(env)
 	if err != nil {
 		return err
+	}
+	if len(args) > 0 && args[0] == "agent" {
+		return runAgent(ctx, cfg, args[1:], log, nil)
+	}
+	if len(args) > 0 {
+		return fmt.Errorf("unknown command %q (none: the app; agent: push mode)", args[0])
 	}
 	if cfg.Local {
 		return runLocal(ctx, cfg, log, nil)

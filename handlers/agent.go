@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/config"
+	"github.com/nopsync/nopsync/shared/storesync"
+)
+
+// agentUsage explains `handlers agent`.
+const agentUsage = `usage: handlers agent [-once]
+
+Push mode: reads the store's database (NOP_DB_PROVIDER, NOP_DB_CONNECTION, STORE_ID,
+STORE_URL) and POSTs what changed to AGENT_EVENTS_URL with AGENT_FUNCTION_KEY and a
+signature made with WEBHOOK_SECRET, every AUTO_SYNC_PERIOD_MINUTES; AGENT_STATE_FILE keeps
+its checkpoint. -once: one pass, then exit.`
+
+// agentOptions lets tests shorten the agent's clocks.
+type agentOptions struct {
+	period     time.Duration
+	minBackoff time.Duration
+	maxBackoff time.Duration
+	pageSize   int
+	client     *http.Client
+}
+
+// runAgent runs push mode until ctx ends (or one pass with -once).
+func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.Logger, ao *agentOptions) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	once := fs.Bool("once", false, "one pass, then exit")
+	fs.Usage = func() { fmt.Fprintln(fs.Output(), agentUsage) }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if ao == nil {
+		ao = &agentOptions{}
+	}
+	var problems []string
+	if !cfg.StoreReader() {
+		problems = append(problems, "NOP_DB_PROVIDER is required in push mode (sqlserver, mysql or postgresql)")
+	}
+	if cfg.AgentEventsURL == "" {
+		problems = append(problems, "AGENT_EVENTS_URL is required in push mode (the app's events URL, the deployment's EVENTS_URL output)")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %v", errConfig, &config.Error{Problems: problems})
+	}
+	src, err := newStoreSource(cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	secret := ""
+	if len(cfg.WebhookSecrets) > 0 {
+		secret = cfg.WebhookSecrets[0]
+	} else {
+		log.Warn("agent: no WEBHOOK_SECRET: requests are not signed (only an app in local mode without a secret accepts them)")
+	}
+	period := cfg.AutoSyncPeriod
+	if ao.period > 0 {
+		period = ao.period
+	}
+	agent, err := storesync.NewAgent(storesync.AgentOptions{
+		Source: src, EventsURL: cfg.AgentEventsURL, FunctionKey: cfg.AgentFunctionKey, Secret: secret,
+		StateFile: cfg.AgentStateFile, Period: period, PageSize: ao.pageSize, HTTP: ao.client,
+		MinBackoff: ao.minBackoff, MaxBackoff: ao.maxBackoff, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("agent started", "events", cfg.AgentEventsURL, "provider", cfg.NopDBProvider, "state", cfg.AgentStateFile, "periodMinutes", int(period/time.Minute), "once", *once)
+	if *once {
+		_, err := agent.Pass(ctx)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	}
+	return agent.Run(ctx)
+}
