@@ -112,34 +112,40 @@ func inList(ids []int64) string {
 	return b.String()
 }
 
-// roleExists is an EXISTS test: the customer c is in the role with that system name
-// (nopCommerce's NopCustomerDefaults: "Registered", "Guests").
-func (d *dialect) roleExists(role string) string {
-	return "EXISTS (SELECT 1 FROM " + d.id("Customer_CustomerRole_Mapping") + " m JOIN " + d.id("CustomerRole") +
-		" r ON " + d.col("r", "Id") + " = " + d.col("m", "CustomerRole_Id") +
-		" WHERE " + d.col("m", "Customer_Id") + " = " + d.col("c", "Id") + " AND " + d.col("r", "SystemName") + " = '" + role + "')"
-}
-
-// customerList is the select list of a customer row (see scanCustomer).
+// customerList is the select list of a customer row (see scanCustomers).
 func (d *dialect) customerList() []string {
 	l := []string{d.col("c", "Id"), d.guid(d.col("c", "CustomerGuid"))}
-	l = append(l, d.cols("c", "Username", "Email", "FirstName", "LastName", "Company", "Phone",
+	return append(l, d.cols("c", "Username", "Email", "FirstName", "LastName", "Company", "Phone",
 		"Active", "Deleted", "CreatedOnUtc", "BillingAddress_Id", "ShippingAddress_Id")...)
-	return append(l,
-		"CASE WHEN "+d.roleExists("Guests")+" THEN 1 ELSE 0 END",
-		"CASE WHEN "+d.roleExists("Registered")+" THEN 1 ELSE 0 END")
 }
 
-// customersPage: registered customers with Id > $1, by Id.
+// customersPage: the customers in role $2 (Registered) with Id > $1 (and $3, the same
+// value: MySQL parameters are positional), by Id. It is
+// driven by the role mapping's primary key (Customer_Id, CustomerRole_Id), so each
+// page costs the same however many customers come before it.
 func (d *dialect) customersPage(limit int) string {
-	return d.query(d.customerList(), d.id("Customer")+" c",
-		d.col("c", "Id")+" > "+d.param(1)+" AND "+d.roleExists("Registered"),
-		d.col("c", "Id"), limit)
+	from := d.id("Customer_CustomerRole_Mapping") + " rm JOIN " + d.id("Customer") + " c ON " + d.col("c", "Id") + " = " + d.col("rm", "Customer_Id")
+	return d.query(d.customerList(), from,
+		d.col("rm", "Customer_Id")+" > "+d.param(1)+" AND "+d.col("rm", "CustomerRole_Id")+" = "+d.param(2)+" AND "+d.col("c", "Id")+" > "+d.param(3),
+		d.col("rm", "Customer_Id"), limit)
 }
 
 // customersByID: the customers with these ids (the customers of a page of orders).
 func (d *dialect) customersByID(ids []int64) string {
 	return d.query(d.customerList(), d.id("Customer")+" c", d.col("c", "Id")+" IN "+inList(ids), "", 0)
+}
+
+// customerRoles: the roles of these customers (Customer_CustomerRole_Mapping).
+func (d *dialect) customerRoles(ids []int64) string {
+	return d.query(d.cols("m", "Customer_Id", "CustomerRole_Id"), d.id("Customer_CustomerRole_Mapping")+" m",
+		d.col("m", "Customer_Id")+" IN "+inList(ids), "", 0)
+}
+
+// roles: the ids of the customer roles with these system names (nopCommerce's
+// NopCustomerDefaults: "Registered", "Guests").
+func (d *dialect) roles() string {
+	return d.query(d.cols("r", "Id", "SystemName"), d.id("CustomerRole")+" r",
+		d.col("r", "SystemName")+" IN ('Registered', 'Guests')", "", 0)
 }
 
 // addressesByID: addresses with their state/province name and country name and code.
@@ -151,15 +157,19 @@ func (d *dialect) addressesByID(ids []int64) string {
 	return d.query(l, from, d.col("a", "Id")+" IN "+inList(ids), "", 0)
 }
 
-// productsPage: products with Id > $1, by Id, with the Id and type of the grouped
-// product each one names as its parent (NULL when that product does not exist).
+// productsPage: products with Id > $1, by Id.
 func (d *dialect) productsPage(limit int) string {
 	l := d.cols("p", "Id", "ProductTypeId", "ParentGroupedProductId", "Name", "ShortDescription", "FullDescription",
 		"Sku", "Gtin", "ManufacturerPartNumber", "Price", "ProductCost", "OldPrice", "StockQuantity",
 		"ManageInventoryMethodId", "Published", "Deleted", "UpdatedOnUtc")
-	l = append(l, d.col("g", "Id"), d.col("g", "ProductTypeId"))
-	from := d.id("Product") + " p LEFT JOIN " + d.id("Product") + " g ON " + d.col("g", "Id") + " = " + d.col("p", "ParentGroupedProductId")
-	return d.query(l, from, d.col("p", "Id")+" > "+d.param(1), d.col("p", "Id"), limit)
+	return d.query(l, d.id("Product")+" p", d.col("p", "Id")+" > "+d.param(1), d.col("p", "Id"), limit)
+}
+
+// productsByID: the order-item view of these products (the products of a page of order
+// items, the families of a page of products).
+func (d *dialect) productsByID(ids []int64) string {
+	return d.query(d.cols("p", "Id", "Name", "Sku", "ProductTypeId", "ParentGroupedProductId"), d.id("Product")+" p",
+		d.col("p", "Id")+" IN "+inList(ids), "", 0)
 }
 
 // associatedProducts: the products (not deleted) of these grouped products, in the order
@@ -192,15 +202,12 @@ func (d *dialect) ordersPage(limit int) string {
 		d.col("o", "Id")+" > "+d.param(1)+" AND "+d.col("o", "StoreId")+" = "+d.param(2), d.col("o", "Id"), limit)
 }
 
-// orderItems: the items of the orders with $1 < OrderId <= $2 with their products as
-// they are now (NULL product columns when the product row is gone).
+// orderItems: the items of the orders with $1 < OrderId <= $2.
 func (d *dialect) orderItems() string {
 	l := []string{d.col("oi", "OrderId"), d.col("oi", "Id"), d.guid(d.col("oi", "OrderItemGuid"))}
 	l = append(l, d.cols("oi", "ProductId", "Quantity", "UnitPriceInclTax", "UnitPriceExclTax", "PriceInclTax", "PriceExclTax",
 		"DiscountAmountInclTax", "DiscountAmountExclTax", "AttributeDescription")...)
-	l = append(l, d.cols("p", "Id", "Name", "Sku", "ProductTypeId", "ParentGroupedProductId")...)
-	from := d.id("OrderItem") + " oi LEFT JOIN " + d.id("Product") + " p ON " + d.col("p", "Id") + " = " + d.col("oi", "ProductId")
-	return d.query(l, from, d.col("oi", "OrderId")+" > "+d.param(1)+" AND "+d.col("oi", "OrderId")+" <= "+d.param(2),
+	return d.query(l, d.id("OrderItem")+" oi", d.col("oi", "OrderId")+" > "+d.param(1)+" AND "+d.col("oi", "OrderId")+" <= "+d.param(2),
 		d.col("oi", "OrderId")+", "+d.col("oi", "Id"), 0)
 }
 

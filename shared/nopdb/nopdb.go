@@ -69,7 +69,8 @@ type Reader struct {
 	now      func() time.Time
 
 	mu       sync.Mutex
-	currency string // primary store currency, once read
+	currency string  // primary store currency, once read
+	roles    roleIDs // customer role ids, once read
 }
 
 // Open checks the options and opens a connection pool (read-only where the engine

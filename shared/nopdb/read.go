@@ -192,7 +192,91 @@ type customerRow struct {
 	active, deleted                                    nbool
 	created                                            sql.NullTime
 	billing, shipping                                  sql.NullInt64
-	guest, registered                                  int64
+	guest, registered                                  bool
+}
+
+// customers reads customer rows with query and sets their Guests and Registered flags.
+func (r *Reader) customers(ctx context.Context, q querier, query string, args ...any) ([]customerRow, error) {
+	cs, err := scanCustomers(ctx, q, query, args...)
+	if err != nil || len(cs) == 0 {
+		return cs, err
+	}
+	roles, err := r.roleIDs(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	at := make(map[int64]*customerRow, len(cs))
+	ids := make([]int64, len(cs))
+	for i := range cs {
+		at[cs[i].id] = &cs[i]
+		ids[i] = cs[i].id
+	}
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		rows, err := q.QueryContext(ctx, r.d.customerRoles(ids[:n]))
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var cid, role int64
+			if err := rows.Scan(&cid, &role); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if c := at[cid]; c != nil {
+				c.guest = c.guest || role == roles.guests
+				c.registered = c.registered || role == roles.registered
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+		ids = ids[n:]
+	}
+	return cs, nil
+}
+
+// roleIDs are the ids of the Registered and Guests customer roles.
+type roleIDs struct{ registered, guests int64 }
+
+func (r *Reader) roleIDs(ctx context.Context, q querier) (roleIDs, error) {
+	r.mu.Lock()
+	cached := r.roles
+	r.mu.Unlock()
+	if cached.registered != 0 {
+		return cached, nil
+	}
+	rows, err := q.QueryContext(ctx, r.d.roles())
+	if err != nil {
+		return roleIDs{}, err
+	}
+	defer rows.Close()
+	var ids roleIDs
+	for rows.Next() {
+		var id int64
+		var name string
+		if err := rows.Scan(&id, &name); err != nil {
+			return roleIDs{}, err
+		}
+		switch name {
+		case "Registered":
+			ids.registered = id
+		case "Guests":
+			ids.guests = id
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return roleIDs{}, err
+	}
+	if ids.registered == 0 {
+		return roleIDs{}, errors.New("the customer role with system name Registered is missing (CustomerRole)")
+	}
+	r.mu.Lock()
+	r.roles = ids
+	r.mu.Unlock()
+	return ids, nil
 }
 
 func scanCustomers(ctx context.Context, q querier, query string, args ...any) ([]customerRow, error) {
@@ -205,7 +289,7 @@ func scanCustomers(ctx context.Context, q querier, query string, args ...any) ([
 	for rows.Next() {
 		var c customerRow
 		if err := rows.Scan(&c.id, &c.guid, &c.username, &c.email, &c.first, &c.last, &c.company, &c.phone,
-			&c.active, &c.deleted, &c.created, &c.billing, &c.shipping, &c.guest, &c.registered); err != nil {
+			&c.active, &c.deleted, &c.created, &c.billing, &c.shipping); err != nil {
 			return nil, err
 		}
 		out = append(out, c)
@@ -237,8 +321,8 @@ func (c *customerRow) customer(addrs map[int64]*nop.Address) nop.Customer {
 		LastName:     str(c.last),
 		Company:      str(c.company),
 		Phone:        str(c.phone),
-		IsGuest:      c.guest == 1,
-		IsRegistered: c.registered == 1,
+		IsGuest:      c.guest,
+		IsRegistered: c.registered,
 		Active:       c.active.V,
 		Deleted:      c.deleted.V,
 		Address:      addrs[c.addressID()],
@@ -250,7 +334,11 @@ func (c *customerRow) customer(addrs map[int64]*nop.Address) nop.Customer {
 }
 
 func (r *Reader) readCustomers(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int) error {
-	cs, err := scanCustomers(ctx, q, r.d.customersPage(limit), after)
+	roles, err := r.roleIDs(ctx, q)
+	if err != nil {
+		return err
+	}
+	cs, err := r.customers(ctx, q, r.d.customersPage(limit), after, roles.registered, after)
 	if err != nil {
 		return err
 	}
@@ -350,8 +438,7 @@ func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, a
 	for rows.Next() {
 		var p productRow
 		if err := rows.Scan(&p.id, &p.typ, &p.parent, &p.name, &p.short, &p.full, &p.sku, &p.gtin, &p.mpn,
-			&p.price, &p.cost, &p.old, &p.stock, &p.manage, &p.published, &p.deleted, &p.updated,
-			&p.familyID, &p.familyType); err != nil {
+			&p.price, &p.cost, &p.old, &p.stock, &p.manage, &p.published, &p.deleted, &p.updated); err != nil {
 			rows.Close()
 			return err
 		}
@@ -366,6 +453,22 @@ func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, a
 		return nil
 	}
 	last := ps[len(ps)-1].id
+
+	var parents []int64
+	for i := range ps {
+		if ps[i].parent.Int64 > 0 {
+			parents = append(parents, ps[i].parent.Int64)
+		}
+	}
+	families, err := r.productsByID(ctx, q, parents)
+	if err != nil {
+		return err
+	}
+	for i := range ps {
+		if f := families[ps[i].parent.Int64]; f != nil {
+			ps[i].familyID, ps[i].familyType = sql.NullInt64{Int64: f.id, Valid: true}, f.typ
+		}
+	}
 
 	var grouped []int64
 	for i := range ps {
@@ -462,6 +565,41 @@ func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, a
 		pb.add(p.id, data.Deleted, &data)
 	}
 	return nil
+}
+
+// itemProduct is the product of an order item as it is now.
+type itemProduct struct {
+	id          int64
+	name, sku   sql.NullString
+	typ, parent sql.NullInt64
+}
+
+// productsByID reads products by id (their order-item view).
+func (r *Reader) productsByID(ctx context.Context, q querier, ids []int64) (map[int64]*itemProduct, error) {
+	out := map[int64]*itemProduct{}
+	ids = uniq(ids)
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		rows, err := q.QueryContext(ctx, r.d.productsByID(ids[:n]))
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			p := &itemProduct{}
+			if err := rows.Scan(&p.id, &p.name, &p.sku, &p.typ, &p.parent); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[p.id] = p
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+		ids = ids[n:]
+	}
+	return out, nil
 }
 
 // productProblem says why a product row can't be sent, or "".
@@ -586,8 +724,7 @@ func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, aft
 		var it itemRow
 		a := &it.amounts
 		if err := rows.Scan(&it.orderID, &it.id, &it.guid, &it.productID, &it.quantity,
-			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &it.attributes,
-			&it.pid, &it.pname, &it.psku, &it.ptype, &it.pparent); err != nil {
+			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &it.attributes); err != nil {
 			rows.Close()
 			return err
 		}
@@ -599,6 +736,25 @@ func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, aft
 		return err
 	}
 
+	var productIDs []int64
+	for _, its := range items {
+		for _, it := range its {
+			productIDs = append(productIDs, it.productID.Int64)
+		}
+	}
+	products, err := r.productsByID(ctx, q, productIDs)
+	if err != nil {
+		return err
+	}
+	for _, its := range items {
+		for i := range its {
+			if p := products[its[i].productID.Int64]; p != nil {
+				its[i].pid = sql.NullInt64{Int64: p.id, Valid: true}
+				its[i].pname, its[i].psku, its[i].ptype, its[i].pparent = p.name, p.sku, p.typ, p.parent
+			}
+		}
+	}
+
 	var custIDs []int64
 	for i := range os {
 		custIDs = append(custIDs, os[i].customer.Int64)
@@ -607,7 +763,7 @@ func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, aft
 	custIDs = uniq(custIDs)
 	for len(custIDs) > 0 {
 		n := min(len(custIDs), 1000)
-		cs, err := scanCustomers(ctx, q, r.d.customersByID(custIDs[:n]))
+		cs, err := r.customers(ctx, q, r.d.customersByID(custIDs[:n]))
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,1 @@
+SELECT r.`Id`, r.`SystemName` FROM `CustomerRole` r WHERE r.`SystemName` IN ('Registered', 'Guests')
