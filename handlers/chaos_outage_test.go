@@ -145,7 +145,10 @@ func outagePhase(t *testing.T, bin, kind string, length time.Duration) {
 	}
 	setDown(true)
 	start := time.Now()
-	// The copies waiting, sampled from the status page through the outage.
+	// The copies waiting, sampled from the status page through the outage (which answers
+	// slowly while the state store is down: its reads time out one by one).
+	sampler := newStoreClient(func() string { return "http://" + addr }, secret)
+	sampler.hc.Timeout = 2 * time.Minute
 	var peakScheduled atomic.Int64
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	sampled := make(chan struct{})
@@ -153,7 +156,7 @@ func outagePhase(t *testing.T, bin, kind string, length time.Duration) {
 		defer close(sampled)
 		for sampleCtx.Err() == nil {
 			var st appStatus
-			if store.getJSON(sampleCtx, "/api/status", &st) == nil {
+			if sampler.getJSON(sampleCtx, "/api/status", &st) == nil {
 				var n int64
 				for _, q := range st.Queues {
 					n += q.Scheduled
