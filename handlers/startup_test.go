@@ -271,19 +271,29 @@ func TestStartupProcessSurvivesStoreOutage(t *testing.T) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
-			checkLogStreams(t, filepath.Join(dir, "app.log"))
 			p.stop()
+			checkLogStreams(t, filepath.Join(dir, "app.log"), map[string]string{
+				"storage account key": connValue(conn, "AccountKey"), "client secret": sim.ClientSecret(), "webhook secret": secret})
 		})
 	}
 }
 
 // checkLogStreams: every line the process wrote is one JSON record (the log file merges
-// stdout and stderr; the split itself is TestLogSeverityAsTheHostSeesIt's).
-func checkLogStreams(t *testing.T, path string) {
+// stdout and stderr; the split itself is TestLogSeverityAsTheHostSeesIt's), and none holds
+// a secret, though the start-up errors quote the store's answers.
+func checkLogStreams(t *testing.T, path string, secrets map[string]string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for what, v := range secrets {
+		if v == "" {
+			t.Fatalf("no %s to look for", what)
+		}
+		if bytes.Contains(b, []byte(v)) {
+			t.Errorf("the logs hold the %s", what)
+		}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		var rec map[string]any
@@ -291,4 +301,14 @@ func checkLogStreams(t *testing.T, path string) {
 			t.Errorf("log line is not one JSON record: %q", line)
 		}
 	}
+}
+
+// connValue reads one key of a storage connection string.
+func connValue(conn, key string) string {
+	for _, part := range strings.Split(conn, ";") {
+		if k, v, ok := strings.Cut(part, "="); ok && strings.EqualFold(k, key) {
+			return v
+		}
+	}
+	return ""
 }
