@@ -210,3 +210,39 @@ func TestReplayedDeadLetterLandsOnce(t *testing.T) {
 		t.Errorf("%d contacts after replays, want 1", n)
 	}
 }
+
+// TestMissingPrivilegeIsASetupProblem: a role without a privilege is shown on the status
+// page (table and operation), the entity is recorded failed for retry instead of its
+// message being redelivered until it dead-letters, and auto-sync lands it once the role
+// is fixed.
+func TestMissingPrivilegeIsASetupProblem(t *testing.T) {
+	sim := dataversetest.NewServer(dataversetest.Options{})
+	defer sim.Close()
+	sim.DenyPrivilege("contacts", dataversetest.PrivCreate)
+	tune := func(o *dataverse.Options) {
+		o.RootCAs = sim.CertPool()
+		o.Secret = dataverse.StaticSecret(sim.ClientSecret())
+	}
+	base := startLocal(t, simEnv(t, sim, map[string]string{"AUTO_SYNC_PERIOD_MINUTES": "1"}), &localOptions{tuneDataverse: tune, timerEvery: 200 * time.Millisecond})
+	if code, body := post(t, base+"/api/events/customer", "application/json", customer(1, 1), nil); code != 202 {
+		t.Fatalf("POST: %d %v", code, body)
+	}
+	waitFor(t, "the failure recorded for retry", func() bool {
+		_, es := getJSON(t, base+"/api/status/customer/1")
+		return es["status"] == "failed" && es["transient"] == true && strings.Contains(fmt.Sprint(es["lastError"]), "prvCreateContact")
+	})
+	_, st := getJSON(t, base+"/api/status")
+	dv, _ := st["dataverse"].(map[string]any)
+	if st["healthy"] != false || !strings.Contains(fmt.Sprint(dv["error"]), "refused to create contact") {
+		t.Errorf("status must name the table and operation refused: healthy=%v %v", st["healthy"], dv)
+	}
+	if q := st["queues"].(map[string]any)["customer"].(map[string]any); q["deadLettered"] != float64(0) {
+		t.Errorf("dead letters for a setup problem: %v", q)
+	}
+	sim.AllowPrivilege("contacts", dataversetest.PrivCreate)
+	waitFor(t, "the customer to land once the role is fixed", func() bool { return sim.Count("contacts") == 1 })
+	waitFor(t, "the customer recorded synced", func() bool {
+		_, es := getJSON(t, base+"/api/status/customer/1")
+		return es["status"] == "synced"
+	})
+}
