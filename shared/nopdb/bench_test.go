@@ -3,6 +3,7 @@ package nopdb
 import (
 	"context"
 	"flag"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,7 +40,7 @@ func BenchmarkReadStore(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				for _, e := range state.Entities {
-					t0 := time.Now()
+					t0, c0 := time.Now(), cpuTime()
 					var after int64
 					n := 0
 					for {
@@ -53,10 +54,21 @@ func BenchmarkReadStore(b *testing.B) {
 							break
 						}
 					}
-					d := time.Since(t0)
-					b.Logf("%s: read %d %ss in %v (%.0f rows/s)", provider, n, e, d.Round(time.Millisecond), float64(n)/d.Seconds())
+					d, c := time.Since(t0), cpuTime()-c0
+					b.Logf("%s: read %d %ss in %v (%.0f rows/s), reader CPU %v", provider, n, e, d.Round(time.Millisecond),
+						float64(n)/d.Seconds(), c.Round(time.Millisecond))
 				}
 			}
 		})
 	}
+}
+
+// cpuTime is this process's user and system CPU time so far (the database server's is
+// not included).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

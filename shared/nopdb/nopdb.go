@@ -122,6 +122,9 @@ func newConnector(d *dialect, o Options) (driver.Connector, error) {
 			return nil, err
 		}
 		cfg.RuntimeParams["default_transaction_read_only"] = "on"
+		// Most of a page's queries are one-offs (id lists written into them): preparing
+		// and caching each would cost a round trip and a cache slot for nothing.
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 		return stdlib.GetConnector(*cfg), nil
 	case MySQL:
 		cfg, err := mysql.ParseDSN(o.Connection)
