@@ -98,6 +98,9 @@ type Options struct {
 	// StoreLease is how long a store run's claim holds without renewal (default 3 min):
 	// a run whose instance died is resumed by the next timer tick after it.
 	StoreLease time.Duration
+	// StoreDrainWait bounds how long a store run waits, before reading orders, for the
+	// customers and products it queued to be applied (default 15 min).
+	StoreDrainWait time.Duration
 
 	Now func() time.Time
 	Log *slog.Logger
@@ -141,6 +144,9 @@ func New(o Options) *Ops {
 	}
 	if o.StoreLease <= 0 {
 		o.StoreLease = 3 * time.Minute
+	}
+	if o.StoreDrainWait <= 0 {
+		o.StoreDrainWait = 15 * time.Minute
 	}
 	bg, stop := context.WithCancel(context.Background())
 	return &Ops{o: o, instance: newRunID(o.Now()), bg: bg, stop: stop}

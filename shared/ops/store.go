@@ -246,11 +246,17 @@ func (o *Ops) readStore(ctx context.Context, run *Run, lease *state.Doc) error {
 		Sink:     &storesync.QueueSink{Sender: o.o.Sender},
 		PageSize: o.o.StorePageSize,
 	}
-	for _, ent := range run.Entities {
+	for i, ent := range run.Entities {
 		p := run.Store[ent]
 		if p == nil {
 			p = &storesync.Progress{}
 			run.Store[ent] = p
+		}
+		if ent == state.Order && !p.Done {
+			// Orders refer to customers and products: an order applied before them makes
+			// the engine create them one by one instead of in bulk. So orders wait
+			// (bounded) until what this run queued before them has been applied.
+			o.waitApplied(ctx, run, run.Entities[:i])
 		}
 		err := pass.Entity(ctx, ent, p, func(ctx context.Context) error {
 			run.Queued = queued
@@ -267,6 +273,45 @@ func (o *Ops) readStore(ctx context.Context, run *Run, lease *state.Doc) error {
 		}
 	}
 	return nil
+}
+
+// waitApplied waits until the queues of entities this run queued something for are
+// empty, at most StoreDrainWait; it never fails the run (at worst orders go early).
+func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity) {
+	if o.o.Inspector == nil {
+		return
+	}
+	var qs []string
+	for _, e := range entities {
+		if p := run.Store[e]; p != nil && p.Queued > 0 {
+			if q, ok := nop.Queue(e); ok {
+				qs = append(qs, q)
+			}
+		}
+	}
+	if len(qs) == 0 {
+		return
+	}
+	deadline := time.Now().Add(o.o.StoreDrainWait)
+	for time.Now().Before(deadline) {
+		busy := false
+		for _, q := range qs {
+			s, err := o.o.Inspector.Stats(ctx, q)
+			if err != nil || s.Active > 0 {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	o.o.Log.Warn("store run: reading orders before the customers and products it queued were applied", "run", run.ID, "waited", o.o.StoreDrainWait.String())
 }
 
 // GetRun returns a run by id (state.ErrNotFound when there is none).

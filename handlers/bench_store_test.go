@@ -1,0 +1,201 @@
+package main
+
+// BenchmarkStoreSync (scripts/bench-store): the store reader on a generated nopCommerce
+// store in PostgreSQL, the app as a subprocess in local mode against the Dataverse
+// simulator. Nothing here runs in the default `go test ./...`.
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/nopdb/nopdbtest"
+)
+
+// benchRun is the part of GET /api/sync/{runId} the benchmark reads.
+type benchRun struct {
+	ID      string `json:"id"`
+	Outcome string `json:"outcome"`
+	Error   string `json:"error"`
+	Store   map[string]struct {
+		RowsRead, Queued, Unchanged, Failed int
+	} `json:"store"`
+}
+
+// storeRunBench starts a store run over the app's routes and waits for its end.
+func (r *benchRig) storeRun(ctx context.Context, tb testing.TB, entities ...string) (*benchRun, time.Duration) {
+	tb.Helper()
+	start := time.Now()
+	var out struct {
+		RunID string `json:"runId"`
+	}
+	body := map[string]any{"source": "store"}
+	if len(entities) > 0 {
+		body["entities"] = entities
+	}
+	code, err := r.store.postJSON(ctx, "/api/sync", body, &out)
+	if err != nil || code != 202 {
+		tb.Fatalf("POST /api/sync: %d %v", code, err)
+	}
+	for {
+		var run benchRun
+		if err := r.store.getJSON(ctx, "/api/sync/"+out.RunID, &run); err == nil && run.Outcome != "running" && run.Outcome != "" {
+			if run.Outcome != "succeeded" {
+				tb.Fatalf("store run %s: %s", run.ID, run.Error)
+			}
+			return &run, time.Since(start)
+		}
+		select {
+		case <-ctx.Done():
+			tb.Fatalf("store run %s: %v", out.RunID, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// restart stops the app and starts it again on the same data (a fresh process, so its
+// peak RSS is the next run's own).
+func (r *benchRig) restart(tb testing.TB) {
+	r.app.stop()
+	r.app = startApp(tb, r.bin, r.env, r.addr, r.log)
+}
+
+func benchStore(b *testing.B, sz nopdbtest.Sizes) (string, func(entity string, n int) []int64, nopdbtest.Stats) {
+	b.Helper()
+	conn, db := nopdbtest.NewDatabase(b, nopdbtest.PostgreSQL)
+	start := time.Now()
+	st, err := nopdbtest.Generate(context.Background(), db, nopdbtest.PostgreSQL, sz)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("generated %+v in %.0f s", st, time.Since(start).Seconds())
+	return conn, func(entity string, n int) []int64 {
+		ids, err := nopdbtest.ChangeEvery(context.Background(), db, nopdbtest.PostgreSQL, entity, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return ids
+	}, st
+}
+
+func readerEnv(conn string) []string {
+	return []string{"NOP_DB_PROVIDER=postgresql", "NOP_DB_CONNECTION=" + conn, "AUTO_SYNC_ENABLED=false"}
+}
+
+// BenchmarkStoreSync: (a) the initial import of a generated store (BENCH_STORE_CUSTOMERS
+// registered customers, default 100,000; BENCH_STORE_PRODUCTS products, 20,000, a tenth
+// in grouped families; BENCH_STORE_ORDERS orders of 1–5 items, 200,000) read from
+// PostgreSQL and written into the simulator with service-protection limits on (as
+// BenchmarkImport), against the simulator's ceiling for the rows written; (b) a run with
+// nothing changed, wall time and peak RSS of a fresh app process, and the same for a
+// store a tenth that size; (c) a run after changing 1 % of the rows queues exactly those.
+func BenchmarkStoreSync(b *testing.B) {
+	full := nopdbtest.Sizes{Customers: envInt("BENCH_STORE_CUSTOMERS", 100000), Products: envInt("BENCH_STORE_PRODUCTS", 20000),
+		GroupedShare: 0.1, Orders: envInt("BENCH_STORE_ORDERS", 200000), Seed: 1}
+	small := nopdbtest.Sizes{Customers: full.Customers / 10, Products: full.Products / 10, GroupedShare: 0.1, Orders: full.Orders / 10, Seed: 2}
+	scale := envFloat("BENCH_TIMESCALE", 1)
+	timeout := time.Duration(envInt("BENCH_STORE_MINUTES", 120)) * time.Minute
+	for range b.N {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+
+		// The tenth-size store first: its import with limits off, then its unchanged run.
+		conn, _, _ := benchStore(b, small)
+		r := newBenchRig(b, dataversetest.Options{Limits: dataversetest.Limits{Disabled: true}}, readerEnv(conn)...)
+		r.storeRun(ctx, b)
+		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
+			b.Fatal(err)
+		}
+		r.restart(b)
+		run, took := r.storeRun(ctx, b)
+		smallRSS := r.app.memKB("VmHWM")
+		summary(b, "| store reader: unchanged run, tenth-size store (%d customers, %d products, %d orders) | %.1f s, peak RSS %d MiB | | rows read %d, queued %d |",
+			small.Customers, small.Products, small.Orders, took.Seconds(), smallRSS/1024, rowsRead(run), queued(run))
+		r.app.stop()
+		r.sim.Close()
+
+		// (a) The full store's initial import, limits on.
+		conn, change, st := benchStore(b, full)
+		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
+		r = newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true}, readerEnv(conn)...)
+		s0 := r.sim.Stats()
+		start := time.Now()
+		run, accepted := r.storeRun(ctx, b)
+		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
+			b.Fatal(err)
+		}
+		for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		real := time.Since(start)
+		s1 := r.sim.Stats()
+		sim := real.Seconds() / scale
+		rows := float64(s1.RowsWritten - s0.RowsWritten)
+		ideal := r.sim.IdealThroughput(1000, 52)
+		b.ReportMetric(rows/sim, "rows/s-sim")
+		b.ReportMetric(100*rows/sim/ideal.Ceiling, "%ceiling")
+		var status appStatus
+		r.store.getJSON(ctx, "/api/status", &status)
+		summary(b, "| store reader: initial import of %d customers, %d products (%d grouped), %d orders (%d items) from PostgreSQL | %.0f rows written/s simulated (%.0f rows in %.0f s) | %.0f%% of the simulator's ceiling %.0f rows/s (%s-bound) | read and queued in %.0f s real; %d requests, %d × 429; state: %v; TimeScale %g |",
+			st.Customers, st.Products, st.Grouped, st.Orders, st.Items, rows/sim, rows, sim, 100*rows/sim/ideal.Ceiling, ideal.Ceiling, ideal.Limit,
+			accepted.Seconds(), s1.Requests-s0.Requests, s1.Throttled-s0.Throttled, status.Entities, scale)
+		summary(b, "| store reader: the import's app process | peak RSS %d MiB | | rows read %d, queued %d, row failures %d |", r.app.memKB("VmHWM")/1024, rowsRead(run), queued(run), failed(run))
+
+		// (b) Nothing changed, a fresh process.
+		r.restart(b)
+		run, took = r.storeRun(ctx, b)
+		fullRSS := r.app.memKB("VmHWM")
+		ratio := float64(fullRSS) / float64(smallRSS)
+		flat := "flat (within 20 %)"
+		if ratio > 1.2 || ratio < 1/1.2 {
+			flat = "NOT flat"
+		}
+		b.ReportMetric(took.Seconds(), "unchanged-s")
+		b.ReportMetric(float64(fullRSS)/1024, "unchanged-MiB")
+		summary(b, "| store reader: unchanged run, full store | %.1f s, peak RSS %d MiB | goal < 60 s and < 200 MiB; RSS %.2f× the tenth-size store's: %s | rows read %d, queued %d |",
+			took.Seconds(), fullRSS/1024, ratio, flat, rowsRead(run), queued(run))
+
+		// (c) 1 % changed: products and orders, then customers (an order carries its
+		// customer's data, so changed customers change their orders too).
+		prods, ords := change("product", 100), change("order", 100)
+		run, took = r.storeRun(ctx, b, "product", "order")
+		ok := run.Store["product"].Queued == len(prods) && run.Store["order"].Queued == len(ords)
+		cust := change("customer", 100)
+		run2, took2 := r.storeRun(ctx, b, "customer")
+		ok = ok && run2.Store["customer"].Queued == len(cust)
+		verdict := "exactly the changed rows"
+		if !ok {
+			verdict = "NOT exactly the changed rows"
+			b.Errorf("changed %d products, %d orders, %d customers; queued %+v %+v", len(prods), len(ords), len(cust), run.Store, run2.Store)
+		}
+		summary(b, "| store reader: 1 %% changed | queued %d of %d changed products, %d of %d orders (%.1f s); %d of %d customers (%.1f s) | %s | |",
+			run.Store["product"].Queued, len(prods), run.Store["order"].Queued, len(ords), took.Seconds(), run2.Store["customer"].Queued, len(cust), took2.Seconds(), verdict)
+		r.app.stop()
+		if os.Getenv("BENCH_KEEP") == "" {
+			r.sim.Close()
+		}
+	}
+}
+
+func rowsRead(r *benchRun) (n int) {
+	for _, p := range r.Store {
+		n += p.RowsRead
+	}
+	return n
+}
+
+func queued(r *benchRun) (n int) {
+	for _, p := range r.Store {
+		n += p.Queued
+	}
+	return n
+}
+
+func failed(r *benchRun) (n int) {
+	for _, p := range r.Store {
+		n += p.Failed
+	}
+	return n
+}
