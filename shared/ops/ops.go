@@ -541,8 +541,9 @@ func (o *Ops) autoReplayable(d queue.DeadLetter, f *delivery.Failure) bool {
 }
 
 func (o *Ops) replayTransient(ctx context.Context, q string) (int, error) {
-	// Peek past the messages that stay listed, so they don't crowd out the others.
-	dls, err := o.o.DeadLetters.PeekDeadLetters(ctx, q, 0)
+	// Peek past the messages that stay listed, so they don't crowd out the others
+	// (bounded: each costs a failure-record read).
+	dls, err := o.o.DeadLetters.PeekDeadLetters(ctx, q, 10*o.o.ReplayLimit)
 	if err != nil {
 		return 0, fmt.Errorf("peek dead letters of %s: %w", q, err)
 	}
