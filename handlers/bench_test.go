@@ -1113,7 +1113,7 @@ func BenchmarkStartup(b *testing.B) {
 			p.stop()
 		}
 		slices.Sort(ds)
-		summary(b, "| start-up: Azure mode, process start → first answer on FUNCTIONS_CUSTOMHANDLER_PORT (GET /), %d runs | median %s | | max %s; state table in Azurite (created at start) |",
+		summary(b, "| start-up: Azure mode, process start → first answer on FUNCTIONS_CUSTOMHANDLER_PORT (GET /), %d runs | median %s | | max %s; answered before the app (state table in Azurite) is built |",
 			runs, ds[len(ds)/2].Round(100*time.Microsecond), ds[len(ds)-1].Round(100*time.Microsecond))
 	}
 }
