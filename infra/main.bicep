@@ -33,15 +33,18 @@ param dataverseTenantId string = ''
 @description('Application (client) id of the app registration (DATAVERSE_CLIENT_ID).')
 param dataverseClientId string
 
+// Secret values are one-shot: the deployment that carries one stores it in Key Vault, then azd's
+// postprovision hook (infra/hooks/postprovision.sh) empties its variable, so a later provision passes
+// '' and never writes an older value over one rotated in the vault.
 @secure()
-@description('Client secret of the app registration, stored in Key Vault. Empty: not stored now; an administrator sets it in the vault.')
+@description('Client secret of the app registration, stored in Key Vault once (see infra/README.md, section 4). Empty: not stored now; an administrator sets it in the vault.')
 param dataverseClientSecret string = ''
 
 @description('When the client secret expires in Entra ID (ISO 8601, e.g. 2027-05-01T00:00:00Z); recorded on the Key Vault secret for the status warning.')
 param dataverseClientSecretExpiresOn string = ''
 
 @secure()
-@description('Webhook signature secret shared with the store, stored in Key Vault. Empty: not stored now; an administrator sets it in the vault.')
+@description('Webhook signature secret shared with the store, stored in Key Vault once. Empty: not stored now; an administrator sets it in the vault.')
 param webhookSecret string = ''
 
 @description('Name of the client secret in Key Vault (DATAVERSE_CLIENT_SECRET_NAME).')
@@ -51,7 +54,7 @@ param dataverseClientSecretName string = 'dataverse-client-secret'
 param webhookSecretName string = 'webhook-secret'
 
 @secure()
-@description('Connection string of the store\'s nopCommerce database for the store reader (a read-only login; see infra/README.md), stored in Key Vault. Empty: not stored now; an administrator sets it in the vault, or the reader stays off.')
+@description('Connection string of the store\'s nopCommerce database for the store reader (a read-only login; see infra/README.md), stored in Key Vault once. Empty: not stored now; an administrator sets it in the vault, or the reader stays off.')
 param nopDbConnection string = ''
 
 @description('Name of the store database\'s connection string in Key Vault (NOP_DB_CONNECTION_SECRET_NAME).')

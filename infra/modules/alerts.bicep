@@ -98,7 +98,7 @@ resource deadLetterAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
 
 // The handler's stderr lines: the host logs them as Error (or Warning when they say "warn"), so
 // severityLevel >= 3 counts errors and nothing else.
-resource errorAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = {
+resource errorAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${namePrefix}-handler-errors'
   location: location
   tags: tags
