@@ -82,6 +82,48 @@ type tableSupport struct {
 	decided bool // ok is known
 	ok      bool // CreateMultiple/UpdateMultiple/UpsertMultiple exist
 	probe   bool // sdkmessagefilters could not be read: the first bulk answer decides
+
+	// size caps the rows per request after a request of the table timed out (0: the
+	// client's bulk size), so later requests don't time out the same way; it doubles
+	// again after sizeRegrow requests went through at it.
+	size, okRun int
+}
+
+// sizeRegrow is the number of requests that must go through at a reduced size before
+// the size doubles again.
+const sizeRegrow = 20
+
+// chunkSize is the rows per request for the table now.
+func (c *Client) chunkSize(logicalName string) int {
+	t := c.table(logicalName)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.size > 0 {
+		return t.size
+	}
+	return c.chunk
+}
+
+// sized records the outcome of a request of n rows: a timeout caps the table's size at
+// half of n, a success at the capped size counts towards doubling it again.
+func (c *Client) sized(logicalName string, n int, timedOut bool) {
+	t := c.table(logicalName)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case timedOut:
+		if half := max(1, n/2); t.size == 0 || half < t.size {
+			t.size, t.okRun = half, 0
+			c.log(fmt.Sprintf("dataverse: a request of %d %s rows timed out; %d rows per request from now on", n, logicalName, half))
+		}
+	case t.size > 0 && n >= t.size:
+		if t.okRun++; t.okRun >= sizeRegrow {
+			t.size, t.okRun = t.size*2, 0
+			if t.size >= c.chunk {
+				t.size = 0
+			}
+		}
+	}
 }
 
 func (c *Client) table(logicalName string) *tableSupport {
@@ -187,6 +229,21 @@ func splittable(ctx context.Context, err error) bool {
 	return (e.StatusCode == 0 && e.Err != nil) || e.StatusCode == http.StatusRequestTimeout || e.StatusCode >= 500
 }
 
+// timedOut: the request took too long (a gateway or SQL timeout, or the client's), as
+// opposed to failing for another reason; only those lower the table's request size.
+func timedOut(err error) bool {
+	e, ok := asError(err)
+	if !ok {
+		return false
+	}
+	if e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusGatewayTimeout ||
+		strings.EqualFold(e.Code, "0x80044151") || strings.Contains(strings.ToLower(e.Message), "timeout expired") {
+		return true
+	}
+	var ne interface{ Timeout() bool }
+	return e.StatusCode == 0 && errors.As(e.Err, &ne) && ne.Timeout()
+}
+
 // bulkJob is one bulk call.
 type bulkJob struct {
 	message, set, logical string
@@ -208,8 +265,9 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	j := &bulkJob{message: message, set: set, logical: logicalName, recs: recs, ids: ids}
 	type chunk struct{ start, end int }
 	var chunks []chunk
-	for s := 0; s < len(recs); s += c.chunk {
-		chunks = append(chunks, chunk{s, min(s+c.chunk, len(recs))})
+	size := c.chunkSize(logicalName)
+	for s := 0; s < len(recs); s += size {
+		chunks = append(chunks, chunk{s, min(s+size, len(recs))})
 	}
 	var wg sync.WaitGroup
 	work := make(chan chunk)
@@ -265,7 +323,11 @@ func (c *Client) writeRange(ctx context.Context, j *bulkJob, start, end int) {
 	}
 	if err == nil {
 		copy(j.ids[start:end], got)
+		c.sized(j.logical, end-start, false)
 		return
+	}
+	if timedOut(err) {
+		c.sized(j.logical, end-start, true)
 	}
 	if end-start > 1 && splittable(ctx, err) {
 		c.log(fmt.Sprintf("dataverse: %s %s of %d rows failed (%v); sending it in halves", j.message, j.set, end-start, err))

@@ -168,8 +168,9 @@ func TestSimPriceListItemsWithoutBulkMessages(t *testing.T) {
 }
 
 // A bulk request that times out ("SQL timeout expired", reduce the batch size) is split in
-// halves until the parts go through; no range is sent twice. Before, the same 100 rows
-// were sent again until the retries ran out.
+// halves until the parts go through; no range is sent twice, and later requests of the
+// table are no larger than what went through. Before, the same 100 rows were sent again
+// until the retries ran out.
 func TestSimBulkSplitsOnTimeout(t *testing.T) {
 	e, rt := newRecordingSim(t, dataversetest.Options{}, func(o *dataverse.Options) { o.BulkChunkSize = 100 })
 	e.s.SetFaults(dataversetest.Faults{BulkTimeoutRows: 30})
@@ -201,6 +202,14 @@ func TestSimBulkSplitsOnTimeout(t *testing.T) {
 		if n > 1 {
 			t.Errorf("rows %s sent %d times", k, n)
 		}
+	}
+	// The table's requests timed out above 25 rows: the next rows go 25 at a time.
+	before := len(rt.all())
+	if _, err := e.c.CreateMultiple(context.Background(), "contacts", "contact", contactRows(100, "u")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rt.all()) - before; n != 4 || e.s.Count("contacts") != 200 {
+		t.Errorf("next 100 rows: %d requests (want 4 of 25 rows), %d contacts", n, e.s.Count("contacts"))
 	}
 }
 
