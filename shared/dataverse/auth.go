@@ -19,6 +19,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/nopsync/nopsync/shared/internal/cut"
 )
 
 // publicAuthorityHosts are Microsoft's public cloud authorities; for any
@@ -252,7 +254,7 @@ func classifyTokenError(err error) *authError {
 			if json.Unmarshal(body, &e) == nil && e.Error != "" {
 				ae.code = e.Error
 				if e.Description != "" {
-					ae.message = truncate(strings.SplitN(e.Description, "\r\n", 2)[0], 300)
+					ae.message = cut.Bytes(strings.SplitN(e.Description, "\r\n", 2)[0], 300, "…")
 				}
 			}
 		}

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/nopsync/nopsync/shared/internal/cut"
 )
 
 // Error is a failed Dataverse call: an HTTP error answer, a network failure
@@ -165,7 +167,7 @@ func errorFromResponse(op string, status int, h http.Header, body []byte) *Error
 	if json.Unmarshal(body, &env) == nil && (env.Error.Code != "" || env.Error.Message != "") {
 		e.Code, e.Message = env.Error.Code, env.Error.Message
 	} else if len(body) > 0 && !strings.Contains(h.Get("Content-Type"), "json") {
-		e.Message = truncate(strings.TrimSpace(string(body)), 300)
+		e.Message = cut.Bytes(strings.TrimSpace(string(body)), 300, "…")
 	}
 	if h != nil {
 		e.RetryAfter = retryAfter(h, time.Now())
@@ -174,11 +176,4 @@ func errorFromResponse(op string, status int, h http.Header, body []byte) *Error
 		e.Auth = true
 	}
 	return e
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

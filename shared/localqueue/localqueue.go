@@ -43,6 +43,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/queue"
 )
 
@@ -562,7 +563,7 @@ func (q *Queues) unschedule(qs *queueState, s *session) {
 func (q *Queues) deadLetter(qs *queueState, msg *message, reason, desc string, now time.Time) {
 	q.removeActive(qs, msg)
 	msg.inFlight = false
-	msg.reason, msg.description, msg.deadAt = reason, truncate(desc, maxDescription), now
+	msg.reason, msg.description, msg.deadAt = reason, cut.Bytes(desc, maxDescription, ""), now
 	qs.deadSeq++
 	msg.deadOrder = qs.deadSeq
 	qs.dead[msg.seq] = msg
@@ -575,13 +576,6 @@ func (m *message) size() int {
 		return m.n
 	}
 	return len(m.body)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // maxDeliveriesText is the broker's fixed description of a MaxDeliveryCountExceeded
@@ -787,7 +781,7 @@ func (q *Queues) deliver(runCtx context.Context, qs *queueState, msg *message, d
 			recs = append(recs, record{Op: opDL, Q: qs.name, Seq: msg.seq,
 				Reason: ReasonMaxDeliveryCountExceeded, Description: maxDeliveriesText(msg.count), At: now})
 		} else {
-			recs = append(recs, record{Op: opAbandon, Q: qs.name, Seq: msg.seq, Err: truncate(err.Error(), maxDescription)})
+			recs = append(recs, record{Op: opAbandon, Q: qs.name, Seq: msg.seq, Err: cut.Bytes(err.Error(), maxDescription, "")})
 		}
 	}
 	durable, cerr := q.commit(recs...)

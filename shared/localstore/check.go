@@ -72,18 +72,6 @@ const (
 	MaxString = 16 << 10  // string fields; a longer Reason is cut to this
 )
 
-// truncate cuts s to at most n bytes on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
 func checkDoc(d *state.Doc) error {
 	if d == nil {
 		return fmt.Errorf("localstore: save doc: nil doc")

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -899,7 +900,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	// The line is made before taking the lock: the ETag comes from an atomic counter
 	// (one lost to a conflict is never reused, which is all ETags need).
 	n := *rec
-	n.Reason = truncate(n.Reason, MaxString)
+	n.Reason = cut.Bytes(n.Reason, MaxString, "")
 	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
 	n.UpdatedAt = time.Now().UTC()
 	n.ETag = strconv.FormatUint(s.nextETag(), 10)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -47,7 +48,7 @@ func (f *failureTracker) Save(ctx context.Context, rec *state.Record) error {
 		return err
 	}
 	if rec.Status == state.Failed {
-		f.record(ctx, Failure{Entity: rec.Entity, ID: rec.ID, Error: truncate(rec.Reason, failureMaxLen), Attempts: rec.Attempts, Transient: rec.Transient, At: f.now().UTC()})
+		f.record(ctx, Failure{Entity: rec.Entity, ID: rec.ID, Error: cut.Bytes(rec.Reason, failureMaxLen, "…"), Attempts: rec.Attempts, Transient: rec.Transient, At: f.now().UTC()})
 	}
 	return nil
 }
@@ -104,11 +105,4 @@ func (o *Ops) recentFailures(ctx context.Context, max int) ([]Failure, error) {
 		out = append(out, list[i])
 	}
 	return out, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

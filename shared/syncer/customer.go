@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -276,7 +277,7 @@ func (s *customerSyncer) account(ctx context.Context, storeID int, company strin
 	}
 	if found == "" {
 		found = deterministicID(storeID, "account", strings.ToLower(company))
-		if _, err := s.dv.Upsert(ctx, "accounts", found, dataverse.Record{"name": truncate(company, 160)}, dataverse.Upsert); err != nil {
+		if _, err := s.dv.Upsert(ctx, "accounts", found, dataverse.Record{"name": cut.Runes(company, 160)}, dataverse.Upsert); err != nil {
 			return "", fmt.Errorf("creating account %q: %w", company, err)
 		}
 	}
@@ -552,7 +553,7 @@ func orNull(s string, n int) any {
 	if s == "" {
 		return nil
 	}
-	return truncate(s, n)
+	return cut.Runes(s, n)
 }
 
 // shortErr is an error's Dataverse message when it has one.

@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/state"
@@ -369,7 +370,7 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		r.Data = eventJSON(ev)
 		if syncErr != nil {
 			r.Status = state.Failed
-			r.Reason = truncate(reason, 1000)
+			r.Reason = cut.Runes(reason, 1000)
 			r.Transient = isTransient(syncErr) || isSetup(syncErr)
 			r.Attempts++
 			return
@@ -765,18 +766,6 @@ func (e *Engine) StaleSkipped(ctx context.Context) (map[state.Entity]int64, erro
 	return out, nil
 }
 
-// truncate cuts s to at most n runes.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n])
-}
-
 // InvalidMessageKind is the state doc kind of queue messages that failed validation on
 // the queue side (only a message tampered with or replayed by hand can): one doc per
 // message body, keyed by its hash, so redeliveries record it once.
@@ -797,7 +786,7 @@ func (e *Engine) recordInvalid(ctx context.Context, queueName string, body []byt
 	if len(b) > 2048 {
 		b = b[:2048]
 	}
-	doc.Value, _ = json.Marshal(InvalidMessage{Queue: queueName, Error: truncate(cause.Error(), 1000), At: e.now().UTC(), Body: string(b)})
+	doc.Value, _ = json.Marshal(InvalidMessage{Queue: queueName, Error: cut.Runes(cause.Error(), 1000), At: e.now().UTC(), Body: string(b)})
 	if err := e.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
 		return transient(fmt.Errorf("recording an invalid message: %w", err))
 	}

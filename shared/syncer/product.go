@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -125,7 +126,7 @@ func (pl *productPlan) record() dataverse.Record {
 // productNumber is the number the app would write: the sku, else NOP-<id>.
 func productNumber(id int, sku *string) string {
 	if s := strings.TrimSpace(deref(sku)); s != "" {
-		return truncate(s, 100)
+		return cut.Runes(s, 100)
 	}
 	return fallbackNumber(id)
 }
@@ -141,7 +142,7 @@ func productFields(p *nop.Product, sh *shared) dataverse.Record {
 	}
 	qty := max(p.StockQuantity, 0)
 	return dataverse.Record{
-		"name":                             truncate(strings.TrimSpace(p.Name), 100),
+		"name":                             cut.Runes(strings.TrimSpace(p.Name), 100),
 		"description":                      orNull(deref(p.ShortDescription), 2000),
 		"price":                            moneyValue(p.Price, prec.price),
 		"currentcost":                      moneyValue(p.ProductCost, prec.amount),
@@ -243,7 +244,7 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 	}
 	img, err := s.fetchImage(ctx, pl.picture)
 	if err != nil {
-		pl.extra[extraImageError] = truncate(err.Error(), 300)
+		pl.extra[extraImageError] = cut.Runes(err.Error(), 300)
 	} else {
 		pl.image = img
 		pl.extra[extraImageURL] = pl.picture

@@ -6,10 +6,10 @@ import (
 	"math"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -69,7 +69,7 @@ func recordEntity(r *state.Record, pk string, updatedAt time.Time) ([]byte, erro
 		}
 	}
 	if r.Reason != "" {
-		p[pReason] = truncate(r.Reason, maxString)
+		p[pReason] = cut.Bytes(r.Reason, maxString, "")
 	}
 	if r.Transient {
 		p[pTransient] = true
@@ -137,18 +137,6 @@ func getChunks(p map[string]any, lenName, chunkName string) ([]byte, error) {
 		return nil, fmt.Errorf("%d bytes stored, %s says %d", len(out), lenName, n)
 	}
 	return out, nil
-}
-
-// truncate cuts s to at most n bytes on a rune boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 func strProp(p map[string]any, name string) string {
