@@ -23,17 +23,18 @@ type dialect struct {
 	provider string
 	open     string // identifier quotes
 	close    string
-	falseLit string // a false boolean literal comparable with nopCommerce's bool columns
+	falseLit string // boolean literals comparable with nopCommerce's bool columns
+	trueLit  string
 }
 
 var dialects = map[string]*dialect{
 	// SQL Server: bit columns, [bracketed] names, TOP (n), @p1 parameters.
-	SQLServer: {provider: SQLServer, open: "[", close: "]", falseLit: "0"},
+	SQLServer: {provider: SQLServer, open: "[", close: "]", falseLit: "0", trueLit: "1"},
 	// MySQL/MariaDB: tinyint(1) columns, `backquoted` names, LIMIT n, ? parameters.
-	MySQL: {provider: MySQL, open: "`", close: "`", falseLit: "0"},
+	MySQL: {provider: MySQL, open: "`", close: "`", falseLit: "0", trueLit: "1"},
 	// PostgreSQL: boolean columns, names kept in their case so "double-quoted", citext
 	// strings, LIMIT n, $1 parameters.
-	PostgreSQL: {provider: PostgreSQL, open: `"`, close: `"`, falseLit: "false"},
+	PostgreSQL: {provider: PostgreSQL, open: `"`, close: `"`, falseLit: "false", trueLit: "true"},
 }
 
 // id quotes a name: q("Order") is [Order], `Order` or "Order".
@@ -128,6 +129,17 @@ func (d *dialect) customersPage(limit int) string {
 	return d.query(d.customerList(), from,
 		d.col("rm", "Customer_Id")+" > "+d.param(1)+" AND "+d.col("rm", "CustomerRole_Id")+" = "+d.param(2)+" AND "+d.col("c", "Id")+" > "+d.param(3),
 		d.col("rm", "Customer_Id"), limit)
+}
+
+// gdprDeletedCustomers: the customers with $1 < Id <= $2 deleted with an empty email.
+// nopCommerce's GDPR "permanent delete" (GdprService.PermanentDeleteCustomerAsync)
+// empties Email and Username, sets Deleted and moves the customer from the Registered
+// role to Guests, so these are not in customersPage. The id window is the one a page of
+// customersPage covered, so over a whole run the Customer key is scanned once.
+func (d *dialect) gdprDeletedCustomers() string {
+	return d.query(d.customerList(), d.id("Customer")+" c",
+		d.col("c", "Id")+" > "+d.param(1)+" AND "+d.col("c", "Id")+" <= "+d.param(2)+" AND "+d.col("c", "Deleted")+" = "+d.trueLit+
+			" AND "+d.col("c", "Email")+" = ''", d.col("c", "Id"), 0)
 }
 
 // customersByID: the customers with these ids (the customers of a page of orders).

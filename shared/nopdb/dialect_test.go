@@ -15,6 +15,7 @@ func queries(d *dialect) map[string]string {
 	return map[string]string{
 		"customers_page":      d.customersPage(500),
 		"customers_by_id":     d.customersByID([]int64{3, 7}),
+		"gdpr_deleted":        d.gdprDeletedCustomers(),
 		"customer_roles":      d.customerRoles([]int64{3, 7}),
 		"roles":               d.roles(),
 		"products_by_id":      d.productsByID([]int64{7, 12}),
@@ -67,7 +68,7 @@ func TestQueriesGolden(t *testing.T) {
 func TestDialectsShareStructure(t *testing.T) {
 	norm := func(p, q string) string {
 		r := strings.NewReplacer("[", "", "]", "", "`", "", `"`, "", "@p1", "?", "@p2", "?", "@p3", "?", "$1", "?", "$2", "?", "$3", "?",
-			" = false", " = 0", "TOP (500) ", "", " LIMIT 500", "", "CONVERT(NVARCHAR(36), ", "", "CAST(", "", " AS text)", "")
+			" = false", " = 0", " = true", " = 1", "TOP (500) ", "", " LIMIT 500", "", "CONVERT(NVARCHAR(36), ", "", "CAST(", "", " AS text)", "")
 		q = r.Replace(q)
 		if p == MySQL { // MySQL's Guid columns need no conversion, so it has no closing paren to drop
 			return q

@@ -1,11 +1,13 @@
 package nopdb
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -60,13 +62,18 @@ type querier interface {
 // ReadPage reads up to limit rows of entity with primary key > after, in key order, and
 // returns their events (see Page). limit <= 0 means DefaultPageSize; it is capped at
 // MaxPageSize. Customers are the registered ones (of any store: nopCommerce shares
-// customers between stores); products all; orders those of Options.StoreID.
+// customers between stores), up to limit of them, plus the GDPR-deleted customers whose
+// ids fall among them; products all; orders those of Options.StoreID.
 //
 // A row whose data can't make a valid event (odd data) is a RowFailure, never an
 // error; an error means the page could not be read at all (connection, schema) and
 // nothing of it should be used. On PostgreSQL and MySQL a page is read in one read-only
-// repeatable-read transaction, so an order and its items are of the same moment.
+// repeatable-read transaction, so an order and its items are of the same moment; on SQL
+// Server (whose driver has no read-only transactions) its queries run one after another.
 func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit int) (Page, error) {
+	if _, ok := nop.ParseEntity(string(entity)); !ok {
+		return Page{}, fmt.Errorf("nopdb: unknown entity %q", entity)
+	}
 	if limit <= 0 {
 		limit = DefaultPageSize
 	}
@@ -108,8 +115,10 @@ func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit
 	if err != nil {
 		return Page{}, r.red.wrap(op, err)
 	}
-	pb.page.Done = pb.page.Rows < limit
-	if pb.page.Rows == 0 {
+	if entity != state.Customer { // customers set Done themselves
+		pb.page.Done = pb.page.Rows < limit
+	}
+	if pb.page.Rows == 0 && pb.page.Last < after {
 		pb.page.Last = after
 	}
 	return pb.page, nil
@@ -341,6 +350,31 @@ func (r *Reader) readCustomers(ctx context.Context, q querier, pb *pageBuilder, 
 	cs, err := r.customers(ctx, q, r.d.customersPage(limit), after, roles.registered, after)
 	if err != nil {
 		return err
+	}
+	// GDPR-deleted customers in the same id window (to the end on the last page).
+	upper := int64(maxID)
+	pb.page.Done = len(cs) < limit
+	if !pb.page.Done {
+		upper = cs[len(cs)-1].id
+	}
+	gone, err := r.customers(ctx, q, r.d.gdprDeletedCustomers(), after, upper)
+	if err != nil {
+		return err
+	}
+	if len(gone) > 0 {
+		seen := make(map[int64]bool, len(cs))
+		for i := range cs {
+			seen[cs[i].id] = true
+		}
+		for _, g := range gone {
+			if !seen[g.id] {
+				cs = append(cs, g)
+			}
+		}
+		slices.SortFunc(cs, func(a, b customerRow) int { return cmp.Compare(a.id, b.id) })
+	}
+	if !pb.page.Done {
+		pb.page.Last = upper
 	}
 	ids := make([]int64, 0, len(cs))
 	for i := range cs {

@@ -11,15 +11,20 @@ import (
 )
 
 // TestDeletes: soft-deleted rows become *.deleted events with data.deleted true; a GDPR
-// delete (Deleted, email and username emptied) is a customer.deleted; guests and
-// customers in no role are not read; deleted associated products leave their family.
+// delete (Deleted, email and username emptied, moved from Registered to Guests: nopCommerce's
+// GdprService.PermanentDeleteCustomerAsync) is a customer.deleted, on whatever page its id
+// falls; guests and customers in no role are not read; deleted associated products leave
+// their family.
 func TestDeletes(t *testing.T) {
 	forEachProvider(t, func(t *testing.T, provider string) {
 		s := exampleStore(t, provider)
 		s.customer(50, nopdbtest.RoleRegistered, map[string]any{"Email": "gone@example.com-DELETED", "Username": "gone@example.com-DELETED", "Deleted": true})
-		s.customer(51, nopdbtest.RoleRegistered, map[string]any{"Email": "", "Username": "", "Deleted": true, "FirstName": nil})
+		s.customer(51, nopdbtest.RoleGuests, map[string]any{"Email": "", "Username": "", "Deleted": true, "Active": false, "FirstName": nil})
 		s.customer(52, nopdbtest.RoleGuests, nil)
 		s.customer(53, 0, map[string]any{"Email": "norole@example.com"})
+		s.customer(54, nopdbtest.RoleGuests, map[string]any{"Deleted": true}) // a guest deleted in admin: no email at all
+		s.customer(55, nopdbtest.RoleRegistered, map[string]any{"Email": "last@example.com"})
+		s.customer(56, nopdbtest.RoleGuests, map[string]any{"Email": "", "Username": "", "Deleted": true}) // after the last registered one
 		s.product(14, map[string]any{"ParentGroupedProductId": 20, "Name": "Lens pen", "Deleted": true})
 		s.product(15, map[string]any{"Name": "Old tripod", "Deleted": true, "Price": "9999999999999.0000"})
 		s.order(1002, map[string]any{"Deleted": true})
@@ -28,10 +33,20 @@ func TestDeletes(t *testing.T) {
 
 		customers, _, fails, _ := readAll(t, r, state.Customer, 100)
 		got := byID(customers)
-		if len(fails) > 0 || len(got) != 3 || got["52"] != nil || got["53"] != nil {
-			t.Fatalf("customers read: %v, failures %+v (want 42, 50, 51: registered ones only)", keys(got), fails)
+		if len(fails) > 0 || len(got) != 5 || got["52"] != nil || got["53"] != nil || got["54"] != nil {
+			t.Fatalf("customers read: %v, failures %+v (want 42, 50, 51, 55, 56)", keys(got), fails)
 		}
-		for _, id := range []string{"50", "51"} {
+		// Pages of one registered customer each: the GDPR deletes still come, once, in id order.
+		small, _, _, _ := readAll(t, r, state.Customer, 1)
+		if len(small) != len(customers) {
+			t.Fatalf("pages of 1: %d customers, want %d", len(small), len(customers))
+		}
+		for i := range small {
+			if small[i].ID != customers[i].ID {
+				t.Fatalf("pages of 1: customer %d is %s, want %s", i, small[i].EntityID(), customers[i].EntityID())
+			}
+		}
+		for _, id := range []string{"50", "51", "56"} {
 			if ev := got[id]; ev.Type != "customer.deleted" || !ev.Customer.Deleted {
 				t.Errorf("customer %s: %s deleted=%v", id, ev.Type, ev.Customer.Deleted)
 			}

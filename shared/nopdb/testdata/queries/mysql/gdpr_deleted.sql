@@ -1,0 +1,1 @@
+SELECT c.`Id`, c.`CustomerGuid`, c.`Username`, c.`Email`, c.`FirstName`, c.`LastName`, c.`Company`, c.`Phone`, c.`Active`, c.`Deleted`, c.`CreatedOnUtc`, c.`BillingAddress_Id`, c.`ShippingAddress_Id` FROM `Customer` c WHERE c.`Id` > ? AND c.`Id` <= ? AND c.`Deleted` = 1 AND c.`Email` = '' ORDER BY c.`Id`

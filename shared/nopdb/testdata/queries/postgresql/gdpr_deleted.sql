@@ -1,0 +1,1 @@
+SELECT c."Id", CAST(c."CustomerGuid" AS text), c."Username", c."Email", c."FirstName", c."LastName", c."Company", c."Phone", c."Active", c."Deleted", c."CreatedOnUtc", c."BillingAddress_Id", c."ShippingAddress_Id" FROM "Customer" c WHERE c."Id" > $1 AND c."Id" <= $2 AND c."Deleted" = true AND c."Email" = '' ORDER BY c."Id"

@@ -1,0 +1,1 @@
+SELECT c.[Id], CONVERT(NVARCHAR(36), c.[CustomerGuid]), c.[Username], c.[Email], c.[FirstName], c.[LastName], c.[Company], c.[Phone], c.[Active], c.[Deleted], c.[CreatedOnUtc], c.[BillingAddress_Id], c.[ShippingAddress_Id] FROM [Customer] c WHERE c.[Id] > @p1 AND c.[Id] <= @p2 AND c.[Deleted] = 1 AND c.[Email] = '' ORDER BY c.[Id]
