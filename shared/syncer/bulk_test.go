@@ -402,7 +402,8 @@ func BenchmarkImportProductChunks(b *testing.B) {
 
 // Dynamics 365 publishes one product record per request ("You cannot publish multiple
 // product family, product, or bundle records at once"): a chunk's products are published
-// one by one, never with an UpdateMultiple setting statecode.
+// each by its own request (the parts of a $batch), never with an UpdateMultiple setting
+// statecode.
 func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	bulkStates := 0
@@ -412,12 +413,20 @@ func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 		}
 		return nil
 	})
+	if err := e.deliver(e.eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap
+		t.Fatal(err)
+	}
 	var evs []*nop.Event
 	for i := 1; i < 41; i++ {
 		evs = append(evs, productEvent(t, i, 1, nil))
 	}
+	before := e.srv.Stats().Requests
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatal(err)
+	}
+	// The 40 publishes travel as the parts of one $batch, not as 40 requests.
+	if n := e.srv.Stats().Requests - before; n > 10 {
+		t.Errorf("%d requests for a chunk of 40 new products", n)
 	}
 	for i := 1; i < 41; i++ {
 		if p := e.row("products", productID(1, i)); numOf(p["statecode"]) != productActive {

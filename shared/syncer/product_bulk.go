@@ -195,8 +195,10 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		errs[i] = s.writePriceItem(ctx, plans[i], recs[i], sh)
 	})
 
-	// Lifecycle, product by product: Dynamics 365 publishes one product record per request
-	// ("You cannot publish multiple product family, product, or bundle records at once").
+	// Lifecycle. Dynamics 365 publishes one product record per request ("You cannot publish
+	// multiple product family, product, or bundle records at once"): Draft products are
+	// published each by its own request, sent together as the parts of $batch requests; the
+	// rest, and any product whose part fails, one by one.
 	curOf := func(i int) int {
 		cur, ok := pre.states[plans[i].id]
 		if !ok || cur < 0 {
@@ -204,18 +206,71 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 		}
 		return cur
 	}
-	var settle []int
+	var publish, settle []int
 	for _, i := range written {
-		if errs[i] == nil {
+		if errs[i] != nil {
+			continue
+		}
+		if pl := plans[i]; !pl.family && pl.active && (curOf(i) == productDraft || curOf(i) == productUnderRevision) {
+			publish = append(publish, i)
+		} else {
 			settle = append(settle, i)
 		}
 	}
+	published, rest := s.publishBatched(ctx, plans, publish)
+	settle = append(settle, rest...)
+	s.parallel(ctx, published, func(ctx context.Context, i int) {
+		s.recordProduct(ctx, plans[i], recs[i])
+		outs[i] = plans[i].outcome()
+	})
 	s.parallel(ctx, settle, func(ctx context.Context, i int) {
 		if errs[i] = s.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
 			s.recordProduct(ctx, plans[i], recs[i])
 			outs[i] = plans[i].outcome()
 		}
 	})
+}
+
+// publishBatchParts is how many publishes one $batch carries: each runs the product
+// plug-ins, so a hundred, the docs' starting point for bulk writes to tables with plug-ins.
+const publishBatchParts = 100
+
+// publishBatched publishes the products idx, one request each, as the parts of $batch
+// requests (Dataverse runs them in order and stops at the first failure). It returns the
+// products published and those left for the single path: the one whose part failed (the
+// rest of its batch goes in the next one), or all that remain when a whole request fails.
+func (s *productSyncer) publishBatched(ctx context.Context, plans []*productPlan, idx []int) (published, rest []int) {
+	if len(idx) < minBulk {
+		return nil, idx
+	}
+	for len(idx) > 0 {
+		n := min(len(idx), publishBatchParts)
+		parts := make([]dataverse.BatchPart, n)
+		for k, i := range idx[:n] {
+			parts[k] = dataverse.Op{Method: "PATCH", Path: dataverse.EntityPath("products", plans[i].id),
+				Body: dataverse.Record{"statecode": productActive, "statuscode": 1}, Header: map[string]string{"If-Match": "*"}}
+		}
+		res, err := s.dv.Batch(ctx, parts...)
+		done := 0
+		for _, r := range res {
+			if r.Err == nil && r.Part >= 1 && r.Part <= n && r.Part == done+1 {
+				published = append(published, idx[r.Part-1])
+				done = r.Part
+			}
+		}
+		if err == nil && done == n {
+			idx = idx[n:]
+			continue
+		}
+		var be *dataverse.BatchError
+		if errors.As(err, &be) && be.Part == done+1 && be.Part <= n {
+			rest = append(rest, idx[done])
+			idx = idx[done+1:]
+			continue
+		}
+		return published, append(rest, idx[done:]...)
+	}
+	return published, rest
 }
 
 // productsByNumber returns the products holding any of the numbers, by lower-cased number.
