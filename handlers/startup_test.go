@@ -13,9 +13,11 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -311,4 +313,116 @@ func connValue(conn, key string) string {
 		}
 	}
 	return ""
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestProcessLogStreams runs the executable as the Functions host does, reading its stdout
+// and stderr apart: a start-up retry is a warning on stderr (the host logs it as Warning),
+// information goes to stdout, and a setting that stops the app is one error line on stderr
+// (logged as Error).
+func TestProcessLogStreams(t *testing.T) {
+	bin := handlerBinary(t)
+	refuse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("x-ms-error-code", "AuthorizationPermissionMismatch")
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	defer refuse.Close()
+	addr := freeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	conn := "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=bm90LWEta2V5;TableEndpoint=" + refuse.URL + "/devstoreaccount1;"
+	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "FUNCTIONS_CUSTOMHANDLER_PORT=" + port,
+		"DATAVERSE_URL=https://org.crm.dynamics.com", "DATAVERSE_TENANT_ID=00000000-0000-0000-0000-000000000001",
+		"DATAVERSE_CLIENT_ID=00000000-0000-0000-0000-000000000002", "DATAVERSE_CLIENT_SECRET=not-a-real-secret",
+		"STORE_CURRENCY_CODE=USD", "ServiceBusConnection__fullyQualifiedNamespace=nopsync-test.servicebus.windows.net",
+		"STATE_STORAGE_CONNECTION_STRING=" + conn}
+
+	run := func(env []string, until func(stdout, stderr string) bool) (string, string) {
+		t.Helper()
+		var stdout, stderr syncBuffer
+		cmd := exec.Command(bin)
+		cmd.Env, cmd.Stdout, cmd.Stderr = env, &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		deadline := time.After(time.Minute)
+		for !until(stdout.String(), stderr.String()) {
+			select {
+			case <-done:
+				return stdout.String(), stderr.String()
+			case <-deadline:
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("gave up waiting; stdout %q stderr %q", stdout.String(), stderr.String())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		cmd.Process.Kill()
+		<-done
+		return stdout.String(), stderr.String()
+	}
+	levels := func(stream, out string) []string {
+		var ls []string
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if line == "" {
+				continue
+			}
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Errorf("%s line is not one JSON record: %q", stream, line)
+				continue
+			}
+			ls = append(ls, fmt.Sprint(rec["level"])+"/"+hostLevel(stream, line))
+		}
+		return ls
+	}
+
+	stdout, stderr := run(append(base, "WEBHOOK_SECRET=not-a-real-webhook-secret"), func(_, stderr string) bool {
+		return strings.Contains(stderr, "start-up not finished")
+	})
+	for _, l := range levels("stdout", stdout) {
+		if l != "INFO/Information" {
+			t.Errorf("stdout holds a %s line: %s", l, stdout)
+		}
+	}
+	for _, l := range levels("stderr", stderr) {
+		if l != "WARN/Warning" {
+			t.Errorf("stderr during a start-up retry holds a %s line (want WARN/Warning): %s", l, stderr)
+		}
+	}
+	if !strings.Contains(stdout, "custom handler listening") {
+		t.Errorf("stdout lacks the start-up line: %q", stdout)
+	}
+
+	// No webhook secret in Azure: the app stops at once, naming the setting, in one error line.
+	stdout, stderr = run(base, func(string, string) bool { return false })
+	if got := levels("stderr", stderr); len(got) != 1 || got[0] != "ERROR/Error" || !strings.Contains(stderr, "WEBHOOK_SECRET") {
+		t.Errorf("stopping on a missing setting: stderr %v %q, want one ERROR line naming WEBHOOK_SECRET", got, stderr)
+	}
+	if strings.TrimSpace(stdout) != "" {
+		t.Errorf("stopping on a missing setting: stdout %q", stdout)
+	}
+	for _, out := range []string{stdout, stderr} {
+		if strings.Contains(out, "not-a-real-secret") || strings.Contains(out, "bm90LWEta2V5") {
+			t.Errorf("a secret in the output: %q", out)
+		}
+	}
 }
