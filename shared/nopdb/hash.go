@@ -21,7 +21,12 @@ func DataHash(data []byte) string {
 	if json.Compact(&buf, data) == nil {
 		in = buf.Bytes()
 	}
-	sum := sha256.Sum256(in)
+	return compactHash(in)
+}
+
+// compactHash is DataHash of JSON that has no insignificant white space.
+func compactHash(data []byte) string {
+	sum := sha256.Sum256(data)
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 

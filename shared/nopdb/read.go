@@ -144,7 +144,7 @@ func (pb *pageBuilder) add(id int64, deleted bool, data any) {
 		pb.fail(id, "encoding its data: %v", err)
 		return
 	}
-	hash := DataHash(raw)
+	hash := compactHash(raw) // json.Marshal's output is compact already: DataHash(raw) without the copy
 	action := "updated"
 	if deleted {
 		action = "deleted"
