@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/funchost"
-	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/nop"
 )
 
@@ -173,10 +173,7 @@ func (s *starter) serveStarting(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(int((s.o.RetryAfter+time.Second-1)/time.Second)))
-	b, _ := json.Marshal(intake.ErrorBody{Error: intake.ErrorDetail{Code: intake.CodeUnavailable,
-		Message: "the app is starting; nothing was accepted, retry later"}})
-	w.WriteHeader(http.StatusServiceUnavailable)
-	w.Write(b)
+	apierror.Write(w, apierror.New(apierror.Unavailable, "the app is starting; nothing was accepted, retry later"), nil)
 }
 
 func orNone(lastErr string) string {

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
 )
@@ -102,40 +103,12 @@ func New(o Options) *Intake {
 	return &Intake{o: o}
 }
 
-// Error codes of docs/events.md.
-const (
-	CodeInvalidEvent         = "invalid_event"
-	CodeUnauthorized         = "unauthorized"
-	CodeNotFound             = "not_found"
-	CodeMethodNotAllowed     = "method_not_allowed"
-	CodeTooLarge             = "too_large"
-	CodeUnsupportedMediaType = "unsupported_media_type"
-	CodeUnavailable          = "unavailable"
-	CodeLengthRequired       = "length_required"
-)
-
 // MsgLengthRequired answers a request whose body did not arrive. The Functions host passes
 // a request body on only when the request has a Content-Length above zero (a chunked body
 // arrives empty) and hands it over as UTF-8 text
 // (Azure/azure-functions-host src/WebJobs.Script/Extensions/HttpRequestExtensions.cs).
 const MsgLengthRequired = "the request arrived without a body: send the body with a Content-Length header " +
 	"(not chunked), as UTF-8 without a byte-order mark"
-
-// ErrorBody is the JSON body of every error answer.
-type ErrorBody struct {
-	Error ErrorDetail `json:"error"`
-}
-
-// ErrorDetail says what went wrong. Index and Field are set for invalid_event answers
-// about one event (Index is its position in the array, 0 for a single object; Field its
-// JSON path, "" when the event as a whole is wrong), and absent for problems with the
-// whole body (malformed JSON, too many events).
-type ErrorDetail struct {
-	Code    string  `json:"code"`
-	Message string  `json:"message"`
-	Index   *int    `json:"index,omitempty"`
-	Field   *string `json:"field,omitempty"`
-}
 
 // Accepted is the body of a 202 answer.
 type Accepted struct {
@@ -159,12 +132,12 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 	// (or the host did not pass on): say so, rather than answer the signature's 401.
 	if len(body) == 0 {
 		in.o.Log.Warn("events refused: no body (no Content-Length)", "entity", r.Entity)
-		return errorResponse(http.StatusLengthRequired, CodeLengthRequired, MsgLengthRequired, nil)
+		return errorResponse(apierror.LengthRequired, MsgLengthRequired, nil)
 	}
 	// The host drops a byte-order mark, so the signature made over it would not match in
 	// Azure; everywhere, the answer names the cause.
 	if bytes.HasPrefix(body, utf8BOM) {
-		return errorResponse(http.StatusBadRequest, CodeInvalidEvent, "the body starts with a UTF-8 byte-order mark: send UTF-8 without one", nil)
+		return errorResponse(apierror.InvalidEvent, "the body starts with a UTF-8 byte-order mark: send UTF-8 without one", nil)
 	}
 
 	log := in.o.Log.With("entity", string(entity))
@@ -179,14 +152,14 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 		switch {
 		case errors.As(err, &tl):
 			log.Warn("events refused: too large", "index", tl.Index, "bytes", tl.Size)
-			return errorResponse(http.StatusRequestEntityTooLarge, CodeTooLarge, tl.Error(), nil)
+			return errorResponse(apierror.TooLarge, tl.Error(), nil)
 		case errors.As(err, &ve):
 			// The message can quote field values, so only where it points is logged.
 			log.Warn("events refused: invalid", "index", ve.Index, "field", ve.Field)
-			return errorResponse(http.StatusBadRequest, CodeInvalidEvent, ve.Error(), ve)
+			return errorResponse(apierror.InvalidEvent, ve.Error(), ve)
 		default:
 			log.Error("events refused", "error", err)
-			return errorResponse(http.StatusBadRequest, CodeInvalidEvent, "invalid request", nil)
+			return errorResponse(apierror.InvalidEvent, "invalid request", nil)
 		}
 	}
 	ids := make([]string, len(events))
@@ -213,7 +186,7 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 
 // unavailable is a 503 answer: the store keeps the events and retries after Retry-After.
 func (in *Intake) unavailable(msg string) Response {
-	resp := errorResponse(http.StatusServiceUnavailable, CodeUnavailable, msg, nil)
+	resp := errorResponse(apierror.Unavailable, msg, nil)
 	resp.Header.Set("Retry-After", strconv.Itoa(int((in.o.RetryAfter+time.Second-1)/time.Second)))
 	return resp
 }
@@ -221,22 +194,22 @@ func (in *Intake) unavailable(msg string) Response {
 // precheck runs the checks that need no body: method, entity, content type, size.
 func precheck(method, entity string, h http.Header, size int64) (nop.Entity, *Response) {
 	if !strings.EqualFold(method, http.MethodPost) { // adapters may not upper-case it
-		resp := errorResponse(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "only POST is allowed", nil)
+		resp := errorResponse(apierror.MethodNotAllowed, "only POST is allowed", nil)
 		resp.Header.Set("Allow", http.MethodPost)
 		return "", &resp
 	}
 	ent, ok := nop.ParseEntity(entity)
 	if !ok {
-		resp := errorResponse(http.StatusNotFound, CodeNotFound,
+		resp := errorResponse(apierror.NotFound,
 			fmt.Sprintf("unknown entity %q: use customer, product or order", entity), nil)
 		return "", &resp
 	}
 	if msg, ok := jsonContentType(header(h, "Content-Type")); !ok {
-		resp := errorResponse(http.StatusUnsupportedMediaType, CodeUnsupportedMediaType, msg, nil)
+		resp := errorResponse(apierror.UnsupportedMediaType, msg, nil)
 		return "", &resp
 	}
 	if size > nop.MaxBodyBytes {
-		resp := errorResponse(http.StatusRequestEntityTooLarge, CodeTooLarge,
+		resp := errorResponse(apierror.TooLarge,
 			fmt.Sprintf("request body is %d bytes or more, over the limit of %d", size, nop.MaxBodyBytes), nil)
 		return "", &resp
 	}
@@ -285,7 +258,7 @@ func (in *Intake) checkSignature(ctx context.Context, log *slog.Logger, h http.H
 	}
 	if reason != "" {
 		log.Warn("events refused: signature", "reason", reason)
-		return errorResponse(http.StatusUnauthorized, CodeUnauthorized, reason, nil), false
+		return errorResponse(apierror.Unauthorized, reason, nil), false
 	}
 	return Response{}, true
 }
@@ -399,21 +372,25 @@ func header(h http.Header, name string) string {
 func jsonResponse(status int, v any) Response {
 	b, err := json.Marshal(v)
 	if err != nil { // only our own types are marshalled
-		b = []byte(`{"error":{"code":"unavailable","message":"internal error"}}`)
-		status = http.StatusServiceUnavailable
+		status, b = apierror.Marshal(apierror.New(apierror.Unavailable, "internal error"), nil)
 	}
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	return Response{Status: status, Header: h, Body: b}
 }
 
-func errorResponse(status int, code, msg string, ve *nop.ValidationError) Response {
-	d := ErrorDetail{Code: code, Message: msg}
+// errorResponse is the answer for an error (apierror decides its status and body); ve
+// adds the index and field of the event it is about.
+func errorResponse(code apierror.Code, msg string, ve *nop.ValidationError) Response {
+	e := apierror.New(code, msg)
 	if ve != nil && ve.Index >= 0 {
 		idx, field := ve.Index, ve.Field
-		d.Index, d.Field = &idx, &field
+		e.Index, e.Field = &idx, &field
 	}
-	return jsonResponse(status, ErrorBody{Error: d})
+	status, b := apierror.Marshal(e, nil)
+	h := http.Header{}
+	h.Set("Content-Type", "application/json")
+	return Response{Status: status, Header: h, Body: b}
 }
 
 // Pattern is the route ServeHTTP expects to be mounted on (Go 1.22+ ServeMux). It has no
@@ -439,7 +416,7 @@ func (in *Intake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// One byte over the limit is enough for Handle to answer 413.
 		body, err := io.ReadAll(io.LimitReader(r.Body, nop.MaxBodyBytes+1))
 		if err != nil {
-			writeResponse(w, errorResponse(http.StatusBadRequest, CodeInvalidEvent, "the request body could not be read", nil))
+			writeResponse(w, errorResponse(apierror.InvalidEvent, "the request body could not be read", nil))
 			return
 		}
 		req.Body, req.BodyPresent = body, true

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -24,7 +25,7 @@ func (o *Ops) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/status", o.serveStatus)
 	mux.HandleFunc("GET /api/status/{entity}/{id}", o.serveEntityStatus)
 	mux.HandleFunc("GET /api/status/{entity}", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "use /api/status/{entity}/{id}")
+		writeError(w, apierror.NotFound, "use /api/status/{entity}/{id}")
 	})
 	mux.HandleFunc("GET /api/deadletters/{entity}", o.serveDeadLetters)
 	mux.HandleFunc("POST /api/deadletters/{entity}/replay", o.serveReplay)
@@ -33,7 +34,7 @@ func (o *Ops) Routes(mux *http.ServeMux) {
 func methodNotAllowed(allow string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow)
+		writeError(w, apierror.MethodNotAllowed, "use "+allow)
 	}
 }
 
@@ -43,8 +44,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+// writeError answers with an error (apierror decides the status from the code).
+func writeError(w http.ResponseWriter, code apierror.Code, msg string) {
+	apierror.Write(w, apierror.New(code, msg), nil)
 }
 
 func parseEntity(s string) (state.Entity, bool) { return nop.ParseEntity(s) }
@@ -59,14 +61,14 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	var req syncRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", "read body: "+err.Error())
+		writeError(w, apierror.InvalidRequest, "read body: "+err.Error())
 		return
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_request", `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all", "source": "state"|"store"}: `+err.Error())
+			writeError(w, apierror.InvalidRequest, `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all", "source": "state"|"store"}: `+err.Error())
 			return
 		}
 	}
@@ -74,13 +76,13 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	for _, s := range req.Entities {
 		e, ok := parseEntity(s)
 		if !ok {
-			writeError(w, http.StatusBadRequest, "invalid_request", "entities: unknown entity "+quote(s)+" (customer, product, order)")
+			writeError(w, apierror.InvalidRequest, "entities: unknown entity "+quote(s)+" (customer, product, order)")
 			return
 		}
 		ents = append(ents, e)
 	}
 	if req.Scope != "" && req.Scope != ScopeFailed && req.Scope != ScopeAll {
-		writeError(w, http.StatusBadRequest, "invalid_request", "scope must be \"failed\" or \"all\", got "+quote(req.Scope))
+		writeError(w, apierror.InvalidRequest, "scope must be \"failed\" or \"all\", got "+quote(req.Scope))
 		return
 	}
 	switch req.Source {
@@ -89,17 +91,17 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		o.serveStoreSync(w, r, ents)
 		return
 	default:
-		writeError(w, http.StatusBadRequest, "invalid_request", "source must be \"state\" or \"store\", got "+quote(req.Source))
+		writeError(w, apierror.InvalidRequest, "source must be \"state\" or \"store\", got "+quote(req.Source))
 		return
 	}
 	run, err := o.Sync(r.Context(), ents, req.Scope, "manual")
 	if err != nil {
 		if run == nil {
-			writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+			writeError(w, apierror.Unavailable, err.Error())
 			return
 		}
 		// Part of the run was queued: say how much, and that it failed.
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"runId": run.ID, "queued": run.Queued, "error": map[string]string{"code": "unavailable", "message": err.Error()}})
+		apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"runId": run.ID, "queued": run.Queued})
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": run.Queued})
@@ -111,11 +113,11 @@ func (o *Ops) serveStoreSync(w http.ResponseWriter, r *http.Request, ents []stat
 	var active *RunActiveError
 	switch {
 	case errors.Is(err, ErrStoreNotConfigured):
-		writeError(w, http.StatusBadRequest, "not_configured", err.Error())
+		writeError(w, apierror.NotConfigured, err.Error())
 	case errors.As(err, &active):
-		writeJSON(w, http.StatusConflict, map[string]any{"runId": active.RunID, "error": map[string]string{"code": "conflict", "message": err.Error()}})
+		apierror.Write(w, apierror.New(apierror.Conflict, err.Error()), map[string]any{"runId": active.RunID})
 	case err != nil:
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		writeError(w, apierror.Unavailable, err.Error())
 	default:
 		writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": 0, "progress": "/api/sync/" + run.ID})
 	}
@@ -126,9 +128,9 @@ func (o *Ops) serveRun(w http.ResponseWriter, r *http.Request) {
 	run, err := o.GetRun(r.Context(), r.PathValue("runId"))
 	switch {
 	case errors.Is(err, state.ErrNotFound):
-		writeError(w, http.StatusNotFound, "not_found", "no sync run "+quote(r.PathValue("runId")))
+		writeError(w, apierror.NotFound, "no sync run "+quote(r.PathValue("runId")))
 	case err != nil:
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "sync runs: "+err.Error())
+		writeError(w, apierror.Unavailable, "sync runs: "+err.Error())
 	default:
 		writeJSON(w, http.StatusOK, run)
 	}
@@ -324,17 +326,17 @@ type EntityStatus struct {
 func (o *Ops) serveEntityStatus(w http.ResponseWriter, r *http.Request) {
 	ent, ok := parseEntity(r.PathValue("entity"))
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity"))+" (customer, product, order)")
+		writeError(w, apierror.NotFound, "unknown entity "+quote(r.PathValue("entity"))+" (customer, product, order)")
 		return
 	}
 	id := r.PathValue("id")
 	rec, err := o.o.State.Get(r.Context(), ent, id)
 	if errors.Is(err, state.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "not_found", "no sync state for "+string(ent)+" "+quote(id))
+		writeError(w, apierror.NotFound, "no sync state for "+string(ent)+" "+quote(id))
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "sync state: "+err.Error())
+		writeError(w, apierror.Unavailable, "sync state: "+err.Error())
 		return
 	}
 	es := EntityStatus{Entity: rec.Entity, ID: rec.ID, DataverseID: rec.DataverseID, Status: rec.Status, Transient: rec.Transient,
@@ -375,11 +377,11 @@ type DeadLetterView struct {
 func (o *Ops) deadLetterQueue(w http.ResponseWriter, r *http.Request) (state.Entity, bool) {
 	ent, ok := parseEntity(r.PathValue("entity"))
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "unknown entity "+quote(r.PathValue("entity")))
+		writeError(w, apierror.NotFound, "unknown entity "+quote(r.PathValue("entity")))
 		return "", false
 	}
 	if o.o.DeadLetters == nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "dead letters are not available")
+		writeError(w, apierror.Unavailable, "dead letters are not available")
 		return "", false
 	}
 	return ent, true
@@ -392,7 +394,7 @@ func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), queueOf(ent), 500)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "peek dead letters: "+err.Error())
+		writeError(w, apierror.Unavailable, "peek dead letters: "+err.Error())
 		return
 	}
 	views := make([]DeadLetterView, 0, len(dls))
@@ -435,7 +437,7 @@ func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
 		done = []string{}
 	}
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"replayed": done, "error": map[string]string{"code": "unavailable", "message": err.Error()}})
+		apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"replayed": done})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"replayed": done, "count": len(done)})

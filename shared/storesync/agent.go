@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -276,7 +277,7 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 			a.o.Log.Info("agent: sent", "entity", entity, "events", len(evs), "ids", first+".."+last, "attempt", attempt)
 			return nil
 		case err == nil && status == http.StatusBadRequest:
-			var e intake.ErrorBody
+			var e apierror.Body
 			json.Unmarshal(answer, &e)
 			if e.Error.Index == nil || *e.Error.Index < 0 || *e.Error.Index >= len(evs) {
 				return fmt.Errorf("%w: %s %s..%s: %d %s", ErrAgentRefused, entity, first, last, status, e.Error.Message)
@@ -293,7 +294,7 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 			evs = evs[half:]
 			continue
 		case err == nil && status != http.StatusTooManyRequests && status < 500:
-			var e intake.ErrorBody
+			var e apierror.Body
 			json.Unmarshal(answer, &e)
 			return fmt.Errorf("%w: POST %s answered %d %s", ErrAgentRefused, a.url(entity), status, e.Error.Message)
 		}
