@@ -68,9 +68,8 @@ type Reader struct {
 	red      *redactor
 	now      func() time.Time
 
-	mu       sync.Mutex
-	currency string  // primary store currency, once read
-	roles    roleIDs // customer role ids, once read
+	mu    sync.Mutex
+	roles roleIDs // customer role ids, once read
 }
 
 // Open checks the options and opens a connection pool (read-only where the engine

@@ -223,12 +223,13 @@ func TestStoreCurrency(t *testing.T) {
 	forEachProvider(t, func(t *testing.T, provider string) {
 		s := newStore(t, provider)
 		ctx := context.Background()
-		if c, err := s.open().StoreCurrency(ctx); err != nil || c != "USD" {
+		r := s.open()
+		if c, err := r.StoreCurrency(ctx); err != nil || c != "USD" {
 			t.Fatalf("store currency %q, %v; want USD", c, err)
 		}
 		s.insert("Setting", map[string]any{"Id": 2, "Name": "currencysettings.primarystorecurrencyid", "Value": "2", "StoreId": 1})
-		if c, err := s.open().StoreCurrency(ctx); err != nil || c != "EUR" {
-			t.Fatalf("store 1 overrides with EUR: got %q, %v", c, err)
+		if c, err := r.StoreCurrency(ctx); err != nil || c != "EUR" {
+			t.Fatalf("store 1 overrides with EUR (same reader): got %q, %v", c, err)
 		}
 		if c, err := s.open(func(o *Options) { o.StoreID = 3 }).StoreCurrency(ctx); err != nil || c != "USD" {
 			t.Fatalf("store 3 has no override: got %q, %v", c, err)

@@ -117,13 +117,9 @@ func (r *Reader) Check(ctx context.Context) error {
 // StoreCurrency returns the store's primary currency code: the setting
 // currencysettings.primarystorecurrencyid (the store's own value before the all-stores
 // one, as nopCommerce's SettingService loads it) → Currency.CurrencyCode, upper-cased.
+// It is read on every call (each page of orders reads it), so a changed primary
+// currency shows at once.
 func (r *Reader) StoreCurrency(ctx context.Context) (string, error) {
-	r.mu.Lock()
-	cached := r.currency
-	r.mu.Unlock()
-	if cached != "" {
-		return cached, nil
-	}
 	const op = "reading the primary store currency"
 	var value string
 	var store int64
@@ -150,9 +146,6 @@ func (r *Reader) StoreCurrency(ctx context.Context) (string, error) {
 	if !isLetters(c, 3) {
 		return "", fmt.Errorf("nopdb: %s: currency %d has code %q, not 3 letters (ISO 4217)", op, id, code.String)
 	}
-	r.mu.Lock()
-	r.currency = c
-	r.mu.Unlock()
 	return c, nil
 }
 
