@@ -45,136 +45,201 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 			products = append(products, i)
 		}
 	}
-	pre := &productPrefetch{families: map[int]string{}}
-	s.group(ctx, sh, evs, recs, families, pre, outs, errs)
+	c := &productChunk{s: s, sh: sh, evs: evs, recs: recs, outs: outs, errs: errs,
+		plans: make([]*productPlan, len(evs)), created: map[int]bool{},
+		pre: &productPrefetch{families: map[int]string{}}}
+	c.group(ctx, families)
 	for _, i := range families {
 		if errs[i] == nil && outs[i].dataverseID != "" {
-			pre.families[evs[i].Product.ID] = outs[i].dataverseID
+			c.pre.families[evs[i].Product.ID] = outs[i].dataverseID
 		}
 	}
-	s.group(ctx, sh, evs, recs, products, pre, outs, errs)
+	c.group(ctx, products)
 	s.parallel(ctx, deletes, func(ctx context.Context, i int) {
 		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
 	})
 	return outs, errs
 }
 
-func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event, recs []*state.Record, idx []int, pre *productPrefetch, outs []outcome, errs []error) {
+// productChunk is the working state of one chunk's products: the events and records the
+// engine claimed, the plan, outcome and error of each (all by the event's index), and what
+// was looked up or learnt on the way.
+type productChunk struct {
+	s       *productSyncer
+	sh      *shared
+	evs     []*nop.Event
+	recs    []*state.Record
+	plans   []*productPlan
+	outs    []outcome
+	errs    []error
+	pre     *productPrefetch
+	created map[int]bool // rows created with CreateMultiple
+}
+
+// productWrites are a group's planned rows sorted by how they are written.
+type productWrites struct {
+	creates []bulkRow // new rows: CreateMultiple
+	updates []bulkRow // Draft or Under Revision rows: UpdateMultiple
+	actives []bulkRow // Active rows: updateActive
+	singles []int     // Retired rows, repeats, rows with a picture: one by one
+}
+
+// group writes one group of the chunk (families, or the other products): look-ups, plans,
+// rows, then price list items and lifecycle for the rows written.
+func (c *productChunk) group(ctx context.Context, idx []int) {
 	if len(idx) == 0 {
 		return
 	}
-	// Look up, for every product, its row (known or our deterministic one) and the rows
-	// holding the product numbers we would write.
+	if !c.lookUp(ctx, idx) {
+		return
+	}
+	c.plan(ctx, idx)
+	w := c.sort(idx)
+	c.writeSingles(ctx, w.singles)
+	c.writeRows(ctx, w)
+	written, ok := c.readBack(ctx, w)
+	if !ok {
+		return
+	}
+	c.writePriceItems(ctx, written)
+	c.settle(ctx, written)
+}
+
+// lookUp finds, for every product, its row (known or our deterministic one) and the rows
+// holding the product numbers we would write. A failed look-up fails the group.
+func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 	var ids, numbers []string
 	for _, i := range idx {
-		p := evs[i].Product
-		id := recs[i].DataverseID
+		p := c.evs[i].Product
+		id := c.recs[i].DataverseID
 		if id == "" {
-			id = deterministicID(evs[i].StoreID, "product", itoa(p.ID))
+			id = deterministicID(c.evs[i].StoreID, "product", itoa(p.ID))
 		}
 		ids = append(ids, id)
 		numbers = append(numbers, productNumber(p.ID, p.Sku))
 	}
-	states, err := s.existingRows(ctx, "products", "productid", ids, true)
+	states, err := c.s.existingRows(ctx, "products", "productid", ids, true)
 	if err == nil {
-		pre.states = states
-		pre.byNumber, err = s.productsByNumber(ctx, numbers)
+		c.pre.states = states
+		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {
 		for _, i := range idx {
-			errs[i] = err
+			c.errs[i] = err
 		}
-		return
+		return false
 	}
-	plans := make([]*productPlan, len(evs))
-	s.parallel(ctx, idx, func(ctx context.Context, i int) {
-		plans[i], errs[i] = s.planProduct(ctx, evs[i].StoreID, evs[i].Product, recs[i], sh, pre)
+	return true
+}
+
+// plan works out every product's write.
+func (c *productChunk) plan(ctx context.Context, idx []int) {
+	c.s.parallel(ctx, idx, func(ctx context.Context, i int) {
+		c.plans[i], c.errs[i] = c.s.planProduct(ctx, c.evs[i].StoreID, c.evs[i].Product, c.recs[i], c.sh, c.pre)
 	})
-	var creates, updates, actives []bulkRow
-	var singles []int
+}
+
+// sort records the unchanged products' outcomes and sorts the others by how their row is
+// written.
+func (c *productChunk) sort(idx []int) productWrites {
+	var w productWrites
 	seen := map[string]bool{}
 	for _, i := range idx {
-		pl := plans[i]
-		if errs[i] != nil || pl == nil {
+		pl := c.plans[i]
+		if c.errs[i] != nil || pl == nil {
 			continue
 		}
 		if pl.unchanged {
-			outs[i] = pl.outcome()
+			c.outs[i] = pl.outcome()
 			continue
 		}
-		st, exists := pre.states[pl.id]
+		st, exists := c.pre.states[pl.id]
 		switch {
 		case seen[pl.id] || pl.picture != "":
 			// Repeats, and products with a picture to copy (pictures never travel in
 			// bulk requests: a hundred of them would make one huge request).
-			singles = append(singles, i)
+			w.singles = append(w.singles, i)
 		case !exists:
-			creates = append(creates, bulkRow{i: i, id: pl.id, rec: pl.record()})
+			w.creates = append(w.creates, bulkRow{i: i, id: pl.id, rec: pl.record()})
 		case st == productDraft || st == productUnderRevision:
-			updates = append(updates, bulkRow{i: i, id: pl.id, rec: pl.record()})
+			w.updates = append(w.updates, bulkRow{i: i, id: pl.id, rec: pl.record()})
 		case st == productActive:
-			actives = append(actives, bulkRow{i: i, id: pl.id, rec: pl.record()})
+			w.actives = append(w.actives, bulkRow{i: i, id: pl.id, rec: pl.record()})
 		default:
-			singles = append(singles, i)
+			w.singles = append(w.singles, i)
 		}
 		seen[pl.id] = true
 	}
-	// Retired products (and repeats): the single path (re-activate, revise when needed).
-	s.parallel(ctx, singles, func(ctx context.Context, i int) {
-		errs[i] = s.applyProduct(ctx, plans[i], recs[i], sh)
-		if errs[i] == nil {
-			outs[i] = plans[i].outcome()
+	return w
+}
+
+// writeSingles writes Retired products (and repeats) on the single path (re-activate,
+// revise when needed).
+func (c *productChunk) writeSingles(ctx context.Context, singles []int) {
+	c.s.parallel(ctx, singles, func(ctx context.Context, i int) {
+		c.errs[i] = c.s.applyProduct(ctx, c.plans[i], c.recs[i], c.sh)
+		if c.errs[i] == nil {
+			c.outs[i] = c.plans[i].outcome()
 		}
 	})
-	created := map[int]bool{}
-	for _, r := range creates {
-		created[r.i] = true
+}
+
+// writeRows sends the product rows in bulk: creates, Draft updates, Active updates.
+func (c *productChunk) writeRows(ctx context.Context, w productWrites) {
+	for _, r := range w.creates {
+		c.created[r.i] = true
 	}
 	single := func(exists bool) func(ctx context.Context, r bulkRow) error {
 		return func(ctx context.Context, r bulkRow) error {
-			cur := pre.states[plans[r.i].id]
-			return s.writeProduct(ctx, plans[r.i], exists, &cur)
+			cur := c.pre.states[c.plans[r.i].id]
+			return c.s.writeProduct(ctx, c.plans[r.i], exists, &cur)
 		}
 	}
-	(&bulkGroup{d: s.deps, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, creates, errs)
-	(&bulkGroup{d: s.deps, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, updates, errs)
-	s.updateActive(ctx, actives, pre, errs, single(true))
+	(&bulkGroup{d: c.s.deps, create: true, set: "products", logical: "product", pk: "productid", single: single(false)}).write(ctx, w.creates, c.errs)
+	(&bulkGroup{d: c.s.deps, set: "products", logical: "product", pk: "productid", single: single(true)}).write(ctx, w.updates, c.errs)
+	c.s.updateActive(ctx, w.actives, c.pre, c.errs, single(true))
+}
 
-	// Read back the state the environment gave the new rows (Draft, or Active).
-	var written []int
+// readBack returns the rows written and reads the state the environment gave the new ones
+// (Draft, or Active). A failed read fails the rows written.
+func (c *productChunk) readBack(ctx context.Context, w productWrites) (written []int, ok bool) {
 	var newIDs []string
-	for _, r := range append(append(creates, updates...), actives...) {
-		if errs[r.i] == nil {
+	for _, r := range append(append(w.creates, w.updates...), w.actives...) {
+		if c.errs[r.i] == nil {
 			written = append(written, r.i)
-			if created[r.i] {
-				newIDs = append(newIDs, plans[r.i].id)
+			if c.created[r.i] {
+				newIDs = append(newIDs, c.plans[r.i].id)
 			}
 		}
 	}
 	if len(newIDs) > 0 {
-		got, err := s.existingRows(ctx, "products", "productid", newIDs, true)
+		got, err := c.s.existingRows(ctx, "products", "productid", newIDs, true)
 		if err != nil {
 			for _, i := range written {
-				errs[i] = err
+				c.errs[i] = err
 			}
-			return
+			return nil, false
 		}
 		for id, st := range got {
-			pre.states[id] = st
+			c.pre.states[id] = st
 		}
 	}
+	return written, true
+}
 
-	// Price list items: new products' items in bulk, the others one by one (they may or
-	// may not exist yet).
+// writePriceItems writes the price list items: new products' items in bulk, the others
+// one by one (they may or may not exist yet).
+func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 	var items, itemUpdates []bulkRow
 	var itemSingles []int
+	sh := c.sh
 	prec := sh.precision()
 	for _, i := range written {
-		pl := plans[i]
-		known := recs[i].Extra[extraPriceItemID]
+		pl := c.plans[i]
+		known := c.recs[i].Extra[extraPriceItemID]
 		switch {
-		case pl.family || !pl.active || priceItemCurrent(pl, recs[i], sh):
-		case created[i] && known == "":
+		case pl.family || !pl.active || priceItemCurrent(pl, c.recs[i], sh):
+		case c.created[i] && known == "":
 			id := deterministicID(pl.storeID, "productpricelevel", itoa(pl.p.ID))
 			pl.extra[extraPriceItemID] = id
 			pl.extra[extraPriceAmount] = priceAmount(pl, sh)
@@ -186,47 +251,54 @@ func (s *productSyncer) group(ctx context.Context, sh *shared, evs []*nop.Event,
 			itemSingles = append(itemSingles, i)
 		}
 	}
-	itemSingle := func(ctx context.Context, r bulkRow) error { return s.writePriceItem(ctx, plans[r.i], recs[r.i], sh) }
-	(&bulkGroup{d: s.deps, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
-		single: itemSingle}).write(ctx, items, errs)
-	(&bulkGroup{d: s.deps, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
-		single: itemSingle}).write(ctx, itemUpdates, errs)
-	s.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
-		errs[i] = s.writePriceItem(ctx, plans[i], recs[i], sh)
-	})
-
-	// Lifecycle. Dynamics 365 publishes one product record per request ("You cannot publish
-	// multiple product family, product, or bundle records at once"): Draft products are
-	// published each by its own request, sent together as the parts of $batch requests; the
-	// rest, and any product whose part fails, one by one.
-	curOf := func(i int) int {
-		cur, ok := pre.states[plans[i].id]
-		if !ok || cur < 0 {
-			cur = productDraft
-		}
-		return cur
+	itemSingle := func(ctx context.Context, r bulkRow) error {
+		return c.s.writePriceItem(ctx, c.plans[r.i], c.recs[r.i], sh)
 	}
+	(&bulkGroup{d: c.s.deps, create: true, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+		single: itemSingle}).write(ctx, items, c.errs)
+	(&bulkGroup{d: c.s.deps, set: "productpricelevels", logical: "productpricelevel", pk: "productpricelevelid",
+		single: itemSingle}).write(ctx, itemUpdates, c.errs)
+	c.s.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
+		c.errs[i] = c.s.writePriceItem(ctx, c.plans[i], c.recs[i], sh)
+	})
+}
+
+// cur is the state the product of row i is in (Draft when unknown).
+func (c *productChunk) cur(i int) int {
+	cur, ok := c.pre.states[c.plans[i].id]
+	if !ok || cur < 0 {
+		cur = productDraft
+	}
+	return cur
+}
+
+// settle brings the rows written to their lifecycle state and records them. Dynamics 365
+// publishes one product record per request ("You cannot publish multiple product family,
+// product, or bundle records at once"): Draft products are published each by its own
+// request, sent together as the parts of $batch requests; the rest, and any product whose
+// part fails, one by one.
+func (c *productChunk) settle(ctx context.Context, written []int) {
 	var publish, settle []int
 	for _, i := range written {
-		if errs[i] != nil {
+		if c.errs[i] != nil {
 			continue
 		}
-		if pl := plans[i]; !pl.family && pl.active && (curOf(i) == productDraft || curOf(i) == productUnderRevision) {
+		if pl := c.plans[i]; !pl.family && pl.active && (c.cur(i) == productDraft || c.cur(i) == productUnderRevision) {
 			publish = append(publish, i)
 		} else {
 			settle = append(settle, i)
 		}
 	}
-	published, rest := s.publishBatched(ctx, plans, publish)
+	published, rest := c.s.publishBatched(ctx, c.plans, publish)
 	settle = append(settle, rest...)
-	s.parallel(ctx, published, func(ctx context.Context, i int) {
-		s.recordProduct(ctx, plans[i], recs[i])
-		outs[i] = plans[i].outcome()
+	c.s.parallel(ctx, published, func(ctx context.Context, i int) {
+		c.s.recordProduct(ctx, c.plans[i], c.recs[i])
+		c.outs[i] = c.plans[i].outcome()
 	})
-	s.parallel(ctx, settle, func(ctx context.Context, i int) {
-		if errs[i] = s.settleLifecycle(ctx, plans[i], curOf(i)); errs[i] == nil {
-			s.recordProduct(ctx, plans[i], recs[i])
-			outs[i] = plans[i].outcome()
+	c.s.parallel(ctx, settle, func(ctx context.Context, i int) {
+		if c.errs[i] = c.s.settleLifecycle(ctx, c.plans[i], c.cur(i)); c.errs[i] == nil {
+			c.s.recordProduct(ctx, c.plans[i], c.recs[i])
+			c.outs[i] = c.plans[i].outcome()
 		}
 	})
 }
