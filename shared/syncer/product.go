@@ -228,6 +228,12 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		}
 		pl.parentID = fam
 		pl.setParent = rec.Extra[extraParentID] != fam
+		if old := rec.Extra[extraParentID]; old != "" && !strings.EqualFold(old, fam) {
+			// Dynamics 365 can't change a product's parent once set (Sales developer guide,
+			// product families): the product stays in its first family.
+			pl.parentID, pl.setParent = old, false
+			pl.note = joinNote(pl.note, "moved to another grouped product in nopCommerce; kept in its first product family: Dynamics 365 can't change a product's parent")
+		}
 	}
 
 	if pictureURL != "" && rec.Extra[extraImageURL] != pictureURL {

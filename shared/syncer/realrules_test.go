@@ -273,3 +273,21 @@ func TestMissingPrivilegeIsASetupProblem(t *testing.T) {
 		t.Fatalf("status after the fix: %+v", info)
 	}
 }
+
+// Dynamics 365 can't change a product's parent once set: a child moved to another grouped
+// product in the store stays in its first family, synced, with the reason.
+func TestProductParentNotChanged(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	evs := example(t, "products-grouped.json") // family 20, children 12 and 13
+	for i := range evs {
+		e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d", i), 1, nil))
+	}
+	e.each(state.Product, mkEvent(t, evs[0], "g30", 1, func(d map[string]any) { d["id"], d["sku"], d["associatedProductIds"] = 30, "FAM-30", []any{} }))
+	e.each(state.Product, mkEvent(t, evs[1], "g1-2", 2, func(d map[string]any) { d["parentGroupedProductId"], d["name"] = 30, "Moved" }))
+	r := e.rec(state.Product, 12)
+	p := e.row("products", productID(1, 12))
+	if r.Status != state.Synced || !strings.Contains(r.Reason, "can't change a product's parent") ||
+		!strings.EqualFold(fmt.Sprint(p["_parentproductid_value"]), productID(1, 20)) || p["name"] != "Moved" {
+		t.Fatalf("moved child: %s %q, parent %v name %v", r.Status, r.Reason, p["_parentproductid_value"], p["name"])
+	}
+}
