@@ -322,6 +322,12 @@ func Generate(ctx context.Context, db *sql.DB, provider string, sz Sizes) (Stats
 // store's day changes them (a registered customer's phone, a product's stock, an
 // order's shipping method) and returns the ids of the changed rows the reader reads
 // (registered customers, all products, store 1's orders).
+//
+// An order event carries its customer as the customer is now, so changing customers
+// also changes the data of their orders (a product's stock does not: an order item
+// carries only the product's id, name, sku, type and family). To change exactly 1 % of
+// all rows with exactly that many entities to queue, change orders and products, or
+// count the orders of the changed customers too.
 func ChangeEvery(ctx context.Context, db *sql.DB, provider, entity string, n int) ([]int64, error) {
 	q := func(s string) string { return Quote(provider, s) }
 	mod := fmt.Sprintf("MOD(%s, %d) = 0", q("Id"), n)
