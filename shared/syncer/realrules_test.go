@@ -1,12 +1,14 @@
 package syncer
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
 
+	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -289,5 +291,51 @@ func TestProductParentNotChanged(t *testing.T) {
 	if r.Status != state.Synced || !strings.Contains(r.Reason, "can't change a product's parent") ||
 		!strings.EqualFold(fmt.Sprint(p["_parentproductid_value"]), productID(1, 20)) || p["name"] != "Moved" {
 		t.Fatalf("moved child: %s %q, parent %v name %v", r.Status, r.Reason, p["_parentproductid_value"], p["name"])
+	}
+}
+
+// partFailDV refuses the $batch part addressed to failPath, as Dataverse does: the parts
+// before it run, the rest don't.
+type partFailDV struct {
+	Dataverse
+	failPath string
+}
+
+func (f *partFailDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error) {
+	for k, p := range parts {
+		if op, ok := p.(dataverse.Op); ok && strings.EqualFold(op.Path, f.failPath) {
+			var res []dataverse.BatchResult
+			if k > 0 {
+				var err error
+				if res, err = f.Dataverse.Batch(ctx, parts[:k]...); err != nil {
+					return res, err
+				}
+			}
+			return res, &dataverse.BatchError{Part: k + 1, Op: op.Method + " " + op.Path,
+				Err: &dataverse.Error{StatusCode: 400, Code: "0x80040216", Message: "An unexpected error occurred."}}
+		}
+	}
+	return f.Dataverse.Batch(ctx, parts...)
+}
+
+// A chunk's publishes travel as $batch parts; a refused part is retried alone and the
+// parts after it go in the next batch: every product ends Active.
+func TestBulkPublishPartRefused(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.wdv.Dataverse = &partFailDV{Dataverse: e.dv, failPath: dataverse.EntityPath("products", productID(1, 5))}
+	var evs []*nop.Event
+	for i := 1; i <= 10; i++ {
+		evs = append(evs, productEvent(t, i, 1, nil))
+	}
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 10; i++ {
+		if r, p := e.rec(state.Product, i), e.row("products", productID(1, i)); r.Status != state.Synced || numOf(p["statecode"]) != productActive {
+			t.Errorf("product %d: %s %q, state %v", i, r.Status, r.Reason, p["statecode"])
+		}
+	}
+	if n := e.wdv.count("Update", "products"); n != 1 {
+		t.Errorf("%d single publishes, want 1 (the refused part)", n)
 	}
 }
