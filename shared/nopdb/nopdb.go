@@ -55,6 +55,11 @@ type Options struct {
 	StoreURL        string                 // the store's public URL for picture URLs; "": no pictures
 }
 
+// connectTimeout bounds a connection attempt when the connection string sets none, so an
+// unreachable server (packets dropped, not refused) is an error in seconds, not after the
+// operating system's TCP timeout. go-mssqldb's own default is 15 s as well.
+const connectTimeout = 15 * time.Second
+
 // azureSQLScope is the token scope of Azure SQL Database
 // (learn.microsoft.com/azure/azure-sql/database/authentication-aad-overview).
 const azureSQLScope = "https://database.windows.net/.default"
@@ -121,6 +126,9 @@ func newConnector(d *dialect, o Options) (driver.Connector, error) {
 			return nil, err
 		}
 		cfg.RuntimeParams["default_transaction_read_only"] = "on"
+		if cfg.ConnectTimeout == 0 {
+			cfg.ConnectTimeout = connectTimeout
+		}
 		// Most of a page's queries are one-offs (id lists written into them): preparing
 		// and caching each would cost a round trip and a cache slot for nothing.
 		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
@@ -132,6 +140,9 @@ func newConnector(d *dialect, o Options) (driver.Connector, error) {
 		}
 		cfg.ParseTime = true
 		cfg.Loc = time.UTC
+		if cfg.Timeout == 0 {
+			cfg.Timeout = connectTimeout
+		}
 		c, err := mysql.NewConnector(cfg)
 		if err != nil {
 			return nil, err
