@@ -51,8 +51,7 @@ func hostTestApp(t *testing.T, secret string, tune ...func(*config.Config)) (*ap
 	for _, f := range tune {
 		f(cfg)
 	}
-	dv, err := dataverse.New(dataverse.Options{EnvironmentURL: sim.URL(), TenantID: sim.TenantID, ClientID: sim.ClientID,
-		Secret: dataverse.StaticSecret(sim.ClientSecret()), AuthorityHost: sim.AuthorityHost(), RootCAs: sim.CertPool(), MaxRetries: 1, RetryDelay: time.Millisecond})
+	dv, err := sim.Client(dataverse.Options{MaxRetries: 1, RetryDelay: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,11 +84,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		}
 		sim = dataversetest.NewServer(so)
 		a.closers = append(a.closers, sim.Close)
-		a.dv, err = dataverse.New(dataverse.Options{
-			EnvironmentURL: sim.URL(), TenantID: sim.TenantID, ClientID: sim.ClientID,
-			Secret: dataverse.StaticSecret(sim.ClientSecret()), AuthorityHost: sim.AuthorityHost(), RootCAs: sim.CertPool(),
-			BulkChunkSize: cfg.BulkSize,
-		})
+		a.dv, err = sim.Client(dataverse.Options{BulkChunkSize: cfg.BulkSize})
 		if err != nil {
 			return fmt.Errorf("sandbox client: %w", err)
 		}

@@ -86,20 +86,11 @@ func newSim(t *testing.T, so dataversetest.Options, mod func(*dataverse.Options)
 	s := dataversetest.NewServer(so)
 	t.Cleanup(s.Close)
 	e := &simEnv{s: s, secret: &rotatingSecret{vault: s.ClientSecret()}, logs: &lines{}}
-	o := dataverse.Options{
-		EnvironmentURL: s.URL(),
-		TenantID:       s.TenantID,
-		ClientID:       s.ClientID,
-		Secret:         e.secret,
-		AuthorityHost:  s.AuthorityHost(),
-		RootCAs:        s.CertPool(),
-		RetryDelay:     10 * time.Millisecond,
-		Logger:         e.logs.add,
-	}
+	o := dataverse.Options{Secret: e.secret, RetryDelay: 10 * time.Millisecond, Logger: e.logs.add}
 	if mod != nil {
 		mod(&o)
 	}
-	c, err := dataverse.New(o)
+	c, err := s.Client(o)
 	if err != nil {
 		t.Fatal(err)
 	}

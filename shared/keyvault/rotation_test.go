@@ -22,10 +22,7 @@ func TestDataverseClientPicksUpRotatedVaultSecret(t *testing.T) {
 	v.set("dataverse-client-secret", sim.ClientSecret(), exp)
 	secrets := newSecrets(t, v, &clock{t: time.Now()}) // TTL 1 minute on a clock that stands still
 
-	c, err := dataverse.New(dataverse.Options{
-		EnvironmentURL: sim.URL(), TenantID: sim.TenantID, ClientID: sim.ClientID,
-		Secret: secrets.Source("dataverse-client-secret"), AuthorityHost: sim.AuthorityHost(), RootCAs: sim.CertPool(),
-	})
+	c, err := sim.Client(dataverse.Options{Secret: secrets.Source("dataverse-client-secret")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,11 +45,7 @@ func newOrderHarness(t testing.TB, o harnessOptions) *orderHarness {
 	}
 	srv := dataversetest.NewServer(o.sim)
 	t.Cleanup(srv.Close)
-	dv, err := dataverse.New(dataverse.Options{
-		EnvironmentURL: srv.URL(), TenantID: srv.TenantID, ClientID: srv.ClientID,
-		Secret: dataverse.StaticSecret(srv.ClientSecret()), AuthorityHost: srv.AuthorityHost(),
-		RootCAs: srv.CertPool(), MaxRetries: 1, RetryDelay: time.Millisecond, MaxRetryDelay: 10 * time.Millisecond,
-	})
+	dv, err := srv.Client(dataverse.Options{MaxRetries: 1, RetryDelay: time.Millisecond, MaxRetryDelay: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("dataverse client: %v", err)
 	}

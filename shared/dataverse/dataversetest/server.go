@@ -46,13 +46,14 @@
 //   - "Prefer: return=representation" adds a retrieve to the write, charged to the
 //     execution time (Learn: webapi/create-entity-web-api, "Create with data returned").
 //
-// Typical use from a test:
+// It is also what local mode ships as its sandbox (go run ./handlers with no Dataverse
+// settings): the app writes to it and /sandbox/ shows what landed.
+//
+// Typical use from a test, as with net/http/httptest:
 //
 //	srv := dataversetest.NewServer(dataversetest.Options{TimeScale: 0.01})
 //	defer srv.Close()
-//	client, _ := dataverse.New(dataverse.Options{EnvironmentURL: srv.URL(), TenantID: srv.TenantID,
-//		ClientID: srv.ClientID, Secret: dataverse.StaticSecret(srv.ClientSecret()),
-//		AuthorityHost: srv.AuthorityHost(), RootCAs: srv.CertPool()})
+//	client, err := srv.Client(dataverse.Options{MaxRetries: 1}) // the server's URL, credentials and CA
 //	... exercise the code under test ...
 //	row, ok := srv.Row("contacts", id)          // what landed, as stored
 //	if srv.RetryAfterViolations() != 0 { ... } // Retry-After honoured?
@@ -99,6 +100,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
 )
 
 // Options configure a Server. The zero value is a stock Sales environment with USD as
@@ -458,6 +461,19 @@ func (s *Server) SetClientSecret(secret string) { s.auth.setSecret(secret) }
 
 // ClientSecret is the current client secret.
 func (s *Server) ClientSecret() string { return s.auth.secret() }
+
+// Client returns a Dataverse client for this server: o with the server's environment URL,
+// tenant, client id, authority host and CA filled in, and its client secret unless
+// o.Secret is set (a test of secret rotation passes its own source). Everything else in
+// o (retries, bulk size, logger) is the caller's.
+func (s *Server) Client(o dataverse.Options) (*dataverse.Client, error) {
+	o.EnvironmentURL, o.TenantID, o.ClientID = s.URL(), s.TenantID, s.ClientID
+	o.AuthorityHost, o.RootCAs = s.AuthorityHost(), s.CertPool()
+	if o.Secret == nil {
+		o.Secret = dataverse.StaticSecret(s.ClientSecret())
+	}
+	return dataverse.New(o)
+}
 
 // CertPool trusts the simulator's CA.
 func (s *Server) CertPool() *x509.CertPool { return s.pool }
