@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/nop"
@@ -115,6 +118,7 @@ func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit
 	if err != nil {
 		return Page{}, r.red.wrap(op, err)
 	}
+	pb.finish()
 	if entity != state.Customer { // customers set Done themselves
 		pb.page.Done = pb.page.Rows < limit
 	}
@@ -124,35 +128,85 @@ func (r *Reader) ReadPage(ctx context.Context, entity Entity, after int64, limit
 	return pb.page, nil
 }
 
-// pageBuilder turns entity data into validated events.
+// pageBuilder turns entity data into validated events: rows are collected in key order
+// (add, fail) and their events built by finish, on up to maxBuilders goroutines (JSON
+// encoding and validation are most of a page's CPU).
 type pageBuilder struct {
 	r      *Reader
 	entity Entity
 	at     string // occurredOnUtc: the time the page was read
 	page   Page
+	rows   []pendingRow
 }
+
+// pendingRow is one row read: its data, or why it can't be an event.
+type pendingRow struct {
+	id      int64
+	deleted bool
+	data    any
+	reason  string
+	ev      *nop.Event
+	hash    string
+}
+
+const maxBuilders = 4
 
 func (pb *pageBuilder) fail(id int64, format string, args ...any) {
-	pb.page.Failures = append(pb.page.Failures, RowFailure{Entity: pb.entity, ID: strconv.FormatInt(id, 10), Reason: fmt.Sprintf(format, args...)})
+	pb.rows = append(pb.rows, pendingRow{id: id, reason: fmt.Sprintf(format, args...)})
 }
 
-// add makes the event of one row: data marshalled, hashed, wrapped in an event and run
-// through nop.DecodeRequest (intake's own validation); a refusal becomes a RowFailure.
 func (pb *pageBuilder) add(id int64, deleted bool, data any) {
-	raw, err := json.Marshal(data)
+	pb.rows = append(pb.rows, pendingRow{id: id, deleted: deleted, data: data})
+}
+
+// finish builds the events of the rows added and fills page.Events, Hashes and Failures
+// in key order.
+func (pb *pageBuilder) finish() {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), maxBuilders, max(len(pb.rows)/50, 1)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(pb.rows) {
+					return
+				}
+				if pb.rows[i].reason == "" {
+					pb.build(&pb.rows[i])
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range pb.rows {
+		p := &pb.rows[i]
+		if p.reason != "" {
+			pb.page.Failures = append(pb.page.Failures, RowFailure{Entity: pb.entity, ID: strconv.FormatInt(p.id, 10), Reason: p.reason})
+			continue
+		}
+		pb.page.Events = append(pb.page.Events, p.ev)
+		pb.page.Hashes = append(pb.page.Hashes, p.hash)
+	}
+	pb.rows = nil
+}
+
+// build makes the event of one row: data marshalled, hashed, wrapped in an event and run
+// through nop.DecodeRequest (intake's own validation); a refusal becomes its reason.
+func (pb *pageBuilder) build(p *pendingRow) {
+	raw, err := json.Marshal(p.data)
 	if err != nil {
-		pb.fail(id, "encoding its data: %v", err)
+		p.reason = fmt.Sprintf("encoding its data: %v", err)
 		return
 	}
 	hash := compactHash(raw) // json.Marshal's output is compact already: DataHash(raw) without the copy
 	action := "updated"
-	if deleted {
+	if p.deleted {
 		action = "deleted"
 	}
 	var b strings.Builder
 	b.Grow(len(raw) + 160)
 	b.WriteString(`{"id":"`)
-	b.WriteString(EventID(pb.entity, id, hash))
+	b.WriteString(EventID(pb.entity, p.id, hash))
 	b.WriteString(`","type":"`)
 	b.WriteString(string(pb.entity) + "." + action)
 	b.WriteString(`","occurredOnUtc":"`)
@@ -165,17 +219,17 @@ func (pb *pageBuilder) add(id int64, deleted bool, data any) {
 	evs, err := nop.DecodeRequest(pb.entity, []byte(b.String()))
 	if err != nil {
 		var ve *nop.ValidationError
-		if errors.As(err, &ve) && ve.Field != "" {
-			pb.fail(id, "%s: %s", ve.Field, ve.Message)
-		} else if errors.Is(err, nop.ErrTooLarge) {
-			pb.fail(id, "its event is %d bytes, over the %d an event may have", b.Len(), nop.MaxEventBytes)
-		} else {
-			pb.fail(id, "%v", err)
+		switch {
+		case errors.As(err, &ve) && ve.Field != "":
+			p.reason = ve.Field + ": " + ve.Message
+		case errors.Is(err, nop.ErrTooLarge):
+			p.reason = fmt.Sprintf("its event is %d bytes, over the %d an event may have", b.Len(), nop.MaxEventBytes)
+		default:
+			p.reason = err.Error()
 		}
 		return
 	}
-	pb.page.Events = append(pb.page.Events, evs[0])
-	pb.page.Hashes = append(pb.page.Hashes, hash)
+	p.ev, p.hash = evs[0], hash
 }
 
 // checkMoney returns an error for an amount outside [0, 1,000,000,000,000].
