@@ -66,25 +66,25 @@ type bootstrapper struct {
 //
 // Callers arriving while an attempt runs share its result (a chunk of a thousand orders
 // makes one look-up, not a thousand, while the currency is missing).
-func (e *bootstrapper) rows(ctx context.Context) (*shared, error) {
-	e.mu.Lock()
-	sh := e.boot
-	if sh != nil && sh.PricingProblem != "" && time.Since(e.bootAt) > pricingRecheck {
-		sh, e.boot = nil, nil // read the settings again: they may have been fixed
+func (b *bootstrapper) rows(ctx context.Context) (*shared, error) {
+	b.mu.Lock()
+	sh := b.boot
+	if sh != nil && sh.PricingProblem != "" && time.Since(b.bootAt) > pricingRecheck {
+		sh, b.boot = nil, nil // read the settings again: they may have been fixed
 	}
-	e.mu.Unlock()
+	b.mu.Unlock()
 	if sh != nil {
 		return sh, nil
 	}
-	v, err, _ := e.once.Do("bootstrap", func() (any, error) {
-		sh, err := e.resolveShared(ctx)
-		e.mu.Lock()
-		defer e.mu.Unlock()
+	v, err, _ := b.once.Do("bootstrap", func() (any, error) {
+		sh, err := b.resolveShared(ctx)
+		b.mu.Lock()
+		defer b.mu.Unlock()
 		if err != nil {
-			e.bootErr = err
+			b.bootErr = err
 			return nil, err
 		}
-		e.boot, e.bootAt, e.bootErr = sh, time.Now(), nil
+		b.boot, b.bootAt, b.bootErr = sh, time.Now(), nil
 		return sh, nil
 	})
 	if err != nil {
@@ -93,23 +93,51 @@ func (e *bootstrapper) rows(ctx context.Context) (*shared, error) {
 	return v.(*shared), nil
 }
 
-func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
-	code := strings.ToUpper(strings.TrimSpace(e.settings.StoreCurrencyCode))
+func (b *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
+	code := strings.ToUpper(strings.TrimSpace(b.settings.StoreCurrencyCode))
 	if code == "" {
 		return nil, transient(errors.New("STORE_CURRENCY_CODE is not set: set it to the store's primary currency (ISO 4217)"))
 	}
-	if e.whoAmIValue() == nil {
-		who, err := e.dv.WhoAmI(ctx)
-		if err != nil {
-			return nil, transient(fmt.Errorf("Dataverse WhoAmI: %w", err))
-		}
-		e.setWhoAmI(who)
+	if err := b.checkWhoAmI(ctx); err != nil {
+		return nil, err
 	}
 	sh := &shared{}
+	if err := b.currency(ctx, code, sh); err != nil {
+		return nil, err
+	}
+	if err := b.readPricing(ctx, sh); err != nil {
+		return nil, err
+	}
+	if err := b.priceList(ctx, code, sh); err != nil {
+		return nil, err
+	}
+	ugName, baseName, err := b.unitGroup(ctx, sh)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.baseUnit(ctx, ugName, baseName, sh); err != nil {
+		return nil, err
+	}
+	return sh, nil
+}
 
-	// Currency: looked up, never created or changed.
+// checkWhoAmI asks Dataverse who the app is, once.
+func (b *bootstrapper) checkWhoAmI(ctx context.Context) error {
+	if b.whoAmIValue() != nil {
+		return nil
+	}
+	who, err := b.dv.WhoAmI(ctx)
+	if err != nil {
+		return transient(fmt.Errorf("Dataverse WhoAmI: %w", err))
+	}
+	b.setWhoAmI(who)
+	return nil
+}
+
+// currency looks up the store currency (never created or changed) and its precision.
+func (b *bootstrapper) currency(ctx context.Context, code string, sh *shared) error {
 	var cur dataverse.Record
-	err := e.dv.Query(ctx, "transactioncurrencies", dataverse.Query{
+	err := b.dv.Query(ctx, "transactioncurrencies", dataverse.Query{
 		Select: []string{"transactioncurrencyid", "isocurrencycode", "currencyprecision"},
 		Filter: "isocurrencycode eq " + odataString(code),
 		Top:    1,
@@ -120,10 +148,10 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, transient(fmt.Errorf("looking up currency %s in Dynamics 365: %w", code, err))
+		return transient(fmt.Errorf("looking up currency %s in Dynamics 365: %w", code, err))
 	}
 	if cur == nil {
-		return nil, transient(fmt.Errorf("%w: currency %s does not exist in Dynamics 365; add currency %s in Dynamics 365 (Settings > Business Management > Currencies) and products and orders will sync on their next attempt",
+		return transient(fmt.Errorf("%w: currency %s does not exist in Dynamics 365; add currency %s in Dynamics 365 (Settings > Business Management > Currencies) and products and orders will sync on their next attempt",
 			ErrMissingCurrency, code, code))
 	}
 	sh.CurrencyID = str(cur["transactioncurrencyid"])
@@ -131,28 +159,28 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 	if p, ok := intValue(cur["currencyprecision"]); ok {
 		sh.CurrencyPrecision = p
 	}
-	if err := e.readPricing(ctx, sh); err != nil {
-		return nil, err
-	}
+	return nil
+}
 
-	// Price list: found by name or created in the store currency with a deterministic
-	// id, so two instances bootstrapping at once create one row.
-	plName := e.settings.priceListName()
-	pl, err := findOne(ctx, e.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName))
+// priceList finds the price list by name or creates it in the store currency with a
+// deterministic id, so two instances bootstrapping at once create one row.
+func (b *bootstrapper) priceList(ctx context.Context, code string, sh *shared) error {
+	plName := b.settings.priceListName()
+	pl, err := findOne(ctx, b.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName))
 	if err != nil {
-		return nil, transient(fmt.Errorf("looking up price list %q: %w", plName, err))
+		return transient(fmt.Errorf("looking up price list %q: %w", plName, err))
 	}
 	if pl == nil {
 		id := deterministicID(0, "pricelevel", strings.ToLower(plName))
-		_, err := e.dv.Upsert(ctx, "pricelevels", id, dataverse.Record{
+		_, err := b.dv.Upsert(ctx, "pricelevels", id, dataverse.Record{
 			"name":                             plName,
 			"description":                      "Prices of the nopCommerce store (maintained by the sync)",
 			"transactioncurrencyid@odata.bind": dataverse.Bind("transactioncurrencies", sh.CurrencyID),
 		}, dataverse.Upsert)
 		if err != nil {
 			// Someone may have created one by that name meanwhile: look again.
-			if pl, _ = findOne(ctx, e.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName)); pl == nil {
-				return nil, transient(fmt.Errorf("creating price list %q: %w", plName, err))
+			if pl, _ = findOne(ctx, b.dv, "pricelevels", []string{"pricelevelid", "name", "_transactioncurrencyid_value"}, "name eq "+odataString(plName)); pl == nil {
+				return transient(fmt.Errorf("creating price list %q: %w", plName, err))
 			}
 		} else {
 			pl = dataverse.Record{"pricelevelid": id, "_transactioncurrencyid_value": sh.CurrencyID}
@@ -160,38 +188,48 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 	}
 	sh.PriceListID = str(pl["pricelevelid"])
 	if c := str(pl["_transactioncurrencyid_value"]); c != "" && !strings.EqualFold(c, sh.CurrencyID) {
-		return nil, transient(fmt.Errorf("price list %q is in another currency than %s: set PRICE_LIST_NAME to a price list in %s, or remove that price list so the app creates one", plName, code, code))
+		return transient(fmt.Errorf("price list %q is in another currency than %s: set PRICE_LIST_NAME to a price list in %s, or remove that price list so the app creates one", plName, code, code))
 	}
+	return nil
+}
 
-	// Unit group and its base unit.
-	ugName := e.settings.unitGroupName()
-	ug, err := findOne(ctx, e.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName))
+// unitGroup finds the unit group by name or creates it (deterministic id); it returns the
+// group's name and the name of its base unit.
+func (b *bootstrapper) unitGroup(ctx context.Context, sh *shared) (ugName, baseName string, err error) {
+	ugName = b.settings.unitGroupName()
+	ug, err := findOne(ctx, b.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName))
 	if err != nil {
-		return nil, transient(fmt.Errorf("looking up unit group %q: %w", ugName, err))
+		return "", "", transient(fmt.Errorf("looking up unit group %q: %w", ugName, err))
 	}
 	if ug == nil {
 		id := deterministicID(0, "uomschedule", strings.ToLower(ugName))
-		_, err := e.dv.Upsert(ctx, "uomschedules", id, dataverse.Record{"name": ugName, "baseuomname": baseUnitName}, dataverse.Upsert)
+		_, err := b.dv.Upsert(ctx, "uomschedules", id, dataverse.Record{"name": ugName, "baseuomname": baseUnitName}, dataverse.Upsert)
 		if err != nil {
-			if ug, _ = findOne(ctx, e.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName)); ug == nil {
-				return nil, transient(fmt.Errorf("creating unit group %q: %w", ugName, err))
+			if ug, _ = findOne(ctx, b.dv, "uomschedules", []string{"uomscheduleid", "name", "baseuomname"}, "name eq "+odataString(ugName)); ug == nil {
+				return "", "", transient(fmt.Errorf("creating unit group %q: %w", ugName, err))
 			}
 		} else {
 			ug = dataverse.Record{"uomscheduleid": id, "baseuomname": baseUnitName}
 		}
 	}
 	sh.UnitGroupID = str(ug["uomscheduleid"])
-	baseName := str(ug["baseuomname"])
+	baseName = str(ug["baseuomname"])
 	if baseName == "" {
 		baseName = baseUnitName
 	}
+	return ugName, baseName, nil
+}
+
+// baseUnit picks the unit group's base unit: the one flagged as base, else the one by the
+// base unit's name, else any; a group without units gets one.
+func (b *bootstrapper) baseUnit(ctx context.Context, ugName, baseName string, sh *shared) error {
 	var byFlag, byName, any string
-	err = e.dv.Query(ctx, "uoms", dataverse.Query{
+	err := b.dv.Query(ctx, "uoms", dataverse.Query{
 		Select: []string{"uomid", "name", "isschedulebaseuom", "quantity"},
 		Filter: "_uomscheduleid_value eq " + sh.UnitGroupID,
 	}, func(r dataverse.Record) error {
 		id := str(r["uomid"])
-		if b, _ := r["isschedulebaseuom"].(bool); b && byFlag == "" {
+		if base, _ := r["isschedulebaseuom"].(bool); base && byFlag == "" {
 			byFlag = id
 		}
 		if strings.EqualFold(str(r["name"]), baseName) && byName == "" {
@@ -203,7 +241,7 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, transient(fmt.Errorf("looking up the base unit of unit group %q: %w", ugName, err))
+		return transient(fmt.Errorf("looking up the base unit of unit group %q: %w", ugName, err))
 	}
 	switch {
 	case byFlag != "":
@@ -216,16 +254,16 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 		// Dataverse creates the base unit with its group; an environment (or simulator)
 		// that did not gets one here.
 		id := deterministicID(0, "uom", sh.UnitGroupID)
-		if _, err := e.dv.Upsert(ctx, "uoms", id, dataverse.Record{
+		if _, err := b.dv.Upsert(ctx, "uoms", id, dataverse.Record{
 			"name":                     baseName,
 			"quantity":                 1,
 			"uomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
 		}, dataverse.Upsert); err != nil {
-			return nil, transient(fmt.Errorf("creating base unit %q of unit group %q: %w", baseName, ugName, err))
+			return transient(fmt.Errorf("creating base unit %q of unit group %q: %w", baseName, ugName, err))
 		}
 		sh.BaseUnitID = id
 	}
-	return sh, nil
+	return nil
 }
 
 // readPricing reads the organization's pricing settings into sh and says, in
@@ -239,9 +277,9 @@ func (e *bootstrapper) resolveShared(ctx context.Context) (*shared, error) {
 //
 // Sources: learn.microsoft.com power-apps/developer/data-platform/reference/entities/
 // organization; dynamics365/sales/configure-product-catalog-information (system settings).
-func (e *bootstrapper) readPricing(ctx context.Context, sh *shared) error {
+func (b *bootstrapper) readPricing(ctx context.Context, sh *shared) error {
 	var org dataverse.Record
-	err := e.dv.Query(ctx, "organizations", dataverse.Query{
+	err := b.dv.Query(ctx, "organizations", dataverse.Query{
 		Select: []string{"organizationid", "pricingdecimalprecision", "discountcalculationmethod", "oobpricecalculationenabled"},
 		Top:    1,
 	}, func(r dataverse.Record) error {
@@ -291,16 +329,16 @@ func findOne(ctx context.Context, dv Dataverse, set string, cols []string, filte
 	return found, err
 }
 
-func (e *bootstrapper) whoAmIValue() *dataverse.WhoAmI {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.whoAmI
+func (b *bootstrapper) whoAmIValue() *dataverse.WhoAmI {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.whoAmI
 }
 
-func (e *bootstrapper) setWhoAmI(w dataverse.WhoAmI) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.whoAmI = &w
+func (b *bootstrapper) setWhoAmI(w dataverse.WhoAmI) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.whoAmI = &w
 }
 
 // ConnectionInfo is what the status page shows about Dynamics 365.
