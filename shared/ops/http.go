@@ -191,6 +191,9 @@ type AutoSyncStatus struct {
 // SecretWarningDays is how close the client secret's expiry must be to warn.
 const SecretWarningDays = 30
 
+// StatusStoreBudget bounds the status page's reads of the state store, together.
+const StatusStoreBudget = 10 * time.Second
+
 // Status builds the status page. It never fails: what cannot be read is reported in
 // the page, so it renders when things are broken.
 func (o *Ops) Status(ctx context.Context) *Status {
@@ -221,13 +224,17 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			}
 		}
 	}
-	counts, err := o.o.State.Counts(ctx)
+	// The state store's reads share one budget: while the store can't be reached each
+	// read is retried by its SDK, and the page would take minutes to render.
+	sctx, cancel := context.WithTimeout(ctx, StatusStoreBudget)
+	defer cancel()
+	counts, err := o.o.State.Counts(sctx)
 	if err != nil {
 		st.Errors = append(st.Errors, "sync state: "+err.Error())
 	}
 	var stale map[state.Entity]int64
 	if o.o.Stale != nil {
-		if stale, err = o.o.Stale.StaleSkipped(ctx); err != nil {
+		if stale, err = o.o.Stale.StaleSkipped(sctx); err != nil {
 			st.Errors = append(st.Errors, "stale event counts: "+err.Error())
 		}
 	}
@@ -245,7 +252,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		st.Queues[ent] = qs
 	}
 	st.Store = o.storeStatus(ctx)
-	if runs, err := o.Runs(ctx, -1); err != nil {
+	if runs, err := o.Runs(sctx, -1); err != nil {
 		st.Errors = append(st.Errors, "runs: "+err.Error())
 	} else if runs != nil {
 		st.RecentRuns = runs[:min(len(runs), 5)]
@@ -258,14 +265,14 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			}
 		}
 	}
-	if f, err := o.recentFailures(ctx, 20); err != nil {
+	if f, err := o.recentFailures(sctx, 20); err != nil {
 		st.Errors = append(st.Errors, "recent failures: "+err.Error())
 	} else {
 		st.RecentFailures = f
 	}
 	st.InvalidMessages = []json.RawMessage{}
 	if o.o.InvalidMessageKind != "" {
-		docs, err := o.o.State.ListDocs(ctx, o.o.InvalidMessageKind)
+		docs, err := o.o.State.ListDocs(sctx, o.o.InvalidMessageKind)
 		if err != nil {
 			st.Errors = append(st.Errors, "invalid messages: "+err.Error())
 		}

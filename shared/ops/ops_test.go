@@ -598,3 +598,36 @@ func TestFailingMessageReplayedBoundedTimes(t *testing.T) {
 		t.Errorf("dead letter %+v, want the app's reason, 3 replays, no further auto replay, the broker's own reason and text", d)
 	}
 }
+
+// hangingStore never answers a read before its context ends, as a state store that
+// can't be reached while its SDK retries.
+type hangingStore struct{ state.Store }
+
+func (hangingStore) Counts(ctx context.Context) (state.Counts, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (hangingStore) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (hangingStore) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// The status page renders while the state store does not answer: its reads are
+// bounded, and what could not be read is listed.
+func TestStatusPageWhileTheStoreHangs(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.State = hangingStore{o.State}; o.InvalidMessageKind = "invalid-message" })
+	done := make(chan *Status, 1)
+	go func() { done <- f.ops.Status(context.Background()) }()
+	select {
+	case st := <-done:
+		if st.Healthy || len(st.Errors) == 0 {
+			t.Errorf("status %+v: want unhealthy with the store's errors", st)
+		}
+	case <-time.After(StatusStoreBudget + 50*time.Second): // a hang guard only
+		t.Fatal("the status page waits for the state store without bound")
+	}
+}
