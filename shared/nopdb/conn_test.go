@@ -174,6 +174,8 @@ func TestRedactor(t *testing.T) {
 		{SQLServer, "server=db;user id=nop;password=pa55-word;database=nop", "pa55-word"},
 		{SQLServer, "Server=db;User ID=nop;Pwd={pa55;word};Database=nop", "pa55;word"},
 		{SQLServer, "sqlserver://nop:pa55-word@db?database=nop", "pa55-word"},
+		{PostgreSQL, "Server=db;Database=nop;User Id=nop;Password=pa55 w@rd", "pa55 w@rd"},
+		{MySQL, "Server=db;Database=nop;Uid=nop;Pwd=pa55-word", "pa55-word"},
 	} {
 		r := newRedactor(c.provider, c.conn)
 		msg := r.clean("failed: " + c.conn + " / " + c.secret + " / done")
@@ -201,5 +203,60 @@ func TestManagedIdentityConnector(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || !e.Unreachable {
 		t.Fatalf("managed identity, no server: %v", err)
+	}
+}
+
+// TestNopCommerceConnectionString: the connection string from nopCommerce's
+// App_Data/appsettings.json (ADO.NET form) opens the reader on both engines.
+func TestNopCommerceConnectionString(t *testing.T) {
+	forEachProvider(t, func(t *testing.T, provider string) {
+		s := newStore(t, provider)
+		var ado string
+		switch provider {
+		case nopdbtest.PostgreSQL:
+			cfg, err := pgx.ParseConfig(s.conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ado = "Server=" + cfg.Host + ";Port=" + strconv.Itoa(int(cfg.Port)) + ";Database=" + cfg.Database +
+				";User Id=" + cfg.User + ";Password=" + cfg.Password + ";SslMode=Disable"
+		case nopdbtest.MySQL:
+			cfg, err := mysql.ParseDSN(s.conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			host, port, _ := net.SplitHostPort(cfg.Addr)
+			ado = "Server=" + host + ";Port=" + port + ";Database=" + cfg.DBName + ";Uid=" + cfg.User + ";Pwd=" + cfg.Passwd + ";SslMode=None"
+		}
+		r, err := Open(context.Background(), Options{Provider: provider, Connection: ado})
+		if err != nil {
+			t.Fatalf("%s: %v", provider, err)
+		}
+		defer r.Close()
+		if err := r.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestFromADONet(t *testing.T) {
+	for _, c := range []struct{ provider, in, want string }{
+		{PostgreSQL, "Server=db.example;Port=5433;Database=nop;User Id=nop;Password='p@ss w'", "postgres://nop:p%40ss%20w@db.example:5433/nop?sslmode=prefer"},
+		{PostgreSQL, "Host=db;Database=nop;Username=nop;Password=x;SSL Mode=Require", "postgres://nop:x@db:5432/nop?sslmode=require"},
+		{MySQL, "Server=db;Database=nop;Uid=nop;Pwd=x;SslMode=VerifyFull", "nop:x@tcp(db:3306)/nop?tls=true"},
+		{MySQL, "server=db:3307;database=nop;user id=nop;password=x", "nop:x@tcp(db:3307)/nop?tls=preferred"},
+	} {
+		got, ok := fromADONet(c.provider, c.in)
+		if !ok || got != c.want {
+			t.Errorf("%s %q: %q, %v; want %q", c.provider, c.in, got, ok, c.want)
+		}
+	}
+	for _, c := range []struct{ provider, in string }{
+		{PostgreSQL, "postgres://nop:x@db/nop"}, {PostgreSQL, "host=db user=nop"}, {MySQL, "nop:x@tcp(db)/nop"},
+		{SQLServer, "server=db;user id=nop;password=x"},
+	} {
+		if got, ok := fromADONet(c.provider, c.in); ok {
+			t.Errorf("%s %q taken for ADO.NET: %q", c.provider, c.in, got)
+		}
 	}
 }

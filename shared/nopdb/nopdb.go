@@ -48,7 +48,7 @@ type Entity = state.Entity
 // Options configure a Reader.
 type Options struct {
 	Provider        string                 // "sqlserver", "mysql" or "postgresql" (nopCommerce's names)
-	Connection      string                 // the driver's connection string; a secret, never in an error
+	Connection      string                 // a secret, never in an error: the Go driver's form, or nopCommerce's own (ADO.NET) one
 	ManagedIdentity bool                   // Azure SQL with Entra ID: a token from Credential, no password
 	Credential      azcore.TokenCredential // with ManagedIdentity; nil: azidentity's DefaultAzureCredential
 	StoreID         int                    // the store whose orders are read; 0 means 1
@@ -119,6 +119,9 @@ func (r *Reader) Close() error { return r.db.Close() }
 func (r *Reader) Provider() string { return r.d.provider }
 
 func newConnector(d *dialect, o Options) (driver.Connector, error) {
+	if c, ok := fromADONet(d.provider, o.Connection); ok {
+		o.Connection = c
+	}
 	switch d.provider {
 	case PostgreSQL:
 		cfg, err := pgx.ParseConfig(o.Connection)
@@ -222,13 +225,18 @@ func newRedactor(provider, conn string) *redactor {
 			set[s] = true
 		}
 	}
+	parsed := conn
+	if c, ok := fromADONet(provider, conn); ok {
+		parsed = c
+		set[c] = true
+	}
 	switch provider {
 	case PostgreSQL:
-		if cfg, err := pgx.ParseConfig(conn); err == nil {
+		if cfg, err := pgx.ParseConfig(parsed); err == nil {
 			add(cfg.Password)
 		}
 	case MySQL:
-		if cfg, err := mysql.ParseDSN(conn); err == nil {
+		if cfg, err := mysql.ParseDSN(parsed); err == nil {
 			add(cfg.Passwd)
 		}
 	case SQLServer:
