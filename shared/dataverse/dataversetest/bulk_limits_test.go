@@ -244,3 +244,29 @@ func TestRepresentationChargesARetrieve(t *testing.T) {
 		t.Fatalf("execution charged: plain %s, with representation %s, want %s", plain, rep, want)
 	}
 }
+
+// TestCostModels: a CreateMultiple of 10 rows is charged one request and ten rows written
+// under each named cost model, and the rate limit headers come only when not turned off.
+func TestCostModels(t *testing.T) {
+	for name, cost := range CostModels {
+		for _, noHeaders := range []bool{false, true} {
+			c := newTC(t, Options{ExecutionCost: cost, NoRateLimitHeaders: noHeaders})
+			rows := make([]map[string]any, 10)
+			for i := range rows {
+				rows[i] = map[string]any{"lastname": "L" + strconv.Itoa(i)}
+			}
+			e0 := c.s.Stats().Execution
+			r := c.must(200, c.do("POST", "contacts/Microsoft.Dynamics.CRM.CreateMultiple", targets("contact", rows...)))
+			if got, want := c.s.Stats().Execution-e0, cost.PerRequest+10*cost.PerRowWritten; got != want {
+				t.Fatalf("%s: charged %s, want %s", name, got, want)
+			}
+			burst, left := r.header.Get("x-ms-ratelimit-burst-remaining-xrm-requests"), r.header.Get("x-ms-ratelimit-time-remaining-xrm-requests")
+			if (noHeaders && (burst != "" || left != "")) || (!noHeaders && (burst == "" || left == "")) {
+				t.Fatalf("%s, NoRateLimitHeaders %v: headers %q, %q", name, noHeaders, burst, left)
+			}
+		}
+	}
+	if th := (&Server{o: Options{Limits: Limits{Requests: 6000, ExecutionTime: 1200 * time.Second, Window: 300 * time.Second, Concurrent: 52}, ExecutionCost: CostPerRow}, scale: 1}).IdealThroughput(1000, 4); th.Limit != "execution" || th.Ceiling < 498 || th.Ceiling > 499 {
+		t.Fatalf("per-row ceiling at 1000 rows: %+v", th)
+	}
+}

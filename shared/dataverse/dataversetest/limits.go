@@ -9,8 +9,12 @@ import (
 	"time"
 )
 
-// limiter applies the service protection limits per user over a sliding window
-// (Learn: api-limits). All durations it keeps are already scaled by Options.TimeScale.
+// limiter applies the service protection limits per user over a 5-minute sliding window
+// (Learn: api-limits, "Service protection API limits": 6,000 requests, 1,200 s combined
+// execution time and 52 concurrent requests per user; the first two are usually noticed
+// only once exceeded, the concurrency limit fails at once). Each request is charged its
+// execution time (ExecutionCost) when it has run. All durations it keeps are already
+// scaled by Options.TimeScale.
 type limiter struct {
 	s     *Server
 	mu    sync.Mutex
@@ -176,7 +180,11 @@ func (l *limiter) record(name string, cost time.Duration) {
 	l.exec += cost
 }
 
-// headers adds the debugging headers Dataverse sends (Learn: api-limits).
+// headers adds x-ms-ratelimit-burst-remaining-xrm-requests (requests left in the window)
+// and x-ms-ratelimit-time-remaining-xrm-requests (execution milliseconds left). Microsoft's
+// pages don't document them; they are widely reported by third parties as present on Web
+// API answers, "for debugging" and reset when the server affinity changes. An environment
+// without them is Options.NoRateLimitHeaders.
 func (l *limiter) headers(name string, h http.Header) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -229,6 +237,20 @@ func (s *Server) RetryAfterViolationsByClient() map[string]int {
 	}
 	return out
 }
+
+// CostDefault is the simulator's own cost model: 2 ms per request plus 2 ms per row
+// written and 50 µs per row read, so the execution limit binds at about the same rate
+// as the request limit for bulk writes of 100 rows.
+var CostDefault = ExecutionCost{PerRequest: 2 * time.Millisecond, PerRowWritten: 2 * time.Millisecond, PerRowRead: 50 * time.Microsecond}
+
+// CostPerRow is a costlier model where each written row dominates: 30 ms per request plus
+// 8 ms per row written (and 50 µs per row read), as a table with plug-ins on its writes
+// may behave. Dataverse doesn't publish its costs; the models only differ so that a client
+// can't be tuned to one.
+var CostPerRow = ExecutionCost{PerRequest: 30 * time.Millisecond, PerRowWritten: 8 * time.Millisecond, PerRowRead: 50 * time.Microsecond}
+
+// CostModels names the cost models: "default" (CostDefault) and "perrow" (CostPerRow).
+var CostModels = map[string]ExecutionCost{"default": CostDefault, "perrow": CostPerRow}
 
 // Throughput is the records/s ceiling the limits and execution costs allow.
 type Throughput struct {

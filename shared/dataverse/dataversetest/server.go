@@ -114,8 +114,13 @@ type Options struct {
 	TimeScale float64
 	// Limits are the service protection limits (Learn: api-limits).
 	Limits Limits
-	// ExecutionCost is the simulated server time per operation (before TimeScale).
+	// ExecutionCost is the simulated server time per operation (before TimeScale); zero
+	// fields take CostDefault's. CostModels names the models the benchmarks choose from.
 	ExecutionCost ExecutionCost
+	// NoRateLimitHeaders leaves out the x-ms-ratelimit-burst-remaining-xrm-requests and
+	// x-ms-ratelimit-time-remaining-xrm-requests headers (see limits.go): an environment
+	// that doesn't send them, so a client has only its latencies to go by.
+	NoRateLimitHeaders bool
 	// SleepExecutionTime makes requests actually take their (scaled) execution time, so
 	// the concurrency limit and client parallelism behave realistically. The simulator's
 	// own work on a request counts toward that time, as a real server's does.
@@ -337,13 +342,13 @@ func newServer(o Options) *Server {
 	}
 	c := &o.ExecutionCost
 	if c.PerRequest == 0 {
-		c.PerRequest = 2 * time.Millisecond
+		c.PerRequest = CostDefault.PerRequest
 	}
 	if c.PerRowWritten == 0 {
-		c.PerRowWritten = 2 * time.Millisecond
+		c.PerRowWritten = CostDefault.PerRowWritten
 	}
 	if c.PerRowRead == 0 {
-		c.PerRowRead = 50 * time.Microsecond
+		c.PerRowRead = CostDefault.PerRowRead
 	}
 	if o.TenantID == "" {
 		o.TenantID = uuid.NewString()
@@ -733,7 +738,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		// the request ran; its answer is lost (net/http cuts the connection or stream)
 		panic(http.ErrAbortHandler)
 	}
-	s.lim.headers(user, resp.header)
+	if !s.o.NoRateLimitHeaders {
+		s.lim.headers(user, resp.header)
+	}
 	writeResp(w, resp)
 }
 
