@@ -82,7 +82,7 @@ func serveHost(ctx context.Context, cfg *config.Config, log *slog.Logger, so sta
 // newAzureApp builds the app on Azure's services, authenticating with the app's managed
 // identity. ctx bounds the network work (the state table's creation and layout row).
 func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *app, err error) {
-	cred, err := keyvault.Credential()
+	cred, err := keyvault.Credential(cfg.ManagedIdentityClient)
 	if err != nil {
 		return nil, fmt.Errorf("managed identity: %w", err)
 	}
@@ -137,7 +137,7 @@ func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Se
 	case vault != nil:
 		secret = vault.Source(cfg.ClientSecretName)
 	case cfg.KeyVaultURL != "":
-		cred, err := keyvault.Credential()
+		cred, err := keyvault.Credential(cfg.ManagedIdentityClient)
 		if err != nil {
 			return nil, fmt.Errorf("managed identity: %w", err)
 		}
@@ -194,7 +194,7 @@ func webhookSecrets(cfg *config.Config, vault *keyvault.Secrets) (intake.Webhook
 		return nil, nil
 	}
 	if vault == nil {
-		cred, err := keyvault.Credential()
+		cred, err := keyvault.Credential(cfg.ManagedIdentityClient)
 		if err != nil {
 			return nil, fmt.Errorf("managed identity: %w", err)
 		}

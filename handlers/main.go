@@ -21,10 +21,7 @@ func main() {
 	slog.SetDefault(log) // the standard log package and slog.Default write through it too
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	stopProfile := cpuProfile(os.Getenv("NOPSYNC_CPUPROFILE"), log)
-	err := run(ctx, os.LookupEnv, os.Args[1:], log)
-	stopProfile()
-	if err != nil {
+	if err := run(ctx, os.LookupEnv, os.Args[1:], log); err != nil {
 		log.Error("nopsync stopped", "error", err.Error()) // one stderr line, however long the error
 		os.Exit(1)
 	}
@@ -56,6 +53,7 @@ func run(ctx context.Context, env func(string) (string, bool), args []string, lo
 	if err != nil {
 		return err
 	}
+	defer cpuProfile(cfg.CPUProfile, log)()
 	if len(args) > 0 && args[0] == "agent" {
 		return runAgent(ctx, cfg, args[1:], log, nil)
 	}

@@ -22,7 +22,7 @@ func newStoreSource(cfg *config.Config, vault *keyvault.Secrets) (*storesync.DB,
 		StoreID: cfg.StoreID, StoreURL: cfg.StoreURL,
 	}}
 	if cfg.NopDBManagedIdentity || (cfg.NopDBConnection == "" && vault == nil) {
-		cred, err := keyvault.Credential()
+		cred, err := keyvault.Credential(cfg.ManagedIdentityClient)
 		if err != nil {
 			return nil, fmt.Errorf("managed identity: %w", err)
 		}

@@ -66,6 +66,7 @@ func Known() []Setting {
 		{Name: "AGENT_STATE_FILE", Default: "nopsync-agent.json", LocalOnly: true, Doc: "push agent: its checkpoint file (cursor and what was sent), so a restarted agent resumes"},
 		{Name: "LISTEN_ADDR", Default: "127.0.0.1:7071", LocalOnly: true, Doc: "local mode: address of the public routes"},
 		{Name: "LOCAL_DATA_DIR", Default: ".nopsync", LocalOnly: true, Doc: "local mode: folder of the embedded queue, state and sandbox"},
+		{Name: "NOPSYNC_CPUPROFILE", LocalOnly: true, Doc: "write a CPU profile of the whole run to this file (scripts/bench); empty = none"},
 	}
 }
 
@@ -83,6 +84,7 @@ type Config struct {
 	Local       bool   // no FUNCTIONS_CUSTOMHANDLER_PORT: the whole app in one process
 	HandlerPort int    // Azure: the port the host calls
 	ListenAddr  string // local mode
+	CPUProfile  string // file for a CPU profile of the run; "" none
 	DataDir     string // local mode
 
 	DataverseURL          string // "" in local mode = sandbox
@@ -188,6 +190,7 @@ func Load(get Lookup) (*Config, error) {
 		c.Local = true
 	}
 	c.ListenAddr = p.def("LISTEN_ADDR")
+	c.CPUProfile = p.val("NOPSYNC_CPUPROFILE")
 	if c.Local {
 		if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 			p.fail("LISTEN_ADDR", "must be host:port, got %q", c.ListenAddr)

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 
@@ -32,12 +31,8 @@ var publicAuthorityHosts = map[string]bool{
 	"login.chinacloudapi.cn":    true,
 }
 
-// authorityHost resolves the Entra authority: explicit option, then
-// AZURE_AUTHORITY_HOST, then the public cloud.
+// authorityHost resolves the Entra authority: the option, else the public cloud.
 func authorityHost(h string) (string, error) {
-	if h == "" {
-		h = os.Getenv("AZURE_AUTHORITY_HOST")
-	}
 	if h == "" {
 		h = cloud.AzurePublic.ActiveDirectoryAuthorityHost
 	}

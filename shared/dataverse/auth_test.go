@@ -10,7 +10,6 @@ import (
 	"errors"
 	"math/big"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -106,15 +105,14 @@ func TestRejectedSecretWithoutRotationFailsCleanly(t *testing.T) {
 }
 
 func TestAuthorityHost(t *testing.T) {
-	t.Setenv("AZURE_AUTHORITY_HOST", "")
-	os.Unsetenv("AZURE_AUTHORITY_HOST")
+	// The environment is package config's to read: the client takes the option only.
+	t.Setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us")
 	h, err := authorityHost("")
 	if err != nil || h != cloud.AzurePublic.ActiveDirectoryAuthorityHost || instanceDiscoveryOff(h) {
 		t.Fatalf("default = %q %v", h, err)
 	}
-	t.Setenv("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us")
-	if h, _ := authorityHost(""); h != "https://login.microsoftonline.us/" || instanceDiscoveryOff(h) {
-		t.Fatalf("from env = %q", h)
+	if h, _ := authorityHost("https://login.microsoftonline.us"); h != "https://login.microsoftonline.us/" || instanceDiscoveryOff(h) {
+		t.Fatalf("sovereign cloud = %q", h)
 	}
 	for _, h := range []string{"https://127.0.0.1:8443", "https://login.contoso-stack.local/", "https://login.microsoftonline.com.evil.example/"} {
 		got, err := authorityHost(h)

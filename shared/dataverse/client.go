@@ -79,7 +79,7 @@ type Options struct {
 	Secret         SecretSource
 
 	// AuthorityHost is the Entra authority, e.g. https://login.microsoftonline.com/.
-	// Empty: AZURE_AUTHORITY_HOST, else the public cloud. Instance discovery is
+	// Empty: the public cloud (package config reads AZURE_AUTHORITY_HOST). Instance discovery is
 	// turned off for hosts that are not Microsoft's public ones.
 	AuthorityHost string
 

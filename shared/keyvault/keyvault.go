@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -85,11 +84,11 @@ func NewWithGetter(g Getter, o Options) *Secrets {
 	return &Secrets{get: g, ttl: o.TTL, now: o.Now, cache: map[string]entry{}, inflight: map[string]*call{}}
 }
 
-// Credential is the app's managed identity: a user-assigned one when
-// AZURE_CLIENT_ID is set, else the default chain (which also covers
-// developer sign-ins for local runs).
-func Credential() (azcore.TokenCredential, error) {
-	if id := os.Getenv("AZURE_CLIENT_ID"); id != "" {
+// Credential is the app's managed identity: the user-assigned one with client id
+// clientID (the AZURE_CLIENT_ID setting) when it is set, else the default chain (which
+// also covers developer sign-ins for local runs).
+func Credential(clientID string) (azcore.TokenCredential, error) {
+	if id := clientID; id != "" {
 		return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ID: azidentity.ClientID(id)})
 	}
 	return azidentity.NewDefaultAzureCredential(nil)

@@ -457,7 +457,7 @@ func (s *Server) seedCurrency(x *tx, c Currency) string {
 func (s *Server) URL() string { return s.ts.URL }
 
 // AuthorityHost is the value for azidentity's ClientOptions.Cloud.ActiveDirectoryAuthorityHost
-// (and AZURE_AUTHORITY_HOST). Use DisableInstanceDiscovery: true.
+// (and the app's AZURE_AUTHORITY_HOST setting). Use DisableInstanceDiscovery: true.
 func (s *Server) AuthorityHost() string { return s.ts.URL + "/" }
 
 // SetClientSecret rotates the app registration's secret: the old one fails from now on
