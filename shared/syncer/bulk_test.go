@@ -37,7 +37,7 @@ func TestBulkChunkCustomers(t *testing.T) {
 			}
 		}))
 	}
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		if set == "contacts" && hasEmail(recs, "b55@example.test") {
 			return refuse("A validation error occurred.")
 		}
@@ -46,8 +46,8 @@ func TestBulkChunkCustomers(t *testing.T) {
 	if err := e.deliver(e.eng, state.Customer, evs...); err != nil {
 		t.Fatalf("chunk: %v", err)
 	}
-	singles := e.wdv.count("Upsert", "contacts")
-	bulk := e.wdv.count("CreateMultiple", "contacts") + e.wdv.count("UpdateMultiple", "contacts")
+	singles := e.fdv.count("Upsert contacts")
+	bulk := e.fdv.count("CreateMultiple contacts") + e.fdv.count("UpdateMultiple contacts")
 	if bulk == 0 || singles > 12 {
 		t.Fatalf("bulk requests %d, single upserts %d: the chunk was not written in bulk", bulk, singles)
 	}
@@ -103,7 +103,7 @@ func TestBulkChunkProducts(t *testing.T) {
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatalf("chunk: %v", err)
 	}
-	if n := e.wdv.count("CreateMultiple", "products"); n == 0 {
+	if n := e.fdv.count("CreateMultiple products"); n == 0 {
 		t.Fatalf("no bulk creates")
 	}
 	if n := e.srv.Count("products"); n != 63 {
@@ -243,7 +243,7 @@ func TestBulkProductsWipedStateFailuresUnsupported(t *testing.T) {
 			}
 		}))
 	}
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		for _, r := range recs {
 			if r["name"] == "BAD" {
 				return refuse("A validation error occurred.")
@@ -263,15 +263,11 @@ func TestBulkProductsWipedStateFailuresUnsupported(t *testing.T) {
 	if n := e.srv.Count("productpricelevels"); n != 39 {
 		t.Fatalf("%d price list items, want 39", n)
 	}
-	if e.wdv.count("CreateMultiple", "productpricelevels") != 1 {
-		t.Errorf("price list items: %d bulk attempts, want 1 then single writes", e.wdv.count("CreateMultiple", "productpricelevels"))
+	if e.fdv.count("CreateMultiple productpricelevels") != 1 {
+		t.Errorf("price list items: %d bulk attempts, want 1 then single writes", e.fdv.count("CreateMultiple productpricelevels"))
 	}
-	e.wdv.setFail(nil)
-	st, err := newStore()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.st = st
+	e.fdv.setFail(nil)
+	e.wipeState()
 	e.eng = e.engine()
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatalf("chunk after wiping state: %v", err)
@@ -320,7 +316,7 @@ func TestBulkTransientChunkRedelivered(t *testing.T) {
 	for i := 1; i <= 30; i++ {
 		evs = append(evs, customerEvent(t, tmpl, i, 1, fmt.Sprintf("t%d@example.test", i), nil))
 	}
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		if op == "CreateMultiple" {
 			return &dataverse.Error{Op: "test", StatusCode: 429, Message: "Number of requests exceeded the limit", Retryable: true}
 		}
@@ -332,7 +328,7 @@ func TestBulkTransientChunkRedelivered(t *testing.T) {
 	if r := e.rec(state.Customer, 5); r.Status != state.Failed || !r.Transient {
 		t.Fatalf("row after throttling: %s transient %v", r.Status, r.Transient)
 	}
-	e.wdv.setFail(nil)
+	e.fdv.setFail(nil)
 	if err := e.deliver(e.eng, state.Customer, evs...); err != nil {
 		t.Fatalf("redelivery: %v", err)
 	}
@@ -407,7 +403,7 @@ func BenchmarkImportProductChunks(b *testing.B) {
 func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	bulkStates := 0
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		if op == "UpdateMultiple" && set == "products" && len(recs) > 0 && recs[0]["statecode"] != nil {
 			bulkStates++
 		}
@@ -471,9 +467,9 @@ func TestBulkUpdateActiveProducts(t *testing.T) {
 				limit += 2 * 60
 			}
 			if n := e.srv.Stats().Requests - before; n > limit {
-				t.Errorf("%d requests to update 60 Active products, want ≤ %d: %v", n, limit, e.wdv.hits)
+				t.Errorf("%d requests to update 60 Active products, want ≤ %d: %v", n, limit, e.fdv.counts())
 			}
-			if n := e.wdv.count("Upsert", "products") + e.wdv.count("Upsert", "productpricelevels"); n != 0 {
+			if n := e.fdv.count("Upsert products") + e.fdv.count("Upsert productpricelevels"); n != 0 {
 				t.Errorf("%d single product or price list item writes", n)
 			}
 			for i := 1; i <= 60; i++ {
@@ -638,7 +634,7 @@ func (s *slowStore) Save(ctx context.Context, rec *state.Record) error {
 func TestChunkStateWritesInParallel(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	st := &slowStore{Store: e.st}
-	eng, err := New(Options{DV: e.wdv, State: st, Settings: e.set, Concurrency: 4, StateConcurrency: 16,
+	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, StateConcurrency: 16,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -113,10 +113,10 @@ func TestLatestStateWins(t *testing.T) {
 	if err != nil || counts[state.Customer] != 1 {
 		t.Fatalf("stale count %v %v, want 1", counts, err)
 	}
-	writes := e.wdv.count("Upsert", "contacts")
+	writes := e.fdv.count("Upsert contacts")
 	e.each(state.Customer, v(5, "five"), v(5, "five")) // duplicates
 	e.each(state.Customer, customerEvent(t, tmpl, 9, 6, "nine@example.test", func(d map[string]any) { d["firstName"] = "five" }))
-	if got := e.wdv.count("Upsert", "contacts"); got != writes {
+	if got := e.fdv.count("Upsert contacts"); got != writes {
 		t.Fatalf("%d contact writes for duplicates and unchanged data, want none", got-writes)
 	}
 	if r := e.rec(state.Customer, 9); r.LastEventID != "cust-9-6" {
@@ -156,11 +156,7 @@ func TestWipedStateSameRows(t *testing.T) {
 	run(e, false)
 	contacts, products, accounts := e.srv.Count("contacts"), e.srv.Count("products"), e.srv.Count("accounts")
 	for _, bulk := range []bool{false, true} {
-		st, err := newStore()
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.st = st
+		e.wipeState()
 		e.eng = e.engine()
 		run(e, bulk)
 		if e.srv.Count("contacts") != contacts || e.srv.Count("products") != products || e.srv.Count("accounts") != accounts ||
@@ -179,7 +175,7 @@ func TestWipedStateSameRows(t *testing.T) {
 func TestFailuresRecordedAndClassified(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	tmpl := example(t, "customer-created.json")[0]
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		switch {
 		case set == "contacts" && hasEmail(recs, "bad@example.test"):
 			return refuse("A validation error occurred.")
@@ -201,7 +197,7 @@ func TestFailuresRecordedAndClassified(t *testing.T) {
 	if r := e.rec(state.Customer, 2); r.Status != state.Failed || !r.Transient || r.LeaseOwner != "" {
 		t.Fatalf("transient: %+v", r)
 	}
-	e.wdv.setFail(nil)
+	e.fdv.setFail(nil)
 	if err := e.deliver(e.eng, state.Customer, customerEvent(t, tmpl, 2, 1, "flaky@example.test", nil)); err != nil {
 		t.Fatalf("redelivery: %v", err)
 	}
@@ -318,7 +314,7 @@ func TestWritesDisabledThenResync(t *testing.T) {
 	if r := e.rec(state.Customer, 1); r.Status != state.Pending {
 		t.Fatalf("state %s, want pending", r.Status)
 	}
-	if e.srv.Count("contacts") != 0 || e.wdv.count("Upsert", "contacts") != 0 {
+	if e.srv.Count("contacts") != 0 || e.fdv.count("Upsert contacts") != 0 {
 		t.Fatalf("written with writes disabled")
 	}
 	e.set.WritesEnabled = true
@@ -446,14 +442,14 @@ func TestStalledWriterDoesNotWinOverNewerState(t *testing.T) {
 
 	stalled, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	e.wdv.setFail(func(op, set string, recs []dataverse.Record) error {
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
 		if op == "Upsert" && set == "contacts" && len(recs) > 0 && recs[0]["firstname"] == "old" {
 			once.Do(func() { close(stalled); <-release })
 		}
 		return nil
 	})
 	mk := func(now func() time.Time) *Engine {
-		eng, err := New(Options{DV: e.wdv, State: e.st, Settings: e.set, BusyWait: -1, Now: now, LeaseDuration: time.Minute,
+		eng, err := New(Options{DV: e.fdv, State: e.st, Settings: e.set, BusyWait: -1, Now: now, LeaseDuration: time.Minute,
 			Log: e.eng.log})
 		if err != nil {
 			t.Fatal(err)

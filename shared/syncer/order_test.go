@@ -59,17 +59,17 @@ func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
 		t.Errorf("totalamount %v, want the store's orderTotal 238.10", so["totalamount"])
 	}
 	// The contact (created from the order's customer) and the price list/currency.
-	contacts := h.rowsWhere("contacts", "emailaddress1", "ada.lovelace@example.com")
+	contacts := h.where("contacts", "emailaddress1", "ada.lovelace@example.com")
 	if len(contacts) != 1 {
 		t.Fatalf("%d contacts for the customer, want 1", len(contacts))
 	}
 	if !strings.EqualFold(fmt.Sprint(so["_customerid_value"]), fmt.Sprint(contacts[0]["contactid"])) {
 		t.Errorf("salesorder customer %v, want contact %v", so["_customerid_value"], contacts[0]["contactid"])
 	}
-	if len(h.rowsWhere("pricelevels", "pricelevelid", fmt.Sprint(so["_pricelevelid_value"]))) != 1 {
+	if len(h.where("pricelevels", "pricelevelid", fmt.Sprint(so["_pricelevelid_value"]))) != 1 {
 		t.Errorf("salesorder price list %v does not exist", so["_pricelevelid_value"])
 	}
-	cur := h.rowsWhere("transactioncurrencies", "isocurrencycode", "USD")
+	cur := h.where("transactioncurrencies", "isocurrencycode", "USD")
 	if len(cur) != 1 || !strings.EqualFold(fmt.Sprint(so["_transactioncurrencyid_value"]), fmt.Sprint(cur[0]["transactioncurrencyid"])) {
 		t.Errorf("salesorder currency %v, want USD", so["_transactioncurrencyid_value"])
 	}
@@ -102,7 +102,7 @@ func TestOrderPlacedWritesHeaderAndLines(t *testing.T) {
 		line map[string]any
 		sku  string
 	}{{l1, "N5500"}, {l2, "CAP-52"}} {
-		prods := h.rowsWhere("products", "productnumber", p.sku)
+		prods := h.where("products", "productnumber", p.sku)
 		if len(prods) != 1 || !strings.EqualFold(fmt.Sprint(p.line["_productid_value"]), fmt.Sprint(prods[0]["productid"])) {
 			t.Errorf("line product %v, want the product created for %s", p.line["_productid_value"], p.sku)
 		}
@@ -350,7 +350,7 @@ func TestOrderCancelAndDelete(t *testing.T) {
 // checkBusinessResult asserts the end state of the lifecycle example: Fulfilled (or
 // Invoiced where converting to an invoice closes the order), one Paid invoice, 3 lines,
 // total 238.10, synced.
-func checkBusinessResult(t *testing.T, h *orderHarness) {
+func checkBusinessResult(t *testing.T, h *env) {
 	t.Helper()
 	orderID := salesOrderID(1, 1001)
 	so := h.salesOrder(1, 1001)
@@ -384,11 +384,11 @@ func checkBusinessResult(t *testing.T, h *orderHarness) {
 		t.Errorf("state %s %q", rec.Status, rec.Reason)
 	}
 	// The customer's and products' own events (when sent) landed on the rows the order made.
-	if n := len(h.rowsWhere("contacts", "emailaddress1", "ada.lovelace@example.com")); n != 1 {
+	if n := len(h.where("contacts", "emailaddress1", "ada.lovelace@example.com")); n != 1 {
 		t.Errorf("%d contacts for the customer, want 1", n)
 	}
 	for _, sku := range []string{"N5500", "CAP-52"} {
-		if n := len(h.rowsWhere("products", "productnumber", sku)); n != 1 {
+		if n := len(h.where("products", "productnumber", sku)); n != 1 {
 			t.Errorf("%d products %s, want 1", n, sku)
 		}
 	}
@@ -424,7 +424,7 @@ func TestOrderEventsAnyOrder(t *testing.T) {
 }
 
 // sendOther delivers examples/' customer and product events on their queues.
-func (h *orderHarness) sendOther(t *testing.T) {
+func (h *env) sendOther(t *testing.T) {
 	t.Helper()
 	for _, x := range []struct {
 		file, queue string
@@ -541,7 +541,7 @@ func TestOrderMissingCurrency(t *testing.T) {
 				t.Fatalf("after adding GBP: %s %q", rec.Status, rec.Reason)
 			}
 			so := h.salesOrder(1, 1001)
-			gbp := h.rowsWhere("transactioncurrencies", "isocurrencycode", "GBP")
+			gbp := h.where("transactioncurrencies", "isocurrencycode", "GBP")
 			if so == nil || len(gbp) != 1 || !strings.EqualFold(fmt.Sprint(so["_transactioncurrencyid_value"]), fmt.Sprint(gbp[0]["transactioncurrencyid"])) {
 				t.Errorf("salesorder %v not in GBP", so)
 			}
@@ -560,7 +560,7 @@ func TestOrderGuestContact(t *testing.T) {
 		b["email"], b["firstName"], b["lastName"] = "grace.hopper@example.com", "Grace", "Hopper"
 	})
 	h.mustSend(ev)
-	contacts := h.rowsWhere("contacts", "emailaddress1", "grace.hopper@example.com")
+	contacts := h.where("contacts", "emailaddress1", "grace.hopper@example.com")
 	if len(contacts) != 1 {
 		t.Fatalf("%d contacts for the guest's billing email, want 1", len(contacts))
 	}
@@ -604,7 +604,7 @@ func TestOrderPriceListInOtherCurrency(t *testing.T) {
 
 // retireProduct sends a product event for an unpublished product: Dynamics 365 holds it
 // Retired, and refuses it on order lines.
-func (h *orderHarness) retireProduct(t *testing.T, id int, sku string) {
+func (h *env) retireProduct(t *testing.T, id int, sku string) {
 	t.Helper()
 	var pm map[string]any
 	if err := json.Unmarshal(readExample(t, "product-simple.json"), &pm); err != nil {
@@ -621,7 +621,7 @@ func (h *orderHarness) retireProduct(t *testing.T, id int, sku string) {
 	if err := h.eng.HandleMessage(h.ctx, "products", msgs[0].Body); err != nil {
 		t.Fatal(err)
 	}
-	if p := h.rowsWhere("products", "productnumber", sku); len(p) != 1 || num(t, p[0], "statecode") != 1 {
+	if p := h.where("products", "productnumber", sku); len(p) != 1 || num(t, p[0], "statecode") != 1 {
 		t.Fatalf("product %s not retired: %v", sku, p)
 	}
 }
@@ -812,7 +812,7 @@ func bulkLifecycleOrders(t testing.TB, n int) ([]*nop.Order, []byte) {
 }
 
 // checkBulkLifecycle asserts every order's end state after a chunk.
-func checkBulkLifecycle(t *testing.T, h *orderHarness, orders []*nop.Order) {
+func checkBulkLifecycle(t *testing.T, h *env, orders []*nop.Order) {
 	t.Helper()
 	for i, o := range orders {
 		so := h.salesOrder(1, o.ID)
@@ -984,7 +984,7 @@ func TestOrderConcurrentSessions(t *testing.T) {
 		}
 	}
 	for cid := 950; cid < 953; cid++ {
-		if c := h.rowsWhere("contacts", "emailaddress1", fmt.Sprintf("shared%d@example.test", cid)); len(c) != 1 {
+		if c := h.where("contacts", "emailaddress1", fmt.Sprintf("shared%d@example.test", cid)); len(c) != 1 {
 			t.Errorf("customer %d: %d contacts", cid, len(c))
 		}
 	}

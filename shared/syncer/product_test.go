@@ -109,9 +109,9 @@ func TestProductLifecycleVariants(t *testing.T) {
 		t.Run(v.name, func(t *testing.T) {
 			e := newEnv(t, envOptions{sim: v.sim})
 			e.each(state.Product, productEvent(t, 3, 1, nil))
-			items := e.wdv.count("Upsert", "productpricelevels")
+			items := e.fdv.count("Upsert productpricelevels")
 			e.each(state.Product, productEvent(t, 3, 2, func(d map[string]any) { d["stockQuantity"] = 3 }))
-			if n := e.wdv.count("Upsert", "productpricelevels") - items; n != 0 {
+			if n := e.fdv.count("Upsert productpricelevels") - items; n != 0 {
 				t.Errorf("a stock change wrote the price list item %d times", n)
 			}
 			p := e.row("products", productID(1, 3))

@@ -322,7 +322,7 @@ func (f *partFailDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([
 // parts after it go in the next batch: every product ends Active.
 func TestBulkPublishPartRefused(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	e.wdv.Dataverse = &partFailDV{Dataverse: e.dv, failPath: dataverse.EntityPath("products", productID(1, 5))}
+	e.fdv.Dataverse = &partFailDV{Dataverse: e.dv, failPath: dataverse.EntityPath("products", productID(1, 5))}
 	var evs []*nop.Event
 	for i := 1; i <= 10; i++ {
 		evs = append(evs, productEvent(t, i, 1, nil))
@@ -335,7 +335,7 @@ func TestBulkPublishPartRefused(t *testing.T) {
 			t.Errorf("product %d: %s %q, state %v", i, r.Status, r.Reason, p["statecode"])
 		}
 	}
-	if n := e.wdv.count("Update", "products"); n != 1 {
+	if n := e.fdv.count("Update products"); n != 1 {
 		t.Errorf("%d single publishes, want 1 (the refused part)", n)
 	}
 }

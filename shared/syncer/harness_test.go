@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -17,57 +21,261 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/localstore"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// orderHarness runs the engine against the Dataverse simulator through the real client,
-// with the embedded state store; both wrapped so tests can inject failures.
-type orderHarness struct {
+// examplesDir is the repository's examples folder, from this package's directory.
+const examplesDir = "../../examples"
+
+// env is the package's test harness: the engine against the Dataverse simulator, through
+// the real client, with the embedded state store; both wrapped so tests can inject
+// failures.
+type env struct {
 	t   testing.TB
 	ctx context.Context
 	srv *dataversetest.Server
-	sim dataversetest.Options
+	sim dataversetest.Options // the simulator's options
 	dv  *dataverse.Client
-	fdv *faultDV
-	st  *faultStore
+	fdv *faultDV    // the client as engines see it
+	st  *faultStore // the state store as engines see it
 	eng *Engine
+	set Settings
+	// busyWait and bulkSize for engines built by engine() (newEnv: don't wait, so busy
+	// shows at once, and chunks of 50; newOrderHarness: the engine's defaults)
+	busyWait time.Duration
+	bulkSize int
 }
 
-type harnessOptions struct {
-	currency string // STORE_CURRENCY_CODE, default USD
-	sim      dataversetest.Options
+type envOptions struct {
+	sim      func(*dataversetest.Options)
+	settings func(*Settings)
 }
 
-func newOrderHarness(t testing.TB, o harnessOptions) *orderHarness {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
-	if o.currency == "" {
-		o.currency = "USD"
+	so := dataversetest.Options{}
+	if o.sim != nil {
+		o.sim(&so)
 	}
-	srv := dataversetest.NewServer(o.sim)
+	srv := dataversetest.NewServer(so)
 	t.Cleanup(srv.Close)
 	dv, err := srv.Client(dataverse.Options{MaxRetries: 1, RetryDelay: time.Millisecond, MaxRetryDelay: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("dataverse client: %v", err)
 	}
-	ls, err := localstore.Open("")
+	st, err := localstore.Open("")
 	if err != nil {
 		t.Fatalf("localstore: %v", err)
 	}
-	h := &orderHarness{t: t, ctx: context.Background(), srv: srv, sim: o.sim, dv: dv,
-		fdv: &faultDV{Dataverse: dv}, st: &faultStore{Store: ls}}
-	h.eng, err = New(Options{
-		DV: h.fdv, State: h.st,
-		Settings: Settings{StoreCurrencyCode: o.currency, WritesEnabled: true},
-		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatalf("engine: %v", err)
+	e := &env{t: t, ctx: context.Background(), srv: srv, sim: so, dv: dv, fdv: &faultDV{Dataverse: dv}, st: &faultStore{Store: st},
+		set: Settings{StoreCurrencyCode: "USD", WritesEnabled: true}, busyWait: -1, bulkSize: 50}
+	if o.settings != nil {
+		o.settings(&e.set)
 	}
-	return h
+	e.eng = e.engine()
+	return e
 }
 
+// engine builds another engine (another "instance") on the same Dataverse and store.
+func (e *env) engine() *Engine {
+	e.t.Helper()
+	eng, err := New(Options{DV: e.fdv, State: e.st, Settings: e.set, BulkSize: e.bulkSize, BusyWait: e.busyWait,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// The tests' picture servers listen on loopback.
+		HTTPClient: pictures.NewClient(pictures.Options{AllowPrefixes: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, AllowAnyPort: true})})
+	if err != nil {
+		e.t.Fatalf("engine: %v", err)
+	}
+	return eng
+}
+
+// harnessOptions build an env the way the orders function runs the engine.
+type harnessOptions struct {
+	currency string // STORE_CURRENCY_CODE, default USD
+	sim      dataversetest.Options
+}
+
+// newOrderHarness is an env whose engine has the engine's own defaults (BusyWait,
+// BulkSize), as deployed.
+func newOrderHarness(t testing.TB, o harnessOptions) *env {
+	t.Helper()
+	e := newEnv(t, envOptions{
+		sim: func(so *dataversetest.Options) { *so = o.sim },
+		settings: func(s *Settings) {
+			if o.currency != "" {
+				s.StoreCurrencyCode = o.currency
+			}
+		},
+	})
+	e.busyWait, e.bulkSize = 0, 0
+	e.eng = e.engine()
+	return e
+}
+
+// wipeState gives engines built afterwards an empty state store (as after the state table
+// was deleted).
+func (e *env) wipeState() {
+	e.t.Helper()
+	st, err := newStore()
+	if err != nil {
+		e.t.Fatalf("localstore: %v", err)
+	}
+	e.st = &faultStore{Store: st}
+}
+
+// deliver sends events the way intake queues them (one message per event, chunk
+// messages for arrays) and hands each message to the engine. It returns the first error.
+func (e *env) deliver(eng *Engine, entity state.Entity, evs ...*nop.Event) error {
+	e.t.Helper()
+	msgs, err := nop.Messages(entity, evs)
+	if err != nil {
+		e.t.Fatalf("messages: %v", err)
+	}
+	var first error
+	for _, m := range msgs {
+		if err := eng.HandleMessage(e.ctx, string(entity)+"s", m.Body); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// each sends every event as its own message.
+func (e *env) each(entity state.Entity, evs ...*nop.Event) {
+	e.t.Helper()
+	for _, ev := range evs {
+		if err := e.deliver(e.eng, entity, ev); err != nil {
+			e.t.Fatalf("event %s (%s %s): %v", ev.ID, ev.Type, ev.EntityID(), err)
+		}
+	}
+}
+
+func (e *env) rec(entity state.Entity, id int) *state.Record {
+	e.t.Helper()
+	r, err := e.st.Get(e.ctx, entity, fmt.Sprint(id))
+	if err != nil {
+		e.t.Fatalf("state of %s %d: %v", entity, id, err)
+	}
+	return r
+}
+
+func (e *env) row(set, id string) map[string]any {
+	e.t.Helper()
+	r, ok := e.srv.Row(set, id)
+	if !ok {
+		e.t.Fatalf("no %s row %s", set, id)
+	}
+	return r
+}
+
+func (e *env) where(set, col, v string) []map[string]any {
+	var out []map[string]any
+	for _, r := range e.srv.Rows(set) {
+		if s, _ := r[col].(string); strings.EqualFold(s, v) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// example reads an example file: one event or an array of events.
+func example(t testing.TB, name string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(examplesDir, name))
+	if err != nil {
+		t.Fatalf("example: %v", err)
+	}
+	var arr []map[string]any
+	if err := json.Unmarshal(b, &arr); err == nil {
+		return arr
+	}
+	var one map[string]any
+	if err := json.Unmarshal(b, &one); err != nil {
+		t.Fatalf("example %s: %v", name, err)
+	}
+	return []map[string]any{one}
+}
+
+// mkEvent builds a validated event from a template: a fresh copy of it with the event
+// id, sequence and data changes given.
+func mkEvent(t testing.TB, tmpl map[string]any, evID string, seq int64, data func(d map[string]any)) *nop.Event {
+	t.Helper()
+	b, _ := json.Marshal(tmpl)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	m["id"] = evID
+	if seq > 0 {
+		m["sequence"] = seq
+	}
+	if data != nil {
+		data(m["data"].(map[string]any))
+	}
+	b, _ = json.Marshal(m)
+	typ, _ := m["type"].(string)
+	ent, _, _ := strings.Cut(typ, ".")
+	evs, err := nop.DecodeRequest(state.Entity(ent), b)
+	if err != nil {
+		t.Fatalf("event %s: %v", evID, err)
+	}
+	return evs[0]
+}
+
+// customerEvent is the example customer with id, email and sequence changed.
+func customerEvent(t testing.TB, tmpl map[string]any, id int, seq int64, email string, data func(d map[string]any)) *nop.Event {
+	return mkEvent(t, tmpl, fmt.Sprintf("cust-%d-%d", id, seq), seq, func(d map[string]any) {
+		d["id"] = id
+		d["email"] = email
+		d["username"] = email
+		if data != nil {
+			data(d)
+		}
+	})
+}
+
+func contactID(storeID, customerID int) string {
+	return deterministicID(storeID, "contact", fmt.Sprint(customerID))
+}
+
+func productID(storeID, id int) string { return deterministicID(storeID, "product", fmt.Sprint(id)) }
+
+// refuse is the error Dataverse gives for data it will not take.
+func refuse(msg string) error {
+	return &dataverse.Error{Op: "test", StatusCode: 400, Code: "0x80044331", Message: msg}
+}
+
+func unavailable() error {
+	return &dataverse.Error{Op: "test", StatusCode: 503, Message: "Service Unavailable", Retryable: true}
+}
+
+func hasEmail(recs []dataverse.Record, email string) bool {
+	for _, r := range recs {
+		if s, _ := r["emailaddress1"].(string); strings.EqualFold(s, email) {
+			return true
+		}
+	}
+	return false
+}
+
+func numOf(v any) float64 {
+	switch n := v.(type) {
+	case float64:
+		return n
+	case int:
+		return float64(n)
+	case int64:
+		return float64(n)
+	case json.Number:
+		f, _ := n.Float64()
+		return f
+	}
+	return -1
+}
+
+func newStore() (state.Store, error) { return localstore.Open("") }
+
 // send delivers one event as a queue message, the way the orders function does.
-func (h *orderHarness) send(ev *nop.Event) error {
+func (h *env) send(ev *nop.Event) error {
 	h.t.Helper()
 	body, err := json.Marshal(map[string]json.RawMessage{"evt": ev.Raw})
 	if err != nil {
@@ -77,14 +285,14 @@ func (h *orderHarness) send(ev *nop.Event) error {
 }
 
 // mustSend delivers an event that must be acknowledged.
-func (h *orderHarness) mustSend(ev *nop.Event) {
+func (h *env) mustSend(ev *nop.Event) {
 	h.t.Helper()
 	if err := h.send(ev); err != nil {
 		h.t.Fatalf("event %s (%s): %v", ev.ID, ev.Type, err)
 	}
 }
 
-func (h *orderHarness) record(id int) *state.Record {
+func (h *env) record(id int) *state.Record {
 	h.t.Helper()
 	rec, err := h.st.Get(h.ctx, state.Order, fmt.Sprint(id))
 	if err != nil {
@@ -94,7 +302,7 @@ func (h *orderHarness) record(id int) *state.Record {
 }
 
 // salesOrder returns the salesorder row of a store order (nil when absent).
-func (h *orderHarness) salesOrder(storeID, id int) map[string]any {
+func (h *env) salesOrder(storeID, id int) map[string]any {
 	r, ok := h.srv.Row("salesorders", salesOrderID(storeID, id))
 	if !ok {
 		return nil
@@ -102,23 +310,12 @@ func (h *orderHarness) salesOrder(storeID, id int) map[string]any {
 	return r
 }
 
-// rowsWhere returns the rows of set whose column equals v (case-insensitive for ids).
-func (h *orderHarness) rowsWhere(set, col, v string) []map[string]any {
-	var out []map[string]any
-	for _, r := range h.srv.Rows(set) {
-		if s, _ := r[col].(string); strings.EqualFold(s, v) {
-			out = append(out, r)
-		}
-	}
-	return out
+func (h *env) lines(orderID string) []map[string]any {
+	return h.where("salesorderdetails", "_salesorderid_value", orderID)
 }
 
-func (h *orderHarness) lines(orderID string) []map[string]any {
-	return h.rowsWhere("salesorderdetails", "_salesorderid_value", orderID)
-}
-
-func (h *orderHarness) invoices(orderID string) []map[string]any {
-	return h.rowsWhere("invoices", "_salesorderid_value", orderID)
+func (h *env) invoices(orderID string) []map[string]any {
+	return h.where("invoices", "_salesorderid_value", orderID)
 }
 
 // num reads a numeric column.
@@ -149,15 +346,19 @@ func moneyCents(t testing.TB, r map[string]any, col string) int64 {
 	return int64(f + 0.5)
 }
 
-// faultDV wraps the Dataverse client: failBefore makes the next n calls of an operation
-// fail without reaching Dataverse; failAfter lets them reach Dataverse and then reports a
-// failure (the answer was lost: the process died or the connection broke).
+// faultDV wraps the Dataverse client and counts its calls by "<method> <set>" ("Batch",
+// "ConvertSalesOrderToInvoice", ... for calls without a set). failBefore makes the next n
+// calls of an operation fail without reaching Dataverse; failAfter lets them reach
+// Dataverse and then reports a failure (the answer was lost: the process died or the
+// connection broke); setFail fails the single and bulk writes (Upsert, Update, Delete,
+// CreateMultiple, UpdateMultiple) it returns an error for.
 type faultDV struct {
 	Dataverse
 	mu     sync.Mutex
 	before map[string]int
 	after  map[string]int
 	calls  map[string]int
+	fail   func(op, set string, recs []dataverse.Record) error // nil: pass
 
 	batchTime time.Duration // total time spent in Batch calls
 	afterPath string
@@ -252,6 +453,60 @@ func (f *faultDV) count(op string) int {
 	return f.calls[op]
 }
 
+// counts returns a copy of the call counts.
+func (f *faultDV) counts() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.calls)
+}
+
+func (f *faultDV) setFail(fn func(op, set string, recs []dataverse.Record) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = fn
+}
+
+// failing asks the setFail function about a write.
+func (f *faultDV) failing(op, set string, recs ...dataverse.Record) error {
+	f.mu.Lock()
+	fail := f.fail
+	f.mu.Unlock()
+	if fail != nil {
+		return fail(op, set, recs)
+	}
+	return nil
+}
+
+func (f *faultDV) Upsert(ctx context.Context, set, id string, rec dataverse.Record, mode dataverse.UpsertMode) (bool, error) {
+	if err := f.enter("Upsert " + set); err != nil {
+		return false, err
+	}
+	if err := f.failing("Upsert", set, rec); err != nil {
+		return false, err
+	}
+	return f.Dataverse.Upsert(ctx, set, id, rec, mode)
+}
+
+func (f *faultDV) Delete(ctx context.Context, set, id string) error {
+	if err := f.enter("Delete " + set); err != nil {
+		return err
+	}
+	if err := f.failing("Delete", set); err != nil {
+		return err
+	}
+	return f.Dataverse.Delete(ctx, set, id)
+}
+
+func (f *faultDV) UpdateMultiple(ctx context.Context, set, logical string, recs []dataverse.Record) error {
+	if err := f.enter("UpdateMultiple " + set); err != nil {
+		return err
+	}
+	if err := f.failing("UpdateMultiple", set, recs...); err != nil {
+		return &dataverse.BulkError{Message: "UpdateMultiple " + set, Chunks: []dataverse.ChunkError{{Start: 0, End: len(recs), Err: err}}}
+	}
+	return f.Dataverse.UpdateMultiple(ctx, set, logical, recs)
+}
+
 // enter counts the call and reports whether to fail before it.
 func (f *faultDV) enter(op string) error {
 	f.mu.Lock()
@@ -309,6 +564,9 @@ func (f *faultDV) CreateMultiple(ctx context.Context, set, logicalName string, r
 	op := "CreateMultiple " + set
 	if err := f.enter(op); err != nil {
 		return nil, err
+	}
+	if err := f.failing("CreateMultiple", set, recs...); err != nil {
+		return nil, &dataverse.BulkError{Message: "CreateMultiple " + set, Chunks: []dataverse.ChunkError{{Start: 0, End: len(recs), Err: err}}}
 	}
 	f.mu.Lock()
 	path := f.poison
@@ -410,7 +668,7 @@ func reEvent(t testing.TB, ev *nop.Event, id, typ string, seq int64, edit func(o
 }
 
 // addCurrency adds a transaction currency, as an admin would in Dynamics 365.
-func (h *orderHarness) addCurrency(t *testing.T, code string) {
+func (h *env) addCurrency(t *testing.T, code string) {
 	t.Helper()
 	_, err := h.dv.Create(h.ctx, "transactioncurrencies", dataverse.Record{
 		"isocurrencycode": code, "currencyname": code, "currencysymbol": code,
