@@ -92,6 +92,11 @@ type Options struct {
 	// server's x-ms-dop-hint lowers it further. The bound starts at 1, grows
 	// by one per answer and halves on a 429 (see Concurrency).
 	MaxConcurrency int
+	// Limits are the service protection limits the client paces its requests to
+	// (zero fields: Dataverse's defaults); NoPacing turns the pacing off, leaving
+	// the 429s and their Retry-After to hold requests back.
+	Limits   Limits
+	NoPacing bool
 	// BulkChunkSize is the number of rows per *Multiple request (or per $batch change
 	// set for a table without those messages). Default DefaultBulkChunkSize.
 	BulkChunkSize int
@@ -238,6 +243,9 @@ func New(o Options) (*Client, error) {
 		log:       logf,
 	}
 	c.throttle = newThrottle(maxConc)
+	if !o.NoPacing {
+		c.throttle.budget = newBudget(o.Limits)
+	}
 
 	scope := u.String() + "/.default"
 	bearer := runtime.NewBearerTokenPolicy(c.tokens, []string{scope}, &policy.BearerTokenOptions{
@@ -276,6 +284,14 @@ func (c *Client) SecretExpires(ctx context.Context) (*time.Time, error) {
 
 // Concurrency is the current bound on requests in flight (after x-ms-dop-hint).
 func (c *Client) Concurrency() int { return c.throttle.sem.Limit() }
+
+// Pacing says how often requests were held back to stay within Options.Limits.
+func (c *Client) Pacing() PacingStats {
+	if c.throttle.budget == nil {
+		return PacingStats{}
+	}
+	return c.throttle.budget.stats()
+}
 
 // request is one Web API call.
 type request struct {

@@ -39,6 +39,8 @@ func (p *reauthPolicy) Do(req *policy.Request) (*http.Response, error) {
 type throttle struct {
 	sem *semaphore
 	max int
+	// budget, when set, decides when a request holding a slot may leave.
+	budget *budget
 
 	// concurrency follows additive increase / multiplicative decrease
 	// towards target (x-ms-dop-hint, at most max): +1 per answer that was
@@ -152,13 +154,30 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 		}
 		t.sem.Release()
 	}
+	var res *reservation
+	if t.budget != nil {
+		r, err := t.budget.acquire(ctx)
+		if err != nil {
+			t.sem.Release()
+			return nil, err
+		}
+		res = r
+	}
 	// Connecting can take long (TLS handshakes under load); a 429 that
 	// arrives meanwhile must still hold this request, so look at the gate
 	// again once the connection is ready, right before the request is written.
 	gated := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { t.waitUntil(ctx) },
+		GotConn: func(httptrace.GotConnInfo) {
+			t.waitUntil(ctx)
+			if res != nil {
+				res.started()
+			}
+		},
 	}))
 	resp, err := gated.Next() // the body is downloaded inside: the slot covers it
+	if res != nil {
+		t.budget.done(res, resp)
+	}
 	t.sem.Release()
 	if err != nil {
 		return resp, err

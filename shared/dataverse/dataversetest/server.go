@@ -470,9 +470,14 @@ func (s *Server) ClientSecret() string { return s.auth.secret() }
 // Client returns a Dataverse client for this server: o with the server's environment URL,
 // tenant, client id, authority host and CA filled in, and its client secret unless
 // o.Secret is set (a test of secret rotation passes its own source). Everything else in
-// o (retries, bulk size, logger) is the caller's.
+// o (retries, bulk size, logger) is the caller's; a zero o.Limits is the server's own
+// limits, TimeScale applied, so the client paces itself to them.
 func (s *Server) Client(o dataverse.Options) (*dataverse.Client, error) {
 	o.EnvironmentURL, o.TenantID, o.ClientID = s.URL(), s.TenantID, s.ClientID
+	if o.Limits == (dataverse.Limits{}) && !s.o.Limits.Disabled {
+		l := s.o.Limits
+		o.Limits = dataverse.Limits{Window: s.scaled(l.Window), Requests: l.Requests, Execution: s.scaled(l.ExecutionTime)}
+	}
 	o.AuthorityHost, o.RootCAs = s.AuthorityHost(), s.CertPool()
 	if o.Secret == nil {
 		o.Secret = dataverse.StaticSecret(s.ClientSecret())

@@ -1,0 +1,271 @@
+package dataverse
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Limits are the service protection limits the client paces itself to. Dataverse
+// evaluates them per user over a 5-minute sliding window: 6,000 requests and 1,200 s of
+// combined execution time, and a 429 only comes once they are exceeded
+// (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits). Zero
+// fields take those defaults.
+type Limits struct {
+	Window    time.Duration // default 300 s
+	Requests  int           // per Window, default 6000
+	Execution time.Duration // per Window, default 1200 s
+	// Share is the part of each budget this client spends (default 0.95): the margin
+	// absorbs estimates that come in late or low.
+	Share float64
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.Window <= 0 {
+		l.Window = 300 * time.Second
+	}
+	if l.Requests <= 0 {
+		l.Requests = 6000
+	}
+	if l.Execution <= 0 {
+		l.Execution = 1200 * time.Second
+	}
+	if l.Share <= 0 || l.Share > 1 {
+		l.Share = 0.95
+	}
+	return l
+}
+
+// budgetSpans is how many parts of the window the pacer accounts over: it keeps each
+// sliding tenth of the window within a tenth of the budget, so the spend stays even and
+// any whole window stays within the budget, also on a server whose window is that tenth
+// with the same rates.
+const budgetSpans = 10
+
+// budget paces requests so that the requests and the execution time they cost stay
+// within Limits: a request waits when the spend projected over the last span (the
+// answered requests' estimated execution time, the estimates of those in flight and of
+// this one) would pass the span's share. It decides when the next request may leave;
+// which request that is, is the semaphore's business.
+//
+// A request's execution time is estimated from its latency (sending the request to
+// receiving the whole answer), an upper bound of the time the server spent on it. When
+// answers carry x-ms-ratelimit-time-remaining-xrm-requests and
+// x-ms-ratelimit-burst-remaining-xrm-requests (reported by third parties, not in
+// Microsoft's pages), they also hold requests back while the server reports less than
+// the margin left.
+type budget struct {
+	span     time.Duration
+	execCap  time.Duration // per span
+	reqCap   int           // per span
+	marginOf float64       // 1 - Share
+
+	mu       sync.Mutex
+	spent    []charge // answered requests, in time order
+	execSum  time.Duration
+	reqSum   int
+	inflight time.Duration // estimates of requests in flight
+	nflight  int
+	est      time.Duration // moving average of a request's execution time
+	wake     chan struct{} // closed when a request is answered
+
+	// What the server last reported, and the most it ever reported (its full budget).
+	hdrAt              time.Time
+	timeLeft, timeMax  float64 // milliseconds
+	burstLeft, burstMx int
+
+	delayed int
+	delay   time.Duration
+}
+
+type charge struct {
+	at   time.Time
+	exec time.Duration
+	reqs int
+}
+
+// reservation is a request let through: its estimate, held until it is answered.
+type reservation struct {
+	est   time.Duration
+	start time.Time
+}
+
+func newBudget(l Limits) *budget {
+	l = l.withDefaults()
+	return &budget{
+		span:     l.Window / budgetSpans,
+		execCap:  time.Duration(l.Share * float64(l.Execution) / budgetSpans),
+		reqCap:   max(1, int(l.Share*float64(l.Requests)/budgetSpans)),
+		marginOf: 1 - l.Share,
+		wake:     make(chan struct{}),
+	}
+}
+
+// pruneLocked drops charges older than a span.
+func (b *budget) pruneLocked(now time.Time) {
+	cut := now.Add(-b.span)
+	i := 0
+	for i < len(b.spent) && !b.spent[i].at.After(cut) {
+		b.execSum -= b.spent[i].exec
+		b.reqSum -= b.spent[i].reqs
+		i++
+	}
+	b.spent = b.spent[i:]
+}
+
+// waitLocked is how long a request must wait before the projected spend fits, 0 when
+// it may leave now; poll reports a wait that only an answer can shorten.
+func (b *budget) waitLocked(now time.Time) (d time.Duration, poll bool) {
+	b.pruneLocked(now)
+	need := b.execSum + b.inflight + b.est
+	reqs := b.reqSum + b.nflight + 1
+	if hd, hpoll := b.headerWaitLocked(now); hd > 0 {
+		return hd, hpoll
+	}
+	if need <= b.execCap && reqs <= b.reqCap {
+		return 0, false
+	}
+	if len(b.spent) == 0 && b.nflight == 0 {
+		return 0, false // a request costlier than a span's share still goes, alone
+	}
+	// Walk the charges from the oldest until enough has left the span.
+	for _, c := range b.spent {
+		need -= c.exec
+		reqs -= c.reqs
+		if need <= b.execCap && reqs <= b.reqCap {
+			return c.at.Add(b.span).Sub(now), false
+		}
+	}
+	// Only requests in flight can make room.
+	return b.span, true
+}
+
+// headerWaitLocked holds requests while the server's own figures, reported less than a
+// span ago, leave less than half the margin after this request. With
+// nothing in flight one request goes through to learn the current figures.
+func (b *budget) headerWaitLocked(now time.Time) (time.Duration, bool) {
+	if b.hdrAt.IsZero() || now.Sub(b.hdrAt) > b.span || b.nflight == 0 {
+		return 0, false
+	}
+	// Half the margin: a server may already have charged the requests in flight.
+	if b.timeMax > 0 {
+		left := b.timeLeft - float64(b.est/time.Millisecond)
+		if left < b.marginOf/2*b.timeMax {
+			return b.span, true
+		}
+	}
+	if b.burstMx > 0 && float64(b.burstLeft-1) < b.marginOf/2*float64(b.burstMx) {
+		return b.span, true
+	}
+	return 0, false
+}
+
+// acquire waits until the request fits the budget and reserves its estimate.
+func (b *budget) acquire(ctx context.Context) (*reservation, error) {
+	var waited time.Duration
+	for {
+		now := time.Now()
+		b.mu.Lock()
+		d, _ := b.waitLocked(now)
+		if d <= 0 {
+			r := &reservation{est: b.est, start: now}
+			b.inflight += r.est
+			b.nflight++
+			if waited > 0 {
+				b.delayed++
+				b.delay += waited
+			}
+			b.mu.Unlock()
+			return r, nil
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		tm := time.NewTimer(d)
+		select {
+		case <-tm.C:
+		case <-wake:
+			tm.Stop()
+		case <-ctx.Done():
+			tm.Stop()
+			return nil, ctx.Err()
+		}
+		waited += time.Since(now)
+	}
+}
+
+// started marks the moment the request is being sent (its connection is ready).
+func (r *reservation) started() { r.start = time.Now() }
+
+// done charges an answered (or failed) request: its latency as its execution time,
+// and the server's figures when the answer has them.
+func (b *budget) done(r *reservation, resp *http.Response) {
+	now := time.Now()
+	lat := now.Sub(r.start)
+	if resp != nil && resp.StatusCode == http.StatusTooManyRequests {
+		lat = 0 // refused before it ran
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.inflight -= r.est
+	b.nflight--
+	b.pruneLocked(now)
+	// The request counts from when it left, its execution time from when it was answered:
+	// both no earlier than the server counted them, so they leave the span no earlier.
+	b.spent = append(b.spent, charge{at: now, exec: lat, reqs: 1})
+	b.execSum += lat
+	b.reqSum++
+	if lat > 0 {
+		if b.est == 0 {
+			b.est = lat
+		} else {
+			b.est = (4*b.est + lat) / 5
+		}
+	}
+	if resp != nil {
+		b.readHeadersLocked(resp.Header, now)
+	}
+	close(b.wake)
+	b.wake = make(chan struct{})
+}
+
+func (b *budget) readHeadersLocked(h http.Header, now time.Time) {
+	tl, okT := parseFigure(h.Get("x-ms-ratelimit-time-remaining-xrm-requests"))
+	bl, okB := parseFigure(h.Get("x-ms-ratelimit-burst-remaining-xrm-requests"))
+	if !okT && !okB {
+		return
+	}
+	b.hdrAt = now
+	if okT {
+		b.timeLeft = tl
+		b.timeMax = max(b.timeMax, tl)
+	}
+	if okB {
+		b.burstLeft = int(bl)
+		b.burstMx = max(b.burstMx, int(bl))
+	}
+}
+
+// parseFigure reads a header number, with or without thousands separators.
+func parseFigure(v string) (float64, bool) {
+	v = strings.ReplaceAll(strings.TrimSpace(v), ",", "")
+	if v == "" {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	return f, err == nil && f >= 0
+}
+
+// PacingStats says how often the client held requests back to stay within Limits.
+type PacingStats struct {
+	Delayed int           // requests that waited
+	Delay   time.Duration // their waits added up
+}
+
+func (b *budget) stats() PacingStats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return PacingStats{Delayed: b.delayed, Delay: b.delay}
+}
