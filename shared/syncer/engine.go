@@ -20,6 +20,14 @@
 // permanent(err) make the class explicit. Chunks that re-send stored events
 // (nop.Chunk.Resync, what ops' sync runs send) are forced: rec.DataHash is cleared
 // before sync, so unchanged data is written again.
+//
+// Structure: Engine (engine.go, chunk.go) decodes messages, claims each entity's record
+// through leases (lease.go, also used when an order writes a customer or product from its
+// own copy), hands the event to its syncer and records the result. customerSyncer,
+// productSyncer and orderSyncer own their entity's logic and caches, each with its bulk
+// path (*_bulk.go); they share deps (deps.go: Dataverse, state, settings, leases, the
+// bootstrapper holding the shared rows of bootstrap.go) and bulkGroup, the
+// CreateMultiple/UpdateMultiple writer (bulk.go).
 package syncer
 
 import (
