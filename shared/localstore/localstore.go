@@ -891,8 +891,8 @@ func (s *Store) lineOf(find func() (loc, bool)) ([]byte, loc, error) {
 
 // Save implements state.Store.
 func (s *Store) Save(ctx context.Context, rec *state.Record) error {
-	if err := checkRecord(rec); err != nil {
-		return err
+	if err := state.ValidateRecord(rec); err != nil {
+		return fmt.Errorf("localstore: save: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -900,7 +900,7 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	// The line is made before taking the lock: the ETag comes from an atomic counter
 	// (one lost to a conflict is never reused, which is all ETags need).
 	n := *rec
-	n.Reason = cut.Bytes(n.Reason, MaxString, "")
+	n.Reason = cut.Bytes(n.Reason, state.MaxString, "")
 	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
 	n.UpdatedAt = time.Now().UTC()
 	n.ETag = strconv.FormatUint(s.nextETag(), 10)
@@ -1065,8 +1065,8 @@ func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error
 
 // SaveDoc implements state.Store.
 func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
-	if err := checkDoc(doc); err != nil {
-		return err
+	if err := state.ValidateDoc(doc); err != nil {
+		return fmt.Errorf("localstore: save doc: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err

@@ -16,14 +16,13 @@ import (
 const (
 	// chunkSize: Table Storage's limit for one binary property.
 	chunkSize = 64 << 10
-	// MaxData is the largest Data (or doc Value) one entity holds: 10 binary properties,
-	// well inside the 1 MiB entity limit with the other properties.
-	MaxData = 10 * chunkSize
-	// maxString bounds the string properties (the service allows 32K UTF-16 units).
-	maxString = 16 << 10
-	// maxExtra bounds Extra as JSON.
-	maxExtra = 30_000
+	// maxChunks binary properties hold state.MaxData, well inside the 1 MiB entity limit
+	// with the other properties.
+	maxChunks = 10
 )
+
+// The entity layout must hold what every store accepts.
+var _ [maxChunks*chunkSize - state.MaxData]struct{}
 
 // Property names of a record row. Empty values are left out (Replace removes them).
 const (
@@ -61,15 +60,15 @@ func recordEntity(r *state.Record, pk string, updatedAt time.Time) ([]byte, erro
 		{pDataverseID, r.DataverseID}, {pOrderKey, r.OrderKey}, {pLastEventID, r.LastEventID},
 		{pDataHash, r.DataHash}, {pLeaseOwner, r.LeaseOwner},
 	} {
-		if len(f.v) > maxString {
-			return nil, fmt.Errorf("%s is %d bytes long, at most %d allowed", f.name, len(f.v), maxString)
+		if len(f.v) > state.MaxString {
+			return nil, fmt.Errorf("%s is %d bytes long, at most %d allowed", f.name, len(f.v), state.MaxString)
 		}
 		if f.v != "" {
 			p[f.name] = f.v
 		}
 	}
 	if r.Reason != "" {
-		p[pReason] = cut.Bytes(r.Reason, maxString, "")
+		p[pReason] = cut.Bytes(r.Reason, state.MaxString, "")
 	}
 	if r.Transient {
 		p[pTransient] = true
@@ -91,8 +90,8 @@ func recordEntity(r *state.Record, pk string, updatedAt time.Time) ([]byte, erro
 		if err != nil {
 			return nil, fmt.Errorf("extra: %w", err)
 		}
-		if len(b) > maxExtra {
-			return nil, fmt.Errorf("extra is %d bytes as JSON, at most %d allowed", len(b), maxExtra)
+		if len(b) > state.MaxExtra {
+			return nil, fmt.Errorf("extra is %d bytes as JSON, at most %d allowed", len(b), state.MaxExtra)
 		}
 		p[pExtra] = string(b)
 	}
@@ -106,8 +105,8 @@ func recordEntity(r *state.Record, pk string, updatedAt time.Time) ([]byte, erro
 }
 
 func putChunks(p map[string]any, lenName, chunkName string, b []byte) error {
-	if len(b) > MaxData {
-		return fmt.Errorf("%d bytes, at most %d fit in a Table Storage entity", len(b), MaxData)
+	if len(b) > maxChunks*chunkSize {
+		return fmt.Errorf("%d bytes, at most %d fit in a Table Storage entity", len(b), maxChunks*chunkSize)
 	}
 	if len(b) == 0 {
 		return nil

@@ -11,10 +11,6 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// MaxKeyLen bounds ids, doc kinds and doc keys in bytes. Escaped (at most 3 characters
-// per byte) and prefixed, a key stays under Table Storage's 1 KiB key limit.
-const MaxKeyLen = 160
-
 // Row keys inside an entity's partition:
 //
 //	00000000000000001001   record of a decimal id (zero-padded to 20 digits: RowKey order = numeric order)
@@ -28,18 +24,6 @@ const (
 	docPartition  = "doc-"
 	escapeChar    = '!'
 )
-
-func checkKey(what, k string) error {
-	switch {
-	case k == "":
-		return fmt.Errorf("%s is empty", what)
-	case len(k) > MaxKeyLen:
-		return fmt.Errorf("%s is %d bytes long, at most %d allowed", what, len(k), MaxKeyLen)
-	case !utf8.ValidString(k):
-		return fmt.Errorf("%s %q is not valid UTF-8", what, k)
-	}
-	return nil
-}
 
 func checkEntity(e state.Entity) error {
 	if !slices.Contains(state.Entities, e) {

@@ -8,6 +8,7 @@ import (
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/state/statetest"
 )
 
@@ -38,19 +39,19 @@ func TestRowKeys(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	alphabet := []rune("ab09/\\#?%+'!~ \t\x00\x7f\u0085é日🙂-_.:")
 	for range 2000 {
-		n := 1 + rnd.IntN(MaxKeyLen/4)
+		n := 1 + rnd.IntN(state.MaxKeyLen/4)
 		var b strings.Builder
 		for b.Len() < n {
 			b.WriteRune(alphabet[rnd.IntN(len(alphabet))])
 		}
 		id := b.String()
-		if len(id) > MaxKeyLen || !utf8.ValidString(id) {
+		if len(id) > state.MaxKeyLen || !utf8.ValidString(id) {
 			continue
 		}
 		checkRowKey(t, id, rowKeyOf(id))
 	}
-	// Worst case: MaxKeyLen bytes that all need escaping still fit a key.
-	checkRowKey(t, strings.Repeat("\u0085", MaxKeyLen/2), rowKeyOf(strings.Repeat("\u0085", MaxKeyLen/2)))
+	// Worst case: state.MaxKeyLen bytes that all need escaping still fit a key.
+	checkRowKey(t, strings.Repeat("\u0085", state.MaxKeyLen/2), rowKeyOf(strings.Repeat("\u0085", state.MaxKeyLen/2)))
 	// Decimal ids: row key order is numeric order, and they come before other keys.
 	prev := ""
 	for _, n := range []uint64{0, 1, 2, 9, 10, 99, 100, 1001, 1 << 31, 1<<64 - 1} {

@@ -274,24 +274,15 @@ func splitETag(etag string) (state.Status, azcore.ETag, bool) {
 }
 
 func checkRecord(r *state.Record) error {
-	if r == nil {
-		return errors.New("tablestorage: save: nil record")
-	}
-	if err := checkEntity(r.Entity); err != nil {
-		return fmt.Errorf("tablestorage: save %q %q: %w", r.Entity, r.ID, err)
-	}
-	if err := checkKey("id", r.ID); err != nil {
-		return fmt.Errorf("tablestorage: save %s: %w", r.Entity, err)
-	}
-	if !slices.Contains(state.Statuses, r.Status) {
-		return fmt.Errorf("tablestorage: save %s %q: unknown status %q", r.Entity, r.ID, r.Status)
+	if err := state.ValidateRecord(r); err != nil {
+		return fmt.Errorf("tablestorage: save: %w", err)
 	}
 	return nil
 }
 
 // Get implements state.Store.
 func (s *Store) Get(ctx context.Context, entity state.Entity, id string) (*state.Record, error) {
-	if checkEntity(entity) != nil || checkKey("id", id) != nil {
+	if checkEntity(entity) != nil || state.CheckKey("id", id) != nil {
 		return nil, fmt.Errorf("tablestorage: get %s %q: %w", entity, id, state.ErrNotFound)
 	}
 	resp, err := s.c.GetEntity(ctx, s.partitionOf(entity, id), rowKeyOf(id), nil)
@@ -663,7 +654,7 @@ func (s *Store) countEntity(ctx context.Context, e state.Entity) (map[state.Stat
 
 // GetDoc implements state.Store.
 func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error) {
-	if checkKey("doc kind", kind) != nil || checkKey("doc key", key) != nil {
+	if state.CheckKey("doc kind", kind) != nil || state.CheckKey("doc key", key) != nil {
 		return nil, fmt.Errorf("tablestorage: get doc %s %q: %w", kind, key, state.ErrNotFound)
 	}
 	resp, err := s.c.GetEntity(ctx, docPartitionOf(kind), escape(key), nil)
@@ -683,14 +674,8 @@ func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error
 
 // SaveDoc implements state.Store.
 func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
-	if doc == nil {
-		return errors.New("tablestorage: save doc: nil doc")
-	}
-	if err := checkKey("doc kind", doc.Kind); err != nil {
+	if err := state.ValidateDoc(doc); err != nil {
 		return fmt.Errorf("tablestorage: save doc: %w", err)
-	}
-	if err := checkKey("doc key", doc.Key); err != nil {
-		return fmt.Errorf("tablestorage: save doc %s: %w", doc.Kind, err)
 	}
 	fail := func(err error) error { return fmt.Errorf("tablestorage: save doc %s %q: %w", doc.Kind, doc.Key, err) }
 	body, err := docEntity(doc)
@@ -732,7 +717,7 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 // ListDocs implements state.Store: the kind's docs, keys in byte order (newest last
 // for time-stamped keys).
 func (s *Store) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
-	if checkKey("doc kind", kind) != nil {
+	if state.CheckKey("doc kind", kind) != nil {
 		return nil, nil
 	}
 	filter := "PartitionKey eq " + odataString(docPartitionOf(kind))

@@ -28,9 +28,6 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// MaxData is the largest Data blob a store must hold (the largest queue message).
-const MaxData = 256 << 10
-
 // Run runs the suite. newStore must return a new, empty store each time it is called
 // (a "wiped" store); the suite calls it once per subtest, sometimes twice.
 func Run(t *testing.T, newStore func(t *testing.T) state.Store) {
@@ -690,7 +687,7 @@ func testConcurrentSame(t *testing.T, newStore func(t *testing.T) state.Store) {
 func testData(t *testing.T, newStore func(t *testing.T) state.Store) {
 	s := newStore(t)
 	rnd := rand.New(rand.NewPCG(7, 7))
-	sizes := []int{0, 1, 64<<10 - 1, 64 << 10, 64<<10 + 1, MaxData - 1, MaxData}
+	sizes := []int{0, 1, 64<<10 - 1, 64 << 10, 64<<10 + 1, state.MaxData - 1, state.MaxData}
 	for i, n := range sizes {
 		data := make([]byte, n)
 		for j := range data {
@@ -714,7 +711,7 @@ func testData(t *testing.T, newStore func(t *testing.T) state.Store) {
 	if got := mustGet(t, s, state.Product, r.ID); string(got.Data) != "small" {
 		t.Fatalf("after shrinking: %d bytes", len(got.Data))
 	}
-	r.Data = bytes.Repeat([]byte("{}"), MaxData/2)
+	r.Data = bytes.Repeat([]byte("{}"), state.MaxData/2)
 	mustSave(t, s, r)
 	if got := mustGet(t, s, state.Product, r.ID); !bytes.Equal(got.Data, r.Data) {
 		t.Fatalf("after growing: %d bytes", len(got.Data))
@@ -1117,9 +1114,12 @@ func testLimits(t *testing.T, newStore func(t *testing.T) state.Store) {
 	r := rec(state.Product, "1", state.Pending)
 	mustSave(t, s, r)
 	for name, mod := range map[string]func(*state.Record){
-		"2 MiB of Data":     func(r *state.Record) { r.Data = make([]byte, 2<<20) },
-		"100 KiB of Extra":  func(r *state.Record) { r.Extra = map[string]string{"big": strings.Repeat("x", 100<<10)} },
-		"negative attempts": func(r *state.Record) { r.Attempts = -1 },
+		"Data one byte over state.MaxData": func(r *state.Record) { r.Data = make([]byte, state.MaxData+1) },
+		"Extra over state.MaxExtra as JSON": func(r *state.Record) {
+			r.Extra = map[string]string{"big": strings.Repeat("x", state.MaxExtra-len(`{"big":""}`)+1)}
+		},
+		"a data hash over state.MaxString": func(r *state.Record) { r.DataHash = strings.Repeat("h", state.MaxString+1) },
+		"negative attempts":                func(r *state.Record) { r.Attempts = -1 },
 	} {
 		c := *r
 		c.Status = state.Synced
@@ -1135,11 +1135,26 @@ func testLimits(t *testing.T, newStore func(t *testing.T) state.Store) {
 	expectSame(t, "record after refused saves", mustGet(t, s, state.Product, "1"), r)
 	expectCounts(t, s, state.Counts{state.Product: {state.Pending: 1}})
 
+	// At the limits everything is kept.
+	edge := rec(state.Customer, strings.Repeat("k", state.MaxKeyLen), state.Synced)
+	edge.Extra = map[string]string{"big": strings.Repeat("x", state.MaxExtra-len(`{"big":""}`))}
+	edge.DataHash = strings.Repeat("h", state.MaxString)
+	mustSave(t, s, edge)
+	if got := mustGet(t, s, state.Customer, edge.ID); len(got.Extra["big"]) != len(edge.Extra["big"]) || got.DataHash != edge.DataHash {
+		t.Fatalf("a record at the limits came back changed")
+	}
+	if err := s.Save(ctx, rec(state.Customer, strings.Repeat("k", state.MaxKeyLen+1), state.Synced)); err == nil {
+		t.Errorf("an id of state.MaxKeyLen+1 bytes was saved")
+	}
+	if err := s.SaveDoc(ctx, &state.Doc{Kind: "limits", Key: "big", Value: make([]byte, state.MaxData+1)}); err == nil {
+		t.Errorf("a doc value of state.MaxData+1 bytes was saved")
+	}
+
 	long := strings.Repeat("é", 50<<10) // 100 KiB
 	r.Reason = long
 	mustSave(t, s, r)
 	got := mustGet(t, s, state.Product, "1")
-	if len(got.Reason) < 4<<10 || !strings.HasPrefix(long, got.Reason) || !utf8.ValidString(got.Reason) {
+	if len(got.Reason) < 4<<10 || len(got.Reason) > state.MaxString || !strings.HasPrefix(long, got.Reason) || !utf8.ValidString(got.Reason) {
 		t.Fatalf("a 100 KiB Reason came back as %d bytes, want a valid prefix of at least 4 KiB", len(got.Reason))
 	}
 }
