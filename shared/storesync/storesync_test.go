@@ -1,7 +1,9 @@
 package storesync_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/nopsync/nopsync/shared/localstore"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/nopdb"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/storesync"
 	"github.com/nopsync/nopsync/shared/storesync/storesynctest"
@@ -238,5 +241,43 @@ func TestPassRowFailures(t *testing.T) {
 	}
 	if p.Failures[0].ID != "10" || p.Failures[0].Reason == "" {
 		t.Fatalf("first failure %+v", p.Failures[0])
+	}
+}
+
+// Stored data laid out with other white space is unchanged under nopdb's hash (compact
+// JSON); other data is changed.
+func TestStateDifferCanonicalHash(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t)
+	data := storesynctest.Customer(5, "c5@example.com")
+	evs, err := nop.DecodeRequest(state.Customer, fmt.Appendf(nil, `{"id":"r5","type":"customer.updated","occurredOnUtc":"2026-12-04T00:00:00Z","storeId":1,"data":%s}`, data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	json.Indent(&buf, data, "", "   ") // other bytes, same JSON
+	relaid := buf.Bytes()
+	if bytes.Equal(relaid, data) {
+		t.Fatal("the test needs other bytes")
+	}
+	d := &storesync.StateDiffer{State: st, Hash: nopdb.DataHash}
+	for _, tc := range []struct {
+		stored []byte
+		want   bool
+	}{
+		{relaid, true},
+		{storesynctest.Customer(5, "other@example.com"), false},
+	} {
+		rec := &state.Record{Entity: state.Customer, ID: "5", Status: state.Synced, Data: fmt.Appendf(nil, `{"id":"e","type":"customer.updated","data":%s}`, tc.stored)}
+		if old, err := st.Get(ctx, state.Customer, "5"); err == nil {
+			rec.ETag = old.ETag
+		}
+		if err := st.Save(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.Unchanged(ctx, state.Customer, evs, []string{nopdb.DataHash(evs[0].Data)})
+		if err != nil || got[0] != tc.want {
+			t.Fatalf("stored %s: unchanged %v, want %v (%v)", tc.stored, got, tc.want, err)
+		}
 	}
 }
