@@ -30,7 +30,7 @@ import (
 
 // functionNames lists the functions this executable serves: one folder each under
 // functions/ (the drift tests hold the two lists together).
-var functionNames = []string{"events", "customers", "products", "orders", "autosync", "sync", "status", "deadletters"}
+var functionNames = []string{"events", "customers", "products", "orders", "customers-bulk", "products-bulk", "orders-bulk", "autosync", "sync", "status", "deadletters"}
 
 // app holds the clients and services, built once and shared by every invocation.
 type app struct {

@@ -1001,6 +1001,177 @@ func BenchmarkLiveLatency(b *testing.B) {
 	}
 }
 
+// BenchmarkLiveDuringImportLatency: single customer events at a steady rate (default 5/s)
+// while 20,000 customers are imported in arrays of 1000 (BENCH_CUSTOMERS), limits on
+// and requests taking their execution time (BENCH_COST=30+8: 30 ms per request and 8 ms
+// per row written instead of the simulator's defaults). It imports the customers once
+// alone, then as many other customers again with the live events arriving, and reports
+// the live events' latency from their 202 to their contact in the simulator and the
+// import's throughput in both runs: live events go ahead of the import (their own
+// queue and the Dataverse client's slots first), and the import keeps its speed.
+func BenchmarkLiveDuringImportLatency(b *testing.B) {
+	nCust := envInt("BENCH_CUSTOMERS", 20000)
+	rate := envInt("BENCH_LIVE_RATE", 5)
+	for range b.N {
+		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
+		o := dataversetest.Options{Limits: limits, SleepExecutionTime: true}
+		costName := "simulator default (2 ms/request + 2 ms/row)"
+		if os.Getenv("BENCH_COST") == "30+8" {
+			o.ExecutionCost = dataversetest.ExecutionCost{PerRequest: 30 * time.Millisecond, PerRowWritten: 8 * time.Millisecond}
+			costName = "30 ms/request + 8 ms/row"
+		}
+		r := newBenchRig(b, o)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		// Warm-up: one event so bootstrap and the token are not in the figures.
+		if err := r.store.post(ctx, "customer", event("customer", "created", 2999999, 1, customerData(2999999, 1))); err != nil {
+			b.Fatal(err)
+		}
+		if err := waitRows(ctx, r.sim, "contacts", 1); err != nil {
+			b.Fatal(err)
+		}
+
+		// importRun imports the customers base+1..base+nCust and returns its rate (rows/s)
+		// once every contact is in the simulator and no request is in flight.
+		importRun := func(base int) (float64, time.Duration) {
+			evs := make([]json.RawMessage, nCust)
+			ids := make([]string, nCust)
+			for i := range nCust {
+				evs[i] = event("customer", "updated", base+1+i, 1, customerData(base+1+i, 2))
+				ids[i] = contactID(base + 1 + i)
+			}
+			start := time.Now()
+			errc := make(chan error, 1)
+			go func() { errc <- r.importArrays(ctx, "customer", evs, 4) }()
+			for next := 0; next < nCust; {
+				if _, ok := r.sim.Row("contacts", ids[next]); ok {
+					next++
+					continue
+				}
+				select {
+				case <-ctx.Done():
+					b.Fatalf("import: %d of %d contacts: %v", next, nCust, ctx.Err())
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			if err := <-errc; err != nil {
+				b.Fatal(err)
+			}
+			for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
+				time.Sleep(5 * time.Millisecond)
+			}
+			d := time.Since(start)
+			return float64(nCust) / d.Seconds(), d
+		}
+		alone, aloneD := importRun(3000000)
+		if _, err := r.store.waitDrained(ctx, 200*time.Millisecond); err != nil {
+			b.Fatal(err)
+		}
+
+		// Live events from now until the second import is done.
+		type live struct {
+			accepted atomic.Int64 // UnixNano of the 202
+			landed   time.Time
+		}
+		var mu sync.Mutex
+		var lives []*live
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		errc := make(chan error, 1)
+		tickDone := make(chan struct{})
+		go func() {
+			defer close(tickDone)
+			tick := time.NewTicker(time.Second / time.Duration(rate))
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				l := &live{}
+				mu.Lock()
+				lives = append(lives, l)
+				mu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := r.store.post(ctx, "customer", event("customer", "created", 4000000+i, 1, customerData(4000000+i, 1))); err != nil {
+						select {
+						case errc <- err:
+						default:
+						}
+						return
+					}
+					l.accepted.Store(time.Now().UnixNano())
+				}()
+			}
+		}()
+		watchDone := make(chan struct{})
+		go func() { // note when each live event's contact shows
+			defer close(watchDone)
+			for {
+				mu.Lock()
+				ls := slices.Clone(lives)
+				mu.Unlock()
+				pending := false
+				for i, l := range ls {
+					if !l.landed.IsZero() {
+						continue
+					}
+					if _, ok := r.sim.Row("contacts", contactID(4000000+i)); ok {
+						l.landed = time.Now()
+						continue
+					}
+					pending = true
+				}
+				select {
+				case <-stop:
+					if !pending {
+						return
+					}
+				default:
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+		time.Sleep(time.Second) // live traffic under way before the import starts
+		during, duringD := importRun(5000000)
+		close(stop)
+		<-tickDone
+		wg.Wait()
+		<-watchDone
+		select {
+		case err := <-errc:
+			b.Fatal(err)
+		default:
+		}
+		var lat []time.Duration
+		for _, l := range lives {
+			acc := l.accepted.Load()
+			if acc == 0 || l.landed.IsZero() {
+				b.Fatalf("a live event did not land (%d sent)", len(lives))
+			}
+			lat = append(lat, max(0, l.landed.Sub(time.Unix(0, acc))))
+		}
+		slices.Sort(lat)
+		p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+		ideal := r.sim.IdealThroughput(1000, 52)
+		b.ReportMetric(float64(p50.Milliseconds()), "live-p50-ms")
+		b.ReportMetric(float64(p99.Milliseconds()), "live-p99-ms")
+		b.ReportMetric(during, "import-during/s")
+		b.ReportMetric(100*during/alone, "import-%alone")
+		summary(b, "| live events during an import: %d/s while %d customers are imported (arrays of 1000), cost %s | 202 → contact in Dataverse: p50 %s, p99 %s (max %s, %d events) | p99 < 2 s: %v | import with live events %.0f customers/s (%.1f s) = %.0f%% of the same import alone %.0f/s (%.1f s); ideal %.0f/s (%s-bound); %d × 429, Retry-After violations %d |",
+			rate, nCust, costName, p50.Round(time.Millisecond), p99.Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat),
+			p99 < 2*time.Second, during, duringD.Seconds(), 100*during/alone, alone, aloneD.Seconds(), ideal.Ceiling, ideal.Limit,
+			r.sim.Stats().Throttled, r.sim.RetryAfterViolations())
+		r.app.stop()
+	}
+}
+
 // contactID is the contact id the app derives for customer id (syncer.deterministicID,
 // repeated here so the checks do not depend on the package under test).
 func contactID(customer int) string { return rowID(1, "contact", strconv.Itoa(customer)) }

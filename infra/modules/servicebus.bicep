@@ -11,11 +11,14 @@ param tags object
 @description('Service Bus namespace name.')
 param name string
 
-@description('Queues, one per entity; each function.json Service Bus trigger binds one of them.')
+@description('Queues, two per entity (single events; import chunks on -bulk, so live events never wait behind an import); each function.json Service Bus trigger binds one of them.')
 param queueNames array = [
   'customers'
   'products'
   'orders'
+  'customers-bulk'
+  'products-bulk'
+  'orders-bulk'
 ]
 
 // Duplicate detection drops a message whose MessageId (= the nopCommerce event id) was seen within

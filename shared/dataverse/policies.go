@@ -260,12 +260,15 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 	return 0
 }
 
-// semaphore is a counting semaphore whose limit can change while in use.
+// semaphore is a counting semaphore whose limit can change while in use. Waiters are
+// served in two classes: live requests (the default) before bulk ones (WithPriority),
+// each class in arrival order, so a live request takes the next free slot whatever
+// bulk work is queued, and bulk work takes a slot only when no live request waits.
 type semaphore struct {
 	mu      sync.Mutex
 	limit   int
 	used    int
-	waiters []chan struct{}
+	waiters [2][]chan struct{} // indexed by Priority: Live, Bulk
 }
 
 func newSemaphore(limit int) *semaphore { return &semaphore{limit: limit} }
@@ -286,15 +289,17 @@ func (s *semaphore) SetLimit(n int) {
 	s.mu.Unlock()
 }
 
+// Acquire takes a slot, in the class of ctx's priority.
 func (s *semaphore) Acquire(ctx context.Context) error {
+	p := priorityOf(ctx)
 	s.mu.Lock()
-	if s.used < s.limit && len(s.waiters) == 0 {
+	if s.used < s.limit && !s.aheadLocked(p) {
 		s.used++
 		s.mu.Unlock()
 		return nil
 	}
 	ch := make(chan struct{})
-	s.waiters = append(s.waiters, ch)
+	s.waiters[p] = append(s.waiters[p], ch)
 	s.mu.Unlock()
 	select {
 	case <-ch:
@@ -307,15 +312,25 @@ func (s *semaphore) Acquire(ctx context.Context) error {
 			s.used--
 			s.wakeLocked()
 		default:
-			for i, w := range s.waiters {
+			for i, w := range s.waiters[p] {
 				if w == ch {
-					s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
+					s.waiters[p] = append(s.waiters[p][:i], s.waiters[p][i+1:]...)
 					break
 				}
 			}
 		}
 		return ctx.Err()
 	}
+}
+
+// aheadLocked says whether someone waits who goes before a new request of priority p.
+func (s *semaphore) aheadLocked(p Priority) bool {
+	for c := Live; c <= p; c++ {
+		if len(s.waiters[c]) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *semaphore) Release() {
@@ -325,13 +340,15 @@ func (s *semaphore) Release() {
 	s.mu.Unlock()
 }
 
-// wakeLocked grants slots to waiters in arrival order.
+// wakeLocked grants free slots to live waiters, then to bulk ones, each in arrival order.
 func (s *semaphore) wakeLocked() {
-	for len(s.waiters) > 0 && s.used < s.limit {
-		ch := s.waiters[0]
-		s.waiters = s.waiters[1:]
-		s.used++
-		close(ch)
+	for c := range s.waiters {
+		for len(s.waiters[c]) > 0 && s.used < s.limit {
+			ch := s.waiters[c][0]
+			s.waiters[c] = s.waiters[c][1:]
+			s.used++
+			close(ch)
+		}
 	}
 }
 

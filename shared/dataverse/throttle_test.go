@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -269,7 +270,101 @@ func TestSemaphoreCancelAndResize(t *testing.T) {
 	s.Release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.used != 0 || len(s.waiters) != 0 {
-		t.Fatalf("used %d waiters %d", s.used, len(s.waiters))
+	if s.used != 0 || len(s.waiters[Live])+len(s.waiters[Bulk]) != 0 {
+		t.Fatalf("used %d waiters %d", s.used, len(s.waiters[Live])+len(s.waiters[Bulk]))
+	}
+}
+
+// waiting reports how many requests of each priority wait for a slot.
+func waiting(s *semaphore) (live, bulk int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waiters[Live]), len(s.waiters[Bulk])
+}
+
+// A live request that waits for a slot gets the next one, ahead of bulk requests that
+// were waiting before it; the bulk ones then go in their order.
+func TestLiveRequestTakesNextSlot(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	f := newFakeEnv(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		order = append(order, r.URL.Query().Get("who"))
+		first := len(order) == 1
+		mu.Unlock()
+		if first {
+			<-release // hold the only slot while the others queue for it
+		}
+		w.Header().Set("x-ms-dop-hint", "1")
+		writeJSON(w, 200, map[string]any{"value": []any{}})
+	})
+	c, _ := f.newClient(t, nil)
+	if c.Concurrency() != 1 {
+		t.Fatalf("concurrency %d, want 1 at start", c.Concurrency())
+	}
+	bulk := WithPriority(context.Background(), Bulk)
+	get := func(ctx context.Context, who string) error {
+		return c.Invoke(ctx, http.MethodGet, "contacts?who="+who, nil, nil)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	start := func(ctx context.Context, who string, wantLive, wantBulk int) {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- get(ctx, who) }()
+		for { // until it queues (the first takes the slot and waits at the server)
+			l, b := waiting(c.throttle.sem)
+			mu.Lock()
+			n := len(order)
+			mu.Unlock()
+			if l == wantLive && b == wantBulk && (who != "bulk0" || n == 1) {
+				return
+			}
+			runtime.Gosched()
+		}
+	}
+	start(bulk, "bulk0", 0, 0)
+	start(bulk, "bulk1", 0, 1)
+	start(bulk, "bulk2", 0, 2)
+	start(context.Background(), "live", 1, 2)
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Join(order, ","); got != "bulk0,live,bulk1,bulk2" {
+		t.Fatalf("server saw %s, want the live request right after the one in flight", got)
+	}
+}
+
+// Bulk work takes a free slot only when no live request waits; a live request never
+// waits behind queued bulk ones.
+func TestSemaphoreBulkYieldsToLive(t *testing.T) {
+	s := newSemaphore(2)
+	live, bulk := context.Background(), WithPriority(context.Background(), Bulk)
+	if PriorityOf(live) != Live || PriorityOf(bulk) != Bulk {
+		t.Fatal("priority not carried by the context")
+	}
+	_ = s.Acquire(bulk)
+	_ = s.Acquire(bulk) // both slots held by bulk work
+	got := make(chan string, 3)
+	go func() { _ = s.Acquire(bulk); got <- "bulk" }()
+	for _, b := waiting(s); b != 1; _, b = waiting(s) {
+		runtime.Gosched()
+	}
+	go func() { _ = s.Acquire(live); got <- "live" }()
+	for l, _ := waiting(s); l != 1; l, _ = waiting(s) {
+		runtime.Gosched()
+	}
+	s.Release()
+	if first := <-got; first != "live" {
+		t.Fatalf("first slot went to %s, want live", first)
+	}
+	s.Release()
+	if second := <-got; second != "bulk" {
+		t.Fatalf("second slot went to %s", second)
 	}
 }

@@ -172,7 +172,9 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 		if in.o.Sender == nil {
 			err = errors.New("no queue sender configured")
 		} else {
-			q, _ := nop.Queue(entity) // entity was parsed by nop.ParseEntity
+			// entity was parsed by nop.ParseEntity. An array is an import (or a batch of
+			// changes) and goes to the bulk queue; a single event is live and goes ahead.
+			q, _ := nop.RequestQueue(entity, len(events))
 			err = in.o.Sender.Send(ctx, q, msgs)
 		}
 	}

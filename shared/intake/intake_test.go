@@ -482,8 +482,10 @@ func TestQueuedMessages(t *testing.T) {
 	if err := json.Unmarshal(resp.Body, &a); err != nil || a.Accepted != 1000 || len(a.IDs) != 1000 || a.IDs[999] != "imp-0999" {
 		t.Errorf("202 body: %v %d", err, a.Accepted)
 	}
-	if len(e.sender.sends) != 1 || e.sender.sends[0].queue != queue.Products {
-		t.Fatalf("one Send call to products expected: %d", len(e.sender.sends))
+	// An array is import work: it goes to the bulk queue, so the live queue's single
+	// events never wait behind its chunks.
+	if len(e.sender.sends) != 1 || e.sender.sends[0].queue != queue.ProductsBulk {
+		t.Fatalf("one Send call to products-bulk expected: %+v", e.sender.sends)
 	}
 	msgs := e.sender.sends[0].msgs
 	if len(msgs) < 16 {

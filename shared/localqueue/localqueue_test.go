@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/nopsync/nopsync/shared/localqueue"
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
+	"github.com/nopsync/nopsync/shared/state"
 )
 
 // clock is a settable clock for the duplicate window.
@@ -676,5 +678,90 @@ func TestJournalCompactsWhileRunning(t *testing.T) {
 	stop()
 	if !reflect.DeepEqual(got, []string{"late1", "late2"}) {
 		t.Errorf("after compaction and restart delivered %v, want [late1 late2]", got)
+	}
+}
+
+// A live event sent after an import's chunks is delivered while the chunks still wait:
+// the chunks go to the entity's bulk queue, the single event to its own queue, each
+// queue with its workers (as in local mode: one consumer per queue of nop.Queues). The
+// bulk queue's only worker holds the first chunk until the live event has arrived.
+func TestLiveMessageGoesAheadOfQueuedChunks(t *testing.T) {
+	q := open(t, localqueue.Options{Dir: t.TempDir()})
+	ev := func(id, seq int) string {
+		return fmt.Sprintf(`{"id":"ev-%d-%d","type":"customer.updated","occurredOnUtc":"2026-11-25T10:00:00Z","sequence":%d,"storeId":1,`+
+			`"data":{"id":%d,"customerGuid":"5a3e7c1e-2f4b-4d7a-8a0e-%012d","email":"c%d@example.test","firstName":"A","lastName":"B",`+
+			`"isGuest":false,"isRegistered":true,"active":true,"deleted":false,"createdOnUtc":"2026-11-25T09:00:00Z"}}`, id, seq, seq, id, id, id)
+	}
+	var chunks []*nop.Event
+	for i := 1; i <= 3000; i++ {
+		e, err := nop.DecodeRequest(state.Customer, []byte(ev(i, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks = append(chunks, e...)
+	}
+	live, err := nop.DecodeRequest(state.Customer, []byte(ev(9999, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range [][]*nop.Event{chunks[:1000], chunks[1000:2000], chunks[2000:], live} {
+		msgs, err := nop.Messages(state.Customer, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, _ := nop.RequestQueue(state.Customer, len(req))
+		send(t, q, name, msgs...)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	liveSeen, chunkInHand := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	var once sync.Once
+	var wg sync.WaitGroup
+	consume := func(name string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q.Run(ctx, name, 1, func(ctx context.Context, d localqueue.Delivery) error {
+				mu.Lock()
+				order = append(order, d.Subject)
+				first := len(order) == 1
+				mu.Unlock()
+				if d.Subject == nop.ChunkSubject && first {
+					close(chunkInHand)
+					select {
+					case <-liveSeen:
+					case <-time.After(30 * time.Second): // a guard, not a measure: on one queue it never comes
+						t.Error("the live event waited behind the chunks")
+					}
+				}
+				if d.Subject != nop.ChunkSubject {
+					once.Do(func() { close(liveSeen) })
+				}
+				mu.Lock()
+				done := len(order) == 4
+				mu.Unlock()
+				if done {
+					cancel()
+				}
+				return nil
+			})
+		}()
+	}
+	// The import's consumers first, so a chunk is in hand before the live event's
+	// consumer starts; then every other queue's.
+	bulk, _ := nop.RequestQueue(state.Customer, 1000) // where an import array goes
+	consume(bulk)
+	<-chunkInHand
+	for _, name := range nop.Queues() {
+		if name != bulk {
+			consume(name)
+		}
+	}
+	wg.Wait()
+	if got := strings.Join(order, ","); got != "chunk,customer.updated,chunk,chunk" {
+		t.Fatalf("delivered %s, want the live event right after the chunk in hand", got)
 	}
 }

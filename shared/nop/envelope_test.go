@@ -268,11 +268,21 @@ func TestQueues(t *testing.T) {
 		if back, ok := nop.QueueEntity(q); !ok || back != e {
 			t.Errorf("QueueEntity(%s) = %q, %v", q, back, ok)
 		}
+		b, ok := nop.BulkQueue(e)
+		if !ok || b != string(e)+"s-bulk" || !nop.IsBulkQueue(b) || nop.IsBulkQueue(q) {
+			t.Errorf("BulkQueue(%s) = %q, %v", e, b, ok)
+		}
+		if back, ok := nop.QueueEntity(b); !ok || back != e {
+			t.Errorf("QueueEntity(%s) = %q, %v", b, back, ok)
+		}
+		if got := strings.Join(nop.EntityQueues(e), ","); got != q+","+b {
+			t.Errorf("EntityQueues(%s) = %s", e, got)
+		}
 	}
 	if _, ok := nop.QueueEntity("customer"); ok {
 		t.Error(`QueueEntity("customer"): an entity name is not a queue`)
 	}
-	if got := strings.Join(nop.Queues(), ","); got != "customers,products,orders" {
+	if got := strings.Join(nop.Queues(), ","); got != "customers,products,orders,customers-bulk,products-bulk,orders-bulk" {
 		t.Errorf("Queues() = %s", got)
 	}
 }

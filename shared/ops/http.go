@@ -14,6 +14,7 @@ import (
 	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/delivery"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -243,11 +244,13 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed], Skipped: c[state.Skipped], StaleEventsSkipped: stale[ent]}
 		qs := QueueStatus{}
 		if o.o.Inspector != nil {
-			s, err := o.o.Inspector.Stats(ctx, queueOf(ent))
-			if err != nil {
-				qs.Error = err.Error()
+			for _, q := range nop.EntityQueues(ent) { // live and bulk, counted together
+				s, err := o.o.Inspector.Stats(ctx, q)
+				if err != nil {
+					qs.Error = err.Error()
+				}
+				qs.Active, qs.DeadLettered, qs.Scheduled = qs.Active+s.Active, qs.DeadLettered+s.DeadLettered, qs.Scheduled+s.Scheduled
 			}
-			qs.Active, qs.DeadLettered, qs.Scheduled = s.Active, s.DeadLettered, s.Scheduled
 		}
 		st.Queues[ent] = qs
 	}
@@ -399,14 +402,22 @@ func (o *Ops) serveDeadLetters(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	dls, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), queueOf(ent), 500)
-	if err != nil {
-		writeError(w, apierror.Unavailable, "peek dead letters: "+err.Error())
-		return
+	var dls []queue.DeadLetter
+	var from []string // each dead letter's queue
+	for _, q := range nop.EntityQueues(ent) {
+		got, err := o.o.DeadLetters.PeekDeadLetters(r.Context(), q, 500)
+		if err != nil {
+			writeError(w, apierror.Unavailable, "peek dead letters: "+err.Error())
+			return
+		}
+		dls = append(dls, got...)
+		for range got {
+			from = append(from, q)
+		}
 	}
 	views := make([]DeadLetterView, 0, len(dls))
-	for _, d := range dls {
-		f := o.deadLetterFailure(r.Context(), queueOf(ent), d)
+	for i, d := range dls {
+		f := o.deadLetterFailure(r.Context(), from[i], d)
 		v := DeadLetterView{MessageID: d.MessageID, SessionID: d.SessionID, Subject: d.Subject, Reason: delivery.NoReason,
 			BrokerReason: d.Reason, Description: d.ErrorDescription, Deliveries: d.DeliveryCount, EnqueuedAt: d.EnqueuedAt,
 			Transient: TransientDeadLetter(d), AutoReplay: o.autoReplayable(d, f), Events: nop.CountEvents(d.Body)}
@@ -439,9 +450,15 @@ func (o *Ops) serveReplay(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	done, err := o.o.DeadLetters.Replay(r.Context(), queueOf(ent), ids)
-	if done == nil {
-		done = []string{}
+	done := []string{}
+	var err error
+	for _, q := range nop.EntityQueues(ent) { // an id is in one of them; none: all of both
+		var got []string
+		got, err = o.o.DeadLetters.Replay(r.Context(), q, ids)
+		done = append(done, got...)
+		if err != nil {
+			break
+		}
 	}
 	if err != nil {
 		apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"replayed": done})

@@ -286,7 +286,7 @@ func (o *Ops) Runs(ctx context.Context, max int) ([]Run, error) {
 func (o *Ops) resend(ctx context.Context, runID string, entities []state.Entity, statuses []state.Status, keep func(*state.Record) bool) (int, error) {
 	total := 0
 	for _, ent := range entities {
-		q, ok := nop.Queue(ent)
+		q, ok := nop.BulkQueue(ent) // re-syncs are bulk work: live events go ahead of them
 		if !ok {
 			return total, fmt.Errorf("unknown entity %q", ent)
 		}
@@ -439,10 +439,12 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 	}
 	if o.o.DeadLetters != nil {
 		for _, ent := range state.Entities {
-			replayed, err := o.replayTransient(ctx, queueOf(ent))
-			run.Replayed += replayed
-			if err != nil {
-				errs = append(errs, err)
+			for _, q := range nop.EntityQueues(ent) {
+				replayed, err := o.replayTransient(ctx, q)
+				run.Replayed += replayed
+				if err != nil {
+					errs = append(errs, err)
+				}
 			}
 		}
 	}

@@ -155,7 +155,7 @@ func TestSyncScopes(t *testing.T) {
 	if run.Queued != 11 || run.Outcome != "succeeded" {
 		t.Fatalf("failed scope: queued %d outcome %s, want 11 (10 failed, 1 pending) succeeded", run.Queued, run.Outcome)
 	}
-	evs := f.drain(t, queue.Customers, 11)
+	evs := f.drain(t, queue.CustomersBulk, 11)
 	if len(evs) != 11 {
 		t.Fatalf("got %d events on the queue, want 11", len(evs))
 	}
@@ -174,7 +174,7 @@ func TestSyncScopes(t *testing.T) {
 	if run.Queued != 31 {
 		t.Errorf("all scope: queued %d, want 31", run.Queued)
 	}
-	if got := f.drain(t, queue.Customers, 31); len(got) != 31 {
+	if got := f.drain(t, queue.CustomersBulk, 31); len(got) != 31 {
 		t.Errorf("all scope: %d events on the queue, want 31", len(got))
 	}
 	runs, _ := f.ops.Runs(context.Background(), 10)
@@ -496,7 +496,7 @@ func TestAutoSyncSkipsEntitiesBeingSynced(t *testing.T) {
 		t.Fatalf("auto-sync re-sent %d entities, want 2 (not the one with a live lease)", run.Queued)
 	}
 	var ids []string
-	for _, ev := range f.drain(t, queue.Customers, 2) {
+	for _, ev := range f.drain(t, queue.CustomersBulk, 2) {
 		ids = append(ids, ev.EntityID())
 	}
 	sort.Strings(ids)

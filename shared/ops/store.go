@@ -284,7 +284,7 @@ func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity
 	var qs []string
 	for _, e := range entities {
 		if p := run.Store[e]; p != nil && p.Queued > 0 {
-			if q, ok := nop.Queue(e); ok {
+			if q, ok := nop.BulkQueue(e); ok { // where QueueSink sent them
 				qs = append(qs, q)
 			}
 		}

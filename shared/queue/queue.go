@@ -8,11 +8,20 @@ import (
 	"time"
 )
 
-// Queue names: one Service Bus queue per entity, named like the function that drains it.
+// Queue names: two Service Bus queues per entity, each named like the function that
+// drains it. Single events (live changes) travel on the entity's queue, import arrays,
+// store runs and re-syncs on its bulk queue, so a live event never waits behind an
+// import's chunks for a free handler: Service Bus has no message priority, and Microsoft's
+// priority queue pattern is a queue per priority with consumers of its own
+// (https://learn.microsoft.com/azure/architecture/patterns/priority-queue).
 const (
 	Customers = "customers"
 	Products  = "products"
 	Orders    = "orders"
+
+	CustomersBulk = "customers-bulk"
+	ProductsBulk  = "products-bulk"
+	OrdersBulk    = "orders-bulk"
 )
 
 // Message is one message as the app sends it.

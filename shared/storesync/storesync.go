@@ -238,7 +238,7 @@ type QueueSink struct {
 
 // Send implements Sink.
 func (s *QueueSink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
-	q, ok := nop.Queue(entity)
+	q, ok := nop.BulkQueue(entity) // a store run is bulk work: live events go ahead of it
 	if !ok {
 		return fmt.Errorf("no queue for entity %q", entity)
 	}

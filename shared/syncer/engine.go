@@ -330,6 +330,10 @@ func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byt
 	if len(mine) == 0 {
 		return nil
 	}
+	if len(evs) > 1 || nop.IsBulkQueue(queueName) {
+		// Import work: its Dataverse requests wait behind live events' for a slot.
+		ctx = dataverse.WithPriority(ctx, dataverse.Bulk)
+	}
 	if len(mine) == 1 {
 		return e.process(ctx, mine[0], force)
 	}
