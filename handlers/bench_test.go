@@ -1003,8 +1003,8 @@ func BenchmarkLiveLatency(b *testing.B) {
 
 // BenchmarkLiveDuringImportLatency: single customer events at a steady rate (default 5/s)
 // while 20,000 customers are imported in arrays of 1000 (BENCH_CUSTOMERS), limits on
-// and requests taking their execution time (BENCH_COST=30+8: 30 ms per request and 8 ms
-// per row written instead of the simulator's defaults). It imports the customers once
+// and requests taking their execution time (BENCH_COST names one of
+// dataversetest.CostModels: "default", or "perrow", 30 ms per request + 8 ms per row). It imports the customers once
 // alone, then as many other customers again with the live events arriving, and reports
 // the live events' latency from their 202 to their contact in the simulator and the
 // import's throughput in both runs: live events go ahead of the import (their own
@@ -1015,10 +1015,13 @@ func BenchmarkLiveDuringImportLatency(b *testing.B) {
 	for range b.N {
 		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
 		o := dataversetest.Options{Limits: limits, SleepExecutionTime: true}
-		costName := "simulator default (2 ms/request + 2 ms/row)"
-		if os.Getenv("BENCH_COST") == "30+8" {
-			o.ExecutionCost = dataversetest.ExecutionCost{PerRequest: 30 * time.Millisecond, PerRowWritten: 8 * time.Millisecond}
-			costName = "30 ms/request + 8 ms/row"
+		costName := "default"
+		if c := os.Getenv("BENCH_COST"); c != "" {
+			cost, ok := dataversetest.CostModels[c]
+			if !ok {
+				b.Fatalf("BENCH_COST=%s: not one of dataversetest.CostModels", c)
+			}
+			o.ExecutionCost, costName = cost, c
 		}
 		r := newBenchRig(b, o)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -1164,7 +1167,7 @@ func BenchmarkLiveDuringImportLatency(b *testing.B) {
 		b.ReportMetric(float64(p99.Milliseconds()), "live-p99-ms")
 		b.ReportMetric(during, "import-during/s")
 		b.ReportMetric(100*during/alone, "import-%alone")
-		summary(b, "| live events during an import: %d/s while %d customers are imported (arrays of 1000), cost %s | 202 → contact in Dataverse: p50 %s, p99 %s (max %s, %d events) | p99 < 2 s: %v | import with live events %.0f customers/s (%.1f s) = %.0f%% of the same import alone %.0f/s (%.1f s); ideal %.0f/s (%s-bound); %d × 429, Retry-After violations %d |",
+		summary(b, "| live events during an import: %d/s while %d customers are imported (arrays of 1000), cost model %s | 202 → contact in Dataverse: p50 %s, p99 %s (max %s, %d events) | p99 < 2 s: %v | import with live events %.0f customers/s (%.1f s) = %.0f%% of the same import alone %.0f/s (%.1f s); ideal %.0f/s (%s-bound); %d × 429, Retry-After violations %d |",
 			rate, nCust, costName, p50.Round(time.Millisecond), p99.Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat),
 			p99 < 2*time.Second, during, duringD.Seconds(), 100*during/alone, alone, aloneD.Seconds(), ideal.Ceiling, ideal.Limit,
 			r.sim.Stats().Throttled, r.sim.RetryAfterViolations())
