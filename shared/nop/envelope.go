@@ -236,3 +236,20 @@ func CountEvents(body []byte) int {
 	}
 	return 0
 }
+
+// DecodeStored decodes one event as kept in sync state (the event as received), applying
+// the rules DecodeEnvelope applies to a single event's message.
+func DecodeStored(data []byte) (*Event, error) {
+	body := make([]byte, 0, len(data)+8)
+	body = append(body, `{"evt":`...)
+	body = append(body, data...)
+	body = append(body, '}')
+	evs, _, err := DecodeEnvelope(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) != 1 {
+		return nil, errors.New("nop: stored data is not one event")
+	}
+	return evs[0], nil
+}

@@ -286,3 +286,20 @@ func TestQueues(t *testing.T) {
 		t.Errorf("Queues() = %s", got)
 	}
 }
+
+// DecodeStored reads an event as sync state keeps it, with the rules of a queue message.
+func TestDecodeStored(t *testing.T) {
+	evs, err := nop.DecodeRequest("order", readTestdata(t, "order.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := nop.DecodeStored(evs[0].Raw)
+	if err != nil || ev.ID != evs[0].ID || !bytes.Equal(ev.Raw, evs[0].Raw) {
+		t.Fatalf("DecodeStored = %+v, %v", ev, err)
+	}
+	for _, bad := range []string{``, `[]`, `{"id":"x"}`, `{}`} {
+		if _, err := nop.DecodeStored([]byte(bad)); err == nil {
+			t.Errorf("DecodeStored(%q) accepted it", bad)
+		}
+	}
+}

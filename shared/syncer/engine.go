@@ -441,7 +441,7 @@ func (e *Engine) reapplyLatest(ctx context.Context, entity state.Entity, id stri
 	if err != nil {
 		return transient(fmt.Errorf("reading sync state of %s %s: %w", entity, id, err))
 	}
-	ev, err := decodeStored(cur.Data)
+	ev, err := nop.DecodeStored(cur.Data)
 	if err != nil {
 		e.log.Warn("stored event unreadable; not re-applied", "entity", entity, "id", id, "error", err)
 		return nil
@@ -525,7 +525,7 @@ func (e *Engine) Resync(ctx context.Context, entity state.Entity, scope string) 
 		if len(rec.Data) == 0 {
 			return nil // known only as a reference (e.g. a family stub): nothing to re-send
 		}
-		ev, err := decodeStored(rec.Data)
+		ev, err := nop.DecodeStored(rec.Data)
 		if err != nil {
 			e.log.Warn("stored event unreadable; skipped in resync", "entity", entity, "id", rec.ID, "error", err)
 			return nil
@@ -544,21 +544,6 @@ func (e *Engine) Resync(ctx context.Context, entity state.Entity, scope string) 
 	}
 	flush()
 	return n, errors.Join(errs...)
-}
-
-func decodeStored(data []byte) (*nop.Event, error) {
-	body := make([]byte, 0, len(data)+8)
-	body = append(body, `{"evt":`...)
-	body = append(body, data...)
-	body = append(body, '}')
-	evs, _, err := nop.DecodeEnvelope(body)
-	if err != nil {
-		return nil, err
-	}
-	if len(evs) != 1 {
-		return nil, errors.New("stored data is not one event")
-	}
-	return evs[0], nil
 }
 
 // staleDocKind is the state doc kind holding per-entity counts of stale events skipped
