@@ -142,6 +142,22 @@ func (s *outageStore) Save(ctx context.Context, r *state.Record) error {
 	}
 	return s.Store.Save(ctx, r)
 }
+func (s *outageStore) GetMany(ctx context.Context, e state.Entity, ids []string) (map[string]*state.Record, error) {
+	if err := s.err(); err != nil {
+		return nil, err
+	}
+	return s.Store.GetMany(ctx, e, ids)
+}
+func (s *outageStore) SaveMany(ctx context.Context, rs []*state.Record) []error {
+	if err := s.err(); err != nil {
+		errs := make([]error, len(rs))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	return s.Store.SaveMany(ctx, rs)
+}
 func (s *outageStore) Scan(ctx context.Context, e state.Entity, st []state.Status, fn func(*state.Record) error) error {
 	if err := s.err(); err != nil {
 		return err

@@ -897,8 +897,26 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// The line is made before taking the lock: the ETag comes from an atomic counter
-	// (one lost to a conflict is never reused, which is all ETags need).
+	n, b, err := s.line(rec)
+	if err != nil {
+		return err
+	}
+	st := uint8(slices.Index(state.Statuses, n.Status))
+	gen, end, err := s.saveRecord(rec, n, b, st)
+	if err != nil {
+		return err
+	}
+	if err := s.durable(gen, end); err != nil {
+		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+	}
+	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
+	return nil
+}
+
+// line is rec as stored (n) and its journal line (b). It is made before taking the
+// lock: the ETag comes from an atomic counter (one lost to a conflict is never reused,
+// which is all ETags need).
+func (s *Store) line(rec *state.Record) (*state.Record, []byte, error) {
 	n := *rec
 	n.Reason = cut.Bytes(n.Reason, state.MaxString, "")
 	n.SyncedAt, n.LeaseUntil = utc(n.SyncedAt), utc(n.LeaseUntil)
@@ -912,18 +930,79 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 	}
 	b, err := encode(entry{Rec: &n})
 	if err != nil {
-		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+		return nil, nil, fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
 	}
-	st := uint8(slices.Index(state.Statuses, n.Status))
-	gen, end, err := s.saveRecord(rec, &n, b, st)
-	if err != nil {
-		return err
+	return &n, b, nil
+}
+
+// GetMany implements state.Store.
+func (s *Store) GetMany(ctx context.Context, entity state.Entity, ids []string) (map[string]*state.Record, error) {
+	out := make(map[string]*state.Record, len(ids))
+	for _, id := range ids {
+		r, err := s.Get(ctx, entity, id)
+		switch {
+		case err == nil:
+			out[id] = r
+		case !errors.Is(err, state.ErrNotFound):
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// SaveMany implements state.Store: each record is appended as Save appends it, and the
+// journal is synced once for all of them.
+func (s *Store) SaveMany(ctx context.Context, recs []*state.Record) []error {
+	errs := make([]error, len(recs))
+	type done struct {
+		i   int
+		old string // the caller's ETag, given back if the journal can't be synced
+		at  time.Time
+	}
+	var saved []done
+	var gen uint64
+	var end int64
+	for i, rec := range recs {
+		if err := state.ValidateRecord(rec); err != nil {
+			errs[i] = fmt.Errorf("localstore: save: %w", err)
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		n, b, err := s.line(rec)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		g, e, err := s.saveRecord(rec, n, b, uint8(slices.Index(state.Statuses, n.Status)))
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if g > gen || (g == gen && e > end) {
+			gen, end = g, e
+		}
+		// The next record of the same id in recs is checked against this version.
+		saved = append(saved, done{i: i, old: rec.ETag, at: n.UpdatedAt})
+		rec.ETag = n.ETag
+	}
+	if len(saved) == 0 {
+		return errs
 	}
 	if err := s.durable(gen, end); err != nil {
-		return fmt.Errorf("localstore: save %s %q: %w", rec.Entity, rec.ID, err)
+		for k := len(saved) - 1; k >= 0; k-- {
+			d := saved[k]
+			errs[d.i] = fmt.Errorf("localstore: save %s %q: %w", recs[d.i].Entity, recs[d.i].ID, err)
+			recs[d.i].ETag = d.old
+		}
+		return errs
 	}
-	rec.ETag, rec.UpdatedAt = n.ETag, n.UpdatedAt
-	return nil
+	for _, d := range saved {
+		recs[d.i].UpdatedAt = d.at
+	}
+	return errs
 }
 
 // saveRecord appends n's line b and indexes it; it returns where the journal must be

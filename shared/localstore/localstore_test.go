@@ -86,6 +86,12 @@ func (r *reopening) Get(ctx context.Context, e state.Entity, id string) (*state.
 func (r *reopening) Save(ctx context.Context, rec *state.Record) error {
 	return r.store().Save(ctx, rec)
 }
+func (r *reopening) GetMany(ctx context.Context, e state.Entity, ids []string) (map[string]*state.Record, error) {
+	return r.store().GetMany(ctx, e, ids)
+}
+func (r *reopening) SaveMany(ctx context.Context, recs []*state.Record) []error {
+	return r.store().SaveMany(ctx, recs)
+}
 func (r *reopening) Scan(ctx context.Context, e state.Entity, sts []state.Status, fn func(*state.Record) error) error {
 	return r.store().Scan(ctx, e, sts, fn)
 }

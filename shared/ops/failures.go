@@ -53,6 +53,16 @@ func (f *failureTracker) Save(ctx context.Context, rec *state.Record) error {
 	return nil
 }
 
+func (f *failureTracker) SaveMany(ctx context.Context, recs []*state.Record) []error {
+	errs := f.Store.SaveMany(ctx, recs)
+	for i, rec := range recs {
+		if errs[i] == nil && rec.Status == state.Failed {
+			f.record(ctx, Failure{Entity: rec.Entity, ID: rec.ID, Error: cut.Bytes(rec.Reason, failureMaxLen, "…"), Attempts: rec.Attempts, Transient: rec.Transient, At: f.now().UTC()})
+		}
+	}
+	return errs
+}
+
 func (f *failureTracker) record(ctx context.Context, fl Failure) {
 	for try := 0; try < 5; try++ {
 		doc, err := f.Store.GetDoc(ctx, docFailures, keyRecent)

@@ -101,6 +101,19 @@ type Store interface {
 	// Counts returns the kept counts; it does not read every record.
 	Counts(ctx context.Context) (Counts, error)
 
+	// GetMany returns the records of entity with the given ids that exist, by id (ids
+	// without a record, or not valid as ids, are absent). An error means none were read.
+	GetMany(ctx context.Context, entity Entity, ids []string) (map[string]*Record, error)
+	// SaveMany saves recs with Save's rules, record by record: errs (as long as recs)
+	// holds each record's result, as Save would return it (nil: saved, ETag and UpdatedAt
+	// updated; ErrConflict: that record's stored version differs and nothing of it was
+	// written; another error: as with Save, the store could not say, so reading the
+	// record tells). One record's conflict never keeps another from being saved. The
+	// result is as if recs were saved one after the other in slice order (the same record
+	// twice: the second save sees the first). Counts change together with the records.
+	// A store may write the records of one partition in one round trip.
+	SaveMany(ctx context.Context, recs []*Record) (errs []error)
+
 	// GetDoc returns a doc, or ErrNotFound.
 	GetDoc(ctx context.Context, kind, key string) (*Doc, error)
 	// SaveDoc writes a doc with the same ETag rules as Save.

@@ -644,6 +644,25 @@ func (s *faultStore) Save(ctx context.Context, rec *state.Record) error {
 	return s.Store.Save(ctx, rec)
 }
 
+func (s *faultStore) SaveMany(ctx context.Context, recs []*state.Record) []error {
+	errs := make([]error, len(recs))
+	var rest []*state.Record
+	var idx []int
+	s.mu.Lock()
+	for i, rec := range recs {
+		if s.fail != nil && s.fail(rec) {
+			errs[i] = fmt.Errorf("injected state-store failure: %w", errInjected)
+			continue
+		}
+		rest, idx = append(rest, rec), append(idx, i)
+	}
+	s.mu.Unlock()
+	for k, err := range s.Store.SaveMany(ctx, rest) {
+		errs[idx[k]] = err
+	}
+	return errs
+}
+
 // reEvent returns a copy of ev with another id, order key and data (the emitter's next
 // event for the same order).
 func reEvent(t testing.TB, ev *nop.Event, id, typ string, seq int64, edit func(o map[string]any)) *nop.Event {

@@ -36,6 +36,11 @@
 // transaction again. The state.Record ETag is "<status>|<table ETag>": the status the
 // caller read is needed to know which count to decrement, and the If-Match guarantees
 // it is still the stored one.
+//
+// GetMany and SaveMany (many.go) serve an import chunk: one query per partition for its
+// reads, and its writes as entity-group transactions per partition, each carrying up to
+// 100 operations: records and the counter rows they move, so counts stay in step there
+// too.
 package tablestorage
 
 import (

@@ -10,6 +10,7 @@
 //   - Times come back in UTC, equal to what was saved to the millisecond at least; zero stays zero.
 //   - Counts reports every entity in state.Entities; it always equals what a full Scan counts.
 //   - Data and Extra: nil and empty are the same; Data up to 256 KiB round-trips byte for byte.
+//   - GetMany and SaveMany: see many.go.
 package statetest
 
 import (
@@ -53,6 +54,7 @@ func Run(t *testing.T, newStore func(t *testing.T) state.Store) {
 		{"WipedStore", testWiped},
 		{"Limits", testLimits},
 	}
+	tests = append(tests, manyTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
 	}
@@ -65,6 +67,7 @@ func RunConcurrency(t *testing.T, newStore func(t *testing.T) state.Store) {
 	t.Run("ConcurrentSameRecords", func(t *testing.T) { testConcurrentSame(t, newStore) })
 	t.Run("Leases", func(t *testing.T) { testLeases(t, newStore) })
 	t.Run("CountsFollowTransitions", func(t *testing.T) { testCountsTransitions(t, newStore) })
+	t.Run("ManyConcurrentBatches", func(t *testing.T) { testManyConcurrent(t, newStore) })
 }
 
 func ctxT(t *testing.T) context.Context {
