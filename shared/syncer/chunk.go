@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -21,8 +21,7 @@ type chunk struct {
 	events int // events in the message
 	rows   []*chunkRow
 
-	mu    sync.Mutex // guards stale while claims run
-	stale int        // events not applied because a newer one was (in the chunk or before)
+	stale int // events not applied because a newer one was (in the chunk or before)
 }
 
 // chunkRow is one entity of a chunk.
@@ -80,27 +79,24 @@ func newChunk(entity state.Entity, evs []*nop.Event, force bool) *chunk {
 	return c
 }
 
-// claimChunk claims every row's record (StateConcurrency at a time).
+// claimChunk claims every row's record: the reads and claims in batches (claimEvents),
+// entities held by another writer one by one, StateConcurrency at a time.
 func (e *Engine) claimChunk(ctx context.Context, c *chunk) {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(e.stateConc)
-	for _, r := range c.rows {
-		g.Go(func() error {
-			rec, res, err := e.leases.claimEvent(gctx, r.ev, c.force)
-			switch {
-			case err != nil:
-				r.err = err
-			case res == claimStale:
-				c.mu.Lock()
-				c.stale++
-				c.mu.Unlock()
-			case res == claimed:
-				r.rec = rec
-			}
-			return nil
-		})
+	evs := make([]*nop.Event, len(c.rows))
+	for i, r := range c.rows {
+		evs[i] = r.ev
 	}
-	_ = g.Wait()
+	recs, res, errs := e.leases.claimEvents(ctx, c.entity, evs, c.force, e.stateConc)
+	for i, r := range c.rows {
+		switch {
+		case errs[i] != nil:
+			r.err = errs[i]
+		case res[i] == claimStale:
+			c.stale++
+		case res[i] == claimed:
+			r.rec = recs[i]
+		}
+	}
 }
 
 // claimed returns the rows whose record was claimed.
@@ -155,14 +151,27 @@ func (e *Engine) syncChunk(ctx context.Context, syn entitySyncer, rows []*chunkR
 	_ = g.Wait()
 }
 
-// finishChunk records every claimed row's result and releases its lease
-// (StateConcurrency at a time).
+// finishChunk records every claimed row's result and releases its lease: the results
+// are saved with one SaveMany, and only those whose save conflicted or failed take
+// finish's way of settling it (StateConcurrency at a time).
 func (e *Engine) finishChunk(ctx context.Context, rows []*chunkRow) {
+	if len(rows) == 0 {
+		return
+	}
+	// As finish: recorded even when the invocation's context has just run out.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	fs := make([]*resultSave, len(rows))
+	recs := make([]*state.Record, len(rows))
+	for j, r := range rows {
+		fs[j], recs[j] = e.result(r.ev, r.rec, r.out, r.syncErr), r.rec
+	}
+	saveErrs := e.st.SaveMany(ctx, recs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(e.stateConc)
-	for _, r := range rows {
+	for j, r := range rows {
 		g.Go(func() error {
-			r.err = e.finish(gctx, r.ev, r.rec, r.out, r.syncErr)
+			r.err = e.settle(gctx, fs[j], saveErrs[j])
 			return nil
 		})
 	}

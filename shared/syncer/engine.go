@@ -136,9 +136,9 @@ type Options struct {
 	// Concurrency bounds parallel work inside one chunk (default 8).
 	Concurrency int
 	// StateConcurrency bounds the sync-state reads and writes of one chunk in flight at
-	// once (claims and results; default 32). They are cheap and many (two per entity), and
-	// in Azure each is a Table Storage round trip: with Concurrency's 8 they, not
-	// Dataverse, set an import's pace.
+	// once that go entity by entity (default 32): claims of entities another writer
+	// holds, results whose save conflicted. The rest of a chunk's claims and results go
+	// in batches (state.Store's GetMany and SaveMany).
 	StateConcurrency int
 	// BulkSize sizes Resync's chunks: stored events are re-sent 2×BulkSize at a time
 	// (default 100). The rows per bulk request are the Dataverse client's BulkChunkSize.
@@ -360,6 +360,23 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 	// the lease would keep every redelivery busy until it expires.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	f := e.result(ev, rec, out, syncErr)
+	return e.settle(ctx, f, e.st.Save(ctx, rec))
+}
+
+// resultSave is a result being recorded: the record with the result applied, and what
+// settle needs when its save conflicts.
+type resultSave struct {
+	ev      *nop.Event
+	rec     *state.Record
+	owner   string
+	syncErr error
+	apply   func(*state.Record)
+}
+
+// result applies the outcome (or syncErr) of a claimed event to rec and drops the lease;
+// the caller saves rec and hands the save's error to settle.
+func (e *Engine) result(ev *nop.Event, rec *state.Record, out outcome, syncErr error) *resultSave {
 	if syncErr == nil && out.status == "" {
 		syncErr = permanent(fmt.Errorf("internal error: no result for %s %s", rec.Entity, rec.ID))
 	}
@@ -398,7 +415,14 @@ func (e *Engine) finish(ctx context.Context, ev *nop.Event, rec *state.Record, o
 		}
 	}
 	apply(rec)
-	err := e.st.Save(ctx, rec)
+	return &resultSave{ev: ev, rec: rec, owner: owner, syncErr: syncErr, apply: apply}
+}
+
+// settle finishes recording a result whose save returned err: on a conflict, it keeps
+// another writer's newer state or applies the result to the stored record. It returns
+// the error HandleMessage should report for the event.
+func (e *Engine) settle(ctx context.Context, f *resultSave, err error) error {
+	ev, rec, owner, syncErr, apply := f.ev, f.rec, f.owner, f.syncErr, f.apply
 	superseded := false
 	for attempt := 0; errors.Is(err, state.ErrConflict) && attempt < 3; attempt++ {
 		// Our lease expired and someone else claimed the record meanwhile. Keep theirs

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -55,8 +57,13 @@ type claimOptions struct {
 // the record's lease, so an older event never overwrites a newer one, also across
 // instances. force (re-syncs) claims an event already applied.
 func (l *leases) claimEvent(ctx context.Context, ev *nop.Event, force bool) (*state.Record, claimResult, error) {
+	return l.acquire(ctx, ev.Entity(), ev.EntityID(), eventClaim(ev, force))
+}
+
+// eventClaim is the claim of an event's entity (claimEvent, claimEvents).
+func eventClaim(ev *nop.Event, force bool) claimOptions {
 	entity, id, key := ev.Entity(), ev.EntityID(), ev.OrderKey()
-	return l.acquire(ctx, entity, id, claimOptions{
+	return claimOptions{
 		tag:   "/",
 		fresh: func() *state.Record { return &state.Record{Entity: entity, ID: id, Status: state.Pending} },
 		check: func(rec *state.Record) claimResult {
@@ -75,7 +82,81 @@ func (l *leases) claimEvent(ctx context.Context, ev *nop.Event, force bool) (*st
 				rec.Status = state.Pending
 			}
 		},
-	})
+	}
+}
+
+// claimEvents is claimEvent for the events of one chunk (one entity each, all of one
+// kind): their records are read with one GetMany and the claims saved with one
+// SaveMany, so the state store sees a round trip per partition instead of two per
+// entity. An entity whose lease another writer holds, or whose claim conflicts, goes
+// through claimEvent (which waits and reads again); so does every entity when the
+// batched read fails.
+func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*nop.Event, force bool, conc int) ([]*state.Record, []claimResult, []error) {
+	recs := make([]*state.Record, len(evs))
+	res := make([]claimResult, len(evs))
+	errs := make([]error, len(evs))
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.EntityID()
+	}
+	var later, batch []int
+	got, err := l.st.GetMany(ctx, entity, ids)
+	if err != nil {
+		l.log.Warn("reading a chunk's sync state at once; reading it entity by entity", "entity", entity, "error", err)
+		for i := range evs {
+			later = append(later, i)
+		}
+	} else {
+		now := l.now()
+		for i, ev := range evs {
+			o := eventClaim(ev, force)
+			rec := got[ids[i]]
+			if rec == nil {
+				rec = o.fresh()
+			}
+			if r := o.check(rec); r != claimed {
+				recs[i], res[i] = rec, r
+				continue
+			}
+			if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+				later = append(later, i)
+				continue
+			}
+			rec.LeaseOwner = l.instance + o.tag + randomHex(4)
+			rec.LeaseUntil = now.Add(l.duration)
+			o.ready(rec)
+			recs[i] = rec
+			batch = append(batch, i)
+		}
+	}
+	if len(batch) > 0 {
+		toSave := make([]*state.Record, len(batch))
+		for k, i := range batch {
+			toSave[k] = recs[i]
+		}
+		for k, err := range l.st.SaveMany(ctx, toSave) {
+			i := batch[k]
+			switch {
+			case errors.Is(err, state.ErrConflict):
+				recs[i] = nil
+				later = append(later, i) // changed since the read: claim it on its own
+			case err != nil:
+				recs[i], errs[i] = nil, transient(fmt.Errorf("claiming %s %s: %w", entity, ids[i], err))
+			default:
+				res[i] = claimed
+			}
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(conc)
+	for _, i := range later {
+		g.Go(func() error {
+			recs[i], res[i], errs[i] = l.claimEvent(gctx, evs[i], force)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return recs, res, errs
 }
 
 // claimForOrder takes the lease of an entity (a customer or product) whose row an order

@@ -345,6 +345,9 @@ type refResolver struct {
 	s     *orderSyncer
 	mu    sync.Mutex
 	calls map[string]*refCall
+	// known: Dataverse ids read ahead from state for a chunk ("contact/<store>/<id>",
+	// "product/<store>/<id>"); what is not in it is resolved as for a single order.
+	known map[string]string
 }
 
 type refCall struct {
@@ -364,9 +367,75 @@ func (r *refResolver) do(key string, fn func() (string, error)) (string, error) 
 		c = &refCall{}
 		r.calls[key] = c
 	}
+	id := r.known[key]
 	r.mu.Unlock()
-	c.once.Do(func() { c.id, c.err = fn() })
+	c.once.Do(func() {
+		if id != "" {
+			c.id = id
+			return
+		}
+		c.id, c.err = fn()
+	})
 	return c.id, c.err
+}
+
+// readAhead reads the state of the customers and products a chunk's orders point at with
+// one GetMany each: those the app has written already resolve without a state read of
+// their own (ensureContact and ensureProduct return a synced record's row as is).
+func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
+	type ref struct {
+		entity state.Entity
+		kind   string
+		ids    map[string][]int // nop id → stores
+	}
+	refs := []*ref{{entity: state.Customer, kind: "contact", ids: map[string][]int{}}, {entity: state.Product, kind: "product", ids: map[string][]int{}}}
+	for _, ev := range evs {
+		o := ev.Order
+		if o == nil || o.Deleted {
+			continue
+		}
+		id := strconv.Itoa(o.Customer.ID)
+		refs[0].ids[id] = append(refs[0].ids[id], ev.StoreID)
+		for _, it := range o.Items {
+			id := strconv.Itoa(it.Product.ID)
+			refs[1].ids[id] = append(refs[1].ids[id], ev.StoreID)
+		}
+	}
+	known := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, rf := range refs {
+		if len(rf.ids) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids := make([]string, 0, len(rf.ids))
+			for id := range rf.ids {
+				ids = append(ids, id)
+			}
+			got, err := r.s.st.GetMany(ctx, rf.entity, ids)
+			if err != nil {
+				r.s.log.Warn("reading the state an order chunk points at; reading it one by one", "entity", rf.entity, "error", err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for id, rec := range got {
+				if rec.DataverseID == "" {
+					continue
+				}
+				for _, store := range rf.ids[id] {
+					known[fmt.Sprintf("%s/%d/%s", rf.kind, store, id)] = rec.DataverseID
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.mu.Lock()
+	r.known = known
+	r.mu.Unlock()
 }
 
 func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (string, error) {

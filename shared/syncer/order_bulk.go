@@ -42,7 +42,15 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 			ids = append(ids, id)
 		}
 	}
-	pre := s.prefetch(ctx, ids)
+	var pre *orderPrefetch
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		refs.readAhead(ctx, evs)
+	}()
+	pre = s.prefetch(ctx, ids)
+	wg.Wait()
 	s.parallelN(ctx, len(evs), func(ctx context.Context, i int) {
 		plans[i], errs[i] = s.plan(ctx, refs, pre, evs[i], recs[i])
 		if errs[i] == nil && plans[i].done {
