@@ -62,6 +62,7 @@ type budget struct {
 	execCap  time.Duration // per span
 	reqCap   int           // per span
 	marginOf float64       // 1 - Share
+	peers    func() int    // instances sharing the budget (nil: 1)
 
 	mu       sync.Mutex
 	spent    []charge // answered requests, in time order
@@ -125,7 +126,12 @@ func (b *budget) waitLocked(now time.Time) (d time.Duration, poll bool) {
 	if hd, hpoll := b.headerWaitLocked(now); hd > 0 {
 		return hd, hpoll
 	}
-	if need <= b.execCap && reqs <= b.reqCap {
+	// Instances sharing the application user split its budget evenly.
+	execCap, reqCap := b.execCap, b.reqCap
+	if n := b.peerCount(); n > 1 {
+		execCap, reqCap = execCap/time.Duration(n), max(1, reqCap/n)
+	}
+	if need <= execCap && reqs <= reqCap {
 		return 0, false
 	}
 	if len(b.spent) == 0 && b.nflight == 0 {
@@ -135,7 +141,7 @@ func (b *budget) waitLocked(now time.Time) (d time.Duration, poll bool) {
 	for _, c := range b.spent {
 		need -= c.exec
 		reqs -= c.reqs
-		if need <= b.execCap && reqs <= b.reqCap {
+		if need <= execCap && reqs <= reqCap {
 			return c.at.Add(b.span).Sub(now), false
 		}
 	}
@@ -161,6 +167,13 @@ func (b *budget) headerWaitLocked(now time.Time) (time.Duration, bool) {
 		return b.span, true
 	}
 	return 0, false
+}
+
+func (b *budget) peerCount() int {
+	if b.peers == nil {
+		return 1
+	}
+	return max(1, b.peers())
 }
 
 // acquire waits until the request fits the budget and reserves its estimate.

@@ -97,6 +97,11 @@ type Options struct {
 	// the 429s and their Retry-After to hold requests back.
 	Limits   Limits
 	NoPacing bool
+	// Peers, when set, is the number of instances (this one included) calling as
+	// the same application user: Dataverse's limits and its x-ms-dop-hint are per
+	// user, so each instance paces to its part of the budget and keeps its part of
+	// the hint in flight (rounded up). See state.Peers.
+	Peers func() int
 	// BulkChunkSize is the number of rows per *Multiple request (or per $batch change
 	// set for a table without those messages). Default DefaultBulkChunkSize.
 	BulkChunkSize int
@@ -243,8 +248,10 @@ func New(o Options) (*Client, error) {
 		log:       logf,
 	}
 	c.throttle = newThrottle(maxConc)
+	c.throttle.peers = o.Peers
 	if !o.NoPacing {
 		c.throttle.budget = newBudget(o.Limits)
+		c.throttle.budget.peers = o.Peers
 	}
 
 	scope := u.String() + "/.default"

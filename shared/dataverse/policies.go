@@ -41,6 +41,8 @@ type throttle struct {
 	max int
 	// budget, when set, decides when a request holding a slot may leave.
 	budget *budget
+	// peers is the number of instances sharing the hint (nil: 1).
+	peers func() int
 
 	// concurrency follows additive increase / multiplicative decrease
 	// towards target (x-ms-dop-hint, at most max): +1 per answer that was
@@ -66,6 +68,11 @@ func (t *throttle) adapt(throttled bool, hint int) {
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
 	if hint > 0 {
+		if t.peers != nil {
+			if n := t.peers(); n > 1 {
+				hint = (hint + n - 1) / n
+			}
+		}
 		t.target = min(hint, t.max)
 	}
 	cur := t.sem.Limit()
