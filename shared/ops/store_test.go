@@ -284,7 +284,9 @@ func TestStoreRunResumesAfterStop(t *testing.T) {
 	<-stopped
 	f.ops.Close()
 	run, err := f.ops.GetRun(context.Background(), id)
-	if err != nil || run.Outcome != "running" || run.Store[state.Customer].Cursor != 30 {
+	// Stopped while the page after 30 was read; the page before it may not have been
+	// checkpointed yet (pages are read one ahead).
+	if c := run.Store[state.Customer].Cursor; err != nil || run.Outcome != "running" || (c != 30 && c != 20) {
 		t.Fatalf("after stop: %+v %v", run, err)
 	}
 	f.src.SetPageError(nil)
@@ -295,7 +297,9 @@ func TestStoreRunResumesAfterStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	run = f.wait(t, id)
-	if run.Outcome != "succeeded" || run.Store[state.Customer].RowsRead != 50 || run.Store[state.Customer].Queued != 50 {
+	// A page passed on but not checkpointed before the stop is read again and found
+	// unchanged: every row is queued exactly once.
+	if p := run.Store[state.Customer]; run.Outcome != "succeeded" || p.RowsRead != 50 || p.Queued+p.Unchanged != 50 {
 		t.Fatalf("resumed: %+v %+v", run, run.Store[state.Customer])
 	}
 	got := f.sender.take(state.Customer)
