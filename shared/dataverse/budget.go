@@ -1,7 +1,6 @@
 package dataverse
 
 import (
-	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -57,12 +56,18 @@ const budgetSpans = 10
 // x-ms-ratelimit-burst-remaining-xrm-requests (reported by third parties, not in
 // Microsoft's pages), they also hold requests back while the server reports less than
 // the margin left.
+//
+// Live requests (Priority) may spend the margin too: bulk work paced at its share never
+// holds them back, and they are estimated apart (a single row's write costs less than a
+// bulk request's), so an import at full speed leaves them room.
 type budget struct {
 	span     time.Duration
 	execCap  time.Duration // per span
 	reqCap   int           // per span
-	marginOf float64       // 1 - Share
-	peers    func() int    // instances sharing the budget (nil: 1)
+	execFull time.Duration // per span, the whole budget: what live requests may reach
+	reqFull  int
+	marginOf float64    // 1 - Share
+	peers    func() int // instances sharing the budget (nil: 1)
 
 	mu       sync.Mutex
 	spent    []charge // answered requests, in time order
@@ -70,8 +75,8 @@ type budget struct {
 	reqSum   int
 	inflight time.Duration // estimates of requests in flight
 	nflight  int
-	est      time.Duration // moving average of a request's execution time
-	wake     chan struct{} // closed when a request is answered
+	est      [2]time.Duration // moving average of a request's execution time, by Priority
+	wake     chan struct{}    // closed when a request is answered
 
 	// What the server last reported, and the most it ever reported (its full budget).
 	hdrAt              time.Time
@@ -92,6 +97,7 @@ type charge struct {
 type reservation struct {
 	est   time.Duration
 	start time.Time
+	p     Priority
 }
 
 func newBudget(l Limits) *budget {
@@ -100,6 +106,8 @@ func newBudget(l Limits) *budget {
 		span:     l.Window / budgetSpans,
 		execCap:  time.Duration(l.Share * float64(l.Execution) / budgetSpans),
 		reqCap:   max(1, int(l.Share*float64(l.Requests)/budgetSpans)),
+		execFull: l.Execution / budgetSpans,
+		reqFull:  max(1, l.Requests/budgetSpans),
 		marginOf: 1 - l.Share,
 		wake:     make(chan struct{}),
 	}
@@ -119,15 +127,18 @@ func (b *budget) pruneLocked(now time.Time) {
 
 // waitLocked is how long a request must wait before the projected spend fits, 0 when
 // it may leave now; poll reports a wait that only an answer can shorten.
-func (b *budget) waitLocked(now time.Time) (d time.Duration, poll bool) {
+func (b *budget) waitLocked(now time.Time, p Priority) (d time.Duration, poll bool) {
 	b.pruneLocked(now)
-	need := b.execSum + b.inflight + b.est
+	need := b.execSum + b.inflight + b.estimate(p)
 	reqs := b.reqSum + b.nflight + 1
-	if hd, hpoll := b.headerWaitLocked(now); hd > 0 {
+	if hd, hpoll := b.headerWaitLocked(now, p); hd > 0 {
 		return hd, hpoll
 	}
-	// Instances sharing the application user split its budget evenly.
 	execCap, reqCap := b.execCap, b.reqCap
+	if p == Live {
+		execCap, reqCap = b.execFull, b.reqFull
+	}
+	// Instances sharing the application user split its budget evenly.
 	if n := b.peerCount(); n > 1 {
 		execCap, reqCap = execCap/time.Duration(n), max(1, reqCap/n)
 	}
@@ -152,18 +163,23 @@ func (b *budget) waitLocked(now time.Time) (d time.Duration, poll bool) {
 // headerWaitLocked holds requests while the server's own figures, reported less than a
 // span ago, leave less than half the margin after this request. With
 // nothing in flight one request goes through to learn the current figures.
-func (b *budget) headerWaitLocked(now time.Time) (time.Duration, bool) {
+func (b *budget) headerWaitLocked(now time.Time, p Priority) (time.Duration, bool) {
 	if b.hdrAt.IsZero() || now.Sub(b.hdrAt) > b.span || b.nflight == 0 {
 		return 0, false
 	}
-	// Half the margin: a server may already have charged the requests in flight.
+	// Half the margin: a server may already have charged the requests in flight. Live
+	// requests keep a quarter.
+	keep := b.marginOf / 2
+	if p == Live {
+		keep = b.marginOf / 4
+	}
 	if b.timeMax > 0 {
-		left := b.timeLeft - float64(b.est/time.Millisecond)
-		if left < b.marginOf/2*b.timeMax {
+		left := b.timeLeft - float64(b.estimate(p)/time.Millisecond)
+		if left < keep*b.timeMax {
 			return b.span, true
 		}
 	}
-	if b.burstMx > 0 && float64(b.burstLeft-1) < b.marginOf/2*float64(b.burstMx) {
+	if b.burstMx > 0 && float64(b.burstLeft-1) < keep*float64(b.burstMx) {
 		return b.span, true
 	}
 	return 0, false
@@ -176,37 +192,34 @@ func (b *budget) peerCount() int {
 	return max(1, b.peers())
 }
 
-// acquire waits until the request fits the budget and reserves its estimate.
-func (b *budget) acquire(ctx context.Context) (*reservation, error) {
-	var waited time.Duration
-	for {
-		now := time.Now()
-		b.mu.Lock()
-		d, _ := b.waitLocked(now)
-		if d <= 0 {
-			r := &reservation{est: b.est, start: now}
-			b.inflight += r.est
-			b.nflight++
-			if waited > 0 {
-				b.delayed++
-				b.delay += waited
-			}
-			b.mu.Unlock()
-			return r, nil
-		}
-		wake := b.wake
-		b.mu.Unlock()
-		tm := time.NewTimer(d)
-		select {
-		case <-tm.C:
-		case <-wake:
-			tm.Stop()
-		case <-ctx.Done():
-			tm.Stop()
-			return nil, ctx.Err()
-		}
-		waited += time.Since(now)
+// estimate is a request's expected execution time in class p: that class's average,
+// else the other's.
+func (b *budget) estimate(p Priority) time.Duration {
+	if b.est[p] > 0 {
+		return b.est[p]
 	}
+	return b.est[1-p]
+}
+
+// try reserves the request's estimate when it fits the budget now; otherwise it says how
+// long to wait at most and returns a channel closed when an answer may make room. waited
+// is how long the request has waited so far (for PacingStats).
+func (b *budget) try(p Priority, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, _ := b.waitLocked(now, p)
+	if d > 0 {
+		return nil, d, b.wake
+	}
+	r := &reservation{est: b.estimate(p), start: now, p: p}
+	b.inflight += r.est
+	b.nflight++
+	if waited > 0 {
+		b.delayed++
+		b.delay += waited
+	}
+	return r, 0, nil
 }
 
 // started marks the moment the request is being sent (its connection is ready).
@@ -231,10 +244,10 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	b.execSum += lat
 	b.reqSum++
 	if lat > 0 {
-		if b.est == 0 {
-			b.est = lat
+		if b.est[r.p] == 0 {
+			b.est[r.p] = lat
 		} else {
-			b.est = (4*b.est + lat) / 5
+			b.est[r.p] = (4*b.est[r.p] + lat) / 5
 		}
 	}
 	if resp != nil {

@@ -148,6 +148,8 @@ func (t *throttle) waitUntil(ctx context.Context) {
 
 func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 	ctx := req.Raw().Context()
+	var res *reservation
+	var waited time.Duration
 	for {
 		if err := t.wait(ctx); err != nil {
 			return nil, err
@@ -156,19 +158,31 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 			return nil, err
 		}
 		// a 429 may have arrived while we queued for the slot
-		if t.remaining() <= 0 {
+		if t.remaining() > 0 {
+			t.sem.Release()
+			continue
+		}
+		if t.budget == nil {
 			break
 		}
-		t.sem.Release()
-	}
-	var res *reservation
-	if t.budget != nil {
-		r, err := t.budget.acquire(ctx)
-		if err != nil {
-			t.sem.Release()
-			return nil, err
+		r, d, wake := t.budget.try(priorityOf(ctx), waited)
+		if r != nil {
+			res = r
+			break
 		}
-		res = r
+		// Wait for the budget without the slot, so a live request can have it meanwhile.
+		t.sem.Release()
+		start := time.Now()
+		tm := time.NewTimer(d)
+		select {
+		case <-tm.C:
+		case <-wake:
+			tm.Stop()
+		case <-ctx.Done():
+			tm.Stop()
+			return nil, ctx.Err()
+		}
+		waited += time.Since(start)
 	}
 	// Connecting can take long (TLS handshakes under load); a 429 that
 	// arrives meanwhile must still hold this request, so look at the gate
