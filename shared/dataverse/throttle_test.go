@@ -368,3 +368,30 @@ func TestSemaphoreBulkYieldsToLive(t *testing.T) {
 		t.Fatalf("second slot went to %s", second)
 	}
 }
+
+// With bulk work spending the pacer's share of a span, the next bulk request waits and a
+// live one still goes: it may spend the margin, at its own (smaller) estimate.
+func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
+	b := newBudget(Limits{Window: 100 * time.Second, Requests: 100000, Execution: 100 * time.Second, Share: 0.9})
+	// a span is 10 s with 9 s for bulk; 7 answered bulk requests of 1.2 s each fill it
+	for range 7 {
+		r, d, _ := b.try(Bulk, 0)
+		if r == nil {
+			t.Fatalf("bulk request held after %v", d)
+		}
+		r.start = time.Now().Add(-1200 * time.Millisecond)
+		b.done(r, nil)
+	}
+	if r, d, _ := b.try(Bulk, 0); r != nil || d <= 0 {
+		t.Fatalf("a bulk request beyond the share went (wait %v)", d)
+	}
+	r, d, _ := b.try(Live, 0)
+	if r == nil {
+		t.Fatalf("the live request was held %v behind bulk work", d)
+	}
+	r.start = time.Now().Add(-10 * time.Millisecond)
+	b.done(r, nil)
+	if b.estimate(Live) >= b.estimate(Bulk) {
+		t.Fatalf("live estimate %v not apart from bulk %v", b.estimate(Live), b.estimate(Bulk))
+	}
+}
