@@ -238,8 +238,8 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	b.inflight -= r.est
 	b.nflight--
 	b.pruneLocked(now)
-	// The request counts from when it left, its execution time from when it was answered:
-	// both no earlier than the server counted them, so they leave the span no earlier.
+	// Charged when answered, no earlier than the server counted the request and its
+	// execution time, so they leave the span no earlier than they leave the server's window.
 	b.spent = append(b.spent, charge{at: now, exec: lat, reqs: 1})
 	b.execSum += lat
 	b.reqSum++
