@@ -113,7 +113,7 @@ func inList(ids []int64) string {
 	return b.String()
 }
 
-// customerList is the select list of a customer row (see scanCustomers).
+// customerList is the select list of a customer row (see scanCustomer).
 func (d *dialect) customerList() []string {
 	l := []string{d.col("c", "Id"), d.guid(d.col("c", "CustomerGuid"))}
 	return append(l, d.cols("c", "Username", "Email", "FirstName", "LastName", "Company", "Phone",

@@ -260,7 +260,7 @@ type customerRow struct {
 
 // customers reads customer rows with query and sets their Guests and Registered flags.
 func (r *Reader) customers(ctx context.Context, q querier, query string, args ...any) ([]customerRow, error) {
-	cs, err := scanCustomers(ctx, q, query, args...)
+	cs, err := queryAll(ctx, q, scanCustomer, query, args...)
 	if err != nil || len(cs) == 0 {
 		return cs, err
 	}
@@ -276,25 +276,15 @@ func (r *Reader) customers(ctx context.Context, q querier, query string, args ..
 	}
 	for len(ids) > 0 {
 		n := min(len(ids), 1000)
-		rows, err := q.QueryContext(ctx, r.d.customerRoles(ids[:n]))
+		links, err := queryAll(ctx, q, scanPair, r.d.customerRoles(ids[:n]))
 		if err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var cid, role int64
-			if err := rows.Scan(&cid, &role); err != nil {
-				rows.Close()
-				return nil, err
+		for _, l := range links { // customer id, role id
+			if c := at[l[0]]; c != nil {
+				c.guest = c.guest || l[1] == roles.guests
+				c.registered = c.registered || l[1] == roles.registered
 			}
-			if c := at[cid]; c != nil {
-				c.guest = c.guest || role == roles.guests
-				c.registered = c.registered || role == roles.registered
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
 		}
 		ids = ids[n:]
 	}
@@ -311,27 +301,22 @@ func (r *Reader) roleIDs(ctx context.Context, q querier) (roleIDs, error) {
 	if cached.registered != 0 {
 		return cached, nil
 	}
-	rows, err := q.QueryContext(ctx, r.d.roles())
+	type roleRow struct {
+		id   int64
+		name string
+	}
+	all, err := queryAll(ctx, q, func(rows *sql.Rows, x *roleRow) error { return rows.Scan(&x.id, &x.name) }, r.d.roles())
 	if err != nil {
 		return roleIDs{}, err
 	}
-	defer rows.Close()
 	var ids roleIDs
-	for rows.Next() {
-		var id int64
-		var name string
-		if err := rows.Scan(&id, &name); err != nil {
-			return roleIDs{}, err
-		}
-		switch name {
+	for _, x := range all {
+		switch x.name {
 		case "Registered":
-			ids.registered = id
+			ids.registered = x.id
 		case "Guests":
-			ids.guests = id
+			ids.guests = x.id
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return roleIDs{}, err
 	}
 	if ids.registered == 0 {
 		return roleIDs{}, errors.New("the customer role with system name Registered is missing (CustomerRole)")
@@ -342,22 +327,10 @@ func (r *Reader) roleIDs(ctx context.Context, q querier) (roleIDs, error) {
 	return ids, nil
 }
 
-func scanCustomers(ctx context.Context, q querier, query string, args ...any) ([]customerRow, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []customerRow
-	for rows.Next() {
-		var c customerRow
-		if err := rows.Scan(&c.id, &c.guid, &c.username, &c.email, &c.first, &c.last, &c.company, &c.phone,
-			&c.active, &c.deleted, &c.created, &c.billing, &c.shipping); err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+// scanCustomer scans a row of customerList.
+func scanCustomer(rows *sql.Rows, c *customerRow) error {
+	return rows.Scan(&c.id, &c.guid, &c.username, &c.email, &c.first, &c.last, &c.company, &c.phone,
+		&c.active, &c.deleted, &c.created, &c.billing, &c.shipping)
 }
 
 // addressIDs are the customers' main address ids: billing, else shipping.
@@ -466,26 +439,22 @@ func (r *Reader) addresses(ctx context.Context, q querier, ids []int64) (map[int
 	ids = uniq(ids)
 	for len(ids) > 0 {
 		n := min(len(ids), 1000)
-		rows, err := q.QueryContext(ctx, r.d.addressesByID(ids[:n]))
+		type addressRow struct {
+			id int64
+			f  [13]sql.NullString
+		}
+		as, err := queryAll(ctx, q, func(rows *sql.Rows, a *addressRow) error {
+			f := &a.f
+			return rows.Scan(&a.id, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &f[9], &f[10], &f[11], &f[12])
+		}, r.d.addressesByID(ids[:n]))
 		if err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var id int64
-			var f [13]sql.NullString
-			if err := rows.Scan(&id, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &f[9], &f[10], &f[11], &f[12]); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			a := &nop.Address{FirstName: str(f[0]), LastName: str(f[1]), Email: str(f[2]), Company: str(f[3]),
+		for _, a := range as {
+			f := &a.f
+			out[a.id] = &nop.Address{FirstName: str(f[0]), LastName: str(f[1]), Email: str(f[2]), Company: str(f[3]),
 				Address1: str(f[4]), Address2: str(f[5]), City: str(f[6]), County: str(f[7]), StateProvince: str(f[8]),
 				ZipPostalCode: str(f[9]), Country: str(f[10]), CountryIsoCode: str(f[11]), Phone: str(f[12])}
-			out[id] = a
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
 		}
 		ids = ids[n:]
 	}
@@ -518,22 +487,10 @@ type productRow struct {
 }
 
 func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int) error {
-	rows, err := q.QueryContext(ctx, r.d.productsPage(limit), after)
-	if err != nil {
-		return err
-	}
-	var ps []productRow
-	for rows.Next() {
-		var p productRow
-		if err := rows.Scan(&p.id, &p.typ, &p.parent, &p.name, &p.short, &p.full, &p.sku, &p.gtin, &p.mpn,
-			&p.price, &p.cost, &p.old, &p.stock, &p.manage, &p.published, &p.deleted, &p.updated); err != nil {
-			rows.Close()
-			return err
-		}
-		ps = append(ps, p)
-	}
-	err = rows.Err()
-	rows.Close()
+	ps, err := queryAll(ctx, q, func(rows *sql.Rows, p *productRow) error {
+		return rows.Scan(&p.id, &p.typ, &p.parent, &p.name, &p.short, &p.full, &p.sku, &p.gtin, &p.mpn,
+			&p.price, &p.cost, &p.old, &p.stock, &p.manage, &p.published, &p.deleted, &p.updated)
+	}, r.d.productsPage(limit), after)
 	if err != nil {
 		return err
 	}
@@ -567,47 +524,32 @@ func (r *Reader) readProducts(ctx context.Context, q querier, pb *pageBuilder, a
 	assoc := map[int64][]int{}
 	for len(grouped) > 0 {
 		n := min(len(grouped), 1000)
-		rows, err := q.QueryContext(ctx, r.d.associatedProducts(grouped[:n]))
+		links, err := queryAll(ctx, q, scanPair, r.d.associatedProducts(grouped[:n]))
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var parent, id int64
-			if err := rows.Scan(&parent, &id); err != nil {
-				rows.Close()
-				return err
-			}
-			assoc[parent] = append(assoc[parent], int(id))
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return err
+		for _, l := range links { // grouped product id, associated product id
+			assoc[l[0]] = append(assoc[l[0]], int(l[1]))
 		}
 		grouped = grouped[n:]
 	}
 
 	pictures := map[int64]string{}
 	if r.storeURL != "" {
-		rows, err := q.QueryContext(ctx, r.d.pictures(), after, last)
+		type pictureRow struct {
+			product, picture int64
+			mime, seo        sql.NullString
+		}
+		pics, err := queryAll(ctx, q, func(rows *sql.Rows, p *pictureRow) error {
+			return rows.Scan(&p.product, &p.picture, &p.mime, &p.seo)
+		}, r.d.pictures(), after, last)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var pid, picID int64
-			var mime, seo sql.NullString
-			if err := rows.Scan(&pid, &picID, &mime, &seo); err != nil {
-				rows.Close()
-				return err
+		for _, p := range pics {
+			if _, ok := pictures[p.product]; !ok {
+				pictures[p.product] = r.pictureURL(p.picture, p.mime.String, p.seo.String)
 			}
-			if _, ok := pictures[pid]; !ok {
-				pictures[pid] = r.pictureURL(picID, mime.String, seo.String)
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return err
 		}
 	}
 
@@ -668,22 +610,14 @@ func (r *Reader) productsByID(ctx context.Context, q querier, ids []int64) (map[
 	ids = uniq(ids)
 	for len(ids) > 0 {
 		n := min(len(ids), 1000)
-		rows, err := q.QueryContext(ctx, r.d.productsByID(ids[:n]))
+		ps, err := queryAll(ctx, q, func(rows *sql.Rows, p *itemProduct) error {
+			return rows.Scan(&p.id, &p.name, &p.sku, &p.typ, &p.parent)
+		}, r.d.productsByID(ids[:n]))
 		if err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			p := &itemProduct{}
-			if err := rows.Scan(&p.id, &p.name, &p.sku, &p.typ, &p.parent); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[p.id] = p
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
+		for i := range ps {
+			out[ps[i].id] = &ps[i]
 		}
 		ids = ids[n:]
 	}
@@ -776,25 +710,13 @@ type itemRow struct {
 var itemAmountNames = [6]string{"unitPriceInclTax", "unitPriceExclTax", "priceInclTax", "priceExclTax", "discountAmountInclTax", "discountAmountExclTax"}
 
 func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, after int64, limit int, currency string) error {
-	rows, err := q.QueryContext(ctx, r.d.ordersPage(limit), after, r.storeID)
-	if err != nil {
-		return err
-	}
-	var os []orderRow
-	for rows.Next() {
-		var o orderRow
+	os, err := queryAll(ctx, q, func(rows *sql.Rows, o *orderRow) error {
 		a := &o.amounts
-		if err := rows.Scan(&o.id, &o.guid, &o.number, &o.customer, &o.billing, &o.shipping,
+		return rows.Scan(&o.id, &o.guid, &o.number, &o.customer, &o.billing, &o.shipping,
 			&o.status, &o.payment, &o.shippingStatus, &o.customerCurrency, &o.rate,
 			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8], &a[9], &a[10], &a[11],
-			&o.paymentMethod, &o.shippingMethod, &o.paid, &o.created, &o.deleted); err != nil {
-			rows.Close()
-			return err
-		}
-		os = append(os, o)
-	}
-	err = rows.Err()
-	rows.Close()
+			&o.paymentMethod, &o.shippingMethod, &o.paid, &o.created, &o.deleted)
+	}, r.d.ordersPage(limit), after, r.storeID)
 	if err != nil {
 		return err
 	}
@@ -803,25 +725,17 @@ func (r *Reader) readOrders(ctx context.Context, q querier, pb *pageBuilder, aft
 	}
 	last := os[len(os)-1].id
 
-	items := map[int64][]itemRow{}
-	rows, err = q.QueryContext(ctx, r.d.orderItems(), after, last)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var it itemRow
+	its, err := queryAll(ctx, q, func(rows *sql.Rows, it *itemRow) error {
 		a := &it.amounts
-		if err := rows.Scan(&it.orderID, &it.id, &it.guid, &it.productID, &it.quantity,
-			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &it.attributes); err != nil {
-			rows.Close()
-			return err
-		}
-		items[it.orderID] = append(items[it.orderID], it)
-	}
-	err = rows.Err()
-	rows.Close()
+		return rows.Scan(&it.orderID, &it.id, &it.guid, &it.productID, &it.quantity,
+			&a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &it.attributes)
+	}, r.d.orderItems(), after, last)
 	if err != nil {
 		return err
+	}
+	items := map[int64][]itemRow{}
+	for _, it := range its {
+		items[it.orderID] = append(items[it.orderID], it)
 	}
 
 	var productIDs []int64

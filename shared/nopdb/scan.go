@@ -1,6 +1,7 @@
 package nopdb
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"strconv"
@@ -115,3 +116,28 @@ func str(s sql.NullString) *string {
 	v := s.String
 	return &v
 }
+
+// queryAll runs query and scans each of its rows with scan, closing the rows on every
+// path. An error from the query, a scan or the iteration (rows.Err) is returned as is.
+func queryAll[T any](ctx context.Context, q querier, scan func(*sql.Rows, *T) error, query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := scan(rows, &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scanPair scans a row of two ids.
+func scanPair(rows *sql.Rows, p *[2]int64) error { return rows.Scan(&p[0], &p[1]) }

@@ -72,11 +72,10 @@ var since460 = map[string]bool{"FirstName": true, "LastName": true, "Company": t
 // *SchemaError naming the first one missing (and whether the schema is older than
 // 4.60), or an *Error when the database can't be queried.
 func (r *Reader) Check(ctx context.Context) error {
-	rows, err := r.db.QueryContext(ctx, r.d.columns())
+	cols, err := queryAll(ctx, r.db, func(rows *sql.Rows, c *[2]string) error { return rows.Scan(&c[0], &c[1]) }, r.d.columns())
 	if err != nil {
 		return r.red.wrap("reading the store database's schema", err)
 	}
-	defer rows.Close()
 	// PostgreSQL names are case-sensitive (nopCommerce creates them quoted); SQL Server
 	// and MySQL compare them without case under their usual collations and settings.
 	fold := r.d.provider != PostgreSQL
@@ -87,18 +86,12 @@ func (r *Reader) Check(ctx context.Context) error {
 		return s
 	}
 	tables := map[string]map[string]bool{}
-	for rows.Next() {
-		var t, c string
-		if err := rows.Scan(&t, &c); err != nil {
-			return r.red.wrap("reading the store database's schema", err)
-		}
+	for _, tc := range cols { // table, column
+		t, c := tc[0], tc[1]
 		if tables[key(t)] == nil {
 			tables[key(t)] = map[string]bool{}
 		}
 		tables[key(t)][key(c)] = true
-	}
-	if err := rows.Err(); err != nil {
-		return r.red.wrap("reading the store database's schema", err)
 	}
 	for _, t := range required {
 		cols, ok := tables[key(t.table)]
