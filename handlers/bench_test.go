@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -1040,7 +1041,11 @@ func BenchmarkLiveDuringImportLatency(b *testing.B) {
 			}
 			o.ExecutionCost, o.NoRateLimitHeaders, costName = cost, c == "perrow", c
 		}
-		r := newBenchRig(b, o)
+		var env []string
+		if n := envInt("BENCH_BULK_SIZE", 0); n > 0 { // the app's DATAVERSE_BULK_SIZE
+			env = append(env, fmt.Sprintf("DATAVERSE_BULK_SIZE=%d", n))
+		}
+		r := newBenchRig(b, o, env...)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
 		// Warm-up: one event so bootstrap and the token are not in the figures.
@@ -1187,8 +1192,8 @@ func BenchmarkLiveDuringImportLatency(b *testing.B) {
 		b.ReportMetric(float64(p99.Milliseconds()), "live-p99-ms")
 		b.ReportMetric(during, "import-during/s")
 		b.ReportMetric(100*during/alone, "import-%alone")
-		summary(b, "| live events during an import: %d/s while %d customers are imported (arrays of 1000), cost model %s | 202 → contact in Dataverse: p50 %s, p99 %s (max %s, %d events) | p99 < 2 s: %v | import with live events %.0f customers/s (%.1f s) = %.0f%% of the same import alone %.0f/s (%.1f s); ideal %.0f/s (%s-bound); %d × 429, Retry-After violations %d |",
-			rate, nCust, costName, p50.Round(time.Millisecond), p99.Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat),
+		summary(b, "| live events during an import: %d/s while %d customers are imported (arrays of 1000), cost model %s, bulk size %s | 202 → contact in Dataverse: p50 %s, p99 %s (max %s, %d events) | p99 < 2 s: %v | import with live events %.0f customers/s (%.1f s) = %.0f%% of the same import alone %.0f/s (%.1f s); ideal %.0f/s (%s-bound); %d × 429, Retry-After violations %d |",
+			rate, nCust, costName, cmp.Or(os.Getenv("BENCH_BULK_SIZE"), "100 (default)"), p50.Round(time.Millisecond), p99.Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat),
 			p99 < 2*time.Second, during, duringD.Seconds(), 100*during/alone, alone, aloneD.Seconds(), ideal.Ceiling, ideal.Limit,
 			r.sim.Stats().Throttled, r.sim.RetryAfterViolations())
 		r.app.stop()

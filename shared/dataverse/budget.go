@@ -75,6 +75,7 @@ type budget struct {
 	reqSum   int
 	inflight time.Duration // estimates of requests in flight
 	nflight  int
+	nclass   [2]int // requests in flight by Priority
 	est      [2]time.Duration // moving average of a request's execution time, by Priority
 	wake     chan struct{}    // closed when a request is answered
 
@@ -164,7 +165,8 @@ func (b *budget) waitLocked(now time.Time, p Priority) (d time.Duration, poll bo
 // span ago, leave less than half the margin after this request. With
 // nothing in flight one request goes through to learn the current figures.
 func (b *budget) headerWaitLocked(now time.Time, p Priority) (time.Duration, bool) {
-	if b.hdrAt.IsZero() || now.Sub(b.hdrAt) > b.span || b.nflight == 0 {
+	// Live requests in flight don't hold bulk work's probe: they come and go all the time.
+	if b.hdrAt.IsZero() || now.Sub(b.hdrAt) > b.span || b.nclass[p] == 0 {
 		return 0, false
 	}
 	// Half the margin: a server may already have charged the requests in flight. Live
@@ -215,6 +217,7 @@ func (b *budget) try(p Priority, waited time.Duration) (*reservation, time.Durat
 	r := &reservation{est: b.estimate(p), start: now, p: p}
 	b.inflight += r.est
 	b.nflight++
+	b.nclass[p]++
 	if waited > 0 {
 		b.delayed++
 		b.delay += waited
@@ -237,6 +240,7 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	defer b.mu.Unlock()
 	b.inflight -= r.est
 	b.nflight--
+	b.nclass[r.p]--
 	b.pruneLocked(now)
 	// Charged when answered, no earlier than the server counted the request and its
 	// execution time, so they leave the span no earlier than they leave the server's window.
