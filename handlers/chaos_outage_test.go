@@ -122,26 +122,7 @@ func outagePhase(t *testing.T, bin, kind string, length time.Duration) {
 	}
 
 	setDown := func(down bool) {
-		switch kind {
-		case "dataverse-503":
-			rate := 0.0
-			if down {
-				rate = 1
-			}
-			sim.SetFaults(dataversetest.Faults{Error503Rate: rate})
-		case "dataverse-refused":
-			if down {
-				dvProxy.down()
-			} else if err := dvProxy.up(); err != nil {
-				t.Fatal(err)
-			}
-		case "state-store":
-			if down {
-				tableProxy.down()
-			} else if err := tableProxy.up(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		setOutage(t, kind, down, sim, dvProxy, func(down bool) { tableProxy.setDown(t, down) })
 	}
 	setDown(true)
 	start := time.Now()

@@ -116,6 +116,37 @@ func (p *tcpProxy) up() error {
 	return fmt.Errorf("proxy: listen again on %s: %w", p.addr, err)
 }
 
+// setDown takes the proxy down, or brings it back up.
+func (p *tcpProxy) setDown(t *testing.T, down bool) {
+	t.Helper()
+	if !down {
+		if err := p.up(); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	p.down()
+}
+
+// setOutage starts (down) or ends an outage of kind: "dataverse-503" (sim answers every
+// request 503), "dataverse-refused" (dv, the proxy in front of sim, refuses connections) or
+// "state-store" (setState takes the state store down or back up).
+func setOutage(t *testing.T, kind string, down bool, sim *dataversetest.Server, dv *tcpProxy, setState func(down bool)) {
+	t.Helper()
+	switch kind {
+	case "dataverse-503":
+		rate := 0.0
+		if down {
+			rate = 1
+		}
+		sim.SetFaults(dataversetest.Faults{Error503Rate: rate})
+	case "dataverse-refused":
+		dv.setDown(t, down)
+	case "state-store":
+		setState(down)
+	}
+}
+
 // outageStore fails every call while down, as a state store that can't be reached.
 type outageStore struct {
 	state.Store
@@ -232,24 +263,7 @@ func TestOutageCostsNothing(t *testing.T) {
 			send(100)
 			waitFor(t, "the first customer to land", func() bool { return sim.Count("contacts") == 1 })
 
-			setDown := func(down bool) {
-				switch kind {
-				case "dataverse-503":
-					rate := 0.0
-					if down {
-						rate = 1
-					}
-					sim.SetFaults(dataversetest.Faults{Error503Rate: rate})
-				case "dataverse-refused":
-					if down {
-						proxy.down()
-					} else if err := proxy.up(); err != nil {
-						t.Fatal(err)
-					}
-				case "state-store":
-					store.down.Store(down)
-				}
-			}
+			setDown := func(down bool) { setOutage(t, kind, down, sim, proxy, store.down.Store) }
 			setDown(true)
 			start := time.Now()
 			const during = 10
