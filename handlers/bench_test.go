@@ -125,6 +125,9 @@ func appEnv(sim *dataversetest.Server, caFile, dataDir, addr, webhookSecret stri
 		"LOCAL_DATA_DIR=" + dataDir, "LISTEN_ADDR=" + addr, "WEBHOOK_SECRET=" + webhookSecret,
 		"STORE_CURRENCY_CODE=USD",
 	}
+	if n := os.Getenv("BENCH_BULK_SIZE"); n != "" {
+		env = append(env, "DATAVERSE_BULK_SIZE="+n) // the app's rows per bulk request, for a comparison
+	}
 	if f := os.Getenv("NOPSYNC_CPUPROFILE"); f != "" {
 		env = append(env, "NOPSYNC_CPUPROFILE="+f) // the app's CPU profile, for a look afterwards
 	}
@@ -850,7 +853,10 @@ func BenchmarkImport(b *testing.B) {
 			set  string
 			want int
 		}
-		appBulk := dataverse.DefaultBulkChunkSize // appEnv sets no DATAVERSE_BULK_SIZE
+		appBulk := dataverse.DefaultBulkChunkSize // unless BENCH_BULK_SIZE sets DATAVERSE_BULK_SIZE
+		if n, err := strconv.Atoi(os.Getenv("BENCH_BULK_SIZE")); err == nil && n > 0 {
+			appBulk = n
+		}
 		measure := func(name, entity string, evs []json.RawMessage, rowsPerRecord float64, wants ...rowCount) {
 			s0 := r.sim.Stats()
 			start := time.Now()
