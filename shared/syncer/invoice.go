@@ -26,7 +26,7 @@ func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID s
 		return false, fmt.Errorf("order %d: %w", o.ID, err)
 	}
 	if inv == "" {
-		if inv, err = s.convert(ctx, orderID); err != nil {
+		if inv, err = s.dv.ConvertSalesOrderToInvoice(ctx, orderID); err != nil {
 			return false, fmt.Errorf("order %d: convert salesorder %s to invoice: %w", o.ID, orderID, err)
 		}
 		converted = true
@@ -46,40 +46,6 @@ func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID s
 	}
 	rec.Extra[extraInvoicePaid] = "true"
 	return converted, nil
-}
-
-// unclearTries bounds how often convert reads back and converts again after unclear
-// outcomes within one invocation; past it the message is redelivered.
-const unclearTries = 3
-
-// convert runs ConvertSalesOrderToInvoice. The request is not idempotent, so the client
-// sends it once; after an unclear outcome (a 5xx, a timeout, a lost answer) convert reads
-// the order's invoices and converts again only when there is none: one invoice, and no
-// redelivery of the whole message for a fault the same invocation can settle.
-func (s *orderSyncer) convert(ctx context.Context, orderID string) (string, error) {
-	var err error
-	for range unclearTries {
-		var inv string
-		if inv, err = s.dv.ConvertSalesOrderToInvoice(ctx, orderID); err == nil || !dataverse.IsOutcomeUnknown(err) {
-			return inv, err
-		}
-		if inv, ok := s.settled(ctx, orderID); ok {
-			return inv, nil
-		}
-	}
-	return "", err
-}
-
-// settled reads whether a conversion with an unclear outcome made the order's invoice:
-// ok with its id when Dataverse shows one. A failed read is not ok (convert keeps its
-// error and the message is redelivered, where ensureInvoice reads first).
-func (s *orderSyncer) settled(ctx context.Context, orderID string) (string, bool) {
-	inv, _, err := s.findInvoiceState(ctx, orderID)
-	if err != nil {
-		s.log.Warn("reading invoices after an unclear conversion", "salesorder", orderID, "error", err)
-		return "", false
-	}
-	return inv, inv != ""
 }
 
 // findInvoice returns the id of the order's invoice, "" when it has none.

@@ -348,13 +348,13 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 			case err == nil:
 			case errors.As(err, &be) && be.Part >= 1 && be.Part <= len(group):
 				answered = be.Part - 1
-				s.convertOne(ctx, plans[group[answered]], group[answered], err, errs)
+				i := group[answered]
+				errs[i] = fmt.Errorf("order %d: convert salesorder %s to invoice: %w", plans[i].ev.Order.ID, plans[i].orderID, err)
 			default:
-				// Unknown which were applied: each order reads its invoices and converts
-				// alone where there is none (convert).
-				s.parallelN(ctx, len(group), func(ctx context.Context, k int) {
-					s.convertOne(ctx, plans[group[k]], group[k], err, errs)
-				})
+				// Unknown which were applied: each order finds out on its next attempt.
+				for _, i := range group {
+					errs[i] = fmt.Errorf("order %d: convert salesorder %s to invoice: %w", plans[i].ev.Order.ID, plans[i].orderID, err)
+				}
 				return
 			}
 			for k := 0; k < answered; k++ {
@@ -379,26 +379,6 @@ func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx [
 			group = group[answered+1:]
 		}
 	})
-}
-
-// convertOne settles one order of a batch of conversions that failed with batchErr: an
-// unclear outcome is read back and, with no invoice made, converted alone (convert); a
-// clear refusal is the order's error.
-func (s *orderSyncer) convertOne(ctx context.Context, p *orderPlan, i int, batchErr error, errs []error) {
-	id := ""
-	err := batchErr
-	if dataverse.IsOutcomeUnknown(batchErr) {
-		id, err = s.convert(ctx, p.orderID)
-	}
-	if err != nil {
-		errs[i] = fmt.Errorf("order %d: convert salesorder %s to invoice: %w", p.ev.Order.ID, p.orderID, err)
-		return
-	}
-	p.invoiceID, p.invoicePaid = id, false
-	p.rec.Extra[extraInvoiceID] = id
-	if err := s.leases.renew(ctx, p.rec); err != nil {
-		errs[i] = fmt.Errorf("order %d: record invoice %s: %w", p.ev.Order.ID, id, err)
-	}
 }
 
 // invoiceIDOnly is the ColumnSet of a conversion: the invoice id is all that is read back
