@@ -110,8 +110,8 @@ func (c *chunk) claimed() []*chunkRow {
 	return out
 }
 
-// syncChunk syncs the claimed rows: through the syncer's bulk path when it has one, else
-// row by row (Concurrency at a time). With writes disabled they are recorded as pending;
+// syncChunk syncs the claimed rows, keeping their leases meanwhile: through the syncer's
+// bulk path when it has one, else row by row (Concurrency at a time). With writes disabled they are recorded as pending;
 // force (re-syncs) clears the records' DataHash so unchanged data is written again.
 func (e *Engine) syncChunk(ctx context.Context, syn entitySyncer, rows []*chunkRow, force bool) {
 	switch {
@@ -133,10 +133,14 @@ func (e *Engine) syncChunk(ctx context.Context, syn entitySyncer, rows []*chunkR
 			r.rec.DataHash = ""
 		}
 	}
+	// A chunk can take longer than a lease (throttling, retries): its leases are kept
+	// while it writes, and nothing is sent once one could not be.
+	ctx, stop := e.leases.keep(ctx, recs)
+	defer stop()
 	if bs, ok := syn.(bulkSyncer); ok {
 		outs, serrs := e.safeSyncMany(ctx, bs, evs, recs)
 		for j, r := range rows {
-			r.out, r.syncErr = outs[j], serrs[j]
+			r.out, r.syncErr = outs[j], leaseLost(ctx, serrs[j])
 		}
 		return
 	}
@@ -144,7 +148,8 @@ func (e *Engine) syncChunk(ctx context.Context, syn entitySyncer, rows []*chunkR
 	g.SetLimit(e.conc)
 	for _, r := range rows {
 		g.Go(func() error {
-			r.out, r.syncErr = e.safeSync(gctx, syn, r.ev, r.rec)
+			out, err := e.safeSync(gctx, syn, r.ev, r.rec)
+			r.out, r.syncErr = out, leaseLost(ctx, err)
 			return nil
 		})
 	}

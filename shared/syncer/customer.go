@@ -449,13 +449,15 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 		if claimed.DataverseID != "" { // written by the customer's own event while we waited
 			return claimed.DataverseID, nil
 		}
-		p, err := s.planContact(ctx, storeID, c, claimed, nil)
+		kctx, stop := s.leases.keep(ctx, []*state.Record{claimed})
+		defer stop()
+		p, err := s.planContact(kctx, storeID, c, claimed, nil)
 		if err != nil {
-			return "", err
+			return "", leaseLost(kctx, err)
 		}
 		if !p.unchanged {
-			if err := s.writeContact(ctx, p); err != nil {
-				return "", err
+			if err := s.writeContact(kctx, p); err != nil {
+				return "", leaseLost(kctx, err)
 			}
 		}
 		claimed.DataverseID = p.id

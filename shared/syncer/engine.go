@@ -124,9 +124,10 @@ type Options struct {
 	Instance string
 	// LeaseDuration bounds how long a claim keeps other writers off an entity (default
 	// DefaultLease). It is also how long a crashed writer's entities stay blocked, so it
-	// is short; a writer that outlives its lease is caught when it records its result
-	// (superseded → the newest state is written again), and it is renewed
-	// between an order's steps.
+	// is short; a writer keeps its leases while it writes (renewed every third of the
+	// duration) and sends nothing more once one could not be renewed. Should a writer
+	// still outlive its lease, it is caught when it records its result (superseded →
+	// the newest state is written again).
 	LeaseDuration time.Duration
 	// BusyWait is how long a claim waits for another writer's lease to be released
 	// before reporting "busy" (a transient failure; Service Bus redelivers). Waiting a
@@ -497,7 +498,10 @@ func (e *Engine) process(ctx context.Context, ev *nop.Event, force bool) error {
 	if force {
 		rec.DataHash = ""
 	}
-	out, serr := e.safeSync(ctx, syn, ev, rec)
+	kctx, stop := e.leases.keep(ctx, []*state.Record{rec})
+	out, serr := e.safeSync(kctx, syn, ev, rec)
+	serr = leaseLost(kctx, serr)
+	stop()
 	return e.finish(ctx, ev, rec, out, serr)
 }
 

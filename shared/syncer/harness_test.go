@@ -618,6 +618,9 @@ func (f *faultDV) Update(ctx context.Context, set, id string, rec dataverse.Reco
 	if err := f.enter(op); err != nil {
 		return err
 	}
+	if err := f.failing("Update", set, rec); err != nil {
+		return err
+	}
 	return f.leave(op, f.Dataverse.Update(ctx, set, id, rec))
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -20,6 +21,10 @@ const DefaultLease = time.Minute
 
 // errBusy: another writer holds the entity's lease.
 var errBusy = errors.New("another instance is writing this entity right now (lease held); will retry")
+
+// IsBusy reports whether err is (or wraps) a failure because another writer held an
+// entity's lease: a matter of that entity, not of Dataverse or the state store.
+func IsBusy(err error) bool { return errors.Is(err, errBusy) }
 
 type claimResult int
 
@@ -40,6 +45,10 @@ type leases struct {
 	instance string        // names this process in lease owners
 	duration time.Duration // how long a claim keeps other writers off
 	busyWait time.Duration // how long a claim waits for another writer's lease (<0: not at all)
+
+	// mu orders the saves of records whose lease is being kept (keep) with renew's
+	// saves of the same records: both change a record's ETag and LeaseUntil.
+	mu sync.Mutex
 }
 
 // claimOptions are what one kind of claim adds to the common loop.
@@ -252,6 +261,8 @@ func (l *leases) held(rec *state.Record) bool {
 
 // renew saves rec mid-sync, keeping (and extending) the lease.
 func (l *leases) renew(ctx context.Context, rec *state.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	rec.LeaseUntil = l.now().Add(l.duration)
 	if err := l.st.Save(ctx, rec); err != nil {
 		return transient(fmt.Errorf("saving progress of %s %s: %w", rec.Entity, rec.ID, err))
@@ -272,4 +283,111 @@ func (l *leases) release(ctx context.Context, rec *state.Record) {
 	if err := l.st.Save(ctx, rec); err != nil {
 		l.log.Warn("releasing an entity written from an order", "entity", rec.Entity, "id", rec.ID, "error", err)
 	}
+}
+
+// errLeaseRunningOut ends work whose lease could not be renewed, before the lease runs
+// out and another writer may claim the entity.
+var errLeaseRunningOut = errors.New("write lease could not be renewed and is about to run out; will retry")
+
+// keep holds the leases of recs (claimed by this writer, all of one entity) while work
+// on them runs longer than a lease: every third of the lease duration it extends them
+// in one batch. What it saves is the record as stored with a later LeaseUntil, so
+// nothing the work has not recorded yet is written early. The returned context ends a
+// quarter of the lease duration before the first lease that could not be renewed (the
+// state store failing, or another writer having taken the record) runs out: from then
+// on another writer may claim the entity, so nothing more may be sent for it. stop ends
+// the renewals (and that context); call it before the records are saved with their
+// results.
+func (l *leases) keep(ctx context.Context, recs []*state.Record) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	if len(recs) == 0 {
+		return ctx, func() { cancel(nil) }
+	}
+	margin, every := l.duration/4, l.duration/3
+	// untilCut is how long work may go on: until a margin before the earliest lease.
+	untilCut := func() time.Duration {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		first := recs[0].LeaseUntil
+		for _, r := range recs[1:] {
+			if r.LeaseUntil.Before(first) {
+				first = r.LeaseUntil
+			}
+		}
+		return max(first.Sub(l.now())-margin, 0)
+	}
+	if untilCut() < every {
+		// Claimed a while ago (some claims of a chunk wait for other writers): renew now.
+		l.extend(ctx, recs)
+	}
+	cut := time.AfterFunc(untilCut(), func() { cancel(errLeaseRunningOut) })
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				l.extend(ctx, recs)
+				if ctx.Err() == nil {
+					cut.Reset(untilCut())
+				}
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-exited
+		cut.Stop()
+		cancel(nil)
+	}
+}
+
+// extend renews the leases of recs that this writer still holds: the stored records are
+// read, checked to be the versions recs were last saved as, and saved back with a later
+// LeaseUntil. A record another writer changed keeps its lease as it is (it runs out).
+func (l *leases) extend(ctx context.Context, recs []*state.Record) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.ID
+	}
+	got, err := l.st.GetMany(ctx, recs[0].Entity, ids)
+	if err != nil {
+		l.log.Warn("renewing write leases", "entity", recs[0].Entity, "records", len(recs), "error", err)
+		return
+	}
+	until := l.now().Add(l.duration)
+	var mine []*state.Record
+	var whose []*state.Record
+	for _, r := range recs {
+		cur := got[r.ID]
+		if cur == nil || cur.ETag != r.ETag || cur.LeaseOwner != r.LeaseOwner {
+			continue
+		}
+		cur.LeaseUntil = until
+		mine, whose = append(mine, cur), append(whose, r)
+	}
+	for k, err := range l.st.SaveMany(ctx, mine) {
+		if err != nil {
+			l.log.Warn("renewing a write lease", "entity", whose[k].Entity, "id", whose[k].ID, "error", err)
+			continue
+		}
+		whose[k].ETag, whose[k].LeaseUntil, whose[k].UpdatedAt = mine[k].ETag, mine[k].LeaseUntil, mine[k].UpdatedAt
+	}
+}
+
+// leaseLost marks err transient when the work was cut short because its lease could not
+// be renewed (keep's context ended with errLeaseRunningOut).
+func leaseLost(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errLeaseRunningOut) {
+		return transient(fmt.Errorf("%w (%w)", err, errLeaseRunningOut))
+	}
+	return err
 }

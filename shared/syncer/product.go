@@ -391,9 +391,12 @@ func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exist
 		pl.useFallback(pl.number)
 		_, err = s.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
 	}
-	if err != nil && hasCode(err, codeOnlyUpdatedInDraft) {
-		// The row exists and is Active (or Retired): revise it. exists may be stale when
-		// someone else created the row a moment ago.
+	// The row exists and is Active (or Retired): revise it, then update it. exists may
+	// be stale when someone else created the row a moment ago. Publishing the product's
+	// family publishes it too (PublishProductHierarchy takes revised children along), so a
+	// family published by another writer between the two steps makes the update fail
+	// again: revise once more.
+	for attempt := 0; err != nil && hasCode(err, codeOnlyUpdatedInDraft) && attempt < 3; attempt++ {
 		if st, ok, rerr := s.productState(ctx, pl.id); rerr == nil && ok && st == productRetired {
 			if serr := s.setProductState(ctx, pl.id, productActive); serr != nil {
 				return serr
@@ -404,6 +407,9 @@ func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exist
 		}
 		*cur = productUnderRevision
 		err = s.dv.Update(ctx, "products", pl.id, pl.record())
+	}
+	if err != nil && hasCode(err, codeOnlyUpdatedInDraft) {
+		return transient(fmt.Errorf("writing product %s: published again by another writer each time it was revised: %w", pl.id, err))
 	}
 	if err != nil {
 		return fmt.Errorf("writing product %s: %w", pl.id, err)
@@ -741,6 +747,15 @@ func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.I
 	if work.DataverseID != "" { // written by the product's own event while we waited
 		return work.DataverseID, nil
 	}
+	kctx, stop := s.leases.keep(ctx, []*state.Record{work})
+	defer stop()
+	id, err := s.createForOrder(kctx, storeID, ip, work, sh, fresh)
+	return id, leaseLost(kctx, err)
+}
+
+// createForOrder writes the product of an order line from the line's data (its lease
+// held by ensureProduct).
+func (s *productSyncer) createForOrder(ctx context.Context, storeID int, ip nop.ItemProduct, work *state.Record, sh *shared, fresh bool) (string, error) {
 	p := &nop.Product{ID: ip.ID, ProductType: ip.ProductType, ParentGroupedProductID: ip.ParentGroupedProductID,
 		Name: ip.Name, Sku: ip.Sku, Published: true}
 	if p.ProductType != nop.ProductTypeGrouped {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
@@ -312,6 +313,39 @@ func TestOrderBeforeProductsAndCustomer(t *testing.T) {
 	}
 	if n := e.srv.Count("contacts"); n != 1 {
 		t.Fatalf("%d contacts, want 1", n)
+	}
+}
+
+// A child being revised (to update it) is published again when its family is published
+// by another writer between the revision and the update (PublishProductHierarchy takes
+// revised children along): Dataverse refuses the update, and the child is revised once
+// more and updated, not recorded failed for good. (Found by the chaos test.)
+func TestProductChildPublishedWithItsFamilyMidUpdate(t *testing.T) {
+	evs := example(t, "products-grouped.json")
+	e := newEnv(t, envOptions{})
+	for i := range evs {
+		e.each(state.Product, mkEvent(t, evs[i], fmt.Sprintf("g%d", i), 1, nil))
+	}
+	fam := productID(1, 20)
+	var once sync.Once
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if op == "Update" && set == "products" && len(recs) == 1 && recs[0]["name"] != nil {
+			once.Do(func() {
+				if err := e.dv.PublishProductHierarchy(e.ctx, fam); err != nil {
+					t.Errorf("publishing the family meanwhile: %v", err)
+				}
+			})
+		}
+		return nil
+	})
+	child := mkEvent(t, evs[1], "g1-v2", 2, func(d map[string]any) { d["name"] = fmt.Sprint(d["name"], " (new)") })
+	e.each(state.Product, child)
+	p := e.row("products", productID(1, 12))
+	if numOf(p["statecode"]) != productActive || !strings.HasSuffix(fmt.Sprint(p["name"]), " (new)") {
+		t.Errorf("child 12: statecode %v name %v, want Active with the new name", p["statecode"], p["name"])
+	}
+	if r := e.rec(state.Product, 12); r.Status != state.Synced || r.LastEventID != child.ID {
+		t.Errorf("child 12 record: status %s (%s), last event %s", r.Status, r.Reason, r.LastEventID)
 	}
 }
 
