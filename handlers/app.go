@@ -83,7 +83,8 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		return fmt.Errorf("sync engine: %w", err)
 	}
 	a.engine = eng
-	do := delivery.Options{Apply: eng.HandleMessage, State: a.store, Log: a.log}
+	do := delivery.Options{Apply: eng.HandleMessage, State: a.store, Log: a.log,
+		Outage: func(err error) bool { return !syncer.IsBusy(err) }}
 	if s, ok := a.sender.(queue.Scheduler); ok {
 		do.Scheduler = s
 	}

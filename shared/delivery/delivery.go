@@ -90,6 +90,12 @@ type Options struct {
 	// probe every ProbeEvery (default 5 s); a success closes it.
 	BreakerThreshold int
 	ProbeEvery       time.Duration
+	// Outage reports whether a failure is of a kind an outage causes, the only kind the
+	// breaker counts (nil: every failure). A failure that says something about one
+	// entity (another writer holds it, say) neither opens the breaker nor closes it:
+	// after a crash, the entities a killed process held would otherwise reschedule the
+	// whole backlog untried.
+	Outage func(error) bool
 
 	Now func() time.Time
 	Log *slog.Logger
@@ -196,6 +202,9 @@ func (h *Handler) admit(now time.Time) (bool, string) {
 }
 
 func (h *Handler) observe(err error, now time.Time) {
+	if err != nil && h.o.Outage != nil && !h.o.Outage(err) {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err == nil {

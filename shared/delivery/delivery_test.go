@@ -3,6 +3,8 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,6 +204,39 @@ func TestBreaker(t *testing.T) {
 	f.setFail(errors.New("503"))
 	if err := f.h.Handle(ctx, msg("e", 4)); err == nil {
 		t.Fatal("completed although no copy could be scheduled")
+	}
+}
+
+// Failures Outage does not count (another writer holds the entity, as after a crash)
+// leave the breaker closed however many there are: the next message is tried, not
+// copied untried. Outage failures still open it, and an entity failure between them
+// does not close it.
+func TestBreakerCountsOutagesOnly(t *testing.T) {
+	errHeld := errors.New("customer 7: lease held")
+	f := newFixture(t, func(o *Options) {
+		o.BreakerThreshold = 3
+		o.Outage = func(err error) bool { return !errors.Is(err, errHeld) }
+	})
+	ctx := context.Background()
+	f.setFail(fmt.Errorf("1 of 1 customer rows failed: %w", errHeld))
+	for i := range 10 {
+		_ = f.h.Handle(ctx, msg("held"+strconv.Itoa(i), 1))
+	}
+	if f.triedN() != 10 || len(f.sched.msgs) != 0 {
+		t.Fatalf("entity failures: tried %d, scheduled %d; want every message tried (10) and none copied", f.triedN(), len(f.sched.msgs))
+	}
+	if f.h.open() {
+		t.Fatal("breaker opened on failures an outage does not cause")
+	}
+	f.setFail(errors.New("connection refused"))
+	_ = f.h.Handle(ctx, msg("out0", 1))
+	_ = f.h.Handle(ctx, msg("out1", 1))
+	f.setFail(errHeld)
+	_ = f.h.Handle(ctx, msg("held-between", 1))
+	f.setFail(errors.New("connection refused"))
+	_ = f.h.Handle(ctx, msg("out2", 1))
+	if !f.h.open() {
+		t.Fatal("breaker closed after three outage failures in a row (an entity failure between them)")
 	}
 }
 
