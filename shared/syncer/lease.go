@@ -46,9 +46,10 @@ type leases struct {
 	duration time.Duration // how long a claim keeps other writers off
 	busyWait time.Duration // how long a claim waits for another writer's lease (<0: not at all)
 
-	// mu orders the saves of records whose lease is being kept (keep) with renew's
-	// saves of the same records: both change a record's ETag and LeaseUntil.
-	mu sync.Mutex
+	// kept maps each record whose lease keep is holding to its keeper's mutex, which
+	// orders the keeper's saves with renew's saves of the same record (both change the
+	// record's ETag and LeaseUntil).
+	kept sync.Map // *state.Record → *sync.Mutex
 }
 
 // claimOptions are what one kind of claim adds to the common loop.
@@ -261,8 +262,10 @@ func (l *leases) held(rec *state.Record) bool {
 
 // renew saves rec mid-sync, keeping (and extending) the lease.
 func (l *leases) renew(ctx context.Context, rec *state.Record) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	if mu, ok := l.kept.Load(rec); ok {
+		mu.(*sync.Mutex).Lock()
+		defer mu.(*sync.Mutex).Unlock()
+	}
 	rec.LeaseUntil = l.now().Add(l.duration)
 	if err := l.st.Save(ctx, rec); err != nil {
 		return transient(fmt.Errorf("saving progress of %s %s: %w", rec.Entity, rec.ID, err))
@@ -304,10 +307,14 @@ func (l *leases) keep(ctx context.Context, recs []*state.Record) (context.Contex
 		return ctx, func() { cancel(nil) }
 	}
 	margin, every := l.duration/4, l.duration/3
+	mu := &sync.Mutex{}
+	for _, r := range recs {
+		l.kept.Store(r, mu)
+	}
 	// untilCut is how long work may go on: until a margin before the earliest lease.
 	untilCut := func() time.Duration {
-		l.mu.Lock()
-		defer l.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
 		first := recs[0].LeaseUntil
 		for _, r := range recs[1:] {
 			if r.LeaseUntil.Before(first) {
@@ -318,7 +325,7 @@ func (l *leases) keep(ctx context.Context, recs []*state.Record) (context.Contex
 	}
 	if untilCut() < every {
 		// Claimed a while ago (some claims of a chunk wait for other writers): renew now.
-		l.extend(ctx, recs)
+		l.extend(ctx, mu, recs)
 	}
 	cut := time.AfterFunc(untilCut(), func() { cancel(errLeaseRunningOut) })
 	done, exited := make(chan struct{}), make(chan struct{})
@@ -333,7 +340,7 @@ func (l *leases) keep(ctx context.Context, recs []*state.Record) (context.Contex
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				l.extend(ctx, recs)
+				l.extend(ctx, mu, recs)
 				if ctx.Err() == nil {
 					cut.Reset(untilCut())
 				}
@@ -345,15 +352,18 @@ func (l *leases) keep(ctx context.Context, recs []*state.Record) (context.Contex
 		<-exited
 		cut.Stop()
 		cancel(nil)
+		for _, r := range recs {
+			l.kept.Delete(r)
+		}
 	}
 }
 
 // extend renews the leases of recs that this writer still holds: the stored records are
 // read, checked to be the versions recs were last saved as, and saved back with a later
 // LeaseUntil. A record another writer changed keeps its lease as it is (it runs out).
-func (l *leases) extend(ctx context.Context, recs []*state.Record) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+func (l *leases) extend(ctx context.Context, mu *sync.Mutex, recs []*state.Record) {
+	mu.Lock()
+	defer mu.Unlock()
 	ids := make([]string, len(recs))
 	for i, r := range recs {
 		ids[i] = r.ID
