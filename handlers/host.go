@@ -9,12 +9,9 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/google/uuid"
-
 	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/funchost"
@@ -100,18 +97,8 @@ func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
 		}
 	}
-	// The instances of the app call Dataverse as one application user and share its
-	// limits: each counts the others through peer leases in the state store.
-	var peers atomic.Pointer[state.Peers]
-	sharePeers := func(o *dataverse.Options) {
-		o.Peers = func() int {
-			if p := peers.Load(); p != nil {
-				return p.Count()
-			}
-			return 1
-		}
-	}
-	if a.dv, err = newDataverseClient(cfg, log, vault, sharePeers); err != nil {
+	var peers instancePeers
+	if a.dv, err = newDataverseClient(cfg, log, vault, peers.tune(nil)); err != nil {
 		return nil, err
 	}
 	sb, err := servicebus.New(cfg.ServiceBusNamespace, cred, servicebus.Options{})
@@ -123,11 +110,7 @@ func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 	if a.store, err = newTableStore(ctx, cfg, cred); err != nil {
 		return nil, err
 	}
-	p := state.NewPeers(a.store, uuid.NewString(), 30*time.Second)
-	peers.Store(p)
-	peerCtx, stopPeers := context.WithCancel(context.Background())
-	go p.Run(peerCtx, func(err error) { log.Warn("dataverse: peer lease not renewed", "error", err) })
-	a.closers = append(a.closers, stopPeers)
+	peers.start(a, a.store, 0)
 	webhook, err := webhookSecrets(cfg, vault)
 	if err != nil {
 		return nil, err

@@ -46,6 +46,8 @@ type localOptions struct {
 	// tuneDataverse adjusts the Dataverse client (a test's own simulator: its CA, a
 	// fake vault's secret source, fewer retries).
 	tuneDataverse func(*dataverse.Options)
+	// peerTTL is the peer leases' lifetime with the state in Table Storage (default 30 s).
+	peerTTL time.Duration
 }
 
 // runLocal runs the whole app in this process: the public routes on LISTEN_ADDR, the
@@ -77,6 +79,11 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 
 	mux := http.NewServeMux()
 	var sim *dataversetest.Server
+	// Processes that keep their state in one table share one Dataverse budget, as in
+	// Azure; with the embedded store (one process by construction) or the sandbox (a
+	// Dataverse of its own) there is nobody to share with.
+	var peers instancePeers
+	sharedState := cfg.StateConnectionString != "" && !cfg.Sandbox()
 	if cfg.Sandbox() {
 		so := dataversetest.Options{BaseCurrency: dataversetest.Currency{ISOCode: cfg.StoreCurrencyCode, Name: cfg.StoreCurrencyCode, Symbol: cfg.StoreCurrencyCode, Precision: 2}}
 		if lo.sandbox != nil {
@@ -90,7 +97,11 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		}
 		mux.Handle("/sandbox/", http.StripPrefix("/sandbox", sim.BrowseHandler()))
 	} else {
-		if a.dv, err = newDataverseClient(cfg, log, nil, lo.tuneDataverse); err != nil {
+		tune := lo.tuneDataverse
+		if sharedState {
+			tune = peers.tune(tune)
+		}
+		if a.dv, err = newDataverseClient(cfg, log, nil, tune); err != nil {
 			return err
 		}
 	}
@@ -117,6 +128,9 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 
 	if lo.wrapStore != nil {
 		a.store = lo.wrapStore(a.store)
+	}
+	if sharedState {
+		peers.start(a, a.store, lo.peerTTL)
 	}
 	webhook, err := webhookSecrets(cfg, nil)
 	if err != nil {

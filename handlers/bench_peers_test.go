@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+)
+
+// BenchmarkImportThreeInstances: three app processes (local mode) share one state table
+// in Table Storage (Azurite) and call one Dataverse simulator as one application user,
+// as scaled-out instances in Azure do. Each is sent its own customers (arrays of 1000,
+// BENCH_INSTANCE_CUSTOMERS each, default 5,000) at the same time; the figure is the
+// customers all three land per simulated second against the simulator's ceiling for that
+// one user, with the 429s and Retry-After violations of the whole run. Limits and cost
+// models as in BenchmarkImport (BENCH_COST_MODEL, BENCH_TIMESCALE).
+//
+// Dataverse's limits are per user, so three instances each keeping to the whole budget
+// would spend three times it: the instances count each other through peer leases in the
+// state table and each paces to its third. The import starts once every process has
+// renewed its lease after the last one started, so each counts all three.
+func BenchmarkImportThreeInstances(b *testing.B) {
+	const instances = 3
+	each := envInt("BENCH_INSTANCE_CUSTOMERS", 5000)
+	scale := envFloat("BENCH_TIMESCALE", 1)
+	conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
+	if conn == "" {
+		b.Skip("needs TEST_TABLE_CONNECTION_STRING (Azurite; scripts/bench starts it)")
+	}
+	model := os.Getenv("BENCH_COST_MODEL")
+	if model == "" {
+		model = "default"
+	}
+	cost, ok := dataversetest.CostModels[model]
+	if !ok {
+		b.Fatalf("BENCH_COST_MODEL %q: want default or perrow", model)
+	}
+	for range b.N {
+		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
+		sim := dataversetest.NewServer(dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true,
+			ExecutionCost: cost, NoRateLimitHeaders: model == "perrow"})
+		defer sim.Close()
+		dir := b.TempDir()
+		ca := writeSimCA(b, sim, dir)
+		bin := handlerBinary(b)
+		table := fmt.Sprintf("three%d", time.Now().UnixNano())
+		apps := make([]*appProc, instances)
+		stores := make([]*storeClient, instances)
+		for i := range instances {
+			addr, secret := freeAddr(b), "bench-webhook-"+uuid.NewString()
+			env := appEnv(sim, ca, filepath.Join(dir, fmt.Sprintf("data%d", i)), addr, secret,
+				"STATE_STORAGE_CONNECTION_STRING="+conn, "SYNC_STATE_TABLE="+table)
+			apps[i] = startApp(b, bin, env, addr, filepath.Join(dir, fmt.Sprintf("app%d.log", i)))
+			stores[i] = newStoreClient(func() string { return "http://" + addr }, secret)
+		}
+		// Each process renews its lease every third of its lifetime (30 s): after that the
+		// first ones to start count the last too.
+		time.Sleep(peerLeaseTTL/3 + time.Second)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		s0 := sim.Stats()
+		start := time.Now()
+		var wg sync.WaitGroup
+		errc := make(chan error, instances)
+		accepted := make([]time.Duration, instances)
+		for i := range instances {
+			var evs []json.RawMessage
+			for k := range each {
+				id := 1 + i*each + k
+				evs = append(evs, event("customer", "updated", id, 1, customerData(id, 2)))
+			}
+			r := &benchRig{store: stores[i]}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errc <- r.importArrays(ctx, "customer", evs, 4)
+				accepted[i] = time.Since(start)
+			}()
+		}
+		wg.Wait()
+		close(errc)
+		for err := range errc {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := waitRows(ctx, sim, "contacts", instances*each); err != nil {
+			b.Fatal(err)
+		}
+		// A write's rows show while it still takes its execution time: done is when the
+		// last request has been answered.
+		for sim.Stats().InFlight > 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		real := time.Since(start)
+		s1 := sim.Stats()
+		n := instances * each
+		simSec := real.Seconds() / scale
+		rate := float64(n) / simSec
+		ideal := sim.IdealThroughput(1000, 52)
+		reqs, throttled := s1.Requests-s0.Requests, s1.Throttled-s0.Throttled
+		rows := s1.RowsWritten - s0.RowsWritten
+		execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
+		inFlight := (s1.Busy - s0.Busy).Seconds() / real.Seconds()
+		b.ReportMetric(rate, "customers/s-sim")
+		b.ReportMetric(100*rate/ideal.Ceiling, "%ideal")
+		b.ReportMetric(float64(throttled), "429s")
+		b.ReportMetric(float64(sim.RetryAfterViolations()), "retry-after-violations")
+		rss := ""
+		for i, a := range apps {
+			rss += fmt.Sprintf(" %d MiB (accepted in %.1f s)", a.memKB("VmHWM")/1024, accepted[i].Seconds())
+			if i < len(apps)-1 {
+				rss += ","
+			}
+		}
+		summary(b, "| three instances, one state table (Azurite) and one Dataverse user: %d customers each (arrays of 1000), cost model %s | %.0f customers/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d × 429, %d Retry-After violations; %d requests (%.1f rows each), %d rows, execution %.1f s/s of 4 s/s allowed, %.1f requests in flight on average; peak RSS and time to 202 per process:%s; TimeScale %g |",
+			each, model, rate, simSec, 100*rate/ideal.Ceiling, ideal.Ceiling, ideal.Limit,
+			throttled, sim.RetryAfterViolations(), reqs, float64(rows)/float64(max(1, reqs-throttled)), rows, execUsed, inFlight, rss, scale)
+		if v := sim.RetryAfterViolations(); v != 0 {
+			b.Errorf("%d requests sent before their Retry-After expired", v)
+		}
+		for _, a := range apps {
+			a.stop()
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+)
+
+// TestLocalModeSharesBudgetThroughStateTable: local-mode processes that keep their state
+// in one table count each other, and their Dataverse clients divide the budget by that
+// count, as Azure mode's instances do; with the embedded store a process counts nobody.
+func TestLocalModeSharesBudgetThroughStateTable(t *testing.T) {
+	conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
+	if conn == "" {
+		t.Skip("TEST_TABLE_CONNECTION_STRING not set: start Azurite with `eval \"$(scripts/azurite start)\"` (scripts/test does this)")
+	}
+	sim := dataversetest.NewServer(dataversetest.Options{})
+	defer sim.Close()
+	table := fmt.Sprintf("peers%d", time.Now().UnixNano())
+	env := func(shared bool) map[string]string {
+		e := map[string]string{
+			"DATAVERSE_URL": sim.URL(), "DATAVERSE_TENANT_ID": sim.TenantID, "DATAVERSE_CLIENT_ID": sim.ClientID,
+			"DATAVERSE_CLIENT_SECRET": sim.ClientSecret(), "AZURE_AUTHORITY_HOST": sim.AuthorityHost(),
+		}
+		if shared {
+			e["STATE_STORAGE_CONNECTION_STRING"], e["SYNC_STATE_TABLE"] = conn, table
+		}
+		return e
+	}
+	// Each process's client options, as the client reads them.
+	var mu sync.Mutex
+	var peers []func() int
+	capture := func(o *dataverse.Options) {
+		o.RootCAs = sim.CertPool()
+		mu.Lock()
+		peers = append(peers, o.Peers)
+		mu.Unlock()
+	}
+	count := func(i int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if peers[i] == nil {
+			return 0
+		}
+		return peers[i]()
+	}
+	for range 2 {
+		startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: time.Second})
+	}
+	if peers[0] == nil || peers[1] == nil {
+		t.Fatal("a local-mode process with its state in Table Storage does not count its peers")
+	}
+	waitFor(t, "both processes to count two instances", func() bool { return count(0) == 2 && count(1) == 2 })
+
+	startLocal(t, env(false), &localOptions{tuneDataverse: capture})
+	if peers[2] != nil {
+		t.Fatalf("a process with the embedded state store counts peers (%d)", count(2))
+	}
+}
