@@ -25,10 +25,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
@@ -196,45 +193,41 @@ func (ps *Pass) Entity(ctx context.Context, entity state.Entity, p *Progress, ch
 }
 
 // StateDiffer compares with the app's state store: an event is unchanged when the
-// entity's record holds an event whose data hashes (Hash) to the same value.
+// entity's record holds an event whose data hashes (Hash) to the same value. A page's
+// records are read in one GetMany (Table Storage: one query per partition and range of
+// row keys instead of a point read per row).
 type StateDiffer struct {
 	State state.Store
 	// Hash is the hash the source computes its hashes with (nopdb.DataHash).
 	Hash func(data []byte) string
-	// Parallel bounds the concurrent record reads (default 16).
-	Parallel int
 }
 
 // Unchanged implements Differ.
 func (d *StateDiffer) Unchanged(ctx context.Context, entity state.Entity, evs []*nop.Event, hashes []string) ([]bool, error) {
 	out := make([]bool, len(evs))
-	g, gctx := errgroup.WithContext(ctx)
-	n := d.Parallel
-	if n <= 0 {
-		n = 16
+	if len(evs) == 0 {
+		return out, nil
 	}
-	g.SetLimit(n)
+	ids := make([]string, len(evs))
 	for i, ev := range evs {
-		g.Go(func() error {
-			rec, err := d.State.Get(gctx, entity, ev.EntityID())
-			if errors.Is(err, state.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("sync state of %s %s: %w", entity, ev.EntityID(), err)
-			}
-			if sameTail(rec.Data, ev.Data) {
-				// The stored event ends with the same data bytes (it is the reader's own,
-				// which puts "data" last): unchanged, without decoding or hashing.
-				out[i] = true
-			} else if data := storedData(rec.Data); data != nil {
-				out[i] = bytes.Equal(data, ev.Data) || d.Hash(data) == hashes[i]
-			}
-			return nil
-		})
+		ids[i] = ev.EntityID()
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
+	recs, err := d.State.GetMany(ctx, entity, ids)
+	if err != nil {
+		return nil, fmt.Errorf("sync state of %d %ss from id %s: %w", len(ids), entity, ids[0], err)
+	}
+	for i, ev := range evs {
+		rec := recs[ids[i]]
+		if rec == nil {
+			continue // a new row, or a wiped state table
+		}
+		if sameTail(rec.Data, ev.Data) {
+			// The stored event ends with the same data bytes (it is the reader's own,
+			// which puts "data" last): unchanged, without decoding or hashing.
+			out[i] = true
+		} else if data := storedData(rec.Data); data != nil {
+			out[i] = bytes.Equal(data, ev.Data) || d.Hash(data) == hashes[i]
+		}
 	}
 	return out, nil
 }

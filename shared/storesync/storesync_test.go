@@ -281,3 +281,50 @@ func TestStateDifferCanonicalHash(t *testing.T) {
 		}
 	}
 }
+
+// countingState counts the record reads a differ makes.
+type countingState struct {
+	state.Store
+	mu          sync.Mutex
+	gets, manys int
+	manyIDs     []int
+}
+
+func (c *countingState) Get(ctx context.Context, entity state.Entity, id string) (*state.Record, error) {
+	c.mu.Lock()
+	c.gets++
+	c.mu.Unlock()
+	return c.Store.Get(ctx, entity, id)
+}
+
+func (c *countingState) GetMany(ctx context.Context, entity state.Entity, ids []string) (map[string]*state.Record, error) {
+	c.mu.Lock()
+	c.manys++
+	c.manyIDs = append(c.manyIDs, len(ids))
+	c.mu.Unlock()
+	return c.Store.GetMany(ctx, entity, ids)
+}
+
+// A pass reads the sync state of a page in one batched read, not row by row.
+func TestPassReadsStatePerPage(t *testing.T) {
+	ctx := context.Background()
+	src := storesynctest.New("USD")
+	fill(src, 250)
+	st := newStore(t)
+	cs := &countingState{Store: st}
+	pass := &storesync.Pass{Source: src, Differ: &storesync.StateDiffer{State: cs, Hash: storesynctest.Hash}, Sink: &applySink{st: st}, PageSize: 100}
+	for _, name := range []string{"first", "unchanged"} {
+		cs.gets, cs.manys, cs.manyIDs = 0, 0, nil
+		var p storesync.Progress
+		if err := pass.Entity(ctx, state.Customer, &p, nil); err != nil {
+			t.Fatal(err)
+		}
+		if cs.gets != 0 || cs.manys != 3 || !slices.Equal(cs.manyIDs, []int{100, 100, 50}) {
+			t.Fatalf("%s pass over 250 rows in pages of 100: %d single reads, %d batched reads of %v ids; want 0 and 3 of [100 100 50]",
+				name, cs.gets, cs.manys, cs.manyIDs)
+		}
+		if name == "unchanged" && (p.Unchanged != 250 || p.Queued != 0) {
+			t.Fatalf("unchanged pass: %+v", p)
+		}
+	}
+}
