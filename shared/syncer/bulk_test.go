@@ -719,3 +719,59 @@ func TestBulkPriceListItemsWithoutBulkMessagesCostFewRequests(t *testing.T) {
 		t.Errorf("200 new products took %d requests; the price list items should take a few change sets", requests)
 	}
 }
+
+// A chunk of customers with companies resolves their parent accounts together: one
+// look-up for all the companies and one CreateMultiple for the missing ones, not a
+// look-up and a write per company. An existing account (matched by name, whatever the
+// case) is used, not duplicated; customers of the same company share one account.
+func TestBulkChunkCustomersAccountsTogether(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	existing, err := e.dv.Create(e.ctx, "accounts", dataverse.Record{"name": "Company 7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := example(t, "customer-created.json")[0]
+	company := func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf("COMPANY %d", i%60) // 60 companies, two spellings each
+		}
+		return fmt.Sprintf("Company %d", i%60)
+	}
+	var evs []*nop.Event
+	for i := 1; i <= 240; i++ {
+		evs = append(evs, customerEvent(t, tmpl, i, 1, fmt.Sprintf("customer.%d@example.test", i), func(d map[string]any) {
+			d["company"] = company(i)
+		}))
+	}
+	// The bulk messages' support is looked up once per table, before the count.
+	if err := e.deliver(e.eng, state.Customer, evs[:3]...); err != nil {
+		t.Fatal(err)
+	}
+	before := e.srv.Stats()
+	if err := e.deliver(e.eng, state.Customer, evs[3:]...); err != nil {
+		t.Fatal(err)
+	}
+	n := e.srv.Stats().Requests - before.Requests
+	// 237 customers: one email look-up, one account look-up, one CreateMultiple of the
+	// accounts not created with the first three, three CreateMultiple of contacts.
+	if want := 1 + 1 + 1 + 3; n != want {
+		t.Errorf("237 customers of 60 companies: %d requests, want %d", n, want)
+	}
+	if got := e.srv.Count("accounts"); got != 60 {
+		t.Errorf("%d accounts, want 60 (one per company, the existing one kept)", got)
+	}
+	for _, i := range []int{7, 67, 14, 74, 240} {
+		c := e.row("contacts", contactID(1, i))
+		accs := e.where("accounts", "name", company(i))
+		if len(accs) != 1 {
+			t.Fatalf("customer %d: %d accounts named %q", i, len(accs), company(i))
+		}
+		want := accs[0]["accountid"].(string)
+		if i%60 == 7 && !strings.EqualFold(want, existing) {
+			t.Errorf("company 7 has account %s, want the existing %s", want, existing)
+		}
+		if got := fmt.Sprint(c["_parentcustomerid_value"]); !strings.EqualFold(got, want) {
+			t.Errorf("customer %d: parent %s, want %s", i, got, want)
+		}
+	}
+}

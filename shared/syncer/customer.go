@@ -171,6 +171,18 @@ func contactColumns(first, last, email, phone string, a *nop.Address, descriptio
 // byEmail (bulk path) holds the active contacts per lower-cased email looked up for a
 // whole chunk; nil looks them up here.
 func (s *customerSyncer) planContact(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
+	p, err := s.planRow(ctx, storeID, c, rec, byEmail)
+	if err != nil || p.unchanged {
+		return p, err
+	}
+	if err := s.planAccount(ctx, storeID, p, rec); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// planRow is planContact without the parent account.
+func (s *customerSyncer) planRow(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
 	p := &contactPlan{fields: contactFields(c), company: strings.TrimSpace(deref(c.Company)), extra: map[string]string{}}
 	p.hash = hashOf(p.fields, "company="+strings.ToLower(p.company))
 	if rec.Status == state.Synced && rec.DataHash == p.hash && rec.DataverseID != "" && rec.Extra[extraDeactivated] == "" {
@@ -192,9 +204,6 @@ func (s *customerSyncer) planContact(ctx context.Context, storeID int, c *nop.Cu
 		if err := s.choose(ctx, p, own, c.ID, cands[strings.ToLower(strings.TrimSpace(deref(c.Email)))]); err != nil {
 			return nil, err
 		}
-	}
-	if err := s.planAccount(ctx, storeID, p, rec); err != nil {
-		return nil, err
 	}
 	return p, nil
 }
@@ -283,6 +292,67 @@ func (s *customerSyncer) account(ctx context.Context, storeID int, company strin
 	}
 	s.accounts.Store(key, found)
 	return found, nil
+}
+
+// resolveAccounts resolves the accounts of a chunk's companies into the cache account reads:
+// one look-up for all of them (as few requests as the filter bounds allow), and the
+// missing ones created together with CreateMultiple, so an import of customers with
+// companies costs a few requests per chunk rather than a look-up and a write per company.
+// A company it could not resolve is left to account, which tries it on its own.
+func (s *customerSyncer) resolveAccounts(ctx context.Context, storeID int, companies []string) {
+	want := map[string]string{} // lower-cased name → the name as first given
+	var conds []string
+	for _, c := range companies {
+		k := strings.ToLower(c)
+		if _, ok := want[k]; ok || c == "" {
+			continue
+		}
+		if _, ok := s.accounts.Load(strconv.Itoa(storeID) + "/" + k); ok {
+			continue
+		}
+		want[k] = c
+		conds = append(conds, "name eq "+odataString(c))
+	}
+	if len(want) == 0 {
+		return
+	}
+	found := map[string]string{}
+	for _, filter := range orFilters(conds, maxFilterBytes, nil) {
+		err := s.dv.Query(ctx, "accounts", dataverse.Query{Select: []string{"accountid", "name"}, Filter: filter},
+			func(r dataverse.Record) error {
+				k := strings.ToLower(strings.TrimSpace(str(r["name"])))
+				if _, ok := want[k]; ok && found[k] == "" {
+					found[k] = strings.ToLower(str(r["accountid"]))
+				}
+				return nil
+			})
+		if err != nil {
+			s.log.Warn("looking up a chunk's accounts; looking them up one by one", "error", err)
+			return
+		}
+	}
+	var rows []bulkRow
+	var names []string
+	for k, c := range want {
+		if found[k] == "" {
+			rows = append(rows, bulkRow{i: len(rows), id: deterministicID(storeID, "account", k), rec: dataverse.Record{"name": cut.Runes(c, 160)}})
+			names = append(names, k)
+		}
+	}
+	errs := make([]error, len(rows))
+	(&bulkGroup{d: s.deps, create: true, set: "accounts", logical: "account", pk: "accountid",
+		single: func(ctx context.Context, r bulkRow) error {
+			_, err := s.dv.Upsert(ctx, "accounts", r.id, r.rec, dataverse.Upsert)
+			return err
+		}}).write(ctx, rows, errs)
+	for k, r := range rows {
+		if errs[k] == nil {
+			found[names[k]] = r.id
+		}
+	}
+	for k, id := range found {
+		s.accounts.Store(strconv.Itoa(storeID)+"/"+k, id)
+	}
 }
 
 // writeContact sends one planned contact.

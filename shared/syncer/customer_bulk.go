@@ -10,8 +10,8 @@ import (
 )
 
 // syncMany is the customers' bulk path: deletes and skips row by row, the contacts of
-// everyone else planned together (one email look-up per 20 customers) and written with
-// CreateMultiple/UpdateMultiple.
+// everyone else planned together (one email look-up for the chunk, the parent accounts
+// looked up and created together) and written with CreateMultiple/UpdateMultiple.
 func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
@@ -49,7 +49,24 @@ func (s *customerSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []
 	}
 	plans := make([]*contactPlan, len(evs))
 	s.parallel(ctx, rows, func(ctx context.Context, i int) {
-		plans[i], errs[i] = s.planContact(ctx, evs[i].StoreID, evs[i].Customer, recs[i], byEmail)
+		plans[i], errs[i] = s.planRow(ctx, evs[i].StoreID, evs[i].Customer, recs[i], byEmail)
+	})
+	// The parent accounts of the contacts to write, resolved together per store.
+	companies := map[int][]string{}
+	for _, i := range rows {
+		if p := plans[i]; errs[i] == nil && p != nil && !p.unchanged && p.company != "" {
+			companies[evs[i].StoreID] = append(companies[evs[i].StoreID], p.company)
+		}
+	}
+	for store, names := range companies {
+		s.resolveAccounts(ctx, store, names)
+	}
+	s.parallel(ctx, rows, func(ctx context.Context, i int) {
+		if p := plans[i]; errs[i] == nil && p != nil && !p.unchanged {
+			if errs[i] = s.planAccount(ctx, evs[i].StoreID, p, recs[i]); errs[i] != nil {
+				plans[i] = nil
+			}
+		}
 	})
 	// One contact row per chunk: two customers that resolve to the same contact (the same
 	// adopted email) must not be in one bulk request.
