@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ import (
 // state table and each paces to its third. The import starts once every process has
 // renewed its lease after the last one started, so each counts all three.
 func BenchmarkImportThreeInstances(b *testing.B) {
-	const instances = 3
+	instances := envInt("BENCH_INSTANCES", 3) // 1: the same import on one process, for comparison
 	each := envInt("BENCH_INSTANCE_CUSTOMERS", 5000)
 	scale := envFloat("BENCH_TIMESCALE", 1)
 	conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
@@ -69,6 +70,26 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		defer cancel()
 		s0 := sim.Stats()
 		start := time.Now()
+		// Every 5 s: the execution time the simulator charged per second and its requests, to
+		// tell pacing (bursts, then pauses) from a slower feed (an even, lower spend).
+		var timeline []string
+		tick := time.NewTicker(5 * time.Second)
+		stopTick := make(chan struct{})
+		tickDone := make(chan struct{})
+		go func() {
+			defer close(tickDone)
+			prev := s0
+			for {
+				select {
+				case <-stopTick:
+					return
+				case <-tick.C:
+					cur := sim.Stats()
+					timeline = append(timeline, fmt.Sprintf("%.1f/%d", (cur.Execution-prev.Execution).Seconds()/5, cur.Requests-prev.Requests))
+					prev = cur
+				}
+			}
+		}()
 		var wg sync.WaitGroup
 		errc := make(chan error, instances)
 		accepted := make([]time.Duration, instances)
@@ -103,6 +124,10 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		}
 		real := time.Since(start)
 		s1 := sim.Stats()
+		tick.Stop()
+		close(stopTick)
+		<-tickDone
+		b.Logf("execution s/s / requests, per 5 s: %s", strings.Join(timeline, " "))
 		n := instances * each
 		simSec := real.Seconds() / scale
 		rate := float64(n) / simSec
@@ -122,8 +147,8 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 				rss += ","
 			}
 		}
-		summary(b, "| three instances, one state table (Azurite) and one Dataverse user: %d customers each (arrays of 1000), cost model %s | %.0f customers/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d × 429, %d Retry-After violations; %d requests (%.1f rows each), %d rows, execution %.1f s/s of 4 s/s allowed, %.1f requests in flight on average; peak RSS and time to 202 per process:%s; TimeScale %g |",
-			each, model, rate, simSec, 100*rate/ideal.Ceiling, ideal.Ceiling, ideal.Limit,
+		summary(b, "| %d instances, one state table (Azurite) and one Dataverse user: %d customers each (arrays of 1000), cost model %s | %.0f customers/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d × 429, %d Retry-After violations; %d requests (%.1f rows each), %d rows, execution %.1f s/s of 4 s/s allowed, %.1f requests in flight on average; peak RSS and time to 202 per process:%s; TimeScale %g |",
+			instances, each, model, rate, simSec, 100*rate/ideal.Ceiling, ideal.Ceiling, ideal.Limit,
 			throttled, sim.RetryAfterViolations(), reqs, float64(rows)/float64(max(1, reqs-throttled)), rows, execUsed, inFlight, rss, scale)
 		if v := sim.RetryAfterViolations(); v != 0 {
 			b.Errorf("%d requests sent before their Retry-After expired", v)
