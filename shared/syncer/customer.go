@@ -543,9 +543,14 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 	return s.guestContact(ctx, storeID, c, billing)
 }
 
-// guestContact finds or writes the contact of a guest (or a customer without email) from
-// the billing address.
-func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+// guestRow is the contact a guest's orders get: its cache key, our deterministic id, the
+// email it is matched by ("" for none) and the columns it is written with.
+type guestRow struct {
+	cacheKey, own, email string
+	rec                  dataverse.Record
+}
+
+func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 	if billing == nil {
 		billing = &nop.Address{}
 	}
@@ -556,25 +561,6 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 	key := "customer:" + strconv.Itoa(c.ID)
 	if email != "" {
 		key = "guest:" + strings.ToLower(email)
-	}
-	cacheKey := strconv.Itoa(storeID) + "/" + key
-	if v, ok := s.contacts.Load(cacheKey); ok {
-		return v.(string), nil
-	}
-	own := deterministicID(storeID, "contact", key)
-	if email != "" {
-		cands, err := s.contactsByEmail(ctx, []string{email})
-		if err != nil {
-			return "", err
-		}
-		p := &contactPlan{extra: map[string]string{}}
-		if err := s.choose(ctx, p, own, -1, cands[strings.ToLower(email)]); err != nil {
-			return "", err
-		}
-		if !p.isNew {
-			s.contacts.Store(cacheKey, p.id)
-			return p.id, nil
-		}
 	}
 	first := strings.TrimSpace(deref(billing.FirstName))
 	last := strings.TrimSpace(deref(billing.LastName))
@@ -591,12 +577,111 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 		last = "Guest " + strconv.Itoa(c.ID)
 	}
 	phone := strings.TrimSpace(deref(billing.Phone))
-	r := contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID))
-	if _, err := s.dv.Upsert(ctx, "contacts", own, r, dataverse.Upsert); err != nil {
+	return guestRow{
+		cacheKey: strconv.Itoa(storeID) + "/" + key,
+		own:      deterministicID(storeID, "contact", key),
+		email:    email,
+		rec:      contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID)),
+	}
+}
+
+// guestContact finds or writes the contact of a guest (or a customer without email) from
+// the billing address.
+func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+	g := newGuestRow(storeID, c, billing)
+	if v, ok := s.contacts.Load(g.cacheKey); ok {
+		return v.(string), nil
+	}
+	if g.email != "" {
+		cands, err := s.contactsByEmail(ctx, []string{g.email})
+		if err != nil {
+			return "", err
+		}
+		p := &contactPlan{extra: map[string]string{}}
+		if err := s.choose(ctx, p, g.own, -1, cands[strings.ToLower(g.email)]); err != nil {
+			return "", err
+		}
+		if !p.isNew {
+			s.contacts.Store(g.cacheKey, p.id)
+			return p.id, nil
+		}
+	}
+	if _, err := s.dv.Upsert(ctx, "contacts", g.own, g.rec, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
 	}
-	s.contacts.Store(cacheKey, own)
-	return own, nil
+	s.contacts.Store(g.cacheKey, g.own)
+	return g.own, nil
+}
+
+// guestRef is an order's guest customer and billing address.
+type guestRef struct {
+	storeID int
+	c       *nop.Customer
+	billing *nop.Address
+}
+
+// resolveGuests finds or writes the contacts of an order chunk's guests together, into
+// the cache guestContact reads: one email look-up for all of them, and the missing
+// contacts created with CreateMultiple, instead of a look-up and a write per guest. A
+// guest it could not resolve is left to guestContact.
+func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
+	var rows []guestRow
+	seen := map[string]bool{}
+	var emails []string
+	for _, g := range guests {
+		r := newGuestRow(g.storeID, g.c, g.billing)
+		if seen[r.cacheKey] {
+			continue
+		}
+		seen[r.cacheKey] = true
+		if _, ok := s.contacts.Load(r.cacheKey); ok {
+			continue
+		}
+		rows = append(rows, r)
+		if r.email != "" {
+			emails = append(emails, r.email)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	cands := map[string][]dataverse.Record{}
+	if len(emails) > 0 {
+		var err error
+		if cands, err = s.contactsByEmail(ctx, emails); err != nil {
+			s.log.Warn("looking up an order chunk's guest contacts; looking them up one by one", "error", err)
+			return
+		}
+	}
+	var creates []bulkRow
+	for _, r := range rows {
+		if r.email != "" {
+			p := &contactPlan{extra: map[string]string{}}
+			if err := s.choose(ctx, p, r.own, -1, cands[strings.ToLower(r.email)]); err != nil {
+				continue // left to guestContact
+			}
+			if !p.isNew {
+				s.contacts.Store(r.cacheKey, p.id)
+				continue
+			}
+		}
+		creates = append(creates, bulkRow{i: len(creates), id: r.own, rec: r.rec})
+	}
+	errs := make([]error, len(creates))
+	(&bulkGroup{d: s.deps, create: true, set: "contacts", logical: "contact", pk: "contactid",
+		single: func(ctx context.Context, r bulkRow) error {
+			_, err := s.dv.Upsert(ctx, "contacts", r.id, r.rec, dataverse.Upsert)
+			return err
+		}}).write(ctx, creates, errs)
+	byID := map[string]string{}
+	for _, r := range rows {
+		byID[r.own] = r.cacheKey
+	}
+	for k, r := range creates {
+		if errs[k] == nil {
+			s.contacts.Store(byID[r.id], r.id)
+		}
+	}
 }
 
 // hashOf hashes what would be written (JSON of the record, keys sorted by encoding/json)

@@ -438,6 +438,25 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 	r.mu.Unlock()
 }
 
+// guests returns the guest customers of a chunk's orders whose contact the state does
+// not name (readAhead ran): those ensureContact gives a contact from the billing address.
+func (r *refResolver) guests(evs []*nop.Event) []guestRef {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []guestRef
+	for _, ev := range evs {
+		o := ev.Order
+		if o == nil || o.Deleted || o.Customer.Deleted || skipReason(&o.Customer) == "" {
+			continue
+		}
+		if r.known[fmt.Sprintf("contact/%d/%d", ev.StoreID, o.Customer.ID)] != "" {
+			continue
+		}
+		out = append(out, guestRef{storeID: ev.StoreID, c: &o.Customer, billing: &o.BillingAddress})
+	}
+	return out
+}
+
 func (r *refResolver) contact(ctx context.Context, storeID int, o *nop.Order) (string, error) {
 	return r.do(fmt.Sprintf("contact/%d/%d", storeID, o.Customer.ID), func() (string, error) {
 		return r.s.customers.ensureContact(ctx, storeID, &o.Customer, &o.BillingAddress)

@@ -51,6 +51,7 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	}()
 	pre = s.prefetch(ctx, ids)
 	wg.Wait()
+	s.customers.resolveGuests(ctx, refs.guests(evs))
 	s.parallelN(ctx, len(evs), func(ctx context.Context, i int) {
 		plans[i], errs[i] = s.plan(ctx, refs, pre, evs[i], recs[i])
 		if errs[i] == nil && plans[i].done {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -1019,5 +1020,50 @@ func TestOrderResyncAllRepairs(t *testing.T) {
 	}
 	if so := h.salesOrder(1, 1001); moneyCents(t, so, "totalamount") != 23810 {
 		t.Errorf("totalamount %v after resync", so["totalamount"])
+	}
+}
+
+// An import chunk's guest orders get their contacts together: one email look-up and one
+// CreateMultiple for the guests without a contact, not a look-up and a write per guest.
+// A guest whose email an active contact has adopts it; two orders of one guest share
+// one contact.
+func TestOrderBulkGuestContactsTogether(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	adopted, err := h.dv.Create(h.ctx, "contacts", dataverse.Record{"lastname": "Existing", "emailaddress1": "guest3@example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(51, 52))
+	var raws []json.RawMessage
+	var orders []*nop.Order
+	email := func(id int) string { return fmt.Sprintf("guest%d@example.test", (id-7200)%10) } // 10 guests, 12 orders
+	for id := 7200; id < 7212; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		o.Customer.ID = 500 + (id-7200)%10
+		o.Customer.IsGuest, o.Customer.IsRegistered, o.Customer.Email = true, false, nil
+		o.BillingAddress.Email = genPtr(email(id))
+		orders = append(orders, o)
+		raws = append(raws, orderEvent(t, o, "order.placed", 1))
+	}
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-guests", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	if n, m := h.fdv.count("Upsert contacts"), h.fdv.count("CreateMultiple contacts"); n != 0 || m != 1 {
+		t.Errorf("contacts of 10 guests (one adopted): %d single writes and %d CreateMultiple, want 0 and 1", n, m)
+	}
+	for _, o := range orders {
+		contacts := h.where("contacts", "emailaddress1", email(o.ID))
+		if len(contacts) != 1 {
+			t.Fatalf("order %d: %d contacts with the guest's email, want 1", o.ID, len(contacts))
+		}
+		want := fmt.Sprint(contacts[0]["contactid"])
+		if email(o.ID) == "guest3@example.test" && !strings.EqualFold(want, adopted) {
+			t.Errorf("guest 3 has contact %s, want the existing %s", want, adopted)
+		}
+		so := h.salesOrder(1, o.ID)
+		if so == nil || !strings.EqualFold(fmt.Sprint(so["_customerid_value"]), want) {
+			t.Errorf("order %d: salesorder customer %v, want %s", o.ID, so["_customerid_value"], want)
+		}
 	}
 }
