@@ -775,3 +775,39 @@ func TestBulkChunkCustomersAccountsTogether(t *testing.T) {
 		}
 	}
 }
+
+// Chunks delivered at once that name the same companies create each account once: the
+// second finds what the first created, rather than both creating the same rows (a bulk
+// create of a row that exists fails, and isolating it costs a request per half).
+func TestBulkConcurrentChunksShareAccounts(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	chunks := make([][]*nop.Event, 4)
+	for i := 1; i <= 4*60; i++ {
+		k := (i - 1) / 60
+		chunks[k] = append(chunks[k], customerEvent(t, tmpl, i, 1, fmt.Sprintf("customer.%d@example.test", i), func(d map[string]any) {
+			d["company"] = fmt.Sprintf("Shared %d", i%30)
+		}))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(chunks))
+	for k, c := range chunks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[k] = e.deliver(e.eng, state.Customer, c...)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, m := e.fdv.count("CreateMultiple accounts"), e.fdv.count("Upsert accounts"); n != 1 || m != 0 {
+		t.Errorf("4 chunks at once naming the same 30 companies: %d CreateMultiple and %d single writes of accounts, want 1 and 0", n, m)
+	}
+	if got := e.srv.Count("accounts"); got != 30 {
+		t.Errorf("%d accounts, want 30", got)
+	}
+}

@@ -32,6 +32,10 @@ type customerSyncer struct {
 	accounts sync.Map // "<storeID>/<lower(company)>" → account id
 	contacts sync.Map // guest contact key → contact id
 	ensuring sync.Map // "customer/<id>" → *sync.Mutex: one ensureContact per customer at a time
+	// resolving: one chunk at a time resolves accounts (and guest contacts) in bulk, so
+	// chunks naming the same company (or guest) don't create its row twice: the second
+	// finds it in the cache. A create of a row that exists fails the bulk request.
+	resolving sync.Mutex
 }
 
 // skipReason says why a customer does not become a contact ("" when it does).
@@ -300,6 +304,8 @@ func (s *customerSyncer) account(ctx context.Context, storeID int, company strin
 // companies costs a few requests per chunk rather than a look-up and a write per company.
 // A company it could not resolve is left to account, which tries it on its own.
 func (s *customerSyncer) resolveAccounts(ctx context.Context, storeID int, companies []string) {
+	s.resolving.Lock()
+	defer s.resolving.Unlock()
 	want := map[string]string{} // lower-cased name → the name as first given
 	var conds []string
 	for _, c := range companies {
@@ -625,6 +631,8 @@ type guestRef struct {
 // contacts created with CreateMultiple, instead of a look-up and a write per guest. A
 // guest it could not resolve is left to guestContact.
 func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
+	s.resolving.Lock()
+	defer s.resolving.Unlock()
 	var rows []guestRow
 	seen := map[string]bool{}
 	var emails []string
