@@ -142,9 +142,12 @@ func BenchmarkStoreSync(b *testing.B) {
 		b.ReportMetric(100*rows/sim/ideal100.Ceiling, "%ceiling-bulk100")
 		var status appStatus
 		r.store.getJSON(ctx, "/api/status", &status)
-		summary(b, "| store reader: initial import of %d customers, %d products (%d grouped), %d orders (%d items) from PostgreSQL | %.0f rows written/s simulated (%.0f rows in %.0f s) | %.0f%% of the simulator's ceiling %.0f rows/s (%s-bound, 1000 rows per request); %.0f%% of %.0f rows/s at the app's 100 rows per request | read and queued in %.0f s real; %d requests, %d × 429; state: %v; TimeScale %g |",
+		// Execution time the simulator charged per second (its cost model, not only rows):
+		// how much of the execution limit the import used.
+		execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
+		summary(b, "| store reader: initial import of %d customers, %d products (%d grouped), %d orders (%d items) from PostgreSQL | %.0f rows written/s simulated (%.0f rows in %.0f s) | %.0f%% of the simulator's ceiling %.0f rows/s (%s-bound, 1000 rows per request); %.0f%% of %.0f rows/s at the app's 100 rows per request | read and queued in %.0f s real; %d requests (%.1f/s of 20/s allowed), execution %.1f s/s of 4 s/s allowed, %d × 429; state: %v; TimeScale %g |",
 			st.Customers, st.Products, st.Grouped, st.Orders, st.Items, rows/sim, rows, sim, 100*rows/sim/ideal.Ceiling, ideal.Ceiling, ideal.Limit, 100*rows/sim/ideal100.Ceiling, ideal100.Ceiling,
-			accepted.Seconds(), s1.Requests-s0.Requests, s1.Throttled-s0.Throttled, status.Entities, scale)
+			accepted.Seconds(), s1.Requests-s0.Requests, float64(s1.Requests-s0.Requests)/real.Seconds(), execUsed, s1.Throttled-s0.Throttled, status.Entities, scale)
 		summary(b, "| store reader: the import's app process | peak RSS %d MiB | | rows read %d, queued %d, row failures %d |", r.app.memKB("VmHWM")/1024, rowsRead(run), queued(run), failed(run))
 
 		// (b) Nothing changed, a fresh process.
