@@ -629,6 +629,18 @@ type faultStore struct {
 	state.Store
 	mu   sync.Mutex
 	fail func(*state.Record) bool // returns true to fail this Save (called under mu)
+	// failGetMany: GetMany of this entity fails.
+	failGetMany state.Entity
+}
+
+func (s *faultStore) GetMany(ctx context.Context, entity state.Entity, ids []string) (map[string]*state.Record, error) {
+	s.mu.Lock()
+	fail := s.failGetMany != "" && s.failGetMany == entity
+	s.mu.Unlock()
+	if fail {
+		return nil, fmt.Errorf("injected state-store failure: %w", errInjected)
+	}
+	return s.Store.GetMany(ctx, entity, ids)
 }
 
 func (s *faultStore) failSave(match func(*state.Record) bool) {

@@ -348,6 +348,9 @@ type refResolver struct {
 	// known: Dataverse ids read ahead from state for a chunk ("contact/<store>/<id>",
 	// "product/<store>/<id>"); what is not in it is resolved as for a single order.
 	known map[string]string
+	// customersRead: readAhead read the state of every customer the chunk points at, so
+	// a customer missing from known has no contact the state names.
+	customersRead bool
 }
 
 type refCall struct {
@@ -402,11 +405,15 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 		}
 	}
 	known := map[string]string{}
+	customersRead := true
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, rf := range refs {
 		if len(rf.ids) == 0 {
 			continue
+		}
+		if rf.entity == state.Customer {
+			customersRead = false
 		}
 		wg.Add(1)
 		go func() {
@@ -422,6 +429,9 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if rf.entity == state.Customer {
+				customersRead = true
+			}
 			for id, rec := range got {
 				if rec.DataverseID == "" {
 					continue
@@ -434,15 +444,20 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 	}
 	wg.Wait()
 	r.mu.Lock()
-	r.known = known
+	r.known, r.customersRead = known, customersRead
 	r.mu.Unlock()
 }
 
 // guests returns the guest customers of a chunk's orders whose contact the state does
-// not name (readAhead ran): those ensureContact gives a contact from the billing address.
+// not name: those ensureContact gives a contact from the billing address. None when
+// readAhead could not read the customers' state (a customer whose contact the state
+// names keeps it; ensureContact reads it one by one).
 func (r *refResolver) guests(evs []*nop.Event) []guestRef {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.customersRead {
+		return nil
+	}
 	var out []guestRef
 	for _, ev := range evs {
 		o := ev.Order

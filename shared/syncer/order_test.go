@@ -1067,3 +1067,41 @@ func TestOrderBulkGuestContactsTogether(t *testing.T) {
 		}
 	}
 }
+
+// When an order chunk can't read its customers' state ahead, its guests are not given
+// contacts in bulk: a customer the guest path serves (here: a synced customer whose email
+// was removed) keeps the contact its state names, and no contact is made from its
+// billing address.
+func TestOrderBulkGuestsWithoutCustomerState(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	h.each(state.Customer, customerEvent(t, tmpl, 600, 1, "before@example.test", func(d map[string]any) { d["company"] = nil }))
+	rec, err := h.st.Get(h.ctx, state.Customer, "600")
+	if err != nil || rec.DataverseID == "" {
+		t.Fatalf("customer 600: %v %+v", err, rec)
+	}
+	r := rand.New(rand.NewPCG(61, 62))
+	var raws []json.RawMessage
+	for id := 7300; id < 7304; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		o.Customer.ID, o.Customer.Email = 600, nil // registered, now without email: the guest path
+		o.BillingAddress.Email = genPtr("billing600@example.test")
+		raws = append(raws, orderEvent(t, o, "order.placed", 1))
+	}
+	h.st.mu.Lock()
+	h.st.failGetMany = state.Customer
+	h.st.mu.Unlock()
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-no-customer-state", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	if got := h.where("contacts", "emailaddress1", "billing600@example.test"); len(got) != 0 {
+		t.Errorf("%d contacts made from the billing address of a customer whose contact the state names, want 0", len(got))
+	}
+	for id := 7300; id < 7304; id++ {
+		so := h.salesOrder(1, id)
+		if so == nil || !strings.EqualFold(fmt.Sprint(so["_customerid_value"]), rec.DataverseID) {
+			t.Errorf("order %d: salesorder customer %v, want the customer's contact %s", id, so, rec.DataverseID)
+		}
+	}
+}
