@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -301,5 +302,48 @@ func TestDecodeStored(t *testing.T) {
 		if _, err := nop.DecodeStored([]byte(bad)); err == nil {
 			t.Errorf("DecodeStored(%q) accepted it", bad)
 		}
+	}
+}
+
+// A chunk cut short by the body limit holds whole hundreds of events (whole bulk
+// requests at the default DATAVERSE_BULK_SIZE), the last chunk the rest.
+func TestMessagesChunksWholeHundreds(t *testing.T) {
+	cust := readTestdata(t, "customer.json")
+	// 1000 events of 800 bytes: about 307 fit in 240 KiB.
+	const n, size = 1000, 800
+	tmpl := string(padded(t, mutate(t, cust, "data.id", 1000), "import-XXXX", size))
+	parts := make([]string, n)
+	for i := range parts {
+		p := strings.Replace(tmpl, "import-XXXX", fmt.Sprintf("import-%04d", i), 1)
+		parts[i] = strings.Replace(p, `"id":1000,`, fmt.Sprintf(`"id":%d,`, 1000+i), 1)
+	}
+	evs, err := nop.DecodeRequest("customer", []byte("["+strings.Join(parts, ",")+"]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := nop.Messages("customer", evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	next := 0
+	for ci, m := range msgs {
+		if len(m.Body) > nop.MaxChunkBodyBytes {
+			t.Errorf("chunk %d body %d bytes", ci, len(m.Body))
+		}
+		back, _, err := nop.DecodeEnvelope(m.Body)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", ci, err)
+		}
+		for _, ev := range back {
+			if want := fmt.Sprintf("import-%04d", next); ev.ID != want {
+				t.Fatalf("chunk %d: event %s, want %s", ci, ev.ID, want)
+			}
+			next++
+		}
+		got = append(got, len(back))
+	}
+	if want := []int{300, 300, 300, 100}; !slices.Equal(got, want) {
+		t.Errorf("events per chunk %v, want %v", got, want)
 	}
 }
