@@ -507,6 +507,14 @@ func (f *faultDV) UpdateMultiple(ctx context.Context, set, logical string, recs 
 	return f.Dataverse.UpdateMultiple(ctx, set, logical, recs)
 }
 
+// Query counts queries per set ("Query salesorders").
+func (f *faultDV) Query(ctx context.Context, set string, q dataverse.Query, fn func(dataverse.Record) error) error {
+	if err := f.enter("Query " + set); err != nil {
+		return err
+	}
+	return f.Dataverse.Query(ctx, set, q, fn)
+}
+
 // enter counts the call and reports whether to fail before it.
 func (f *faultDV) enter(op string) error {
 	f.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 
@@ -32,15 +33,29 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	plans := make([]*orderPlan, len(evs))
 
 	refs := newRefResolver(s)
-	var ids []string
+	// Orders the state has no trace of (a first import) are not read: creating their
+	// headers with CreateMultiple tells whether one exists (see headersFirst), which saves
+	// the chunk a query against the per-user request limit.
+	var ids, unseenIDs []string
+	unseen := make([]bool, len(evs))
 	for i, ev := range evs {
 		if ev.Order != nil && !ev.Order.Deleted {
 			id := recs[i].DataverseID
 			if id == "" {
 				id = salesOrderID(ev.StoreID, ev.Order.ID)
 			}
+			if unseenOrder(recs[i]) {
+				unseen[i] = true
+				unseenIDs = append(unseenIDs, id)
+				continue
+			}
 			ids = append(ids, id)
 		}
+	}
+	if len(unseenIDs) < minBulk {
+		// Too few for a bulk request (bulkGroup writes them one by one, as upserts).
+		ids, unseenIDs = append(ids, unseenIDs...), nil
+		clear(unseen)
 	}
 	var pre *orderPrefetch
 	var wg sync.WaitGroup
@@ -50,6 +65,7 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 		refs.readAhead(ctx, evs)
 	}()
 	pre = s.prefetch(ctx, ids)
+	pre.absent(unseenIDs)
 	wg.Wait()
 	s.customers.resolveGuests(ctx, refs.guests(evs))
 	s.parallelN(ctx, len(evs), func(ctx context.Context, i int) {
@@ -69,7 +85,9 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 			}
 		}
 	}
-	s.createMany(ctx, plans, fresh, errs)
+	fresh, more, headed := s.headersFirst(ctx, refs, plans, outs, unseen, fresh, errs)
+	pending = append(pending, more...)
+	s.createMany(ctx, plans, fresh, headed, errs)
 	// As few batches as the bounds allow, evenly filled.
 	total := 0
 	for _, i := range pending {
@@ -114,7 +132,7 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 // transient failure leaves it to the next delivery, which finds the header and takes the
 // change-set path; a permanent one removes the header bulk wrote. Tables without the bulk
 // messages fall back to change sets.
-func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
+func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []int, headed map[int]bool, errs []error) {
 	if len(idx) == 0 {
 		return
 	}
@@ -146,9 +164,11 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 	}
 
 	first := writers(idx)
-	headers := make([]bulkRow, len(idx))
-	for k, i := range idx {
-		headers[k] = bulkRow{i: i, id: plans[i].orderID, rec: plans[i].write.Header}
+	headers := make([]bulkRow, 0, len(idx))
+	for _, i := range idx {
+		if !headed[i] {
+			headers = append(headers, bulkRow{i: i, id: plans[i].orderID, rec: plans[i].write.Header})
+		}
 	}
 	(&bulkGroup{d: s.deps, create: true, set: setSalesOrders, logical: "salesorder", pk: "salesorderid",
 		single: func(ctx context.Context, r bulkRow) error { return alone(ctx, first[r.i], r.i) }}).write(ctx, headers, errs)
@@ -193,6 +213,100 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 			}
 		}
 	}
+}
+
+// unseenOrder: the state has no trace of the order being written (no Dataverse id, no
+// attempt, no step recorded), as in a first import. Its salesorder may still exist (a
+// wiped state table, a write whose result was never recorded): headersFirst finds out.
+func unseenOrder(rec *state.Record) bool {
+	return rec.DataverseID == "" && rec.SyncedAt.IsZero() && rec.Attempts == 0 && len(rec.Extra) == 0 && rec.DataHash == ""
+}
+
+// headersFirst creates the headers of the fresh orders that were planned without being
+// read (unseen) with CreateMultiple, which creates every row of a request or none: a
+// request that went through shows none of its salesorders existed, so the plans hold.
+// The orders of a refused request (one existed: DuplicateRecord 0x80040237, "A record
+// with matching key values already exists", Microsoft Learn: Dataverse
+// reference/web-service-error-codes; or a row Dataverse refuses) are read as the prefetch reads them and
+// planned again, then written like any other order (by createMany, or as change sets
+// when they exist); a transient failure is theirs, as when createMany writes headers.
+// It returns the fresh orders (headed: those whose header is written) and the orders
+// that turned out to exist.
+func (s *orderSyncer) headersFirst(ctx context.Context, refs *refResolver, plans []*orderPlan, outs []outcome, unseen []bool,
+	fresh []int, errs []error) (stillFresh, exist []int, headed map[int]bool) {
+	headed = map[int]bool{}
+	var u []int
+	for _, i := range fresh {
+		if unseen[i] {
+			u = append(u, i)
+		} else {
+			stillFresh = append(stillFresh, i)
+		}
+	}
+	if len(u) == 0 {
+		return stillFresh, nil, headed
+	}
+	recs := make([]dataverse.Record, len(u))
+	for k, i := range u {
+		rec := make(dataverse.Record, len(plans[i].write.Header)+1)
+		maps.Copy(rec, plans[i].write.Header)
+		rec["salesorderid"] = plans[i].orderID
+		recs[k] = rec
+	}
+	_, err := s.dv.CreateMultiple(ctx, setSalesOrders, "salesorder", recs)
+	failed := make([]error, len(u))
+	var be *dataverse.BulkError
+	switch {
+	case err == nil:
+	case errors.As(err, &be):
+		for _, ch := range be.Chunks {
+			for k := max(ch.Start, 0); k < min(ch.End, len(u)); k++ {
+				failed[k] = ch.Err
+			}
+		}
+	default:
+		for k := range failed {
+			failed[k] = err
+		}
+	}
+	var doubt []int
+	var ids []string
+	for k, i := range u {
+		switch {
+		case failed[k] == nil:
+			headed[i] = true
+			stillFresh = append(stillFresh, i)
+		case isTransient(failed[k]):
+			errs[i] = plans[i].writeFailed(failed[k])
+		default:
+			doubt = append(doubt, i)
+			ids = append(ids, plans[i].orderID)
+		}
+	}
+	if len(doubt) == 0 {
+		return stillFresh, nil, headed
+	}
+	pre := s.prefetch(ctx, ids)
+	s.parallelN(ctx, len(doubt), func(ctx context.Context, k int) {
+		i := doubt[k]
+		p, err := s.plan(ctx, refs, pre, plans[i].ev, plans[i].rec)
+		plans[i], errs[i] = p, err
+		if err == nil && p.done {
+			outs[i] = p.out
+		}
+	})
+	for _, i := range doubt {
+		p := plans[i]
+		if errs[i] != nil || p == nil || p.done || p.write == nil {
+			continue
+		}
+		if !p.cur.exists && len(p.stale) == 0 {
+			stillFresh = append(stillFresh, i)
+		} else {
+			exist = append(exist, i)
+		}
+	}
+	return stillFresh, exist, headed
 }
 
 // finishMany runs the steps after header and lines for a chunk: the invoices to create in

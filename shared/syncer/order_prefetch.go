@@ -53,6 +53,16 @@ func (p *orderPrefetch) invoice(orderID string) (inv invoiceInfo, ok bool) {
 	return p.invoices[orderID], true
 }
 
+// absent records ids as covered, with no salesorder and no invoice (orders whose
+// headers' creation tells whether they exist, headersFirst).
+func (p *orderPrefetch) absent(ids []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, id := range ids {
+		p.done[strings.ToLower(id)] = true
+	}
+}
+
 // prefetch reads the states and invoices of orderIDs, a query per group of ids (as many
 // as one URL takes). A failed query leaves its orders out: they are read one by one later.
 func (s *orderSyncer) prefetch(ctx context.Context, orderIDs []string) *orderPrefetch {

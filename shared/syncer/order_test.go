@@ -863,6 +863,64 @@ func TestOrderBulkLifecycle(t *testing.T) {
 	}
 }
 
+// A chunk of orders the state has never seen creates their headers without reading
+// them first; after the state table was wiped, the same chunk finds the salesorders
+// that exist (the headers' CreateMultiple is refused) and lands them once, each paid
+// order with its one invoice.
+func TestOrderBulkUnseenOrdersNotRead(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(33, 34))
+	var raws []json.RawMessage
+	for id := 7201; id <= 7212; id++ {
+		raws = append(raws, orderEvent(t, genOrder(r, id, genOptions{Round: true}), "order.placed", 1))
+	}
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-placed", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.srv.Count("salesorders"); n != len(raws) {
+		t.Fatalf("%d salesorders for %d new orders", n, len(raws))
+	}
+	if n := h.fdv.count("Query salesorders"); n != 0 {
+		t.Errorf("%d salesorder queries for a chunk of new orders, want 0", n)
+	}
+
+	// Another harness: the client's pacing to the request limit would hold the rest back.
+	h = newOrderHarness(t, harnessOptions{})
+	orders, body := bulkLifecycleOrders(t, 20)
+	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+		t.Fatal(err)
+	}
+	checkBulkLifecycle(t, h, orders)
+	created, read := h.fdv.count("CreateMultiple salesorders"), h.fdv.count("Query salesorders")
+
+	// The orders' state is lost (the customers' and products' is kept: this is about orders).
+	kept := h.st
+	h.wipeState()
+	for _, ent := range []state.Entity{state.Customer, state.Product} {
+		if err := kept.Scan(h.ctx, ent, nil, func(r *state.Record) error {
+			r.ETag = ""
+			return h.st.Save(h.ctx, r)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.eng = h.engine()
+	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+		t.Fatalf("chunk after wiping state: %v", err)
+	}
+	checkBulkLifecycle(t, h, orders)
+	if n := h.srv.Count("salesorders"); n != len(orders) {
+		t.Errorf("%d salesorders for %d orders", n, len(orders))
+	}
+	if n := h.fdv.count("Query salesorders") - read; n == 0 {
+		t.Error("existing salesorders not read after the refused CreateMultiple")
+	}
+	if n := h.fdv.count("CreateMultiple salesorders") - created; n != 1 {
+		t.Errorf("%d header CreateMultiple requests after wiping state, want the 1 refused", n)
+	}
+}
+
 // Point 4 on the bulk path: the answer to a $batch is lost (the process died) at each
 // stage; the redelivered chunk creates no second invoice or order.
 func TestOrderBulkCrashBetweenSteps(t *testing.T) {
