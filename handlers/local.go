@@ -109,12 +109,15 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	// The sandbox lives in memory, so its sync state must too: durable state over an
 	// empty sandbox would skip writes the sandbox never saw. The queue stays durable.
 	switch {
-	case cfg.StateConnectionString != "":
-		if a.store, err = newTableStore(ctx, cfg, nil); err != nil {
+	case cfg.Sandbox():
+		if cfg.StateConnectionString != "" {
+			log.Warn("STATE_STORAGE_CONNECTION_STRING is ignored with the sandbox: its state is kept in memory, as its rows are")
+		}
+		if a.store, err = localstore.Open(""); err != nil {
 			return err
 		}
-	case cfg.Sandbox():
-		if a.store, err = localstore.Open(""); err != nil {
+	case cfg.StateConnectionString != "":
+		if a.store, err = newTableStore(ctx, cfg, nil); err != nil {
 			return err
 		}
 	default:

@@ -169,6 +169,34 @@ func TestLocalModeEventLandsInSandbox(t *testing.T) {
 	}
 }
 
+// TestSandboxStateStaysInMemory: with the sandbox, a Table Storage connection string
+// (say, copied into local.settings.json for another run) does not move the sync state
+// out of memory: durable state over a sandbox that starts empty would skip writes the
+// sandbox never saw. Here the table's endpoint refuses connections, so an app that used
+// it would not sync.
+func TestSandboxStateStaysInMemory(t *testing.T) {
+	refused := freeAddr(t) // nothing listens there
+	base := startLocal(t, map[string]string{
+		"STATE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=bm90LWEta2V5;TableEndpoint=http://" + refused + "/devstoreaccount1;",
+		"SYNC_STATE_TABLE":                "sandboxstate",
+	}, nil)
+	code, body := post(t, base+"/api/events/customer", "application/json", example(t, "customer-created.json"), nil)
+	if code != 202 {
+		t.Fatalf("POST example: %d %v", code, body)
+	}
+	waitFor(t, "the contact in the sandbox", func() bool {
+		for _, c := range sandboxRows(t, base, "contacts") {
+			if c["emailaddress1"] == "ada.lovelace@example.com" {
+				return true
+			}
+		}
+		return false
+	})
+	if code, es := getJSON(t, base+"/api/status/customer/42"); code != 200 || es["status"] != "synced" {
+		t.Errorf("entity status: %d %v", code, es)
+	}
+}
+
 func sign(secret string, t int64, body []byte) string {
 	m := hmac.New(sha256.New, []byte(secret))
 	fmt.Fprintf(m, "%d.", t)
