@@ -208,3 +208,42 @@ func TestKeepRenewsALeaseClaimedAWhileAgo(t *testing.T) {
 		t.Fatalf("stored lease %q until %v (etag %s, kept %s), want a/1 renewed into the future", stored.LeaseOwner, stored.LeaseUntil, stored.ETag, rec.ETag)
 	}
 }
+
+// TestSoleWriterTakesOverLeasesOfAnEarlierRun: a process that is the only writer of its
+// state store (local mode's embedded store) takes over a lease an earlier run left
+// behind (killed mid-write) at once, where a shared store's writer waits for it to run
+// out; its own leases still keep its other writers off.
+func TestSoleWriterTakesOverLeasesOfAnEarlierRun(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	leave := func(id, owner string) {
+		t.Helper()
+		r := &state.Record{Entity: state.Customer, ID: id, Status: state.Pending, LeaseOwner: owner, LeaseUntil: time.Now().Add(time.Minute)}
+		if err := e.st.Save(e.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sole, err := New(Options{DV: e.fdv, State: e.st, Settings: e.set, BusyWait: -1, Instance: "now", SoleWriter: true,
+		Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	leave("42", "earlier/7f3a")
+	ev := customerEvent(t, tmpl, 42, 1, "ada.lovelace@example.com", nil)
+	if err := e.deliver(e.eng, state.Customer, ev); !IsBusy(err) {
+		t.Fatalf("shared store, an earlier run's lease: %v, want busy until it runs out", err)
+	}
+	if err := e.deliver(sole, state.Customer, ev); err != nil {
+		t.Fatalf("sole writer, an earlier run's lease: %v, want it taken over", err)
+	}
+	if r := e.rec(state.Customer, 42); r.Status != state.Synced || r.LeaseOwner != "" {
+		t.Errorf("record: status %s lease %q", r.Status, r.LeaseOwner)
+	}
+
+	leave("43", "now/order/1b2c")
+	other := customerEvent(t, tmpl, 43, 1, "grace.hopper@example.com", nil)
+	if err := e.deliver(sole, state.Customer, other); !IsBusy(err) {
+		t.Fatalf("sole writer, a lease of its own: %v, want busy", err)
+	}
+}
