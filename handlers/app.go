@@ -48,10 +48,7 @@ type app struct {
 	deliveries  *delivery.Handler
 	// tuneDelivery adjusts the failure policy (tests scale its delays).
 	tuneDelivery func(*delivery.Options)
-	// soleWriter: the state store is this process's alone (local mode's embedded store,
-	// held with its queue's directory lock), so leases an earlier run left bind nobody.
-	soleWriter bool
-	source     *storesync.DB // the store reader's database; nil: reader off
+	source       *storesync.DB // the store reader's database; nil: reader off
 
 	closers []func()
 }
@@ -81,7 +78,6 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		// the app's own port.
 		HTTPClient: pictures.NewClient(pictures.Options{DenyPorts: ownPorts(a.cfg)}),
 		Log:        a.log,
-		SoleWriter: a.soleWriter,
 	})
 	if err != nil {
 		return fmt.Errorf("sync engine: %w", err)

@@ -116,7 +116,6 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		if a.store, err = localstore.Open(""); err != nil {
 			return err
 		}
-		a.soleWriter = true
 	case cfg.StateConnectionString != "":
 		if a.store, err = newTableStore(ctx, cfg, nil); err != nil {
 			return err
@@ -127,9 +126,7 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 			return fmt.Errorf("embedded state store in %s: %w", cfg.DataDir, err)
 		}
 		a.closers = append(a.closers, func() { st.Close() })
-		// The queue's directory lock (taken above, where the OS has one) keeps a second
-		// process off this data folder, so no other writer can hold a lease in this store.
-		a.store, a.soleWriter = st, localqueue.ExclusiveDir
+		a.store = st
 	}
 
 	if lo.wrapStore != nil {

@@ -2,9 +2,6 @@
 
 package localqueue
 
-// ExclusiveDir says whether Open keeps other processes off its directory (here: no).
-const ExclusiveDir = false
-
 // lockDir is a no-op where flock is unavailable: one process per directory is then
 // up to the user.
 func lockDir(dir string) (unlock func(), err error) { return func() {}, nil }

@@ -10,10 +10,6 @@ import (
 	"syscall"
 )
 
-// ExclusiveDir says whether Open keeps other processes off its directory (here: yes,
-// with lockDir).
-const ExclusiveDir = true
-
 // lockDir takes an exclusive lock on dir so that a second process (or a second Open)
 // can't interleave its writes with ours. The kernel drops the lock when the process
 // dies, so a crash leaves nothing to clean up.

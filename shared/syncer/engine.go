@@ -122,11 +122,6 @@ type Options struct {
 	// Instance names this process in leases (default: random). Each claim adds its own
 	// suffix, so two goroutines of one instance never share a lease either.
 	Instance string
-	// SoleWriter says this process is the only one writing through State (local mode's
-	// embedded store, which one process holds at a time): leases left by another
-	// process (an earlier run, killed mid-write) are taken over at once instead of
-	// blocking their entities until they run out. Never set it on a shared store.
-	SoleWriter bool
 	// LeaseDuration bounds how long a claim keeps other writers off an entity (default
 	// DefaultLease). It is also how long a crashed writer's entities stay blocked, so it
 	// is short; a writer keeps its leases while it writes (renewed every third of the
@@ -182,7 +177,7 @@ func New(o Options) (*Engine, error) {
 	if d.log == nil {
 		d.log = slog.Default()
 	}
-	d.leases = &leases{st: d.st, now: d.now, log: d.log, instance: o.Instance, duration: o.LeaseDuration, busyWait: o.BusyWait, sole: o.SoleWriter}
+	d.leases = &leases{st: d.st, now: d.now, log: d.log, instance: o.Instance, duration: o.LeaseDuration, busyWait: o.BusyWait}
 	if d.leases.instance == "" {
 		d.leases.instance = randomHex(6)
 	}

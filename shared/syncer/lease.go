@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -46,9 +45,6 @@ type leases struct {
 	instance string        // names this process in lease owners
 	duration time.Duration // how long a claim keeps other writers off
 	busyWait time.Duration // how long a claim waits for another writer's lease (<0: not at all)
-	// sole: this process is the only one writing through st, so a lease that another
-	// process (an earlier run of this one, killed) left behind binds nobody.
-	sole bool
 
 	// kept maps each record whose lease keep is holding to its keeper's mutex, which
 	// orders the keeper's saves with renew's saves of the same record (both change the
@@ -132,7 +128,7 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 				recs[i], res[i] = rec, r
 				continue
 			}
-			if l.heldAt(rec, now) {
+			if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
 				later = append(later, i)
 				continue
 			}
@@ -217,7 +213,7 @@ func (l *leases) acquire(ctx context.Context, entity state.Entity, id string, o 
 			}
 		}
 		now := l.now()
-		if l.heldAt(rec, now) {
+		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
 			if time.Now().Add(pause).After(waitUntil) {
 				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
 			}
@@ -260,15 +256,8 @@ func (l *leases) read(ctx context.Context, entity state.Entity, id string) (*sta
 }
 
 // held reports whether rec's lease is taken and still running.
-func (l *leases) held(rec *state.Record) bool { return l.heldAt(rec, l.now()) }
-
-// heldAt is held at time now: a lease whose time has not run out, taken by a writer
-// that can still be at work (with sole, one of this process).
-func (l *leases) heldAt(rec *state.Record, now time.Time) bool {
-	if rec.LeaseOwner == "" || !now.Before(rec.LeaseUntil) {
-		return false
-	}
-	return !l.sole || strings.HasPrefix(rec.LeaseOwner, l.instance+"/")
+func (l *leases) held(rec *state.Record) bool {
+	return rec.LeaseOwner != "" && l.now().Before(rec.LeaseUntil)
 }
 
 // renew saves rec mid-sync, keeping (and extending) the lease.
