@@ -36,14 +36,7 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 	if conn == "" {
 		b.Skip("needs TEST_TABLE_CONNECTION_STRING (Azurite; scripts/bench starts it)")
 	}
-	model := os.Getenv("BENCH_COST_MODEL")
-	if model == "" {
-		model = "default"
-	}
-	cost, ok := dataversetest.CostModels[model]
-	if !ok {
-		b.Fatalf("BENCH_COST_MODEL %q: want default or perrow", model)
-	}
+	model, cost := benchCostModel(b)
 	for range b.N {
 		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
 		sim := dataversetest.NewServer(dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true,

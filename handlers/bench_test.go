@@ -789,6 +789,23 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// benchCostModel returns the simulator's execution costs BENCH_COST_MODEL picks, and
+// its name: "default" (2 ms per request + 2 ms per row written, with the
+// x-ms-ratelimit-* headers) or "perrow" (30 ms per request + 8 ms per row written,
+// without the headers: the client has only its latencies to pace by).
+func benchCostModel(b *testing.B) (string, dataversetest.ExecutionCost) {
+	b.Helper()
+	model := os.Getenv("BENCH_COST_MODEL")
+	if model == "" {
+		model = "default"
+	}
+	cost, ok := dataversetest.CostModels[model]
+	if !ok {
+		b.Fatalf("BENCH_COST_MODEL %q: want default or perrow", model)
+	}
+	return model, cost
+}
+
 // BenchmarkImport: the initial import (arrays of 1000 events to /api/events/{entity})
 // of 20,000 customers, then 5,000 orders, against the simulator with service-protection
 // limits on and requests taking their execution time. Figures are in simulated time
@@ -815,18 +832,7 @@ func BenchmarkImport(b *testing.B) {
 			}
 			env = []string{"STATE_STORAGE_CONNECTION_STRING=" + conn, fmt.Sprintf("SYNC_STATE_TABLE=import%d", time.Now().Unix())}
 		}
-		// BENCH_COST_MODEL picks the simulator's execution costs: "default" (2 ms per
-		// request + 2 ms per row written, with the x-ms-ratelimit-* headers) or "perrow"
-		// (30 ms per request + 8 ms per row written, without the headers: the client has
-		// only its latencies to pace by).
-		model := os.Getenv("BENCH_COST_MODEL")
-		if model == "" {
-			model = "default"
-		}
-		cost, ok := dataversetest.CostModels[model]
-		if !ok {
-			b.Fatalf("BENCH_COST_MODEL %q: want default or perrow", model)
-		}
+		model, cost := benchCostModel(b)
 		r := newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true,
 			ExecutionCost: cost, NoRateLimitHeaders: model == "perrow"}, env...)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
