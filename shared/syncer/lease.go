@@ -128,13 +128,11 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 				recs[i], res[i] = rec, r
 				continue
 			}
-			if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+			if l.heldAt(rec, now) {
 				later = append(later, i)
 				continue
 			}
-			rec.LeaseOwner = l.instance + o.tag + randomHex(4)
-			rec.LeaseUntil = now.Add(l.duration)
-			o.ready(rec)
+			l.take(rec, o, now)
 			recs[i] = rec
 			batch = append(batch, i)
 		}
@@ -213,7 +211,7 @@ func (l *leases) acquire(ctx context.Context, entity state.Entity, id string, o 
 			}
 		}
 		now := l.now()
-		if rec.LeaseOwner != "" && now.Before(rec.LeaseUntil) {
+		if l.heldAt(rec, now) {
 			if time.Now().Add(pause).After(waitUntil) {
 				return nil, 0, transient(fmt.Errorf("%s %s: %w", entity, id, errBusy))
 			}
@@ -226,11 +224,7 @@ func (l *leases) acquire(ctx context.Context, entity state.Entity, id string, o 
 			attempt-- // waiting is not a failed attempt
 			continue
 		}
-		rec.LeaseOwner = l.instance + o.tag + randomHex(4)
-		rec.LeaseUntil = now.Add(l.duration)
-		if o.ready != nil {
-			o.ready(rec)
-		}
+		l.take(rec, o, now)
 		err := l.st.Save(ctx, rec)
 		if errors.Is(err, state.ErrConflict) {
 			continue // someone changed it between our read and write: look again
@@ -256,8 +250,21 @@ func (l *leases) read(ctx context.Context, entity state.Entity, id string) (*sta
 }
 
 // held reports whether rec's lease is taken and still running.
-func (l *leases) held(rec *state.Record) bool {
-	return rec.LeaseOwner != "" && l.now().Before(rec.LeaseUntil)
+func (l *leases) held(rec *state.Record) bool { return l.heldAt(rec, l.now()) }
+
+// heldAt is held at time now.
+func (l *leases) heldAt(rec *state.Record, now time.Time) bool {
+	return rec.LeaseOwner != "" && now.Before(rec.LeaseUntil)
+}
+
+// take puts this writer's lease (a new owner, until now + duration) and the claim's
+// ready step on rec; the caller saves it.
+func (l *leases) take(rec *state.Record, o claimOptions, now time.Time) {
+	rec.LeaseOwner = l.instance + o.tag + randomHex(4)
+	rec.LeaseUntil = now.Add(l.duration)
+	if o.ready != nil {
+		o.ready(rec)
+	}
 }
 
 // renew saves rec mid-sync, keeping (and extending) the lease.
