@@ -321,16 +321,9 @@ func (h *env) invoices(orderID string) []map[string]any {
 // num reads a numeric column.
 func num(t testing.TB, r map[string]any, col string) float64 {
 	t.Helper()
-	switch v := r[col].(type) {
-	case float64:
-		return v
-	case int:
-		return float64(v)
-	case int64:
-		return float64(v)
-	case json.Number:
-		f, _ := v.Float64()
-		return f
+	switch r[col].(type) {
+	case float64, int, int64, json.Number:
+		return numOf(r[col])
 	}
 	t.Fatalf("column %s = %#v, not a number", col, r[col])
 	return 0
