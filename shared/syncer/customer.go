@@ -662,6 +662,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 		}
 	}
 	var creates []bulkRow
+	var keys []string // the cache key of each create
 	for _, r := range rows {
 		if r.email != "" {
 			p := &contactPlan{extra: map[string]string{}}
@@ -674,6 +675,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 			}
 		}
 		creates = append(creates, bulkRow{i: len(creates), id: r.own, rec: r.rec})
+		keys = append(keys, r.cacheKey)
 	}
 	errs := make([]error, len(creates))
 	(&bulkGroup{d: s.deps, create: true, set: "contacts", logical: "contact", pk: "contactid",
@@ -681,13 +683,9 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 			_, err := s.dv.Upsert(ctx, "contacts", r.id, r.rec, dataverse.Upsert)
 			return err
 		}}).write(ctx, creates, errs)
-	byID := map[string]string{}
-	for _, r := range rows {
-		byID[r.own] = r.cacheKey
-	}
 	for k, r := range creates {
 		if errs[k] == nil {
-			s.contacts.Store(byID[r.id], r.id)
+			s.contacts.Store(keys[k], r.id)
 		}
 	}
 }
