@@ -17,7 +17,7 @@ type Limits struct {
 	Window    time.Duration // default 300 s
 	Requests  int           // per Window, default 6000
 	Execution time.Duration // per Window, default 1200 s
-	// Share is the part of each budget this client spends (default 0.95): the margin
+	// Share is the part of each budget this client spends (default 0.98): the margin
 	// absorbs estimates that come in late or low.
 	Share float64
 }
@@ -33,7 +33,7 @@ func (l Limits) withDefaults() Limits {
 		l.Execution = 1200 * time.Second
 	}
 	if l.Share <= 0 || l.Share > 1 {
-		l.Share = 0.95
+		l.Share = 0.98
 	}
 	return l
 }
