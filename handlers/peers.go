@@ -18,25 +18,27 @@ const peerLeaseTTL = 30 * time.Second
 // Dataverse budget: they call Dataverse as one application user, and its service
 // protection limits and x-ms-dop-hint are per user, whatever the number of instances
 // (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits). Each
-// instance counts the others through peer leases in the state store (state.Peers) and
-// the Dataverse client paces to its part. The client is built before the store is open,
+// instance counts the busy ones (those that called Dataverse within the lease's
+// lifetime) through peer leases in the state store (state.Peers) and the Dataverse
+// client paces to its part. The client is built before the store is open,
 // so it reads the count through this holder: 1 until start.
 type instancePeers struct {
 	p atomic.Pointer[state.Peers]
 }
 
-// count is the number of live instances, this one included (1 before start).
-func (ip *instancePeers) count() int {
+// calling is the number of busy instances, this one included (1 before start); the
+// client asks it when a request is about to leave, which keeps this instance busy.
+func (ip *instancePeers) calling() int {
 	if p := ip.p.Load(); p != nil {
-		return p.Count()
+		return p.Calling()
 	}
 	return 1
 }
 
-// tune sets the client's Options.Peers to this count, then applies next (may be nil).
+// tune sets the client's Options.Peers to calling, then applies next (may be nil).
 func (ip *instancePeers) tune(next func(*dataverse.Options)) func(*dataverse.Options) {
 	return func(o *dataverse.Options) {
-		o.Peers = ip.count
+		o.Peers = ip.calling
 		if next != nil {
 			next(o)
 		}
@@ -50,6 +52,7 @@ func (ip *instancePeers) start(a *app, store state.Store, ttl time.Duration) {
 		ttl = peerLeaseTTL
 	}
 	p := state.NewPeers(store, uuid.NewString(), ttl)
+	p.TrackCalls() // an instance that does not call Dataverse leaves its part to those that do
 	ip.p.Store(p)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})

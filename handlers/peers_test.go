@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
@@ -9,6 +11,8 @@ import (
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/tablestorage"
 )
 
 // TestLocalModeSharesBudgetThroughStateTable: local-mode processes that keep their state
@@ -57,8 +61,40 @@ func TestLocalModeSharesBudgetThroughStateTable(t *testing.T) {
 	}
 	waitFor(t, "both processes to count two instances", func() bool { return count(0) == 2 && count(1) == 2 })
 
+	// A third process on the table that does not call Dataverse (as an instance serving
+	// only the events endpoint): once its start-up is a lease's lifetime behind it, the
+	// busy two leave it out although its lease is live.
+	startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: time.Second})
+	tbl, err := tablestorage.NewFromConnectionString(context.Background(), conn, tablestorage.Options{Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveLeases := func() int {
+		docs, err := tbl.ListDocs(context.Background(), state.PeerKind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, d := range docs {
+			var l struct{ Until time.Time }
+			if json.Unmarshal(d.Value, &l) == nil && l.Until.After(time.Now()) {
+				n++
+			}
+		}
+		return n
+	}
+	// The first two keep calling (count is what their clients ask before each request).
+	waitFor(t, "three live leases", func() bool { count(0); count(1); return liveLeases() == 3 })
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(25 * time.Millisecond) {
+		count(0) // past a lease's lifetime and several renewals
+		count(1)
+	}
+	waitFor(t, "the busy processes to count two with an idle third live", func() bool {
+		return count(0) == 2 && count(1) == 2 && liveLeases() == 3
+	})
+
 	startLocal(t, env(false), &localOptions{tuneDataverse: capture})
-	if peers[2] != nil {
-		t.Fatalf("a process with the embedded state store counts peers (%d)", count(2))
+	if peers[3] != nil {
+		t.Fatalf("a process with the embedded state store counts peers (%d)", count(3))
 	}
 }

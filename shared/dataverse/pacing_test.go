@@ -129,6 +129,7 @@ func sharedRun(t *testing.T, share bool) dataversetest.Stats {
 	var peers []*state.Peers
 	for i := range 3 {
 		p := state.NewPeers(store, fmt.Sprintf("instance-%d", i), time.Second)
+		p.TrackCalls() // as the app's instances do: counted while they call
 		if err := p.Renew(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +141,7 @@ func sharedRun(t *testing.T, share bool) dataversetest.Stats {
 		go p.Run(ctx, nil)
 		o := dataverse.Options{MaxRetries: 20, RetryDelay: 10 * time.Millisecond}
 		if share {
-			o.Peers = p.Count
+			o.Peers = p.Calling
 		}
 		c, err := s.Client(o)
 		if err != nil {

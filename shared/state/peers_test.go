@@ -2,6 +2,7 @@ package state_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -37,5 +38,122 @@ func TestPeersCountLiveLeases(t *testing.T) {
 	}
 	if a.Count() != 1 {
 		t.Fatalf("b's lease expired, counted %d", a.Count())
+	}
+}
+
+// With TrackCalls, an instance counts only the peers that called within a lease's
+// lifetime: an idle one leaves its part to the busy. One that turns busy counts every
+// live instance until the others have had a renewal's time to see it.
+func TestPeersCountBusyOnes(t *testing.T) {
+	store, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	ttl := 600 * time.Millisecond
+	renew := func(ps ...*state.Peers) {
+		t.Helper()
+		for _, p := range ps {
+			if err := p.Renew(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a, b := state.NewPeers(store, "a", ttl), state.NewPeers(store, "b", ttl)
+	a.TrackCalls()
+	b.TrackCalls()
+	renew(a, b, a)
+	if n := a.Calling(); n != 2 {
+		t.Fatalf("a turning busy counts every live instance: %d, want 2", n)
+	}
+	renew(a) // a's lease says busy
+	time.Sleep(ttl/3 + 20*time.Millisecond)
+	renew(a)
+	if n := a.Calling(); n != 1 {
+		t.Fatalf("b never called: a counts %d, want 1", n)
+	}
+
+	if n := b.Calling(); n != 2 {
+		t.Fatalf("b turning busy counts every live instance: %d, want 2", n)
+	}
+	renew(b, a)
+	if n := a.Calling(); n != 2 {
+		t.Fatalf("b busy: a counts %d, want 2", n)
+	}
+	time.Sleep(ttl/3 + 20*time.Millisecond)
+	renew(b)
+	if n := b.Calling(); n != 2 {
+		t.Fatalf("b, announced: counts %d, want 2 (a is busy)", n)
+	}
+
+	// b stops calling; a lease after its last call says idle once a lifetime has passed.
+	// a keeps calling and renewing, as a busy instance does.
+	deadline := time.Now().Add(ttl + 100*time.Millisecond)
+	for time.Now().Before(deadline) {
+		a.Calling()
+		renew(a)
+		time.Sleep(ttl / 6)
+	}
+	renew(b, a)
+	if n := a.Calling(); n != 1 {
+		t.Fatalf("b idle for a lease's lifetime: a counts %d, want 1", n)
+	}
+
+	// A lease without the busy field (an instance not tracking, or an older build) counts.
+	c := state.NewPeers(store, "c", ttl)
+	renew(c, a)
+	if n := a.Calling(); n != 2 {
+		t.Fatalf("an untracked live instance: a counts %d, want 2", n)
+	}
+}
+
+// Turning busy renews the lease at once, not at the next third of its lifetime.
+func TestPeersTurningBusyRenewsAtOnce(t *testing.T) {
+	store, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := state.NewPeers(store, "a", time.Minute) // renewed every 20 s unless woken
+	p.TrackCalls()
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+	busyUntil := func() time.Time {
+		d, err := store.GetDoc(ctx, state.PeerKind, "a")
+		if err != nil {
+			return time.Time{}
+		}
+		var l struct {
+			BusyUntil *time.Time `json:"busyUntil"`
+		}
+		if json.Unmarshal(d.Value, &l) != nil || l.BusyUntil == nil {
+			return time.Time{}
+		}
+		return *l.BusyUntil
+	}
+	waitDoc := time.Now().Add(5 * time.Second)
+	for { // the first renewal, at the start: never called, so not busy
+		if _, err := store.GetDoc(ctx, state.PeerKind, "a"); err == nil {
+			break
+		}
+		if time.Now().After(waitDoc) {
+			t.Fatal("no lease 5 s after the start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if busyUntil().After(time.Now()) {
+		t.Fatal("a lease says busy before any call")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	p.Calling()
+	for !busyUntil().After(time.Now()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease does not say busy 5 s after a call (its next renewal is 20 s away)")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
