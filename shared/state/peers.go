@@ -167,10 +167,17 @@ func (p *Peers) Renew(ctx context.Context) error {
 
 // Run renews the lease every TTL/3, and at once when this instance turns busy, until
 // ctx ends; a failed renewal keeps the last count and is passed to onErr (may be nil).
+// After a failed renewal the next waits for its time: a store that is down is not
+// asked again at every call.
 func (p *Peers) Run(ctx context.Context, onErr func(error)) {
 	for {
-		if err := p.Renew(ctx); err != nil && onErr != nil && ctx.Err() == nil {
+		err := p.Renew(ctx)
+		if err != nil && onErr != nil && ctx.Err() == nil {
 			onErr(err)
+		}
+		wake := p.wake
+		if err != nil {
+			wake = nil
 		}
 		tm := time.NewTimer(p.ttl / 3)
 		select {
@@ -178,7 +185,7 @@ func (p *Peers) Run(ctx context.Context, onErr func(error)) {
 			tm.Stop()
 			return
 		case <-tm.C:
-		case <-p.wake:
+		case <-wake:
 			tm.Stop()
 		}
 	}

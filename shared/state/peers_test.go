@@ -3,6 +3,8 @@ package state_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,5 +157,44 @@ func TestPeersTurningBusyRenewsAtOnce(t *testing.T) {
 			t.Fatal("the lease does not say busy 5 s after a call (its next renewal is 20 s away)")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// failingDocs is a store whose doc writes fail, counting the attempts.
+type failingDocs struct {
+	state.Store
+	saves atomic.Int64
+}
+
+func (f *failingDocs) SaveDoc(context.Context, *state.Doc) error {
+	f.saves.Add(1)
+	return errors.New("store down")
+}
+
+// A busy instance whose renewals fail does not retry them at every call: the next
+// renewal waits for its time.
+func TestPeersFailedRenewalNotRetriedPerCall(t *testing.T) {
+	base, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	store := &failingDocs{Store: base}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := state.NewPeers(store, "a", time.Minute) // renewed every 20 s
+	p.TrackCalls()
+	var errs atomic.Int64
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx, func(error) { errs.Add(1) }) }()
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		p.Calling()
+	}
+	cancel()
+	<-done
+	if n := store.saves.Load(); n != 1 {
+		t.Fatalf("%d lease writes in 0.5 s of calls with the store down, want 1 (the first)", n)
+	}
+	if errs.Load() == 0 {
+		t.Fatal("the failed renewal was not reported")
 	}
 }
