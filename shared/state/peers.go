@@ -28,6 +28,11 @@ type Peers struct {
 	ttl   time.Duration
 	wake  chan struct{} // renew now: this instance turned busy
 
+	renew sync.Mutex // one renewal at a time; guards key, etag and keys
+	key   string     // the lease doc this instance holds ("" before the first renewal)
+	etag  string
+	keys  int // keys of its own made so far
+
 	mu        sync.Mutex
 	count     int  // live and busy instances, this one included
 	live      int  // live instances, this one included
@@ -119,23 +124,9 @@ func (p *Peers) Renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	doc := &Doc{Kind: PeerKind, Key: p.id, Value: val}
-	for range 3 {
-		old, gerr := p.store.GetDoc(ctx, PeerKind, p.id)
-		switch {
-		case errors.Is(gerr, ErrNotFound):
-			doc.ETag = ""
-		case gerr != nil:
-			return fmt.Errorf("peer lease %s: %w", p.id, gerr)
-		default:
-			doc.ETag = old.ETag
-		}
-		err = p.store.SaveDoc(ctx, doc)
-		if !errors.Is(err, ErrConflict) {
-			break
-		}
-	}
-	if err != nil {
+	p.renew.Lock()
+	defer p.renew.Unlock()
+	if err := p.writeLease(ctx, val, now); err != nil {
 		return fmt.Errorf("peer lease %s: %w", p.id, err)
 	}
 	docs, err := p.store.ListDocs(ctx, PeerKind)
@@ -149,7 +140,7 @@ func (p *Peers) Renew(ctx context.Context) error {
 			continue
 		}
 		live++
-		if d.Key != p.id && (l.BusyUntil == nil || l.BusyUntil.After(now)) {
+		if d.Key != p.key && (l.BusyUntil == nil || l.BusyUntil.After(now)) {
 			busy++
 		}
 	}
@@ -162,6 +153,59 @@ func (p *Peers) Renew(ctx context.Context) error {
 		}
 	}
 	p.mu.Unlock()
+	return nil
+}
+
+// reuseAfter is how long ago a peer lease must have run out for a starting instance to
+// take its doc over: the store has no delete, so the docs stay as many as instances ever
+// ran at once rather than one per instance ever started. An instance whose lease was
+// taken over while it could not renew finds out by the ETag and takes another.
+func (p *Peers) reuseAfter() time.Duration { return 10 * p.ttl }
+
+// writeLease writes the lease doc this instance holds (p.renew held); on the first
+// renewal, or when its doc was taken over, it takes a long-expired one or makes its own.
+func (p *Peers) writeLease(ctx context.Context, val []byte, now time.Time) error {
+	if p.key != "" {
+		doc := &Doc{Kind: PeerKind, Key: p.key, Value: val, ETag: p.etag}
+		err := p.store.SaveDoc(ctx, doc)
+		if err == nil {
+			p.etag = doc.ETag
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		p.key, p.etag = "", "" // taken over (or gone with a wiped table): take another
+	}
+	docs, err := p.store.ListDocs(ctx, PeerKind)
+	if err != nil {
+		return err
+	}
+	for _, d := range docs {
+		var l peerLease
+		if json.Unmarshal(d.Value, &l) != nil || now.Sub(l.Until) < p.reuseAfter() {
+			continue
+		}
+		doc := &Doc{Kind: PeerKind, Key: d.Key, Value: val, ETag: d.ETag}
+		err := p.store.SaveDoc(ctx, doc)
+		if err == nil {
+			p.key, p.etag = d.Key, doc.ETag
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+	}
+	p.keys++
+	key := p.id
+	if p.keys > 1 {
+		key = fmt.Sprintf("%s-%d", p.id, p.keys)
+	}
+	doc := &Doc{Kind: PeerKind, Key: key, Value: val}
+	if err := p.store.SaveDoc(ctx, doc); err != nil {
+		return err
+	}
+	p.key, p.etag = key, doc.ETag
 	return nil
 }
 

@@ -198,3 +198,58 @@ func TestPeersFailedRenewalNotRetriedPerCall(t *testing.T) {
 		t.Fatal("the failed renewal was not reported")
 	}
 }
+
+// A starting instance takes over a lease that ran out long ago instead of adding a doc
+// (the store has no delete); the instance that held it, back after all, takes another.
+// A lease that ran out only lately is left alone.
+func TestPeersReuseLongExpiredLeases(t *testing.T) {
+	store, err := localstore.Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	ttl := 50 * time.Millisecond
+	docs := func() int {
+		t.Helper()
+		ds, err := store.ListDocs(ctx, state.PeerKind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ds)
+	}
+	a := state.NewPeers(store, "a", ttl)
+	if err := a.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * ttl) // a's lease ran out lately
+	b := state.NewPeers(store, "b", ttl)
+	if err := b.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := docs(); n != 2 {
+		t.Fatalf("a lease that ran out %v ago was taken over: %d docs, want 2", 2*ttl, n)
+	}
+	time.Sleep(10*ttl + 20*time.Millisecond) // both ran out long ago
+	c := state.NewPeers(store, "c", ttl)
+	if err := c.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := docs(); n != 2 {
+		t.Fatalf("c did not take over a long-expired lease: %d docs, want 2", n)
+	}
+	// a and b come back: whichever lost its doc to c takes another; the others renew.
+	for _, p := range []*state.Peers{a, b, c, a, b, c} {
+		if err := p.Renew(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := docs(); n != 3 {
+		t.Fatalf("three live instances hold %d docs, want 3", n)
+	}
+	for i, p := range []*state.Peers{a, b, c} {
+		if n := p.Count(); n != 3 {
+			t.Fatalf("instance %d counts %d, want 3", i, n)
+		}
+	}
+}
