@@ -256,7 +256,11 @@ func (o *Ops) readStore(ctx context.Context, run *Run, lease *state.Doc) error {
 			// Orders refer to customers and products: an order applied before them makes
 			// the engine create them one by one instead of in bulk. So orders wait
 			// (bounded) until what this run queued before them has been applied.
-			o.waitApplied(ctx, run, run.Entities[:i])
+			if err := o.waitApplied(ctx, run, run.Entities[:i], func(ctx context.Context) error {
+				return o.renewStoreLease(ctx, lease, run.ID)
+			}); err != nil {
+				return err
+			}
 		}
 		err := pass.Entity(ctx, ent, p, func(ctx context.Context) error {
 			run.Queued = queued
@@ -276,10 +280,13 @@ func (o *Ops) readStore(ctx context.Context, run *Run, lease *state.Doc) error {
 }
 
 // waitApplied waits until the queues of entities this run queued something for are
-// empty, at most StoreDrainWait; it never fails the run (at worst orders go early).
-func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity) {
+// empty, at most StoreDrainWait; running out of time never fails the run (at worst
+// orders go early). The wait is longer than the run's claim, so it renews the claim
+// (renew) every third of StoreLease: otherwise a timer tick would take the waiting run
+// over and read it a second time. A claim that can't be renewed ends the run's part here.
+func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity, renew func(context.Context) error) error {
 	if o.o.Inspector == nil {
-		return
+		return nil
 	}
 	var qs []string
 	for _, e := range entities {
@@ -290,10 +297,17 @@ func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity
 		}
 	}
 	if len(qs) == 0 {
-		return
+		return nil
 	}
 	deadline := time.Now().Add(o.o.StoreDrainWait)
+	renewed := o.o.Now()
 	for time.Now().Before(deadline) {
+		if now := o.o.Now(); now.Sub(renewed) >= o.o.StoreLease/3 {
+			if err := renew(ctx); err != nil {
+				return err
+			}
+			renewed = now
+		}
 		busy := false
 		for _, q := range qs {
 			s, err := o.o.Inspector.Stats(ctx, q)
@@ -303,15 +317,16 @@ func (o *Ops) waitApplied(ctx context.Context, run *Run, entities []state.Entity
 			}
 		}
 		if !busy {
-			return
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(time.Second):
 		}
 	}
 	o.o.Log.Warn("store run: reading orders before the customers and products it queued were applied", "run", run.ID, "waited", o.o.StoreDrainWait.String())
+	return nil
 }
 
 // GetRun returns a run by id (state.ErrNotFound when there is none).

@@ -372,3 +372,54 @@ func TestAutoSyncReadsStore(t *testing.T) {
 }
 
 func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+// busyQueues is a queue.Inspector whose queues hold messages until drained is closed;
+// each Stats call is signalled on asked.
+type busyQueues struct {
+	drained chan struct{}
+	asked   chan struct{}
+}
+
+func (b *busyQueues) Stats(context.Context, string) (queue.Stats, error) {
+	select {
+	case b.asked <- struct{}{}:
+	default:
+	}
+	select {
+	case <-b.drained:
+		return queue.Stats{}, nil
+	default:
+		return queue.Stats{Active: 1}, nil
+	}
+}
+
+// A run waiting, before its orders, for the customers it queued to be applied keeps its
+// claim: the wait may last longer than the claim (up to StoreDrainWait), and a timer
+// tick must not take the run over and read the store a second time meanwhile.
+func TestStoreRunKeepsItsClaimWhileWaitingForCustomers(t *testing.T) {
+	qs := &busyQueues{drained: make(chan struct{}), asked: make(chan struct{}, 1)}
+	const lease = 3 * time.Minute
+	f := newStoreFixture(t, 30, func(o *Options) { o.Inspector, o.StoreLease = qs, lease })
+	_, body := postSync(t, f.ops, `{"source":"store","entities":["customer","order"]}`)
+	id, _ := body["runId"].(string)
+	if id == "" {
+		t.Fatalf("no run: %v", body)
+	}
+	other := New(f.opts) // a second instance, its timer ticking
+	defer other.Close()
+	ctx := context.Background()
+	<-qs.asked // the run waits for the customers' queue
+	for range 3 {
+		f.clk.Add(lease/2 + time.Second) // the second time, a claim not renewed runs out
+		<-qs.asked                                  // the run's next look at the queue, after its renewal
+		<-qs.asked
+		if r, err := other.ResumeStoreRun(ctx); err != nil || r != nil {
+			t.Fatalf("the waiting run was taken over (%v, %v)", r, err)
+		}
+	}
+	close(qs.drained)
+	run := f.wait(t, id)
+	if run.Outcome != "succeeded" || run.Store[state.Customer].Queued != 30 {
+		t.Fatalf("%s: %+v", run.Outcome, run.Store[state.Customer])
+	}
+}
