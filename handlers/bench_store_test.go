@@ -122,6 +122,9 @@ func BenchmarkStoreSync(b *testing.B) {
 		r = newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true}, readerEnv(conn)...)
 		s0 := r.sim.Stats()
 		start := time.Now()
+		// Every minute: execution time charged per second, requests per second and rows
+		// written per second, to see which phase of the import leaves the limits unspent.
+		stopTimeline := benchTimeline(b, r.sim, time.Minute)
 		run, accepted := r.storeRun(ctx, b)
 		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
 			b.Fatal(err)
@@ -131,6 +134,7 @@ func BenchmarkStoreSync(b *testing.B) {
 		}
 		real := time.Since(start)
 		s1 := r.sim.Stats()
+		stopTimeline()
 		sim := real.Seconds() / scale
 		rows := float64(s1.RowsWritten - s0.RowsWritten)
 		// The ceiling as BenchmarkImport computes it (1000 rows per request), and at the
@@ -205,4 +209,29 @@ func failed(r *benchRun) (n int) {
 		n += p.Failed
 	}
 	return n
+}
+
+// benchTimeline logs, every period until stopped, the simulator's execution time charged
+// per second, requests per second and rows written per second in that period.
+func benchTimeline(b *testing.B, sim *dataversetest.Server, period time.Duration) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		prev := sim.Stats()
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				cur := sim.Stats()
+				sec := period.Seconds()
+				b.Logf("timeline: execution %.1f s/s, %.1f requests/s, %.0f rows/s",
+					(cur.Execution-prev.Execution).Seconds()/sec, float64(cur.Requests-prev.Requests)/sec, float64(cur.RowsWritten-prev.RowsWritten)/sec)
+				prev = cur
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
