@@ -411,7 +411,7 @@ func TestStoreRunKeepsItsClaimWhileWaitingForCustomers(t *testing.T) {
 	<-qs.asked // the run waits for the customers' queue
 	for range 3 {
 		f.clk.Add(lease/2 + time.Second) // the second time, a claim not renewed runs out
-		<-qs.asked                                  // the run's next look at the queue, after its renewal
+		<-qs.asked                       // the run's next look at the queue, after its renewal
 		<-qs.asked
 		if r, err := other.ResumeStoreRun(ctx); err != nil || r != nil {
 			t.Fatalf("the waiting run was taken over (%v, %v)", r, err)
