@@ -244,12 +244,14 @@ func TestChaos(t *testing.T) {
 	// Wait for the queues to drain, faults still on: drainWait, or longer when the
 	// requests the app has sent need longer at the pace Dataverse allows. The simulator
 	// runs its 5-minute window a hundred times faster, but the app paces itself to
-	// Dataverse's documented 6,000 requests per user in 5 minutes (95 % of them, package
+	// Dataverse's documented 6,000 requests per user in 5 minutes (98 % of them, package
 	// dataverse's Limits), as it must against the real service; that pace, from the
-	// start, and a minute more.
+	// start, and two minutes more: a message that fails near the end waits 10-60 s for its
+	// copy, and with 10 % of requests answered 503 a chunk's conversions fail twice in a
+	// row about once a run (seen: copies at +19 s, then +46 s, after the pace had run out).
 	paceFloor := func() time.Duration {
-		perSecond := 6000 * 0.95 / 300
-		return time.Duration(float64(sim.Stats().Requests)/perSecond*float64(time.Second)) + time.Minute
+		perSecond := 6000 * 0.98 / 300
+		return time.Duration(float64(sim.Stats().Requests)/perSecond*float64(time.Second)) + 2*time.Minute
 	}
 	deadline := time.Now().Add(drainWait)
 	var st *appStatus
@@ -273,7 +275,7 @@ func TestChaos(t *testing.T) {
 		t.Errorf("queues did not drain within %.0f s of the start (%s, or the pace of Dataverse's limits): last status %s", deadline.Sub(start).Seconds(), drainWait, statusLine(st))
 	} else {
 		t.Logf("queues drained %.1f s after the start (%d Dataverse requests; at Dataverse's pace they need %.0f s): %s",
-			time.Since(start).Seconds(), sim.Stats().Requests, (paceFloor() - time.Minute).Seconds(), statusLine(st))
+			time.Since(start).Seconds(), sim.Stats().Requests, (paceFloor() - 2*time.Minute).Seconds(), statusLine(st))
 	}
 	close(stopFaults)
 	faultsWG.Wait()
