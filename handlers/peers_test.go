@@ -53,8 +53,11 @@ func TestLocalModeSharesBudgetThroughStateTable(t *testing.T) {
 		}
 		return peers[i]()
 	}
+	// Leases of 3 s, renewed every second: short enough for a test, long enough for a
+	// renewal against Azurite on a loaded machine (the whole suite runs at once).
+	const ttl = 3 * time.Second
 	for range 2 {
-		startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: time.Second})
+		startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: ttl})
 	}
 	if peers[0] == nil || peers[1] == nil {
 		t.Fatal("a local-mode process with its state in Table Storage does not count its peers")
@@ -64,7 +67,7 @@ func TestLocalModeSharesBudgetThroughStateTable(t *testing.T) {
 	// A third process on the table that does not call Dataverse (as an instance serving
 	// only the events endpoint): once its start-up is a lease's lifetime behind it, the
 	// busy two leave it out although its lease is live.
-	startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: time.Second})
+	startLocal(t, env(true), &localOptions{tuneDataverse: capture, peerTTL: ttl})
 	tbl, err := tablestorage.NewFromConnectionString(context.Background(), conn, tablestorage.Options{Table: table})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +88,7 @@ func TestLocalModeSharesBudgetThroughStateTable(t *testing.T) {
 	}
 	// The first two keep calling (count is what their clients ask before each request).
 	waitFor(t, "three live leases", func() bool { count(0); count(1); return liveLeases() == 3 })
-	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(25 * time.Millisecond) {
+	for end := time.Now().Add(ttl + ttl/2); time.Now().Before(end); time.Sleep(25 * time.Millisecond) {
 		count(0) // past a lease's lifetime and several renewals
 		count(1)
 	}
