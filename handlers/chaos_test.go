@@ -46,7 +46,8 @@ func TestChaos(t *testing.T) {
 
 	// The simulator: limits on, compressed 100x (the 300 s window is 3 s), so bursts of
 	// 429 come from the injected faults; tokens live 3 s.
-	sim := dataversetest.NewServer(dataversetest.Options{TimeScale: 0.01, TokenLifetime: 3 * time.Second, Seed: 99})
+	// History: a wrong row's writes are printed with the requests that made them.
+	sim := dataversetest.NewServer(dataversetest.Options{TimeScale: 0.01, TokenLifetime: 3 * time.Second, Seed: 99, History: true})
 	defer sim.Close()
 	dir := t.TempDir()
 	ca := writeSimCA(t, sim, dir)
@@ -467,6 +468,10 @@ func checkProducts(t *testing.T, ctx context.Context, store *storeClient, sim *d
 			fail("product %d: name %v, want the latest %q (event id %s)", p.id, r["name"], productName(p.id, 2), eventID("product", p.id, 2))
 			if bad <= 10 {
 				explain(t, ctx, store, "product", p.id)
+				id, _ := r["productid"].(string)
+				for _, w := range sim.History("products", id) {
+					t.Logf("    written %s by %s: name %v, statecode %v", w.At.Format("15:04:05.000"), w.Request, w.Row["name"], w.Row["statecode"])
+				}
 			}
 			continue
 		}

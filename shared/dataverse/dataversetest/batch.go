@@ -303,6 +303,7 @@ func (s *Server) batchInner(q *apiReq, user string) (*apiResp, int, int, int, in
 			status = failStatus
 		}
 	}
+	s.recordHistory(x, "POST $batch: "+strings.Join(paths, ", "))
 	return &apiResp{status: status, header: h, body: out.Bytes()}, x.rows, reads, total, retrieves
 }
 

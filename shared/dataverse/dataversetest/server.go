@@ -94,6 +94,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -127,6 +128,10 @@ type Options struct {
 	SleepExecutionTime bool
 	// DopHint is the x-ms-dop-hint response header value. Default 4.
 	DopHint int
+	// History keeps, for every row, each committed write: when, by which request, and
+	// the row as it stood afterwards (see Server.History). For tests that need to find
+	// out which request left a row as it is; it keeps every version in memory.
+	History bool
 	// TokenLifetime is the access token lifetime (real time, not scaled). Default 1 h.
 	TokenLifetime time.Duration
 	// BaseCurrency defaults to USD with precision 2.
@@ -294,6 +299,51 @@ type Server struct {
 	faults Faults
 	rng    *rand.Rand
 	stats  Stats
+
+	hist map[string][]Write // logical/id → committed writes (Options.History), guarded by mu
+}
+
+// Write is one committed write of a row (Options.History).
+type Write struct {
+	At      time.Time
+	Request string         // method and path (a $batch with its operations' paths)
+	Row     map[string]any // the row after the request; nil: deleted
+}
+
+// History returns the committed writes of a row of an entity set, oldest first
+// (Options.History; nil without it).
+func (s *Server) History(set, id string) []Write {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.sc.bySet[set]
+	if t == nil {
+		return nil
+	}
+	return slices.Clone(s.hist[t.logical+"/"+strings.ToLower(id)])
+}
+
+// recordHistory keeps the rows x changed (mu held, x committed).
+func (s *Server) recordHistory(x *tx, request string) {
+	if !s.o.History {
+		return
+	}
+	if s.hist == nil {
+		s.hist = map[string][]Write{}
+	}
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, u := range x.undo {
+		k := u.logical + "/" + u.id
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		w := Write{At: now, Request: request}
+		if r := x.get(u.logical, u.id); r != nil {
+			w.Row = copyVals(r)
+		}
+		s.hist[k] = append(s.hist[k], w)
+	}
 }
 
 // NewServer starts a simulator on https://127.0.0.1:<port>. Close it when done.
@@ -727,6 +777,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 		if resp.status >= 400 {
 			x.rollback()
 		}
+		s.recordHistory(x, r.Method+" "+path)
 		rows, reads, ops = x.rows, resp.rowsRead, 1+resp.retrieves
 		s.mu.Unlock()
 	}
