@@ -122,9 +122,10 @@ func BenchmarkStoreSync(b *testing.B) {
 		r = newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true}, readerEnv(conn)...)
 		s0 := r.sim.Stats()
 		start := time.Now()
-		// Every minute: execution time charged per second, requests per second and rows
-		// written per second, to see which phase of the import leaves the limits unspent.
-		stopTimeline := benchTimeline(b, r.sim, time.Minute)
+		// Every minute (BENCH_TIMELINE_SECONDS): execution time charged per second, requests
+		// per second and rows written per second, to see which phase of the import leaves
+		// the limits unspent.
+		stopTimeline := benchTimeline(b, r.sim, time.Duration(envInt("BENCH_TIMELINE_SECONDS", 60))*time.Second)
 		run, accepted := r.storeRun(ctx, b)
 		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
 			b.Fatal(err)
