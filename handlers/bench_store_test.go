@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -125,7 +126,7 @@ func BenchmarkStoreSync(b *testing.B) {
 		// Every minute (BENCH_TIMELINE_SECONDS): execution time charged per second, requests
 		// per second and rows written per second, to see which phase of the import leaves
 		// the limits unspent.
-		stopTimeline := benchTimeline(b, r.sim, time.Duration(envInt("BENCH_TIMELINE_SECONDS", 60))*time.Second)
+		stopTimeline := benchTimeline(r.sim, time.Duration(envInt("BENCH_TIMELINE_SECONDS", 60))*time.Second)
 		run, accepted := r.storeRun(ctx, b)
 		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
 			b.Fatal(err)
@@ -212,9 +213,9 @@ func failed(r *benchRun) (n int) {
 	return n
 }
 
-// benchTimeline logs, every period until stopped, the simulator's execution time charged
+// benchTimeline prints, every period until stopped, the simulator's execution time charged
 // per second, requests per second and rows written per second in that period.
-func benchTimeline(b *testing.B, sim *dataversetest.Server, period time.Duration) (stop func()) {
+func benchTimeline(sim *dataversetest.Server, period time.Duration) (stop func()) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -228,7 +229,8 @@ func benchTimeline(b *testing.B, sim *dataversetest.Server, period time.Duration
 			case <-tick.C:
 				cur := sim.Stats()
 				sec := period.Seconds()
-				b.Logf("timeline: execution %.1f s/s, %.1f requests/s, %.0f rows/s",
+				// To stderr: a benchmark's log keeps only its first 10 lines (testing.B.trimOutput).
+				fmt.Fprintf(os.Stderr, "timeline %s: execution %.1f s/s, %.1f requests/s, %.0f rows/s\n", time.Now().UTC().Format("15:04:05"),
 					(cur.Execution-prev.Execution).Seconds()/sec, float64(cur.Requests-prev.Requests)/sec, float64(cur.RowsWritten-prev.RowsWritten)/sec)
 				prev = cur
 			}
