@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,6 +222,7 @@ func benchTimeline(sim *dataversetest.Server, period time.Duration) (stop func()
 	go func() {
 		defer close(stopped)
 		prev := sim.Stats()
+		prevBusy, prevTotal := cpuTimes()
 		tick := time.NewTicker(period)
 		defer tick.Stop()
 		for {
@@ -230,11 +233,41 @@ func benchTimeline(sim *dataversetest.Server, period time.Duration) (stop func()
 				cur := sim.Stats()
 				sec := period.Seconds()
 				// To stderr: a benchmark's log keeps only its first 10 lines (testing.B.trimOutput).
-				fmt.Fprintf(os.Stderr, "timeline %s: execution %.1f s/s, %.1f requests/s, %.0f rows/s\n", time.Now().UTC().Format("15:04:05"),
-					(cur.Execution-prev.Execution).Seconds()/sec, float64(cur.Requests-prev.Requests)/sec, float64(cur.RowsWritten-prev.RowsWritten)/sec)
-				prev = cur
+				busy, total := cpuTimes()
+				cpu := 0.0
+				if total > prevTotal {
+					cpu = 100 * float64(busy-prevBusy) / float64(total-prevTotal)
+				}
+				// In flight: the average number of requests the simulator held; CPU: the
+				// machine's, all processes (app, simulator, database) together.
+				fmt.Fprintf(os.Stderr, "timeline %s: execution %.1f s/s, %.1f requests/s, %.0f rows/s, %.1f in flight, CPU %.0f %%\n", time.Now().UTC().Format("15:04:05"),
+					(cur.Execution-prev.Execution).Seconds()/sec, float64(cur.Requests-prev.Requests)/sec, float64(cur.RowsWritten-prev.RowsWritten)/sec,
+					(cur.Busy-prev.Busy).Seconds()/sec, cpu)
+				prev, prevBusy, prevTotal = cur, busy, total
 			}
 		}
 	}()
 	return func() { close(done); <-stopped }
+}
+
+// cpuTimes reads the machine's CPU time from /proc/stat in clock ticks: busy (all but
+// idle and iowait) and total; zeros where there is no /proc.
+func cpuTimes() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
 }
