@@ -86,7 +86,7 @@ func (s *Server) query(x *tx, q *apiReq, t *table) (*apiResp, *apiError) {
 	}
 	// Filter first, then order what matched (creation order, then $orderby).
 	var matched []*row
-	for _, r := range x.st.rows[t.logical] {
+	for _, r := range x.candidates(t, keys) {
 		if (keys == nil || keys.mayMatch(r)) && (pred == nil || pred(r)) {
 			matched = append(matched, r)
 		}
@@ -346,6 +346,29 @@ func asciiLower(v string) (string, bool) {
 		}
 	}
 	return strings.ToLower(v), true
+}
+
+// candidates returns the rows of t that may satisfy an expression with keys k: through
+// the primary key or a value index when k names values, else every row.
+func (x *tx) candidates(t *table, k *keySet) []*row {
+	all := x.st.rows[t.logical]
+	if k == nil {
+		out := make([]*row, 0, len(all))
+		for _, r := range all {
+			out = append(out, r)
+		}
+		return out
+	}
+	if k.col == t.pk {
+		out := make([]*row, 0, len(k.vals))
+		for v := range k.vals {
+			if r := all[v]; r != nil {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	return x.st.withValue(t.logical, k.col, k.vals)
 }
 
 // mayMatch reports whether r can satisfy the expression k was built from.

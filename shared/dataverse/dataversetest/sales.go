@@ -316,7 +316,7 @@ func (s *Server) checkProduct(x *tx, old, r *row) *apiError {
 	if num == "" {
 		return errf(http.StatusBadRequest, codeProductNoProductNumber, "The product ID (productnumber) is required.")
 	}
-	for _, o := range x.st.rows["product"] {
+	for _, o := range x.sameText("product", "productnumber", num) {
 		if o.id != r.id && strings.EqualFold(o.str("productnumber"), num) {
 			return errf(http.StatusBadRequest, codeProductNumberExists, "A product with the product ID %s already exists. Specify a unique product ID.", num)
 		}
@@ -487,7 +487,7 @@ func (s *Server) checkPriceListItem(x *tx, r *row) *apiError {
 	if !strings.EqualFold(u.ref("uomscheduleid"), sched) {
 		return errf(http.StatusBadRequest, codeProductInvalidUnit, "The unit is not valid for this product.")
 	}
-	for _, o := range x.st.rows["productpricelevel"] {
+	for _, o := range x.referencing("productpricelevel", "productid", p.id) {
 		if o.id != r.id && strings.EqualFold(o.ref("pricelevelid"), pl.id) && strings.EqualFold(o.ref("productid"), p.id) && strings.EqualFold(o.ref("uomid"), u.id) {
 			return errf(http.StatusBadRequest, codeDuplicateProductPrice, "This product and unit combination has a price for this price list.")
 		}

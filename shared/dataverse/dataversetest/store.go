@@ -1,7 +1,9 @@
 package dataversetest
 
 import (
+	"log"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -79,6 +81,101 @@ type store struct {
 	seq     int64
 	// refs indexes lookups: logical -> attr -> referenced id -> referencing row ids.
 	refs map[string]map[string]map[string]map[string]bool
+	// byValue indexes string columns for equality look-ups, the way Dataverse's indexes
+	// answer them without reading the whole table: logical -> column -> ASCII-lower-cased
+	// value (nonASCIIKey for the others) -> row ids. A column is indexed from its first
+	// look-up on (withValue); replace keeps it in step. It may name rows that no longer
+	// hold the value: every caller checks the row itself.
+	byValue map[string]map[string]map[string]map[string]bool
+}
+
+// nonASCIIKey is byValue's key for values that are not ASCII: strings.EqualFold may
+// match them to an ASCII value (the Kelvin sign to "k"), so every look-up includes them.
+const nonASCIIKey = "\x00non-ASCII"
+
+func valueKey(v string) string {
+	if l, ok := asciiLower(v); ok {
+		return l
+	}
+	return nonASCIIKey
+}
+
+// indexValues adds r to (or removes it from) the value indexes of its table.
+func (st *store) indexValues(logical string, r *row, add bool) {
+	for col, idx := range st.byValue[logical] {
+		v, ok := r.vals[col].(string)
+		if !ok {
+			continue
+		}
+		k := valueKey(v)
+		set := idx[k]
+		if add {
+			if set == nil {
+				set = map[string]bool{}
+				idx[k] = set
+			}
+			set[r.id] = true
+		} else if set != nil {
+			delete(set, r.id)
+			if len(set) == 0 {
+				delete(idx, k)
+			}
+		}
+	}
+}
+
+// verifyIndexes makes every withValue look-up also read the whole table and stop the
+// process when the index missed a row (set by the package's tests, and by
+// DATAVERSETEST_VERIFY_INDEXES=1 for tests elsewhere that use the simulator).
+var verifyIndexes = os.Getenv("DATAVERSETEST_VERIFY_INDEXES") == "1"
+
+// withValue returns the rows of logical whose string column col may equal one of vals
+// (ASCII, lower-cased, as keySet holds them) case-insensitively: a superset, which the
+// caller narrows with the exact comparison.
+func (st *store) withValue(logical, col string, vals map[string]bool) []*row {
+	byCol := st.byValue[logical]
+	if byCol == nil {
+		byCol = map[string]map[string]map[string]bool{}
+		st.byValue[logical] = byCol
+	}
+	idx := byCol[col]
+	if idx == nil {
+		idx = map[string]map[string]bool{}
+		byCol[col] = idx
+		for _, r := range st.rows[logical] {
+			if v, ok := r.vals[col].(string); ok {
+				k := valueKey(v)
+				if idx[k] == nil {
+					idx[k] = map[string]bool{}
+				}
+				idx[k][r.id] = true
+			}
+		}
+	}
+	ids := map[string]bool{}
+	for v := range vals {
+		for id := range idx[v] {
+			ids[id] = true
+		}
+	}
+	for id := range idx[nonASCIIKey] {
+		ids[id] = true
+	}
+	out := make([]*row, 0, len(ids))
+	for id := range ids {
+		if r := st.rows[logical][id]; r != nil {
+			out = append(out, r)
+		}
+	}
+	if verifyIndexes {
+		k := &keySet{col: col, vals: vals}
+		for _, r := range st.rows[logical] {
+			if k.mayMatch(r) && !ids[r.id] {
+				log.Fatalf("dataversetest: the %s.%s index misses row %s (value %q)", logical, col, r.id, r.vals[col])
+			}
+		}
+	}
+	return out
 }
 
 func (st *store) index(logical string, r *row, add bool) {
@@ -119,6 +216,7 @@ func (st *store) index(logical string, r *row, add bool) {
 func (st *store) replace(logical, id string, r *row) {
 	if cur := st.rows[logical][id]; cur != nil {
 		st.index(logical, cur, false)
+		st.indexValues(logical, cur, false)
 	}
 	if r == nil {
 		delete(st.rows[logical], id)
@@ -126,10 +224,12 @@ func (st *store) replace(logical, id string, r *row) {
 	}
 	st.rows[logical][id] = r
 	st.index(logical, r, true)
+	st.indexValues(logical, r, true)
 }
 
 func newStore(sc *schema) *store {
-	st := &store{rows: map[string]map[string]*row{}, version: 1000, refs: map[string]map[string]map[string]map[string]bool{}}
+	st := &store{rows: map[string]map[string]*row{}, version: 1000, refs: map[string]map[string]map[string]map[string]bool{},
+		byValue: map[string]map[string]map[string]map[string]bool{}}
 	for l := range sc.byLogical {
 		st.rows[l] = map[string]*row{}
 	}
@@ -342,3 +442,16 @@ func (s *Server) deleteRow(x *tx, t *table, r *row) *apiError {
 }
 
 func (s *Server) nowString() string { return time.Now().UTC().Format("2006-01-02T15:04:05Z") }
+
+// sameText returns the rows of logical whose string column col may equal v
+// case-insensitively (a superset: the caller compares).
+func (x *tx) sameText(logical, col, v string) []*row {
+	if l, ok := asciiLower(v); ok {
+		return x.st.withValue(logical, col, map[string]bool{l: true})
+	}
+	out := make([]*row, 0, len(x.st.rows[logical]))
+	for _, r := range x.st.rows[logical] {
+		out = append(out, r)
+	}
+	return out
+}
