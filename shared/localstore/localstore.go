@@ -3,8 +3,8 @@
 // Records and docs live in a JSON-lines journal (state.jsonl): every change is appended
 // and fsynced before Save returns, so the state survives a restart or a crash. Memory
 // holds only a small index per record and doc (journal offset, length and status, 8
-// bytes plus the key) and the counts, so it does not grow with the size of what is
-// stored: Get, Scan and ListDocs read the entries back with pread (not mmap, whose
+// bytes plus the key: 16 bytes for a record with a decimal id) and the counts, so it
+// does not grow with the size of what is stored: Get, Scan and ListDocs read the entries back with pread (not mmap, whose
 // pages would count in the process's RSS). Open replays the journal into the index and
 // drops a torn last line (a crash mid-write). Once the journal has grown to more than
 // twice the live data, it is rewritten in the background with only the live entries,
@@ -76,14 +76,14 @@ func init() {
 }
 
 // recIndex is one entity's index. nopCommerce ids are decimals: those are keyed by
-// number (8 bytes, no string to keep), which about halves the memory per record.
+// number (8 bytes, no string to keep) in a numIndex, 16 bytes per record.
 type recIndex struct {
-	num map[uint64]loc // canonical decimal ids that fit in a uint64
+	num numIndex       // canonical decimal ids that fit in a uint64
 	str map[string]loc // every other id
 }
 
 func newRecIndex() *recIndex {
-	return &recIndex{num: map[uint64]loc{}, str: map[string]loc{}}
+	return &recIndex{str: map[string]loc{}}
 }
 
 // numID returns id as a number if it is kept by number.
@@ -100,8 +100,7 @@ func (x *recIndex) get(id string) (loc, bool) {
 		return 0, false
 	}
 	if n, ok := numID(id); ok {
-		l, found := x.num[n]
-		return l, found
+		return x.num.get(n)
 	}
 	l, found := x.str[id]
 	return l, found
@@ -109,7 +108,7 @@ func (x *recIndex) get(id string) (loc, bool) {
 
 func (x *recIndex) put(id string, l loc) {
 	if n, ok := numID(id); ok {
-		x.num[n] = l
+		x.num.put(n, l)
 		return
 	}
 	x.str[id] = l
@@ -119,7 +118,7 @@ func (x *recIndex) len() int {
 	if x == nil {
 		return 0
 	}
-	return len(x.num) + len(x.str)
+	return x.num.len() + len(x.str)
 }
 
 // id is a record id as the index keeps it; String makes the string only when needed
@@ -141,9 +140,7 @@ func (x *recIndex) each(fn func(id id, l loc)) {
 	if x == nil {
 		return
 	}
-	for n, l := range x.num {
-		fn(id{num: n}, l)
-	}
+	x.num.each(func(n uint64, l loc) { fn(id{num: n}, l) })
 	for s, l := range x.str {
 		fn(id{str: s}, l)
 	}
@@ -151,9 +148,7 @@ func (x *recIndex) each(fn func(id id, l loc)) {
 
 // update replaces every entry's loc with fn's result (callers hold mu exclusively).
 func (x *recIndex) update(fn func(loc) loc) {
-	for n, l := range x.num {
-		x.num[n] = fn(l)
-	}
+	x.num.update(fn)
 	for id, l := range x.str {
 		x.str[id] = fn(l)
 	}
@@ -345,6 +340,7 @@ func (s *Store) replay(f *os.File) error {
 	}
 	s.fileBytes = good
 	for e, x := range s.recs {
+		x.num.trim()
 		x.each(func(_ id, l loc) { s.count(e, l.status(), 1) })
 	}
 	return nil
