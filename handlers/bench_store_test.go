@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -139,6 +140,7 @@ func BenchmarkStoreSync(b *testing.B) {
 		real := time.Since(start)
 		s1 := r.sim.Stats()
 		stopTimeline()
+		printOperations(s0, s1)
 		sim := real.Seconds() / scale
 		rows := float64(s1.RowsWritten - s0.RowsWritten)
 		// The ceiling as BenchmarkImport computes it (1000 rows per request), and at the
@@ -270,4 +272,32 @@ func cpuTimes() (busy, total uint64) {
 		}
 	}
 	return busy, total
+}
+
+// printOperations writes to stderr what each kind of request cost between two of the
+// simulator's Stats, the costliest first: where the execution time went.
+func printOperations(s0, s1 dataversetest.Stats) {
+	type op struct {
+		kind string
+		d    dataversetest.OpStats
+	}
+	var ops []op
+	total := s1.Execution - s0.Execution
+	for k, v := range s1.Operations {
+		b := s0.Operations[k]
+		d := dataversetest.OpStats{Requests: v.Requests - b.Requests, RowsWritten: v.RowsWritten - b.RowsWritten,
+			RowsRead: v.RowsRead - b.RowsRead, Execution: v.Execution - b.Execution}
+		if d.Requests > 0 {
+			ops = append(ops, op{k, d})
+		}
+	}
+	sort.Slice(ops, func(i, j int) bool { return ops[i].d.Execution > ops[j].d.Execution })
+	for _, o := range ops {
+		share := 0.0
+		if total > 0 {
+			share = 100 * float64(o.d.Execution) / float64(total)
+		}
+		fmt.Fprintf(os.Stderr, "operation %-70s %7d requests %9d rows written %9d rows read %8.0f s execution (%4.1f %%)\n",
+			o.kind, o.d.Requests, o.d.RowsWritten, o.d.RowsRead, o.d.Execution.Seconds(), share)
+	}
 }

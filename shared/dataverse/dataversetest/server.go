@@ -89,11 +89,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -270,6 +272,26 @@ type Stats struct {
 	// InFlight is the number of requests admitted and not yet answered. A write's rows are
 	// visible while it still takes its execution time (SleepExecutionTime).
 	InFlight int
+	// Operations breaks the requests that ran down by kind: method and path with keys
+	// left out, e.g. "GET salesorders", "POST products/Microsoft.Dynamics.CRM.CreateMultiple",
+	// "POST $batch". Requests refused by a fault or a limit are not in it.
+	Operations map[string]OpStats
+}
+
+// OpStats is what one kind of request cost (Stats.Operations).
+type OpStats struct {
+	Requests    int
+	RowsWritten int
+	RowsRead    int
+	Execution   time.Duration // charged, scaled as Stats.Execution
+}
+
+// keyInPath matches a key in a request path: "(<guid>)" or "(<alternate key>)".
+var keyInPath = regexp.MustCompile(`\([^)]*\)`)
+
+// operation names a request's kind for Stats.Operations.
+func operation(method, path string) string {
+	return method + " " + keyInPath.ReplaceAllString(path, "()")
 }
 
 // Server is a running simulator.
@@ -558,6 +580,7 @@ func (s *Server) SetFaults(f Faults) {
 func (s *Server) Stats() Stats {
 	s.fmu.Lock()
 	st := s.stats
+	st.Operations = maps.Clone(s.stats.Operations)
 	s.fmu.Unlock()
 	st.MaxConcurrency = s.lim.maxInFlight()
 	st.Busy, st.Execution, st.InFlight = s.lim.usage()
@@ -784,7 +807,19 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, origin string,
 	cost := time.Duration(ops)*s.o.ExecutionCost.PerRequest + time.Duration(rows)*s.o.ExecutionCost.PerRowWritten +
 		time.Duration(reads)*s.o.ExecutionCost.PerRowRead
 	s.lim.record(user, s.scaled(cost))
-	s.count(func(st *Stats) { st.RowsWritten += rows })
+	op := operation(r.Method, path)
+	s.count(func(st *Stats) {
+		st.RowsWritten += rows
+		if st.Operations == nil {
+			st.Operations = map[string]OpStats{}
+		}
+		o := st.Operations[op]
+		o.Requests++
+		o.RowsWritten += rows
+		o.RowsRead += reads
+		o.Execution += s.scaled(cost)
+		st.Operations[op] = o
+	})
 	if s.o.SleepExecutionTime {
 		// The request takes its execution time in all: the simulator's own work (reading,
 		// parsing, applying) is part of it, as a real server's is.
