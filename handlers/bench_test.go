@@ -131,6 +131,9 @@ func appEnv(sim *dataversetest.Server, caFile, dataDir, addr, webhookSecret stri
 	if f := os.Getenv("NOPSYNC_CPUPROFILE"); f != "" {
 		env = append(env, "NOPSYNC_CPUPROFILE="+f) // the app's CPU profile, for a look afterwards
 	}
+	if g := os.Getenv("BENCH_APP_GODEBUG"); g != "" {
+		env = append(env, "GODEBUG="+g) // e.g. gctrace=1: the app's heap at each collection, in its log
+	}
 	return append(env, extra...)
 }
 
