@@ -107,19 +107,24 @@ func (st *store) indexValues(logical string, r *row, add bool) {
 		if !ok {
 			continue
 		}
-		k := valueKey(v)
-		set := idx[k]
-		if add {
-			if set == nil {
-				set = map[string]bool{}
-				idx[k] = set
-			}
-			set[r.id] = true
-		} else if set != nil {
-			delete(set, r.id)
-			if len(set) == 0 {
-				delete(idx, k)
-			}
+		markID(idx, valueKey(v), r.id, add)
+	}
+}
+
+// markID adds id to (or removes it from) the set of ids under key in sets, dropping a
+// set that becomes empty.
+func markID(sets map[string]map[string]bool, key, id string, add bool) {
+	set := sets[key]
+	if add {
+		if set == nil {
+			set = map[string]bool{}
+			sets[key] = set
+		}
+		set[id] = true
+	} else if set != nil {
+		delete(set, id)
+		if len(set) == 0 {
+			delete(sets, key)
 		}
 	}
 }
@@ -144,11 +149,7 @@ func (st *store) withValue(logical, col string, vals map[string]bool) []*row {
 		byCol[col] = idx
 		for _, r := range st.rows[logical] {
 			if v, ok := r.vals[col].(string); ok {
-				k := valueKey(v)
-				if idx[k] == nil {
-					idx[k] = map[string]bool{}
-				}
-				idx[k][r.id] = true
+				markID(idx, valueKey(v), r.id, true)
 			}
 		}
 	}
@@ -196,19 +197,7 @@ func (st *store) index(logical string, r *row, add bool) {
 			byID = map[string]map[string]bool{}
 			byAttr[attr] = byID
 		}
-		set := byID[id]
-		if add {
-			if set == nil {
-				set = map[string]bool{}
-				byID[id] = set
-			}
-			set[r.id] = true
-		} else if set != nil {
-			delete(set, r.id)
-			if len(set) == 0 {
-				delete(byID, id)
-			}
-		}
+		markID(byID, id, r.id, add)
 	}
 }
 
