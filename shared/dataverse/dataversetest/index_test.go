@@ -70,4 +70,9 @@ func TestValueIndexFollowsWrites(t *testing.T) {
 	c.must(204, c.do("POST", "productpricelevels", map[string]any{"amount": 1,
 		"pricelevelid@odata.bind": "/pricelevels(" + f.priceList + ")", "productid@odata.bind": "/products(" + p + ")",
 		"uomid@odata.bind": "/uoms(" + f.unit + ")"}))
+	// A look-up by a lookup column goes through the lookup index.
+	items := c.must(200, c.do("GET", "productpricelevels?$select=amount&$filter="+url.QueryEscape("_productid_value eq "+p), nil))
+	if got := items.body["value"].([]any); len(got) != 1 {
+		t.Fatalf("price list items of product %s: %d, want 1", p, len(got))
+	}
 }

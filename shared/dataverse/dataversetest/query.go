@@ -1,9 +1,11 @@
 package dataversetest
 
 import (
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -353,11 +355,7 @@ func asciiLower(v string) (string, bool) {
 func (x *tx) candidates(t *table, k *keySet) []*row {
 	all := x.st.rows[t.logical]
 	if k == nil {
-		out := make([]*row, 0, len(all))
-		for _, r := range all {
-			out = append(out, r)
-		}
-		return out
+		return slices.Collect(maps.Values(all))
 	}
 	if k.col == t.pk {
 		out := make([]*row, 0, len(k.vals))

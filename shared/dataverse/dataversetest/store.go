@@ -2,8 +2,10 @@ package dataversetest
 
 import (
 	"log"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -111,6 +113,23 @@ func (st *store) indexValues(logical string, r *row, add bool) {
 	}
 }
 
+// idSets returns the id sets an index (refs, byValue) keeps for a table's column, made
+// (and reported so) when missing.
+func idSets(index map[string]map[string]map[string]map[string]bool, logical, col string) (map[string]map[string]bool, bool) {
+	byCol := index[logical]
+	if byCol == nil {
+		byCol = map[string]map[string]map[string]bool{}
+		index[logical] = byCol
+	}
+	sets := byCol[col]
+	if sets != nil {
+		return sets, false
+	}
+	sets = map[string]map[string]bool{}
+	byCol[col] = sets
+	return sets, true
+}
+
 // markID adds id to (or removes it from) the set of ids under key in sets, dropping a
 // set that becomes empty.
 func markID(sets map[string]map[string]bool, key, id string, add bool) {
@@ -129,6 +148,32 @@ func markID(sets map[string]map[string]bool, key, id string, add bool) {
 	}
 }
 
+// valueIndex returns the index that answers equality on column col of logical: for a
+// lookup ("_<attr>_value", GUIDs) the lookup index refs, which every write keeps; for
+// any other column byValue's, built at its first use.
+func (st *store) valueIndex(logical, col string) map[string]map[string]bool {
+	if attr, ok := lookupAttr(col); ok {
+		return st.refs[logical][attr] // nil when nothing points anywhere yet: reads as empty
+	}
+	idx, made := idSets(st.byValue, logical, col)
+	if made {
+		for _, r := range st.rows[logical] {
+			if v, ok := r.vals[col].(string); ok {
+				markID(idx, valueKey(v), r.id, true)
+			}
+		}
+	}
+	return idx
+}
+
+// lookupAttr returns the lookup attribute a column "_<attr>_value" holds the id of.
+func lookupAttr(col string) (string, bool) {
+	if !strings.HasPrefix(col, "_") || !strings.HasSuffix(col, "_value") || len(col) <= len("__value") {
+		return "", false
+	}
+	return col[1 : len(col)-len("_value")], true
+}
+
 // verifyIndexes makes every withValue look-up also read the whole table and stop the
 // process when the index missed a row (set by the package's tests, and by
 // DATAVERSETEST_VERIFY_INDEXES=1 for tests elsewhere that use the simulator).
@@ -138,21 +183,7 @@ var verifyIndexes = os.Getenv("DATAVERSETEST_VERIFY_INDEXES") == "1"
 // (ASCII, lower-cased, as keySet holds them) case-insensitively: a superset, which the
 // caller narrows with the exact comparison.
 func (st *store) withValue(logical, col string, vals map[string]bool) []*row {
-	byCol := st.byValue[logical]
-	if byCol == nil {
-		byCol = map[string]map[string]map[string]bool{}
-		st.byValue[logical] = byCol
-	}
-	idx := byCol[col]
-	if idx == nil {
-		idx = map[string]map[string]bool{}
-		byCol[col] = idx
-		for _, r := range st.rows[logical] {
-			if v, ok := r.vals[col].(string); ok {
-				markID(idx, valueKey(v), r.id, true)
-			}
-		}
-	}
+	idx := st.valueIndex(logical, col)
 	ids := map[string]bool{}
 	for v := range vals {
 		for id := range idx[v] {
@@ -182,22 +213,12 @@ func (st *store) withValue(logical, col string, vals map[string]bool) []*row {
 func (st *store) index(logical string, r *row, add bool) {
 	for k, v := range r.vals {
 		id, ok := v.(string)
-		if !ok || id == "" || !strings.HasPrefix(k, "_") || !strings.HasSuffix(k, "_value") {
+		attr, lookup := lookupAttr(k)
+		if !ok || id == "" || !lookup {
 			continue
 		}
-		attr := k[1 : len(k)-len("_value")]
-		id = strings.ToLower(id)
-		byAttr := st.refs[logical]
-		if byAttr == nil {
-			byAttr = map[string]map[string]map[string]bool{}
-			st.refs[logical] = byAttr
-		}
-		byID := byAttr[attr]
-		if byID == nil {
-			byID = map[string]map[string]bool{}
-			byAttr[attr] = byID
-		}
-		markID(byID, id, r.id, add)
+		byID, _ := idSets(st.refs, logical, attr)
+		markID(byID, strings.ToLower(id), r.id, add)
 	}
 }
 
@@ -438,9 +459,5 @@ func (x *tx) sameText(logical, col, v string) []*row {
 	if l, ok := asciiLower(v); ok {
 		return x.st.withValue(logical, col, map[string]bool{l: true})
 	}
-	out := make([]*row, 0, len(x.st.rows[logical]))
-	for _, r := range x.st.rows[logical] {
-		out = append(out, r)
-	}
-	return out
+	return slices.Collect(maps.Values(x.st.rows[logical]))
 }
