@@ -13,6 +13,17 @@ func (s *Store) Compactions() uint64 {
 	return s.gen
 }
 
+// IndexBytes is what the record index's slices hold, and whether they are outside the
+// Go heap (then a heap measurement does not see them).
+func (s *Store) IndexBytes() (n int, offHeap bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, x := range s.recs {
+		n += x.num.bytes()
+	}
+	return n, indexOffHeap
+}
+
 // SetCompactSlack changes how much dead journal is tolerated, for tests that want
 // frequent compaction; the returned func restores it. Not for parallel tests.
 func SetCompactSlack(n int64) (restore func()) {

@@ -76,9 +76,9 @@ func init() {
 }
 
 // recIndex is one entity's index. nopCommerce ids are decimals: those are keyed by
-// number (8 bytes, no string to keep) in a numIndex, 16 bytes per record.
+// number (4 bytes, no string to keep) in a numIndex, 12 bytes per record.
 type recIndex struct {
-	num numIndex       // canonical decimal ids that fit in a uint64
+	num numIndex       // canonical decimal ids up to 2^32-1
 	str map[string]loc // every other id
 }
 
@@ -87,12 +87,12 @@ func newRecIndex() *recIndex {
 }
 
 // numID returns id as a number if it is kept by number.
-func numID(id string) (uint64, bool) {
+func numID(id string) (uint32, bool) {
 	if !isDecimal(id) {
 		return 0, false
 	}
-	n, err := strconv.ParseUint(id, 10, 64)
-	return n, err == nil
+	n, err := strconv.ParseUint(id, 10, 32)
+	return uint32(n), err == nil
 }
 
 func (x *recIndex) get(id string) (loc, bool) {
@@ -140,7 +140,7 @@ func (x *recIndex) each(fn func(id id, l loc)) {
 	if x == nil {
 		return
 	}
-	x.num.each(func(n uint64, l loc) { fn(id{num: n}, l) })
+	x.num.each(func(n uint32, l loc) { fn(id{num: uint64(n)}, l) })
 	for s, l := range x.str {
 		fn(id{str: s}, l)
 	}
@@ -271,12 +271,14 @@ func Open(dir string) (*Store, error) {
 	s.f = f
 	if err := s.replay(f); err != nil {
 		f.Close()
+		s.freeIndex()
 		return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 	}
 	if s.needsCompaction() {
 		// Nothing else runs yet: compact in place of waiting for the first Save.
 		if err := s.compact(); err != nil {
 			s.f.Close()
+			s.freeIndex()
 			return nil, fmt.Errorf("localstore: open %s: %w", path, err)
 		}
 	}
@@ -836,6 +838,7 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.freeIndex()
 	if s.dir == "" {
 		s.f.Close()
 		return nil
@@ -849,6 +852,14 @@ func (s *Store) Close() error {
 		return fmt.Errorf("localstore: close: %w", err)
 	}
 	return nil
+}
+
+// freeIndex gives back the record index's mappings (callers hold mu exclusively, and
+// nothing looks the index up afterwards: the store is closed or was never returned).
+func (s *Store) freeIndex() {
+	for _, x := range s.recs {
+		x.num.free()
+	}
 }
 
 var errClosed = errors.New("localstore: store is closed")

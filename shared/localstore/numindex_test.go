@@ -9,36 +9,36 @@ import (
 // both, repeats), numIndex answers as a map would, through merges.
 func TestNumIndexAgreesWithAMap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	orders := map[string]func(n int) []uint64{
-		"ascending": func(n int) []uint64 {
-			out := make([]uint64, n)
+	orders := map[string]func(n int) []uint32{
+		"ascending": func(n int) []uint32 {
+			out := make([]uint32, n)
 			for i := range out {
-				out[i] = uint64(i*3 + 1)
+				out[i] = uint32(i*3 + 1)
 			}
 			return out
 		},
-		"shuffled": func(n int) []uint64 {
-			out := make([]uint64, n)
+		"shuffled": func(n int) []uint32 {
+			out := make([]uint32, n)
 			for i, p := range rng.Perm(n) {
-				out[i] = uint64(p * 7)
+				out[i] = uint32(p * 7)
 			}
 			return out
 		},
-		"chunks interleaved": func(n int) []uint64 { // four workers on ascending pages
-			var out []uint64
+		"chunks interleaved": func(n int) []uint32 { // four workers on ascending pages
+			var out []uint32
 			for base := 0; base < n; base += 400 {
 				for i := range 100 {
 					for w := range 4 {
-						out = append(out, uint64(base+w*100+i))
+						out = append(out, uint32(base+w*100+i))
 					}
 				}
 			}
 			return out
 		},
-		"repeats": func(n int) []uint64 {
-			out := make([]uint64, n)
+		"repeats": func(n int) []uint32 {
+			out := make([]uint32, n)
 			for i := range out {
-				out[i] = uint64(rng.IntN(n / 4))
+				out[i] = uint32(rng.IntN(n / 4))
 			}
 			return out
 		},
@@ -46,7 +46,7 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 	for name, gen := range orders {
 		t.Run(name, func(t *testing.T) {
 			var x numIndex
-			want := map[uint64]loc{}
+			want := map[uint32]loc{}
 			for i, n := range gen(20_000) {
 				l := mkLoc(int64(i), i%100, uint8(i%4))
 				x.put(n, l)
@@ -65,11 +65,11 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 					t.Fatalf("get(%d) = %v, %v; want %v", n, got, ok, l)
 				}
 			}
-			if _, ok := x.get(1 << 40); ok {
+			if _, ok := x.get(1<<32 - 1); ok {
 				t.Fatal("an id never put was found")
 			}
 			seen := 0
-			x.each(func(n uint64, l loc) {
+			x.each(func(n uint32, l loc) {
 				if want[n] != l {
 					t.Fatalf("each: %d → %v, want %v", n, l, want[n])
 				}
@@ -88,6 +88,16 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 				if x.keys[i-1] >= x.keys[i] {
 					t.Fatalf("keys out of order at %d", i)
 				}
+			}
+			if b := x.bytes(); b != 12*len(x.keys) {
+				t.Fatalf("bytes %d for %d ids, want 12 each", b, len(x.keys))
+			}
+			x.free()
+			for n := range want {
+				if _, ok := x.get(n); ok || x.len() != 0 {
+					t.Fatal("a freed index still answers")
+				}
+				break
 			}
 		})
 	}
