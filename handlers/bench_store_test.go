@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -307,4 +309,67 @@ func printOperations(s0, s1 dataversetest.Stats) {
 // of files it maps (its executable).
 func (p *appProc) rssParts() string {
 	return fmt.Sprintf("resident now: %d MiB anonymous, %d MiB file pages", p.memKB("RssAnon")/1024, p.memKB("RssFile")/1024)
+}
+
+// BenchmarkStoreUnchanged: 7(b)'s run with nothing changed, alone and repeated, to see how
+// much its peak RSS varies from one fresh process to the next. The full-size and the
+// tenth-size stores of BenchmarkStoreSync are each imported once with limits off into
+// BENCH_STORE_STATE/full and /tenth (kept, so later runs skip the import; a temporary
+// directory when unset); then BENCH_UNCHANGED_RUNS (3) fresh app processes per size each
+// run the reader over an unchanged store. Command: scripts/bench-store -bench StoreUnchanged.
+func BenchmarkStoreUnchanged(b *testing.B) {
+	full := nopdbtest.Sizes{Customers: envInt("BENCH_STORE_CUSTOMERS", 100000), Products: envInt("BENCH_STORE_PRODUCTS", 20000),
+		GroupedShare: 0.1, Orders: envInt("BENCH_STORE_ORDERS", 200000), Seed: 1}
+	small := nopdbtest.Sizes{Customers: full.Customers / 10, Products: full.Products / 10, GroupedShare: 0.1, Orders: full.Orders / 10, Seed: 2}
+	keep := os.Getenv("BENCH_STORE_STATE")
+	runs := envInt("BENCH_UNCHANGED_RUNS", 3)
+	for range b.N {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(envInt("BENCH_STORE_MINUTES", 120))*time.Minute)
+		defer cancel()
+		peaks := map[string][]int{}
+		for _, sz := range []struct {
+			name string
+			size nopdbtest.Sizes
+		}{{"tenth", small}, {"full", full}} {
+			dir := b.TempDir()
+			if keep != "" {
+				dir = filepath.Join(keep, sz.name)
+			}
+			_, statErr := os.Stat(filepath.Join(dir, "imported"))
+			conn, _, _ := benchStore(b, sz.size)
+			r := newBenchRig(b, dataversetest.Options{Limits: dataversetest.Limits{Disabled: true}}, append(readerEnv(conn), "LOCAL_DATA_DIR="+dir)...)
+			if statErr != nil { // not imported yet
+				start := time.Now()
+				r.storeRun(ctx, b)
+				if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "imported"), nil, 0o644); err != nil {
+					b.Fatal(err)
+				}
+				b.Logf("%s store imported (limits off) in %.0f s", sz.name, time.Since(start).Seconds())
+			}
+			var line []string
+			read := 0
+			for range runs {
+				r.restart(b)
+				run, took := r.storeRun(ctx, b)
+				if q := queued(run); q != 0 {
+					b.Fatalf("%s store: an unchanged run queued %d", sz.name, q)
+				}
+				kb := r.app.memKB("VmHWM")
+				read = rowsRead(run)
+				peaks[sz.name] = append(peaks[sz.name], kb)
+				line = append(line, fmt.Sprintf("%.1f s %d MiB", took.Seconds(), kb/1024))
+			}
+			summary(b, "| store reader: unchanged run, %s store, %d fresh processes | %s | | rows read each %d; %s |", sz.name, runs, strings.Join(line, "; "), read, r.app.rssParts())
+			r.app.stop()
+			r.sim.Close()
+		}
+		lo, hi := slices.Min(peaks["full"]), slices.Max(peaks["full"])
+		tlo, thi := slices.Min(peaks["tenth"]), slices.Max(peaks["tenth"])
+		b.ReportMetric(float64(hi)/float64(tlo), "ratio-max")
+		summary(b, "| store reader: unchanged run's peak RSS, full vs tenth-size store | ratio %.2f–%.2f (full %d–%d MiB, tenth %d–%d MiB) | goal within 20 %% | |",
+			float64(lo)/float64(thi), float64(hi)/float64(tlo), lo/1024, hi/1024, tlo/1024, thi/1024)
+	}
 }
