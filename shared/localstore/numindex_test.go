@@ -35,6 +35,32 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 			}
 			return out
 		},
+		"consecutive": func(n int) []uint32 {
+			out := make([]uint32, n)
+			for i := range out {
+				out[i] = uint32(i + 1)
+			}
+			return out
+		},
+		"registered among guests": func(n int) []uint32 { // runs of consecutive ids, gaps of 1–3 now and then
+			out := make([]uint32, n)
+			id := uint32(0)
+			for i := range out {
+				id++
+				if rng.IntN(50) == 0 {
+					id += uint32(1 + rng.IntN(3))
+				}
+				out[i] = id
+			}
+			return out
+		},
+		"top of the range": func(n int) []uint32 {
+			out := make([]uint32, n)
+			for i := range out {
+				out[i] = 1<<32 - 2 - uint32(n) + uint32(i)
+			}
+			return out
+		},
 		"repeats": func(n int) []uint32 {
 			out := make([]uint32, n)
 			for i := range out {
@@ -68,6 +94,15 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 			if _, ok := x.get(1<<32 - 1); ok {
 				t.Fatal("an id never put was found")
 			}
+			for n := range want { // the gaps: ids next to those put
+				for _, m := range []uint32{n - 1, n + 1} {
+					if _, put := want[m]; !put {
+						if _, ok := x.get(m); ok {
+							t.Fatalf("id %d, never put, was found", m)
+						}
+					}
+				}
+			}
 			seen := 0
 			x.each(func(n uint32, l loc) {
 				if want[n] != l {
@@ -84,13 +119,19 @@ func TestNumIndexAgreesWithAMap(t *testing.T) {
 					t.Fatalf("update: %d → %v", n, got)
 				}
 			}
-			for i := 1; i < len(x.keys); i++ {
-				if x.keys[i-1] >= x.keys[i] {
+			for i := 1; i < len(x.locs); i++ {
+				if x.keyAt(i-1) >= x.keyAt(i) {
 					t.Fatalf("keys out of order at %d", i)
 				}
 			}
-			if b := x.bytes(); b != 12*len(x.keys) {
-				t.Fatalf("bytes %d for %d ids, want 12 each", b, len(x.keys))
+			// 8 bytes per loc; 4 per id in blocks of ids with gaps, none in blocks of
+			// consecutive ids; 8 per block.
+			most := 12*len(x.locs) + 8*(len(x.locs)/blockSize)
+			if name == "consecutive" {
+				most = 8*len(x.locs) + 8*(len(x.locs)/blockSize)
+			}
+			if b := x.bytes(); b > most {
+				t.Fatalf("bytes %d for %d ids, want at most %d", b, len(x.locs), most)
 			}
 			x.free()
 			for n := range want {
