@@ -113,9 +113,12 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 		if cfg.StateConnectionString != "" {
 			log.Warn("STATE_STORAGE_CONNECTION_STRING is ignored with the sandbox: its state is kept in memory, as its rows are")
 		}
-		if a.store, err = localstore.Open(""); err != nil {
+		st, err := localstore.Open("")
+		if err != nil {
 			return err
 		}
+		a.closers = append(a.closers, func() { st.Close() })
+		a.store = st
 	case cfg.StateConnectionString != "":
 		if a.store, err = newTableStore(ctx, cfg, nil); err != nil {
 			return err

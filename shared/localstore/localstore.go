@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -232,6 +233,9 @@ func Open(dir string) (*Store, error) {
 		dir:    dir,
 	}
 	s.synced = sync.NewCond(&s.smu)
+	// A store dropped without Close (an in-memory one in a test) gives its index's
+	// mappings back once it is unreachable; after Close this finds nothing left to free.
+	runtime.AddCleanup(s, freeIndexes, s.recs)
 	// ETags start above the clock so that an ETag from a wiped store never matches.
 	s.seq.Store(uint64(time.Now().UnixNano()))
 	if dir == "" {
@@ -856,8 +860,10 @@ func (s *Store) Close() error {
 
 // freeIndex gives back the record index's mappings (callers hold mu exclusively, and
 // nothing looks the index up afterwards: the store is closed or was never returned).
-func (s *Store) freeIndex() {
-	for _, x := range s.recs {
+func (s *Store) freeIndex() { freeIndexes(s.recs) }
+
+func freeIndexes(recs map[state.Entity]*recIndex) {
+	for _, x := range recs {
 		x.num.free()
 	}
 }
