@@ -154,10 +154,12 @@ func (x *numIndex) merge() {
 	y := numIndex{locs: newSlice[loc](total), blocks: newSlice[uint64](total/blockSize + 1)}
 	i, j := 0, 0
 	for i < len(x.locs) || j < len(extra) {
-		if j == len(extra) || (i < len(x.locs) && x.keyAt(i) < extra[j]) {
-			y.push(x.keyAt(i), x.locs[i])
-			i++
-			continue
+		if i < len(x.locs) {
+			if k := x.keyAt(i); j == len(extra) || k < extra[j] {
+				y.push(k, x.locs[i])
+				i++
+				continue
+			}
 		}
 		y.push(extra[j], x.late[extra[j]])
 		j++
@@ -197,10 +199,11 @@ func (x *numIndex) update(fn func(loc) loc) {
 	}
 }
 
-// trim merges late after a replay has built the whole index. The slices' spare
-// capacity costs nothing resident until it is written.
+// trim merges late and gives the slices their exact size, after a replay has built the
+// whole index: growth by doubling leaves up to half unused, which costs nothing resident
+// in a mapping until written, but all of it on the heap (where no mapping can be made).
 func (x *numIndex) trim() {
-	if len(x.late) > 0 {
+	if len(x.late) > 0 || cap(x.locs) > len(x.locs)+len(x.locs)/16 {
 		x.merge()
 	}
 }

@@ -168,3 +168,34 @@ func TestNumIndexGivesBackItsMappings(t *testing.T) {
 		t.Fatal("a freed index still answers")
 	}
 }
+
+// TestNumIndexTrimGivesExactSize: after a replay's worth of ascending puts (the slices
+// grown by doubling), trim leaves them at their length, give or take a page, so the
+// heap fallback keeps no unused half; a heap slice handed to unmapSlice is left alone.
+func TestNumIndexTrimGivesExactSize(t *testing.T) {
+	var x numIndex
+	for i := range 100_000 {
+		x.put(uint32(i*3), mkLoc(int64(i), 1, 0))
+	}
+	if cap(x.locs) <= len(x.locs)+len(x.locs)/16 {
+		t.Fatalf("growth left cap %d for %d entries; the test needs spare capacity to trim", cap(x.locs), len(x.locs))
+	}
+	x.trim()
+	if n := len(x.locs); n != 100_000 || cap(x.locs) > n+n/16 {
+		t.Fatalf("after trim: %d entries, capacity %d", n, cap(x.locs))
+	}
+	for i := range 100_000 {
+		if l, ok := x.get(uint32(i * 3)); !ok || l.off() != int64(i) {
+			t.Fatalf("after trim: get(%d) = %v, %v", i*3, l, ok)
+		}
+	}
+	x.free()
+
+	before := mappedBytes.Load()
+	heap := make([]loc, 10, 20)
+	unmapSlice(heap)
+	heap[9] = 1 // still ours: nothing was unmapped
+	if mappedBytes.Load() != before {
+		t.Fatal("unmapping a heap slice changed the mapped bytes")
+	}
+}

@@ -10,6 +10,7 @@ const indexOffHeap = false
 
 var mappedBytes atomic.Int64 // always 0 here
 
-func mapSlice[T offHeap](n int) []T { return make([]T, 0, n) }
+// mapSlice makes no mapping here: newSlice then makes a heap slice.
+func mapSlice[T offHeap](n int) []T { return nil }
 
 func unmapSlice[T offHeap](s []T) {}
