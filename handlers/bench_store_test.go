@@ -86,6 +86,16 @@ func benchStore(b *testing.B, sz nopdbtest.Sizes) (string, func(entity string, n
 	}, st
 }
 
+// benchStoreSizes: the generated store at the goal's size (BENCH_STORE_CUSTOMERS,
+// BENCH_STORE_PRODUCTS, BENCH_STORE_ORDERS; a tenth of the products in grouped families)
+// and a tenth of it, with seeds of their own.
+func benchStoreSizes() (full, small nopdbtest.Sizes) {
+	full = nopdbtest.Sizes{Customers: envInt("BENCH_STORE_CUSTOMERS", 100000), Products: envInt("BENCH_STORE_PRODUCTS", 20000),
+		GroupedShare: 0.1, Orders: envInt("BENCH_STORE_ORDERS", 200000), Seed: 1}
+	small = nopdbtest.Sizes{Customers: full.Customers / 10, Products: full.Products / 10, GroupedShare: 0.1, Orders: full.Orders / 10, Seed: 2}
+	return full, small
+}
+
 func readerEnv(conn string) []string {
 	return []string{"NOP_DB_PROVIDER=postgresql", "NOP_DB_CONNECTION=" + conn, "AUTO_SYNC_ENABLED=false"}
 }
@@ -98,9 +108,7 @@ func readerEnv(conn string) []string {
 // nothing changed, wall time and peak RSS of a fresh app process, and the same for a
 // store a tenth that size; (c) a run after changing 1 % of the rows queues exactly those.
 func BenchmarkStoreSync(b *testing.B) {
-	full := nopdbtest.Sizes{Customers: envInt("BENCH_STORE_CUSTOMERS", 100000), Products: envInt("BENCH_STORE_PRODUCTS", 20000),
-		GroupedShare: 0.1, Orders: envInt("BENCH_STORE_ORDERS", 200000), Seed: 1}
-	small := nopdbtest.Sizes{Customers: full.Customers / 10, Products: full.Products / 10, GroupedShare: 0.1, Orders: full.Orders / 10, Seed: 2}
+	full, small := benchStoreSizes()
 	scale := envFloat("BENCH_TIMESCALE", 1)
 	timeout := time.Duration(envInt("BENCH_STORE_MINUTES", 120)) * time.Minute
 	for range b.N {
@@ -318,9 +326,7 @@ func (p *appProc) rssParts() string {
 // directory when unset); then BENCH_UNCHANGED_RUNS (3) fresh app processes per size each
 // run the reader over an unchanged store. Command: scripts/bench-store -bench StoreUnchanged.
 func BenchmarkStoreUnchanged(b *testing.B) {
-	full := nopdbtest.Sizes{Customers: envInt("BENCH_STORE_CUSTOMERS", 100000), Products: envInt("BENCH_STORE_PRODUCTS", 20000),
-		GroupedShare: 0.1, Orders: envInt("BENCH_STORE_ORDERS", 200000), Seed: 1}
-	small := nopdbtest.Sizes{Customers: full.Customers / 10, Products: full.Products / 10, GroupedShare: 0.1, Orders: full.Orders / 10, Seed: 2}
+	full, small := benchStoreSizes()
 	keep := os.Getenv("BENCH_STORE_STATE")
 	runs := envInt("BENCH_UNCHANGED_RUNS", 3)
 	for range b.N {
