@@ -123,21 +123,86 @@ func unescape(s string) (string, error) {
 	return string(b), nil
 }
 
-// shardOf picks a record's shard (its partition) by hash, so one record always lives
-// and counts in the same one.
-func shardOf(id string, shards int) int {
-	return int(idHash(id) % uint32(shards))
-}
-
 // countersPerShard is the number of counter rows in each shard's partition. Writers of
 // different records in one partition meet on a counter row less often with several
 // (an import keeps hundreds of state writes in flight); Counts sums whatever rows exist,
 // so the number may change freely.
 const countersPerShard = 4
 
-// counterOf picks a record's counter row within its shard's partition.
-func counterOf(id string, shards int) int {
-	return int(idHash(id) / uint32(shards) % countersPerShard)
+// blockSize is how many consecutive decimal ids share a partition in tables created
+// with blocks: an import chunk's ids (consecutive, a few hundred) then fall in a few
+// partitions, so its reads take a query per partition and its writes a transaction per
+// 64 records, instead of one each in every shard. Successive blocks go to successive
+// shards, so an import still spreads evenly over all of them.
+const blockSize = 64
+
+// layout is how a table places its records: shards partitions per entity and, in tables
+// created with blocks, decimal ids by blocks of block consecutive ids (0: every id by
+// hash, as in tables created before blocks). A table keeps its layout for life (its
+// layout row): records are found by it.
+type layout struct {
+	shards int
+	block  int
+}
+
+// place picks a record's shard (its partition) and its counter row there; one record
+// always lives and counts in the same ones. Ids that are not decimal, or beyond uint64,
+// go by hash.
+func (l layout) place(id string) (shard, counter int) {
+	if l.block > 0 && isDecimal(id) {
+		if n, err := strconv.ParseUint(id, 10, 64); err == nil {
+			b := n / uint64(l.block)
+			return int(b % uint64(l.shards)), int(b / uint64(l.shards) % countersPerShard)
+		}
+	}
+	h := idHash(id)
+	return int(h % uint32(l.shards)), int(h / uint32(l.shards) % countersPerShard)
+}
+
+// shardOf is the shard of place.
+func (l layout) shardOf(id string) int {
+	n, _ := l.place(id)
+	return n
+}
+
+// near is how far apart two decimal ids of one partition may be for a read to take both
+// and all between them as one RowKey range. By hash, a partition holds about one id in
+// shards, so neighbours are a few rows apart; by blocks, the next block of a partition
+// starts block*(shards-1)+1 after the last id of the one before.
+func (l layout) near() uint64 {
+	if l.block > 0 {
+		return uint64(l.block*(l.shards-1) + 4)
+	}
+	return uint64(4 * l.shards)
+}
+
+// layoutByBlocks is the layout row's value for a table placed by blocks. Builds before
+// blocks read the value as a number and refuse the table, rather than look for its
+// records in the wrong partitions.
+const layoutByBlocks = " in blocks of "
+
+// String is the layout row's value: "16" (by hash) or "16 in blocks of 64".
+func (l layout) String() string {
+	if l.block > 0 {
+		return strconv.Itoa(l.shards) + layoutByBlocks + strconv.Itoa(l.block)
+	}
+	return strconv.Itoa(l.shards)
+}
+
+// parseLayout reads a layout row's value (String).
+func parseLayout(v string) (layout, error) {
+	shards, block, byBlocks := strings.Cut(v, layoutByBlocks)
+	var l layout
+	var err error
+	if l.shards, err = strconv.Atoi(shards); err != nil || l.shards < 1 || l.shards > 100 {
+		return layout{}, fmt.Errorf("%q is not a layout (shards 1-100, optionally %q and a block size)", v, layoutByBlocks)
+	}
+	if byBlocks {
+		if l.block, err = strconv.Atoi(block); err != nil || l.block < 1 {
+			return layout{}, fmt.Errorf("%q is not a layout (shards 1-100, optionally %q and a block size)", v, layoutByBlocks)
+		}
+	}
+	return l, nil
 }
 
 func idHash(id string) uint32 {

@@ -76,3 +76,60 @@ func TestUnescapeRejectsGarbage(t *testing.T) {
 		}
 	}
 }
+
+// A layout row's value reads back as the layout that wrote it; anything else is refused.
+func TestLayoutRow(t *testing.T) {
+	for _, l := range []layout{{shards: 16}, {shards: 1}, {shards: 16, block: 64}, {shards: 100, block: 1}} {
+		got, err := parseLayout(l.String())
+		if err != nil || got != l {
+			t.Errorf("parseLayout(%q) = %v, %v; want %v", l.String(), got, err, l)
+		}
+	}
+	for _, v := range []string{"", "0", "101", "x", "16 in blocks of", "16 in blocks of 0", "16 in blocks of -1", " in blocks of 64", "16 in blocks of 64 "} {
+		if l, err := parseLayout(v); err == nil {
+			t.Errorf("parseLayout(%q) = %v, want an error", v, l)
+		}
+	}
+}
+
+// By blocks, a chunk of consecutive ids lands in a few partitions, each read as one
+// RowKey range; by hash, in every partition. Ids that are not decimal, or beyond
+// uint64, go by hash in either layout.
+func TestChunkOfConsecutiveIDs(t *testing.T) {
+	for _, tc := range []struct {
+		l          layout
+		partitions int
+	}{{layout{shards: 16, block: 64}, 5}, {layout{shards: 16}, 16}} {
+		byShard := map[int][]string{}
+		for i := 1; i <= 300; i++ {
+			id := strconv.Itoa(i)
+			byShard[tc.l.shardOf(id)] = append(byShard[tc.l.shardOf(id)], id)
+		}
+		if len(byShard) != tc.partitions {
+			t.Errorf("layout %v: ids 1-300 in %d partitions, want %d", tc.l, len(byShard), tc.partitions)
+		}
+		for n, ids := range byShard {
+			if f := rowKeyFilters(ids, tc.l.near(), maxFilterComps-1); len(f) != 1 || strings.Count(f[0], "RowKey") != 2 {
+				t.Errorf("layout %v, shard %d: ids %v… read with %q, want one range", tc.l, n, ids[:1], f)
+			}
+		}
+		// Two blocks of one partition, 1024 ids apart, make one range too.
+		if tc.l.block > 0 {
+			ids := []string{"1", "63", "1024", "1087"}
+			if f := rowKeyFilters(ids, tc.l.near(), maxFilterComps-1); len(f) != 1 || strings.Count(f[0], "RowKey") != 2 {
+				t.Errorf("blocks 0 and 16 read with %q, want one range", f)
+			}
+		}
+	}
+	blocks, hash := layout{shards: 16, block: 64}, layout{shards: 16}
+	for _, id := range []string{"abc", "007", "-1", "18446744073709551616", "99999999999999999999"} {
+		bs, bc := blocks.place(id)
+		hs, hc := hash.place(id)
+		if bs != hs || bc != hc {
+			t.Errorf("%q placed at %d/%d by blocks, %d/%d by hash; want the same", id, bs, bc, hs, hc)
+		}
+	}
+	if s, c := blocks.place("18446744073709551615"); s != int(18446744073709551615/64%16) || c != int(18446744073709551615/64/16%4) {
+		t.Errorf("the largest uint64 placed at %d/%d", s, c)
+	}
+}

@@ -46,13 +46,13 @@ func (s *Store) GetMany(ctx context.Context, entity state.Entity, ids []string) 
 			continue
 		}
 		seen[id] = true
-		n := shardOf(id, s.shards)
+		n := s.lay.shardOf(id)
 		byPart[n] = append(byPart[n], id)
 	}
 	var filters []string
 	for n, ids := range byPart {
 		pk := "PartitionKey eq " + odataString(recordPartition(entity, n))
-		for _, f := range rowKeyFilters(ids, s.shards, maxFilterComps-1) {
+		for _, f := range rowKeyFilters(ids, s.lay.near(), maxFilterComps-1) {
 			filters = append(filters, pk+" and ("+f+")")
 		}
 	}
@@ -90,11 +90,10 @@ func (s *Store) GetMany(ctx context.Context, entity state.Entity, ids []string) 
 }
 
 // rowKeyFilters turns one partition's ids into OData conditions on RowKey of at most
-// comps comparisons each. Decimal ids whose neighbours in the partition are at most
-// about 4 rows apart (ids hash evenly over shards partitions) become one range (two
-// comparisons), so a chunk of consecutive ids costs one query per partition; the rest
-// are "RowKey eq".
-func rowKeyFilters(ids []string, shards, comps int) []string {
+// comps comparisons each. Decimal ids whose neighbours are at most near apart (layout's
+// near: a few rows of the partition) become one range (two comparisons), so a chunk of
+// consecutive ids costs one query per partition; the rest are "RowKey eq".
+func rowKeyFilters(ids []string, near uint64, comps int) []string {
 	keys := make([]string, len(ids))
 	for i, id := range ids {
 		keys[i] = rowKeyOf(id)
@@ -103,7 +102,6 @@ func rowKeyFilters(ids []string, shards, comps int) []string {
 	// Segments [lo, hi] of row keys.
 	type seg struct{ lo, hi string }
 	var segs []seg
-	near := uint64(4 * shards)
 	for _, k := range keys {
 		if n := len(segs); n > 0 && isDecimalKey(k) && isDecimalKey(segs[n-1].hi) && keyNum(k)-keyNum(segs[n-1].hi) <= near {
 			segs[n-1].hi = k
@@ -243,7 +241,8 @@ func (s *Store) saveItemOf(i int, rec *state.Record, updatedAt time.Time) (*save
 	if err := checkRecord(rec); err != nil {
 		return nil, err
 	}
-	it := &saveItem{i: i, rec: rec, counter: counterOf(rec.ID, s.shards), counted: true}
+	it := &saveItem{i: i, rec: rec, counted: true}
+	_, it.counter = s.lay.place(rec.ID)
 	if rec.ETag != "" {
 		var ok bool
 		if it.old, it.ifMatch, ok = splitETag(rec.ETag); !ok {

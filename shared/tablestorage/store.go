@@ -3,20 +3,27 @@
 // Table layout (one table, default "syncstate"):
 //
 //	PartitionKey   RowKey                 what
-//	customer-07    00000000000000001001   record of customer 1001, in the partition of its
-//	                                      shard (hash of the id, 16 shards); decimal ids
-//	                                      zero-padded to 20 digits so RowKey order is numeric
-//	customer-03    kchunk-1f2e…           record of a non-decimal key ("k" + escaped key)
-//	customer-07    ~count-07-2            one of the shard's 4 counter rows: records per
+//	customer-15    00000000000000001001   record of customer 1001, in the partition of its
+//	                                      shard: decimal ids by blocks of 64 (1001 is in
+//	                                      block 15; 16 shards); decimal ids zero-padded to
+//	                                      20 digits so RowKey order is numeric
+//	customer-03    kchunk-1f2e…           record of a non-decimal key ("k" + escaped key),
+//	                                      its shard by hash of the key
+//	customer-15    ~count-15-0            one of the shard's 4 counter rows: records per
 //	                                      status (Int64 properties synced, pending, failed,
-//	                                      skipped) of the records that hash to it
+//	                                      skipped) of the records placed on it
 //	doc-<kind>     <escaped key>          docs (auto-sync lease and runs, settings)
-//	layout         shards                 the number of shards the table was created with
+//	layout         shards                 how the table places records: "16 in blocks of
+//	                                      64"; "16" in tables created before blocks, which
+//	                                      place every record by hash of its id
 //
 // An entity's records are spread over its shards' partitions because Table Storage's
 // target is about 2,000 entities/s per partition (20,000 per account), and an import
-// reads and writes each record's state three times. Scan merges the partitions back into
-// id order.
+// reads and writes each record's state three times. Blocks of consecutive ids keep an
+// import chunk (a few hundred consecutive ids) in a few partitions: a query and a
+// transaction per 64 records, where placing by hash took one per shard for every chunk.
+// Successive blocks go to successive shards, so the import as a whole spreads evenly.
+// Scan merges the partitions back into id order.
 //
 // A record row has one property per field (Status, DataverseId, Reason, …, Extra as JSON,
 // Data split over Edm.Binary properties D0, D1, … of 64 KiB). Characters Table Storage
@@ -52,7 +59,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -87,10 +93,10 @@ type Options struct {
 
 // Store is the Table Storage state.Store. It is safe for concurrent use; build it once.
 type Store struct {
-	svc    *aztables.ServiceClient
-	c      *aztables.Client
-	table  string
-	shards int
+	svc   *aztables.ServiceClient
+	c     *aztables.Client
+	table string
+	lay   layout
 
 	mu       sync.Mutex
 	counters map[string]*shard
@@ -183,7 +189,7 @@ func NewForAccount(ctx context.Context, account string, cred azcore.TokenCredent
 }
 
 func open(ctx context.Context, svc *aztables.ServiceClient, o Options) (*Store, error) {
-	s := &Store{svc: svc, c: svc.NewClient(o.Table), table: o.Table, shards: o.Shards, counters: map[string]*shard{}}
+	s := &Store{svc: svc, c: svc.NewClient(o.Table), table: o.Table, lay: layout{shards: o.Shards, block: blockSize}, counters: map[string]*shard{}}
 	if err := s.ensureTable(ctx); err != nil {
 		return nil, err
 	}
@@ -193,8 +199,9 @@ func open(ctx context.Context, svc *aztables.ServiceClient, o Options) (*Store, 
 	return s, nil
 }
 
-// The layout row records the number of shards a table was created with: records are
-// found by it, so a table keeps it for life whatever Options.Shards says later.
+// The layout row records how a table places its records (layout: its number of shards
+// and, for tables created since, its block size): records are found by it, so a table
+// keeps it for life whatever Options.Shards says later.
 const (
 	layoutPartition = "layout"
 	layoutRow       = "shards"
@@ -209,18 +216,18 @@ func (s *Store) loadLayout(ctx context.Context) error {
 			if err := json.Unmarshal(resp.Value, &e); err != nil {
 				return fmt.Errorf("tablestorage: layout row: %w", err)
 			}
-			n, err := strconv.Atoi(strProp(e.Properties, layoutProp))
-			if err != nil || n < 1 || n > 100 {
-				return fmt.Errorf("tablestorage: layout row of table %s holds %q shards", s.table, strProp(e.Properties, layoutProp))
+			l, err := parseLayout(strProp(e.Properties, layoutProp))
+			if err != nil {
+				return fmt.Errorf("tablestorage: layout row of table %s: %w", s.table, err)
 			}
-			s.shards = n
+			s.lay = l
 			return nil
 		}
 		if statusOf(err) != http.StatusNotFound || attempt > 0 {
 			return fmt.Errorf("tablestorage: read layout row: %w", err)
 		}
 		b, err := json.Marshal(aztables.EDMEntity{Entity: aztables.Entity{PartitionKey: layoutPartition, RowKey: layoutRow},
-			Properties: map[string]any{layoutProp: strconv.Itoa(s.shards)}})
+			Properties: map[string]any{layoutProp: s.lay.String()}})
 		if err != nil {
 			return fmt.Errorf("tablestorage: layout row: %w", err)
 		}
@@ -340,11 +347,11 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 
 // partitionOf is the partition of a record.
 func (s *Store) partitionOf(entity state.Entity, id string) string {
-	return recordPartition(entity, shardOf(id, s.shards))
+	return recordPartition(entity, s.lay.shardOf(id))
 }
 
 func (s *Store) shardFor(entity state.Entity, id string) *shard {
-	n, k := shardOf(id, s.shards), counterOf(id, s.shards)
+	n, k := s.lay.place(id)
 	key := fmt.Sprintf("%s/%d/%d", entity, n, k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -565,8 +572,8 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 		return nil
 	}
 	// Pages of about 1000 records in all, as one partition's pages would be.
-	top := int32(max(50, (1000+s.shards-1)/s.shards))
-	cursors := make([]*cursor, s.shards)
+	top := int32(max(50, (1000+s.lay.shards-1)/s.lay.shards))
+	cursors := make([]*cursor, s.lay.shards)
 	for p := range cursors {
 		filter := "PartitionKey eq " + odataString(recordPartition(entity, p)) + " and RowKey lt " + odataString(recordsEnd) + sf
 		c := &cursor{pager: s.c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Top: &top})}
