@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -725,8 +726,8 @@ func newBenchRig(b testing.TB, o dataversetest.Options, extraEnv ...string) *ben
 	b.Helper()
 	dir := b.TempDir()
 	sim := dataversetest.NewServer(o)
-	b.Cleanup(sim.Close)
 	r := &benchRig{sim: sim, bin: handlerBinary(b), addr: freeAddr(b), secret: "bench-webhook-" + uuid.NewString(), log: filepath.Join(dir, "app.log")}
+	b.Cleanup(r.closeSim)
 	if f := os.Getenv("BENCH_APP_LOG"); f != "" {
 		r.log = f // keep the app's log for a look afterwards
 	}
@@ -734,6 +735,16 @@ func newBenchRig(b testing.TB, o dataversetest.Options, extraEnv ...string) *ben
 	r.app = startApp(b, r.bin, r.env, r.addr, r.log)
 	r.store = newStoreClient(func() string { return "http://" + r.addr }, r.secret)
 	return r
+}
+
+// closeSim closes the simulator and lets go of it: a benchmark that runs several rigs
+// one after the other then doesn't carry an earlier one's rows in its heap (and its
+// garbage collection) through the later ones.
+func (r *benchRig) closeSim() {
+	if r.sim != nil {
+		r.sim.Close()
+		r.sim = nil
+	}
 }
 
 // importArrays posts evs as arrays of 1000 (the initial import), conc at a time.
@@ -820,127 +831,166 @@ func benchCostModel(b *testing.B) (string, dataversetest.ExecutionCost) {
 // to 30 s, so the run spans several windows and the ceiling is the one a long import
 // meets.
 func BenchmarkImport(b *testing.B) {
+	// BENCH_IMPORT_STATE=table keeps the sync state in Table Storage (Azurite), as in
+	// Azure; "both" runs the import with the embedded store, then again with the state
+	// in Table Storage, and reports how the second compares; the default is local mode's
+	// embedded store.
+	var stores []string
+	switch st := os.Getenv("BENCH_IMPORT_STATE"); st {
+	case "":
+		stores = []string{"embedded"}
+	case "table":
+		stores = []string{"table"}
+	case "both":
+		stores = []string{"embedded", "table"}
+	default:
+		b.Fatalf("BENCH_IMPORT_STATE=%q: want table, both or nothing", st)
+	}
+	if slices.Contains(stores, "table") && os.Getenv("TEST_TABLE_CONNECTION_STRING") == "" {
+		b.Skip("BENCH_IMPORT_STATE=table or both needs TEST_TABLE_CONNECTION_STRING")
+	}
+	for range b.N {
+		rates := map[string]map[string]float64{}
+		for _, st := range stores {
+			rates[st] = benchImport(b, st, len(stores) > 1)
+			runtime.GC()
+			debug.FreeOSMemory()
+		}
+		if len(stores) > 1 {
+			e, t := rates["embedded"], rates["table"]
+			summary(b, "| initial import, state in Table Storage (Azurite) against the embedded store, one after the other | customers %.0f%%, orders %.0f%% of the embedded import's rate | customers %.0f vs %.0f/s, orders %.0f vs %.0f/s | |",
+				100*t["customers"]/e["customers"], 100*t["orders"]/e["orders"], t["customers"], e["customers"], t["orders"], e["orders"])
+			b.ReportMetric(100*t["customers"]/e["customers"], "customers-%embedded")
+			b.ReportMetric(100*t["orders"]/e["orders"], "orders-%embedded")
+		}
+	}
+}
+
+// benchImport runs BenchmarkImport's import once with the sync state in store
+// ("embedded" or "table") and returns the simulated rate of each part; named adds the
+// store to the metrics' names (several stores in one run).
+func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 	nCust := envInt("BENCH_CUSTOMERS", 20000)
 	nOrders := envInt("BENCH_ORDERS", 5000)
 	scale := envFloat("BENCH_TIMESCALE", 1)
-	for range b.N {
-		limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
-		// BENCH_IMPORT_STATE=table keeps the sync state in Table Storage (Azurite), as in
-		// Azure; the default is local mode's embedded store.
-		var env []string
-		if os.Getenv("BENCH_IMPORT_STATE") == "table" {
-			conn := os.Getenv("TEST_TABLE_CONNECTION_STRING")
-			if conn == "" {
-				b.Skip("BENCH_IMPORT_STATE=table needs TEST_TABLE_CONNECTION_STRING")
-			}
-			env = []string{"STATE_STORAGE_CONNECTION_STRING=" + conn, fmt.Sprintf("SYNC_STATE_TABLE=import%d", time.Now().Unix())}
-		}
-		model, cost := benchCostModel(b)
-		r := newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true,
-			ExecutionCost: cost, NoRateLimitHeaders: model == "perrow"}, env...)
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
-		// Products first (not measured), as an import would send them before orders.
-		cat := catalogue(900000, 20, 4, 400)
-		var pev []json.RawMessage
-		for _, p := range cat {
-			pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
-		}
-		if err := r.importArrays(ctx, "product", pev, 2); err != nil {
-			b.Fatal(err)
-		}
-		if err := waitRows(ctx, r.sim, "products", len(cat)); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := r.store.waitDrained(ctx, 200*time.Millisecond); err != nil {
-			b.Fatal(err)
-		}
+	out := map[string]float64{}
+	prefix := ""
+	if named {
+		prefix = store + "-"
+	}
+	limits := dataversetest.Limits{Requests: 600, ExecutionTime: 120 * time.Second, Window: 30 * time.Second, Concurrent: 52}
+	var env []string
+	if store == "table" {
+		env = []string{"STATE_STORAGE_CONNECTION_STRING=" + os.Getenv("TEST_TABLE_CONNECTION_STRING"), fmt.Sprintf("SYNC_STATE_TABLE=import%d", time.Now().Unix())}
+	}
+	model, cost := benchCostModel(b)
+	r := newBenchRig(b, dataversetest.Options{TimeScale: scale, Limits: limits, SleepExecutionTime: true,
+		ExecutionCost: cost, NoRateLimitHeaders: model == "perrow"}, env...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	// Products first (not measured), as an import would send them before orders.
+	cat := catalogue(900000, 20, 4, 400)
+	var pev []json.RawMessage
+	for _, p := range cat {
+		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
+	}
+	if err := r.importArrays(ctx, "product", pev, 2); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitRows(ctx, r.sim, "products", len(cat)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := r.store.waitDrained(ctx, 200*time.Millisecond); err != nil {
+		b.Fatal(err)
+	}
 
-		// measure imports evs and waits until every set holds its count of rows (an order
-		// is in Dataverse when its lines are).
-		type rowCount struct {
-			set  string
-			want int
+	// measure imports evs and waits until every set holds its count of rows (an order
+	// is in Dataverse when its lines are).
+	type rowCount struct {
+		set  string
+		want int
+	}
+	appBulk := dataverse.DefaultBulkChunkSize // unless BENCH_BULK_SIZE sets DATAVERSE_BULK_SIZE
+	if n, err := strconv.Atoi(os.Getenv("BENCH_BULK_SIZE")); err == nil && n > 0 {
+		appBulk = n
+	}
+	measure := func(name, entity string, evs []json.RawMessage, rowsPerRecord float64, wants ...rowCount) {
+		s0 := r.sim.Stats()
+		start := time.Now()
+		if err := r.importArrays(ctx, entity, evs, 4); err != nil {
+			b.Fatal(err)
 		}
-		appBulk := dataverse.DefaultBulkChunkSize // unless BENCH_BULK_SIZE sets DATAVERSE_BULK_SIZE
-		if n, err := strconv.Atoi(os.Getenv("BENCH_BULK_SIZE")); err == nil && n > 0 {
-			appBulk = n
-		}
-		measure := func(name, entity string, evs []json.RawMessage, rowsPerRecord float64, wants ...rowCount) {
-			s0 := r.sim.Stats()
-			start := time.Now()
-			if err := r.importArrays(ctx, entity, evs, 4); err != nil {
+		accepted := time.Since(start)
+		for _, w := range wants {
+			if err := waitRows(ctx, r.sim, w.set, w.want); err != nil {
 				b.Fatal(err)
 			}
-			accepted := time.Since(start)
-			for _, w := range wants {
-				if err := waitRows(ctx, r.sim, w.set, w.want); err != nil {
-					b.Fatal(err)
-				}
-			}
-			// The simulator shows a write's rows while it still takes its execution time:
-			// done is when the last request has been answered.
-			for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
-				time.Sleep(5 * time.Millisecond)
-			}
-			real := time.Since(start)
-			s1 := r.sim.Stats()
-			n := float64(len(evs))
-			sim := real.Seconds() / scale
-			rate := n / sim
-			reqs := s1.Requests - s0.Requests
-			rows := s1.RowsWritten - s0.RowsWritten
-			perReq := float64(rows) / float64(max(1, reqs-(s1.Throttled-s0.Throttled)))
-			// The ceiling for rows written 1000 per request (the client's bulk size) by up
-			// to 52 requests at once (the concurrency limit).
-			ideal := r.sim.IdealThroughput(1000, 52)
-			idealRecords := ideal.Ceiling / rowsPerRecord
-			// The app writes DATAVERSE_BULK_SIZE rows per request (default 100): its own
-			// ceiling is that lower one, shown beside the goal's.
-			atBulk := r.sim.IdealThroughput(appBulk, 52).Ceiling / rowsPerRecord
-			b.ReportMetric(rate, name+"/s-sim")
-			b.ReportMetric(100*rate/idealRecords, name+"-%ideal")
-			execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
-			inFlight := (s1.Busy - s0.Busy).Seconds() / real.Seconds()
-			summary(b, "| initial import: %d %s (arrays of 1000), cost model %s | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound; %.0f/s at the app's %d rows per request) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
-				len(evs), name, model, rate, name, sim, 100*rate/idealRecords, idealRecords, ideal.Limit, atBulk, appBulk,
-				reqs, float64(reqs)/sim, perReq, rows, execUsed, s1.Throttled-s0.Throttled,
-				inFlight, accepted.Seconds(), real.Seconds(), scale)
 		}
-
-		var cev []json.RawMessage
-		ids := make([]int, nCust)
-		for i := range nCust {
-			ids[i] = 1 + i
-			cev = append(cev, event("customer", "updated", 1+i, 1, customerData(1+i, 2)))
+		// The simulator shows a write's rows while it still takes its execution time:
+		// done is when the last request has been answered.
+		for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
 		}
-		measure("customers", "customer", cev, 1, rowCount{"contacts", nCust})
-
-		rng := rand.New(rand.NewPCG(7, 7))
-		ords := orders(rng, 500000, nOrders, ids, cat)
-		var oev []json.RawMessage
-		rows, allLines := 0, 0
-		for _, o := range ords {
-			o.stages = []string{"placed"}
-			oev = append(oev, o.events()[0])
-			// The rows Dynamics 365 writes for an order however it is sent: the header,
-			// each line (the payment fee is one too), and after each line the header
-			// again with its totals recalculated (the simulator's Sales rules, as the
-			// platform's price calculation does).
-			lines := len(o.lines)
-			if o.feeCents > 0 {
-				lines++
-			}
-			rows += 1 + 2*lines
-			allLines += lines
-		}
-		measure("orders", "order", oev, float64(rows)/float64(nOrders), rowCount{"salesorders", nOrders}, rowCount{"salesorderdetails", allLines})
-		if v := r.sim.RetryAfterViolations(); v != 0 {
-			b.Errorf("%d requests sent before their Retry-After expired", v)
-		}
-		summary(b, "| initial import: the app | peak RSS %d MiB | Retry-After violations: %d | |", r.app.memKB("VmHWM")/1024, r.sim.RetryAfterViolations())
-		r.app.stop()
+		real := time.Since(start)
+		s1 := r.sim.Stats()
+		n := float64(len(evs))
+		sim := real.Seconds() / scale
+		rate := n / sim
+		reqs := s1.Requests - s0.Requests
+		rows := s1.RowsWritten - s0.RowsWritten
+		perReq := float64(rows) / float64(max(1, reqs-(s1.Throttled-s0.Throttled)))
+		// The ceiling for rows written 1000 per request (the client's bulk size) by up
+		// to 52 requests at once (the concurrency limit).
+		ideal := r.sim.IdealThroughput(1000, 52)
+		idealRecords := ideal.Ceiling / rowsPerRecord
+		// The app writes DATAVERSE_BULK_SIZE rows per request (default 100): its own
+		// ceiling is that lower one, shown beside the goal's.
+		atBulk := r.sim.IdealThroughput(appBulk, 52).Ceiling / rowsPerRecord
+		out[name] = rate
+		b.ReportMetric(rate, prefix+name+"/s-sim")
+		b.ReportMetric(100*rate/idealRecords, prefix+name+"-%ideal")
+		execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
+		inFlight := (s1.Busy - s0.Busy).Seconds() / real.Seconds()
+		summary(b, "| initial import: %d %s (arrays of 1000), cost model %s, state %s | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound; %.0f/s at the app's %d rows per request) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
+			len(evs), name, model, store, rate, name, sim, 100*rate/idealRecords, idealRecords, ideal.Limit, atBulk, appBulk,
+			reqs, float64(reqs)/sim, perReq, rows, execUsed, s1.Throttled-s0.Throttled,
+			inFlight, accepted.Seconds(), real.Seconds(), scale)
 	}
+
+	var cev []json.RawMessage
+	ids := make([]int, nCust)
+	for i := range nCust {
+		ids[i] = 1 + i
+		cev = append(cev, event("customer", "updated", 1+i, 1, customerData(1+i, 2)))
+	}
+	measure("customers", "customer", cev, 1, rowCount{"contacts", nCust})
+
+	rng := rand.New(rand.NewPCG(7, 7))
+	ords := orders(rng, 500000, nOrders, ids, cat)
+	var oev []json.RawMessage
+	rows, allLines := 0, 0
+	for _, o := range ords {
+		o.stages = []string{"placed"}
+		oev = append(oev, o.events()[0])
+		// The rows Dynamics 365 writes for an order however it is sent: the header,
+		// each line (the payment fee is one too), and after each line the header
+		// again with its totals recalculated (the simulator's Sales rules, as the
+		// platform's price calculation does).
+		lines := len(o.lines)
+		if o.feeCents > 0 {
+			lines++
+		}
+		rows += 1 + 2*lines
+		allLines += lines
+	}
+	measure("orders", "order", oev, float64(rows)/float64(nOrders), rowCount{"salesorders", nOrders}, rowCount{"salesorderdetails", allLines})
+	if v := r.sim.RetryAfterViolations(); v != 0 {
+		b.Errorf("%d requests sent before their Retry-After expired", v)
+	}
+	summary(b, "| initial import: the app (state "+store+") | peak RSS %d MiB | Retry-After violations: %d | |", r.app.memKB("VmHWM")/1024, r.sim.RetryAfterViolations())
+	r.app.stop()
+	r.closeSim()
+	return out
 }
 
 // BenchmarkLiveLatency: live events at a steady rate (default 50/s for 30 s), each a new
