@@ -50,7 +50,7 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 	byEntity := map[state.Entity][]int{}
 	for _, e := range state.Entities {
 		want[e] = map[state.Status]int{}
-		shards[e] = make([]map[state.Status]int64, s.lay.shards)
+		shards[e] = make([]map[state.Status]int64, s.placement().shards)
 		for i := range shards[e] {
 			shards[e][i] = map[state.Status]int64{}
 		}
@@ -60,7 +60,7 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 		byEntity[e] = append(byEntity[e], i)
 		st := seedStatus(i)
 		want[e][st]++
-		shards[e][s.lay.shardOf(fmt.Sprint(i))][st]++
+		shards[e][s.placement().shardOf(fmt.Sprint(i))][st]++
 	}
 	data, _ := json.Marshal(map[string]any{"id": 1, "email": "someone@example.com", "firstName": "Some", "lastName": "One",
 		"active": true, "createdOnUtc": "2026-01-01T00:00:00Z"})
@@ -69,9 +69,9 @@ func seed(tb testing.TB, s *Store, n int) state.Counts {
 	g.SetLimit(8)
 	for _, e := range state.Entities {
 		// A transaction stays in one partition: the records of one shard.
-		byShard := make([][]int, s.lay.shards)
+		byShard := make([][]int, s.placement().shards)
 		for _, i := range byEntity[e] {
-			k := s.lay.shardOf(fmt.Sprint(i))
+			k := s.placement().shardOf(fmt.Sprint(i))
 			byShard[k] = append(byShard[k], i)
 		}
 		for _, ids := range byShard {

@@ -1,6 +1,7 @@
 package tablestorage
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -39,6 +40,7 @@ func (s *Store) GetMany(ctx context.Context, entity state.Entity, ids []string) 
 	if checkEntity(entity) != nil {
 		return out, nil
 	}
+	lay := s.placement()
 	byPart := map[int][]string{}
 	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
@@ -46,13 +48,13 @@ func (s *Store) GetMany(ctx context.Context, entity state.Entity, ids []string) 
 			continue
 		}
 		seen[id] = true
-		n := s.lay.shardOf(id)
+		n := lay.shardOf(id)
 		byPart[n] = append(byPart[n], id)
 	}
 	var filters []string
 	for n, ids := range byPart {
 		pk := "PartitionKey eq " + odataString(recordPartition(entity, n))
-		for _, f := range rowKeyFilters(ids, s.lay.near(), maxFilterComps-1) {
+		for _, f := range rowKeyFilters(ids, lay.near(), maxFilterComps-1) {
 			filters = append(filters, pk+" and ("+f+")")
 		}
 	}
@@ -242,7 +244,7 @@ func (s *Store) saveItemOf(i int, rec *state.Record, updatedAt time.Time) (*save
 		return nil, err
 	}
 	it := &saveItem{i: i, rec: rec, counted: true}
-	_, it.counter = s.lay.place(rec.ID)
+	_, it.counter = s.placement().place(rec.ID)
 	if rec.ETag != "" {
 		var ok bool
 		if it.old, it.ifMatch, ok = splitETag(rec.ETag); !ok {
@@ -415,9 +417,9 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 		if (hasCode(err, aztables.TableNotFound) || f.code == string(aztables.TableNotFound)) && !tableRecreated {
 			// The table was dropped under us (a wiped state table): make it again.
 			tableRecreated = true
-			if err := s.ensureTable(ctx); err != nil {
+			if changed, err := s.recreateTable(ctx); err != nil || changed {
 				for _, it := range items {
-					fail(it, err)
+					fail(it, cmp.Or(err, errLayoutChanged))
 				}
 				return nil
 			}

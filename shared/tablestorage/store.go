@@ -51,6 +51,7 @@
 package tablestorage
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,6 +62,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -96,7 +98,7 @@ type Store struct {
 	svc   *aztables.ServiceClient
 	c     *aztables.Client
 	table string
-	lay   layout
+	lay   atomic.Pointer[layout] // the table's (its layout row's); replaced only when a dropped table is made again
 
 	mu       sync.Mutex
 	counters map[string]*shard
@@ -189,11 +191,11 @@ func NewForAccount(ctx context.Context, account string, cred azcore.TokenCredent
 }
 
 func open(ctx context.Context, svc *aztables.ServiceClient, o Options) (*Store, error) {
-	s := &Store{svc: svc, c: svc.NewClient(o.Table), table: o.Table, lay: layout{shards: o.Shards, block: blockSize}, counters: map[string]*shard{}}
+	s := &Store{svc: svc, c: svc.NewClient(o.Table), table: o.Table, counters: map[string]*shard{}}
 	if err := s.ensureTable(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.loadLayout(ctx); err != nil {
+	if _, err := s.loadLayout(ctx, layout{shards: o.Shards, block: blockSize}); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -208,34 +210,57 @@ const (
 	layoutProp      = "Shards"
 )
 
-func (s *Store) loadLayout(ctx context.Context) error {
+// loadLayout reads the table's layout row, or writes want there when it has none, and
+// places records by what the row says from then on; changed reports that this differs
+// from how the store placed them before (a table dropped and made again by another
+// instance, or one built before blocks).
+func (s *Store) loadLayout(ctx context.Context, want layout) (changed bool, err error) {
 	for attempt := 0; ; attempt++ {
 		resp, err := s.c.GetEntity(ctx, layoutPartition, layoutRow, nil)
 		if err == nil {
 			var e aztables.EDMEntity
 			if err := json.Unmarshal(resp.Value, &e); err != nil {
-				return fmt.Errorf("tablestorage: layout row: %w", err)
+				return false, fmt.Errorf("tablestorage: layout row: %w", err)
 			}
 			l, err := parseLayout(strProp(e.Properties, layoutProp))
 			if err != nil {
-				return fmt.Errorf("tablestorage: layout row of table %s: %w", s.table, err)
+				return false, fmt.Errorf("tablestorage: layout row of table %s: %w", s.table, err)
 			}
-			s.lay = l
-			return nil
+			old := s.lay.Swap(&l)
+			return old != nil && *old != l, nil
 		}
 		if statusOf(err) != http.StatusNotFound || attempt > 0 {
-			return fmt.Errorf("tablestorage: read layout row: %w", err)
+			return false, fmt.Errorf("tablestorage: read layout row: %w", err)
 		}
 		b, err := json.Marshal(aztables.EDMEntity{Entity: aztables.Entity{PartitionKey: layoutPartition, RowKey: layoutRow},
-			Properties: map[string]any{layoutProp: s.lay.String()}})
+			Properties: map[string]any{layoutProp: want.String()}})
 		if err != nil {
-			return fmt.Errorf("tablestorage: layout row: %w", err)
+			return false, fmt.Errorf("tablestorage: layout row: %w", err)
 		}
 		if _, err := s.c.AddEntity(ctx, b, nil); err != nil && statusOf(err) != http.StatusConflict {
-			return fmt.Errorf("tablestorage: write layout row: %w", err)
+			return false, fmt.Errorf("tablestorage: write layout row: %w", err)
 		}
 		// Read it back: another instance may have created it first.
 	}
+}
+
+// placement is how the table places records (its layout row).
+func (s *Store) placement() layout { return *s.lay.Load() }
+
+// errLayoutChanged fails a write whose records were placed by a layout the table no
+// longer has: it was dropped and made again with another one. Sent again, they are
+// placed by the table's.
+var errLayoutChanged = errors.New("the state table was made again with another layout; try again")
+
+// recreateTable makes a dropped table again (a wiped state table) with its layout row:
+// the one this store places records by, unless another instance wrote one first, which
+// this store then follows (changed). Without the row, an instance starting later would
+// write its own default and place records where this one does not look.
+func (s *Store) recreateTable(ctx context.Context) (changed bool, err error) {
+	if err := s.ensureTable(ctx); err != nil {
+		return false, err
+	}
+	return s.loadLayout(ctx, s.placement())
 }
 
 // Table returns the table's name.
@@ -347,11 +372,11 @@ func (s *Store) Save(ctx context.Context, rec *state.Record) error {
 
 // partitionOf is the partition of a record.
 func (s *Store) partitionOf(entity state.Entity, id string) string {
-	return recordPartition(entity, s.lay.shardOf(id))
+	return recordPartition(entity, s.placement().shardOf(id))
 }
 
 func (s *Store) shardFor(entity state.Entity, id string) *shard {
-	n, k := s.lay.place(id)
+	n, k := s.placement().place(id)
 	key := fmt.Sprintf("%s/%d/%d", entity, n, k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -435,11 +460,13 @@ func (s *Store) saveCounted(ctx context.Context, rec *state.Record, body []byte,
 			return nil
 		}
 		sh.loaded = false // whatever failed, read the shard again before using it
-		if hasCode(err, aztables.TableNotFound) && !tableRecreated {
+		dropped := hasCode(err, aztables.TableNotFound) ||
+			(perr == nil && len(results) > 0 && results[len(results)-1].code == string(aztables.TableNotFound))
+		if dropped && !tableRecreated {
 			// The table was dropped under us (a wiped state table): make it again.
 			tableRecreated = true
-			if err := s.ensureTable(ctx); err != nil {
-				return fail(err)
+			if changed, err := s.recreateTable(ctx); err != nil || changed {
+				return fail(cmp.Or(err, errLayoutChanged))
 			}
 			continue
 		}
@@ -447,13 +474,6 @@ func (s *Store) saveCounted(ctx context.Context, rec *state.Record, body []byte,
 			return fail(err)
 		}
 		f := results[len(results)-1]
-		if f.code == string(aztables.TableNotFound) && !tableRecreated {
-			tableRecreated = true
-			if err := s.ensureTable(ctx); err != nil {
-				return fail(err)
-			}
-			continue
-		}
 		if f.status != http.StatusConflict && f.status != http.StatusPreconditionFailed && f.status != http.StatusNotFound {
 			return fail(fmt.Errorf("%d %s: %s", f.status, f.code, f.message))
 		}
@@ -572,8 +592,9 @@ func (s *Store) Scan(ctx context.Context, entity state.Entity, statuses []state.
 		return nil
 	}
 	// Pages of about 1000 records in all, as one partition's pages would be.
-	top := int32(max(50, (1000+s.lay.shards-1)/s.lay.shards))
-	cursors := make([]*cursor, s.lay.shards)
+	shards := s.placement().shards
+	top := int32(max(50, (1000+shards-1)/shards))
+	cursors := make([]*cursor, shards)
 	for p := range cursors {
 		filter := "PartitionKey eq " + odataString(recordPartition(entity, p)) + " and RowKey lt " + odataString(recordsEnd) + sf
 		c := &cursor{pager: s.c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Top: &top})}
@@ -713,7 +734,7 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 			}
 		}
 		if hasCode(err, aztables.TableNotFound) && attempt == 0 {
-			if err := s.ensureTable(ctx); err != nil {
+			if _, err := s.recreateTable(ctx); err != nil { // docs are placed alike in every layout
 				return fail(err)
 			}
 			continue

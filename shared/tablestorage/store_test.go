@@ -136,7 +136,7 @@ func TestRecordsSpreadOverPartitions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			s := tc.open(t)
-			if got := s.lay.String(); got != tc.layout {
+			if got := s.placement().String(); got != tc.layout {
 				t.Fatalf("layout %q, want %q", got, tc.layout)
 			}
 			// Consecutive ids over several blocks, a few far apart, and a non-decimal id.
@@ -193,8 +193,8 @@ func TestRecordsSpreadOverPartitions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s2.lay != s.lay {
-				t.Fatalf("reopened with layout %v, want %v", s2.lay, s.lay)
+			if s2.placement() != s.placement() {
+				t.Fatalf("reopened with layout %v, want %v", s2.placement(), s.placement())
 			}
 			if r, err := s2.Get(ctx, state.Customer, "37"); err != nil || r.Status != state.Synced {
 				t.Fatalf("get after reopening: %v %v", r, err)

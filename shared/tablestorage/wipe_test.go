@@ -65,3 +65,52 @@ func TestTableDropped(t *testing.T) {
 		t.Fatalf("Counts after starting over: %v, %v", c, err)
 	}
 }
+
+// A dropped table is made again with the layout row of the store that makes it, so an
+// instance that opens it later places records where this one looks; a store that finds
+// another instance's row there follows it, and the write placed by the old one is
+// refused (sent again, it is placed by the new).
+func TestTableDroppedKeepsItsLayout(t *testing.T) {
+	ctx := context.Background()
+	s := newHashLayoutStore(t, 4)
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "1", Status: state.Synced}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.svc.DeleteTable(ctx, s.table, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "2", Status: state.Synced}); err != nil {
+		t.Fatalf("create after drop: %v", err)
+	}
+	later, err := NewFromConnectionString(ctx, connectionString(t), Options{Table: s.Table()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := later.placement(); got != (layout{shards: 4}) {
+		t.Fatalf("a store opened after the table was made again places by %v, want %v", got, layout{shards: 4})
+	}
+	if r, err := later.Get(ctx, state.Customer, "2"); err != nil || r.Status != state.Synced {
+		t.Fatalf("record saved after the drop, read by a later store: %v %v", r, err)
+	}
+
+	// Dropped again, and made again by another instance (by blocks) first.
+	if _, err := s.svc.DeleteTable(ctx, s.table, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.svc.CreateTable(ctx, s.table, nil); err != nil {
+		t.Fatal(err)
+	}
+	blocks := layout{shards: 16, block: blockSize}
+	if changed, err := later.loadLayout(ctx, blocks); err != nil || !changed {
+		t.Fatalf("another instance writing its layout row: changed %v, %v", changed, err)
+	}
+	if changed, err := s.recreateTable(ctx); err != nil || !changed || s.placement() != blocks {
+		t.Fatalf("recreateTable on a table another instance made: changed %v, placement %v, %v", changed, s.placement(), err)
+	}
+	if err := s.Save(ctx, &state.Record{Entity: state.Customer, ID: "3", Status: state.Synced}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := later.Get(ctx, state.Customer, "3"); err != nil || r.Status != state.Synced {
+		t.Fatalf("record saved by the store that followed, read by the other: %v %v", r, err)
+	}
+}
