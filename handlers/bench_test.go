@@ -858,12 +858,22 @@ func BenchmarkImport(b *testing.B) {
 		}
 		if len(stores) > 1 {
 			e, t := rates["embedded"], rates["table"]
-			summary(b, "| initial import, state in Table Storage (Azurite) against the embedded store, one after the other | customers %.0f%%, orders %.0f%% of the embedded import's rate | customers %.0f vs %.0f/s, orders %.0f vs %.0f/s | |",
-				100*t["customers"]/e["customers"], 100*t["orders"]/e["orders"], t["customers"], e["customers"], t["orders"], e["orders"])
+			summary(b, "| initial import, state in Table Storage (Azurite) against the embedded store, one after the other | customers %.0f%%, orders %.0f%% of the embedded import's rate | customers %.0f vs %.0f/s, orders %.0f vs %.0f/s | load average at the end: %s |",
+				100*t["customers"]/e["customers"], 100*t["orders"]/e["orders"], t["customers"], e["customers"], t["orders"], e["orders"], loadAverage())
 			b.ReportMetric(100*t["customers"]/e["customers"], "customers-%embedded")
 			b.ReportMetric(100*t["orders"]/e["orders"], "orders-%embedded")
 		}
 	}
+}
+
+// loadAverage is the machine's 1, 5 and 15-minute load averages (Linux), or "?": other
+// work on the 2 cores moves the figures, so a summary says how busy the machine was.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 // benchImport runs BenchmarkImport's import once with the sync state in store
@@ -951,10 +961,10 @@ func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 		b.ReportMetric(100*rate/idealRecords, prefix+name+"-%ideal")
 		execUsed := (s1.Execution - s0.Execution).Seconds() / real.Seconds()
 		inFlight := (s1.Busy - s0.Busy).Seconds() / real.Seconds()
-		summary(b, "| initial import: %d %s (arrays of 1000), cost model %s, state %s | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound; %.0f/s at the app's %d rows per request) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g) |",
+		summary(b, "| initial import: %d %s (arrays of 1000), cost model %s, state %s | %.0f %s/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound; %.0f/s at the app's %d rows per request) | %d requests = %.1f/s of 20/s allowed (%.1f rows written each), %d rows, execution %.1f s/s of 4 s/s allowed, %d × 429, %.1f requests in flight on average; accepted in %.1f s real, in Dataverse after %.1f s real (TimeScale %g); load average %s |",
 			len(evs), name, model, store, rate, name, sim, 100*rate/idealRecords, idealRecords, ideal.Limit, atBulk, appBulk,
 			reqs, float64(reqs)/sim, perReq, rows, execUsed, s1.Throttled-s0.Throttled,
-			inFlight, accepted.Seconds(), real.Seconds(), scale)
+			inFlight, accepted.Seconds(), real.Seconds(), scale, loadAverage())
 	}
 
 	var cev []json.RawMessage
