@@ -694,6 +694,95 @@ func TestChunkStateInBatches(t *testing.T) {
 	}
 }
 
+// An import of customers the state has never seen: once a chunk's read finds no record,
+// the next chunks claim by creating their records, without reading first. A record that
+// exists after all refuses its create and is claimed on its own, as after a read: an
+// older event does not overwrite a newer one, a held lease is not taken. Chunks whose
+// records mostly exist read first again.
+func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	st := &countingStore{Store: e.st}
+	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, BusyWait: -1,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := example(t, "customer-created.json")[0]
+	chunk := func(from, to int, seq int64) []*nop.Event {
+		var evs []*nop.Event
+		for i := from; i <= to; i++ {
+			evs = append(evs, customerEvent(t, tmpl, i, seq, fmt.Sprintf("v%d-%d@example.test", seq, i), nil))
+		}
+		if msgs, err := nop.Messages(state.Customer, evs); err != nil || len(msgs) != 1 {
+			t.Fatalf("%d messages, %v; the test wants one chunk", len(msgs), err)
+		}
+		return evs
+	}
+	if err := e.deliver(eng, state.Customer, chunk(1, 200, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st.getMany != 1 {
+		t.Fatalf("first chunk: %d GetMany, want 1", st.getMany)
+	}
+	// Customer 250 was applied at a later version meanwhile (a live event); customer 260
+	// is being written by another instance.
+	if err := e.deliver(eng, state.Customer, customerEvent(t, tmpl, 250, 3, "v3-250@example.test", nil)); err != nil {
+		t.Fatal(err)
+	}
+	held := &state.Record{Entity: state.Customer, ID: "260", Status: state.Pending, LeaseOwner: "other/x",
+		LeaseUntil: time.Now().Add(time.Hour)}
+	if err := e.st.Save(context.Background(), held); err != nil {
+		t.Fatal(err)
+	}
+	gets := st.gets
+	err = e.deliver(eng, state.Customer, chunk(201, 400, 1)...)
+	if err == nil || !strings.Contains(err.Error(), "1 of 200") {
+		t.Fatalf("second chunk: %v, want customer 260 reported busy", err)
+	}
+	if st.getMany != 1 {
+		t.Errorf("second chunk of unseen customers: %d GetMany in all, want still 1 (claims without reading)", st.getMany)
+	}
+	if n := st.gets - gets; n != 2 {
+		t.Errorf("second chunk: %d Gets, want 2 (the two customers whose records existed)", n)
+	}
+	if c := e.row("contacts", contactID(1, 250)); c["emailaddress1"] != "v3-250@example.test" {
+		t.Errorf("customer 250: %v, want its later version kept", c["emailaddress1"])
+	}
+	if r := e.rec(state.Customer, 260); r.Status != state.Pending || r.LeaseOwner != "other/x" {
+		t.Errorf("customer 260 (held): %s, lease %q", r.Status, r.LeaseOwner)
+	}
+	for _, id := range []int{201, 300, 400} {
+		if r := e.rec(state.Customer, id); r.Status != state.Synced || r.LeaseOwner != "" {
+			t.Fatalf("customer %d: %s %q, lease %q", id, r.Status, r.Reason, r.LeaseOwner)
+		}
+	}
+
+	// The first 200 again, at version 2: every create is refused, each is claimed on its
+	// own and applied; the next chunk reads first again.
+	if err := e.deliver(eng, state.Customer, chunk(1, 200, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v2-17@example.test" {
+		t.Errorf("customer 17 after version 2: %v", c["emailaddress1"])
+	}
+	if st.getMany != 1 {
+		t.Errorf("%d GetMany, want still 1", st.getMany)
+	}
+	if err := e.deliver(eng, state.Customer, chunk(1, 200, 3)...); err != nil {
+		t.Fatal(err)
+	}
+	if st.getMany != 2 {
+		t.Errorf("a chunk after one whose records existed: %d GetMany in all, want 2 (reads first again)", st.getMany)
+	}
+	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v3-17@example.test" {
+		t.Errorf("customer 17 after version 3: %v", c["emailaddress1"])
+	}
+	counts, err := e.st.Counts(context.Background())
+	if err != nil || counts[state.Customer][state.Synced] != 399 || counts[state.Customer][state.Pending] != 1 {
+		t.Fatalf("counts %v, %v; want 399 synced customers and 1 pending", counts, err)
+	}
+}
+
 // Price list items go to a table without the bulk messages (productpricelevel): an import
 // finds that out once and writes them as change sets, a few requests per chunk. Before,
 // each chunk's refused request was halved down to single writes (about half a request

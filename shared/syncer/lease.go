@@ -50,7 +50,18 @@ type leases struct {
 	// orders the keeper's saves with renew's saves of the same record (both change the
 	// record's ETag and LeaseUntil).
 	kept sync.Map // *state.Record → *sync.Mutex
+
+	// unseen holds the entity kinds whose last chunk found (almost) no record in state:
+	// an import of entities the app has never seen. Their next chunk claims without
+	// reading first (claimEvents).
+	unseen sync.Map // state.Entity → struct{}
 }
+
+// unseenShare is the share of a chunk's records found in state below which the next
+// chunk of that kind claims without reading first, and the share of claims refused
+// (records that existed after all) from which chunks read first again: a claim of a
+// record that exists costs its write and then a read and a claim of its own.
+const unseenShare = 50 // one in 50
 
 // claimOptions are what one kind of claim adds to the common loop.
 type claimOptions struct {
@@ -101,6 +112,13 @@ func eventClaim(ev *nop.Event, force bool) claimOptions {
 // entity. An entity whose lease another writer holds, or whose claim conflicts, goes
 // through claimEvent (which waits and reads again); so does every entity when the
 // batched read fails.
+//
+// While chunks of this kind find (almost) no record in state (an import of new
+// entities), the read is skipped: every claim is the create of a new record, which the
+// store refuses for a record that exists (state.ErrConflict), and such an entity is
+// claimed through claimEvent like any conflicting one. Nothing is claimed that a read
+// would have refused: a create never overwrites a record, so an event older than the
+// stored one, a duplicate or a lease held by another writer all end in the conflict.
 func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*nop.Event, force bool, conc int) ([]*state.Record, []claimResult, []error) {
 	recs := make([]*state.Record, len(evs))
 	res := make([]claimResult, len(evs))
@@ -110,13 +128,27 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 		ids[i] = ev.EntityID()
 	}
 	var later, batch []int
-	got, err := l.st.GetMany(ctx, entity, ids)
-	if err != nil {
+	_, skipRead := l.unseen.Load(entity)
+	if skipRead {
+		now := l.now()
+		for i, ev := range evs {
+			o := eventClaim(ev, force)
+			rec := o.fresh()
+			l.take(rec, o, now)
+			recs[i] = rec
+			batch = append(batch, i)
+		}
+	} else if got, err := l.st.GetMany(ctx, entity, ids); err != nil {
 		l.log.Warn("reading a chunk's sync state at once; reading it entity by entity", "entity", entity, "error", err)
 		for i := range evs {
 			later = append(later, i)
 		}
 	} else {
+		if len(got)*unseenShare < len(ids) {
+			l.unseen.Store(entity, struct{}{})
+		} else {
+			l.unseen.Delete(entity)
+		}
 		now := l.now()
 		for i, ev := range evs {
 			o := eventClaim(ev, force)
@@ -142,17 +174,22 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 		for k, i := range batch {
 			toSave[k] = recs[i]
 		}
+		refused := 0
 		for k, err := range l.st.SaveMany(ctx, toSave) {
 			i := batch[k]
 			switch {
 			case errors.Is(err, state.ErrConflict):
 				recs[i] = nil
-				later = append(later, i) // changed since the read: claim it on its own
+				refused++
+				later = append(later, i) // changed since the read, or not new: claim it on its own
 			case err != nil:
 				recs[i], errs[i] = nil, transient(fmt.Errorf("claiming %s %s: %w", entity, ids[i], err))
 			default:
 				res[i] = claimed
 			}
+		}
+		if skipRead && refused*unseenShare >= len(batch) {
+			l.unseen.Delete(entity) // records exist after all: read first again
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
