@@ -361,15 +361,11 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 				moved = append(moved, sh)
 			}
 		}
+		// The counter rows go first: when another writer moved one, the service stops at
+		// it. Azurite applies a transaction's operations one by one and undoes them when
+		// one fails, at a cost that grows with the table, so a contended counter after a
+		// hundred records cost it a hundred writes and their undoing.
 		ops := make([]aztables.TransactionAction, 0, len(items)+len(moved))
-		for _, it := range items {
-			if it.ifMatch == "" {
-				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: it.body})
-			} else {
-				etag := it.ifMatch
-				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: it.body, IfMatch: &etag})
-			}
-		}
 		for _, sh := range moved {
 			cbody, err := counterEntity(sh.pk, sh.rk, next[sh])
 			if err != nil {
@@ -385,6 +381,15 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: cbody})
 			}
 		}
+		for _, it := range items {
+			if it.ifMatch == "" {
+				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: it.body})
+			} else {
+				etag := it.ifMatch
+				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: it.body, IfMatch: &etag})
+			}
+		}
+		nc := len(moved) // ops[:nc] are counter rows, ops[nc:] the items
 		capt := &capture{}
 		_, err := s.c.SubmitTransaction(context.WithValue(ctx, captureKey{}, capt), ops, nil)
 		results, perr := parseBatch(capt)
@@ -400,10 +405,10 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 				return nil
 			}
 			for k, it := range items {
-				it.rec.ETag, it.rec.UpdatedAt = recordETag(it.rec.Status, results[k].etag), updatedAt
+				it.rec.ETag, it.rec.UpdatedAt = recordETag(it.rec.Status, results[nc+k].etag), updatedAt
 			}
 			for k, sh := range moved {
-				sh.n, sh.etag, sh.exists = next[sh], azcore.ETag(results[len(items)+k].etag), true
+				sh.n, sh.etag, sh.exists = next[sh], azcore.ETag(results[k].etag), true
 			}
 			return nil
 		}
@@ -438,12 +443,12 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 			return nil
 		}
 		switch who := f.index; {
-		case who >= 0 && who < len(items):
-			fail(items[who], fmt.Errorf("stored version differs: %w", state.ErrConflict))
-			items = slices.Delete(items, who, who+1)
-		case who >= len(items) && who < len(ops):
+		case who >= nc && who < len(ops):
+			fail(items[who-nc], fmt.Errorf("stored version differs: %w", state.ErrConflict))
+			items = slices.Delete(items, who-nc, who-nc+1)
+		case who >= 0 && who < nc:
 			if attempt >= counterRetries {
-				sh := moved[who-len(items)]
+				sh := moved[who]
 				for _, it := range items {
 					fail(it, fmt.Errorf("counter %s %s still contended after %d attempts", sh.pk, sh.rk, attempt+1))
 				}
