@@ -645,18 +645,26 @@ func (s *countingStore) SaveMany(ctx context.Context, recs []*state.Record) []er
 	return s.Store.SaveMany(ctx, recs)
 }
 
-// A chunk's claims and results go to the state store in batches: one GetMany for the
-// claims' reads, one SaveMany for the claims, one for the results, instead of a Get and
-// two Saves per entity (three Table Storage round trips each in Azure). An entity
-// another writer holds is claimed on its own (here: found busy, so retried later).
-func TestChunkStateInBatches(t *testing.T) {
-	e := newEnv(t, envOptions{})
+// countingEngine is an engine on e whose state store calls are counted; a lease another
+// writer holds is reported busy at once (BusyWait -1).
+func countingEngine(t *testing.T, e *env) (*Engine, *countingStore) {
+	t.Helper()
 	st := &countingStore{Store: e.st}
 	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, BusyWait: -1,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return eng, st
+}
+
+// A chunk's claims and results go to the state store in batches: one GetMany for the
+// claims' reads, one SaveMany for the claims, one for the results, instead of a Get and
+// two Saves per entity (three Table Storage round trips each in Azure). An entity
+// another writer holds is claimed on its own (here: found busy, so retried later).
+func TestChunkStateInBatches(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	eng, st := countingEngine(t, e)
 	tmpl := example(t, "customer-created.json")[0]
 	held := &state.Record{Entity: state.Customer, ID: "7", Status: state.Pending, LeaseOwner: "other/x",
 		LeaseUntil: time.Now().Add(time.Hour)}
@@ -670,7 +678,7 @@ func TestChunkStateInBatches(t *testing.T) {
 	if msgs, err := nop.Messages(state.Customer, evs); err != nil || len(msgs) != 1 {
 		t.Fatalf("%d messages, %v; the test wants one chunk", len(msgs), err)
 	}
-	err = e.deliver(eng, state.Customer, evs...)
+	err := e.deliver(eng, state.Customer, evs...)
 	if err == nil || !strings.Contains(err.Error(), "1 of 200") {
 		t.Fatalf("chunk: %v, want customer 7 reported busy", err)
 	}
@@ -701,12 +709,7 @@ func TestChunkStateInBatches(t *testing.T) {
 // records mostly exist read first again.
 func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	st := &countingStore{Store: e.st}
-	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, BusyWait: -1,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, st := countingEngine(t, e)
 	tmpl := example(t, "customer-created.json")[0]
 	chunk := func(from, to int, seq int64) []*nop.Event {
 		var evs []*nop.Event
@@ -735,7 +738,7 @@ func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 		t.Fatal(err)
 	}
 	gets := st.gets
-	err = e.deliver(eng, state.Customer, chunk(201, 400, 1)...)
+	err := e.deliver(eng, state.Customer, chunk(201, 400, 1)...)
 	if err == nil || !strings.Contains(err.Error(), "1 of 200") {
 		t.Fatalf("second chunk: %v, want customer 260 reported busy", err)
 	}
