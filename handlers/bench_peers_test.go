@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,9 @@ import (
 // BENCH_INSTANCE_CUSTOMERS each, default 5,000) at the same time; the figure is the
 // customers all three land per simulated second against the simulator's ceiling for that
 // one user, with the 429s and Retry-After violations of the whole run. Limits and cost
-// models as in BenchmarkImport (BENCH_COST_MODEL, BENCH_TIMESCALE).
+// models as in BenchmarkImport (BENCH_COST_MODEL, BENCH_TIMESCALE). BENCH_INSTANCE_ORDERS
+// (default 0: none) adds orders: that many to each busy instance, of its own customers,
+// after the products (threeInstanceOrders).
 //
 // Dataverse's limits are per user, so three instances each keeping to the whole budget
 // would spend three times it: the instances count each other through peer leases in the
@@ -150,6 +153,9 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		summary(b, "| %d instances (%d of them sent customers), one state table (Azurite) and one Dataverse user: %d customers each (arrays of 1000), cost model %s | %.0f customers/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s (%s-bound) | %d × 429, %d Retry-After violations; %d requests (%.1f rows each), %d rows, execution %.1f s/s of 4 s/s allowed, %.1f requests in flight on average; peak RSS and time to 202 per process:%s; TimeScale %g |",
 			instances, busy, each, model, rate, simSec, 100*rate/ideal.Ceiling, ideal.Ceiling, ideal.Limit,
 			throttled, sim.RetryAfterViolations(), reqs, float64(rows)/float64(max(1, reqs-throttled)), rows, execUsed, inFlight, rss, scale)
+		if nOrd := envInt("BENCH_INSTANCE_ORDERS", 0); nOrd > 0 && ctx.Err() == nil {
+			threeInstanceOrders(ctx, b, sim, stores[:busy], each, nOrd, model)
+		}
 		if v := sim.RetryAfterViolations(); v != 0 {
 			b.Errorf("%d requests sent before their Retry-After expired", v)
 		}
@@ -157,4 +163,77 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 			a.stop()
 		}
 	}
+}
+
+// threeInstanceOrders is BenchmarkImportThreeInstances' orders (BENCH_INSTANCE_ORDERS
+// each): products first through the first instance (not measured), then each busy
+// instance is sent orders of its own customers at the same time; the figure is the
+// orders all of them land per simulated second against the simulator's ceiling for the
+// rows Dynamics 365 writes per order.
+func threeInstanceOrders(ctx context.Context, b *testing.B, sim *dataversetest.Server, stores []*storeClient, customersEach, nOrd int, model string) {
+	scale := envFloat("BENCH_TIMESCALE", 1)
+	cat := catalogue(900000, 20, 4, 400)
+	var pev []json.RawMessage
+	for _, p := range cat {
+		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
+	}
+	if err := (&benchRig{store: stores[0]}).importArrays(ctx, "product", pev, 2); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitRows(ctx, sim, "products", len(cat)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := stores[0].waitDrained(ctx, 200*time.Millisecond); err != nil {
+		b.Fatal(err)
+	}
+	evs := make([][]json.RawMessage, len(stores))
+	rows, lines := 0, 0
+	for i := range stores {
+		ids := make([]int, customersEach)
+		for k := range ids {
+			ids[k] = 1 + i*customersEach + k
+		}
+		rng := rand.New(rand.NewPCG(7, uint64(i)))
+		ev, r, l := placedOrders(orders(rng, 500000+i*nOrd, nOrd, ids, cat))
+		evs[i], rows, lines = ev, rows+r, lines+l
+	}
+	s0 := sim.Stats()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(stores))
+	for i, st := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- (&benchRig{store: st}).importArrays(ctx, "order", evs[i], 4)
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	n := len(stores) * nOrd
+	if err := waitRows(ctx, sim, "salesorders", n); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitRows(ctx, sim, "salesorderdetails", lines); err != nil {
+		b.Fatal(err)
+	}
+	for sim.Stats().InFlight > 0 && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	real := time.Since(start)
+	s1 := sim.Stats()
+	simSec := real.Seconds() / scale
+	rate := float64(n) / simSec
+	ideal := sim.IdealThroughput(1000, 52).Ceiling / (float64(rows) / float64(n))
+	reqs, throttled := s1.Requests-s0.Requests, s1.Throttled-s0.Throttled
+	b.ReportMetric(rate, "orders/s-sim")
+	b.ReportMetric(100*rate/ideal, "orders-%ideal")
+	summary(b, "| %d instances, one state table (Azurite) and one Dataverse user: %d orders each (arrays of 1000, %.1f rows written each), cost model %s | %.0f orders/s simulated (%.0f s) | %.0f%% of the ideal %.0f/s | %d × 429, %d Retry-After violations (whole run); %d requests, execution %.1f s/s of 4 s/s allowed; load average %s |",
+		len(stores), nOrd, float64(rows)/float64(n), model, rate, simSec, 100*rate/ideal, ideal, throttled, sim.RetryAfterViolations(),
+		reqs, (s1.Execution-s0.Execution).Seconds()/real.Seconds(), loadAverage())
 }

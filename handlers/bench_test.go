@@ -866,6 +866,24 @@ func BenchmarkImport(b *testing.B) {
 	}
 }
 
+// placedOrders is each order's "placed" event, with the rows Dynamics 365 writes for them
+// however they are sent: the header, each line (the payment fee is one too), and after
+// each line the header again with its totals recalculated (the simulator's Sales rules,
+// as the platform's price calculation does); lines counts the order lines.
+func placedOrders(ords []orderSpec) (evs []json.RawMessage, rows, lines int) {
+	for _, o := range ords {
+		o.stages = []string{"placed"}
+		evs = append(evs, o.events()[0])
+		n := len(o.lines)
+		if o.feeCents > 0 {
+			n++
+		}
+		rows += 1 + 2*n
+		lines += n
+	}
+	return evs, rows, lines
+}
+
 // loadAverage is the machine's 1, 5 and 15-minute load averages (Linux), or "?": other
 // work on the 2 cores moves the figures, so a summary says how busy the machine was.
 func loadAverage() string {
@@ -976,23 +994,7 @@ func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 	measure("customers", "customer", cev, 1, rowCount{"contacts", nCust})
 
 	rng := rand.New(rand.NewPCG(7, 7))
-	ords := orders(rng, 500000, nOrders, ids, cat)
-	var oev []json.RawMessage
-	rows, allLines := 0, 0
-	for _, o := range ords {
-		o.stages = []string{"placed"}
-		oev = append(oev, o.events()[0])
-		// The rows Dynamics 365 writes for an order however it is sent: the header,
-		// each line (the payment fee is one too), and after each line the header
-		// again with its totals recalculated (the simulator's Sales rules, as the
-		// platform's price calculation does).
-		lines := len(o.lines)
-		if o.feeCents > 0 {
-			lines++
-		}
-		rows += 1 + 2*lines
-		allLines += lines
-	}
+	oev, rows, allLines := placedOrders(orders(rng, 500000, nOrders, ids, cat))
 	measure("orders", "order", oev, float64(rows)/float64(nOrders), rowCount{"salesorders", nOrders}, rowCount{"salesorderdetails", allLines})
 	if v := r.sim.RetryAfterViolations(); v != 0 {
 		b.Errorf("%d requests sent before their Retry-After expired", v)
