@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -646,11 +647,11 @@ func (s *countingStore) SaveMany(ctx context.Context, recs []*state.Record) []er
 }
 
 // countingEngine is an engine on e whose state store calls are counted; a lease another
-// writer holds is reported busy at once (BusyWait -1).
-func countingEngine(t *testing.T, e *env) (*Engine, *countingStore) {
+// writer holds is reported busy at once (BusyWait -1). now is its clock (nil: time.Now).
+func countingEngine(t *testing.T, e *env, now func() time.Time) (*Engine, *countingStore) {
 	t.Helper()
 	st := &countingStore{Store: e.st}
-	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, BusyWait: -1,
+	eng, err := New(Options{DV: e.fdv, State: st, Settings: e.set, Concurrency: 4, BusyWait: -1, Now: now,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -664,7 +665,7 @@ func countingEngine(t *testing.T, e *env) (*Engine, *countingStore) {
 // another writer holds is claimed on its own (here: found busy, so retried later).
 func TestChunkStateInBatches(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	eng, st := countingEngine(t, e)
+	eng, st := countingEngine(t, e, nil)
 	tmpl := example(t, "customer-created.json")[0]
 	held := &state.Record{Entity: state.Customer, ID: "7", Status: state.Pending, LeaseOwner: "other/x",
 		LeaseUntil: time.Now().Add(time.Hour)}
@@ -709,7 +710,8 @@ func TestChunkStateInBatches(t *testing.T) {
 // records mostly exist read first again.
 func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	eng, st := countingEngine(t, e)
+	var skew atomic.Int64 // how far the engine's clock is ahead
+	eng, st := countingEngine(t, e, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
 	tmpl := example(t, "customer-created.json")[0]
 	chunk := func(from, to int, seq int64) []*nop.Event {
 		var evs []*nop.Event
@@ -760,6 +762,22 @@ func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 		}
 	}
 
+	// A minute later, new customers again: the chunk reads first (what the last chunks
+	// found no longer says what this one will), then the next skips its read again.
+	skew.Store(int64(unseenFor + time.Second))
+	if err := e.deliver(eng, state.Customer, chunk(401, 600, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st.getMany != 2 {
+		t.Errorf("a chunk %s after the last: %d GetMany in all, want 2 (reads first)", unseenFor, st.getMany)
+	}
+	if err := e.deliver(eng, state.Customer, chunk(601, 800, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st.getMany != 2 {
+		t.Errorf("the chunk after it: %d GetMany in all, want still 2", st.getMany)
+	}
+
 	// The first 200 again, at version 2: every create is refused, each is claimed on its
 	// own and applied; the next chunk reads first again.
 	if err := e.deliver(eng, state.Customer, chunk(1, 200, 2)...); err != nil {
@@ -768,21 +786,21 @@ func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v2-17@example.test" {
 		t.Errorf("customer 17 after version 2: %v", c["emailaddress1"])
 	}
-	if st.getMany != 1 {
-		t.Errorf("%d GetMany, want still 1", st.getMany)
+	if st.getMany != 2 {
+		t.Errorf("%d GetMany, want still 2", st.getMany)
 	}
 	if err := e.deliver(eng, state.Customer, chunk(1, 200, 3)...); err != nil {
 		t.Fatal(err)
 	}
-	if st.getMany != 2 {
-		t.Errorf("a chunk after one whose records existed: %d GetMany in all, want 2 (reads first again)", st.getMany)
+	if st.getMany != 3 {
+		t.Errorf("a chunk after one whose records existed: %d GetMany in all, want 3 (reads first again)", st.getMany)
 	}
 	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v3-17@example.test" {
 		t.Errorf("customer 17 after version 3: %v", c["emailaddress1"])
 	}
 	counts, err := e.st.Counts(context.Background())
-	if err != nil || counts[state.Customer][state.Synced] != 399 || counts[state.Customer][state.Pending] != 1 {
-		t.Fatalf("counts %v, %v; want 399 synced customers and 1 pending", counts, err)
+	if err != nil || counts[state.Customer][state.Synced] != 799 || counts[state.Customer][state.Pending] != 1 {
+		t.Fatalf("counts %v, %v; want 799 synced customers and 1 pending", counts, err)
 	}
 }
 

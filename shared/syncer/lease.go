@@ -51,11 +51,16 @@ type leases struct {
 	// record's ETag and LeaseUntil).
 	kept sync.Map // *state.Record → *sync.Mutex
 
-	// unseen holds the entity kinds whose last chunk found (almost) no record in state:
-	// an import of entities the app has never seen. Their next chunk claims without
-	// reading first (claimEvents).
-	unseen sync.Map // state.Entity → struct{}
+	// unseen holds the entity kinds whose last chunk found (almost) no record in state,
+	// with when it did: an import of entities the app has never seen. Their next chunk
+	// within unseenFor claims without reading first (claimEvents).
+	unseen sync.Map // state.Entity → time.Time
 }
+
+// unseenFor is how long a chunk that found no record lets the next ones skip their reads:
+// an import's chunks follow each other within it; later work (an auto-sync run hours
+// after the import, a re-sync) reads first again.
+const unseenFor = time.Minute
 
 // unseenShare is the share of a chunk's records found in state below which the next
 // chunk of that kind claims without reading first, and the share of claims refused
@@ -128,7 +133,10 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 		ids[i] = ev.EntityID()
 	}
 	var later, batch []int
-	_, skipRead := l.unseen.Load(entity)
+	skipRead := false
+	if at, ok := l.unseen.Load(entity); ok && l.now().Sub(at.(time.Time)) < unseenFor {
+		skipRead = true
+	}
 	if skipRead {
 		now := l.now()
 		for i, ev := range evs {
@@ -145,7 +153,7 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 		}
 	} else {
 		if len(got)*unseenShare < len(ids) {
-			l.unseen.Store(entity, struct{}{})
+			l.unseen.Store(entity, l.now())
 		} else {
 			l.unseen.Delete(entity)
 		}
@@ -188,8 +196,11 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 				res[i] = claimed
 			}
 		}
-		if skipRead && refused*unseenShare >= len(batch) {
+		switch {
+		case skipRead && refused*unseenShare >= len(batch):
 			l.unseen.Delete(entity) // records exist after all: read first again
+		case skipRead:
+			l.unseen.Store(entity, l.now()) // still new ones
 		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
