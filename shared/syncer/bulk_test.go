@@ -762,45 +762,79 @@ func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 		}
 	}
 
+	// The same chunk delivered again (a redelivery): its first claim, made alone, is
+	// refused, so it reads first and finds its events applied, without a claim of its own
+	// for each.
+	gets, saves := st.gets, st.saveMany
+	err = e.deliver(eng, state.Customer, chunk(201, 400, 1)...)
+	if err == nil || !strings.Contains(err.Error(), "1 of 200") {
+		t.Fatalf("second chunk again: %v, want customer 260 reported busy", err)
+	}
+	if st.getMany != 2 || st.gets-gets != 1 || st.saveMany-saves != 1 {
+		t.Errorf("second chunk again: %d GetMany in all (want 2), %d Gets (want 1: the held one), %d SaveMany (want 1: the first claim)",
+			st.getMany, st.gets-gets, st.saveMany-saves)
+	}
+
 	// A minute later, new customers again: the chunk reads first (what the last chunks
 	// found no longer says what this one will), then the next skips its read again.
 	skew.Store(int64(unseenFor + time.Second))
 	if err := e.deliver(eng, state.Customer, chunk(401, 600, 1)...); err != nil {
 		t.Fatal(err)
 	}
-	if st.getMany != 2 {
-		t.Errorf("a chunk %s after the last: %d GetMany in all, want 2 (reads first)", unseenFor, st.getMany)
+	if st.getMany != 3 {
+		t.Errorf("a chunk %s after the last: %d GetMany in all, want 3 (reads first)", unseenFor, st.getMany)
 	}
 	if err := e.deliver(eng, state.Customer, chunk(601, 800, 1)...); err != nil {
 		t.Fatal(err)
 	}
-	if st.getMany != 2 {
-		t.Errorf("the chunk after it: %d GetMany in all, want still 2", st.getMany)
+	if st.getMany != 3 {
+		t.Errorf("the chunk after it: %d GetMany in all, want still 3", st.getMany)
 	}
 
-	// The first 200 again, at version 2: every create is refused, each is claimed on its
-	// own and applied; the next chunk reads first again.
+	// The first 200 again, at version 2: the first claim, made alone, is refused, so the
+	// chunk reads first and every customer is applied; so does the next chunk.
 	if err := e.deliver(eng, state.Customer, chunk(1, 200, 2)...); err != nil {
 		t.Fatal(err)
 	}
 	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v2-17@example.test" {
 		t.Errorf("customer 17 after version 2: %v", c["emailaddress1"])
 	}
-	if st.getMany != 2 {
-		t.Errorf("%d GetMany, want still 2", st.getMany)
+	if st.getMany != 4 {
+		t.Errorf("%d GetMany, want 4 (reads first)", st.getMany)
 	}
 	if err := e.deliver(eng, state.Customer, chunk(1, 200, 3)...); err != nil {
 		t.Fatal(err)
 	}
-	if st.getMany != 3 {
-		t.Errorf("a chunk after one whose records existed: %d GetMany in all, want 3 (reads first again)", st.getMany)
+	if st.getMany != 5 {
+		t.Errorf("a chunk after one whose records existed: %d GetMany in all, want 5 (reads first again)", st.getMany)
 	}
 	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v3-17@example.test" {
 		t.Errorf("customer 17 after version 3: %v", c["emailaddress1"])
 	}
+
+	// New customers again (a read finds none), then a chunk whose first customer is new
+	// but whose others exist: the first claim goes through, the others' creates are
+	// refused and each is claimed on its own and applied; the chunk after reads first.
+	if err := e.deliver(eng, state.Customer, chunk(1001, 1200, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	mixed := append(chunk(1300, 1300, 1), chunk(2, 200, 4)...)
+	if err := e.deliver(eng, state.Customer, mixed...); err != nil {
+		t.Fatal(err)
+	}
+	if c := e.row("contacts", contactID(1, 17)); c["emailaddress1"] != "v4-17@example.test" {
+		t.Errorf("customer 17 after version 4: %v", c["emailaddress1"])
+	}
+	n := st.getMany
+	if err := e.deliver(eng, state.Customer, chunk(1401, 1600, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if st.getMany != n+1 {
+		t.Errorf("a chunk after one whose creates were refused: %d GetMany, want 1 (reads first)", st.getMany-n)
+	}
 	counts, err := e.st.Counts(context.Background())
-	if err != nil || counts[state.Customer][state.Synced] != 799 || counts[state.Customer][state.Pending] != 1 {
-		t.Fatalf("counts %v, %v; want 799 synced customers and 1 pending", counts, err)
+	if err != nil || counts[state.Customer][state.Synced] != 1200 || counts[state.Customer][state.Pending] != 1 {
+		t.Fatalf("counts %v, %v; want 1,200 synced customers and 1 pending", counts, err)
 	}
 }
 

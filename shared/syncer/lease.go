@@ -119,9 +119,10 @@ func eventClaim(ev *nop.Event, force bool) claimOptions {
 // batched read fails.
 //
 // While chunks of this kind find (almost) no record in state (an import of new
-// entities), the read is skipped: every claim is the create of a new record, which the
-// store refuses for a record that exists (state.ErrConflict), and such an entity is
-// claimed through claimEvent like any conflicting one. Nothing is claimed that a read
+// entities), the read is skipped once the first entity's claim, made alone, went
+// through: every claim is the create of a new record, which the store refuses for a
+// record that exists (state.ErrConflict), and such an entity is claimed through
+// claimEvent like any conflicting one. Nothing is claimed that a read
 // would have refused: a create never overwrites a record, so an event older than the
 // stored one, a duplicate or a lease held by another writer all end in the conflict.
 func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*nop.Event, force bool, conc int) ([]*state.Record, []claimResult, []error) {
@@ -134,17 +135,29 @@ func (l *leases) claimEvents(ctx context.Context, entity state.Entity, evs []*no
 	}
 	var later, batch []int
 	skipRead := false
-	if at, ok := l.unseen.Load(entity); ok && l.now().Sub(at.(time.Time)) < unseenFor {
-		skipRead = true
+	if at, ok := l.unseen.Load(entity); ok && len(evs) > 0 && l.now().Sub(at.(time.Time)) < unseenFor {
+		// A probe first: the first entity's claim alone. A chunk sent again (a redelivery)
+		// finds its records stored, and each of its creates would be refused on its own
+		// (in Table Storage, a transaction sent again per refused record): it reads first.
+		o := eventClaim(evs[0], force)
+		rec := o.fresh()
+		l.take(rec, o, l.now())
+		err := l.st.SaveMany(ctx, []*state.Record{rec})[0]
+		switch {
+		case err == nil:
+			recs[0], res[0], skipRead = rec, claimed, true
+		case errors.Is(err, state.ErrConflict):
+			l.unseen.Delete(entity)
+		}
 	}
 	if skipRead {
 		now := l.now()
-		for i, ev := range evs {
+		for i, ev := range evs[1:] {
 			o := eventClaim(ev, force)
 			rec := o.fresh()
 			l.take(rec, o, now)
-			recs[i] = rec
-			batch = append(batch, i)
+			recs[i+1] = rec
+			batch = append(batch, i+1)
 		}
 	} else if got, err := l.st.GetMany(ctx, entity, ids); err != nil {
 		l.log.Warn("reading a chunk's sync state at once; reading it entity by entity", "entity", entity, "error", err)
