@@ -1,7 +1,6 @@
 package tablestorage
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -415,16 +414,12 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 		for _, sh := range moved {
 			sh.loaded = false // whatever failed, read the counter again before using it
 		}
-		var f opResult
-		if perr == nil && len(results) > 0 {
-			f = results[len(results)-1]
-		}
-		if (hasCode(err, aztables.TableNotFound) || f.code == string(aztables.TableNotFound)) && !tableRecreated {
+		if tableDropped(err, results, perr) && !tableRecreated {
 			// The table was dropped under us (a wiped state table): make it again.
 			tableRecreated = true
-			if changed, err := s.recreateTable(ctx); err != nil || changed {
+			if err := s.recreateTable(ctx); err != nil {
 				for _, it := range items {
-					fail(it, cmp.Or(err, errLayoutChanged))
+					fail(it, err)
 				}
 				return nil
 			}
@@ -436,6 +431,7 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 			}
 			return nil
 		}
+		f := results[len(results)-1]
 		if f.status != http.StatusConflict && f.status != http.StatusPreconditionFailed && f.status != http.StatusNotFound {
 			for _, it := range items {
 				fail(it, fmt.Errorf("transaction of %d records: %d %s: %s", len(items), f.status, f.code, f.message))

@@ -51,7 +51,6 @@
 package tablestorage
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -254,13 +253,25 @@ var errLayoutChanged = errors.New("the state table was made again with another l
 
 // recreateTable makes a dropped table again (a wiped state table) with its layout row:
 // the one this store places records by, unless another instance wrote one first, which
-// this store then follows (changed). Without the row, an instance starting later would
-// write its own default and place records where this one does not look.
-func (s *Store) recreateTable(ctx context.Context) (changed bool, err error) {
+// this store then follows and reports with errLayoutChanged. Without the row, an
+// instance starting later would write its own default and place records where this one
+// does not look.
+func (s *Store) recreateTable(ctx context.Context) error {
 	if err := s.ensureTable(ctx); err != nil {
-		return false, err
+		return err
 	}
-	return s.loadLayout(ctx, s.placement())
+	changed, err := s.loadLayout(ctx, s.placement())
+	if err == nil && changed {
+		err = errLayoutChanged
+	}
+	return err
+}
+
+// tableDropped reports whether a transaction failed because its table is gone: the
+// service says so for the whole request or, in the answer's last part, for an operation.
+func tableDropped(err error, results []opResult, perr error) bool {
+	return hasCode(err, aztables.TableNotFound) ||
+		(perr == nil && len(results) > 0 && results[len(results)-1].code == string(aztables.TableNotFound))
 }
 
 // Table returns the table's name.
@@ -460,13 +471,11 @@ func (s *Store) saveCounted(ctx context.Context, rec *state.Record, body []byte,
 			return nil
 		}
 		sh.loaded = false // whatever failed, read the shard again before using it
-		dropped := hasCode(err, aztables.TableNotFound) ||
-			(perr == nil && len(results) > 0 && results[len(results)-1].code == string(aztables.TableNotFound))
-		if dropped && !tableRecreated {
+		if tableDropped(err, results, perr) && !tableRecreated {
 			// The table was dropped under us (a wiped state table): make it again.
 			tableRecreated = true
-			if changed, err := s.recreateTable(ctx); err != nil || changed {
-				return fail(cmp.Or(err, errLayoutChanged))
+			if err := s.recreateTable(ctx); err != nil {
+				return fail(err)
 			}
 			continue
 		}
@@ -734,7 +743,7 @@ func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
 			}
 		}
 		if hasCode(err, aztables.TableNotFound) && attempt == 0 {
-			if _, err := s.recreateTable(ctx); err != nil { // docs are placed alike in every layout
+			if err := s.recreateTable(ctx); err != nil && !errors.Is(err, errLayoutChanged) { // docs are placed alike in every layout
 				return fail(err)
 			}
 			continue
