@@ -116,11 +116,7 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		if err := waitRows(ctx, sim, "contacts", busy*each); err != nil {
 			b.Fatal(err)
 		}
-		// A write's rows show while it still takes its execution time: done is when the
-		// last request has been answered.
-		for sim.Stats().InFlight > 0 && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitAnswered(ctx, sim)
 		real := time.Since(start)
 		s1 := sim.Stats()
 		tick.Stop()
@@ -172,20 +168,7 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 // rows Dynamics 365 writes per order.
 func threeInstanceOrders(ctx context.Context, b *testing.B, sim *dataversetest.Server, stores []*storeClient, customersEach, nOrd int, model string) {
 	scale := envFloat("BENCH_TIMESCALE", 1)
-	cat := catalogue(900000, 20, 4, 400)
-	var pev []json.RawMessage
-	for _, p := range cat {
-		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
-	}
-	if err := (&benchRig{store: stores[0]}).importArrays(ctx, "product", pev, 2); err != nil {
-		b.Fatal(err)
-	}
-	if err := waitRows(ctx, sim, "products", len(cat)); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := stores[0].waitDrained(ctx, 200*time.Millisecond); err != nil {
-		b.Fatal(err)
-	}
+	cat := importCatalogue(ctx, b, stores[0], sim)
 	evs := make([][]json.RawMessage, len(stores))
 	rows, lines := 0, 0
 	for i := range stores {
@@ -222,9 +205,7 @@ func threeInstanceOrders(ctx context.Context, b *testing.B, sim *dataversetest.S
 	if err := waitRows(ctx, sim, "salesorderdetails", lines); err != nil {
 		b.Fatal(err)
 	}
-	for sim.Stats().InFlight > 0 && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitAnswered(ctx, sim)
 	real := time.Since(start)
 	s1 := sim.Stats()
 	simSec := real.Seconds() / scale

@@ -144,9 +144,7 @@ func BenchmarkStoreSync(b *testing.B) {
 		if _, err := r.store.waitDrained(ctx, 500*time.Millisecond); err != nil {
 			b.Fatal(err)
 		}
-		for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitAnswered(ctx, r.sim)
 		real := time.Since(start)
 		s1 := r.sim.Stats()
 		stopTimeline()

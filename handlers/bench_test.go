@@ -775,6 +775,37 @@ func (r *benchRig) importArrays(ctx context.Context, entity string, evs []json.R
 	return nil
 }
 
+// waitAnswered waits until the simulator has answered every request (or ctx ends): it
+// shows a write's rows while the write still takes its execution time, so a run is done
+// when its last request has been answered, not when its rows show.
+func waitAnswered(ctx context.Context, sim *dataversetest.Server) {
+	for sim.Stats().InFlight > 0 && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// importCatalogue sends the benchmarks' catalogue (20 families of 4 and 400 simple
+// products) through store, as an import sends products before orders, and waits until
+// every product is in the simulator and the app's queues are drained.
+func importCatalogue(ctx context.Context, b testing.TB, store *storeClient, sim *dataversetest.Server) []productSpec {
+	b.Helper()
+	cat := catalogue(900000, 20, 4, 400)
+	var pev []json.RawMessage
+	for _, p := range cat {
+		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
+	}
+	if err := (&benchRig{store: store}).importArrays(ctx, "product", pev, 2); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitRows(ctx, sim, "products", len(cat)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := store.waitDrained(ctx, 200*time.Millisecond); err != nil {
+		b.Fatal(err)
+	}
+	return cat
+}
+
 // waitRows waits until the simulator holds want rows of set (or ctx ends).
 func waitRows(ctx context.Context, sim *dataversetest.Server, set string, want int) error {
 	for sim.Count(set) < want {
@@ -853,8 +884,7 @@ func BenchmarkImport(b *testing.B) {
 		rates := map[string]map[string]float64{}
 		for _, st := range stores {
 			rates[st] = benchImport(b, st, len(stores) > 1)
-			runtime.GC()
-			debug.FreeOSMemory()
+			debug.FreeOSMemory() // a collection, then the freed memory back to the system
 		}
 		if len(stores) > 1 {
 			e, t := rates["embedded"], rates["table"]
@@ -917,20 +947,7 @@ func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	// Products first (not measured), as an import would send them before orders.
-	cat := catalogue(900000, 20, 4, 400)
-	var pev []json.RawMessage
-	for _, p := range cat {
-		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
-	}
-	if err := r.importArrays(ctx, "product", pev, 2); err != nil {
-		b.Fatal(err)
-	}
-	if err := waitRows(ctx, r.sim, "products", len(cat)); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := r.store.waitDrained(ctx, 200*time.Millisecond); err != nil {
-		b.Fatal(err)
-	}
+	cat := importCatalogue(ctx, b, r.store, r.sim)
 
 	// measure imports evs and waits until every set holds its count of rows (an order
 	// is in Dataverse when its lines are).
@@ -954,11 +971,7 @@ func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 				b.Fatal(err)
 			}
 		}
-		// The simulator shows a write's rows while it still takes its execution time:
-		// done is when the last request has been answered.
-		for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitAnswered(ctx, r.sim)
 		real := time.Since(start)
 		s1 := r.sim.Stats()
 		n := float64(len(evs))
@@ -1159,9 +1172,7 @@ func BenchmarkLiveDuringImportLatency(b *testing.B) {
 			if err := <-errc; err != nil {
 				b.Fatal(err)
 			}
-			for r.sim.Stats().InFlight > 0 && ctx.Err() == nil {
-				time.Sleep(5 * time.Millisecond)
-			}
+			waitAnswered(ctx, r.sim)
 			d := time.Since(start)
 			return float64(nCust) / d.Seconds(), d
 		}
