@@ -69,10 +69,11 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		defer cancel()
 		s0 := sim.Stats()
 		start := time.Now()
-		// Every 5 s: the execution time the simulator charged per second and its requests, to
+		// Every 5 s (BENCH_TIMELINE_SECONDS): the execution time the simulator charged per second and its requests, to
 		// tell pacing (bursts, then pauses) from a slower feed (an even, lower spend).
 		var timeline []string
-		tick := time.NewTicker(5 * time.Second)
+		every := time.Duration(envFloat("BENCH_TIMELINE_SECONDS", 5) * float64(time.Second))
+		tick := time.NewTicker(every)
 		stopTick := make(chan struct{})
 		tickDone := make(chan struct{})
 		go func() {
@@ -84,7 +85,7 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 					return
 				case <-tick.C:
 					cur := sim.Stats()
-					timeline = append(timeline, fmt.Sprintf("%.1f/%d", (cur.Execution-prev.Execution).Seconds()/5, cur.Requests-prev.Requests))
+					timeline = append(timeline, fmt.Sprintf("%.1f/%d", (cur.Execution-prev.Execution).Seconds()/every.Seconds(), cur.Requests-prev.Requests))
 					prev = cur
 				}
 			}
@@ -122,7 +123,8 @@ func BenchmarkImportThreeInstances(b *testing.B) {
 		tick.Stop()
 		close(stopTick)
 		<-tickDone
-		b.Logf("execution s/s / requests, per 5 s: %s", strings.Join(timeline, " "))
+		b.Logf("execution s/s / requests, per %v: %s", every, strings.Join(timeline, " "))
+		printOperations(s0, s1)
 		n := busy * each
 		simSec := real.Seconds() / scale
 		rate := float64(n) / simSec

@@ -51,7 +51,8 @@ const budgetSpans = 10
 // which request that is, is the semaphore's business.
 //
 // A request's execution time is estimated from its latency (sending the request to
-// receiving the whole answer), an upper bound of the time the server spent on it. When
+// receiving the whole answer), an upper bound of the time the server spent on it, and
+// charged to the moment it was sent (done). When
 // answers carry x-ms-ratelimit-time-remaining-xrm-requests and
 // x-ms-ratelimit-burst-remaining-xrm-requests (reported by third parties, not in
 // Microsoft's pages), they also hold requests back while the server reports less than
@@ -112,6 +113,18 @@ func newBudget(l Limits) *budget {
 		marginOf: 1 - l.Share,
 		wake:     make(chan struct{}),
 	}
+}
+
+// insertLocked adds c to the charges, which stay in time order: requests are answered
+// in another order than they were sent.
+func (b *budget) insertLocked(c charge) {
+	i := len(b.spent)
+	for i > 0 && b.spent[i-1].at.After(c.at) {
+		i--
+	}
+	b.spent = append(b.spent, charge{})
+	copy(b.spent[i+1:], b.spent[i:])
+	b.spent[i] = c
 }
 
 // pruneLocked drops charges older than a span.
@@ -242,9 +255,13 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	b.nflight--
 	b.nclass[r.p]--
 	b.pruneLocked(now)
-	// Charged when answered, no earlier than the server counted the request and its
-	// execution time, so they leave the span no earlier than they leave the server's window.
-	b.spent = append(b.spent, charge{at: now, exec: lat, reqs: 1})
+	// Charged at the moment it was sent, kept in time order. A server that charges a
+	// request when it has run charges it a latency later, and the next span's requests
+	// leave a latency later too, so both windows slide alike: charged at the answer, every
+	// span's first requests would wait one latency more than the server makes them, and
+	// instances that spend their parts in bursts would lose that at every span. A charge
+	// that leaves the span before the server's does is within the margin.
+	b.insertLocked(charge{at: r.start, exec: lat, reqs: 1})
 	b.execSum += lat
 	b.reqSum++
 	if lat > 0 {

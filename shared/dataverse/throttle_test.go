@@ -395,3 +395,37 @@ func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
 		t.Fatalf("live estimate %v not apart from bulk %v", b.estimate(Live), b.estimate(Bulk))
 	}
 }
+
+// A request is charged at the moment it was sent: the span has room again a span after
+// that, not a span after its answer, as a server that counts requests as they arrive
+// (and their execution as it ends, a latency later for both) sees it. Answers that come
+// in another order than their requests went keep the charges in time order.
+func TestBudgetChargesWhenSent(t *testing.T) {
+	b := newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 10 * time.Second, Share: 0.9})
+	// a span is 2 s with 0.9 s to spend; a request of 0.8 s fills it
+	r, d, _ := b.try(Bulk, 0)
+	if r == nil {
+		t.Fatalf("first request held %v", d)
+	}
+	r.start = time.Now().Add(-800 * time.Millisecond)
+	b.done(r, nil)
+	r, d, _ = b.try(Bulk, 0)
+	if r != nil {
+		t.Fatal("a request beyond the span's budget went")
+	}
+	// room again 2 s after it was sent: 1.2 s from now (charged at the answer: 2 s)
+	if d < 1100*time.Millisecond || d > 1300*time.Millisecond {
+		t.Fatalf("wait %v, want about 1.2 s", d)
+	}
+
+	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
+	first, _, _ := b.try(Bulk, 0)
+	second, _, _ := b.try(Bulk, 0)
+	now := time.Now()
+	first.start, second.start = now.Add(-100*time.Millisecond), now.Add(-500*time.Millisecond)
+	b.done(first, nil)
+	b.done(second, nil)
+	if len(b.spent) != 2 || !b.spent[0].at.Equal(second.start) || !b.spent[1].at.Equal(first.start) {
+		t.Fatalf("charges not in the order their requests were sent: %+v", b.spent)
+	}
+}
