@@ -78,7 +78,8 @@ type budget struct {
 	nflight  int
 	nclass   [2]int           // requests in flight by Priority
 	est      [2]time.Duration // moving average of a request's execution time, by Priority
-	wake     chan struct{}    // closed when a request is answered
+	kinds    map[string]*kindEstimate // by request kind (requestKind)
+	wake     chan struct{}            // closed when a request is answered
 
 	// What the server last reported, and the most it ever reported (its full budget).
 	hdrAt              time.Time
@@ -100,7 +101,28 @@ type reservation struct {
 	est   time.Duration
 	start time.Time
 	p     Priority
+	kind  requestKind
 }
+
+// requestKind is what the pacer knows of a request before it leaves: its kind (method
+// and path with the keys left out, e.g. "POST /api/data/v9.2/$batch") and the length of
+// its body. A $batch of a hundred parts runs them one after another and takes many times
+// as long as one of ten, or as an average request: held in flight at the average, a few
+// of them would be counted at a fraction of what the server charges.
+type requestKind struct {
+	name string
+	size int64 // body bytes, 0 when none or unknown
+}
+
+// kindEstimate is what requests of one kind took: their latency, and their latency per
+// body byte, as moving averages.
+type kindEstimate struct {
+	lat     time.Duration
+	perByte float64 // nanoseconds
+}
+
+// maxKinds bounds the kinds estimated apart; kinds beyond it get their class's estimate.
+const maxKinds = 256
 
 func newBudget(l Limits) *budget {
 	l = l.withDefaults()
@@ -141,11 +163,11 @@ func (b *budget) pruneLocked(now time.Time) {
 
 // waitLocked is how long a request must wait before the projected spend fits, 0 when
 // it may leave now; poll reports a wait that only an answer can shorten.
-func (b *budget) waitLocked(now time.Time, p Priority) (d time.Duration, poll bool) {
+func (b *budget) waitLocked(now time.Time, p Priority, est time.Duration) (d time.Duration, poll bool) {
 	b.pruneLocked(now)
-	need := b.execSum + b.inflight + b.estimate(p)
+	need := b.execSum + b.inflight + est
 	reqs := b.reqSum + b.nflight + 1
-	if hd, hpoll := b.headerWaitLocked(now, p); hd > 0 {
+	if hd, hpoll := b.headerWaitLocked(now, p, est); hd > 0 {
 		return hd, hpoll
 	}
 	execCap, reqCap := b.execCap, b.reqCap
@@ -177,7 +199,7 @@ func (b *budget) waitLocked(now time.Time, p Priority) (d time.Duration, poll bo
 // headerWaitLocked holds requests while the server's own figures, reported less than a
 // span ago, leave less than half the margin after this request. With
 // nothing in flight one request goes through to learn the current figures.
-func (b *budget) headerWaitLocked(now time.Time, p Priority) (time.Duration, bool) {
+func (b *budget) headerWaitLocked(now time.Time, p Priority, est time.Duration) (time.Duration, bool) {
 	// Live requests in flight don't hold bulk work's probe: they come and go all the time.
 	if b.hdrAt.IsZero() || now.Sub(b.hdrAt) > b.span || b.nclass[p] == 0 {
 		return 0, false
@@ -189,7 +211,7 @@ func (b *budget) headerWaitLocked(now time.Time, p Priority) (time.Duration, boo
 		keep = b.marginOf / 4
 	}
 	if b.timeMax > 0 {
-		left := b.timeLeft - float64(b.estimate(p)/time.Millisecond)
+		left := b.timeLeft - float64(est/time.Millisecond)
 		if left < keep*b.timeMax {
 			return b.span, true
 		}
@@ -216,18 +238,66 @@ func (b *budget) estimate(p Priority) time.Duration {
 	return b.est[1-p]
 }
 
+// estimateKindLocked is a request's expected execution time: its length at the latency
+// per byte of its kind, else its kind's latency, else its class's (estimate).
+func (b *budget) estimateKindLocked(p Priority, k requestKind) time.Duration {
+	if e := b.kinds[k.name]; k.name != "" && e != nil {
+		if k.size > 0 && e.perByte > 0 {
+			return time.Duration(e.perByte * float64(k.size))
+		}
+		return e.lat
+	}
+	return b.estimate(p)
+}
+
+// learnKindLocked adds an answered request of kind k that took lat to its kind's averages.
+func (b *budget) learnKindLocked(k requestKind, lat time.Duration) {
+	if k.name == "" || lat <= 0 {
+		return
+	}
+	e := b.kinds[k.name]
+	if e == nil {
+		if len(b.kinds) >= maxKinds {
+			return
+		}
+		if b.kinds == nil {
+			b.kinds = map[string]*kindEstimate{}
+		}
+		e = &kindEstimate{lat: lat}
+		if k.size > 0 {
+			e.perByte = float64(lat) / float64(k.size)
+		}
+		b.kinds[k.name] = e
+		return
+	}
+	e.lat = (4*e.lat + lat) / 5
+	if k.size > 0 {
+		if pb := float64(lat) / float64(k.size); e.perByte == 0 {
+			e.perByte = pb
+		} else {
+			e.perByte = (4*e.perByte + pb) / 5
+		}
+	}
+}
+
 // try reserves the request's estimate when it fits the budget now; otherwise it says how
 // long to wait at most and returns a channel closed when an answer may make room. waited
 // is how long the request has waited so far (for PacingStats).
 func (b *budget) try(p Priority, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
+	return b.tryKind(p, requestKind{}, waited)
+}
+
+// tryKind is try for a request of kind k, estimated as its kind's requests went.
+func (b *budget) tryKind(p Priority, k requestKind, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	d, _ := b.waitLocked(now, p)
+	est := b.estimateKindLocked(p, k)
+	d, _ := b.waitLocked(now, p, est)
 	if d > 0 {
 		return nil, d, b.wake
 	}
-	r := &reservation{est: b.estimate(p), start: now, p: p}
+	r := &reservation{est: est, start: now, p: p, kind: k}
 	b.inflight += r.est
 	b.nflight++
 	b.nclass[p]++
@@ -255,15 +325,24 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	b.nflight--
 	b.nclass[r.p]--
 	b.pruneLocked(now)
-	// Charged at the moment it was sent, kept in time order. A server that charges a
-	// request when it has run charges it a latency later, and the next span's requests
-	// leave a latency later too, so both windows slide alike: charged at the answer, every
-	// span's first requests would wait one latency more than the server makes them, and
-	// instances that spend their parts in bursts would lose that at every span. A charge
-	// that leaves the span before the server's does is within the margin.
-	b.insertLocked(charge{at: r.start, exec: lat, reqs: 1})
+	// Charged when it was sent, kept in time order; one that took longer than its class
+	// usually does, that usual latency before its answer. A server counts a request when it
+	// arrives and its execution time when it has run, a latency later, and the next span's
+	// requests are charged a latency after they leave too, so both windows slide alike:
+	// charged at the answer, every span's first requests would wait a latency more than
+	// the server makes them, and instances that spend their parts in bursts, then wait,
+	// would lose that at every span. A charge leaves the span before the server's by at
+	// most that usual latency, so what leaves early at once is about what is in flight,
+	// which the projection counts in full before the server charges any of it; a long
+	// request ($batch parts run one after another) is not let out seconds early.
+	at := r.start
+	if usual := b.est[r.p]; usual > 0 && lat > usual {
+		at = now.Add(-usual)
+	}
+	b.insertLocked(charge{at: at, exec: lat, reqs: 1})
 	b.execSum += lat
 	b.reqSum++
+	b.learnKindLocked(r.kind, lat)
 	if lat > 0 {
 		if b.est[r.p] == 0 {
 			b.est[r.p] = lat

@@ -266,6 +266,9 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	type chunk struct{ start, end int }
 	var chunks []chunk
 	size := c.chunkSize(logicalName)
+	if !c.bulkSupported(ctx, logicalName) {
+		size = batchSpread(len(recs), size, c.throttle.sem.Limit())
+	}
 	for s := 0; s < len(recs); s += size {
 		chunks = append(chunks, chunk{s, min(s+size, len(recs))})
 	}
@@ -296,6 +299,29 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	failed := j.failed
 	sort.Slice(failed, func(a, b int) bool { return failed[a].Start < failed[b].Start })
 	return ids, &BulkError{Message: message + " " + set, Chunks: failed}
+}
+
+// batchSpreadMin is the fewest parts a $batch request is cut down to by batchSpread.
+const batchSpreadMin = 10
+
+// batchSpread is the parts per $batch request for n rows of a table without the bulk
+// messages, at most size: each part of a $batch runs after the one before and costs
+// the execution time of a request of its own, so one request of a hundred parts keeps
+// a single slot busy while the others wait. The rows are spread over the requests that
+// may be in flight (slots), down to batchSpreadMin parts each.
+func batchSpread(n, size, slots int) int {
+	if slots <= 1 || n <= batchSpreadMin {
+		return size
+	}
+	per := (n + slots - 1) / slots
+	return min(size, max(batchSpreadMin, per))
+}
+
+// BatchParts is how many of n independent parts to send per $batch request, at most
+// most (batchSpread over the requests this client may have in flight now), for callers
+// that build their own $batch requests.
+func (c *Client) BatchParts(n, most int) int {
+	return batchSpread(n, most, c.throttle.sem.Limit())
 }
 
 func (j *bulkJob) fail(start, end int, err error) {

@@ -124,6 +124,31 @@ func (t *throttle) wait(ctx context.Context) error {
 	}
 }
 
+// kindOf is what the pacer estimates r by: its method, its path with the keys in
+// parentheses left out, and its body's length.
+func kindOf(r *http.Request) requestKind {
+	var sb strings.Builder
+	sb.WriteString(r.Method)
+	sb.WriteByte(' ')
+	depth := 0
+	for _, c := range r.URL.Path {
+		switch {
+		case c == '(':
+			if depth == 0 {
+				sb.WriteRune(c)
+			}
+			depth++
+		case c == ')' && depth > 0:
+			if depth--; depth == 0 {
+				sb.WriteRune(c)
+			}
+		case depth == 0:
+			sb.WriteRune(c)
+		}
+	}
+	return requestKind{name: sb.String(), size: max(0, r.ContentLength)}
+}
+
 // stopRetrying tells azcore's retry policy not to resend: the caller
 // decides (err is still Retryable for it).
 type stopRetrying struct{ err *Error }
@@ -165,7 +190,7 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 		if t.budget == nil {
 			break
 		}
-		r, d, wake := t.budget.try(priorityOf(ctx), waited)
+		r, d, wake := t.budget.tryKind(priorityOf(ctx), kindOf(req.Raw()), waited)
 		if r != nil {
 			res = r
 			break

@@ -398,8 +398,9 @@ func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
 
 // A request is charged at the moment it was sent: the span has room again a span after
 // that, not a span after its answer, as a server that counts requests as they arrive
-// (and their execution as it ends, a latency later for both) sees it. Answers that come
-// in another order than their requests went keep the charges in time order.
+// (and their execution as it ends, a latency later for both) sees it; one far longer
+// than usual, its class's usual latency before its answer. Answers that come in another
+// order than their requests went keep the charges in time order.
 func TestBudgetChargesWhenSent(t *testing.T) {
 	b := newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 10 * time.Second, Share: 0.9})
 	// a span is 2 s with 0.9 s to spend; a request of 0.8 s fills it
@@ -418,7 +419,30 @@ func TestBudgetChargesWhenSent(t *testing.T) {
 		t.Fatalf("wait %v, want about 1.2 s", d)
 	}
 
+	// A request far longer than its class's usual latency (0.8 s now) is charged that
+	// usual latency before its answer, not when it was sent: 2.5 s, not 3.3 s, ago.
 	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
+	r, _, _ = b.try(Bulk, 0)
+	r.start = time.Now().Add(-800 * time.Millisecond)
+	b.done(r, nil)
+	r, _, _ = b.try(Bulk, 0)
+	sent := time.Now().Add(-3300 * time.Millisecond)
+	r.start = sent
+	b.done(r, nil)
+	if len(b.spent) != 2 {
+		t.Fatalf("%d charges", len(b.spent))
+	}
+	if at := b.spent[1].at; at.Sub(sent) < 2400*time.Millisecond || at.Sub(sent) > 2600*time.Millisecond {
+		t.Fatalf("a 3.3 s request charged %v after it was sent, want 2.5 s", at.Sub(sent))
+	}
+
+	// After requests of about 1 s, one of 0.1 s is answered before one of 0.5 s sent
+	// earlier: both are charged when sent, the second before the first.
+	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
+	r, _, _ = b.try(Bulk, 0)
+	r.start = time.Now().Add(-time.Second)
+	b.done(r, nil)
+	b.spent = nil
 	first, _, _ := b.try(Bulk, 0)
 	second, _, _ := b.try(Bulk, 0)
 	now := time.Now()
@@ -427,5 +451,71 @@ func TestBudgetChargesWhenSent(t *testing.T) {
 	b.done(second, nil)
 	if len(b.spent) != 2 || !b.spent[0].at.Equal(second.start) || !b.spent[1].at.Equal(first.start) {
 		t.Fatalf("charges not in the order their requests were sent: %+v", b.spent)
+	}
+}
+
+// Rows of a table without the bulk messages are spread over the slots in flight, down
+// to 10 parts a $batch, never above the bulk size.
+func TestBatchSpread(t *testing.T) {
+	for _, c := range []struct{ n, size, slots, want int }{
+		{100, 100, 4, 25},   // four requests side by side
+		{100, 100, 1, 100},  // one slot: one request
+		{30, 100, 4, 10},    // not below 10 parts
+		{8, 100, 4, 100},    // few rows: one request
+		{1000, 100, 4, 100}, // never above the bulk size
+		{41, 100, 4, 11},
+	} {
+		if got := batchSpread(c.n, c.size, c.slots); got != c.want {
+			t.Errorf("batchSpread(%d rows, size %d, %d slots) = %d, want %d", c.n, c.size, c.slots, got, c.want)
+		}
+	}
+}
+
+// A request is held in flight at what requests of its kind took per byte of body: a
+// $batch four times as long as the last is estimated four times as costly, where the
+// average of all requests would count it at a fraction; a kind not seen yet gets its
+// class's estimate. Kinds leave keys out.
+func TestBudgetEstimatesByKindAndSize(t *testing.T) {
+	b := newBudget(Limits{Window: 100 * time.Second, Requests: 100000, Execution: 1000 * time.Second})
+	batch := requestKind{name: "POST /api/data/v9.2/$batch", size: 25_000}
+	send := func(k requestKind, lat time.Duration) {
+		t.Helper()
+		r, d, _ := b.tryKind(Bulk, k, 0)
+		if r == nil {
+			t.Fatalf("held %v", d)
+		}
+		r.start = time.Now().Add(-lat)
+		b.done(r, nil)
+	}
+	for range 3 {
+		send(requestKind{name: "GET /api/data/v9.2/contacts"}, 30*time.Millisecond)
+		send(batch, time.Second)
+	}
+	big := requestKind{name: batch.name, size: 100_000}
+	r, _, _ := b.tryKind(Bulk, big, 0)
+	if r.est < 3800*time.Millisecond || r.est > 4200*time.Millisecond {
+		t.Fatalf("a $batch of 100,000 bytes after ones of 25,000 taking 1 s: estimated %v, want 4 s", r.est)
+	}
+	if b.inflight != r.est {
+		t.Fatalf("in flight %v, want its estimate %v", b.inflight, r.est)
+	}
+	b.done(r, nil)
+	get, _, _ := b.tryKind(Bulk, requestKind{name: "GET /api/data/v9.2/contacts"}, 0)
+	if get.est < 20*time.Millisecond || get.est > 40*time.Millisecond {
+		t.Fatalf("a look-up after look-ups of 30 ms: estimated %v", get.est)
+	}
+	if other, _, _ := b.tryKind(Bulk, requestKind{name: "POST /api/data/v9.2/accounts"}, 0); other.est != b.estimate(Bulk) {
+		t.Fatalf("a kind not seen yet: estimated %v, want its class's %v", other.est, b.estimate(Bulk))
+	}
+
+	for path, want := range map[string]string{
+		"/api/data/v9.2/products(9b1d7c1e-0000-0000-0000-000000000001)": "PATCH /api/data/v9.2/products()",
+		"/api/data/v9.2/contacts(emailaddress1='a(b)@x')":               "PATCH /api/data/v9.2/contacts()",
+		"/api/data/v9.2/contacts":                                       "PATCH /api/data/v9.2/contacts",
+	} {
+		req, _ := http.NewRequest(http.MethodPatch, "https://org.example"+path, strings.NewReader("{}"))
+		if k := kindOf(req); k.name != want || k.size != 2 {
+			t.Errorf("kindOf(%s) = %+v, want %q of 2 bytes", path, k, want)
+		}
 	}
 }

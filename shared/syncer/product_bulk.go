@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
@@ -308,15 +309,36 @@ func (c *productChunk) settle(ctx context.Context, written []int) {
 const publishBatchParts = 100
 
 // publishBatched publishes the products idx, one request each, as the parts of $batch
-// requests (Dataverse runs them in order and stops at the first failure). It returns the
-// products published and those left for the single path: the one whose part failed (the
-// rest of its batch goes in the next one), or all that remain when a whole request fails.
+// requests (Dataverse runs them in order and stops at the first failure), spread over
+// the requests the client may have in flight (BatchParts) and sent side by side. It
+// returns the products published and those left for the single path: the one whose
+// part failed (the rest of its batch goes in the next one), or all that remain of a
+// group when a whole request fails.
 func (s *productSyncer) publishBatched(ctx context.Context, plans []*productPlan, idx []int) (published, rest []int) {
 	if len(idx) < minBulk {
 		return nil, idx
 	}
+	per := s.dv.BatchParts(len(idx), publishBatchParts)
+	var groups [][]int
 	for len(idx) > 0 {
-		n := min(len(idx), publishBatchParts)
+		n := min(per, len(idx))
+		groups = append(groups, idx[:n])
+		idx = idx[n:]
+	}
+	var mu sync.Mutex
+	s.parallelN(ctx, len(groups), func(ctx context.Context, g int) {
+		p, r := s.publishGroup(ctx, plans, groups[g], per)
+		mu.Lock()
+		defer mu.Unlock()
+		published, rest = append(published, p...), append(rest, r...)
+	})
+	return published, rest
+}
+
+// publishGroup is publishBatched for one group, in $batch requests of up to per parts.
+func (s *productSyncer) publishGroup(ctx context.Context, plans []*productPlan, idx []int, per int) (published, rest []int) {
+	for len(idx) > 0 {
+		n := min(len(idx), per)
 		parts := make([]dataverse.BatchPart, n)
 		for k, i := range idx[:n] {
 			parts[k] = dataverse.Op{Method: "PATCH", Path: dataverse.EntityPath("products", plans[i].id),

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
@@ -337,5 +339,84 @@ func TestBulkPublishPartRefused(t *testing.T) {
 	}
 	if n := e.fdv.count("Update products"); n != 1 {
 		t.Errorf("%d single publishes, want 1 (the refused part)", n)
+	}
+}
+
+// concurrentBatchDV counts the $batch requests carrying product publishes and how many
+// were in flight at once; each waits up to a second for another to come in beside it,
+// so requests sent side by side are seen so whatever the machine's timing.
+type concurrentBatchDV struct {
+	Dataverse
+	mu           sync.Mutex
+	in, most     int
+	calls, parts []int
+	met          chan struct{}
+}
+
+func (f *concurrentBatchDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error) {
+	publishes := 0
+	for _, p := range parts {
+		if op, ok := p.(dataverse.Op); ok && op.Method == "PATCH" && strings.HasPrefix(op.Path, "products(") {
+			publishes++
+		}
+	}
+	if publishes == 0 {
+		return f.Dataverse.Batch(ctx, parts...)
+	}
+	f.mu.Lock()
+	f.in++
+	f.most = max(f.most, f.in)
+	f.parts = append(f.parts, publishes)
+	if f.in == 2 {
+		close(f.met)
+	}
+	f.mu.Unlock()
+	select {
+	case <-f.met:
+	case <-time.After(time.Second):
+	}
+	defer func() {
+		f.mu.Lock()
+		f.in--
+		f.mu.Unlock()
+	}()
+	return f.Dataverse.Batch(ctx, parts...)
+}
+
+// A chunk's publishes are spread over the requests the client may have in flight and
+// sent side by side: each part of a $batch runs after the one before, so one request of
+// 40 parts would keep one slot busy for all of them while the others wait.
+func TestBulkPublishSpreadOverSlots(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.deliver(e.eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap, and the client's slots open up
+		t.Fatal(err)
+	}
+	slots := e.dv.BatchParts(1000, 1000)
+	f := &concurrentBatchDV{Dataverse: e.dv, met: make(chan struct{})}
+	e.fdv.Dataverse = f
+	var evs []*nop.Event
+	for i := 1; i <= 40; i++ {
+		evs = append(evs, productEvent(t, i, 1, nil))
+	}
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 40; i++ {
+		if p := e.row("products", productID(1, i)); numOf(p["statecode"]) != productActive {
+			t.Fatalf("product %d state %v", i, p["statecode"])
+		}
+	}
+	if slots == 1000 {
+		t.Fatal("the client has one slot: nothing to spread over")
+	}
+	total := 0
+	for _, n := range f.parts {
+		total += n
+		if n < 10 {
+			t.Errorf("a $batch of %d publishes: spread below 10 parts a request", n)
+		}
+	}
+	if total != 40 || len(f.parts) < 2 || f.most < 2 {
+		t.Fatalf("40 publishes in $batch requests of %v, at most %d at once: want them spread and side by side", f.parts, f.most)
 	}
 }
