@@ -76,8 +76,8 @@ type budget struct {
 	reqSum   int
 	inflight time.Duration // estimates of requests in flight
 	nflight  int
-	nclass   [2]int           // requests in flight by Priority
-	est      [2]time.Duration // moving average of a request's execution time, by Priority
+	nclass   [2]int                   // requests in flight by Priority
+	est      [2]time.Duration         // moving average of a request's execution time, by Priority
 	kinds    map[string]*kindEstimate // by request kind (requestKind)
 	wake     chan struct{}            // closed when a request is answered
 
