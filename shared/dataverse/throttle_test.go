@@ -399,7 +399,7 @@ func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
 // A request is charged at the moment it was sent: the span has room again a span after
 // that, not a span after its answer, as a server that counts requests as they arrive
 // (and their execution as it ends, a latency later for both) sees it; one far longer
-// than usual, its class's usual latency before its answer. Answers that come in another
+// than estimated, its estimate before its answer. Answers that come in another
 // order than their requests went keep the charges in time order.
 func TestBudgetChargesWhenSent(t *testing.T) {
 	b := newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 10 * time.Second, Share: 0.9})
@@ -419,8 +419,9 @@ func TestBudgetChargesWhenSent(t *testing.T) {
 		t.Fatalf("wait %v, want about 1.2 s", d)
 	}
 
-	// A request far longer than its class's usual latency (0.8 s now) is charged that
-	// usual latency before its answer, not when it was sent: 2.5 s, not 3.3 s, ago.
+	// A request far longer than it was estimated to take (0.8 s: its class's latency, its
+	// kind unknown) is charged that estimate before its answer, not when it was sent:
+	// 2.5 s, not 3.3 s, ago.
 	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
 	r, _, _ = b.try(Bulk, 0)
 	r.start = time.Now().Add(-800 * time.Millisecond)
