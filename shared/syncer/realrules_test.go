@@ -347,10 +347,10 @@ func TestBulkPublishPartRefused(t *testing.T) {
 // so requests sent side by side are seen so whatever the machine's timing.
 type concurrentBatchDV struct {
 	Dataverse
-	mu           sync.Mutex
-	in, most     int
-	calls, parts []int
-	met          chan struct{}
+	mu       sync.Mutex
+	in, most int
+	parts    []int
+	met      chan struct{}
 }
 
 func (f *concurrentBatchDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error) {
