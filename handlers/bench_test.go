@@ -852,7 +852,7 @@ func benchCostModel(b *testing.B) (string, dataversetest.ExecutionCost) {
 }
 
 // BenchmarkImport: the initial import (arrays of 1000 events to /api/events/{entity})
-// of 20,000 customers, then 480 products, then 5,000 orders (a store's worth in one run,
+// of 20,000 customers, then 500 products, then 5,000 orders (a store's worth in one run,
 // each part measured and the rows of all three together), against the simulator with service-protection
 // limits on and requests taking their execution time. Figures are in simulated time
 // (real time ÷ TimeScale) and compared with the simulator's ideal ceiling.
