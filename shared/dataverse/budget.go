@@ -326,15 +326,15 @@ func (b *budget) done(r *reservation, resp *http.Response) {
 	b.nclass[r.p]--
 	b.pruneLocked(now)
 	// Charged when it was sent, kept in time order; one that took longer than it was
-	// estimated to (its kind and length), that estimate before its answer. A server counts a request when it
-	// arrives and its execution time when it has run, a latency later, and the next span's
-	// requests are charged a latency after they leave too, so both windows slide alike:
-	// charged at the answer, every span's first requests would wait a latency more than
-	// the server makes them, and instances that spend their parts in bursts, then wait,
-	// would lose that at every span. A charge leaves the span before the server's by at
-	// most its estimate, so what leaves early at once is about what is in flight, which
-	// the projection counts in full before the server charges any of it; a request that
-	// ran long is not let out seconds early.
+	// estimated to (its kind and length), that estimate before its answer. A server
+	// counts a request when it arrives and its execution time when it has run, a latency
+	// later, and the next span's requests are charged a latency after they leave too, so
+	// both windows slide alike: charged at the answer, every span's first requests would
+	// wait a latency more than the server makes them, and instances that spend their
+	// parts in bursts, then wait, would lose that at every span. A charge leaves the span
+	// before the server's by at most its estimate, so what leaves early at once is about
+	// what is in flight, which the projection counts in full before the server charges
+	// any of it; a request that ran long is not let out seconds early.
 	at := r.start
 	if r.est > 0 && lat > r.est {
 		at = now.Add(-r.est)
