@@ -413,10 +413,7 @@ func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 	if err := e.deliver(e.eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap
 		t.Fatal(err)
 	}
-	var evs []*nop.Event
-	for i := 1; i < 41; i++ {
-		evs = append(evs, productEvent(t, i, 1, nil))
-	}
+	evs := newProducts(t, 40)
 	before := e.srv.Stats().Requests
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatal(err)
@@ -845,10 +842,7 @@ func TestChunkOfUnseenEntitiesClaimsWithoutReading(t *testing.T) {
 // per row wasted, then a request per row).
 func TestBulkPriceListItemsWithoutBulkMessagesCostFewRequests(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	var evs []*nop.Event
-	for i := 1; i <= 200; i++ {
-		evs = append(evs, productEvent(t, i, 1, nil))
-	}
+	evs := newProducts(t, 200)
 	before := e.srv.Stats()
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatalf("chunk: %v", err)

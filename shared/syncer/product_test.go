@@ -26,6 +26,15 @@ func productEvent(t testing.TB, id int, seq int64, data func(d map[string]any)) 
 	})
 }
 
+// newProducts is a chunk's events for new simple products 1 to n, first version each.
+func newProducts(t testing.TB, n int) []*nop.Event {
+	evs := make([]*nop.Event, 0, n)
+	for i := 1; i <= n; i++ {
+		evs = append(evs, productEvent(t, i, 1, nil))
+	}
+	return evs
+}
+
 // priceItems returns the price list items of a product.
 func (e *env) priceItems(productRow string) []map[string]any {
 	return e.where("productpricelevels", "_productid_value", productRow)

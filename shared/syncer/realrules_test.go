@@ -325,10 +325,7 @@ func (f *partFailDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([
 func TestBulkPublishPartRefused(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.fdv.Dataverse = &partFailDV{Dataverse: e.dv, failPath: dataverse.EntityPath("products", productID(1, 5))}
-	var evs []*nop.Event
-	for i := 1; i <= 10; i++ {
-		evs = append(evs, productEvent(t, i, 1, nil))
-	}
+	evs := newProducts(t, 10)
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatal(err)
 	}
@@ -394,10 +391,7 @@ func TestBulkPublishSpreadOverSlots(t *testing.T) {
 	slots := e.dv.BatchParts(1000, 1000)
 	f := &concurrentBatchDV{Dataverse: e.dv, met: make(chan struct{})}
 	e.fdv.Dataverse = f
-	var evs []*nop.Event
-	for i := 1; i <= 40; i++ {
-		evs = append(evs, productEvent(t, i, 1, nil))
-	}
+	evs := newProducts(t, 40)
 	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 		t.Fatal(err)
 	}
