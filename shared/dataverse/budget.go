@@ -133,6 +133,7 @@ func newBudget(l Limits) *budget {
 		execFull: l.Execution / budgetSpans,
 		reqFull:  max(1, l.Requests/budgetSpans),
 		marginOf: 1 - l.Share,
+		kinds:    map[string]*kindEstimate{},
 		wake:     make(chan struct{}),
 	}
 }
@@ -260,9 +261,6 @@ func (b *budget) learnKindLocked(k requestKind, lat time.Duration) {
 		if len(b.kinds) >= maxKinds {
 			return
 		}
-		if b.kinds == nil {
-			b.kinds = map[string]*kindEstimate{}
-		}
 		e = &kindEstimate{lat: lat}
 		if k.size > 0 {
 			e.perByte = float64(lat) / float64(k.size)
@@ -280,15 +278,11 @@ func (b *budget) learnKindLocked(k requestKind, lat time.Duration) {
 	}
 }
 
-// try reserves the request's estimate when it fits the budget now; otherwise it says how
-// long to wait at most and returns a channel closed when an answer may make room. waited
-// is how long the request has waited so far (for PacingStats).
-func (b *budget) try(p Priority, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
-	return b.tryKind(p, requestKind{}, waited)
-}
-
-// tryKind is try for a request of kind k, estimated as its kind's requests went.
-func (b *budget) tryKind(p Priority, k requestKind, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
+// try reserves the estimate of a request of kind k (estimateKindLocked) when it fits the
+// budget now; otherwise it says how long to wait at most and returns a channel closed
+// when an answer may make room. waited is how long the request has waited so far (for
+// PacingStats).
+func (b *budget) try(p Priority, k requestKind, waited time.Duration) (*reservation, time.Duration, <-chan struct{}) {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -190,7 +190,7 @@ func (t *throttle) Do(req *policy.Request) (*http.Response, error) {
 		if t.budget == nil {
 			break
 		}
-		r, d, wake := t.budget.tryKind(priorityOf(ctx), kindOf(req.Raw()), waited)
+		r, d, wake := t.budget.try(priorityOf(ctx), kindOf(req.Raw()), waited)
 		if r != nil {
 			res = r
 			break

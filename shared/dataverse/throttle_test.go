@@ -375,17 +375,17 @@ func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
 	b := newBudget(Limits{Window: 100 * time.Second, Requests: 100000, Execution: 100 * time.Second, Share: 0.9})
 	// a span is 10 s with 9 s for bulk; 7 answered bulk requests of 1.2 s each fill it
 	for range 7 {
-		r, d, _ := b.try(Bulk, 0)
+		r, d, _ := b.try(Bulk, requestKind{}, 0)
 		if r == nil {
 			t.Fatalf("bulk request held after %v", d)
 		}
 		r.start = time.Now().Add(-1200 * time.Millisecond)
 		b.done(r, nil)
 	}
-	if r, d, _ := b.try(Bulk, 0); r != nil || d <= 0 {
+	if r, d, _ := b.try(Bulk, requestKind{}, 0); r != nil || d <= 0 {
 		t.Fatalf("a bulk request beyond the share went (wait %v)", d)
 	}
-	r, d, _ := b.try(Live, 0)
+	r, d, _ := b.try(Live, requestKind{}, 0)
 	if r == nil {
 		t.Fatalf("the live request was held %v behind bulk work", d)
 	}
@@ -404,13 +404,13 @@ func TestBudgetLetsLiveThroughWhenBulkIsAtItsShare(t *testing.T) {
 func TestBudgetChargesWhenSent(t *testing.T) {
 	b := newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 10 * time.Second, Share: 0.9})
 	// a span is 2 s with 0.9 s to spend; a request of 0.8 s fills it
-	r, d, _ := b.try(Bulk, 0)
+	r, d, _ := b.try(Bulk, requestKind{}, 0)
 	if r == nil {
 		t.Fatalf("first request held %v", d)
 	}
 	r.start = time.Now().Add(-800 * time.Millisecond)
 	b.done(r, nil)
-	r, d, _ = b.try(Bulk, 0)
+	r, d, _ = b.try(Bulk, requestKind{}, 0)
 	if r != nil {
 		t.Fatal("a request beyond the span's budget went")
 	}
@@ -423,10 +423,10 @@ func TestBudgetChargesWhenSent(t *testing.T) {
 	// kind unknown) is charged that estimate before its answer, not when it was sent:
 	// 2.5 s, not 3.3 s, ago.
 	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
-	r, _, _ = b.try(Bulk, 0)
+	r, _, _ = b.try(Bulk, requestKind{}, 0)
 	r.start = time.Now().Add(-800 * time.Millisecond)
 	b.done(r, nil)
-	r, _, _ = b.try(Bulk, 0)
+	r, _, _ = b.try(Bulk, requestKind{}, 0)
 	sent := time.Now().Add(-3300 * time.Millisecond)
 	r.start = sent
 	b.done(r, nil)
@@ -440,12 +440,12 @@ func TestBudgetChargesWhenSent(t *testing.T) {
 	// After requests of about 1 s, one of 0.1 s is answered before one of 0.5 s sent
 	// earlier: both are charged when sent, the second before the first.
 	b = newBudget(Limits{Window: 20 * time.Second, Requests: 100000, Execution: 100 * time.Second})
-	r, _, _ = b.try(Bulk, 0)
+	r, _, _ = b.try(Bulk, requestKind{}, 0)
 	r.start = time.Now().Add(-time.Second)
 	b.done(r, nil)
 	b.spent = nil
-	first, _, _ := b.try(Bulk, 0)
-	second, _, _ := b.try(Bulk, 0)
+	first, _, _ := b.try(Bulk, requestKind{}, 0)
+	second, _, _ := b.try(Bulk, requestKind{}, 0)
 	now := time.Now()
 	first.start, second.start = now.Add(-100*time.Millisecond), now.Add(-500*time.Millisecond)
 	b.done(first, nil)
@@ -481,7 +481,7 @@ func TestBudgetEstimatesByKindAndSize(t *testing.T) {
 	batch := requestKind{name: "POST /api/data/v9.2/$batch", size: 25_000}
 	send := func(k requestKind, lat time.Duration) {
 		t.Helper()
-		r, d, _ := b.tryKind(Bulk, k, 0)
+		r, d, _ := b.try(Bulk, k, 0)
 		if r == nil {
 			t.Fatalf("held %v", d)
 		}
@@ -493,7 +493,7 @@ func TestBudgetEstimatesByKindAndSize(t *testing.T) {
 		send(batch, time.Second)
 	}
 	big := requestKind{name: batch.name, size: 100_000}
-	r, _, _ := b.tryKind(Bulk, big, 0)
+	r, _, _ := b.try(Bulk, big, 0)
 	if r.est < 3800*time.Millisecond || r.est > 4200*time.Millisecond {
 		t.Fatalf("a $batch of 100,000 bytes after ones of 25,000 taking 1 s: estimated %v, want 4 s", r.est)
 	}
@@ -501,11 +501,11 @@ func TestBudgetEstimatesByKindAndSize(t *testing.T) {
 		t.Fatalf("in flight %v, want its estimate %v", b.inflight, r.est)
 	}
 	b.done(r, nil)
-	get, _, _ := b.tryKind(Bulk, requestKind{name: "GET /api/data/v9.2/contacts"}, 0)
+	get, _, _ := b.try(Bulk, requestKind{name: "GET /api/data/v9.2/contacts"}, 0)
 	if get.est < 20*time.Millisecond || get.est > 40*time.Millisecond {
 		t.Fatalf("a look-up after look-ups of 30 ms: estimated %v", get.est)
 	}
-	if other, _, _ := b.tryKind(Bulk, requestKind{name: "POST /api/data/v9.2/accounts"}, 0); other.est != b.estimate(Bulk) {
+	if other, _, _ := b.try(Bulk, requestKind{name: "POST /api/data/v9.2/accounts"}, 0); other.est != b.estimate(Bulk) {
 		t.Fatalf("a kind not seen yet: estimated %v, want its class's %v", other.est, b.estimate(Bulk))
 	}
 
