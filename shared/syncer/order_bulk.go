@@ -443,10 +443,9 @@ func (p *orderPlan) closed() {
 // convertMany creates the invoices of the orders at idx: ConvertSalesOrderToInvoice
 // requests in $batch requests, each invoice recorded in state at once.
 func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
-	const perBatch = 50
 	var groups [][]int
-	for start := 0; start < len(idx); start += perBatch {
-		groups = append(groups, idx[start:min(start+perBatch, len(idx))])
+	for start := 0; start < len(idx); start += ordersPerBatch {
+		groups = append(groups, idx[start:min(start+ordersPerBatch, len(idx))])
 	}
 	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		group := groups[gi]
