@@ -213,6 +213,16 @@ func (s *outageStore) SaveDoc(ctx context.Context, d *state.Doc) error {
 	}
 	return s.Store.SaveDoc(ctx, d)
 }
+func (s *outageStore) SaveDocs(ctx context.Context, ds []*state.Doc) []error {
+	if err := s.err(); err != nil {
+		errs := make([]error, len(ds))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	return s.Store.SaveDocs(ctx, ds)
+}
 func (s *outageStore) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
 	if err := s.err(); err != nil {
 		return nil, err

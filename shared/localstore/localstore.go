@@ -1157,43 +1157,78 @@ func (s *Store) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error
 
 // SaveDoc implements state.Store.
 func (s *Store) SaveDoc(ctx context.Context, doc *state.Doc) error {
-	if err := state.ValidateDoc(doc); err != nil {
-		return fmt.Errorf("localstore: save doc: %w", err)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	n := *doc
-	n.ETag = strconv.FormatUint(s.nextETag(), 10)
-	b, err := encode(entry{Doc: &n})
-	if err != nil {
-		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
-	}
+	return s.SaveDocs(ctx, []*state.Doc{doc})[0]
+}
 
-	gen, end, err := func() (uint64, int64, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.closed {
-			return 0, 0, errClosed
+// SaveDocs implements state.Store: each doc is appended as SaveDoc appends it, and the
+// journal is synced once for all of them.
+func (s *Store) SaveDocs(ctx context.Context, docs []*state.Doc) []error {
+	errs := make([]error, len(docs))
+	type done struct {
+		i   int
+		old string // the caller's ETag, given back if the journal can't be synced
+	}
+	var saved []done
+	var gen uint64
+	var end int64
+	for i, doc := range docs {
+		if err := state.ValidateDoc(doc); err != nil {
+			errs[i] = fmt.Errorf("localstore: save doc: %w", err)
+			continue
 		}
-		old, found := s.docs[doc.Kind][doc.Key]
-		l, err := s.appendChecked(fmt.Sprintf("doc %s %q", doc.Kind, doc.Key), found, old, doc.ETag, b, 0)
+		if err := ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		n := *doc
+		n.ETag = strconv.FormatUint(s.nextETag(), 10)
+		b, err := encode(entry{Doc: &n})
 		if err != nil {
-			return 0, 0, err
+			errs[i] = fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
+			continue
 		}
-		s.putDoc(doc.Kind, doc.Key, l)
-		gen, end := s.gen, s.fileBytes
-		s.maybeCompact()
-		return gen, end, nil
-	}()
-	if err != nil {
-		return err
+		g, e, err := s.saveDoc(doc, b)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if g > gen || (g == gen && e > end) {
+			gen, end = g, e
+		}
+		// The next doc of the same key in docs is checked against this version.
+		saved = append(saved, done{i: i, old: doc.ETag})
+		doc.ETag = n.ETag
+	}
+	if len(saved) == 0 {
+		return errs
 	}
 	if err := s.durable(gen, end); err != nil {
-		return fmt.Errorf("localstore: save doc %s %q: %w", doc.Kind, doc.Key, err)
+		for k := len(saved) - 1; k >= 0; k-- {
+			d := saved[k]
+			errs[d.i] = fmt.Errorf("localstore: save doc %s %q: %w", docs[d.i].Kind, docs[d.i].Key, err)
+			docs[d.i].ETag = d.old
+		}
 	}
-	doc.ETag = n.ETag
-	return nil
+	return errs
+}
+
+// saveDoc appends doc's line b and indexes it; it returns where the journal must be
+// durable up to before the save counts.
+func (s *Store) saveDoc(doc *state.Doc, b []byte) (uint64, int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, 0, errClosed
+	}
+	old, found := s.docs[doc.Kind][doc.Key]
+	l, err := s.appendChecked(fmt.Sprintf("doc %s %q", doc.Kind, doc.Key), found, old, doc.ETag, b, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	s.putDoc(doc.Kind, doc.Key, l)
+	gen, end := s.gen, s.fileBytes
+	s.maybeCompact()
+	return gen, end, nil
 }
 
 // ListDocs implements state.Store: keys in byte order, so time-stamped keys come oldest first.

@@ -105,6 +105,9 @@ func (r *reopening) GetDoc(ctx context.Context, kind, key string) (*state.Doc, e
 func (r *reopening) SaveDoc(ctx context.Context, d *state.Doc) error {
 	return r.store().SaveDoc(ctx, d)
 }
+func (r *reopening) SaveDocs(ctx context.Context, ds []*state.Doc) []error {
+	return r.store().SaveDocs(ctx, ds)
+}
 func (r *reopening) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
 	return r.reopen().ListDocs(ctx, kind)
 }

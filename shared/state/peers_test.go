@@ -171,6 +171,15 @@ func (f *failingDocs) SaveDoc(context.Context, *state.Doc) error {
 	return errors.New("store down")
 }
 
+func (f *failingDocs) SaveDocs(_ context.Context, ds []*state.Doc) []error {
+	errs := make([]error, len(ds))
+	for i := range ds {
+		f.saves.Add(1)
+		errs[i] = errors.New("store down")
+	}
+	return errs
+}
+
 // A busy instance whose renewals fail does not retry them at every call: the next
 // renewal waits for its time.
 func TestPeersFailedRenewalNotRetriedPerCall(t *testing.T) {

@@ -118,6 +118,12 @@ type Store interface {
 	GetDoc(ctx context.Context, kind, key string) (*Doc, error)
 	// SaveDoc writes a doc with the same ETag rules as Save.
 	SaveDoc(ctx context.Context, doc *Doc) error
+	// SaveDocs saves docs with SaveDoc's rules, doc by doc, as SaveMany saves records:
+	// errs (as long as docs) holds each doc's result as SaveDoc would return it; one doc's
+	// conflict never keeps another from being saved; the result is as if docs were saved
+	// one after the other in slice order. A store may write the docs of one kind in one
+	// round trip.
+	SaveDocs(ctx context.Context, docs []*Doc) (errs []error)
 	// ListDocs returns the docs of a kind, newest key last.
 	ListDocs(ctx context.Context, kind string) ([]*Doc, error)
 }

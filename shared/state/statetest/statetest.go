@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore func(t *testing.T) state.Store) {
 		{"Limits", testLimits},
 	}
 	tests = append(tests, manyTests()...)
+	tests = append(tests, docsTests()...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
 	}
