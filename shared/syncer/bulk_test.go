@@ -433,6 +433,46 @@ func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 	}
 }
 
+// A chunk of new products claims their numbers in one SaveDocs call (one Table Storage
+// transaction per hundred), not a SaveDoc each; the claims name each product's owner,
+// and a number two products of the chunk share is claimed by the first. A chunk that
+// changes nothing claims nothing again.
+func TestBulkClaimsProductNumbersTogether(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	eng, st := countingEngine(t, e, nil)
+	if err := e.deliver(eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap
+		t.Fatal(err)
+	}
+	evs := newProducts(t, 40)
+	evs[39] = productEvent(t, 40, 1, func(d map[string]any) { d["sku"] = "SKU-7" }) // product 7's number
+	st.mu.Lock()
+	st.docSaves, st.saveDocs, st.docsBatched = nil, nil, nil
+	st.mu.Unlock()
+	if err := e.deliver(eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if st.docSaves[productNumberKind] != 0 || st.saveDocs[productNumberKind] != 1 || st.docsBatched[productNumberKind] != 39 {
+		t.Errorf("%d SaveDoc and %d SaveDocs (%d docs) of product numbers, want 0 and 1 (39 claims: product 40 fell back to NOP-40)",
+			st.docSaves[productNumberKind], st.saveDocs[productNumberKind], st.docsBatched[productNumberKind])
+	}
+	for _, i := range []int{1, 7, 39} {
+		d, err := e.st.GetDoc(context.Background(), productNumberKind, fmt.Sprintf("sku-%d", i))
+		if err != nil || string(d.Value) != ownerKey(1, i) {
+			t.Fatalf("claim of SKU-%d: %v, %v; want owner %s", i, d, err, ownerKey(1, i))
+		}
+	}
+	if p := e.row("products", productID(1, 40)); p["productnumber"] != "NOP-40" {
+		t.Errorf("product 40 (SKU-7, held by product 7): product number %v, want NOP-40", p["productnumber"])
+	}
+	if err := e.deliver(eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if st.saveDocs[productNumberKind] != 1 || st.docSaves[productNumberKind] != 0 {
+		t.Errorf("the same chunk again: %d SaveDocs and %d SaveDoc of product numbers in all, want still 1 and 0",
+			st.saveDocs[productNumberKind], st.docSaves[productNumberKind])
+	}
+}
+
 // Re-importing Active products (a resync, a price update for the
 // whole catalogue) stays in bulk, whether the environment updates Active products in
 // place or only after a revision.
@@ -612,7 +652,36 @@ type countingStore struct {
 	state.Store
 	mu                             sync.Mutex
 	gets, saves, getMany, saveMany int
-	batched                        int // records saved through SaveMany
+	batched                        int            // records saved through SaveMany
+	docSaves, saveDocs             map[string]int // SaveDoc and SaveDocs calls, by doc kind
+	docsBatched                    map[string]int // docs saved through SaveDocs, by kind
+}
+
+func (s *countingStore) SaveDoc(ctx context.Context, d *state.Doc) error {
+	s.mu.Lock()
+	if s.docSaves == nil {
+		s.docSaves = map[string]int{}
+	}
+	s.docSaves[d.Kind]++
+	s.mu.Unlock()
+	return s.Store.SaveDoc(ctx, d)
+}
+
+func (s *countingStore) SaveDocs(ctx context.Context, ds []*state.Doc) []error {
+	s.mu.Lock()
+	if s.saveDocs == nil {
+		s.saveDocs, s.docsBatched = map[string]int{}, map[string]int{}
+	}
+	kinds := map[string]bool{}
+	for _, d := range ds {
+		kinds[d.Kind] = true
+		s.docsBatched[d.Kind]++
+	}
+	for k := range kinds {
+		s.saveDocs[k]++
+	}
+	s.mu.Unlock()
+	return s.Store.SaveDocs(ctx, ds)
 }
 
 func (s *countingStore) Get(ctx context.Context, e state.Entity, id string) (*state.Record, error) {

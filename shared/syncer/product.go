@@ -313,13 +313,27 @@ func (s *productSyncer) numberOwner(ctx context.Context, number string) (string,
 	return "", transient(fmt.Errorf("reading product number owners: %w", err))
 }
 
-func (s *productSyncer) claimNumber(ctx context.Context, storeID, productID int, number string) {
+// numberClaim is the doc that records a product number's owner, or nil for a number the
+// app made itself (NOP-<id>), which no other product can hold.
+func numberClaim(storeID, productID int, number string) *state.Doc {
 	if strings.HasPrefix(number, "NOP-") {
+		return nil
+	}
+	return &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
+}
+
+// claimNumbers records the owners of product numbers, in one call to the state store
+// (one transaction per hundred in Table Storage). A number already claimed keeps its
+// first owner; a claim that could not be written is logged: the next sync of the
+// product claims it again.
+func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc) {
+	if len(claims) == 0 {
 		return
 	}
-	doc := &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
-	if err := s.st.SaveDoc(ctx, doc); err != nil && !errors.Is(err, state.ErrConflict) {
-		s.log.Warn("recording product number owner", "number", number, "error", err)
+	for i, err := range s.st.SaveDocs(ctx, claims) {
+		if err != nil && !errors.Is(err, state.ErrConflict) {
+			s.log.Warn("recording product number owner", "number", claims[i].Key, "error", err)
+		}
 	}
 }
 
@@ -355,12 +369,15 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 	if err := s.settleLifecycle(ctx, pl, cur); err != nil {
 		return err
 	}
-	s.recordProduct(ctx, pl, rec)
+	if claim := s.recordProduct(pl, rec); claim != nil {
+		s.claimNumbers(ctx, []*state.Doc{claim})
+	}
 	return nil
 }
 
-// recordProduct keeps what was written in the product's state and claims its number.
-func (s *productSyncer) recordProduct(ctx context.Context, pl *productPlan, rec *state.Record) {
+// recordProduct keeps what was written in the product's state; it returns the claim of
+// its number still to be recorded (claimNumbers), or nil.
+func (s *productSyncer) recordProduct(pl *productPlan, rec *state.Record) *state.Doc {
 	if rec.Extra == nil {
 		rec.Extra = map[string]string{}
 	}
@@ -377,9 +394,10 @@ func (s *productSyncer) recordProduct(ctx context.Context, pl *productPlan, rec 
 	if pl.parentID != "" {
 		rec.Extra[extraParentID] = pl.parentID
 	}
-	if !claimed {
-		s.claimNumber(ctx, pl.storeID, pl.p.ID, pl.number)
+	if claimed {
+		return nil
 	}
+	return numberClaim(pl.storeID, pl.p.ID, pl.number)
 }
 
 // writeProduct upserts the row. A product number held by another product falls back to

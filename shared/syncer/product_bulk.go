@@ -292,16 +292,23 @@ func (c *productChunk) settle(ctx context.Context, written []int) {
 	}
 	published, rest := c.s.publishBatched(ctx, c.plans, publish)
 	settle = append(settle, rest...)
-	c.s.parallel(ctx, published, func(ctx context.Context, i int) {
-		c.s.recordProduct(ctx, c.plans[i], c.recs[i])
-		c.outs[i] = c.plans[i].outcome()
-	})
 	c.s.parallel(ctx, settle, func(ctx context.Context, i int) {
-		if c.errs[i] = c.s.settleLifecycle(ctx, c.plans[i], c.cur(i)); c.errs[i] == nil {
-			c.s.recordProduct(ctx, c.plans[i], c.recs[i])
+		c.errs[i] = c.s.settleLifecycle(ctx, c.plans[i], c.cur(i))
+	})
+	// The numbers' claims go to the state store together, not one round trip each.
+	var claims []*state.Doc
+	for _, idx := range [][]int{published, settle} {
+		for _, i := range idx {
+			if c.errs[i] != nil {
+				continue
+			}
+			if claim := c.s.recordProduct(c.plans[i], c.recs[i]); claim != nil {
+				claims = append(claims, claim)
+			}
 			c.outs[i] = c.plans[i].outcome()
 		}
-	})
+	}
+	c.s.claimNumbers(ctx, claims)
 }
 
 // publishBatchParts is how many publishes one $batch carries: each runs the product
