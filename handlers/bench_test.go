@@ -784,12 +784,19 @@ func waitAnswered(ctx context.Context, sim *dataversetest.Server) {
 	}
 }
 
-// importCatalogue sends the benchmarks' catalogue (20 families of 4 and 400 simple
-// products) through store, as an import sends products before orders, and waits until
+// benchCatalogue is the benchmarks' catalogue: BENCH_PRODUCTS products (500), a fifth of
+// them in families of 4 (20 families for 500), the rest simple.
+func benchCatalogue() []productSpec {
+	n := max(envInt("BENCH_PRODUCTS", 500), 5)
+	families := n / 25
+	return catalogue(900000, families, 4, n-5*families)
+}
+
+// importCatalogue sends the benchmarks' catalogue (benchCatalogue) through store, as an import sends products before orders, and waits until
 // every product is in the simulator and the app's queues are drained.
 func importCatalogue(ctx context.Context, b testing.TB, store *storeClient, sim *dataversetest.Server) []productSpec {
 	b.Helper()
-	cat := catalogue(900000, 20, 4, 400)
+	cat := benchCatalogue()
 	var pev []json.RawMessage
 	for _, p := range cat {
 		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
@@ -852,7 +859,7 @@ func benchCostModel(b *testing.B) (string, dataversetest.ExecutionCost) {
 }
 
 // BenchmarkImport: the initial import (arrays of 1000 events to /api/events/{entity})
-// of 20,000 customers, then 500 products, then 5,000 orders (a store's worth in one run,
+// of 20,000 customers, then 500 products (BENCH_PRODUCTS), then 5,000 orders (a store's worth in one run,
 // each part measured and the rows of all three together), against the simulator with service-protection
 // limits on and requests taking their execution time. Figures are in simulated time
 // (real time ÷ TimeScale) and compared with the simulator's ideal ceiling.
@@ -1025,7 +1032,7 @@ func benchImport(b *testing.B, store string, named bool) map[string]float64 {
 	// Then the catalogue, as a store's import sends it before its orders: its rows are
 	// what the simulator wrote (products, families, price list items), and a product is
 	// in place once published, when the app has drained.
-	cat := catalogue(900000, 20, 4, 400)
+	cat := benchCatalogue()
 	var pev []json.RawMessage
 	for _, p := range cat {
 		pev = append(pev, event("product", "updated", p.id, 1, productData(p, 1)))
