@@ -433,6 +433,77 @@ func TestBulkPublishesOneProductPerRequest(t *testing.T) {
 	}
 }
 
+// familyPublishDV counts family publishes (PublishProductHierarchy): sent alone, and as
+// the parts of $batch requests.
+type familyPublishDV struct {
+	Dataverse
+	mu             sync.Mutex
+	single, parts  int
+	batchesWithOne int
+}
+
+func (f *familyPublishDV) PublishProductHierarchy(ctx context.Context, id string) error {
+	f.mu.Lock()
+	f.single++
+	f.mu.Unlock()
+	return f.Dataverse.PublishProductHierarchy(ctx, id)
+}
+
+func (f *familyPublishDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error) {
+	n := 0
+	for _, p := range parts {
+		if op, ok := p.(dataverse.Op); ok && strings.HasSuffix(op.Path, "/Microsoft.Dynamics.CRM.PublishProductHierarchy") {
+			n++
+		}
+	}
+	f.mu.Lock()
+	f.parts += n
+	if n > 0 {
+		f.batchesWithOne++
+	}
+	f.mu.Unlock()
+	return f.Dataverse.Batch(ctx, parts...)
+}
+
+// A chunk's new families are published as the parts of $batch requests, as its products
+// are, not by a request each: an import's families would otherwise spend the request
+// limit (6,000 per 300 s) a request per family. Their children, in the same chunk, are
+// published after them and land in their families.
+func TestBulkPublishesFamiliesInBatches(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.deliver(e.eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap
+		t.Fatal(err)
+	}
+	f := &familyPublishDV{Dataverse: e.fdv.Dataverse}
+	e.fdv.Dataverse = f
+	var evs []*nop.Event
+	for fam := 1000; fam < 1012; fam++ {
+		for c := 1; c <= 3; c++ {
+			id := fam*10 + c
+			evs = append(evs, productEvent(t, id, 1, func(d map[string]any) { d["parentGroupedProductId"] = fam }))
+		}
+		evs = append(evs, productEvent(t, fam, 1, func(d map[string]any) { d["productType"] = 10 }))
+	}
+	if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+	if f.single != 0 || f.parts != 12 || f.batchesWithOne > 2 {
+		t.Errorf("12 new families: %d published alone, %d as $batch parts in %d requests; want 0 and 12 in one or two",
+			f.single, f.parts, f.batchesWithOne)
+	}
+	for fam := 1000; fam < 1012; fam++ {
+		if p := e.row("products", productID(1, fam)); numOf(p["statecode"]) != productActive {
+			t.Fatalf("family %d: state %v, want Active", fam, p["statecode"])
+		}
+		for c := 1; c <= 3; c++ {
+			p := e.row("products", productID(1, fam*10+c))
+			if numOf(p["statecode"]) != productActive || !strings.EqualFold(fmt.Sprint(p["_parentproductid_value"]), productID(1, fam)) {
+				t.Fatalf("product %d: state %v, parent %v; want Active in family %d", fam*10+c, p["statecode"], p["_parentproductid_value"], fam)
+			}
+		}
+	}
+}
+
 // A chunk of new products claims their numbers in one SaveDocs call (one Table Storage
 // transaction per hundred), not a SaveDoc each; the claims name each product's owner,
 // and a number two products of the chunk share is claimed by the first. A chunk that

@@ -275,16 +275,17 @@ func (c *productChunk) cur(i int) int {
 
 // settle brings the rows written to their lifecycle state and records them. Dynamics 365
 // publishes one product record per request ("You cannot publish multiple product family,
-// product, or bundle records at once"): Draft products are published each by its own
-// request, sent together as the parts of $batch requests; the rest, and any product whose
-// part fails, one by one.
+// product, or bundle records at once"): Draft products and families are published each
+// by its own request, sent together as the parts of $batch requests (a $batch counts as
+// one request against the service protection limit on the number of requests); the
+// rest, and any product whose part fails, one by one.
 func (c *productChunk) settle(ctx context.Context, written []int) {
 	var publish, settle []int
 	for _, i := range written {
 		if c.errs[i] != nil {
 			continue
 		}
-		if pl := c.plans[i]; !pl.family && pl.active && (c.cur(i) == productDraft || c.cur(i) == productUnderRevision) {
+		if pl := c.plans[i]; pl.active && (c.cur(i) == productDraft || c.cur(i) == productUnderRevision) {
 			publish = append(publish, i)
 		} else {
 			settle = append(settle, i)
@@ -348,8 +349,7 @@ func (s *productSyncer) publishGroup(ctx context.Context, plans []*productPlan, 
 		n := min(len(idx), per)
 		parts := make([]dataverse.BatchPart, n)
 		for k, i := range idx[:n] {
-			parts[k] = dataverse.Op{Method: "PATCH", Path: dataverse.EntityPath("products", plans[i].id),
-				Body: dataverse.Record{"statecode": productActive, "statuscode": 1}, Header: map[string]string{"If-Match": "*"}}
+			parts[k] = publishOp(plans[i])
 		}
 		res, err := s.dv.Batch(ctx, parts...)
 		done := 0
@@ -372,6 +372,17 @@ func (s *productSyncer) publishGroup(ctx context.Context, plans []*productPlan, 
 		return published, append(rest, idx[done:]...)
 	}
 	return published, rest
+}
+
+// publishOp is the request that publishes a planned product, as publish sends it: a
+// family with PublishProductHierarchy, a product by setting its state.
+func publishOp(pl *productPlan) dataverse.Op {
+	if pl.family {
+		return dataverse.Op{Method: "POST", Path: dataverse.EntityPath("products", pl.id) + "/Microsoft.Dynamics.CRM.PublishProductHierarchy",
+			Body: dataverse.Record{}}
+	}
+	return dataverse.Op{Method: "PATCH", Path: dataverse.EntityPath("products", pl.id),
+		Body: dataverse.Record{"statecode": productActive, "statuscode": 1}, Header: map[string]string{"If-Match": "*"}}
 }
 
 // productsByNumber returns the products holding any of the numbers, by lower-cased number.
