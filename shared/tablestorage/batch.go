@@ -3,6 +3,7 @@ package tablestorage
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,11 +11,13 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 )
 
 // aztables' SubmitTransaction returns neither the new ETags of the rows it wrote nor
@@ -40,6 +43,21 @@ func (capturePolicy) Do(req *policy.Request) (*http.Response, error) {
 		}
 	}
 	return resp, err
+}
+
+// submit sends ops as one entity-group transaction and reads its raw answer: err is the
+// service's, results and perr what parseBatch made of the answer.
+func (s *Store) submit(ctx context.Context, ops []aztables.TransactionAction) (results []opResult, perr, err error) {
+	capt := &capture{}
+	_, err = s.c.SubmitTransaction(context.WithValue(ctx, captureKey{}, capt), ops, nil)
+	results, perr = parseBatch(capt)
+	return results, perr, err
+}
+
+// versionsTold reports whether a committed transaction's answer gave every one of its n
+// operations its new ETag; when not, the rows written must be read to learn them.
+func versionsTold(results []opResult, perr error, n int) bool {
+	return perr == nil && len(results) == n && !slices.ContainsFunc(results, func(r opResult) bool { return r.etag == "" })
 }
 
 // opResult is one operation's answer inside a $batch response.

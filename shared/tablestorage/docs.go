@@ -120,11 +120,9 @@ func (s *Store) submitDocs(ctx context.Context, items []*docItem, errs []error) 
 				ops = append(ops, aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: it.body, IfMatch: &etag})
 			}
 		}
-		capt := &capture{}
-		_, err := s.c.SubmitTransaction(context.WithValue(ctx, captureKey{}, capt), ops, nil)
-		results, perr := parseBatch(capt)
+		results, perr, err := s.submit(ctx, ops)
 		if err == nil {
-			if perr != nil || len(results) != len(ops) || slices.ContainsFunc(results, func(r opResult) bool { return r.etag == "" }) {
+			if !versionsTold(results, perr, len(ops)) {
 				// Written, but the answer did not say the new versions: read them.
 				for _, it := range items {
 					errs[it.i] = s.docAfterUnreadableCommit(ctx, it.doc)

@@ -389,11 +389,9 @@ func (s *Store) submitLocked(ctx context.Context, items []*saveItem, updatedAt t
 			}
 		}
 		nc := len(moved) // ops[:nc] are counter rows, ops[nc:] the items
-		capt := &capture{}
-		_, err := s.c.SubmitTransaction(context.WithValue(ctx, captureKey{}, capt), ops, nil)
-		results, perr := parseBatch(capt)
+		results, perr, err := s.submit(ctx, ops)
 		if err == nil {
-			if perr != nil || len(results) != len(ops) || slices.ContainsFunc(results, func(r opResult) bool { return r.etag == "" }) {
+			if !versionsTold(results, perr, len(ops)) {
 				// Written, but the answer did not say the new versions: read them.
 				for _, sh := range moved {
 					sh.loaded = false
