@@ -516,7 +516,6 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 		return "", transient(fmt.Errorf("reading customer %d state: %w", c.ID, err))
 	}
 	if !c.Deleted && skipReason(c) == "" {
-		fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
 		claimed, err := s.leases.claimForOrder(ctx, state.Customer, strconv.Itoa(c.ID), rec)
 		if err != nil {
 			return "", err
@@ -525,6 +524,7 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 		if claimed.DataverseID != "" { // written by the customer's own event while we waited
 			return claimed.DataverseID, nil
 		}
+		fresh := neverApplied(claimed)
 		kctx, stop := s.leases.keep(ctx, []*state.Record{claimed})
 		defer stop()
 		p, err := s.planContact(kctx, storeID, c, claimed, nil)

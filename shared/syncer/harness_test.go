@@ -632,6 +632,21 @@ type faultStore struct {
 	fail func(*state.Record) bool // returns true to fail this Save (called under mu)
 	// failGetMany: GetMany of this entity fails.
 	failGetMany state.Entity
+	// stale: the next Get of a record returns this copy instead (a read made before
+	// another writer's save), once; keyed "<entity>/<id>".
+	stale map[string]*state.Record
+}
+
+func (s *faultStore) Get(ctx context.Context, entity state.Entity, id string) (*state.Record, error) {
+	s.mu.Lock()
+	r := s.stale[string(entity)+"/"+id]
+	delete(s.stale, string(entity)+"/"+id)
+	s.mu.Unlock()
+	if r != nil {
+		c := *r
+		return &c, nil
+	}
+	return s.Store.Get(ctx, entity, id)
 }
 
 func (s *faultStore) GetMany(ctx context.Context, entity state.Entity, ids []string) (map[string]*state.Record, error) {

@@ -248,6 +248,17 @@ func (l *leases) claimForOrder(ctx context.Context, entity state.Entity, id stri
 	return rec, err
 }
 
+// neverApplied reports whether no event of the entity has had its result recorded in rec
+// (a record an order just made, or one an event claimed and never finished). An order
+// that writes such an entity from its own copy records it as synced, and the entity's
+// own event, newer than none, writes over it. It is asked of the record the order
+// claimed, not of one read before: while the order waited for the lease, the entity's
+// own event may have failed and recorded itself (its id and order key), and marking that
+// record synced would make the event's redelivery look like a duplicate and skip it.
+func neverApplied(rec *state.Record) bool {
+	return rec.Status == state.Pending && rec.OrderKey == ""
+}
+
 // acquire is the claim loop: read the record (unless o.known), let o.check end the claim,
 // wait with back-off while another writer's lease runs (up to busyWait), then take the
 // lease with a conditional save; a conflicting save reads again.

@@ -53,6 +53,59 @@ func TestOrderWaitsForTheCustomersOwnSync(t *testing.T) {
 	}
 }
 
+// TestOrderAfterTheEntitysOwnEventFailed: an order reads a product's and a customer's
+// records while their own events are being written (claimed, nothing recorded yet), then
+// waits for their leases; meanwhile those events fail and record themselves. The order
+// writes the rows from its own copy but must not mark the records synced: the events'
+// redelivery then applies them. (Found by the chaos test: a product kept the order
+// line's name, its own newer event skipped as a duplicate.)
+func TestOrderAfterTheEntitysOwnEventFailed(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	fs := e.st
+	prodEv := mkEvent(t, example(t, "product-simple.json")[0], "p7", 2, func(d map[string]any) {
+		d["pictureUrls"], d["name"] = []any{}, "Nikon D5500 DSLR, its own event"
+	})
+	custEv := customerEvent(t, example(t, "customer-created.json")[0], 42, 5, "ada.lovelace@example.com", func(d map[string]any) { d["lastName"] = "King" })
+	fs.stale = map[string]*state.Record{}
+	for _, ev := range []*nop.Event{prodEv, custEv} {
+		// Claimed by its own event: what the order reads.
+		r := &state.Record{Entity: ev.Entity(), ID: ev.EntityID(), Status: state.Pending, Data: eventJSON(ev)}
+		if err := e.st.Save(e.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		claimedCopy := *r
+		fs.stale[string(r.Entity)+"/"+r.ID] = &claimedCopy
+		// Then the event's write failed, and its result was recorded.
+		r.Status, r.OrderKey, r.LastEventID, r.Transient, r.Attempts, r.Reason = state.Failed, ev.OrderKey(), ev.ID, true, 1, "503"
+		if err := e.st.Save(e.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.each(state.Order, mkEvent(t, example(t, "order-placed.json")[0], "o1", 1, nil))
+	if len(fs.stale) != 0 {
+		t.Fatalf("the order did not read %v", fs.stale)
+	}
+	for _, ev := range []*nop.Event{prodEv, custEv} {
+		if r, _ := e.st.Get(e.ctx, ev.Entity(), ev.EntityID()); r.Status == state.Synced {
+			t.Errorf("%s %s after the order: synced, with its own failed event %s never applied", ev.Entity(), ev.EntityID(), r.LastEventID)
+		}
+	}
+	// The events' redelivery.
+	e.each(state.Product, prodEv)
+	e.each(state.Customer, custEv)
+	if p := e.row("products", productID(1, 7)); p["name"] != "Nikon D5500 DSLR, its own event" {
+		t.Errorf("product 7 after its own event's redelivery: name %v", p["name"])
+	}
+	if c := e.row("contacts", contactID(1, 42)); c["lastname"] != "King" {
+		t.Errorf("customer 42 after its own event's redelivery: lastname %v", c["lastname"])
+	}
+	for _, ev := range []*nop.Event{prodEv, custEv} {
+		if r, _ := e.st.Get(e.ctx, ev.Entity(), ev.EntityID()); r.Status != state.Synced || r.LastEventID != ev.ID {
+			t.Errorf("%s %s: %s, last event %s; want synced by %s", ev.Entity(), ev.EntityID(), r.Status, r.LastEventID, ev.ID)
+		}
+	}
+}
+
 // TestOrderReleasesWhatItClaimed: an order that creates a product it has not seen leaves
 // no lease behind, so the product's own event is applied at once.
 func TestOrderReleasesWhatItClaimed(t *testing.T) {

@@ -756,7 +756,6 @@ func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.I
 	if err != nil {
 		return "", err
 	}
-	fresh := rec == nil || rec.Status == state.Pending && rec.OrderKey == ""
 	work, err := s.leases.claimForOrder(ctx, state.Product, key, rec)
 	if err != nil {
 		return "", err
@@ -765,6 +764,7 @@ func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.I
 	if work.DataverseID != "" { // written by the product's own event while we waited
 		return work.DataverseID, nil
 	}
+	fresh := neverApplied(work)
 	kctx, stop := s.leases.keep(ctx, []*state.Record{work})
 	defer stop()
 	id, err := s.createForOrder(kctx, storeID, ip, work, sh, fresh)
