@@ -20,14 +20,8 @@ import (
 //   - the same doc twice in one batch: as two SaveDocs one after the other;
 //   - writers creating the same keys at once: each key is created by exactly one.
 
-func docsTests() []struct {
-	name string
-	fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
-} {
-	return []struct {
-		name string
-		fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
-	}{
+func docsTests() []suiteTest {
+	return []suiteTest{
 		{"DocsRoundTrip", testDocsRoundTrip},
 		{"DocsConflictsInsideABatch", testDocsConflicts},
 		{"DocsSameDocTwice", testDocsTwice},

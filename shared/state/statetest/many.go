@@ -21,14 +21,8 @@ import (
 //   - The same record twice in one batch: as two Saves one after the other.
 //   - Counts equal a full Scan after batches, concurrent ones included.
 
-func manyTests() []struct {
-	name string
-	fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
-} {
-	return []struct {
-		name string
-		fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
-	}{
+func manyTests() []suiteTest {
+	return []suiteTest{
 		{"ManyRoundTrip", testManyRoundTrip},
 		{"ManyConflictsInsideABatch", testManyConflicts},
 		{"ManySameRecordTwice", testManyTwice},

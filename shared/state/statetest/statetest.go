@@ -29,13 +29,16 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
+// suiteTest is one subtest of the suite: its name and what it runs on new stores.
+type suiteTest struct {
+	name string
+	fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
+}
+
 // Run runs the suite. newStore must return a new, empty store each time it is called
 // (a "wiped" store); the suite calls it once per subtest, sometimes twice.
 func Run(t *testing.T, newStore func(t *testing.T) state.Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, newStore func(t *testing.T) state.Store)
-	}{
+	tests := []suiteTest{
 		{"CreateGet", testCreateGet},
 		{"ETagRules", testETagRules},
 		{"InvalidInput", testInvalidInput},
