@@ -81,3 +81,36 @@ func TestSaveDocsInTransactions(t *testing.T) {
 		}
 	}
 }
+
+// TestSaveDocsAfterTableDropped: docs saved together into a table dropped behind the
+// store's back (a wiped state table) make the table again and are all saved; one that
+// still carries a pre-drop ETag conflicts.
+func TestSaveDocsAfterTableDropped(t *testing.T) {
+	s := newTestStore(t, Options{})
+	ctx := context.Background()
+	old := &state.Doc{Kind: "productnumber", Key: "old", Value: []byte("1/1")}
+	if err := s.SaveDoc(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.svc.DeleteTable(ctx, s.table, nil); err != nil {
+		t.Fatal(err)
+	}
+	docs := []*state.Doc{
+		{Kind: "productnumber", Key: "a", Value: []byte("1/2")},
+		{Kind: "productnumber", Key: "b", Value: []byte("1/3")},
+		{Kind: "productnumber", Key: "old", Value: []byte("1/4"), ETag: old.ETag},
+	}
+	errs := s.SaveDocs(ctx, docs)
+	for i, d := range docs[:2] {
+		if errs[i] != nil {
+			t.Fatalf("doc %s after the drop: %v", d.Key, errs[i])
+		}
+		got, err := s.GetDoc(ctx, d.Kind, d.Key)
+		if err != nil || got.ETag != d.ETag {
+			t.Fatalf("doc %s: %+v, %v; SaveDocs gave ETag %q", d.Key, got, err, d.ETag)
+		}
+	}
+	if !errors.Is(errs[2], state.ErrConflict) {
+		t.Fatalf("doc with a pre-drop ETag: %v, want ErrConflict", errs[2])
+	}
+}
