@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -541,6 +542,48 @@ func TestBulkClaimsProductNumbersTogether(t *testing.T) {
 	if st.saveDocs[productNumberKind] != 1 || st.docSaves[productNumberKind] != 0 {
 		t.Errorf("the same chunk again: %d SaveDocs and %d SaveDoc of product numbers in all, want still 1 and 0",
 			st.saveDocs[productNumberKind], st.docSaves[productNumberKind])
+	}
+}
+
+// A product-number claim the state store could not write is not taken as made: the
+// product's record forgets the number, and the product's next write claims it.
+func TestBulkClaimFailureClaimsAgain(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if err := e.deliver(e.eng, state.Product, productEvent(t, 100, 1, nil)); err != nil { // bootstrap
+		t.Fatal(err)
+	}
+	e.st.mu.Lock()
+	e.st.failDocs = productNumberKind
+	e.st.mu.Unlock()
+	if err := e.deliver(e.eng, state.Product, newProducts(t, 10)...); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 10} {
+		if r := e.rec(state.Product, i); r.Status != state.Synced || r.Extra[extraProductNumber] != "" {
+			t.Fatalf("product %d after a failed claim: %s, product number kept %q", i, r.Status, r.Extra[extraProductNumber])
+		}
+		if _, err := e.st.GetDoc(context.Background(), productNumberKind, fmt.Sprintf("sku-%d", i)); !errors.Is(err, state.ErrNotFound) {
+			t.Fatalf("claim of SKU-%d: %v, want none", i, err)
+		}
+	}
+	e.st.mu.Lock()
+	e.st.failDocs = ""
+	e.st.mu.Unlock()
+	var v2 []*nop.Event
+	for i := 1; i <= 10; i++ {
+		v2 = append(v2, productEvent(t, i, 2, func(d map[string]any) { d["name"] = "v2" }))
+	}
+	if err := e.deliver(e.eng, state.Product, v2...); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 10} {
+		d, err := e.st.GetDoc(context.Background(), productNumberKind, fmt.Sprintf("sku-%d", i))
+		if err != nil || string(d.Value) != ownerKey(1, i) {
+			t.Fatalf("claim of SKU-%d after the next write: %v, %v", i, d, err)
+		}
+		if p := e.row("products", productID(1, i)); p["productnumber"] != fmt.Sprintf("SKU-%d", i) {
+			t.Fatalf("product %d: number %v", i, p["productnumber"])
+		}
 	}
 }
 

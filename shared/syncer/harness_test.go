@@ -635,6 +635,28 @@ type faultStore struct {
 	// stale: the next Get of a record returns this copy instead (a read made before
 	// another writer's save), once; keyed "<entity>/<id>".
 	stale map[string]*state.Record
+	// failDocs: saves of docs of this kind fail.
+	failDocs string
+}
+
+func (s *faultStore) SaveDocs(ctx context.Context, docs []*state.Doc) []error {
+	s.mu.Lock()
+	kind := s.failDocs
+	s.mu.Unlock()
+	errs := make([]error, len(docs))
+	var rest []*state.Doc
+	var idx []int
+	for i, d := range docs {
+		if kind != "" && d.Kind == kind {
+			errs[i] = fmt.Errorf("injected state-store failure: %w", errInjected)
+			continue
+		}
+		rest, idx = append(rest, d), append(idx, i)
+	}
+	for k, err := range s.Store.SaveDocs(ctx, rest) {
+		errs[idx[k]] = err
+	}
+	return errs
 }
 
 func (s *faultStore) Get(ctx context.Context, entity state.Entity, id string) (*state.Record, error) {

@@ -322,17 +322,20 @@ func numberClaim(storeID, productID int, number string) *state.Doc {
 	return &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
 }
 
-// claimNumbers records the owners of product numbers, in one call to the state store
-// (one transaction per hundred in Table Storage). A number already claimed keeps its
-// first owner; a claim that could not be written is logged: the next sync of the
-// product claims it again.
-func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc) {
+// claimNumbers records the owners of product numbers (claims[i] made by recordProduct for
+// recs[i]), in one call to the state store (one transaction per hundred in Table
+// Storage). A number already claimed keeps its first owner. A claim that could not be
+// written is logged and its record forgets the number it wrote, so the next write of
+// the product asks who owns it and claims it again; meanwhile Dynamics 365 itself
+// refuses a second product with that number (writeProduct falls back to NOP-<id>).
+func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc, recs []*state.Record) {
 	if len(claims) == 0 {
 		return
 	}
 	for i, err := range s.st.SaveDocs(ctx, claims) {
 		if err != nil && !errors.Is(err, state.ErrConflict) {
 			s.log.Warn("recording product number owner", "number", claims[i].Key, "error", err)
+			delete(recs[i].Extra, extraProductNumber)
 		}
 	}
 }
@@ -370,7 +373,7 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 		return err
 	}
 	if claim := s.recordProduct(pl, rec); claim != nil {
-		s.claimNumbers(ctx, []*state.Doc{claim})
+		s.claimNumbers(ctx, []*state.Doc{claim}, []*state.Record{rec})
 	}
 	return nil
 }

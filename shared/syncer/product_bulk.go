@@ -298,18 +298,19 @@ func (c *productChunk) settle(ctx context.Context, written []int) {
 	})
 	// The numbers' claims go to the state store together, not one round trip each.
 	var claims []*state.Doc
+	var claimers []*state.Record
 	for _, idx := range [][]int{published, settle} {
 		for _, i := range idx {
 			if c.errs[i] != nil {
 				continue
 			}
 			if claim := c.s.recordProduct(c.plans[i], c.recs[i]); claim != nil {
-				claims = append(claims, claim)
+				claims, claimers = append(claims, claim), append(claimers, c.recs[i])
 			}
 			c.outs[i] = c.plans[i].outcome()
 		}
 	}
-	c.s.claimNumbers(ctx, claims)
+	c.s.claimNumbers(ctx, claims, claimers)
 }
 
 // publishBatchParts is how many publishes one $batch carries: each runs the product
