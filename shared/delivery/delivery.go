@@ -337,7 +337,9 @@ type Failure struct {
 // state store could not be written.
 const NoReason = "no reason recorded: the deliveries ended without an answer (process stopped, lock lost) or the state store was unreachable"
 
-func failureKey(queueName, id string) string { return queueName + "/" + id }
+// failureKey is the doc key of the failure record of (queue, id); a key too long for the
+// state store is hashed (state.FitKey): the record itself keeps the id.
+func failureKey(queueName, id string) string { return state.FitKey(queueName + "/" + id) }
 
 const maxReason = 2000
 

@@ -257,3 +257,22 @@ func TestCountReplay(t *testing.T) {
 		t.Error("failure records of two queues share a key")
 	}
 }
+
+// A message whose id is 128 non-ASCII characters (384 bytes, longer than the state
+// store's keys) still has its failure recorded, with its reason, and found again.
+func TestFailureOfALongID(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	f.setFail(errors.New("dataverse: 503 Service Unavailable"))
+	id := strings.Repeat("€", 128)
+	if err := f.h.Handle(ctx, msg(id, 1)); err == nil {
+		t.Fatal("the failing delivery succeeded")
+	}
+	fl, err := Lookup(ctx, f.st, queue.Customers, id)
+	if err != nil || fl == nil || fl.MessageID != id || fl.Deliveries != 1 || !strings.Contains(fl.Reason, "503") {
+		t.Fatalf("failure record %+v, %v", fl, err)
+	}
+	if other, _ := Lookup(ctx, f.st, queue.Customers, strings.Repeat("€", 127)+"e"); other != nil {
+		t.Errorf("another id found its record: %+v", other)
+	}
+}

@@ -15,12 +15,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/localqueue"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
 )
@@ -514,6 +516,36 @@ func TestQueuedMessages(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), "dddd") {
 		t.Error("body in logs")
+	}
+}
+
+// An event id is up to 128 characters as Service Bus counts them (UTF-16 code units), so
+// an id of 128 non-ASCII characters is accepted and queued, not refused by the queue's
+// own check as a message id too long (counted in bytes it would be 384).
+func TestLongNonASCIIEventID(t *testing.T) {
+	q, err := localqueue.Open(localqueue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	e := newEnv(t, func(o *intake.Options) { o.Sender = q })
+	for _, id := range []string{strings.Repeat("€", 128), strings.Repeat("😀", 64)} {
+		body := strings.Replace(string(testdata(t, "customer.json")), `"evt-customer-0001"`, strconv.Quote(id), 1)
+		if !strings.Contains(body, id) {
+			t.Fatal("test event has no id to replace")
+		}
+		if resp := e.in.Handle(context.Background(), e.signed("customer", []byte(body))); resp.Status != 202 {
+			t.Fatalf("id of %d bytes: %d %s", len(id), resp.Status, resp.Body)
+		}
+		st, err := q.Stats(context.Background(), queue.Customers)
+		if err != nil || st.Active == 0 {
+			t.Fatalf("nothing queued: %+v %v", st, err)
+		}
+	}
+	long := strings.Repeat("€", 129)
+	body := strings.Replace(string(testdata(t, "customer.json")), `"evt-customer-0001"`, strconv.Quote(long), 1)
+	if resp := e.in.Handle(context.Background(), e.signed("customer", []byte(body))); resp.Status != 400 || !strings.Contains(string(resp.Body), "id") {
+		t.Errorf("an id of 129 characters: %d %s, want 400 naming the id", resp.Status, resp.Body)
 	}
 }
 

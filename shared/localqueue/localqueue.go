@@ -388,15 +388,8 @@ func (q *Queues) send(ctx context.Context, queueName string, msgs []queue.Messag
 }
 
 func (q *Queues) check(m queue.Message) error {
-	switch {
-	case m.MessageID == "":
-		return errors.New("empty MessageID (duplicate detection needs it)")
-	case len(m.MessageID) > 128:
-		return errors.New("MessageID longer than 128 characters")
-	case m.SessionID == "":
-		return errors.New("empty SessionID (the queues require sessions)")
-	case len(m.SessionID) > 128:
-		return errors.New("SessionID longer than 128 characters")
+	if err := m.Check(); err != nil {
+		return err
 	}
 	size := len(m.Body) + len(m.MessageID) + len(m.SessionID) + len(m.Subject) + len(m.ContentType)
 	for k, v := range m.ApplicationProperties {

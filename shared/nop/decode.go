@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/nopsync/nopsync/shared/queue"
 )
 
 // DecodeRequest decodes and validates the body of POST /api/events/{entity}: one event
@@ -495,7 +497,7 @@ func decodeEvent(d *decoder, want Entity, raw json.RawMessage) (*Event, error) {
 
 	ev.ID = o.str("id")
 	if d.err == nil {
-		if n := utf16Len(ev.ID); n < 1 || n > MaxIDLength {
+		if n := queue.IDLength(ev.ID); n < 1 || n > MaxIDLength {
 			d.fail("id", "must be 1 to %d characters, got %d", MaxIDLength, n)
 		} else if strings.ContainsFunc(ev.ID, isControl) {
 			d.fail("id", "must not contain control characters")
@@ -553,18 +555,6 @@ func decodeEvent(d *decoder, want Entity, raw json.RawMessage) (*Event, error) {
 		return nil, d.err
 	}
 	return ev, nil
-}
-
-// utf16Len counts characters as Service Bus (.NET) does: UTF-16 code units.
-func utf16Len(s string) int {
-	n := 0
-	for _, r := range s {
-		n++
-		if r >= 0x10000 {
-			n++
-		}
-	}
-	return n
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) }

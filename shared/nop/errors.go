@@ -4,17 +4,19 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/nopsync/nopsync/shared/queue"
 )
 
 // Limits from docs/events.md.
 const (
-	MaxEvents     = 1000       // events per request
-	MaxEventBytes = 200 << 10  // one event, as received
-	MaxBodyBytes  = 4 << 20    // one request body (intake enforces it before decoding)
-	MaxIDLength   = 128        // event id, UTF-16 code units (Service Bus MessageId limit)
-	MaxNameLength = 400        // product name, characters (nopCommerce's column)
-	maxInt32      = 1<<31 - 1  // nopCommerce ints are C# int
-	minInt32      = -(1 << 31) //
+	MaxEvents     = 1000              // events per request
+	MaxEventBytes = 200 << 10         // one event, as received
+	MaxBodyBytes  = 4 << 20           // one request body (intake enforces it before decoding)
+	MaxIDLength   = queue.MaxIDLength // event id, UTF-16 code units (Service Bus MessageId limit)
+	MaxNameLength = 400               // product name, characters (nopCommerce's column)
+	maxInt32      = 1<<31 - 1         // nopCommerce ints are C# int
+	minInt32      = -(1 << 31)        //
 )
 
 // ValidationError says why a request body or queue envelope was refused: which event

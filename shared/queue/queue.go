@@ -5,6 +5,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -33,6 +34,40 @@ type Message struct {
 	Body        []byte // JSON envelope (nop.Envelope)
 	// ApplicationProperties travel with the message (for example "replayOf").
 	ApplicationProperties map[string]any
+}
+
+// MaxIDLength is Service Bus's limit on a MessageId and a SessionId: 128 characters,
+// counted as .NET counts a string's length, in UTF-16 code units
+// (https://learn.microsoft.com/dotnet/api/azure.messaging.servicebus.servicebusmessage.messageid).
+const MaxIDLength = 128
+
+// IDLength is the length of s as Service Bus counts it: UTF-16 code units (a character
+// outside the Basic Multilingual Plane counts twice), not bytes.
+func IDLength(s string) int {
+	n := 0
+	for _, r := range s {
+		n++
+		if r >= 0x10000 {
+			n++
+		}
+	}
+	return n
+}
+
+// Check reports what makes m unfit for the app's queues: both ids are required (duplicate
+// detection keys on the MessageId; the queues require sessions) and within MaxIDLength.
+func (m Message) Check() error {
+	switch {
+	case m.MessageID == "":
+		return errors.New("empty MessageID (duplicate detection needs it)")
+	case IDLength(m.MessageID) > MaxIDLength:
+		return errors.New("MessageID longer than 128 characters")
+	case m.SessionID == "":
+		return errors.New("empty SessionID (the queues require sessions)")
+	case IDLength(m.SessionID) > MaxIDLength:
+		return errors.New("SessionID longer than 128 characters")
+	}
+	return nil
 }
 
 // Sender sends messages to a queue. Send is all or nothing as far as the system allows:

@@ -236,20 +236,6 @@ func toSDK(m queue.Message) *azservicebus.Message {
 	return out
 }
 
-func checkMessage(m queue.Message) error {
-	switch {
-	case m.MessageID == "":
-		return errors.New("empty MessageID (duplicate detection needs it)")
-	case len(m.MessageID) > 128:
-		return errors.New("MessageID longer than 128 characters")
-	case m.SessionID == "":
-		return errors.New("empty SessionID (the queues require sessions)")
-	case len(m.SessionID) > 128:
-		return errors.New("SessionID longer than 128 characters")
-	}
-	return nil
-}
-
 // Send implements queue.Sender. The messages go as one MessageBatch when they fit,
 // which the broker accepts or rejects as a whole. When they don't, they go as several
 // batches in order, and "all or nothing" means: on an error some batches may already
@@ -266,7 +252,7 @@ func (c *Client) Send(ctx context.Context, queueName string, msgs []queue.Messag
 		return nil
 	}
 	for i, m := range msgs {
-		if err := checkMessage(m); err != nil {
+		if err := m.Check(); err != nil {
 			return fmt.Errorf("servicebus: send to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
 		}
 	}
@@ -315,7 +301,7 @@ func (c *Client) Schedule(ctx context.Context, queueName string, msgs []queue.Me
 		return errors.New("servicebus: schedule: empty queue name")
 	}
 	for i, m := range msgs {
-		if err := checkMessage(m); err != nil {
+		if err := m.Check(); err != nil {
 			return fmt.Errorf("servicebus: schedule to %s: message %d (%q): %w", queueName, i, m.MessageID, err)
 		}
 	}

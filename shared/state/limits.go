@@ -1,6 +1,8 @@
 package state
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -23,6 +25,18 @@ const (
 	// MaxString bounds the other string fields; a longer Reason is cut to it, not refused.
 	MaxString = 16 << 10
 )
+
+// FitKey returns k when it is a valid doc key, else one made from it that is: "~sha256-"
+// and the hex SHA-256 of k. A doc named by something that may be longer than MaxKeyLen
+// bytes (an event id of 128 non-ASCII characters is up to 384 bytes in UTF-8; a product
+// number of 100) then still has a key of its own; the doc should keep k in its value.
+func FitKey(k string) string {
+	if CheckKey("", k) == nil {
+		return k
+	}
+	sum := sha256.Sum256([]byte(k))
+	return "~sha256-" + hex.EncodeToString(sum[:])
+}
 
 // CheckKey checks a record id, doc kind or doc key: not empty, at most MaxKeyLen bytes,
 // valid UTF-8. what names it in the error ("id", "doc kind", "doc key").

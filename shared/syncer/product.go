@@ -303,7 +303,7 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 }
 
 func (s *productSyncer) numberOwner(ctx context.Context, number string) (string, error) {
-	doc, err := s.st.GetDoc(ctx, productNumberKind, strings.ToLower(number))
+	doc, err := s.st.GetDoc(ctx, productNumberKind, numberKey(number))
 	switch {
 	case err == nil:
 		return string(doc.Value), nil
@@ -313,13 +313,18 @@ func (s *productSyncer) numberOwner(ctx context.Context, number string) (string,
 	return "", transient(fmt.Errorf("reading product number owners: %w", err))
 }
 
+// numberKey is the key of a product number's claim: the number in lower case (Dataverse
+// compares product numbers without regard to case), hashed when longer than the state
+// store's keys (a number of 100 non-ASCII characters).
+func numberKey(number string) string { return state.FitKey(strings.ToLower(number)) }
+
 // numberClaim is the doc that records a product number's owner, or nil for a number the
 // app made itself (NOP-<id>), which no other product can hold.
 func numberClaim(storeID, productID int, number string) *state.Doc {
 	if strings.HasPrefix(number, "NOP-") {
 		return nil
 	}
-	return &state.Doc{Kind: productNumberKind, Key: strings.ToLower(number), Value: []byte(ownerKey(storeID, productID))}
+	return &state.Doc{Kind: productNumberKind, Key: numberKey(number), Value: []byte(ownerKey(storeID, productID))}
 }
 
 // claimNumbers records the owners of product numbers (claims[i] made by recordProduct for

@@ -212,6 +212,28 @@ func TestProductNumberAdoptionAndFallback(t *testing.T) {
 	if p := e.row("products", productID(1, 1)); p["productnumber"] != "NOP-1" {
 		t.Fatalf("product 1 number %v, want NOP-1", p["productnumber"])
 	}
+	// A sku of 100 non-ASCII characters (300 bytes, longer than the state store's keys)
+	// is claimed like any other (here in bulk); a second product with it, in other case,
+	// falls back to NOP-<id>.
+	long := strings.Repeat("ü", 100)
+	withLong := func(sku string) func(d map[string]any) { return func(d map[string]any) { d["sku"] = sku } }
+	if err := e.deliver(e.eng, state.Product, productEvent(t, 4, 1, withLong(long)), productEvent(t, 9, 1, nil),
+		productEvent(t, 10, 1, nil), productEvent(t, 11, 1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	e.each(state.Product, productEvent(t, 5, 1, withLong(strings.Repeat("Ü", 100))))
+	if p := e.row("products", productID(1, 4)); p["productnumber"] != long {
+		t.Fatalf("product 4 number %v, want its sku", p["productnumber"])
+	}
+	if d, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey(long)); err != nil || string(d.Value) != ownerKey(1, 4) {
+		t.Fatalf("claim of the long sku: %v %v", d, err)
+	}
+	if r := e.rec(state.Product, 4); r.Extra[extraProductNumber] != long {
+		t.Errorf("product 4 forgot its claimed number: %q", r.Extra[extraProductNumber])
+	}
+	if p := e.row("products", productID(1, 5)); p["productnumber"] != "NOP-5" || !strings.Contains(e.rec(state.Product, 5).Reason, "another product") {
+		t.Errorf("product 5 number %v reason %q, want NOP-5", p["productnumber"], e.rec(state.Product, 5).Reason)
+	}
 }
 
 // Deletes retire; DELETE_POLICY=delete deletes products no order uses and
