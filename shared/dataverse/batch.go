@@ -115,8 +115,10 @@ type batchOp struct {
 // A resent batch runs again the parts that had succeeded, so a batch holding an
 // op that must not run twice (ConvertSalesOrderToInvoice, a create without its
 // primary key) is sent once: after a 5xx, a timeout or a lost answer the error
-// reports OutcomeUnknown. A part answered 429 holds every request of the client
-// until its Retry-After has passed, as a 429 for the whole request does.
+// reports OutcomeUnknown. A batch holding an op whose repeat is refused (refusesRepeat:
+// closing an order) is sent again only after a 429. A part answered 429 holds every
+// request of the client until its Retry-After has passed, as a 429 for the whole
+// request does.
 func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, error) {
 	return c.batch(ctx, false, parts)
 }
@@ -130,10 +132,8 @@ func (c *Client) batch(ctx context.Context, throttledOnly bool, parts []BatchPar
 	}
 	unsafe := false
 	for _, o := range ops {
-		if nonIdempotent(o.Method, o.Path, o.Body) {
-			unsafe = true
-			break
-		}
+		unsafe = unsafe || nonIdempotent(o.Method, o.Path, o.Body)
+		throttledOnly = throttledOnly || refusesRepeat(o.Method, o.Path)
 	}
 	resp, err := c.do(ctx, request{
 		method: http.MethodPost, path: "$batch", rawBody: body,

@@ -220,16 +220,18 @@ func orderClose(orderID, subject string) Record {
 	}
 }
 
-// FulfillSalesOrder closes an order as fulfilled (status e.g. 100001 Complete).
+// FulfillSalesOrder closes an order as fulfilled (status e.g. 100001 Complete). A close
+// runs once: a second run is refused (the order is closed), so after a 5xx, a timeout or
+// a lost answer it is not sent again (see refusesRepeat): the caller reads the order.
 func (c *Client) FulfillSalesOrder(ctx context.Context, orderID string, status int) error {
-	_, err := c.do(ctx, request{method: http.MethodPost, path: "FulfillSalesOrder",
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "FulfillSalesOrder", throttledOnly: true,
 		body: Record{"OrderClose": orderClose(orderID, "Order fulfilled"), "Status": status}})
 	return err
 }
 
 // CancelSalesOrder closes an order as canceled (status e.g. 4 No Money).
 func (c *Client) CancelSalesOrder(ctx context.Context, orderID string, status int) error {
-	_, err := c.do(ctx, request{method: http.MethodPost, path: "CancelSalesOrder",
+	_, err := c.do(ctx, request{method: http.MethodPost, path: "CancelSalesOrder", throttledOnly: true,
 		body: Record{"OrderClose": orderClose(orderID, "Order canceled"), "Status": status}})
 	return err
 }
@@ -262,6 +264,27 @@ func (c *Client) PublishProductHierarchy(ctx context.Context, productID string) 
 	_, err := c.do(ctx, request{method: http.MethodPost,
 		path: EntityPath("products", productID) + "/Microsoft.Dynamics.CRM.PublishProductHierarchy", body: Record{}})
 	return err
+}
+
+// refusesRepeat reports whether a request's second run is refused because its first
+// changed what it applies to: FulfillSalesOrder and CancelSalesOrder close the order, and
+// Dataverse refuses to close a closed one. Sent again blindly after an answer was lost,
+// it would report a failure for a step that was done; so it is sent again only after a
+// 429 (which Dataverse answers before running anything), and the caller reads the order
+// to learn what happened.
+func refusesRepeat(method, path string) bool {
+	if !strings.EqualFold(method, http.MethodPost) {
+		return false
+	}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	path = strings.Trim(path, "/")
+	switch strings.TrimPrefix(path[strings.LastIndexByte(path, '/')+1:], "Microsoft.Dynamics.CRM.") {
+	case "FulfillSalesOrder", "CancelSalesOrder":
+		return true
+	}
+	return false
 }
 
 // nonIdempotent reports whether a request must not be sent twice because each run
