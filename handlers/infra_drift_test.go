@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nopsync/nopsync/shared/config"
 )
@@ -896,6 +897,69 @@ func TestDriftParametersFile(t *testing.T) {
 	driftReport(t, driftCheckParametersFile(r.read(t, "infra/main.bicep"), r.read(t, "infra/main.parameters.json")))
 }
 
+// driftMaxSessionIdle bounds host.json's serviceBus.sessionIdleTimeout. The session
+// processor waits that long for another message of the session it holds before it
+// closes the session and takes the next one (Microsoft Learn:
+// ServiceBusSessionProcessorOptions.SessionIdleTimeout; unset, it waits the try timeout).
+// The app's sessions mostly hold one message (a live event's entity, an import chunk),
+// so each of an instance's maxConcurrentSessions slots idles that long after every
+// message: 30 s would cap an instance at 8 messages per 30 s.
+const driftMaxSessionIdle = 2 * time.Second
+
+// driftCheckHostServiceBus checks host.json's Service Bus settings the app's session
+// layout depends on.
+func driftCheckHostServiceBus(hostJSON string) []string {
+	var h struct {
+		Extensions struct {
+			ServiceBus map[string]any `json:"serviceBus"`
+		} `json:"extensions"`
+	}
+	if err := json.Unmarshal([]byte(hostJSON), &h); err != nil {
+		return []string{fmt.Sprintf("host.json: %v", err)}
+	}
+	v, ok := h.Extensions.ServiceBus["sessionIdleTimeout"].(string)
+	if !ok {
+		return []string{"host.json: extensions.serviceBus.sessionIdleTimeout is not set (unset, a session slot waits the try timeout, a minute, after each message)"}
+	}
+	d, err := driftTimeSpan(v)
+	switch {
+	case err != nil:
+		return []string{fmt.Sprintf("host.json: extensions.serviceBus.sessionIdleTimeout %q: %v", v, err)}
+	case d <= 0 || d > driftMaxSessionIdle:
+		return []string{fmt.Sprintf("host.json: extensions.serviceBus.sessionIdleTimeout %s must be above 0 and at most %s: the app's sessions hold one message each, and every session slot idles that long after it", d, driftMaxSessionIdle)}
+	}
+	return nil
+}
+
+// driftTimeSpan parses a .NET TimeSpan as host.json writes it: [d.]hh:mm:ss[.fffffff].
+func driftTimeSpan(s string) (time.Duration, error) {
+	var days int
+	if i := strings.IndexByte(s, '.'); i >= 0 && i < strings.IndexByte(s, ':') {
+		n, err := strconv.Atoi(s[:i])
+		if err != nil {
+			return 0, fmt.Errorf("not a TimeSpan")
+		}
+		days, s = n, s[i+1:]
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return 0, fmt.Errorf("not a TimeSpan (hh:mm:ss)")
+	}
+	h, err1 := strconv.Atoi(parts[0])
+	m, err2 := strconv.Atoi(parts[1])
+	sec, err3 := strconv.ParseFloat(parts[2], 64)
+	if err1 != nil || err2 != nil || err3 != nil || m > 59 || sec >= 60 {
+		return 0, fmt.Errorf("not a TimeSpan (hh:mm:ss)")
+	}
+	return time.Duration(days)*24*time.Hour + time.Duration(h)*time.Hour + time.Duration(m)*time.Minute +
+		time.Duration(sec*float64(time.Second)), nil
+}
+
+func TestDriftHostServiceBus(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckHostServiceBus(r.read(t, "host.json")))
+}
+
 func TestDriftPackaging(t *testing.T) {
 	r := driftLoadRepo(t)
 	driftReport(t, driftCheckPackaging(r.read(t, "azure.yaml"), r.read(t, "scripts/package"), r.read(t, "host.json")))
@@ -1099,6 +1163,25 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		}
 		driftExpectProblem(t, "EVENTS_URL on another path", driftCheckEventsURL(strings.Replace(mainBicep, "/api/events/{entity}'", "/api/webhook/{entity}'", 1), host, events), "/api/webhook/{entity}")
 		driftExpectProblem(t, "route prefix changed in host.json", driftCheckEventsURL(mainBicep, strings.Replace(host, `"routePrefix": "api"`, `"routePrefix": "nop"`, 1), events), "/nop/events/{entity}")
+	})
+
+	t.Run("host.json Service Bus", func(t *testing.T) {
+		host := r.read(t, "host.json")
+		if p := driftCheckHostServiceBus(host); len(p) != 0 {
+			t.Skipf("the real file already drifts (TestDriftHostServiceBus reports it): %v", p)
+		}
+		m := regexp.MustCompile(`"sessionIdleTimeout":\s*"([^"]*)",?`).FindStringSubmatch(host)
+		if m == nil {
+			t.Fatal("host.json has no sessionIdleTimeout to change")
+		}
+		cur := m[1]
+		long := strings.Replace(host, `"sessionIdleTimeout": "`+cur+`"`, `"sessionIdleTimeout": "00:00:30"`, 1)
+		driftExpectProblem(t, "a 30 s session idle timeout", driftCheckHostServiceBus(long), "sessionIdleTimeout", "30s")
+		gone := strings.Replace(host, m[0], ``, 1)
+		driftExpectProblem(t, "no session idle timeout", driftCheckHostServiceBus(gone), "sessionIdleTimeout", "not set")
+		if d, err := driftTimeSpan("1.00:00:01.5"); err != nil || d != 24*time.Hour+1500*time.Millisecond {
+			t.Errorf("driftTimeSpan(1.00:00:01.5) = %s, %v", d, err)
+		}
 	})
 
 	t.Run("parameters file", func(t *testing.T) {
