@@ -140,12 +140,35 @@ func ownPorts(cfg *config.Config) []int {
 	return ports
 }
 
-// public serves the app's public routes (the HTTP functions' routes under /api).
+// public serves the app's public routes (the HTTP functions' routes under /api), matched
+// as the Functions host matches them (hostPath).
 func (a *app) public() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/api/events/{entity}", a.intake)
 	a.ops.Routes(mux)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := hostPath(r.URL.Path); p != r.URL.Path {
+			r2 := r.Clone(r.Context())
+			r2.URL.Path, r2.URL.RawPath = p, ""
+			r = r2
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// hostPath is a request path as the Functions host routes it: ASP.NET Core routing ignores
+// case in a route's literal segments and takes a trailing slash, and the host passes the
+// URL on as the caller wrote it. Every route here is /api/<literal>[/{parameters}], so the
+// first two segments are lowered and a trailing slash dropped; parameters keep their case.
+func hostPath(p string) string {
+	if len(p) > 1 {
+		p = strings.TrimSuffix(p, "/")
+	}
+	segs := strings.SplitN(p, "/", 4) // "", "api", "<literal>", rest
+	for i := 1; i < len(segs) && i <= 2; i++ {
+		segs[i] = strings.ToLower(segs[i])
+	}
+	return strings.Join(segs, "/")
 }
 
 // functions maps each function name to its implementation.

@@ -172,6 +172,14 @@ func TestHostProtocolEndToEnd(t *testing.T) {
 	if status, body := resOutput(t, out); code != 200 || status != "200" || body["entities"] == nil {
 		t.Errorf("status: %d %s %v", code, status, body)
 	}
+	// The host routes like ASP.NET Core (literal segments in any case, a trailing slash
+	// taken) and passes the URL on as the caller wrote it.
+	for _, u := range []string{"/API/Status", "/api/status/", "/Api/STATUS/customer/42", "/api/status/customer/42/"} {
+		code, out = callHost(t, h, "status", hostHTTP(t, "GET", "https://func-test.azurewebsites.net"+u, map[string][]string{}, nil))
+		if status, body := resOutput(t, out); code != 200 || status != "200" || (body["entities"] == nil && body["entity"] == nil && body["status"] == nil) {
+			t.Errorf("GET %s: %d %s %v", u, code, status, body)
+		}
+	}
 	timer := []byte(`{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{"sys":{"MethodName":"autosync"}}}`)
 	if code, out := callHost(t, h, "autosync", timer); code != 200 {
 		t.Errorf("autosync with null ScheduleStatus: %d %v", code, out)

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -164,7 +163,7 @@ func (s *starter) functions() map[string]funchost.Function {
 func (s *starter) serveStarting(w http.ResponseWriter, r *http.Request) {
 	_, attempts, lastErr := s.state()
 	w.Header().Set("Content-Type", "application/json")
-	if strings.HasPrefix(strings.ToLower(strings.TrimSuffix(r.URL.Path, "/")), "/api/status") && r.Method == http.MethodGet {
+	if hostPath(r.URL.Path) == "/api/status" && r.Method == http.MethodGet {
 		// The status page renders when things are broken: 200, healthy false.
 		b, _ := json.Marshal(map[string]any{"healthy": false, "starting": map[string]any{
 			"since": s.since.UTC().Format(time.RFC3339), "attempts": attempts, "lastError": nullable(lastErr)}})

@@ -147,6 +147,16 @@ func TestStartupAnswersBeforeTheApp(t *testing.T) {
 	if code != 200 || status != "200" || body["healthy"] != false || !strings.Contains(fmt.Sprint(starting["lastError"]), "403") {
 		t.Errorf("status while starting: host %d res %s %v; want 200, healthy false, the 403 as lastError", code, status, body)
 	}
+	// Only the status page renders while starting; an entity's state is not known yet.
+	r := httptest.NewRequest("GET", "https://func-test.azurewebsites.net/api/Status/customer/42/", nil)
+	entityReq, err := funchost.EncodeHTTP("status", "req", r, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out = postHost(t, base, "status", entityReq)
+	if status, body := resOutput(t, out); code != 200 || status != "503" {
+		t.Errorf("entity status while starting: host %d res %s %v; want 503", code, status, body)
+	}
 	if code, _ := postHost(t, base, "autosync", []byte(`{"Data":{"timer":{"IsPastDue":false}},"Metadata":{}}`)); code != 200 {
 		t.Errorf("timer while starting: %d", code)
 	}
