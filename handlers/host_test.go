@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -272,6 +273,46 @@ func TestEventsBodyAsTheHostPassesIt(t *testing.T) {
 	}
 	if status, body := send(append([]byte("\xef\xbb\xbf"), ev...), false); status != "401" {
 		t.Errorf("byte-order mark (dropped by the host, so the signature over it fails): %s %v, want 401", status, body)
+	}
+}
+
+// TestSyncBodyAsTheHostPassesIt: the sync route's body, lost on the way when the request
+// is chunked (the host passes a body on only with a Content-Length), is answered 411 and
+// starts nothing, rather than starting the default run the caller did not ask for; an
+// empty request still starts the defaults.
+func TestSyncBodyAsTheHostPassesIt(t *testing.T) {
+	h, _, _ := hostApp(t, "sync-body-secret-not-real")
+	send := func(body []byte, chunked bool) (string, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		r := httptest.NewRequest("POST", "https://func-test.azurewebsites.net/api/sync", rd)
+		r.Header.Set("Content-Type", "application/json")
+		if chunked {
+			r.ContentLength, r.TransferEncoding = -1, []string{"chunked"}
+		}
+		payload, err := funchost.EncodeHTTP("sync", "req", r, nil, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out := callHost(t, h, "sync", payload)
+		if code != 200 {
+			t.Fatalf("host answered %d: %v", code, out)
+		}
+		return resOutput(t, out)
+	}
+	status, body := send([]byte(`{"entities":["order"],"scope":"all"}`), true)
+	if e, _ := body["error"].(map[string]any); status != "411" || e["code"] != "length_required" || !strings.Contains(fmt.Sprint(e["message"]), "Content-Length") {
+		t.Errorf("chunked sync request: %s %v, want 411 length_required naming Content-Length", status, body)
+	}
+	status, body = send([]byte(`{"entities":["order"],"scope":"all"}`), false)
+	if status != "202" || body["runId"] == nil {
+		t.Errorf("with Content-Length: %s %v, want 202 with the run", status, body)
+	}
+	if status, body := send(nil, false); status != "202" || body["runId"] == nil {
+		t.Errorf("no body: %s %v, want 202 with the run of the defaults", status, body)
 	}
 }
 

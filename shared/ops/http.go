@@ -7,7 +7,9 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,11 +60,28 @@ type syncRequest struct {
 	Source   string   `json:"source"`
 }
 
+// bodyLost reports a request that was sent with a body that did not arrive: the
+// Functions host passes a body on only when the request has a Content-Length above zero,
+// so a chunked one reaches the app without it. An empty sync body means the defaults; a
+// lost one must not start a different run than the caller asked for.
+func bodyLost(r *http.Request) bool {
+	if slices.Contains(r.TransferEncoding, "chunked") || strings.Contains(strings.ToLower(r.Header.Get("Transfer-Encoding")), "chunked") {
+		return true
+	}
+	n, err := strconv.ParseInt(r.Header.Get("Content-Length"), 10, 64)
+	return err == nil && n > 0
+}
+
 func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	var req syncRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
 		writeError(w, apierror.InvalidRequest, "read body: "+err.Error())
+		return
+	}
+	if len(body) == 0 && bodyLost(r) {
+		writeError(w, apierror.LengthRequired, "the request arrived without its body: send the body with a "+
+			"Content-Length header (not chunked); nothing was started")
 		return
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
