@@ -105,16 +105,22 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apierror.InvalidRequest, "scope must be \"failed\" or \"all\", got "+quote(req.Scope))
 		return
 	}
+	note := ""
 	switch req.Source {
 	case "", SourceState:
 	case SourceStore:
-		o.serveStoreSync(w, r, ents)
-		return
+		if o.o.Store != nil {
+			o.serveStoreSync(w, r, ents)
+			return
+		}
+		// docs/store-reader.md: without the reader configured, a store run behaves as
+		// before, a re-drive from the app's own state; the answer and the run say so.
+		note = "the store reader is not configured (NOP_DB_PROVIDER, NOP_DB_CONNECTION): re-driven from the app's own state instead"
 	default:
 		writeError(w, apierror.InvalidRequest, "source must be \"state\" or \"store\", got "+quote(req.Source))
 		return
 	}
-	run, err := o.Sync(r.Context(), ents, req.Scope, "manual")
+	run, err := o.sync(r.Context(), ents, req.Scope, "manual", note)
 	if err != nil {
 		if run == nil {
 			writeError(w, apierror.Unavailable, err.Error())
@@ -124,7 +130,11 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"runId": run.ID, "queued": run.Queued})
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"runId": run.ID, "queued": run.Queued})
+	answer := map[string]any{"runId": run.ID, "queued": run.Queued}
+	if note != "" {
+		answer["source"], answer["note"] = SourceState, note
+	}
+	writeJSON(w, http.StatusAccepted, answer)
 }
 
 // serveStoreSync starts a store run: 202 with its id, to follow on /api/sync/{runId}.

@@ -182,6 +182,9 @@ type Run struct {
 	// progress per entity, which is also their checkpoint), else "state".
 	Source string                               `json:"source"`
 	Store  map[state.Entity]*storesync.Progress `json:"store,omitempty"`
+	// Note says why the run is not quite what was asked for (a store run asked for
+	// without the store reader's settings re-drives from state).
+	Note string `json:"note,omitempty"`
 }
 
 const (
@@ -201,6 +204,11 @@ func newRunID(now time.Time) string {
 // "all" every entity the app has state for, each from its last received event.
 // They travel as chunk messages, so the queue functions write them with bulk operations.
 func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger string) (*Run, error) {
+	return o.sync(ctx, entities, scope, trigger, "")
+}
+
+// sync is Sync, with a note kept on the run.
+func (o *Ops) sync(ctx context.Context, entities []state.Entity, scope, trigger, note string) (*Run, error) {
 	if len(entities) == 0 {
 		entities = state.Entities
 	}
@@ -210,7 +218,7 @@ func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger 
 	if scope != ScopeFailed && scope != ScopeAll {
 		return nil, fmt.Errorf("scope must be %q or %q, got %q", ScopeFailed, ScopeAll, scope)
 	}
-	run := &Run{ID: newRunID(o.o.Now()), Trigger: trigger, Scope: scope, Entities: entities, StartedAt: o.o.Now().UTC(), Outcome: "running", Source: SourceState}
+	run := &Run{ID: newRunID(o.o.Now()), Trigger: trigger, Scope: scope, Entities: entities, StartedAt: o.o.Now().UTC(), Outcome: "running", Source: SourceState, Note: note}
 	if err := o.saveRun(ctx, run); err != nil {
 		return nil, err
 	}

@@ -226,9 +226,15 @@ func TestStoreRunFailsClearly(t *testing.T) {
 	})
 	t.Run("not configured", func(t *testing.T) {
 		f := newStoreFixture(t, 0, func(o *Options) { o.Store = nil })
+		// docs/store-reader.md: "Without the reader configured, both behave as before
+		// (re-drive from the app's own state)": 202, a state run, and a note saying so.
 		code, body := postSync(t, f.ops, `{"source":"store"}`)
-		if code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body), "NOP_DB_PROVIDER") {
+		if code != http.StatusAccepted || body["source"] != SourceState || !strings.Contains(fmt.Sprint(body["note"]), "NOP_DB_PROVIDER") {
 			t.Fatalf("%d %v", code, body)
+		}
+		run, err := f.ops.GetRun(context.Background(), body["runId"].(string))
+		if err != nil || run.Source != SourceState || run.Outcome != "succeeded" || !strings.Contains(run.Note, "not configured") {
+			t.Fatalf("run %+v %v", run, err)
 		}
 		if code, _ := postSync(t, f.ops, `{"source":"shop"}`); code != http.StatusBadRequest {
 			t.Fatalf("unknown source: %d", code)
