@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nopsync/nopsync/shared/config"
@@ -14,12 +17,14 @@ import (
 )
 
 // agentUsage explains `handlers agent`.
-const agentUsage = `usage: handlers agent [-once]
+const agentUsage = `usage: handlers agent [-once] [-resend]
 
 Push mode: reads the store's database (NOP_DB_PROVIDER, NOP_DB_CONNECTION, STORE_ID,
 STORE_URL) and POSTs what changed to AGENT_EVENTS_URL with AGENT_FUNCTION_KEY and a
 signature made with WEBHOOK_SECRET, every AUTO_SYNC_PERIOD_MINUTES; AGENT_STATE_FILE keeps
-its checkpoint. -once: one pass, then exit.`
+its checkpoint and what it sent. -once: one pass, then exit. -resend: forget what earlier
+passes sent and send every row again (after the app's state table was wiped; a new
+AGENT_EVENTS_URL does the same by itself).`
 
 // agentOptions lets tests shorten the agent's clocks.
 type agentOptions struct {
@@ -34,6 +39,7 @@ type agentOptions struct {
 func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.Logger, ao *agentOptions) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	once := fs.Bool("once", false, "one pass, then exit")
+	resend := fs.Bool("resend", false, "forget what earlier passes sent and send every row again (after the app's state was wiped)")
 	fs.Usage = func() { fmt.Fprintln(fs.Output(), agentUsage) }
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,6 +53,18 @@ func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.
 	}
 	if cfg.AgentEventsURL == "" {
 		problems = append(problems, "AGENT_EVENTS_URL is required in push mode (the app's events URL, the deployment's EVENTS_URL output)")
+	} else if u, err := url.Parse(cfg.AgentEventsURL); err == nil {
+		// An app elsewhere refuses what is unsigned or without a key: say so at start
+		// rather than retry refused requests for ever. Only an app in local mode on this
+		// machine may run without a secret (it then accepts unsigned events).
+		host := u.Hostname()
+		ip := net.ParseIP(host)
+		if len(cfg.WebhookSecrets) == 0 && !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+			problems = append(problems, "WEBHOOK_SECRET is required when AGENT_EVENTS_URL is not on this machine: the app refuses unsigned events")
+		}
+		if cfg.AgentFunctionKey == "" && strings.HasSuffix(strings.ToLower(host), ".azurewebsites.net") {
+			problems = append(problems, "AGENT_FUNCTION_KEY is required for an app in Azure: its events function needs the function key")
+		}
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %v", errConfig, &config.Error{Problems: problems})
@@ -69,7 +87,7 @@ func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.
 	agent, err := storesync.NewAgent(storesync.AgentOptions{
 		Source: src, EventsURL: cfg.AgentEventsURL, FunctionKey: cfg.AgentFunctionKey, Secret: secret,
 		StateFile: cfg.AgentStateFile, Period: period, PageSize: ao.pageSize, HTTP: ao.client,
-		MinBackoff: ao.minBackoff, MaxBackoff: ao.maxBackoff, Log: log,
+		MinBackoff: ao.minBackoff, MaxBackoff: ao.maxBackoff, Log: log, Resend: *resend,
 	})
 	if err != nil {
 		return err

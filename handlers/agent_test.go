@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,5 +123,46 @@ func TestAgentPushesIntoLocalMode(t *testing.T) {
 		if c := entityCounts(t, base, ent); c["synced"] != float64(0) || c["pending"] != float64(0) {
 			t.Fatalf("%ss sent again after the restart: %v", ent, c)
 		}
+	}
+}
+
+// An agent that an app elsewhere would refuse stops at start naming the setting, rather
+// than retrying refused requests for ever; a function key in the URL (which is logged) is
+// refused by the settings themselves.
+func TestAgentSettingsCheckedAtStart(t *testing.T) {
+	base := map[string]string{"NOP_DB_PROVIDER": "postgresql", "NOP_DB_CONNECTION": "postgres://reader:not-a-password@127.0.0.1:1/nop",
+		"AGENT_STATE_FILE": filepath.Join(t.TempDir(), "agent.json")}
+	load := func(extra map[string]string) (*config.Config, error) {
+		env := maps.Clone(base)
+		maps.Copy(env, extra)
+		return config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	}
+	for _, c := range []struct {
+		env  map[string]string
+		want []string
+	}{
+		{map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events"}, []string{"WEBHOOK_SECRET", "AGENT_FUNCTION_KEY"}},
+		{map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events", "WEBHOOK_SECRET": "s-0123456789abcdef"}, []string{"AGENT_FUNCTION_KEY"}},
+		{map[string]string{"AGENT_EVENTS_URL": "http://10.1.2.3:7071/api/events"}, []string{"WEBHOOK_SECRET"}},
+	} {
+		cfg, err := load(c.env)
+		if err != nil {
+			t.Fatalf("%v: %v", c.env, err)
+		}
+		err = runAgent(context.Background(), cfg, []string{"-once"}, testLog(t), nil)
+		if !errors.Is(err, errConfig) {
+			t.Fatalf("%v: %v, want a settings error", c.env, err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: %v does not name %s", c.env, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "not-a-password") {
+			t.Errorf("the connection string reached the error: %v", err)
+		}
+	}
+	if _, err := load(map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events?code=abc"}); err == nil || !strings.Contains(err.Error(), "AGENT_FUNCTION_KEY") {
+		t.Errorf("a key in the URL: %v, want it refused", err)
 	}
 }

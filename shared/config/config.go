@@ -327,6 +327,9 @@ func Load(get Lookup) (*Config, error) {
 	if c.AgentEventsURL != "" {
 		if u, err := url.Parse(c.AgentEventsURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			p.fail("AGENT_EVENTS_URL", "must be the app's events URL, e.g. https://func-nopsync-x.azurewebsites.net/api/events")
+		} else if u.RawQuery != "" || u.User != nil {
+			// The URL is logged; a function key in "?code=" would be too.
+			p.fail("AGENT_EVENTS_URL", "must not carry a query or user info: put the function key in AGENT_FUNCTION_KEY")
 		}
 	}
 	c.AgentFunctionKey = p.val("AGENT_FUNCTION_KEY")

@@ -43,8 +43,12 @@ type AgentOptions struct {
 	// MinBackoff and MaxBackoff bound the wait between retries of a request (defaults
 	// 1 s and 1 min); a Retry-After answer is honoured within MaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
-	Log                    *slog.Logger
-	Now                    func() time.Time
+	// Resend forgets what earlier passes sent, so the next pass sends every row again: for
+	// an app whose state was wiped or moved (it no longer knows what the agent sent). The
+	// agent does the same by itself when EventsURL is not the one its state was kept for.
+	Resend bool
+	Log    *slog.Logger
+	Now    func() time.Time
 }
 
 // Agent is push mode: it runs next to a store whose database Azure can't reach, reads the
@@ -66,6 +70,8 @@ type Agent struct {
 type agentState struct {
 	Pass         *agentPass `json:"pass,omitempty"`
 	LastFinished time.Time  `json:"lastFinished,omitzero"`
+	// EventsURL is the app the sent index is about: another app has seen none of it.
+	EventsURL string `json:"eventsUrl,omitempty"`
 }
 
 type agentPass struct {
@@ -110,6 +116,27 @@ func NewAgent(o AgentOptions) (*Agent, error) {
 	if err := a.load(); err != nil {
 		return nil, err
 	}
+	// The sent index stands for what the app holds; it can't be trusted for another app
+	// (a new deployment, a wiped state table).
+	forget := ""
+	switch {
+	case o.Resend:
+		forget = "asked to send every row again (-resend)"
+	case a.st.EventsURL != "" && a.st.EventsURL != o.EventsURL:
+		forget = "the events URL is not the one the agent sent to before (" + a.st.EventsURL + ")"
+	}
+	if forget != "" {
+		a.o.Log.Warn("agent: sending every row again: " + forget)
+		a.sent = map[state.Entity]map[string][16]byte{}
+		a.st.Pass = nil
+		if err := a.saveSent(); err != nil {
+			return nil, fmt.Errorf("agent state %s: %w", o.StateFile, err)
+		}
+	}
+	a.st.EventsURL = o.EventsURL
+	if err := a.saveState(); err != nil {
+		return nil, fmt.Errorf("agent state %s: %w", o.StateFile, err)
+	}
 	return a, nil
 }
 
@@ -146,6 +173,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// logFailures says which rows of an entity could not become events, and why: they are
+// not sent, so the app never hears of them, and the agent's log is where an admin finds
+// them (at most MaxFailures each pass, with how many more there were).
+func (a *Agent) logFailures(ent state.Entity, p *Progress) {
+	for _, f := range p.Failures {
+		a.o.Log.Warn("agent: "+string(ent)+" not sent", "id", f.ID, "reason", f.Reason)
+	}
+	if p.FailuresOmitted > 0 {
+		a.o.Log.Warn("agent: more "+string(ent)+"s not sent", "count", p.FailuresOmitted)
+	}
+}
+
 // Pass runs (or resumes) one pass over the store and returns its progress.
 func (a *Agent) Pass(ctx context.Context) (map[state.Entity]*Progress, error) {
 	a.mu.Lock()
@@ -176,6 +215,7 @@ func (a *Agent) Pass(ctx context.Context) (map[state.Entity]*Progress, error) {
 			return pass.Progress, err
 		}
 		a.o.Log.Info("agent: "+string(ent)+"s done", "read", p.RowsRead, "sent", p.Queued, "unchanged", p.Unchanged, "failed", p.Failed)
+		a.logFailures(ent, p)
 	}
 	a.mu.Lock()
 	a.st.Pass, a.st.LastFinished = nil, a.o.Now().UTC()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -140,6 +141,64 @@ func TestAgentSendsChangesAndRetries(t *testing.T) {
 	}
 	if got := app.take(); !slices.Equal(got, []string{"9", "44"}) {
 		t.Fatalf("changed pass delivered %v", got)
+	}
+}
+
+// What the agent sent stands for what one app holds. Pointed at another app (a new
+// deployment), or started with Resend (the app's state table was wiped), it sends every
+// row again; the same app with the same state gets nothing unchanged.
+func TestAgentSendsEverythingToAnotherApp(t *testing.T) {
+	ctx := context.Background()
+	src := storesynctest.New("USD")
+	fill(src, 25)
+	appA, urlA := newFakeApp(t)
+	appB, urlB := newFakeApp(t)
+	file := filepath.Join(t.TempDir(), "agent.json")
+	if _, err := newAgent(t, src, urlA, file).Pass(ctx); err != nil || len(appA.take()) != 25 {
+		t.Fatalf("first pass: %v", err)
+	}
+	if _, err := newAgent(t, src, urlA, file).Pass(ctx); err != nil || len(appA.take()) != 0 {
+		t.Fatalf("same app again: %v", err)
+	}
+	if p, err := newAgent(t, src, urlB, file).Pass(ctx); err != nil || !slices.Equal(appB.take(), ids(1, 25)) {
+		t.Fatalf("another app got %+v, %v; want every row", p[state.Customer], err)
+	}
+	a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: urlB, FunctionKey: "fkey", Secret: "whsecret", StateFile: file,
+		PageSize: 10, Entities: []state.Entity{state.Customer}, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Resend: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Pass(ctx); err != nil || len(appB.take()) != 25 {
+		t.Fatalf("resend: %v", err)
+	}
+}
+
+// Rows the reader could not turn into events are not sent; the agent's log names each
+// with its reason (the app never hears of them).
+func TestAgentLogsRowsNotSent(t *testing.T) {
+	src := storesynctest.New("USD")
+	fill(src, 12)
+	src.Fail(state.Customer, 7, "email is 120 characters, over the contact's 100")
+	_, url := newFakeApp(t)
+	var logs strings.Builder
+	a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "fkey", Secret: "whsecret",
+		StateFile: filepath.Join(t.TempDir(), "agent.json"), PageSize: 10, Entities: []state.Entity{state.Customer},
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Pass(context.Background())
+	if err != nil || p[state.Customer].Failed != 1 {
+		t.Fatalf("pass: %v %+v", err, p[state.Customer])
+	}
+	var line string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "not sent") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "level=WARN") || !strings.Contains(line, "id=7") || !strings.Contains(line, "over the contact's 100") {
+		t.Errorf("no warning naming the row and its reason; log:\n%s", logs.String())
 	}
 }
 
