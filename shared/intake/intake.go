@@ -277,6 +277,7 @@ func verify(sig string, body []byte, secrets []string, now time.Time) string {
 	}
 	var ts string
 	var macs [][]byte
+	malformed := false // a v1 value that is not 64 hex digits: skipped, another may match
 	for _, part := range strings.Split(sig, ",") {
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok {
@@ -289,9 +290,12 @@ func verify(sig string, body []byte, secrets []string, now time.Time) string {
 			}
 			ts = v
 		case "v1":
+			// Several v1 values may come (secret rotation) and one match is enough
+			// (docs/events.md), so one the app can't read does not refuse the others.
 			mac, err := hex.DecodeString(v)
 			if err != nil || len(mac) != sha256.Size {
-				return "malformed " + SignatureHeader + " header: v1 must be 64 hex digits"
+				malformed = true
+				continue
 			}
 			macs = append(macs, mac)
 		}
@@ -299,6 +303,9 @@ func verify(sig string, body []byte, secrets []string, now time.Time) string {
 	}
 	if ts == "" || len(ts) > 12 || strings.TrimLeft(ts, "0123456789") != "" {
 		return "malformed " + SignatureHeader + " header: t must be unix seconds"
+	}
+	if len(macs) == 0 && malformed {
+		return "malformed " + SignatureHeader + " header: v1 must be 64 hex digits"
 	}
 	if len(macs) == 0 {
 		return "malformed " + SignatureHeader + " header: no v1 signature"
@@ -323,6 +330,9 @@ func verify(sig string, body []byte, secrets []string, now time.Time) string {
 				match = true
 			}
 		}
+	}
+	if !match && malformed {
+		return reasonMismatch + " (and a v1 value is not 64 hex digits)"
 	}
 	if !match {
 		return reasonMismatch

@@ -307,6 +307,12 @@ func TestSignature(t *testing.T) {
 		{"several v1, none matches", func(e *env) string {
 			return fmt.Sprintf("t=%d,v1=%s,v1=%s", now.Unix(), v1(sig(fakeSecret(t), now, cust)), v1(sig(fakeSecret(t), now, cust)))
 		}, nil, 401},
+		{"several v1, one unreadable, another matches", func(e *env) string {
+			return fmt.Sprintf("t=%d,v1=zz,v1=%s", now.Unix(), v1(sig(e.secret, now, cust)))
+		}, nil, 202},
+		{"several v1, one unreadable, none matches", func(e *env) string {
+			return fmt.Sprintf("t=%d,v1=%s,v1=zz", now.Unix(), v1(sig(fakeSecret(t), now, cust)))
+		}, nil, 401},
 		{"spaces and an unknown scheme", func(e *env) string {
 			return fmt.Sprintf(" t=%d , v0=abc , v1=%s ", now.Unix(), v1(sig(e.secret, now, cust)))
 		}, nil, 202},

@@ -314,6 +314,13 @@ func (o *object) decodeTime(name string, r json.RawMessage) (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
+	// RFC 3339 (section 5.6) lets "T" and "Z" be lower case; Go's parser wants them upper.
+	if len(s) > 10 && s[10] == 't' {
+		s = s[:10] + "T" + s[11:]
+	}
+	if strings.HasSuffix(s, "z") {
+		s = s[:len(s)-1] + "Z"
+	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil || !rfc3339Shape(s) {
 		o.d.fail(join(o.path, name), "must be an RFC 3339 time such as \"2026-11-25T10:15:02.113Z\", got %q", s)
@@ -348,7 +355,7 @@ func rfc3339Shape(s string) bool {
 		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
 			n++
 		}
-		if n == 1 || n > 10 {
+		if n == 1 { // any number of digits (RFC 3339); beyond nanoseconds they are cut
 			return false
 		}
 		rest = rest[n:]

@@ -46,9 +46,11 @@ func TestDecodeRules(t *testing.T) {
 		{"customer", "occurredOnUtc", "2026-01-02T03:04:05+00:00", "", ""},
 		{"customer", "occurredOnUtc", "2026-01-02T3:04:05Z", "occurredOnUtc", "RFC 3339"},
 		{"customer", "occurredOnUtc", "2026-01-02T03:04:05.Z", "occurredOnUtc", "RFC 3339"},
-		{"customer", "occurredOnUtc", "2026-01-02T03:04:05.1234567891Z", "occurredOnUtc", "RFC 3339"},
+		{"customer", "occurredOnUtc", "2026-01-02T03:04:05.1234567891Z", "", ""}, // RFC 3339 sets no limit on the fraction
 		{"customer", "occurredOnUtc", "2026-01-02T03:04:05.123456789Z", "", ""},
-		{"customer", "occurredOnUtc", "2026-01-02T03:04:05z", "occurredOnUtc", "RFC 3339"},
+		{"customer", "occurredOnUtc", "2026-01-02t03:04:05.5z", "", ""}, // RFC 3339 section 5.6: t and z may be lower case
+		{"customer", "occurredOnUtc", "2026-01-02x03:04:05Z", "occurredOnUtc", "RFC 3339"},
+		{"customer", "occurredOnUtc", "2026-01-02T03:04:05x", "occurredOnUtc", "RFC 3339"},
 		{"customer", "occurredOnUtc", "2026-02-30T03:04:05Z", "occurredOnUtc", "RFC 3339"},
 		{"customer", "occurredOnUtc", raw("1767323045"), "occurredOnUtc", "must be a string"},
 		{"customer", "sequence", raw("-1"), "sequence", ">= 0"},
