@@ -534,7 +534,9 @@ func decodeEvent(d *decoder, want Entity, raw json.RawMessage) (*Event, error) {
 		}
 	}
 	if r, ok := o.get("storeId"); ok {
-		if n, ok := o.decodeInt("storeId", r, 1, maxInt32); ok {
+		// 0 is nopCommerce's "no store" (a customer's RegisteredInStoreId before it was
+		// kept, settings for all stores): the default store, as when storeId is left out.
+		if n, ok := o.decodeInt("storeId", r, 0, maxInt32); ok && n > 0 {
 			ev.StoreID = int(n)
 		}
 	}

@@ -61,7 +61,8 @@ func TestDecodeRules(t *testing.T) {
 		{"customer", "sequence", raw("9223372036854775807"), "", ""},
 		{"customer", "sequence", raw("null"), "", ""},
 		{"customer", "sequence", remove, "", ""},
-		{"customer", "storeId", raw("0"), "storeId", "must be > 0"},
+		{"customer", "storeId", raw("0"), "", ""}, // nopCommerce's "no store": the default store (TestStoreIDZeroIsTheDefaultStore)
+		{"customer", "storeId", raw("-1"), "storeId", ">= 0"},
 		{"customer", "storeId", "1", "storeId", "must be an integer"},
 		{"customer", "storeId", remove, "", ""},
 		{"customer", "data", remove, "data", "is required"},
@@ -227,6 +228,27 @@ func TestDecodeRules(t *testing.T) {
 					ve.Index, ve.Field, ve.Message, tc.field, tc.msg)
 			}
 		})
+	}
+}
+
+func TestStoreIDZeroIsTheDefaultStore(t *testing.T) {
+	var ev map[string]any
+	if err := json.Unmarshal(readTestdata(t, "customer.json"), &ev); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		storeID any // nil: left out
+		want    int
+	}{{0, 1}, {nil, 1}, {3, 3}} {
+		delete(ev, "storeId")
+		if c.storeID != nil {
+			ev["storeId"] = c.storeID
+		}
+		body, _ := json.Marshal(ev)
+		evs, err := nop.DecodeRequest("customer", body)
+		if err != nil || len(evs) != 1 || evs[0].StoreID != c.want {
+			t.Errorf("storeId %v: %v, want store %d", c.storeID, err, c.want)
+		}
 	}
 }
 
