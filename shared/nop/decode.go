@@ -534,8 +534,8 @@ func decodeEvent(d *decoder, want Entity, raw json.RawMessage) (*Event, error) {
 		}
 	}
 	if r, ok := o.get("storeId"); ok {
-		// 0 is nopCommerce's "no store" (a customer's RegisteredInStoreId before it was
-		// kept, settings for all stores): the default store, as when storeId is left out.
+		// 0 is nopCommerce's "no store" (a RegisteredInStoreId where none was set, settings
+		// for all stores): the default store, as when storeId is left out.
 		if n, ok := o.decodeInt("storeId", r, 0, maxInt32); ok && n > 0 {
 			ev.StoreID = int(n)
 		}
