@@ -218,6 +218,46 @@ type AutoSyncStatus struct {
 	LastRun       *Run `json:"lastRun"`
 }
 
+// statusCallTimeout bounds each of the status page's calls to Key Vault and the queues.
+var statusCallTimeout = 10 * time.Second
+
+// queueStats reads every entity's queues (live and bulk, counted together) side by side,
+// each call within statusCallTimeout.
+func (o *Ops) queueStats(ctx context.Context) map[state.Entity]QueueStatus {
+	out := map[state.Entity]QueueStatus{}
+	if o.o.Inspector == nil {
+		return out
+	}
+	type answer struct {
+		ent state.Entity
+		s   queue.Stats
+		err error
+	}
+	ch := make(chan answer)
+	n := 0
+	for _, ent := range state.Entities {
+		for _, q := range nop.EntityQueues(ent) {
+			n++
+			go func() {
+				qctx, cancel := context.WithTimeout(ctx, statusCallTimeout)
+				defer cancel()
+				s, err := o.o.Inspector.Stats(qctx, q)
+				ch <- answer{ent, s, err}
+			}()
+		}
+	}
+	for range n {
+		a := <-ch
+		qs := out[a.ent]
+		if a.err != nil {
+			qs.Error = a.err.Error()
+		}
+		qs.Active, qs.DeadLettered, qs.Scheduled = qs.Active+a.s.Active, qs.DeadLettered+a.s.DeadLettered, qs.Scheduled+a.s.Scheduled
+		out[a.ent] = qs
+	}
+	return out
+}
+
 // SecretWarningDays is how close the client secret's expiry must be to warn.
 const SecretWarningDays = 30
 
@@ -236,7 +276,11 @@ func (o *Ops) Status(ctx context.Context) *Status {
 	}
 	st.Dataverse = o.probe(ctx)
 	if o.o.Secret != nil {
-		exp, err := o.o.Secret.ClientSecretExpiry(ctx)
+		// Key Vault, like every outside call here, gets a deadline: the page must answer
+		// well inside the Functions front end's 230 s, whatever hangs.
+		kctx, cancel := context.WithTimeout(ctx, statusCallTimeout)
+		exp, err := o.o.Secret.ClientSecretExpiry(kctx)
+		cancel()
 		if err != nil {
 			msg := "client secret expiry unknown: " + err.Error()
 			st.Secret.Warning = &msg
@@ -268,20 +312,15 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			st.Errors = append(st.Errors, "stale event counts: "+err.Error())
 		}
 	}
+	queues := o.queueStats(ctx)
 	for _, ent := range state.Entities {
 		c := counts[ent]
 		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed], Skipped: c[state.Skipped], StaleEventsSkipped: stale[ent]}
-		qs := QueueStatus{}
-		if o.o.Inspector != nil {
-			for _, q := range nop.EntityQueues(ent) { // live and bulk, counted together
-				s, err := o.o.Inspector.Stats(ctx, q)
-				if err != nil {
-					qs.Error = err.Error()
-				}
-				qs.Active, qs.DeadLettered, qs.Scheduled = qs.Active+s.Active, qs.DeadLettered+s.DeadLettered, qs.Scheduled+s.Scheduled
-			}
+		st.Queues[ent] = queues[ent]
+		if e := queues[ent].Error; e != "" {
+			// Events can't be queued (or their counts read) while this fails.
+			st.Errors = append(st.Errors, "queues of "+string(ent)+": "+e)
 		}
-		st.Queues[ent] = qs
 	}
 	st.Store = o.storeStatus(ctx)
 	if runs, err := o.Runs(sctx, -1); err != nil {

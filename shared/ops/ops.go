@@ -27,10 +27,28 @@ import (
 // Connection is what the status page says about Dynamics 365.
 type Connection struct {
 	Reachable      bool   `json:"reachable"`
-	OrganizationID string `json:"organizationId,omitempty"`
-	UserID         string `json:"userId,omitempty"`
-	Currency       string `json:"currency,omitempty"`
-	Error          string `json:"error"`
+	OrganizationID string `json:"organizationId"`
+	UserID         string `json:"userId"`
+	Currency       string `json:"currency"`
+	Error          string `json:"error"` // "" when nothing is wrong
+}
+
+// MarshalJSON writes the page's shape (docs/operations.md): every key present, and null
+// for what is not known or not wrong ("error": null on a healthy connection).
+func (c Connection) MarshalJSON() ([]byte, error) {
+	orNull := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	return json.Marshal(struct {
+		Reachable      bool    `json:"reachable"`
+		OrganizationID *string `json:"organizationId"`
+		UserID         *string `json:"userId"`
+		Currency       *string `json:"currency"`
+		Error          *string `json:"error"`
+	}{c.Reachable, orNull(c.OrganizationID), orNull(c.UserID), orNull(c.Currency), orNull(c.Error)})
 }
 
 // DataverseProbe checks the connection to Dynamics 365 (WhoAmI, store currency).

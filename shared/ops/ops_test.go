@@ -333,6 +333,12 @@ func TestStatusPage(t *testing.T) {
 			t.Errorf("status lacks %q", k)
 		}
 	}
+	// docs/operations.md's shape: "error": null on a healthy connection.
+	if dv, _ := page["dataverse"].(map[string]any); dv == nil || dv["reachable"] != true || dv["organizationId"] != "org" || dv["currency"] != "USD" {
+		t.Errorf("dataverse: %v", page["dataverse"])
+	} else if e, ok := dv["error"]; !ok || e != nil {
+		t.Errorf("dataverse.error on a healthy connection: %#v, want null", e)
+	}
 	var st Status
 	json.Unmarshal(rec.Body.Bytes(), &st)
 	if !st.Healthy || st.Entities[state.Product].Synced != 3 || st.Entities[state.Order].Failed != 1 || st.Entities[state.Customer].Skipped != 1 || st.Entities[state.Customer].StaleEventsSkipped != 4 {
@@ -378,6 +384,50 @@ func TestStatusRendersWhenBroken(t *testing.T) {
 	st := f.ops.Status(context.Background())
 	if st.Healthy || st.Dataverse.Error == "" {
 		t.Errorf("unreachable Dataverse must show unhealthy with the error: %+v", st.Dataverse)
+	}
+	// Every key of the page's dataverse object is there, null where unknown.
+	b, _ := json.Marshal(st)
+	var page struct {
+		Dataverse map[string]any `json:"dataverse"`
+	}
+	json.Unmarshal(b, &page)
+	for _, k := range []string{"organizationId", "userId", "currency"} {
+		if v, ok := page.Dataverse[k]; !ok || v != nil {
+			t.Errorf("dataverse.%s: %#v (present %v), want null", k, v, ok)
+		}
+	}
+	if page.Dataverse["error"] != "authentication failed: invalid client secret" {
+		t.Errorf("dataverse.error: %#v", page.Dataverse["error"])
+	}
+}
+
+// failingQueues is a queue.Inspector that can't read its queues: failing at once, or
+// hanging until its caller gives up.
+type failingQueues struct{ hang bool }
+
+func (q failingQueues) Stats(ctx context.Context, name string) (queue.Stats, error) {
+	if q.hang {
+		<-ctx.Done()
+		return queue.Stats{}, fmt.Errorf("service bus: counting %s: %w", name, ctx.Err())
+	}
+	return queue.Stats{}, errors.New("service bus: 401 Unauthorized (Manage right missing)")
+}
+
+// The queues unreadable: events can't be queued either, so the page is not healthy and
+// says why; queues that hang don't hold the page past the calls' deadline.
+func TestStatusWhenTheQueuesFail(t *testing.T) {
+	for _, hang := range []bool{false, true} {
+		defer func(d time.Duration) { statusCallTimeout = d }(statusCallTimeout)
+		statusCallTimeout = 200 * time.Millisecond
+		f := newFixture(t, func(o *Options) { o.Inspector = failingQueues{hang: hang} })
+		start := time.Now()
+		st := f.ops.Status(context.Background())
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("hang=%v: the page took %s", hang, took)
+		}
+		if st.Healthy || st.Queues[state.Order].Error == "" || len(st.Errors) == 0 || !strings.Contains(strings.Join(st.Errors, "; "), "queues of order") {
+			t.Errorf("hang=%v: healthy %v, queues %+v, errors %v", hang, st.Healthy, st.Queues, st.Errors)
+		}
 	}
 }
 

@@ -390,7 +390,9 @@ func (o *Ops) storeStatus(ctx context.Context) StoreStatus {
 		e := h.err
 		st.Error = &e
 	}
-	if doc, err := o.o.State.GetDoc(ctx, docStoreLease, keyStoreLease); err == nil {
+	lctx, cancel := context.WithTimeout(ctx, statusCallTimeout)
+	defer cancel()
+	if doc, err := o.o.State.GetDoc(lctx, docStoreLease, keyStoreLease); err == nil {
 		var l storeLease
 		if json.Unmarshal(doc.Value, &l) == nil && !l.Finished {
 			st.ActiveRunID = l.RunID
