@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"os"
 	"sort"
 	"strconv"
@@ -287,11 +288,21 @@ func Load(get Lookup) (*Config, error) {
 	c.ServiceBusNamespace = p.val("ServiceBusConnection__fullyQualifiedNamespace")
 	if !c.Local && c.ServiceBusNamespace == "" {
 		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "is required in Azure (e.g. mynamespace.servicebus.windows.net)")
+	} else if c.ServiceBusNamespace != "" && !hostName.MatchString(c.ServiceBusNamespace) {
+		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "must be the namespace's host name alone, e.g. mynamespace.servicebus.windows.net (no https://, no path), got %q", c.ServiceBusNamespace)
 	}
 	c.StateConnectionString = p.val("STATE_STORAGE_CONNECTION_STRING")
 	c.StorageAccountName = p.val("AzureWebJobsStorage__accountName")
 	if !c.Local && c.StateConnectionString == "" && c.StorageAccountName == "" {
 		p.fail("STATE_STORAGE_CONNECTION_STRING", "or AzureWebJobsStorage__accountName is required in Azure (Table Storage for sync state)")
+	}
+	if c.StateConnectionString != "" {
+		if msg := checkStorageConnectionString(c.StateConnectionString); msg != "" {
+			p.fail("STATE_STORAGE_CONNECTION_STRING", "%s", msg) // never the value: it holds the account key
+		}
+	}
+	if c.StorageAccountName != "" && !storageAccount.MatchString(c.StorageAccountName) {
+		p.fail("AzureWebJobsStorage__accountName", "must be a storage account name, 3-24 lower-case letters and digits, got %q", c.StorageAccountName)
 	}
 	c.StateTable = p.def("SYNC_STATE_TABLE")
 	if !validTableName(c.StateTable) {
@@ -339,6 +350,46 @@ func Load(get Lookup) (*Config, error) {
 		return nil, &Error{Problems: p.errs}
 	}
 	return c, nil
+}
+
+var (
+	// hostName is a DNS host name: letters, digits, hyphens, dots.
+	hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+	// storageAccount is a storage account name (Microsoft Learn: storage account overview).
+	storageAccount = regexp.MustCompile(`^[a-z0-9]{3,24}$`)
+)
+
+// checkStorageConnectionString says what keeps s from being a storage connection string
+// the Table client takes ("" when nothing): UseDevelopmentStorage=true, or an account
+// (AccountName, or a TableEndpoint) with its AccountKey or a SharedAccessSignature. The
+// answer never holds the string, whose key is a secret.
+func checkStorageConnectionString(s string) string {
+	kv := map[string]string{}
+	for _, part := range strings.Split(s, ";") {
+		if strings.TrimSpace(part) == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return "is not a storage connection string: every part must be Name=value"
+		}
+		kv[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
+	}
+	if strings.EqualFold(kv["usedevelopmentstorage"], "true") {
+		return ""
+	}
+	if kv["accountname"] == "" && kv["tableendpoint"] == "" {
+		return "is not a storage connection string: it names no AccountName or TableEndpoint"
+	}
+	if !(kv["accountname"] != "" && kv["accountkey"] != "") && kv["sharedaccesssignature"] == "" {
+		return "is not a storage connection string: it needs AccountName with AccountKey, or a SharedAccessSignature"
+	}
+	if e := kv["tableendpoint"]; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return "has a TableEndpoint that is not an http(s) URL"
+		}
+	}
+	return ""
 }
 
 // Error lists every invalid setting.

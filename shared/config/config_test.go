@@ -68,18 +68,21 @@ func TestAzureValid(t *testing.T) {
 
 func TestMalformedSettingsAreNamed(t *testing.T) {
 	cases := map[string]string{
-		"DATAVERSE_URL":                "http://contoso.crm.dynamics.com",
-		"DATAVERSE_TENANT_ID":          "not-a-guid",
-		"STORE_CURRENCY_CODE":          "EURO",
-		"AUTO_SYNC_ENABLED":            "sometimes",
-		"AUTO_SYNC_PERIOD_MINUTES":     "0",
-		"DELETE_POLICY":                "shred",
-		"SYNC_IMAGES":                  "yes please",
-		"DATAVERSE_WRITES_ENABLED":     "maybe",
-		"DATAVERSE_BULK_SIZE":          "1001",
-		"SYNC_STATE_TABLE":             "sync-state",
-		"KEY_VAULT_URL":                "kv",
-		"FUNCTIONS_CUSTOMHANDLER_PORT": "http",
+		"DATAVERSE_URL":                                 "http://contoso.crm.dynamics.com",
+		"DATAVERSE_TENANT_ID":                           "not-a-guid",
+		"STORE_CURRENCY_CODE":                           "EURO",
+		"AUTO_SYNC_ENABLED":                             "sometimes",
+		"AUTO_SYNC_PERIOD_MINUTES":                      "0",
+		"DELETE_POLICY":                                 "shred",
+		"SYNC_IMAGES":                                   "yes please",
+		"DATAVERSE_WRITES_ENABLED":                      "maybe",
+		"DATAVERSE_BULK_SIZE":                           "1001",
+		"SYNC_STATE_TABLE":                              "sync-state",
+		"KEY_VAULT_URL":                                 "kv",
+		"FUNCTIONS_CUSTOMHANDLER_PORT":                  "http",
+		"ServiceBusConnection__fullyQualifiedNamespace": "https://sb-test.servicebus.windows.net/",
+		"AzureWebJobsStorage__accountName":              "St_Test",
+		"STATE_STORAGE_CONNECTION_STRING":               "not-a-connection-string",
 	}
 	for name, bad := range cases {
 		m := validAzure()
@@ -87,6 +90,32 @@ func TestMalformedSettingsAreNamed(t *testing.T) {
 		_, err := Load(lookup(m))
 		if err == nil || !strings.Contains(err.Error(), name+" ") {
 			t.Errorf("%s=%q: want an error naming it, got %v", name, bad, err)
+		}
+	}
+}
+
+// The state store's connection string is checked at start, as the Table client reads it,
+// and the error never repeats it (it holds the account key).
+func TestStateConnectionString(t *testing.T) {
+	const key = "c2VjcmV0LWtleS1ub3QtcmVhbA=="
+	for s, ok := range map[string]bool{
+		"DefaultEndpointsProtocol=https;AccountName=sttest;AccountKey=" + key + ";EndpointSuffix=core.windows.net":                                 true,
+		"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + key + ";TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;": true,
+		"TableEndpoint=https://sttest.table.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc":                                               true,
+		"UseDevelopmentStorage=true": true,
+		"AccountName=sttest":         false,
+		"AccountKey=" + key:          false,
+		"AccountName=sttest;AccountKey=" + key + ";TableEndpoint=sttest.table": false,
+		"sttest " + key: false,
+	} {
+		m := validAzure()
+		m["STATE_STORAGE_CONNECTION_STRING"] = s
+		_, err := Load(lookup(m))
+		if (err == nil) != ok {
+			t.Errorf("%q: %v, want ok=%v", s, err, ok)
+		}
+		if err != nil && (strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "STATE_STORAGE_CONNECTION_STRING")) {
+			t.Errorf("%q: the error repeats the key or does not name the setting: %v", s, err)
 		}
 	}
 }
