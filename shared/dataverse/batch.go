@@ -115,10 +115,11 @@ type batchOp struct {
 // A resent batch runs again the parts that had succeeded, so a batch holding an
 // op that must not run twice (ConvertSalesOrderToInvoice, a create without its
 // primary key) is sent once: after a 5xx, a timeout or a lost answer the error
-// reports OutcomeUnknown. A batch holding an op whose repeat is refused (refusesRepeat:
-// closing an order) is sent again only after a 429. A part answered 429 holds every
-// request of the client until its Retry-After has passed, as a 429 for the whole
-// request does.
+// reports OutcomeUnknown. A batch of several parts, or one holding an op whose repeat is
+// refused (refusesRepeat: closing an order), is sent again only after a 429: after a
+// timeout or a 5xx the caller splits it (Splittable) or sends its parts alone. A part
+// answered 429 holds every request of the client until its Retry-After has passed, as a
+// 429 for the whole request does.
 func (c *Client) Batch(ctx context.Context, parts ...BatchPart) ([]BatchResult, error) {
 	return c.batch(ctx, false, parts)
 }
@@ -131,6 +132,11 @@ func (c *Client) batch(ctx context.Context, throttledOnly bool, parts []BatchPar
 		return nil, err
 	}
 	unsafe := false
+	// A batch of several parts is not sent again whole after a timeout or a 5xx (only
+	// after a 429, which Dataverse answers before running anything): the caller splits it
+	// or sends its parts alone (docs/dataverse-mapping.md: "a request that times out is
+	// split, not re-sent whole").
+	throttledOnly = throttledOnly || len(parts) > 1
 	for _, o := range ops {
 		unsafe = unsafe || nonIdempotent(o.Method, o.Path, o.Body)
 		throttledOnly = throttledOnly || refusesRepeat(o.Method, o.Path)

@@ -218,6 +218,16 @@ func bulkRefused(err error) bool {
 // large. To avoid SQL time-outs, reduce the batch size of your request."
 // (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
 // Timeouts, 5xx and lost answers count; a context that ended does not.
+// Splittable reports whether a request of several rows or parts that failed with err
+// should be sent again in halves: it timed out, failed with a 5xx or lost its answer, and
+// ctx is still alive. A refusal (4xx) or an authentication failure is not.
+func Splittable(ctx context.Context, err error) bool { return splittable(ctx, err) }
+
+// RowsPerRequest is how many rows of the table logicalName one write request carries
+// now: the client's BulkChunkSize (DATAVERSE_BULK_SIZE), halved for the table after a
+// request of it timed out. Callers building their own $batch requests size them by it.
+func (c *Client) RowsPerRequest(logicalName string) int { return c.chunkSize(logicalName) }
+
 func splittable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false

@@ -324,6 +324,32 @@ func TestSimConversionBatchPartFailureSentOnce(t *testing.T) {
 	}
 }
 
+// A $batch of several parts whose answer is lost is not sent again whole (the caller
+// splits it: "a request that times out is split, not re-sent whole"); a $batch of one
+// part is, by the pipeline, like any single request that may run twice.
+func TestSimBatchOfSeveralPartsNotResentWhole(t *testing.T) {
+	e, rt := newRecordingSim(t, dataversetest.Options{}, nil)
+	op := func(i int) dataverse.BatchPart {
+		return dataverse.Op{Method: "PATCH", Path: fmt.Sprintf("contacts(00000000-0000-4000-8000-%012d)", i),
+			Body: dataverse.Record{"lastname": fmt.Sprint("Row ", i)}}
+	}
+	e.s.SetFaults(dataversetest.Faults{DropAnswers: 1, DropAnswerPath: "$batch"})
+	_, err := e.c.Batch(context.Background(), op(1), op(2), op(3))
+	if err == nil || !dataverse.Splittable(context.Background(), err) {
+		t.Fatalf("err = %v, want a failure the caller splits", err)
+	}
+	if n := rt.count("$batch"); n != 1 {
+		t.Errorf("a batch of three parts sent %d times, want once", n)
+	}
+	e.s.SetFaults(dataversetest.Faults{DropAnswers: 1, DropAnswerPath: "$batch"})
+	if _, err := e.c.Batch(context.Background(), op(4)); err != nil {
+		t.Fatalf("a batch of one part whose answer was lost: %v, want it sent again", err)
+	}
+	if n := rt.count("$batch"); n != 3 {
+		t.Errorf("$batch requests %d, want 3 (the one part sent again)", n)
+	}
+}
+
 // A 429 on a part of a $batch holds the whole client until its Retry-After has passed,
 // like a 429 for the whole request: the next request waits. Before, it went at once.
 func TestSimBatchPart429HoldsClient(t *testing.T) {

@@ -62,6 +62,7 @@ type Dataverse interface {
 	Query(ctx context.Context, set string, q dataverse.Query, fn func(dataverse.Record) error) error
 	Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]dataverse.BatchResult, error)
 	BatchParts(n, most int) int
+	RowsPerRequest(logicalName string) int
 	UpsertMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) error
 	CreateMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) ([]string, error)
 	UpdateMultiple(ctx context.Context, set, logicalName string, recs []dataverse.Record) error

@@ -50,6 +50,7 @@ type env struct {
 type envOptions struct {
 	sim      func(*dataversetest.Options)
 	settings func(*Settings)
+	client   func(*dataverse.Options) // the engine's Dataverse client (e.g. BulkChunkSize)
 }
 
 func newEnv(t testing.TB, o envOptions) *env {
@@ -60,7 +61,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 	}
 	srv := dataversetest.NewServer(so)
 	t.Cleanup(srv.Close)
-	dv, err := srv.Client(dataverse.Options{MaxRetries: 1, RetryDelay: time.Millisecond, MaxRetryDelay: 10 * time.Millisecond})
+	co := dataverse.Options{MaxRetries: 1, RetryDelay: time.Millisecond, MaxRetryDelay: 10 * time.Millisecond}
+	if o.client != nil {
+		o.client(&co)
+	}
+	dv, err := srv.Client(co)
 	if err != nil {
 		t.Fatalf("dataverse client: %v", err)
 	}
@@ -94,6 +99,7 @@ func (e *env) engine() *Engine {
 type harnessOptions struct {
 	currency string // STORE_CURRENCY_CODE, default USD
 	sim      dataversetest.Options
+	bulkSize int // the client's BulkChunkSize (DATAVERSE_BULK_SIZE); 0: its default
 }
 
 // newOrderHarness is an env whose engine has the engine's own defaults (BusyWait,
@@ -101,7 +107,8 @@ type harnessOptions struct {
 func newOrderHarness(t testing.TB, o harnessOptions) *env {
 	t.Helper()
 	e := newEnv(t, envOptions{
-		sim: func(so *dataversetest.Options) { *so = o.sim },
+		sim:    func(so *dataversetest.Options) { *so = o.sim },
+		client: func(co *dataverse.Options) { co.BulkChunkSize = o.bulkSize },
 		settings: func(s *Settings) {
 			if o.currency != "" {
 				s.StoreCurrencyCode = o.currency
@@ -354,6 +361,7 @@ type faultDV struct {
 	fail   func(op, set string, recs []dataverse.Record) error // nil: pass
 
 	batchTime time.Duration // total time spent in Batch calls
+	batchOps  []int         // operations of each Batch call, in order
 	afterPath string
 	poison    string // requests to this path get an unknown column (Dataverse refuses them)
 }
@@ -542,6 +550,7 @@ func (f *faultDV) Batch(ctx context.Context, parts ...dataverse.BatchPart) ([]da
 	parts = f.poisoned(parts)
 	r, err := f.Dataverse.Batch(ctx, parts...)
 	f.mu.Lock()
+	f.batchOps = append(f.batchOps, len(batchPaths(parts)))
 	f.batchTime += time.Since(start)
 	lose := false
 	if f.afterPath != "" && err == nil {

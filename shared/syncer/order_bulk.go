@@ -13,13 +13,20 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// ordersPerBatch bounds the orders packed into one $batch. Dataverse runs a batch's
+// maxOrdersPerBatch bounds the orders packed into one $batch. Dataverse runs a batch's
 // requests one after another, so a batch's time grows with its size (each order is a
 // header and its lines, ~6 operations: 50 orders stay far inside the 2-minute request
 // timeout); the per-user request limit, on the other hand, counts a batch once, and an
 // import's chunks already keep several batches in flight (Microsoft Learn: Dataverse
 // execute-batch-operations-using-web-api, api-limits).
-const ordersPerBatch = 50
+const maxOrdersPerBatch = 50
+
+// ordersPerBatch is how many orders of opsEach operations one $batch carries: at most
+// maxOrdersPerBatch, and no more operations than rows per write request (the client's
+// RowsPerRequest, DATAVERSE_BULK_SIZE).
+func ordersPerBatch(rows, opsEach int) int {
+	return max(1, min(maxOrdersPerBatch, rows/max(1, opsEach)))
+}
 
 var _ bulkSyncer = (*orderSyncer)(nil)
 
@@ -93,12 +100,15 @@ func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*st
 	for _, i := range pending {
 		total += len(plans[i].ops)
 	}
-	nb := max((len(pending)+ordersPerBatch-1)/ordersPerBatch, (total+dataverse.MaxBatchRequests-1)/dataverse.MaxBatchRequests)
+	// A batch's operations are rows written, sized like the bulk requests
+	// (DATAVERSE_BULK_SIZE): the lines run the pricing plug-ins.
+	maxOps := min(dataverse.MaxBatchRequests, max(1, s.dv.RowsPerRequest("salesorderdetail")))
+	nb := max((len(pending)+maxOrdersPerBatch-1)/maxOrdersPerBatch, (total+maxOps-1)/maxOps)
 	per := (len(pending) + max(nb, 1) - 1) / max(nb, 1)
 	var groups [][]int
 	for len(pending) > 0 {
 		g, ops := []int{}, 0
-		for len(pending) > 0 && len(g) < per && ops+len(plans[pending[0]].ops) <= dataverse.MaxBatchRequests {
+		for len(pending) > 0 && len(g) < per && ops+len(plans[pending[0]].ops) <= maxOps {
 			ops += len(plans[pending[0]].ops)
 			g = append(g, pending[0])
 			pending = pending[1:]
@@ -414,16 +424,22 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 		sets = append(sets, i)
 	}
 	var groups [][]int
-	nb := (len(sets) + ordersPerBatch - 1) / ordersPerBatch
+	perBatch := ordersPerBatch(s.dv.RowsPerRequest("salesorder"), 2) // invoice Paid, close
+	nb := (len(sets) + perBatch - 1) / perBatch
 	for start, per := 0, (len(sets)+max(nb, 1)-1)/max(nb, 1); start < len(sets); start += per {
 		groups = append(groups, sets[start:min(start+per, len(sets))])
 	}
 	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
-		s.sendChangeSets(ctx, plans, groups[gi], errs, func(p *orderPlan) {
-			p.closed()
-		}, func(p *orderPlan, err error) error {
+		failed := func(p *orderPlan, err error) error {
 			return fmt.Errorf("order %d: set invoice paid / close salesorder %s: %w", p.ev.Order.ID, p.orderID, err)
-		})
+		}
+		// Not split after a failure as a whole: a close that ran can't run again (the
+		// order is closed), so these orders fail (transient) and their redelivery reads
+		// what happened.
+		rest := s.sendChangeSets(ctx, plans, groups[gi], errs, (*orderPlan).closed, failed)
+		for _, i := range rest.group {
+			errs[i] = failed(plans[i], rest.err)
+		}
 	})
 	for _, i := range sets {
 		if errs[i] == nil {
@@ -444,8 +460,9 @@ func (p *orderPlan) closed() {
 // requests in $batch requests, each invoice recorded in state at once.
 func (s *orderSyncer) convertMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
 	var groups [][]int
-	for start := 0; start < len(idx); start += ordersPerBatch {
-		groups = append(groups, idx[start:min(start+ordersPerBatch, len(idx))])
+	perBatch := ordersPerBatch(s.dv.RowsPerRequest("invoice"), 1)
+	for start := 0; start < len(idx); start += perBatch {
+		groups = append(groups, idx[start:min(start+perBatch, len(idx))])
 	}
 	s.parallelN(ctx, len(groups), func(ctx context.Context, gi int) {
 		group := groups[gi]
@@ -512,17 +529,37 @@ func invoiceIDFromResult(r dataverse.BatchResult) string {
 
 // writeGroup sends the header-and-lines change sets of a group of orders.
 func (s *orderSyncer) writeGroup(ctx context.Context, plans []*orderPlan, group []int, errs []error) {
-	s.sendChangeSets(ctx, plans, group, errs, (*orderPlan).written, func(p *orderPlan, err error) error {
+	rest := s.sendChangeSets(ctx, plans, group, errs, (*orderPlan).written, func(p *orderPlan, err error) error {
 		p.writeErr = err
 		return p.writeFailed(err)
 	})
+	// The batch timed out or failed with a 5xx as a whole: its change sets are upserts, so
+	// its halves are sent on their own (never the whole again at the same size).
+	if len(rest.group) > 1 && dataverse.Splittable(ctx, rest.err) {
+		mid := len(rest.group) / 2
+		s.writeGroup(ctx, plans, rest.group[:mid], errs)
+		s.writeGroup(ctx, plans, rest.group[mid:], errs)
+		return
+	}
+	for _, i := range rest.group {
+		plans[i].writeErr = rest.err
+		errs[i] = plans[i].writeFailed(rest.err)
+	}
+}
+
+// unsent is what a $batch that failed as a whole left: its orders, and why.
+type unsent struct {
+	group []int
+	err   error
 }
 
 // sendChangeSets sends each plan's ops as its own change set, packed in one $batch.
 // Dataverse stops a batch at the first failing change set: that order gets the error,
-// those before it are done, and those after it are sent again in a new batch.
+// those before it are done, and those after it are sent again in a new batch. A request
+// that failed as a whole (nothing known applied) is returned for the caller to decide:
+// failed (record) or split (writeGroup).
 func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, group []int, errs []error,
-	done func(*orderPlan), failed func(*orderPlan, error) error) {
+	done func(*orderPlan), failed func(*orderPlan, error) error) unsent {
 	for len(group) > 0 {
 		parts := make([]dataverse.BatchPart, len(group))
 		for k, i := range group {
@@ -533,15 +570,11 @@ func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, gr
 			for _, i := range group {
 				done(plans[i])
 			}
-			return
+			return unsent{}
 		}
 		var be *dataverse.BatchError
 		if !errors.As(err, &be) || be.ChangeSet < 1 || be.ChangeSet > len(group) {
-			// The request as a whole failed: none of it is known to be applied.
-			for _, i := range group {
-				errs[i] = failed(plans[i], err)
-			}
-			return
+			return unsent{group: group, err: err}
 		}
 		bad := be.ChangeSet - 1
 		for _, i := range group[:bad] {
@@ -550,4 +583,5 @@ func (s *orderSyncer) sendChangeSets(ctx context.Context, plans []*orderPlan, gr
 		errs[group[bad]] = failed(plans[group[bad]], err)
 		group = group[bad+1:]
 	}
+	return unsent{}
 }

@@ -1,6 +1,10 @@
 package syncer
 
 import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
@@ -106,4 +110,63 @@ func TestOrderBulkCloseBatchFailsAtPart(t *testing.T) {
 		t.Fatalf("redelivery: %v", err)
 	}
 	checkBulkLifecycle(t, h, orders)
+}
+
+// A $batch of order rewrites (change sets of upserts) whose answer is lost as a whole is
+// not sent again whole: its halves go on their own, and every order lands. The batches
+// are sized by DATAVERSE_BULK_SIZE (rows per request), not a fixed number of orders.
+func TestOrderBulkRewriteBatchSplitAndSized(t *testing.T) {
+	const bulkSize = 40
+	h := newOrderHarness(t, harnessOptions{bulkSize: bulkSize})
+	r := rand.New(rand.NewPCG(51, 52))
+	var orders []*nop.Order
+	chunk := func(name string, seq int64) []byte {
+		var raws []json.RawMessage
+		for _, o := range orders {
+			raws = append(raws, orderEvent(t, o, "order.updated", seq))
+		}
+		b, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": name, "events": raws}})
+		return b
+	}
+	for id := 7301; id <= 7324; id++ {
+		orders = append(orders, genOrder(r, id, genOptions{Round: true}))
+	}
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk("chunk-v1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range orders {
+		o.CustomOrderNumber = fmt.Sprintf("R-%d", o.ID)
+	}
+	h.fdv.mu.Lock()
+	h.fdv.batchOps = nil
+	h.fdv.mu.Unlock()
+	h.srv.SetFaults(dataversetest.Faults{DropAnswers: 1, DropAnswerPath: "$batch"})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk("chunk-v2", 2)); err != nil {
+		t.Fatalf("chunk: %v", err)
+	}
+	for _, o := range orders {
+		if so, rec := h.salesOrder(1, o.ID), h.record(o.ID); so == nil || so["name"] != o.CustomOrderNumber || rec.Status != state.Synced {
+			t.Errorf("order %d: salesorder %v, state %s %q", o.ID, so != nil, rec.Status, rec.Reason)
+		}
+	}
+	h.fdv.mu.Lock()
+	ops := slices.Clone(h.fdv.batchOps)
+	h.fdv.mu.Unlock()
+	if len(ops) == 0 || slices.Max(ops) > bulkSize {
+		t.Errorf("$batch operations %v, want none above DATAVERSE_BULK_SIZE %d", ops, bulkSize)
+	}
+	// The lost one, then its halves, later (the chunk's batches go side by side).
+	split := false
+	for i := range ops {
+		for j := i + 1; j < len(ops); j++ {
+			for k := j + 1; k < len(ops); k++ {
+				if ops[j] < ops[i] && ops[k] < ops[i] && ops[j]+ops[k] == ops[i] {
+					split = true
+				}
+			}
+		}
+	}
+	if !split {
+		t.Errorf("$batch operations %v: the batch whose answer was lost was not sent again in halves", ops)
+	}
 }

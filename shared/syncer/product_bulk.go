@@ -313,8 +313,9 @@ func (c *productChunk) settle(ctx context.Context, written []int) {
 	c.s.claimNumbers(ctx, claims, claimers)
 }
 
-// publishBatchParts is how many publishes one $batch carries: each runs the product
-// plug-ins, so a hundred, the docs' starting point for bulk writes to tables with plug-ins.
+// publishBatchParts is how many publishes one $batch carries at most: each runs the
+// product plug-ins, so a hundred, the docs' starting point for bulk writes to tables with
+// plug-ins; fewer when DATAVERSE_BULK_SIZE (RowsPerRequest) is lower.
 const publishBatchParts = 100
 
 // publishBatched publishes the products idx, one request each, as the parts of $batch
@@ -327,7 +328,7 @@ func (s *productSyncer) publishBatched(ctx context.Context, plans []*productPlan
 	if len(idx) < minBulk {
 		return nil, idx
 	}
-	per := s.dv.BatchParts(len(idx), publishBatchParts)
+	per := s.dv.BatchParts(len(idx), min(publishBatchParts, max(1, s.dv.RowsPerRequest("product"))))
 	var groups [][]int
 	for len(idx) > 0 {
 		n := min(per, len(idx))
