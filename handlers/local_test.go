@@ -316,3 +316,24 @@ func TestQueueSurvivesRestart(t *testing.T) {
 func trust(sim *dataversetest.Server) func(*dataverse.Options) {
 	return func(o *dataverse.Options) { o.RootCAs = sim.CertPool() }
 }
+
+// Local mode settles a message as the host does: any 2xx completes it, anything else
+// fails the invocation with the function's last log line.
+func TestInvokeSettlesAsTheHost(t *testing.T) {
+	for status, ok := range map[int]bool{200: true, 202: true, 204: true, 0: true, 299: true, 300: false, 400: false, 500: false} {
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if status == 0 {
+				return // nothing written
+			}
+			w.WriteHeader(status)
+			w.Write([]byte(`{"Logs":["last words"]}`))
+		})
+		err := invoke(context.Background(), h, "customers", []byte(`{}`))
+		if (err == nil) != ok {
+			t.Errorf("answer %d: %v, want ok=%v", status, err, ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "last words") {
+			t.Errorf("answer %d: %v does not carry the function's log", status, err)
+		}
+	}
+}

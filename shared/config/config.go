@@ -400,17 +400,35 @@ func (e *Error) Error() string {
 }
 
 type parser struct {
-	get  Lookup
-	errs []string
+	get        Lookup
+	errs       []string
+	unresolved map[string]bool // settings already reported as unresolved Key Vault references
 }
 
 func (p *parser) fail(name, format string, args ...any) {
 	p.errs = append(p.errs, name+" "+fmt.Sprintf(format, args...))
 }
 
+// keyVaultReference starts an App Service Key Vault reference. App Service replaces it by
+// the secret; when it can't (no access, no such secret), the app is given the reference
+// itself as the value (Microsoft Learn: app-service-key-vault-references).
+const keyVaultReference = "@Microsoft.KeyVault("
+
 func (p *parser) str(name string) (string, bool) {
 	v, ok := p.get(name)
-	return strings.TrimSpace(v), ok
+	v = strings.TrimSpace(v)
+	if strings.HasPrefix(v, keyVaultReference) {
+		if !p.unresolved[name] {
+			if p.unresolved == nil {
+				p.unresolved = map[string]bool{}
+			}
+			p.unresolved[name] = true
+			p.fail(name, "is a Key Vault reference App Service could not resolve: give the app's identity "+
+				"read access to the vault's secrets (Key Vault Secrets User) and check the secret's name and version")
+		}
+		return "", ok
+	}
+	return v, ok
 }
 
 func (p *parser) val(name string) string {

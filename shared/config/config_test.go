@@ -120,6 +120,20 @@ func TestStateConnectionString(t *testing.T) {
 	}
 }
 
+// A Key Vault reference App Service could not resolve reaches the app as the value; it
+// stops the app naming the setting, instead of being taken for the secret.
+func TestUnresolvedKeyVaultReference(t *testing.T) {
+	m := validAzure()
+	m["WEBHOOK_SECRET"] = "@Microsoft.KeyVault(SecretUri=https://kv-test.vault.azure.net/secrets/webhook-secret/)"
+	m["DATAVERSE_CLIENT_SECRET"] = " @Microsoft.KeyVault(VaultName=kv-test;SecretName=dataverse-client-secret)"
+	_, err := Load(lookup(m))
+	for _, name := range []string{"WEBHOOK_SECRET", "DATAVERSE_CLIENT_SECRET"} {
+		if err == nil || strings.Count(err.Error(), name+" is a Key Vault reference") != 1 {
+			t.Errorf("%s: %v, want one error naming it", name, err)
+		}
+	}
+}
+
 func TestLocalSettingsFileAndEnvironmentWins(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "local.settings.json")

@@ -68,7 +68,14 @@ func EncodeServiceBus(function, trigger string, m ServiceBusMessage, now time.Ti
 	md["ApplicationProperties"], md["UserProperties"] = pb, pb
 	var top map[string]json.RawMessage
 	if json.Unmarshal(m.Body, &top) == nil {
+		// The host's binding data is case-insensitive: a body key replaces the binding
+		// value of the same name in any case (a body "messageId" replaces MessageId).
 		for k, v := range top {
+			for name := range md {
+				if strings.EqualFold(name, k) {
+					delete(md, name)
+				}
+			}
 			md[k] = v
 		}
 	}

@@ -171,6 +171,16 @@ func TestEncodersRoundTrip(t *testing.T) {
 	if !strings.HasPrefix(string(d.Data["msg"]), `"\"{`) {
 		t.Errorf("body not double-encoded: %s", d.Data["msg"][:20])
 	}
+	// Top-level body keys replace binding data of the same name in any case, as the
+	// host's case-insensitive binding data does: the reason bodies travel in an envelope.
+	raw, err := EncodeServiceBus("orders", "msg", ServiceBusMessage{Body: []byte(`{"messageId":"from-the-body"}`), MessageID: "real", SessionID: "order-9", DeliveryCount: 1, EnqueuedTime: now}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, _ = DecodeInvocation(bytes.NewReader(raw))
+	if got := inv.MetadataString("MessageId"); got != "from-the-body" {
+		t.Errorf("a body key messageId left Metadata.MessageId %q, want it replaced as the host does", got)
+	}
 	tb, err := EncodeTimer("autosync", "timer", time.Time{}, time.Time{}, false, now)
 	if err != nil {
 		t.Fatal(err)
