@@ -83,6 +83,25 @@ func TestProductRetireRules(t *testing.T) {
 		}
 	}
 
+	// A retired bundle can't be activated either ("You can't activate a retired product
+	// family or a retired bundle record").
+	bundle := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "bundle", "productnumber": "B1", "productstructure": 3,
+		"defaultuomscheduleid@odata.bind": "/uomschedules(" + f.group + ")", "defaultuomid@odata.bind": "/uoms(" + f.unit + ")"})))
+	c.must(204, c.do("PATCH", "products("+bundle+")", map[string]any{"statecode": 0, "statuscode": 1}, "If-Match", "*"))
+	c.must(204, c.do("PATCH", "products("+bundle+")", retire, "If-Match", "*"))
+	if r = c.must(400, c.do("PATCH", "products("+bundle+")", map[string]any{"statecode": 0, "statuscode": 1}, "If-Match", "*")); !strings.Contains(r.errMsg(), "retired bundle") {
+		t.Fatalf("re-activate a retired bundle: %s", r.raw)
+	}
+	// A price list item's amount reaches 1e14 (other money columns 1e12).
+	a0 := f.newProduct(t, "P-0", "")
+	priceItem := func(amount float64) map[string]any {
+		return map[string]any{"amount": amount, "pricelevelid@odata.bind": "/pricelevels(" + f.priceList + ")",
+			"productid@odata.bind": "/products(" + a0 + ")", "uomid@odata.bind": "/uoms(" + f.unit + ")"}
+	}
+	c.must(400, c.do("POST", "productpricelevels", priceItem(2e14)))
+	c.must(204, c.do("POST", "productpricelevels", priceItem(5e12)))
+	c.must(400, c.do("PATCH", "products("+a0+")", map[string]any{"price": 5e12}, "If-Match", "*"))
+
 	// One publish per request: UpdateMultiple setting two products Active is refused.
 	a, b := f.newProduct(t, "P-A", ""), f.newProduct(t, "P-B", "")
 	target := func(id string) map[string]any {

@@ -381,8 +381,10 @@ func (s *Server) updateProduct(x *tx, old, r *row, body map[string]any) *apiErro
 	case (from == prodActive || from == prodRevised) && to == prodRetired:
 		return s.retire(x, r)
 	case from == prodRetired && to == prodActive:
-		if r.ref("parentproductid") != "" || r.intv("productstructure") == 2 {
-			return badArg("You can't activate a retired product family, or a retired product of a product family: only a retired product without a parent can be activated again.")
+		// productstructure 2 is a family, 3 a bundle: "You can't activate a retired
+		// product family or a retired bundle record" (Learn: publish-revise-revert-retire-activate-products).
+		if st := r.intv("productstructure"); r.ref("parentproductid") != "" || st == 2 || st == 3 {
+			return badArg("You can't activate a retired product family or a retired bundle record, or a retired product of a product family: only a retired product without a parent can be activated again.")
 		}
 		return s.countPublish(x)
 	}

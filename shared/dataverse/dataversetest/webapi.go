@@ -423,6 +423,16 @@ var optionSets = map[string][]int{
 	"contact.address2_addresstypecode":      {1, 2, 3, 4},
 }
 
+// moneyLimit is the largest value a money column takes: 1e12 (Money's usual range in
+// the table references), 1e14 for a price list item's amount (Learn: productpricelevel
+// table reference).
+func moneyLimit(table, column string) float64 {
+	if table == "productpricelevel" && column == "amount" {
+		return 1e14
+	}
+	return 1e12
+}
+
 var nonNegativeMoney = map[string]bool{"freightamount": true, "discountamount": true, "manualdiscountamount": true,
 	"priceperunit": true, "price": true, "amount": true, "currentcost": true, "standardcost": true, "quantity": false}
 
@@ -467,9 +477,9 @@ func convert(t *table, c *column, v any) (any, *apiError) {
 		if err != nil || math.IsInf(f, 0) {
 			return nil, mismatch("Edm.Decimal")
 		}
-		if c.typ == tMoney && nonNegativeMoney[c.name] && f < 0 || math.Abs(f) > 1e12 && c.typ == tMoney {
+		if limit := moneyLimit(t.logical, c.name); c.typ == tMoney && (nonNegativeMoney[c.name] && f < 0 || math.Abs(f) > limit) {
 			return nil, errf(http.StatusBadRequest, codeValidation,
-				"A validation error occurred. The value %v of '%s' on record of type '%s' is outside the valid range. Accepted range: 0 to 1000000000000", f, c.name, t.logical)
+				"A validation error occurred. The value %v of '%s' on record of type '%s' is outside the valid range. Accepted range: 0 to %.0f", f, c.name, t.logical, limit)
 		}
 		return f, nil
 	case tBool:
