@@ -101,6 +101,7 @@ func (a *app) wire(webhookSecrets intake.WebhookSecrets) error {
 		Inspector:          a.inspector,
 		Probe:              probe{eng},
 		Secret:             secretExpiry{a.dv},
+		WebhookSecrets:     webhookSecrets,
 		Stale:              eng,
 		InvalidMessageKind: syncer.InvalidMessageKind,
 		WritesEnabled:      a.cfg.WritesEnabled,

@@ -180,7 +180,10 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 	}
 	if err != nil {
 		log.Error("events not queued", "count", len(events), "ids", logIDs(ids), "error", err)
-		return in.unavailable("the queue can't be reached; nothing was accepted, retry later")
+		// A large array goes to Service Bus in several batches, so some may be queued
+		// already: the sender sends the whole request again, and the repeats (same event
+		// ids) are dropped.
+		return in.unavailable("the queue can't be reached: the request was not accepted; send it again later (events already queued from it are dropped as repeats)")
 	}
 	log.Info("events queued", "count", len(events), "messages", len(msgs), "ids", logIDs(ids))
 	return jsonResponse(http.StatusAccepted, Accepted{Accepted: len(events), IDs: ids})

@@ -298,6 +298,17 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			}
 		}
 	}
+	if o.o.WebhookSecrets != nil {
+		wctx, cancel := context.WithTimeout(ctx, statusCallTimeout)
+		secrets, err := o.o.WebhookSecrets.WebhookSecrets(wctx)
+		cancel()
+		switch {
+		case err != nil:
+			st.Errors = append(st.Errors, "webhook secret: "+err.Error()+": every event is answered 503 until it can be read")
+		case len(secrets) == 0:
+			st.Errors = append(st.Errors, "webhook secret: none is set (WEBHOOK_SECRET, or the Key Vault secret named by WEBHOOK_SECRET_NAME): every event is answered 503 until one is")
+		}
+	}
 	// The state store's reads share one budget: while the store can't be reached each
 	// read is retried by its SDK, and the page would take minutes to render.
 	sctx, cancel := context.WithTimeout(ctx, StatusStoreBudget)

@@ -51,6 +51,11 @@ func (c Connection) MarshalJSON() ([]byte, error) {
 	}{c.Reachable, orNull(c.OrganizationID), orNull(c.UserID), orNull(c.Currency), orNull(c.Error)})
 }
 
+// WebhookSecrets lists the webhook secrets events are signed with (intake.Secrets).
+type WebhookSecrets interface {
+	WebhookSecrets(ctx context.Context) ([]string, error)
+}
+
 // DataverseProbe checks the connection to Dynamics 365 (WhoAmI, store currency).
 type DataverseProbe interface {
 	Probe(ctx context.Context) Connection
@@ -82,6 +87,10 @@ type Options struct {
 	Inspector   queue.Inspector
 	Probe       DataverseProbe
 	Secret      SecretExpiry
+	// WebhookSecrets is where the intake reads the webhook secrets (nil: none, local mode
+	// accepting unsigned events). The status page is not healthy while they can't be read
+	// or there are none: every event is refused then.
+	WebhookSecrets WebhookSecrets
 	Stale       StaleCounter // optional
 
 	// InvalidMessageKind names the state docs in which the engine records queue messages

@@ -681,3 +681,32 @@ func TestStatusPageWhileTheStoreHangs(t *testing.T) {
 		t.Fatal("the status page waits for the state store without bound")
 	}
 }
+
+type webhookSecretsFunc func(context.Context) ([]string, error)
+
+func (f webhookSecretsFunc) WebhookSecrets(ctx context.Context) ([]string, error) { return f(ctx) }
+
+// Every event is refused while the webhook secret can't be read (Key Vault) or none is
+// set: the page says so and is not healthy. The secret itself never shows.
+func TestStatusNamesAMissingWebhookSecret(t *testing.T) {
+	const secret = "whsec-not-real-0123456789"
+	for name, c := range map[string]struct {
+		src     webhookSecretsFunc
+		healthy bool
+		says    string
+	}{
+		"set":        {func(context.Context) ([]string, error) { return []string{secret}, nil }, true, ""},
+		"empty":      {func(context.Context) ([]string, error) { return nil, nil }, false, "none is set"},
+		"unreadable": {func(context.Context) ([]string, error) { return nil, errors.New(`webhook secret "webhook-secret" from Key Vault: 404 SecretNotFound`) }, false, "SecretNotFound"},
+	} {
+		f := newFixture(t, func(o *Options) { o.WebhookSecrets = c.src })
+		st := f.ops.Status(context.Background())
+		all := strings.Join(st.Errors, "; ")
+		if st.Healthy != c.healthy || (c.says != "" && (!strings.Contains(all, "webhook secret") || !strings.Contains(all, c.says))) {
+			t.Errorf("%s: healthy %v, errors %q", name, st.Healthy, all)
+		}
+		if b, _ := json.Marshal(st); strings.Contains(string(b), secret) {
+			t.Errorf("%s: the secret is on the page", name)
+		}
+	}
+}
