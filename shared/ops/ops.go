@@ -91,7 +91,7 @@ type Options struct {
 	// accepting unsigned events). The status page is not healthy while they can't be read
 	// or there are none: every event is refused then.
 	WebhookSecrets WebhookSecrets
-	Stale       StaleCounter // optional
+	Stale          StaleCounter // optional
 
 	// InvalidMessageKind names the state docs in which the engine records queue messages
 	// that failed validation (syncer.InvalidMessageKind); "" shows none.

@@ -695,9 +695,11 @@ func TestStatusNamesAMissingWebhookSecret(t *testing.T) {
 		healthy bool
 		says    string
 	}{
-		"set":        {func(context.Context) ([]string, error) { return []string{secret}, nil }, true, ""},
-		"empty":      {func(context.Context) ([]string, error) { return nil, nil }, false, "none is set"},
-		"unreadable": {func(context.Context) ([]string, error) { return nil, errors.New(`webhook secret "webhook-secret" from Key Vault: 404 SecretNotFound`) }, false, "SecretNotFound"},
+		"set":   {func(context.Context) ([]string, error) { return []string{secret}, nil }, true, ""},
+		"empty": {func(context.Context) ([]string, error) { return nil, nil }, false, "none is set"},
+		"unreadable": {func(context.Context) ([]string, error) {
+			return nil, errors.New(`webhook secret "webhook-secret" from Key Vault: 404 SecretNotFound`)
+		}, false, "SecretNotFound"},
 	} {
 		f := newFixture(t, func(o *Options) { o.WebhookSecrets = c.src })
 		st := f.ops.Status(context.Background())
