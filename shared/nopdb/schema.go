@@ -77,29 +77,41 @@ func (r *Reader) Check(ctx context.Context) error {
 		return r.red.wrap("reading the store database's schema", err)
 	}
 	// PostgreSQL names are case-sensitive (nopCommerce creates them quoted); SQL Server
-	// and MySQL compare them without case under their usual collations and settings.
-	fold := r.d.provider != PostgreSQL
-	key := func(s string) string {
-		if fold {
+	// compares them without case under its usual collations. MySQL compares column names
+	// without case, and table names as the server's lower_case_table_names says: 0 (the
+	// default on Linux) with case, so a database whose tables were made in lower case
+	// (a dump from Windows) does not have the tables the reader's queries name
+	// (MySQL reference: identifier case sensitivity).
+	foldColumns := r.d.provider != PostgreSQL
+	foldTables := r.d.provider == SQLServer
+	if r.d.provider == MySQL {
+		var lower int
+		if err := r.db.QueryRowContext(ctx, "SELECT @@lower_case_table_names").Scan(&lower); err != nil {
+			return r.red.wrap("reading the store database's schema", err)
+		}
+		foldTables = lower != 0
+	}
+	fold := func(on bool, s string) string {
+		if on {
 			return strings.ToLower(s)
 		}
 		return s
 	}
 	tables := map[string]map[string]bool{}
 	for _, tc := range cols { // table, column
-		t, c := tc[0], tc[1]
-		if tables[key(t)] == nil {
-			tables[key(t)] = map[string]bool{}
+		t, c := fold(foldTables, tc[0]), fold(foldColumns, tc[1])
+		if tables[t] == nil {
+			tables[t] = map[string]bool{}
 		}
-		tables[key(t)][key(c)] = true
+		tables[t][c] = true
 	}
 	for _, t := range required {
-		cols, ok := tables[key(t.table)]
+		cols, ok := tables[fold(foldTables, t.table)]
 		if !ok {
 			return &SchemaError{Table: t.table}
 		}
 		for _, c := range t.columns {
-			if !cols[key(c)] {
+			if !cols[fold(foldColumns, c)] {
 				return &SchemaError{Table: t.table, Column: c, Older: t.table == "Customer" && since460[c]}
 			}
 		}
