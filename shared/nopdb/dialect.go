@@ -131,15 +131,16 @@ func (d *dialect) customersPage(limit int) string {
 		d.col("rm", "Customer_Id"), limit)
 }
 
-// gdprDeletedCustomers: the customers with $1 < Id <= $2 deleted with an empty email.
+// gdprDeletedCustomers: the first limit customers with $1 < Id <= $2 deleted with an
+// empty email.
 // nopCommerce's GDPR "permanent delete" (GdprService.PermanentDeleteCustomerAsync)
 // empties Email and Username, sets Deleted and moves the customer from the Registered
 // role to Guests, so these are not in customersPage. The id window is the one a page of
 // customersPage covered, so over a whole run the Customer key is scanned once.
-func (d *dialect) gdprDeletedCustomers() string {
+func (d *dialect) gdprDeletedCustomers(limit int) string {
 	return d.query(d.customerList(), d.id("Customer")+" c",
 		d.col("c", "Id")+" > "+d.param(1)+" AND "+d.col("c", "Id")+" <= "+d.param(2)+" AND "+d.col("c", "Deleted")+" = "+d.trueLit+
-			" AND "+d.col("c", "Email")+" = ''", d.col("c", "Id"), 0)
+			" AND "+d.col("c", "Email")+" = ''", d.col("c", "Id"), limit)
 }
 
 // customersByID: the customers with these ids (the customers of a page of orders).

@@ -15,7 +15,7 @@ func queries(d *dialect) map[string]string {
 	return map[string]string{
 		"customers_page":      d.customersPage(500),
 		"customers_by_id":     d.customersByID([]int64{3, 7}),
-		"gdpr_deleted":        d.gdprDeletedCustomers(),
+		"gdpr_deleted":        d.gdprDeletedCustomers(500),
 		"customer_roles":      d.customerRoles([]int64{3, 7}),
 		"roles":               d.roles(),
 		"products_by_id":      d.productsByID([]int64{7, 12}),

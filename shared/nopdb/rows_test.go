@@ -6,9 +6,53 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/nopdb/nopdbtest"
 	"github.com/nopsync/nopsync/shared/state"
 )
+
+// TestGDPRDeletesPaged: a bulk GDPR delete leaves many deleted guests between (or after)
+// the registered customers; a page still holds at most twice its size, and every
+// customer comes once, in id order.
+func TestGDPRDeletesPaged(t *testing.T) {
+	forEachProvider(t, func(t *testing.T, provider string) {
+		s := exampleStore(t, provider)
+		for id := 100; id < 160; id++ {
+			s.customer(id, nopdbtest.RoleGuests, map[string]any{"Email": "", "Username": "", "Deleted": true})
+		}
+		s.customer(160, nopdbtest.RoleRegistered, map[string]any{"Email": "after@example.com"})
+		for id := 161; id < 190; id++ {
+			s.customer(id, nopdbtest.RoleGuests, map[string]any{"Email": "", "Username": "", "Deleted": true})
+		}
+		r := s.open()
+		all, _, _, _ := readAll(t, r, state.Customer, 1000)
+		const limit = 10
+		var after int64
+		var paged []*nop.Event
+		for pages := 0; ; pages++ {
+			p, err := r.ReadPage(context.Background(), state.Customer, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Rows > 2*limit {
+				t.Fatalf("a page of %d rows at limit %d", p.Rows, limit)
+			}
+			paged = append(paged, p.Events...)
+			after = p.Last
+			if p.Done || pages > 1000 {
+				break
+			}
+		}
+		if len(paged) != len(all) || len(all) < 90 {
+			t.Fatalf("paged %d customers, in one page %d (want the same, 90 or more)", len(paged), len(all))
+		}
+		for i := range all {
+			if paged[i].ID != all[i].ID {
+				t.Fatalf("customer %d is %s paged, %s in one page", i, paged[i].EntityID(), all[i].EntityID())
+			}
+		}
+	})
+}
 
 // TestDeletes: soft-deleted rows become *.deleted events with data.deleted true; a GDPR
 // delete (Deleted, email and username emptied, moved from Registered to Guests: nopCommerce's
