@@ -1,7 +1,6 @@
 package syncer
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -120,14 +119,7 @@ func TestOrderBulkRewriteBatchSplitAndSized(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{bulkSize: bulkSize})
 	r := rand.New(rand.NewPCG(51, 52))
 	var orders []*nop.Order
-	chunk := func(name string, seq int64) []byte {
-		var raws []json.RawMessage
-		for _, o := range orders {
-			raws = append(raws, orderEvent(t, o, "order.updated", seq))
-		}
-		b, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": name, "events": raws}})
-		return b
-	}
+	chunk := func(name string, seq int64) []byte { return updatedOrdersChunk(t, orders, name, seq) }
 	for id := 7301; id <= 7324; id++ {
 		orders = append(orders, genOrder(r, id, genOptions{Round: true}))
 	}

@@ -661,18 +661,23 @@ func TestOrderRetiredProductWrittenIn(t *testing.T) {
 // Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
 // $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
 // alone and the others land.
+// updatedOrdersChunk is a chunk message of an order.updated event (sequence seq) for
+// each order.
+func updatedOrdersChunk(t testing.TB, orders []*nop.Order, name string, seq int64) []byte {
+	t.Helper()
+	var raws []json.RawMessage
+	for _, o := range orders {
+		raws = append(raws, orderEvent(t, o, "order.updated", seq))
+	}
+	b, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": name, "events": raws}})
+	return b
+}
+
 func TestOrderBulkOneBadOrder(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(21, 22))
 	var orders []*nop.Order
-	chunk := func(name string, seq int64) []byte {
-		var raws []json.RawMessage
-		for _, o := range orders {
-			raws = append(raws, orderEvent(t, o, "order.updated", seq))
-		}
-		b, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": name, "events": raws}})
-		return b
-	}
+	chunk := func(name string, seq int64) []byte { return updatedOrdersChunk(t, orders, name, seq) }
 	for id := 7001; id <= 7004; id++ {
 		orders = append(orders, genOrder(r, id, genOptions{Round: true}))
 	}
