@@ -179,6 +179,13 @@ func newTableStore(ctx context.Context, cfg *config.Config, cred azcore.TokenCre
 	if cred == nil {
 		return nil, errors.New("STATE_STORAGE_CONNECTION_STRING is required here")
 	}
+	if cfg.TableServiceURL != "" {
+		s, err := tablestorage.NewWithCredential(ctx, cfg.TableServiceURL, cred, tablestorage.Options{Table: cfg.StateTable})
+		if err != nil {
+			return nil, fmt.Errorf("AzureWebJobsStorage__tableServiceUri: %w", err)
+		}
+		return s, nil
+	}
 	s, err := tablestorage.NewForAccount(ctx, cfg.StorageAccountName, cred, tablestorage.Options{Table: cfg.StateTable})
 	if err != nil {
 		return nil, fmt.Errorf("AzureWebJobsStorage__accountName: %w", err)

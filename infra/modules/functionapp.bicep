@@ -31,6 +31,9 @@ param storageAccountName string
 @description('Blob endpoint of the storage account.')
 param storageBlobEndpoint string
 
+@description('Table service endpoint of the storage account (its sync-state table is there).')
+param storageTableEndpoint string
+
 @description('Deployment container name.')
 param deploymentContainerName string
 
@@ -88,8 +91,10 @@ param storeUrl string
 // object literal.
 var appSettings = {
   // Host storage with the managed identity (no shared keys). accountName works in the public cloud;
-  // sovereign clouds need __blobServiceUri/__queueServiceUri/__tableServiceUri instead.
+  // sovereign clouds need __blobServiceUri/__queueServiceUri/__tableServiceUri instead. The app
+  // reads its sync-state table at __tableServiceUri, the account's own endpoint in any cloud.
   AzureWebJobsStorage__accountName: storageAccountName
+  AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   // The Service Bus triggers' connection ("connection": "ServiceBusConnection" in function.json);

@@ -52,6 +52,7 @@ func Known() []Setting {
 		{Name: "ServiceBusConnection__fullyQualifiedNamespace", Required: true, AzureOnly: true, Doc: "Service Bus namespace host name (identity-based)"},
 		{Name: "STATE_STORAGE_CONNECTION_STRING", Secret: true, Doc: "Table Storage connection string for sync state (Azurite in local runs)"},
 		{Name: "AzureWebJobsStorage__accountName", AzureOnly: true, Doc: "storage account of the app; its Table service holds sync state when no connection string is set"},
+		{Name: "AzureWebJobsStorage__tableServiceUri", AzureOnly: true, Doc: "Table service URL of that account (the deployment sets the account's own endpoint, right in every cloud); empty: https://<account>.table.core.windows.net/"},
 		{Name: "SYNC_STATE_TABLE", Default: "syncstate", Doc: "table name for sync state"},
 		{Name: "AZURE_AUTHORITY_HOST", Doc: "Entra authority host for sovereign/private clouds"},
 		{Name: "AZURE_CLIENT_ID", AzureOnly: true, Doc: "client id of the app's user-assigned managed identity"},
@@ -111,6 +112,9 @@ type Config struct {
 	ServiceBusNamespace   string
 	StateConnectionString string
 	StorageAccountName    string
+	// TableServiceURL is the state account's Table service URL (AzureWebJobsStorage__tableServiceUri);
+	// empty: derived from StorageAccountName for Azure's public cloud.
+	TableServiceURL string
 	StateTable            string
 
 	// Store reader (docs/store-reader.md); NopDBProvider "" = off.
@@ -303,6 +307,15 @@ func Load(get Lookup) (*Config, error) {
 	}
 	if c.StorageAccountName != "" && !storageAccount.MatchString(c.StorageAccountName) {
 		p.fail("AzureWebJobsStorage__accountName", "must be a storage account name, 3-24 lower-case letters and digits, got %q", c.StorageAccountName)
+	}
+	// Outside Azure's public cloud the account's endpoints are not <account>.table.core.windows.net:
+	// the Functions host takes the service URIs then (Microsoft Learn: functions-reference,
+	// "Connecting to host storage with an identity"), and so does the app.
+	c.TableServiceURL = p.val("AzureWebJobsStorage__tableServiceUri")
+	if c.TableServiceURL != "" {
+		if u, err := url.Parse(c.TableServiceURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" {
+			p.fail("AzureWebJobsStorage__tableServiceUri", "must be the storage account's Table service URL, e.g. https://stx.table.core.windows.net/, got %q", c.TableServiceURL)
+		}
 	}
 	c.StateTable = p.def("SYNC_STATE_TABLE")
 	if !validTableName(c.StateTable) {

@@ -66,6 +66,16 @@ func TestAzureValid(t *testing.T) {
 	}
 }
 
+// Outside the public cloud the state table is at the account's own endpoint.
+func TestTableServiceURI(t *testing.T) {
+	m := validAzure()
+	m["AzureWebJobsStorage__tableServiceUri"] = "https://sttest.table.core.usgovcloudapi.net/"
+	c, err := Load(lookup(m))
+	if err != nil || c.TableServiceURL != "https://sttest.table.core.usgovcloudapi.net/" {
+		t.Fatalf("%v %+v", err, c)
+	}
+}
+
 func TestMalformedSettingsAreNamed(t *testing.T) {
 	cases := map[string]string{
 		"DATAVERSE_URL":                                 "http://contoso.crm.dynamics.com",
@@ -83,6 +93,7 @@ func TestMalformedSettingsAreNamed(t *testing.T) {
 		"ServiceBusConnection__fullyQualifiedNamespace": "https://sb-test.servicebus.windows.net/",
 		"AzureWebJobsStorage__accountName":              "St_Test",
 		"STATE_STORAGE_CONNECTION_STRING":               "not-a-connection-string",
+		"AzureWebJobsStorage__tableServiceUri":          "sttest.table.core.usgovcloudapi.net",
 	}
 	for name, bad := range cases {
 		m := validAzure()
