@@ -115,7 +115,7 @@ type Config struct {
 	// TableServiceURL is the state account's Table service URL (AzureWebJobsStorage__tableServiceUri);
 	// empty: derived from StorageAccountName for Azure's public cloud.
 	TableServiceURL string
-	StateTable            string
+	StateTable      string
 
 	// Store reader (docs/store-reader.md); NopDBProvider "" = off.
 	NopDBProvider        string
