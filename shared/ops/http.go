@@ -398,11 +398,14 @@ func (o *Ops) serveStatus(w http.ResponseWriter, r *http.Request) {
 
 // EntityStatus is one entity's sync state as the status page shows it.
 type EntityStatus struct {
-	Entity      state.Entity      `json:"entity"`
-	ID          string            `json:"id"`
-	DataverseID string            `json:"dataverseId"`
-	Status      state.Status      `json:"status"`
-	LastError   string            `json:"lastError"`
+	Entity      state.Entity `json:"entity"`
+	ID          string       `json:"id"`
+	DataverseID string       `json:"dataverseId"`
+	Status      state.Status `json:"status"`
+	LastError   string       `json:"lastError"`
+	// Note is what the app says of a synced entity: why it wrote other than the store has
+	// it (a family kept Active, a product number taken, a row adopted), "" when nothing.
+	Note        string            `json:"note,omitempty"`
 	Transient   bool              `json:"transient"`
 	Attempts    int               `json:"attempts"`
 	OrderKey    string            `json:"appliedOrderKey"`
@@ -432,6 +435,8 @@ func (o *Ops) serveEntityStatus(w http.ResponseWriter, r *http.Request) {
 		Attempts: rec.Attempts, OrderKey: rec.OrderKey, LastEventID: rec.LastEventID, UpdatedAt: rec.UpdatedAt, Details: rec.Extra}
 	if rec.Status != state.Synced {
 		es.LastError = rec.Reason
+	} else {
+		es.Note = rec.Reason
 	}
 	if !rec.SyncedAt.IsZero() {
 		t := rec.SyncedAt

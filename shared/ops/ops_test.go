@@ -365,6 +365,17 @@ func TestStatusPage(t *testing.T) {
 	if rec.Code != 200 || es.ID != "1001" || es.Status != state.Synced {
 		t.Errorf("entity status: %d %s", rec.Code, rec.Body)
 	}
+	// A synced entity's note (why the app wrote other than the store has it) shows, not as
+	// an error.
+	tracked.Save(ctx, &state.Record{Entity: state.Product, ID: "20", Status: state.Synced,
+		Reason: "unpublished in nopCommerce, kept Active: Dynamics 365 can't re-activate a retired family"})
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/product/20", nil))
+	es = EntityStatus{}
+	json.Unmarshal(rec.Body.Bytes(), &es)
+	if !strings.Contains(es.Note, "kept Active") || es.LastError != "" {
+		t.Errorf("synced product with a note: %s", rec.Body)
+	}
 	rec = httptest.NewRecorder()
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/order/404", nil))
 	if rec.Code != 404 {
