@@ -36,6 +36,16 @@ func driftCheckFlexSite(files map[string]string) []string {
 		}
 		if r.typ == "Microsoft.Web/sites" {
 			sites++
+			// A custom handler on Flex: functionAppConfig.runtime {name: 'custom', version: '1.0'};
+			// an uncatalogued version deploys and then fails at host start (research: Flex facts).
+			rt := regexp.MustCompile(`(?s)runtime\s*:\s*\{\s*name\s*:\s*'([^']*)'\s*version\s*:\s*'([^']*)'\s*\}`).FindStringSubmatch(r.body)
+			if rt == nil || rt[1] != "custom" || rt[2] != "1.0" {
+				got := "none"
+				if rt != nil {
+					got = rt[1] + " " + rt[2]
+				}
+				problems = append(problems, fmt.Sprintf("%s: site %s: functionAppConfig.runtime must be {name: 'custom', version: '1.0'} for a custom handler on Flex Consumption, got %s", r.file, r.symbol, got))
+			}
 		}
 		for _, k := range driftFlexRejectedSiteConfig {
 			if keyAnyDepth(r.body, k) {
@@ -236,6 +246,8 @@ func TestDriftDeployChecksCatchBreakage(t *testing.T) {
 			broken := driftMustReplace(t, r.bicep, "      minTlsVersion: '1.2'\n", "      minTlsVersion: '1.2'\n      "+k+": 'x'\n")
 			driftExpectProblem(t, "siteConfig."+k, driftCheckFlexSite(broken), k, "rejects")
 		}
+		goRuntime := driftMustReplace(t, r.bicep, "        name: 'custom'\n        version: '1.0'\n", "        name: 'go'\n        version: '1.5'\n")
+		driftExpectProblem(t, "runtime other than custom 1.0", driftCheckFlexSite(goRuntime), "functionAppConfig.runtime", "go 1.5")
 		ftp := driftMustReplace(t, r.bicep, "  name: 'scm'\n", "  name: 'ftp'\n")
 		driftExpectProblem(t, "ftp publishing policy", driftCheckFlexSite(ftp), "ftp publishing policy")
 		low := driftMustReplace(t, r.bicep, "        maximumInstanceCount: maximumInstanceCount\n", "        maximumInstanceCount: 10\n")

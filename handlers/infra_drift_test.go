@@ -43,6 +43,17 @@ var driftRequiredRoles = map[string]string{
 	"3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",   // App Insights with local auth off
 }
 
+// driftRoleScopes is the resource type each required role must be scoped to: the narrowest that
+// works (infra/modules/roles.bicep's table). Data Owner on the whole namespace would give the app
+// Manage on every queue and topic there; Key Vault Secrets User on another resource reads nothing.
+var driftRoleScopes = map[string]string{
+	"090c5cfd-751d-490a-894a-3ce6f1109419": "Microsoft.ServiceBus/namespaces/queues",
+	"b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Microsoft.Storage/storageAccounts",
+	"0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Microsoft.Storage/storageAccounts",
+	"4633458b-17de-408a-b874-0445c86b69e6": "Microsoft.KeyVault/vaults",
+	"3913510d-42f4-4e42-8a64-420c390055eb": "Microsoft.Insights/components",
+}
+
 // driftKnownRoleNames names roles a reviewer would recognise in a failure message; the broad ones
 // must never be assigned to the app.
 var driftKnownRoleNames = map[string]string{
@@ -704,6 +715,24 @@ func driftCheckRoles(files map[string]string, want map[string]string) []string {
 			problems = append(problems, fmt.Sprintf("%s: role assignment %s has no scope: it would apply to the whole resource group", r.file, r.symbol))
 		case strings.Contains(scope, "resourceGroup(") || strings.Contains(scope, "subscription("):
 			problems = append(problems, fmt.Sprintf("%s: role assignment %s is scoped to %s: scope it to the resource", r.file, r.symbol, scope))
+		default:
+			// scope: a resource symbol of the same file (queues[i] for a loop).
+			sym := strings.TrimSpace(scope)
+			if i := strings.IndexByte(sym, '['); i >= 0 {
+				sym = sym[:i]
+			}
+			typ := ""
+			for _, o := range driftResources(map[string]string{r.file: files[r.file]}) {
+				if o.symbol == sym {
+					typ = o.typ
+				}
+			}
+			if wantTyp, ok := driftRoleScopes[id]; ok && !strings.EqualFold(typ, wantTyp) {
+				if typ == "" {
+					typ = "not a resource of " + r.file
+				}
+				problems = append(problems, fmt.Sprintf("%s: role assignment %s grants %s on %s (%s): scope it to a %s", r.file, r.symbol, driftRoleName(id), scope, typ, wantTyp))
+			}
 		}
 		if pt, _ := driftPropertyValue(r.body, "principalType"); pt != "'ServicePrincipal'" {
 			problems = append(problems, fmt.Sprintf("%s: role assignment %s: principalType must be 'ServicePrincipal' (the app's managed identity), got %q", r.file, r.symbol, pt))
@@ -1140,6 +1169,10 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		driftExpectProblem(t, "Blob Data Owner no longer granted", got, "Storage Blob Data Owner", "no role assignment")
 		ownerOnRG := driftMustReplace(t, r.bicep, "scope: vault\n", "scope: resourceGroup()\n")
 		driftExpectProblem(t, "assignment on the resource group", driftCheckRoles(ownerOnRG, driftRequiredRoles), "resourceGroup()")
+		onNamespace := driftMustReplace(t, r.bicep, "scope: queues[i]\n", "scope: serviceBus\n")
+		driftExpectProblem(t, "Data Owner on the whole namespace", driftCheckRoles(onNamespace, driftRequiredRoles), "Service Bus Data Owner", "Microsoft.ServiceBus/namespaces/queues")
+		vaultRoleElsewhere := driftMustReplace(t, r.bicep, "scope: vault\n", "scope: storage\n")
+		driftExpectProblem(t, "Key Vault Secrets User on the storage account", driftCheckRoles(vaultRoleElsewhere, driftRequiredRoles), "Key Vault Secrets User", "Microsoft.KeyVault/vaults")
 		// The code starts needing a role nobody grants.
 		more := map[string]string{"974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor"}
 		for k, v := range driftRequiredRoles {

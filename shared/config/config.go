@@ -297,8 +297,8 @@ func Load(get Lookup) (*Config, error) {
 	}
 	c.StateConnectionString = p.val("STATE_STORAGE_CONNECTION_STRING")
 	c.StorageAccountName = p.val("AzureWebJobsStorage__accountName")
-	if !c.Local && c.StateConnectionString == "" && c.StorageAccountName == "" {
-		p.fail("STATE_STORAGE_CONNECTION_STRING", "or AzureWebJobsStorage__accountName is required in Azure (Table Storage for sync state)")
+	if !c.Local && c.StateConnectionString == "" && c.StorageAccountName == "" && p.val("AzureWebJobsStorage__tableServiceUri") == "" {
+		p.fail("STATE_STORAGE_CONNECTION_STRING", "or AzureWebJobsStorage__accountName (or __tableServiceUri) is required in Azure (Table Storage for sync state)")
 	}
 	if c.StateConnectionString != "" {
 		if msg := checkStorageConnectionString(c.StateConnectionString); msg != "" {

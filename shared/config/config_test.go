@@ -74,6 +74,10 @@ func TestTableServiceURI(t *testing.T) {
 	if err != nil || c.TableServiceURL != "https://sttest.table.core.usgovcloudapi.net/" {
 		t.Fatalf("%v %+v", err, c)
 	}
+	delete(m, "AzureWebJobsStorage__accountName") // the URI alone is enough for the state table
+	if _, err := Load(lookup(m)); err != nil {
+		t.Errorf("tableServiceUri without accountName: %v", err)
+	}
 }
 
 func TestMalformedSettingsAreNamed(t *testing.T) {
