@@ -18,5 +18,9 @@ for name in $SECRET_VARIABLES; do
   if [ -n "${!name:-}" ]; then
     azd env set "$name" ""
     echo "$name stored in Key Vault; removed from the azd environment, so a later provision keeps the vault's value"
+    if [ "$name" = DATAVERSE_CLIENT_SECRET ] && [ -n "${DATAVERSE_CLIENT_SECRET_EXPIRES_ON:-}" ]; then
+      # The expiry belongs to the secret just stored: a later secret comes with its own.
+      azd env set DATAVERSE_CLIENT_SECRET_EXPIRES_ON ""
+    fi
   fi
 done
