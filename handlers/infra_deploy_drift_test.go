@@ -8,7 +8,11 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -220,6 +224,33 @@ func TestDriftFlexSite(t *testing.T) {
 func TestDriftSecretsOneShot(t *testing.T) {
 	r := driftLoadRepo(t)
 	driftReport(t, driftCheckSecretsOneShot(r.bicep, r.read(t, "infra/main.parameters.json"), r.read(t, "azure.yaml"), r.read(t, "infra/hooks/postprovision.sh")))
+}
+
+// TestPostprovisionHookRuns runs infra/hooks/postprovision.sh with a stand-in azd that records
+// its calls: the secrets given are emptied in the azd environment (the client secret's expiry
+// with it), those not given are left alone.
+func TestPostprovisionHookRuns(t *testing.T) {
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	fake := "#!/usr/bin/env bash\nprintf '%s|' \"$@\" >> " + calls + "\necho >> " + calls + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "azd"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", filepath.Join("..", "infra", "hooks", "postprovision.sh"))
+	cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"DATAVERSE_CLIENT_SECRET=not-a-real-secret", "DATAVERSE_CLIENT_SECRET_EXPIRES_ON=2027-05-01T00:00:00Z",
+		"WEBHOOK_SECRET=", "NOP_DB_CONNECTION=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("hook: %v\n%s", err, out)
+	} else if strings.Contains(string(out), "not-a-real-secret") {
+		t.Errorf("the hook printed the secret: %s", out)
+	}
+	b, _ := os.ReadFile(calls)
+	got := strings.Fields(strings.ReplaceAll(string(b), "\n", " "))
+	want := []string{"env|set|DATAVERSE_CLIENT_SECRET||", "env|set|DATAVERSE_CLIENT_SECRET_EXPIRES_ON||"}
+	if !slices.Equal(got, want) {
+		t.Errorf("azd calls %q, want %q", got, want)
+	}
 }
 
 func TestDriftStoreKeyHook(t *testing.T) {
