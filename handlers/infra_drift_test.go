@@ -580,6 +580,65 @@ func driftBicepQueues(files map[string]string) ([]driftBicepQueue, []string) {
 	return out, problems
 }
 
+// driftIntParamFloor is the lowest value the int parameter name of src can take (its @minValue, or
+// its default when it has none), -1 when src declares no such parameter.
+func driftIntParamFloor(src, name string) int {
+	m := regexp.MustCompile(`(?m)((?:^@\w+\([^\n]*\)\s*\n)*)^param\s+` + regexp.QuoteMeta(name) + `\s+int(?:\s*=\s*(\d+))?`).FindStringSubmatch(driftStripComments(src))
+	if m == nil {
+		return -1
+	}
+	if mv := regexp.MustCompile(`@minValue\((\d+)\)`).FindStringSubmatch(m[1]); mv != nil {
+		n, _ := strconv.Atoi(mv[1])
+		return n
+	}
+	n, err := strconv.Atoi(m[2])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// driftCheckServices: the Service Bus namespace is Standard or Premium (sessions and duplicate
+// detection; Basic has neither) with local auth off, and the Key Vault authorizes with Azure RBAC
+// (the app's access is a role assignment, not an access policy).
+func driftCheckServices(files map[string]string) []string {
+	var problems []string
+	namespaces, vaults := 0, 0
+	for _, r := range driftResources(files) {
+		if r.existing {
+			continue
+		}
+		switch r.typ {
+		case "Microsoft.ServiceBus/namespaces":
+			namespaces++
+			sku := ""
+			if m := regexp.MustCompile(`(?s)sku\s*:\s*\{[^}]*?name\s*:\s*('[^']*'|\w+)`).FindStringSubmatch(r.body); m != nil {
+				sku = m[1]
+			}
+			if sku != "'Standard'" && sku != "'Premium'" {
+				problems = append(problems, fmt.Sprintf("%s: Service Bus namespace %s has sku %q: sessions and duplicate detection need Standard or Premium", r.file, r.symbol, sku))
+			}
+			if v, _ := driftPropertyValue(r.body, "disableLocalAuth"); v != "true" {
+				problems = append(problems, fmt.Sprintf("%s: Service Bus namespace %s: disableLocalAuth must be true (the app uses its managed identity)", r.file, r.symbol))
+			}
+		case "Microsoft.KeyVault/vaults":
+			vaults++
+			if v, _ := driftPropertyValue(r.body, "enableRbacAuthorization"); v != "true" {
+				problems = append(problems, fmt.Sprintf("%s: Key Vault %s: enableRbacAuthorization must be true (the app reads secrets through a role assignment)", r.file, r.symbol))
+			}
+		}
+	}
+	if namespaces == 0 || vaults == 0 {
+		problems = append(problems, fmt.Sprintf("infra/**/*.bicep declares %d Service Bus namespaces and %d Key Vaults, want one each", namespaces, vaults))
+	}
+	return problems
+}
+
+func TestDriftServices(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckServices(r.bicep))
+}
+
 // driftCheckQueues: every queue a trigger binds exists in Bicep with sessions, duplicate detection and
 // dead-lettering; every queue Bicep creates is bound by a trigger; every trigger has sessions on
 // and the identity-based connection.
@@ -603,6 +662,21 @@ func driftCheckQueues(funcs map[string]driftFunctionJSON, files map[string]strin
 		for _, key := range []string{"maxDeliveryCount", "lockDuration", "duplicateDetectionHistoryTimeWindow", "defaultMessageTimeToLive"} {
 			if _, ok := driftPropertyValue(q.props, key); !ok {
 				problems = append(problems, fmt.Sprintf("queue %s (%s): %s is not set", q.name, q.file, key))
+			}
+		}
+		// servicebus.Send mixes sessions in one batch, which a partitioned queue refuses.
+		if v, _ := driftPropertyValue(q.props, "enablePartitioning"); v == "true" {
+			problems = append(problems, fmt.Sprintf("queue %s (%s): enablePartitioning must be false (a send batch mixes sessions)", q.name, q.file))
+		}
+		// The app completes a message with a delayed copy from its third delivery on
+		// (shared/delivery): fewer deliveries dead-letter it before that.
+		if v, _ := driftPropertyValue(q.props, "maxDeliveryCount"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				n = driftIntParamFloor(files[q.file], v)
+			}
+			if n < 3 {
+				problems = append(problems, fmt.Sprintf("queue %s (%s): maxDeliveryCount %s may be below 3: a failing message would be dead-lettered before its delayed copy", q.name, q.file, v))
 			}
 		}
 	}
@@ -1120,6 +1194,12 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		driftExpectProblem(t, "requiresSession removed", driftCheckQueues(r.functions, dropped), "requiresSession")
 		noDedup := driftMustReplace(t, r.bicep, "requiresDuplicateDetection: true", "requiresDuplicateDetection: false")
 		driftExpectProblem(t, "duplicate detection off", driftCheckQueues(r.functions, noDedup), "requiresDuplicateDetection")
+		fewDeliveries := driftMustReplace(t, r.bicep, "@minValue(3)\n@maxValue(2000)\nparam maxDeliveryCount", "@minValue(1)\n@maxValue(2000)\nparam maxDeliveryCount")
+		driftExpectProblem(t, "maxDeliveryCount allowed below 3", driftCheckQueues(r.functions, fewDeliveries), "maxDeliveryCount", "below 3")
+		literal := driftMustReplace(t, r.bicep, "maxDeliveryCount: maxDeliveryCount", "maxDeliveryCount: 2")
+		driftExpectProblem(t, "maxDeliveryCount 2", driftCheckQueues(r.functions, literal), "maxDeliveryCount 2")
+		partitioned := driftMustReplace(t, r.bicep, "enablePartitioning: false", "enablePartitioning: true")
+		driftExpectProblem(t, "partitioned queues", driftCheckQueues(r.functions, partitioned), "enablePartitioning")
 		noDLQ := driftMustReplace(t, r.bicep, "deadLetteringOnMessageExpiration: true", "deadLetteringOnMessageExpiration: false")
 		driftExpectProblem(t, "expiry without dead-lettering", driftCheckQueues(r.functions, noDLQ), "deadLetteringOnMessageExpiration")
 		noOrders := driftMustReplace(t, r.bicep, "  'orders'\n", "")
@@ -1215,6 +1295,18 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		if d, err := driftTimeSpan("1.00:00:01.5"); err != nil || d != 24*time.Hour+1500*time.Millisecond {
 			t.Errorf("driftTimeSpan(1.00:00:01.5) = %s, %v", d, err)
 		}
+	})
+
+	t.Run("services", func(t *testing.T) {
+		if p := driftCheckServices(r.bicep); len(p) != 0 {
+			t.Skipf("the real files already drift (TestDriftServices reports it): %v", p)
+		}
+		basic := driftMustReplace(t, r.bicep, "    name: 'Standard'\n    tier: 'Standard'\n", "    name: 'Basic'\n    tier: 'Basic'\n")
+		driftExpectProblem(t, "Service Bus Basic", driftCheckServices(basic), "'Basic'", "Standard or Premium")
+		sas := driftMustReplace(t, r.bicep, "    disableLocalAuth: true\n    minimumTlsVersion: '1.2'\n    publicNetworkAccess", "    disableLocalAuth: false\n    minimumTlsVersion: '1.2'\n    publicNetworkAccess")
+		driftExpectProblem(t, "Service Bus with SAS keys", driftCheckServices(sas), "disableLocalAuth")
+		policies := driftMustReplace(t, r.bicep, "enableRbacAuthorization: true", "enableRbacAuthorization: false")
+		driftExpectProblem(t, "Key Vault with access policies", driftCheckServices(policies), "enableRbacAuthorization")
 	})
 
 	t.Run("parameters file", func(t *testing.T) {

@@ -35,8 +35,8 @@ param duplicateDetectionWindow string = 'PT10M'
 @description('Time a message may wait in a queue before it is dead-lettered (ISO 8601 duration).')
 param messageTimeToLive string = 'P14D'
 
-@description('Deliveries before Service Bus dead-letters a message (reason MaxDeliveryCountExceeded, a fixed text; the app keeps why it failed in its state store).')
-@minValue(1)
+@description('Deliveries before Service Bus dead-letters a message (reason MaxDeliveryCountExceeded, a fixed text; the app keeps why it failed in its state store). At least 3: from its third delivery on, a failing message is completed once a delayed copy is scheduled.')
+@minValue(3)
 @maxValue(2000)
 param maxDeliveryCount int = 10
 
