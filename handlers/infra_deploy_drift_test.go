@@ -196,7 +196,9 @@ func driftCheckAlerts(files map[string]string, parametersJSON string) []string {
 		case "Microsoft.Insights/scheduledQueryRules":
 			if regexp.MustCompile(`query:\s*'traces\s*\|\s*where severityLevel >= 3'`).MatchString(body) {
 				errors = true
-				for _, want := range []string{"operator: 'GreaterThan'", "threshold: errorAlertThreshold", "actionGroups:"} {
+				// host.json samples traces: the alert totals itemCount, not the rows kept.
+				for _, want := range []string{"operator: 'GreaterThan'", "threshold: errorAlertThreshold", "actionGroups:",
+					"metricMeasureColumn: 'itemCount'", "timeAggregation: 'Total'"} {
 					if !strings.Contains(body, want) {
 						problems = append(problems, fmt.Sprintf("%s: error alert %s lacks %q", r.file, r.symbol, want))
 					}
@@ -339,5 +341,7 @@ func TestDriftDeployChecksCatchBreakage(t *testing.T) {
 		warnings := driftMustReplace(t, r.bicep, "where severityLevel >= 3'", "where severityLevel >= 2'")
 		driftExpectProblem(t, "error alert counting warnings", driftCheckAlerts(warnings, params), "severityLevel >= 3")
 		driftExpectProblem(t, "email not passed", driftCheckAlerts(r.bicep, strings.Replace(params, "${ALERT_EMAIL}", "${OTHER}", 1)), "ALERT_EMAIL")
+		rows := driftMustReplace(t, r.bicep, "          metricMeasureColumn: 'itemCount'\n          timeAggregation: 'Total'", "          timeAggregation: 'Count'")
+		driftExpectProblem(t, "error alert counting sampled rows", driftCheckAlerts(rows, params), "itemCount")
 	})
 }

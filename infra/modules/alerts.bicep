@@ -116,8 +116,11 @@ resource errorAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     criteria: {
       allOf: [
         {
+          // host.json samples traces: each kept row stands for itemCount rows, so the
+          // measure is their total, not the rows' count.
           query: 'traces | where severityLevel >= 3'
-          timeAggregation: 'Count'
+          metricMeasureColumn: 'itemCount'
+          timeAggregation: 'Total'
           operator: 'GreaterThan'
           threshold: errorAlertThreshold
           failingPeriods: {
