@@ -416,6 +416,16 @@ func driftBicepAppSettings(files map[string]string) ([]string, []string) {
 			keys = append(keys, driftTopLevelKeys(body)...)
 		}
 	}
+	// Settings set elsewhere escape this reader, and an appsettings config resource replaces
+	// every setting of the site with its own.
+	for _, r := range driftResources(files) {
+		if r.existing || r.typ != "Microsoft.Web/sites/config" {
+			continue
+		}
+		if v, _ := driftPropertyValue(r.body, "name"); strings.Trim(v, "'") == "appsettings" {
+			return nil, []string{fmt.Sprintf("%s: resource %s sets the app settings as a sites/config resource: keep them in `var appSettings`, the site's only settings", r.file, r.symbol)}
+		}
+	}
 	switch len(found) {
 	case 0:
 		return nil, []string{"no `var appSettings = { ... }` in infra/**/*.bicep: the drift test cannot see the function app's settings"}
@@ -1158,6 +1168,14 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		driftExpectProblem(t, "new optional setting without default", got, "NEW_OPTIONAL_NO_DEFAULT")
 		if _, problems := driftBicepAppSettings(driftMustReplace(t, r.bicep, "var appSettings = {", "var settingsObject = {")); len(problems) == 0 {
 			t.Error("renaming var appSettings: the settings reader did not notice it lost sight of the settings")
+		}
+		extra := map[string]string{}
+		for k, v := range r.bicep {
+			extra[k] = v
+		}
+		extra["infra/modules/extra.bicep"] = "resource more 'Microsoft.Web/sites/config@2024-04-01' = {\n  name: 'appsettings'\n  properties: {\n    FUNCTIONS_WORKER_RUNTIME: 'custom'\n  }\n}\n"
+		if _, problems := driftBicepAppSettings(extra); len(problems) == 0 || !strings.Contains(problems[0], "sites/config") {
+			t.Errorf("an appsettings config resource: %v", problems)
 		}
 	})
 
