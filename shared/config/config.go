@@ -373,9 +373,9 @@ var (
 )
 
 // checkStorageConnectionString says what keeps s from being a storage connection string
-// the Table client takes ("" when nothing): UseDevelopmentStorage=true, or an account
-// (AccountName, or a TableEndpoint) with its AccountKey or a SharedAccessSignature. The
-// answer never holds the string, whose key is a secret.
+// the Table client takes ("" when nothing): AccountName with its AccountKey or a
+// SharedAccessSignature (not UseDevelopmentStorage=true). The answer never holds the string,
+// whose key is a secret.
 func checkStorageConnectionString(s string) string {
 	kv := map[string]string{}
 	for _, part := range strings.Split(s, ";") {
@@ -389,13 +389,15 @@ func checkStorageConnectionString(s string) string {
 		kv[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
 	}
 	if strings.EqualFold(kv["usedevelopmentstorage"], "true") {
-		return ""
+		return "is UseDevelopmentStorage=true, which the Table client does not understand: give Azurite's full connection string (AccountName, AccountKey, TableEndpoint)"
 	}
-	if kv["accountname"] == "" && kv["tableendpoint"] == "" {
-		return "is not a storage connection string: it names no AccountName or TableEndpoint"
+	// The Table client (aztables) needs AccountName in every form, and AccountKey or a
+	// SharedAccessSignature with it.
+	if kv["accountname"] == "" {
+		return "is not a storage connection string: it names no AccountName"
 	}
-	if !(kv["accountname"] != "" && kv["accountkey"] != "") && kv["sharedaccesssignature"] == "" {
-		return "is not a storage connection string: it needs AccountName with AccountKey, or a SharedAccessSignature"
+	if kv["accountkey"] == "" && kv["sharedaccesssignature"] == "" {
+		return "is not a storage connection string: it needs AccountKey or SharedAccessSignature with AccountName"
 	}
 	if e := kv["tableendpoint"]; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

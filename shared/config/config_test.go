@@ -116,8 +116,9 @@ func TestStateConnectionString(t *testing.T) {
 	for s, ok := range map[string]bool{
 		"DefaultEndpointsProtocol=https;AccountName=sttest;AccountKey=" + key + ";EndpointSuffix=core.windows.net":                                 true,
 		"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + key + ";TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;": true,
-		"TableEndpoint=https://sttest.table.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc":                                               true,
-		"UseDevelopmentStorage=true": true,
+		"AccountName=sttest;SharedAccessSignature=sv=2024&sig=abc":                                                                                 true,
+		"TableEndpoint=https://sttest.table.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc":                                               false, // aztables needs AccountName
+		"UseDevelopmentStorage=true": false, // not understood by aztables
 		"AccountName=sttest":         false,
 		"AccountKey=" + key:          false,
 		"AccountName=sttest;AccountKey=" + key + ";TableEndpoint=sttest.table": false,

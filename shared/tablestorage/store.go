@@ -138,7 +138,7 @@ func (o Options) clientOptions() *aztables.ClientOptions {
 	if o.ClientOptions != nil {
 		co = *o.ClientOptions
 	}
-	co.PerCallPolicies = append(slices.Clone(co.PerCallPolicies), capturePolicy{})
+	co.PerCallPolicies = append(slices.Clone(co.PerCallPolicies), redactPolicy{}, capturePolicy{})
 	return &co
 }
 
