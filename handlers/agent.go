@@ -59,11 +59,15 @@ func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.
 		// machine may run without a secret (it then accepts unsigned events).
 		host := u.Hostname()
 		ip := net.ParseIP(host)
-		if len(cfg.WebhookSecrets) == 0 && !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+		loopback := strings.EqualFold(host, "localhost") || (ip != nil && ip.IsLoopback())
+		if len(cfg.WebhookSecrets) == 0 && !loopback {
 			problems = append(problems, "WEBHOOK_SECRET is required when AGENT_EVENTS_URL is not on this machine: the app refuses unsigned events")
 		}
 		if cfg.AgentFunctionKey == "" && strings.HasSuffix(strings.ToLower(host), ".azurewebsites.net") {
 			problems = append(problems, "AGENT_FUNCTION_KEY is required for an app in Azure: its events function needs the function key")
+		}
+		if cfg.AgentFunctionKey != "" && u.Scheme != "https" && !loopback {
+			problems = append(problems, "AGENT_EVENTS_URL must be https:// when AGENT_FUNCTION_KEY is set and the app is not on this machine: the key would travel in clear")
 		}
 	}
 	if len(problems) > 0 {

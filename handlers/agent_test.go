@@ -144,6 +144,7 @@ func TestAgentSettingsCheckedAtStart(t *testing.T) {
 		{map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events"}, []string{"WEBHOOK_SECRET", "AGENT_FUNCTION_KEY"}},
 		{map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events", "WEBHOOK_SECRET": "s-0123456789abcdef"}, []string{"AGENT_FUNCTION_KEY"}},
 		{map[string]string{"AGENT_EVENTS_URL": "http://10.1.2.3:7071/api/events"}, []string{"WEBHOOK_SECRET"}},
+		{map[string]string{"AGENT_EVENTS_URL": "http://10.1.2.3:7071/api/events", "WEBHOOK_SECRET": "s-0123456789abcdef", "AGENT_FUNCTION_KEY": "k"}, []string{"https://"}},
 	} {
 		cfg, err := load(c.env)
 		if err != nil {

@@ -293,7 +293,7 @@ func Load(get Lookup) (*Config, error) {
 	if !c.Local && c.ServiceBusNamespace == "" {
 		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "is required in Azure (e.g. mynamespace.servicebus.windows.net)")
 	} else if c.ServiceBusNamespace != "" && !hostName.MatchString(c.ServiceBusNamespace) {
-		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "must be the namespace's host name alone, e.g. mynamespace.servicebus.windows.net (no https://, no path), got %q", c.ServiceBusNamespace)
+		p.fail("ServiceBusConnection__fullyQualifiedNamespace", "must be the namespace's host name alone, e.g. mynamespace.servicebus.windows.net (no https://, no path, not a connection string)%s", shown(c.ServiceBusNamespace))
 	}
 	c.StateConnectionString = p.val("STATE_STORAGE_CONNECTION_STRING")
 	c.StorageAccountName = p.val("AzureWebJobsStorage__accountName")
@@ -306,7 +306,7 @@ func Load(get Lookup) (*Config, error) {
 		}
 	}
 	if c.StorageAccountName != "" && !storageAccount.MatchString(c.StorageAccountName) {
-		p.fail("AzureWebJobsStorage__accountName", "must be a storage account name, 3-24 lower-case letters and digits, got %q", c.StorageAccountName)
+		p.fail("AzureWebJobsStorage__accountName", "must be a storage account name, 3-24 lower-case letters and digits (not a connection string)%s", shown(c.StorageAccountName))
 	}
 	// Outside Azure's public cloud the account's endpoints are not <account>.table.core.windows.net:
 	// the Functions host takes the service URIs then (Microsoft Learn: functions-reference,
@@ -314,7 +314,7 @@ func Load(get Lookup) (*Config, error) {
 	c.TableServiceURL = p.val("AzureWebJobsStorage__tableServiceUri")
 	if c.TableServiceURL != "" {
 		if u, err := url.Parse(c.TableServiceURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" {
-			p.fail("AzureWebJobsStorage__tableServiceUri", "must be the storage account's Table service URL, e.g. https://stx.table.core.windows.net/, got %q", c.TableServiceURL)
+			p.fail("AzureWebJobsStorage__tableServiceUri", "must be the storage account's Table service URL, e.g. https://stx.table.core.windows.net/ (no query)%s", shown(c.TableServiceURL))
 		}
 	}
 	c.StateTable = p.def("SYNC_STATE_TABLE")
@@ -335,7 +335,7 @@ func Load(get Lookup) (*Config, error) {
 			p.fail("NOP_DB_MANAGED_IDENTITY", "is for Azure SQL (NOP_DB_PROVIDER sqlserver), not %s", c.NopDBProvider)
 		}
 	default:
-		p.fail("NOP_DB_PROVIDER", "must be sqlserver, mysql or postgresql (nopCommerce's names), got %q", c.NopDBProvider)
+		p.fail("NOP_DB_PROVIDER", "must be sqlserver, mysql or postgresql (nopCommerce's names; the connection string goes in NOP_DB_CONNECTION)%s", shown(c.NopDBProvider))
 	}
 	c.StoreID = p.integer("STORE_ID")
 	if c.StoreID < 1 {
@@ -371,6 +371,16 @@ var (
 	// storageAccount is a storage account name (Microsoft Learn: storage account overview).
 	storageAccount = regexp.MustCompile(`^[a-z0-9]{3,24}$`)
 )
+
+// shown is ", got <v>" for a bad value that can be repeated in an error, and "" for one
+// that may be a secret pasted into the wrong setting (a connection string, a URL with a
+// query): the error stops the app and is logged at every restart.
+func shown(v string) string {
+	if strings.ContainsAny(v, "=;?&@") || len(v) > 100 {
+		return ""
+	}
+	return fmt.Sprintf(", got %q", v)
+}
 
 // checkStorageConnectionString says what keeps s from being a storage connection string
 // the Table client takes ("" when nothing): AccountName with its AccountKey or a

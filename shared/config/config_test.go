@@ -150,6 +150,27 @@ func TestUnresolvedKeyVaultReference(t *testing.T) {
 	}
 }
 
+// A secret pasted into the wrong setting is named, not repeated: the error stops the app
+// and is logged at every restart.
+func TestPastedSecretsNotRepeated(t *testing.T) {
+	const secret = "c2VjcmV0LW5vdC1yZWFs"
+	for name, v := range map[string]string{
+		"ServiceBusConnection__fullyQualifiedNamespace": "Endpoint=sb://sb-x.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=" + secret,
+		"AzureWebJobsStorage__accountName":              "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=" + secret,
+		"AzureWebJobsStorage__tableServiceUri":          "https://st.table.core.windows.net/?sv=2024&sig=" + secret,
+		"NOP_DB_PROVIDER":                               "postgres://reader:" + secret + "@db/nop",
+	} {
+		m := validAzure()
+		m[name] = v
+		_, err := Load(lookup(m))
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v, want an error naming it", name, err)
+		} else if strings.Contains(strings.ToLower(err.Error()), strings.ToLower(secret)) {
+			t.Errorf("%s: the error repeats the secret: %v", name, err)
+		}
+	}
+}
+
 func TestLocalSettingsFileAndEnvironmentWins(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "local.settings.json")

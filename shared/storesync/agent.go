@@ -100,6 +100,12 @@ func NewAgent(o AgentOptions) (*Agent, error) {
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Timeout: time.Minute}
 	}
+	// The events function never redirects; following one would carry the function key
+	// and the signed body to wherever it points (Go's client forwards custom headers to
+	// any host). A 3xx is an answer the agent reports (ErrAgentRefused).
+	c := *o.HTTP
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	o.HTTP = &c
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second
 	}

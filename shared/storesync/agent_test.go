@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,6 +171,32 @@ func TestAgentSendsEverythingToAnotherApp(t *testing.T) {
 	}
 	if _, err := a.Pass(ctx); err != nil || len(appB.take()) != 25 {
 		t.Fatalf("resend: %v", err)
+	}
+}
+
+// An events URL that redirects: the agent does not follow it (it would carry the function
+// key and the signed events elsewhere) and reports the answer.
+func TestAgentDoesNotFollowRedirects(t *testing.T) {
+	var leaked atomic.Bool
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("x-functions-key") != "" || r.Header.Get(intake.SignatureHeader) != "" {
+			leaked.Store(true)
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer elsewhere.Close()
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirect.Close()
+	src := storesynctest.New("USD")
+	fill(src, 3)
+	_, err := newAgent(t, src, redirect.URL+"/api/events/{entity}", filepath.Join(t.TempDir(), "agent.json")).Pass(context.Background())
+	if !errors.Is(err, storesync.ErrAgentRefused) || !strings.Contains(err.Error(), "307") {
+		t.Errorf("pass: %v, want the redirect reported as a refusal", err)
+	}
+	if leaked.Load() {
+		t.Error("the function key or the signature reached the redirect's target")
 	}
 }
 
