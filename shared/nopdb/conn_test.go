@@ -178,6 +178,8 @@ func TestBadOptions(t *testing.T) {
 		{Options{Provider: "postgresql"}, "no connection string"},
 		{Options{Provider: "mysql", Connection: "u:pw@tcp(h)/db", ManagedIdentity: true}, "managed identity"},
 		{Options{Provider: "mysql", Connection: "nop:Very-Secret-1@tcp(127.0.0.1:1)/db?badparam=%zz"}, "opening"},
+		{Options{Provider: "postgresql", Connection: "host=127.0.0.1 port=bad user=nop password= Very-Secret-1 dbname=nop"}, "opening"},
+		{Options{Provider: "postgresql", Connection: `host=127.0.0.1 port=bad user=nop password='it\'s Very-Secret-1' dbname=nop`}, "opening"},
 	} {
 		_, err := Open(ctx, c.o)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -200,6 +202,9 @@ func TestRedactor(t *testing.T) {
 		{SQLServer, "sqlserver://nop:pa55-word@db?database=nop", "pa55-word"},
 		{PostgreSQL, "Server=db;Database=nop;User Id=nop;Password=pa55 w@rd", "pa55 w@rd"},
 		{MySQL, "Server=db;Database=nop;Uid=nop;Pwd=pa55-word", "pa55-word"},
+		// libpq keyword/value forms pgx can't parse when another option is bad.
+		{PostgreSQL, "host=db port=bad user=nop password= pa55-word dbname=nop", "pa55-word"},
+		{PostgreSQL, `host=db port=bad user=nop password='it\'s pa55-word' dbname=nop`, "pa55-word"},
 	} {
 		r := newRedactor(c.provider, c.conn)
 		msg := r.clean("failed: " + c.conn + " / " + c.secret + " / done")

@@ -251,6 +251,15 @@ func newRedactor(provider, conn string) *redactor {
 			add(strings.Trim(strings.TrimSpace(v), `'"{}`))
 		}
 	}
+	if provider == PostgreSQL {
+		for _, pw := range libpqPasswords(conn) {
+			add(pw)
+			// pgx's own message masks only the first word of a value it could not parse.
+			for _, word := range strings.Fields(pw) {
+				add(strings.Trim(word, `'`))
+			}
+		}
+	}
 	if at := strings.LastIndex(conn, "@"); at > 0 {
 		userinfo := conn[:at]
 		if i := strings.Index(userinfo, "://"); i >= 0 {
@@ -273,6 +282,50 @@ func newRedactor(provider, conn string) *redactor {
 		}
 	}
 	return r
+}
+
+// libpqPasswords reads the password values of a PostgreSQL keyword/value string as libpq
+// does ("password = 'it\'s'": spaces around "=", a quoted value with \' and \\ escapes),
+// both as written and unescaped, for a string pgx could not parse (its own error text
+// then holds the string).
+func libpqPasswords(conn string) []string {
+	var out []string
+	lower := strings.ToLower(conn)
+	for from := 0; ; {
+		i := strings.Index(lower[from:], "password")
+		if i < 0 {
+			return out
+		}
+		j := from + i + len("password")
+		from = j
+		for j < len(conn) && conn[j] == ' ' {
+			j++
+		}
+		if j >= len(conn) || conn[j] != '=' {
+			continue
+		}
+		j++
+		for j < len(conn) && conn[j] == ' ' {
+			j++
+		}
+		if j < len(conn) && conn[j] == '\'' {
+			var v strings.Builder
+			k := j + 1
+			for ; k < len(conn) && conn[k] != '\''; k++ {
+				if conn[k] == '\\' && k+1 < len(conn) {
+					k++
+				}
+				v.WriteByte(conn[k])
+			}
+			out = append(out, v.String(), conn[j+1:min(k, len(conn))])
+			continue
+		}
+		k := j
+		for k < len(conn) && conn[k] != ' ' {
+			k++
+		}
+		out = append(out, conn[j:k])
+	}
 }
 
 // clean returns s with every secret replaced by "[redacted]".
