@@ -167,6 +167,11 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	if err != nil {
 		return fmt.Errorf("LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
 	}
+	if ip := ln.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+		// Local mode has no function keys: sync, status and dead-letter replay answer anyone
+		// who reaches this address.
+		log.Warn("local mode listens beyond this machine and its admin routes have no key (/api/sync, /api/status, /api/deadletters): keep LISTEN_ADDR on 127.0.0.1 or put the port behind a firewall", "addr", ln.Addr().String())
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	ctx, cancel := context.WithCancel(ctx)

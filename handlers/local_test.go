@@ -337,3 +337,35 @@ func TestInvokeSettlesAsTheHost(t *testing.T) {
 		}
 	}
 }
+
+// Local mode has no function keys: listening beyond this machine, it says so at start.
+func TestLocalModeWarnsWhenReachableFromOutside(t *testing.T) {
+	for _, c := range []struct {
+		addr string
+		warn bool
+	}{{"127.0.0.1:0", false}, {"0.0.0.0:0", true}} {
+		env := map[string]string{"LISTEN_ADDR": c.addr, "LOCAL_DATA_DIR": t.TempDir(), "AUTO_SYNC_ENABLED": "false", "WEBHOOK_SECRET": "local-warn-secret-0123456789"}
+		cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf syncBuffer
+		log := slog.New(slog.NewTextHandler(&buf, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		started := make(chan struct{})
+		done := make(chan error, 1)
+		go func() { done <- runLocal(ctx, cfg, log, &localOptions{started: func(string) { close(started) }}) }()
+		select {
+		case <-started:
+		case err := <-done:
+			t.Fatalf("%s: local mode did not start: %v", c.addr, err)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: %v", c.addr, err)
+		}
+		if got := strings.Contains(buf.String(), "admin routes have no key"); got != c.warn {
+			t.Errorf("%s: warned %v, want %v", c.addr, got, c.warn)
+		}
+	}
+}
