@@ -129,6 +129,9 @@ type orderPlan struct {
 	// writeInNote names lines written as write-in products (their products are not Active).
 	writeInNote string
 	writeErr    error // the write's failure in a chunk (order_bulk.go)
+	// keptPaid: the store deleted a paid order; Dynamics 365 keeps it, with its invoice
+	// (docs/dataverse-mapping.md: "deleted, invoice exists (paid) → kept").
+	keptPaid bool
 
 	// Bulk finish (order_bulk.go).
 	invoiceDone bool   // no invoice step needed
@@ -196,11 +199,17 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 		p.done = true
 		return p, nil
 	}
-	if o.Deleted {
+	if o.Deleted && !orderPaid(o) {
 		out, err := s.deleteOrder(ctx, ev, rec, p.orderID, p.out)
 		p.out, p.done = out, true
 		return p, err
 	}
+	// A paid order deleted in the store is kept, invoice and all, whatever arrived before:
+	// its delete event carries the paid state, so the order is written from it as the paid
+	// event would have, and the result is the same as in business order (placed, paid,
+	// deleted) even when the delete comes first or alone (an import applies only an
+	// entity's newest event).
+	p.keptPaid = o.Deleted
 	if want := strings.TrimSpace(s.settings.StoreCurrencyCode); !strings.EqualFold(o.CurrencyCode, want) {
 		// The amounts are in the order's currency: writing them in another would be wrong.
 		// A setting to fix, so the order is retried once it is.
@@ -312,6 +321,13 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 	rec := p.rec
 	rec.Extra[extraOrderState] = cur.name()
 	out := p.out
+	if p.keptPaid {
+		// Deleted in the store: what Dynamics 365 holds stays as it is, and differences
+		// from the deleted order are no longer anything to resolve.
+		delete(rec.Extra, extraConflict)
+		out.status, out.reason = state.Skipped, reasonPaidNotDeletable
+		return out
+	}
 	if len(p.conflicts) > 0 {
 		// The admin must look at it: the order stays Failed (not transient, so no retries)
 		// until a later event matches what Dynamics 365 holds.

@@ -1168,3 +1168,50 @@ func TestOrderBulkGuestsWithoutCustomerState(t *testing.T) {
 		}
 	}
 }
+
+// A paid order deleted in the store is kept in Dynamics 365 with its one invoice, and the
+// result is the same whatever order its events arrive in, one by one or in one import
+// chunk (which applies only the newest event): its delete carries the paid state.
+func TestOrderPaidThenDeletedKeptInAnyOrder(t *testing.T) {
+	evs := loadOrderEvents(t, "order-lifecycle.json")
+	placed, paid := evs[0], evs[1]
+	deleted := reEvent(t, paid, "del-1001", "order.deleted", 3, func(o map[string]any) { o["deleted"] = true })
+	check := func(t *testing.T, h *env) {
+		t.Helper()
+		if rec := h.record(1001); rec.Status != state.Skipped || rec.Reason != reasonPaidNotDeletable {
+			t.Errorf("record %s %q, want skipped: %s", rec.Status, rec.Reason, reasonPaidNotDeletable)
+		}
+		if h.salesOrder(1, 1001) == nil {
+			t.Fatal("the paid salesorder was deleted")
+		}
+		if inv := h.invoices(salesOrderID(1, 1001)); len(inv) != 1 || num(t, inv[0], "statecode") != invoiceStatePaid {
+			t.Errorf("invoices %v, want one, Paid", inv)
+		}
+	}
+	for name, order := range map[string][]*nop.Event{
+		"business order":   {placed, paid, deleted},
+		"delete before pay": {placed, deleted, paid},
+		"delete first":      {deleted, paid, placed},
+		"delete alone":      {deleted},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			for _, ev := range order {
+				h.mustSend(ev)
+			}
+			check(t, h)
+		})
+	}
+	t.Run("one import chunk", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		var raws []json.RawMessage
+		for _, ev := range []*nop.Event{placed, paid, deleted} {
+			raws = append(raws, ev.Raw)
+		}
+		chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-paid-deleted", "events": raws}})
+		if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+			t.Fatal(err)
+		}
+		check(t, h)
+	})
+}
