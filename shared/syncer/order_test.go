@@ -1189,7 +1189,7 @@ func TestOrderPaidThenDeletedKeptInAnyOrder(t *testing.T) {
 		}
 	}
 	for name, order := range map[string][]*nop.Event{
-		"business order":   {placed, paid, deleted},
+		"business order":    {placed, paid, deleted},
 		"delete before pay": {placed, deleted, paid},
 		"delete first":      {deleted, paid, placed},
 		"delete alone":      {deleted},
