@@ -412,9 +412,17 @@ func (s *productSyncer) recordProduct(pl *productPlan, rec *state.Record) *state
 // NOP-<id>; an Active product Dataverse won't edit in place is revised, updated and
 // (by settleLifecycle) published again.
 func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exists bool, cur *int) error {
+	// numberTaken: Dynamics 365 refused the product number (another row holds it): write
+	// NOP-<id> instead, once.
+	numberTaken := func(err error) bool {
+		if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.p.ID) {
+			pl.useFallback(pl.number)
+			return true
+		}
+		return false
+	}
 	_, err := s.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
-	if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.p.ID) {
-		pl.useFallback(pl.number)
+	if numberTaken(err) {
 		_, err = s.dv.Upsert(ctx, "products", pl.id, pl.record(), dataverse.Upsert)
 	}
 	// The row exists and is Active (or Retired): revise it, then update it. exists may
@@ -433,6 +441,10 @@ func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exist
 		}
 		*cur = productUnderRevision
 		err = s.dv.Update(ctx, "products", pl.id, pl.record())
+		// An Active row's new number is checked only now, after the revise.
+		if numberTaken(err) {
+			err = s.dv.Update(ctx, "products", pl.id, pl.record())
+		}
 	}
 	if err != nil && hasCode(err, codeOnlyUpdatedInDraft) {
 		return transient(fmt.Errorf("writing product %s: published again by another writer each time it was revised: %w", pl.id, err))

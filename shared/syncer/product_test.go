@@ -236,6 +236,30 @@ func TestProductNumberAdoptionAndFallback(t *testing.T) {
 	}
 }
 
+// An Active product whose new sku is the number of a row nobody in the store owns (typed
+// in by an admin): Dynamics 365 refuses the number only at the update after the revise;
+// the product still gets its new data under NOP-<id>, Active, with the reason. (It was
+// left Under Revision with its old data, failed for good.)
+func TestActiveProductSkuTakenByAnotherRow(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 1, 1, nil))
+	sh, _ := e.eng.boot.rows(e.ctx)
+	if _, err := e.dv.Create(e.ctx, "products", dataverse.Record{"name": "Typed in", "productnumber": "ADMIN-1",
+		"defaultuomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
+		"defaultuomid@odata.bind":         dataverse.Bind("uoms", sh.BaseUnitID)}); err != nil {
+		t.Fatal(err)
+	}
+	e.each(state.Product, productEvent(t, 1, 2, func(d map[string]any) { d["sku"] = "ADMIN-1"; d["name"] = "Renamed" }))
+	p := e.row("products", productID(1, 1))
+	r := e.rec(state.Product, 1)
+	if p["productnumber"] != "NOP-1" || p["name"] != "Renamed" || numOf(p["statecode"]) != productActive {
+		t.Errorf("product: number %v name %v state %v, want NOP-1, Renamed, Active", p["productnumber"], p["name"], p["statecode"])
+	}
+	if r.Status != state.Synced || !strings.Contains(r.Reason, "ADMIN-1") {
+		t.Errorf("record %s %q, want synced naming the taken number", r.Status, r.Reason)
+	}
+}
+
 // Deletes retire; DELETE_POLICY=delete deletes products no order uses and
 // retires the others.
 func TestProductDeletes(t *testing.T) {
