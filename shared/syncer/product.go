@@ -291,8 +291,11 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 	if err != nil {
 		return err
 	}
-	if owner == "" || owner == ownerKey(pl.storeID, pl.p.ID) {
-		pl.id = strings.ToLower(str(found["productid"]))
+	foundID := strings.ToLower(str(found["productid"]))
+	// With no claim on record (the sync state was lost), a row the app made is another
+	// store product's: adopting it would make the two share one row.
+	if owner == ownerKey(pl.storeID, pl.p.ID) || owner == "" && !madeByTheApp(foundID) {
+		pl.id = foundID
 		pl.extra[extraAdoptedNumber] = pl.id
 		pl.note = "adopted the existing product with product number " + want
 		return nil

@@ -260,6 +260,28 @@ func TestActiveProductSkuTakenByAnotherRow(t *testing.T) {
 	}
 }
 
+// With the sync state lost, a new store product whose sku another store product's row
+// holds does not adopt that row (the two would share it): it gets its own row under
+// NOP-<id>, and the other product keeps writing to its own.
+func TestLostStateNoAdoptionOfAnotherProductsRow(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 1, 1, func(d map[string]any) { d["sku"] = "DUP-SKU" }))
+	e2 := newEnv(t, envOptions{}) // a fresh state store over the same Dataverse
+	e2.srv, e2.fdv.Dataverse = e.srv, e.dv
+	e2.each(state.Product, productEvent(t, 3, 1, func(d map[string]any) { d["sku"] = "DUP-SKU"; d["name"] = "Product three" }))
+	e2.each(state.Product, productEvent(t, 1, 2, func(d map[string]any) { d["sku"] = "DUP-SKU"; d["name"] = "Product one" }))
+	one, three := e.row("products", productID(1, 1)), e.row("products", productID(1, 3))
+	if one["name"] != "Product one" || one["productnumber"] != "DUP-SKU" {
+		t.Errorf("product 1's row: %v %v", one["name"], one["productnumber"])
+	}
+	if three == nil || three["name"] != "Product three" || three["productnumber"] != "NOP-3" {
+		t.Errorf("product 3's row: %v", three)
+	}
+	if r := e2.rec(state.Product, 3); r.DataverseID != productID(1, 3) {
+		t.Errorf("product 3 points at %s, want its own row %s", r.DataverseID, productID(1, 3))
+	}
+}
+
 // Deletes retire; DELETE_POLICY=delete deletes products no order uses and
 // retires the others.
 func TestProductDeletes(t *testing.T) {
