@@ -538,12 +538,14 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 	}
 	slices.Sort(list)
 	inactive := map[int]bool{}
+	found := map[int]bool{}
 	for _, filter := range orFilters(eqConds("productid", list), maxFilterBytes, nil) {
 		err := s.dv.Query(ctx, "products", dataverse.Query{
 			Select: []string{"productid", "statecode"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
 			id, _ := r["productid"].(string)
+			found[ids[strings.ToLower(id)]] = true
 			if intField(r, "statecode") != 0 {
 				inactive[ids[strings.ToLower(id)]] = true
 			}
@@ -551,6 +553,13 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 		})
 		if err != nil {
 			return p.writeFailed(writeErr)
+		}
+	}
+	// A product deleted meanwhile (DELETE_POLICY=delete, its delete applied before this
+	// older order): its lines are written in, as for a retired one.
+	for nopID := range p.refs.ProductIDs {
+		if !found[nopID] {
+			inactive[nopID] = true
 		}
 	}
 	if len(inactive) == 0 {

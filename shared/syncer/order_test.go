@@ -628,12 +628,20 @@ func (h *env) retireProduct(t *testing.T, id int, sku string) {
 }
 
 // Point 1: an order line whose product Dynamics 365 refuses (Retired) lands as a write-in
-// line named after the product, with the same amounts; the reason says so.
+// line named after the product, with the same amounts; the reason says so. A product
+// deleted meanwhile (DELETE_POLICY=delete applied its delete before this older order
+// arrived) is written in the same way (it was a 404, failed for good).
 func TestOrderRetiredProductWrittenIn(t *testing.T) {
-	for _, bulk := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+	for _, c := range []struct{ bulk, deleted bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		bulk := c.bulk
+		t.Run(fmt.Sprintf("bulk=%v,deleted=%v", c.bulk, c.deleted), func(t *testing.T) {
 			h := newOrderHarness(t, harnessOptions{})
 			h.retireProduct(t, 12, "CAP-52")
+			if c.deleted {
+				if err := h.dv.Delete(h.ctx, "products", productID(1, 12)); err != nil {
+					t.Fatal(err)
+				}
+			}
 			ev := loadOrderEvents(t, "order-placed.json")[0]
 			if bulk {
 				body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "c1", "events": []json.RawMessage{ev.Raw}}})
@@ -658,9 +666,6 @@ func TestOrderRetiredProductWrittenIn(t *testing.T) {
 	}
 }
 
-// Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
-// $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
-// alone and the others land.
 // updatedOrdersChunk is a chunk message of an order.updated event (sequence seq) for
 // each order.
 func updatedOrdersChunk(t testing.TB, orders []*nop.Order, name string, seq int64) []byte {
@@ -673,6 +678,9 @@ func updatedOrdersChunk(t testing.TB, orders []*nop.Order, name string, seq int6
 	return b
 }
 
+// Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
+// $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
+// alone and the others land.
 func TestOrderBulkOneBadOrder(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{})
 	r := rand.New(rand.NewPCG(21, 22))
