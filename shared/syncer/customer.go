@@ -23,6 +23,7 @@ const (
 	extraAmbiguousEmail = "ambiguousEmail"   // number of active contacts sharing the email when we created our own
 	extraAccountID      = "accountId"        // the parent account we set (so a removed company clears it)
 	extraDeactivated    = "deactivated"      // "true": the contact was deactivated for a delete
+	extraContactDeleted = "contactDeleted"   // "true": DELETE_POLICY=delete deleted the contact
 	releasedContactKind = "released-contact" // state doc kind: contacts of deleted customers (key: contact id)
 )
 
@@ -459,6 +460,10 @@ func (s *customerSyncer) delete(ctx context.Context, storeID int, c *nop.Custome
 	case DeleteDelete:
 		err := s.dv.Delete(ctx, "contacts", id)
 		if err == nil || dataverse.IsNotFound(err) {
+			if rec.Extra == nil {
+				rec.Extra = map[string]string{}
+			}
+			rec.Extra[extraContactDeleted] = "true"
 			return outcome{status: state.Synced, reason: "deleted in nopCommerce; contact deleted", dataverseID: id, hash: hash}, nil
 		}
 		if isTransient(err) {
@@ -507,7 +512,7 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 	rec, err := s.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
 	switch {
 	case err == nil:
-		if rec.DataverseID != "" {
+		if rec.DataverseID != "" && rec.Extra[extraContactDeleted] == "" {
 			return rec.DataverseID, nil
 		}
 	case errors.Is(err, state.ErrNotFound):
@@ -521,7 +526,12 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 			return "", err
 		}
 		defer s.leases.release(ctx, claimed)
-		if claimed.DataverseID != "" { // written by the customer's own event while we waited
+		// An order older than the customer's delete, which deleted the contact
+		// (DELETE_POLICY=delete): in business order the order would have come first and
+		// the delete would have been refused and deactivated the contact instead. So the
+		// contact is written again from the order's copy, deactivated, as it would be.
+		recreate := claimed.Extra[extraContactDeleted] != ""
+		if claimed.DataverseID != "" && !recreate { // written by the customer's own event while we waited
 			return claimed.DataverseID, nil
 		}
 		fresh := neverApplied(claimed)
@@ -537,6 +547,14 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 			}
 		}
 		claimed.DataverseID = p.id
+		if recreate {
+			if err := s.deactivateContact(kctx, p.id, claimed); err != nil {
+				return "", leaseLost(kctx, err)
+			}
+			delete(claimed.Extra, extraContactDeleted)
+			claimed.Reason = "deleted in nopCommerce; the contact was deleted, then written again (deactivated) for an older order that points at it"
+			return p.id, nil
+		}
 		if fresh {
 			// The customer's own event, when it comes, updates this contact (its order key
 			// is newer than none).

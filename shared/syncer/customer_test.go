@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -232,5 +233,51 @@ func TestEnsureContactForOrders(t *testing.T) {
 	e.each(state.Customer, customerEvent(t, tmpl, 700, 1, "later@example.test", nil))
 	if r := e.rec(state.Customer, 700); r.DataverseID != id || e.row("contacts", id)["lastname"] != "Lovelace" {
 		t.Fatalf("customer event after the order: %+v", r)
+	}
+}
+
+// DELETE_POLICY=delete deleted a customer's contact, then an older order of that customer
+// arrives (orders and customers travel on different queues). In business order the order
+// comes first, the delete is refused and the contact deactivated: the same lands now, the
+// contact written again from the order's copy, deactivated, and the order on it. (The
+// order failed for good with a 404 on the contact.)
+func TestOrderAfterItsCustomersDeleteLands(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) { orderAfterCustomersDelete(t, bulk) })
+	}
+}
+
+func orderAfterCustomersDelete(t *testing.T, bulk bool) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	tmpl := example(t, "customer-created.json")[0]
+	e.each(state.Customer, customerEvent(t, tmpl, 42, 1, "ada.lovelace@example.com", nil))
+	e.each(state.Customer, customerEvent(t, tmpl, 42, 2, "ada.lovelace@example.com", func(d map[string]any) { d["deleted"] = true }))
+	if _, ok := e.srv.Row("contacts", contactID(1, 42)); ok {
+		t.Fatal("the contact was not deleted")
+	}
+	order := mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil)
+	if bulk {
+		body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "c1", "events": []json.RawMessage{order.Raw}}})
+		if err := e.eng.HandleMessage(e.ctx, "orders", body); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		e.each(state.Order, order)
+	}
+	c, ok := e.srv.Row("contacts", contactID(1, 42))
+	if !ok || numOf(c["statecode"]) != 1 {
+		t.Fatalf("contact %v (present %v), want it written again, deactivated", c, ok)
+	}
+	so, ok := e.srv.Row("salesorders", salesOrderID(1, 1001))
+	if !ok || so["_customerid_value"] != contactID(1, 42) {
+		t.Fatalf("salesorder %v, want it on the contact", so)
+	}
+	if r := e.rec(state.Order, 1001); r.Status != state.Synced {
+		t.Errorf("order %s %q", r.Status, r.Reason)
+	}
+	// The customer's delete, replayed, leaves it as it is.
+	e.each(state.Customer, customerEvent(t, tmpl, 42, 2, "ada.lovelace@example.com", func(d map[string]any) { d["deleted"] = true }))
+	if c, ok := e.srv.Row("contacts", contactID(1, 42)); !ok || numOf(c["statecode"]) != 1 {
+		t.Errorf("after the delete's replay: contact %v (present %v)", c, ok)
 	}
 }
