@@ -161,7 +161,11 @@ func (h *Handler) Handle(ctx context.Context, m Message) error {
 			}
 		}
 	}
-	err := h.o.Apply(ctx, m.Queue, m.Body)
+	actx := ctx
+	if m.DeliveryCount > 1 || retryCount(m) > 0 || OriginalID(m.MessageID, m.ApplicationProperties) != m.MessageID || m.ApplicationProperties[propReplayOf] != nil {
+		actx = queue.WithRedelivery(ctx)
+	}
+	err := h.o.Apply(actx, m.Queue, m.Body)
 	now = h.o.Now()
 	h.observe(err, now)
 	if err == nil {

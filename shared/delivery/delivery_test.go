@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -274,5 +275,30 @@ func TestFailureOfALongID(t *testing.T) {
 	}
 	if other, _ := Lookup(ctx, f.st, queue.Customers, strings.Repeat("€", 127)+"e"); other != nil {
 		t.Errorf("another id found its record: %+v", other)
+	}
+}
+
+// Apply learns whether the message was delivered before (queue.IsRedelivery): a broker
+// redelivery, a scheduled copy or a replay; a first delivery is not one.
+func TestApplySeesRedeliveries(t *testing.T) {
+	var seen []bool
+	f := newFixture(t, func(o *Options) {
+		o.Apply = func(ctx context.Context, q string, body []byte) error {
+			seen = append(seen, queue.IsRedelivery(ctx))
+			return nil
+		}
+	})
+	ctx := context.Background()
+	copyOf := msg("e2-copy", 1)
+	copyOf.ApplicationProperties = map[string]any{PropRetryOf: "e2", PropRetryCount: "1"}
+	replayed := msg("e3", 1)
+	replayed.ApplicationProperties = map[string]any{propReplayOf: "e3"}
+	for _, m := range []Message{msg("e1", 1), msg("e1", 2), copyOf, replayed} {
+		if err := f.h.Handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []bool{false, true, true, true}; !slices.Equal(seen, want) {
+		t.Errorf("redelivery seen %v, want %v", seen, want)
 	}
 }

@@ -70,6 +70,22 @@ func (m Message) Check() error {
 	return nil
 }
 
+// redeliveryKey marks a context whose message was delivered before.
+type redeliveryKey struct{}
+
+// WithRedelivery marks ctx as the handling of a message that was delivered before (a
+// broker redelivery, a scheduled copy of a failed message, a dead letter replayed): what
+// its first delivery counted (stale events) is not counted again.
+func WithRedelivery(ctx context.Context) context.Context {
+	return context.WithValue(ctx, redeliveryKey{}, true)
+}
+
+// IsRedelivery reports whether ctx handles a message delivered before (WithRedelivery).
+func IsRedelivery(ctx context.Context) bool {
+	v, _ := ctx.Value(redeliveryKey{}).(bool)
+	return v
+}
+
 // Sender sends messages to a queue. Send is all or nothing as far as the system allows:
 // an error means the caller must treat every message as not sent (re-sending is safe:
 // duplicate detection drops repeats).

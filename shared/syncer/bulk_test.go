@@ -16,6 +16,7 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -306,6 +307,19 @@ func TestBulkChunkStaleRows(t *testing.T) {
 	}
 	if c, _ := e.eng.StaleSkipped(e.ctx); c[state.Customer] != 2 {
 		t.Errorf("stale count %d, want 2", c[state.Customer])
+	}
+	// The same chunk delivered again (a redelivery, a scheduled copy): its stale events
+	// were counted at its first delivery, not again.
+	msgs, _ := nop.Messages(state.Customer, []*nop.Event{
+		customerEvent(t, tmpl, 1, 2, "s1@example.test", name("two")),
+		customerEvent(t, tmpl, 1, 1, "s1@example.test", name("one")),
+		customerEvent(t, tmpl, 2, 4, "s2@example.test", name("four")),
+		customerEvent(t, tmpl, 3, 1, "s3@example.test", name("one"))})
+	if err := e.eng.HandleMessage(queue.WithRedelivery(e.ctx), "customers", msgs[0].Body); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := e.eng.StaleSkipped(e.ctx); c[state.Customer] != 2 {
+		t.Errorf("stale count %d after a redelivery, want still 2", c[state.Customer])
 	}
 }
 

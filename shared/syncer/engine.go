@@ -49,6 +49,7 @@ import (
 	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/pictures"
+	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -586,6 +587,9 @@ type staleCount struct {
 }
 
 func (e *Engine) countStale(ctx context.Context, entity state.Entity, n int) {
+	if queue.IsRedelivery(ctx) {
+		return // counted at the message's first delivery
+	}
 	for attempt := 0; attempt < 8; attempt++ {
 		doc, err := e.st.GetDoc(ctx, staleDocKind, string(entity))
 		var c staleCount
