@@ -70,7 +70,10 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("LOCAL_DATA_DIR %s: %w", cfg.DataDir, err)
 	}
-	q, err := localqueue.Open(localqueue.Options{Dir: filepath.Join(cfg.DataDir, "queue"), RedeliveryDelay: lo.redeliveryDelay, MaxDeliveryCount: lo.maxDeliveryCount})
+	// The sandbox (and so the sync state with it) lives in memory: an event sent again
+	// after a restart must land again, not be dropped as a repeat of one sent before.
+	q, err := localqueue.Open(localqueue.Options{Dir: filepath.Join(cfg.DataDir, "queue"), RedeliveryDelay: lo.redeliveryDelay,
+		MaxDeliveryCount: lo.maxDeliveryCount, ForgetDuplicates: cfg.Sandbox()})
 	if err != nil {
 		return fmt.Errorf("embedded queue in %s: %w", cfg.DataDir, err)
 	}

@@ -86,6 +86,11 @@ type Options struct {
 	LockDuration     time.Duration
 	RedeliveryDelay  time.Duration
 	MaxMessageSize   int
+	// ForgetDuplicates drops the message ids the journal remembers for duplicate
+	// detection when the queues open (the messages themselves are kept): for a
+	// destination that does not outlive the process (local mode's in-memory sandbox),
+	// where a message sent again after a restart must be applied again.
+	ForgetDuplicates bool
 	// Now is the clock for enqueue times, the duplicate window and redelivery delays.
 	Now func() time.Time
 }
@@ -214,6 +219,11 @@ func Open(o Options) (*Queues, error) {
 		slices.SortFunc(ss, func(a, b *session) int { return cmpInt64(a.seqs[0], b.seqs[0]) })
 		for _, s := range ss {
 			q.schedule(qs, s, now)
+		}
+	}
+	if o.ForgetDuplicates {
+		for _, qs := range q.queues {
+			clear(qs.dedupe)
 		}
 	}
 	// Start from a compact journal: the snapshot of what the replay rebuilt (which also

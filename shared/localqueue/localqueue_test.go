@@ -765,3 +765,52 @@ func TestLiveMessageGoesAheadOfQueuedChunks(t *testing.T) {
 		t.Fatalf("delivered %s, want the live event right after the chunk in hand", got)
 	}
 }
+
+// ForgetDuplicates: reopened, the queues keep their messages but not the ids duplicate
+// detection remembered, so a message sent again is accepted; without it, it is dropped.
+func TestForgetDuplicatesOnOpen(t *testing.T) {
+	for _, forget := range []bool{false, true} {
+		dir := t.TempDir()
+		q, err := localqueue.Open(localqueue.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := queue.Message{MessageID: "e1", SessionID: "customer-1", Body: []byte(`{}`)}
+		pending := queue.Message{MessageID: "e2", SessionID: "customer-2", Body: []byte(`{}`)}
+		if err := q.Send(context.Background(), "customers", []queue.Message{m, pending}); err != nil {
+			t.Fatal(err)
+		}
+		// e1 is handled; e2 is still waiting when the process stops.
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			q.Run(ctx, "customers", 1, func(ctx context.Context, d localqueue.Delivery) error {
+				if d.MessageID == "e1" {
+					cancel()
+					return nil
+				}
+				<-ctx.Done()
+				return ctx.Err()
+			})
+		}()
+		<-done
+		q.Close()
+		q, err = localqueue.Open(localqueue.Options{Dir: dir, ForgetDuplicates: forget})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Send(context.Background(), "customers", []queue.Message{m}); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := q.Stats(context.Background(), "customers")
+		want := int64(1) // e2 kept
+		if forget {
+			want = 2 // and e1 accepted again
+		}
+		if st.Active != want {
+			t.Errorf("forget=%v: %d active, want %d", forget, st.Active, want)
+		}
+		q.Close()
+	}
+}
