@@ -93,8 +93,10 @@ type tableSupport struct {
 // the size doubles again.
 const sizeRegrow = 20
 
-// chunkSize is the rows per request for the table now.
-func (c *Client) chunkSize(logicalName string) int {
+// RowsPerRequest is how many rows of the table logicalName one write request carries
+// now: the client's BulkChunkSize (DATAVERSE_BULK_SIZE), halved for the table after a
+// request of it timed out. Callers building their own $batch requests size them by it.
+func (c *Client) RowsPerRequest(logicalName string) int {
 	t := c.table(logicalName)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -213,22 +215,15 @@ func bulkRefused(err error) bool {
 		(e.StatusCode == http.StatusNotFound && strings.Contains(msg, "multiple"))
 }
 
-// splittable: a failure a smaller request can get past. Microsoft: "SQL timeout
-// expired … This error is likely to occur if the batch size of your request is too
-// large. To avoid SQL time-outs, reduce the batch size of your request."
-// (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
-// Timeouts, 5xx and lost answers count; a context that ended does not.
 // Splittable reports whether a request of several rows or parts that failed with err
-// should be sent again in halves: it timed out, failed with a 5xx or lost its answer, and
-// ctx is still alive. A refusal (4xx) or an authentication failure is not.
-func Splittable(ctx context.Context, err error) bool { return splittable(ctx, err) }
-
-// RowsPerRequest is how many rows of the table logicalName one write request carries
-// now: the client's BulkChunkSize (DATAVERSE_BULK_SIZE), halved for the table after a
-// request of it timed out. Callers building their own $batch requests size them by it.
-func (c *Client) RowsPerRequest(logicalName string) int { return c.chunkSize(logicalName) }
-
-func splittable(ctx context.Context, err error) bool {
+// should be sent again in halves, never whole at the same size: a failure a smaller
+// request can get past. Microsoft: "SQL timeout expired … This error is likely to occur
+// if the batch size of your request is too large. To avoid SQL time-outs, reduce the
+// batch size of your request."
+// (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
+// Timeouts, 5xx and lost answers count; a refusal (4xx), an authentication failure and
+// a context that ended do not.
+func Splittable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
@@ -275,7 +270,7 @@ func (c *Client) bulk(ctx context.Context, message, set, logicalName string, rec
 	j := &bulkJob{message: message, set: set, logical: logicalName, recs: recs, ids: ids}
 	type chunk struct{ start, end int }
 	var chunks []chunk
-	size := c.chunkSize(logicalName)
+	size := c.RowsPerRequest(logicalName)
 	if !c.bulkSupported(ctx, logicalName) {
 		size = batchSpread(len(recs), size, c.throttle.sem.Limit())
 	}
@@ -365,7 +360,7 @@ func (c *Client) writeRange(ctx context.Context, j *bulkJob, start, end int) {
 	if timedOut(err) {
 		c.sized(j.logical, end-start, true)
 	}
-	if end-start > 1 && splittable(ctx, err) {
+	if end-start > 1 && Splittable(ctx, err) {
 		c.log(fmt.Sprintf("dataverse: %s %s of %d rows failed (%v); sending it in halves", j.message, j.set, end-start, err))
 		mid := start + (end-start)/2
 		c.writeRange(ctx, j, start, mid)

@@ -78,21 +78,21 @@ func f0URL(r *http.Request) string { return "https://" + r.Host + APIPath }
 func TestBulkSizeAfterTimeouts(t *testing.T) {
 	c := &Client{chunk: 100, log: func(string) {}}
 	c.sized("contact", 100, true)
-	if got := c.chunkSize("contact"); got != 50 {
+	if got := c.RowsPerRequest("contact"); got != 50 {
 		t.Fatalf("after a timeout at 100: %d", got)
 	}
-	if got := c.chunkSize("account"); got != 100 {
+	if got := c.RowsPerRequest("account"); got != 100 {
 		t.Fatalf("another table: %d", got)
 	}
 	for range sizeRegrow - 1 {
 		c.sized("contact", 50, false)
 	}
 	c.sized("contact", 10, false) // a smaller request (a chunk's tail) does not count
-	if got := c.chunkSize("contact"); got != 50 {
+	if got := c.RowsPerRequest("contact"); got != 50 {
 		t.Fatalf("before %d successes: %d", sizeRegrow, got)
 	}
 	c.sized("contact", 50, false)
-	if got := c.chunkSize("contact"); got != 100 {
+	if got := c.RowsPerRequest("contact"); got != 100 {
 		t.Fatalf("after %d successes: %d, want the bulk size again", sizeRegrow, got)
 	}
 }
