@@ -16,7 +16,6 @@ type Code string
 const (
 	InvalidEvent         Code = "invalid_event"          // 400: an event or the body is wrong
 	InvalidRequest       Code = "invalid_request"        // 400: an operations request is wrong
-	NotConfigured        Code = "not_configured"         // 400: the request needs a setting that is not set
 	Unauthorized         Code = "unauthorized"           // 401: signature missing, wrong or too old
 	NotFound             Code = "not_found"              // 404
 	MethodNotAllowed     Code = "method_not_allowed"     // 405
@@ -30,7 +29,6 @@ const (
 var statuses = map[Code]int{
 	InvalidEvent:         http.StatusBadRequest,
 	InvalidRequest:       http.StatusBadRequest,
-	NotConfigured:        http.StatusBadRequest,
 	Unauthorized:         http.StatusUnauthorized,
 	NotFound:             http.StatusNotFound,
 	MethodNotAllowed:     http.StatusMethodNotAllowed,

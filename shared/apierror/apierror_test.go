@@ -9,7 +9,7 @@ import (
 
 func TestStatusPerCode(t *testing.T) {
 	for code, want := range map[Code]int{
-		InvalidEvent: 400, InvalidRequest: 400, NotConfigured: 400, Unauthorized: 401, NotFound: 404,
+		InvalidEvent: 400, InvalidRequest: 400, Unauthorized: 401, NotFound: 404,
 		MethodNotAllowed: 405, Conflict: 409, LengthRequired: 411, TooLarge: 413,
 		UnsupportedMediaType: 415, Unavailable: 503, Code("no_such_code"): 500,
 	} {

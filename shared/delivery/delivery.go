@@ -162,7 +162,7 @@ func (h *Handler) Handle(ctx context.Context, m Message) error {
 		}
 	}
 	actx := ctx
-	if m.DeliveryCount > 1 || retryCount(m) > 0 || OriginalID(m.MessageID, m.ApplicationProperties) != m.MessageID || m.ApplicationProperties[propReplayOf] != nil {
+	if deliveredBefore(m) {
 		actx = queue.WithRedelivery(ctx)
 	}
 	err := h.o.Apply(actx, m.Queue, m.Body)
@@ -287,6 +287,14 @@ func OriginalID(messageID string, props map[string]any) string {
 		return s
 	}
 	return messageID
+}
+
+// deliveredBefore reports whether m's events were delivered before: a broker redelivery,
+// a scheduled copy of a failed message (it carries its original's id), a dead letter
+// replayed.
+func deliveredBefore(m Message) bool {
+	_, replay := m.ApplicationProperties[propReplayOf]
+	return m.DeliveryCount > 1 || replay || OriginalID(m.MessageID, m.ApplicationProperties) != m.MessageID
 }
 
 // retryCount is the copy number of m (0 for an original or a replayed message).

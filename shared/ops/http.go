@@ -137,13 +137,12 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, answer)
 }
 
-// serveStoreSync starts a store run: 202 with its id, to follow on /api/sync/{runId}.
+// serveStoreSync starts a store run (the reader is configured: serveSync asked): 202
+// with its id, to follow on /api/sync/{runId}.
 func (o *Ops) serveStoreSync(w http.ResponseWriter, r *http.Request, ents []state.Entity) {
 	run, err := o.StartStoreRun(r.Context(), ents, "manual")
 	var active *RunActiveError
 	switch {
-	case errors.Is(err, ErrStoreNotConfigured):
-		writeError(w, apierror.NotConfigured, err.Error())
 	case errors.As(err, &active):
 		apierror.Write(w, apierror.New(apierror.Conflict, err.Error()), map[string]any{"runId": active.RunID})
 	case err != nil:
