@@ -315,14 +315,15 @@ func (o *object) decodeTime(name string, r json.RawMessage) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	// RFC 3339 (section 5.6) lets "T" and "Z" be lower case; Go's parser wants them upper.
-	if len(s) > 10 && s[10] == 't' {
-		s = s[:10] + "T" + s[11:]
+	norm := s
+	if len(norm) > 10 && norm[10] == 't' {
+		norm = norm[:10] + "T" + norm[11:]
 	}
-	if strings.HasSuffix(s, "z") {
-		s = s[:len(s)-1] + "Z"
+	if strings.HasSuffix(norm, "z") {
+		norm = norm[:len(norm)-1] + "Z"
 	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil || !rfc3339Shape(s) {
+	t, err := time.Parse(time.RFC3339Nano, norm)
+	if err != nil || !rfc3339Shape(norm) {
 		o.d.fail(join(o.path, name), "must be an RFC 3339 time such as \"2026-11-25T10:15:02.113Z\", got %q", s)
 		return time.Time{}, false
 	}
