@@ -529,3 +529,29 @@ func TestExamples(t *testing.T) {
 		})
 	}
 }
+
+// WithID replaces the event's id and nothing else: the other bytes of Raw stay as they
+// were (a stored event's data compares byte for byte), and the new id is checked as a
+// request's would be.
+func TestEventWithID(t *testing.T) {
+	body := readTestdata(t, "customer.json") // "id" is also a member of data
+	evs, err := nop.DecodeRequest("customer", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := evs[0].WithID("evt-customer-0001.tagged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Replace(string(body), `"evt-customer-0001"`, `"evt-customer-0001.tagged"`, 1)
+	if got.ID != "evt-customer-0001.tagged" || string(got.Raw) != strings.TrimSpace(want) || string(got.Data) != string(evs[0].Data) || got.EntityID() != "7" {
+		t.Fatalf("WithID gave id %q raw %s", got.ID, got.Raw)
+	}
+	if evs[0].ID != "evt-customer-0001" || !strings.Contains(string(evs[0].Raw), `"evt-customer-0001"`) {
+		t.Fatalf("WithID changed the event it was called on: %q %s", evs[0].ID, evs[0].Raw)
+	}
+	var ve *nop.ValidationError
+	if _, err := evs[0].WithID(strings.Repeat("x", 129)); !errors.As(err, &ve) || ve.Field != "id" {
+		t.Fatalf("a 129-character id: %v", err)
+	}
+}

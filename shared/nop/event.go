@@ -17,6 +17,7 @@ package nop
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -242,4 +243,37 @@ func (e *Event) Deleted() bool {
 		return e.Order.Deleted
 	}
 	return false
+}
+
+// WithID returns the event again with id as its id: Raw with the value of its "id"
+// member replaced and every other byte kept, decoded and checked as a request's event
+// is. The push agent uses it to tell a pass's events apart from an earlier pass's with
+// the same data (a row that went back to an earlier state).
+func (e *Event) WithID(id string) (*Event, error) {
+	members, ok := splitObject(e.Raw)
+	if !ok {
+		return nil, &ValidationError{Index: -1, Message: "event " + e.ID + " is not a JSON object"}
+	}
+	quoted, err := json.Marshal(id)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: encoding id %q: %w", e.ID, id, err)
+	}
+	raw := make([]byte, 0, len(e.Raw)+len(quoted))
+	from, found := 0, false
+	for _, m := range members {
+		if m.key != "id" {
+			continue
+		}
+		raw = append(append(raw, e.Raw[from:m.at]...), quoted...)
+		from, found = m.at+len(m.value), true
+	}
+	if !found {
+		return nil, &ValidationError{Index: -1, Field: "id", Message: "event has no id"}
+	}
+	raw = append(raw, e.Raw[from:]...)
+	evs, err := DecodeRequest(e.Entity(), raw)
+	if err != nil {
+		return nil, err
+	}
+	return evs[0], nil
 }

@@ -13,6 +13,7 @@ import (
 type member struct {
 	key   string
 	value json.RawMessage
+	at    int // where value starts in the object scanned
 }
 
 func skipWS(b []byte, i int) int {
@@ -133,7 +134,7 @@ func appendMembers(slab []member, b []byte) (full, obj []member, ok bool) {
 		if vend < 0 {
 			return slab, nil, false
 		}
-		members = append(members, member{key: key, value: b[i:vend:vend]})
+		members = append(members, member{key: key, value: b[i:vend:vend], at: i})
 		i = skipWS(b, vend)
 		if i >= len(b) {
 			return slab, nil, false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/intake"
@@ -61,9 +63,10 @@ type Agent struct {
 
 	mu      sync.Mutex
 	sent    map[state.Entity]map[string][16]byte // entity id → data hash sent and accepted
-	pending map[string][16]byte                  // event id → data hash, for events being sent
+	pending map[string][16]byte                  // event id (passEventID) → data hash, for events being sent
 	st      agentState
-	dirty   int // pages since the sent index was last saved
+	tag     string // the pass's part of its event ids (passEventID)
+	dirty   int    // pages since the sent index was last saved
 }
 
 // agentState is the checkpoint file.
@@ -179,18 +182,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// logFailures says which rows of an entity could not become events, and why: they are
-// not sent, so the app never hears of them, and the agent's log is where an admin finds
-// them (at most MaxFailures each pass, with how many more there were).
-func (a *Agent) logFailures(ent state.Entity, p *Progress) {
-	for _, f := range p.Failures {
-		a.o.Log.Warn("agent: "+string(ent)+" not sent", "id", f.ID, "reason", f.Reason)
-	}
-	if p.FailuresOmitted > 0 {
-		a.o.Log.Warn("agent: more "+string(ent)+"s not sent", "count", p.FailuresOmitted)
-	}
-}
-
 // Pass runs (or resumes) one pass over the store and returns its progress.
 func (a *Agent) Pass(ctx context.Context) (map[state.Entity]*Progress, error) {
 	a.mu.Lock()
@@ -201,12 +192,18 @@ func (a *Agent) Pass(ctx context.Context) (map[state.Entity]*Progress, error) {
 		a.o.Log.Info("agent: resuming the pass started at "+a.st.Pass.StartedAt.Format(time.RFC3339), "progress", a.st.Pass.Progress)
 	}
 	pass := a.st.Pass
+	a.tag = strconv.FormatInt(pass.StartedAt.UnixNano(), 36)
 	a.mu.Unlock()
 
 	if err := a.o.Source.Check(ctx); err != nil {
 		return pass.Progress, fmt.Errorf("store database: %w", err)
 	}
-	ps := &Pass{Source: a.o.Source, Differ: a, Sink: a, PageSize: a.o.PageSize}
+	ps := &Pass{Source: a.o.Source, Differ: a, Sink: a, PageSize: a.o.PageSize,
+		// Each row the reader could not turn into an event, with its reason: those rows never
+		// reach the app, so its status page can't show them.
+		Failed: func(f RowFailure) {
+			a.o.Log.Warn("agent: "+string(f.Entity)+" not sent", "id", f.ID, "reason", f.Reason)
+		}}
 	for _, ent := range a.o.Entities {
 		a.mu.Lock()
 		p := pass.Progress[ent]
@@ -221,7 +218,6 @@ func (a *Agent) Pass(ctx context.Context) (map[state.Entity]*Progress, error) {
 			return pass.Progress, err
 		}
 		a.o.Log.Info("agent: "+string(ent)+"s done", "read", p.RowsRead, "sent", p.Queued, "unchanged", p.Unchanged, "failed", p.Failed)
-		a.logFailures(ent, p)
 	}
 	a.mu.Lock()
 	a.st.Pass, a.st.LastFinished = nil, a.o.Now().UTC()
@@ -248,16 +244,45 @@ func (a *Agent) Unchanged(_ context.Context, entity state.Entity, evs []*nop.Eve
 		prev, ok := a.sent[entity][ev.EntityID()]
 		out[i] = ok && prev == k
 		if !out[i] {
-			a.pending[ev.ID] = k
+			a.pending[a.passEventID(ev.ID)] = k
 		}
 	}
 	return out, nil
+}
+
+// passEventID is the id the agent sends a reader's event with: the reader's id (entity,
+// nopCommerce id and data hash) and the pass's start. Within a pass, resumed after a
+// restart too, a row read again in the same state keeps its id, so the app drops the
+// repeat. A later pass sends only rows whose data differ from what was last accepted,
+// and sends them under new ids: a row that went back to a state sent earlier (stock 5,
+// 4, then 5 again) would otherwise carry the earlier event's id, Service Bus would drop
+// it as a duplicate within its detection window while the app still answered 202, and
+// the agent would count it as delivered. Held under a.mu.
+func (a *Agent) passEventID(id string) string {
+	const maxID = 128 // docs/events.md: an id has 1–128 characters
+	if len(id)+1+len(a.tag) > maxID || !utf8.ValidString(id) || len(id) != utf8.RuneCountInString(id) {
+		sum := sha256.Sum256([]byte(id))
+		id = "h-" + hex.EncodeToString(sum[:20])
+	}
+	return id + "." + a.tag
 }
 
 // Send implements Sink: POSTs evs in requests of at most PageSize events and
 // nop.MaxBodyBytes, retrying transient failures until ctx ends. Events the app refuses
 // as invalid are logged with the reason and left out; the rest go again.
 func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
+	tagged := make([]*nop.Event, len(evs))
+	for i, ev := range evs {
+		a.mu.Lock()
+		id := a.passEventID(ev.ID)
+		a.mu.Unlock()
+		t, err := ev.WithID(id)
+		if err != nil {
+			return fmt.Errorf("%s %s: giving event %s the pass's id: %w", entity, ev.EntityID(), ev.ID, err)
+		}
+		tagged[i] = t
+	}
+	evs = tagged
 	for len(evs) > 0 {
 		n, size := 0, 2
 		for n < len(evs) && n < a.o.PageSize && size+len(evs[n].Raw)+1 <= nop.MaxBodyBytes {

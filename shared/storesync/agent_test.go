@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nopsync/nopsync/shared/intake"
+	"github.com/nopsync/nopsync/shared/localqueue"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
@@ -206,6 +207,9 @@ func TestAgentLogsRowsNotSent(t *testing.T) {
 	src := storesynctest.New("USD")
 	fill(src, 12)
 	src.Fail(state.Customer, 7, "email is 120 characters, over the contact's 100")
+	for id := int64(1000); id < 1000+storesync.MaxFailures+50; id++ { // more than a run's progress names
+		src.Fail(state.Customer, id, "no email")
+	}
 	_, url := newFakeApp(t)
 	var logs strings.Builder
 	a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "fkey", Secret: "whsecret",
@@ -215,17 +219,27 @@ func TestAgentLogsRowsNotSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := a.Pass(context.Background())
-	if err != nil || p[state.Customer].Failed != 1 {
+	if err != nil || p[state.Customer].Failed != 1+storesync.MaxFailures+50 {
 		t.Fatalf("pass: %v %+v", err, p[state.Customer])
 	}
-	var line string
+	named := map[string]bool{}
+	var line7 string
 	for _, l := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(l, "not sent") {
-			line = l
+		if !strings.Contains(l, "not sent") {
+			continue
+		}
+		_, id, _ := strings.Cut(l, " id=")
+		id, _, _ = strings.Cut(id, " ")
+		named[id] = true
+		if id == "7" {
+			line7 = l
 		}
 	}
-	if !strings.Contains(line, "level=WARN") || !strings.Contains(line, "id=7") || !strings.Contains(line, "over the contact's 100") {
-		t.Errorf("no warning naming the row and its reason; log:\n%s", logs.String())
+	if !strings.Contains(line7, "level=WARN") || !strings.Contains(line7, "over the contact's 100") {
+		t.Errorf("no warning naming row 7 and its reason; log:\n%s", logs.String())
+	}
+	if len(named) != 1+storesync.MaxFailures+50 {
+		t.Errorf("%d rows named in the log, want every one of the %d not sent", len(named), 1+storesync.MaxFailures+50)
 	}
 }
 
@@ -313,3 +327,56 @@ func (b *badEvent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type readCloser struct{ *strings.Reader }
 
 func (readCloser) Close() error { return nil }
+
+// A row that goes back to a state the agent sent earlier (A, B, then A again, each in a
+// pass of its own) reaches the app each time, though the three passes run within
+// Service Bus's duplicate detection window: the reader's id for A is the same both
+// times, and the queue would drop the second A while the app answered 202, leaving the
+// app on B for good. The pass's part of the id keeps them apart; within a pass, a row
+// read again in the same state keeps its id.
+func TestAgentStateReturnedToWithinDuplicateWindow(t *testing.T) {
+	ctx := context.Background()
+	q, err := localqueue.Open(localqueue.Options{}) // duplicate detection over 10 minutes, as the Bicep sets it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	in := intake.New(intake.Options{Sender: q, Secrets: intake.StaticSecrets{"whsecret"}})
+	srv := httptest.NewServer(http.StripPrefix("/api/events/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.SetPathValue("entity", r.URL.Path)
+		in.ServeHTTP(w, r)
+	})))
+	defer srv.Close()
+	src := storesynctest.New("USD")
+	a := newAgent(t, src, srv.URL+"/api/events/{entity}", filepath.Join(t.TempDir(), "agent.json"))
+	for i, email := range []string{"a@example.com", "b@example.com", "a@example.com", "a@example.com"} {
+		src.Put(state.Customer, 1, storesynctest.Customer(1, email))
+		p, err := a.Pass(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i < 3; (p[state.Customer].Queued == 1) != want {
+			t.Fatalf("pass %d (%s): %+v, want sent %v", i+1, email, p[state.Customer], want)
+		}
+	}
+
+	var got []string
+	rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	bulk, _ := nop.BulkQueue(state.Customer)
+	for _, name := range []string{"customers", bulk} {
+		q.Run(rctx, name, 1, func(_ context.Context, d localqueue.Delivery) error {
+			evs, _, err := nop.DecodeEnvelope(d.Body)
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs {
+				got = append(got, *ev.Customer.Email)
+			}
+			return nil
+		})
+	}
+	if !slices.Equal(got, []string{"a@example.com", "b@example.com", "a@example.com"}) {
+		t.Fatalf("the app received %v, want the three states in order", got)
+	}
+}

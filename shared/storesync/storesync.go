@@ -104,6 +104,9 @@ type Pass struct {
 	Differ   Differ
 	Sink     Sink
 	PageSize int // default DefaultPageSize
+	// Failed, when set, is told of every row that could not become an event, as its page
+	// is passed (Progress keeps only the first MaxFailures with their reasons).
+	Failed func(RowFailure)
 }
 
 // Entity continues p for entity from p.Cursor until the last page: each page's changed
@@ -173,6 +176,9 @@ func (ps *Pass) Entity(ctx context.Context, entity state.Entity, p *Progress, ch
 		p.Unchanged += len(page.Events) - len(send)
 		p.Failed += len(page.Failures)
 		for _, f := range page.Failures {
+			if ps.Failed != nil {
+				ps.Failed(f)
+			}
 			if len(p.Failures) < MaxFailures {
 				p.Failures = append(p.Failures, Failure{ID: f.ID, Reason: f.Reason})
 			} else {
