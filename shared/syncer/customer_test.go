@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"strconv"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
@@ -240,40 +241,61 @@ func TestEnsureContactForOrders(t *testing.T) {
 // arrives (orders and customers travel on different queues). In business order the order
 // comes first, the delete is refused and the contact deactivated: the same lands now, the
 // contact written again from the order's copy, deactivated, and the order on it. (The
-// order failed for good with a 404 on the contact.)
+// order failed for good with a 404 on the contact.) The same when the customer was never
+// synced before its delete (an initial import reads a deleted customer before its
+// orders), and when the orders come in an array (a chunk reads its customers' state
+// ahead: a record whose contact was deleted must not be taken as the contact).
 func TestOrderAfterItsCustomersDeleteLands(t *testing.T) {
-	for _, bulk := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) { orderAfterCustomersDelete(t, bulk) })
+	for _, synced := range []bool{true, false} {
+		for _, orders := range []int{0, 1, 2} { // 0: one order alone; 1, 2: a chunk of that many
+			t.Run(fmt.Sprintf("synced=%v/chunk=%d", synced, orders), func(t *testing.T) { orderAfterCustomersDelete(t, synced, orders) })
+		}
 	}
 }
 
-func orderAfterCustomersDelete(t *testing.T, bulk bool) {
+func orderAfterCustomersDelete(t *testing.T, synced bool, chunk int) {
 	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
 	tmpl := example(t, "customer-created.json")[0]
-	e.each(state.Customer, customerEvent(t, tmpl, 42, 1, "ada.lovelace@example.com", nil))
+	if synced {
+		e.each(state.Customer, customerEvent(t, tmpl, 42, 1, "ada.lovelace@example.com", nil))
+	}
 	e.each(state.Customer, customerEvent(t, tmpl, 42, 2, "ada.lovelace@example.com", func(d map[string]any) { d["deleted"] = true }))
 	if _, ok := e.srv.Row("contacts", contactID(1, 42)); ok {
 		t.Fatal("the contact was not deleted")
 	}
-	order := mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil)
-	if bulk {
-		body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "c1", "events": []json.RawMessage{order.Raw}}})
+	ids := []int{1001}
+	if chunk == 0 {
+		e.each(state.Order, mkEvent(t, example(t, "order-placed.json")[0], "o1", 0, nil))
+	} else {
+		var raws []json.RawMessage
+		for k := range chunk {
+			id := 1001 + k
+			if k > 0 {
+				ids = append(ids, id)
+			}
+			raws = append(raws, mkEvent(t, example(t, "order-placed.json")[0], fmt.Sprintf("o%d", id), 0, func(d map[string]any) {
+				d["id"] = id
+				d["customOrderNumber"] = strconv.Itoa(id)
+				d["orderGuid"] = fmt.Sprintf("00000000-0000-4000-8000-%012d", id)
+			}).Raw)
+		}
+		body, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "c1", "events": raws}})
 		if err := e.eng.HandleMessage(e.ctx, "orders", body); err != nil {
 			t.Fatal(err)
 		}
-	} else {
-		e.each(state.Order, order)
 	}
 	c, ok := e.srv.Row("contacts", contactID(1, 42))
 	if !ok || numOf(c["statecode"]) != 1 {
 		t.Fatalf("contact %v (present %v), want it written again, deactivated", c, ok)
 	}
-	so, ok := e.srv.Row("salesorders", salesOrderID(1, 1001))
-	if !ok || so["_customerid_value"] != contactID(1, 42) {
-		t.Fatalf("salesorder %v, want it on the contact", so)
-	}
-	if r := e.rec(state.Order, 1001); r.Status != state.Synced {
-		t.Errorf("order %s %q", r.Status, r.Reason)
+	for _, id := range ids {
+		so, ok := e.srv.Row("salesorders", salesOrderID(1, id))
+		if !ok || so["_customerid_value"] != contactID(1, 42) {
+			t.Fatalf("salesorder %d %v, want it on the contact", id, so)
+		}
+		if r := e.rec(state.Order, id); r.Status != state.Synced {
+			t.Errorf("order %d %s %q", id, r.Status, r.Reason)
+		}
 	}
 	// The customer's delete, replayed, leaves it as it is.
 	e.each(state.Customer, customerEvent(t, tmpl, 42, 2, "ada.lovelace@example.com", func(d map[string]any) { d["deleted"] = true }))

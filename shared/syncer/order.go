@@ -449,7 +449,9 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 				customersRead = true
 			}
 			for id, rec := range got {
-				if rec.DataverseID == "" {
+				if rec.DataverseID == "" || rec.Extra[extraContactDeleted] != "" {
+					// No row yet, or DELETE_POLICY=delete deleted the contact:
+					// ensureContact writes it again for the order.
 					continue
 				}
 				for _, store := range rf.ids[id] {
