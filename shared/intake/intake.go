@@ -163,8 +163,16 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 		}
 	}
 	ids := make([]string, len(events))
+	now := in.o.Now()
 	for i, ev := range events {
 		ids[i] = ev.ID
+		if ahead := ev.OccurredOnUtc.Sub(now); ahead > nop.ClockSkew {
+			// Accepted (docs/events.md sets no bound), but until the app's clock passes
+			// it, the entity's later events without a higher sequence are skipped as stale:
+			// said here, and on the entity's status.
+			log.Warn("event dated ahead of the app's clock: the entity's events dated before it will be skipped as stale",
+				"index", i, "id", ev.ID, "occurredOnUtc", ev.OccurredOnUtc.Format(time.RFC3339), "ahead", ahead.Round(time.Second).String())
+		}
 	}
 
 	msgs, err := nop.Messages(entity, events)

@@ -667,3 +667,21 @@ func TestServeHTTP(t *testing.T) {
 		t.Errorf("%d sends, want 1", e.sender.count())
 	}
 }
+
+// An event dated ahead of the app's clock is accepted (the contract sets no bound), and
+// the log says it: until the clock passes it, the entity's events dated earlier are
+// skipped as stale. One a minute ahead (within the signature's own skew) is not remarked.
+func TestEventDatedAheadOfTheClockLogged(t *testing.T) {
+	for ahead, want := range map[time.Duration]bool{24 * time.Hour: true, time.Minute: false} {
+		e := newEnv(t)
+		body := strings.Replace(string(testdata(t, "customer.json")), `"2026-01-02T03:04:05.678Z"`,
+			strconv.Quote(now.Add(ahead).Format(time.RFC3339)), 1)
+		if resp := e.in.Handle(context.Background(), e.signed("customer", []byte(body))); resp.Status != 202 {
+			t.Fatalf("%v ahead: %d %s", ahead, resp.Status, resp.Body)
+		}
+		logged := strings.Contains(e.logs.String(), "ahead of the app's clock") && strings.Contains(e.logs.String(), "id=evt-customer-0001")
+		if logged != want {
+			t.Errorf("%v ahead: logged %v, want %v; log:\n%s", ahead, logged, want, e.logs)
+		}
+	}
+}

@@ -33,6 +33,16 @@ func MakeOrderKey(seq *int64, t time.Time) string {
 	return "s" + strings.Repeat("0", 20-len(s)) + s + "|" + ts
 }
 
+// ClockSkew is how far ahead of the app's clock an event's time may be before the app
+// says so (the signature's own time may be 300 s off, intake.MaxSkew).
+const ClockSkew = 5 * time.Minute
+
+// OrderKeyTime returns the time in the order key k.
+func OrderKeyTime(k string) (time.Time, bool) {
+	p, ok := parseOrderKey(k)
+	return p.t, ok
+}
+
 type parsedKey struct {
 	hasSeq bool
 	seq    int64

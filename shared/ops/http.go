@@ -407,7 +407,8 @@ type EntityStatus struct {
 	Status      state.Status `json:"status"`
 	LastError   string       `json:"lastError"`
 	// Note is what the app says of a synced entity: why it wrote other than the store has
-	// it (a family kept Active, a product number taken, a row adopted), "" when nothing.
+	// it (a family kept Active, a product number taken, a row adopted), and of any entity
+	// whose last applied event is dated ahead of the app's clock; "" when nothing.
 	Note        string            `json:"note,omitempty"`
 	Transient   bool              `json:"transient"`
 	Attempts    int               `json:"attempts"`
@@ -440,6 +441,13 @@ func (o *Ops) serveEntityStatus(w http.ResponseWriter, r *http.Request) {
 		es.LastError = rec.Reason
 	} else {
 		es.Note = rec.Reason
+	}
+	if t, ok := nop.OrderKeyTime(rec.OrderKey); ok && t.Sub(o.o.Now()) > nop.ClockSkew {
+		// An event dated ahead (a store's clock off, local time sent as UTC) makes every
+		// later event without a higher sequence stale until the clock passes it.
+		ahead := "its last applied event is dated " + t.Format(time.RFC3339) + ", ahead of the app's clock: " +
+			"until then, its events dated earlier are skipped as stale (unless they carry a higher sequence)"
+		es.Note = strings.TrimPrefix(es.Note+"; "+ahead, "; ")
 	}
 	if !rec.SyncedAt.IsZero() {
 		t := rec.SyncedAt

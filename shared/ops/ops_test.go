@@ -376,6 +376,22 @@ func TestStatusPage(t *testing.T) {
 	if !strings.Contains(es.Note, "kept Active") || es.LastError != "" {
 		t.Errorf("synced product with a note: %s", rec.Body)
 	}
+	// An entity whose last applied event is dated ahead of the clock says so: its events
+	// dated earlier are skipped as stale until then. An hour ahead says so; a minute does not.
+	for ahead, want := range map[time.Duration]bool{time.Hour: true, time.Minute: false} {
+		id := strconv.Itoa(int(ahead / time.Second))
+		if err := tracked.Save(ctx, &state.Record{Entity: state.Customer, ID: id, Status: state.Synced,
+			OrderKey: nop.MakeOrderKey(nil, f.clk.Now().Add(ahead))}); err != nil {
+			t.Fatal(err)
+		}
+		rec = httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/customer/"+id, nil))
+		es = EntityStatus{}
+		json.Unmarshal(rec.Body.Bytes(), &es)
+		if got := strings.Contains(es.Note, "ahead of the app's clock"); got != want || es.LastError != "" {
+			t.Errorf("last applied event %v ahead: %s", ahead, rec.Body)
+		}
+	}
 	rec = httptest.NewRecorder()
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/status/order/404", nil))
 	if rec.Code != 404 {
