@@ -3,8 +3,8 @@ package syncer
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
