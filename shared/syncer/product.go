@@ -25,6 +25,12 @@ const (
 	productUnderRevision = 3 // status 3
 )
 
+// productstructure values: a product, a product family.
+const (
+	productStructureProduct = 1
+	productStructureFamily  = 2
+)
+
 // Dataverse error codes the product lifecycle reacts to.
 const (
 	codeProductNumberExists    = "0x80043b06"
@@ -95,6 +101,7 @@ type productPlan struct {
 	setParent bool
 	family    bool
 	active    bool   // wanted lifecycle: Active (true) or Retired
+	final     bool   // the row is retired for good: nothing was written (applyProduct)
 	priceItem string // the price list item known from the state ("" when none)
 	hash      string
 	unchanged bool
@@ -105,6 +112,9 @@ type productPlan struct {
 }
 
 func (pl *productPlan) outcome() outcome {
+	if pl.final {
+		return outcome{status: state.Skipped, reason: pl.note, dataverseID: pl.id, hash: pl.hash}
+	}
 	return outcome{status: state.Synced, reason: pl.note, dataverseID: pl.id, hash: pl.hash}
 }
 
@@ -136,9 +146,9 @@ func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
 // productFields maps the columns of a product (docs/dataverse-mapping.md).
 func productFields(p *nop.Product, sh *shared) dataverse.Record {
 	prec := sh.precision()
-	structure := 1
+	structure := productStructureProduct
 	if p.ProductType == nop.ProductTypeGrouped {
-		structure = 2
+		structure = productStructureFamily
 	}
 	qty := max(p.StockQuantity, 0)
 	return dataverse.Record{
@@ -164,7 +174,10 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted,
 		priceItem: rec.Extra[extraPriceItemID]}
 	activeTag := strconv.FormatBool(pl.active)
-	if !pl.active && !p.Deleted && (pl.family || p.ParentGroupedProductID > 0) {
+	// In a family: a grouped product, a product the store puts in one, or one Dynamics 365
+	// holds in one (its parent can't be taken away once set).
+	inFamily := pl.family || p.ParentGroupedProductID > 0 || rec.Extra[extraParentID] != ""
+	if !pl.active && !p.Deleted && inFamily {
 		// Products of a family are retired only when deleted: a retired family, or a
 		// retired child of one, can never be Active again in Dynamics 365.
 		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
@@ -234,6 +247,14 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 			pl.parentID, pl.setParent = old, false
 			pl.note = joinNote(pl.note, "moved to another grouped product in nopCommerce; kept in its first product family: Dynamics 365 can't change a product's parent")
 		}
+	}
+
+	if old := rec.Extra[extraParentID]; old != "" && (p.ParentGroupedProductID <= 0 || p.ParentGroupedProductID == p.ID) {
+		// Taken out of its grouped product in the store: Dynamics 365 can't take a
+		// product's parent away, so the row stays in its family (and is never retired
+		// when merely unpublished, above).
+		pl.parentID = old
+		pl.note = joinNote(pl.note, "taken out of its grouped product in nopCommerce; kept in its product family: Dynamics 365 can't change a product's parent")
 	}
 
 	if pictureURL != "" && rec.Extra[extraImageURL] != pictureURL {
@@ -358,7 +379,16 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 	}
 	if exists && cur == productRetired {
 		// A retired product can't be edited: re-activate it first (retire again below
-		// if that is what the store says).
+		// if that is what the store says). A retired family, or a retired product of
+		// one, can never be Active again (docs/dataverse-mapping.md: Retired is then
+		// final): the change is skipped with the reason, not failed on Dataverse's refusal.
+		if final, err := s.retiredForGood(ctx, pl.id); err != nil {
+			return err
+		} else if final {
+			pl.final = true
+			pl.note = joinNote(pl.note, "retired in Dynamics 365 with its product family (deleted in nopCommerce): a retired family or a retired product of a family can't be re-activated, so this change was not written")
+			return nil
+		}
 		if err := s.setProductState(ctx, pl.id, productActive); err != nil {
 			return err
 		}
@@ -589,6 +619,18 @@ func (s *productSyncer) productState(ctx context.Context, id string) (st int, ex
 		st = productDraft
 	}
 	return st, true, nil
+}
+
+// retiredForGood says whether the product row id, retired, can never be Active again:
+// a family, or a product with a parent (Sales developer guide, product lifecycle).
+func (s *productSyncer) retiredForGood(ctx context.Context, id string) (bool, error) {
+	r, err := s.dv.Retrieve(ctx, "products", id, "productstructure,_parentproductid_value")
+	if err != nil {
+		return false, fmt.Errorf("reading product %s: %w", id, err)
+	}
+	structure, _ := intValue(r["productstructure"])
+	parent, _ := r["_parentproductid_value"].(string)
+	return structure == productStructureFamily || parent != "", nil
 }
 
 // writePriceItem keeps the product's one price list item in the store price list:

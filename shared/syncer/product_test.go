@@ -454,3 +454,116 @@ func TestProductChildRevisedWhileFamilyRevised(t *testing.T) {
 		}
 	}
 }
+
+// A child taken out of its grouped product in the store (parentGroupedProductId 0) stays
+// in its family in Dynamics 365, which can't take a product's parent away, and so is
+// still kept Active when unpublished: retired, it could never be published again
+// (docs/dataverse-mapping.md, product lifecycle). Alone and in an array.
+func TestProductTakenOutOfItsFamily(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			fam := productEvent(t, 20, 1, func(d map[string]any) {
+				d["productType"] = 10
+				d["price"] = "0.0000"
+				d["associatedProductIds"] = []any{21, 22}
+			})
+			e.each(state.Product, fam)
+			children := func(seq int64, data func(d map[string]any)) []*nop.Event {
+				var evs []*nop.Event
+				for _, id := range []int{21, 22} {
+					evs = append(evs, productEvent(t, id, seq, func(d map[string]any) {
+						d["parentGroupedProductId"] = 20
+						if data != nil {
+							data(d)
+						}
+					}))
+				}
+				if !bulk {
+					evs = evs[:1]
+				}
+				return evs
+			}
+			send := func(evs []*nop.Event) {
+				t.Helper()
+				if bulk {
+					if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					e.each(state.Product, evs...)
+				}
+			}
+			send(children(1, nil))
+			steps := []struct {
+				name   string
+				data   func(d map[string]any)
+				active bool
+			}{
+				{"taken out", func(d map[string]any) { d["parentGroupedProductId"] = 0 }, true},
+				{"then unpublished", func(d map[string]any) { d["parentGroupedProductId"] = 0; d["published"] = false }, true},
+				{"then published", func(d map[string]any) { d["parentGroupedProductId"] = 0; d["published"] = true }, true},
+			}
+			for k, st := range steps {
+				evs := children(int64(k+2), st.data)
+				send(evs)
+				for _, ev := range evs {
+					id := ev.Product.ID
+					row := e.row("products", productID(1, id))
+					rec := e.rec(state.Product, id)
+					if row["_parentproductid_value"] != productID(1, 20) || numOf(row["statecode"]) != productActive {
+						t.Fatalf("%s: product %d parent %v state %v, want in its family, Active", st.name, id, row["_parentproductid_value"], row["statecode"])
+					}
+					if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept in its product family") {
+						t.Fatalf("%s: product %d %s %q, want synced with a note", st.name, id, rec.Status, rec.Reason)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A family deleted in the store is retired with its children, for good. A later change
+// of a child (the store still has it) is skipped with the reason, not failed for good on
+// Dataverse's refusal to re-activate it. Alone and in an array.
+func TestProductOfADeletedFamilySkipped(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			famData := func(d map[string]any) {
+				d["productType"] = 10
+				d["price"] = "0.0000"
+				d["associatedProductIds"] = []any{21, 22}
+			}
+			e.each(state.Product, productEvent(t, 20, 1, famData))
+			var evs []*nop.Event
+			for _, id := range []int{21, 22} {
+				e.each(state.Product, productEvent(t, id, 1, func(d map[string]any) { d["parentGroupedProductId"] = 20 }))
+				evs = append(evs, productEvent(t, id, 2, func(d map[string]any) { d["parentGroupedProductId"] = 20; d["price"] = "12.0000" }))
+			}
+			del := productEvent(t, 20, 2, func(d map[string]any) { famData(d); d["deleted"] = true })
+			e.each(state.Product, del)
+			if numOf(e.row("products", productID(1, 21))["statecode"]) != productRetired {
+				t.Fatal("the family's delete did not retire its child")
+			}
+			if bulk {
+				if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				evs = evs[:1]
+				e.each(state.Product, evs...)
+			}
+			for _, ev := range evs {
+				id := ev.Product.ID
+				rec := e.rec(state.Product, id)
+				if rec.Status != state.Skipped || !strings.Contains(rec.Reason, "can't be re-activated") {
+					t.Errorf("product %d: %s %q, want skipped with the reason", id, rec.Status, rec.Reason)
+				}
+				if numOf(e.row("products", productID(1, id))["statecode"]) != productRetired {
+					t.Errorf("product %d is no longer Retired", id)
+				}
+			}
+		})
+	}
+}
