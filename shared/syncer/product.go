@@ -238,6 +238,11 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 			if fam, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
 				return nil, err
 			}
+			if fam == "" {
+				// docs/dataverse-mapping.md: the parent is set "when that is a grouped
+				// product"; only a family can be a parent in Dynamics 365.
+				pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
+			}
 		}
 		pl.parentID = fam
 		pl.setParent = rec.Extra[extraParentID] != fam
@@ -753,11 +758,17 @@ func (s *productSyncer) productUsed(ctx context.Context, id string) (bool, error
 
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
-// later fills the stub.
+// later fills the stub. It returns "" when the state holds the product as a simple one.
 func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (string, error) {
 	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
 	case err == nil:
+		if rec.DataverseID != "" && rec.Extra[extraFamilyStub] == "" {
+			if ev, derr := nop.DecodeStored(rec.Data); derr == nil && ev.Product != nil && !ev.Product.Deleted &&
+				ev.Product.ProductType != nop.ProductTypeGrouped {
+				return "", nil // a simple product: no family to put the child in
+			}
+		}
 		if rec.DataverseID != "" {
 			return rec.DataverseID, nil
 		}

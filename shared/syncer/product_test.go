@@ -567,3 +567,20 @@ func TestProductOfADeletedFamilySkipped(t *testing.T) {
 		})
 	}
 }
+
+// A product whose parentGroupedProductId names a simple product lands without a family
+// (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
+// family can be a parent), synced with the reason, instead of failing for good on
+// Dataverse's refusal.
+func TestProductParentNotGrouped(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 7, 1, nil))
+	e.each(state.Product, productEvent(t, 40, 1, func(d map[string]any) { d["parentGroupedProductId"] = 7 }))
+	rec := e.rec(state.Product, 40)
+	if rec.Status != state.Synced || !strings.Contains(rec.Reason, "not a grouped product") {
+		t.Fatalf("product 40: %s %q", rec.Status, rec.Reason)
+	}
+	if row := e.row("products", productID(1, 40)); row["_parentproductid_value"] != nil || numOf(row["statecode"]) != productActive {
+		t.Fatalf("product 40: parent %v state %v, want none, Active", row["_parentproductid_value"], row["statecode"])
+	}
+}
