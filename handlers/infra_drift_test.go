@@ -13,6 +13,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -1403,4 +1404,214 @@ func TestDriftVaultSecrets(t *testing.T) {
 		broken[p] = strings.Replace(s, "resource nopDbConnectionResource 'Microsoft.KeyVault/vaults/secrets@2023-07-01'", "resource nopDbConnectionResource 'Microsoft.Storage/storageAccounts@2023-05-01'", 1)
 	}
 	driftExpectProblem(t, "connection string not in the vault", driftCheckVaultSecrets(config.Known(), broken), "NOP_DB_CONNECTION")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host contract: function.json and host.json as docs/operations.md and the Go code need them
+// ---------------------------------------------------------------------------------------------
+
+// driftHTTPFunction is an HTTP function as docs/operations.md lists it: its auth level,
+// the methods it must take and its route (the function.json form of the public routes).
+type driftHTTPFunction struct {
+	authLevel string
+	methods   []string
+	route     string
+}
+
+// driftHTTPFunctions: docs/operations.md, "Functions" (sync also answers GET
+// /api/sync/{runId}, docs/store-reader.md).
+var driftHTTPFunctions = map[string]driftHTTPFunction{
+	"events":      {"function", []string{"post"}, "events/{entity}"},
+	"sync":        {"admin", []string{"get", "post"}, "sync/{runId?}"},
+	"status":      {"admin", []string{"get"}, "status/{entity?}/{id?}"},
+	"deadletters": {"admin", []string{"get", "post"}, "deadletters/{entity}/{action?}"},
+}
+
+// driftCheckHostContract checks what the host reads from function.json and host.json
+// against what the Go code and the docs rely on: the binding names the handler reads
+// (req/res, msg, timer), auth levels, methods and routes, one message per invocation
+// completed by the host, the every-minute timer, no request forwarding, and the host's
+// timeouts above the handler's own (invocationTimeout). functions maps a folder to its
+// function.json text.
+func driftCheckHostContract(functions map[string]string, hostJSON string) []string {
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	type binding struct {
+		Type, Direction, Name, AuthLevel, Route, Schedule, Cardinality string
+		Methods                                                        []string
+		AutoCompleteMessages                                           *bool
+		IsSessionsEnabled                                              *bool
+	}
+	for name, text := range functions {
+		var f struct{ Bindings []binding }
+		if err := json.Unmarshal([]byte(text), &f); err != nil {
+			bad("functions/%s/function.json: %v", name, err)
+			continue
+		}
+		var trigger *binding
+		var out []binding
+		for i, b := range f.Bindings {
+			if strings.HasSuffix(b.Type, "Trigger") {
+				if trigger != nil {
+					bad("functions/%s: more than one trigger", name)
+				}
+				trigger = &f.Bindings[i]
+			} else if b.Direction == "out" {
+				out = append(out, b)
+			}
+		}
+		if trigger == nil {
+			bad("functions/%s: no trigger binding", name)
+			continue
+		}
+		queue := strings.TrimSuffix(name, "-bulk")
+		switch {
+		case driftHTTPFunctions[name].route != "":
+			want := driftHTTPFunctions[name]
+			if trigger.Type != "httpTrigger" || trigger.Name != "req" {
+				bad("functions/%s: trigger %s %q, want httpTrigger named \"req\" (what the handler reads)", name, trigger.Type, trigger.Name)
+			}
+			if trigger.AuthLevel != want.authLevel {
+				bad("functions/%s: authLevel %q, want %q (docs/operations.md)", name, trigger.AuthLevel, want.authLevel)
+			}
+			for _, m := range want.methods {
+				if !slices.ContainsFunc(trigger.Methods, func(s string) bool { return strings.EqualFold(s, m) }) {
+					bad("functions/%s: methods %v leave out %s (docs/operations.md)", name, trigger.Methods, strings.ToUpper(m))
+				}
+			}
+			if trigger.Route != want.route {
+				bad("functions/%s: route %q, want %q (docs/operations.md's routes)", name, trigger.Route, want.route)
+			}
+			if len(out) != 1 || out[0].Type != "http" || out[0].Name != "res" {
+				bad("functions/%s: output bindings %+v, want one http binding named \"res\" (what the handler answers in)", name, out)
+			}
+		case queue == "customers" || queue == "products" || queue == "orders":
+			if trigger.Type != "serviceBusTrigger" || trigger.Name != "msg" {
+				bad("functions/%s: trigger %s %q, want serviceBusTrigger named \"msg\" (what the handler reads)", name, trigger.Type, trigger.Name)
+			}
+			if trigger.IsSessionsEnabled == nil || !*trigger.IsSessionsEnabled {
+				bad("functions/%s: isSessionsEnabled must be true (docs/operations.md: sessions on)", name)
+			}
+			if trigger.AutoCompleteMessages != nil && !*trigger.AutoCompleteMessages {
+				bad("functions/%s: autoCompleteMessages false: the handler never completes a message itself", name)
+			}
+			if trigger.Cardinality != "" && !strings.EqualFold(trigger.Cardinality, "one") {
+				bad("functions/%s: cardinality %q: the handler takes one message per invocation", name, trigger.Cardinality)
+			}
+		case name == "autosync":
+			if trigger.Type != "timerTrigger" || trigger.Name != "timer" {
+				bad("functions/%s: trigger %s %q, want timerTrigger named \"timer\" (what the handler reads)", name, trigger.Type, trigger.Name)
+			}
+			if trigger.Schedule != "0 * * * * *" {
+				bad("functions/%s: schedule %q, want every minute, \"0 * * * * *\" (docs/operations.md)", name, trigger.Schedule)
+			}
+		default:
+			bad("functions/%s: a function the docs do not list", name)
+		}
+	}
+
+	var h struct {
+		FunctionTimeout string `json:"functionTimeout"`
+		Extensions      struct {
+			HTTP struct {
+				RoutePrefix *string `json:"routePrefix"`
+			} `json:"http"`
+			ServiceBus struct {
+				AutoCompleteMessages       *bool  `json:"autoCompleteMessages"`
+				MaxAutoLockRenewalDuration string `json:"maxAutoLockRenewalDuration"`
+			} `json:"serviceBus"`
+		} `json:"extensions"`
+		CustomHandler struct {
+			EnableForwardingHttpRequest bool `json:"enableForwardingHttpRequest"`
+		} `json:"customHandler"`
+	}
+	if err := json.Unmarshal([]byte(hostJSON), &h); err != nil {
+		return append(problems, fmt.Sprintf("host.json: %v", err))
+	}
+	if h.CustomHandler.EnableForwardingHttpRequest {
+		bad("host.json: customHandler.enableForwardingHttpRequest is true: the handler serves the host's invocation requests, not forwarded ones")
+	}
+	if p := h.Extensions.HTTP.RoutePrefix; p != nil && *p != "api" {
+		bad("host.json: extensions.http.routePrefix %q, want \"api\" (docs/operations.md's /api/... routes)", *p)
+	}
+	if a := h.Extensions.ServiceBus.AutoCompleteMessages; a != nil && !*a {
+		bad("host.json: extensions.serviceBus.autoCompleteMessages false: the handler never completes a message itself")
+	}
+	if d, err := driftTimeSpan(h.FunctionTimeout); err != nil || d <= invocationTimeout {
+		bad("host.json: functionTimeout %q must be over the handler's own %s (invocationTimeout), or the host cuts invocations the handler still bounds", h.FunctionTimeout, invocationTimeout)
+	}
+	if d, err := driftTimeSpan(h.Extensions.ServiceBus.MaxAutoLockRenewalDuration); err != nil || d < invocationTimeout {
+		bad("host.json: extensions.serviceBus.maxAutoLockRenewalDuration %q must be at least the handler's %s, or a message's lock runs out while it is written", h.Extensions.ServiceBus.MaxAutoLockRenewalDuration, invocationTimeout)
+	}
+	return problems
+}
+
+func driftFunctionTexts(t *testing.T, r *driftRepo) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for name := range r.functions {
+		out[name] = r.read(t, filepath.Join("functions", name, "function.json"))
+	}
+	return out
+}
+
+func TestDriftHostContract(t *testing.T) {
+	r := driftLoadRepo(t)
+	fns := driftFunctionTexts(t, r)
+	for name := range driftHTTPFunctions {
+		if _, ok := fns[name]; !ok {
+			t.Errorf("no functions/%s (docs/operations.md lists it)", name)
+		}
+	}
+	driftReport(t, driftCheckHostContract(fns, r.read(t, "host.json")))
+}
+
+// Each rule of driftCheckHostContract fails on a broken copy of the real files.
+func TestDriftHostContractCatchBreakage(t *testing.T) {
+	r := driftLoadRepo(t)
+	fns, host := driftFunctionTexts(t, r), r.read(t, "host.json")
+	if p := driftCheckHostContract(fns, host); len(p) != 0 {
+		t.Skipf("the real files already drift (TestDriftHostContract reports it): %v", p)
+	}
+	breakFn := func(fn, old, new string) map[string]string {
+		t.Helper()
+		if strings.Count(fns[fn], old) != 1 {
+			t.Fatalf("functions/%s: %q occurs %d times, want exactly 1", fn, old, strings.Count(fns[fn], old))
+		}
+		out := maps.Clone(fns)
+		out[fn] = strings.Replace(fns[fn], old, new, 1)
+		return out
+	}
+	breakHost := func(old, new string) string {
+		t.Helper()
+		if strings.Count(host, old) != 1 {
+			t.Fatalf("host.json: %q occurs %d times, want exactly 1", old, strings.Count(host, old))
+		}
+		return strings.Replace(host, old, new, 1)
+	}
+	for _, c := range []struct {
+		what     string
+		fns      map[string]string
+		host     string
+		contains string
+	}{
+		{"status open to anyone", breakFn("status", `"authLevel": "admin"`, `"authLevel": "anonymous"`), host, "authLevel \"anonymous\""},
+		{"events under the admin key", breakFn("events", `"authLevel": "function"`, `"authLevel": "admin"`), host, "authLevel \"admin\""},
+		{"orders trigger renamed", breakFn("orders", `"name": "msg"`, `"name": "message"`), host, "named \"msg\""},
+		{"status request renamed", breakFn("status", `"name": "req"`, `"name": "request"`), host, "named \"req\""},
+		{"sync answer renamed", breakFn("sync", `"name": "res"`, `"name": "$return"`), host, "named \"res\""},
+		{"no autocomplete", breakFn("customers", `"autoCompleteMessages": true`, `"autoCompleteMessages": false`), host, "autoCompleteMessages false"},
+		{"batches", breakFn("products-bulk", `"autoCompleteMessages": true`, `"autoCompleteMessages": true, "cardinality": "many"`), host, "cardinality"},
+		{"sessions off", breakFn("orders-bulk", `"isSessionsEnabled": true`, `"isSessionsEnabled": false`), host, "isSessionsEnabled"},
+		{"hourly timer", breakFn("autosync", `"schedule": "0 * * * * *"`, `"schedule": "0 0 * * * *"`), host, "every minute"},
+		{"events GET only", breakFn("events", `"methods": ["get", "post", "put", "patch", "delete"]`, `"methods": ["get"]`), host, "leave out POST"},
+		{"no entity status route", breakFn("status", `"route": "status/{entity?}/{id?}"`, `"route": "status"`), host, "route \"status\""},
+		{"forwarding", fns, breakHost(`"enableForwardingHttpRequest": false`, `"enableForwardingHttpRequest": true`), "enableForwardingHttpRequest"},
+		{"host autocomplete off", fns, breakHost(`"autoCompleteMessages": true`, `"autoCompleteMessages": false`), "autoCompleteMessages false"},
+		{"function timeout below the handler's", fns, breakHost(`"functionTimeout": "00:10:00"`, `"functionTimeout": "00:05:00"`), "functionTimeout"},
+		{"lock renewal below the handler's", fns, breakHost(`"maxAutoLockRenewalDuration": "00:10:00"`, `"maxAutoLockRenewalDuration": "00:01:00"`), "maxAutoLockRenewalDuration"},
+		{"route prefix", fns, breakHost(`"routePrefix": "api"`, `"routePrefix": "nop"`), "routePrefix"},
+	} {
+		driftExpectProblem(t, c.what, driftCheckHostContract(c.fns, c.host), c.contains)
+	}
 }
