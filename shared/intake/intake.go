@@ -66,6 +66,12 @@ type Options struct {
 	AllowUnsigned bool
 	// RetryAfter is the Retry-After of 503 answers (default 30 s).
 	RetryAfter time.Duration
+	// Timeout bounds a request's outside calls, the webhook secret's read and the sends
+	// (default 60 s): past it the answer is 503 with Retry-After. The front end in front
+	// of the Functions host cuts an HTTP request at 230 s whatever the function's timeout
+	// (Microsoft Learn: Azure Functions scale and hosting, timeouts), and the store should
+	// get a 503 it retries, not a timeout it can't tell from a lost answer.
+	Timeout time.Duration
 }
 
 // Request is an events request, however it arrived.
@@ -99,6 +105,9 @@ func New(o Options) *Intake {
 	}
 	if o.RetryAfter <= 0 {
 		o.RetryAfter = 30 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 60 * time.Second
 	}
 	return &Intake{o: o}
 }
@@ -141,6 +150,8 @@ func (in *Intake) Handle(ctx context.Context, r Request) Response {
 	}
 
 	log := in.o.Log.With("entity", string(entity))
+	ctx, cancel := context.WithTimeout(ctx, in.o.Timeout)
+	defer cancel()
 	if resp, ok := in.checkSignature(ctx, log, r.Header, body); !ok {
 		return resp
 	}

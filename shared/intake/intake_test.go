@@ -685,3 +685,40 @@ func TestEventDatedAheadOfTheClockLogged(t *testing.T) {
 		}
 	}
 }
+
+type blockingSender struct{}
+
+func (blockingSender) Send(ctx context.Context, _ string, _ []queue.Message) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+type blockingSecrets struct{}
+
+func (blockingSecrets) WebhookSecrets(ctx context.Context) ([]string, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A queue or Key Vault that hangs gets the store a 503 with Retry-After within the
+// intake's own timeout, not the front end's 230 s cut (under the host, a request's only
+// deadline is the invocation's, minutes away).
+func TestHangingOutsideCallsAnswered503(t *testing.T) {
+	for name, o := range map[string]func(*intake.Options){
+		"queue":     func(o *intake.Options) { o.Sender = blockingSender{} },
+		"key vault": func(o *intake.Options) { o.Secrets = blockingSecrets{} },
+	} {
+		e := newEnv(t, o, func(o *intake.Options) { o.Timeout = 50 * time.Millisecond })
+		req := e.signed("customer", testdata(t, "customer.json"))
+		done := make(chan intake.Response, 1)
+		go func() { done <- e.in.Handle(context.Background(), req) }()
+		select {
+		case resp := <-done:
+			if resp.Status != 503 || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("%s hanging: %d %s, want 503 with Retry-After", name, resp.Status, resp.Body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s hanging: no answer after 10 s", name)
+		}
+	}
+}
