@@ -381,3 +381,36 @@ func TestPictureFromInsideRefused(t *testing.T) {
 		t.Errorf("the inside server was asked %d times", n)
 	}
 }
+
+// Every request the host routes to an admin function (a method its function.json lists,
+// a path its route template takes: {action} and {runId} are parameters, any case) is
+// answered with the app's JSON error body, not the Go mux's plain-text 404 or 405.
+func TestHostRoutedRequestsAnsweredInJSON(t *testing.T) {
+	h, _, _ := hostApp(t, "routes-secret-not-real")
+	for _, c := range []struct {
+		fn, method, path string
+		status           string
+		code             string
+	}{
+		{"deadletters", "POST", "/api/deadletters/customer", "405", "method_not_allowed"},
+		{"deadletters", "GET", "/api/deadletters/customer/replay", "405", "method_not_allowed"},
+		{"deadletters", "GET", "/api/deadletters/customer/other", "404", "not_found"},
+		{"deadletters", "POST", "/api/deadletters/customer/other", "404", "not_found"},
+		{"deadletters", "POST", "/api/deadletters/customer/Replay", "200", ""}, // replayed: nothing was dead-lettered
+		{"sync", "POST", "/api/sync/some-run", "405", "method_not_allowed"},
+		{"sync", "GET", "/api/sync/some-run", "404", "not_found"},
+		{"status", "GET", "/api/status/customer", "404", "not_found"},
+	} {
+		_, out := callHost(t, h, c.fn, hostHTTP(t, c.method, "https://func-test.azurewebsites.net"+c.path, map[string][]string{}, nil))
+		outs, _ := out["Outputs"].(map[string]any)
+		res, _ := outs["res"].(map[string]any)
+		var body struct {
+			Error struct{ Code, Message string }
+		}
+		raw, _ := res["body"].(string)
+		err := json.Unmarshal([]byte(raw), &body)
+		if res["statusCode"] != c.status || (c.code != "" && err != nil) || body.Error.Code != c.code {
+			t.Errorf("%s %s: %v %q, want %s with a JSON error %q", c.method, c.path, res["statusCode"], raw, c.status, c.code)
+		}
+	}
+}

@@ -31,7 +31,21 @@ func (o *Ops) Routes(mux *http.ServeMux) {
 		writeError(w, apierror.NotFound, "use /api/status/{entity}/{id}")
 	})
 	mux.HandleFunc("GET /api/deadletters/{entity}", o.serveDeadLetters)
-	mux.HandleFunc("POST /api/deadletters/{entity}/replay", o.serveReplay)
+	// The host routes any method its function.json lists, and {action} in any case
+	// (deadletters/{entity}/{action?}, sync/{runId?}): every such request gets a JSON
+	// answer, never the mux's plain-text 404 or 405.
+	mux.HandleFunc("/api/sync/{runId}", methodNotAllowed("GET"))
+	mux.HandleFunc("/api/deadletters/{entity}", methodNotAllowed("GET"))
+	mux.HandleFunc("/api/deadletters/{entity}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case !strings.EqualFold(r.PathValue("action"), "replay"):
+			writeError(w, apierror.NotFound, "unknown action "+quote(r.PathValue("action"))+": use /api/deadletters/{entity}/replay")
+		case r.Method != http.MethodPost:
+			methodNotAllowed("POST")(w, r)
+		default:
+			o.serveReplay(w, r)
+		}
+	})
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {
