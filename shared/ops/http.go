@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nopsync/nopsync/shared/apierror"
@@ -325,6 +326,13 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			st.Errors = append(st.Errors, "webhook secret: none is set (WEBHOOK_SECRET, or the Key Vault secret named by WEBHOOK_SECRET_NAME): every event is answered 503 until one is")
 		}
 	}
+	// Service Bus and the store's database are read side by side with the state store,
+	// each under its own deadline: a slow one neither delays the page by its whole
+	// budget nor eats the state store's (whose reads would then fail as if it were down).
+	var queues map[state.Entity]QueueStatus
+	var wg sync.WaitGroup
+	wg.Go(func() { queues = o.queueStats(ctx) })
+	wg.Go(func() { st.Store = o.storeStatus(ctx) })
 	// The state store's reads share one budget: while the store can't be reached each
 	// read is retried by its SDK, and the page would take minutes to render.
 	sctx, cancel := context.WithTimeout(ctx, StatusStoreBudget)
@@ -339,18 +347,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			st.Errors = append(st.Errors, "stale event counts: "+err.Error())
 		}
 	}
-	queues := o.queueStats(ctx)
-	for _, ent := range state.Entities {
-		c := counts[ent]
-		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed],
-			Skipped: int64(c[state.Skipped]) + stale[ent], StaleEventsSkipped: stale[ent]}
-		st.Queues[ent] = queues[ent]
-		if e := queues[ent].Error; e != "" {
-			// Events can't be queued (or their counts read) while this fails.
-			st.Errors = append(st.Errors, "queues of "+string(ent)+": "+e)
-		}
-	}
-	st.Store = o.storeStatus(ctx)
+	var lastStoreRun *Run
 	if runs, err := o.Runs(sctx, -1); err != nil {
 		st.Errors = append(st.Errors, "runs: "+err.Error())
 	} else if runs != nil {
@@ -359,8 +356,8 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			if runs[i].Trigger == "auto" && st.AutoSync.LastRun == nil {
 				st.AutoSync.LastRun = &runs[i]
 			}
-			if runs[i].Source == SourceStore && st.Store.LastRun == nil {
-				st.Store.LastRun = &runs[i]
+			if runs[i].Source == SourceStore && lastStoreRun == nil {
+				lastStoreRun = &runs[i]
 			}
 		}
 	}
@@ -380,6 +377,20 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		st.InvalidMessageCount = len(docs)
 		for _, d := range docs[:min(len(docs), 20)] {
 			st.InvalidMessages = append(st.InvalidMessages, json.RawMessage(d.Value))
+		}
+	}
+	wg.Wait()
+	if lastStoreRun != nil {
+		st.Store.LastRun = lastStoreRun
+	}
+	for _, ent := range state.Entities {
+		c := counts[ent]
+		st.Entities[ent] = EntityCounts{Synced: c[state.Synced], Pending: c[state.Pending], Failed: c[state.Failed],
+			Skipped: int64(c[state.Skipped]) + stale[ent], StaleEventsSkipped: stale[ent]}
+		st.Queues[ent] = queues[ent]
+		if e := queues[ent].Error; e != "" {
+			// Events can't be queued (or their counts read) while this fails.
+			st.Errors = append(st.Errors, "queues of "+string(ent)+": "+e)
 		}
 	}
 	expired := st.Secret.DaysLeft != nil && *st.Secret.DaysLeft < 0

@@ -199,7 +199,7 @@ type Run struct {
 	Scope      string         `json:"scope"`
 	Entities   []state.Entity `json:"entities"`
 	StartedAt  time.Time      `json:"startedAt"`
-	FinishedAt *time.Time     `json:"finishedAt,omitempty"`
+	FinishedAt *time.Time     `json:"finishedAt"`
 	Queued     int            `json:"queued"`   // entities re-sent to their queues
 	Replayed   int            `json:"replayed"` // dead-lettered messages replayed
 	Outcome    string         `json:"outcome"`  // running | succeeded | failed

@@ -739,3 +739,65 @@ func TestStatusNamesAMissingWebhookSecret(t *testing.T) {
 		}
 	}
 }
+
+// ctxStore fails a read whose context has ended, as the Table Storage SDK does.
+type ctxStore struct{ state.Store }
+
+func (s ctxStore) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Store.ListDocs(ctx, kind)
+}
+
+func (s ctxStore) Counts(ctx context.Context) (state.Counts, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Store.Counts(ctx)
+}
+
+// A Service Bus that hangs for its whole deadline neither takes the state store's budget
+// (whose reads would then fail as if the store were down, and the page would list no
+// runs and no failures) nor adds its deadline to the page's time.
+func TestStatusQueuesHangingDoNotBlameTheStateStore(t *testing.T) {
+	defer func(d time.Duration) { statusCallTimeout = d }(statusCallTimeout)
+	statusCallTimeout = StatusStoreBudget
+	f := newFixture(t, func(o *Options) {
+		o.Inspector = failingQueues{hang: true}
+		o.State = TrackFailures(ctxStore{o.State}, o.Now)
+	})
+	ctx := context.Background()
+	if err := f.ops.o.State.Save(ctx, &state.Record{Entity: state.Order, ID: "1001", Status: state.Failed, Reason: "currency XYZ missing"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ops.sync(ctx, nil, ScopeFailed, "manual", ""); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	st := f.ops.Status(context.Background())
+	took := time.Since(start)
+	errs := strings.Join(st.Errors, "; ")
+	if strings.Contains(errs, "runs:") || strings.Contains(errs, "recent failures:") || strings.Contains(errs, "sync state:") {
+		t.Errorf("the state store is blamed for the queues' hang: %s", errs)
+	}
+	if !strings.Contains(errs, "queues of order") || len(st.RecentFailures) != 1 || len(st.RecentRuns) != 1 {
+		t.Errorf("errors %s; recent failures %+v; runs %+v", errs, st.RecentFailures, st.RecentRuns)
+	}
+	if took > StatusStoreBudget+5*time.Second {
+		t.Errorf("the page took %s, more than one budget", took)
+	}
+}
+
+// docs/operations.md's shape: a run under way has "finishedAt": null, not no key.
+func TestRunUnderWayHasFinishedAtNull(t *testing.T) {
+	b, err := json.Marshal(Run{ID: "r1", Outcome: "running", StartedAt: time.Date(2026, 12, 5, 1, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	if v, ok := m["finishedAt"]; !ok || v != nil {
+		t.Errorf("run under way: %s, want \"finishedAt\": null", b)
+	}
+}
