@@ -116,7 +116,8 @@ func driftCheckSecretsOneShot(files map[string]string, parametersJSON, azureYAML
 		problems = append(problems, "azure.yaml: no postprovision hook running infra/hooks/postprovision.sh")
 	}
 	for _, m := range regexp.MustCompile(`(?m)^@secure\(\)\s*\n(?:@[^\n]*\n)*param\s+(\w+)`).FindAllStringSubmatch(mainBicep, -1) {
-		pm := regexp.MustCompile(`"` + m[1] + `"\s*:\s*\{\s*"value"\s*:\s*"\$\{(\w+)\}"`).FindStringSubmatch(parametersJSON)
+		// azd fills "${VAR}" and "${VAR=default}" alike.
+		pm := regexp.MustCompile(`"` + m[1] + `"\s*:\s*\{\s*"value"\s*:\s*"\$\{(\w+)(?:=[^}]*)?\}"`).FindStringSubmatch(parametersJSON)
 		if pm == nil {
 			continue // not passed by azd
 		}
@@ -126,9 +127,20 @@ func driftCheckSecretsOneShot(files map[string]string, parametersJSON, azureYAML
 	}
 	for _, name := range driftSortedKeys(files) {
 		src := driftStripComments(files[name])
-		for _, m := range regexp.MustCompile(`(?m)^\s*resource\s+(\w+)\s+'Microsoft\.KeyVault/vaults/secrets@[^']*'\s*=\s*(if\s*\()?`).FindAllStringSubmatch(src, -1) {
-			if m[2] == "" {
-				problems = append(problems, fmt.Sprintf("%s: Key Vault secret %s is written on every deployment; make it conditional on a non-empty value", name, m[1]))
+		for _, m := range regexp.MustCompile(`(?m)^\s*resource\s+(\w+)\s+'Microsoft\.KeyVault/vaults/secrets@[^']*'\s*=\s*(?:if\s*\(([^\n]*)\)\s*)?\{`).FindAllStringSubmatchIndex(src, -1) {
+			symbol, cond := src[m[2]:m[3]], ""
+			if m[4] >= 0 {
+				cond = src[m[4]:m[5]]
+			}
+			body, _, _ := driftEnclosed(src[m[1]-1:], 0)
+			value := ""
+			if vm := regexp.MustCompile(`(?m)^\s*value\s*:\s*(\w+)\s*$`).FindStringSubmatch(body); vm != nil {
+				value = vm[1]
+			}
+			// The condition must be the value's own emptiness: "if (true)", or one on
+			// another parameter, writes the secret again over a rotated one.
+			if value == "" || !regexp.MustCompile(`^\s*!\s*empty\(\s*`+regexp.QuoteMeta(value)+`\s*\)\s*$`).MatchString(cond) {
+				problems = append(problems, fmt.Sprintf("%s: Key Vault secret %s is written whatever its value (condition %q, value %q); make it conditional on its value: if (!empty(<value>))", name, symbol, cond, value))
 			}
 		}
 		if regexp.MustCompile(`'Microsoft\.Web/sites/host/functionKeys@`).MatchString(src) {
@@ -308,7 +320,16 @@ func TestDriftDeployChecksCatchBreakage(t *testing.T) {
 		noHook := strings.Replace(yaml, "postprovision:", "preprovision:", 1)
 		driftExpectProblem(t, "hook not wired", driftCheckSecretsOneShot(r.bicep, params, noHook, provision), "postprovision")
 		always := driftMustReplace(t, r.bicep, "'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookSecret))", "'Microsoft.KeyVault/vaults/secrets@2023-07-01' =")
-		driftExpectProblem(t, "unconditional secret", driftCheckSecretsOneShot(always, params, yaml, provision), "written on every deployment")
+		driftExpectProblem(t, "unconditional secret", driftCheckSecretsOneShot(always, params, yaml, provision), "webhookSecretResource is written whatever its value")
+		alwaysTrue := driftMustReplace(t, r.bicep, "= if (!empty(webhookSecret))", "= if (true)")
+		driftExpectProblem(t, "a condition always true", driftCheckSecretsOneShot(alwaysTrue, params, yaml, provision), "webhookSecretResource is written whatever its value", `"true"`)
+		otherParam := driftMustReplace(t, r.bicep, "= if (!empty(webhookSecret))", "= if (!empty(webhookSecretName))")
+		driftExpectProblem(t, "a condition on another parameter", driftCheckSecretsOneShot(otherParam, params, yaml, provision), "webhookSecretResource is written whatever its value")
+		withDefault := strings.Replace(params, `"${WEBHOOK_SECRET}"`, `"${WEBHOOK_SECRET=}"`, 1)
+		if withDefault == params {
+			t.Fatal("main.parameters.json passes no ${WEBHOOK_SECRET}")
+		}
+		driftExpectProblem(t, "an azd default hides the variable", driftCheckSecretsOneShot(r.bicep, withDefault, yaml, strings.Replace(provision, " WEBHOOK_SECRET ", " ", 1)), "webhookSecret", "WEBHOOK_SECRET")
 		withKey := map[string]string{}
 		for k, v := range r.bicep {
 			withKey[k] = v

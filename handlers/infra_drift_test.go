@@ -469,10 +469,11 @@ func driftCheckSettings(known []config.Setting, bicepSettings []string, connecti
 			if !set[s.Name] {
 				problems = append(problems, fmt.Sprintf("setting %s is required by the code (config.Known) but Bicep does not set it", s.Name))
 			}
-		case s.Default == "":
-			// Optional without a default: the Azure deployment decides it, so Bicep must say what.
+		default:
+			// docs/operations.md: every setting as an app setting, so an admin tunes it in
+			// the portal (possibly empty, or its default) instead of having to know its name.
 			if !set[s.Name] {
-				problems = append(problems, fmt.Sprintf("setting %s has no default in config.Known and Bicep does not set it: set it in infra (possibly empty) or give it a default", s.Name))
+				problems = append(problems, fmt.Sprintf("setting %s (config.Known) is not an app setting in Bicep: docs/operations.md puts every setting in the app settings, where admins tune them", s.Name))
 			}
 		}
 	}
@@ -1167,6 +1168,8 @@ func TestDriftChecksCatchBreakage(t *testing.T) {
 		got := driftCheckSettings(grown, settingsOf(r.bicep), conns)
 		driftExpectProblem(t, "new required setting", got, "NEW_REQUIRED_SETTING")
 		driftExpectProblem(t, "new optional setting without default", got, "NEW_OPTIONAL_NO_DEFAULT")
+		dropped := driftMustReplace(t, r.bicep, "\n  AUTO_SYNC_ENABLED:", "\n  REMOVED_AUTO_SYNC_ENABLED:")
+		driftExpectProblem(t, "a setting with a default dropped", driftCheckSettings(known, settingsOf(dropped), conns), "AUTO_SYNC_ENABLED", "not an app setting")
 		if _, problems := driftBicepAppSettings(driftMustReplace(t, r.bicep, "var appSettings = {", "var settingsObject = {")); len(problems) == 0 {
 			t.Error("renaming var appSettings: the settings reader did not notice it lost sight of the settings")
 		}
@@ -1614,4 +1617,61 @@ func TestDriftHostContractCatchBreakage(t *testing.T) {
 	} {
 		driftExpectProblem(t, c.what, driftCheckHostContract(c.fns, c.host), c.contains)
 	}
+}
+
+// driftCheckLockAndIdentity: the queues' lock lasts between 1 and 5 minutes (Service Bus's
+// most; shorter, the host renews it every few seconds and one missed renewal loses the
+// message to another instance mid-write), and every identity-based connection and
+// azidentity name the user-assigned identity by its client id, not its resource id.
+func driftCheckLockAndIdentity(files map[string]string) []string {
+	var problems []string
+	locks := 0
+	for _, name := range driftSortedKeys(files) {
+		src := driftStripComments(files[name])
+		for _, m := range regexp.MustCompile(`lockDuration\s*:\s*([^\n]+)`).FindAllStringSubmatch(src, -1) {
+			locks++
+			v := strings.TrimSpace(m[1])
+			d := time.Duration(0)
+			if p := regexp.MustCompile(`^'PT(?:(\d+)M)?(?:(\d+)S)?'$`).FindStringSubmatch(v); p != nil && (p[1] != "" || p[2] != "") {
+				mins, _ := strconv.Atoi(p[1])
+				secs, _ := strconv.Atoi(p[2])
+				d = time.Duration(mins)*time.Minute + time.Duration(secs)*time.Second
+			}
+			if d < time.Minute || d > 5*time.Minute {
+				problems = append(problems, fmt.Sprintf("%s: lockDuration %s: want a literal ISO 8601 duration from PT1M to PT5M", name, v))
+			}
+		}
+		for _, m := range regexp.MustCompile(`(?m)^\s*(\w+__clientId|AZURE_CLIENT_ID)\s*:\s*(\S+)`).FindAllStringSubmatch(src, -1) {
+			if m[2] != "identityClientId" {
+				problems = append(problems, fmt.Sprintf("%s: %s is %s, want identityClientId (the identity's client id; a resource id or another value makes every identity-based call fail)", name, m[1], m[2]))
+			}
+		}
+	}
+	if locks == 0 {
+		problems = append(problems, "infra/**/*.bicep sets no queue lockDuration")
+	}
+	if !regexp.MustCompile(`(?m)^\s*identityClientId\s*:\s*identity\.outputs\.clientId\s*$`).MatchString(driftStripComments(files["infra/main.bicep"])) {
+		problems = append(problems, "infra/main.bicep: the function app module's identityClientId is not identity.outputs.clientId")
+	}
+	return problems
+}
+
+func TestDriftLockAndIdentity(t *testing.T) {
+	r := driftLoadRepo(t)
+	driftReport(t, driftCheckLockAndIdentity(r.bicep))
+}
+
+func TestDriftLockAndIdentityCatchBreakage(t *testing.T) {
+	r := driftLoadRepo(t)
+	if p := driftCheckLockAndIdentity(r.bicep); len(p) != 0 {
+		t.Skipf("the real files already drift (TestDriftLockAndIdentity reports it): %v", p)
+	}
+	short := driftMustReplace(t, r.bicep, "lockDuration: 'PT5M'", "lockDuration: 'PT5S'")
+	driftExpectProblem(t, "a 5 s lock", driftCheckLockAndIdentity(short), "lockDuration 'PT5S'")
+	long := driftMustReplace(t, r.bicep, "lockDuration: 'PT5M'", "lockDuration: 'PT10M'")
+	driftExpectProblem(t, "a 10 min lock", driftCheckLockAndIdentity(long), "lockDuration 'PT10M'")
+	resID := driftMustReplace(t, r.bicep, "ServiceBusConnection__clientId: identityClientId", "ServiceBusConnection__clientId: identityId")
+	driftExpectProblem(t, "the identity's resource id as client id", driftCheckLockAndIdentity(resID), "ServiceBusConnection__clientId is identityId")
+	wired := driftMustReplace(t, r.bicep, "identityClientId: identity.outputs.clientId", "identityClientId: identity.outputs.principalId")
+	driftExpectProblem(t, "the principal id passed as client id", driftCheckLockAndIdentity(wired), "identity.outputs.clientId")
 }
