@@ -5,6 +5,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -217,6 +218,9 @@ func Load(get Lookup) (*Config, error) {
 	}
 	c.AuthorityHost = p.val("AZURE_AUTHORITY_HOST")
 	c.ManagedIdentityClient = p.val("AZURE_CLIENT_ID")
+	if c.ManagedIdentityClient != "" && !isGUID(c.ManagedIdentityClient) {
+		p.fail("AZURE_CLIENT_ID", "must be the client id of the app's user-assigned managed identity, a GUID (not its resource id)")
+	}
 
 	if c.DataverseURL != "" || !c.Local {
 		if c.DataverseURL == "" {
@@ -408,6 +412,13 @@ func checkStorageConnectionString(s string) string {
 	}
 	if kv["accountkey"] == "" && kv["sharedaccesssignature"] == "" {
 		return "is not a storage connection string: it needs AccountKey or SharedAccessSignature with AccountName"
+	}
+	if k := kv["accountkey"]; k != "" {
+		// aztables decodes the key as standard base64 when it builds the client; a key
+		// cut short or pasted with a character changed would fail there, after start.
+		if _, err := base64.StdEncoding.DecodeString(k); err != nil {
+			return "has an AccountKey that is not base64: copy the connection string again from the storage account's access keys"
+		}
 	}
 	if e := kv["tableendpoint"]; e != "" {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

@@ -98,6 +98,7 @@ func TestMalformedSettingsAreNamed(t *testing.T) {
 		"AzureWebJobsStorage__accountName":              "St_Test",
 		"STATE_STORAGE_CONNECTION_STRING":               "not-a-connection-string",
 		"AzureWebJobsStorage__tableServiceUri":          "sttest.table.core.usgovcloudapi.net",
+		"AZURE_CLIENT_ID":                               "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-app",
 	}
 	for name, bad := range cases {
 		m := validAzure()
@@ -118,9 +119,10 @@ func TestStateConnectionString(t *testing.T) {
 		"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + key + ";TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;": true,
 		"AccountName=sttest;SharedAccessSignature=sv=2024&sig=abc":                                                                                 true,
 		"TableEndpoint=https://sttest.table.core.windows.net/;SharedAccessSignature=sv=2024&sig=abc":                                               false, // aztables needs AccountName
-		"UseDevelopmentStorage=true": false, // not understood by aztables
-		"AccountName=sttest":         false,
-		"AccountKey=" + key:          false,
+		"UseDevelopmentStorage=true":                false, // not understood by aztables
+		"AccountName=sttest":                        false,
+		"AccountName=sttest;AccountKey=not*base64!": false, // aztables fails decoding it, after start
+		"AccountKey=" + key:                         false,
 		"AccountName=sttest;AccountKey=" + key + ";TableEndpoint=sttest.table": false,
 		"sttest " + key: false,
 	} {
