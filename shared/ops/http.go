@@ -347,19 +347,14 @@ func (o *Ops) Status(ctx context.Context) *Status {
 			st.Errors = append(st.Errors, "stale event counts: "+err.Error())
 		}
 	}
-	var lastStoreRun *Run
-	if runs, err := o.Runs(sctx, -1); err != nil {
+	recent, lastAuto, lastStoreRun, err := o.statusRuns(sctx)
+	if err != nil {
 		st.Errors = append(st.Errors, "runs: "+err.Error())
-	} else if runs != nil {
-		st.RecentRuns = runs[:min(len(runs), 5)]
-		for i := range runs {
-			if runs[i].Trigger == "auto" && st.AutoSync.LastRun == nil {
-				st.AutoSync.LastRun = &runs[i]
-			}
-			if runs[i].Source == SourceStore && lastStoreRun == nil {
-				lastStoreRun = &runs[i]
-			}
+	} else {
+		if recent != nil {
+			st.RecentRuns = recent
 		}
+		st.AutoSync.LastRun = lastAuto
 	}
 	if f, err := o.recentFailures(sctx, 20); err != nil {
 		st.Errors = append(st.Errors, "recent failures: "+err.Error())

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -218,7 +219,21 @@ const (
 	docRuns     = "run"
 	docAutoSync = "autosync"
 	keyLastAuto = "last"
+	// docRunIndex keeps the newest runs' ids, so the status page reads a few run docs
+	// instead of every run ever made (one per auto-sync period: half a million a year at
+	// a one-minute period; the state store deletes nothing).
+	docRunIndex    = "runindex"
+	keyRecentRuns  = "recent"
+	recentRunsKept = 20
 )
+
+// runIndex is the docRunIndex doc: the newest runs' ids, newest first, and the last
+// auto-sync and store runs' (which may be older than the others).
+type runIndex struct {
+	Recent    []string `json:"recent"`
+	LastAuto  string   `json:"lastAuto,omitempty"`
+	LastStore string   `json:"lastStore,omitempty"`
+}
 
 func newRunID(now time.Time) string {
 	var b [4]byte
@@ -281,8 +296,9 @@ func (o *Ops) saveRun(ctx context.Context, run *Run) error {
 		return err
 	}
 	doc, err := o.o.State.GetDoc(ctx, docRuns, run.ID)
+	isNew := errors.Is(err, state.ErrNotFound)
 	switch {
-	case errors.Is(err, state.ErrNotFound):
+	case isNew:
 		doc = &state.Doc{Kind: docRuns, Key: run.ID}
 	case err != nil:
 		return fmt.Errorf("read run %s: %w", run.ID, err)
@@ -291,7 +307,118 @@ func (o *Ops) saveRun(ctx context.Context, run *Run) error {
 	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
 		return fmt.Errorf("save run %s: %w", run.ID, err)
 	}
+	if isNew {
+		if err := o.indexRun(ctx, run); err != nil {
+			// The run is kept; only the status page's list misses it.
+			o.o.Log.Warn("recording the run in the recent runs", "run", run.ID, "error", err)
+		}
+	}
 	return nil
+}
+
+// indexRun puts a new run in the run index (read, change, save with its ETag; again on a
+// conflict with another instance's run).
+func (o *Ops) indexRun(ctx context.Context, run *Run) error {
+	for range 8 {
+		var idx runIndex
+		doc, err := o.o.State.GetDoc(ctx, docRunIndex, keyRecentRuns)
+		switch {
+		case errors.Is(err, state.ErrNotFound):
+			doc = &state.Doc{Kind: docRunIndex, Key: keyRecentRuns}
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(doc.Value, &idx); err != nil {
+				return fmt.Errorf("the run index: %w", err)
+			}
+		}
+		if !slices.Contains(idx.Recent, run.ID) {
+			idx.Recent = append(idx.Recent, run.ID)
+		}
+		slices.SortFunc(idx.Recent, func(a, b string) int { return strings.Compare(b, a) }) // newest first
+		idx.Recent = idx.Recent[:min(len(idx.Recent), recentRunsKept)]
+		if run.Trigger == "auto" && run.ID > idx.LastAuto {
+			idx.LastAuto = run.ID
+		}
+		if run.Source == SourceStore && run.ID > idx.LastStore {
+			idx.LastStore = run.ID
+		}
+		doc.Value, _ = json.Marshal(idx)
+		err = o.o.State.SaveDoc(ctx, doc)
+		if !errors.Is(err, state.ErrConflict) {
+			return err
+		}
+	}
+	return errors.New("the run index kept changing under this run's update")
+}
+
+// statusRuns returns what the status page shows of runs: the newest five, the last
+// auto-sync run and the last store run, read through the run index (a handful of docs).
+// Without an index (a state table written before it) it lists every run.
+func (o *Ops) statusRuns(ctx context.Context) (recent []Run, lastAuto, lastStore *Run, err error) {
+	doc, err := o.o.State.GetDoc(ctx, docRunIndex, keyRecentRuns)
+	if errors.Is(err, state.ErrNotFound) {
+		runs, err := o.Runs(ctx, -1)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for i := range runs {
+			if runs[i].Trigger == "auto" && lastAuto == nil {
+				lastAuto = &runs[i]
+			}
+			if runs[i].Source == SourceStore && lastStore == nil {
+				lastStore = &runs[i]
+			}
+		}
+		return runs[:min(len(runs), 5)], lastAuto, lastStore, nil
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("the run index: %w", err)
+	}
+	var idx runIndex
+	if err := json.Unmarshal(doc.Value, &idx); err != nil {
+		return nil, nil, nil, fmt.Errorf("the run index: %w", err)
+	}
+	read := map[string]*Run{}
+	get := func(id string) (*Run, error) {
+		if r, ok := read[id]; ok || id == "" {
+			return r, nil
+		}
+		d, err := o.o.State.GetDoc(ctx, docRuns, id)
+		if errors.Is(err, state.ErrNotFound) {
+			read[id] = nil
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("run %s: %w", id, err)
+		}
+		var r Run
+		if json.Unmarshal(d.Value, &r) != nil {
+			read[id] = nil
+			return nil, nil
+		}
+		read[id] = &r
+		return &r, nil
+	}
+	for _, id := range idx.Recent {
+		if len(recent) == 5 {
+			break
+		}
+		r, err := get(id)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if r != nil {
+			recent = append(recent, *r)
+		}
+	}
+	if lastAuto, err = get(idx.LastAuto); err != nil {
+		return nil, nil, nil, err
+	}
+	if lastStore, err = get(idx.LastStore); err != nil {
+		return nil, nil, nil, err
+	}
+	return recent, lastAuto, lastStore, nil
 }
 
 // Runs returns the most recent runs (at most max; all when max < 0), newest first.

@@ -801,3 +801,70 @@ func TestRunUnderWayHasFinishedAtNull(t *testing.T) {
 		t.Errorf("run under way: %s, want \"finishedAt\": null", b)
 	}
 }
+
+// listCountingStore counts ListDocs calls per kind.
+type listCountingStore struct {
+	state.Store
+	mu    sync.Mutex
+	lists map[string]int
+}
+
+func (s *listCountingStore) ListDocs(ctx context.Context, kind string) ([]*state.Doc, error) {
+	s.mu.Lock()
+	s.lists[kind]++
+	s.mu.Unlock()
+	return s.Store.ListDocs(ctx, kind)
+}
+
+// The status page reads the newest runs through the run index, not every run ever made
+// (one per auto-sync period, never deleted): with many runs it still lists the newest
+// five, the last auto-sync run and the last store run, without listing the runs. A state
+// table from before the index is read by listing, as before.
+func TestStatusReadsRecentRunsOnly(t *testing.T) {
+	counting := &listCountingStore{lists: map[string]int{}}
+	f := newFixture(t, func(o *Options) { counting.Store = o.State; o.State = counting })
+	ctx := context.Background()
+	// An old table's run, written without the index.
+	old := Run{ID: newRunID(f.clk.Now().Add(-time.Hour)), Trigger: "auto", Source: SourceStore, Outcome: "succeeded"}
+	b, _ := json.Marshal(old)
+	if err := f.store.SaveDoc(ctx, &state.Doc{Kind: docRuns, Key: old.ID, Value: b}); err != nil {
+		t.Fatal(err)
+	}
+	st := f.ops.Status(ctx)
+	if counting.lists[docRuns] != 1 || len(st.RecentRuns) != 1 || st.AutoSync.LastRun == nil || st.AutoSync.LastRun.ID != old.ID || st.Store.LastRun == nil || st.Store.LastRun.ID != old.ID {
+		t.Fatalf("a table without the index: %d lists, runs %+v, last auto %+v", counting.lists[docRuns], st.RecentRuns, st.AutoSync.LastRun)
+	}
+	var ids []string
+	for range 30 {
+		f.clk.Add(time.Second)
+		run, err := f.ops.Sync(ctx, nil, ScopeFailed, "manual")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, run.ID)
+	}
+	counting.lists[docRuns] = 0
+	st = f.ops.Status(ctx)
+	if counting.lists[docRuns] != 0 {
+		t.Errorf("the status page listed every run (%d lists)", counting.lists[docRuns])
+	}
+	if len(st.RecentRuns) != 5 || st.RecentRuns[0].ID != ids[29] || st.RecentRuns[4].ID != ids[25] {
+		t.Errorf("recent runs %+v, want the newest five", st.RecentRuns)
+	}
+	// The old run is not in the index: the last auto-sync run is the next one made.
+	f.clk.Add(time.Hour + time.Second)
+	auto, err := f.ops.AutoSync(ctx)
+	if err != nil || auto == nil {
+		t.Fatalf("auto-sync: %+v %v", auto, err)
+	}
+	for range 25 {
+		f.clk.Add(time.Second)
+		if _, err := f.ops.Sync(ctx, nil, ScopeFailed, "manual"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st = f.ops.Status(ctx)
+	if st.AutoSync.LastRun == nil || st.AutoSync.LastRun.ID != auto.ID || len(st.RecentRuns) != 5 || st.RecentRuns[0].Trigger != "manual" {
+		t.Errorf("after 25 newer manual runs: last auto %+v, recent %+v", st.AutoSync.LastRun, st.RecentRuns)
+	}
+}
