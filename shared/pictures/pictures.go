@@ -12,6 +12,8 @@ package pictures
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -87,7 +89,7 @@ func NewClient(o Options) *http.Client {
 		Timeout:   o.Timeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) > o.MaxRedirects {
-				return &RefusedError{Target: req.URL.Redacted(), Reason: fmt.Sprintf("more than %d redirects", o.MaxRedirects)}
+				return &RefusedError{Target: Shown(req.URL.String()), Reason: fmt.Sprintf("more than %d redirects", o.MaxRedirects)}
 			}
 			return p.checkURL(req.URL)
 		},
@@ -100,7 +102,7 @@ type policy struct{ o Options }
 func (p *policy) checkURL(u *url.URL) error {
 	scheme := strings.ToLower(u.Scheme)
 	if scheme != "http" && scheme != "https" {
-		return &RefusedError{Target: u.Redacted(), Reason: "only http and https are fetched"}
+		return &RefusedError{Target: Shown(u.String()), Reason: "only http and https are fetched"}
 	}
 	port := u.Port()
 	if port == "" {
@@ -108,9 +110,9 @@ func (p *policy) checkURL(u *url.URL) error {
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil {
-		return &RefusedError{Target: u.Redacted(), Reason: "malformed port"}
+		return &RefusedError{Target: Shown(u.String()), Reason: "malformed port"}
 	}
-	return p.checkPort(u.Redacted(), n)
+	return p.checkPort(Shown(u.String()), n)
 }
 
 func (p *policy) checkPort(target string, port int) error {
@@ -250,4 +252,20 @@ func Internal(a netip.Addr) string {
 		}
 	}
 	return ""
+}
+
+// Shown is a picture URL as logs, errors and the status page show it: a userinfo password
+// hidden (url.URL.Redacted) and the query, which may hold a token (a storage SAS), replaced
+// by a short hash of itself, so two URLs that differ only there still show apart.
+func Shown(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a picture URL that does not parse)"
+	}
+	if u.RawQuery != "" {
+		sum := sha256.Sum256([]byte(u.RawQuery))
+		u.RawQuery = "sha256:" + hex.EncodeToString(sum[:6])
+	}
+	u.Fragment, u.RawFragment = "", ""
+	return u.Redacted()
 }

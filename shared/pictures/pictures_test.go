@@ -197,3 +197,20 @@ func mustAtoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+func TestShownHidesTokens(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://cdn.example.com/p/1.png":                     "https://cdn.example.com/p/1.png",
+		"https://user:pw@cdn.example.com/p/1.png":             "https://user:xxxxx@cdn.example.com/p/1.png",
+		"https://st.blob.core.windows.net/c/1.png?sv=1&sig=s": "https://st.blob.core.windows.net/c/1.png?sha256:",
+		"https://cdn.example.com/1.png#frag":                  "https://cdn.example.com/1.png",
+		"http://[::1":                                         "(a picture URL that does not parse)",
+	} {
+		if got := Shown(raw); !strings.HasPrefix(got, want) || strings.Contains(got, "sig=") || strings.Contains(got, "pw@") {
+			t.Errorf("Shown(%q) = %q, want %q…", raw, got, want)
+		}
+	}
+	if Shown("https://a.example/1.png?sig=a") == Shown("https://a.example/1.png?sig=b") {
+		t.Error("two URLs differing only in their query show alike")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/pictures"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -262,7 +264,7 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		pl.note = joinNote(pl.note, "taken out of its grouped product in nopCommerce; kept in its product family: Dynamics 365 can't change a product's parent")
 	}
 
-	if pictureURL != "" && rec.Extra[extraImageURL] != pictureURL {
+	if pictureURL != "" && rec.Extra[extraImageURL] != pictures.Shown(pictureURL) {
 		// Fetched right before the write, so a chunk never holds all its pictures.
 		pl.picture = pictureURL
 	}
@@ -279,7 +281,7 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 		pl.extra[extraImageError] = cut.Runes(err.Error(), 300)
 	} else {
 		pl.image = img
-		pl.extra[extraImageURL] = pl.picture
+		pl.extra[extraImageURL] = pictures.Shown(pl.picture)
 		pl.extra[extraImageError] = ""
 	}
 	pl.picture = ""
@@ -872,13 +874,18 @@ func (s *productSyncer) createForOrder(ctx context.Context, storeID int, ip nop.
 }
 
 // fetchImage downloads a picture (size-capped, with the client's timeout) as base64.
-func (s *productSyncer) fetchImage(ctx context.Context, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+func (s *productSyncer) fetchImage(ctx context.Context, rawURL string) (string, error) {
+	url := pictures.Shown(rawURL) // what errors say: the query may hold a token
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
-		return "", fmt.Errorf("picture %s: %w", url, err)
+		return "", fmt.Errorf("picture %s: does not parse as a URL", url)
 	}
 	resp, err := s.http.Do(req)
 	if err != nil {
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			ue.URL = pictures.Shown(ue.URL)
+		}
 		return "", fmt.Errorf("fetching picture: %w", err)
 	}
 	defer resp.Body.Close()

@@ -333,6 +333,26 @@ func TestProductImages(t *testing.T) {
 			t.Errorf("product %d: %s extra %v, want synced with the picture error recorded", id, r.Status, r.Extra)
 		}
 	}
+	// A picture URL's query may hold a token (a storage SAS): neither the recorded error
+	// nor the record's details (the status page shows them) repeat it, fetched or not;
+	// the fetch itself uses the whole URL.
+	const sas = "sig=not-a-real-signature-0123"
+	e.each(state.Product,
+		productEvent(t, 4, 1, func(d map[string]any) { d["pictureUrls"] = []any{pics.URL + "/ok.png?sv=2024&" + sas} }),
+		productEvent(t, 5, 1, func(d map[string]any) { d["pictureUrls"] = []any{pics.URL + "/missing.png?sv=2024&" + sas} }),
+		productEvent(t, 6, 1, func(d map[string]any) { d["pictureUrls"] = []any{"http://127.0.0.1:1/closed.png?" + sas} }))
+	for _, id := range []int{4, 5, 6} {
+		r := e.rec(state.Product, id)
+		if fmt.Sprint(r.Extra, r.Reason) != strings.ReplaceAll(fmt.Sprint(r.Extra, r.Reason), sas, "") {
+			t.Errorf("product %d: the URL's query is in its record: %v %q", id, r.Extra, r.Reason)
+		}
+	}
+	if p := e.row("products", productID(1, 4)); p["entityimage"] == nil || e.rec(state.Product, 4).Extra[extraImageURL] == "" {
+		t.Errorf("product 4: picture with a query not copied: %v", e.rec(state.Product, 4).Extra)
+	}
+	if r := e.rec(state.Product, 5); !strings.Contains(r.Extra[extraImageError], "missing.png?sha256:") {
+		t.Errorf("product 5: the error does not name the picture: %q", r.Extra[extraImageError])
+	}
 
 	// In a chunk, products with pictures are written one by one (pictures never travel
 	// in bulk requests), the others in bulk.
