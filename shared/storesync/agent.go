@@ -271,16 +271,19 @@ func (a *Agent) passEventID(id string) string {
 // nop.MaxBodyBytes, retrying transient failures until ctx ends. Events the app refuses
 // as invalid are logged with the reason and left out; the rest go again.
 func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
-	tagged := make([]*nop.Event, len(evs))
-	for i, ev := range evs {
+	tagged := make([]*nop.Event, 0, len(evs))
+	for _, ev := range evs {
 		a.mu.Lock()
 		id := a.passEventID(ev.ID)
 		a.mu.Unlock()
 		t, err := ev.WithID(id)
 		if err != nil {
-			return fmt.Errorf("%s %s: giving event %s the pass's id: %w", entity, ev.EntityID(), ev.ID, err)
+			// The longer id took an event at its size limit over it: left out and said,
+			// as the reader's own refusals are.
+			a.o.Log.Warn("agent: "+string(entity)+" not sent", "id", ev.EntityID(), "reason", "with the pass's id: "+err.Error())
+			continue
 		}
-		tagged[i] = t
+		tagged = append(tagged, t)
 	}
 	evs = tagged
 	for len(evs) > 0 {

@@ -380,3 +380,32 @@ func TestAgentStateReturnedToWithinDuplicateWindow(t *testing.T) {
 		t.Fatalf("the app received %v, want the three states in order", got)
 	}
 }
+
+// An event the reader made just under the size limit, which the pass's longer id takes
+// over it, is left out and logged with the reason; the pass goes on with the others.
+func TestAgentEventOverTheLimitWithItsPassID(t *testing.T) {
+	src := storesynctest.New("USD")
+	src.Put(state.Customer, 1, storesynctest.Customer(1, "one@example.com"))
+	base := storesynctest.Customer(2, "two@example.com")
+	const rawOverhead = len(`{"id":"store-customer-2-0123456789abcdef","type":"customer.updated","occurredOnUtc":"2026-12-05T01:02:03.123456789Z","storeId":1,"data":}`)
+	pad := nop.MaxEventBytes - 2 - rawOverhead - len(base) - len(`,"pad":""`)
+	big := append(base[:len(base)-1:len(base)-1], []byte(`,"pad":"`+strings.Repeat("x", pad)+`"}`)...)
+	src.Put(state.Customer, 2, big)
+	app, url := newFakeApp(t)
+	var logs strings.Builder
+	a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "fkey", Secret: "whsecret",
+		StateFile: filepath.Join(t.TempDir(), "agent.json"), Entities: []state.Entity{state.Customer},
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := a.Pass(context.Background()); err != nil || p[state.Customer].RowsRead != 2 {
+		t.Fatalf("pass: %v %+v", err, p)
+	}
+	if got := app.take(); !slices.Equal(got, []string{"1"}) {
+		t.Errorf("delivered %v, want customer 1 alone", got)
+	}
+	if !strings.Contains(logs.String(), "not sent") || !strings.Contains(logs.String(), "id=2") || !strings.Contains(logs.String(), "pass's id") {
+		t.Errorf("customer 2 left out without a word; log:\n%s", logs.String())
+	}
+}
