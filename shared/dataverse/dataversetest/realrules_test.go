@@ -101,6 +101,12 @@ func TestProductRetireRules(t *testing.T) {
 	c.must(400, c.do("POST", "productpricelevels", priceItem(2e14)))
 	c.must(204, c.do("POST", "productpricelevels", priceItem(5e12)))
 	c.must(400, c.do("PATCH", "products("+a0+")", map[string]any{"price": 5e12}, "If-Match", "*"))
+	// "Decimals Supported" (quantitydecimal) is 0 to 5.
+	if r = c.must(400, c.do("PATCH", "products("+a0+")", map[string]any{"quantitydecimal": 6}, "If-Match", "*")); !strings.Contains(r.errMsg(), "0 to 5") {
+		t.Fatalf("quantitydecimal 6: %s", r.raw)
+	}
+	c.must(400, c.do("PATCH", "products("+a0+")", map[string]any{"quantitydecimal": -1}, "If-Match", "*"))
+	c.must(204, c.do("PATCH", "products("+a0+")", map[string]any{"quantitydecimal": 5}, "If-Match", "*"))
 
 	// One publish per request: UpdateMultiple setting two products Active is refused.
 	a, b := f.newProduct(t, "P-A", ""), f.newProduct(t, "P-B", "")

@@ -55,6 +55,12 @@ func errResp(e *apiError) *apiResp {
 func noContent() *apiResp { return &apiResp{status: http.StatusNoContent, header: http.Header{}} }
 
 // exec runs one operation inside x. The caller commits or rolls back.
+// intRanges are the whole-number columns with a documented range (Microsoft Learn,
+// product entity reference: "Decimals Supported", quantitydecimal, 0 to 5).
+var intRanges = map[string][2]int{
+	"product.quantitydecimal": {0, 5},
+}
+
 func (s *Server) exec(x *tx, q *apiReq) *apiResp {
 	x.publishes = 0 // counted per request, and per part of a $batch
 	resp, err := s.route(x, q)
@@ -466,6 +472,10 @@ func convert(t *table, c *column, v any) (any, *apiError) {
 		if opts, known := optionSets[t.logical+"."+c.name]; known && !contains(opts, i) {
 			return nil, errf(http.StatusBadRequest, codeValidation,
 				"A validation error occurred. The value %d of '%s' on record of type '%s' is outside the valid range.", i, c.name, t.logical)
+		}
+		if r, ok := intRanges[t.logical+"."+c.name]; ok && (i < r[0] || i > r[1]) {
+			return nil, errf(http.StatusBadRequest, codeValidation,
+				"A validation error occurred. The value %d of '%s' on record of type '%s' is outside the valid range. Accepted range: %d to %d", i, c.name, t.logical, r[0], r[1])
 		}
 		return i, nil
 	case tDecimal, tMoney:
