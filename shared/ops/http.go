@@ -135,22 +135,45 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apierror.InvalidRequest, "source must be \"state\" or \"store\", got "+quote(req.Source))
 		return
 	}
-	run, err := o.sync(r.Context(), ents, req.Scope, "manual", note)
+	run, err := o.startSync(r.Context(), ents, req.Scope, "manual", note)
 	if err != nil {
-		if run == nil {
-			writeError(w, apierror.Unavailable, err.Error())
-			return
-		}
-		// Part of the run was queued: say how much, and that it failed.
-		apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"runId": run.ID, "queued": run.Queued})
+		writeError(w, apierror.Unavailable, err.Error())
 		return
 	}
-	answer := map[string]any{"runId": run.ID, "queued": run.Queued}
+	// The re-drive goes on by itself; the answer waits for it at most syncAnswerWait, well
+	// inside the 230 s the front end gives an HTTP request (a "scope": "all" re-drive of a
+	// large state takes longer). Past that it is a 202 pointing at the run's progress.
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), syncRunTimeout)
+		defer cancel()
+		done <- o.driveSync(ctx, run)
+	}()
+	answer := map[string]any{"runId": run.ID, "queued": 0, "progress": "/api/sync/" + run.ID}
 	if note != "" {
 		answer["source"], answer["note"] = SourceState, note
 	}
+	select {
+	case err := <-done:
+		answer["queued"] = run.Queued
+		if err != nil {
+			// Part of the run was queued: say how much, and that it failed.
+			apierror.Write(w, apierror.New(apierror.Unavailable, err.Error()), map[string]any{"runId": run.ID, "queued": run.Queued})
+			return
+		}
+	case <-time.After(syncAnswerWait):
+		answer["running"] = true
+	}
 	writeJSON(w, http.StatusAccepted, answer)
 }
+
+// syncAnswerWait bounds how long POST /api/sync waits for its re-drive before answering;
+// syncRunTimeout bounds the re-drive itself (the invocation that started it may have
+// ended). Variables for tests.
+var (
+	syncAnswerWait = 60 * time.Second
+	syncRunTimeout = 30 * time.Minute
+)
 
 // serveStoreSync starts a store run (the reader is configured: serveSync asked): 202
 // with its id, to follow on /api/sync/{runId}.

@@ -251,6 +251,18 @@ func (o *Ops) Sync(ctx context.Context, entities []state.Entity, scope, trigger 
 
 // sync is Sync, with a note kept on the run.
 func (o *Ops) sync(ctx context.Context, entities []state.Entity, scope, trigger, note string) (*Run, error) {
+	run, err := o.startSync(ctx, entities, scope, trigger, note)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.driveSync(ctx, run); err != nil {
+		return run, err
+	}
+	return run, nil
+}
+
+// startSync records a new re-drive run (driveSync does it).
+func (o *Ops) startSync(ctx context.Context, entities []state.Entity, scope, trigger, note string) (*Run, error) {
 	if len(entities) == 0 {
 		entities = state.Entities
 	}
@@ -264,17 +276,19 @@ func (o *Ops) sync(ctx context.Context, entities []state.Entity, scope, trigger,
 	if err := o.saveRun(ctx, run); err != nil {
 		return nil, err
 	}
+	return run, nil
+}
+
+// driveSync re-sends the run's entities and records how it ended.
+func (o *Ops) driveSync(ctx context.Context, run *Run) error {
 	var statuses []state.Status // scope all: every record
-	if scope == ScopeFailed {
+	if run.Scope == ScopeFailed {
 		statuses = []state.Status{state.Failed, state.Pending}
 	}
-	n, err := o.resend(ctx, run.ID, entities, statuses, nil)
+	n, err := o.resend(ctx, run.ID, run.Entities, statuses, nil)
 	run.Queued = n
 	o.finish(ctx, run, err)
-	if err != nil {
-		return run, err
-	}
-	return run, nil
+	return err
 }
 
 func (o *Ops) finish(ctx context.Context, run *Run, err error) {

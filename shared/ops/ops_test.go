@@ -868,3 +868,58 @@ func TestStatusReadsRecentRunsOnly(t *testing.T) {
 		t.Errorf("after 25 newer manual runs: last auto %+v, recent %+v", st.AutoSync.LastRun, st.RecentRuns)
 	}
 }
+
+// gatedSender holds every Send until open is closed.
+type gatedSender struct {
+	queue.Sender
+	open chan struct{}
+}
+
+func (g gatedSender) Send(ctx context.Context, q string, msgs []queue.Message) error {
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.Sender.Send(ctx, q, msgs)
+}
+
+// A re-drive that outlasts syncAnswerWait is answered 202 with its run id and where its
+// progress shows, and goes on: the front end cuts an HTTP request at 230 s, and a "scope":
+// "all" re-drive of a large state takes longer.
+func TestSyncAnsweredBeforeALongRedriveEnds(t *testing.T) {
+	defer func(d time.Duration) { syncAnswerWait = d }(syncAnswerWait)
+	syncAnswerWait = 50 * time.Millisecond
+	gate := make(chan struct{})
+	f := newFixture(t, func(o *Options) { o.Sender = gatedSender{Sender: o.Sender, open: gate} })
+	f.put(t, state.Customer, "7", state.Failed, true, customerEvent(7, 1))
+	mux := http.NewServeMux()
+	f.ops.Routes(mux)
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("POST", "/api/sync", strings.NewReader(`{"scope":"all"}`)))
+	var res struct {
+		RunID    string `json:"runId"`
+		Progress string `json:"progress"`
+		Running  bool   `json:"running"`
+	}
+	json.Unmarshal(rec.Body.Bytes(), &res)
+	if rec.Code != 202 || res.RunID == "" || !res.Running || res.Progress != "/api/sync/"+res.RunID {
+		t.Fatalf("POST /api/sync while the re-drive waits: %d %s", rec.Code, rec.Body)
+	}
+	if run, err := f.ops.GetRun(context.Background(), res.RunID); err != nil || run.Outcome != "running" {
+		t.Fatalf("run under way: %+v %v", run, err)
+	}
+	close(gate)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		run, err := f.ops.GetRun(context.Background(), res.RunID)
+		if err == nil && run.Outcome == "succeeded" && run.Queued == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the re-drive did not finish after the answer: %+v %v", run, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.drain(t, "customers-bulk", 1)
+}
