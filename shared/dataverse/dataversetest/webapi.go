@@ -55,12 +55,6 @@ func errResp(e *apiError) *apiResp {
 func noContent() *apiResp { return &apiResp{status: http.StatusNoContent, header: http.Header{}} }
 
 // exec runs one operation inside x. The caller commits or rolls back.
-// intRanges are the whole-number columns with a documented range (Microsoft Learn,
-// product entity reference: "Decimals Supported", quantitydecimal, 0 to 5).
-var intRanges = map[string][2]int{
-	"product.quantitydecimal": {0, 5},
-}
-
 func (s *Server) exec(x *tx, q *apiReq) *apiResp {
 	x.publishes = 0 // counted per request, and per part of a $batch
 	resp, err := s.route(x, q)
@@ -427,6 +421,12 @@ var optionSets = map[string][]int{
 	"invoicedetail.producttypecode":         {1, 2, 3, 4, 5},
 	"contact.address1_addresstypecode":      {1, 2, 3, 4},
 	"contact.address2_addresstypecode":      {1, 2, 3, 4},
+}
+
+// intRanges are the whole-number columns with a documented range (Microsoft Learn,
+// product entity reference: "Decimals Supported", quantitydecimal, 0 to 5).
+var intRanges = map[string][2]int{
+	"product.quantitydecimal": {0, 5},
 }
 
 // moneyLimit is the largest value a money column takes: 1e12 (Money's usual range in
