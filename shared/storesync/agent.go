@@ -18,11 +18,11 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/queue"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -259,8 +259,7 @@ func (a *Agent) Unchanged(_ context.Context, entity state.Entity, evs []*nop.Eve
 // it as a duplicate within its detection window while the app still answered 202, and
 // the agent would count it as delivered. Held under a.mu.
 func (a *Agent) passEventID(id string) string {
-	const maxID = 128 // docs/events.md: an id has 1–128 characters
-	if len(id)+1+len(a.tag) > maxID || !utf8.ValidString(id) || len(id) != utf8.RuneCountInString(id) {
+	if queue.IDLength(id)+1+len(a.tag) > queue.MaxIDLength { // the tag is ASCII
 		sum := sha256.Sum256([]byte(id))
 		id = "h-" + hex.EncodeToString(sum[:20])
 	}
