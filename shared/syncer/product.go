@@ -380,7 +380,7 @@ func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc, r
 func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
 	s.fetchPicture(ctx, pl)
 	defer func() { pl.image = "" }() // don't keep the picture in memory after its write
-	cur, exists, err := s.productState(ctx, pl.id)
+	cur, final, exists, err := s.productLifecycle(ctx, pl.id)
 	if err != nil {
 		return err
 	}
@@ -389,9 +389,7 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 		// if that is what the store says). A retired family, or a retired product of
 		// one, can never be Active again (docs/dataverse-mapping.md: Retired is then
 		// final): the change is skipped with the reason, not failed on Dataverse's refusal.
-		if final, err := s.retiredForGood(ctx, pl.id); err != nil {
-			return err
-		} else if final {
+		if final {
 			pl.final = true
 			pl.note = joinNote(pl.note, "retired in Dynamics 365 with its product family (deleted in nopCommerce): a retired family or a retired product of a family can't be re-activated, so this change was not written")
 			return nil
@@ -614,18 +612,28 @@ func (s *productSyncer) setProductState(ctx context.Context, id string, st int) 
 
 // productState reads a product's statecode; exists is false when there is no row.
 func (s *productSyncer) productState(ctx context.Context, id string) (st int, exists bool, err error) {
-	r, err := s.dv.Retrieve(ctx, "products", id, "statecode")
+	st, _, exists, err = s.productLifecycle(ctx, id)
+	return st, exists, err
+}
+
+// productLifecycle is productState, and whether the row can never be Active again once
+// retired: a family, or a product with a parent (Sales developer guide, product
+// lifecycle). One read of the row.
+func (s *productSyncer) productLifecycle(ctx context.Context, id string) (st int, retiredForGood, exists bool, err error) {
+	r, err := s.dv.Retrieve(ctx, "products", id, "statecode,productstructure,_parentproductid_value")
 	if dataverse.IsNotFound(err) {
-		return 0, false, nil
+		return 0, false, false, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("reading product %s: %w", id, err)
+		return 0, false, false, fmt.Errorf("reading product %s: %w", id, err)
 	}
 	st, ok := intValue(r["statecode"])
 	if !ok {
 		st = productDraft
 	}
-	return st, true, nil
+	structure, _ := intValue(r["productstructure"])
+	parent, _ := r["_parentproductid_value"].(string)
+	return st, structure == productStructureFamily || parent != "", true, nil
 }
 
 // retiredForGood says whether the product row id, retired, can never be Active again:
