@@ -365,7 +365,11 @@ func (f *concurrentBatchDV) Batch(ctx context.Context, parts ...dataverse.BatchP
 	f.most = max(f.most, f.in)
 	f.parts = append(f.parts, publishes)
 	if f.in == 2 {
-		close(f.met)
+		select {
+		case <-f.met: // two were in flight before: closed already
+		default:
+			close(f.met)
+		}
 	}
 	f.mu.Unlock()
 	select {
