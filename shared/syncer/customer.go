@@ -497,6 +497,15 @@ func (s *customerSyncer) deactivateContact(ctx context.Context, id string, rec *
 	return nil
 }
 
+// liveContact is the contact a customer's record names, "" when none: not written yet,
+// or deleted by DELETE_POLICY=delete (an older order then writes it again).
+func liveContact(rec *state.Record) string {
+	if rec.Extra[extraContactDeleted] != "" {
+		return ""
+	}
+	return rec.DataverseID
+}
+
 // ensureContact returns the contact of an order's customer, creating it from the order's
 // data when the app has not synced that customer yet. A registered customer gets the
 // contact the customer sync would give it (state, adoption, deterministic id) and the
@@ -512,8 +521,8 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 	rec, err := s.st.Get(ctx, state.Customer, strconv.Itoa(c.ID))
 	switch {
 	case err == nil:
-		if rec.DataverseID != "" && rec.Extra[extraContactDeleted] == "" {
-			return rec.DataverseID, nil
+		if id := liveContact(rec); id != "" {
+			return id, nil
 		}
 	case errors.Is(err, state.ErrNotFound):
 		rec = nil
@@ -531,8 +540,8 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 		// the delete would have been refused and deactivated the contact instead. So the
 		// contact is written again from the order's copy, deactivated, as it would be.
 		recreate := claimed.Extra[extraContactDeleted] != ""
-		if claimed.DataverseID != "" && !recreate { // written by the customer's own event while we waited
-			return claimed.DataverseID, nil
+		if id := liveContact(claimed); id != "" { // written by the customer's own event while we waited
+			return id, nil
 		}
 		fresh := neverApplied(claimed)
 		kctx, stop := s.leases.keep(ctx, []*state.Record{claimed})

@@ -449,13 +449,15 @@ func (r *refResolver) readAhead(ctx context.Context, evs []*nop.Event) {
 				customersRead = true
 			}
 			for id, rec := range got {
-				if rec.DataverseID == "" || rec.Extra[extraContactDeleted] != "" {
-					// No row yet, or DELETE_POLICY=delete deleted the contact:
-					// ensureContact writes it again for the order.
+				row := rec.DataverseID
+				if rf.entity == state.Customer {
+					row = liveContact(rec) // ensureContact writes a deleted one again
+				}
+				if row == "" {
 					continue
 				}
 				for _, store := range rf.ids[id] {
-					known[fmt.Sprintf("%s/%d/%s", rf.kind, store, id)] = rec.DataverseID
+					known[fmt.Sprintf("%s/%d/%s", rf.kind, store, id)] = row
 				}
 			}
 		}()
