@@ -636,18 +636,6 @@ func (s *productSyncer) productLifecycle(ctx context.Context, id string) (st int
 	return st, structure == productStructureFamily || parent != "", true, nil
 }
 
-// retiredForGood says whether the product row id, retired, can never be Active again:
-// a family, or a product with a parent (Sales developer guide, product lifecycle).
-func (s *productSyncer) retiredForGood(ctx context.Context, id string) (bool, error) {
-	r, err := s.dv.Retrieve(ctx, "products", id, "productstructure,_parentproductid_value")
-	if err != nil {
-		return false, fmt.Errorf("reading product %s: %w", id, err)
-	}
-	structure, _ := intValue(r["productstructure"])
-	parent, _ := r["_parentproductid_value"].(string)
-	return structure == productStructureFamily || parent != "", nil
-}
-
 // writePriceItem keeps the product's one price list item in the store price list:
 // amount = price, base unit.
 func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
