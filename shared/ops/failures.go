@@ -64,17 +64,11 @@ func (f *failureTracker) SaveMany(ctx context.Context, recs []*state.Record) []e
 }
 
 func (f *failureTracker) record(ctx context.Context, fl Failure) {
-	for try := 0; try < 5; try++ {
-		doc, err := f.Store.GetDoc(ctx, docFailures, keyRecent)
+	// The recent list is a convenience of the status page: a failure to update it is not
+	// the record's failure.
+	_, _ = state.UpdateDoc(ctx, f.Store, docFailures, keyRecent, 5, func(cur []byte) ([]byte, bool) {
 		var list []Failure
-		switch {
-		case errors.Is(err, state.ErrNotFound):
-			doc = &state.Doc{Kind: docFailures, Key: keyRecent}
-		case err != nil:
-			return
-		default:
-			json.Unmarshal(doc.Value, &list)
-		}
+		json.Unmarshal(cur, &list)
 		// One entry per entity: the latest failure replaces older ones.
 		kept := list[:0]
 		for _, e := range list {
@@ -86,11 +80,9 @@ func (f *failureTracker) record(ctx context.Context, fl Failure) {
 		if len(list) > recentToKeep {
 			list = list[len(list)-recentToKeep:]
 		}
-		doc.Value, _ = json.Marshal(list)
-		if err := f.Store.SaveDoc(ctx, doc); !errors.Is(err, state.ErrConflict) {
-			return
-		}
-	}
+		v, _ := json.Marshal(list)
+		return v, true
+	})
 }
 
 // recentFailures returns the recent failures still failed, newest first.

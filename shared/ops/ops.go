@@ -333,18 +333,10 @@ func (o *Ops) saveRun(ctx context.Context, run *Run) error {
 // indexRun puts a new run in the run index (read, change, save with its ETag; again on a
 // conflict with another instance's run).
 func (o *Ops) indexRun(ctx context.Context, run *Run) error {
-	for range 8 {
+	_, err := state.UpdateDoc(ctx, o.o.State, docRunIndex, keyRecentRuns, 8, func(cur []byte) ([]byte, bool) {
 		var idx runIndex
-		doc, err := o.o.State.GetDoc(ctx, docRunIndex, keyRecentRuns)
-		switch {
-		case errors.Is(err, state.ErrNotFound):
-			doc = &state.Doc{Kind: docRunIndex, Key: keyRecentRuns}
-		case err != nil:
-			return err
-		default:
-			if err := json.Unmarshal(doc.Value, &idx); err != nil {
-				return fmt.Errorf("the run index: %w", err)
-			}
+		if len(cur) > 0 && json.Unmarshal(cur, &idx) != nil {
+			idx = runIndex{} // unreadable: started again
 		}
 		if !slices.Contains(idx.Recent, run.ID) {
 			idx.Recent = append(idx.Recent, run.ID)
@@ -357,13 +349,10 @@ func (o *Ops) indexRun(ctx context.Context, run *Run) error {
 		if run.Source == SourceStore && run.ID > idx.LastStore {
 			idx.LastStore = run.ID
 		}
-		doc.Value, _ = json.Marshal(idx)
-		err = o.o.State.SaveDoc(ctx, doc)
-		if !errors.Is(err, state.ErrConflict) {
-			return err
-		}
-	}
-	return errors.New("the run index kept changing under this run's update")
+		v, _ := json.Marshal(idx)
+		return v, true
+	})
+	return err
 }
 
 // statusRuns returns what the status page shows of runs: the newest five, the last
@@ -640,31 +629,11 @@ func (o *Ops) AutoSync(ctx context.Context) (*Run, error) {
 // read, so when several instances try at once exactly one wins. It returns the saved
 // doc, or nil when take declined or another instance won.
 func (o *Ops) claimDoc(ctx context.Context, kind, key string, take func(cur []byte) ([]byte, bool)) (*state.Doc, error) {
-	doc, err := o.o.State.GetDoc(ctx, kind, key)
-	var cur []byte
-	switch {
-	case errors.Is(err, state.ErrNotFound):
-		doc = &state.Doc{Kind: kind, Key: key}
-	case err != nil:
-		return nil, fmt.Errorf("read %s/%s: %w", kind, key, err)
-	default:
-		cur = doc.Value
-		if cur == nil {
-			cur = []byte{}
-		}
-	}
-	next, ok := take(cur)
-	if !ok {
+	doc, err := state.UpdateDoc(ctx, o.o.State, kind, key, 1, take)
+	if errors.Is(err, state.ErrConflict) {
 		return nil, nil
 	}
-	doc.Value = next
-	if err := o.o.State.SaveDoc(ctx, doc); err != nil {
-		if errors.Is(err, state.ErrConflict) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("save %s/%s: %w", kind, key, err)
-	}
-	return doc, nil
+	return doc, err
 }
 
 // resendTransient re-sends entities whose last sync failed transiently, and, with writes

@@ -590,28 +590,15 @@ func (e *Engine) countStale(ctx context.Context, entity state.Entity, n int) {
 	if queue.IsRedelivery(ctx) {
 		return // counted at the message's first delivery
 	}
-	for attempt := 0; attempt < 8; attempt++ {
-		doc, err := e.st.GetDoc(ctx, staleDocKind, string(entity))
+	_, err := state.UpdateDoc(ctx, e.st, staleDocKind, string(entity), 8, func(cur []byte) ([]byte, bool) {
 		var c staleCount
-		switch {
-		case errors.Is(err, state.ErrNotFound):
-			doc = &state.Doc{Kind: staleDocKind, Key: string(entity)}
-		case err != nil:
-			e.log.Warn("counting stale events", "error", err)
-			return
-		default:
-			_ = json.Unmarshal(doc.Value, &c)
-		}
+		_ = json.Unmarshal(cur, &c)
 		c.Count += int64(n)
-		doc.Value, _ = json.Marshal(c)
-		err = e.st.SaveDoc(ctx, doc)
-		if err == nil {
-			return
-		}
-		if !errors.Is(err, state.ErrConflict) {
-			e.log.Warn("counting stale events", "error", err)
-			return
-		}
+		v, _ := json.Marshal(c)
+		return v, true
+	})
+	if err != nil {
+		e.log.Warn("counting stale events", "error", err)
 	}
 }
 
