@@ -370,33 +370,20 @@ func recordFailure(ctx context.Context, st state.Store, m Message, cause error, 
 // update applies fn to the failure record of (queue, id), creating it, with the
 // store's ETag so concurrent updates don't lose one another.
 func update(ctx context.Context, st state.Store, queueName, id string, now time.Time, fn func(*Failure)) error {
-	key := failureKey(queueName, id)
-	for range 5 {
-		doc, err := st.GetDoc(ctx, FailureKind, key)
+	_, err := state.UpdateDoc(ctx, st, FailureKind, failureKey(queueName, id), 5, func(cur []byte) ([]byte, bool) {
 		f := Failure{Queue: queueName, MessageID: id, FirstAt: now.UTC()}
-		switch {
-		case errors.Is(err, state.ErrNotFound):
-			doc = &state.Doc{Kind: FailureKind, Key: key}
-		case err != nil:
-			return fmt.Errorf("reading the failure record of %s %s: %w", queueName, id, err)
-		default:
-			if err := json.Unmarshal(doc.Value, &f); err != nil {
-				f = Failure{Queue: queueName, MessageID: id, FirstAt: now.UTC()}
-			}
+		if len(cur) > 0 && json.Unmarshal(cur, &f) != nil {
+			f = Failure{Queue: queueName, MessageID: id, FirstAt: now.UTC()}
 		}
 		fn(&f)
 		f.LastAt = now.UTC()
-		doc.Value, _ = json.Marshal(f)
-		err = st.SaveDoc(ctx, doc)
-		if errors.Is(err, state.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("saving the failure record of %s %s: %w", queueName, id, err)
-		}
-		return nil
+		v, _ := json.Marshal(f)
+		return v, true
+	})
+	if err != nil {
+		return fmt.Errorf("the failure record of %s %s: %w", queueName, id, err)
 	}
-	return fmt.Errorf("saving the failure record of %s %s: %w", queueName, id, state.ErrConflict)
+	return nil
 }
 
 // Lookup returns the failure record of a message (by its original id), or nil when
