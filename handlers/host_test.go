@@ -402,15 +402,10 @@ func TestHostRoutedRequestsAnsweredInJSON(t *testing.T) {
 		{"status", "GET", "/api/status/customer", "404", "not_found"},
 	} {
 		_, out := callHost(t, h, c.fn, hostHTTP(t, c.method, "https://func-test.azurewebsites.net"+c.path, map[string][]string{}, nil))
-		outs, _ := out["Outputs"].(map[string]any)
-		res, _ := outs["res"].(map[string]any)
-		var body struct {
-			Error struct{ Code, Message string }
-		}
-		raw, _ := res["body"].(string)
-		err := json.Unmarshal([]byte(raw), &body)
-		if res["statusCode"] != c.status || (c.code != "" && err != nil) || body.Error.Code != c.code {
-			t.Errorf("%s %s: %v %q, want %s with a JSON error %q", c.method, c.path, res["statusCode"], raw, c.status, c.code)
+		status, body := resOutput(t, out) // body nil: not JSON
+		e, _ := body["error"].(map[string]any)
+		if code, _ := e["code"].(string); status != c.status || code != c.code {
+			t.Errorf("%s %s: %s %v, want %s with a JSON error %q", c.method, c.path, status, body, c.status, c.code)
 		}
 	}
 }
