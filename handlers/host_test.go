@@ -101,6 +101,21 @@ func resOutput(t *testing.T, out map[string]any) (string, map[string]any) {
 	return status, body
 }
 
+// callHostHTTP sends r to the HTTP function fn as the host would (funchost.EncodeHTTP,
+// with the route's params) and returns the function's answer (resOutput).
+func callHostHTTP(t *testing.T, h http.Handler, fn string, r *http.Request, params map[string]string) (string, map[string]any) {
+	t.Helper()
+	payload, err := funchost.EncodeHTTP(fn, "req", r, params, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out := callHost(t, h, fn, payload)
+	if code != 200 {
+		t.Fatalf("host answered %d: %v", code, out)
+	}
+	return resOutput(t, out)
+}
+
 // TestHostProtocolEndToEnd drives the functions with payloads shaped like the host's: a
 // signed event through the events HTTP trigger, the queued message through the customers
 // Service Bus trigger (body double-encoded), then status and the timer.
@@ -252,15 +267,7 @@ func TestEventsBodyAsTheHostPassesIt(t *testing.T) {
 		if chunked {
 			r.ContentLength, r.TransferEncoding = -1, []string{"chunked"}
 		}
-		payload, err := funchost.EncodeHTTP("events", "req", r, map[string]string{"entity": "customer"}, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		code, out := callHost(t, h, "events", payload)
-		if code != 200 {
-			t.Fatalf("host answered %d: %v", code, out)
-		}
-		return resOutput(t, out)
+		return callHostHTTP(t, h, "events", r, map[string]string{"entity": "customer"})
 	}
 
 	status, body := send(ev, true)
@@ -293,15 +300,7 @@ func TestSyncBodyAsTheHostPassesIt(t *testing.T) {
 		if chunked {
 			r.ContentLength, r.TransferEncoding = -1, []string{"chunked"}
 		}
-		payload, err := funchost.EncodeHTTP("sync", "req", r, nil, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		code, out := callHost(t, h, "sync", payload)
-		if code != 200 {
-			t.Fatalf("host answered %d: %v", code, out)
-		}
-		return resOutput(t, out)
+		return callHostHTTP(t, h, "sync", r, nil)
 	}
 	status, body := send([]byte(`{"entities":["order"],"scope":"all"}`), true)
 	if e, _ := body["error"].(map[string]any); status != "411" || e["code"] != "length_required" || !strings.Contains(fmt.Sprint(e["message"]), "Content-Length") {
