@@ -268,8 +268,10 @@ func (a *Agent) passEventID(id string) string {
 
 // Send implements Sink: POSTs evs in requests of at most PageSize events and
 // nop.MaxBodyBytes, retrying transient failures until ctx ends. Events the app refuses
-// as invalid are logged with the reason and left out; the rest go again.
-func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
+// as invalid, and events the pass's longer id takes over the size limit, are left out
+// and returned with the reason; the rest go again.
+func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) ([]RowFailure, error) {
+	var left []RowFailure
 	tagged := make([]*nop.Event, 0, len(evs))
 	for _, ev := range evs {
 		a.mu.Lock()
@@ -277,9 +279,7 @@ func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event)
 		a.mu.Unlock()
 		t, err := ev.WithID(id)
 		if err != nil {
-			// The longer id took an event at its size limit over it: left out and said,
-			// as the reader's own refusals are.
-			a.o.Log.Warn("agent: "+string(entity)+" not sent", "id", ev.EntityID(), "reason", "with the pass's id: "+err.Error())
+			left = append(left, RowFailure{Entity: entity, ID: ev.EntityID(), Reason: "with the pass's id: " + err.Error()})
 			continue
 		}
 		tagged = append(tagged, t)
@@ -292,12 +292,14 @@ func (a *Agent) Send(ctx context.Context, entity state.Entity, evs []*nop.Event)
 			n++
 		}
 		n = max(n, 1)
-		if err := a.post(ctx, entity, evs[:n]); err != nil {
-			return err
+		refused, err := a.post(ctx, entity, evs[:n])
+		left = append(left, refused...)
+		if err != nil {
+			return left, err
 		}
 		evs = evs[n:]
 	}
-	return nil
+	return left, nil
 }
 
 func (a *Agent) url(entity state.Entity) string {
@@ -307,8 +309,10 @@ func (a *Agent) url(entity state.Entity) string {
 	return strings.TrimRight(a.o.EventsURL, "/") + "/" + string(entity)
 }
 
-// post sends one array until the app accepts it (or what is left of it).
-func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
+// post sends one array until the app accepts it (or what is left of it); it returns the
+// events the app refused as invalid, with the app's reason.
+func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event) ([]RowFailure, error) {
+	var refused []RowFailure
 	wait := a.o.MinBackoff
 	for attempt := 1; len(evs) > 0; attempt++ {
 		var body bytes.Buffer
@@ -322,7 +326,7 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 		body.WriteByte(']')
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url(entity), bytes.NewReader(body.Bytes()))
 		if err != nil {
-			return err
+			return refused, err
 		}
 		req.Header.Set("Content-Type", "application/json")
 		if a.o.FunctionKey != "" {
@@ -348,33 +352,35 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 		case err == nil && status == http.StatusAccepted:
 			a.accepted(entity, evs)
 			a.o.Log.Info("agent: sent", "entity", entity, "events", len(evs), "ids", first+".."+last, "attempt", attempt)
-			return nil
+			return refused, nil
 		case err == nil && status == http.StatusBadRequest:
 			var e apierror.Body
 			json.Unmarshal(answer, &e)
 			if e.Error.Index == nil || *e.Error.Index < 0 || *e.Error.Index >= len(evs) {
-				return fmt.Errorf("%w: %s %s..%s: %d %s", ErrAgentRefused, entity, first, last, status, e.Error.Message)
+				return refused, fmt.Errorf("%w: %s %s..%s: %d %s", ErrAgentRefused, entity, first, last, status, e.Error.Message)
 			}
 			bad := evs[*e.Error.Index]
-			a.o.Log.Error("agent: event refused as invalid, left out", "entity", entity, "id", bad.EntityID(), "event", bad.ID, "reason", e.Error.Message)
+			refused = append(refused, RowFailure{Entity: entity, ID: bad.EntityID(), Reason: "refused by the app as invalid: " + e.Error.Message})
 			evs = append(evs[:*e.Error.Index:*e.Error.Index], evs[*e.Error.Index+1:]...)
 			continue
 		case err == nil && status == http.StatusRequestEntityTooLarge && len(evs) > 1:
 			half := len(evs) / 2
-			if err := a.post(ctx, entity, evs[:half]); err != nil {
-				return err
+			r, err := a.post(ctx, entity, evs[:half])
+			refused = append(refused, r...)
+			if err != nil {
+				return refused, err
 			}
 			evs = evs[half:]
 			continue
 		case err == nil && status != http.StatusTooManyRequests && status < 500:
 			var e apierror.Body
 			json.Unmarshal(answer, &e)
-			return fmt.Errorf("%w: POST %s answered %d %s", ErrAgentRefused, a.url(entity), status, e.Error.Message)
+			return refused, fmt.Errorf("%w: POST %s answered %d %s", ErrAgentRefused, a.url(entity), status, e.Error.Message)
 		}
 		reason := fmt.Sprintf("answer %d", status)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return refused, ctx.Err()
 			}
 			reason = err.Error()
 		}
@@ -385,11 +391,11 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 		d += rand.N(d/5 + 1) // jitter, so agents restarted together don't retry in step
 		a.o.Log.Warn("agent: send failed, retrying with the same event ids", "entity", entity, "events", len(evs), "ids", first+".."+last, "attempt", attempt, "reason", reason, "retryIn", d.String())
 		if !sleep(ctx, d) {
-			return ctx.Err()
+			return refused, ctx.Err()
 		}
 		wait = min(2*wait, a.o.MaxBackoff)
 	}
-	return nil
+	return refused, nil
 }
 
 func (a *Agent) accepted(entity state.Entity, evs []*nop.Event) {

@@ -289,8 +289,12 @@ func TestAgentRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := app.take(); !slices.Equal(got, []string{"1", "2", "4", "5"}) || p[state.Customer].Queued != 5 {
+	if got := app.take(); !slices.Equal(got, []string{"1", "2", "4", "5"}) {
 		t.Fatalf("delivered %v", got)
+	}
+	// The pass counts it failed with the app's reason, not queued.
+	if c := p[state.Customer]; c.Queued != 4 || c.Failed != 1 || len(c.Failures) != 1 || c.Failures[0].ID != "3" || !strings.Contains(c.Failures[0].Reason, "data.email: too long") {
+		t.Fatalf("progress %+v, want 4 queued and customer 3 failed with the app's reason", c)
 	}
 	// A wrong function key is not retried: the pass stops with the reason.
 	a, _ := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "wrong", StateFile: filepath.Join(t.TempDir(), "b.json"), Entities: []state.Entity{state.Customer}})
@@ -399,8 +403,9 @@ func TestAgentEventOverTheLimitWithItsPassID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, err := a.Pass(context.Background()); err != nil || p[state.Customer].RowsRead != 2 {
-		t.Fatalf("pass: %v %+v", err, p)
+	p, err := a.Pass(context.Background())
+	if c := p[state.Customer]; err != nil || c.RowsRead != 2 || c.Queued != 1 || c.Failed != 1 || len(c.Failures) != 1 || c.Failures[0].ID != "2" {
+		t.Fatalf("pass: %v %+v, want 1 queued and customer 2 failed", err, c)
 	}
 	if got := app.take(); !slices.Equal(got, []string{"1"}) {
 		t.Errorf("delivered %v, want customer 1 alone", got)

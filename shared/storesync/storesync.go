@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/queue"
@@ -68,7 +69,10 @@ type Differ interface {
 
 // Sink passes changed events on.
 type Sink interface {
-	Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error
+	// Send passes evs on. It returns the events it left out for good, each with its
+	// reason (the pass counts them as failed rows, not as queued), and an error when the
+	// rest could not be passed on.
+	Send(ctx context.Context, entity state.Entity, evs []*nop.Event) ([]RowFailure, error)
 }
 
 // DefaultPageSize is the rows per page: the events an events request (and so a chunk)
@@ -166,16 +170,19 @@ func (ps *Pass) Entity(ctx context.Context, entity state.Entity, p *Progress, ch
 				}
 			}
 		}
+		failures := page.Failures
 		if len(send) > 0 {
-			if err := ps.Sink.Send(ctx, entity, send); err != nil {
+			left, err := ps.Sink.Send(ctx, entity, send)
+			if err != nil {
 				return fmt.Errorf("passing on %d %ss after id %d: %w", len(send), entity, p.Cursor, err)
 			}
+			failures = append(slices.Clip(failures), left...)
+			p.Queued += len(send) - len(left)
 		}
 		p.RowsRead += page.Rows
-		p.Queued += len(send)
 		p.Unchanged += len(page.Events) - len(send)
-		p.Failed += len(page.Failures)
-		for _, f := range page.Failures {
+		p.Failed += len(failures)
+		for _, f := range failures {
 			if ps.Failed != nil {
 				ps.Failed(f)
 			}
@@ -269,18 +276,18 @@ type QueueSink struct {
 	Sender queue.Sender
 }
 
-// Send implements Sink.
-func (s *QueueSink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
+// Send implements Sink; it leaves nothing out.
+func (s *QueueSink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) ([]RowFailure, error) {
 	q, ok := nop.BulkQueue(entity) // a store run is bulk work: live events go ahead of it
 	if !ok {
-		return fmt.Errorf("no queue for entity %q", entity)
+		return nil, fmt.Errorf("no queue for entity %q", entity)
 	}
 	msgs, err := nop.Messages(entity, evs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.Sender.Send(ctx, q, msgs); err != nil {
-		return fmt.Errorf("send to %s: %w", q, err)
+		return nil, fmt.Errorf("send to %s: %w", q, err)
 	}
-	return nil
+	return nil, nil
 }

@@ -28,14 +28,14 @@ type applySink struct {
 	calls int
 }
 
-func (s *applySink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) error {
+func (s *applySink) Send(ctx context.Context, entity state.Entity, evs []*nop.Event) ([]storesync.RowFailure, error) {
 	s.mu.Lock()
 	s.calls++
 	n := s.calls
 	s.mu.Unlock()
 	if s.fail != nil {
 		if err := s.fail(n); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, ev := range evs {
@@ -43,18 +43,18 @@ func (s *applySink) Send(ctx context.Context, entity state.Entity, evs []*nop.Ev
 		if errors.Is(err, state.ErrNotFound) {
 			rec = &state.Record{Entity: entity, ID: ev.EntityID(), Status: state.Synced}
 		} else if err != nil {
-			return err
+			return nil, err
 		}
 		rec.Data = slices.Clone([]byte(ev.Raw))
 		rec.LastEventID = ev.ID
 		if err := s.st.Save(ctx, rec); err != nil {
-			return err
+			return nil, err
 		}
 		s.mu.Lock()
 		s.sent = append(s.sent, ev.EntityID())
 		s.mu.Unlock()
 	}
-	return nil
+	return nil, nil
 }
 
 func (s *applySink) take() []string {
