@@ -145,6 +145,11 @@ func productNumber(id int, sku *string) string {
 
 func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
 
+// maxQuantityOnHand is the largest quantityonhand Dataverse takes (product table
+// reference: QuantityOnHand, MaxValue 1000000000); stores that don't track stock often
+// hold int32's largest value.
+const maxQuantityOnHand = 1_000_000_000
+
 // productFields maps the columns of a product (docs/dataverse-mapping.md).
 func productFields(p *nop.Product, sh *shared) dataverse.Record {
 	prec := sh.precision()
@@ -152,7 +157,7 @@ func productFields(p *nop.Product, sh *shared) dataverse.Record {
 	if p.ProductType == nop.ProductTypeGrouped {
 		structure = productStructureFamily
 	}
-	qty := max(p.StockQuantity, 0)
+	qty := min(max(p.StockQuantity, 0), maxQuantityOnHand)
 	return dataverse.Record{
 		"name":                             cut.Runes(strings.TrimSpace(p.Name), 100),
 		"description":                      orNull(deref(p.ShortDescription), 2000),
@@ -183,6 +188,9 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		// Products of a family are retired only when deleted: a retired family, or a
 		// retired child of one, can never be Active again in Dynamics 365.
 		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
+	}
+	if p.StockQuantity > maxQuantityOnHand {
+		pl.note = joinNote(pl.note, fmt.Sprintf("stock quantity %d is more than Dynamics 365 takes: wrote %d", p.StockQuantity, maxQuantityOnHand))
 	}
 	want := productNumber(p.ID, p.Sku)
 	pictureURL := ""
@@ -717,12 +725,26 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	if !exists {
 		return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
 	}
+	kept := "" // why DELETE_POLICY=delete did not delete it
 	if policy == DeleteDelete {
 		used, err := s.productUsed(ctx, id)
 		if err != nil {
 			return outcome{}, err
 		}
+		children := false
 		if !used {
+			// Deleting a family deletes its products (product table reference:
+			// product_parent_product, Delete: Cascade), which the store still has.
+			if children, err = s.hasChildProducts(ctx, id); err != nil {
+				return outcome{}, err
+			}
+		}
+		switch {
+		case used:
+			kept = "retired because order lines use it"
+		case children:
+			kept = "retired with the products of its family, not deleted: Dynamics 365 would delete them with it"
+		default:
 			err := s.dv.Delete(ctx, "products", id)
 			if err == nil || dataverse.IsNotFound(err) {
 				return outcome{status: state.Synced, reason: "deleted in nopCommerce; product deleted", dataverseID: id, hash: hash}, nil
@@ -730,6 +752,7 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 			if isTransient(err) {
 				return outcome{}, fmt.Errorf("deleting product %s: %w", id, err)
 			}
+			kept = "retired because Dynamics 365 refused the delete: " + cut.Runes(err.Error(), 300)
 		}
 	}
 	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false,
@@ -740,8 +763,8 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	delete(rec.Extra, extraPriceItemID) // removed before the product was retired
 	delete(rec.Extra, extraPriceAmount)
 	reason := "deleted in nopCommerce; product retired"
-	if policy == DeleteDelete {
-		reason = "deleted in nopCommerce; retired because order lines use it (or Dynamics 365 refused the delete)"
+	if kept != "" {
+		reason = "deleted in nopCommerce; " + kept
 	}
 	return outcome{status: state.Synced, reason: joinNote(reason, pl.note), dataverseID: id, hash: hash}, nil
 }
@@ -750,6 +773,15 @@ func (s *productSyncer) productUsed(ctx context.Context, id string) (bool, error
 	r, err := findOne(ctx, s.dv, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
 	if err != nil {
 		return false, fmt.Errorf("checking order lines of product %s: %w", id, err)
+	}
+	return r != nil, nil
+}
+
+// hasChildProducts tells whether product id is the parent of any product row.
+func (s *productSyncer) hasChildProducts(ctx context.Context, id string) (bool, error) {
+	r, err := findOne(ctx, s.dv, "products", []string{"productid"}, "_parentproductid_value eq "+id)
+	if err != nil {
+		return false, fmt.Errorf("checking child products of product %s: %w", id, err)
 	}
 	return r != nil, nil
 }

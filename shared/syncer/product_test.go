@@ -304,6 +304,58 @@ func TestProductDeletes(t *testing.T) {
 	}
 }
 
+// DELETE_POLICY=delete never deletes a family that has products: Dynamics 365 would
+// delete them with it (product_parent_product is Delete: Cascade), and the store still
+// has them. The family is retired with its products instead, with the reason; a family
+// with no products left is deleted.
+func TestProductFamilyDeleteKeepsItsProducts(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	famData := func(d map[string]any) {
+		d["productType"] = 10
+		d["price"] = "0.0000"
+		d["associatedProductIds"] = []any{21, 22}
+	}
+	e.each(state.Product, productEvent(t, 20, 1, famData))
+	for _, id := range []int{21, 22} {
+		e.each(state.Product, productEvent(t, id, 1, func(d map[string]any) { d["parentGroupedProductId"] = 20 }))
+	}
+	e.each(state.Product, productEvent(t, 20, 2, func(d map[string]any) { famData(d); d["deleted"] = true }))
+	for _, id := range []int{20, 21, 22} {
+		row, ok := e.srv.Row("products", productID(1, id))
+		if !ok {
+			t.Fatalf("product %d was deleted from Dynamics 365 with the family", id)
+		}
+		if numOf(row["statecode"]) != productRetired {
+			t.Errorf("product %d: state %v, want Retired with its family", id, row["statecode"])
+		}
+	}
+	if rec := e.rec(state.Product, 20); rec.Status != state.Synced || !strings.Contains(rec.Reason, "not deleted") {
+		t.Errorf("family: %s %q, want synced with the reason it was not deleted", rec.Status, rec.Reason)
+	}
+
+	// A family with no products is deleted.
+	e.each(state.Product, productEvent(t, 30, 1, func(d map[string]any) { famData(d); d["associatedProductIds"] = []any{} }))
+	e.each(state.Product, productEvent(t, 30, 2, func(d map[string]any) { famData(d); d["associatedProductIds"] = []any{}; d["deleted"] = true }))
+	if _, ok := e.srv.Row("products", productID(1, 30)); ok {
+		t.Errorf("a family without products is still there with DELETE_POLICY=delete")
+	}
+}
+
+// Dataverse takes a quantityonhand of at most 1,000,000,000 (product table reference);
+// a store that doesn't track stock may hold int32's largest value. The product lands
+// with the largest value Dataverse takes, and the reason.
+func TestProductStockOverDataverseRange(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 7, 1, func(d map[string]any) { d["stockQuantity"] = 2147483647 }))
+	rec := e.rec(state.Product, 7)
+	if rec.Status != state.Synced || !strings.Contains(rec.Reason, "2147483647") {
+		t.Fatalf("product 7: %s %q, want synced with the reason", rec.Status, rec.Reason)
+	}
+	if q := numOf(e.row("products", productID(1, 7))["quantityonhand"]); q != 1e9 {
+		t.Errorf("quantityonhand %v, want 1e9", q)
+	}
+}
+
 // SYNC_IMAGES copies the first picture; a failed fetch is recorded and
 // the product still syncs.
 func TestProductImages(t *testing.T) {

@@ -173,3 +173,52 @@ func TestPrivilegeDenied(t *testing.T) {
 	c.s.DenyPrivilege("contacts", PrivRead)
 	c.must(403, c.do("GET", "contacts?$select=contactid", nil))
 }
+
+// Deleting a product family deletes its products and their price list items (product
+// table reference: product_parent_product, Delete: Cascade); a product of the family on
+// an order line (product_order_details, Restrict) refuses the whole delete.
+func TestProductFamilyDeleteCascades(t *testing.T) {
+	f := newSales(t, Options{})
+	c := f.c
+	fam := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family", "productnumber": "F1", "productstructure": 2})))
+	kid := f.newProduct(t, "C1", fam)
+	kid2 := f.newProduct(t, "C2", fam)
+	item := entityID(c.must(204, c.do("POST", "productpricelevels", map[string]any{"amount": 5,
+		"pricelevelid@odata.bind": "/pricelevels(" + f.priceList + ")", "productid@odata.bind": "/products(" + kid + ")",
+		"uomid@odata.bind": "/uoms(" + f.unit + ")"})))
+	c.must(204, c.do("DELETE", "products("+fam+")", nil))
+	for _, r := range [][2]string{{"products", kid}, {"products", kid2}, {"productpricelevels", item}} {
+		if _, ok := c.s.Row(r[0], r[1]); ok {
+			t.Errorf("%s %s kept after its family's delete", r[0], r[1])
+		}
+	}
+
+	fam2 := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family 2", "productnumber": "F2", "productstructure": 2})))
+	kid3 := f.newProduct(t, "C3", fam2)
+	c.must(204, c.do("POST", "products("+fam2+")/Microsoft.Dynamics.CRM.PublishProductHierarchy", nil))
+	c.must(204, c.do("POST", "productpricelevels", map[string]any{"amount": 5,
+		"pricelevelid@odata.bind": "/pricelevels(" + f.priceList + ")", "productid@odata.bind": "/products(" + kid3 + ")",
+		"uomid@odata.bind": "/uoms(" + f.unit + ")"}))
+	order := f.order(t, nil)
+	c.must(204, f.line(order, map[string]any{"productid@odata.bind": "/products(" + kid3 + ")", "uomid@odata.bind": "/uoms(" + f.unit + ")", "quantity": 1}))
+	if r := c.must(405, c.do("DELETE", "products("+fam2+")", nil)); r.errCode() != "0x80048103" {
+		t.Fatalf("delete a family whose product is on an order line: %s", r.raw)
+	}
+	for _, id := range []string{fam2, kid3} {
+		if _, ok := c.s.Row("products", id); !ok {
+			t.Errorf("product %s gone after a refused delete", id)
+		}
+	}
+}
+
+// quantityonhand takes 0 to 1,000,000,000 (product table reference: QuantityOnHand).
+func TestProductQuantityOnHandRange(t *testing.T) {
+	f := newSales(t, Options{})
+	draft := f.newProduct(t, "Q1", "")
+	f.c.must(204, f.c.do("PATCH", "products("+draft+")", map[string]any{"quantityonhand": 1000000000}, "If-Match", "*"))
+	for _, q := range []any{1000000001, 2147483647, -1} {
+		if r := f.c.must(400, f.c.do("PATCH", "products("+draft+")", map[string]any{"quantityonhand": q}, "If-Match", "*")); r.errCode() != "0x80044331" {
+			t.Fatalf("quantityonhand %v: %s", q, r.raw)
+		}
+	}
+}

@@ -375,7 +375,7 @@ var relationships = []relationship{
 	{"product", "salesorderdetail", "productid", restrict},
 	{"product", "invoicedetail", "productid", restrict},
 	{"product", "productpricelevel", "productid", cascade},
-	{"product", "product", "parentproductid", restrict},
+	{"product", "product", "parentproductid", cascade}, // product_parent_product: deleting a family deletes its products
 	{"pricelevel", "salesorder", "pricelevelid", restrict},
 	{"pricelevel", "invoice", "pricelevelid", restrict},
 	{"pricelevel", "product", "pricelevelid", restrict},

@@ -429,6 +429,12 @@ var intRanges = map[string][2]int{
 	"product.quantitydecimal": {0, 5},
 }
 
+// decimalRanges are the decimal columns with a documented range (Microsoft Learn,
+// product table reference: QuantityOnHand, MinValue 0, MaxValue 1000000000).
+var decimalRanges = map[string][2]float64{
+	"product.quantityonhand": {0, 1e9},
+}
+
 // moneyLimit is the largest value a money column takes: 1e12 (Money's usual range in
 // the table references), 1e14 for a price list item's amount (Learn: productpricelevel
 // table reference).
@@ -490,6 +496,10 @@ func convert(t *table, c *column, v any) (any, *apiError) {
 		if limit := moneyLimit(t.logical, c.name); c.typ == tMoney && (nonNegativeMoney[c.name] && f < 0 || math.Abs(f) > limit) {
 			return nil, errf(http.StatusBadRequest, codeValidation,
 				"A validation error occurred. The value %v of '%s' on record of type '%s' is outside the valid range. Accepted range: 0 to %.0f", f, c.name, t.logical, limit)
+		}
+		if r, ok := decimalRanges[t.logical+"."+c.name]; ok && c.typ == tDecimal && (f < r[0] || f > r[1]) {
+			return nil, errf(http.StatusBadRequest, codeValidation,
+				"A validation error occurred. The value %v of '%s' on record of type '%s' is outside the valid range. Accepted range: %.0f to %.0f", f, c.name, t.logical, r[0], r[1])
 		}
 		return f, nil
 	case tBool:
