@@ -222,3 +222,28 @@ func TestProductQuantityOnHandRange(t *testing.T) {
 		}
 	}
 }
+
+// Revising a family revises its Active products too, and PublishProductHierarchy takes
+// only a family (Learn: publish-revise-revert-retire-activate-products: "it revises the
+// product family and its child records"; "You can use this message only with a product
+// family record").
+func TestProductFamilyReviseAndPublishHierarchy(t *testing.T) {
+	f := newSales(t, Options{})
+	c := f.c
+	fam := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family", "productnumber": "F1", "productstructure": 2})))
+	kid := f.newProduct(t, "C1", fam)
+	c.must(204, c.do("POST", "products("+fam+")/Microsoft.Dynamics.CRM.PublishProductHierarchy", nil))
+	c.must(204, c.do("PATCH", "products("+fam+")", map[string]any{"statecode": 3, "statuscode": 3}, "If-Match", "*"))
+	if st := f.row("products", kid)["statecode"]; st != 3 {
+		t.Fatalf("child state %v after its family's revise, want Under Revision (3)", st)
+	}
+	c.must(204, c.do("POST", "products("+fam+")/Microsoft.Dynamics.CRM.PublishProductHierarchy", nil))
+	if st := f.row("products", kid)["statecode"]; st != 0 {
+		t.Fatalf("child state %v after its family's publish, want Active", st)
+	}
+	plain := f.newProduct(t, "P1", "")
+	c.must(400, c.do("POST", "products("+plain+")/Microsoft.Dynamics.CRM.PublishProductHierarchy", nil))
+	if st := f.row("products", plain)["statecode"]; st != 2 {
+		t.Fatalf("a product's PublishProductHierarchy changed its state to %v", st)
+	}
+}

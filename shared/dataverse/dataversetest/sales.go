@@ -377,6 +377,7 @@ func (s *Server) updateProduct(x *tx, old, r *row, body map[string]any) *apiErro
 	case from == prodActive && to == prodDraft:
 		return errf(http.StatusBadRequest, codeActiveToDraft, "An Active product can't be set back to Draft; revise it instead.")
 	case from == prodActive && to == prodRevised:
+		s.reviseHierarchy(x, r)
 		return nil
 	case (from == prodActive || from == prodRevised) && to == prodRetired:
 		return s.retire(x, r)
@@ -435,6 +436,22 @@ func (s *Server) retire(x *tx, r *row) *apiError {
 		x.put("product", c)
 	}
 	return nil
+}
+
+// reviseHierarchy sets the Active descendants of a revised family Under Revision too:
+// "When invoked for a product family record, it revises the product family and its
+// child records" (Learn: publish-revise-revert-retire-activate-products).
+func (s *Server) reviseHierarchy(x *tx, r *row) {
+	for _, k := range x.referencing("product", "parentproductid", r.id) {
+		if k.intv("statecode") != prodActive {
+			continue
+		}
+		c := k.clone()
+		c.vals["statecode"], c.vals["statuscode"] = prodRevised, 3
+		c.vals["modifiedon"] = s.nowString()
+		x.put("product", c)
+		s.reviseHierarchy(x, c)
+	}
 }
 
 func (s *Server) checkParentActive(x *tx, r *row) *apiError {
@@ -758,6 +775,11 @@ func (s *Server) boundAction(x *tx, q *apiReq, t *table, k rowKey, name string) 
 	case t.logical == "product" && name == "PublishProductHierarchy":
 		if r == nil {
 			return nil, s.keyNotFound(t, k)
+		}
+		if r.intv("productstructure") != 2 {
+			// "You can use this message only with a product family record" (Learn:
+			// publish-revise-revert-retire-activate-products); the error code is not documented.
+			return nil, badArg("PublishProductHierarchy can be used only with a product family record.")
 		}
 		if err := s.publishHierarchy(x, r); err != nil {
 			return nil, err
