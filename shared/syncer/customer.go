@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/internal/cut"
@@ -133,6 +134,19 @@ func (p *contactPlan) outcome() outcome {
 	return outcome{status: state.Synced, reason: p.note, dataverseID: p.id, hash: p.hash}
 }
 
+// maxEmailLength is the length of a contact's emailaddress1 (contact table reference).
+const maxEmailLength = 100
+
+// checkEmail refuses, for good, an email longer than a contact's emailaddress1: cut, it
+// would be an address that does not exist. The store reader refuses such rows with the
+// same reason.
+func checkEmail(field, email string) error {
+	if n := utf8.RuneCountInString(email); n > maxEmailLength {
+		return permanent(fmt.Errorf("%s is %d characters, over the %d a Dataverse contact's email (emailaddress1) holds", field, n, maxEmailLength))
+	}
+	return nil
+}
+
 // contactFields maps a registered customer (docs/dataverse-mapping.md).
 func contactFields(c *nop.Customer) dataverse.Record {
 	email := strings.TrimSpace(deref(c.Email))
@@ -188,6 +202,9 @@ func (s *customerSyncer) planContact(ctx context.Context, storeID int, c *nop.Cu
 
 // planRow is planContact without the parent account.
 func (s *customerSyncer) planRow(ctx context.Context, storeID int, c *nop.Customer, rec *state.Record, byEmail map[string][]dataverse.Record) (*contactPlan, error) {
+	if err := checkEmail("email", strings.TrimSpace(deref(c.Email))); err != nil {
+		return nil, err
+	}
 	p := &contactPlan{fields: contactFields(c), company: strings.TrimSpace(deref(c.Company)), extra: map[string]string{}}
 	p.hash = hashOf(p.fields, "company="+strings.ToLower(p.company))
 	if rec.Status == state.Synced && rec.DataHash == p.hash && rec.DataverseID != "" && rec.Extra[extraDeactivated] == "" {
@@ -580,6 +597,7 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 // email it is matched by ("" for none) and the columns it is written with.
 type guestRow struct {
 	cacheKey, own, email string
+	emailField           string // the event's field the email came from
 	rec                  dataverse.Record
 }
 
@@ -587,9 +605,9 @@ func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 	if billing == nil {
 		billing = &nop.Address{}
 	}
-	email := strings.TrimSpace(deref(billing.Email))
+	email, field := strings.TrimSpace(deref(billing.Email)), "billingAddress.email"
 	if email == "" {
-		email = strings.TrimSpace(deref(c.Email))
+		email, field = strings.TrimSpace(deref(c.Email)), "customer.email"
 	}
 	key := "customer:" + strconv.Itoa(c.ID)
 	if email != "" {
@@ -611,10 +629,11 @@ func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 	}
 	phone := strings.TrimSpace(deref(billing.Phone))
 	return guestRow{
-		cacheKey: strconv.Itoa(storeID) + "/" + key,
-		own:      deterministicID(storeID, "contact", key),
-		email:    email,
-		rec:      contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID)),
+		cacheKey:   strconv.Itoa(storeID) + "/" + key,
+		own:        deterministicID(storeID, "contact", key),
+		email:      email,
+		emailField: field,
+		rec:        contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID)),
 	}
 }
 
@@ -622,6 +641,9 @@ func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 // the billing address.
 func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
 	g := newGuestRow(storeID, c, billing)
+	if err := checkEmail(g.emailField, g.email); err != nil {
+		return "", err
+	}
 	if v, ok := s.contacts.Load(g.cacheKey); ok {
 		return v.(string), nil
 	}
@@ -665,7 +687,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	var emails []string
 	for _, g := range guests {
 		r := newGuestRow(g.storeID, g.c, g.billing)
-		if seen[r.cacheKey] {
+		if seen[r.cacheKey] || checkEmail(r.emailField, r.email) != nil { // refused by guestContact
 			continue
 		}
 		seen[r.cacheKey] = true

@@ -303,3 +303,34 @@ func orderAfterCustomersDelete(t *testing.T, synced bool, chunk int) {
 		t.Errorf("after the delete's replay: contact %v (present %v)", c, ok)
 	}
 }
+
+// An email longer than a contact's emailaddress1 (100) is not cut into an address that
+// does not exist: the customer fails for good with the reason the store reader gives,
+// alone and in an array; the other customers of the array land.
+func TestCustomerEmailOverContactLength(t *testing.T) {
+	tmpl := example(t, "customer-created.json")[0]
+	long := strings.Repeat("a", 95) + ".first@example.com"
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			evs := []*nop.Event{customerEvent(t, tmpl, 501, 1, long, nil), customerEvent(t, tmpl, 502, 1, "ok@example.com", nil)}
+			if bulk {
+				if err := e.deliver(e.eng, state.Customer, evs...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				e.each(state.Customer, evs...)
+			}
+			rec := e.rec(state.Customer, 501)
+			if rec.Status != state.Failed || !strings.Contains(rec.Reason, "email is 113 characters") {
+				t.Errorf("customer 501: %s %q, want failed with the reason", rec.Status, rec.Reason)
+			}
+			if _, ok := e.srv.Row("contacts", contactID(1, 501)); ok {
+				t.Error("a contact was written with a cut email")
+			}
+			if rec := e.rec(state.Customer, 502); rec.Status != state.Synced {
+				t.Errorf("customer 502: %s %q, want synced", rec.Status, rec.Reason)
+			}
+		})
+	}
+}

@@ -1223,3 +1223,50 @@ func TestOrderPaidThenDeletedKeptInAnyOrder(t *testing.T) {
 		check(t, h)
 	})
 }
+
+// A guest's billing email longer than a contact's emailaddress1 fails the order for good
+// with the reason (the store reader refuses such an order alike), alone and in a chunk,
+// instead of a contact with a cut address; no contact is written.
+func TestOrderGuestEmailOverContactLength(t *testing.T) {
+	long := strings.Repeat("g", 96) + ".second@example.com"
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			r := rand.New(rand.NewPCG(61, 62))
+			var raws []json.RawMessage
+			for id := 7300; id < 7302; id++ {
+				o := genOrder(r, id, genOptions{Round: true})
+				o.Customer.ID = 800 + id - 7300
+				o.Customer.IsGuest, o.Customer.IsRegistered, o.Customer.Email = true, false, nil
+				o.BillingAddress.Email = genPtr(fmt.Sprintf("guest%d@example.test", id))
+				if id == 7300 {
+					o.BillingAddress.Email = genPtr(long)
+				}
+				raws = append(raws, orderEvent(t, o, "order.placed", 1))
+			}
+			if bulk {
+				chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-long-email", "events": raws}})
+				if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+					t.Fatalf("chunk: %v", err)
+				}
+			} else {
+				for _, raw := range raws {
+					msg, _ := json.Marshal(map[string]json.RawMessage{"evt": raw})
+					if err := h.eng.HandleMessage(h.ctx, "orders", msg); err != nil {
+						t.Fatalf("order: %v", err)
+					}
+				}
+			}
+			rec, err := h.st.Get(h.ctx, state.Order, "7300")
+			if err != nil || rec.Status != state.Failed || !strings.Contains(rec.Reason, "billingAddress.email is 115 characters") {
+				t.Fatalf("order 7300: %v %+v, want failed with the reason", err, rec)
+			}
+			if got := h.where("contacts", "emailaddress1", long[:100]); len(got) != 0 {
+				t.Errorf("a contact with the cut email was written: %v", got)
+			}
+			if rec, err := h.st.Get(h.ctx, state.Order, "7301"); err != nil || rec.Status != state.Synced {
+				t.Errorf("order 7301: %v %+v, want synced", err, rec)
+			}
+		})
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/internal/cut"
@@ -135,12 +136,25 @@ func (pl *productPlan) record() dataverse.Record {
 	return r
 }
 
-// productNumber is the number the app would write: the sku, else NOP-<id>.
+// maxProductNumber is the length of a product's productnumber (product table reference).
+const maxProductNumber = 100
+
+// productNumber is the number the app would write: the sku, else NOP-<id>. A sku longer
+// than a product number is not cut (cut, it could be another product's sku, or match a
+// row it is not): the product gets NOP-<id> (skuTooLong says why).
 func productNumber(id int, sku *string) string {
-	if s := strings.TrimSpace(deref(sku)); s != "" {
-		return cut.Runes(s, 100)
+	if s := strings.TrimSpace(deref(sku)); s != "" && utf8.RuneCountInString(s) <= maxProductNumber {
+		return s
 	}
 	return fallbackNumber(id)
+}
+
+// skuTooLong is the note of a product whose sku is longer than a product number, or "".
+func skuTooLong(id int, sku *string) string {
+	if n := utf8.RuneCountInString(strings.TrimSpace(deref(sku))); n > maxProductNumber {
+		return fmt.Sprintf("sku is %d characters, over the %d a product number holds; wrote product number %s instead", n, maxProductNumber, fallbackNumber(id))
+	}
+	return ""
 }
 
 func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
@@ -189,6 +203,7 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		// retired child of one, can never be Active again in Dynamics 365.
 		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
 	}
+	pl.note = joinNote(pl.note, skuTooLong(p.ID, p.Sku))
 	if p.StockQuantity > maxQuantityOnHand {
 		pl.note = joinNote(pl.note, fmt.Sprintf("stock quantity %d is more than Dynamics 365 takes: wrote %d", p.StockQuantity, maxQuantityOnHand))
 	}
@@ -596,8 +611,11 @@ func (s *productSyncer) retire(ctx context.Context, pl *productPlan) error {
 }
 
 func joinNote(a, b string) string {
-	if a == "" {
+	switch {
+	case a == "":
 		return b
+	case b == "":
+		return a
 	}
 	return a + "; " + b
 }

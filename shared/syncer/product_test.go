@@ -656,3 +656,27 @@ func TestProductParentNotGrouped(t *testing.T) {
 		t.Fatalf("product 40: parent %v state %v, want none, Active", row["_parentproductid_value"], row["statecode"])
 	}
 }
+
+// A sku longer than a product number (100) is not cut: cut, two skus that differ after
+// their 100th character would collide, and adoption would look for the wrong number.
+// Such a product gets NOP-<id> with the reason; a delete's reason ends cleanly.
+func TestProductSkuOverProductNumberLength(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	base := strings.Repeat("S", 100)
+	e.each(state.Product,
+		productEvent(t, 801, 1, func(d map[string]any) { d["sku"] = base + "-RED" }),
+		productEvent(t, 802, 1, func(d map[string]any) { d["sku"] = base + "-BLUE" }))
+	for _, id := range []int{801, 802} {
+		rec := e.rec(state.Product, id)
+		if rec.Status != state.Synced || !strings.Contains(rec.Reason, "over the 100 a product number holds") || strings.Contains(rec.Reason, "another product") {
+			t.Errorf("product %d: %s %q, want synced with the sku's length as the reason", id, rec.Status, rec.Reason)
+		}
+		if n := e.row("products", productID(1, id))["productnumber"]; n != fmt.Sprintf("NOP-%d", id) {
+			t.Errorf("product %d: productnumber %v, want NOP-%d", id, n, id)
+		}
+	}
+	e.each(state.Product, productEvent(t, 801, 2, func(d map[string]any) { d["sku"] = base + "-RED"; d["deleted"] = true }))
+	if r := e.rec(state.Product, 801).Reason; strings.HasSuffix(r, "; ") || !strings.HasPrefix(r, "deleted in nopCommerce") {
+		t.Errorf("deleted product's reason %q", r)
+	}
+}
