@@ -292,6 +292,10 @@ func (o *Ops) driveSync(ctx context.Context, run *Run) error {
 }
 
 func (o *Ops) finish(ctx context.Context, run *Run, err error) {
+	// Recorded even when the invocation's context has ended (the error may be that very
+	// deadline): a run left "running" would hide its failure for good.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	done := o.o.Now().UTC()
 	run.FinishedAt = &done
 	run.Outcome = "succeeded"

@@ -458,6 +458,43 @@ func TestStatusWhenTheQueuesFail(t *testing.T) {
 	}
 }
 
+// hangingDeadLetters is a Service Bus that does not answer: each call waits until its
+// context ends.
+type hangingDeadLetters struct{}
+
+func (hangingDeadLetters) PeekDeadLetters(ctx context.Context, q string, max int) ([]queue.DeadLetter, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (hangingDeadLetters) Replay(ctx context.Context, q string, ids []string) ([]string, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// An auto-sync run whose invocation ends while Service Bus hangs is recorded as failed,
+// with its end and error (docs/operations.md: autosync "records the run (start, end,
+// counts, outcome)"), not left "running" for good.
+func TestAutoSyncCutShortIsRecorded(t *testing.T) {
+	f := newFixture(t, func(o *Options) { o.DeadLetters = hangingDeadLetters{} })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond) // the invocation's deadline
+	_, err := f.ops.AutoSync(ctx)
+	cancel()
+	if err == nil {
+		t.Fatal("auto-sync with Service Bus hanging: no error")
+	}
+	lr := f.ops.Status(context.Background()).AutoSync.LastRun
+	if lr == nil {
+		t.Fatal("no last run on the status page")
+	}
+	got, gerr := f.ops.GetRun(context.Background(), lr.ID)
+	for _, r := range []*Run{lr, got} {
+		if gerr != nil || r.Outcome != "failed" || r.FinishedAt == nil || r.Error == "" {
+			t.Errorf("run %s: %v outcome %q finishedAt %v error %q, want failed with its end and error", lr.ID, gerr, r.Outcome, r.FinishedAt, r.Error)
+		}
+	}
+}
+
 func TestSyncEndpointValidation(t *testing.T) {
 	f := newFixture(t, nil)
 	mux := http.NewServeMux()
