@@ -102,7 +102,11 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 	if len(strings.TrimSpace(string(body))) > 0 {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		err := dec.Decode(&req)
+		if _, terr := dec.Token(); err == nil && terr != io.EOF {
+			err = errors.New("data after the JSON object")
+		}
+		if err != nil {
 			writeError(w, apierror.InvalidRequest, `body must be {"entities": ["customer","product","order"], "scope": "failed"|"all", "source": "state"|"store"}: `+err.Error())
 			return
 		}
@@ -114,7 +118,9 @@ func (o *Ops) serveSync(w http.ResponseWriter, r *http.Request) {
 			writeError(w, apierror.InvalidRequest, "entities: unknown entity "+quote(s)+" (customer, product, order)")
 			return
 		}
-		ents = append(ents, e)
+		if !slices.Contains(ents, e) { // named twice: re-driven once
+			ents = append(ents, e)
+		}
 	}
 	if req.Scope != "" && req.Scope != ScopeFailed && req.Scope != ScopeAll {
 		writeError(w, apierror.InvalidRequest, "scope must be \"failed\" or \"all\", got "+quote(req.Scope))

@@ -507,6 +507,9 @@ func TestSyncEndpointValidation(t *testing.T) {
 		`{"entities":"customer"}`:                 400,
 		`{"entity":["customer"]}`:                 400,
 		`not json`:                                400,
+		`{"scope":"all"} trailing`:                400,
+		`{"scope":"all"}{"scope":"bogus"}`:        400,
+		"{\"scope\":\"all\"}\n":                   202,
 	} {
 		rec := httptest.NewRecorder()
 		mux.ServeHTTP(rec, httptest.NewRequest("POST", "/api/sync", strings.NewReader(body)))
@@ -525,6 +528,15 @@ func TestSyncEndpointValidation(t *testing.T) {
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/sync", nil))
 	if rec.Code != 405 {
 		t.Errorf("GET /api/sync: %d", rec.Code)
+	}
+
+	// An entity named twice is re-driven once.
+	f.put(t, state.Customer, "1", state.Failed, false, customerEvent(1, 1))
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("POST", "/api/sync", strings.NewReader(`{"entities":["customer","customer"],"scope":"all"}`)))
+	var res struct{ Queued int }
+	if json.Unmarshal(rec.Body.Bytes(), &res); rec.Code != 202 || res.Queued != 1 {
+		t.Errorf("customer named twice: %d %s, want 202 with 1 queued", rec.Code, rec.Body)
 	}
 }
 
