@@ -132,22 +132,26 @@ func newAzureApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *
 // from the setting or, re-read after Entra rejects it, from Key Vault.
 // tune, when set, adjusts the options (tests: their simulator's CA, a fake vault, fewer retries).
 func newDataverseClient(cfg *config.Config, log *slog.Logger, vault *keyvault.Secrets, tune func(*dataverse.Options)) (*dataverse.Client, error) {
-	var secret dataverse.SecretSource
-	switch {
-	case cfg.ClientSecret != "":
-		secret = dataverse.StaticSecret(cfg.ClientSecret)
-	case vault != nil:
-		secret = vault.Source(cfg.ClientSecretName)
-	case cfg.KeyVaultURL != "":
+	if vault == nil && cfg.KeyVaultURL != "" {
 		cred, err := keyvault.Credential(cfg.ManagedIdentityClient)
 		if err != nil {
 			return nil, fmt.Errorf("managed identity: %w", err)
 		}
-		v, err := keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{})
-		if err != nil {
+		if vault, err = keyvault.New(cfg.KeyVaultURL, cred, keyvault.Options{}); err != nil {
 			return nil, fmt.Errorf("KEY_VAULT_URL: %w", err)
 		}
-		secret = v.Source(cfg.ClientSecretName)
+	}
+	// With KEY_VAULT_URL the secret is the vault's (docs/operations.md), so its expiry
+	// reaches the status page; DATAVERSE_CLIENT_SECRET, when set too, stands in while the
+	// vault can't give it.
+	var secret dataverse.SecretSource
+	switch {
+	case vault != nil && cfg.ClientSecret != "":
+		secret = vault.Source(cfg.ClientSecretName).OrValue(cfg.ClientSecret)
+	case vault != nil:
+		secret = vault.Source(cfg.ClientSecretName)
+	case cfg.ClientSecret != "":
+		secret = dataverse.StaticSecret(cfg.ClientSecret)
 	default:
 		return nil, errors.New("DATAVERSE_CLIENT_SECRET or KEY_VAULT_URL is required")
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
+	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/delivery"
@@ -262,4 +263,30 @@ func TestMissingPrivilegeIsASetupProblem(t *testing.T) {
 		_, es := getJSON(t, base+"/api/status/customer/1")
 		return es["status"] == "synced"
 	})
+}
+
+// With KEY_VAULT_URL set, the client secret is the vault's (docs/operations.md), even
+// when DATAVERSE_CLIENT_SECRET is set too (a Key Vault reference App Service resolved):
+// its expiry reaches the status page, so the 30-day warning can show.
+func TestClientSecretFromTheVaultWithTheSettingToo(t *testing.T) {
+	env := map[string]string{
+		"FUNCTIONS_CUSTOMHANDLER_PORT": "7777", "DATAVERSE_URL": "https://contoso.crm.dynamics.com",
+		"DATAVERSE_TENANT_ID": "11111111-1111-1111-1111-111111111111", "DATAVERSE_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
+		"KEY_VAULT_URL": "https://kv-nopsync.vault.azure.net", "STORE_CURRENCY_CODE": "USD",
+		"DATAVERSE_CLIENT_SECRET":                       "resolved-reference-not-a-real-secret",
+		"ServiceBusConnection__fullyQualifiedNamespace": "sb-x.servicebus.windows.net", "AzureWebJobsStorage__accountName": "stnopsync",
+	}
+	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(10 * 24 * time.Hour)
+	vault := &fakeVault{value: "resolved-reference-not-a-real-secret", expires: exp}
+	c, err := newDataverseClient(cfg, testLog(t), keyvault.NewWithGetter(vault, keyvault.Options{}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.SecretExpires(context.Background()); err != nil || got == nil || !got.Equal(exp) {
+		t.Errorf("secret expiry %v %v, want the vault's %v", got, err, exp)
+	}
 }

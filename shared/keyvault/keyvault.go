@@ -182,5 +182,53 @@ func (src *Source) SecretExpires(ctx context.Context) (*time.Time, error) {
 	return exp, err
 }
 
+// OrValue is src, with value (the secret given directly) used when the vault can't give
+// it: no such secret, or the vault unreachable. With KEY_VAULT_URL set the client secret
+// is read from the vault (docs/operations.md), so its expiry reaches the status page and
+// a rotation is picked up; DATAVERSE_CLIENT_SECRET set as well (a Key Vault reference,
+// resolved by App Service) still works when the vault holds no secret of that name.
+func (src *Source) OrValue(value string) *Fallback { return &Fallback{src: src, value: value} }
+
+// Fallback is a vault secret with a value to use when the vault can't give it.
+type Fallback struct {
+	src   *Source
+	value string
+}
+
+var (
+	_ dataverse.SecretSource  = (*Fallback)(nil)
+	_ dataverse.SecretExpirer = (*Fallback)(nil)
+)
+
+// fallbackWait bounds a vault read before the value given directly is used instead.
+const fallbackWait = 10 * time.Second
+
+func (f *Fallback) Secret(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, fallbackWait)
+	defer cancel()
+	if v, err := f.src.Secret(ctx); err == nil {
+		return v, nil
+	}
+	return f.value, nil
+}
+
+func (f *Fallback) Invalidate() { f.src.Invalidate() }
+
+// SecretExpires is the vault secret's expiry; nil when the vault has no such secret
+// (the value given directly has no expiry the app can know).
+func (f *Fallback) SecretExpires(ctx context.Context) (*time.Time, error) {
+	exp, err := f.src.SecretExpires(ctx)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	return exp, err
+}
+
+// IsNotFound reports whether err is the vault's answer that it has no such secret.
+func IsNotFound(err error) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == 404
+}
+
 // Static is the secret given directly (DATAVERSE_CLIENT_SECRET).
 func Static(value string) dataverse.SecretSource { return dataverse.StaticSecret(value) }

@@ -243,3 +243,28 @@ func TestInvalidateDuringReadIsNotUndone(t *testing.T) {
 		t.Fatalf("cache holds %q, the straddling read overwrote the fresh value", v)
 	}
 }
+
+// A vault secret with a value given directly (DATAVERSE_CLIENT_SECRET as well as
+// KEY_VAULT_URL): the vault's secret and expiry while the vault has it, the value given
+// directly (no expiry, no error) while it has none.
+func TestSourceOrValue(t *testing.T) {
+	v := newFakeVault(t)
+	s := newSecrets(t, v, &clock{t: time.Now()})
+	ctx := context.Background()
+	f := s.Source("dataverse-client-secret").OrValue("from-the-setting")
+	if got, err := f.Secret(ctx); err != nil || got != "from-the-setting" {
+		t.Fatalf("no such secret in the vault: %q %v, want the value given", got, err)
+	}
+	if exp, err := f.SecretExpires(ctx); exp != nil || err != nil {
+		t.Fatalf("no such secret in the vault: expiry %v %v, want none and no error", exp, err)
+	}
+	exp := time.Now().Add(10 * 24 * time.Hour).Truncate(time.Second)
+	v.set("dataverse-client-secret", "from-the-vault", exp)
+	f.Invalidate()
+	if got, err := f.Secret(ctx); err != nil || got != "from-the-vault" {
+		t.Fatalf("secret in the vault: %q %v, want the vault's", got, err)
+	}
+	if got, err := f.SecretExpires(ctx); err != nil || got == nil || !got.Equal(exp) {
+		t.Fatalf("secret in the vault: expiry %v %v, want %v", got, err, exp)
+	}
+}
