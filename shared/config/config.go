@@ -239,8 +239,13 @@ func Load(get Lookup) (*Config, error) {
 		}
 	}
 	if c.KeyVaultURL != "" {
-		if u, err := url.Parse(c.KeyVaultURL); err != nil || u.Scheme != "https" || u.Host == "" {
-			p.fail("KEY_VAULT_URL", "must be the vault's https URL, e.g. https://myvault.vault.azure.net")
+		if u, err := url.Parse(c.KeyVaultURL); err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+			p.fail("KEY_VAULT_URL", "must be the vault's https URL with no path, e.g. https://myvault.vault.azure.net")
+		}
+	}
+	for _, s := range [][2]string{{"DATAVERSE_CLIENT_SECRET_NAME", c.ClientSecretName}, {"WEBHOOK_SECRET_NAME", c.WebhookSecretName}} {
+		if !validSecretName(s[1]) {
+			p.fail(s[0], "must be a Key Vault secret name: 1-127 letters, digits and hyphens, got %q", s[1])
 		}
 	}
 	if c.AuthorityHost != "" {
@@ -323,11 +328,14 @@ func Load(get Lookup) (*Config, error) {
 	}
 	c.StateTable = p.def("SYNC_STATE_TABLE")
 	if !validTableName(c.StateTable) {
-		p.fail("SYNC_STATE_TABLE", "must be 3-63 letters or digits, starting with a letter, got %q", c.StateTable)
+		p.fail("SYNC_STATE_TABLE", "must be 3-63 letters or digits, starting with a letter, and not \"tables\" (reserved), got %q", c.StateTable)
 	}
 	c.NopDBProvider = strings.ToLower(p.val("NOP_DB_PROVIDER"))
 	c.NopDBConnection = p.val("NOP_DB_CONNECTION")
 	c.NopDBSecretName = p.def("NOP_DB_CONNECTION_SECRET_NAME")
+	if !validSecretName(c.NopDBSecretName) {
+		p.fail("NOP_DB_CONNECTION_SECRET_NAME", "must be a Key Vault secret name: 1-127 letters, digits and hyphens, got %q", c.NopDBSecretName)
+	}
 	c.NopDBManagedIdentity = p.boolean("NOP_DB_MANAGED_IDENTITY")
 	switch c.NopDBProvider {
 	case "":
@@ -522,13 +530,30 @@ func isGUID(s string) bool {
 	return true
 }
 
+// validTableName: Table Storage's table name rules (Microsoft Learn, "Understanding the
+// Table service data model": alphanumeric, starting with a letter, 3-63 characters, and
+// not the reserved name "tables").
 func validTableName(s string) bool {
-	if len(s) < 3 || len(s) > 63 {
+	if len(s) < 3 || len(s) > 63 || strings.EqualFold(s, "tables") {
 		return false
 	}
 	for i, r := range s {
 		letter := (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')
 		if !letter && !(i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validSecretName: a Key Vault secret name is 1-127 letters, digits and hyphens (Microsoft
+// Learn, "About keys, secrets, and certificates": object identifiers).
+func validSecretName(s string) bool {
+	if len(s) < 1 || len(s) > 127 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
 			return false
 		}
 	}

@@ -100,7 +100,19 @@ func TestMalformedSettingsAreNamed(t *testing.T) {
 		"AzureWebJobsStorage__tableServiceUri":          "sttest.table.core.usgovcloudapi.net",
 		"AZURE_CLIENT_ID":                               "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-app",
 	}
+	more := [][2]string{
+		{"SYNC_STATE_TABLE", "Tables"}, // reserved by Table Storage
+		{"KEY_VAULT_URL", "https://kv-nopsync.vault.azure.net/secrets/webhook-secret"},
+		{"WEBHOOK_SECRET_NAME", "webhook_secret"},
+		{"DATAVERSE_CLIENT_SECRET_NAME", "dataverse client secret"},
+		{"NOP_DB_CONNECTION_SECRET_NAME", "nop.db.connection"},
+		{"WEBHOOK_SECRET_NAME", strings.Repeat("a", 128)},
+	}
 	for name, bad := range cases {
+		more = append(more, [2]string{name, bad})
+	}
+	for _, c := range more {
+		name, bad := c[0], c[1]
 		m := validAzure()
 		m[name] = bad
 		_, err := Load(lookup(m))
