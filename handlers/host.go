@@ -18,6 +18,7 @@ import (
 	"github.com/nopsync/nopsync/shared/funchost"
 	"github.com/nopsync/nopsync/shared/intake"
 	"github.com/nopsync/nopsync/shared/keyvault"
+	"github.com/nopsync/nopsync/shared/nopdb"
 	"github.com/nopsync/nopsync/shared/servicebus"
 	"github.com/nopsync/nopsync/shared/state"
 	"github.com/nopsync/nopsync/shared/tablestorage"
@@ -39,6 +40,14 @@ func loadConfig(env func(string) (string, bool)) (*config.Config, error) {
 	cfg, err := config.Load(get)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
+	}
+	// A connection string given as a setting is checked now, as its driver reads it: a
+	// malformed one stops the app naming it (docs/store-reader.md: "Bad settings stop the
+	// app at start"); one read from Key Vault is checked at its first use.
+	if cfg.StoreReader() && cfg.NopDBConnection != "" {
+		if err := nopdb.CheckConnection(cfg.NopDBProvider, cfg.NopDBConnection); err != nil {
+			return nil, fmt.Errorf("%w: NOP_DB_CONNECTION: %w", errConfig, err)
+		}
 	}
 	return cfg, nil
 }

@@ -268,6 +268,24 @@ func TestSettingsValidatedAtStartup(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "DATAVERSE_URL") || !strings.Contains(err.Error(), "WEBHOOK_SECRET") {
 		t.Errorf("Azure mode without settings: want errors naming them, got %v", err)
 	}
+	// A store connection string its driver can't read stops the app naming the setting,
+	// in local mode, in Azure mode and for the agent, without repeating the password.
+	for _, c := range [][2]string{
+		{"postgresql", "host=127.0.0.1 port=bad user=nop password=SENTINELPW dbname=nop"},
+		{"postgresql", "postgres://nop:SENT%ZZINELPW@127.0.0.1:3/nop"},
+		{"mysql", "nop:SENTINELPW@tcp(127.0.0.1:3)/nop?parseTime=maybe"},
+		{"sqlserver", "Server=127.0.0.1,3;User Id=nop;Password=SENTINELPW;Encrypt=maybe"},
+	} {
+		for _, args := range [][]string{nil, {"agent"}} {
+			env = map[string]string{"LOCAL_DATA_DIR": t.TempDir(), "NOP_DB_PROVIDER": c[0], "NOP_DB_CONNECTION": c[1], "STORE_CURRENCY_CODE": "USD", "LISTEN_ADDR": "127.0.0.1:0"}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second) // a started app serves until then
+			err = run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, args, testLog(t))
+			if err == nil || !strings.Contains(err.Error(), "NOP_DB_CONNECTION") || strings.Contains(err.Error(), "SENTINEL") || strings.Contains(err.Error(), "ZZINEL") {
+				t.Errorf("%s %v: want an error naming NOP_DB_CONNECTION without the password, got %v", c[0], args, err)
+			}
+			cancel()
+		}
+	}
 }
 
 // TestQueueSurvivesRestart: an event accepted while Dynamics 365 is down stays queued

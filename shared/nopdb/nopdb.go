@@ -112,6 +112,30 @@ func Open(ctx context.Context, o Options) (*Reader, error) {
 	return r, nil
 }
 
+// CheckConnection parses a connection string as the provider's driver will, without
+// connecting: a malformed one (a bad port, escape or option value) is a setting to fix,
+// not an unreachable database. The error never holds the connection string.
+func CheckConnection(provider, connection string) error {
+	d, ok := dialects[strings.ToLower(strings.TrimSpace(provider))]
+	if !ok {
+		return fmt.Errorf("nopdb: unknown database provider %q (want sqlserver, mysql or postgresql)", provider)
+	}
+	red := newRedactor(d.provider, connection)
+	if c, ok := fromADONet(d.provider, connection); ok {
+		connection = c
+	}
+	var err error
+	switch d.provider {
+	case PostgreSQL:
+		_, err = pgx.ParseConfig(connection)
+	case MySQL:
+		_, err = mysql.ParseDSN(connection)
+	default:
+		_, err = msdsn.Parse(connection)
+	}
+	return red.wrap("reading the connection string", err)
+}
+
 // Close closes the connection pool.
 func (r *Reader) Close() error { return r.db.Close() }
 
