@@ -196,7 +196,13 @@ func (a *app) functions() map[string]funchost.Function {
 func (a *app) queueFunction(queueName string) funchost.Function {
 	return func(ctx context.Context, inv *funchost.Invocation) (*funchost.Result, error) {
 		m, err := inv.ServiceBus("msg")
-		if err != nil {
+		switch {
+		case errors.Is(err, funchost.ErrUndecodableBody):
+			// No delivery makes it readable: applied as it came, it is recorded as an
+			// invalid message with its reason and acknowledged, instead of failing every
+			// delivery and dead-lettering without one.
+			a.log.Error("queue message body can't be read", "queue", queueName, "message", m.MessageID, "error", err)
+		case err != nil:
 			return nil, err
 		}
 		err = a.deliveries.Handle(ctx, delivery.Message{Queue: queueName, MessageID: m.MessageID, SessionID: m.SessionID,

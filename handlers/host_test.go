@@ -249,6 +249,29 @@ func TestInvalidQueueMessageIsVisible(t *testing.T) {
 	}
 }
 
+// A queue message whose body can't be read at all (not JSON, not base64: hand-sent or
+// tampered with) is acknowledged and listed as invalid with its reason, as one that fails
+// validation is, instead of failing every delivery and dead-lettering without a reason.
+func TestUnreadableQueueBodyIsVisible(t *testing.T) {
+	h, _, _ := hostApp(t, "x-secret-not-real")
+	for i, body := range []string{"hello", "<evt/>"} {
+		once, _ := json.Marshal(body)
+		twice, _ := json.Marshal(string(once)) // the host's double-encoded string
+		payload := []byte(fmt.Sprintf(`{"Data":{"msg":%s},"Metadata":{"DeliveryCount":"1","MessageId":"\"tampered-%d\"","SessionId":"\"customer-9\"","SequenceNumber":"7","EnqueuedTime":"2026-12-05T01:02:03+00:00"}}`, twice, i))
+		if code, out := callHost(t, h, "customers", payload); code != 200 {
+			t.Fatalf("body %q: answered %d %v, want 200 (acknowledged)", body, code, out)
+		}
+	}
+	code, out := callHost(t, h, "status", hostHTTP(t, "GET", "https://func-test.azurewebsites.net/api/status", map[string][]string{}, nil))
+	status, page := resOutput(t, out)
+	if code != 200 || status != "200" {
+		t.Fatalf("status: %d %s", code, status)
+	}
+	if page["invalidMessageCount"] != float64(2) {
+		t.Fatalf("status invalid messages: count %v list %v, want 2", page["invalidMessageCount"], page["invalidMessages"])
+	}
+}
+
 // TestEventsBodyAsTheHostPassesIt: requests built as the Functions host builds its payload
 // from them (funchost.EncodeHTTP). A chunked request reaches the app without its body and
 // is answered 411 length_required, telling the sender to send Content-Length, not a

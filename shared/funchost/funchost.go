@@ -141,15 +141,20 @@ type ServiceBusMessage struct {
 // ErrNoTrigger means the invocation lacks the named trigger value.
 var ErrNoTrigger = errors.New("funchost: trigger value missing")
 
+// ErrUndecodableBody means a Service Bus trigger value holds no body the app can read (not
+// JSON, not base64 of UTF-8 text): no delivery will make it readable. ServiceBus returns
+// the message with the trigger value itself as its Body alongside it.
+var ErrUndecodableBody = errors.New("funchost: message body can't be read")
+
 // ServiceBus decodes the Service Bus trigger named name.
 func (inv *Invocation) ServiceBus(name string) (*ServiceBusMessage, error) {
 	raw, ok := lookupFold(inv.Data, name)
 	if !ok || isNull(raw) {
 		return nil, fmt.Errorf("service bus trigger %q: %w", name, ErrNoTrigger)
 	}
-	body, err := decodeBody(raw)
-	if err != nil {
-		return nil, fmt.Errorf("service bus trigger %q: %w", name, err)
+	body, berr := decodeBody(raw)
+	if berr != nil {
+		body = append([]byte(nil), raw...)
 	}
 	m := &ServiceBusMessage{
 		Body:        body,
@@ -182,6 +187,9 @@ func (inv *Invocation) ServiceBus(name string) (*ServiceBusMessage, error) {
 				m.ApplicationProperties = props
 			}
 		}
+	}
+	if berr != nil {
+		return m, fmt.Errorf("service bus trigger %q: %w: %w", name, ErrUndecodableBody, berr)
 	}
 	return m, nil
 }
