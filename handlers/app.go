@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/delivery"
@@ -153,8 +154,31 @@ func (a *app) public() http.Handler {
 			r2.URL.Path, r2.URL.RawPath = p, ""
 			r = r2
 		}
+		if _, pattern := mux.Handler(r); pattern == "" {
+			noRoute(w, r, mux) // a JSON answer, not net/http's plain text
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// noRoute answers a request no route of mux takes: 405 with Allow when the path has
+// routes for other methods, else 404, both as the app's JSON errors.
+func noRoute(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if _, pattern := mux.Handler(r2); pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		apierror.Write(w, apierror.New(apierror.MethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path+"; use "+strings.Join(allow, " or ")), nil)
+		return
+	}
+	apierror.Write(w, apierror.New(apierror.NotFound, "no route "+r.URL.Path+" (see docs/operations.md for the routes)"), nil)
 }
 
 // hostPath is a request path as the Functions host routes it: ASP.NET Core routing ignores

@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nopsync/nopsync/shared/apierror"
 	"github.com/nopsync/nopsync/shared/config"
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
@@ -156,7 +158,17 @@ func runLocal(ctx context.Context, cfg *config.Config, log *slog.Logger, lo *loc
 	}
 	host := funchost.NewServer(a.functions(), log, 9*time.Minute)
 
-	mux.Handle("/api/", a.public())
+	pub := a.public()
+	mux.Handle("/api/", pub)
+	mux.Handle("/{api}/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The host matches the route prefix in any case (/API/status), as public matches
+		// the rest; other paths get the same JSON 404 as unknown routes under /api.
+		if strings.EqualFold(r.PathValue("api"), "api") {
+			pub.ServeHTTP(w, r)
+			return
+		}
+		apierror.Write(w, apierror.New(apierror.NotFound, "no route "+r.URL.Path), nil)
+	}))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{

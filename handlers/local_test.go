@@ -387,3 +387,37 @@ func TestLocalModeWarnsWhenReachableFromOutside(t *testing.T) {
 		}
 	}
 }
+
+// Local mode answers every request under the route prefix in JSON, as the app's errors
+// are: a route taking other methods 405 with Allow, an unknown one 404; the prefix in
+// any case reaches the routes, as the host matches it (/API/status).
+func TestLocalModeAnswersUnknownRoutesInJSON(t *testing.T) {
+	base := startLocal(t, nil, nil)
+	for _, c := range []struct {
+		method, path string
+		want         int
+		allow        string
+	}{
+		{"POST", "/api/status", 405, "GET"},
+		{"GET", "/api/status/customer/42/extra", 404, ""},
+		{"GET", "/api/deadletters", 404, ""},
+		{"GET", "/api/nothing", 404, ""},
+		{"GET", "/API/status", 200, ""},
+		{"GET", "/Api/Status/customer/42", 404, ""}, // the route, answering that it has no such entity
+	} {
+		req, _ := http.NewRequest(c.method, base+c.path, nil)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]any
+		derr := json.NewDecoder(res.Body).Decode(&body)
+		res.Body.Close()
+		if res.StatusCode != c.want || derr != nil || !strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s %s: %d %s (%v), want %d in JSON", c.method, c.path, res.StatusCode, res.Header.Get("Content-Type"), derr, c.want)
+		}
+		if c.allow != "" && res.Header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, res.Header.Get("Allow"), c.allow)
+		}
+	}
+}
