@@ -324,12 +324,21 @@ func (e *Engine) HandleMessage(ctx context.Context, queueName string, body []byt
 		return e.recordInvalid(ctx, queueName, body, err)
 	}
 	var mine []*nop.Event
+	var wrong []string
 	for _, ev := range evs {
 		if ev.Entity() != entity {
 			e.log.Error("event on the wrong queue dropped", "queue", queueName, "event", ev.ID, "type", ev.Type)
+			wrong = append(wrong, ev.ID)
 			continue
 		}
 		mine = append(mine, ev)
+	}
+	if len(wrong) > 0 {
+		// Listed with the invalid messages, as any message that can never apply is.
+		err := fmt.Errorf("%d event(s) not for the %s queue, dropped: %s", len(wrong), queueName, strings.Join(headOf(wrong, 10), ", "))
+		if rerr := e.recordInvalid(ctx, queueName, body, err); rerr != nil || len(mine) == 0 {
+			return rerr
+		}
 	}
 	if len(mine) == 0 {
 		return nil

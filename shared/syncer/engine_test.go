@@ -477,3 +477,21 @@ func TestStalledWriterDoesNotWinOverNewerState(t *testing.T) {
 		t.Fatalf("state %+v", r)
 	}
 }
+
+// An event delivered on another entity's queue (a message sent or replayed by hand) is
+// acknowledged and listed with the invalid messages, not dropped with a log line only.
+func TestEventOnTheWrongQueueListed(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ev := customerEvent(t, example(t, "customer-created.json")[0], 42, 1, "x@example.com", nil)
+	body, _ := json.Marshal(map[string]json.RawMessage{"evt": ev.Raw})
+	if err := e.eng.HandleMessage(e.ctx, "orders", body); err != nil {
+		t.Fatal(err)
+	}
+	docs, err := e.st.ListDocs(e.ctx, InvalidMessageKind)
+	if err != nil || len(docs) != 1 || !strings.Contains(string(docs[0].Value), "not for the orders queue") {
+		t.Fatalf("invalid messages %v %v, want the message listed with the reason", docs, err)
+	}
+	if _, err := e.st.Get(e.ctx, state.Customer, "42"); err == nil {
+		t.Error("the customer event was applied from the orders queue")
+	}
+}
