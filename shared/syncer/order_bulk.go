@@ -217,9 +217,16 @@ func (s *orderSyncer) createMany(ctx context.Context, plans []*orderPlan, idx []
 			plans[i].written()
 		case errs[i] != nil && !isTransient(errs[i]):
 			// Refused for good, even alone: take back the header bulk created (its lines
-			// go with it), so the order is not left half-written in Dynamics 365.
+			// go with it), so the order is not left half-written in Dynamics 365. Alone,
+			// it was tried with write-in lines already: not again after the delete.
+			if second[i].ran {
+				plans[i].writeErr = nil
+			}
 			if err := s.dv.Delete(ctx, setSalesOrders, plans[i].orderID); err != nil && !dataverse.IsNotFound(err) {
 				s.log.Warn("removing the header of a refused order", "order", plans[i].ev.Order.ID, "error", err)
+				// Said where the admin looks: the order is not absent from Dynamics 365.
+				errs[i] = fmt.Errorf("%w; its salesorder %s stays in Dynamics 365 with part of its lines, as removing it failed (%v): delete it there, or send the order again once the cause is fixed",
+					errs[i], plans[i].orderID, err)
 			}
 		}
 	}

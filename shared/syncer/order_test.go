@@ -1270,3 +1270,34 @@ func TestOrderGuestEmailOverContactLength(t *testing.T) {
 		})
 	}
 }
+
+// An import chunk's order that Dynamics 365 refuses for good, even alone, has the header
+// bulk created taken back; when that delete fails too, the order's failure says the
+// salesorder is still in Dynamics 365 with part of its lines, rather than reading as if
+// nothing of it were there.
+func TestOrderBulkRefusedHeaderLeftBehindIsSaid(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(31, 32))
+	var raws []json.RawMessage
+	var orders []*nop.Order
+	for id := 7101; id <= 7112; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		orders = append(orders, o)
+		raws = append(raws, orderEvent(t, o, "order.placed", 1))
+	}
+	const badID = 7105
+	bad := orders[badID-7101]
+	h.fdv.poisonPath("salesorderdetails(" + orderLineID(1, bad.Items[0].ID) + ")")
+	h.fdv.failBefore("Delete salesorders", 100) // the clean-up answered 503
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-new", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatal(err)
+	}
+	if h.salesOrder(1, badID) == nil {
+		t.Skip("the refused order's header was removed: nothing left behind to report")
+	}
+	rec := h.record(badID)
+	if rec.Status != state.Failed || !strings.Contains(rec.Reason, "stays in Dynamics 365 with part of its lines") || !strings.Contains(rec.Reason, salesOrderID(1, badID)) {
+		t.Errorf("order %d: %s %q, want failed naming the salesorder left in Dynamics 365", badID, rec.Status, rec.Reason)
+	}
+}
