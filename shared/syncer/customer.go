@@ -528,7 +528,7 @@ func liveContact(rec *state.Record) string {
 // contact the customer sync would give it (state, adoption, deterministic id) and the
 // customer's state remembers it; a guest's contact is made from the billing address and
 // matched by email like any other.
-func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (string, error) {
+func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.Customer, billing *nop.Address) (_ string, rerr error) {
 	if c == nil {
 		return "", permanent(errors.New("order has no customer"))
 	}
@@ -551,7 +551,7 @@ func (s *customerSyncer) ensureContact(ctx context.Context, storeID int, c *nop.
 		if err != nil {
 			return "", err
 		}
-		defer s.leases.release(ctx, claimed)
+		defer s.leases.releaseForOrder(ctx, claimed, &rerr) // rerr: the err below is the block's
 		// An order older than the customer's delete, which deleted the contact
 		// (DELETE_POLICY=delete): in business order the order would have come first and
 		// the delete would have been refused and deactivated the contact instead. So the

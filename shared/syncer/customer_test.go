@@ -3,6 +3,7 @@ package syncer
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -332,5 +333,42 @@ func TestCustomerEmailOverContactLength(t *testing.T) {
 				t.Errorf("customer 502: %s %q, want synced", rec.Status, rec.Reason)
 			}
 		})
+	}
+}
+
+// An order that writes its customer's contact records the customer as the order left it:
+// a failed save of that record fails the order transiently (its redelivery writes the
+// contact again), rather than leaving the customer "being written from an order" for
+// good with nothing to re-send; a contact the order could not write says why.
+func TestContactWrittenFromOrderRecorded(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(51, 52))
+	o := genOrder(r, 9101, genOptions{Round: true})
+	cid := o.Customer.ID
+	h.st.failSave(func(rec *state.Record) bool {
+		return rec.Entity == state.Customer && rec.LeaseOwner == "" && rec.DataverseID != ""
+	})
+	evs, err := nop.DecodeRequest(state.Order, orderEvent(t, o, "order.placed", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.send(evs[0]); err == nil || !isTransient(err) {
+		t.Fatalf("order whose customer's record could not be saved: %v, want a transient failure", err)
+	}
+	h.st.failSave(nil)
+
+	// A long email: the contact can't be written; the customer's record says why.
+	o2 := genOrder(r, 9102, genOptions{Round: true})
+	o2.Customer.ID = cid + 1000
+	o2.Customer.IsGuest, o2.Customer.IsRegistered = false, true
+	o2.Customer.Email = genPtr(strings.Repeat("c", 101) + "@example.com")
+	evs, err = nop.DecodeRequest(state.Order, orderEvent(t, o2, "order.placed", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = h.send(evs[0])
+	crec, err := h.st.Get(h.ctx, state.Customer, itoa(o2.Customer.ID))
+	if err != nil || crec.Status != state.Failed || !strings.Contains(crec.Reason, "email is 113 characters") {
+		t.Errorf("customer %d: %v %+v, want failed with the reason its contact was not written", o2.Customer.ID, err, crec)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/nopsync/nopsync/shared/internal/cut"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -355,15 +356,26 @@ func (l *leases) renew(ctx context.Context, rec *state.Record) error {
 // drop clears rec's lease fields (the caller saves rec).
 func drop(rec *state.Record) { rec.LeaseOwner, rec.LeaseUntil = "", time.Time{} }
 
-// release saves rec (with what was written) and gives its lease back. It saves even when
-// the invocation's context has just ended: a lease left behind would block the entity
-// until it expires.
-func (l *leases) release(ctx context.Context, rec *state.Record) {
+// releaseForOrder saves rec, which an order claimed to write the entity from its own copy,
+// and gives its lease back; *errp is the order's error so far. A record no event has
+// applied that the order could not write says why (failed, with the reason), instead of
+// "being written from an order" for good; a failed save fails the order transiently, so
+// its redelivery writes the entity again rather than leaving it pending with no data to
+// re-send. It saves even when the invocation's context has just ended: a lease left
+// behind would block the entity until it expires.
+func (l *leases) releaseForOrder(ctx context.Context, rec *state.Record, errp *error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	drop(rec)
+	if *errp != nil && neverApplied(rec) && rec.DataverseID == "" {
+		rec.Status, rec.Transient = state.Failed, isTransient(*errp)
+		rec.Reason = cut.Runes("writing it for an order failed: "+(*errp).Error(), 1000)
+	}
 	if err := l.st.Save(ctx, rec); err != nil {
 		l.log.Warn("releasing an entity written from an order", "entity", rec.Entity, "id", rec.ID, "error", err)
+		if *errp == nil {
+			*errp = transient(fmt.Errorf("recording %s %s written for the order: %w", rec.Entity, rec.ID, err))
+		}
 	}
 }
 

@@ -550,11 +550,38 @@ func (s *productSyncer) publish(ctx context.Context, pl *productPlan, cur int) (
 		err = s.setProductState(ctx, pl.id, productActive)
 	}
 	if err != nil && hasCode(err, codeChildOfNonActiveFamily) {
+		if published, perr := s.publishStubFamily(ctx, pl); perr != nil || published {
+			return published, perr
+		}
 		pl.note = joinNote(pl.note, "left unpublished until its product family is published")
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("publishing product %s: %w", pl.id, err)
+	}
+	return true, nil
+}
+
+// publishStubFamily publishes the family of pl when it is a stub the app made for its
+// products (ensureFamily) and not Active: the stub's own publication failed (a 503), and
+// nothing else would publish it before the family's own event. Publishing the hierarchy
+// publishes pl with it. A family whose own event holds it is left to that event.
+func (s *productSyncer) publishStubFamily(ctx context.Context, pl *productPlan) (bool, error) {
+	familyID := pl.p.ParentGroupedProductID
+	if familyID <= 0 || pl.parentID == "" {
+		return false, nil
+	}
+	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, transient(fmt.Errorf("reading product %d state: %w", familyID, err))
+	case rec.Extra[extraFamilyStub] == "" || !strings.EqualFold(rec.DataverseID, pl.parentID) || s.leases.held(rec):
+		return false, nil
+	}
+	if err := s.dv.PublishProductHierarchy(ctx, rec.DataverseID); err != nil {
+		return false, fmt.Errorf("publishing product family %d, made for its products before its own event: %w", familyID, err)
 	}
 	return true, nil
 }
@@ -858,7 +885,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 // ensureProduct returns the product row of an order line, creating the product from the
 // line's data when the app has not synced it yet (the product's own event later fills in
 // price, stock and the rest).
-func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (string, error) {
+func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.ItemProduct) (_ string, rerr error) {
 	key := strconv.Itoa(ip.ID)
 	// Orders of one chunk often share products: one of them creates it, the others wait
 	// and find it in state.
@@ -884,7 +911,7 @@ func (s *productSyncer) ensureProduct(ctx context.Context, storeID int, ip nop.I
 	if err != nil {
 		return "", err
 	}
-	defer s.leases.release(ctx, work)
+	defer s.leases.releaseForOrder(ctx, work, &rerr)
 	if work.DataverseID != "" { // written by the product's own event while we waited
 		return work.DataverseID, nil
 	}

@@ -1,7 +1,10 @@
 package syncer
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -678,5 +681,47 @@ func TestProductSkuOverProductNumberLength(t *testing.T) {
 	e.each(state.Product, productEvent(t, 801, 2, func(d map[string]any) { d["sku"] = base + "-RED"; d["deleted"] = true }))
 	if r := e.rec(state.Product, 801).Reason; strings.HasSuffix(r, "; ") || !strings.HasPrefix(r, "deleted in nopCommerce") {
 		t.Errorf("deleted product's reason %q", r)
+	}
+}
+
+// pubFailDV answers the next n PublishProductHierarchy calls 503.
+type pubFailDV struct {
+	Dataverse
+	n int
+}
+
+func (p *pubFailDV) PublishProductHierarchy(ctx context.Context, id string) error {
+	if p.n > 0 {
+		p.n--
+		return unavailable()
+	}
+	return p.Dataverse.PublishProductHierarchy(ctx, id)
+}
+
+// A product that arrives before its family gets a family made for it, published so the
+// product can be sold before the family's own event. When that publication is answered
+// 503, the product's own publication, refused while its family is Draft, publishes the
+// made family (and itself with it) rather than leaving both Draft until the family's
+// event, which may never come.
+func TestProductFamilyStubPublishedAfterABlip(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	dv := &pubFailDV{Dataverse: e.fdv, n: 1}
+	eng, err := New(Options{DV: dv, State: e.st, Settings: e.set, BusyWait: -1, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.deliver(eng, state.Product, productEvent(t, 21, 1, func(d map[string]any) { d["parentGroupedProductId"] = 20 })); err != nil {
+		t.Fatal(err)
+	}
+	if dv.n != 0 {
+		t.Fatal("the stub's publication was not tried")
+	}
+	for _, id := range []int{20, 21} {
+		if st := numOf(e.row("products", productID(1, id))["statecode"]); st != productActive {
+			t.Errorf("product %d: state %v, want Active", id, st)
+		}
+	}
+	if rec := e.rec(state.Product, 21); rec.Status != state.Synced || strings.Contains(rec.Reason, "unpublished") {
+		t.Errorf("product 21: %s %q, want synced and published", rec.Status, rec.Reason)
 	}
 }
