@@ -99,4 +99,3 @@ func TestDeletedCustomersOrdersStillRead(t *testing.T) {
 		}
 	})
 }
-
