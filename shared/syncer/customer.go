@@ -243,8 +243,10 @@ func (s *customerSyncer) choose(ctx context.Context, p *contactPlan, own string,
 			return nil
 		}
 		// A contact another customer of ours owns is never adopted; nor is the contact
-		// of a deleted customer.
-		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") && d != fmt.Sprintf("nopCommerce customer %d", customerID) {
+		// of a deleted customer; nor one the app made for a customer with this id in
+		// another store (its description is the same, its id is not ours).
+		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") &&
+			(d != fmt.Sprintf("nopCommerce customer %d", customerID) || madeByTheApp(id)) {
 			continue
 		}
 		released, err := s.released(ctx, id)
@@ -274,7 +276,12 @@ func (s *customerSyncer) choose(ctx context.Context, p *contactPlan, own string,
 // planAccount resolves the parent account for the company (or plans clearing it).
 func (s *customerSyncer) planAccount(ctx context.Context, storeID int, p *contactPlan, rec *state.Record) error {
 	if p.company == "" {
-		p.clear = rec != nil && rec.Extra[extraAccountID] != ""
+		// Cleared when the store removed it (docs/dataverse-mapping.md): the state says
+		// whether the app set one. When it knows nothing of the row (a wiped state) and the
+		// row is the app's own, its parent account is the app's to clear too; an adopted
+		// row keeps one an admin set.
+		known := rec != nil && rec.DataverseID != ""
+		p.clear = rec != nil && rec.Extra[extraAccountID] != "" || !known && !p.isNew && madeByTheApp(p.id)
 		return nil
 	}
 	id, err := s.account(ctx, storeID, p.company)

@@ -142,22 +142,31 @@ const maxProductNumber = 100
 // productNumber is the number the app would write: the sku, else NOP-<id>. A sku longer
 // than a product number is not cut (cut, it could be another product's sku, or match a
 // row it is not): the product gets NOP-<id> (skuTooLong says why).
-func productNumber(id int, sku *string) string {
+func productNumber(storeID, id int, sku *string) string {
 	if s := strings.TrimSpace(deref(sku)); s != "" && utf8.RuneCountInString(s) <= maxProductNumber {
 		return s
 	}
-	return fallbackNumber(id)
+	return fallbackNumber(storeID, id)
 }
 
 // skuTooLong is the note of a product whose sku is longer than a product number, or "".
-func skuTooLong(id int, sku *string) string {
+func skuTooLong(storeID, id int, sku *string) string {
 	if n := utf8.RuneCountInString(strings.TrimSpace(deref(sku))); n > maxProductNumber {
-		return fmt.Sprintf("sku is %d characters, over the %d a product number holds; wrote product number %s instead", n, maxProductNumber, fallbackNumber(id))
+		return fmt.Sprintf("sku is %d characters, over the %d a product number holds; wrote product number %s instead", n, maxProductNumber, fallbackNumber(storeID, id))
 	}
 	return ""
 }
 
-func fallbackNumber(id int) string { return "NOP-" + strconv.Itoa(id) }
+// fallbackNumber is the product number of a product without a usable sku: NOP-<id>
+// (docs/dataverse-mapping.md), and NOP-<store>-<id> for a store other than the default
+// one, as product numbers are unique across the whole Dataverse and a second store's
+// products have the same ids as the first's.
+func fallbackNumber(storeID, id int) string {
+	if storeID > 1 {
+		return "NOP-" + strconv.Itoa(storeID) + "-" + strconv.Itoa(id)
+	}
+	return "NOP-" + strconv.Itoa(id)
+}
 
 // maxQuantityOnHand is the largest quantityonhand Dataverse takes (product table
 // reference: QuantityOnHand, MaxValue 1000000000); stores that don't track stock often
@@ -203,11 +212,11 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		// retired child of one, can never be Active again in Dynamics 365.
 		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
 	}
-	pl.note = joinNote(pl.note, skuTooLong(p.ID, p.Sku))
+	pl.note = joinNote(pl.note, skuTooLong(storeID, p.ID, p.Sku))
 	if p.StockQuantity > maxQuantityOnHand {
 		pl.note = joinNote(pl.note, fmt.Sprintf("stock quantity %d is more than Dynamics 365 takes: wrote %d", p.StockQuantity, maxQuantityOnHand))
 	}
-	want := productNumber(p.ID, p.Sku)
+	want := productNumber(storeID, p.ID, p.Sku)
 	pictureURL := ""
 	if s.settings.SyncImages && len(p.PictureURLs) > 0 {
 		pictureURL = p.PictureURLs[0]
@@ -311,7 +320,7 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 }
 
 func (pl *productPlan) useFallback(want string) {
-	pl.number = fallbackNumber(pl.p.ID)
+	pl.number = fallbackNumber(pl.storeID, pl.p.ID)
 	pl.note = fmt.Sprintf("sku %q is the product number of another product in Dynamics 365; wrote product number %s instead", want, pl.number)
 }
 
@@ -476,7 +485,7 @@ func (s *productSyncer) writeProduct(ctx context.Context, pl *productPlan, exist
 	// numberTaken: Dynamics 365 refused the product number (another row holds it): write
 	// NOP-<id> instead, once.
 	numberTaken := func(err error) bool {
-		if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.p.ID) {
+		if err != nil && hasCode(err, codeProductNumberExists) && pl.number != fallbackNumber(pl.storeID, pl.p.ID) {
 			pl.useFallback(pl.number)
 			return true
 		}
@@ -858,7 +867,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	id := deterministicID(storeID, "product", strconv.Itoa(familyID))
 	stub := productFields(&nop.Product{ID: familyID, ProductType: nop.ProductTypeGrouped,
 		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
-	stub["productnumber"] = fallbackNumber(familyID)
+	stub["productnumber"] = fallbackNumber(storeID, familyID)
 	_, err = s.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
 	switch {
 	case err == nil:
@@ -873,7 +882,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	if rec == nil {
 		nr := &state.Record{Entity: state.Product, ID: strconv.Itoa(familyID), DataverseID: id, Status: state.Pending,
 			Reason: fmt.Sprintf("created as the product family of product %d; waiting for its own event", childID),
-			Extra:  map[string]string{extraFamilyStub: "true", extraProductNumber: fallbackNumber(familyID)},
+			Extra:  map[string]string{extraFamilyStub: "true", extraProductNumber: fallbackNumber(storeID, familyID)},
 		}
 		if err := s.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
 			return "", transient(fmt.Errorf("saving product family %d state: %w", familyID, err))

@@ -117,7 +117,7 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 			id = deterministicID(c.evs[i].StoreID, "product", itoa(p.ID))
 		}
 		ids = append(ids, id)
-		numbers = append(numbers, productNumber(p.ID, p.Sku))
+		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
 	}
 	states, err := c.s.existingRows(ctx, "products", "productid", ids, true)
 	if err == nil {

@@ -1,0 +1,123 @@
+package syncer
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+// sharedEnv is a second app (another STORE_ID) with its own state store, writing into
+// e's Dataverse.
+func sharedEnv(t *testing.T, e *env) *env {
+	e2 := newEnv(t, envOptions{})
+	e2.srv, e2.fdv.Dataverse, e2.dv = e.srv, e.dv, e.dv
+	e2.eng = e2.engine()
+	return e2
+}
+
+// storeEvent is ev sent by another store.
+func storeEvent(t testing.TB, ev *nop.Event, store int, entity state.Entity) *nop.Event {
+	t.Helper()
+	s := strings.Replace(string(ev.Raw), `"storeId":1`, fmt.Sprintf(`"storeId":%d`, store), 1)
+	if !strings.Contains(s, fmt.Sprintf(`"storeId":%d`, store)) {
+		s = strings.Replace(s, `{`, fmt.Sprintf(`{"storeId":%d,`, store), 1)
+	}
+	evs, err := nop.DecodeRequest(entity, []byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs[0]
+}
+
+// Two stores in one Dataverse: product numbers are unique across it, and a second store's
+// products have the first's ids, so a product without a sku (or whose sku the other store
+// holds) gets NOP-<store>-<id> in a store other than the default one, not the first
+// store's NOP-<id> (which Dataverse refuses as a duplicate, failing the product and its
+// orders for good).
+func TestSecondStoreProductNumbers(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	noSku := func(d map[string]any) { d["sku"] = nil }
+	e.each(state.Product, productEvent(t, 7, 1, noSku), productEvent(t, 9, 1, noSku),
+		productEvent(t, 3, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+	e2 := sharedEnv(t, e)
+	for _, c := range []struct {
+		id   int
+		data func(d map[string]any)
+	}{{7, noSku}, {9, func(d map[string]any) { d["sku"] = "SHARED" }}} {
+		if err := e2.deliver(e2.eng, state.Product, storeEvent(t, productEvent(t, c.id, 1, c.data), 2, state.Product)); err != nil {
+			t.Fatal(err)
+		}
+		r := e2.rec(state.Product, c.id)
+		if r.Status != state.Synced {
+			t.Errorf("store 2's product %d: %s %q", c.id, r.Status, r.Reason)
+			continue
+		}
+		if n := e.row("products", productID(2, c.id))["productnumber"]; n != fmt.Sprintf("NOP-2-%d", c.id) {
+			t.Errorf("store 2's product %d: productnumber %v, want NOP-2-%d", c.id, n, c.id)
+		}
+	}
+	if n := e.row("products", productID(1, 7))["productnumber"]; n != "NOP-7" {
+		t.Errorf("store 1's product 7: productnumber %v, want NOP-7 as before", n)
+	}
+}
+
+// Store 2's customer with store 1's customer's id and email does not adopt the contact
+// the app made for store 1's customer ("never a row the app made for another store
+// object"): it gets its own.
+func TestSecondStoreCustomerNotAdoptingTheFirstStoresContact(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	tmpl := example(t, "customer-created.json")[0]
+	e.each(state.Customer, customerEvent(t, tmpl, 5, 1, "same@example.test", nil))
+	e2 := sharedEnv(t, e)
+	ev := storeEvent(t, customerEvent(t, tmpl, 5, 1, "same@example.test", func(d map[string]any) { d["firstName"] = "StoreTwo" }), 2, state.Customer)
+	if err := e2.deliver(e2.eng, state.Customer, ev); err != nil {
+		t.Fatal(err)
+	}
+	if r := e2.rec(state.Customer, 5); !strings.EqualFold(r.DataverseID, contactID(2, 5)) {
+		t.Errorf("store 2's customer 5 -> %s %q, want its own contact %s", r.DataverseID, r.Reason, contactID(2, 5))
+	}
+	if c := e.row("contacts", contactID(1, 5)); c["firstname"] == "StoreTwo" {
+		t.Error("store 2's customer overwrote store 1's customer's contact")
+	}
+}
+
+// The first event after a wiped state that removes a customer's company takes the contact
+// out of the account the app had put it under (docs/dataverse-mapping.md: "cleared when it
+// is removed"), alone and in an array, though the state no longer says it set one.
+func TestCompanyRemovedAfterAWipe(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			tmpl := example(t, "customer-created.json")[0]
+			e.each(state.Customer, customerEvent(t, tmpl, 6, 1, "six@example.test", func(d map[string]any) { d["company"] = "Acme Ltd" }))
+			if p, _ := e.row("contacts", contactID(1, 6))["_parentcustomerid_value"].(string); p == "" {
+				t.Fatal("the contact has no parent account to begin with")
+			}
+			e.wipe()
+			v2 := customerEvent(t, tmpl, 6, 2, "six@example.test", func(d map[string]any) { d["company"] = nil; d["firstName"] = "NoCompany" })
+			if bulk {
+				if err := e.deliver(e.eng, state.Customer, v2, customerEvent(t, tmpl, 7, 1, "seven@example.test", nil)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				e.each(state.Customer, v2)
+			}
+			c := e.row("contacts", contactID(1, 6))
+			if c["firstname"] != "NoCompany" {
+				t.Fatal("the event was not applied")
+			}
+			if p, _ := c["_parentcustomerid_value"].(string); p != "" {
+				t.Errorf("company removed in the store, the contact is still under account %s", p)
+			}
+		})
+	}
+}
+
+// wipe gives e a fresh state store and engine, as after the state table was deleted.
+func (e *env) wipe() {
+	e.wipeState()
+	e.eng = e.engine()
+}
