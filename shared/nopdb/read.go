@@ -14,8 +14,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
 
+	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
@@ -29,9 +29,6 @@ const (
 // Dataverse limits the reader checks so a row that can't be written is a failure with its
 // reason here rather than a refused write later.
 const (
-	// MaxEmailLength is contact.emailaddress1's length (docs/dataverse-mapping.md;
-	// learn.microsoft.com/power-apps/developer/data-platform/reference/entities/contact).
-	MaxEmailLength = 100
 	// maxMoneyUnits is 1,000,000,000,000 in ten-thousandths: the range Dataverse's money
 	// columns on products and orders accept (0 to 1,000,000,000,000).
 	maxMoneyUnits = 1_000_000_000_000 * 10000
@@ -248,10 +245,10 @@ func checkMoney(field string, m nop.Money) error {
 }
 
 func checkEmail(field string, email *string) error {
-	if email != nil && utf8.RuneCountInString(*email) > MaxEmailLength {
-		return fmt.Errorf("%s is %d characters, over the %d a Dataverse contact's email (emailaddress1) holds", field, utf8.RuneCountInString(*email), MaxEmailLength)
+	if email == nil {
+		return nil
 	}
-	return nil
+	return dataverse.CheckContactEmail(field, *email)
 }
 
 // ---- customers

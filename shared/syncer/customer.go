@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/internal/cut"
@@ -134,15 +133,11 @@ func (p *contactPlan) outcome() outcome {
 	return outcome{status: state.Synced, reason: p.note, dataverseID: p.id, hash: p.hash}
 }
 
-// maxEmailLength is the length of a contact's emailaddress1 (contact table reference).
-const maxEmailLength = 100
-
-// checkEmail refuses, for good, an email longer than a contact's emailaddress1: cut, it
-// would be an address that does not exist. The store reader refuses such rows with the
-// same reason.
+// checkEmail refuses, for good, an email longer than a contact's emailaddress1 (see
+// dataverse.CheckContactEmail; the store reader refuses such rows alike).
 func checkEmail(field, email string) error {
-	if n := utf8.RuneCountInString(email); n > maxEmailLength {
-		return permanent(fmt.Errorf("%s is %d characters, over the %d a Dataverse contact's email (emailaddress1) holds", field, n, maxEmailLength))
+	if err := dataverse.CheckContactEmail(field, email); err != nil {
+		return permanent(err)
 	}
 	return nil
 }
