@@ -238,10 +238,10 @@ func (s *customerSyncer) choose(ctx context.Context, p *contactPlan, own string,
 			return nil
 		}
 		// A contact another customer of ours owns is never adopted; nor is the contact
-		// of a deleted customer; nor one the app made for a customer with this id in
-		// another store (its description is the same, its id is not ours).
-		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") &&
-			(d != fmt.Sprintf("nopCommerce customer %d", customerID) || madeByTheApp(id)) {
+		// of a deleted customer. One with this customer's description and email is this
+		// customer's, whichever storeId it was written under: nopCommerce shares customers
+		// between the stores of an install.
+		if d := str(r["description"]); customerID >= 0 && strings.HasPrefix(d, "nopCommerce customer ") && d != fmt.Sprintf("nopCommerce customer %d", customerID) {
 			continue
 		}
 		released, err := s.released(ctx, id)

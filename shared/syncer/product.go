@@ -168,6 +168,18 @@ func fallbackNumber(storeID, id int) string {
 	return "NOP-" + strconv.Itoa(id)
 }
 
+// isFallbackFor reports whether number is a fallback number of product id, of any store.
+func isFallbackFor(number string, id int) bool {
+	rest, ok := strings.CutPrefix(number, "NOP-")
+	if !ok {
+		return false
+	}
+	if _, after, found := strings.Cut(rest, "-"); found {
+		rest = after
+	}
+	return rest == strconv.Itoa(id)
+}
+
 // maxQuantityOnHand is the largest quantityonhand Dataverse takes (product table
 // reference: QuantityOnHand, MaxValue 1000000000); stores that don't track stock often
 // hold int32's largest value.
@@ -217,6 +229,12 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		pl.note = joinNote(pl.note, fmt.Sprintf("stock quantity %d is more than Dynamics 365 takes: wrote %d", p.StockQuantity, maxQuantityOnHand))
 	}
 	want := productNumber(storeID, p.ID, p.Sku)
+	if isFallbackFor(want, p.ID) && isFallbackFor(rec.Extra[extraProductNumber], p.ID) {
+		// Without a usable sku the product keeps the number it was written with, whichever
+		// storeId this event carries (nopCommerce shares products between the stores of an
+		// install): not a new number, and a new write, at every other store's event.
+		want = rec.Extra[extraProductNumber]
+	}
 	pictureURL := ""
 	if s.settings.SyncImages && len(p.PictureURLs) > 0 {
 		pictureURL = p.PictureURLs[0]

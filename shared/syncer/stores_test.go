@@ -64,23 +64,39 @@ func TestSecondStoreProductNumbers(t *testing.T) {
 	}
 }
 
-// Store 2's customer with store 1's customer's id and email does not adopt the contact
-// the app made for store 1's customer ("never a row the app made for another store
-// object"): it gets its own.
-func TestSecondStoreCustomerNotAdoptingTheFirstStoresContact(t *testing.T) {
+// nopCommerce shares customers between the stores of an install: the customer sent under
+// another storeId (a second deployment reading the same install, or one deployment hearing
+// both stores) with its email is the contact it already has, not a second one; the same
+// after the state was wiped.
+func TestCustomerUnderTwoStoreIDsIsOneContact(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	tmpl := example(t, "customer-created.json")[0]
 	e.each(state.Customer, customerEvent(t, tmpl, 5, 1, "same@example.test", nil))
 	e2 := sharedEnv(t, e)
-	ev := storeEvent(t, customerEvent(t, tmpl, 5, 1, "same@example.test", func(d map[string]any) { d["firstName"] = "StoreTwo" }), 2, state.Customer)
+	ev := storeEvent(t, customerEvent(t, tmpl, 5, 2, "same@example.test", func(d map[string]any) { d["firstName"] = "Again" }), 2, state.Customer)
 	if err := e2.deliver(e2.eng, state.Customer, ev); err != nil {
 		t.Fatal(err)
 	}
-	if r := e2.rec(state.Customer, 5); !strings.EqualFold(r.DataverseID, contactID(2, 5)) {
-		t.Errorf("store 2's customer 5 -> %s %q, want its own contact %s", r.DataverseID, r.Reason, contactID(2, 5))
+	if r := e2.rec(state.Customer, 5); !strings.EqualFold(r.DataverseID, contactID(1, 5)) {
+		t.Errorf("customer 5 under storeId 2 -> %s %q, want the contact it has, %s", r.DataverseID, r.Reason, contactID(1, 5))
 	}
-	if c := e.row("contacts", contactID(1, 5)); c["firstname"] == "StoreTwo" {
-		t.Error("store 2's customer overwrote store 1's customer's contact")
+	e2.wipe()
+	e2.each(state.Customer, storeEvent(t, customerEvent(t, tmpl, 5, 3, "same@example.test", nil), 2, state.Customer))
+	if n := len(e.srv.Rows("contacts")); n != 1 {
+		t.Errorf("%d contacts for one customer heard under two storeIds, want 1", n)
+	}
+}
+
+// A product without a sku heard under two storeIds by one deployment keeps the number it
+// was written with: not NOP-9 and NOP-2-9 in turn, each a write.
+func TestProductFallbackNumberStableAcrossStoreIDs(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	noSku := func(d map[string]any) { d["sku"] = nil }
+	for seq, store := range []int{1, 2, 1, 2} {
+		e.each(state.Product, storeEvent(t, productEvent(t, 9, int64(seq+1), noSku), store, state.Product))
+		if n := e.row("products", productID(1, 9))["productnumber"]; n != "NOP-9" {
+			t.Fatalf("after event %d (storeId %d): productnumber %v, want NOP-9 throughout", seq+1, store, n)
+		}
 	}
 }
 
