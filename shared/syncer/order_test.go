@@ -729,14 +729,7 @@ func TestOrderBulkCreate(t *testing.T) {
 				ho.sim.BulkUnsupported = []string{"salesorders", "salesorderdetails"}
 			}
 			h := newOrderHarness(t, ho)
-			r := rand.New(rand.NewPCG(31, 32))
-			var raws []json.RawMessage
-			var orders []*nop.Order
-			for id := 7101; id <= 7112; id++ {
-				o := genOrder(r, id, genOptions{Round: true})
-				orders = append(orders, o)
-				raws = append(raws, orderEvent(t, o, "order.placed", 1))
-			}
+			raws, orders := placedChunk(t, 31, 7101, 7112)
 			const badID = 7105
 			switch bad {
 			case "header":
@@ -1277,14 +1270,7 @@ func TestOrderGuestEmailOverContactLength(t *testing.T) {
 // nothing of it were there.
 func TestOrderBulkRefusedHeaderLeftBehindIsSaid(t *testing.T) {
 	h := newOrderHarness(t, harnessOptions{})
-	r := rand.New(rand.NewPCG(31, 32))
-	var raws []json.RawMessage
-	var orders []*nop.Order
-	for id := 7101; id <= 7112; id++ {
-		o := genOrder(r, id, genOptions{Round: true})
-		orders = append(orders, o)
-		raws = append(raws, orderEvent(t, o, "order.placed", 1))
-	}
+	raws, orders := placedChunk(t, 31, 7101, 7112)
 	const badID = 7105
 	bad := orders[badID-7101]
 	h.fdv.poisonPath("salesorderdetails(" + orderLineID(1, bad.Items[0].ID) + ")")
@@ -1300,4 +1286,17 @@ func TestOrderBulkRefusedHeaderLeftBehindIsSaid(t *testing.T) {
 	if rec.Status != state.Failed || !strings.Contains(rec.Reason, "stays in Dynamics 365 with part of its lines") || !strings.Contains(rec.Reason, salesOrderID(1, badID)) {
 		t.Errorf("order %d: %s %q, want failed naming the salesorder left in Dynamics 365", badID, rec.Status, rec.Reason)
 	}
+}
+
+// placedChunk generates orders from..to (seeded with seed) and their "placed" events.
+func placedChunk(t *testing.T, seed uint64, from, to int) ([]json.RawMessage, []*nop.Order) {
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	var raws []json.RawMessage
+	var orders []*nop.Order
+	for id := from; id <= to; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		orders = append(orders, o)
+		raws = append(raws, orderEvent(t, o, "order.placed", 1))
+	}
+	return raws, orders
 }
