@@ -372,3 +372,33 @@ func TestContactWrittenFromOrderRecorded(t *testing.T) {
 		t.Errorf("customer %d: %v %+v, want failed with the reason its contact was not written", o2.Customer.ID, err, crec)
 	}
 }
+
+// A customer an order failed to write (a 503) says so; the order's redelivery writes the
+// contact and the customer's record says synced, "written from an order", not the old
+// failure.
+func TestContactWrittenFromOrderAfterAFailure(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(53, 54))
+	o := genOrder(r, 9103, genOptions{Round: true})
+	o.Customer.IsGuest, o.Customer.IsRegistered = false, true
+	evs, err := nop.DecodeRequest(state.Order, orderEvent(t, o, "order.placed", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fdv.failBefore("Upsert contacts", 100)
+	if err := h.send(evs[0]); err == nil {
+		t.Fatal("the order landed though its customer's contact could not be written")
+	}
+	crec, err := h.st.Get(h.ctx, state.Customer, itoa(o.Customer.ID))
+	if err != nil || crec.Status != state.Failed || !strings.Contains(crec.Reason, "writing it for an order failed") {
+		t.Fatalf("customer after the failed write: %v %+v", err, crec)
+	}
+	h.fdv.failBefore("Upsert contacts", 0)
+	if err := h.send(evs[0]); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	crec, err = h.st.Get(h.ctx, state.Customer, itoa(o.Customer.ID))
+	if err != nil || crec.Status != state.Synced || crec.DataverseID == "" {
+		t.Errorf("customer after the order's redelivery: %v %+v, want synced with its contact", err, crec)
+	}
+}

@@ -250,14 +250,15 @@ func (l *leases) claimForOrder(ctx context.Context, entity state.Entity, id stri
 }
 
 // neverApplied reports whether no event of the entity has had its result recorded in rec
-// (a record an order just made, or one an event claimed and never finished). An order
+// (a record an order just made, one an event claimed and never finished, or one an order
+// failed to write: releaseForOrder). An order
 // that writes such an entity from its own copy records it as synced, and the entity's
 // own event, newer than none, writes over it. It is asked of the record the order
 // claimed, not of one read before: while the order waited for the lease, the entity's
 // own event may have failed and recorded itself (its id and order key), and marking that
 // record synced would make the event's redelivery look like a duplicate and skip it.
 func neverApplied(rec *state.Record) bool {
-	return rec.Status == state.Pending && rec.OrderKey == ""
+	return rec.OrderKey == "" && (rec.Status == state.Pending || rec.Status == state.Failed)
 }
 
 // acquire is the claim loop: read the record (unless o.known), let o.check end the claim,
