@@ -221,8 +221,10 @@ func bulkRefused(err error) bool {
 // if the batch size of your request is too large. To avoid SQL time-outs, reduce the
 // batch size of your request."
 // (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
-// Timeouts, 5xx and lost answers count; a refusal (4xx), an authentication failure and
-// a context that ended do not.
+// Timeouts, 413 Payload Too Large, 5xx and lost answers count; a refusal (another 4xx),
+// 501 Not Implemented ("some requested operation isn't implemented": no size gets past
+// it; Learn, compose-http-requests-handle-errors), an authentication failure and a
+// context that ended do not.
 func Splittable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
@@ -231,17 +233,24 @@ func Splittable(ctx context.Context, err error) bool {
 	if !ok || e.Auth {
 		return false
 	}
-	return (e.StatusCode == 0 && e.Err != nil) || e.StatusCode == http.StatusRequestTimeout || e.StatusCode >= 500
+	switch e.StatusCode {
+	case http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
+		return true
+	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
+		return false
+	}
+	return (e.StatusCode == 0 && e.Err != nil) || e.StatusCode >= 500
 }
 
-// timedOut: the request took too long (a gateway or SQL timeout, or the client's), as
-// opposed to failing for another reason; only those lower the table's request size.
+// timedOut: the request took too long (a gateway or SQL timeout, or the client's) or was
+// too large (413), as opposed to failing for another reason; only those lower the table's
+// request size.
 func timedOut(err error) bool {
 	e, ok := asError(err)
 	if !ok {
 		return false
 	}
-	if e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusGatewayTimeout ||
+	if e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusGatewayTimeout || e.StatusCode == http.StatusRequestEntityTooLarge ||
 		strings.EqualFold(e.Code, "0x80044151") || strings.Contains(strings.ToLower(e.Message), "timeout expired") {
 		return true
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/internal/cut"
 )
 
 // Setup problems are failures an administrator fixes in Dynamics 365 (a security role
@@ -44,17 +45,22 @@ func isSetup(err error) bool {
 // privilegeProblem is a privilege Dynamics 365 refused.
 type privilegeProblem struct {
 	privilege, operation, table string
+	other                       string // another 403's message (privilege then holds its code)
 }
 
-// missingPrivilege finds a 403 privilege refusal in err's chain.
+// missingPrivilege finds a 403 refusal in err's chain. Every 403 Dataverse documents is
+// a security setting an administrator changes (Learn, compose-http-requests-handle-errors,
+// "Identify status codes": PrivilegeDenied, AccessDenied, the AttributePermission* and
+// AttributePrivilege* codes of secured columns, CrmSecurityError, ...): retrying can't
+// help until then. The two privilege codes name the privilege and table.
 func missingPrivilege(err error) (privilegeProblem, bool) {
 	var de *dataverse.Error
-	if !errors.As(err, &de) || de.StatusCode != 403 {
+	if !errors.As(err, &de) || de.StatusCode != 403 || de.Auth {
 		return privilegeProblem{}, false
 	}
 	code := strings.ToLower(de.Code)
 	if code != "0x80040220" && code != "0x80048405" {
-		return privilegeProblem{}, false
+		return privilegeProblem{privilege: "403 " + code, other: cut.Runes(de.Message, 300)}, true
 	}
 	p := privilegeProblem{privilege: "a privilege", operation: "access", table: "a table"}
 	if m := privilegeRe.FindStringSubmatch(de.Message); m != nil {
@@ -64,6 +70,10 @@ func missingPrivilege(err error) (privilegeProblem, bool) {
 }
 
 func (p privilegeProblem) String() string {
+	if p.other != "" {
+		return fmt.Sprintf("Dynamics 365 refused the application user (%s: %s): a security setting must allow it (its security role, or a field security profile for a secured column); change it in the Power Platform admin center, and auto-sync retries the entities it held back",
+			p.privilege, p.other)
+	}
 	return fmt.Sprintf("Dynamics 365 refused to %s %s: the application user's security role lacks %s; add it to the role (Power Platform admin center > Environment > Settings > Users + permissions > Security roles), and auto-sync retries the entities it held back",
 		p.operation, p.table, p.privilege)
 }
