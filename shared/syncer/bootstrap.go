@@ -21,7 +21,7 @@ type shared struct {
 	UnitGroupID       string
 	BaseUnitID        string
 
-	// The organization's pricing settings, read at start (learn.microsoft.com
+	// The organization's pricing settings, read at start and every sharedRecheck (learn.microsoft.com
 	// power-apps/developer/data-platform/reference/entities/organization).
 	PricingPrecision int    // pricingdecimalprecision: decimals of a priceperunit
 	DiscountPerUnit  bool   // discountcalculationmethod 1: line discounts per unit
@@ -38,6 +38,12 @@ func (sh *shared) precision() precision {
 // pricingRecheck is how long a pricing problem stays cached before the settings are read
 // again, so fixing them in Dynamics 365 takes effect without a restart.
 const pricingRecheck = time.Minute
+
+// sharedRecheck is how long the shared rows and the organization's pricing settings are
+// used before they are read again: an administrator may change the discount method, the
+// pricing precision or system pricing while the app runs, and the order totals the app
+// makes exact depend on them. A variable so tests can shorten it.
+var sharedRecheck = 5 * time.Minute
 
 // ErrMissingCurrency is wrapped by the bootstrap error when STORE_CURRENCY_CODE has no
 // transaction currency in Dynamics 365.
@@ -69,8 +75,8 @@ type bootstrapper struct {
 func (b *bootstrapper) rows(ctx context.Context) (*shared, error) {
 	b.mu.Lock()
 	sh := b.boot
-	if sh != nil && sh.PricingProblem != "" && time.Since(b.bootAt) > pricingRecheck {
-		sh, b.boot = nil, nil // read the settings again: they may have been fixed
+	if sh != nil && (sh.PricingProblem != "" && time.Since(b.bootAt) > pricingRecheck || time.Since(b.bootAt) > sharedRecheck) {
+		sh, b.boot = nil, nil // read the settings again: they may have been fixed, or changed
 	}
 	b.mu.Unlock()
 	if sh != nil {

@@ -418,3 +418,83 @@ func TestBulkPublishSpreadOverSlots(t *testing.T) {
 		t.Fatalf("40 publishes in $batch requests of %v, at most %d at once: want them spread and side by side", f.parts, f.most)
 	}
 }
+
+// oneLineOrder is one tax-free line (qty × unit − discount) plus freight, its orderTotal
+// the exact sum.
+func oneLineOrder(t testing.TB, id, qty int, unit, disc, freight string) *nop.Order {
+	t.Helper()
+	money := func(s string) nop.Money {
+		m, err := nop.ParseMoney(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	o := genOrder(rand.New(rand.NewPCG(1, 1)), id, genOptions{Round: true})
+	u, d, f := money(unit), money(disc), money(freight)
+	line := u.Mul(qty).Sub(d)
+	it := o.Items[0]
+	it.Quantity = qty
+	it.UnitPriceExclTax, it.UnitPriceInclTax = u, u
+	it.DiscountAmountExclTax, it.DiscountAmountInclTax = d, d
+	it.PriceExclTax, it.PriceInclTax = line, line
+	o.Items = []nop.OrderItem{it}
+	o.OrderSubtotalExclTax, o.OrderSubtotalInclTax = line, line
+	o.OrderSubTotalDiscountExclTax, o.OrderSubTotalDiscountInclTax = nop.Money{}, nop.Money{}
+	o.OrderShippingExclTax, o.OrderShippingInclTax = f, f
+	o.PaymentMethodAdditionalFeeExclTax, o.PaymentMethodAdditionalFeeInclTax = nop.Money{}, nop.Money{}
+	o.OrderDiscount, o.OrderTax = nop.Money{}, nop.Money{}
+	o.OrderTotal = line.Add(f)
+	return o
+}
+
+// An administrator changing the organization's pricing settings while the app runs: the
+// app reads them again (every sharedRecheck), so later orders' totals are still the
+// store's, or, with system pricing turned off, the orders are refused with the reason
+// rather than written without totals.
+func TestPricingSettingsChangedWhileRunning(t *testing.T) {
+	defer func(d time.Duration) { sharedRecheck = d }(sharedRecheck)
+	sharedRecheck = 50 * time.Millisecond
+	for _, c := range []struct {
+		name   string
+		change dataverse.Record
+	}{
+		{"discount per unit", dataverse.Record{"discountcalculationmethod": 1}},
+		{"pricing precision 0", dataverse.Record{"pricingdecimalprecision": 0}},
+		{"system pricing off", dataverse.Record{"oobpricecalculationenabled": false}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			send := func(o *nop.Order) {
+				body, _ := json.Marshal(map[string]json.RawMessage{"evt": orderEvent(t, o, "order.placed", 1)})
+				if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first := oneLineOrder(t, 8101, 3, "10.49", "3.00", "5.00")
+			send(first)
+			if got := moneyCents(t, h.salesOrder(1, first.ID), "totalamount"); got != 3347 {
+				t.Fatalf("before the change: totalamount %d cents, want 3347", got)
+			}
+			if err := h.dv.Update(h.ctx, "organizations", h.srv.OrganizationID(), c.change); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * sharedRecheck)
+			second := oneLineOrder(t, 8102, 3, "10.49", "3.00", "5.00")
+			send(second)
+			so := h.salesOrder(1, second.ID)
+			if c.change["oobpricecalculationenabled"] != nil {
+				if rec := h.record(second.ID); so != nil || rec.Status != state.Failed || !strings.Contains(rec.Reason, "system pricing") {
+					t.Errorf("system pricing off: salesorder %v, record %s %q, want refused with the reason", so != nil, rec.Status, rec.Reason)
+				}
+				return
+			}
+			if so == nil {
+				t.Fatalf("second order not written: %+v", h.record(second.ID))
+			}
+			if got := moneyCents(t, so, "totalamount"); got != 3347 {
+				t.Errorf("after the change: totalamount %d cents, store orderTotal %s", got, second.OrderTotal)
+			}
+		})
+	}
+}
