@@ -204,7 +204,7 @@ func addAddress(r dataverse.Record, prefix string, a *nop.Address) {
 }
 
 // orderDescription is "nopCommerce order <id> (<guid>)" with payment and shipping method,
-// refunds and voids, and any part of the total paid by gift cards or reward points.
+// refunds and voids, and any difference between the order total and its parts.
 func orderDescription(o *nop.Order, a orderAmounts) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nopCommerce order %d (%s)", o.ID, o.OrderGUID)
@@ -219,7 +219,9 @@ func orderDescription(o *nop.Order, a orderAmounts) string {
 		b.WriteString(n)
 	}
 	if !a.Unexplained.IsZero() {
-		fmt.Fprintf(&b, "\nPaid with gift cards or reward points: %s", a.Unexplained.Neg().String())
+		// Gift cards and reward points, or the currency's cash rounding (nopCommerce rounds
+		// orderTotal to a currency's RoundingType, e.g. 0.05 for CHF): the event can't tell.
+		fmt.Fprintf(&b, "\nnopCommerce order total %s: %s from its parts (gift cards or reward points, or the currency's cash rounding)", o.OrderTotal.String(), a.Unexplained.String())
 	}
 	return ordCut(b.String(), 2000)
 }
