@@ -23,7 +23,7 @@ import (
 type bulkAnswer struct {
 	next     *http.Client
 	status   int
-	body     string
+	message  string
 	refuse   func(targets int) bool
 	requests atomic.Int32
 	sizes    []int
@@ -39,11 +39,7 @@ func (a *bulkAnswer) Do(r *http.Request) (*http.Response, error) {
 		a.requests.Add(1)
 		a.sizes = append(a.sizes, len(env.Targets))
 		if a.refuse(len(env.Targets)) {
-			h := http.Header{}
-			h.Set("Content-Type", "application/json; odata.metadata=minimal")
-			h.Set("OData-Version", "4.0")
-			return &http.Response{StatusCode: a.status, Status: http.StatusText(a.status), Header: h,
-				Body: io.NopCloser(strings.NewReader(a.body)), Request: r, ProtoMajor: 1, ProtoMinor: 1}, nil
+			return dataversetest.ErrorAnswer(r, a.status, "", a.message), nil
 		}
 	}
 	return a.next.Do(r)
@@ -74,7 +70,7 @@ func errContactRows(n int) []dataverse.Record {
 // Learn, compose-http-requests-handle-errors) is sent again in halves, as for a SQL
 // timeout, and every row lands.
 func TestBulk413SentInHalves(t *testing.T) {
-	a := &bulkAnswer{status: http.StatusRequestEntityTooLarge, body: `{"error":{"code":"","message":"The request length is too large."}}`,
+	a := &bulkAnswer{status: http.StatusRequestEntityTooLarge, message: "The request length is too large.",
 		refuse: func(n int) bool { return n > 2 }}
 	c, s := bulkClient(t, a)
 	ctx := context.Background()
@@ -91,7 +87,7 @@ func TestBulk413SentInHalves(t *testing.T) {
 // A bulk request answered 501 Not Implemented is not halved: no smaller request gets past
 // it (2n-1 refused requests for n rows, at every delivery).
 func TestBulk501NotHalved(t *testing.T) {
-	a := &bulkAnswer{status: http.StatusNotImplemented, body: `{"error":{"code":"","message":"The requested operation is not implemented."}}`,
+	a := &bulkAnswer{status: http.StatusNotImplemented, message: "The requested operation is not implemented.",
 		refuse: func(int) bool { return true }}
 	c, _ := bulkClient(t, a)
 	ctx := context.Background()

@@ -2,35 +2,31 @@ package syncer
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// errAnswer answers the requests match selects exactly as Dataverse documents an error
-// (JSON error envelope, OData-Version), and passes the others to the simulator.
+// errAnswer answers the requests match selects as Dataverse answers an error
+// (dataversetest.ErrorAnswer), and passes the others to the simulator.
 type errAnswer struct {
-	next   *http.Client
-	match  func(*http.Request) bool
-	status int
-	body   string
-	hits   atomic.Int32
+	next          *http.Client
+	match         func(*http.Request) bool
+	status        int
+	code, message string
+	hits          atomic.Int32
 }
 
 func (a *errAnswer) Do(r *http.Request) (*http.Response, error) {
 	if a.match(r) {
 		a.hits.Add(1)
-		h := http.Header{}
-		h.Set("Content-Type", "application/json; odata.metadata=minimal")
-		h.Set("OData-Version", "4.0")
-		return &http.Response{StatusCode: a.status, Status: http.StatusText(a.status), Header: h,
-			Body: io.NopCloser(strings.NewReader(a.body)), Request: r, ProtoMajor: 1, ProtoMinor: 1}, nil
+		return dataversetest.ErrorAnswer(r, a.status, a.code, a.message), nil
 	}
 	return a.next.Do(r)
 }
@@ -42,8 +38,7 @@ func contactWrites(r *http.Request) bool {
 }
 
 func newErrAnswer(status int, code, msg string, match func(*http.Request) bool) *errAnswer {
-	return &errAnswer{match: match, status: status,
-		body: `{"error":{"code":"` + code + `","message":"` + msg + `"}}`}
+	return &errAnswer{match: match, status: status, code: code, message: msg}
 }
 
 // Every 403 Dataverse documents is a security setting an admin changes, as PrivilegeDenied

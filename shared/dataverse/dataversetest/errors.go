@@ -1,8 +1,12 @@
 package dataversetest
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 )
 
 // apiError is a Web API error: the HTTP status plus the {"error":{"code","message"}}
@@ -82,4 +86,17 @@ func noSuchProperty(logical, name string) *apiError {
 
 func readOnlyRecord(logical string) *apiError {
 	return errf(http.StatusBadRequest, codeReadOnly, "The object cannot be updated because it is read-only. (%s is closed: Cannot Update a Read-Only Entity)", logical)
+}
+
+// ErrorAnswer is the answer Dataverse's Web API gives r for an error: status, the JSON
+// error envelope {"error":{"code","message"}} and OData-Version 4.0 (Learn,
+// compose-http-requests-handle-errors). Tests put it in a transport in front of the
+// simulator to answer chosen requests with an error the simulator never gives.
+func ErrorAnswer(r *http.Request, status int, code, message string) *http.Response {
+	b, _ := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
+	h := http.Header{}
+	h.Set("Content-Type", "application/json; odata.metadata=minimal")
+	h.Set("OData-Version", "4.0")
+	return &http.Response{StatusCode: status, Status: strconv.Itoa(status) + " " + http.StatusText(status), Header: h,
+		Body: io.NopCloser(bytes.NewReader(b)), ContentLength: int64(len(b)), Request: r, ProtoMajor: 1, ProtoMinor: 1}
 }
