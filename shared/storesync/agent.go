@@ -363,6 +363,11 @@ func (a *Agent) post(ctx context.Context, entity state.Entity, evs []*nop.Event)
 			refused = append(refused, RowFailure{Entity: entity, ID: bad.EntityID(), Reason: "refused by the app as invalid: " + e.Error.Message})
 			evs = append(evs[:*e.Error.Index:*e.Error.Index], evs[*e.Error.Index+1:]...)
 			continue
+		case err == nil && status == http.StatusRequestEntityTooLarge && len(evs) == 1:
+			// One event too large for the app, or for a proxy before it: no retry gets it
+			// through, and stopping here would hold back every row after it.
+			refused = append(refused, RowFailure{Entity: entity, ID: evs[0].EntityID(), Reason: fmt.Sprintf("refused as too large (413, %d bytes)", len(evs[0].Raw))})
+			return refused, nil
 		case err == nil && status == http.StatusRequestEntityTooLarge && len(evs) > 1:
 			half := len(evs) / 2
 			r, err := a.post(ctx, entity, evs[:half])
@@ -473,7 +478,11 @@ func (a *Agent) load() error {
 		return fmt.Errorf("agent state %s: %w", a.o.StateFile, err)
 	default:
 		if err := json.Unmarshal(b, &a.st); err != nil {
-			return fmt.Errorf("agent state %s is damaged (delete it to start over): %w", a.o.StateFile, err)
+			// Only the pass's cursor is lost: a new pass reads every row again and, with the
+			// sent index, sends only what changed. Refusing to start would stop the agent
+			// until someone deleted the file.
+			a.o.Log.Warn("agent: state file damaged; starting a new pass", "file", a.o.StateFile, "error", err)
+			a.st = agentState{}
 		}
 	}
 	b, err = os.ReadFile(a.o.StateFile + ".sent")
@@ -504,7 +513,18 @@ func writeFile(path string, b []byte) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("agent state: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync() // on disk before the rename: a power cut leaves the old file or the new
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("agent state: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

@@ -1,6 +1,7 @@
 package storesync_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -412,5 +414,64 @@ func TestAgentEventOverTheLimitWithItsPassID(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "not sent") || !strings.Contains(logs.String(), "id=2") || !strings.Contains(logs.String(), "pass's id") {
 		t.Errorf("customer 2 left out without a word; log:\n%s", logs.String())
+	}
+}
+
+// A state file left empty or cut short (a crash or power cut mid-write) does not stop the
+// agent for good: it starts a new pass, and every row lands.
+func TestAgentDamagedStateFileStartsANewPass(t *testing.T) {
+	src := storesynctest.New("USD")
+	fill(src, 5)
+	for name, content := range map[string]string{
+		"empty":     "",
+		"truncated": `{"pass":{"startedAt":"2026-01-02T03:04:05Z","progress":{"customer":{"after":`,
+	} {
+		app, url := newFakeApp(t)
+		file := filepath.Join(t.TempDir(), "agent.json")
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a, err := storesync.NewAgent(storesync.AgentOptions{Source: src, EventsURL: url, FunctionKey: "fkey", Secret: "whsecret",
+			StateFile: file, Entities: []state.Entity{state.Customer}, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("%s state file: %v", name, err)
+		}
+		if _, err := a.Pass(context.Background()); err != nil {
+			t.Fatalf("%s state file: pass: %v", name, err)
+		}
+		if got := app.take(); !slices.Equal(got, ids(1, 5)) {
+			t.Errorf("%s state file: delivered %v", name, got)
+		}
+	}
+}
+
+// One event too large for the app, or for a proxy in front of it (413 on an array of one),
+// is counted failed with the reason and the pass goes on: the rows after it arrive.
+func TestAgentEventTooLargeForTheAppLeftOut(t *testing.T) {
+	src := storesynctest.New("USD")
+	fill(src, 25)
+	app, _ := newFakeApp(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if bytes.Contains(body, []byte(`"c3@example.com"`)) {
+			http.Error(w, "Request Entity Too Large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = readCloser{strings.NewReader(string(body))}
+		r.SetPathValue("entity", "customer")
+		app.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	p, err := newAgent(t, src, srv.URL+"/api/events/{entity}", filepath.Join(t.TempDir(), "a.json")).Pass(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := app.take()
+	slices.SortFunc(got, func(a, b string) int { x, _ := strconv.Atoi(a); y, _ := strconv.Atoi(b); return x - y })
+	if want := slices.DeleteFunc(ids(1, 25), func(s string) bool { return s == "3" }); !slices.Equal(slices.Compact(got), want) {
+		t.Errorf("delivered %v, want every row but 3", got)
+	}
+	if c := p[state.Customer]; c.Failed != 1 || len(c.Failures) != 1 || c.Failures[0].ID != "3" || !strings.Contains(c.Failures[0].Reason, "413") {
+		t.Errorf("progress %+v, want customer 3 failed with the 413", c)
 	}
 }
