@@ -66,7 +66,10 @@ func (f *failureTracker) SaveMany(ctx context.Context, recs []*state.Record) []e
 func (f *failureTracker) record(ctx context.Context, fl Failure) {
 	// The recent list is a convenience of the status page: a failure to update it is not
 	// the record's failure.
-	_, _ = state.UpdateDoc(ctx, f.Store, docFailures, keyRecent, 5, func(cur []byte) ([]byte, bool) {
+	// Many failures at once (a chunk, instances side by side) contend for the one doc:
+	// more tries than a single writer needs (each read-change-save), and what still
+	// can't be listed is found on the page from the failed records (recentFailures).
+	_, _ = state.UpdateDoc(ctx, f.Store, docFailures, keyRecent, 20, func(cur []byte) ([]byte, bool) {
 		var list []Failure
 		json.Unmarshal(cur, &list)
 		// One entry per entity: the latest failure replaces older ones.
@@ -85,8 +88,50 @@ func (f *failureTracker) record(ctx context.Context, fl Failure) {
 	})
 }
 
-// recentFailures returns the recent failures still failed, newest first.
-func (o *Ops) recentFailures(ctx context.Context, max int) ([]Failure, error) {
+// recentFailures returns the recent failures still failed, newest first; when the counts
+// say more entities are failed than the list names (the list keeps the latest 50
+// failures, resolved or not, so an old open one can fall off it), the rest come from the
+// failed records themselves, up to max.
+func (o *Ops) recentFailures(ctx context.Context, max int, counts state.Counts) ([]Failure, error) {
+	out, err := o.listedFailures(ctx, max)
+	if err != nil {
+		return nil, err
+	}
+	failed := 0
+	for _, c := range counts {
+		failed += c[state.Failed]
+	}
+	if len(out) >= min(max, failed) {
+		return out, nil
+	}
+	listed := map[string]bool{}
+	for _, f := range out {
+		listed[string(f.Entity)+"/"+f.ID] = true
+	}
+	errFull := errors.New("full")
+	for _, ent := range state.Entities {
+		if counts[ent][state.Failed] == 0 {
+			continue
+		}
+		err := o.o.State.Scan(ctx, ent, []state.Status{state.Failed}, func(rec *state.Record) error {
+			if len(out) >= max {
+				return errFull
+			}
+			if !listed[string(ent)+"/"+rec.ID] {
+				out = append(out, Failure{Entity: ent, ID: rec.ID, Error: cut.Bytes(rec.Reason, failureMaxLen, "…"),
+					Attempts: rec.Attempts, Transient: rec.Transient, At: rec.UpdatedAt})
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errFull) {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// listedFailures is the recent failures list's entries still failed, newest first.
+func (o *Ops) listedFailures(ctx context.Context, max int) ([]Failure, error) {
 	doc, err := o.o.State.GetDoc(ctx, docFailures, keyRecent)
 	if errors.Is(err, state.ErrNotFound) {
 		return []Failure{}, nil

@@ -385,7 +385,7 @@ func (o *Ops) Status(ctx context.Context) *Status {
 		}
 		st.AutoSync.LastRun = lastAuto
 	}
-	if f, err := o.recentFailures(sctx, 20); err != nil {
+	if f, err := o.recentFailures(sctx, 20, counts); err != nil {
 		st.Errors = append(st.Errors, "recent failures: "+err.Error())
 	} else {
 		st.RecentFailures = f

@@ -972,3 +972,59 @@ func TestSyncAnsweredBeforeALongRedriveEnds(t *testing.T) {
 	}
 	f.drain(t, "customers-bulk", 1)
 }
+
+// The recent failures list keeps the latest 50 failures, resolved or not: an old failure
+// still open that fell off it (an order failed for good, then 50 customers failed and
+// synced) is still named on the page, from the failed records.
+func TestOldOpenFailureStillListed(t *testing.T) {
+	f := newFixture(t, nil)
+	st := TrackFailures(f.store, time.Now)
+	ctx := context.Background()
+	if err := st.Save(ctx, &state.Record{Entity: state.Order, ID: "1001", Status: state.Failed, Reason: "order 1001: product 7 was deleted in Dynamics 365", Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		c := &state.Record{Entity: state.Customer, ID: fmt.Sprint(i + 1), Status: state.Failed, Reason: "Dataverse unavailable (503)", Transient: true, Attempts: 1}
+		if err := st.Save(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		c.Status, c.Reason, c.Transient, c.Attempts = state.Synced, "", false, 0
+		if err := st.Save(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page := f.ops.Status(ctx)
+	if len(page.RecentFailures) != 1 || page.RecentFailures[0].ID != "1001" || !strings.Contains(page.RecentFailures[0].Error, "product 7") {
+		t.Errorf("recent failures %+v, want order 1001 with its reason", page.RecentFailures)
+	}
+}
+
+// Twenty entities failing at the same moment (twenty sessions or instances) are all named
+// on the page, though they contend for the one recent failures list (ten times over).
+func TestConcurrentFailuresAllListed(t *testing.T) {
+	for round := range 10 {
+		f := newFixture(t, nil)
+		st := TrackFailures(f.store, time.Now)
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range 20 {
+			wg.Go(func() {
+				<-start
+				id := fmt.Sprint(1000 + i)
+				if err := st.Save(ctx, &state.Record{Entity: state.Order, ID: id, Status: state.Failed, Reason: "order " + id + " refused", Attempts: 1}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		listed := map[string]bool{}
+		for _, fl := range f.ops.Status(ctx).RecentFailures {
+			listed[fl.ID] = true
+		}
+		if len(listed) != 20 {
+			t.Errorf("round %d: %d of 20 concurrent failures listed", round, len(listed))
+		}
+	}
+}
