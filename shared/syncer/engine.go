@@ -3,7 +3,7 @@
 // store), and hands each event to its entity's syncer (customers, products, orders).
 //
 // State it keeps besides one state.Record per entity:
-//   - docs "stale-skipped"/<entity>: {"count": n} stale events acknowledged without being
+//   - docs "stale-skipped"/<entity>/<shard>: {"count": n} stale events acknowledged without being
 //     applied (StaleSkipped reads them for the status page);
 //   - docs "released-contact"/<contact id>: contacts of customers deleted in nopCommerce,
 //     never adopted by email again;
@@ -39,8 +39,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -589,9 +591,12 @@ func (e *Engine) Resync(ctx context.Context, entity state.Entity, scope string) 
 }
 
 // staleDocKind is the state doc kind holding per-entity counts of stale events skipped
-// (key: entity; value: {"count": n}). Stale events leave the entity's record untouched
+// (key: "<entity>/<shard>"; value: {"count": n}). Stale events leave the entity's record untouched
 // (it holds the newer state), so they are counted here for the status page.
 const staleDocKind = "stale-skipped"
+
+// staleShards is how many docs an entity's stale count is spread over.
+const staleShards = 8
 
 type staleCount struct {
 	Count int64 `json:"count"`
@@ -601,7 +606,10 @@ func (e *Engine) countStale(ctx context.Context, entity state.Entity, n int) {
 	if queue.IsRedelivery(ctx) {
 		return // counted at the message's first delivery
 	}
-	_, err := state.UpdateDoc(ctx, e.st, staleDocKind, string(entity), 8, func(cur []byte) ([]byte, bool) {
+	// One of staleShards docs per entity, picked at random: many instances counting at
+	// once meet on one doc rarely, and each update's few tries suffice.
+	key := string(entity) + "/" + strconv.Itoa(mrand.IntN(staleShards))
+	_, err := state.UpdateDoc(ctx, e.st, staleDocKind, key, 8, func(cur []byte) ([]byte, bool) {
 		var c staleCount
 		_ = json.Unmarshal(cur, &c)
 		c.Count += int64(n)
@@ -616,20 +624,19 @@ func (e *Engine) countStale(ctx context.Context, entity state.Entity, n int) {
 // StaleSkipped returns, per entity, how many stale events were acknowledged without
 // being applied (kept in state docs of kind "stale-skipped").
 func (e *Engine) StaleSkipped(ctx context.Context) (map[state.Entity]int64, error) {
+	docs, err := e.st.ListDocs(ctx, staleDocKind)
+	if err != nil {
+		return nil, err
+	}
 	out := map[state.Entity]int64{}
-	for _, ent := range state.Entities {
-		doc, err := e.st.GetDoc(ctx, staleDocKind, string(ent))
-		if errors.Is(err, state.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
+	for _, doc := range docs {
+		// "<entity>/<shard>", or "<entity>" as counted before the shards.
+		ent, _, _ := strings.Cut(doc.Key, "/")
 		var c staleCount
 		if err := json.Unmarshal(doc.Value, &c); err != nil {
 			return nil, fmt.Errorf("stale count of %s: %w", ent, err)
 		}
-		out[ent] = c.Count
+		out[state.Entity(ent)] += c.Count
 	}
 	return out, nil
 }

@@ -1,9 +1,11 @@
 package syncer
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
+	"github.com/nopsync/nopsync/shared/tablestorage"
 )
 
 // A missing store currency fails products (transient, naming the code and
@@ -493,5 +496,62 @@ func TestEventOnTheWrongQueueListed(t *testing.T) {
 	}
 	if _, err := e.st.Get(e.ctx, state.Customer, "42"); err == nil {
 		t.Error("the customer event was applied from the orders queue")
+	}
+}
+
+// Stale events acknowledged at the same moment by many instances are all counted: the
+// count is spread over several docs per entity (with the state in Table Storage, where
+// the writers contend; the embedded store when Azurite is not running). A count kept
+// under the entity's own key, as before the shards, still adds up.
+func TestConcurrentStaleEventsAllCounted(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	if cs := os.Getenv("TEST_TABLE_CONNECTION_STRING"); cs != "" {
+		ts, err := tablestorage.NewFromConnectionString(e.ctx, cs, tablestorage.Options{Table: fmt.Sprintf("stale%d", time.Now().UnixNano())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ts.DeleteTable(context.Background()) })
+		e.st = &faultStore{Store: ts}
+		e.eng = e.engine()
+	}
+	if err := e.st.SaveDoc(e.ctx, &state.Doc{Kind: staleDocKind, Key: string(state.Customer), Value: []byte(`{"count":3}`)}); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := example(t, "customer-created.json")[0]
+	const n = 20
+	ev := func(id int, seq int64) *nop.Event {
+		return customerEvent(t, tmpl, id, seq, fmt.Sprintf("c%d@example.test", id), nil)
+	}
+	for i := range n {
+		e.each(state.Customer, ev(100+i, 5))
+	}
+	for round := range 3 {
+		before, err := e.eng.StaleSkipped(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 && before[state.Customer] != 3 {
+			t.Fatalf("the count kept before the shards: %d, want 3", before[state.Customer])
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			eng := e.engine() // one instance per session
+			wg.Go(func() {
+				<-start
+				if err := e.deliver(eng, state.Customer, ev(100+i, int64(4-round))); err != nil {
+					t.Errorf("stale event: %v", err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		after, err := e.eng.StaleSkipped(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := after[state.Customer] - before[state.Customer]; got != n {
+			t.Errorf("round %d: %d stale events acknowledged at once, %d counted", round, n, got)
+		}
 	}
 }
