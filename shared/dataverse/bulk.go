@@ -222,22 +222,18 @@ func bulkRefused(err error) bool {
 // batch size of your request."
 // (https://learn.microsoft.com/troubleshoot/power-platform/power-apps/dataverse/bulk-operation-errors).
 // Timeouts, 413 Payload Too Large, 5xx and lost answers count; a refusal (another 4xx),
-// 501 Not Implemented ("some requested operation isn't implemented": no size gets past
-// it; Learn, compose-http-requests-handle-errors), an authentication failure and a
+// an answer no request gets past (IsUnsupported), an authentication failure and a
 // context that ended do not.
 func Splittable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	e, ok := asError(err)
-	if !ok || e.Auth {
+	if !ok || e.Auth || IsUnsupported(err) {
 		return false
 	}
-	switch e.StatusCode {
-	case http.StatusRequestTimeout, http.StatusRequestEntityTooLarge:
+	if e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusRequestEntityTooLarge {
 		return true
-	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
-		return false
 	}
 	return (e.StatusCode == 0 && e.Err != nil) || e.StatusCode >= 500
 }

@@ -134,6 +134,14 @@ func retryableStatus(code int) bool {
 	return false
 }
 
+// IsUnsupported reports whether err is an answer no resend gets past, whatever its size or
+// timing: 501 Not Implemented ("some requested operation isn't implemented") and 505 (Learn,
+// compose-http-requests-handle-errors). Neither a retry nor a smaller request helps.
+func IsUnsupported(err error) bool {
+	e, ok := asError(err)
+	return ok && (e.StatusCode == http.StatusNotImplemented || e.StatusCode == http.StatusHTTPVersionNotSupported)
+}
+
 // unclearStatus: answers after which a request may still have been applied (a
 // gateway gave up, or the server failed while or after running it).
 func unclearStatus(code int) bool {

@@ -295,10 +295,8 @@ func isTransient(err error) bool {
 		switch de.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestTimeout, http.StatusTooManyRequests:
 			return true
-		case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
-			return false // "some requested operation isn't implemented": sent again, it fails again
 		}
-		return de.StatusCode >= 500
+		return de.StatusCode >= 500 && !dataverse.IsUnsupported(de)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
