@@ -841,19 +841,21 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	return outcome{status: state.Synced, reason: joinNote(reason, pl.note), dataverseID: id, hash: hash}, nil
 }
 
+// productUsed tells whether an order line uses product id.
 func (s *productSyncer) productUsed(ctx context.Context, id string) (bool, error) {
-	r, err := findOne(ctx, s.dv, "salesorderdetails", []string{"salesorderdetailid"}, "_productid_value eq "+id)
-	if err != nil {
-		return false, fmt.Errorf("checking order lines of product %s: %w", id, err)
-	}
-	return r != nil, nil
+	return s.referenced(ctx, "salesorderdetails", "salesorderdetailid", "_productid_value", id, "order lines")
 }
 
 // hasChildProducts tells whether product id is the parent of any product row.
 func (s *productSyncer) hasChildProducts(ctx context.Context, id string) (bool, error) {
-	r, err := findOne(ctx, s.dv, "products", []string{"productid"}, "_parentproductid_value eq "+id)
+	return s.referenced(ctx, "products", "productid", "_parentproductid_value", id, "child products")
+}
+
+// referenced tells whether a row of set (primary key pk) points at product id through lookup.
+func (s *productSyncer) referenced(ctx context.Context, set, pk, lookup, id, what string) (bool, error) {
+	r, err := findOne(ctx, s.dv, set, []string{pk}, lookup+" eq "+id)
 	if err != nil {
-		return false, fmt.Errorf("checking child products of product %s: %w", id, err)
+		return false, fmt.Errorf("checking %s of product %s: %w", what, id, err)
 	}
 	return r != nil, nil
 }
