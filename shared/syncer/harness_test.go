@@ -505,7 +505,7 @@ func (f *faultDV) UpdateMultiple(ctx context.Context, set, logical string, recs 
 	if err := f.failing("UpdateMultiple", set, recs...); err != nil {
 		return &dataverse.BulkError{Message: "UpdateMultiple " + set, Chunks: []dataverse.ChunkError{{Start: 0, End: len(recs), Err: err}}}
 	}
-	return f.Dataverse.UpdateMultiple(ctx, set, logical, recs)
+	return f.leave("UpdateMultiple "+set, f.Dataverse.UpdateMultiple(ctx, set, logical, recs))
 }
 
 // Query counts queries per set ("Query salesorders").

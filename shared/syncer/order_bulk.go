@@ -397,7 +397,10 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 		}
 	}
 
-	// Per order one change set: invoice Paid, then fulfil or cancel.
+	// The new invoices (and any found unpaid) set to Paid together.
+	s.payMany(ctx, plans, live, errs)
+
+	// Per order one change set: invoice Paid (where payMany could not), then fulfil or cancel.
 	var sets []int
 	for _, i := range live {
 		p := plans[i]
@@ -451,6 +454,55 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 	for _, i := range sets {
 		if errs[i] == nil {
 			outs[i] = plans[i].result(plans[i].next)
+		}
+	}
+}
+
+// payMany sets the invoices of the orders at idx that are not yet Paid to Paid with
+// UpdateMultiple (invoice lists it; Update is how a row's statecode and statuscode are set,
+// Learn: special-update-operation-behavior), one request per RowsPerRequest invoices, where
+// a PATCH per invoice would cost a request each. A chunk Dataverse refused (the message is
+// atomic: none of it was written) leaves its invoices to the per-order change sets, which
+// isolate the one at fault; a chunk whose outcome is unknown fails its orders transiently,
+// and their redelivery reads whether the invoices are Paid.
+func (s *orderSyncer) payMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
+	var pay []int
+	for _, i := range idx {
+		if p := plans[i]; errs[i] == nil && !p.invoiceDone && !p.invoicePaid && p.invoiceID != "" {
+			pay = append(pay, i)
+		}
+	}
+	if len(pay) == 0 {
+		return
+	}
+	recs := make([]dataverse.Record, len(pay))
+	for k, i := range pay {
+		recs[k] = dataverse.Record{"invoiceid": plans[i].invoiceID,
+			"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete}
+	}
+	err := s.dv.UpdateMultiple(ctx, setInvoices, "invoice", recs)
+	failed := make([]error, len(pay))
+	var be *dataverse.BulkError
+	switch {
+	case err == nil:
+	case errors.As(err, &be):
+		for _, c := range be.Chunks {
+			for k := max(c.Start, 0); k < min(c.End, len(pay)); k++ {
+				failed[k] = c.Err
+			}
+		}
+	default:
+		for k := range failed {
+			failed[k] = err
+		}
+	}
+	for k, i := range pay {
+		p := plans[i]
+		switch {
+		case failed[k] == nil:
+			p.invoicePaid = true
+		case isTransient(failed[k]):
+			errs[i] = fmt.Errorf("order %d: set invoice %s to paid: %w", p.ev.Order.ID, p.invoiceID, failed[k])
 		}
 	}
 }

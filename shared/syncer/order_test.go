@@ -678,6 +678,80 @@ func updatedOrdersChunk(t testing.TB, orders []*nop.Order, name string, seq int6
 	return b
 }
 
+// Bulk path, paid orders: a chunk's new invoices are set to Paid with one UpdateMultiple
+// (not a PATCH per invoice in each order's change set). Refused, the per-order change sets
+// set them one by one; with the answer lost, the orders fail transiently and their
+// redelivery finds the invoices Paid, each order with exactly one invoice.
+func TestOrderBulkInvoicesPaidTogether(t *testing.T) {
+	for _, fault := range []string{"", "refused", "answer lost"} {
+		t.Run("fault "+fault, func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			r := rand.New(rand.NewPCG(71, 72))
+			var raws []json.RawMessage
+			var orders []*nop.Order
+			for id := 7400; id < 7406; id++ {
+				o := genOrder(r, id, genOptions{Round: true})
+				o.PaymentStatus = nop.PaymentStatusPaid
+				if id%2 == 0 {
+					o.OrderStatus = nop.OrderStatusComplete
+				}
+				orders = append(orders, o)
+				raws = append(raws, orderEvent(t, o, "order.paid", 1))
+			}
+			chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-paid", "events": raws}})
+			switch fault {
+			case "refused":
+				h.fdv.setFail(func(op, set string, _ []dataverse.Record) error {
+					if op == "UpdateMultiple" && set == "invoices" {
+						return refuse("refused in bulk")
+					}
+					return nil
+				})
+			case "answer lost":
+				h.fdv.failAfter("UpdateMultiple invoices", 1)
+			}
+			err := h.eng.HandleMessage(h.ctx, "orders", chunk)
+			if fault == "answer lost" {
+				if err == nil {
+					t.Fatal("chunk whose invoices' answer was lost: nil, want a transient failure")
+				}
+				for _, o := range orders {
+					if rec := h.record(o.ID); rec.Status != state.Failed || !rec.Transient {
+						t.Errorf("order %d after the lost answer: %s transient=%v", o.ID, rec.Status, rec.Transient)
+					}
+				}
+				err = h.eng.HandleMessage(h.ctx, "orders", chunk) // Service Bus redelivers
+			}
+			if err != nil {
+				t.Fatalf("chunk: %v", err)
+			}
+			if got := h.fdv.count("UpdateMultiple invoices"); got != 1 {
+				t.Errorf("%d UpdateMultiple requests for the invoices, want 1", got)
+			}
+			for _, o := range orders {
+				so := h.salesOrder(1, o.ID)
+				if rec := h.record(o.ID); so == nil || rec.Status != state.Synced {
+					t.Fatalf("order %d: salesorder %v, state %s %q", o.ID, so != nil, rec.Status, rec.Reason)
+				}
+				invs := h.invoices(salesOrderID(1, o.ID))
+				if len(invs) != 1 {
+					t.Fatalf("order %d: %d invoices, want 1", o.ID, len(invs))
+				}
+				if st, sc := num(t, invs[0], "statecode"), num(t, invs[0], "statuscode"); st != invoiceStatePaid || sc != invoiceStatusComplete {
+					t.Errorf("order %d: invoice state %v/%v, want Paid %d/%d", o.ID, st, sc, invoiceStatePaid, invoiceStatusComplete)
+				}
+				wantState := 0.0
+				if o.OrderStatus == nop.OrderStatusComplete {
+					wantState = 3 // Fulfilled
+				}
+				if got := num(t, so, "statecode"); got != wantState && got != 4 {
+					t.Errorf("order %d: salesorder statecode %v, want %v", o.ID, got, wantState)
+				}
+			}
+		})
+	}
+}
+
 // Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
 // $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
 // alone and the others land.
