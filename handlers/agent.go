@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -98,11 +99,30 @@ func runAgent(ctx context.Context, cfg *config.Config, args []string, log *slog.
 	}
 	log.Info("agent started", "events", cfg.AgentEventsURL, "provider", cfg.NopDBProvider, "state", cfg.AgentStateFile, "periodMinutes", int(period/time.Minute), "once", *once)
 	if *once {
-		_, err := agent.Pass(ctx)
-		if errors.Is(err, context.Canceled) {
-			return nil
-		}
-		return err
+		return oncePass(ctx, agent)
 	}
 	return agent.Run(ctx)
+}
+
+// oncePass runs `agent -once`: nil only when the pass finished and every row it read was
+// delivered or unchanged, so a scheduler running it (cron, Task Scheduler) sees a pass cut
+// short or rows left behind in its exit status, not only in the log.
+func oncePass(ctx context.Context, agent *storesync.Agent) error {
+	progress, err := agent.Pass(ctx)
+	if ctx.Err() != nil {
+		return fmt.Errorf("agent: pass interrupted (%v); the next run resumes from its checkpoint", context.Cause(ctx))
+	}
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, ent := range slices.Sorted(maps.Keys(progress)) {
+		if n := progress[ent].Failed; n > 0 {
+			failed = append(failed, fmt.Sprintf("%d %ss", n, ent))
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("agent: pass finished with rows not delivered (%s): each is logged with its reason as \"not sent\" and tried again next pass", strings.Join(failed, ", "))
+	}
+	return nil
 }

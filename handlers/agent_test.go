@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -165,5 +166,52 @@ func TestAgentSettingsCheckedAtStart(t *testing.T) {
 	}
 	if _, err := load(map[string]string{"AGENT_EVENTS_URL": "https://func-x.azurewebsites.net/api/events?code=abc"}); err == nil || !strings.Contains(err.Error(), "AGENT_FUNCTION_KEY") {
 		t.Errorf("a key in the URL: %v, want it refused", err)
+	}
+}
+
+// `agent -once` run by a scheduler: its exit status says whether the pass delivered every
+// row. A pass whose rows the app refused ends with an error naming how many of each entity
+// (a clean pass, nil); a pass cut short by a signal is an error too, not a quiet exit.
+func TestAgentOnceExitStatus(t *testing.T) {
+	conn, _, _ := newStoreDB(t, nopdbtest.PostgreSQL, storeSizes)
+	var refuseCustomers atomic.Bool
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refuseCustomers.Load() && strings.HasSuffix(r.URL.Path, "/customer") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":{"code":"invalid_event","message":"test refusal","index":0}}`))
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer app.Close()
+	env := map[string]string{"NOP_DB_PROVIDER": "postgresql", "NOP_DB_CONNECTION": conn,
+		"AGENT_EVENTS_URL": app.URL + "/api/events/{entity}", "AGENT_STATE_FILE": filepath.Join(t.TempDir(), "agent.json")}
+	cfg, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	once := func(ctx context.Context) error {
+		return runAgent(ctx, cfg, []string{"-once"}, testLog(t), &agentOptions{minBackoff: time.Millisecond, maxBackoff: 10 * time.Millisecond})
+	}
+
+	refuseCustomers.Store(true)
+	err = once(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "not delivered") || !strings.Contains(err.Error(), "customers") {
+		t.Fatalf("a pass whose customers the app refused: %v, want an error naming them", err)
+	}
+	if strings.Contains(err.Error(), "products") || strings.Contains(err.Error(), "orders") {
+		t.Errorf("%v: names entities that were delivered", err)
+	}
+
+	refuseCustomers.Store(false)
+	if err := once(context.Background()); err != nil {
+		t.Fatalf("a pass that delivered every row: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := once(ctx); err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("a pass cut short: %v, want an error saying so", err)
 	}
 }
