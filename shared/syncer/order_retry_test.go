@@ -162,3 +162,26 @@ func TestOrderBulkRewriteBatchSplitAndSized(t *testing.T) {
 		t.Errorf("$batch operations %v: the batch whose answer was lost was not sent again in halves", ops)
 	}
 }
+
+// Setting a chunk's invoices to Paid (UpdateMultiple) ran in Dataverse, but its answer
+// was lost on the wire; the client sends it again in halves (a lost answer is splittable),
+// which meet invoices already Paid. The orders must not end failed for good for that: they
+// end synced or fail transiently, and their redelivery finds the invoices Paid.
+func TestOrderBulkInvoicesPaidAnswerLostOnTheWire(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	orders, body := bulkLifecycleOrders(t, 40)
+	h.srv.SetFaults(dataversetest.Faults{DropAnswers: 1, DropAnswerPath: "invoices/Microsoft.Dynamics.CRM.UpdateMultiple"})
+	_ = h.eng.HandleMessage(h.ctx, "orders", body) // acknowledged, or failed transiently
+	if op := h.srv.Stats().Operations["POST invoices/Microsoft.Dynamics.CRM.UpdateMultiple"]; op.Requests < 2 {
+		t.Fatalf("%d UpdateMultiple requests for the invoices: the lost answer was not followed by another request", op.Requests)
+	}
+	for _, o := range orders {
+		if rec := h.record(o.ID); rec.Status == state.Failed && !rec.Transient {
+			t.Errorf("order %d failed for good after a lost answer: %s", o.ID, rec.Reason)
+		}
+	}
+	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
+		t.Fatalf("redelivery: %v", err)
+	}
+	checkBulkLifecycle(t, h, orders)
+}
