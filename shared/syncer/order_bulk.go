@@ -32,8 +32,8 @@ var _ bulkSyncer = (*orderSyncer)(nil)
 
 // syncMany is the bulk path for import chunks: every order is planned in parallel, the
 // header-and-lines writes are packed into $batch requests (each order its own change set,
-// so one bad order never takes another down), then the invoice conversions, and last per
-// order a change set with "invoice Paid" and the fulfil/cancel action.
+// so one bad order never takes another down), then the invoice conversions, the invoices
+// set to Paid together, and last per order the fulfil/cancel action.
 func (s *orderSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*state.Record) ([]outcome, []error) {
 	outs := make([]outcome, len(evs))
 	errs := make([]error, len(evs))
@@ -327,7 +327,8 @@ func (s *orderSyncer) headersFirst(ctx context.Context, refs *refResolver, plans
 }
 
 // finishMany runs the steps after header and lines for a chunk: the invoices to create in
-// $batch requests, then per order one change set with "invoice Paid" and the close action.
+// $batch requests, then set to Paid with UpdateMultiple (payMany), then per order one
+// change set with the close action (and "invoice Paid" where payMany could not set it).
 // Orders the prefetch did not cover take the one-by-one path.
 func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs []outcome, errs []error) {
 	var live, convert []int
