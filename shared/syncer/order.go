@@ -269,16 +269,24 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 	// Step 2: the invoice, once, for a paid order.
 	if orderPaid(o) && cur.exists && cur.statecode == orderStateCanceled {
 		// Dynamics 365 does not invoice canceled orders: a payment the store reports after
-		// the cancellation is a conflict (unless the invoice was made before it).
-		if rec.Extra[extraInvoiceID] == "" {
-			inv, err := s.findInvoice(ctx, orderID)
+		// the cancellation is a conflict, unless the invoice was made before it (an admin
+		// canceled the order in Dynamics 365 afterwards): that invoice is set to Paid.
+		if rec.Extra[extraInvoiceID] == "" || rec.Extra[extraInvoicePaid] != "true" {
+			inv, paid, err := s.findInvoiceState(ctx, orderID)
 			if err != nil {
 				return outcome{}, fmt.Errorf("order %d: %w", o.ID, err)
 			}
-			if inv == "" {
+			switch {
+			case inv == "" && rec.Extra[extraInvoiceID] == "":
 				p.conflicts = append(p.conflicts, conflictPaidCanceled)
-			} else {
+			case inv != "":
 				rec.Extra[extraInvoiceID] = inv
+				if !paid {
+					if err := s.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete}); err != nil {
+						return outcome{}, fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+					}
+				}
+				rec.Extra[extraInvoicePaid] = "true"
 			}
 		}
 	} else if orderPaid(o) {

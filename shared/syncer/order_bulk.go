@@ -347,11 +347,10 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 			outs[i], errs[i] = s.finish(ctx, p)
 			continue
 		}
-		if p.cur.exists && p.cur.statecode == orderStateCanceled {
-			// As in finish: no invoice for a canceled order.
-			if inv.id != "" {
-				p.rec.Extra[extraInvoiceID] = inv.id
-			} else if p.rec.Extra[extraInvoiceID] == "" {
+		if p.cur.exists && p.cur.statecode == orderStateCanceled && inv.id == "" {
+			// As in finish: no invoice for a canceled order; one made before the
+			// cancellation is set to Paid below like any other.
+			if p.rec.Extra[extraInvoiceID] == "" {
 				p.conflicts = append(p.conflicts, conflictPaidCanceled)
 			}
 			p.invoiceDone = true
@@ -460,12 +459,14 @@ func (s *orderSyncer) finishMany(ctx context.Context, plans []*orderPlan, outs [
 }
 
 // payMany sets the invoices of the orders at idx that are not yet Paid to Paid with
-// UpdateMultiple (invoice lists it; Update is how a row's statecode and statuscode are set,
-// Learn: special-update-operation-behavior), one request per RowsPerRequest invoices, where
-// a PATCH per invoice would cost a request each. A chunk Dataverse refused (the message is
-// atomic: none of it was written) leaves its invoices to the per-order change sets, which
-// isolate the one at fault; a chunk whose outcome is unknown fails its orders transiently,
-// and their redelivery reads whether the invoices are Paid.
+// UpdateMultiple, one request per RowsPerRequest invoices, where a PATCH per invoice would
+// cost a request each. The invoice table lists the bulk messages; Update is how a row's
+// statecode and statuscode are set (Learn: special-update-operation-behavior), and
+// UpdateMultiple applies Update's logic to each row (Learn: bulk-operations), though no
+// page names state changes in it. A chunk Dataverse refused (the message is atomic: none
+// of it was written) leaves its invoices to the per-order change sets, which isolate the
+// one at fault; a chunk whose outcome is unknown fails its orders transiently, and their
+// redelivery reads whether the invoices are Paid.
 func (s *orderSyncer) payMany(ctx context.Context, plans []*orderPlan, idx []int, errs []error) {
 	var pay []int
 	for _, i := range idx {
@@ -497,6 +498,7 @@ func (s *orderSyncer) payMany(ctx context.Context, plans []*orderPlan, idx []int
 			failed[k] = err
 		}
 	}
+	var refused []string
 	for k, i := range pay {
 		p := plans[i]
 		switch {
@@ -504,6 +506,24 @@ func (s *orderSyncer) payMany(ctx context.Context, plans []*orderPlan, idx []int
 			p.invoicePaid = true
 		case isTransient(failed[k]):
 			errs[i] = fmt.Errorf("order %d: set invoice %s to paid: %w", p.ev.Order.ID, p.invoiceID, failed[k])
+		default:
+			refused = append(refused, p.orderID)
+		}
+	}
+	if len(refused) == 0 {
+		return
+	}
+	// A refusal can answer rows the client sent again after a lost answer or a 5xx (a bulk
+	// request goes again in halves), whose invoices the first request had set Paid: read
+	// them, so that only invoices still unpaid go to the per-order PATCH.
+	pre := s.prefetch(ctx, refused)
+	for k, i := range pay {
+		p := plans[i]
+		if failed[k] == nil || errs[i] != nil {
+			continue
+		}
+		if inv, ok := pre.invoice(p.orderID); ok && inv.id == p.invoiceID && inv.paid {
+			p.invoicePaid = true
 		}
 	}
 }

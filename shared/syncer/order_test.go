@@ -752,6 +752,104 @@ func TestOrderBulkInvoicesPaidTogether(t *testing.T) {
 	}
 }
 
+// A paid order whose salesorder an admin canceled in Dynamics 365 after its invoice was
+// made: Dynamics 365 invoices no canceled order, but the invoice that exists is set to
+// Paid, as the store says, on the bulk path and one by one alike. (Before, the order was
+// recorded synced with its invoice left unpaid and nothing said.)
+func TestOrderCanceledInDynamicsKeepsItsInvoicePaid(t *testing.T) {
+	for _, bulk := range []bool{true, false} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			raws, orders := placedChunk(t, 81, 7500, 7503)
+			chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-placed", "events": raws}})
+			if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range orders {
+				id := salesOrderID(1, o.ID)
+				if _, err := h.dv.ConvertSalesOrderToInvoice(h.ctx, id); err != nil {
+					t.Fatal(err)
+				}
+				if err := h.dv.CancelSalesOrder(h.ctx, id, orderStatusNoMoney); err != nil {
+					t.Fatal(err)
+				}
+				paid := o.CreatedOnUtc.Add(time.Hour)
+				o.OrderStatus, o.PaymentStatus, o.PaidDateUtc = nop.OrderStatusCancelled, nop.PaymentStatusPaid, &paid
+			}
+			if bulk {
+				if err := h.eng.HandleMessage(h.ctx, "orders", updatedOrdersChunk(t, orders, "chunk-paid", 2)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				for _, o := range orders {
+					evs, err := nop.DecodeRequest(state.Order, orderEvent(t, o, "order.updated", 2))
+					if err != nil {
+						t.Fatal(err)
+					}
+					h.mustSend(evs[0])
+				}
+			}
+			for _, o := range orders {
+				invs := h.invoices(salesOrderID(1, o.ID))
+				if rec := h.record(o.ID); rec.Status != state.Synced {
+					t.Errorf("order %d: %s %q", o.ID, rec.Status, rec.Reason)
+				}
+				if len(invs) != 1 || num(t, invs[0], "statecode") != invoiceStatePaid {
+					t.Errorf("order %d: %d invoices, want one Paid: %v", o.ID, len(invs), invs)
+				}
+				if so := h.salesOrder(1, o.ID); num(t, so, "statecode") != orderStateCanceled {
+					t.Errorf("order %d: salesorder statecode %v, want Canceled", o.ID, so["statecode"])
+				}
+			}
+		})
+	}
+}
+
+// A chunk's UpdateMultiple of invoices is refused although its invoices are Paid: the
+// answer a real environment may give rows the client sent again after a lost answer (a
+// bulk request goes again in halves), when the first request had set them Paid. The
+// invoices are read, and those Paid are not sent again one by one (a PATCH of a Paid
+// invoice, read-only in Dynamics 365, would fail the order for good).
+func TestOrderBulkInvoicesPaidRefusedThoughApplied(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	r := rand.New(rand.NewPCG(91, 92))
+	var raws []json.RawMessage
+	var orders []*nop.Order
+	for id := 7600; id < 7605; id++ {
+		o := genOrder(r, id, genOptions{Round: true})
+		o.PaymentStatus, o.OrderStatus = nop.PaymentStatusPaid, nop.OrderStatusComplete
+		orders = append(orders, o)
+		raws = append(raws, orderEvent(t, o, "order.paid", 1))
+	}
+	h.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if op != "UpdateMultiple" || set != "invoices" {
+			return nil
+		}
+		if err := h.dv.UpdateMultiple(h.ctx, set, "invoice", recs); err != nil {
+			t.Errorf("setting the invoices Paid: %v", err)
+		}
+		// Were any invoice PATCHed one by one now, its change set would be refused.
+		for _, rec := range recs {
+			h.fdv.poisonPath(dataverse.EntityPath("invoices", rec["invoiceid"].(string)))
+		}
+		return refuse("The object cannot be updated because it is read-only.")
+	})
+	chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-paid-refused", "events": raws}})
+	if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range orders {
+		rec := h.record(o.ID)
+		invs := h.invoices(salesOrderID(1, o.ID))
+		if rec.Status != state.Synced || len(invs) != 1 || num(t, invs[0], "statecode") != invoiceStatePaid {
+			t.Errorf("order %d: %s %q, %d invoices %v", o.ID, rec.Status, rec.Reason, len(invs), invs)
+		}
+		if so := h.salesOrder(1, o.ID); num(t, so, "statecode") != orderStateFulfilled {
+			t.Errorf("order %d: salesorder statecode %v, want Fulfilled", o.ID, so["statecode"])
+		}
+	}
+}
+
 // Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
 // $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
 // alone and the others land.
