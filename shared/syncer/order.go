@@ -728,13 +728,17 @@ func (s *orderSyncer) deleteOrder(ctx context.Context, ev *nop.Event, rec *state
 		out.reason = reasonPaidNotDeletable
 		return out, nil
 	}
-	if err := s.dv.Delete(ctx, setSalesOrders, orderID); err != nil && !dataverse.IsNotFound(err) {
+	err = s.dv.Delete(ctx, setSalesOrders, orderID)
+	if err != nil && !dataverse.IsNotFound(err) {
 		return outcome{}, fmt.Errorf("order %d: delete salesorder %s: %w", ev.Order.ID, orderID, err)
+	}
+	out.reason = "deleted in nopCommerce; salesorder deleted"
+	if err != nil && rec.Extra[extraOrderState] == "" {
+		out.reason = "deleted in nopCommerce before it reached Dynamics 365"
 	}
 	rec.Extra[extraOrderState] = "deleted"
 	delete(rec.Extra, extraOrderContent)
 	delete(rec.Extra, extraConflict)
-	out.reason = "deleted in nopCommerce; salesorder deleted"
 	return out, nil
 }
 

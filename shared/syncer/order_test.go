@@ -343,8 +343,23 @@ func TestOrderCancelAndDelete(t *testing.T) {
 	if n := len(h.lines(salesOrderID(1, 1001))); n != 0 {
 		t.Errorf("%d lines left after the delete", n)
 	}
-	if rec := h.record(1001); rec.Status != state.Synced {
+	if rec := h.record(1001); rec.Status != state.Synced || rec.Reason != "deleted in nopCommerce; salesorder deleted" {
 		t.Errorf("delete: %s %q", rec.Status, rec.Reason)
+	}
+}
+
+// An order deleted in the store before any of its events reached Dynamics 365: nothing to
+// delete, and its note says so (as a customer's and a product's do), not "salesorder
+// deleted".
+func TestOrderDeletedBeforeItReachedDynamics(t *testing.T) {
+	h := newOrderHarness(t, harnessOptions{})
+	placed := loadOrderEvents(t, "order-lifecycle.json")[0]
+	h.mustSend(reEvent(t, placed, "del-first", "order.deleted", 5, func(o map[string]any) { o["deleted"] = true }))
+	if rec := h.record(1001); rec.Status != state.Synced || rec.Reason != "deleted in nopCommerce before it reached Dynamics 365" {
+		t.Errorf("order deleted before it reached Dynamics 365: %s %q", rec.Status, rec.Reason)
+	}
+	if h.salesOrder(1, 1001) != nil {
+		t.Error("a salesorder exists for an order deleted before it was written")
 	}
 }
 

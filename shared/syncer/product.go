@@ -777,6 +777,10 @@ func priceItemRecord(pl *productPlan, sh *shared, prec precision) dataverse.Reco
 
 // deleteProduct applies a store delete: Retired (deactivate), deleted when no order line
 // uses it (delete; else Retired), or nothing (ignore).
+// reasonProductDeleted is the note of a product deleted in the store whose row is no longer
+// in Dynamics 365.
+const reasonProductDeleted = "deleted in nopCommerce; product deleted"
+
 func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record) (outcome, error) {
 	policy := s.settings.deletePolicy()
 	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
@@ -795,7 +799,13 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 		return outcome{}, err
 	}
 	if !exists {
-		return outcome{status: state.Synced, reason: "deleted in nopCommerce before it reached Dynamics 365", hash: hash}, nil
+		reason := "deleted in nopCommerce before it reached Dynamics 365"
+		if rec.DataverseID != "" {
+			// It had reached Dynamics 365, and its row is gone (deleted by this policy
+			// earlier, re-driven since, or by an admin).
+			reason = reasonProductDeleted
+		}
+		return outcome{status: state.Synced, reason: reason, dataverseID: rec.DataverseID, hash: hash}, nil
 	}
 	kept := "" // why DELETE_POLICY=delete did not delete it
 	if policy == DeleteDelete {
@@ -819,7 +829,7 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 		default:
 			err := s.dv.Delete(ctx, "products", id)
 			if err == nil || dataverse.IsNotFound(err) {
-				return outcome{status: state.Synced, reason: "deleted in nopCommerce; product deleted", dataverseID: id, hash: hash}, nil
+				return outcome{status: state.Synced, reason: reasonProductDeleted, dataverseID: id, hash: hash}, nil
 			}
 			if isTransient(err) {
 				return outcome{}, fmt.Errorf("deleting product %s: %w", id, err)

@@ -307,6 +307,35 @@ func TestProductDeletes(t *testing.T) {
 	}
 }
 
+// A product DELETE_POLICY=delete deleted keeps its note when an admin re-drives every
+// product ("scope": "all" clears the stored data hash, so its delete runs again and finds
+// no row): it reached Dynamics 365 and was deleted, not "deleted before it reached".
+// Deleted before it ever reached Dynamics 365, it says so.
+func TestProductDeleteNoteAfterAReDrive(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	del := func(d map[string]any) { d["deleted"] = true }
+	e.each(state.Product, productEvent(t, 8, 1, nil), productEvent(t, 8, 2, del), productEvent(t, 9, 2, del))
+	note := func(id string) string {
+		rec, err := e.st.Get(e.ctx, state.Product, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec.Reason
+	}
+	if got := note("8"); got != reasonProductDeleted {
+		t.Fatalf("deleted product: %q", got)
+	}
+	if _, err := e.eng.Resync(e.ctx, state.Product, "all"); err != nil {
+		t.Fatal(err)
+	}
+	if got := note("8"); got != reasonProductDeleted {
+		t.Errorf("deleted product after a re-drive of all: %q, want %q", got, reasonProductDeleted)
+	}
+	if got := note("9"); got != "deleted in nopCommerce before it reached Dynamics 365" {
+		t.Errorf("product deleted before it reached Dynamics 365: %q", got)
+	}
+}
+
 // DELETE_POLICY=delete never deletes a family that has products: Dynamics 365 would
 // delete them with it (product_parent_product is Delete: Cascade), and the store still
 // has them. The family is retired with its products instead, with the reason; a family
