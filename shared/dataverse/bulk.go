@@ -47,6 +47,29 @@ func (e *BulkError) Unwrap() []error {
 	return errs
 }
 
+// RowErrors is the error of each of n rows sent in one bulk call that returned err: nil for
+// the rows written; a chunk's error for the rows of a failed chunk (a *BulkError); err for
+// every row when the call failed otherwise.
+func RowErrors(err error, n int) []error {
+	out := make([]error, n)
+	if err == nil {
+		return out
+	}
+	var be *BulkError
+	if !errors.As(err, &be) {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
+	for _, c := range be.Chunks {
+		for i := max(c.Start, 0); i < min(c.End, n); i++ {
+			out[i] = c.Err
+		}
+	}
+	return out
+}
+
 // UpsertMultiple creates or updates recs (each carrying its primary key or
 // alternate key values) with UpsertMultiple, in chunks. logicalName is the
 // table's logical name ("contact"). A failure is a *BulkError.

@@ -101,3 +101,26 @@ func TestCreateMultipleReturnsIdsInOrder(t *testing.T) {
 		}
 	}
 }
+
+// RowErrors spreads a bulk call's outcome over its rows: the rows of a failed chunk get
+// that chunk's error, the others nil; any other error is every row's.
+func TestRowErrors(t *testing.T) {
+	if errs := RowErrors(nil, 3); len(errs) != 3 || errs[0] != nil || errs[1] != nil || errs[2] != nil {
+		t.Errorf("success: %v", errs)
+	}
+	a, b := errors.New("chunk a"), errors.New("chunk b")
+	be := &BulkError{Message: "UpdateMultiple invoices", Chunks: []ChunkError{{Start: 1, End: 3, Err: a}, {Start: 4, End: 9, Err: b}}}
+	got := RowErrors(fmt.Errorf("wrapped: %w", be), 6)
+	want := []error{nil, a, a, nil, b, b}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("row %d: %v, want %v", i, got[i], want[i])
+		}
+	}
+	other := errors.New("no chunk")
+	for i, err := range RowErrors(other, 2) {
+		if err != other {
+			t.Errorf("row %d: %v, want the call's error", i, err)
+		}
+	}
+}

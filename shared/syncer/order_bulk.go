@@ -271,21 +271,7 @@ func (s *orderSyncer) headersFirst(ctx context.Context, refs *refResolver, plans
 		recs[k] = rec
 	}
 	_, err := s.dv.CreateMultiple(ctx, setSalesOrders, "salesorder", recs)
-	failed := make([]error, len(u))
-	var be *dataverse.BulkError
-	switch {
-	case err == nil:
-	case errors.As(err, &be):
-		for _, ch := range be.Chunks {
-			for k := max(ch.Start, 0); k < min(ch.End, len(u)); k++ {
-				failed[k] = ch.Err
-			}
-		}
-	default:
-		for k := range failed {
-			failed[k] = err
-		}
-	}
+	failed := dataverse.RowErrors(err, len(u))
 	var doubt []int
 	var ids []string
 	for k, i := range u {
@@ -482,22 +468,7 @@ func (s *orderSyncer) payMany(ctx context.Context, plans []*orderPlan, idx []int
 		recs[k] = dataverse.Record{"invoiceid": plans[i].invoiceID,
 			"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete}
 	}
-	err := s.dv.UpdateMultiple(ctx, setInvoices, "invoice", recs)
-	failed := make([]error, len(pay))
-	var be *dataverse.BulkError
-	switch {
-	case err == nil:
-	case errors.As(err, &be):
-		for _, c := range be.Chunks {
-			for k := max(c.Start, 0); k < min(c.End, len(pay)); k++ {
-				failed[k] = c.Err
-			}
-		}
-	default:
-		for k := range failed {
-			failed[k] = err
-		}
-	}
+	failed := dataverse.RowErrors(s.dv.UpdateMultiple(ctx, setInvoices, "invoice", recs), len(pay))
 	var refused []string
 	for k, i := range pay {
 		p := plans[i]
