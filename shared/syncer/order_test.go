@@ -865,6 +865,64 @@ func TestOrderBulkInvoicesPaidRefusedThoughApplied(t *testing.T) {
 	}
 }
 
+// The sync state was lost, and orders arrive whose products Dynamics 365 holds Active
+// (the store's push agent run without -resend after a wipe sends only what changed):
+// the orders use the products as they are. Before, each product was written again from
+// its order line alone, and Dynamics 365 was left with price 0, no description and a
+// price list item of 0.00, with the products recorded synced.
+func TestOrderAfterAWipeLeavesItsProductsAsTheyAre(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			raws, orders := placedChunk(t, 101, 7700, 7703)
+			used := map[int]bool{}
+			for _, o := range orders {
+				for _, it := range o.Items {
+					used[it.Product.ID] = true
+				}
+			}
+			before := map[int]map[string]any{}
+			for id := range used {
+				h.each(state.Product, productEvent(t, id, 1, func(d map[string]any) { d["price"] = fmt.Sprintf("%d.5000", 12+id) }))
+				before[id] = h.row("products", productID(1, id))
+			}
+			h.wipeState()
+			h.eng = h.engine()
+			if bulk {
+				chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-after-wipe", "events": raws}})
+				if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				for _, raw := range raws {
+					evs, err := nop.DecodeRequest(state.Order, raw)
+					if err != nil {
+						t.Fatal(err)
+					}
+					h.mustSend(evs[0])
+				}
+			}
+			for id := range used {
+				after := h.row("products", productID(1, id))
+				for _, col := range []string{"price", "description", "productnumber", "name", "statecode"} {
+					if fmt.Sprint(after[col]) != fmt.Sprint(before[id][col]) {
+						t.Errorf("product %d: %s %v after the orders, was %v", id, col, after[col], before[id][col])
+					}
+				}
+				rec := h.rec(state.Product, id)
+				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "found Active") {
+					t.Errorf("product %d: %s %q", id, rec.Status, rec.Reason)
+				}
+			}
+			for _, o := range orders {
+				if rec := h.record(o.ID); rec.Status != state.Synced || h.salesOrder(1, o.ID) == nil {
+					t.Errorf("order %d: %s %q", o.ID, rec.Status, rec.Reason)
+				}
+			}
+		})
+	}
+}
+
 // Bulk path, orders Dynamics 365 already has: a chunk's changes are packed into one
 // $batch, each order its own change set; an order Dynamics 365 refuses is rolled back
 // alone and the others land.

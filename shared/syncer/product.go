@@ -112,6 +112,9 @@ type productPlan struct {
 	extra     map[string]string
 	image     string // base64 picture to send ("" for none)
 	picture   string // picture URL still to fetch (right before the write)
+	// foundActive: the state knew no row, and the one planned for (its own deterministic
+	// id, or one adopted by product number) is already Active in Dynamics 365.
+	foundActive bool
 }
 
 func (pl *productPlan) outcome() outcome {
@@ -251,19 +254,20 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	if pl.id == "" {
 		own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
 		var exists bool
+		var cur int
 		if pre != nil {
-			_, exists = pre.states[own]
+			cur, exists = pre.states[own]
 		} else {
-			_, err := s.dv.Retrieve(ctx, "products", own, "productid")
+			row, err := s.dv.Retrieve(ctx, "products", own, "productid", "statecode")
 			switch {
 			case err == nil:
-				exists = true
+				exists, cur = true, intField(row, "statecode")
 			case !dataverse.IsNotFound(err):
 				return nil, fmt.Errorf("reading product %s: %w", own, err)
 			}
 		}
 		if exists {
-			pl.id = own
+			pl.id, pl.foundActive = own, cur == productActive
 		} else if err := s.adoptProduct(ctx, pl, own, pre); err != nil {
 			return nil, err
 		}
@@ -356,7 +360,7 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 		found = pre.byNumber[strings.ToLower(want)]
 	} else {
 		var err error
-		found, err = findOne(ctx, s.dv, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
+		found, err = findOne(ctx, s.dv, "products", []string{"productid", "productnumber", "statecode"}, "productnumber eq "+odataString(want))
 		if err != nil {
 			return fmt.Errorf("looking up product number %q: %w", want, err)
 		}
@@ -376,6 +380,9 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 		pl.id = foundID
 		pl.extra[extraAdoptedNumber] = pl.id
 		pl.note = "adopted the existing product with product number " + want
+		if st, ok := found["statecode"]; ok && st != nil {
+			pl.foundActive = intField(found, "statecode") == productActive
+		}
 		return nil
 	}
 	pl.id = own
@@ -899,6 +906,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
 	stub["productnumber"] = fallbackNumber(storeID, familyID)
 	_, err = s.dv.Upsert(ctx, "products", id, stub, dataverse.CreateOnly)
+	found := false
 	switch {
 	case err == nil:
 		// Published at once so its children can be published (and sold) before the
@@ -906,13 +914,28 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 		if perr := s.dv.PublishProductHierarchy(ctx, id); perr != nil {
 			s.log.Warn("publishing product family stub", "family", familyID, "error", perr)
 		}
-	case !dataverse.IsConflict(err):
+	case dataverse.IsConflict(err):
+		// The row is there: a stub of an earlier attempt (its made-up number), or the
+		// family itself (the sync state was lost).
+		row, rerr := s.dv.Retrieve(ctx, "products", id, "productnumber")
+		if rerr != nil {
+			return "", fmt.Errorf("reading product family %d for product %d: %w", familyID, childID, rerr)
+		}
+		found = !strings.EqualFold(str(row["productnumber"]), fallbackNumber(storeID, familyID))
+	default:
 		return "", fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
 	}
 	if rec == nil {
 		nr := &state.Record{Entity: state.Product, ID: strconv.Itoa(familyID), DataverseID: id, Status: state.Pending,
 			Reason: fmt.Sprintf("created as the product family of product %d; waiting for its own event", childID),
 			Extra:  map[string]string{extraFamilyStub: "true", extraProductNumber: fallbackNumber(storeID, familyID)},
+		}
+		if found {
+			// Not written now: its product number and data are what Dynamics 365 holds,
+			// and the family's own event (which may not come again) writes the store's.
+			nr.Status, nr.SyncedAt = state.Synced, s.now()
+			nr.Reason = fmt.Sprintf("found in Dynamics 365 as the product family of product %d, left as it is; its own event writes its data", childID)
+			delete(nr.Extra, extraProductNumber)
 		}
 		if err := s.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
 			return "", transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
@@ -972,6 +995,17 @@ func (s *productSyncer) createForOrder(ctx context.Context, storeID int, ip nop.
 	pl, err := s.planProduct(ctx, storeID, p, work, sh, nil)
 	if err != nil {
 		return "", err
+	}
+	if pl.foundActive {
+		// Dynamics 365 has the product, Active (the sync state was lost, or an admin made
+		// it): the order uses it as it is. Written from the line, its price, stock and
+		// description would be lost, and the product's own event may never come again.
+		work.DataverseID = pl.id
+		if fresh {
+			work.Status, work.SyncedAt = state.Synced, s.now()
+			work.Reason = joinNote("found Active in Dynamics 365 for an order line, left as it is; the product's own event writes its data", pl.note)
+		}
+		return pl.id, nil
 	}
 	if err := s.applyProduct(ctx, pl, work, sh); err != nil {
 		return "", err

@@ -336,6 +336,48 @@ func TestProductDeleteNoteAfterAReDrive(t *testing.T) {
 	}
 }
 
+// The sync state was lost, and a product of a family arrives before the family's own
+// event (which, sent by a push agent run without -resend, may never come again): the
+// family Dynamics 365 holds is left as it is and recorded synced with what happened, not
+// pending "waiting for its own event" under a made-up product number. A made-up family
+// of an earlier attempt is still recorded pending.
+func TestProductFamilyFoundAfterAWipe(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	famData := func(d map[string]any) {
+		d["productType"] = 10
+		d["price"] = "0.0000"
+		d["associatedProductIds"] = []any{21, 22}
+	}
+	child := func(id int, seq int64) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) { d["parentGroupedProductId"] = 20 })
+	}
+	e.each(state.Product, productEvent(t, 20, 1, famData), child(21, 1))
+	before := e.row("products", productID(1, 20))
+	e.wipeState()
+	e.eng = e.engine()
+	e.each(state.Product, child(22, 1))
+	if after := e.row("products", productID(1, 20)); after["productnumber"] != before["productnumber"] || after["name"] != before["name"] {
+		t.Errorf("family row changed: %v %v, was %v %v", after["productnumber"], after["name"], before["productnumber"], before["name"])
+	}
+	rec := e.rec(state.Product, 20)
+	if rec.Status != state.Synced || !strings.Contains(rec.Reason, "found in Dynamics 365") || rec.Extra[extraProductNumber] != "" {
+		t.Errorf("family after the wipe: %s %q, product number %q", rec.Status, rec.Reason, rec.Extra[extraProductNumber])
+	}
+	if c := e.rec(state.Product, 22); c.Status != state.Synced {
+		t.Errorf("product 22: %s %q", c.Status, c.Reason)
+	}
+
+	// A family made up for a product earlier, whose record was lost: still pending.
+	e2 := newEnv(t, envOptions{})
+	e2.each(state.Product, productEvent(t, 31, 1, func(d map[string]any) { d["parentGroupedProductId"] = 30 }))
+	e2.wipeState()
+	e2.eng = e2.engine()
+	e2.each(state.Product, productEvent(t, 32, 1, func(d map[string]any) { d["parentGroupedProductId"] = 30 }))
+	if rec := e2.rec(state.Product, 30); rec.Status != state.Pending || rec.Extra[extraFamilyStub] != "true" {
+		t.Errorf("made-up family after the wipe: %s %q", rec.Status, rec.Reason)
+	}
+}
+
 // DELETE_POLICY=delete never deletes a family that has products: Dynamics 365 would
 // delete them with it (product_parent_product is Delete: Cascade), and the store still
 // has them. The family is retired with its products instead, with the reason; a family
