@@ -254,7 +254,17 @@ func (s *orderSyncer) plan(ctx context.Context, refs *refResolver, pre *orderPre
 		if prev := rec.Extra[extraOrderContent]; prev != "" && prev != p.content {
 			p.conflicts = append(p.conflicts, fmt.Sprintf("changes to items, amounts or addresses not applied (salesorder is %s)", cur.name()))
 		} else if prev == "" {
-			rec.Extra[extraOrderContent] = p.content // state was lost: adopt what is there
+			// The state was lost: what the app wrote is not known, so the order is compared
+			// with what Dynamics 365 holds.
+			differs, err := s.closedOrderDiffers(ctx, o, p.orderID, sh)
+			if err != nil {
+				return nil, fmt.Errorf("order %d: %w", o.ID, err)
+			}
+			if differs != "" {
+				p.conflicts = append(p.conflicts, fmt.Sprintf("changes to items, amounts or addresses not applied (salesorder is %s; %s)", cur.name(), differs))
+			} else {
+				rec.Extra[extraOrderContent] = p.content
+			}
 		}
 		rec.Extra[extraOrderNote] = p.note
 	}
@@ -348,6 +358,43 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 	delete(rec.Extra, extraConflict)
 	out.reason = ordJoin("; ", p.note, rec.Extra[extraWriteIn])
 	return out
+}
+
+// closedOrderDiffers compares a closed salesorder with the order, for when the state no
+// longer says what was written: the header's columns that come from the order alone
+// (headerText) and the number of lines. It returns what differs ("" for nothing).
+func (s *orderSyncer) closedOrderDiffers(ctx context.Context, o *nop.Order, orderID string, sh *shared) (string, error) {
+	p := sh.precision()
+	amts := orderTotals(o, p)
+	want := headerText(o, amts, p)
+	cols := make([]string, 0, len(want))
+	for c := range want {
+		cols = append(cols, c)
+	}
+	got, err := s.dv.Retrieve(ctx, setSalesOrders, orderID, cols...)
+	if err != nil {
+		return "", fmt.Errorf("read salesorder %s: %w", orderID, err)
+	}
+	var why []string
+	if d := headerDiffers(want, got); len(d) > 0 {
+		why = append(why, "Dynamics 365 holds other "+strings.Join(d, ", "))
+	}
+	lines := 0
+	err = s.dv.Query(ctx, setSalesOrderDetails, dataverse.Query{
+		Select: []string{"salesorderdetailid"},
+		Filter: "_salesorderid_value eq " + orderID,
+	}, func(dataverse.Record) error { lines++; return nil })
+	if err != nil {
+		return "", fmt.Errorf("list lines of salesorder %s: %w", orderID, err)
+	}
+	wantLines := len(o.Items)
+	if amts.Fee != nil {
+		wantLines++
+	}
+	if lines != wantLines {
+		why = append(why, fmt.Sprintf("%d lines where the order has %d", lines, wantLines))
+	}
+	return strings.Join(why, "; "), nil
 }
 
 // readOrder reads the salesorder's state; a missing order is not an error.

@@ -348,6 +348,50 @@ func TestOrderCancelAndDelete(t *testing.T) {
 	}
 }
 
+// The sync state was lost while Dynamics 365 holds an order Fulfilled. The order's
+// newest event, sent again (the agent's -resend), matches what Dynamics 365 holds: synced.
+// An event that changed the order meanwhile (another shipping method, an item fewer) is
+// the conflict it is with the state intact ("changes ... not applied"), not synced as if
+// applied; one by one and in a chunk alike.
+func TestOrderClosedChangedWhileTheStateWasLost(t *testing.T) {
+	evs := loadOrderEvents(t, "order-lifecycle.json")
+	completed := evs[2]
+	for _, bulk := range []bool{false, true} {
+		for _, change := range []string{"", "shipping method", "item removed"} {
+			t.Run(fmt.Sprintf("bulk=%v/change=%q", bulk, change), func(t *testing.T) {
+				h := newOrderHarness(t, harnessOptions{})
+				h.mustSend(completed)
+				checkBusinessResult(t, h)
+				h.wipeState()
+				h.eng = h.engine()
+				ev := reEvent(t, completed, "resent", "order.updated", 9, func(o map[string]any) {
+					switch change {
+					case "shipping method":
+						o["shippingMethod"] = "Next day air"
+					case "item removed":
+						o["items"] = o["items"].([]any)[:1]
+					}
+				})
+				if bulk {
+					chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-resent", "events": []json.RawMessage{ev.Raw}}})
+					if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					h.mustSend(ev)
+				}
+				rec := h.record(1001)
+				switch {
+				case change == "" && rec.Status != state.Synced:
+					t.Errorf("unchanged order after the wipe: %s %q", rec.Status, rec.Reason)
+				case change != "" && (rec.Status != state.Failed || !strings.Contains(rec.Reason, "not applied")):
+					t.Errorf("order changed while the state was lost: %s %q, want the closed order's conflict", rec.Status, rec.Reason)
+				}
+			})
+		}
+	}
+}
+
 // An order deleted in the store before any of its events reached Dynamics 365: nothing to
 // delete, and its note says so (as a customer's and a product's do), not "salesorder
 // deleted".
