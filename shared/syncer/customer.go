@@ -630,9 +630,17 @@ func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 		last = "Guest " + strconv.Itoa(c.ID)
 	}
 	phone := strings.TrimSpace(deref(billing.Phone))
+	idStore := storeID
+	if email != "" {
+		// A guest is one contact per email across the stores of an install (contacts are
+		// matched by email, and nopCommerce shares customers between its stores): with an
+		// id per store, two stores' orders of one guest written at once (one import array,
+		// two workers) made two contacts. Store 1's id, so ids written before stay.
+		idStore = 1
+	}
 	return guestRow{
-		cacheKey:   strconv.Itoa(storeID) + "/" + key,
-		own:        deterministicID(storeID, "contact", key),
+		cacheKey:   strconv.Itoa(idStore) + "/" + key,
+		own:        deterministicID(idStore, "contact", key),
 		email:      email,
 		emailField: field,
 		rec:        contactColumns(first, last, email, phone, billing, fmt.Sprintf("nopCommerce guest (customer %d)", c.ID)),

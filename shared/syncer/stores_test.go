@@ -2,7 +2,9 @@ package syncer
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nopsync/nopsync/shared/nop"
@@ -136,4 +138,69 @@ func TestCompanyRemovedAfterAWipe(t *testing.T) {
 func (e *env) wipe() {
 	e.wipeState()
 	e.eng = e.engine()
+}
+
+// guestOrder is a placed order of a guest (no account, known by the billing email) sent
+// under storeId store.
+func guestOrder(t *testing.T, id, store, customerID int, email string) *nop.Event {
+	t.Helper()
+	o := genOrder(rand.New(rand.NewPCG(uint64(id), 7)), id, genOptions{Round: true})
+	o.Customer = nop.Customer{ID: customerID, CustomerGUID: fmt.Sprintf("00000000-0000-4000-9000-%012d", customerID), IsGuest: true, Active: true}
+	o.BillingAddress.Email, o.BillingAddress.FirstName, o.BillingAddress.LastName = genPtr(email), genPtr("Bob"), genPtr("Jones")
+	evs, err := nop.DecodeRequest(state.Order, orderEvent(t, o, "order.placed", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if store == 1 {
+		return evs[0]
+	}
+	return storeEvent(t, evs[0], store, state.Order)
+}
+
+// One guest email ordering in store 1 and in store 2 gets one contact, also when both
+// orders come in one import array or are written at the same moment by two workers (a
+// guest contact's id no longer depends on the store; before, each store made its own).
+func TestGuestOneContactAcrossStores(t *testing.T) {
+	contactOf := func(h *env, store, id int) string {
+		so := h.salesOrder(store, id)
+		if so == nil {
+			t.Fatalf("store %d order %d: no salesorder", store, id)
+		}
+		return fmt.Sprint(so["_customerid_value"])
+	}
+	t.Run("one array", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		if err := h.deliver(h.eng, state.Order, guestOrder(t, 9201, 1, 601, "bob@example.test"), guestOrder(t, 9202, 2, 602, "bob@example.test")); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(h.where("contacts", "emailaddress1", "bob@example.test")); n != 1 {
+			t.Errorf("%d contacts for one guest email in two stores, want 1", n)
+		}
+		if a, b := contactOf(h, 1, 9201), contactOf(h, 2, 9202); a != b {
+			t.Errorf("the stores' orders point at %s and %s", a, b)
+		}
+	})
+	t.Run("at once", func(t *testing.T) {
+		h := newOrderHarness(t, harnessOptions{})
+		const n = 12
+		var wg sync.WaitGroup
+		for i := range n {
+			for store := 1; store <= 2; store++ {
+				ev := guestOrder(t, 9300+10*i+store, store, 700+10*i+store, fmt.Sprintf("race%d@example.test", i))
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := h.deliver(h.eng, state.Order, ev); err != nil {
+						t.Errorf("delivery: %v", err)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		for i := range n {
+			if c := len(h.where("contacts", "emailaddress1", fmt.Sprintf("race%d@example.test", i))); c != 1 {
+				t.Errorf("race%d@example.test: %d contacts, want 1", i, c)
+			}
+		}
+	})
 }
