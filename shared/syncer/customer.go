@@ -671,12 +671,34 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 			return p.id, nil
 		}
 	}
-	if _, err := s.dv.Upsert(ctx, "contacts", g.own, g.rec, dataverse.Upsert); err != nil {
+	own, err := s.unreleased(ctx, g.own)
+	if err != nil {
+		return "", err
+	}
+	if _, err := s.dv.Upsert(ctx, "contacts", own, g.rec, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
 	}
-	s.contacts.Store(g.cacheKey, g.own)
-	return g.own, nil
+	s.contacts.Store(g.cacheKey, own)
+	return own, nil
 }
+
+// unreleased is the id a new guest contact is written under: own, unless own is a
+// released contact (a guest's contact a registered customer adopted, deactivated when that
+// customer was deleted: docs/dataverse-mapping.md, a deleted customer is never matched
+// again), then the first of its deterministic successors that is not.
+func (s *customerSyncer) unreleased(ctx context.Context, own string) (string, error) {
+	for range maxSuccessors {
+		released, err := s.released(ctx, own)
+		if err != nil || !released {
+			return own, err
+		}
+		own = deterministicID(0, "contact", "after:"+own)
+	}
+	return "", permanent(fmt.Errorf("guest contact: %d contacts of this email were released by deleted customers", maxSuccessors))
+}
+
+// maxSuccessors bounds the chain of guest contact ids unreleased follows.
+const maxSuccessors = 16
 
 // guestRef is an order's guest customer and billing address.
 type guestRef struct {
@@ -733,7 +755,11 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 				continue
 			}
 		}
-		creates = append(creates, bulkRow{i: len(creates), id: r.own, rec: r.rec})
+		own, err := s.unreleased(ctx, r.own)
+		if err != nil {
+			continue // left to guestContact
+		}
+		creates = append(creates, bulkRow{i: len(creates), id: own, rec: r.rec})
 		keys = append(keys, r.cacheKey)
 	}
 	errs := make([]error, len(creates))
