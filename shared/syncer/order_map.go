@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
-	"math"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -149,36 +147,7 @@ func headerText(o *nop.Order, amts orderAmounts, p precision) dataverse.Record {
 	return h
 }
 
-// headerDiffers names the columns of want (headerText) whose value in got, a salesorder
-// row as Dataverse returns it, is another: money compared as numbers, text exactly, a
-// missing or empty value as none.
-func headerDiffers(want, got dataverse.Record) []string {
-	var cols []string
-	for col, w := range want {
-		g := got[col]
-		switch w := w.(type) {
-		case json.Number:
-			wf, _ := w.Float64()
-			if gf, ok := numberOf(g); !ok || math.Abs(gf-wf) > 0.000001 {
-				cols = append(cols, col)
-			}
-		default:
-			if textOf(w) != textOf(g) {
-				cols = append(cols, col)
-			}
-		}
-	}
-	slices.Sort(cols)
-	return cols
-}
-
-func textOf(v any) string {
-	if v == nil {
-		return ""
-	}
-	return fmt.Sprint(v)
-}
-
+// numberOf reads a number Dataverse returned (nil as 0).
 func numberOf(v any) (float64, bool) {
 	switch n := v.(type) {
 	case float64:
