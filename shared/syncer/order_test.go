@@ -960,7 +960,7 @@ func TestOrderAfterAWipeLeavesItsProductsAsTheyAre(t *testing.T) {
 					}
 				}
 				rec := h.rec(state.Product, id)
-				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "found Active") {
+				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "found in Dynamics 365") {
 					t.Errorf("product %d: %s %q", id, rec.Status, rec.Reason)
 				}
 			}

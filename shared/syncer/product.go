@@ -112,9 +112,10 @@ type productPlan struct {
 	extra     map[string]string
 	image     string // base64 picture to send ("" for none)
 	picture   string // picture URL still to fetch (right before the write)
-	// foundActive: the state knew no row, and the one planned for (its own deterministic
-	// id, or one adopted by product number) is already Active in Dynamics 365.
-	foundActive bool
+	// foundMade: the state knew no row, and the product's own row (its deterministic id)
+	// is already in Dynamics 365, published once (Active, Retired or Under Revision): not
+	// a Draft an interrupted first write left.
+	foundMade bool
 }
 
 func (pl *productPlan) outcome() outcome {
@@ -267,7 +268,7 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 			}
 		}
 		if exists {
-			pl.id, pl.foundActive = own, cur == productActive
+			pl.id, pl.foundMade = own, cur != productDraft
 		} else if err := s.adoptProduct(ctx, pl, own, pre); err != nil {
 			return nil, err
 		}
@@ -360,7 +361,7 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 		found = pre.byNumber[strings.ToLower(want)]
 	} else {
 		var err error
-		found, err = findOne(ctx, s.dv, "products", []string{"productid", "productnumber", "statecode"}, "productnumber eq "+odataString(want))
+		found, err = findOne(ctx, s.dv, "products", []string{"productid", "productnumber"}, "productnumber eq "+odataString(want))
 		if err != nil {
 			return fmt.Errorf("looking up product number %q: %w", want, err)
 		}
@@ -380,9 +381,6 @@ func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own s
 		pl.id = foundID
 		pl.extra[extraAdoptedNumber] = pl.id
 		pl.note = "adopted the existing product with product number " + want
-		if st, ok := found["statecode"]; ok && st != nil {
-			pl.foundActive = intField(found, "statecode") == productActive
-		}
 		return nil
 	}
 	pl.id = own
@@ -996,14 +994,17 @@ func (s *productSyncer) createForOrder(ctx context.Context, storeID int, ip nop.
 	if err != nil {
 		return "", err
 	}
-	if pl.foundActive {
-		// Dynamics 365 has the product, Active (the sync state was lost, or an admin made
-		// it): the order uses it as it is. Written from the line, its price, stock and
-		// description would be lost, and the product's own event may never come again.
+	if pl.foundMade {
+		// Dynamics 365 has the product the app wrote (the sync state was lost): the order
+		// uses it as it is, as it would with the state intact (a Retired one through a
+		// write-in line). Written from the line, its price, stock and description would be
+		// lost, a Retired one made Active again, and the product's own event may never come
+		// again. Rows adopted by product number (an admin's) are written as before: their
+		// unit group may not be the app's, which the order line needs.
 		work.DataverseID = pl.id
 		if fresh {
 			work.Status, work.SyncedAt = state.Synced, s.now()
-			work.Reason = joinNote("found Active in Dynamics 365 for an order line, left as it is; the product's own event writes its data", pl.note)
+			work.Reason = "found in Dynamics 365 for an order line, left as it is; the product's own event writes its data"
 		}
 		return pl.id, nil
 	}
