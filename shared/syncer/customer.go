@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/internal/cut"
@@ -31,7 +32,7 @@ const (
 type customerSyncer struct {
 	*deps
 	accounts sync.Map // "<storeID>/<lower(company)>" → account id
-	contacts sync.Map // guest contact key → contact id
+	contacts sync.Map // guest contact key → cachedContact (guestContact, resolveGuests)
 	ensuring sync.Map // "customer/<id>" → *sync.Mutex: one ensureContact per customer at a time
 	// resolving: one chunk at a time resolves accounts (and guest contacts) in bulk, so
 	// chunks naming the same company (or guest) don't create its row twice: the second
@@ -449,6 +450,13 @@ func (s *customerSyncer) released(ctx context.Context, contactID string) (bool, 
 }
 
 func (s *customerSyncer) releaseContact(ctx context.Context, contactID string, customerID int) error {
+	// Guests this process resolved to the contact must not be given it again.
+	s.contacts.Range(func(k, v any) bool {
+		if c, _ := v.(cachedContact); strings.EqualFold(c.id, contactID) {
+			s.contacts.Delete(k)
+		}
+		return true
+	})
 	doc := &state.Doc{Kind: releasedContactKind, Key: strings.ToLower(contactID), Value: []byte(strconv.Itoa(customerID))}
 	err := s.st.SaveDoc(ctx, doc)
 	if err != nil && !errors.Is(err, state.ErrConflict) {
@@ -654,8 +662,8 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 	if err := checkEmail(g.emailField, g.email); err != nil {
 		return "", err
 	}
-	if v, ok := s.contacts.Load(g.cacheKey); ok {
-		return v.(string), nil
+	if id, ok := s.cachedGuest(g.cacheKey); ok {
+		return id, nil
 	}
 	if g.email != "" {
 		cands, err := s.contactsByEmail(ctx, []string{g.email})
@@ -667,38 +675,82 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 			return "", err
 		}
 		if !p.isNew {
-			s.contacts.Store(g.cacheKey, p.id)
+			s.cacheGuest(g.cacheKey, p.id)
 			return p.id, nil
 		}
 	}
-	own, err := s.unreleased(ctx, g.own)
+	own, err := s.unreleased(ctx, g.own, nil)
 	if err != nil {
 		return "", err
 	}
 	if _, err := s.dv.Upsert(ctx, "contacts", own, g.rec, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
 	}
-	s.contacts.Store(g.cacheKey, own)
+	s.cacheGuest(g.cacheKey, own)
 	return own, nil
 }
 
 // unreleased is the id a new guest contact is written under: own, unless own is a
 // released contact (a guest's contact a registered customer adopted, deactivated when that
 // customer was deleted: docs/dataverse-mapping.md, a deleted customer is never matched
-// again), then the first of its deterministic successors that is not.
-func (s *customerSyncer) unreleased(ctx context.Context, own string) (string, error) {
+// again) or an inactive one (the record of its release is lost with a wiped state), then
+// the first of its deterministic successors that is neither. states holds the statecode of
+// contacts read ahead (nil: own is read).
+func (s *customerSyncer) unreleased(ctx context.Context, own string, states map[string]int) (string, error) {
 	for range maxSuccessors {
-		released, err := s.released(ctx, own)
-		if err != nil || !released {
-			return own, err
+		gone, err := s.released(ctx, own)
+		if err != nil {
+			return "", err
 		}
-		own = deterministicID(0, "contact", "after:"+own)
+		if !gone {
+			st, ok := states[own]
+			if states == nil {
+				row, err := s.dv.Retrieve(ctx, "contacts", own, "statecode")
+				switch {
+				case err == nil:
+					st, ok = intField(row, "statecode"), true
+				case !dataverse.IsNotFound(err):
+					return "", fmt.Errorf("reading guest contact %s: %w", own, err)
+				}
+			}
+			if !ok || st == 0 {
+				return own, nil
+			}
+		}
+		own, states = deterministicID(0, "contact", "after:"+own), nil
 	}
 	return "", permanent(fmt.Errorf("guest contact: %d contacts of this email were released by deleted customers", maxSuccessors))
 }
 
 // maxSuccessors bounds the chain of guest contact ids unreleased follows.
 const maxSuccessors = 16
+
+// guestCacheTTL bounds how long a process reuses a guest's contact without looking it up:
+// another instance may release that contact meanwhile (its customer deleted), which this
+// process learns only from Dynamics 365 or the state.
+const guestCacheTTL = 10 * time.Minute
+
+type cachedContact struct {
+	id string
+	at time.Time
+}
+
+func (s *customerSyncer) cachedGuest(key string) (string, bool) {
+	v, ok := s.contacts.Load(key)
+	if !ok {
+		return "", false
+	}
+	c := v.(cachedContact)
+	if time.Since(c.at) > guestCacheTTL {
+		s.contacts.CompareAndDelete(key, v)
+		return "", false
+	}
+	return c.id, true
+}
+
+func (s *customerSyncer) cacheGuest(key, id string) {
+	s.contacts.Store(key, cachedContact{id: id, at: time.Now()})
+}
 
 // guestRef is an order's guest customer and billing address.
 type guestRef struct {
@@ -723,7 +775,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 			continue
 		}
 		seen[r.cacheKey] = true
-		if _, ok := s.contacts.Load(r.cacheKey); ok {
+		if _, ok := s.cachedGuest(r.cacheKey); ok {
 			continue
 		}
 		rows = append(rows, r)
@@ -742,8 +794,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 			return
 		}
 	}
-	var creates []bulkRow
-	var keys []string // the cache key of each create
+	var fresh []guestRow // guests without a contact to adopt
 	for _, r := range rows {
 		if r.email != "" {
 			p := &contactPlan{extra: map[string]string{}}
@@ -751,11 +802,29 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 				continue // left to guestContact
 			}
 			if !p.isNew {
-				s.contacts.Store(r.cacheKey, p.id)
+				s.cacheGuest(r.cacheKey, p.id)
 				continue
 			}
 		}
-		own, err := s.unreleased(ctx, r.own)
+		fresh = append(fresh, r)
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	// Their own ids, read together: one may be a deactivated contact (unreleased).
+	ownIDs := make([]string, len(fresh))
+	for k, r := range fresh {
+		ownIDs[k] = r.own
+	}
+	states, err := s.existingRows(ctx, "contacts", "contactid", ownIDs, true)
+	if err != nil {
+		s.log.Warn("reading an order chunk's guest contacts; writing them one by one", "error", err)
+		return
+	}
+	var creates []bulkRow
+	var keys []string // the cache key of each create
+	for _, r := range fresh {
+		own, err := s.unreleased(ctx, r.own, states)
 		if err != nil {
 			continue // left to guestContact
 		}
@@ -770,7 +839,7 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 		}}).write(ctx, creates, errs)
 	for k, r := range creates {
 		if errs[k] == nil {
-			s.contacts.Store(keys[k], r.id)
+			s.cacheGuest(keys[k], r.id)
 		}
 	}
 }

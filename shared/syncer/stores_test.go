@@ -206,41 +206,52 @@ func TestGuestOneContactAcrossStores(t *testing.T) {
 }
 
 // A guest's contact, adopted when the guest registered, is deactivated when that customer
-// is deleted; a new guest order with the email (on another instance, nothing cached) gets
-// a contact of its own, not the deleted customer's (docs/dataverse-mapping.md: a deleted
-// customer is never matched by email again). Before, the order's guest was written over
-// the deactivated contact and the order pointed at it; one by one and in an array alike.
+// is deleted; a new guest order with the email gets a contact of its own, not the deleted
+// customer's (docs/dataverse-mapping.md: a deleted customer is never matched by email
+// again): on another instance (nothing cached), on the instance that cached the guest's
+// contact, and after a wipe (the record of the release gone: the contact is inactive).
+// Before, the order's guest was written over the deactivated contact and the order pointed
+// at it; one by one and in an array alike.
 func TestGuestAfterTheRegisteredCustomerWasDeleted(t *testing.T) {
-	for _, bulk := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
-			h := newOrderHarness(t, harnessOptions{})
-			tmpl := example(t, "customer-created.json")[0]
-			first := guestOrder(t, 9702, 1, 1103, "was.guest@example.test")
-			h.each(state.Order, first)
-			guest := h.salesOrder(1, 9702)["_customerid_value"]
-			h.each(state.Customer, customerEvent(t, tmpl, 1103, 1, "was.guest@example.test", nil))
-			h.each(state.Customer, customerEvent(t, tmpl, 1103, 2, "was.guest@example.test", func(d map[string]any) { d["deleted"] = true }))
-			if c := h.row("contacts", fmt.Sprint(guest)); numOf(c["statecode"]) == 0 {
-				t.Fatalf("the deleted customer's contact %v (the guest's, adopted) is still active", guest)
-			}
-			other := h.engine() // another instance: no cached guest contact
-			evs := []*nop.Event{guestOrder(t, 9703, 1, 1104, "was.guest@example.test")}
-			if bulk {
-				evs = append(evs, guestOrder(t, 9704, 1, 1105, "was.guest@example.test"))
-			}
-			if err := h.deliver(other, state.Order, evs...); err != nil {
-				t.Fatal(err)
-			}
-			for _, ev := range evs {
-				so := h.salesOrder(1, ev.Order.ID)
-				if so == nil {
-					t.Fatalf("order %d: no salesorder (%q)", ev.Order.ID, h.record(ev.Order.ID).Reason)
+	for _, where := range []string{"another instance", "same instance", "after a wipe"} {
+		for _, bulk := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/bulk=%v", where, bulk), func(t *testing.T) {
+				h := newOrderHarness(t, harnessOptions{})
+				tmpl := example(t, "customer-created.json")[0]
+				h.each(state.Order, guestOrder(t, 9702, 1, 1103, "was.guest@example.test"))
+				guest := h.salesOrder(1, 9702)["_customerid_value"]
+				h.each(state.Customer, customerEvent(t, tmpl, 1103, 1, "was.guest@example.test", nil))
+				h.each(state.Customer, customerEvent(t, tmpl, 1103, 2, "was.guest@example.test", func(d map[string]any) { d["deleted"] = true }))
+				if c := h.row("contacts", fmt.Sprint(guest)); numOf(c["statecode"]) == 0 {
+					t.Fatalf("the deleted customer's contact %v (the guest's, adopted) is still active", guest)
 				}
-				c := h.row("contacts", fmt.Sprint(so["_customerid_value"]))
-				if numOf(c["statecode"]) != 0 || strings.EqualFold(fmt.Sprint(c["contactid"]), fmt.Sprint(guest)) {
-					t.Errorf("order %d points at contact %v (state %v), the deleted customer's was %v", ev.Order.ID, c["contactid"], c["statecode"], guest)
+				eng := h.eng
+				switch where {
+				case "another instance":
+					eng = h.engine()
+				case "after a wipe":
+					h.wipeState()
+					h.eng = h.engine()
+					eng = h.eng
 				}
-			}
-		})
+				evs := []*nop.Event{guestOrder(t, 9703, 1, 1104, "was.guest@example.test")}
+				if bulk {
+					evs = append(evs, guestOrder(t, 9704, 1, 1105, "was.guest@example.test"))
+				}
+				if err := h.deliver(eng, state.Order, evs...); err != nil {
+					t.Fatal(err)
+				}
+				for _, ev := range evs {
+					so := h.salesOrder(1, ev.Order.ID)
+					if so == nil {
+						t.Fatalf("order %d: no salesorder (%q)", ev.Order.ID, h.record(ev.Order.ID).Reason)
+					}
+					c := h.row("contacts", fmt.Sprint(so["_customerid_value"]))
+					if numOf(c["statecode"]) != 0 || strings.EqualFold(fmt.Sprint(c["contactid"]), fmt.Sprint(guest)) {
+						t.Errorf("order %d points at contact %v (state %v), the deleted customer's was %v", ev.Order.ID, c["contactid"], c["statecode"], guest)
+					}
+				}
+			})
+		}
 	}
 }
