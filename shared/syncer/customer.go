@@ -609,6 +609,19 @@ type guestRow struct {
 	cacheKey, own, email string
 	emailField           string // the event's field the email came from
 	rec                  dataverse.Record
+	// storeOwn: the id a guest of this email had in this store before guests were one
+	// contact across stores ("" in store 1, where it is own): still the guest's own row.
+	storeOwn string
+}
+
+// ownAmong is the row of cands that is the guest's own under its store's earlier id.
+func (g guestRow) ownAmong(cands []dataverse.Record) string {
+	for _, r := range cands {
+		if id := strings.ToLower(str(r["contactid"])); g.storeOwn != "" && id == g.storeOwn {
+			return id
+		}
+	}
+	return ""
 }
 
 func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
@@ -646,7 +659,12 @@ func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
 		// two workers) made two contacts. Store 1's id, so ids written before stay.
 		idStore = 1
 	}
+	storeOwn := ""
+	if idStore != storeID {
+		storeOwn = deterministicID(storeID, "contact", key)
+	}
 	return guestRow{
+		storeOwn:   storeOwn,
 		cacheKey:   strconv.Itoa(idStore) + "/" + key,
 		own:        deterministicID(idStore, "contact", key),
 		email:      email,
@@ -671,7 +689,9 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 			return "", err
 		}
 		p := &contactPlan{extra: map[string]string{}}
-		if err := s.choose(ctx, p, g.own, -1, cands[strings.ToLower(g.email)]); err != nil {
+		if id := g.ownAmong(cands[strings.ToLower(g.email)]); id != "" {
+			p.id = id
+		} else if err := s.choose(ctx, p, g.own, -1, cands[strings.ToLower(g.email)]); err != nil {
 			return "", err
 		}
 		if !p.isNew {
@@ -798,7 +818,9 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	for _, r := range rows {
 		if r.email != "" {
 			p := &contactPlan{extra: map[string]string{}}
-			if err := s.choose(ctx, p, r.own, -1, cands[strings.ToLower(r.email)]); err != nil {
+			if id := r.ownAmong(cands[strings.ToLower(r.email)]); id != "" {
+				p.id = id
+			} else if err := s.choose(ctx, p, r.own, -1, cands[strings.ToLower(r.email)]); err != nil {
 				continue // left to guestContact
 			}
 			if !p.isNew {

@@ -255,3 +255,40 @@ func TestGuestAfterTheRegisteredCustomerWasDeleted(t *testing.T) {
 		}
 	}
 }
+
+// A deployment that wrote a store-2 guest's contact under the store-2 id (guest ids were
+// per store before they were one across stores), beside another active contact with the
+// same email (a registered customer's or an admin's): the guest's new store-2 orders keep
+// pointing at its contact; the two are not taken for an ambiguous email with a third
+// contact created.
+func TestGuestContactUnderItsStoresEarlierID(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			const email = "shared@example.test"
+			g2 := deterministicID(2, "contact", "guest:"+email)
+			if _, err := h.srv.Insert("contacts", map[string]any{"contactid": g2, "lastname": "Jones", "firstname": "Bob",
+				"emailaddress1": email, "description": "nopCommerce guest (customer 801)"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.srv.Insert("contacts", map[string]any{"lastname": "Other", "emailaddress1": email}); err != nil {
+				t.Fatal(err)
+			}
+			evs := []*nop.Event{guestOrder(t, 9801, 2, 801, email)}
+			if bulk {
+				evs = append(evs, guestOrder(t, 9802, 2, 802, email))
+			}
+			if err := h.deliver(h.eng, state.Order, evs...); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(h.where("contacts", "emailaddress1", email)); n != 2 {
+				t.Errorf("%d contacts with the email, want the 2 there were", n)
+			}
+			for _, ev := range evs {
+				if got := fmt.Sprint(h.salesOrder(2, ev.Order.ID)["_customerid_value"]); !strings.EqualFold(got, g2) {
+					t.Errorf("order %d points at %s, want the guest's store-2 contact %s", ev.Order.ID, got, g2)
+				}
+			}
+		})
+	}
+}
