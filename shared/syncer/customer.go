@@ -235,6 +235,17 @@ func (s *customerSyncer) choose(ctx context.Context, p *contactPlan, own string,
 	for _, r := range cands {
 		id := strings.ToLower(str(r["contactid"]))
 		if id == own {
+			// A guest's own row may be a contact a registered customer adopted and whose
+			// delete released it (DELETE_POLICY=ignore leaves it active): not the guest's.
+			if customerID < 0 {
+				released, err := s.released(ctx, id)
+				if err != nil {
+					return err
+				}
+				if released {
+					continue
+				}
+			}
 			p.id = own
 			return nil
 		}
@@ -614,14 +625,19 @@ type guestRow struct {
 	storeOwn string
 }
 
-// ownAmong is the row of cands that is the guest's own under its store's earlier id.
-func (g guestRow) ownAmong(cands []dataverse.Record) string {
+// storeOwnAmong is the row of cands that is the guest's own under its store's earlier id,
+// unless a deleted customer that had adopted it released it.
+func (s *customerSyncer) storeOwnAmong(ctx context.Context, g guestRow, cands []dataverse.Record) (string, error) {
 	for _, r := range cands {
 		if id := strings.ToLower(str(r["contactid"])); g.storeOwn != "" && id == g.storeOwn {
-			return id
+			released, err := s.released(ctx, id)
+			if err != nil || released {
+				return "", err
+			}
+			return id, nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
@@ -689,7 +705,11 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 			return "", err
 		}
 		p := &contactPlan{extra: map[string]string{}}
-		if id := g.ownAmong(cands[strings.ToLower(g.email)]); id != "" {
+		id, err := s.storeOwnAmong(ctx, g, cands[strings.ToLower(g.email)])
+		if err != nil {
+			return "", err
+		}
+		if id != "" {
 			p.id = id
 		} else if err := s.choose(ctx, p, g.own, -1, cands[strings.ToLower(g.email)]); err != nil {
 			return "", err
@@ -818,7 +838,11 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	for _, r := range rows {
 		if r.email != "" {
 			p := &contactPlan{extra: map[string]string{}}
-			if id := r.ownAmong(cands[strings.ToLower(r.email)]); id != "" {
+			id, err := s.storeOwnAmong(ctx, r, cands[strings.ToLower(r.email)])
+			if err != nil {
+				continue // left to guestContact
+			}
+			if id != "" {
 				p.id = id
 			} else if err := s.choose(ctx, p, r.own, -1, cands[strings.ToLower(r.email)]); err != nil {
 				continue // left to guestContact
@@ -843,25 +867,39 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 		s.log.Warn("reading an order chunk's guest contacts; writing them one by one", "error", err)
 		return
 	}
-	var creates []bulkRow
-	var keys []string // the cache key of each create
+	// Rows Dynamics 365 has (a guest without email whose contact was written before: its id
+	// is the customer's) are updated, the others created: a create of an existing row
+	// fails its whole request.
+	var creates, updates []bulkRow
+	var createKeys, updateKeys []string // the cache key of each row
 	for _, r := range fresh {
 		own, err := s.unreleased(ctx, r.own, states)
 		if err != nil {
 			continue // left to guestContact
 		}
+		if st, ok := states[own]; ok && st == 0 {
+			updates = append(updates, bulkRow{i: len(updates), id: own, rec: r.rec})
+			updateKeys = append(updateKeys, r.cacheKey)
+			continue
+		}
 		creates = append(creates, bulkRow{i: len(creates), id: own, rec: r.rec})
-		keys = append(keys, r.cacheKey)
+		createKeys = append(createKeys, r.cacheKey)
 	}
-	errs := make([]error, len(creates))
-	(&bulkGroup{d: s.deps, create: true, set: "contacts", logical: "contact", pk: "contactid",
-		single: func(ctx context.Context, r bulkRow) error {
-			_, err := s.dv.Upsert(ctx, "contacts", r.id, r.rec, dataverse.Upsert)
-			return err
-		}}).write(ctx, creates, errs)
-	for k, r := range creates {
-		if errs[k] == nil {
-			s.cacheGuest(keys[k], r.id)
+	single := func(ctx context.Context, r bulkRow) error {
+		_, err := s.dv.Upsert(ctx, "contacts", r.id, r.rec, dataverse.Upsert)
+		return err
+	}
+	for _, w := range []struct {
+		create bool
+		rows   []bulkRow
+		keys   []string
+	}{{true, creates, createKeys}, {false, updates, updateKeys}} {
+		errs := make([]error, len(w.rows))
+		(&bulkGroup{d: s.deps, create: w.create, set: "contacts", logical: "contact", pk: "contactid", single: single}).write(ctx, w.rows, errs)
+		for k, r := range w.rows {
+			if errs[k] == nil {
+				s.cacheGuest(w.keys[k], r.id)
+			}
 		}
 	}
 }

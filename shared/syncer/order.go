@@ -363,7 +363,7 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 
 // closedOrderDiffers compares a closed salesorder with the order, for when the state no
 // longer says what was written: its amounts (totalamount, freightamount, discountamount,
-// to within the currency's last digit) and its number of lines, what a change to items or
+// at the currency's precision) and its number of lines, what a change to items or
 // amounts moves. Text columns are not compared: a refund's note never reaches a closed
 // order, an admin may have edited an address before closing it, and their wording may be
 // an earlier release's; each would make an unchanged order a conflict. It returns what
@@ -379,7 +379,7 @@ func (s *orderSyncer) closedOrderDiffers(ctx context.Context, o *nop.Order, orde
 	if err != nil {
 		return "", fmt.Errorf("read salesorder %s: %w", orderID, err)
 	}
-	tolerance := math.Pow10(-p.amount) + 1e-9
+	tolerance := math.Pow10(-p.amount) / 2 // less than half the currency's last digit
 	var why []string
 	for _, w := range want {
 		wf, _ := strconv.ParseFloat(w.v.StringFixed(p.amount), 64)
