@@ -16,21 +16,6 @@ import (
 	"github.com/nopsync/nopsync/shared/state"
 )
 
-// sendOrderAs delivers one order event, one by one or as a one-event import chunk.
-func sendOrderAs(t *testing.T, h *env, o *nop.Order, typ string, seq int64, bulk bool) {
-	t.Helper()
-	raw := orderEvent(t, o, typ, seq)
-	var body []byte
-	if bulk {
-		body, _ = json.Marshal(map[string]any{"chunk": map[string]any{"id": fmt.Sprintf("rv2-%d-%d", o.ID, seq), "events": []json.RawMessage{raw}}})
-	} else {
-		body, _ = json.Marshal(map[string]json.RawMessage{"evt": raw})
-	}
-	if err := h.eng.HandleMessage(h.ctx, "orders", body); err != nil {
-		t.Fatalf("order %d seq %d: %v", o.ID, seq, err)
-	}
-}
-
 func cloneOrder(t *testing.T, o *nop.Order) *nop.Order {
 	t.Helper()
 	b, err := json.Marshal(o)
@@ -92,7 +77,7 @@ func TestOrderClosedOneCentChangeAfterAWipe(t *testing.T) {
 				h := newOrderHarness(t, harnessOptions{})
 				r := rand.New(rand.NewPCG(71, 72))
 				o := paidComplete(genOrder(r, 8800, genOptions{Round: true}))
-				sendOrderAs(t, h, o, "order.completed", 1, bulk)
+				sendOrder(t, h, o, "order.completed", 1, bulk)
 				if rec := h.record(o.ID); rec.Status != state.Synced {
 					t.Fatalf("%s %q", rec.Status, rec.Reason)
 				}
@@ -105,7 +90,7 @@ func TestOrderClosedOneCentChangeAfterAWipe(t *testing.T) {
 				ch.OrderShippingInclTax = ch.OrderShippingInclTax.Add(cent)
 				ch.OrderShippingExclTax = ch.OrderShippingExclTax.Add(cent)
 				ch.OrderTotal = ch.OrderTotal.Add(cent)
-				sendOrderAs(t, h, ch, "order.updated", 2, bulk)
+				sendOrder(t, h, ch, "order.updated", 2, bulk)
 				if rec := h.record(o.ID); rec.Status != state.Failed || !strings.Contains(rec.Reason, "not applied") {
 					t.Errorf("shipping +0.01 on a closed order: %s %q, want the closed order's conflict", rec.Status, rec.Reason)
 				}
@@ -163,7 +148,7 @@ func TestOrderClosedUnchangedAfterAWipe(t *testing.T) {
 							return
 						}
 						for _, o := range orders {
-							sendOrderAs(t, h, o, "order.updated", seq, false)
+							sendOrder(t, h, o, "order.updated", seq, false)
 						}
 					}
 					send(1)
@@ -312,7 +297,7 @@ func TestOrderLineOwnProductStatesAfterAWipe(t *testing.T) {
 				switch c.state {
 				case productDraft:
 					// An interrupted first write: the row is there, never published.
-					sendOrderAs(t, h, oneItem(genOrder(r, 8949, genOptions{Round: true})), "order.placed", 1, false) // bootstrap
+					sendOrder(t, h, oneItem(genOrder(r, 8949, genOptions{Round: true})), "order.placed", 1, false) // bootstrap
 					sh, err := h.eng.boot.rows(h.ctx)
 					if err != nil {
 						t.Fatal(err)
@@ -346,7 +331,7 @@ func TestOrderLineOwnProductStatesAfterAWipe(t *testing.T) {
 				before := h.row("products", row)
 				h.wipeState()
 				h.eng = h.engine()
-				sendOrderAs(t, h, o, "order.placed", 1, bulk)
+				sendOrder(t, h, o, "order.placed", 1, bulk)
 				rec := h.record(o.ID)
 				if rec.Status != state.Synced {
 					t.Fatalf("order: %s %q", rec.Status, rec.Reason)
@@ -398,7 +383,7 @@ func TestOrderLineFamilyChildAfterAWipe(t *testing.T) {
 	r := rand.New(rand.NewPCG(93, 94))
 	o := oneItem(genOrder(r, 8960, genOptions{Round: true}))
 	o.Items[0].Product = nop.ItemProduct{ID: 41, Name: "Line name", Sku: genPtr("SKU-41"), ProductType: nop.ProductTypeSimple, ParentGroupedProductID: 40}
-	sendOrderAs(t, h, o, "order.placed", 1, false)
+	sendOrder(t, h, o, "order.placed", 1, false)
 	if rec := h.record(o.ID); rec.Status != state.Synced {
 		t.Fatalf("order: %s %q", rec.Status, rec.Reason)
 	}
