@@ -625,19 +625,27 @@ type guestRow struct {
 	storeOwn string
 }
 
-// storeOwnAmong is the row of cands that is the guest's own under its store's earlier id,
-// unless a deleted customer that had adopted it released it.
-func (s *customerSyncer) storeOwnAmong(ctx context.Context, g guestRow, cands []dataverse.Record) (string, error) {
+// chooseGuest picks the contact of a guest with an email among cands (the active contacts
+// of the email): its row under its store's earlier id, unless a deleted customer that had
+// adopted it released it; else as choose decides.
+func (s *customerSyncer) chooseGuest(ctx context.Context, g guestRow, cands []dataverse.Record) (*contactPlan, error) {
+	p := &contactPlan{extra: map[string]string{}}
 	for _, r := range cands {
 		if id := strings.ToLower(str(r["contactid"])); g.storeOwn != "" && id == g.storeOwn {
 			released, err := s.released(ctx, id)
-			if err != nil || released {
-				return "", err
+			if err != nil {
+				return nil, err
 			}
-			return id, nil
+			if !released {
+				p.id = id
+				return p, nil
+			}
 		}
 	}
-	return "", nil
+	if err := s.choose(ctx, p, g.own, -1, cands); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 func newGuestRow(storeID int, c *nop.Customer, billing *nop.Address) guestRow {
@@ -704,14 +712,8 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 		if err != nil {
 			return "", err
 		}
-		p := &contactPlan{extra: map[string]string{}}
-		id, err := s.storeOwnAmong(ctx, g, cands[strings.ToLower(g.email)])
+		p, err := s.chooseGuest(ctx, g, cands[strings.ToLower(g.email)])
 		if err != nil {
-			return "", err
-		}
-		if id != "" {
-			p.id = id
-		} else if err := s.choose(ctx, p, g.own, -1, cands[strings.ToLower(g.email)]); err != nil {
 			return "", err
 		}
 		if !p.isNew {
@@ -837,14 +839,8 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	var fresh []guestRow // guests without a contact to adopt
 	for _, r := range rows {
 		if r.email != "" {
-			p := &contactPlan{extra: map[string]string{}}
-			id, err := s.storeOwnAmong(ctx, r, cands[strings.ToLower(r.email)])
+			p, err := s.chooseGuest(ctx, r, cands[strings.ToLower(r.email)])
 			if err != nil {
-				continue // left to guestContact
-			}
-			if id != "" {
-				p.id = id
-			} else if err := s.choose(ctx, p, r.own, -1, cands[strings.ToLower(r.email)]); err != nil {
 				continue // left to guestContact
 			}
 			if !p.isNew {
