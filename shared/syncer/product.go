@@ -780,12 +780,12 @@ func priceItemRecord(pl *productPlan, sh *shared, prec precision) dataverse.Reco
 	}
 }
 
-// deleteProduct applies a store delete: Retired (deactivate), deleted when no order line
-// uses it (delete; else Retired), or nothing (ignore).
 // reasonProductDeleted is the note of a product deleted in the store whose row is no longer
 // in Dynamics 365.
 const reasonProductDeleted = "deleted in nopCommerce; product deleted"
 
+// deleteProduct applies a store delete: Retired (deactivate), deleted when no order line
+// uses it (delete; else Retired), or nothing (ignore).
 func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.Product, rec *state.Record) (outcome, error) {
 	policy := s.settings.deletePolicy()
 	hash := hashOf(dataverse.Record{"deleted": true, "policy": policy})
