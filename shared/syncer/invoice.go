@@ -39,13 +39,21 @@ func (s *orderSyncer) ensureInvoice(ctx context.Context, o *nop.Order, orderID s
 	}
 	rec.Extra[extraInvoiceID] = inv
 	if !paid {
-		err := s.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
-		if err != nil {
-			return converted, fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+		if err := s.payInvoice(ctx, o, inv); err != nil {
+			return converted, err
 		}
 	}
 	rec.Extra[extraInvoicePaid] = "true"
 	return converted, nil
+}
+
+// payInvoice sets the order's invoice to Paid (statecode 2, statuscode 100001 Complete).
+func (s *orderSyncer) payInvoice(ctx context.Context, o *nop.Order, inv string) error {
+	err := s.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete})
+	if err != nil {
+		return fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+	}
+	return nil
 }
 
 // findInvoice returns the id of the order's invoice, "" when it has none.

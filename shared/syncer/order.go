@@ -293,8 +293,8 @@ func (s *orderSyncer) finish(ctx context.Context, p *orderPlan) (outcome, error)
 			case inv != "":
 				rec.Extra[extraInvoiceID] = inv
 				if !paid {
-					if err := s.dv.Update(ctx, setInvoices, inv, dataverse.Record{"statecode": invoiceStatePaid, "statuscode": invoiceStatusComplete}); err != nil {
-						return outcome{}, fmt.Errorf("order %d: set invoice %s to paid: %w", o.ID, inv, err)
+					if err := s.payInvoice(ctx, o, inv); err != nil {
+						return outcome{}, err
 					}
 				}
 				rec.Extra[extraInvoicePaid] = "true"
