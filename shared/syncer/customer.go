@@ -448,6 +448,47 @@ func (s *customerSyncer) contactsByEmail(ctx context.Context, emails []string) (
 	return out, nil
 }
 
+// guestLookup reads, in one query per URL's worth, the active contacts of emails (as
+// contactsByEmail) and the statecode of the contacts ids (guests' own rows, active or not).
+func (s *customerSyncer) guestLookup(ctx context.Context, emails, ids []string) (map[string][]dataverse.Record, map[string]int, error) {
+	byEmail, states := map[string][]dataverse.Record{}, map[string]int{}
+	seen, wantID := map[string]bool{}, map[string]bool{}
+	var conds []string
+	for _, m := range emails {
+		m = strings.TrimSpace(m)
+		if m == "" || seen[strings.ToLower(m)] {
+			continue
+		}
+		seen[strings.ToLower(m)] = true
+		conds = append(conds, "(statecode eq 0 and emailaddress1 eq "+odataString(m)+")")
+	}
+	for _, id := range ids {
+		if id = strings.ToLower(id); id != "" && !wantID[id] {
+			wantID[id] = true
+			conds = append(conds, "contactid eq "+id)
+		}
+	}
+	for _, filter := range orFilters(conds, maxFilterBytes, nil) {
+		err := s.dv.Query(ctx, "contacts", dataverse.Query{
+			Select: []string{"contactid", "emailaddress1", "description", "statecode"},
+			Filter: filter,
+		}, func(r dataverse.Record) error {
+			id, st := strings.ToLower(str(r["contactid"])), intField(r, "statecode")
+			if wantID[id] {
+				states[id] = st
+			}
+			if k := strings.ToLower(strings.TrimSpace(str(r["emailaddress1"]))); st == 0 && seen[k] {
+				byEmail[k] = append(byEmail[k], r)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("looking up guest contacts: %w", err)
+		}
+	}
+	return byEmail, states, nil
+}
+
 // released reports whether a contact belonged to a customer deleted in nopCommerce.
 func (s *customerSyncer) released(ctx context.Context, contactID string) (bool, error) {
 	_, err := s.st.GetDoc(ctx, releasedContactKind, strings.ToLower(contactID))
@@ -707,8 +748,9 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 	if id, ok := s.cachedGuest(g.cacheKey); ok {
 		return id, nil
 	}
+	own := g.own
 	if g.email != "" {
-		cands, err := s.contactsByEmail(ctx, []string{g.email})
+		cands, states, err := s.guestLookup(ctx, []string{g.email}, []string{g.own})
 		if err != nil {
 			return "", err
 		}
@@ -720,10 +762,9 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 			s.cacheGuest(g.cacheKey, p.id)
 			return p.id, nil
 		}
-	}
-	own, err := s.unreleased(ctx, g.own, nil)
-	if err != nil {
-		return "", err
+		if own, err = s.unreleased(ctx, g.own, states); err != nil {
+			return "", err
+		}
 	}
 	if _, err := s.dv.Upsert(ctx, "contacts", own, g.rec, dataverse.Upsert); err != nil {
 		return "", fmt.Errorf("writing guest contact: %w", err)
@@ -828,13 +869,16 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	if len(rows) == 0 {
 		return
 	}
-	cands := map[string][]dataverse.Record{}
-	if len(emails) > 0 {
-		var err error
-		if cands, err = s.contactsByEmail(ctx, emails); err != nil {
-			s.log.Warn("looking up an order chunk's guest contacts; looking them up one by one", "error", err)
-			return
-		}
+	// The emails' contacts and the guests' own rows, read together: an own row may exist
+	// (to update, not create) or be a deactivated contact (unreleased).
+	ownIDs := make([]string, len(rows))
+	for k, r := range rows {
+		ownIDs[k] = r.own
+	}
+	cands, states, err := s.guestLookup(ctx, emails, ownIDs)
+	if err != nil {
+		s.log.Warn("looking up an order chunk's guest contacts; looking them up one by one", "error", err)
+		return
 	}
 	var fresh []guestRow // guests without a contact to adopt
 	for _, r := range rows {
@@ -853,25 +897,17 @@ func (s *customerSyncer) resolveGuests(ctx context.Context, guests []guestRef) {
 	if len(fresh) == 0 {
 		return
 	}
-	// Their own ids, read together: one may be a deactivated contact (unreleased).
-	ownIDs := make([]string, len(fresh))
-	for k, r := range fresh {
-		ownIDs[k] = r.own
-	}
-	states, err := s.existingRows(ctx, "contacts", "contactid", ownIDs, true)
-	if err != nil {
-		s.log.Warn("reading an order chunk's guest contacts; writing them one by one", "error", err)
-		return
-	}
 	// Rows Dynamics 365 has (a guest without email whose contact was written before: its id
 	// is the customer's) are updated, the others created: a create of an existing row
 	// fails its whole request.
 	var creates, updates []bulkRow
 	var createKeys, updateKeys []string // the cache key of each row
 	for _, r := range fresh {
-		own, err := s.unreleased(ctx, r.own, states)
-		if err != nil {
-			continue // left to guestContact
+		own := r.own
+		if r.email != "" { // a guest without one is never matched by email: its row is its own
+			if own, err = s.unreleased(ctx, r.own, states); err != nil {
+				continue // left to guestContact
+			}
 		}
 		if st, ok := states[own]; ok && st == 0 {
 			updates = append(updates, bulkRow{i: len(updates), id: own, rec: r.rec})

@@ -292,3 +292,32 @@ func TestGuestContactUnderItsStoresEarlierID(t *testing.T) {
 		})
 	}
 }
+
+// A guest's first order costs one look-up of contacts with an email (the email's active
+// contacts and the guest's own row, active or not, in one query) and none without one.
+func TestGuestFirstOrderLookups(t *testing.T) {
+	gets := func(h *env) int {
+		n := 0
+		for k, v := range h.srv.Stats().Operations {
+			if k == "GET contacts" || k == "GET contacts()" {
+				n += v.Requests
+			}
+		}
+		return n
+	}
+	for _, withEmail := range []bool{true, false} {
+		t.Run(fmt.Sprintf("email=%v", withEmail), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			h.each(state.Order, guestOrder(t, 9860, 1, 860, "first.warm@example.test")) // the shared rows read
+			email, want := "", 0
+			if withEmail {
+				email, want = "first.time@example.test", 1
+			}
+			before := gets(h)
+			h.each(state.Order, guestOrder(t, 9861, 1, 861, email))
+			if got := gets(h) - before; got != want {
+				t.Errorf("a new guest's first order: %d GET contacts, want %d", got, want)
+			}
+		})
+	}
+}
