@@ -53,6 +53,7 @@ const (
 	extraOrderState   = "orderState"   // Dynamics 365 state after the last sync: active, fulfilled, canceled, ...
 	extraConflict     = "conflict"     // why the latest store state could not be applied
 	extraWriteIn      = "writeIn"      // lines written as write-in products, and why
+	extraInvoiceStale = "invoiceStale" // the order changed after its invoice was made
 )
 
 // Reasons an admin reads on the status page.
@@ -168,6 +169,12 @@ func (p *orderPlan) writeFailed(err error) error {
 // written records a successful header-and-lines write.
 func (p *orderPlan) written() {
 	p.cur = salesOrderState{exists: true, statecode: orderStateActive, statuscode: activeStatus(p.ev.Order.OrderStatus)}
+	if prev, inv := p.rec.Extra[extraOrderContent], p.rec.Extra[extraInvoiceID]; prev != "" && prev != p.content && inv != "" {
+		// The store changed an order already invoiced (nopCommerce lets staff edit a paid
+		// order): the salesorder, still Active, takes it; the invoice was made from the
+		// earlier lines and, once Paid, Dynamics 365 keeps it read-only. Said for good.
+		p.rec.Extra[extraInvoiceStale] = "items or amounts changed after invoice " + inv + " was made: the invoice keeps the earlier ones"
+	}
 	p.rec.Extra[extraOrderContent] = p.content
 	p.rec.Extra[extraOrderNote] = p.note
 	if p.writeInNote != "" {
@@ -357,7 +364,7 @@ func (p *orderPlan) result(cur salesOrderState) outcome {
 		return out
 	}
 	delete(rec.Extra, extraConflict)
-	out.reason = ordJoin("; ", p.note, rec.Extra[extraWriteIn])
+	out.reason = ordJoin("; ", p.note, rec.Extra[extraWriteIn], rec.Extra[extraInvoiceStale])
 	return out
 }
 

@@ -398,6 +398,47 @@ func TestOrderClosedChangedWhileTheStateWasLost(t *testing.T) {
 	}
 }
 
+// nopCommerce lets staff edit a paid order. Where converting leaves the salesorder Active,
+// the edit lands on it, but its Paid invoice (made from the earlier lines, read-only in
+// Dynamics 365) can't follow: the order's record says so, and keeps saying so after the
+// order is completed; one by one and in a chunk.
+func TestOrderEditedAfterItsInvoice(t *testing.T) {
+	evs := loadOrderEvents(t, "order-lifecycle.json")
+	paid, completed := evs[1], evs[2]
+	edit := func(o map[string]any) { o["items"] = o["items"].([]any)[:1] }
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			send := func(ev *nop.Event) {
+				if !bulk {
+					h.mustSend(ev)
+					return
+				}
+				chunk, _ := json.Marshal(map[string]any{"chunk": map[string]any{"id": "chunk-" + ev.ID, "events": []json.RawMessage{ev.Raw}}})
+				if err := h.eng.HandleMessage(h.ctx, "orders", chunk); err != nil {
+					t.Fatal(err)
+				}
+			}
+			send(paid)
+			if rec := h.record(1001); strings.Contains(rec.Reason, "invoice") {
+				t.Fatalf("paid order, unchanged: %q", rec.Reason)
+			}
+			send(reEvent(t, paid, "edited", "order.updated", 5, edit))
+			send(reEvent(t, completed, "done", "order.completed", 6, edit))
+			rec := h.record(1001)
+			if rec.Status != state.Synced || !strings.Contains(rec.Reason, "changed after invoice") {
+				t.Errorf("order edited after its invoice: %s %q, want the invoice's mismatch said", rec.Status, rec.Reason)
+			}
+			if n := len(h.lines(salesOrderID(1, 1001))); n != 2 { // the kept item and the payment fee
+				t.Errorf("%d lines after the edit, want 2", n)
+			}
+			if n := len(h.invoices(salesOrderID(1, 1001))); n != 1 {
+				t.Errorf("%d invoices, want 1", n)
+			}
+		})
+	}
+}
+
 // An order deleted in the store before any of its events reached Dynamics 365: nothing to
 // delete, and its note says so (as a customer's and a product's do), not "salesorder
 // deleted".
