@@ -220,9 +220,26 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted,
 		priceItem: rec.Extra[extraPriceItemID]}
 	activeTag := strconv.FormatBool(pl.active)
+	// The product's own row when the state names none (never written, or the state was
+	// lost): whether it exists, its state, and the family Dynamics 365 holds it in, which
+	// the state would otherwise say (extraParentID) and which can't change.
+	own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
+	var ownExists bool
+	var ownState int
+	knownParent := rec.Extra[extraParentID]
+	if rec.DataverseID == "" {
+		var ownParent string
+		var err error
+		if ownExists, ownState, ownParent, err = s.ownRow(ctx, own, pre); err != nil {
+			return nil, err
+		}
+		if knownParent == "" {
+			knownParent = ownParent
+		}
+	}
 	// In a family: a grouped product, a product the store puts in one, or one Dynamics 365
 	// holds in one (its parent can't be taken away once set).
-	inFamily := pl.family || p.ParentGroupedProductID > 0 || rec.Extra[extraParentID] != ""
+	inFamily := pl.family || p.ParentGroupedProductID > 0 || knownParent != ""
 	if !pl.active && !p.Deleted && inFamily {
 		// Products of a family are retired only when deleted: a retired family, or a
 		// retired child of one, can never be Active again in Dynamics 365.
@@ -253,22 +270,8 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	pl.id = rec.DataverseID
 	pl.number = want
 	if pl.id == "" {
-		own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
-		var exists bool
-		var cur int
-		if pre != nil {
-			cur, exists = pre.states[own]
-		} else {
-			row, err := s.dv.Retrieve(ctx, "products", own, "productid", "statecode")
-			switch {
-			case err == nil:
-				exists, cur = true, intField(row, "statecode")
-			case !dataverse.IsNotFound(err):
-				return nil, fmt.Errorf("reading product %s: %w", own, err)
-			}
-		}
-		if exists {
-			pl.id, pl.foundMade = own, cur != productDraft
+		if ownExists {
+			pl.id, pl.foundMade = own, ownState != productDraft
 		} else if err := s.adoptProduct(ctx, pl, own, pre); err != nil {
 			return nil, err
 		}
@@ -302,8 +305,8 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 			}
 		}
 		pl.parentID = fam
-		pl.setParent = rec.Extra[extraParentID] != fam
-		if old := rec.Extra[extraParentID]; old != "" && !strings.EqualFold(old, fam) {
+		pl.setParent = knownParent != fam
+		if old := knownParent; old != "" && !strings.EqualFold(old, fam) {
 			// Dynamics 365 can't change a product's parent once set (Sales developer guide,
 			// product families): the product stays in its first family.
 			pl.parentID, pl.setParent = old, false
@@ -311,7 +314,7 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		}
 	}
 
-	if old := rec.Extra[extraParentID]; old != "" && (p.ParentGroupedProductID <= 0 || p.ParentGroupedProductID == p.ID) {
+	if old := knownParent; old != "" && (p.ParentGroupedProductID <= 0 || p.ParentGroupedProductID == p.ID) {
 		// Taken out of its grouped product in the store: Dynamics 365 can't take a
 		// product's parent away, so the row stays in its family (and is never retired
 		// when merely unpublished, above).
@@ -354,6 +357,23 @@ func ownerKey(storeID, productID int) string {
 // adoptProduct handles a product with no row of ours: a product whose productnumber is
 // the one we would write is adopted, unless another store product already owns it (then
 // NOP-<id> is written instead).
+// ownRow reads the product row own (read ahead in pre for a chunk): whether it exists, its
+// statecode and its parent family ("" for none).
+func (s *productSyncer) ownRow(ctx context.Context, own string, pre *productPrefetch) (exists bool, st int, parent string, err error) {
+	if pre != nil {
+		st, exists = pre.states[own]
+		return exists, st, pre.parents[own], nil
+	}
+	row, err := s.dv.Retrieve(ctx, "products", own, "productid", "statecode", "_parentproductid_value")
+	switch {
+	case err == nil:
+		return true, intField(row, "statecode"), strings.ToLower(str(row["_parentproductid_value"])), nil
+	case dataverse.IsNotFound(err):
+		return false, 0, "", nil
+	}
+	return false, 0, "", fmt.Errorf("reading product %s: %w", own, err)
+}
+
 func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own string, pre *productPrefetch) error {
 	want := pl.number
 	var found dataverse.Record

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 // productPrefetch holds rows looked up once for a whole chunk.
 type productPrefetch struct {
 	states   map[string]int              // product id → statecode, for the ids looked up
+	parents  map[string]string           // product id → its parent family's row, for the ids looked up
 	byNumber map[string]dataverse.Record // lower(productnumber) → product
 	families map[int]string              // store product id of a family → its row, decided in this chunk
 }
@@ -85,6 +87,29 @@ type productWrites struct {
 	singles []int     // Retired rows, repeats, rows with a picture: one by one
 }
 
+// productRows reads the statecode and parent family of the product rows ids (those that
+// exist), as many per query as a URL takes.
+func (s *productSyncer) productRows(ctx context.Context, ids []string) (map[string]int, map[string]string, error) {
+	states, parents := map[string]int{}, map[string]string{}
+	for _, filter := range orFilters(eqConds("productid", ids), maxFilterBytes, nil) {
+		err := s.dv.Query(ctx, "products", dataverse.Query{
+			Select: []string{"productid", "statecode", "_parentproductid_value"},
+			Filter: filter,
+		}, func(r dataverse.Record) error {
+			id := strings.ToLower(str(r["productid"]))
+			states[id] = intField(r, "statecode")
+			if p := strings.ToLower(str(r["_parentproductid_value"])); p != "" {
+				parents[id] = p
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading products: %w", err)
+		}
+	}
+	return states, parents, nil
+}
+
 // group writes one group of the chunk (families, or the other products): look-ups, plans,
 // rows, then price list items and lifecycle for the rows written.
 func (c *productChunk) group(ctx context.Context, idx []int) {
@@ -119,9 +144,9 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 		ids = append(ids, id)
 		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
 	}
-	states, err := c.s.existingRows(ctx, "products", "productid", ids, true)
+	states, parents, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states = states
+		c.pre.states, c.pre.parents = states, parents
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {

@@ -378,6 +378,54 @@ func TestProductFamilyFoundAfterAWipe(t *testing.T) {
 	}
 }
 
+// After a wiped state, a product's event names another family than the one Dynamics 365
+// holds it in (its parent can't change): it is kept in its first family with the reason,
+// its other changes written, as with the state intact; an unpublished one stays Active
+// (a retired child of a family can never be Active again). Before, the app knew the first
+// family only from the state, sent the new parent, and the product was left Under Revision
+// and failed. One by one and in a chunk.
+func TestProductMovedToAnotherFamilyAfterAWipe(t *testing.T) {
+	family := func(id int, seq int64) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" })
+	}
+	child := func(id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) {
+			d["parentGroupedProductId"] = parent
+			if edit != nil {
+				edit(d)
+			}
+		})
+	}
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, family(90, 1), family(91, 1))
+			e.each(state.Product, child(92, 90, 1, nil), child(93, 90, 1, nil))
+			e.wipeState()
+			e.eng = e.engine()
+			moved := child(92, 91, 2, func(d map[string]any) { d["price"] = "7.0000" })
+			unpublished := child(93, 90, 2, func(d map[string]any) { d["published"] = false })
+			if bulk {
+				if err := e.deliver(e.eng, state.Product, moved, unpublished); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				e.each(state.Product, moved, unpublished)
+			}
+			rec, row := e.rec(state.Product, 92), e.row("products", productID(1, 92))
+			if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept in its first product family") || numOf(row["price"]) != 7 {
+				t.Errorf("moved after a wipe: %s %q, price %v", rec.Status, rec.Reason, row["price"])
+			}
+			if !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 90)) || numOf(row["statecode"]) != productActive {
+				t.Errorf("moved after a wipe: parent %v state %v, want family 90, Active", row["_parentproductid_value"], row["statecode"])
+			}
+			if r := e.row("products", productID(1, 93)); numOf(r["statecode"]) != productActive {
+				t.Errorf("a child unpublished after a wipe: state %v, want kept Active", r["statecode"])
+			}
+		})
+	}
+}
+
 // DELETE_POLICY=delete never deletes a family that has products: Dynamics 365 would
 // delete them with it (product_parent_product is Delete: Cascade), and the store still
 // has them. The family is retired with its products instead, with the reason; a family
