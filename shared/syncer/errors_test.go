@@ -41,6 +41,21 @@ func newErrAnswer(status int, code, msg string, match func(*http.Request) bool) 
 	return &errAnswer{match: match, status: status, code: code, message: msg}
 }
 
+// envBehind is a test environment whose Dataverse requests pass ans before the simulator.
+func envBehind(t *testing.T, ans *errAnswer) *env {
+	e := newEnv(t, envOptions{client: func(co *dataverse.Options) { co.Transport = ans }})
+	ans.next = e.srv.HTTPClient()
+	return e
+}
+
+// deliverCustomer delivers customer id's first event and returns the customer's record
+// after it and the delivery's error.
+func deliverCustomer(t *testing.T, e *env, id int, email string) (*state.Record, error) {
+	ev := customerEvent(t, example(t, "customer-created.json")[0], id, 1, email, nil)
+	err := e.deliver(e.eng, state.Customer, ev)
+	return e.rec(state.Customer, id), err
+}
+
 // Every 403 Dataverse documents is a security setting an admin changes, as PrivilegeDenied
 // is: here a secured column the application user's field security profile can't update
 // (AttributePermissionUpdateIsMissingDuringUpdate 0x8004F507; Learn, compose-http-requests-
@@ -51,11 +66,8 @@ func TestSecuredColumn403IsASetupProblem(t *testing.T) {
 	ans := newErrAnswer(http.StatusForbidden, "0x8004F507",
 		"The user doesn't have AttributePrivilegeUpdate and not granted shared access for a secured attribute during update operation",
 		contactWrites)
-	e := newEnv(t, envOptions{client: func(co *dataverse.Options) { co.Transport = ans }})
-	ans.next = e.srv.HTTPClient()
-	ev := customerEvent(t, example(t, "customer-created.json")[0], 42, 1, "ada@example.com", nil)
-	err := e.deliver(e.eng, state.Customer, ev)
-	r := e.rec(state.Customer, 42)
+	e := envBehind(t, ans)
+	r, err := deliverCustomer(t, e, 42, "ada@example.com")
 	t.Logf("403 0x8004F507: hits=%d HandleMessage err=%v", ans.hits.Load(), err)
 	t.Logf("record: status=%s transient=%v reason=%q", r.Status, r.Transient, r.Reason)
 	if err != nil {
@@ -74,11 +86,8 @@ func TestSecuredColumn403IsASetupProblem(t *testing.T) {
 // good with the reason and the message is acknowledged.
 func TestNotImplementedIsPermanent(t *testing.T) {
 	ans := newErrAnswer(http.StatusNotImplemented, "", "The requested operation is not implemented.", contactWrites)
-	e := newEnv(t, envOptions{client: func(co *dataverse.Options) { co.Transport = ans }})
-	ans.next = e.srv.HTTPClient()
-	ev := customerEvent(t, example(t, "customer-created.json")[0], 43, 1, "bob@example.com", nil)
-	err := e.deliver(e.eng, state.Customer, ev)
-	r := e.rec(state.Customer, 43)
+	e := envBehind(t, ans)
+	r, err := deliverCustomer(t, e, 43, "bob@example.com")
 	t.Logf("501: hits=%d HandleMessage err=%v", ans.hits.Load(), err)
 	t.Logf("record: status=%s transient=%v reason=%q", r.Status, r.Transient, r.Reason)
 	if err != nil || r.Transient {
@@ -100,8 +109,7 @@ func TestChunkAnswered413Lands(t *testing.T) {
 		return r.ContentLength > 3000
 	}
 	ans := newErrAnswer(http.StatusRequestEntityTooLarge, "", "The request length is too large.", bulkBig)
-	e := newEnv(t, envOptions{client: func(co *dataverse.Options) { co.Transport = ans }})
-	ans.next = e.srv.HTTPClient()
+	e := envBehind(t, ans)
 	tmpl := example(t, "customer-created.json")[0]
 	var evs []*nop.Event
 	for i := 1; i <= 8; i++ {
