@@ -3,13 +3,11 @@ package syncer
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/state"
 )
 
@@ -26,30 +24,6 @@ type deps struct {
 	boot     *bootstrapper // the rows every product and order refers to
 	noBulk   *sync.Map     // entity sets (and kinds of write) without CreateMultiple/UpdateMultiple
 	setup    *setupIssues  // setup problems for the status page
-}
-
-// existingRows returns which of ids exist in set, with their statecode (-1 when the
-// table has none), looking up several ids per request.
-func (d *deps) existingRows(ctx context.Context, set, pk string, ids []string, withState bool) (map[string]int, error) {
-	out := map[string]int{}
-	cols := []string{pk}
-	if withState {
-		cols = append(cols, "statecode")
-	}
-	for _, filter := range orFilters(eqConds(pk, ids), maxFilterBytes, nil) {
-		err := d.dv.Query(ctx, set, dataverse.Query{Select: cols, Filter: filter}, func(r dataverse.Record) error {
-			st := -1
-			if v, ok := intValue(r["statecode"]); ok {
-				st = v
-			}
-			out[strings.ToLower(str(r[pk]))] = st
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
 }
 
 // parallel runs fn(i) for every index in idx with the chunk concurrency.

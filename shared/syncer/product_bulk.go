@@ -239,7 +239,7 @@ func (c *productChunk) readBack(ctx context.Context, w productWrites) (written [
 		}
 	}
 	if len(newIDs) > 0 {
-		got, err := c.s.existingRows(ctx, "products", "productid", newIDs, true)
+		got, _, err := c.s.productRows(ctx, newIDs)
 		if err != nil {
 			for _, i := range written {
 				c.errs[i] = err
