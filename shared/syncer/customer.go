@@ -416,16 +416,7 @@ func (s *customerSyncer) forgetAccounts() {
 // emails per request.
 func (s *customerSyncer) contactsByEmail(ctx context.Context, emails []string) (map[string][]dataverse.Record, error) {
 	out := map[string][]dataverse.Record{}
-	seen := map[string]bool{}
-	var uniq []string
-	for _, m := range emails {
-		m = strings.TrimSpace(m)
-		if m == "" || seen[strings.ToLower(m)] {
-			continue
-		}
-		seen[strings.ToLower(m)] = true
-		uniq = append(uniq, m)
-	}
+	uniq, seen := uniqueEmails(emails)
 	conds := make([]string, len(uniq))
 	for i, m := range uniq {
 		conds[i] = "emailaddress1 eq " + odataString(m)
@@ -448,18 +439,30 @@ func (s *customerSyncer) contactsByEmail(ctx context.Context, emails []string) (
 	return out, nil
 }
 
-// guestLookup reads, in one query per URL's worth, the active contacts of emails (as
-// contactsByEmail) and the statecode of the contacts ids (guests' own rows, active or not).
-func (s *customerSyncer) guestLookup(ctx context.Context, emails, ids []string) (map[string][]dataverse.Record, map[string]int, error) {
-	byEmail, states := map[string][]dataverse.Record{}, map[string]int{}
-	seen, wantID := map[string]bool{}, map[string]bool{}
-	var conds []string
+// uniqueEmails is emails trimmed, without empty ones and repeats (case-insensitively), and
+// the set of their lower-cased forms.
+func uniqueEmails(emails []string) ([]string, map[string]bool) {
+	seen := map[string]bool{}
+	var uniq []string
 	for _, m := range emails {
 		m = strings.TrimSpace(m)
 		if m == "" || seen[strings.ToLower(m)] {
 			continue
 		}
 		seen[strings.ToLower(m)] = true
+		uniq = append(uniq, m)
+	}
+	return uniq, seen
+}
+
+// guestLookup reads, in one query per URL's worth, the active contacts of emails (as
+// contactsByEmail) and the statecode of the contacts ids (guests' own rows, active or not).
+func (s *customerSyncer) guestLookup(ctx context.Context, emails, ids []string) (map[string][]dataverse.Record, map[string]int, error) {
+	byEmail, states := map[string][]dataverse.Record{}, map[string]int{}
+	uniq, seen := uniqueEmails(emails)
+	wantID := map[string]bool{}
+	var conds []string
+	for _, m := range uniq {
 		conds = append(conds, "(statecode eq 0 and emailaddress1 eq "+odataString(m)+")")
 	}
 	for _, id := range ids {
