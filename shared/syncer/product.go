@@ -455,18 +455,23 @@ func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc, r
 func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *state.Record, sh *shared) error {
 	s.fetchPicture(ctx, pl)
 	defer func() { pl.image = "" }() // don't keep the picture in memory after its write
-	cur, final, exists, err := s.productLifecycle(ctx, pl.id)
+	row, err := s.productLifecycle(ctx, pl.id)
 	if err != nil {
 		return err
 	}
+	cur, exists := row.state, row.exists
 	if exists && cur == productRetired {
 		// A retired product can't be edited: re-activate it first (retire again below
 		// if that is what the store says). A retired family, or a retired product of
 		// one, can never be Active again (docs/dataverse-mapping.md: Retired is then
 		// final): the change is skipped with the reason, not failed on Dataverse's refusal.
-		if final {
+		if row.retiredForGood() {
+			note, err := s.retiredNote(ctx, row)
+			if err != nil {
+				return err
+			}
 			pl.final = true
-			pl.note = joinNote(pl.note, "retired in Dynamics 365 with its product family (deleted in nopCommerce): a retired family or a retired product of a family can't be re-activated, so this change was not written")
+			pl.note = joinNote(pl.note, note)
 			return nil
 		}
 		if err := s.setProductState(ctx, pl.id, productActive); err != nil {
@@ -717,20 +722,30 @@ func (s *productSyncer) setProductState(ctx context.Context, id string, st int) 
 
 // productState reads a product's statecode; exists is false when there is no row.
 func (s *productSyncer) productState(ctx context.Context, id string) (st int, exists bool, err error) {
-	st, _, exists, err = s.productLifecycle(ctx, id)
-	return st, exists, err
+	row, err := s.productLifecycle(ctx, id)
+	return row.state, row.exists, err
 }
 
-// productLifecycle is productState, and whether the row can never be Active again once
-// retired: a family, or a product with a parent (Sales developer guide, product
-// lifecycle). One read of the row.
-func (s *productSyncer) productLifecycle(ctx context.Context, id string) (st int, retiredForGood, exists bool, err error) {
+// productRowInfo is what the product lifecycle needs of a row.
+type productRowInfo struct {
+	exists bool
+	state  int    // statecode
+	family bool   // productstructure is a product family
+	parent string // the parent family's row, "" for none
+}
+
+// retiredForGood reports whether the row can never be Active again once retired: a
+// family, or a product with a parent (Sales developer guide, product lifecycle).
+func (r productRowInfo) retiredForGood() bool { return r.family || r.parent != "" }
+
+// productLifecycle reads a product's state, structure and parent: one read of the row.
+func (s *productSyncer) productLifecycle(ctx context.Context, id string) (productRowInfo, error) {
 	r, err := s.dv.Retrieve(ctx, "products", id, "statecode,productstructure,_parentproductid_value")
 	if dataverse.IsNotFound(err) {
-		return 0, false, false, nil
+		return productRowInfo{}, nil
 	}
 	if err != nil {
-		return 0, false, false, fmt.Errorf("reading product %s: %w", id, err)
+		return productRowInfo{}, fmt.Errorf("reading product %s: %w", id, err)
 	}
 	st, ok := intValue(r["statecode"])
 	if !ok {
@@ -738,7 +753,24 @@ func (s *productSyncer) productLifecycle(ctx context.Context, id string) (st int
 	}
 	structure, _ := intValue(r["productstructure"])
 	parent, _ := r["_parentproductid_value"].(string)
-	return st, structure == productStructureFamily || parent != "", true, nil
+	return productRowInfo{exists: true, state: st, family: structure == productStructureFamily, parent: strings.ToLower(parent)}, nil
+}
+
+// retiredNote says why a change of a product retired for good was not written: a retired
+// family, a product retired with its family, or a product of a family retired by its own
+// delete (the app retires products of a family only when deleted, never when unpublished).
+func (s *productSyncer) retiredNote(ctx context.Context, row productRowInfo) (string, error) {
+	if row.family {
+		return "retired in Dynamics 365 (deleted in nopCommerce): a retired product family can't be re-activated, so this change was not written", nil
+	}
+	fam, err := s.productLifecycle(ctx, row.parent)
+	if err != nil {
+		return "", err
+	}
+	if fam.exists && fam.state != productRetired {
+		return "retired in Dynamics 365 when it was deleted in nopCommerce (its product family was not): a retired product of a product family can't be re-activated, so this change was not written", nil
+	}
+	return "retired in Dynamics 365 with its product family (deleted in nopCommerce): a retired family or a retired product of a family can't be re-activated, so this change was not written", nil
 }
 
 // writePriceItem keeps the product's one price list item in the store price list:

@@ -762,6 +762,57 @@ func TestProductOfADeletedFamilySkipped(t *testing.T) {
 	}
 }
 
+// A product of a family deleted on its own (retired for good: a retired product of a family
+// can't be re-activated), then restored in the store: the change is skipped, and the reason
+// says the product itself was deleted, not its family, which is still Active. Its family
+// restored after its own delete says it is a retired family. Alone and in an array; the
+// newest event redelivered changes nothing.
+func TestProductOfAFamilyDeletedAndRestored(t *testing.T) {
+	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	child := func(seq int64, edit func(d map[string]any)) *nop.Event {
+		return productEvent(t, 71, seq, func(d map[string]any) {
+			d["parentGroupedProductId"] = 70
+			if edit != nil {
+				edit(d)
+			}
+		})
+	}
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			send := func(evs ...*nop.Event) {
+				t.Helper()
+				if !bulk {
+					e.each(state.Product, evs...)
+				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.each(state.Product, productEvent(t, 70, 1, famData), child(1, nil))
+			e.each(state.Product, child(2, func(d map[string]any) { d["deleted"] = true }))
+			restored := child(3, func(d map[string]any) { d["price"] = "3.0000" })
+			send(restored)
+			send(restored)
+			rec := e.rec(state.Product, 71)
+			if rec.Status != state.Skipped || !strings.Contains(rec.Reason, "when it was deleted in nopCommerce (its product family was not)") ||
+				!strings.Contains(rec.Reason, "can't be re-activated") {
+				t.Errorf("restored product: %s %q, want skipped, the product itself deleted", rec.Status, rec.Reason)
+			}
+			if row := e.row("products", productID(1, 71)); numOf(row["statecode"]) != productRetired || numOf(row["price"]) != 100 {
+				t.Errorf("restored product: state %v price %v, want Retired, not written", row["statecode"], row["price"])
+			}
+			if numOf(e.row("products", productID(1, 70))["statecode"]) != productActive {
+				t.Errorf("the family is no longer Active")
+			}
+			e.each(state.Product, productEvent(t, 70, 2, func(d map[string]any) { famData(d); d["deleted"] = true }))
+			send(productEvent(t, 70, 3, famData))
+			if rec := e.rec(state.Product, 70); rec.Status != state.Skipped || !strings.Contains(rec.Reason, "a retired product family can't be re-activated") {
+				t.Errorf("restored family: %s %q", rec.Status, rec.Reason)
+			}
+		})
+	}
+}
+
 // A product whose parentGroupedProductId names a simple product lands without a family
 // (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
 // family can be a parent), synced with the reason, instead of failing for good on
