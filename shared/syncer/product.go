@@ -487,7 +487,11 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 			return err
 		}
 	}
-	if !pl.family && pl.active {
+	if pl.family {
+		if err := s.dropPriceItem(ctx, pl); err != nil {
+			return err
+		}
+	} else if pl.active {
 		if err := s.writePriceItem(ctx, pl, rec, sh); err != nil {
 			return err
 		}
@@ -804,6 +808,21 @@ func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec
 	}
 	pl.extra[extraPriceItemID] = id
 	pl.extra[extraPriceAmount] = priceAmount(pl, sh)
+	return nil
+}
+
+// dropPriceItem removes the price list item of a product that became a family: the app
+// writes price list items for products only, so a family keeps none of its days as a
+// product; it goes as the item of a product leaving the price list does (retire).
+func (s *productSyncer) dropPriceItem(ctx context.Context, pl *productPlan) error {
+	if pl.priceItem == "" {
+		return nil
+	}
+	if err := s.dv.Delete(ctx, "productpricelevels", pl.priceItem); err != nil && !dataverse.IsNotFound(err) {
+		return fmt.Errorf("removing the price list item of product family %s: %w", pl.id, err)
+	}
+	pl.priceItem = ""
+	pl.extra[extraPriceItemID], pl.extra[extraPriceAmount] = "", ""
 	return nil
 }
 

@@ -257,13 +257,15 @@ func (c *productChunk) readBack(ctx context.Context, w productWrites) (written [
 // one by one (they may or may not exist yet).
 func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 	var items, itemUpdates []bulkRow
-	var itemSingles []int
+	var itemSingles, drops []int
 	sh := c.sh
 	prec := sh.precision()
 	for _, i := range written {
 		pl := c.plans[i]
 		known := c.recs[i].Extra[extraPriceItemID]
 		switch {
+		case pl.family && pl.priceItem != "":
+			drops = append(drops, i)
 		case pl.family || !pl.active || priceItemCurrent(pl, c.recs[i], sh):
 		case c.created[i] && known == "":
 			id := deterministicID(pl.storeID, "productpricelevel", itoa(pl.p.ID))
@@ -286,6 +288,9 @@ func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 		single: itemSingle}).write(ctx, itemUpdates, c.errs)
 	c.s.parallel(ctx, itemSingles, func(ctx context.Context, i int) {
 		c.errs[i] = c.s.writePriceItem(ctx, c.plans[i], c.recs[i], sh)
+	})
+	c.s.parallel(ctx, drops, func(ctx context.Context, i int) {
+		c.errs[i] = c.s.dropPriceItem(ctx, c.plans[i])
 	})
 }
 

@@ -813,6 +813,49 @@ func TestProductOfAFamilyDeletedAndRestored(t *testing.T) {
 	}
 }
 
+// A simple product in the price list turned into a grouped product in the store (productType
+// 5 → 10): the family keeps no price list item of its days as a product (the app writes
+// price list items for products only), and a product then joins it. Alone and in an array;
+// the newest event redelivered changes nothing.
+func TestProductTurnedFamilyLeavesThePriceList(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			send := func(evs ...*nop.Event) {
+				t.Helper()
+				if !bulk {
+					e.each(state.Product, evs...)
+				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			send(productEvent(t, 80, 1, nil))
+			if n := len(e.priceItems(productID(1, 80))); n != 1 {
+				t.Fatalf("%d price list items of the simple product", n)
+			}
+			fam := productEvent(t, 80, 2, func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" })
+			send(fam)
+			send(productEvent(t, 81, 1, func(d map[string]any) { d["parentGroupedProductId"] = 80 }))
+			send(fam)
+			row := e.row("products", productID(1, 80))
+			if numOf(row["productstructure"]) != productStructureFamily || numOf(row["statecode"]) != productActive {
+				t.Errorf("product 80: structure %v state %v, want an Active family", row["productstructure"], row["statecode"])
+			}
+			if n := len(e.priceItems(productID(1, 80))); n != 0 {
+				t.Errorf("the family keeps %d price list items of its days as a product", n)
+			}
+			if rec := e.rec(state.Product, 80); rec.Status != state.Synced || rec.Extra[extraPriceItemID] != "" || rec.Extra[extraPriceAmount] != "" {
+				t.Errorf("family record: %s %q %v", rec.Status, rec.Reason, rec.Extra)
+			}
+			child := e.row("products", productID(1, 81))
+			if !strings.EqualFold(fmt.Sprint(child["_parentproductid_value"]), productID(1, 80)) || numOf(child["statecode"]) != productActive ||
+				len(e.priceItems(productID(1, 81))) != 1 {
+				t.Errorf("product 81: parent %v state %v, want in family 80, Active, priced", child["_parentproductid_value"], child["statecode"])
+			}
+		})
+	}
+}
+
 // A product whose parentGroupedProductId names a simple product lands without a family
 // (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
 // family can be a parent), synced with the reason, instead of failing for good on
