@@ -247,3 +247,22 @@ func TestProductFamilyReviseAndPublishHierarchy(t *testing.T) {
 		t.Fatalf("a product's PublishProductHierarchy changed its state to %v", st)
 	}
 }
+
+// Only a product family can be a parent (Learn: create-manage-product-families-products-
+// bundles-product-properties): a family that holds products is not made a product on
+// update; one that holds none is (not documented either way).
+func TestProductFamilyWithProductsStaysAFamily(t *testing.T) {
+	f := newSales(t, Options{})
+	c := f.c
+	fam := entityID(c.must(204, c.do("POST", "products", map[string]any{"name": "family", "productnumber": "F1", "productstructure": 2})))
+	kid := f.newProduct(t, "C1", fam)
+	r := c.must(400, c.do("PATCH", "products("+fam+")", map[string]any{"productstructure": 1}, "If-Match", "*"))
+	if r.errCode() != "0x8004f998" {
+		t.Fatalf("a family with a product made a product: %s", r.raw)
+	}
+	if st := f.row("products", fam)["productstructure"]; st != 2 {
+		t.Fatalf("family structure %v after the refusal", st)
+	}
+	c.must(204, c.do("DELETE", "products("+kid+")", nil))
+	c.must(204, c.do("PATCH", "products("+fam+")", map[string]any{"productstructure": 1}, "If-Match", "*"))
+}

@@ -341,6 +341,13 @@ func (s *Server) checkProduct(x *tx, old, r *row) *apiError {
 			return errf(http.StatusBadRequest, codeCannotSetProductAsParent, "The parent of a product can't be changed once it is set.")
 		}
 	}
+	// Only a product family can be a parent (product families page): a family that holds
+	// products stays one. Whether Dataverse changes productstructure on update otherwise is
+	// not documented; the simulator allows it for a row with no products under it.
+	if old != nil && old.intv("productstructure") == 2 && r.intv("productstructure") != 2 &&
+		len(x.referencing("product", "parentproductid", r.id)) > 0 {
+		return errf(http.StatusBadRequest, codeCannotSetProductAsParent, "Only a product family can be set as the parent of a product, family or bundle.")
+	}
 	return nil
 }
 
