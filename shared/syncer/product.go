@@ -49,6 +49,11 @@ const (
 // keptActiveNote is the reason recorded for a product of a family the store unpublished.
 const keptActiveNote = "unpublished in nopCommerce, kept Active: Dynamics 365 can't re-activate a retired family"
 
+// keptFamilyNote is the reason recorded for a grouped product turned simple in the store
+// whose row is a product family in Dynamics 365 (keepFamily).
+const keptFamilyNote = "turned into a simple product in nopCommerce; kept a product family in Dynamics 365, without a price list item: " +
+	"only a product family can be the parent of its products there, and a product's parent can't be changed"
+
 // Extra keys the product syncer keeps.
 const (
 	extraProductNumber = "productNumber" // the productnumber written
@@ -58,6 +63,7 @@ const (
 	extraImageURL      = "imageUrl"      // the picture copied to entityimage
 	extraImageError    = "imageError"    // why the last picture could not be copied
 	extraFamilyStub    = "familyStub"    // "true": row created for a child before the family's own event
+	extraKeptFamily    = "keptFamily"    // "true": a simple product in the store kept a product family (keepFamily)
 	extraAdoptedNumber = "adoptedProduct"
 	productNumberKind  = "product-number" // state doc: lower(productnumber) → "<storeID>/<productID>" that owns it
 )
@@ -220,6 +226,9 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		family: p.ProductType == nop.ProductTypeGrouped, active: p.Published && !p.Deleted,
 		priceItem: rec.Extra[extraPriceItemID]}
 	activeTag := strconv.FormatBool(pl.active)
+	if pl.family {
+		pl.extra[extraKeptFamily] = ""
+	}
 	// The product's own row when the state names none (never written, or the state was
 	// lost): whether it exists, its state, and the family Dynamics 365 holds it in, which
 	// the state would otherwise say (extraParentID) and which can't change.
@@ -287,6 +296,9 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	} else {
 		pl.number = rec.Extra[extraProductNumber]
 	}
+	if pre != nil && pre.familyRows[pl.id] {
+		pl.keepFamily()
+	}
 
 	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
 		fam := ""
@@ -343,6 +355,32 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 		pl.extra[extraImageError] = ""
 	}
 	pl.picture = ""
+}
+
+// keepFamily keeps a row that is a product family in Dynamics 365 a family when the store
+// made the product simple (productType 10 → 5; nopCommerce's admin then takes its
+// associated products out of it, each with its own event). Dynamics 365 lets only a
+// product family be the parent of a product (Sales developer guide, product families) and
+// never changes a product's parent, so the products it holds stay under this row; whether
+// it takes a change of productstructure on update is not documented, and refused after the
+// revise it would leave the family and its products Under Revision. A family with no
+// products in Dynamics 365 is kept a family too: a product may still arrive naming it (its
+// event written before the type change), and telling the two apart would take a query
+// per write for the same, documented, outcome. Kept, it is written, published with its
+// hierarchy (its revised products with it) and never retired when unpublished, as any
+// family; it gets no price list item, the app writing those for products only.
+func (pl *productPlan) keepFamily() {
+	if pl.family {
+		return
+	}
+	pl.family = true
+	pl.fields["productstructure"] = productStructureFamily
+	pl.extra[extraKeptFamily] = "true"
+	pl.note = joinNote(pl.note, keptFamilyNote)
+	if !pl.active && !pl.p.Deleted {
+		pl.active = true
+		pl.note = joinNote(keptActiveNote, pl.note)
+	}
 }
 
 func (pl *productPlan) useFallback(want string) {
@@ -460,6 +498,9 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 		return err
 	}
 	cur, exists := row.state, row.exists
+	if row.family {
+		pl.keepFamily()
+	}
 	if exists && cur == productRetired {
 		// A retired product can't be edited: re-activate it first (retire again below
 		// if that is what the store says). A retired family, or a retired product of
@@ -870,10 +911,11 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	if id == "" {
 		id = deterministicID(storeID, "product", strconv.Itoa(p.ID))
 	}
-	cur, exists, err := s.productState(ctx, id)
+	row, err := s.productLifecycle(ctx, id)
 	if err != nil {
 		return outcome{}, err
 	}
+	cur, exists := row.state, row.exists
 	if !exists {
 		reason := "deleted in nopCommerce before it reached Dynamics 365"
 		if rec.DataverseID != "" {
@@ -913,7 +955,7 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 			kept = "retired because Dynamics 365 refused the delete: " + cut.Runes(err.Error(), 300)
 		}
 	}
-	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped, active: false,
+	pl := &productPlan{storeID: storeID, p: p, id: id, family: p.ProductType == nop.ProductTypeGrouped || row.family, active: false,
 		priceItem: rec.Extra[extraPriceItemID], extra: map[string]string{}}
 	if err := s.settleLifecycle(ctx, pl, cur); err != nil {
 		return outcome{}, err
@@ -955,7 +997,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	case err == nil:
 		if rec.DataverseID != "" && rec.Extra[extraFamilyStub] == "" {
 			if ev, derr := nop.DecodeStored(rec.Data); derr == nil && ev.Product != nil && !ev.Product.Deleted &&
-				ev.Product.ProductType != nop.ProductTypeGrouped {
+				ev.Product.ProductType != nop.ProductTypeGrouped && rec.Extra[extraKeptFamily] == "" {
 				return "", nil // a simple product: no family to put the child in
 			}
 		}

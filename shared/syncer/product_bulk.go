@@ -15,10 +15,11 @@ import (
 
 // productPrefetch holds rows looked up once for a whole chunk.
 type productPrefetch struct {
-	states   map[string]int              // product id → statecode, for the ids looked up
-	parents  map[string]string           // product id → its parent family's row, for the ids looked up
-	byNumber map[string]dataverse.Record // lower(productnumber) → product
-	families map[int]string              // store product id of a family → its row, decided in this chunk
+	states     map[string]int              // product id → statecode, for the ids looked up
+	parents    map[string]string           // product id → its parent family's row, for the ids looked up
+	familyRows map[string]bool             // product id → a product family in Dynamics 365, for the ids looked up
+	byNumber   map[string]dataverse.Record // lower(productnumber) → product
+	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
 
 // syncMany is the products' bulk path. Families go first (their children bind to them),
@@ -87,13 +88,13 @@ type productWrites struct {
 	singles []int     // Retired rows, repeats, rows with a picture: one by one
 }
 
-// productRows reads the statecode and parent family of the product rows ids (those that
-// exist), as many per query as a URL takes.
-func (s *productSyncer) productRows(ctx context.Context, ids []string) (map[string]int, map[string]string, error) {
-	states, parents := map[string]int{}, map[string]string{}
+// productRows reads the statecode, parent family and structure of the product rows ids
+// (those that exist), as many per query as a URL takes.
+func (s *productSyncer) productRows(ctx context.Context, ids []string) (states map[string]int, parents map[string]string, families map[string]bool, err error) {
+	states, parents, families = map[string]int{}, map[string]string{}, map[string]bool{}
 	for _, filter := range orFilters(eqConds("productid", ids), maxFilterBytes, nil) {
 		err := s.dv.Query(ctx, "products", dataverse.Query{
-			Select: []string{"productid", "statecode", "_parentproductid_value"},
+			Select: []string{"productid", "statecode", "_parentproductid_value", "productstructure"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
 			id := strings.ToLower(str(r["productid"]))
@@ -101,13 +102,16 @@ func (s *productSyncer) productRows(ctx context.Context, ids []string) (map[stri
 			if p := strings.ToLower(str(r["_parentproductid_value"])); p != "" {
 				parents[id] = p
 			}
+			if intField(r, "productstructure") == productStructureFamily {
+				families[id] = true
+			}
 			return nil
 		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading products: %w", err)
+			return nil, nil, nil, fmt.Errorf("reading products: %w", err)
 		}
 	}
-	return states, parents, nil
+	return states, parents, families, nil
 }
 
 // group writes one group of the chunk (families, or the other products): look-ups, plans,
@@ -144,9 +148,9 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 		ids = append(ids, id)
 		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
 	}
-	states, parents, err := c.s.productRows(ctx, ids)
+	states, parents, families, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states, c.pre.parents = states, parents
+		c.pre.states, c.pre.parents, c.pre.familyRows = states, parents, families
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {
@@ -239,7 +243,7 @@ func (c *productChunk) readBack(ctx context.Context, w productWrites) (written [
 		}
 	}
 	if len(newIDs) > 0 {
-		got, _, err := c.s.productRows(ctx, newIDs)
+		got, _, _, err := c.s.productRows(ctx, newIDs)
 		if err != nil {
 			for _, i := range written {
 				c.errs[i] = err

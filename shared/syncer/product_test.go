@@ -856,6 +856,86 @@ func TestProductTurnedFamilyLeavesThePriceList(t *testing.T) {
 	}
 }
 
+// A grouped product turned simple in the store (productType 10 → 5) while Dynamics 365
+// holds products in it; nopCommerce's admin then takes each associated product out
+// (parentGroupedProductId 0). Only a family can be a parent in Dynamics 365, a product's
+// parent can't change, and a change of productstructure is not documented: the row stays
+// a family, with the reason, its products stay Active (published with it), and their own
+// events land as products taken out of their family do. A family with no products is kept
+// a family too, and one unpublished is kept Active. Alone and in an array; the newest
+// events redelivered change nothing.
+func TestProductFamilyTurnedSimple(t *testing.T) {
+	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	child := func(id, parent int, seq int64, price string) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) { d["parentGroupedProductId"] = parent; d["price"] = price })
+	}
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			send := func(evs ...*nop.Event) {
+				t.Helper()
+				if !bulk {
+					e.each(state.Product, evs...)
+				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.each(state.Product, productEvent(t, 50, 1, famData), productEvent(t, 55, 1, famData), productEvent(t, 56, 1, famData))
+			e.each(state.Product, child(51, 50, 1, "10.0000"), child(52, 50, 1, "10.0000"))
+			simple := productEvent(t, 50, 2, func(d map[string]any) { d["price"] = "20.0000" })
+			alone := productEvent(t, 55, 2, nil)
+			hidden := productEvent(t, 56, 2, func(d map[string]any) { d["published"] = false })
+			send(simple, alone, hidden)
+			// A product's event written before the type change still names the family.
+			late := child(53, 50, 1, "10.0000")
+			send(late)
+			for _, id := range []int{50, 55, 56} {
+				row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
+				if numOf(row["productstructure"]) != productStructureFamily || numOf(row["statecode"]) != productActive {
+					t.Errorf("product %d: structure %v state %v, want an Active family", id, row["productstructure"], row["statecode"])
+				}
+				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept a product family in Dynamics 365") {
+					t.Errorf("product %d: %s %q, want synced with the reason", id, rec.Status, rec.Reason)
+				}
+				if n := len(e.priceItems(productID(1, id))); n != 0 || rec.Extra[extraPriceItemID] != "" {
+					t.Errorf("product %d: %d price list items, record %v", id, n, rec.Extra)
+				}
+			}
+			if r := e.rec(state.Product, 56); !strings.Contains(r.Reason, keptActiveNote) {
+				t.Errorf("unpublished former family: %q", r.Reason)
+			}
+			check := func(step string, ids []int, note string) {
+				t.Helper()
+				for _, id := range ids {
+					row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
+					if !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 50)) || numOf(row["statecode"]) != productActive {
+						t.Errorf("%s: product %d parent %v state %v, want in family 50, Active", step, id, row["_parentproductid_value"], row["statecode"])
+					}
+					if rec.Status != state.Synced || !strings.Contains(rec.Reason, note) || strings.Contains(rec.Reason, "moved") ||
+						strings.Contains(rec.Reason, "not a grouped product") {
+						t.Errorf("%s: product %d %s %q", step, id, rec.Status, rec.Reason)
+					}
+				}
+			}
+			check("family turned simple", []int{51, 52, 53}, "")
+			out := []*nop.Event{child(51, 0, 2, "11.0000"), child(52, 0, 2, "11.0000"), child(53, 0, 2, "11.0000")}
+			send(out...)
+			check("taken out", []int{51, 52, 53}, "taken out of its grouped product in nopCommerce; kept in its product family")
+			for _, id := range []int{51, 52, 53} {
+				if p := numOf(e.row("products", productID(1, id))["price"]); p != 11 {
+					t.Errorf("product %d: price %v, want 11", id, p)
+				}
+			}
+			requests := e.fdv.counts()
+			send(simple, alone, hidden)
+			send(out...)
+			if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(requests) {
+				t.Errorf("the newest events redelivered wrote again: %v, was %v", after, requests)
+			}
+		})
+	}
+}
+
 // A product whose parentGroupedProductId names a simple product lands without a family
 // (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
 // family can be a parent), synced with the reason, instead of failing for good on
