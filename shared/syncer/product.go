@@ -249,10 +249,11 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	// In a family: a grouped product, a product the store puts in one, or one Dynamics 365
 	// holds in one (its parent can't be taken away once set).
 	inFamily := pl.family || p.ParentGroupedProductID > 0 || knownParent != ""
+	keptActive := false
 	if !pl.active && !p.Deleted && inFamily {
 		// Products of a family are retired only when deleted: a retired family, or a
 		// retired child of one, can never be Active again in Dynamics 365.
-		pl.active, pl.note, activeTag = true, keptActiveNote, "kept"
+		pl.active, keptActive, activeTag = true, true, "kept"
 	}
 	pl.note = joinNote(pl.note, skuTooLong(storeID, p.ID, p.Sku))
 	if p.StockQuantity > maxQuantityOnHand {
@@ -301,19 +302,39 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	}
 
 	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
-		fam := ""
+		fam, made := "", false // made: the family was written or made Active just now
 		if pre != nil {
 			fam = pre.families[p.ParentGroupedProductID]
+			made = fam != ""
 		}
 		if fam == "" {
 			var err error
-			if fam, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
+			if fam, made, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
 				return nil, err
 			}
 			if fam == "" {
 				// docs/dataverse-mapping.md: the parent is set "when that is a grouped
 				// product"; only a family can be a parent in Dynamics 365.
 				pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
+			}
+		}
+		if fam != "" && !made && knownParent == "" {
+			// The product joins the family now, and its parent can't change later: not a
+			// family retired (for good: a retired family can't be re-activated, Sales
+			// developer guide, product lifecycle), where it could never be published nor
+			// sold, nor one no longer in Dynamics 365. It is written without a family,
+			// sellable, as a product whose grouped product is not a family.
+			why, err := s.familyUnusable(ctx, fam, pre)
+			if err != nil {
+				return nil, err
+			}
+			if why != "" {
+				fam = ""
+				pl.note = joinNote(pl.note, fmt.Sprintf("its grouped product %d %s: written without a product family", p.ParentGroupedProductID, why))
+				if keptActive && !pl.family {
+					// Without a parent it can be retired and re-activated like any product.
+					pl.active, keptActive = false, false
+				}
 			}
 		}
 		pl.parentID = fam
@@ -334,11 +355,37 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		pl.note = joinNote(pl.note, "taken out of its grouped product in nopCommerce; kept in its product family: Dynamics 365 can't change a product's parent")
 	}
 
+	if keptActive {
+		pl.note = joinNote(keptActiveNote, pl.note)
+	}
 	if pictureURL != "" && rec.Extra[extraImageURL] != pictures.Shown(pictureURL) {
 		// Fetched right before the write, so a chunk never holds all its pictures.
 		pl.picture = pictureURL
 	}
 	return pl, nil
+}
+
+// familyUnusable tells why the family row fam can't take a new product ("" when it can):
+// retired, or gone. A chunk read the states of its families ahead (pre); a family it found
+// no row for may have been made since by another product of the chunk, so it is read again.
+func (s *productSyncer) familyUnusable(ctx context.Context, fam string, pre *productPrefetch) (string, error) {
+	row := productRowInfo{}
+	if pre != nil && pre.looked[fam] {
+		row.state, row.exists = pre.states[fam]
+	}
+	if !row.exists {
+		var err error
+		if row, err = s.productLifecycle(ctx, fam); err != nil {
+			return "", fmt.Errorf("reading the product family of a product: %w", err)
+		}
+	}
+	switch {
+	case !row.exists:
+		return "is no longer in Dynamics 365", nil
+	case row.state == productRetired:
+		return "is a product family retired in Dynamics 365, for good (a retired family can't be re-activated)", nil
+	}
+	return "", nil
 }
 
 // fetchPicture downloads the plan's picture, if any; a failure is recorded, not fatal.
@@ -990,29 +1037,30 @@ func (s *productSyncer) referenced(ctx context.Context, set, pk, lookup, id, wha
 
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
-// later fills the stub. It returns "" when the state holds the product as a simple one.
-func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (string, error) {
+// later fills the stub. It returns "" when the state holds the product as a simple one;
+// made is true when it created the stub just now.
+func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (id string, made bool, err error) {
 	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
 	case err == nil:
 		if rec.DataverseID != "" && rec.Extra[extraFamilyStub] == "" {
 			if ev, derr := nop.DecodeStored(rec.Data); derr == nil && ev.Product != nil && !ev.Product.Deleted &&
 				ev.Product.ProductType != nop.ProductTypeGrouped && rec.Extra[extraKeptFamily] == "" {
-				return "", nil // a simple product: no family to put the child in
+				return "", false, nil // a simple product: no family to put the child in
 			}
 		}
 		if rec.DataverseID != "" {
-			return rec.DataverseID, nil
+			return rec.DataverseID, false, nil
 		}
 		if s.leases.held(rec) {
-			return "", transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
+			return "", false, transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
 		}
 	case errors.Is(err, state.ErrNotFound):
 		rec = nil
 	default:
-		return "", transient(fmt.Errorf("reading product %d state: %w", familyID, err))
+		return "", false, transient(fmt.Errorf("reading product %d state: %w", familyID, err))
 	}
-	id := deterministicID(storeID, "product", strconv.Itoa(familyID))
+	id = deterministicID(storeID, "product", strconv.Itoa(familyID))
 	stub := productFields(&nop.Product{ID: familyID, ProductType: nop.ProductTypeGrouped,
 		Name: "nopCommerce product " + strconv.Itoa(familyID)}, sh)
 	stub["productnumber"] = fallbackNumber(storeID, familyID)
@@ -1020,6 +1068,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	found := false
 	switch {
 	case err == nil:
+		made = true
 		// Published at once so its children can be published (and sold) before the
 		// family's own event arrives; that event revises it with the real data.
 		if perr := s.dv.PublishProductHierarchy(ctx, id); perr != nil {
@@ -1030,11 +1079,11 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 		// family itself (the sync state was lost).
 		row, rerr := s.dv.Retrieve(ctx, "products", id, "productnumber")
 		if rerr != nil {
-			return "", fmt.Errorf("reading product family %d for product %d: %w", familyID, childID, rerr)
+			return "", false, fmt.Errorf("reading product family %d for product %d: %w", familyID, childID, rerr)
 		}
 		found = !strings.EqualFold(str(row["productnumber"]), fallbackNumber(storeID, familyID))
 	default:
-		return "", fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
+		return "", false, fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
 	}
 	if rec == nil {
 		nr := &state.Record{Entity: state.Product, ID: strconv.Itoa(familyID), DataverseID: id, Status: state.Pending,
@@ -1049,10 +1098,10 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 			delete(nr.Extra, extraProductNumber)
 		}
 		if err := s.st.Save(ctx, nr); err != nil && !errors.Is(err, state.ErrConflict) {
-			return "", transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
+			return "", false, transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
 		}
 	}
-	return id, nil
+	return id, made, nil
 }
 
 // ensureProduct returns the product row of an order line, creating the product from the

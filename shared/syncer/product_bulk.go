@@ -18,6 +18,7 @@ type productPrefetch struct {
 	states     map[string]int              // product id → statecode, for the ids looked up
 	parents    map[string]string           // product id → its parent family's row, for the ids looked up
 	familyRows map[string]bool             // product id → a product family in Dynamics 365, for the ids looked up
+	looked     map[string]bool             // the ids looked up: products and the families they join
 	byNumber   map[string]dataverse.Record // lower(productnumber) → product
 	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
@@ -54,7 +55,8 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 		pre: &productPrefetch{families: map[int]string{}}}
 	c.group(ctx, families)
 	for _, i := range families {
-		if errs[i] == nil && outs[i].dataverseID != "" {
+		// A family skipped (retired for good) takes no new products: left to planProduct.
+		if errs[i] == nil && outs[i].dataverseID != "" && outs[i].status == state.Synced {
 			c.pre.families[evs[i].Product.ID] = outs[i].dataverseID
 		}
 	}
@@ -139,6 +141,7 @@ func (c *productChunk) group(ctx context.Context, idx []int) {
 // holding the product numbers we would write. A failed look-up fails the group.
 func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 	var ids, numbers []string
+	looked := map[string]bool{}
 	for _, i := range idx {
 		p := c.evs[i].Product
 		id := c.recs[i].DataverseID
@@ -146,11 +149,20 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 			id = deterministicID(c.evs[i].StoreID, "product", itoa(p.ID))
 		}
 		ids = append(ids, id)
+		looked[id] = true
 		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
+		// The family a product may join now (planProduct reads whether it can take it),
+		// unless it was written in this chunk.
+		if f := p.ParentGroupedProductID; f > 0 && f != p.ID && c.recs[i].Extra[extraParentID] == "" && c.pre.families[f] == "" {
+			if fam := deterministicID(c.evs[i].StoreID, "product", itoa(f)); !looked[fam] {
+				ids = append(ids, fam)
+				looked[fam] = true
+			}
+		}
 	}
 	states, parents, families, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states, c.pre.parents, c.pre.familyRows = states, parents, families
+		c.pre.states, c.pre.parents, c.pre.familyRows, c.pre.looked = states, parents, families, looked
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {

@@ -936,6 +936,94 @@ func TestProductFamilyTurnedSimple(t *testing.T) {
 	}
 }
 
+// A family deleted in the store is retired for good in Dynamics 365; re-created under the
+// same id it is skipped. A product new to it can't be published under it, ever: it is
+// written without a family, Active and priced (retired when unpublished, like any product
+// without a family), with the reason. With DELETE_POLICY=delete the family's row is gone,
+// and a product new to it is written without a family too. Alone and in an array; the
+// newest events redelivered change nothing.
+func TestProductNewInARetiredFamily(t *testing.T) {
+	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	child := func(id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) {
+			d["parentGroupedProductId"] = parent
+			if edit != nil {
+				edit(d)
+			}
+		})
+	}
+	for _, policy := range []string{"deactivate", "delete"} {
+		for _, bulk := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/bulk=%v", policy, bulk), func(t *testing.T) {
+				e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = policy }})
+				send := func(evs ...*nop.Event) {
+					t.Helper()
+					if !bulk {
+						e.each(state.Product, evs...)
+					} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				e.each(state.Product, productEvent(t, 60, 1, famData))
+				// Back in the store under the same id (a delete undone), with new products.
+				back := productEvent(t, 60, 3, func(d map[string]any) { famData(d); d["name"] = "Back again" })
+				if policy == "deactivate" {
+					e.each(state.Product, child(61, 60, 1, nil))
+					e.each(state.Product, productEvent(t, 60, 2, func(d map[string]any) { famData(d); d["deleted"] = true }))
+					send(back)
+					if rec := e.rec(state.Product, 60); rec.Status != state.Skipped || !strings.Contains(rec.Reason, "can't be re-activated") {
+						t.Errorf("family re-created: %s %q", rec.Status, rec.Reason)
+					}
+				} else {
+					// A family with no products is deleted; products naming it arrive later.
+					e.each(state.Product, productEvent(t, 60, 2, func(d map[string]any) { famData(d); d["deleted"] = true }))
+					if _, ok := e.srv.Row("products", productID(1, 60)); ok {
+						t.Fatal("the family was not deleted")
+					}
+					back = nil
+				}
+				newer := []*nop.Event{child(62, 60, 1, nil), child(63, 60, 1, func(d map[string]any) { d["published"] = false })}
+				send(newer...)
+				why := "is a product family retired in Dynamics 365, for good"
+				if policy == "delete" {
+					why = "is no longer in Dynamics 365"
+				}
+				for _, id := range []int{62, 63} {
+					row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
+					want := float64(productActive)
+					if id == 63 {
+						want = productRetired
+					}
+					if row["_parentproductid_value"] != nil || numOf(row["statecode"]) != want {
+						t.Errorf("product %d: parent %v state %v, want none, state %v", id, row["_parentproductid_value"], row["statecode"], want)
+					}
+					if rec.Status != state.Synced || !strings.Contains(rec.Reason, "its grouped product 60 "+why) ||
+						!strings.Contains(rec.Reason, "written without a product family") || strings.Contains(rec.Reason, "unpublished") {
+						t.Errorf("product %d: %s %q", id, rec.Status, rec.Reason)
+					}
+				}
+				if n := len(e.priceItems(productID(1, 62))); n != 1 {
+					t.Errorf("product 62: %d price list items, want 1", n)
+				}
+				// Published later, the product without a family is re-activated.
+				later := child(63, 60, 2, nil)
+				send(later)
+				if st := numOf(e.row("products", productID(1, 63))["statecode"]); st != productActive {
+					t.Errorf("product 63 published: state %v", st)
+				}
+				requests := e.fdv.counts()
+				if back != nil {
+					send(back)
+				}
+				send(newer[0], later)
+				if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(requests) {
+					t.Errorf("the newest events redelivered wrote again: %v, was %v", after, requests)
+				}
+			})
+		}
+	}
+}
+
 // A product whose parentGroupedProductId names a simple product lands without a family
 // (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
 // family can be a parent), synced with the reason, instead of failing for good on
