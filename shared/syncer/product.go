@@ -560,6 +560,9 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 			}
 			pl.final = true
 			pl.note = joinNote(pl.note, note)
+			// Dynamics 365 retires only products in no price list: its item is gone.
+			delete(rec.Extra, extraPriceItemID)
+			delete(rec.Extra, extraPriceAmount)
 			return nil
 		}
 		if err := s.setProductState(ctx, pl.id, productActive); err != nil {

@@ -23,8 +23,13 @@ type productPrefetch struct {
 	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
 
-// syncMany is the products' bulk path. Families go first (their children bind to them),
-// then the other products. Per group: one look-up of the rows' state and of the product
+// syncMany is the products' bulk path. Deletes go first: a chunk holds each product's
+// newest state, and a family deleted in the store is retired in Dynamics 365 with its
+// products before their changes, as when its delete arrives before them one by one: a
+// change of one of them is then skipped with the reason (a retired product of a family
+// can't be re-activated), and a product new to the family is written without it
+// (planProduct), not written and then retired with it, recorded synced. Families go next
+// (their children bind to them), then the other products. Per group: one look-up of the rows' state and of the product
 // numbers, then CreateMultiple for new products and UpdateMultiple for Draft ones;
 // products Dataverse keeps Active or Retired take the single path (revise, update,
 // publish), as do deletes. Price list items of new products are created in bulk too;
@@ -53,6 +58,9 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 	c := &productChunk{s: s, sh: sh, evs: evs, recs: recs, outs: outs, errs: errs,
 		plans: make([]*productPlan, len(evs)), created: map[int]bool{},
 		pre: &productPrefetch{families: map[int]string{}}}
+	s.parallel(ctx, deletes, func(ctx context.Context, i int) {
+		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
+	})
 	c.group(ctx, families)
 	for _, i := range families {
 		// A family skipped (retired for good) takes no new products: left to planProduct.
@@ -61,9 +69,6 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 		}
 	}
 	c.group(ctx, products)
-	s.parallel(ctx, deletes, func(ctx context.Context, i int) {
-		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
-	})
 	return outs, errs
 }
 

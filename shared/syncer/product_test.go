@@ -1024,6 +1024,83 @@ func TestProductNewInARetiredFamily(t *testing.T) {
 	}
 }
 
+// One import chunk holds a family's delete and changes of its products: one it holds (its
+// price changed; also moved to another family of the chunk), one new to it. The chunk
+// ends as the same events one by one, the delete first: the family and the product it
+// holds retired, the product's change skipped with the reason (a retired product of a
+// family can't be re-activated) and no price list item left on its record; the new product
+// written without the family, Active. The newest events redelivered change nothing.
+func TestProductChunkWithItsFamilysDelete(t *testing.T) {
+	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	child := func(id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
+		return productEvent(t, id, seq, func(d map[string]any) {
+			d["parentGroupedProductId"] = parent
+			if edit != nil {
+				edit(d)
+			}
+		})
+	}
+	for _, moved := range []bool{false, true} {
+		for _, bulk := range []bool{false, true} {
+			t.Run(fmt.Sprintf("moved=%v/bulk=%v", moved, bulk), func(t *testing.T) {
+				e := newEnv(t, envOptions{})
+				e.each(state.Product, productEvent(t, 100, 1, famData), child(101, 100, 1, nil))
+				parent := 100
+				if moved {
+					parent = 102
+				}
+				evs := []*nop.Event{
+					productEvent(t, 100, 2, func(d map[string]any) { famData(d); d["deleted"] = true }),
+					productEvent(t, 102, 1, famData),
+					child(101, parent, 2, func(d map[string]any) { d["price"] = "9.0000" }),
+					child(103, 100, 1, nil),
+				}
+				if bulk {
+					if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					e.each(state.Product, evs...)
+				}
+				fam, kept, fresh := e.row("products", productID(1, 100)), e.row("products", productID(1, 101)), e.row("products", productID(1, 103))
+				if numOf(fam["statecode"]) != productRetired {
+					t.Errorf("family 100: state %v, want Retired", fam["statecode"])
+				}
+				rec := e.rec(state.Product, 101)
+				if numOf(kept["statecode"]) != productRetired || numOf(kept["price"]) != 100 ||
+					!strings.EqualFold(fmt.Sprint(kept["_parentproductid_value"]), productID(1, 100)) {
+					t.Errorf("product 101: state %v price %v parent %v, want Retired in family 100, not written", kept["statecode"], kept["price"], kept["_parentproductid_value"])
+				}
+				if rec.Status != state.Skipped || !strings.Contains(rec.Reason, "retired in Dynamics 365 with its product family") ||
+					rec.Extra[extraPriceItemID] != "" || rec.Extra[extraPriceAmount] != "" {
+					t.Errorf("product 101: %s %q %v", rec.Status, rec.Reason, rec.Extra)
+				}
+				if moved && !strings.Contains(rec.Reason, "kept in its first product family") {
+					t.Errorf("product 101 moved: %q", rec.Reason)
+				}
+				rec = e.rec(state.Product, 103)
+				if fresh["_parentproductid_value"] != nil || numOf(fresh["statecode"]) != productActive || len(e.priceItems(productID(1, 103))) != 1 {
+					t.Errorf("product 103: parent %v state %v, want none, Active, priced", fresh["_parentproductid_value"], fresh["statecode"])
+				}
+				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "its grouped product 100 is a product family retired in Dynamics 365") {
+					t.Errorf("product 103: %s %q", rec.Status, rec.Reason)
+				}
+				requests := e.fdv.counts()
+				if bulk {
+					if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					e.each(state.Product, evs...)
+				}
+				if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(requests) {
+					t.Errorf("the newest events redelivered wrote again: %v, was %v", after, requests)
+				}
+			})
+		}
+	}
+}
+
 // A product whose parentGroupedProductId names a simple product lands without a family
 // (docs/dataverse-mapping.md: the parent is set "when that is a grouped product"; only a
 // family can be a parent), synced with the reason, instead of failing for good on
