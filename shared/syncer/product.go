@@ -405,8 +405,8 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 }
 
 // keepFamily keeps a row that is a product family in Dynamics 365 a family when the store
-// made the product simple (productType 10 → 5; nopCommerce's admin then takes its
-// associated products out of it, each with its own event). Dynamics 365 lets only a
+// made the product simple (productType 10 → 5; nopCommerce's admin ProductController.Edit
+// then takes its associated products out of it, each with its own event). Dynamics 365 lets only a
 // product family be the parent of a product (Sales developer guide, product families) and
 // never changes a product's parent, so the products it holds stay under this row; whether
 // it takes a change of productstructure on update is not documented, and refused after the
