@@ -599,8 +599,9 @@ func (s *orderSyncer) prepare(ctx context.Context, refs *refResolver, ev *nop.Ev
 
 // retryWithWriteIns handles a header-and-lines write Dynamics 365 refused: when some of
 // the order's products are not Active (Draft, Retired: Dynamics 365 refuses them on order
-// lines), their lines become write-in products and the write is sent once more. It
-// returns the original error when every product is Active.
+// lines) or are product families (a grouped product turned simple stays one, without a
+// price list item: keepFamily), their lines become write-in products and the write is
+// sent once more. It returns the original error when every product is an Active product.
 func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, writeErr error) error {
 	if p.write == nil || isTransient(writeErr) {
 		return p.writeFailed(writeErr)
@@ -616,12 +617,12 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 	found := map[int]bool{}
 	for _, filter := range orFilters(eqConds("productid", list), maxFilterBytes, nil) {
 		err := s.dv.Query(ctx, "products", dataverse.Query{
-			Select: []string{"productid", "statecode"},
+			Select: []string{"productid", "statecode", "productstructure"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
 			id, _ := r["productid"].(string)
 			found[ids[strings.ToLower(id)]] = true
-			if intField(r, "statecode") != 0 {
+			if intField(r, "statecode") != 0 || intField(r, "productstructure") == productStructureFamily {
 				inactive[ids[strings.ToLower(id)]] = true
 			}
 			return nil
@@ -659,7 +660,7 @@ func (s *orderSyncer) retryWithWriteIns(ctx context.Context, p *orderPlan, write
 			names = append(names, writeInName(it.Product))
 		}
 	}
-	p.writeInNote = "products not active in Dynamics 365 written as write-in lines: " + strings.Join(names, ", ")
+	p.writeInNote = "products not active in Dynamics 365 (or product families) written as write-in lines: " + strings.Join(names, ", ")
 	p.written()
 	return nil
 }

@@ -631,6 +631,9 @@ func (s *Server) checkLine(x *tx, t *table, r *row) *apiError {
 		if !s.o.AllowInactiveProductsOnLines && p.intv("statecode") != prodActive && p.intv("statecode") != prodRevised {
 			return badArg("The product %s is not active (Draft or Retired products can't be added to orders).", p.str("productnumber"))
 		}
+		if s.o.RefuseFamiliesOnLines && p.intv("productstructure") == 2 {
+			return badArg("The product %s is a product family, which can't be added to orders.", p.str("productnumber"))
+		}
 		if r.ref("uomid") == "" && p.ref("defaultuomid") != "" {
 			r.setRef("uomid", "uom", p.ref("defaultuomid"))
 		}

@@ -155,6 +155,11 @@ type Options struct {
 	ConvertSetsOrderInvoiced bool
 	// AllowInactiveProductsOnLines accepts Draft/Retired products on order lines.
 	AllowInactiveProductsOnLines bool
+	// RefuseFamiliesOnLines refuses a product family on an order or invoice line. The
+	// docs do not say whether Dataverse takes one (the app writes a product family's
+	// lines as products, and falls back to write-in lines when refused); this plays an
+	// environment that refuses.
+	RefuseFamiliesOnLines bool
 	// AllowStringCaseFunctions accepts tolower()/toupper() in $filter. Dataverse documents
 	// only contains/startswith/endswith; string comparisons are case-insensitive anyway.
 	AllowStringCaseFunctions bool
