@@ -122,6 +122,9 @@ type productPlan struct {
 	// is already in Dynamics 365, published once (Active, Retired or Under Revision): not
 	// a Draft an interrupted first write left.
 	foundMade bool
+	// becameFamily: the row is a product in Dynamics 365 and the store made it a grouped
+	// product; its price list items go even when the state does not know them (dropPriceItem).
+	becameFamily bool
 }
 
 func (pl *productPlan) outcome() outcome {
@@ -297,34 +300,40 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	} else {
 		pl.number = rec.Extra[extraProductNumber]
 	}
-	if pre != nil && pre.familyRows[pl.id] {
-		pl.keepFamily()
+	if pre != nil {
+		if _, exists := pre.states[pl.id]; exists {
+			if err := s.settleStructure(ctx, pl, rec, pre.familyRows[pl.id]); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
-		fam, made := "", false // made: the family was written or made Active just now
+		fam, verify := "", false // verify: the family's row may be retired or gone
 		if pre != nil {
 			fam = pre.families[p.ParentGroupedProductID]
-			made = fam != ""
 		}
 		if fam == "" {
 			var err error
-			if fam, made, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
+			if fam, verify, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
 				return nil, err
 			}
+			// Deleted in this chunk (a chunk applies its deletes first; their records
+			// are written when the chunk ends).
+			verify = verify || pre != nil && pre.deleted[p.ParentGroupedProductID]
 			if fam == "" {
 				// docs/dataverse-mapping.md: the parent is set "when that is a grouped
 				// product"; only a family can be a parent in Dynamics 365.
 				pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
 			}
 		}
-		if fam != "" && !made && knownParent == "" {
+		if fam != "" && verify && knownParent == "" {
 			// The product joins the family now, and its parent can't change later: not a
 			// family retired (for good: a retired family can't be re-activated, Sales
 			// developer guide, product lifecycle), where it could never be published nor
 			// sold, nor one no longer in Dynamics 365. It is written without a family,
 			// sellable, as a product whose grouped product is not a family.
-			why, err := s.familyUnusable(ctx, fam, pre)
+			why, err := s.familyUnusable(ctx, fam)
 			if err != nil {
 				return nil, err
 			}
@@ -366,18 +375,11 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 }
 
 // familyUnusable tells why the family row fam can't take a new product ("" when it can):
-// retired, or gone. A chunk read the states of its families ahead (pre); a family it found
-// no row for may have been made since by another product of the chunk, so it is read again.
-func (s *productSyncer) familyUnusable(ctx context.Context, fam string, pre *productPrefetch) (string, error) {
-	row := productRowInfo{}
-	if pre != nil && pre.looked[fam] {
-		row.state, row.exists = pre.states[fam]
-	}
-	if !row.exists {
-		var err error
-		if row, err = s.productLifecycle(ctx, fam); err != nil {
-			return "", fmt.Errorf("reading the product family of a product: %w", err)
-		}
+// retired, or gone. Read only when the family's record says it may be (ensureFamily).
+func (s *productSyncer) familyUnusable(ctx context.Context, fam string) (string, error) {
+	row, err := s.productLifecycle(ctx, fam)
+	if err != nil {
+		return "", fmt.Errorf("reading the product family of a product: %w", err)
 	}
 	switch {
 	case !row.exists:
@@ -404,18 +406,41 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 	pl.picture = ""
 }
 
-// keepFamily keeps a row that is a product family in Dynamics 365 a family when the store
-// made the product simple (productType 10 → 5; nopCommerce's admin ProductController.Edit
-// then takes its associated products out of it, each with its own event). Dynamics 365 lets only a
-// product family be the parent of a product (Sales developer guide, product families) and
-// never changes a product's parent, so the products it holds stay under this row; whether
-// it takes a change of productstructure on update is not documented, and refused after the
-// revise it would leave the family and its products Under Revision. A family with no
-// products in Dynamics 365 is kept a family too: a product may still arrive naming it (its
-// event written before the type change), and telling the two apart would take a query
-// per write for the same, documented, outcome. Kept, it is written, published with its
-// hierarchy (its revised products with it) and never retired when unpublished, as any
-// family; it gets no price list item, the app writing those for products only.
+// settleStructure decides what a row that exists in Dynamics 365 becomes when the store
+// changed the product's type. A product family turned simple in the store (productType 10
+// → 5; nopCommerce's admin ProductController.Edit then takes its associated products out
+// of it, each with its own event) stays a family while it holds products (keepFamily);
+// one that holds none becomes a plain product, sellable with its price list item. A
+// product the store made grouped loses its price list items (becameFamily). Asked only
+// when the row's structure and the event's type disagree, so a query at most per type
+// change (and per event of a family kept so: the record says so, no query).
+func (s *productSyncer) settleStructure(ctx context.Context, pl *productPlan, rec *state.Record, rowIsFamily bool) error {
+	switch {
+	case rowIsFamily && !pl.family:
+		keep := rec.Extra[extraKeptFamily] == "true"
+		if !keep {
+			var err error
+			if keep, err = s.hasChildProducts(ctx, pl.id); err != nil {
+				return err
+			}
+		}
+		if keep {
+			pl.keepFamily()
+		}
+	case !rowIsFamily && pl.family:
+		pl.becameFamily = true
+	}
+	return nil
+}
+
+// keepFamily keeps a row that is a product family in Dynamics 365, and holds products, a
+// family when the store made the product simple. Dynamics 365 lets only a product family
+// be the parent of a product (Sales developer guide, product families) and never changes a
+// product's parent, so the products it holds stay under this row; whether it takes a
+// change of productstructure on update is not documented, and refused after the revise it
+// would leave the family and its products Under Revision. Kept, it is written, published
+// with its hierarchy (its revised products with it) and never retired when unpublished, as
+// any family; it gets no price list item, the app writing those for products only.
 func (pl *productPlan) keepFamily() {
 	if pl.family {
 		return
@@ -529,10 +554,48 @@ func (s *productSyncer) claimNumbers(ctx context.Context, claims []*state.Doc, r
 		return
 	}
 	for i, err := range s.st.SaveDocs(ctx, claims) {
+		if errors.Is(err, state.ErrConflict) {
+			err = s.takeReleasedNumber(ctx, claims[i])
+		}
 		if err != nil && !errors.Is(err, state.ErrConflict) {
 			s.log.Warn("recording product number owner", "number", claims[i].Key, "error", err)
 			delete(recs[i].Extra, extraProductNumber)
 		}
+	}
+}
+
+// takeReleasedNumber claims a product number whose claim a deleted product released
+// (releaseNumber: the claim doc stays, with no owner); a claim with an owner keeps it
+// (ErrConflict).
+func (s *productSyncer) takeReleasedNumber(ctx context.Context, claim *state.Doc) error {
+	doc, err := s.st.GetDoc(ctx, claim.Kind, claim.Key)
+	if err != nil {
+		return err
+	}
+	if len(doc.Value) != 0 {
+		return state.ErrConflict
+	}
+	doc.Value = claim.Value
+	return s.st.SaveDoc(ctx, doc)
+}
+
+// releaseNumber gives up the claim of product productID on the product number it wrote,
+// once its row was deleted: the number is then free in Dynamics 365, and a product with
+// that sku (in the same import array, whose deletes go first, or later) writes it rather
+// than NOP-<id>. The state store keeps docs for good, so the claim stays with no owner.
+// A failure is logged: the number then stays claimed, and such a product gets NOP-<id>.
+func (s *productSyncer) releaseNumber(ctx context.Context, storeID, productID int, number string) {
+	claim := numberClaim(storeID, productID, number)
+	if claim == nil {
+		return
+	}
+	doc, err := s.st.GetDoc(ctx, claim.Kind, claim.Key)
+	if err == nil && string(doc.Value) == string(claim.Value) {
+		doc.Value = nil
+		err = s.st.SaveDoc(ctx, doc)
+	}
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		s.log.Warn("releasing the product number of a deleted product", "number", claim.Key, "error", err)
 	}
 }
 
@@ -545,8 +608,10 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 		return err
 	}
 	cur, exists := row.state, row.exists
-	if row.family {
-		pl.keepFamily()
+	if exists {
+		if err := s.settleStructure(ctx, pl, rec, row.family); err != nil {
+			return err
+		}
 	}
 	if exists && cur == productRetired {
 		// A retired product can't be edited: re-activate it first (retire again below
@@ -579,7 +644,7 @@ func (s *productSyncer) applyProduct(ctx context.Context, pl *productPlan, rec *
 		}
 	}
 	if pl.family {
-		if err := s.dropPriceItem(ctx, pl); err != nil {
+		if err := s.dropPriceItem(ctx, pl, sh); err != nil {
 			return err
 		}
 	} else if pl.active {
@@ -904,13 +969,29 @@ func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec
 
 // dropPriceItem removes the price list item of a product that became a family: the app
 // writes price list items for products only, so a family keeps none of its days as a
-// product; it goes as the item of a product leaving the price list does (retire).
-func (s *productSyncer) dropPriceItem(ctx context.Context, pl *productPlan) error {
-	if pl.priceItem == "" {
-		return nil
+// product; it goes as the item of a product leaving the price list does (retire). The
+// state names the item; when it does not (lost with the state) and the row was a
+// product until now, the row's items in the store price list are looked up.
+func (s *productSyncer) dropPriceItem(ctx context.Context, pl *productPlan, sh *shared) error {
+	items := []string{}
+	if pl.priceItem != "" {
+		items = append(items, pl.priceItem)
+	} else if pl.becameFamily {
+		err := s.dv.Query(ctx, "productpricelevels", dataverse.Query{
+			Select: []string{"productpricelevelid"},
+			Filter: fmt.Sprintf("_productid_value eq %s and _pricelevelid_value eq %s", pl.id, sh.PriceListID),
+		}, func(r dataverse.Record) error {
+			items = append(items, str(r["productpricelevelid"]))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("reading the price list items of product family %s: %w", pl.id, err)
+		}
 	}
-	if err := s.dv.Delete(ctx, "productpricelevels", pl.priceItem); err != nil && !dataverse.IsNotFound(err) {
-		return fmt.Errorf("removing the price list item of product family %s: %w", pl.id, err)
+	for _, item := range items {
+		if err := s.dv.Delete(ctx, "productpricelevels", item); err != nil && !dataverse.IsNotFound(err) {
+			return fmt.Errorf("removing the price list item of product family %s: %w", pl.id, err)
+		}
 	}
 	pl.priceItem = ""
 	pl.extra[extraPriceItemID], pl.extra[extraPriceAmount] = "", ""
@@ -997,6 +1078,7 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 		default:
 			err := s.dv.Delete(ctx, "products", id)
 			if err == nil || dataverse.IsNotFound(err) {
+				s.releaseNumber(ctx, storeID, p.ID, rec.Extra[extraProductNumber])
 				return outcome{status: state.Synced, reason: reasonProductDeleted, dataverseID: id, hash: hash}, nil
 			}
 			if isTransient(err) {
@@ -1040,20 +1122,27 @@ func (s *productSyncer) referenced(ctx context.Context, set, pk, lookup, id, wha
 
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
-// later fills the stub. It returns "" when the state holds the product as a simple one;
-// made is true when it created the stub just now.
-func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (id string, made bool, err error) {
+// later fills the stub. It returns "" when the state holds the product as a simple one.
+// verify is true when the row may be retired or gone, which its record can't rule out:
+// the family was deleted in the store, its last change was skipped (retired for good), or
+// it was found in Dynamics 365 after a lost state; a family the app wrote and the store
+// still has is taken as it is, without a read.
+func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (id string, verify bool, err error) {
 	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
 	case err == nil:
+		deleted := false
 		if rec.DataverseID != "" && rec.Extra[extraFamilyStub] == "" {
-			if ev, derr := nop.DecodeStored(rec.Data); derr == nil && ev.Product != nil && !ev.Product.Deleted &&
+			ev, derr := nop.DecodeStored(rec.Data)
+			if derr == nil && ev.Product != nil && !ev.Product.Deleted &&
 				ev.Product.ProductType != nop.ProductTypeGrouped && rec.Extra[extraKeptFamily] == "" {
 				return "", false, nil // a simple product: no family to put the child in
 			}
+			deleted = derr == nil && ev.Product != nil && ev.Product.Deleted
 		}
 		if rec.DataverseID != "" {
-			return rec.DataverseID, false, nil
+			found := rec.Extra[extraFamilyStub] == "true" && rec.Extra[extraProductNumber] == ""
+			return rec.DataverseID, deleted || found || rec.Status == state.Skipped, nil
 		}
 		if s.leases.held(rec) {
 			return "", false, transient(fmt.Errorf("product family %d: %w", familyID, errBusy))
@@ -1071,7 +1160,6 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	found := false
 	switch {
 	case err == nil:
-		made = true
 		// Published at once so its children can be published (and sold) before the
 		// family's own event arrives; that event revises it with the real data.
 		if perr := s.dv.PublishProductHierarchy(ctx, id); perr != nil {
@@ -1080,11 +1168,12 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 	case dataverse.IsConflict(err):
 		// The row is there: a stub of an earlier attempt (its made-up number), or the
 		// family itself (the sync state was lost).
-		row, rerr := s.dv.Retrieve(ctx, "products", id, "productnumber")
+		row, rerr := s.dv.Retrieve(ctx, "products", id, "productnumber,statecode")
 		if rerr != nil {
 			return "", false, fmt.Errorf("reading product family %d for product %d: %w", familyID, childID, rerr)
 		}
 		found = !strings.EqualFold(str(row["productnumber"]), fallbackNumber(storeID, familyID))
+		verify = intField(row, "statecode") == productRetired
 	default:
 		return "", false, fmt.Errorf("creating product family %d for product %d: %w", familyID, childID, err)
 	}
@@ -1104,7 +1193,7 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 			return "", false, transient(fmt.Errorf("saving product family %d state: %w", familyID, err))
 		}
 	}
-	return id, made, nil
+	return id, verify, nil
 }
 
 // ensureProduct returns the product row of an order line, creating the product from the

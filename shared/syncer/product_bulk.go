@@ -18,7 +18,7 @@ type productPrefetch struct {
 	states     map[string]int              // product id → statecode, for the ids looked up
 	parents    map[string]string           // product id → its parent family's row, for the ids looked up
 	familyRows map[string]bool             // product id → a product family in Dynamics 365, for the ids looked up
-	looked     map[string]bool             // the ids looked up: products and the families they join
+	deleted    map[int]bool                // store product ids deleted in this chunk (deletes go first)
 	byNumber   map[string]dataverse.Record // lower(productnumber) → product
 	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
@@ -61,6 +61,10 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 	s.parallel(ctx, deletes, func(ctx context.Context, i int) {
 		outs[i], errs[i] = s.sync(ctx, evs[i], recs[i])
 	})
+	c.pre.deleted = map[int]bool{}
+	for _, i := range deletes {
+		c.pre.deleted[evs[i].Product.ID] = true
+	}
 	c.group(ctx, families)
 	for _, i := range families {
 		// A family skipped (retired for good) takes no new products: left to planProduct.
@@ -146,7 +150,6 @@ func (c *productChunk) group(ctx context.Context, idx []int) {
 // holding the product numbers we would write. A failed look-up fails the group.
 func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 	var ids, numbers []string
-	looked := map[string]bool{}
 	for _, i := range idx {
 		p := c.evs[i].Product
 		id := c.recs[i].DataverseID
@@ -154,20 +157,11 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 			id = deterministicID(c.evs[i].StoreID, "product", itoa(p.ID))
 		}
 		ids = append(ids, id)
-		looked[id] = true
 		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
-		// The family a product may join now (planProduct reads whether it can take it),
-		// unless it was written in this chunk.
-		if f := p.ParentGroupedProductID; f > 0 && f != p.ID && c.recs[i].Extra[extraParentID] == "" && c.pre.families[f] == "" {
-			if fam := deterministicID(c.evs[i].StoreID, "product", itoa(f)); !looked[fam] {
-				ids = append(ids, fam)
-				looked[fam] = true
-			}
-		}
 	}
 	states, parents, families, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states, c.pre.parents, c.pre.familyRows, c.pre.looked = states, parents, families, looked
+		c.pre.states, c.pre.parents, c.pre.familyRows = states, parents, families
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {
@@ -285,7 +279,7 @@ func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 		pl := c.plans[i]
 		known := c.recs[i].Extra[extraPriceItemID]
 		switch {
-		case pl.family && pl.priceItem != "":
+		case pl.family && (pl.priceItem != "" || pl.becameFamily):
 			drops = append(drops, i)
 		case pl.family || !pl.active || priceItemCurrent(pl, c.recs[i], sh):
 		case c.created[i] && known == "":
@@ -311,7 +305,7 @@ func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 		c.errs[i] = c.s.writePriceItem(ctx, c.plans[i], c.recs[i], sh)
 	})
 	c.s.parallel(ctx, drops, func(ctx context.Context, i int) {
-		c.errs[i] = c.s.dropPriceItem(ctx, c.plans[i])
+		c.errs[i] = c.s.dropPriceItem(ctx, c.plans[i], sh)
 	})
 }
 

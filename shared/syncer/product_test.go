@@ -861,9 +861,10 @@ func TestProductTurnedFamilyLeavesThePriceList(t *testing.T) {
 // (parentGroupedProductId 0). Only a family can be a parent in Dynamics 365, a product's
 // parent can't change, and a change of productstructure is not documented: the row stays
 // a family, with the reason, its products stay Active (published with it), and their own
-// events land as products taken out of their family do. A family with no products is kept
-// a family too, and one unpublished is kept Active. Alone and in an array; the newest
-// events redelivered change nothing.
+// events land as products taken out of their family do. A family with no products becomes
+// a plain product (sellable, with its price list item; retired when unpublished), so
+// order lines never point at a family for it. Alone and in an array; the newest events
+// redelivered change nothing.
 func TestProductFamilyTurnedSimple(t *testing.T) {
 	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
 	child := func(id, parent int, seq int64, price string) *nop.Event {
@@ -889,20 +890,28 @@ func TestProductFamilyTurnedSimple(t *testing.T) {
 			// A product's event written before the type change still names the family.
 			late := child(53, 50, 1, "10.0000")
 			send(late)
-			for _, id := range []int{50, 55, 56} {
-				row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
-				if numOf(row["productstructure"]) != productStructureFamily || numOf(row["statecode"]) != productActive {
-					t.Errorf("product %d: structure %v state %v, want an Active family", id, row["productstructure"], row["statecode"])
-				}
-				if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept a product family in Dynamics 365") {
-					t.Errorf("product %d: %s %q, want synced with the reason", id, rec.Status, rec.Reason)
-				}
-				if n := len(e.priceItems(productID(1, id))); n != 0 || rec.Extra[extraPriceItemID] != "" {
-					t.Errorf("product %d: %d price list items, record %v", id, n, rec.Extra)
-				}
+			row, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
+			if numOf(row["productstructure"]) != productStructureFamily || numOf(row["statecode"]) != productActive {
+				t.Errorf("product 50: structure %v state %v, want an Active family", row["productstructure"], row["statecode"])
 			}
-			if r := e.rec(state.Product, 56); !strings.Contains(r.Reason, keptActiveNote) {
-				t.Errorf("unpublished former family: %q", r.Reason)
+			if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept a product family in Dynamics 365") {
+				t.Errorf("product 50: %s %q, want synced with the reason", rec.Status, rec.Reason)
+			}
+			if n := len(e.priceItems(productID(1, 50))); n != 0 || rec.Extra[extraPriceItemID] != "" {
+				t.Errorf("product 50: %d price list items, record %v", n, rec.Extra)
+			}
+			// Families without products: plain products now, 55 Active and priced, 56 retired.
+			for id, want := range map[int]int{55: productActive, 56: productRetired} {
+				row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
+				if numOf(row["productstructure"]) == productStructureFamily || int(numOf(row["statecode"])) != want {
+					t.Errorf("product %d: structure %v state %v, want a product in state %d", id, row["productstructure"], row["statecode"], want)
+				}
+				if rec.Status != state.Synced || strings.Contains(rec.Reason, "kept a product family") {
+					t.Errorf("product %d: %s %q, want synced as a product", id, rec.Status, rec.Reason)
+				}
+				if items := len(e.priceItems(productID(1, id))); (want == productActive) != (items == 1) {
+					t.Errorf("product %d: %d price list items in state %d", id, items, want)
+				}
 			}
 			check := func(step string, ids []int, note string) {
 				t.Helper()

@@ -1,0 +1,390 @@
+package syncer
+
+// Product family moves: a grouped product turned simple and back, families deleted or
+// re-created, a product's sku reused after its delete, after a lost state, alone and in
+// import arrays, and what they cost in requests.
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
+	"github.com/nopsync/nopsync/shared/nop"
+	"github.com/nopsync/nopsync/shared/state"
+)
+
+func movesFam(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+
+func movesChild(t *testing.T, id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
+	return productEvent(t, id, seq, func(d map[string]any) {
+		d["parentGroupedProductId"] = parent
+		if edit != nil {
+			edit(d)
+		}
+	})
+}
+
+func movesSend(t *testing.T, e *env, bulk bool, evs ...*nop.Event) {
+	t.Helper()
+	if !bulk {
+		e.each(state.Product, evs...)
+	} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// requests counts the simulator's requests of f.
+func movesRequests(e *env, f func()) int {
+	before := e.srv.Stats().Requests
+	f()
+	return e.srv.Stats().Requests - before
+}
+
+// A new product of an Active family, one event each (a product added to a grouped product
+// in the admin), costs what a new simple product does: the family's own record says it is
+// usable, so its row is not read.
+func TestProductNewInAFamilyCostsAsASimpleProduct(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 1, 1, movesFam))
+	e.each(state.Product, productEvent(t, 500, 1, nil)) // bootstrap and warm-up
+	children := movesRequests(e, func() {
+		for id := 2; id <= 11; id++ {
+			e.each(state.Product, movesChild(t, id, 1, 1, nil))
+		}
+	})
+	simple := movesRequests(e, func() {
+		for id := 600; id < 610; id++ {
+			e.each(state.Product, productEvent(t, id, 1, nil))
+		}
+	})
+	if children > simple {
+		t.Errorf("10 new products of an Active family, one event each: %d requests; 10 new simple products: %d", children, simple)
+	}
+}
+
+// In an import, a chunk of products whose families an earlier chunk wrote costs no more
+// requests than a chunk of as many simple products.
+func TestProductChunkOfAFamilysProductsCostsAsSimpleOnes(t *testing.T) {
+	chunk := func(setup func(e *env), evs []*nop.Event) int {
+		e := newEnv(t, envOptions{})
+		e.each(state.Product, productEvent(t, 9999, 1, nil)) // bootstrap
+		if setup != nil {
+			setup(e)
+		}
+		n := movesRequests(e, func() { movesSend(t, e, true, evs...) })
+		for _, ev := range evs {
+			if r := e.rec(state.Product, ev.Product.ID); r.Status != state.Synced {
+				t.Errorf("product %d: %s %q", ev.Product.ID, r.Status, r.Reason)
+			}
+		}
+		return n
+	}
+	var kids []*nop.Event
+	for f := 100; f < 104; f++ {
+		for k := 1; k <= 9; k++ {
+			kids = append(kids, movesChild(t, f*10+k, f, 1, nil))
+		}
+	}
+	inFamilies := chunk(func(e *env) {
+		var fams []*nop.Event
+		for f := 100; f < 104; f++ {
+			fams = append(fams, productEvent(t, f, 1, movesFam))
+		}
+		movesSend(t, e, true, fams...)
+	}, kids)
+	simple := chunk(nil, newProducts(t, len(kids)))
+	if inFamilies > simple {
+		t.Errorf("%d products of families of an earlier chunk: %d requests; as many simple products: %d", len(kids), inFamilies, simple)
+	}
+}
+
+// A simple product in the price list turned into a family after the state was lost: the
+// family keeps the price list item of its days as a product (dropPriceItem only knows the
+// item from the state).
+func TestProductTurnedFamilyAfterAWipeLeavesThePriceList(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 80, 1, nil))
+			e.wipeState()
+			e.eng = e.engine()
+			movesSend(t, e, bulk, productEvent(t, 80, 2, movesFam))
+			row := e.row("products", productID(1, 80))
+			if numOf(row["productstructure"]) != productStructureFamily {
+				t.Fatalf("structure %v", row["productstructure"])
+			}
+			if n := len(e.priceItems(productID(1, 80))); n != 0 {
+				t.Errorf("family 80 after a wipe keeps %d price list items of its simple days (record %q)", n, e.rec(state.Product, 80).Reason)
+			}
+		})
+	}
+}
+
+// A family turned simple (kept a family), its product taken out, then grouped again and
+// the product put back: everything ends as a plain family and its product, without the
+// notes; the newest events redelivered write nothing.
+func TestProductKeptFamilyGroupedAgain(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil))
+			movesSend(t, e, bulk, productEvent(t, 50, 2, nil))
+			movesSend(t, e, bulk, movesChild(t, 51, 0, 2, nil))
+			again := productEvent(t, 50, 3, func(d map[string]any) { movesFam(d); d["name"] = "Again" })
+			back := movesChild(t, 51, 50, 3, func(d map[string]any) { d["price"] = "12.0000" })
+			movesSend(t, e, bulk, again)
+			movesSend(t, e, bulk, back)
+			fam, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
+			if numOf(fam["productstructure"]) != productStructureFamily || numOf(fam["statecode"]) != productActive || fam["name"] != "Again" {
+				t.Errorf("family 50: %v %v %v", fam["productstructure"], fam["statecode"], fam["name"])
+			}
+			if rec.Status != state.Synced || rec.Reason != "" || rec.Extra["keptFamily"] != "" || len(e.priceItems(productID(1, 50))) != 0 {
+				t.Errorf("family 50 record: %s %q %v", rec.Status, rec.Reason, rec.Extra)
+			}
+			kid, krec := e.row("products", productID(1, 51)), e.rec(state.Product, 51)
+			if numOf(kid["statecode"]) != productActive || numOf(kid["price"]) != 12 || len(e.priceItems(productID(1, 51))) != 1 {
+				t.Errorf("product 51: %v %v", kid["statecode"], kid["price"])
+			}
+			if krec.Status != state.Synced || krec.Reason != "" {
+				t.Errorf("product 51 record: %s %q", krec.Status, krec.Reason)
+			}
+			before := e.fdv.counts()
+			movesSend(t, e, bulk, again, back)
+			if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Errorf("redelivered: %v, was %v", after, before)
+			}
+		})
+	}
+}
+
+// One chunk holds a product's own delete and its family's update (deletes now go first):
+// the product ends Retired (its family's PublishProductHierarchy does not re-activate it),
+// the family and its other product Active with the new data.
+func TestProductChunkChildDeletedFamilyUpdated(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 100, 1, movesFam), movesChild(t, 101, 100, 1, nil), movesChild(t, 102, 100, 1, nil))
+	movesSend(t, e, true,
+		movesChild(t, 101, 100, 2, func(d map[string]any) { d["deleted"] = true }),
+		productEvent(t, 100, 2, func(d map[string]any) { movesFam(d); d["name"] = "Renamed" }),
+		movesChild(t, 102, 100, 2, func(d map[string]any) { d["price"] = "7.0000" }))
+	if st := numOf(e.row("products", productID(1, 101))["statecode"]); st != productRetired {
+		t.Errorf("deleted product 101: state %v, want Retired", st)
+	}
+	fam := e.row("products", productID(1, 100))
+	if numOf(fam["statecode"]) != productActive || fam["name"] != "Renamed" {
+		t.Errorf("family: %v %v", fam["statecode"], fam["name"])
+	}
+	if k := e.row("products", productID(1, 102)); numOf(k["statecode"]) != productActive || numOf(k["price"]) != 7 {
+		t.Errorf("product 102: %v %v", k["statecode"], k["price"])
+	}
+	for _, id := range []int{100, 101, 102} {
+		if r := e.rec(state.Product, id); r.Status != state.Synced {
+			t.Errorf("product %d: %s %q", id, r.Status, r.Reason)
+		}
+	}
+}
+
+// A product arrives first and its family is made as a stub; the family's own event then
+// says simple (written after the product left it). Single events and a chunk.
+func TestProductFamilyStubThenSimple(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, movesChild(t, 91, 90, 1, nil))
+			simple := productEvent(t, 90, 2, func(d map[string]any) { d["price"] = "30.0000" })
+			movesSend(t, e, bulk, simple)
+			fam, rec := e.row("products", productID(1, 90)), e.rec(state.Product, 90)
+			if numOf(fam["productstructure"]) != productStructureFamily || numOf(fam["statecode"]) != productActive ||
+				fam["productnumber"] != "SKU-90" {
+				t.Errorf("product 90: %v %v %v", fam["productstructure"], fam["statecode"], fam["productnumber"])
+			}
+			if rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept a product family") || rec.Extra[extraFamilyStub] != "" {
+				t.Errorf("product 90 record: %s %q %v", rec.Status, rec.Reason, rec.Extra)
+			}
+			if k := e.row("products", productID(1, 91)); numOf(k["statecode"]) != productActive {
+				t.Errorf("product 91: %v", k["statecode"])
+			}
+			before := e.fdv.counts()
+			movesSend(t, e, bulk, simple)
+			if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Errorf("redelivered: %v, was %v", after, before)
+			}
+		})
+	}
+}
+
+// A family turned simple (kept a family) and then deleted, under each DELETE_POLICY.
+func TestProductKeptFamilyDeleted(t *testing.T) {
+	for _, policy := range []string{"deactivate", "delete", "ignore"} {
+		for _, bulk := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/bulk=%v", policy, bulk), func(t *testing.T) {
+				e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = policy }})
+				e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil), productEvent(t, 55, 1, movesFam))
+				e.each(state.Product, productEvent(t, 50, 2, nil), productEvent(t, 55, 2, nil), movesChild(t, 51, 0, 2, nil))
+				del := func(id int) *nop.Event { return productEvent(t, id, 3, func(d map[string]any) { d["deleted"] = true }) }
+				movesSend(t, e, bulk, del(50), del(55))
+				for _, id := range []int{50, 55} {
+					rec := e.rec(state.Product, id)
+					row, ok := e.srv.Row("products", productID(1, id))
+					t.Logf("product %d: exists=%v state=%v | %s %q", id, ok, row["statecode"], rec.Status, rec.Reason)
+					switch policy {
+					case "deactivate":
+						if !ok || numOf(row["statecode"]) != productRetired || rec.Status != state.Synced {
+							t.Errorf("product %d not retired", id)
+						}
+					case "delete":
+						if id == 55 && ok || id == 50 && (!ok || numOf(row["statecode"]) != productRetired) {
+							t.Errorf("product %d: exists %v", id, ok)
+						}
+					case "ignore":
+						if !ok || numOf(row["statecode"]) != productActive || rec.Status != state.Skipped {
+							t.Errorf("product %d changed", id)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// A grouped product turned simple (kept a product family in Dynamics 365, no price list
+// item) is now sold in the store: an order line for it points at a product family row.
+func TestOrderLineOfAFormerFamily(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			h.each(state.Product, productEvent(t, 55, 1, movesFam), productEvent(t, 55, 2, func(d map[string]any) { d["price"] = "20.0000" }))
+			r := rand.New(rand.NewPCG(5, 5))
+			o := genOrder(r, 9301, genOptions{Round: true})
+			o.Items = o.Items[:1]
+			o.Items[0].Product = nop.ItemProduct{ID: 55, Name: "Former family", Sku: genPtr("SKU-55"), ProductType: nop.ProductTypeSimple}
+			o.OrderSubtotalInclTax, o.OrderTotal = o.Items[0].PriceInclTax, o.Items[0].PriceInclTax
+			o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax, o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount = nop.Money{}, nop.Money{}, nop.Money{}, nop.Money{}
+			sendOrder(t, h, o, "order.placed", 1, bulk)
+			ls := h.lines(salesOrderID(1, o.ID))
+			if len(ls) != 1 {
+				t.Fatalf("%d lines: %q", len(ls), h.record(o.ID).Reason)
+			}
+			pid := fmt.Sprint(ls[0]["_productid_value"])
+			if pid != "<nil>" {
+				p := h.row("products", pid)
+				if numOf(p["productstructure"]) == productStructureFamily {
+					t.Errorf("order line of product 55 sold as a simple product points at a product family row (pricingerrorcode %v, record %q)",
+						ls[0]["pricingerrorcode"], h.record(o.ID).Reason)
+				}
+			}
+		})
+	}
+}
+
+// A grouped product turned simple while it holds a product stays a product family in
+// Dynamics 365 (keepFamily); sold on an order line in an environment that refuses a
+// family there (the docs do not say), its line is written in, with the reason, and the
+// order lands. Alone and in an array.
+func TestOrderLineOfAKeptFamilyRefused(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{sim: dataversetest.Options{RefuseFamiliesOnLines: true}})
+			h.each(state.Product, productEvent(t, 55, 1, movesFam), movesChild(t, 56, 55, 1, nil))
+			h.each(state.Product, productEvent(t, 55, 2, func(d map[string]any) { d["price"] = "20.0000" }))
+			if row := h.row("products", productID(1, 55)); numOf(row["productstructure"]) != productStructureFamily {
+				t.Fatalf("product 55: structure %v, want kept a family", row["productstructure"])
+			}
+			r := rand.New(rand.NewPCG(5, 5))
+			o := genOrder(r, 9302, genOptions{Round: true})
+			o.Items = o.Items[:1]
+			o.Items[0].Product = nop.ItemProduct{ID: 55, Name: "Former family", Sku: genPtr("SKU-55"), ProductType: nop.ProductTypeSimple}
+			o.OrderSubtotalInclTax, o.OrderTotal = o.Items[0].PriceInclTax, o.Items[0].PriceInclTax
+			o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax, o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount = nop.Money{}, nop.Money{}, nop.Money{}, nop.Money{}
+			sendOrder(t, h, o, "order.placed", 1, bulk)
+			rec := h.record(o.ID)
+			ls := h.lines(salesOrderID(1, o.ID))
+			if rec.Status != state.Synced || len(ls) != 1 || fmt.Sprint(ls[0]["_productid_value"]) != "<nil>" || ls[0]["isproductoverridden"] != true {
+				t.Fatalf("order %d: %s %q, lines %v", o.ID, rec.Status, rec.Reason, ls)
+			}
+			if !strings.Contains(rec.Reason, "written as write-in lines: Former family") {
+				t.Errorf("order %d: reason %q, want the write-in line named", o.ID, rec.Reason)
+			}
+		})
+	}
+}
+
+// A product deleted and a new product with its sku in one chunk, against the same events
+// one by one in business order (delete first): both paths agree on the new product's
+// number and on the number's claim.
+func TestProductDeletedAndItsSkuReused(t *testing.T) {
+	for _, policy := range []string{"deactivate", "delete"} {
+		res := map[bool]string{}
+		for _, bulk := range []bool{false, true} {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = policy }})
+			e.each(state.Product, productEvent(t, 10, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+			movesSend(t, e, bulk,
+				productEvent(t, 10, 2, func(d map[string]any) { d["sku"] = "SHARED"; d["deleted"] = true }),
+				productEvent(t, 11, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+			row := e.row("products", productID(1, 11))
+			owner := ""
+			if doc, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey("SHARED")); err == nil {
+				owner = string(doc.Value)
+			}
+			res[bulk] = fmt.Sprintf("number=%v claim=%s reason=%q", row["productnumber"], owner, e.rec(state.Product, 11).Reason)
+			t.Logf("%s bulk=%v: %s", policy, bulk, res[bulk])
+			if row["productnumber"] == "SHARED" && owner != "1/11" {
+				t.Errorf("%s bulk=%v: product 11 holds number SHARED but the claim names %q", policy, bulk, owner)
+				// Its sku changed and changed back: the number is free, the stale claim refuses it.
+				e.each(state.Product, productEvent(t, 11, 2, func(d map[string]any) { d["sku"] = "OTHER" }),
+					productEvent(t, 11, 3, func(d map[string]any) { d["sku"] = "SHARED" }))
+				if n := e.row("products", productID(1, 11))["productnumber"]; n != "SHARED" {
+					t.Errorf("%s bulk=%v: sku SHARED back on product 11, no row holds it, product number %v written (%q)", policy, bulk, n, e.rec(state.Product, 11).Reason)
+				}
+			}
+		}
+		if res[false] != res[true] {
+			t.Errorf("%s: single %s, chunk %s", policy, res[false], res[true])
+		}
+	}
+}
+
+// After a wiped state, the events of a grouped product turned simple while it holds a
+// product (and of its product taken out) land as with the state intact.
+func TestProductFamilyTurnedSimpleAfterAWipe(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil))
+			e.wipeState()
+			e.eng = e.engine()
+			movesSend(t, e, bulk, productEvent(t, 50, 2, nil), movesChild(t, 51, 0, 2, func(d map[string]any) { d["price"] = "11.0000" }))
+			fam, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
+			if numOf(fam["productstructure"]) != productStructureFamily || numOf(fam["statecode"]) != productActive ||
+				rec.Status != state.Synced || !strings.Contains(rec.Reason, "kept a product family") || len(e.priceItems(productID(1, 50))) != 0 {
+				t.Errorf("product 50: %v %v | %s %q", fam["productstructure"], fam["statecode"], rec.Status, rec.Reason)
+			}
+			kid, krec := e.row("products", productID(1, 51)), e.rec(state.Product, 51)
+			if numOf(kid["statecode"]) != productActive || numOf(kid["price"]) != 11 || krec.Status != state.Synced {
+				t.Errorf("product 51: %v %v | %s %q", kid["statecode"], kid["price"], krec.Status, krec.Reason)
+			}
+		})
+	}
+}
+
+// A product new to a family deleted in the store, after a wiped state: written without
+// the family, Active, with the reason (as with the state intact).
+func TestProductNewInARetiredFamilyAfterAWipe(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+			e.each(state.Product, productEvent(t, 60, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }))
+			e.wipeState()
+			e.eng = e.engine()
+			movesSend(t, e, bulk, movesChild(t, 62, 60, 1, nil))
+			row, rec := e.row("products", productID(1, 62)), e.rec(state.Product, 62)
+			if row["_parentproductid_value"] != nil || numOf(row["statecode"]) != productActive || rec.Status != state.Synced ||
+				!strings.Contains(rec.Reason, "retired in Dynamics 365, for good") {
+				t.Errorf("product 62: parent %v state %v | %s %q", row["_parentproductid_value"], row["statecode"], rec.Status, rec.Reason)
+			}
+		})
+	}
+}
