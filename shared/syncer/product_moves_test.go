@@ -249,19 +249,25 @@ func TestProductKeptFamilyDeleted(t *testing.T) {
 	}
 }
 
-// A grouped product turned simple (kept a product family in Dynamics 365, no price list
-// item) is now sold in the store: an order line for it points at a product family row.
+// formerFamilyOrder is an order of one line, product 55 ("Former family") sold as a
+// simple product, and nothing else on its total.
+func formerFamilyOrder(id int) *nop.Order {
+	o := genOrder(rand.New(rand.NewPCG(5, 5)), id, genOptions{Round: true})
+	o.Items = o.Items[:1]
+	o.Items[0].Product = nop.ItemProduct{ID: 55, Name: "Former family", Sku: genPtr("SKU-55"), ProductType: nop.ProductTypeSimple}
+	o.OrderSubtotalInclTax, o.OrderTotal = o.Items[0].PriceInclTax, o.Items[0].PriceInclTax
+	o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax, o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount = nop.Money{}, nop.Money{}, nop.Money{}, nop.Money{}
+	return o
+}
+
+// A grouped product turned simple that holds no products becomes a plain product: sold in
+// the store, its order line points at a product row, not at a product family.
 func TestOrderLineOfAFormerFamily(t *testing.T) {
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
 			h := newOrderHarness(t, harnessOptions{})
 			h.each(state.Product, productEvent(t, 55, 1, movesFam), productEvent(t, 55, 2, func(d map[string]any) { d["price"] = "20.0000" }))
-			r := rand.New(rand.NewPCG(5, 5))
-			o := genOrder(r, 9301, genOptions{Round: true})
-			o.Items = o.Items[:1]
-			o.Items[0].Product = nop.ItemProduct{ID: 55, Name: "Former family", Sku: genPtr("SKU-55"), ProductType: nop.ProductTypeSimple}
-			o.OrderSubtotalInclTax, o.OrderTotal = o.Items[0].PriceInclTax, o.Items[0].PriceInclTax
-			o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax, o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount = nop.Money{}, nop.Money{}, nop.Money{}, nop.Money{}
+			o := formerFamilyOrder(9301)
 			sendOrder(t, h, o, "order.placed", 1, bulk)
 			ls := h.lines(salesOrderID(1, o.ID))
 			if len(ls) != 1 {
@@ -292,12 +298,7 @@ func TestOrderLineOfAKeptFamilyRefused(t *testing.T) {
 			if row := h.row("products", productID(1, 55)); numOf(row["productstructure"]) != productStructureFamily {
 				t.Fatalf("product 55: structure %v, want kept a family", row["productstructure"])
 			}
-			r := rand.New(rand.NewPCG(5, 5))
-			o := genOrder(r, 9302, genOptions{Round: true})
-			o.Items = o.Items[:1]
-			o.Items[0].Product = nop.ItemProduct{ID: 55, Name: "Former family", Sku: genPtr("SKU-55"), ProductType: nop.ProductTypeSimple}
-			o.OrderSubtotalInclTax, o.OrderTotal = o.Items[0].PriceInclTax, o.Items[0].PriceInclTax
-			o.OrderSubTotalDiscountInclTax, o.OrderShippingInclTax, o.PaymentMethodAdditionalFeeInclTax, o.OrderDiscount = nop.Money{}, nop.Money{}, nop.Money{}, nop.Money{}
+			o := formerFamilyOrder(9302)
 			sendOrder(t, h, o, "order.placed", 1, bulk)
 			rec := h.record(o.ID)
 			ls := h.lines(salesOrderID(1, o.ID))

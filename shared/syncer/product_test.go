@@ -768,7 +768,7 @@ func TestProductOfADeletedFamilySkipped(t *testing.T) {
 // restored after its own delete says it is a retired family. Alone and in an array; the
 // newest event redelivered changes nothing.
 func TestProductOfAFamilyDeletedAndRestored(t *testing.T) {
-	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	famData := movesFam
 	child := func(seq int64, edit func(d map[string]any)) *nop.Event {
 		return productEvent(t, 71, seq, func(d map[string]any) {
 			d["parentGroupedProductId"] = 70
@@ -780,14 +780,7 @@ func TestProductOfAFamilyDeletedAndRestored(t *testing.T) {
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
 			e := newEnv(t, envOptions{})
-			send := func(evs ...*nop.Event) {
-				t.Helper()
-				if !bulk {
-					e.each(state.Product, evs...)
-				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
-					t.Fatal(err)
-				}
-			}
+			send := func(evs ...*nop.Event) { t.Helper(); movesSend(t, e, bulk, evs...) }
 			e.each(state.Product, productEvent(t, 70, 1, famData), child(1, nil))
 			e.each(state.Product, child(2, func(d map[string]any) { d["deleted"] = true }))
 			restored := child(3, func(d map[string]any) { d["price"] = "3.0000" })
@@ -821,14 +814,7 @@ func TestProductTurnedFamilyLeavesThePriceList(t *testing.T) {
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
 			e := newEnv(t, envOptions{})
-			send := func(evs ...*nop.Event) {
-				t.Helper()
-				if !bulk {
-					e.each(state.Product, evs...)
-				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
-					t.Fatal(err)
-				}
-			}
+			send := func(evs ...*nop.Event) { t.Helper(); movesSend(t, e, bulk, evs...) }
 			send(productEvent(t, 80, 1, nil))
 			if n := len(e.priceItems(productID(1, 80))); n != 1 {
 				t.Fatalf("%d price list items of the simple product", n)
@@ -866,21 +852,14 @@ func TestProductTurnedFamilyLeavesThePriceList(t *testing.T) {
 // order lines never point at a family for it. Alone and in an array; the newest events
 // redelivered change nothing.
 func TestProductFamilyTurnedSimple(t *testing.T) {
-	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	famData := movesFam
 	child := func(id, parent int, seq int64, price string) *nop.Event {
 		return productEvent(t, id, seq, func(d map[string]any) { d["parentGroupedProductId"] = parent; d["price"] = price })
 	}
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
 			e := newEnv(t, envOptions{})
-			send := func(evs ...*nop.Event) {
-				t.Helper()
-				if !bulk {
-					e.each(state.Product, evs...)
-				} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
-					t.Fatal(err)
-				}
-			}
+			send := func(evs ...*nop.Event) { t.Helper(); movesSend(t, e, bulk, evs...) }
 			e.each(state.Product, productEvent(t, 50, 1, famData), productEvent(t, 55, 1, famData), productEvent(t, 56, 1, famData))
 			e.each(state.Product, child(51, 50, 1, "10.0000"), child(52, 50, 1, "10.0000"))
 			simple := productEvent(t, 50, 2, func(d map[string]any) { d["price"] = "20.0000" })
@@ -952,27 +931,15 @@ func TestProductFamilyTurnedSimple(t *testing.T) {
 // and a product new to it is written without a family too. Alone and in an array; the
 // newest events redelivered change nothing.
 func TestProductNewInARetiredFamily(t *testing.T) {
-	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	famData := movesFam
 	child := func(id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
-		return productEvent(t, id, seq, func(d map[string]any) {
-			d["parentGroupedProductId"] = parent
-			if edit != nil {
-				edit(d)
-			}
-		})
+		return movesChild(t, id, parent, seq, edit)
 	}
 	for _, policy := range []string{"deactivate", "delete"} {
 		for _, bulk := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/bulk=%v", policy, bulk), func(t *testing.T) {
 				e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = policy }})
-				send := func(evs ...*nop.Event) {
-					t.Helper()
-					if !bulk {
-						e.each(state.Product, evs...)
-					} else if err := e.deliver(e.eng, state.Product, evs...); err != nil {
-						t.Fatal(err)
-					}
-				}
+				send := func(evs ...*nop.Event) { t.Helper(); movesSend(t, e, bulk, evs...) }
 				e.each(state.Product, productEvent(t, 60, 1, famData))
 				// Back in the store under the same id (a delete undone), with new products.
 				back := productEvent(t, 60, 3, func(d map[string]any) { famData(d); d["name"] = "Back again" })
@@ -1040,14 +1007,9 @@ func TestProductNewInARetiredFamily(t *testing.T) {
 // family can't be re-activated) and no price list item left on its record; the new product
 // written without the family, Active. The newest events redelivered change nothing.
 func TestProductChunkWithItsFamilysDelete(t *testing.T) {
-	famData := func(d map[string]any) { d["productType"] = 10; d["price"] = "0.0000" }
+	famData := movesFam
 	child := func(id, parent int, seq int64, edit func(d map[string]any)) *nop.Event {
-		return productEvent(t, id, seq, func(d map[string]any) {
-			d["parentGroupedProductId"] = parent
-			if edit != nil {
-				edit(d)
-			}
-		})
+		return movesChild(t, id, parent, seq, edit)
 	}
 	for _, moved := range []bool{false, true} {
 		for _, bulk := range []bool{false, true} {
