@@ -333,7 +333,7 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 			// developer guide, product lifecycle), where it could never be published nor
 			// sold, nor one no longer in Dynamics 365. It is written without a family,
 			// sellable, as a product whose grouped product is not a family.
-			why, err := s.familyUnusable(ctx, fam)
+			why, err := s.familyUnusable(ctx, fam, pre)
 			if err != nil {
 				return nil, err
 			}
@@ -375,11 +375,17 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 }
 
 // familyUnusable tells why the family row fam can't take a new product ("" when it can):
-// retired, or gone. Read only when the family's record says it may be (ensureFamily).
-func (s *productSyncer) familyUnusable(ctx context.Context, fam string) (string, error) {
-	row, err := s.productLifecycle(ctx, fam)
-	if err != nil {
-		return "", fmt.Errorf("reading the product family of a product: %w", err)
+// retired, or gone. A chunk looked its families up with its products (after its deletes);
+// one by one the row is read.
+func (s *productSyncer) familyUnusable(ctx context.Context, fam string, pre *productPrefetch) (string, error) {
+	var row productRowInfo
+	if pre != nil && pre.looked[fam] {
+		row.state, row.exists = pre.states[fam]
+	} else {
+		var err error
+		if row, err = s.productLifecycle(ctx, fam); err != nil {
+			return "", fmt.Errorf("reading the product family of a product: %w", err)
+		}
 	}
 	switch {
 	case !row.exists:
@@ -412,17 +418,14 @@ func (s *productSyncer) fetchPicture(ctx context.Context, pl *productPlan) {
 // of it, each with its own event) stays a family while it holds products (keepFamily);
 // one that holds none becomes a plain product, sellable with its price list item. A
 // product the store made grouped loses its price list items (becameFamily). Asked only
-// when the row's structure and the event's type disagree, so a query at most per type
-// change (and per event of a family kept so: the record says so, no query).
+// when the row's structure and the event's type disagree: a query per type change, and
+// per changed event of a family kept so (its products may have been deleted since).
 func (s *productSyncer) settleStructure(ctx context.Context, pl *productPlan, rec *state.Record, rowIsFamily bool) error {
 	switch {
 	case rowIsFamily && !pl.family:
-		keep := rec.Extra[extraKeptFamily] == "true"
-		if !keep {
-			var err error
-			if keep, err = s.hasChildProducts(ctx, pl.id); err != nil {
-				return err
-			}
+		keep, err := s.hasChildProducts(ctx, pl.id)
+		if err != nil {
+			return err
 		}
 		if keep {
 			pl.keepFamily()
@@ -589,8 +592,10 @@ func (s *productSyncer) releaseNumber(ctx context.Context, storeID, productID in
 	if claim == nil {
 		return
 	}
+	// The owner's store may differ: nopCommerce shares a product between the stores of
+	// an install, and its events carry the storeId of the store they came from.
 	doc, err := s.st.GetDoc(ctx, claim.Kind, claim.Key)
-	if err == nil && string(doc.Value) == string(claim.Value) {
+	if err == nil && strings.HasSuffix(string(doc.Value), "/"+strconv.Itoa(productID)) {
 		doc.Value = nil
 		err = s.st.SaveDoc(ctx, doc)
 	}
@@ -1035,6 +1040,9 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	if rec.Status == state.Synced && rec.DataHash == hash {
 		return outcome{status: state.Synced, reason: rec.Reason, dataverseID: rec.DataverseID, hash: hash}, nil
 	}
+	// The family's own event has come (a delete): its record is no stub any more, so a
+	// product naming it later reads what became of it (ensureFamily).
+	delete(rec.Extra, extraFamilyStub)
 	if policy == DeleteIgnore {
 		return outcome{status: state.Skipped, reason: "deleted in nopCommerce; DELETE_POLICY=ignore keeps the product", dataverseID: rec.DataverseID, hash: hash}, nil
 	}
@@ -1051,8 +1059,9 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 		reason := "deleted in nopCommerce before it reached Dynamics 365"
 		if rec.DataverseID != "" {
 			// It had reached Dynamics 365, and its row is gone (deleted by this policy
-			// earlier, re-driven since, or by an admin).
+			// earlier, re-driven since, or by an admin): its number is free there.
 			reason = reasonProductDeleted
+			s.releaseNumber(ctx, storeID, p.ID, rec.Extra[extraProductNumber])
 		}
 		return outcome{status: state.Synced, reason: reason, dataverseID: rec.DataverseID, hash: hash}, nil
 	}
@@ -1123,10 +1132,11 @@ func (s *productSyncer) referenced(ctx context.Context, set, pk, lookup, id, wha
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
 // later fills the stub. It returns "" when the state holds the product as a simple one.
-// verify is true when the row may be retired or gone, which its record can't rule out:
-// the family was deleted in the store, its last change was skipped (retired for good), or
-// it was found in Dynamics 365 after a lost state; a family the app wrote and the store
-// still has is taken as it is, without a read.
+// verify is true when the row may be retired or gone, which only a read of it tells: a
+// family written from its own event (an admin may have retired or deleted it in
+// Dynamics 365 since; an import reads it with the chunk's look-up, an event one by one
+// with one request), or a row found in Dynamics 365 after a lost state. A stub the app
+// made (now or before its family's own event) is not read: only that event can retire it.
 func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, childID int, sh *shared) (id string, verify bool, err error) {
 	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
@@ -1141,8 +1151,8 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 			deleted = derr == nil && ev.Product != nil && ev.Product.Deleted
 		}
 		if rec.DataverseID != "" {
-			found := rec.Extra[extraFamilyStub] == "true" && rec.Extra[extraProductNumber] == ""
-			return rec.DataverseID, deleted || found || rec.Status == state.Skipped, nil
+			stub := rec.Extra[extraFamilyStub] == "true" && rec.Extra[extraProductNumber] != ""
+			return rec.DataverseID, deleted || !stub, nil
 		}
 		if s.leases.held(rec) {
 			return "", false, transient(fmt.Errorf("product family %d: %w", familyID, errBusy))

@@ -19,6 +19,7 @@ type productPrefetch struct {
 	parents    map[string]string           // product id → its parent family's row, for the ids looked up
 	familyRows map[string]bool             // product id → a product family in Dynamics 365, for the ids looked up
 	deleted    map[int]bool                // store product ids deleted in this chunk (deletes go first)
+	looked     map[string]bool             // the ids looked up: products and the families they join
 	byNumber   map[string]dataverse.Record // lower(productnumber) → product
 	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
@@ -150,6 +151,7 @@ func (c *productChunk) group(ctx context.Context, idx []int) {
 // holding the product numbers we would write. A failed look-up fails the group.
 func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 	var ids, numbers []string
+	looked := map[string]bool{}
 	for _, i := range idx {
 		p := c.evs[i].Product
 		id := c.recs[i].DataverseID
@@ -157,11 +159,20 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 			id = deterministicID(c.evs[i].StoreID, "product", itoa(p.ID))
 		}
 		ids = append(ids, id)
+		looked[id] = true
 		numbers = append(numbers, productNumber(c.evs[i].StoreID, p.ID, p.Sku))
+		// The family a product joins now (planProduct asks whether it can take it),
+		// unless this chunk wrote it: read in the same queries.
+		if f := p.ParentGroupedProductID; f > 0 && f != p.ID && c.recs[i].Extra[extraParentID] == "" && c.pre.families[f] == "" {
+			if fam := deterministicID(c.evs[i].StoreID, "product", itoa(f)); !looked[fam] {
+				ids = append(ids, fam)
+				looked[fam] = true
+			}
+		}
 	}
 	states, parents, families, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states, c.pre.parents, c.pre.familyRows = states, parents, families
+		c.pre.states, c.pre.parents, c.pre.familyRows, c.pre.looked = states, parents, families, looked
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nopsync/nopsync/shared/dataverse"
 	"github.com/nopsync/nopsync/shared/dataverse/dataversetest"
 	"github.com/nopsync/nopsync/shared/nop"
 	"github.com/nopsync/nopsync/shared/state"
@@ -43,9 +44,10 @@ func movesRequests(e *env, f func()) int {
 }
 
 // A new product of an Active family, one event each (a product added to a grouped product
-// in the admin), costs what a new simple product does: the family's own record says it is
-// usable, so its row is not read.
-func TestProductNewInAFamilyCostsAsASimpleProduct(t *testing.T) {
+// in the admin), costs what a new simple product does and one read of its family's row
+// (an admin may have retired the family in Dynamics 365, and the product's parent can't
+// change once set); its next events don't read it again.
+func TestProductNewInAFamilyReadsItsFamilyOnce(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.each(state.Product, productEvent(t, 1, 1, movesFam))
 	e.each(state.Product, productEvent(t, 500, 1, nil)) // bootstrap and warm-up
@@ -59,8 +61,22 @@ func TestProductNewInAFamilyCostsAsASimpleProduct(t *testing.T) {
 			e.each(state.Product, productEvent(t, id, 1, nil))
 		}
 	})
-	if children > simple {
+	if children > simple+10 {
 		t.Errorf("10 new products of an Active family, one event each: %d requests; 10 new simple products: %d", children, simple)
+	}
+	changed := movesRequests(e, func() {
+		for id := 2; id <= 11; id++ {
+			e.each(state.Product, movesChild(t, id, 1, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+		}
+	})
+	changedSimple := movesRequests(e, func() {
+		for id := 600; id < 610; id++ {
+			e.each(state.Product, productEvent(t, id, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+		}
+	})
+	t.Logf("new: %d requests for 10 products of a family, %d for 10 simple ones; changed: %d and %d", children, simple, changed, changedSimple)
+	if changed > changedSimple {
+		t.Errorf("the same 10 products changed: %d requests; 10 simple products changed: %d", changed, changedSimple)
 	}
 }
 
@@ -387,5 +403,161 @@ func TestProductNewInARetiredFamilyAfterAWipe(t *testing.T) {
 				t.Errorf("product 62: parent %v state %v | %s %q", row["_parentproductid_value"], row["statecode"], rec.Status, rec.Reason)
 			}
 		})
+	}
+}
+
+// checkWrittenWithoutFamily checks that a new product of a family it can't join is
+// written without it, Active.
+func checkWrittenWithoutFamily(t *testing.T, e *env, step string, id int) {
+	t.Helper()
+	row, rec := e.row("products", productID(1, id)), e.rec(state.Product, id)
+	if row["_parentproductid_value"] != nil || numOf(row["statecode"]) != productActive {
+		t.Errorf("%s: product %d parent %v state %v (%s %q), want no family, Active", step, id,
+			row["_parentproductid_value"], row["statecode"], rec.Status, rec.Reason)
+	}
+}
+
+// An admin retired a family in Dynamics 365 (its record says Synced). A new product naming
+// it reads the family's row (with the chunk's look-up in an import) and is written without
+// it, Active: under it, it could never be published. Alone and in an array.
+func TestProductNewInAFamilyAnAdminRetired(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 1, 1, movesFam))
+			if err := e.dv.Update(e.ctx, "products", productID(1, 1), dataverse.Record{"statecode": productRetired, "statuscode": 2}); err != nil {
+				t.Fatalf("admin retires family 1: %v", err)
+			}
+			movesSend(t, e, bulk, movesChild(t, 2, 1, 1, nil))
+			checkWrittenWithoutFamily(t, e, "family retired by an admin", 2)
+		})
+	}
+}
+
+// A family whose own write never got through (its record holds the stub made for its first
+// product) is deleted in the store; DELETE_POLICY=deactivate retires it. Its record is no
+// stub any more, so a later product naming it reads it and is written without it, Active.
+func TestProductNewInADeletedStubFamily(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "deactivate" }})
+			e.each(state.Product, movesChild(t, 21, 20, 1, nil))
+			e.each(state.Product, productEvent(t, 20, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }))
+			if st := numOf(e.row("products", productID(1, 20))["statecode"]); st != productRetired {
+				t.Fatalf("family 20: state %v, want Retired", st)
+			}
+			movesSend(t, e, bulk, movesChild(t, 22, 20, 1, nil))
+			checkWrittenWithoutFamily(t, e, "stub family deleted in the store", 22)
+		})
+	}
+}
+
+// A family turned simple while it held a product (kept a family); its product is then
+// deleted (DELETE_POLICY=delete deletes the row). The family's next change finds it holds
+// no product and makes it a plain product with its price list item (README: a family
+// turned simple stays one while it holds products). Alone and in an array.
+func TestProductKeptFamilyEmptiedBecomesAProduct(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+			e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil))
+			e.each(state.Product, productEvent(t, 50, 2, nil), movesChild(t, 51, 0, 2, nil))
+			e.each(state.Product, productEvent(t, 51, 3, func(d map[string]any) { d["deleted"] = true }))
+			if _, ok := e.srv.Row("products", productID(1, 51)); ok {
+				t.Fatal("product 51 not deleted")
+			}
+			movesSend(t, e, bulk, productEvent(t, 50, 3, func(d map[string]any) { d["price"] = "30.0000" }))
+			row, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
+			if numOf(row["productstructure"]) == productStructureFamily || len(e.priceItems(productID(1, 50))) != 1 {
+				t.Errorf("product 50 holds no products: structure %v, %d price list items (%s %q), want a priced product",
+					row["productstructure"], len(e.priceItems(productID(1, 50))), rec.Status, rec.Reason)
+			}
+		})
+	}
+}
+
+// DELETE_POLICY=delete: the product's row is already gone when its delete is handled (a
+// first attempt deleted it and stopped before recording, or an admin deleted it). The
+// number is free in Dynamics 365, and its claim is released: a product with that sku
+// writes it and claims it.
+func TestProductDeleteOfAGoneRowReleasesItsNumber(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	e.each(state.Product, productEvent(t, 10, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+	// The row is already gone when the delete is handled: the first attempt's delete went
+	// through and the instance stopped before recording it (or an admin deleted the row).
+	if err := e.dv.Delete(e.ctx, "products", productID(1, 10)); err != nil {
+		t.Fatal(err)
+	}
+	del := productEvent(t, 10, 2, func(d map[string]any) { d["sku"] = "SHARED"; d["deleted"] = true })
+	if err := e.deliver(e.eng, state.Product, del); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.srv.Row("products", productID(1, 10)); ok {
+		t.Fatal("product 10 not deleted")
+	}
+	owner := ""
+	if doc, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey("SHARED")); err == nil {
+		owner = string(doc.Value)
+	}
+	if owner != "" {
+		t.Errorf("product 10 deleted (row already gone): its claim on SHARED still names %q", owner)
+	}
+	// A product with that sku then holds the number, the claim naming product 10.
+	e.each(state.Product, productEvent(t, 11, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+	if doc, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey("SHARED")); err == nil &&
+		e.row("products", productID(1, 11))["productnumber"] == "SHARED" && string(doc.Value) != "1/11" {
+		t.Errorf("product 11 holds number SHARED but the claim names %q", doc.Value)
+	}
+}
+
+// A family's delete failing (transiently) in the chunk of a new product of it: the product
+// finds the family Active in the chunk's look-up and joins it, as one by one.
+func TestProductChunkFamilyDeleteFailed(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 70, 1, movesFam), movesChild(t, 71, 70, 1, nil))
+	fail := true
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		if fail && set == "products" && strings.HasPrefix(op, "Update") {
+			for _, r := range recs {
+				if numOf(r["statecode"]) == productRetired {
+					fail = false
+					return unavailable()
+				}
+			}
+		}
+		return nil
+	})
+	err := e.deliver(e.eng, state.Product,
+		productEvent(t, 70, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }),
+		movesChild(t, 72, 70, 1, nil))
+	if err == nil {
+		t.Fatal("the chunk reported no failure for the family's delete")
+	}
+	row, rec := e.row("products", productID(1, 72)), e.rec(state.Product, 72)
+	if !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 70)) || numOf(row["statecode"]) != productActive || rec.Status != state.Synced {
+		t.Errorf("product 72: parent %v state %v | %s %q, want in family 70, Active", row["_parentproductid_value"], row["statecode"], rec.Status, rec.Reason)
+	}
+}
+
+// nopCommerce shares products between the stores of an install, so a product's events
+// may carry another storeId. Written from store 1 (claim "1/10"), deleted by an event of
+// store 2 (DELETE_POLICY=delete): the claim is released all the same.
+func TestProductDeleteFromAnotherStoreReleasesItsNumber(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+	e.each(state.Product, productEvent(t, 10, 1, func(d map[string]any) { d["sku"] = "SHARED" }))
+	tmpl := example(t, "product-simple.json")[0]
+	tmpl["storeId"] = 2
+	del := mkEvent(t, tmpl, "prod-10-2", 2, func(d map[string]any) {
+		d["id"], d["sku"], d["pictureUrls"], d["deleted"] = 10, "SHARED", []any{}, true
+	})
+	if del.StoreID != 2 {
+		t.Fatalf("store %d", del.StoreID)
+	}
+	e.each(state.Product, del)
+	if _, ok := e.srv.Row("products", productID(1, 10)); ok {
+		t.Fatal("product 10 not deleted")
+	}
+	if doc, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey("SHARED")); err == nil && len(doc.Value) != 0 {
+		t.Errorf("product 10 deleted by an event of store 2: its claim on SHARED still names %q", doc.Value)
 	}
 }
