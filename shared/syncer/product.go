@@ -313,18 +313,32 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		if pre != nil {
 			fam = pre.families[p.ParentGroupedProductID]
 		}
-		if fam == "" {
+		deleted := "" // why the product joins no family: its family was deleted in the store
+		switch {
+		case fam != "":
+		case pre != nil && pre.deleted[p.ParentGroupedProductID] && knownParent == "":
+			// Deleted in this chunk (a chunk applies its deletes first, and writes their
+			// records when it ends): retired or gone in Dynamics 365 now.
+			deleted = "was deleted in nopCommerce"
+		default:
 			var err error
-			if fam, verify, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh); err != nil {
+			fam, verify, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh)
+			switch {
+			case errors.Is(err, errFamilyDeleted) && knownParent == "":
+				deleted = "was deleted in nopCommerce before it reached Dynamics 365"
+			case err != nil && !errors.Is(err, errFamilyDeleted):
 				return nil, err
-			}
-			// Deleted in this chunk (a chunk applies its deletes first; their records
-			// are written when the chunk ends).
-			verify = verify || pre != nil && pre.deleted[p.ParentGroupedProductID]
-			if fam == "" {
+			case fam == "" && knownParent == "":
 				// docs/dataverse-mapping.md: the parent is set "when that is a grouped
 				// product"; only a family can be a parent in Dynamics 365.
 				pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
+			}
+		}
+		if deleted != "" {
+			pl.note = joinNote(pl.note, fmt.Sprintf("its grouped product %d %s: written without a product family", p.ParentGroupedProductID, deleted))
+			if keptActive && !pl.family {
+				// Without a parent it can be retired and re-activated like any product.
+				pl.active, keptActive = false, false
 			}
 		}
 		if fam != "" && verify && knownParent == "" {
@@ -379,9 +393,17 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 // one by one the row is read.
 func (s *productSyncer) familyUnusable(ctx context.Context, fam string, pre *productPrefetch) (string, error) {
 	var row productRowInfo
-	if pre != nil && pre.looked[fam] {
+	switch {
+	case pre != nil && pre.looked[fam]:
 		row.state, row.exists = pre.states[fam]
-	} else {
+	case pre != nil:
+		// A family row other than the one the look-up took (adopted by its sku, or
+		// written from another store's event): read once per chunk.
+		var err error
+		if row, err = pre.familyRow(fam, func() (productRowInfo, error) { return s.productLifecycle(ctx, fam) }); err != nil {
+			return "", fmt.Errorf("reading the product family of a product: %w", err)
+		}
+	default:
 		var err error
 		if row, err = s.productLifecycle(ctx, fam); err != nil {
 			return "", fmt.Errorf("reading the product family of a product: %w", err)
@@ -429,6 +451,8 @@ func (s *productSyncer) settleStructure(ctx context.Context, pl *productPlan, re
 		}
 		if keep {
 			pl.keepFamily()
+		} else {
+			pl.extra[extraKeptFamily] = "" // a product now: no family for a product to join
 		}
 	case !rowIsFamily && pl.family:
 		pl.becameFamily = true
@@ -1129,6 +1153,9 @@ func (s *productSyncer) referenced(ctx context.Context, set, pk, lookup, id, wha
 	return r != nil, nil
 }
 
+// errFamilyDeleted: the family was deleted in the store before it reached Dynamics 365.
+var errFamilyDeleted = errors.New("product family deleted before it reached Dynamics 365")
+
 // ensureFamily returns the family row of a grouped product, creating a Draft stub (and a
 // state record for it) when the family's own event has not arrived yet; the family event
 // later fills the stub. It returns "" when the state holds the product as a simple one.
@@ -1153,6 +1180,10 @@ func (s *productSyncer) ensureFamily(ctx context.Context, storeID, familyID, chi
 		if rec.DataverseID != "" {
 			stub := rec.Extra[extraFamilyStub] == "true" && rec.Extra[extraProductNumber] != ""
 			return rec.DataverseID, deleted || !stub, nil
+		}
+		if ev, derr := nop.DecodeStored(rec.Data); derr == nil && ev.Product != nil && ev.Product.Deleted {
+			// Deleted in the store before it reached Dynamics 365: no stub for it.
+			return "", false, errFamilyDeleted
 		}
 		if s.leases.held(rec) {
 			return "", false, transient(fmt.Errorf("product family %d: %w", familyID, errBusy))

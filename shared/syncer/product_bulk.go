@@ -15,11 +15,13 @@ import (
 
 // productPrefetch holds rows looked up once for a whole chunk.
 type productPrefetch struct {
-	states     map[string]int              // product id → statecode, for the ids looked up
-	parents    map[string]string           // product id → its parent family's row, for the ids looked up
-	familyRows map[string]bool             // product id → a product family in Dynamics 365, for the ids looked up
-	deleted    map[int]bool                // store product ids deleted in this chunk (deletes go first)
-	looked     map[string]bool             // the ids looked up: products and the families they join
+	states     map[string]int    // product id → statecode, for the ids looked up
+	parents    map[string]string // product id → its parent family's row, for the ids looked up
+	familyRows map[string]bool   // product id → a product family in Dynamics 365, for the ids looked up
+	deleted    map[int]bool      // store product ids deleted in this chunk (deletes go first)
+	looked     map[string]bool   // the ids looked up: products and the families they join
+	famMu      sync.Mutex
+	famRows    map[string]productRowInfo   // family rows the look-up did not take, read once for the chunk
 	byNumber   map[string]dataverse.Record // lower(productnumber) → product
 	families   map[int]string              // store product id of a family → its row, decided in this chunk
 }
@@ -64,7 +66,10 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 	})
 	c.pre.deleted = map[int]bool{}
 	for _, i := range deletes {
-		c.pre.deleted[evs[i].Product.ID] = true
+		// Retired or deleted now (not kept by DELETE_POLICY=ignore, nor failed).
+		if errs[i] == nil && outs[i].status == state.Synced {
+			c.pre.deleted[evs[i].Product.ID] = true
+		}
 	}
 	c.group(ctx, families)
 	for _, i := range families {
@@ -90,6 +95,25 @@ type productChunk struct {
 	errs    []error
 	pre     *productPrefetch
 	created map[int]bool // rows created with CreateMultiple
+}
+
+// familyRow returns the family row fam as read (by read) once for the chunk; the chunk's
+// products are planned side by side.
+func (pre *productPrefetch) familyRow(fam string, read func() (productRowInfo, error)) (productRowInfo, error) {
+	pre.famMu.Lock() // held while reading: such families are few, and read once
+	defer pre.famMu.Unlock()
+	if row, ok := pre.famRows[fam]; ok {
+		return row, nil
+	}
+	row, err := read()
+	if err != nil {
+		return row, err
+	}
+	if pre.famRows == nil {
+		pre.famRows = map[string]productRowInfo{}
+	}
+	pre.famRows[fam] = row
+	return row, nil
 }
 
 // productWrites are a group's planned rows sorted by how they are written.

@@ -561,3 +561,174 @@ func TestProductDeleteFromAnotherStoreReleasesItsNumber(t *testing.T) {
 		t.Errorf("product 10 deleted by an event of store 2: its claim on SHARED still names %q", doc.Value)
 	}
 }
+
+// familyProducts are the first events of products f*10+1 .. f*10+n of families fs, from store 1.
+func familyProducts(t *testing.T, n int, fs ...int) []*nop.Event {
+	var kids []*nop.Event
+	for _, f := range fs {
+		for k := 1; k <= n; k++ {
+			kids = append(kids, movesChild(t, f*10+k, f, 1, nil))
+		}
+	}
+	return kids
+}
+
+// chunkOfFamilyProductsCost is the requests of a chunk of 9 new products of family 1,
+// written before by setup.
+func chunkOfFamilyProductsCost(t *testing.T, setup func(e *env)) (int, *env) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 9999, 1, nil)) // bootstrap
+	setup(e)
+	kids := familyProducts(t, 9, 1)
+	n := movesRequests(e, func() { movesSend(t, e, true, kids...) })
+	for _, ev := range kids {
+		row, rec := e.row("products", productID(1, ev.Product.ID)), e.rec(state.Product, ev.Product.ID)
+		if row["_parentproductid_value"] == nil || rec.Status != state.Synced {
+			t.Errorf("product %d: parent %v | %s %q", ev.Product.ID, row["_parentproductid_value"], rec.Status, rec.Reason)
+		}
+	}
+	return n, e
+}
+
+// An import chunk of new products of a family the app adopted by its sku (a row an admin
+// or another connector made): the chunk's look-up takes the app's own ids, so the family's
+// row is read once for the chunk, not once per product.
+func TestProductChunkOfAnAdoptedFamilyReadsItOnce(t *testing.T) {
+	plain, _ := chunkOfFamilyProductsCost(t, func(e *env) { e.each(state.Product, productEvent(t, 1, 1, movesFam)) })
+	adopted, e := chunkOfFamilyProductsCost(t, func(e *env) {
+		sh, _ := e.eng.boot.rows(e.ctx)
+		if _, err := e.dv.Create(e.ctx, "products", dataverse.Record{"name": "Typed in", "productnumber": "SKU-1", "productstructure": 2,
+			"defaultuomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
+			"defaultuomid@odata.bind":         dataverse.Bind("uoms", sh.BaseUnitID)}); err != nil {
+			t.Fatal(err)
+		}
+		e.each(state.Product, productEvent(t, 1, 1, movesFam))
+	})
+	if r := e.rec(state.Product, 1); !strings.Contains(r.Reason, "adopted") {
+		t.Fatalf("family 1 not adopted: %q", r.Reason)
+	}
+	t.Logf("9 new products of a family: %d requests; of an adopted family: %d", plain, adopted)
+	if adopted > plain+1 {
+		t.Errorf("a chunk of 9 new products of an adopted family: %d requests, of a family the app made: %d", adopted, plain)
+	}
+}
+
+// The same for a family whose row was written from another store's event (nopCommerce
+// shares products between the stores of an install).
+func TestProductChunkOfAFamilyFromAnotherStoreReadsItOnce(t *testing.T) {
+	plain, _ := chunkOfFamilyProductsCost(t, func(e *env) { e.each(state.Product, productEvent(t, 1, 1, movesFam)) })
+	other, e := chunkOfFamilyProductsCost(t, func(e *env) {
+		tmpl := example(t, "product-simple.json")[0]
+		tmpl["storeId"] = 2
+		e.each(state.Product, mkEvent(t, tmpl, "prod-1-1", 1, func(d map[string]any) {
+			d["id"], d["sku"], d["pictureUrls"] = 1, "SKU-1", []any{}
+			movesFam(d)
+		}))
+	})
+	if r := e.rec(state.Product, 1); r.DataverseID != productID(2, 1) {
+		t.Fatalf("family 1 row %s", r.DataverseID)
+	}
+	t.Logf("9 new products of a family: %d requests; of a family from store 2: %d", plain, other)
+	if other > plain+1 {
+		t.Errorf("a chunk of 9 new products of a family written from store 2: %d requests, from store 1: %d", other, plain)
+	}
+}
+
+// A grouped product deleted in the store before it reached Dynamics 365 (its record names
+// no row), then a new product naming it: no stub is made for the deleted family, and the
+// product is written without a family, Active, as for a family deleted after it reached
+// Dynamics 365. One by one, in a later chunk, and in the chunk of the family's delete.
+func TestProductNewInAFamilyDeletedBeforeItReachedDynamics(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		together bool // the family's delete and the product in one chunk
+		bulk     bool
+	}{{"single", false, false}, {"chunk", false, true}, {"one chunk", true, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "deactivate" }})
+			e.each(state.Product, productEvent(t, 9999, 1, nil)) // bootstrap
+			del := productEvent(t, 30, 1, func(d map[string]any) { movesFam(d); d["deleted"] = true })
+			kid := movesChild(t, 31, 30, 1, nil)
+			if tc.together {
+				err := e.deliver(e.eng, state.Product, del, kid)
+				if r := e.rec(state.Product, 31); err != nil || r.Status != state.Synced {
+					t.Errorf("product 31 in the chunk of its family's delete: %v | %s %q", err, r.Status, r.Reason)
+				}
+			} else {
+				e.each(state.Product, del)
+				movesSend(t, e, tc.bulk, kid)
+			}
+			fam, ok := e.srv.Row("products", productID(1, 30))
+			frec := e.rec(state.Product, 30)
+			if ok && numOf(fam["statecode"]) != productRetired {
+				t.Errorf("family 30, deleted in the store before it reached Dynamics 365: an Active stub %q made for product 31 (record %q, row %q)",
+					fam["name"], frec.Reason, frec.DataverseID)
+			}
+			checkWrittenWithoutFamily(t, e, "family deleted before it reached Dynamics 365", 31)
+		})
+	}
+}
+
+// A family turned simple while it held a product (kept a family), its product then deleted
+// (DELETE_POLICY=delete): its next change makes it a plain product, and its record no
+// longer says it was kept a family, so a product naming it later (an import file, or an
+// event older than its taking-out) is written without a family instead of under a plain
+// product, which Dynamics 365 refuses.
+func TestProductFormerKeptFamilyTakesNoProducts(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
+			e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil))
+			e.each(state.Product, productEvent(t, 50, 2, nil), movesChild(t, 51, 0, 2, nil))
+			e.each(state.Product, productEvent(t, 51, 3, func(d map[string]any) { d["deleted"] = true }))
+			movesSend(t, e, bulk, productEvent(t, 50, 3, func(d map[string]any) { d["price"] = "30.0000" }))
+			row, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
+			if numOf(row["productstructure"]) == productStructureFamily {
+				t.Fatalf("product 50 still a family (%s %q)", rec.Status, rec.Reason)
+			}
+			if rec.Extra[extraKeptFamily] != "" {
+				t.Errorf("product 50, a plain product again: its record keeps keptFamily=%q (%q)", rec.Extra[extraKeptFamily], rec.Reason)
+			}
+			// A product naming it (an import file, or an event older than its taking-out).
+			err := e.deliver(e.eng, state.Product, movesChild(t, 52, 50, 1, nil))
+			krec := e.rec(state.Product, 52)
+			if err != nil || krec.Status != state.Synced {
+				t.Errorf("product 52 naming plain product 50: %v | %s %q", err, krec.Status, krec.Reason)
+			}
+		})
+	}
+}
+
+// releaseNumber matches the claim's owner by product id, whatever the store: product 10's
+// release leaves "1/110" and "2/210" alone, and frees "2/10" and "12/10".
+func TestProductReleaseNumberMatchesTheWholeID(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for owner, want := range map[string]string{"1/110": "1/110", "2/210": "2/210", "2/10": "", "12/10": ""} {
+		doc := &state.Doc{Kind: productNumberKind, Key: numberKey("N-" + owner), Value: []byte(owner)}
+		if err := e.st.SaveDoc(e.ctx, doc); err != nil {
+			t.Fatal(err)
+		}
+		e.eng.products.releaseNumber(e.ctx, 1, 10, "N-"+owner)
+		got, err := e.st.GetDoc(e.ctx, productNumberKind, numberKey("N-"+owner))
+		if err != nil || string(got.Value) != want {
+			t.Errorf("claim %q after product 10's release: %q %v, want %q", owner, got.Value, err, want)
+		}
+	}
+}
+
+// DELETE_POLICY=ignore: a stub family's delete leaves its row Active; a later product of it
+// reads it and joins it.
+func TestProductIgnoredDeleteOfAStubFamily(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "ignore" }})
+			e.each(state.Product, movesChild(t, 21, 20, 1, nil))
+			e.each(state.Product, productEvent(t, 20, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }))
+			movesSend(t, e, bulk, movesChild(t, 22, 20, 1, nil))
+			row, rec := e.row("products", productID(1, 22)), e.rec(state.Product, 22)
+			if !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 20)) || numOf(row["statecode"]) != productActive || rec.Status != state.Synced {
+				t.Errorf("product 22: parent %v state %v | %s %q", row["_parentproductid_value"], row["statecode"], rec.Status, rec.Reason)
+			}
+		})
+	}
+}
