@@ -308,66 +308,38 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		}
 	}
 
-	if p.ParentGroupedProductID > 0 && p.ParentGroupedProductID != p.ID {
-		fam, verify := "", false // verify: the family's row may be retired or gone
-		if pre != nil {
-			fam = pre.families[p.ParentGroupedProductID]
+	switch {
+	case p.ParentGroupedProductID <= 0 || p.ParentGroupedProductID == p.ID:
+	case knownParent != "":
+		// In a family already, for good (Sales developer guide, product families: a
+		// product's parent can't change): the store's family only tells whether it moved.
+		// Nothing is made for it, nor waited for.
+		fam, err := s.familyRowOf(ctx, storeID, p.ParentGroupedProductID, pre)
+		if err != nil {
+			return nil, err
 		}
-		deleted := "" // why the product joins no family: its family was deleted in the store
-		switch {
-		case fam != "":
-		case pre != nil && pre.deleted[p.ParentGroupedProductID] && knownParent == "":
-			// Deleted in this chunk (a chunk applies its deletes first, and writes their
-			// records when it ends): retired or gone in Dynamics 365 now.
-			deleted = "was deleted in nopCommerce"
-		default:
-			var err error
-			fam, verify, err = s.ensureFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh)
-			switch {
-			case errors.Is(err, errFamilyDeleted) && knownParent == "":
-				deleted = "was deleted in nopCommerce before it reached Dynamics 365"
-			case err != nil && !errors.Is(err, errFamilyDeleted):
-				return nil, err
-			case fam == "" && knownParent == "":
-				// docs/dataverse-mapping.md: the parent is set "when that is a grouped
-				// product"; only a family can be a parent in Dynamics 365.
-				pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
-			}
-		}
-		if deleted != "" {
-			pl.note = joinNote(pl.note, fmt.Sprintf("its grouped product %d %s: written without a product family", p.ParentGroupedProductID, deleted))
-			if keptActive && !pl.family {
-				// Without a parent it can be retired and re-activated like any product.
-				pl.active, keptActive = false, false
-			}
-		}
-		if fam != "" && verify && knownParent == "" {
-			// The product joins the family now, and its parent can't change later: not a
-			// family retired (for good: a retired family can't be re-activated, Sales
-			// developer guide, product lifecycle), where it could never be published nor
-			// sold, nor one no longer in Dynamics 365. It is written without a family,
-			// sellable, as a product whose grouped product is not a family.
-			why, err := s.familyUnusable(ctx, fam, pre)
-			if err != nil {
-				return nil, err
-			}
-			if why != "" {
-				fam = ""
-				pl.note = joinNote(pl.note, fmt.Sprintf("its grouped product %d %s: written without a product family", p.ParentGroupedProductID, why))
-				if keptActive && !pl.family {
-					// Without a parent it can be retired and re-activated like any product.
-					pl.active, keptActive = false, false
-				}
-			}
-		}
-		pl.parentID = fam
-		pl.setParent = knownParent != fam
-		if old := knownParent; old != "" && !strings.EqualFold(old, fam) {
-			// Dynamics 365 can't change a product's parent once set (Sales developer guide,
-			// product families): the product stays in its first family.
-			pl.parentID, pl.setParent = old, false
+		pl.parentID, pl.setParent = knownParent, false
+		if !strings.EqualFold(fam, knownParent) {
 			pl.note = joinNote(pl.note, "moved to another grouped product in nopCommerce; kept in its first product family: Dynamics 365 can't change a product's parent")
 		}
+	default:
+		fam, err := s.joinFamily(ctx, storeID, p.ParentGroupedProductID, p.ID, sh, pre)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case fam.notFamily:
+			// docs/dataverse-mapping.md: the parent is set "when that is a grouped
+			// product"; only a family can be a parent in Dynamics 365.
+			pl.note = joinNote(pl.note, fmt.Sprintf("its parentGroupedProductId %d is not a grouped product: written without a product family", p.ParentGroupedProductID))
+		case fam.why != "":
+			pl.note = joinNote(pl.note, fmt.Sprintf("its grouped product %d %s: written without a product family", p.ParentGroupedProductID, fam.why))
+		}
+		if fam.id == "" && keptActive && !pl.family {
+			// Without a parent it can be retired and re-activated like any product.
+			pl.active, keptActive = false, false
+		}
+		pl.parentID, pl.setParent = fam.id, fam.id != ""
 	}
 
 	if old := knownParent; old != "" && (p.ParentGroupedProductID <= 0 || p.ParentGroupedProductID == p.ID) {
@@ -386,6 +358,67 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		pl.picture = pictureURL
 	}
 	return pl, nil
+}
+
+// familyJoin is the family a product joins now: its row, or why none (why), or that the
+// store's parent is not a grouped product (notFamily).
+type familyJoin struct {
+	id        string
+	why       string
+	notFamily bool
+}
+
+// joinFamily decides the family of a product that has none yet in Dynamics 365 and whose
+// store parent is familyID: a family written in this chunk; none when the family was
+// deleted in the store (in this chunk: a chunk applies its deletes first and writes their
+// records when it ends; or before it reached Dynamics 365); else its row (made as a stub
+// when the family's own event has not come), unless that row is retired (for good: a
+// retired family can't be re-activated, Sales developer guide, product lifecycle) or gone,
+// where the product could never be published nor sold: its parent can't change later.
+func (s *productSyncer) joinFamily(ctx context.Context, storeID, familyID, productID int, sh *shared, pre *productPrefetch) (familyJoin, error) {
+	if pre != nil {
+		if fam := pre.families[familyID]; fam != "" {
+			return familyJoin{id: fam}, nil
+		}
+		if pre.deleted[familyID] {
+			return familyJoin{why: "was deleted in nopCommerce"}, nil
+		}
+	}
+	fam, verify, err := s.ensureFamily(ctx, storeID, familyID, productID, sh)
+	switch {
+	case errors.Is(err, errFamilyDeleted):
+		return familyJoin{why: "was deleted in nopCommerce before it reached Dynamics 365"}, nil
+	case err != nil:
+		return familyJoin{}, err
+	case fam == "":
+		return familyJoin{notFamily: true}, nil
+	case !verify:
+		return familyJoin{id: fam}, nil
+	}
+	why, err := s.familyUnusable(ctx, fam, pre)
+	if err != nil || why != "" {
+		return familyJoin{why: why}, err
+	}
+	return familyJoin{id: fam}, nil
+}
+
+// familyRowOf is the row the store's family familyID has, or would have, in Dynamics 365,
+// without making or waiting for anything: the row this chunk wrote, the one its record
+// names, or the app's own id for it.
+func (s *productSyncer) familyRowOf(ctx context.Context, storeID, familyID int, pre *productPrefetch) (string, error) {
+	if pre != nil {
+		if fam := pre.families[familyID]; fam != "" {
+			return fam, nil
+		}
+	}
+	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
+	switch {
+	case err == nil && rec.DataverseID != "":
+		return rec.DataverseID, nil
+	case err != nil && !errors.Is(err, state.ErrNotFound):
+		return "", transient(fmt.Errorf("reading product %d state: %w", familyID, err))
+	}
+	return deterministicID(storeID, "product", strconv.Itoa(familyID)), nil
 }
 
 // familyUnusable tells why the family row fam can't take a new product ("" when it can):

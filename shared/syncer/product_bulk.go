@@ -73,8 +73,10 @@ func (s *productSyncer) syncMany(ctx context.Context, evs []*nop.Event, recs []*
 	}
 	c.group(ctx, families)
 	for _, i := range families {
-		// A family skipped (retired for good) takes no new products: left to planProduct.
-		if errs[i] == nil && outs[i].dataverseID != "" && outs[i].status == state.Synced {
+		// A family written now takes its new products as it is. One skipped (retired for
+		// good) or unchanged (an admin may have retired it since) is left to planProduct,
+		// which finds its row in the chunk's look-up.
+		if errs[i] == nil && outs[i].dataverseID != "" && outs[i].status == state.Synced && c.plans[i] != nil && !c.plans[i].unchanged {
 			c.pre.families[evs[i].Product.ID] = outs[i].dataverseID
 		}
 	}

@@ -732,3 +732,112 @@ func TestProductIgnoredDeleteOfAStubFamily(t *testing.T) {
 		})
 	}
 }
+
+// An admin retired a family in Dynamics 365; an import array then holds the family's
+// event again, unchanged (a re-import of the catalogue, a re-sync), and a new product of
+// it. The product finds the family retired in the chunk's look-up and is written without
+// it, Active, as one event alone does.
+func TestProductChunkUnchangedFamilyAnAdminRetired(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 1, 1, movesFam))
+	if err := e.dv.Update(e.ctx, "products", productID(1, 1), dataverse.Record{"statecode": productRetired, "statuscode": 2}); err != nil {
+		t.Fatalf("admin retires family 1: %v", err)
+	}
+	_ = e.deliver(e.eng, state.Product, productEvent(t, 1, 2, movesFam), movesChild(t, 2, 1, 1, nil))
+	checkWrittenWithoutFamily(t, e, "unchanged family retired by an admin, in the array", 2)
+}
+
+// After a lost state, an import array holds a family's delete and a change of one of its
+// products: the product, which Dynamics 365 holds in that very family, ends as one by one,
+// without a note that it moved.
+func TestProductChunkFamilyDeleteAfterAWipe(t *testing.T) {
+	e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "deactivate" }})
+	e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+	e.wipeState()
+	e.eng = e.engine()
+	_ = e.deliver(e.eng, state.Product,
+		productEvent(t, 60, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }),
+		movesChild(t, 61, 60, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+	rec := e.rec(state.Product, 61)
+	if strings.Contains(rec.Reason, "moved to another grouped product") {
+		t.Errorf("product 61, never moved (its family 60 deleted in the same array, after a lost state): %s %q", rec.Status, rec.Reason)
+	}
+	// One by one, the same events give no such note.
+	e2 := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "deactivate" }})
+	e2.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+	e2.wipeState()
+	e2.eng = e2.engine()
+	e2.each(state.Product, productEvent(t, 60, 2, func(d map[string]any) { movesFam(d); d["deleted"] = true }),
+		movesChild(t, 61, 60, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+	if r := e2.rec(state.Product, 61); strings.Contains(r.Reason, "moved to another grouped product") {
+		t.Errorf("one by one: product 61 %s %q", r.Status, r.Reason)
+	}
+}
+
+// A product already in family 60 is moved in the store to a new family 70; both arrive
+// in one array, and the family's write is refused. The product stays in family 60 whatever
+// becomes of 70 (Dynamics 365 can't change its parent): its change lands, with the note,
+// without waiting for family 70.
+func TestProductChunkMovedToAFamilyThatFailed(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+	e.fdv.setFail(func(op, set string, recs []dataverse.Record) error {
+		for _, r := range recs {
+			if set == "products" && fmt.Sprint(r["name"]) == "FAMILY SEVENTY" {
+				return refuse("family 70 refused")
+			}
+		}
+		return nil
+	})
+	_ = e.deliver(e.eng, state.Product,
+		productEvent(t, 70, 1, func(d map[string]any) { movesFam(d); d["name"] = "FAMILY SEVENTY" }),
+		movesChild(t, 61, 70, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+	rec := e.rec(state.Product, 61)
+	row := e.row("products", productID(1, 61))
+	if rec.Status != state.Synced || numOf(row["price"]) != 12 {
+		t.Errorf("product 61 moved to family 70 (refused) in one array: %s %q, price %v; want Synced in family 60, price 12",
+			rec.Status, rec.Reason, row["price"])
+	}
+}
+
+// The same move one by one, family 70 never written: no stub is made for family 70, which
+// the product would not join.
+func TestProductMovedMakesNoStub(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+	e.each(state.Product, movesChild(t, 61, 70, 2, nil))
+	rec := e.rec(state.Product, 61)
+	if !strings.Contains(rec.Reason, "moved to another grouped product") {
+		t.Fatalf("product 61: %s %q", rec.Status, rec.Reason)
+	}
+	if _, ok := e.srv.Row("products", productID(1, 70)); ok {
+		t.Errorf("product 61 stays in family 60, yet a stub for family 70 was made for it")
+	}
+}
+
+// A product in family 60 moved to family 70, which was deleted in the store before it
+// reached Dynamics 365 (one by one, and in the array of 70's delete): the product stays in
+// family 60, synced, and no stub is made for 70.
+func TestProductMovedToAFamilyDeletedBeforeItReachedDynamics(t *testing.T) {
+	for _, together := range []bool{false, true} {
+		t.Run(fmt.Sprintf("together=%v", together), func(t *testing.T) {
+			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "deactivate" }})
+			e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+			del := productEvent(t, 70, 1, func(d map[string]any) { movesFam(d); d["deleted"] = true })
+			kid := movesChild(t, 61, 70, 2, func(d map[string]any) { d["price"] = "12.0000"; d["published"] = false })
+			if together {
+				_ = e.deliver(e.eng, state.Product, del, kid)
+			} else {
+				e.each(state.Product, del, kid)
+			}
+			rec, row := e.rec(state.Product, 61), e.row("products", productID(1, 61))
+			if rec.Status != state.Synced || !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 60)) ||
+				numOf(row["statecode"]) != productActive || numOf(row["price"]) != 12 {
+				t.Errorf("product 61: %s %q, parent %v state %v price %v", rec.Status, rec.Reason, row["_parentproductid_value"], row["statecode"], row["price"])
+			}
+			if _, ok := e.srv.Row("products", productID(1, 70)); ok {
+				t.Errorf("a stub made for family 70, deleted before it reached Dynamics 365")
+			}
+		})
+	}
+}
