@@ -314,11 +314,24 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		// In a family already, for good (Sales developer guide, product families: a
 		// product's parent can't change): the store's family only tells whether it moved.
 		// Nothing is made for it, nor waited for.
-		fam, err := s.familyRowOf(ctx, storeID, p.ParentGroupedProductID, pre)
+		fam, err := s.familyRowOf(ctx, p.ParentGroupedProductID, pre)
 		if err != nil {
 			return nil, err
 		}
 		pl.parentID, pl.setParent = knownParent, false
+		if fam == "" && rec.Extra[extraParentID] == "" {
+			// After a lost state, with no record of the store's family: its row would have
+			// the app's id, unless it was adopted by its sku (not the app's id: nothing
+			// tells, so no note) or written from another store's event (the note then says
+			// moved, wrongly).
+			if own := deterministicID(storeID, "product", strconv.Itoa(p.ParentGroupedProductID)); madeByTheApp(knownParent) {
+				fam = own
+			} else {
+				fam = knownParent
+			}
+		}
+		// With the state intact the product's own family has a record naming its row: a
+		// family with none is another.
 		if !strings.EqualFold(fam, knownParent) {
 			pl.note = joinNote(pl.note, "moved to another grouped product in nopCommerce; kept in its first product family: Dynamics 365 can't change a product's parent")
 		}
@@ -402,10 +415,12 @@ func (s *productSyncer) joinFamily(ctx context.Context, storeID, familyID, produ
 	return familyJoin{id: fam}, nil
 }
 
-// familyRowOf is the row the store's family familyID has, or would have, in Dynamics 365,
-// without making or waiting for anything: the row this chunk wrote, the one its record
-// names, or the app's own id for it.
-func (s *productSyncer) familyRowOf(ctx context.Context, storeID, familyID int, pre *productPrefetch) (string, error) {
+// familyRowOf is the row the store's family familyID has in Dynamics 365 as far as the app
+// knows, without making or waiting for anything: the row this chunk wrote, or the one its
+// record names; "" when neither names one (never written, or the state was lost: the app's
+// own id would be a guess, wrong for a family adopted by its sku or written from another
+// store's event).
+func (s *productSyncer) familyRowOf(ctx context.Context, familyID int, pre *productPrefetch) (string, error) {
 	if pre != nil {
 		if fam := pre.families[familyID]; fam != "" {
 			return fam, nil
@@ -413,12 +428,12 @@ func (s *productSyncer) familyRowOf(ctx context.Context, storeID, familyID int, 
 	}
 	rec, err := s.st.Get(ctx, state.Product, strconv.Itoa(familyID))
 	switch {
-	case err == nil && rec.DataverseID != "":
+	case err == nil:
 		return rec.DataverseID, nil
-	case err != nil && !errors.Is(err, state.ErrNotFound):
-		return "", transient(fmt.Errorf("reading product %d state: %w", familyID, err))
+	case errors.Is(err, state.ErrNotFound):
+		return "", nil
 	}
-	return deterministicID(storeID, "product", strconv.Itoa(familyID)), nil
+	return "", transient(fmt.Errorf("reading product %d state: %w", familyID, err))
 }
 
 // familyUnusable tells why the family row fam can't take a new product ("" when it can):

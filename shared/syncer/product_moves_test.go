@@ -841,3 +841,96 @@ func TestProductMovedToAFamilyDeletedBeforeItReachedDynamics(t *testing.T) {
 		})
 	}
 }
+
+// movedNote is how a product's reason says the store moved it to another family.
+const movedNote = "moved to another grouped product"
+
+// checkNotMoved checks product 61 (Dynamics 365 holds it in family famRow, which the store
+// still names) got its change without a "moved" note and no stub was made for its family.
+func checkNotMoved(t *testing.T, e *env, famRow string, price float64) {
+	t.Helper()
+	rec, row := e.rec(state.Product, 61), e.row("products", productID(1, 61))
+	if strings.Contains(rec.Reason, movedNote) {
+		t.Errorf("product 61, never moved (Dynamics 365 and the store both put it in family 60): %s %q", rec.Status, rec.Reason)
+	}
+	if !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), famRow) || numOf(row["price"]) != price {
+		t.Errorf("product 61: parent %v price %v, want %s and %v", row["_parentproductid_value"], row["price"], famRow, price)
+	}
+	if !strings.EqualFold(famRow, productID(1, 60)) {
+		if _, ok := e.srv.Row("products", productID(1, 60)); ok {
+			t.Errorf("a stub family %s was made, though product 61 is in family %s", productID(1, 60), famRow)
+		}
+	}
+}
+
+// Family 60 adopted by its sku (a row an admin made), product 61 in it. After a lost state a
+// change of product 61 lands without a note that it moved: nothing tells the adopted row
+// from another family, so nothing is said.
+func TestProductInAnAdoptedFamilyAfterAWipeNotMoved(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 9999, 1, nil)) // bootstrap
+			sh, _ := e.eng.boot.rows(e.ctx)
+			adopted, err := e.dv.Create(e.ctx, "products", dataverse.Record{"name": "Typed in", "productnumber": "SKU-60", "productstructure": 2,
+				"defaultuomscheduleid@odata.bind": dataverse.Bind("uomschedules", sh.UnitGroupID),
+				"defaultuomid@odata.bind":         dataverse.Bind("uoms", sh.BaseUnitID)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.each(state.Product, productEvent(t, 60, 1, movesFam), movesChild(t, 61, 60, 1, nil))
+			if p := e.row("products", productID(1, 61))["_parentproductid_value"]; !strings.EqualFold(fmt.Sprint(p), adopted) {
+				t.Fatalf("setup: product 61 parent %v, want the adopted family %s", p, adopted)
+			}
+			e.wipeState()
+			e.eng = e.engine()
+			movesSend(t, e, bulk, movesChild(t, 61, 60, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+			checkNotMoved(t, e, adopted, 12)
+		})
+	}
+}
+
+// Product 61, unpublished, names simple product 50 as its grouped product: written without
+// a family, Retired like any product without one. Product 50 then becomes a grouped product
+// and product 61 changes (still unpublished): it joins family 50, kept Active (a product of
+// a family is retired only when deleted). Alone and in an array.
+func TestProductUnpublishedUnderASimpleProductThenJoins(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, productEvent(t, 50, 1, nil))
+			movesSend(t, e, bulk, movesChild(t, 61, 50, 1, func(d map[string]any) { d["published"] = false }))
+			row, rec := e.row("products", productID(1, 61)), e.rec(state.Product, 61)
+			t.Logf("step 1: product 61 state %v parent %v | %s %q", row["statecode"], row["_parentproductid_value"], rec.Status, rec.Reason)
+			if rec.Status != state.Synced || row["_parentproductid_value"] != nil {
+				t.Fatalf("step 1: product 61 %s %q parent %v", rec.Status, rec.Reason, row["_parentproductid_value"])
+			}
+			e.each(state.Product, productEvent(t, 50, 2, movesFam))
+			movesSend(t, e, bulk, movesChild(t, 61, 50, 2, func(d map[string]any) { d["published"] = false; d["price"] = "12.0000" }))
+			row, rec = e.row("products", productID(1, 61)), e.rec(state.Product, 61)
+			if rec.Status != state.Synced || !strings.EqualFold(fmt.Sprint(row["_parentproductid_value"]), productID(1, 50)) ||
+				numOf(row["statecode"]) != productActive || numOf(row["price"]) != 12 {
+				t.Errorf("step 2: product 61 %s %q, parent %v state %v price %v; want Synced in family 50, Active (kept), price 12",
+					rec.Status, rec.Reason, row["_parentproductid_value"], row["statecode"], row["price"])
+			}
+			if items := e.priceItems(productID(1, 61)); len(items) != 0 {
+				t.Logf("step 2: product 61 has %d price list items", len(items))
+			}
+		})
+	}
+}
+
+// Family 60 a stub (its own event never came); after a lost state a change of product 61
+// finds the stub at the app's own id: no "moved" note.
+func TestProductInAStubFamilyAfterAWipeNotMoved(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			e.each(state.Product, movesChild(t, 61, 60, 1, nil))
+			e.wipeState()
+			e.eng = e.engine()
+			movesSend(t, e, bulk, movesChild(t, 61, 60, 2, func(d map[string]any) { d["price"] = "12.0000" }))
+			checkNotMoved(t, e, productID(1, 60), 12)
+		})
+	}
+}
