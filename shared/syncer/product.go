@@ -911,22 +911,8 @@ func (s *productSyncer) retire(ctx context.Context, pl *productPlan) error {
 			return fmt.Errorf("looking up the children of product family %s: %w", pl.id, qerr)
 		}
 	}
-	var items []string
-	for _, filter := range orFilters(eqConds("_productid_value", ids), maxFilterBytes,
-		func(f string) string { return "_pricelevelid_value eq " + sh.PriceListID + " and (" + f + ")" }) {
-		qerr := s.dv.Query(ctx, "productpricelevels", dataverse.Query{Select: []string{"productpricelevelid"}, Filter: filter},
-			func(r dataverse.Record) error {
-				items = append(items, str(r["productpricelevelid"]))
-				return nil
-			})
-		if qerr != nil {
-			return fmt.Errorf("looking up the price list items of product %s: %w", pl.id, qerr)
-		}
-	}
-	for _, id := range items {
-		if derr := s.dv.Delete(ctx, "productpricelevels", id); derr != nil && !dataverse.IsNotFound(derr) {
-			return fmt.Errorf("removing a price list item before retiring product %s: %w", pl.id, derr)
-		}
+	if err := s.removePriceItems(ctx, ids, sh); err != nil {
+		return fmt.Errorf("removing the price list items before retiring product %s: %w", pl.id, err)
 	}
 	return s.setProductState(ctx, pl.id, productRetired)
 }
@@ -1044,30 +1030,43 @@ func (s *productSyncer) writePriceItem(ctx context.Context, pl *productPlan, rec
 	return nil
 }
 
+// removePriceItems deletes the items of the products ids in the store price list, found
+// with as few queries as a URL takes.
+func (s *productSyncer) removePriceItems(ctx context.Context, ids []string, sh *shared) error {
+	var items []string
+	for _, filter := range orFilters(eqConds("_productid_value", ids), maxFilterBytes,
+		func(f string) string { return "_pricelevelid_value eq " + sh.PriceListID + " and (" + f + ")" }) {
+		err := s.dv.Query(ctx, "productpricelevels", dataverse.Query{Select: []string{"productpricelevelid"}, Filter: filter},
+			func(r dataverse.Record) error {
+				items = append(items, str(r["productpricelevelid"]))
+				return nil
+			})
+		if err != nil {
+			return fmt.Errorf("looking up price list items: %w", err)
+		}
+	}
+	for _, id := range items {
+		if err := s.dv.Delete(ctx, "productpricelevels", id); err != nil && !dataverse.IsNotFound(err) {
+			return fmt.Errorf("removing price list item %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
 // dropPriceItem removes the price list item of a product that became a family: the app
 // writes price list items for products only, so a family keeps none of its days as a
 // product; it goes as the item of a product leaving the price list does (retire). The
 // state names the item; when it does not (lost with the state) and the row was a
 // product until now, the row's items in the store price list are looked up.
 func (s *productSyncer) dropPriceItem(ctx context.Context, pl *productPlan, sh *shared) error {
-	items := []string{}
-	if pl.priceItem != "" {
-		items = append(items, pl.priceItem)
-	} else if pl.becameFamily {
-		err := s.dv.Query(ctx, "productpricelevels", dataverse.Query{
-			Select: []string{"productpricelevelid"},
-			Filter: fmt.Sprintf("_productid_value eq %s and _pricelevelid_value eq %s", pl.id, sh.PriceListID),
-		}, func(r dataverse.Record) error {
-			items = append(items, str(r["productpricelevelid"]))
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("reading the price list items of product family %s: %w", pl.id, err)
-		}
-	}
-	for _, item := range items {
-		if err := s.dv.Delete(ctx, "productpricelevels", item); err != nil && !dataverse.IsNotFound(err) {
+	switch {
+	case pl.priceItem != "":
+		if err := s.dv.Delete(ctx, "productpricelevels", pl.priceItem); err != nil && !dataverse.IsNotFound(err) {
 			return fmt.Errorf("removing the price list item of product family %s: %w", pl.id, err)
+		}
+	case pl.becameFamily:
+		if err := s.removePriceItems(ctx, []string{pl.id}, sh); err != nil {
+			return fmt.Errorf("removing the price list items of product family %s: %w", pl.id, err)
 		}
 	}
 	pl.priceItem = ""

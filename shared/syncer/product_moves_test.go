@@ -455,7 +455,8 @@ func TestProductNewInADeletedStubFamily(t *testing.T) {
 // A family turned simple while it held a product (kept a family); its product is then
 // deleted (DELETE_POLICY=delete deletes the row). The family's next change finds it holds
 // no product and makes it a plain product with its price list item (README: a family
-// turned simple stays one while it holds products). Alone and in an array.
+// turned simple stays one while it holds products), and its record no longer says it was
+// kept a family. Alone and in an array.
 func TestProductKeptFamilyEmptiedBecomesAProduct(t *testing.T) {
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
@@ -471,6 +472,15 @@ func TestProductKeptFamilyEmptiedBecomesAProduct(t *testing.T) {
 			if numOf(row["productstructure"]) == productStructureFamily || len(e.priceItems(productID(1, 50))) != 1 {
 				t.Errorf("product 50 holds no products: structure %v, %d price list items (%s %q), want a priced product",
 					row["productstructure"], len(e.priceItems(productID(1, 50))), rec.Status, rec.Reason)
+			}
+			if rec.Extra[extraKeptFamily] != "" {
+				t.Errorf("product 50, a plain product again: its record keeps keptFamily=%q (%q)", rec.Extra[extraKeptFamily], rec.Reason)
+			}
+			// A product naming it (an import file, or an event older than its taking-out) is
+			// written without a family, not under a plain product (which Dynamics 365 refuses).
+			err := e.deliver(e.eng, state.Product, movesChild(t, 52, 50, 1, nil))
+			if krec := e.rec(state.Product, 52); err != nil || krec.Status != state.Synced {
+				t.Errorf("product 52 naming plain product 50: %v | %s %q", err, krec.Status, krec.Reason)
 			}
 		})
 	}
@@ -665,36 +675,6 @@ func TestProductNewInAFamilyDeletedBeforeItReachedDynamics(t *testing.T) {
 					fam["name"], frec.Reason, frec.DataverseID)
 			}
 			checkWrittenWithoutFamily(t, e, "family deleted before it reached Dynamics 365", 31)
-		})
-	}
-}
-
-// A family turned simple while it held a product (kept a family), its product then deleted
-// (DELETE_POLICY=delete): its next change makes it a plain product, and its record no
-// longer says it was kept a family, so a product naming it later (an import file, or an
-// event older than its taking-out) is written without a family instead of under a plain
-// product, which Dynamics 365 refuses.
-func TestProductFormerKeptFamilyTakesNoProducts(t *testing.T) {
-	for _, bulk := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
-			e := newEnv(t, envOptions{settings: func(s *Settings) { s.DeletePolicy = "delete" }})
-			e.each(state.Product, productEvent(t, 50, 1, movesFam), movesChild(t, 51, 50, 1, nil))
-			e.each(state.Product, productEvent(t, 50, 2, nil), movesChild(t, 51, 0, 2, nil))
-			e.each(state.Product, productEvent(t, 51, 3, func(d map[string]any) { d["deleted"] = true }))
-			movesSend(t, e, bulk, productEvent(t, 50, 3, func(d map[string]any) { d["price"] = "30.0000" }))
-			row, rec := e.row("products", productID(1, 50)), e.rec(state.Product, 50)
-			if numOf(row["productstructure"]) == productStructureFamily {
-				t.Fatalf("product 50 still a family (%s %q)", rec.Status, rec.Reason)
-			}
-			if rec.Extra[extraKeptFamily] != "" {
-				t.Errorf("product 50, a plain product again: its record keeps keptFamily=%q (%q)", rec.Extra[extraKeptFamily], rec.Reason)
-			}
-			// A product naming it (an import file, or an event older than its taking-out).
-			err := e.deliver(e.eng, state.Product, movesChild(t, 52, 50, 1, nil))
-			krec := e.rec(state.Product, 52)
-			if err != nil || krec.Status != state.Synced {
-				t.Errorf("product 52 naming plain product 50: %v | %s %q", err, krec.Status, krec.Reason)
-			}
 		})
 	}
 }
