@@ -32,8 +32,8 @@ type productPrefetch struct {
 // change of one of them is then skipped with the reason (a retired product of a family
 // can't be re-activated), and a product new to the family is written without it
 // (planProduct), not written and then retired with it, recorded synced. Families go next
-// (their children bind to them), then the other products. Per group: one look-up of the rows' state and of the product
-// numbers, then CreateMultiple for new products and UpdateMultiple for Draft ones;
+// (their children bind to them), then the other products. Per group: one look-up of the
+// rows' state and of the product numbers, then CreateMultiple for new products and UpdateMultiple for Draft ones;
 // products Dataverse keeps Active or Retired take the single path (revise, update,
 // publish), as do deletes. Price list items of new products are created in bulk too;
 // publishing and retiring are per product.
