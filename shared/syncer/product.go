@@ -1175,6 +1175,11 @@ func (s *productSyncer) deleteProduct(ctx context.Context, storeID int, p *nop.P
 	delete(rec.Extra, extraPriceItemID) // removed before the product was retired
 	delete(rec.Extra, extraPriceAmount)
 	reason := "deleted in nopCommerce; product retired"
+	if pl.family {
+		// Retiring a family retires its hierarchy (Sales developer guide, product
+		// lifecycle); its products' own records say so at their next event.
+		reason = "deleted in nopCommerce; product family retired, and its products with it (for good: they can't be re-activated)"
+	}
 	if kept != "" {
 		reason = "deleted in nopCommerce; " + kept
 	}

@@ -740,6 +740,9 @@ func TestProductOfADeletedFamilySkipped(t *testing.T) {
 			if numOf(e.row("products", productID(1, 21))["statecode"]) != productRetired {
 				t.Fatal("the family's delete did not retire its child")
 			}
+			if r := e.rec(state.Product, 20); !strings.Contains(r.Reason, "product family retired, and its products with it") {
+				t.Errorf("family 20: %s %q, want the reason to name its products", r.Status, r.Reason)
+			}
 			if bulk {
 				if err := e.deliver(e.eng, state.Product, evs...); err != nil {
 					t.Fatal(err)
