@@ -236,17 +236,15 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	// lost): whether it exists, its state, and the family Dynamics 365 holds it in, which
 	// the state would otherwise say (extraParentID) and which can't change.
 	own := deterministicID(storeID, "product", strconv.Itoa(p.ID))
-	var ownExists bool
-	var ownState int
+	var ownInfo productRowInfo
 	knownParent := rec.Extra[extraParentID]
 	if rec.DataverseID == "" {
-		var ownParent string
 		var err error
-		if ownExists, ownState, ownParent, err = s.ownRow(ctx, own, pre); err != nil {
+		if ownInfo, err = s.ownRow(ctx, own, pre); err != nil {
 			return nil, err
 		}
 		if knownParent == "" {
-			knownParent = ownParent
+			knownParent = ownInfo.parent
 		}
 	}
 	// In a family: a grouped product, a product the store puts in one, or one Dynamics 365
@@ -283,8 +281,8 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 	pl.id = rec.DataverseID
 	pl.number = want
 	if pl.id == "" {
-		if ownExists {
-			pl.id, pl.foundMade = own, ownState != productDraft
+		if ownInfo.exists {
+			pl.id, pl.foundMade = own, ownInfo.state != productDraft
 		} else if err := s.adoptProduct(ctx, pl, own, pre); err != nil {
 			return nil, err
 		}
@@ -301,8 +299,8 @@ func (s *productSyncer) planProduct(ctx context.Context, storeID int, p *nop.Pro
 		pl.number = rec.Extra[extraProductNumber]
 	}
 	if pre != nil {
-		if _, exists := pre.states[pl.id]; exists {
-			if err := s.settleStructure(ctx, pl, rec, pre.familyRows[pl.id]); err != nil {
+		if row, exists := pre.rows[pl.id]; exists {
+			if err := s.settleStructure(ctx, pl, rec, row.family); err != nil {
 				return nil, err
 			}
 		}
@@ -443,7 +441,7 @@ func (s *productSyncer) familyUnusable(ctx context.Context, fam string, pre *pro
 	var row productRowInfo
 	switch {
 	case pre != nil && pre.looked[fam]:
-		row.state, row.exists = pre.states[fam]
+		row = pre.rows[fam]
 	case pre != nil:
 		// A family row other than the one the look-up took (adopted by its sku, or
 		// written from another store's event): read once per chunk.
@@ -539,26 +537,18 @@ func ownerKey(storeID, productID int) string {
 	return strconv.Itoa(storeID) + "/" + strconv.Itoa(productID)
 }
 
+// ownRow reads the product row own (read ahead in pre for a chunk): whether it exists,
+// its state and its parent family.
+func (s *productSyncer) ownRow(ctx context.Context, own string, pre *productPrefetch) (productRowInfo, error) {
+	if pre != nil {
+		return pre.rows[own], nil
+	}
+	return s.productLifecycle(ctx, own)
+}
+
 // adoptProduct handles a product with no row of ours: a product whose productnumber is
 // the one we would write is adopted, unless another store product already owns it (then
 // NOP-<id> is written instead).
-// ownRow reads the product row own (read ahead in pre for a chunk): whether it exists, its
-// statecode and its parent family ("" for none).
-func (s *productSyncer) ownRow(ctx context.Context, own string, pre *productPrefetch) (exists bool, st int, parent string, err error) {
-	if pre != nil {
-		st, exists = pre.states[own]
-		return exists, st, pre.parents[own], nil
-	}
-	row, err := s.dv.Retrieve(ctx, "products", own, "productid", "statecode", "_parentproductid_value")
-	switch {
-	case err == nil:
-		return true, intField(row, "statecode"), strings.ToLower(str(row["_parentproductid_value"])), nil
-	case dataverse.IsNotFound(err):
-		return false, 0, "", nil
-	}
-	return false, 0, "", fmt.Errorf("reading product %s: %w", own, err)
-}
-
 func (s *productSyncer) adoptProduct(ctx context.Context, pl *productPlan, own string, pre *productPrefetch) error {
 	want := pl.number
 	var found dataverse.Record

@@ -15,15 +15,13 @@ import (
 
 // productPrefetch holds rows looked up once for a whole chunk.
 type productPrefetch struct {
-	states     map[string]int    // product id → statecode, for the ids looked up
-	parents    map[string]string // product id → its parent family's row, for the ids looked up
-	familyRows map[string]bool   // product id → a product family in Dynamics 365, for the ids looked up
-	deleted    map[int]bool      // store product ids deleted in this chunk (deletes go first)
-	looked     map[string]bool   // the ids looked up: products and the families they join
-	famMu      sync.Mutex
-	famRows    map[string]productRowInfo   // family rows the look-up did not take, read once for the chunk
-	byNumber   map[string]dataverse.Record // lower(productnumber) → product
-	families   map[int]string              // store product id of a family → its row, decided in this chunk
+	rows     map[string]productRowInfo // product id → its row, for the ids looked up that exist
+	deleted  map[int]bool              // store product ids deleted in this chunk (deletes go first)
+	looked   map[string]bool           // the ids looked up: products and the families they join
+	famMu    sync.Mutex
+	famRows  map[string]productRowInfo   // family rows the look-up did not take, read once for the chunk
+	byNumber map[string]dataverse.Record // lower(productnumber) → product
+	families map[int]string              // store product id of a family → its row, decided in this chunk
 }
 
 // syncMany is the products' bulk path. Deletes go first: a chunk holds each product's
@@ -128,28 +126,29 @@ type productWrites struct {
 
 // productRows reads the statecode, parent family and structure of the product rows ids
 // (those that exist), as many per query as a URL takes.
-func (s *productSyncer) productRows(ctx context.Context, ids []string) (states map[string]int, parents map[string]string, families map[string]bool, err error) {
-	states, parents, families = map[string]int{}, map[string]string{}, map[string]bool{}
+func (s *productSyncer) productRows(ctx context.Context, ids []string) (map[string]productRowInfo, error) {
+	rows := map[string]productRowInfo{}
 	for _, filter := range orFilters(eqConds("productid", ids), maxFilterBytes, nil) {
 		err := s.dv.Query(ctx, "products", dataverse.Query{
 			Select: []string{"productid", "statecode", "_parentproductid_value", "productstructure"},
 			Filter: filter,
 		}, func(r dataverse.Record) error {
-			id := strings.ToLower(str(r["productid"]))
-			states[id] = intField(r, "statecode")
-			if p := strings.ToLower(str(r["_parentproductid_value"])); p != "" {
-				parents[id] = p
-			}
-			if intField(r, "productstructure") == productStructureFamily {
-				families[id] = true
-			}
+			rows[strings.ToLower(str(r["productid"]))] = productRowInfo{exists: true, state: intField(r, "statecode"),
+				family: intField(r, "productstructure") == productStructureFamily, parent: strings.ToLower(str(r["_parentproductid_value"]))}
 			return nil
 		})
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("reading products: %w", err)
+			return nil, fmt.Errorf("reading products: %w", err)
 		}
 	}
-	return states, parents, families, nil
+	return rows, nil
+}
+
+// setState records the statecode the chunk gave the existing row id.
+func (pre *productPrefetch) setState(id string, st int) {
+	r := pre.rows[id]
+	r.exists, r.state = true, st
+	pre.rows[id] = r
 }
 
 // group writes one group of the chunk (families, or the other products): look-ups, plans,
@@ -196,9 +195,9 @@ func (c *productChunk) lookUp(ctx context.Context, idx []int) bool {
 			}
 		}
 	}
-	states, parents, families, err := c.s.productRows(ctx, ids)
+	rows, err := c.s.productRows(ctx, ids)
 	if err == nil {
-		c.pre.states, c.pre.parents, c.pre.familyRows, c.pre.looked = states, parents, families, looked
+		c.pre.rows, c.pre.looked = rows, looked
 		c.pre.byNumber, err = c.s.productsByNumber(ctx, numbers)
 	}
 	if err != nil {
@@ -231,7 +230,8 @@ func (c *productChunk) sort(idx []int) productWrites {
 			c.outs[i] = pl.outcome()
 			continue
 		}
-		st, exists := c.pre.states[pl.id]
+		row, exists := c.pre.rows[pl.id]
+		st := row.state
 		switch {
 		case seen[pl.id] || pl.picture != "":
 			// Repeats, and products with a picture to copy (pictures never travel in
@@ -269,7 +269,7 @@ func (c *productChunk) writeRows(ctx context.Context, w productWrites) {
 	}
 	single := func(exists bool) func(ctx context.Context, r bulkRow) error {
 		return func(ctx context.Context, r bulkRow) error {
-			cur := c.pre.states[c.plans[r.i].id]
+			cur := c.pre.rows[c.plans[r.i].id].state
 			return c.s.writeProduct(ctx, c.plans[r.i], exists, &cur)
 		}
 	}
@@ -291,15 +291,15 @@ func (c *productChunk) readBack(ctx context.Context, w productWrites) (written [
 		}
 	}
 	if len(newIDs) > 0 {
-		got, _, _, err := c.s.productRows(ctx, newIDs)
+		got, err := c.s.productRows(ctx, newIDs)
 		if err != nil {
 			for _, i := range written {
 				c.errs[i] = err
 			}
 			return nil, false
 		}
-		for id, st := range got {
-			c.pre.states[id] = st
+		for id, row := range got {
+			c.pre.rows[id] = row
 		}
 	}
 	return written, true
@@ -348,7 +348,8 @@ func (c *productChunk) writePriceItems(ctx context.Context, written []int) {
 
 // cur is the state the product of row i is in (Draft when unknown).
 func (c *productChunk) cur(i int) int {
-	cur, ok := c.pre.states[c.plans[i].id]
+	row, ok := c.pre.rows[c.plans[i].id]
+	cur := row.state
 	if !ok || cur < 0 {
 		cur = productDraft
 	}
@@ -558,7 +559,7 @@ func (s *productSyncer) updateActive(ctx context.Context, rows []bulkRow, pre *p
 	var revised []bulkRow
 	for _, r := range revise {
 		if errs[r.i] == nil {
-			pre.states[r.id] = productUnderRevision
+			pre.setState(r.id, productUnderRevision)
 			revised = append(revised, r)
 		}
 	}
