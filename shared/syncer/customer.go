@@ -778,28 +778,33 @@ func (s *customerSyncer) guestContact(ctx context.Context, storeID int, c *nop.C
 
 // unreleased is the id a new guest contact is written under: own, unless own is a
 // released contact (a guest's contact a registered customer adopted, deactivated when that
-// customer was deleted: docs/dataverse-mapping.md, a deleted customer is never matched
-// again) or an inactive one (the record of its release is lost with a wiped state), then
-// the first of its deterministic successors that is neither. states holds the statecode of
-// contacts read ahead (nil: own is read).
+// customer was deleted, or left active under DELETE_POLICY=ignore: docs/dataverse-mapping.md,
+// a deleted customer is never matched again) or an inactive one (the record of its release
+// is lost with a wiped state), then the first of its deterministic successors that is
+// neither. Only a row Dynamics 365 has can be either, so the record of a release is read
+// for an active row alone: a new guest, whose row does not exist, costs no state read.
+// states holds the statecode of contacts read ahead (nil: own is read).
 func (s *customerSyncer) unreleased(ctx context.Context, own string, states map[string]int) (string, error) {
 	for range maxSuccessors {
-		gone, err := s.released(ctx, own)
-		if err != nil {
-			return "", err
-		}
-		if !gone {
-			st, ok := states[own]
-			if states == nil {
-				row, err := s.dv.Retrieve(ctx, "contacts", own, "statecode")
-				switch {
-				case err == nil:
-					st, ok = intField(row, "statecode"), true
-				case !dataverse.IsNotFound(err):
-					return "", fmt.Errorf("reading guest contact %s: %w", own, err)
-				}
+		st, exists := states[own]
+		if states == nil {
+			row, err := s.dv.Retrieve(ctx, "contacts", own, "statecode")
+			switch {
+			case err == nil:
+				st, exists = intField(row, "statecode"), true
+			case !dataverse.IsNotFound(err):
+				return "", fmt.Errorf("reading guest contact %s: %w", own, err)
 			}
-			if !ok || st == 0 {
+		}
+		if !exists {
+			return own, nil // no row: a new contact (also where a released one was deleted)
+		}
+		if st == 0 {
+			gone, err := s.released(ctx, own)
+			if err != nil {
+				return "", err
+			}
+			if !gone {
 				return own, nil
 			}
 		}

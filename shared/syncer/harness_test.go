@@ -646,6 +646,25 @@ type faultStore struct {
 	stale map[string]*state.Record
 	// failDocs: saves of docs of this kind fail.
 	failDocs string
+	// docReads counts GetDoc calls by kind.
+	docReads map[string]int
+}
+
+func (s *faultStore) GetDoc(ctx context.Context, kind, key string) (*state.Doc, error) {
+	s.mu.Lock()
+	if s.docReads == nil {
+		s.docReads = map[string]int{}
+	}
+	s.docReads[kind]++
+	s.mu.Unlock()
+	return s.Store.GetDoc(ctx, kind, key)
+}
+
+// docReadsOf is how many docs of kind were read so far.
+func (s *faultStore) docReadsOf(kind string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.docReads[kind]
 }
 
 func (s *faultStore) SaveDocs(ctx context.Context, docs []*state.Doc) []error {

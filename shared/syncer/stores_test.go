@@ -321,3 +321,38 @@ func TestGuestFirstOrderLookups(t *testing.T) {
 		})
 	}
 }
+
+// New guests' first orders, one by one and in an array: their contacts do not exist, so
+// no record of a released contact is read (one state read per new guest on an import's
+// hot path otherwise); their contacts are made, one per guest.
+func TestNewGuestsReadNoReleaseRecords(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
+			h := newOrderHarness(t, harnessOptions{})
+			h.each(state.Order, guestOrder(t, 9870, 1, 870, "warm.up@example.test")) // the shared rows read
+			var evs []*nop.Event
+			for k := 1; k <= 5; k++ {
+				evs = append(evs, guestOrder(t, 9870+k, 1, 870+k, fmt.Sprintf("new.guest%d@example.test", k)))
+			}
+			before := h.st.docReadsOf(releasedContactKind)
+			if bulk {
+				if err := h.deliver(h.eng, state.Order, evs...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				h.each(state.Order, evs...)
+			}
+			if n := h.st.docReadsOf(releasedContactKind) - before; n != 0 {
+				t.Errorf("5 new guests' orders read %d records of released contacts, want 0", n)
+			}
+			for _, ev := range evs {
+				if r := h.record(ev.Order.ID); r.Status != state.Synced {
+					t.Errorf("order %d: %s %q", ev.Order.ID, r.Status, r.Reason)
+				}
+			}
+			if n := h.srv.Count("contacts"); n != 6 {
+				t.Errorf("%d contacts, want 6 (one per guest)", n)
+			}
+		})
+	}
+}
