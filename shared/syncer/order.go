@@ -842,6 +842,20 @@ func orderHash(ev *nop.Event) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// numberOf reads a number Dataverse returned (nil as 0).
+func numberOf(v any) (float64, bool) {
+	switch n := v.(type) {
+	case float64:
+		return n, true
+	case json.Number:
+		f, err := n.Float64()
+		return f, err == nil
+	case nil:
+		return 0, true
+	}
+	return 0, false
+}
+
 // intField reads an integer column of a retrieved row (JSON numbers decode as float64 or
 // json.Number depending on the decoder).
 func intField(r dataverse.Record, col string) int {

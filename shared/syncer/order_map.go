@@ -1,7 +1,6 @@
 package syncer
 
 import (
-	"encoding/json"
 	"fmt"
 	"html"
 	"regexp"
@@ -89,11 +88,23 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 	sh := refs.Shared
 	p := sh.precision()
 	amts := orderTotals(o, p)
-	h := headerText(o, amts, p)
-	h["customerid_contact@odata.bind"] = bindTo("contacts", refs.ContactID)
-	h["pricelevelid@odata.bind"] = bindTo("pricelevels", sh.PriceListID)
-	h["transactioncurrencyid@odata.bind"] = bindTo("transactioncurrencies", sh.CurrencyID)
-	h["statuscode"] = activeStatus(o.OrderStatus)
+	h := dataverse.Record{
+		"name":                             ordCut(o.CustomOrderNumber, 300),
+		"customerid_contact@odata.bind":    bindTo("contacts", refs.ContactID),
+		"pricelevelid@odata.bind":          bindTo("pricelevels", sh.PriceListID),
+		"transactioncurrencyid@odata.bind": bindTo("transactioncurrencies", sh.CurrencyID),
+		"freightamount":                    moneyValue(amts.Freight, p.amount),
+		"discountamount":                   moneyValue(amts.Discount, p.amount),
+		"description":                      orderDescription(o, amts),
+		"statuscode":                       activeStatus(o.OrderStatus),
+	}
+	if e := ordStr(o.BillingAddress.Email); e != "" {
+		h["emailaddress"] = ordCut(e, 100)
+	} else {
+		h["emailaddress"] = nil
+	}
+	addAddress(h, "billto_", &o.BillingAddress)
+	addAddress(h, "shipto_", o.ShippingAddress)
 
 	w := &orderWrite{OrderID: orderID, Header: h, Amounts: amts}
 	orderBind := bindTo(setSalesOrders, orderID)
@@ -126,39 +137,6 @@ func mapOrder(storeID int, o *nop.Order, orderID string, refs orderRefs) (*order
 		w.Lines = append(w.Lines, lineWrite{ID: orderFeeLineID(storeID, o.ID), Record: rec})
 	}
 	return w, nil
-}
-
-// headerText is the part of a salesorder's header that comes from the order alone, with
-// no look-up: its number, description, freight, discount, email and addresses.
-func headerText(o *nop.Order, amts orderAmounts, p precision) dataverse.Record {
-	h := dataverse.Record{
-		"name":           ordCut(o.CustomOrderNumber, 300),
-		"freightamount":  moneyValue(amts.Freight, p.amount),
-		"discountamount": moneyValue(amts.Discount, p.amount),
-		"description":    orderDescription(o, amts),
-	}
-	if e := ordStr(o.BillingAddress.Email); e != "" {
-		h["emailaddress"] = ordCut(e, 100)
-	} else {
-		h["emailaddress"] = nil
-	}
-	addAddress(h, "billto_", &o.BillingAddress)
-	addAddress(h, "shipto_", o.ShippingAddress)
-	return h
-}
-
-// numberOf reads a number Dataverse returned (nil as 0).
-func numberOf(v any) (float64, bool) {
-	switch n := v.(type) {
-	case float64:
-		return n, true
-	case json.Number:
-		f, err := n.Float64()
-		return f, err == nil
-	case nil:
-		return 0, true
-	}
-	return 0, false
 }
 
 var (
