@@ -461,6 +461,17 @@ func (f *faultDV) counts() map[string]int {
 	return maps.Clone(f.calls)
 }
 
+// writesNothing runs redeliver (the newest events sent again) and reports any call it
+// made to Dataverse.
+func (e *env) writesNothing(t testing.TB, redeliver func()) {
+	t.Helper()
+	before := e.fdv.counts()
+	redeliver()
+	if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("the newest events redelivered wrote again: %v, was %v", after, before)
+	}
+}
+
 func (f *faultDV) setFail(fn func(op, set string, recs []dataverse.Record) error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -166,11 +166,7 @@ func TestProductKeptFamilyGroupedAgain(t *testing.T) {
 			if krec.Status != state.Synced || krec.Reason != "" {
 				t.Errorf("product 51 record: %s %q", krec.Status, krec.Reason)
 			}
-			before := e.fdv.counts()
-			movesSend(t, e, bulk, again, back)
-			if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(before) {
-				t.Errorf("redelivered: %v, was %v", after, before)
-			}
+			e.writesNothing(t, func() { movesSend(t, e, bulk, again, back) })
 		})
 	}
 }
@@ -222,11 +218,7 @@ func TestProductFamilyStubThenSimple(t *testing.T) {
 			if k := e.row("products", productID(1, 91)); numOf(k["statecode"]) != productActive {
 				t.Errorf("product 91: %v", k["statecode"])
 			}
-			before := e.fdv.counts()
-			movesSend(t, e, bulk, simple)
-			if after := e.fdv.counts(); fmt.Sprint(after) != fmt.Sprint(before) {
-				t.Errorf("redelivered: %v, was %v", after, before)
-			}
+			e.writesNothing(t, func() { movesSend(t, e, bulk, simple) })
 		})
 	}
 }
